@@ -1,0 +1,243 @@
+"""Model cards and TorchScript model loading.
+
+A MedSegUNet model is one TorchScript file whose extra file ``medsegunet.json`` is its card (a
+sidecar ``MODEL.pt.json`` overrides it). The card follows ``modelcard.schema.json`` (schema
+``"medsegunet.model/1"``) and says how to prepare the inputs (spacing, orientation, normalisation,
+patch size) and how to read the outputs (softmax or sigmoid, label names and colours).
+
+Tensor layout at the network is MONAI's: ``N, C`` then the spatial axes in the model array's
+i, j, k order (2D models: ``N, C, i, j``, one slice along k per batch item).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MedSegUNetError
+
+CARD_EXTRA_FILE = "medsegunet.json"
+SCHEMA_ID = "medsegunet.model/1"
+SCHEMA_PATH = Path(__file__).with_name("modelcard.schema.json")
+
+DEFAULTS: dict[str, Any] = {
+    "threshold": 0.5,
+    "spacing": None,
+    "orientation": None,
+    "normalization": {"type": "zscore", "nonzero": True},
+    "patch_size": None,
+    "overlap": 0.25,
+    "sw_batch_size": 4,
+}
+
+
+def loadSchema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as stream:
+        return json.load(stream)
+
+
+def _firstLine(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else message
+
+
+def validateCard(card: Any, source: str = "model card") -> dict:
+    """Check a card against the schema and the rules a schema cannot say; fill in defaults.
+
+    Args:
+        card: the parsed JSON.
+        source: where it came from, for messages.
+
+    Returns:
+        a new dict with every optional field present.
+
+    Raises:
+        MedSegUNetError: one line naming the first problem and the field.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(loadSchema())
+    errors = sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise MedSegUNetError(f"Invalid {source}: field '{where}': {_firstLine(error.message)} (see modelcard.schema.json).")
+    full = copy.deepcopy(DEFAULTS)
+    full.update(copy.deepcopy(card))
+    values = [label["value"] for label in full["labels"]]
+    if len(set(values)) != len(values):
+        raise MedSegUNetError(f"Invalid {source}: label values must be unique, got {values}.")
+    patch = full["patch_size"]
+    expected = 3 if full["spatial_dims"] == 3 else 2
+    if patch is not None and len(patch) != expected:
+        raise MedSegUNetError(
+            f"Invalid {source}: patch_size needs {expected} values for a {full['spatial_dims']}D model, got {patch}."
+        )
+    if full["spacing"] is not None and all(s is None for s in full["spacing"]):
+        full["spacing"] = None
+    return full
+
+
+def outputChannels(card: dict) -> int:
+    """Number of output channels the network must produce for this card."""
+    return len(card["labels"]) + (1 if card["output"] == "softmax" else 0)
+
+
+def cardSummary(card: dict) -> str:
+    """A few human-readable lines describing a card (``medsegunet info`` and the Slicer widget)."""
+    spacing = card.get("spacing")
+    spacingText = "reference's" if spacing is None else " × ".join("ref" if s is None else f"{s:g}" for s in spacing) + " mm"
+    lines = [
+        f"{card['name']} ({card['spatial_dims']}D, {card['output']})",
+        "Inputs: " + ", ".join(i["name"] for i in card["inputs"]),
+        "Labels: " + ", ".join(f"{label['value']} {label['name']}" for label in card["labels"]),
+        f"Spacing: {spacingText}; orientation: {card.get('orientation') or 'reference'}; normalisation: {card['normalization']['type']}",
+        f"Patch: {card.get('patch_size') or 'whole ROI'}; overlap {card.get('overlap')}",
+    ]
+    if card.get("description"):
+        lines.append(card["description"])
+    return "\n".join(lines)
+
+
+def readCard(path: str | os.PathLike) -> dict:
+    """The validated card of a model file, without loading the network weights.
+
+    The sidecar ``PATH.json`` wins over the embedded card.
+
+    Raises:
+        MedSegUNetError: missing file, not a TorchScript archive, no card, or an invalid card.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MedSegUNetError(f"Model file '{path}' does not exist: check the path.")
+    sidecar = path + ".json"
+    if os.path.isfile(sidecar):
+        try:
+            with open(sidecar, encoding="utf-8") as stream:
+                return validateCard(json.load(stream), f"model card '{sidecar}'")
+        except json.JSONDecodeError as error:
+            raise MedSegUNetError(f"Model card '{sidecar}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+    text = _embeddedCardText(path)
+    if not text:
+        raise MedSegUNetError(
+            f"Model '{path}' has no '{CARD_EXTRA_FILE}' card: export it with 'medsegunet export' or add a sidecar '{os.path.basename(sidecar)}'."
+        )
+    try:
+        card = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MedSegUNetError(f"The card inside '{path}' is not valid JSON ({error.msg}).") from None
+    return validateCard(card, f"model card in '{path}'")
+
+
+def _embeddedCardText(path: str) -> str:
+    """The card JSON stored in a TorchScript zip archive ('' when absent)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise MedSegUNetError(f"'{path}' is not a TorchScript model file: save models with torch.jit.save.")
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith("/extra/" + CARD_EXTRA_FILE):
+                return archive.read(name).decode("utf-8")
+    return ""
+
+
+@dataclass
+class LoadedModel:
+    """A TorchScript network on its device, with its card."""
+
+    path: str
+    card: dict
+    network: Any
+    device: Any
+
+    @property
+    def spatialDims(self) -> int:
+        return int(self.card["spatial_dims"])
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def resolveDevice(device: str = "auto"):
+    """The torch device for ``auto`` / ``cpu`` / ``cuda`` / ``mps`` (auto prefers CUDA, then MPS).
+
+    Raises:
+        MedSegUNetError: a device that this machine does not have.
+    """
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MedSegUNetError("CUDA was asked for but no CUDA GPU is available to PyTorch: use --device cpu or auto.")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise MedSegUNetError("MPS was asked for but is not available: use --device cpu or auto.")
+    if device not in ("cpu", "mps") and not device.startswith("cuda"):
+        raise MedSegUNetError(f"Unknown device '{device}': use auto, cpu, cuda or mps.")
+    return torch.device(device)
+
+
+def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
+    """Load a TorchScript model once per process and device; later calls reuse it.
+
+    The cache key includes the file's modification time, so a re-exported model is reloaded.
+
+    Raises:
+        MedSegUNetError: unreadable model or invalid card.
+    """
+    import torch
+
+    path = os.path.abspath(os.fspath(path))
+    card = readCard(path)
+    torchDevice = resolveDevice(device)
+    sidecar = path + ".json"
+    key = (path, os.path.getmtime(path), os.path.getmtime(sidecar) if os.path.exists(sidecar) else None, str(torchDevice))
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            cached.card = card
+            return cached
+        try:
+            network = torch.jit.load(path, map_location=torchDevice)
+        except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
+            raise MedSegUNetError(f"Cannot load TorchScript model '{path}' ({_firstLine(str(error))}).") from None
+        network.eval()
+        loaded = LoadedModel(path=path, card=card, network=network, device=torchDevice)
+        # Keep one model per path: a re-exported file replaces the old one in memory.
+        for old in [k for k in _CACHE if k[0] == path]:
+            del _CACHE[old]
+        _CACHE[key] = loaded
+        return loaded
+
+
+def clearModelCache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def saveModel(network, card: dict, path: str | os.PathLike) -> None:
+    """Script (if needed) and save a network with its validated card embedded, atomically.
+
+    Args:
+        network: a ``torch.nn.Module`` or an already scripted module.
+        card: the model card; validated before anything is written.
+    """
+    import torch
+
+    from .volumes import atomicOutput
+
+    card = validateCard(card)
+    scripted = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.script(network)
+    with atomicOutput(path) as temporary:
+        torch.jit.save(scripted, temporary, _extra_files={CARD_EXTRA_FILE: json.dumps(card, indent=2)})

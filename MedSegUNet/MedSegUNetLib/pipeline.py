@@ -1,0 +1,237 @@
+"""The segmentation pipeline shared by the command line and the Slicer module.
+
+Volumes in, label map out, all as ``SimpleITK.Image`` (LPS mm, IJK index, KJI arrays):
+
+1. ROI = reference voxels inside every input's and every extra series' extent
+   (:func:`geometry.computeROI`), or the whole reference, or a given ROI.
+2. Inputs are resampled in physical space onto the model grid (the ROI re-oriented and re-spaced
+   as the card says) and normalised (:mod:`preprocessing`).
+3. The network runs through MONAI's sliding-window or slice inferer (:mod:`inference`).
+4. Class probabilities go back onto the ROI grid (linear), one class at a time with a running
+   argmax, so no full-volume per-class stack is kept; the label map is pasted into the reference.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import geometry, preprocessing
+from .errors import MedSegUNetError, ProcessingCancelled
+from .inference import predictProbabilities
+from .modelcard import LoadedModel
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class Stage(enum.Enum):
+    """Processing stages with the share of the progress bar each takes (start, end)."""
+
+    LOADING = (0.00, 0.05, "Loading model and volumes")
+    ROI = (0.05, 0.08, "Computing the region of interest")
+    RESAMPLING = (0.08, 0.15, "Resampling inputs onto the model grid")
+    INFERENCE = (0.15, 0.85, "Running the network")
+    POSTPROCESSING = (0.85, 0.92, "Resampling probabilities back to the reference")
+    STATISTICS = (0.92, 0.97, "Computing statistics")
+    WRITING = (0.97, 1.00, "Writing results")
+
+    @property
+    def start(self) -> float:
+        return self.value[0]
+
+    @property
+    def end(self) -> float:
+        return self.value[1]
+
+    @property
+    def label(self) -> str:
+        return self.value[2]
+
+
+class ProgressReporter:
+    """Maps per-stage progress onto one ``(fraction, message)`` callback and checks for cancel."""
+
+    def __init__(self, callback: ProgressCallback | None = None, cancelEvent: threading.Event | None = None) -> None:
+        self.callback = callback
+        self.cancelEvent = cancelEvent
+        self.timings: dict[str, float] = {}
+        self._stage: Stage | None = None
+        self._stageStart = 0.0
+
+    def stage(self, stage: Stage) -> None:
+        """Enter a stage (closes the previous one's timing) and honour a pending cancel."""
+        self.endStage()
+        self.checkCancel()
+        self._stage, self._stageStart = stage, time.perf_counter()
+        self.report(stage.start, stage.label)
+
+    def within(self, fraction: float, message: str) -> None:
+        """Progress inside the current stage, ``fraction`` of that stage."""
+        stage = self._stage
+        if stage is not None:
+            self.report(stage.start + (stage.end - stage.start) * min(max(fraction, 0.0), 1.0), message)
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.callback is not None:
+            self.callback(float(fraction), message)
+
+    def checkCancel(self) -> None:
+        if self.cancelEvent is not None and self.cancelEvent.is_set():
+            raise ProcessingCancelled()
+
+    def finish(self, message: str = "Done") -> dict[str, float]:
+        self.endStage()
+        self.report(1.0, message)
+        return self.timings
+
+    def endStage(self) -> None:
+        """Close the current stage's timing."""
+        if self._stage is not None:
+            name = self._stage.name.lower()
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - self._stageStart
+            self._stage = None
+
+
+@dataclass
+class SegmentationResult:
+    """What one run produces.
+
+    Args:
+        labelmap: uint8 label map on the reference grid (values from the card's labels).
+        roi: the ROI used (reference IJK range).
+        card: the model card.
+        device: the torch device the network ran on.
+        timings: seconds per stage.
+    """
+
+    labelmap: sitk.Image
+    roi: geometry.RegionOfInterest
+    card: dict
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolveROI(
+    images: Sequence[sitk.Image],
+    names: Sequence[str],
+    roiImages: Sequence[sitk.Image] = (),
+    roiNames: Sequence[str] = (),
+    useROI: bool = True,
+    marginMM: float = 0.0,
+) -> geometry.RegionOfInterest:
+    """The ROI on the first image: intersection of all inputs and extra series, or the whole grid."""
+    reference = geometry.VolumeGeometry.fromImage(images[0], names[0])
+    if not useROI:
+        return geometry.fullROI(reference)
+    others = [geometry.VolumeGeometry.fromImage(image, name) for image, name in zip(images[1:], names[1:])]
+    others += [geometry.VolumeGeometry.fromImage(image, name) for image, name in zip(roiImages, roiNames)]
+    return geometry.computeROI(reference, others, marginMM=marginMM)
+
+
+def probabilitiesToLabels(
+    probabilities: np.ndarray,
+    modelGrid: sitk.Image,
+    roiGrid: sitk.Image,
+    card: dict,
+    progress: ProgressReporter | None = None,
+) -> np.ndarray:
+    """Label map on the ROI grid from model-grid probabilities.
+
+    Each class is resampled (linear, float32) to the ROI grid in turn and folded into a running
+    argmax (softmax) or painted where above the threshold (sigmoid, later labels over earlier ones,
+    so nested regions are listed outer first), so memory stays at two ROI-sized arrays.
+
+    Args:
+        probabilities: float32 ``C_out, I, J, K`` on the model grid.
+
+    Returns:
+        uint8 KJI array on the ROI grid.
+    """
+    values = [int(label["value"]) for label in card["labels"]]
+    shape = tuple(reversed(roiGrid.GetSize()))
+    labels = np.zeros(shape, dtype=np.uint8)
+    softmax = card["output"] == "softmax"
+    best = np.full(shape, -1.0, dtype=np.float32) if softmax else None
+    channelValues = [0, *values] if softmax else values
+    for index, value in enumerate(channelValues):
+        if progress is not None:
+            progress.checkCancel()
+            progress.within(index / len(channelValues), f"Resampling class {index + 1} of {len(channelValues)}")
+        channel = preprocessing.resampleOnto(preprocessing.ijkToImage(probabilities[index], modelGrid), roiGrid)
+        channelArray = sitk.GetArrayViewFromImage(channel)
+        if softmax:
+            better = channelArray > best
+            best[better] = channelArray[better]
+            labels[better] = value
+        else:
+            labels[channelArray >= float(card.get("threshold", 0.5))] = value
+    return labels
+
+
+def segmentImages(
+    images: Sequence[sitk.Image],
+    model: LoadedModel,
+    names: Sequence[str] | None = None,
+    roiImages: Sequence[sitk.Image] = (),
+    roiNames: Sequence[str] | None = None,
+    roi: geometry.RegionOfInterest | None = None,
+    useROI: bool = True,
+    marginMM: float = 0.0,
+    progress: ProgressReporter | None = None,
+) -> SegmentationResult:
+    """Segment a set of co-registered volumes with a loaded model.
+
+    Args:
+        images: the model's inputs in card order; the first is the reference (LPS, any grids).
+        model: from :func:`modelcard.loadModel` (kept between runs).
+        names: display names of the inputs.
+        roiImages: extra series whose extents limit the ROI (not fed to the network).
+        roi: an ROI already computed on ``images[0]`` (e.g. from a Markups ROI); overrides the rest.
+        useROI: False runs on the whole reference.
+        marginMM: margin around the intersection.
+        progress: progress and cancel reporting.
+
+    Returns:
+        the label map on the reference grid and what produced it.
+
+    Raises:
+        MedSegUNetError: wrong number of inputs, no overlap, bad model output.
+        ProcessingCancelled: the cancel event was set.
+    """
+    progress = progress or ProgressReporter()
+    card = model.card
+    names = list(names or [f"input{index + 1}" for index in range(len(images))])
+    if len(images) != len(card["inputs"]):
+        expected = ", ".join(i["name"] for i in card["inputs"])
+        raise MedSegUNetError(
+            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in that order."
+        )
+    progress.stage(Stage.ROI)
+    if roi is None:
+        roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
+    reference = images[0]
+    roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
+
+    progress.stage(Stage.RESAMPLING)
+    grid = preprocessing.modelGrid(roiGrid, card.get("spacing"), card.get("orientation"))
+    array = preprocessing.prepareInputs(images, grid, card["normalization"])
+
+    progress.stage(Stage.INFERENCE)
+    probabilities = predictProbabilities(model, array, progress.within, progress.cancelEvent)
+    del array
+
+    progress.stage(Stage.POSTPROCESSING)
+    roiLabels = probabilitiesToLabels(probabilities, grid, roiGrid, card, progress)
+    del probabilities
+    labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
+    labels[roi.slices()] = roiLabels
+    labelmap = sitk.GetImageFromArray(labels)
+    labelmap.CopyInformation(reference)
+    progress.endStage()
+    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings)
