@@ -69,7 +69,13 @@ def _addSegmentParser(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
     parser.add_argument("--model", required=True, metavar="M.pt", help="TorchScript model with a MedSegUNet card")
-    parser.add_argument("--roi-from", nargs="+", default=[], metavar="VOLUME", help="extra series whose extents limit the ROI")
+    parser.add_argument(
+        "--roi-from",
+        nargs="+",
+        default=[],
+        metavar="VOLUME",
+        help="extra series whose extents limit the ROI (put the INPUTs first, or end this list with --)",
+    )
     parser.add_argument("--no-roi", action="store_true", help="run on the whole reference volume")
     parser.add_argument("--margin", type=float, default=None, metavar="MM", help="grow the ROI by this many mm (default: the card's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs")
@@ -131,9 +137,11 @@ def runSegment(args) -> int:
 
     progress.stage(pipeline.Stage.STATISTICS)
     reference = None
-    if args.reference_seg:
-        reference = statistics.readReferenceSegmentation(args.reference_seg, result.labelmap, card["labels"])
-    report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), reference)
+    report: dict = {}
+    if args.stats or args.stats_json:
+        if args.reference_seg:
+            reference = statistics.readReferenceSegmentation(args.reference_seg, result.labelmap, card["labels"])
+        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), reference)
 
     progress.stage(pipeline.Stage.WRITING)
     # Every output goes to a temporary name; the renames happen together once all are written.

@@ -128,7 +128,9 @@ def _polytopeBounds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     scale = np.linalg.norm(a, axis=1)
     for rows in itertools.combinations(range(len(a)), 3):
         sub = a[list(rows)]
-        if abs(np.linalg.det(sub)) < 1e-12 * np.prod(scale[list(rows)]):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            determinant = np.linalg.det(sub)
+        if not abs(determinant) >= 1e-12 * np.prod(scale[list(rows)]):
             continue
         point = np.linalg.solve(sub, b[list(rows)])
         if np.all(a @ point <= b + 1e-9 * (1.0 + np.abs(b))):

@@ -62,6 +62,8 @@ def writeSegmentation(labelmap: sitk.Image, labels: Sequence[dict], path: str | 
     checkOutputPath(path, SEGMENTATION_SUFFIXES)
     with atomicOutput(path) as temporary:
         if pathSuffix(path) == ".seg.nrrd":
-            slicerio.write_segmentation(temporary, segmentationDict(labelmap, labels))
+            # slicerio's default gzip level 9 takes seconds on a fragmented label map; level 1 is
+            # about 100× faster there for files about 1.5× larger.
+            slicerio.write_segmentation(temporary, segmentationDict(labelmap, labels), compression_level=1)
         else:
             sitk.WriteImage(sitk.Cast(labelmap, sitk.sitkUInt8), temporary, True)

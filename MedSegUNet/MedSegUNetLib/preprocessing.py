@@ -84,9 +84,23 @@ def resampleOnto(
     return sitk.Resample(image, grid, sitk.Transform(), interpolator, defaultValue, pixelType)
 
 
+class _ImageBuffer:
+    """Exposes an image's voxels to NumPy while holding the image, so views cannot outlive it."""
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self.view = sitk.GetArrayViewFromImage(image)
+        self.__array_interface__ = self.view.__array_interface__
+
+
 def imageToIJK(image: sitk.Image) -> np.ndarray:
-    """A view of the image's voxels as an I, J, K array (SimpleITK gives K, J, I)."""
-    return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
+    """A read-only view of the image's voxels as an I, J, K array (SimpleITK gives K, J, I).
+
+    ``sitk.GetArrayViewFromImage`` alone does not keep the image alive, so a view of a temporary
+    image (``imageToIJK(resampleOnto(...))``) would read freed memory; the array returned here
+    references the image for as long as it lives.
+    """
+    return np.asarray(_ImageBuffer(image)).transpose(2, 1, 0)
 
 
 def ijkToImage(array: np.ndarray, grid: sitk.Image) -> sitk.Image:

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from . import preprocessing
 from .errors import MedSegUNetError
-from .geometry import LPS_TO_RAS
+from .geometry import LPS_TO_RAS, setImageGeometryFromIJKToLPS
 from .volumes import pathSuffix, readVolume
 
 INTENSITY_KEYS = (("mean", "Mean"), ("std", "Standard deviation"), ("min", "Minimum"), ("max", "Maximum"), ("median", "Median"))
@@ -64,7 +64,8 @@ def segmentStatistics(labelmap: sitk.Image, labels: Sequence[dict], intensityIma
         resampled = preprocessing.resampleOnto(image, labelmap, pixelType=sitk.sitkFloat64)
         stats = sitk.LabelStatisticsImageFilter()
         stats.Execute(resampled, labelmap)
-        intensities[name] = (stats, sitk.GetArrayViewFromImage(resampled))
+        # A copy, not a view: the resampled image is released at the next loop turn.
+        intensities[name] = (stats, sitk.GetArrayFromImage(resampled))
     rows = []
     for label in labels:
         value = int(label["value"])
@@ -186,8 +187,6 @@ def _segmentationFileToLabelmap(path: str, labels: Sequence[dict]) -> sitk.Image
         if value is None:
             continue
         out[layers[int(segment.get("layer", 0))] == int(segment["labelValue"])] = value
-    from .geometry import setImageGeometryFromIJKToLPS
-
     image = sitk.GetImageFromArray(out.transpose(2, 1, 0).copy())
     return setImageGeometryFromIJKToLPS(image, segmentation["ijkToLPS"])
 

@@ -1,0 +1,919 @@
+"""MRML side of MedSegUNet: volume nodes in, segmentation, statistics table and ROI nodes out.
+
+Runs in the Slicer application (on ``slicer.mrmlScene``) and under pytest with the ``slicer-core``
+package (real MRML classes, no Qt), so it never touches ``slicer.mrmlScene``, ``slicer.app`` or Qt.
+
+A run is split in three so that the heavy part can go to a worker thread:
+
+1. :meth:`SegmentationLogic.prepare` (main thread): reads the nodes into ``SimpleITK.Image`` s in
+   *world* geometry (the node's IJK-to-RAS composed with its parent linear transforms; the user's
+   nodes are never hardened) and validates everything it can. Nothing in the scene changes.
+2. :meth:`SegmentationJob.run` (any thread): model loading, ROI, inference and statistics on
+   images and arrays only; no MRML call.
+3. :meth:`SegmentationLogic.finish` (main thread): writes the results into nodes. Nodes are created
+   only here, at the end; if writing fails, created nodes are removed and reused output nodes are
+   restored, so a failure or a cancel leaves the scene as it was.
+
+Frames: Slicer nodes are RAS (mm), the engine's images are LPS (mm). ``arrayFromVolume`` arrays and
+SimpleITK arrays are K, J, I; ``vtkOrientedImageData`` scalars are stored in the same K, J, I order.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import geometry, modelcard, pipeline, preprocessing, statistics
+from .errors import MedSegUNetError, ProcessingCancelled
+from .volumes import checkScalarVolume
+
+ProgressCallback = Callable[[float, str], None]
+
+BINARY_LABELMAP = "Binary labelmap"
+# An orthonormality tolerance for directions built from world matrices: DICOM geometry carries
+# rounding around 1e-6, while a real shear is orders of magnitude larger.
+SHEAR_TOLERANCE = 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# MRML <-> SimpleITK helpers (main thread only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _vtkMatrixToArray(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def _arrayToVTKMatrix(array: np.ndarray):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    for row in range(4):
+        for column in range(4):
+            matrix.SetElement(row, column, float(array[row, column]))
+    return matrix
+
+
+def parentToWorld(node) -> np.ndarray:
+    """The 4×4 matrix from a transformable node's coordinates to world RAS.
+
+    Raises:
+        MedSegUNetError: the node sits under a non-linear (warping) transform.
+    """
+    import vtk
+
+    transformNode = node.GetParentTransformNode()
+    if transformNode is None:
+        return np.eye(4)
+    if not transformNode.IsTransformToWorldLinear():
+        raise MedSegUNetError(
+            f"'{node.GetName()}' is under the non-linear transform '{transformNode.GetName()}': harden that transform "
+            "on a copy of the volume (Data module) or use a linear transform."
+        )
+    matrix = vtk.vtkMatrix4x4()
+    transformNode.GetMatrixTransformToWorld(matrix)
+    return _vtkMatrixToArray(matrix)
+
+
+def localIJKToRAS(volumeNode) -> np.ndarray:
+    """The volume's own IJK-to-RAS matrix (node coordinates, before parent transforms), 4×4 mm."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return _vtkMatrixToArray(matrix)
+
+
+def worldIJKToRAS(volumeNode) -> np.ndarray:
+    """IJK to world RAS, 4×4 mm: the node's IJK-to-RAS composed with its parent linear transforms.
+
+    Raises:
+        MedSegUNetError: non-linear parent transform, or a transform that shears the voxel axes.
+    """
+    ijkToRAS = parentToWorld(volumeNode) @ localIJKToRAS(volumeNode)
+    axes = ijkToRAS[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if np.any(spacing <= 0):
+        raise MedSegUNetError(f"Volume '{volumeNode.GetName()}' has a zero spacing or a degenerate transform: fix its geometry.")
+    unit = axes / spacing
+    if not np.allclose(unit.T @ unit, np.eye(3), atol=SHEAR_TOLERANCE):
+        raise MedSegUNetError(
+            f"The transform of '{volumeNode.GetName()}' shears its voxel axes: use a rigid or scaling transform, "
+            "or resample the volume first (Resample Scalar/Vector/DWI Volume)."
+        )
+    return ijkToRAS
+
+
+def imageFromVolumeNode(volumeNode, pixelType: int | None = None) -> sitk.Image:
+    """A copy of a scalar volume node as a ``SimpleITK.Image`` in world geometry (LPS).
+
+    Args:
+        volumeNode: a ``vtkMRMLScalarVolumeNode`` (or labelmap), possibly under linear transforms.
+        pixelType: cast to this SimpleITK pixel type (None keeps the node's).
+
+    Returns:
+        the image; its array (K, J, I) equals ``slicer.util.arrayFromVolume(volumeNode)``.
+
+    Raises:
+        MedSegUNetError: no image data, not scalar, non-linear transform.
+    """
+    import slicer
+
+    name = volumeNode.GetName()
+    imageData = volumeNode.GetImageData()
+    if imageData is None or imageData.GetNumberOfPoints() == 0:
+        raise MedSegUNetError(f"Volume '{name}' has no voxels: load the image data first.")
+    if imageData.GetNumberOfScalarComponents() != 1:
+        raise MedSegUNetError(
+            f"Volume '{name}' has {imageData.GetNumberOfScalarComponents()} components per voxel; a scalar volume is needed (extract one component first)."
+        )
+    array = slicer.util.arrayFromVolume(volumeNode)  # K, J, I view of the node's voxels
+    image = sitk.GetImageFromArray(np.array(array, copy=True))
+    geometry.setImageGeometryFromIJKToLPS(image, geometry.LPS_TO_RAS @ worldIJKToRAS(volumeNode))
+    if pixelType is not None and image.GetPixelID() != pixelType:
+        image = sitk.Cast(image, pixelType)
+    return image
+
+
+def addVolumeFromImage(scene, image: sitk.Image, name: str, labelmap: bool = False):
+    """Add a ``SimpleITK.Image`` (LPS) to a scene as a scalar (or labelmap) volume node (RAS).
+
+    Used by the self-test and the console examples; the engine's images carry full geometry.
+
+    Returns:
+        the new volume node, with display nodes.
+    """
+    import slicer
+
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    node.SetIJKToRASMatrix(_arrayToVTKMatrix(geometry.ijkToRASFromImage(image)))
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _orientedImageToArray(orientedImage) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (K, J, I copy) and index-to-node-RAS matrix (extent start folded into the origin)."""
+    from vtk.util import numpy_support
+
+    extent = orientedImage.GetExtent()
+    dims = [extent[2 * axis + 1] - extent[2 * axis] + 1 for axis in range(3)]
+    scalars = orientedImage.GetPointData().GetScalars()
+    if min(dims) <= 0 or scalars is None:
+        return np.zeros((0, 0, 0), dtype=np.uint8), np.eye(4)
+    array = numpy_support.vtk_to_numpy(scalars).reshape(dims[2], dims[1], dims[0]).copy()
+    imageToNode = _vtkMatrixToArray(_orientedImageToWorldMatrix(orientedImage))
+    shift = np.eye(4)
+    shift[:3, 3] = [extent[0], extent[2], extent[4]]
+    return array, imageToNode @ shift
+
+
+def _orientedImageToWorldMatrix(orientedImage):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    orientedImage.GetImageToWorldMatrix(matrix)
+    return matrix
+
+
+def ensureSegmentationConverterRules() -> None:
+    """Register Slicer's labelmap/surface conversion rules when nothing did.
+
+    The Slicer application registers them when its Segmentations module starts; the ``slicer-core``
+    package does not, and without them a ``vtkSegmentation`` cannot create or copy segments.
+    """
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    rules = factory.GetConverterRules()
+    if rules is not None and len(rules) > 0:
+        return
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Image, int | None]]:
+    """A reference segmentation node or labelmap volume node as images on their own grids (LPS).
+
+    Segments are matched to the card's labels by name (case-insensitive), then by label value.
+
+    Returns:
+        ``(image, value)`` pairs: for a segmentation, a 0/1 mask per matched segment with the card
+        value to paint; for a labelmap volume, the labelmap itself with ``None`` (values kept).
+
+    Raises:
+        MedSegUNetError: an unsupported node, or no segment matching the card's labels.
+    """
+    import slicer
+
+    if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLScalarVolumeNode"):
+        return [(imageFromVolumeNode(node, sitk.sitkUInt16), None)]
+    if not node.IsA("vtkMRMLSegmentationNode"):
+        raise MedSegUNetError(f"Reference '{node.GetName()}' is a {node.GetClassName()}: choose a segmentation or a labelmap volume.")
+    ensureSegmentationConverterRules()
+    nodeToWorld = parentToWorld(node)
+    segmentation = node.GetSegmentation()
+    if not segmentation.ContainsRepresentation(BINARY_LABELMAP):
+        # Convert a copy, so the user's node keeps its representations.
+        copy = slicer.vtkSegmentation()
+        copy.DeepCopy(segmentation)
+        if not copy.CreateRepresentation(BINARY_LABELMAP):
+            raise MedSegUNetError(f"Reference segmentation '{node.GetName()}' cannot be converted to a binary labelmap.")
+        segmentation = copy
+    byName = {label["name"].lower(): int(label["value"]) for label in labels}
+    values = {int(label["value"]) for label in labels}
+    parts = []
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        value = byName.get(segment.GetName().lower())
+        if value is None and segment.GetLabelValue() in values:
+            value = int(segment.GetLabelValue())
+        representation = segment.GetRepresentation(BINARY_LABELMAP)
+        if value is None or representation is None:
+            continue
+        array, ijkToNode = _orientedImageToArray(representation)
+        if array.size == 0:
+            continue
+        mask = sitk.GetImageFromArray((array == segment.GetLabelValue()).astype(np.uint8))
+        geometry.setImageGeometryFromIJKToLPS(mask, geometry.LPS_TO_RAS @ nodeToWorld @ ijkToNode)
+        parts.append((mask, value))
+    if not parts and segmentation.GetNumberOfSegments():
+        names = ", ".join(label["name"] for label in labels)
+        raise MedSegUNetError(
+            f"No segment of reference '{node.GetName()}' matches the model's labels ({names}): rename the segments to these names."
+        )
+    return parts
+
+
+def referenceLabelmapFromParts(parts: Sequence[tuple[sitk.Image, int | None]], referenceGrid: sitk.Image) -> sitk.Image:
+    """Paint reference parts (nearest-neighbour resampled) onto the reference grid.
+
+    Returns:
+        uint16 label map on ``referenceGrid`` (LPS).
+    """
+    out = np.zeros(tuple(reversed(referenceGrid.GetSize())), dtype=np.uint16)
+    for image, value in parts:
+        # A copy, not a view: the resampled image is a temporary.
+        resampled = sitk.GetArrayFromImage(preprocessing.resampleOnto(image, referenceGrid, sitk.sitkNearestNeighbor, sitk.sitkUInt16))
+        if value is None:
+            nonzero = resampled != 0
+            out[nonzero] = resampled[nonzero]
+        else:
+            out[resampled != 0] = value
+    labelmap = sitk.GetImageFromArray(out)
+    labelmap.CopyInformation(referenceGrid)
+    return labelmap
+
+
+def roiBoxFromMarkupsNode(roiNode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A Markups ROI as an oriented box in world RAS.
+
+    Returns:
+        (centerRAS 3, axesRAS 3×3 with unit columns, radiusMM 3), including parent transforms.
+
+    Raises:
+        MedSegUNetError: non-linear transform, or an empty box.
+    """
+    parentToWorld(roiNode)  # refuses non-linear parents
+    objectToWorld = _vtkMatrixToArray(roiNode.GetObjectToWorldMatrix())
+    radius = np.zeros(3)
+    roiNode.GetRadiusXYZ(radius)
+    columns = objectToWorld[:3, :3]
+    scale = np.linalg.norm(columns, axis=0)
+    if np.any(radius <= 0) or np.any(scale <= 0):
+        raise MedSegUNetError(f"ROI '{roiNode.GetName()}' is empty: give it a size in every direction.")
+    return objectToWorld[:3, 3].copy(), columns / scale, radius * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# The thread-safe job
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationJob:
+    """One run's inputs as images and arrays, and its results; :meth:`run` touches no MRML.
+
+    The ``targets`` dict holds the nodes that :meth:`SegmentationLogic.finish` writes to; ``run``
+    never reads it.
+    """
+
+    modelPath: str
+    device: str
+    card: dict
+    images: list
+    names: list
+    inputNames: list
+    roiImages: list = field(default_factory=list)
+    roiNames: list = field(default_factory=list)
+    roiBox: tuple | None = None
+    useROI: bool = True
+    marginMM: float = 0.0
+    referenceParts: list | None = None
+    progress: pipeline.ProgressReporter = field(default_factory=pipeline.ProgressReporter)
+    targets: dict = field(default_factory=dict)
+    # Filled by run():
+    result: pipeline.SegmentationResult | None = None
+    report: dict | None = None
+    referenceLabelmap: sitk.Image | None = None
+    error: Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.progress.timings
+
+    def run(self) -> bool:
+        """Load the model (cached), segment and compute statistics. Safe on a worker thread.
+
+        Returns:
+            True on success; otherwise the exception is kept in ``error`` for ``finish`` to raise.
+        """
+        try:
+            self._run()
+            return True
+        except Exception as error:  # handed to the main thread, which raises it in finish()
+            self.error = error
+            return False
+        finally:
+            self.done.set()
+
+    def _run(self) -> None:
+        progress = self.progress
+        progress.stage(pipeline.Stage.LOADING)
+        model = modelcard.loadModel(self.modelPath, self.device)
+        progress.checkCancel()
+        roi = None
+        if self.roiBox is not None:
+            progress.stage(pipeline.Stage.ROI)
+            seriesROI = pipeline.resolveROI(self.images, self.names, self.roiImages, self.roiNames, self.useROI, self.marginMM)
+            boxROI = geometry.roiFromRASBox(seriesROI.reference, *self.roiBox)
+            low, high = np.maximum(seriesROI.ijkMin, boxROI.ijkMin), np.minimum(seriesROI.ijkMax, boxROI.ijkMax)
+            if np.any(low > high):
+                raise MedSegUNetError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.")
+            roi = geometry.RegionOfInterest(
+                reference=seriesROI.reference,
+                ijkMin=low,
+                ijkMax=high,
+                volumeNames=[*seriesROI.volumeNames, "Markups ROI"],
+                marginMM=seriesROI.marginMM,
+            )
+        self.result = pipeline.segmentImages(
+            self.images,
+            model,
+            names=self.names,
+            roiImages=self.roiImages,
+            roiNames=self.roiNames,
+            roi=roi,
+            useROI=self.useROI,
+            marginMM=self.marginMM,
+            progress=progress,
+        )
+        progress.stage(pipeline.Stage.STATISTICS)
+        if self.referenceParts is not None:
+            self.referenceLabelmap = referenceLabelmapFromParts(self.referenceParts, self.images[0])
+        self.report = statistics.computeStatistics(
+            self.result.labelmap, self.card, dict(zip(self.inputNames, self.images)), self.referenceLabelmap
+        )
+        progress.checkCancel()
+
+
+@dataclass
+class SegmentationLogicResult:
+    """What :meth:`SegmentationLogic.process` leaves in the scene, and the run's figures."""
+
+    segmentationNode: object
+    statisticsTableNode: object
+    roiNode: object
+    overlapTableNode: object | None
+    timings: dict[str, float]
+    roi: geometry.RegionOfInterest
+    report: dict
+    device: str
+
+
+# ---------------------------------------------------------------------------------------------
+# The logic
+# ---------------------------------------------------------------------------------------------
+
+
+class SegmentationLogic:
+    """Segments scalar volume nodes of a scene with a MedSegUNet model.
+
+    Args:
+        scene: the ``vtkMRMLScene`` to read from and write to (``slicer.mrmlScene`` in Slicer).
+    """
+
+    def __init__(self, scene) -> None:
+        if scene is None:
+            raise ValueError("SegmentationLogic needs a vtkMRMLScene")
+        self.scene = scene
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def process(
+        self,
+        inputVolumes: Sequence,
+        modelPath: str | os.PathLike,
+        roiVolumes: Sequence = (),
+        roiNode=None,
+        outputSegmentation=None,
+        outputTable=None,
+        referenceSegmentation=None,
+        device: str = "auto",
+        progressCallback: ProgressCallback | None = None,
+        cancelEvent: threading.Event | None = None,
+        outputROI=None,
+        outputOverlapTable=None,
+        useROI: bool = True,
+        marginMM: float | None = None,
+    ) -> SegmentationLogicResult:
+        """Segment, in one call on the calling thread (console and batch use).
+
+        Args:
+            inputVolumes: scalar volume nodes in the card's input order; the first is the reference.
+            modelPath: TorchScript model file with its card.
+            roiVolumes: extra volume nodes whose extents limit the ROI.
+            roiNode: optional ``vtkMRMLMarkupsROINode`` that limits the ROI further.
+            outputSegmentation: segmentation node to replace the segments of (None: a new node).
+            outputTable: table node for the statistics (None: a new node).
+            referenceSegmentation: segmentation or labelmap volume node to compare with.
+            device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+            progressCallback: ``(fraction, message)``.
+            cancelEvent: set it to cancel; the scene is then left as it was.
+            outputROI: markups ROI node to show the ROI in (None: a new node).
+            outputOverlapTable: table node for the overlap metrics (None: a new node).
+            useROI: False segments the whole reference volume.
+            marginMM: margin around the ROI (None: the card's ``roi.margin_mm``, else 0).
+
+        Returns:
+            the nodes written and the run's timings, ROI and statistics.
+
+        Raises:
+            MedSegUNetError: bad inputs; ProcessingCancelled: cancelled. The scene is unchanged.
+        """
+        job = self.prepare(
+            inputVolumes,
+            modelPath,
+            roiVolumes=roiVolumes,
+            roiNode=roiNode,
+            outputSegmentation=outputSegmentation,
+            outputTable=outputTable,
+            referenceSegmentation=referenceSegmentation,
+            device=device,
+            progressCallback=progressCallback,
+            cancelEvent=cancelEvent,
+            outputROI=outputROI,
+            outputOverlapTable=outputOverlapTable,
+            useROI=useROI,
+            marginMM=marginMM,
+        )
+        job.run()
+        return self.finish(job)
+
+    def prepare(
+        self,
+        inputVolumes: Sequence,
+        modelPath: str | os.PathLike,
+        roiVolumes: Sequence = (),
+        roiNode=None,
+        outputSegmentation=None,
+        outputTable=None,
+        referenceSegmentation=None,
+        device: str = "auto",
+        progressCallback: ProgressCallback | None = None,
+        cancelEvent: threading.Event | None = None,
+        outputROI=None,
+        outputOverlapTable=None,
+        useROI: bool = True,
+        marginMM: float | None = None,
+    ) -> SegmentationJob:
+        """Read the nodes and validate (main thread); the scene is not modified.
+
+        Returns:
+            a job whose :meth:`SegmentationJob.run` may run on a worker thread.
+
+        Raises:
+            MedSegUNetError: no inputs, wrong count for the card, unreadable model card,
+                non-linear transforms, non-scalar volumes, nodes of another scene.
+        """
+        progress = pipeline.ProgressReporter(progressCallback, cancelEvent)
+        progress.checkCancel()
+        inputVolumes = [node for node in (inputVolumes or []) if node is not None]
+        if not inputVolumes:
+            raise MedSegUNetError("No input volume: select the model's input volumes.")
+        card = modelcard.readCard(modelPath)
+        if len(inputVolumes) != len(card["inputs"]):
+            expected = ", ".join(i["name"] for i in card["inputs"])
+            raise MedSegUNetError(
+                f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(inputVolumes)} were given: select them in that order."
+            )
+        for node in [*inputVolumes, *roiVolumes]:
+            self._checkNode(node, "vtkMRMLScalarVolumeNode", "volume")
+        if any(node.IsA("vtkMRMLLabelMapVolumeNode") for node in inputVolumes):
+            raise MedSegUNetError("An input is a labelmap volume: select the scanner images as inputs.")
+        for node, kind in ((roiNode, "vtkMRMLMarkupsROINode"), (outputSegmentation, "vtkMRMLSegmentationNode"),
+                           (outputTable, "vtkMRMLTableNode"), (outputROI, "vtkMRMLMarkupsROINode"),
+                           (outputOverlapTable, "vtkMRMLTableNode")):
+            if node is not None:
+                self._checkNode(node, kind, kind.replace("vtkMRML", "").replace("Node", " node"))
+        if referenceSegmentation is not None:
+            self._checkNode(referenceSegmentation, "vtkMRMLNode", "reference")
+
+        images, names = [], []
+        for node in inputVolumes:
+            image = imageFromVolumeNode(node)
+            checkScalarVolume(image, node.GetName())
+            images.append(image)
+            names.append(node.GetName())
+        inputIDs = {node.GetID() for node in inputVolumes}
+        roiVolumes = [node for node in roiVolumes if node is not None and node.GetID() not in inputIDs]
+        roiImages = [imageFromVolumeNode(node) for node in roiVolumes]
+        roiBox = roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None
+        referenceParts = referencePartsFromNode(referenceSegmentation, card["labels"]) if referenceSegmentation is not None else None
+        reference = inputVolumes[0]
+        if marginMM is None:
+            marginMM = float(card.get("roi", {}).get("margin_mm", 0.0))
+        if marginMM < 0:
+            raise MedSegUNetError("The ROI margin must be zero or positive (mm).")
+        return SegmentationJob(
+            modelPath=os.fspath(modelPath),
+            device=device,
+            card=card,
+            images=images,
+            names=names,
+            inputNames=[i["name"] for i in card["inputs"]],
+            roiImages=roiImages,
+            roiNames=[node.GetName() for node in roiVolumes],
+            roiBox=roiBox,
+            useROI=useROI,
+            marginMM=float(marginMM),
+            referenceParts=referenceParts,
+            progress=progress,
+            targets={
+                "reference": reference,
+                "referenceIJKToRAS": localIJKToRAS(reference),
+                "referenceTransformID": reference.GetTransformNodeID(),
+                "segmentation": outputSegmentation,
+                "table": outputTable,
+                "roi": outputROI,
+                "overlapTable": outputOverlapTable,
+                "withReference": referenceSegmentation is not None,
+            },
+        )
+
+    def finish(self, job: SegmentationJob) -> SegmentationLogicResult:
+        """Write a finished job's results into the scene (main thread).
+
+        Raises:
+            the job's error, or ProcessingCancelled when cancel was asked meanwhile; the scene is
+            then unchanged. An error while writing removes what was created and restores the
+            reused nodes before it is raised.
+        """
+        if not job.done.is_set():
+            raise RuntimeError("finish() called before the job ran")
+        if job.error is not None:
+            raise job.error
+        job.progress.stage(pipeline.Stage.WRITING)  # raises ProcessingCancelled if asked meanwhile
+        created, restore = [], []
+        # Batch the scene's events so views update once, and undo cleanly on failure.
+        self.scene.StartState(self.scene.BatchProcessState)
+        try:
+            nodes = self._write(job, created, restore)
+        except BaseException:
+            for node in reversed(created):
+                if self.scene.IsNodePresent(node):
+                    self.scene.RemoveNode(node)
+            for undo in reversed(restore):
+                undo()
+            raise
+        finally:
+            self.scene.EndState(self.scene.BatchProcessState)
+        timings = dict(job.progress.finish(f"Done in {sum(job.timings.values()):.1f} s"))
+        return SegmentationLogicResult(
+            segmentationNode=nodes["segmentation"],
+            statisticsTableNode=nodes["table"],
+            roiNode=nodes["roi"],
+            overlapTableNode=nodes.get("overlapTable"),
+            timings=timings,
+            roi=job.result.roi,
+            report=job.report,
+            device=job.result.device,
+        )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _write(self, job: SegmentationJob, created: list, restore: list) -> dict:
+        targets = job.targets
+        reference = targets["reference"]
+        baseName = reference.GetName()
+        nodes = {}
+        nodes["segmentation"] = self._writeSegmentation(job, created, restore)
+        nodes["table"] = self._writeTable(
+            targets["table"],
+            f"{baseName} statistics",
+            statistics.statisticsColumns(job.inputNames, targets["withReference"]),
+            statistics.statisticsRows(job.report["segments"], job.inputNames, targets["withReference"]),
+            created,
+            restore,
+        )
+        nodes["roi"] = self._writeROI(job, f"{baseName} ROI", created, restore)
+        if targets["withReference"]:
+            nodes["overlapTable"] = self._writeOverlapTable(job, f"{baseName} overlap", created, restore)
+        return nodes
+
+    def _newNode(self, className: str, name: str, created: list):
+        import slicer
+
+        node = getattr(slicer, className)()
+        node.SetName(self.scene.GenerateUniqueName(name))
+        self.scene.AddNode(node)
+        created.append(node)
+        if hasattr(node, "CreateDefaultDisplayNodes"):
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+            if display is not None and display not in created:
+                created.append(display)
+        return node
+
+    def _setTransform(self, node, transformID: str | None, restore: list) -> None:
+        old = node.GetTransformNodeID()
+        if old != transformID:
+            node.SetAndObserveTransformNodeID(transformID)
+            restore.append(lambda: node.SetAndObserveTransformNodeID(old))
+
+    def buildSegmentation(self, job: SegmentationJob):
+        """A ``vtkSegmentation`` (off-scene) with one segment per card label, sharing one labelmap.
+
+        The labelmap is the engine's label map cropped to the ROI, in the reference volume's node
+        coordinates (its world geometry equals the engine's reference grid).
+        """
+        import slicer
+        import vtk
+        from vtk.util import numpy_support
+
+        ensureSegmentationConverterRules()
+        roi = job.result.roi
+        labels = sitk.GetArrayViewFromImage(job.result.labelmap)[roi.slices()]  # K, J, I
+        image = slicer.vtkOrientedImageData()
+        low, high = roi.ijkMin, roi.ijkMax
+        image.SetExtent(int(low[0]), int(high[0]), int(low[1]), int(high[1]), int(low[2]), int(high[2]))
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(labels, dtype=np.uint8).ravel()
+        image.SetImageToWorldMatrix(_arrayToVTKMatrix(job.targets["referenceIJKToRAS"]))
+        segmentation = slicer.vtkSegmentation()
+        if hasattr(segmentation, "SetSourceRepresentationName"):
+            segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
+        else:  # Slicer < 5.4
+            segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
+        for label in job.card["labels"]:
+            value = int(label["value"])
+            segment = slicer.vtkSegment()
+            segment.SetName(label["name"])
+            segment.SetColor(*[float(c) for c in label["color"]])
+            segment.SetLabelValue(value)
+            segment.AddRepresentation(BINARY_LABELMAP, image)
+            segmentation.AddSegment(segment, f"Segment_{value}")
+        return segmentation
+
+    def _writeSegmentation(self, job: SegmentationJob, created: list, restore: list):
+        import slicer
+
+        targets = job.targets
+        newSegmentation = self.buildSegmentation(job)
+        node = targets["segmentation"]
+        if node is None:
+            node = self._newNode("vtkMRMLSegmentationNode", f"{targets['reference'].GetName()} {job.card['name']}", created)
+        else:
+            old = slicer.vtkSegmentation()
+            old.DeepCopy(node.GetSegmentation())
+            oldGeometry = node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) if hasattr(node, "GetReferenceImageGeometryReferenceRole") else None
+
+            def undo(node=node, old=old, oldGeometry=oldGeometry):
+                node.GetSegmentation().DeepCopy(old)
+                if oldGeometry is not None:
+                    node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), oldGeometry)
+
+            restore.append(undo)
+            if node.GetDisplayNode() is None:
+                node.CreateDefaultDisplayNodes()
+                created.append(node.GetDisplayNode())
+        # The labelmap is in the reference's node coordinates, so the node sits under the same
+        # transform as the reference and moves with it.
+        self._setTransform(node, targets["referenceTransformID"], restore)
+        node.SetReferenceImageGeometryParameterFromVolumeNode(targets["reference"])
+        node.GetSegmentation().DeepCopy(newSegmentation)
+        return node
+
+    @staticmethod
+    def _tableArray(title: str, values: Sequence):
+        import vtk
+
+        present = [v for v in values if v is not None]
+        if any(isinstance(v, str) for v in present):
+            array = vtk.vtkStringArray()
+            for v in values:
+                array.InsertNextValue("" if v is None else str(v))
+        elif present and len(present) == len(values) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present):
+            array = vtk.vtkIntArray()
+            for v in values:
+                array.InsertNextValue(int(v))
+        else:
+            array = vtk.vtkDoubleArray()
+            for v in values:
+                array.InsertNextValue(float("nan") if v is None else float(v))
+        array.SetName(title)
+        return array
+
+    def _writeTable(self, node, name: str, columns: Sequence[str], rows: Sequence[Sequence], created: list, restore: list):
+        import vtk
+
+        table = vtk.vtkTable()
+        for index, title in enumerate(columns):
+            table.AddColumn(self._tableArray(title, [row[index] for row in rows]))
+        if node is None:
+            node = self._newNode("vtkMRMLTableNode", name, created)
+        else:
+            oldTable = node.GetTable()
+            oldLocked = node.GetLocked()
+            restore.append(lambda: (node.SetAndObserveTable(oldTable), node.SetLocked(oldLocked)))
+        node.SetAndObserveTable(table)
+        if hasattr(node, "SetUseColumnTitleAsColumnHeader"):
+            node.SetUseColumnTitleAsColumnHeader(True)
+        node.SetLocked(True)
+        return node
+
+    def _writeROI(self, job: SegmentationJob, name: str, created: list, restore: list):
+        """Show the ROI box as a markups ROI, oriented with the reference volume's axes."""
+        roi = job.result.roi
+        targets = job.targets
+        ijkToRAS = targets["referenceIJKToRAS"]  # node coordinates; the ROI node shares the reference's transform
+        axes = ijkToRAS[:3, :3]
+        spacing = np.linalg.norm(axes, axis=0)
+        rotation = axes / spacing
+        if np.linalg.det(rotation) < 0:
+            # A left-handed grid: flip one box axis (the box is symmetric) so the ROI gets a rotation.
+            rotation[:, 2] = -rotation[:, 2]
+        objectToNode = np.eye(4)
+        objectToNode[:3, :3] = rotation
+        objectToNode[:3, 3] = (ijkToRAS @ np.append((roi.ijkMin + roi.ijkMax) / 2.0, 1.0))[:3]
+        radius = (roi.ijkMax - roi.ijkMin + 1) * spacing / 2.0
+        node = targets["roi"]
+        if node is None:
+            node = self._newNode("vtkMRMLMarkupsROINode", name, created)
+        else:
+            oldMatrix = _vtkMatrixToArray(node.GetObjectToNodeMatrix())
+            oldRadius = np.zeros(3)
+            node.GetRadiusXYZ(oldRadius)
+            oldLocked = node.GetLocked()
+
+            def undo(node=node, oldMatrix=oldMatrix, oldRadius=oldRadius, oldLocked=oldLocked):
+                node.GetObjectToNodeMatrix().DeepCopy(_arrayToVTKMatrix(oldMatrix))
+                node.SetRadiusXYZ(*oldRadius)
+                node.SetLocked(oldLocked)
+
+            restore.append(undo)
+        self._setTransform(node, targets["referenceTransformID"], restore)
+        node.GetObjectToNodeMatrix().DeepCopy(_arrayToVTKMatrix(objectToNode))
+        node.SetRadiusXYZ(*[float(r) for r in radius])
+        # It reports where the model ran; editing it would suggest it changes the result.
+        node.SetLocked(True)
+        return node
+
+    def _writeOverlapTable(self, job: SegmentationJob, name: str, created: list, restore: list):
+        titles = [title for _, title in statistics.OVERLAP_KEYS]
+        keys = [key for key, _ in statistics.OVERLAP_KEYS]
+        rows = [[s["name"], s["value"], *[s.get(key) for key in keys]] for s in job.report["segments"]]
+        meanRow = ["Mean", None]
+        for key in keys:
+            values = [s.get(key) for s in job.report["segments"] if s.get(key) is not None]
+            meanRow.append(float(np.mean(values)) if values else None)
+        rows.append(meanRow)
+        return self._writeTable(job.targets["overlapTable"], name, ["Segment", "Label value", *titles], rows, created, restore)
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _checkNode(self, node, className: str, what: str) -> None:
+        if not node.IsA(className):
+            raise MedSegUNetError(f"'{node.GetName()}' is a {node.GetClassName()}, not a {what}: choose another node.")
+        if node.GetScene() is not self.scene and node.GetScene() != self.scene:
+            raise MedSegUNetError(f"'{node.GetName()}' is not in this scene: choose a node of the current scene.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Widget helpers without Qt (pre-filling selectors, devices)
+# ---------------------------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return [word for word in re.split(r"[^0-9a-z]+", text.lower()) if word]
+
+
+def suggestInputVolumes(card: dict, volumeNodes: Sequence) -> list:
+    """Pre-fill one volume per card input by matching names.
+
+    An input's ``match`` words (or the words of its name) are searched in the volume names,
+    case-insensitively; the volume with most matching words wins, each volume is used once.
+
+    Returns:
+        one node (or None) per card input, in card order.
+    """
+    chosen: list = []
+    used: set = set()
+    for spec in card["inputs"]:
+        words = [w for term in (spec.get("match") or [spec["name"]]) for w in _words(term)]
+        best, bestScore = None, 0
+        for node in volumeNodes:
+            if node.GetID() in used or node.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            nameWords = _words(node.GetName())
+            score = sum(1 for word in words if word in nameWords or any(word in n for n in nameWords))
+            if score > bestScore:
+                best, bestScore = node, score
+        if best is not None:
+            used.add(best.GetID())
+        chosen.append(best)
+    return chosen
+
+
+def suggestROIVolumes(reference, candidates: Sequence, card: dict | None = None) -> list:
+    """The extra series to pre-check for limiting the ROI: other series of the reference's study.
+
+    A candidate is chosen when it overlaps the reference and either shares the reference's
+    subject-hierarchy study (DICOM loads) or its name matches the card's ``roi.from_series`` words.
+
+    Returns:
+        the chosen nodes, in candidate order.
+    """
+    scene = reference.GetScene()
+    shNode = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode") if scene is not None else None
+    study = None
+    if shNode is not None:
+        item = shNode.GetItemByDataNode(reference)
+        parent = shNode.GetItemParent(item) if item else 0
+        study = parent if parent and parent != shNode.GetSceneItemID() else None
+    seriesWords = [w for term in ((card or {}).get("roi", {}).get("from_series") or []) for w in _words(term)]
+    referenceGeometry = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(reference), reference.GetImageData().GetDimensions(), reference.GetName())
+    chosen = []
+    for node in candidates:
+        if node is reference or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+            continue
+        sameStudy = study is not None and shNode.GetItemParent(shNode.GetItemByDataNode(node)) == study
+        named = bool(seriesWords) and any(word in _words(node.GetName()) for word in seriesWords)
+        if not (sameStudy or named):
+            continue
+        try:
+            candidate = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(node), node.GetImageData().GetDimensions(), node.GetName())
+            geometry.computeROI(referenceGeometry, [candidate])
+        except MedSegUNetError:
+            continue
+        chosen.append(node)
+    return chosen
+
+
+def availableDevices() -> dict[str, bool]:
+    """Which devices this PyTorch can use: ``{"auto": True, "cuda": ..., "mps": ..., "cpu": True}``.
+
+    Without PyTorch only ``auto`` and ``cpu`` are offered (it is installed on first Apply).
+    """
+    devices = {"auto": True, "cuda": False, "mps": False, "cpu": True}
+    try:
+        import torch
+    except ImportError:
+        return devices
+    devices["cuda"] = bool(torch.cuda.is_available())
+    mps = getattr(torch.backends, "mps", None)
+    devices["mps"] = bool(mps is not None and mps.is_available())
+    return devices
+
+
+
+def timingsText(timings: dict[str, float]) -> str:
+    """``"loading 0.1 s, roi 0.0 s, … (total 3.2 s)"`` for status lines."""
+    parts = [f"{name} {seconds:.1f} s" for name, seconds in timings.items()]
+    return ", ".join(parts) + f" (total {sum(timings.values()):.1f} s)"
+
+
+__all__ = [
+    "SegmentationLogic",
+    "SegmentationJob",
+    "SegmentationLogicResult",
+    "ProcessingCancelled",
+    "MedSegUNetError",
+    "addVolumeFromImage",
+    "imageFromVolumeNode",
+    "worldIJKToRAS",
+    "timingsText",
+    "suggestInputVolumes",
+    "suggestROIVolumes",
+    "availableDevices",
+]

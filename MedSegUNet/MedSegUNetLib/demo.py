@@ -1,0 +1,319 @@
+"""``medsegunet demo``: prostate zones of ProstateX-0000 with the zoo's prostate model.
+
+The three T2 series (axial, sagittal, coronal) come from a local copy (``--data``: DICOM series
+folders or the NRRD files) or are downloaded once from the public copies used by
+SlicerMONAIAuto3DSeg's sample data (checked against their SHA256 sums) into a user cache folder.
+The axial T2 is the model input and reference; the ROI is the intersection of the three series.
+
+Outputs: the segmentation (``.seg.nrrd``), statistics (CSV and JSON) and a PNG overview (axial ROI
+slices with the zones, and the ROI box drawn on the sagittal and coronal series).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import MedSegUNetError
+
+CASE = "ProstateX-0000"
+BASE_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
+# From SlicerMONAIAuto3DSeg's registerSampleData (the "ProstateX-0000" sample data set).
+FILES = {
+    "axial": ("ProstateX-0000-t2-tse-tra.nrrd", "3940564b147b7bcda52b6b305be3d39f7c9fb901b81caa9863c72ef6ff113dfb"),
+    "sagittal": ("ProstateX-0000-t2-tse-sag.nrrd", "774a3891a506f534b5d60ab9831587803e18da0f2daa343997d09221942bf329"),
+    "coronal": ("ProstateX-0000-t2-tse-cor.nrrd", "628b928f818350acdb95952daa107d089a6c9101cf74d51fb129ab9b5d490e59"),
+}
+SERIES_WORDS = {"axial": ("tra", "ax"), "sagittal": ("sag",), "coronal": ("cor",)}
+MODEL_NAME = "prostate-zones"
+OFFLINE_HINT = (
+    "run 'medsegunet demo --data DIR' with DIR holding ProstateX-0000's axial, sagittal and coronal T2 "
+    "(DICOM series folders, e.g. ../shared/data/prostatex/ProstateX-0000, or the three ProstateX-0000-t2-tse-*.nrrd files)"
+)
+
+
+def defaultModelPath() -> Path:
+    """The zoo model shipped in ``Resources/Models`` (repository checkout or Slicer extension)."""
+    here = Path(__file__).resolve()
+    for root in (here.parents[2], here.parents[1]):
+        candidate = root / "Resources" / "Models" / MODEL_NAME / f"{MODEL_NAME}.pt"
+        if candidate.is_file():
+            return candidate
+    return here.parents[2] / "Resources" / "Models" / MODEL_NAME / f"{MODEL_NAME}.pt"
+
+
+def cacheFolder() -> Path:
+    """``$MEDSEGUNET_CACHE`` or the user cache (``$XDG_CACHE_HOME`` or ``~/.cache``)/medsegunet."""
+    if os.environ.get("MEDSEGUNET_CACHE"):
+        return Path(os.environ["MEDSEGUNET_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "medsegunet"
+
+
+def sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, path: Path, checksum: str, timeout: float = 30.0, log=None) -> None:
+    """Fetch ``url`` to ``path`` atomically (temporary name, checksum checked, then renamed).
+
+    Raises:
+        MedSegUNetError: no network (with how to use local data instead) or a wrong checksum.
+    """
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".download-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as output:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    if log:
+                        # Said only once connected, so offline users get the error line alone.
+                        log(f"Downloading {path.name} into {path.parent} (once)")
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        output.write(block)
+            except (urllib.error.URLError, OSError, TimeoutError) as error:
+                reason = getattr(error, "reason", error)
+                raise MedSegUNetError(f"Cannot download the demo data ({reason}); to work offline, {OFFLINE_HINT}.") from None
+        actual = sha256(temporary)
+        if actual != checksum:
+            raise MedSegUNetError(
+                f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later or {OFFLINE_HINT}."
+            )
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def fetchDemoData(folder: Path | None = None, log=None) -> dict[str, str]:
+    """The three NRRD files in the cache, downloaded (and checked) only when missing or changed."""
+    folder = Path(folder or cacheFolder() / CASE)
+    paths = {}
+    for role, (name, checksum) in FILES.items():
+        path = folder / name
+        if not path.is_file() or sha256(path) != checksum:
+            download(BASE_URL + name, path, checksum, log=log)
+        paths[role] = str(path)
+    return paths
+
+
+def _words(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _pick(role: str, candidates: dict[str, str]) -> str | None:
+    """The candidate (key = description or file/folder name) that names a T2 series of this orientation."""
+    matches = [path for name, path in candidates.items() if "t2" in _words(name) and any(w in _words(name) for w in SERIES_WORDS[role])]
+    return sorted(matches)[0] if matches else None
+
+
+def findLocalSeries(folder: str | os.PathLike) -> dict[str, str]:
+    """The axial, sagittal and coronal T2 of a local copy, as readable paths.
+
+    NRRD/NIfTI files are matched by file name; DICOM series by description or folder name (a
+    multi-series folder yields ``FOLDER::UID`` paths).
+
+    Raises:
+        MedSegUNetError: missing folder or a series that cannot be found.
+    """
+    from .volumes import VOLUME_SUFFIXES, findDicomSeries, pathSuffix
+
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise MedSegUNetError(f"Demo data folder '{folder}' does not exist: {OFFLINE_HINT}.")
+    files = {name: os.path.join(folder, name) for name in sorted(os.listdir(folder)) if pathSuffix(name) in VOLUME_SUFFIXES}
+    found = {role: _pick(role, files) for role in FILES}
+    if not all(found.values()):
+        series = findDicomSeries(folder)
+        candidates = {}
+        for item in series:
+            path = item.folder if sum(s.folder == item.folder for s in series) == 1 else f"{item.folder}::{item.uid}"
+            candidates[f"{item.description} {os.path.basename(item.folder)}"] = path
+        found = {role: found[role] or _pick(role, candidates) for role in FILES}
+    missing = [role for role, path in found.items() if not path]
+    if missing:
+        raise MedSegUNetError(f"No {' / '.join(missing)} T2 series found in '{folder}': {OFFLINE_HINT}.")
+    return found
+
+
+def boxOnSlice(cornersRAS: np.ndarray, image: sitk.Image, k: float) -> np.ndarray:
+    """Where an oriented box cuts the plane ``index k`` of a series, as a polygon in (i, j) index units.
+
+    Args:
+        cornersRAS: the 8 corners of the box (``RegionOfInterest.cornersRAS``, RAS mm, in
+            ``itertools.product`` order over the three axes).
+        image: the series (LPS); its continuous index space is where the cut is computed.
+        k: the slice index.
+
+    Returns:
+        M×2 (i, j) vertices in order around the polygon (empty when the plane misses the box).
+    """
+    from .geometry import LPS_TO_RAS, ijkToLPSFromImage
+
+    rasToIJK = np.linalg.inv(LPS_TO_RAS @ ijkToLPSFromImage(image))
+    corners = (rasToIJK @ np.c_[cornersRAS, np.ones(8)].T).T[:, :3]
+    points = []
+    for a in range(8):
+        for b in range(a + 1, 8):
+            if bin(a ^ b).count("1") != 1:
+                continue  # only the 12 edges: corners differing along one box axis
+            ka, kb = corners[a, 2] - k, corners[b, 2] - k
+            if ka == kb:
+                continue
+            t = ka / (ka - kb)
+            if 0.0 <= t <= 1.0:
+                points.append(corners[a, :2] + t * (corners[b, :2] - corners[a, :2]))
+    if len(points) < 3:
+        return np.zeros((0, 2))
+    points = np.asarray(points)
+    centre = points.mean(axis=0)
+    order = np.argsort(np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0]))
+    return points[order]
+
+
+def _overlay(labels: np.ndarray, card: dict) -> np.ndarray:
+    rgba = np.zeros((*labels.shape, 4))
+    for label in card["labels"]:
+        rgba[labels == int(label["value"])] = [*label["color"], 0.45]
+    return rgba
+
+
+def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict[str, sitk.Image], card: dict, path: str) -> None:
+    """PNG: up to 6 axial ROI slices with the zones, and the sagittal and coronal middle slices with
+    the ROI box (its cut through each slice plane) and the zones resampled onto them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Polygon
+
+    from . import preprocessing
+    from .volumes import atomicOutput
+
+    image = sitk.GetArrayViewFromImage(reference)[roi.slices()]  # K, J, I inside the ROI
+    labels = sitk.GetArrayViewFromImage(labelmap)[roi.slices()]
+    withLabels = [k for k in range(labels.shape[0]) if labels[k].any()] or list(range(labels.shape[0]))
+    shown = [withLabels[int(round(i))] for i in np.linspace(0, len(withLabels) - 1, min(6, len(withLabels)))]
+    columns = max(len(shown), 2)
+    figure = plt.figure(figsize=(2.6 * columns, 2.6 + 4.6))
+    grid = figure.add_gridspec(2, columns, height_ratios=[2.6, 4.6])
+    spacing = reference.GetSpacing()
+    low, high = np.percentile(image, [1, 99.5])
+    for column, k in enumerate(shown):
+        axis = figure.add_subplot(grid[0, column])
+        axis.imshow(image[k], cmap="gray", vmin=low, vmax=high, aspect=spacing[1] / spacing[0])
+        axis.imshow(_overlay(labels[k], card), aspect=spacing[1] / spacing[0])
+        axis.set_title(f"axial k={int(roi.ijkMin[2]) + k}", fontsize=8)
+        axis.axis("off")
+    corners = roi.cornersRAS()
+    half = columns // 2
+    for index, (name, volume) in enumerate(list(others.items())[:2]):
+        axis = figure.add_subplot(grid[1, index * half:(index + 1) * half] if columns >= 2 else grid[1, index])
+        k = volume.GetSize()[2] // 2
+        array = sitk.GetArrayViewFromImage(volume)[k]
+        zones = sitk.GetArrayFromImage(preprocessing.resampleOnto(labelmap, volume, sitk.sitkNearestNeighbor, sitk.sitkUInt8))[k]
+        s = volume.GetSpacing()
+        lo, hi = np.percentile(array, [1, 99.5])
+        axis.imshow(array, cmap="gray", vmin=lo, vmax=hi, aspect=s[1] / s[0])
+        axis.imshow(_overlay(zones, card), aspect=s[1] / s[0])
+        polygon = boxOnSlice(corners, volume, k)
+        if len(polygon):
+            axis.add_patch(Polygon(polygon, closed=True, fill=False, edgecolor="yellow", linewidth=1.5))
+        axis.set_title(f"{name} k={k}: ROI box (yellow)", fontsize=9)
+        axis.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=label["color"]) for label in card["labels"]]
+    figure.legend(handles, [label["name"] for label in card["labels"]], loc="lower center", ncol=len(handles), fontsize=9)
+    figure.suptitle(f"{CASE}: {card['name']}", fontsize=10)
+    with atomicOutput(path) as temporary:
+        figure.savefig(temporary, dpi=80, format="png")
+    plt.close(figure)
+
+
+def runDemo(data: str | None, output: str, model: str | None = None, device: str = "auto", log=None) -> dict:
+    """Segment ProstateX-0000's zones and write the demo outputs.
+
+    Returns:
+        the output paths and the statistics report.
+
+    Raises:
+        MedSegUNetError: missing model, data that cannot be found or downloaded.
+    """
+    from . import modelcard, pipeline, statistics
+    from .outputs import writeSegmentation
+    from .volumes import readVolume, writeText
+
+    log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+    started = time.perf_counter()
+    modelPath = Path(model) if model else defaultModelPath()
+    if not modelPath.is_file():
+        raise MedSegUNetError(f"The demo model '{modelPath}' is missing: pass --model PATH to a prostate zones model.")
+    paths = findLocalSeries(data) if data else fetchDemoData(log=log)
+    os.makedirs(output, exist_ok=True)
+    images = {role: readVolume(path) for role, path in paths.items()}
+    loaded = modelcard.loadModel(modelPath, device)
+    card = loaded.card
+    result = pipeline.segmentImages(
+        [images["axial"]], loaded, names=["T2 axial"], roiImages=[images["sagittal"], images["coronal"]], roiNames=["T2 sagittal", "T2 coronal"]
+    )
+    outputs = {
+        "segmentation": os.path.join(output, f"{CASE}-zones.seg.nrrd"),
+        "statistics_csv": os.path.join(output, f"{CASE}-statistics.csv"),
+        "statistics_json": os.path.join(output, f"{CASE}-statistics.json"),
+        "overview": os.path.join(output, f"{CASE}-overview.png"),
+    }
+    writeSegmentation(result.labelmap, card["labels"], outputs["segmentation"])
+    report = statistics.computeStatistics(result.labelmap, card, {"T2": images["axial"]})
+    writeText(statistics.statisticsCSV(report["segments"], ["T2"], False), outputs["statistics_csv"])
+    document = {
+        **report,
+        "case": CASE,
+        "inputs": [{"name": role, "path": path} for role, path in paths.items()],
+        "roi": result.roi.toDict(),
+        "model": {"path": str(modelPath), "name": card["name"]},
+        "device": result.device,
+        "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
+    }
+    writeText(statistics.statisticsJSON(document), outputs["statistics_json"])
+    writeOverview(images["axial"], result.labelmap, result.roi, {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]}, card, outputs["overview"])
+    for segment in report["segments"]:
+        log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
+    log(f"ROI {' × '.join(f'{v:.0f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
+    log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
+    return {"outputs": outputs, "report": report, "roi": result.roi}
+
+
+def addParser(subparsers) -> None:
+    """Register ``medsegunet demo``."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="segment the prostate zones of ProstateX-0000 with the zoo model",
+        description="Segment the prostate zones of ProstateX-0000 (axial T2, ROI from the axial/sagittal/coronal T2) and write "
+        "the segmentation, statistics and a PNG overview. Without --data the three T2 series are downloaded once into a cache folder.",
+    )
+    parser.add_argument("--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files")
+    parser.add_argument("--output", default="demo-output", metavar="DIR", help="output folder (default: demo-output)")
+    parser.add_argument("--model", metavar="PATH", help="model file (default: the zoo's prostate-zones model)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """``medsegunet demo``: returns the exit status."""
+    runDemo(args.data, args.output, args.model, args.device)
+    return 0

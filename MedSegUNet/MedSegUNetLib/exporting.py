@@ -1,0 +1,215 @@
+"""``medsegunet export`` and ``medsegunet info``: from a training checkpoint to a model file.
+
+Export rebuilds the network the training config describes, loads the checkpoint's weights,
+scripts it to TorchScript, checks that the scripted and the eager network agree on a sample
+input, and saves it with a model card made from the same config (:func:`training.cardFromConfig`),
+so that the extension prepares inputs at inference exactly as training did.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from .errors import MedSegUNetError
+
+# Scripted and eager outputs are the same arithmetic; these only absorb kernel-order rounding.
+RTOL = 1e-4
+ATOL = 1e-4
+
+
+def checkScriptedMatches(network, scripted, sampleShape: Sequence[int], seed: int = 0) -> float:
+    """Run eager and scripted networks on one random sample and compare.
+
+    Args:
+        network: the eager ``torch.nn.Module`` (put in eval mode here).
+        scripted: its ``torch.jit.script`` version.
+        sampleShape: ``N, C, spatial…`` (MONAI layout).
+
+    Returns:
+        the largest absolute difference.
+
+    Raises:
+        MedSegUNetError: outputs of different shapes or values.
+    """
+    import torch
+
+    network.eval()
+    scripted.eval()
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(*[int(s) for s in sampleShape], generator=generator)
+    with torch.no_grad():
+        eager = network(sample)
+        script = scripted(sample)
+    if isinstance(eager, (tuple, list)):
+        eager, script = eager[0], script[0]
+    if tuple(eager.shape) != tuple(script.shape):
+        raise MedSegUNetError(
+            f"The scripted network's output shape {tuple(script.shape)} differs from the eager network's {tuple(eager.shape)}: the model cannot be exported."
+        )
+    difference = float((eager.float() - script.float()).abs().max())
+    if not torch.allclose(eager.float(), script.float(), rtol=RTOL, atol=ATOL):
+        raise MedSegUNetError(
+            f"The scripted network's outputs differ from the eager network's (max |difference| {difference:.3g}): "
+            "the network's code behaves differently under TorchScript, so it cannot be exported; nothing was written."
+        )
+    return difference
+
+
+def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Sequence[int]) -> float:
+    """Script a network, check it against the eager one, and save it with its card.
+
+    Args:
+        network: eager network with trained weights.
+        card: its model card (validated by :func:`modelcard.saveModel`).
+        path: the ``.pt`` file to write (atomically).
+        sampleShape: ``N, C, spatial…`` of the check sample.
+
+    Returns:
+        the largest absolute difference between scripted and eager outputs.
+
+    Raises:
+        MedSegUNetError: the network cannot be scripted, disagrees with its scripted form, or its
+            output channels do not fit the card.
+    """
+    import torch
+
+    from .modelcard import outputChannels, saveModel, validateCard
+    from .volumes import checkOutputPath
+
+    card = validateCard(card)
+    checkOutputPath(path)
+    network = network.cpu().eval()
+    try:
+        scripted = torch.jit.script(network)
+    except Exception as error:  # TorchScript raises its own frontend errors
+        raise MedSegUNetError(f"The network cannot be scripted to TorchScript ({str(error).strip().splitlines()[0][:160]}).") from None
+    difference = checkScriptedMatches(network, scripted, sampleShape)
+    with torch.no_grad():
+        channels = network(torch.zeros(*[int(s) for s in sampleShape])).shape[1]
+    if channels != outputChannels(card):
+        raise MedSegUNetError(
+            f"The network outputs {channels} channels but the card needs {outputChannels(card)} ({card['output']}, {len(card['labels'])} labels): fix the config's labels or output."
+        )
+    saveModel(scripted, card, path)
+    return difference
+
+
+def cardFromCheckpoint(config: dict, checkpoint: dict) -> dict:
+    """The card for a checkpoint: the config's card fields plus a record of training and validation."""
+    from .training import cardFromConfig
+
+    card = cardFromConfig(config)
+    best = checkpoint.get("best") or {}
+    history = checkpoint.get("history") or []
+    row = next((r for r in history if r.get("epoch") == best.get("epoch")), None)
+    card["training"] = {
+        "tool": "medsegunet train",
+        "training_cases": list(checkpoint.get("train_cases") or []),
+        "epochs_run": int(checkpoint.get("epoch", 0)),
+        "checkpoint_epoch": best.get("epoch"),
+        "network": config["network"],
+        "loss": config["loss"]["type"],
+        "optimizer": config["optimizer"],
+        "patch_size": config["patch_size"],
+        "sampling": config["sampling"],
+        "seed": config["seed"],
+        "label_remap": config.get("label_remap") or {},
+    }
+    if row is not None and row.get("val_mean_dice") is not None:
+        card["validation"] = {
+            "cases": list(checkpoint.get("validation_cases") or []),
+            "epoch": best.get("epoch"),
+            "mean_dice": row["val_mean_dice"],
+            "per_label": {
+                label["name"]: {m: row.get(f"{m}_{label['name']}") for m in ("dice", "iou", "sensitivity", "specificity")}
+                for label in config["labels"]
+            },
+            "note": "computed on the model grid inside the ROI by 'medsegunet train'",
+        }
+    return card
+
+
+def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.PathLike, configPath: str | os.PathLike | None = None) -> dict:
+    """Export a ``medsegunet train`` checkpoint to a TorchScript model with its card.
+
+    Args:
+        checkpointPath: usually ``checkpoint_best.pt``.
+        outputPath: the model file to write.
+        configPath: a config to take the card fields from instead of the one stored in the checkpoint.
+
+    Returns:
+        the card written.
+
+    Raises:
+        MedSegUNetError: unreadable checkpoint, a config for another network, scripting problems.
+    """
+    from . import training
+
+    checkpoint = training.loadCheckpoint(checkpointPath)
+    if configPath is not None:
+        config = training.readConfig(configPath)
+    else:
+        config = training.validateConfig(checkpoint["config"], f"config stored in '{os.fspath(checkpointPath)}'")
+    network = training.buildNetwork(config)
+    try:
+        network.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise MedSegUNetError(
+            f"Checkpoint '{os.fspath(checkpointPath)}' holds another network than the config builds ({str(error).strip().splitlines()[0][:100]}): use the training config."
+        ) from None
+    card = cardFromCheckpoint(config, checkpoint)
+    sampleShape = [1, len(config["inputs"]), *config["patch_size"]]
+    exportNetwork(network, card, outputPath, sampleShape)
+    from .modelcard import readCard
+
+    return readCard(outputPath)
+
+
+def addParser(subparsers) -> None:
+    """Register ``medsegunet export`` and ``medsegunet info``."""
+    parser = subparsers.add_parser(
+        "export",
+        help="script a training checkpoint to a TorchScript model with its card",
+        description="Script the checkpoint's network to TorchScript, check it against the eager network, and embed the model card "
+        "made from the training config (so inference preprocessing equals training's).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt written by 'medsegunet train'")
+    parser.add_argument("--config", help="training config (default: the one stored in the checkpoint)")
+    parser.add_argument("--output", required=True, help="model file to write, e.g. model.pt")
+    parser.set_defaults(func=run)
+
+    info = subparsers.add_parser("info", help="show a model's card", description="Show the card of a MedSegUNet TorchScript model.")
+    info.add_argument("model", metavar="MODEL.pt", help="TorchScript model file")
+    info.add_argument("--json", action="store_true", help="print the full card as JSON")
+    info.set_defaults(func=runInfo)
+
+
+def run(args) -> int:
+    """``medsegunet export``: returns the exit status."""
+    from .modelcard import cardSummary
+
+    card = exportCheckpoint(args.checkpoint, args.output, args.config)
+    sys.stdout.write(f"Wrote {args.output}\n{cardSummary(card)}\n")
+    validation = card.get("validation")
+    if validation:
+        sys.stdout.write(f"Validation mean Dice {validation['mean_dice']:.4f} on {', '.join(validation['cases'])} (epoch {validation['epoch']})\n")
+    return 0
+
+
+def runInfo(args) -> int:
+    """``medsegunet info``: returns the exit status."""
+    import json
+
+    from .modelcard import cardSummary, readCard
+
+    card = readCard(args.model)
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(card, indent=2) + "\n")
+    else:
+        sys.stdout.write(cardSummary(card) + "\n")
+        validation = card.get("validation")
+        if isinstance(validation, dict) and validation.get("mean_dice") is not None:
+            sys.stdout.write(f"Validation mean Dice: {validation['mean_dice']:.4f} ({', '.join(validation.get('cases', []))})\n")
+    return 0

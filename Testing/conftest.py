@@ -1,0 +1,124 @@
+"""Shared fixtures of the MedSegUNet test suite.
+
+Real data lives in ``../shared/data`` relative to the repository root (never copied into the
+repository); tests that need it skip with a message when it is absent. Models are real TorchScript
+files built and scripted here: a tiny MONAI UNet, and known-answer threshold models from
+:mod:`MedSegUNetLib.phantoms`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PROSTATEX = SHARED_DATA / "prostatex"
+# ProstateX-0000's three T2 series; the axial one is the reference.
+PROSTATE_SERIES = ("4-t2tsetra", "3-t2tsesag", "5-t2tsecor")
+# Exact ROI of ProstateX-0000 on the axial T2 (inclusive IJK), checked by brute force over every voxel.
+PROSTATEX_0000_ROI = ((125, 154, 0), (261, 243, 18))
+
+
+def requireSharedData(*parts: str) -> Path:
+    """The path below ``../shared/data``, or skip the test with a message saying what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data '{path}' is absent (expected ../shared/data beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return requireSharedData()
+
+
+@pytest.fixture(scope="session")
+def prostate_series() -> dict[str, str]:
+    """The ProstateX-0000 T2 DICOM folders, reference (axial) first: name → folder path."""
+    folder = requireSharedData("prostatex", "ProstateX-0000")
+    return {name: str(folder / name) for name in PROSTATE_SERIES}
+
+
+@pytest.fixture(scope="session")
+def prostate_images(prostate_series):
+    """The ProstateX-0000 T2 volumes as SimpleITK images (LPS), in ``prostate_series`` order."""
+    from MedSegUNetLib.volumes import readVolume
+
+    return {name: readVolume(path) for name, path in prostate_series.items()}
+
+
+@pytest.fixture(scope="session")
+def prostate_series_0001() -> dict[str, str]:
+    """The ProstateX-0001 T2 DICOM folders (series tilted about 6°), axial first."""
+    folder = requireSharedData("prostatex", "ProstateX-0001")
+    found = {}
+    for suffix in ("t2tsetra", "t2tsesag", "t2tsecor"):
+        matches = sorted(p for p in os.listdir(folder) if p.endswith(suffix))
+        if not matches:
+            pytest.skip(f"no '*{suffix}' series in '{folder}'")
+        found[matches[0]] = str(folder / matches[0])
+    return found
+
+
+TINY_UNET_CARD = {
+    "schema": "medsegunet.model/1",
+    "name": "Tiny test UNet",
+    "spatial_dims": 3,
+    "inputs": [{"name": "T2"}],
+    "labels": [{"value": 1, "name": "gland", "color": [0.9, 0.6, 0.4]}],
+    "output": "softmax",
+    "normalization": {"type": "zscore", "nonzero": True},
+    "spacing": None,
+    "orientation": None,
+    "patch_size": [32, 32, 8],
+    "overlap": 0.25,
+    "sw_batch_size": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def a_tiny_unet(tmp_path_factory) -> str:
+    """A real (untrained) MONAI UNet, scripted and saved with a card; returns the ``.pt`` path."""
+    import torch
+    from monai.networks.nets import UNet
+
+    from MedSegUNetLib.modelcard import saveModel
+
+    torch.manual_seed(0)
+    network = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    network.eval()
+    path = tmp_path_factory.mktemp("tiny_unet") / "tiny_unet.pt"
+    saveModel(network, TINY_UNET_CARD, path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def a_threshold_model(tmp_path_factory):
+    """Factory: ``make(thresholds, **thresholdCard kwargs)`` → path of a saved known-answer model.
+
+    Labels default to one per threshold (values 1, 2, …). Models with the same arguments are built once.
+    """
+    from MedSegUNetLib import phantoms
+
+    folder = tmp_path_factory.mktemp("threshold_models")
+    built: dict[str, str] = {}
+
+    def make(thresholds=(0.5,), labels=None, **cardArguments) -> str:
+        if labels is None:
+            labels = [(index + 1, f"label{index + 1}", (0.1 * (index + 1), 0.5, 0.5)) for index in range(len(thresholds))]
+        key = repr((tuple(thresholds), tuple(labels), sorted(cardArguments.items())))
+        if key not in built:
+            card = phantoms.thresholdCard(labels, **cardArguments)
+            path = folder / f"threshold_{len(built)}.pt"
+            built[key] = phantoms.writeThresholdModel(path, thresholds, card)
+        return built[key]
+
+    return make

@@ -1,0 +1,130 @@
+"""``medsegunet demo``: local data discovery, the checked download, the ROI box drawing, the real run."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedSegUNetLib import demo
+from MedSegUNetLib.cli import main
+from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.geometry import VolumeGeometry, fullROI
+from MedSegUNetLib.phantoms import makeGrid, rotationMatrix
+
+from conftest import PROSTATEX_0000_ROI, requireSharedData
+
+
+@pytest.fixture()
+def a_file_server(tmp_path):
+    """A real HTTP server on localhost serving ``tmp_path / 'served'``; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_checks_sum_and_is_atomic(tmp_path, a_file_server, monkeypatch):
+    served, url = a_file_server
+    content = b"NRRD0004 not really an image"
+    (served / "ProstateX-0000-t2-tse-tra.nrrd").write_bytes(content)
+    target = tmp_path / "cache" / "a.nrrd"
+    with pytest.raises(MedSegUNetError, match="has SHA256 .* instead of 3940564b"):
+        demo.download(url + "ProstateX-0000-t2-tse-tra.nrrd", target, demo.FILES["axial"][1])
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    demo.download(url + "ProstateX-0000-t2-tse-tra.nrrd", target, hashlib.sha256(content).hexdigest())
+    assert target.read_bytes() == content
+
+
+def test_offline_without_data_says_how_to_use_local_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(demo, "BASE_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+    assert main(["demo", "--output", str(tmp_path / "out"), "--model", str(model)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and captured.out == ""
+    assert "Cannot download the demo data" in err and "medsegunet demo --data DIR" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_checksums_match_the_issue_prefixes():
+    prefixes = {"axial": ("3940564b", "3dfb"), "sagittal": ("774a3891", "f329"), "coronal": ("628b928f", "0e59")}
+    for role, (start, end) in prefixes.items():
+        checksum = demo.FILES[role][1]
+        assert len(checksum) == 64 and checksum.startswith(start) and checksum.endswith(end)
+
+
+def test_find_local_nrrd_files(tmp_path):
+    image = makeGrid((4, 4, 3), (1, 1, 1), np.eye(3))
+    for name in ("ProstateX-0000-t2-tse-cor.nrrd", "ProstateX-0000-t2-tse-tra.nrrd", "ProstateX-0000-t2-tse-sag.nrrd", "ProstateX-0000-adc.nrrd"):
+        sitk.WriteImage(image, str(tmp_path / name))
+    found = demo.findLocalSeries(tmp_path)
+    assert {role: path.split("/")[-1] for role, path in found.items()} == {
+        "axial": "ProstateX-0000-t2-tse-tra.nrrd", "sagittal": "ProstateX-0000-t2-tse-sag.nrrd", "coronal": "ProstateX-0000-t2-tse-cor.nrrd"
+    }
+    (tmp_path / "ProstateX-0000-t2-tse-sag.nrrd").unlink()
+    with pytest.raises(MedSegUNetError, match="No sagittal T2 series found"):
+        demo.findLocalSeries(tmp_path)
+
+
+def test_box_on_slice_of_tilted_series():
+    """A box equal to a tilted volume's own extent cuts each of its slices in the slice's full extent."""
+    volume = makeGrid((10, 6, 5), (1.0, 2.0, 3.0), rotationMatrix([1, 1, 0], 25.0))
+    corners = fullROI(VolumeGeometry.fromImage(volume)).cornersRAS()
+    polygon = demo.boxOnSlice(corners, volume, 2.0)
+    np.testing.assert_allclose(polygon.min(axis=0), [-0.5, -0.5], atol=1e-9)
+    np.testing.assert_allclose(polygon.max(axis=0), [9.5, 5.5], atol=1e-9)
+    assert len(demo.boxOnSlice(corners, volume, 7.0)) == 0
+
+
+def test_demo_on_local_prostatex(tmp_path, repo_root):
+    """The README's demo command on the local DICOM copy: outputs, ROI, zone volumes, Dice vs HeviAI23."""
+    from MedSegUNetLib import statistics
+    from MedSegUNetLib.volumes import readVolume
+
+    data = requireSharedData("prostatex", "ProstateX-0000")
+    if not demo.defaultModelPath().is_file():
+        pytest.skip("the prostate-zones zoo model has not been exported yet")
+    output = tmp_path / "demo-output"
+    assert main(["demo", "--data", str(data), "--output", str(output), "--device", "cpu"]) == 0
+    names = ["ProstateX-0000-zones.seg.nrrd", "ProstateX-0000-statistics.csv", "ProstateX-0000-statistics.json", "ProstateX-0000-overview.png"]
+    assert sorted(p.name for p in output.iterdir()) == sorted(names)
+    report = json.loads((output / "ProstateX-0000-statistics.json").read_text())
+    assert report["roi"]["ijk_min"] == list(PROSTATEX_0000_ROI[0]) and report["roi"]["ijk_max"] == list(PROSTATEX_0000_ROI[1])
+    volumes = {s["name"]: s["volume_cm3"] for s in report["segments"]}
+    # HeviAI23 zones of this case: peripheral 22.5 cm3, transition 18.3 cm3.
+    assert 12 < volumes["peripheral zone"] < 35 and 10 < volumes["transition zone"] < 30
+    assert (output / "ProstateX-0000-statistics.csv").read_text().splitlines()[1].startswith("peripheral zone,1,")
+    assert (output / "ProstateX-0000-overview.png").stat().st_size > 50_000
+
+    import slicerio
+
+    segmentation = slicerio.read_segmentation(str(output / names[0]))
+    assert [s["name"] for s in segmentation["segments"]] == ["peripheral zone", "transition zone"]
+    reference = readVolume(str(data / "4-t2tsetra"))
+    labelmap = sitk.GetImageFromArray(np.ascontiguousarray(segmentation["voxels"].transpose(2, 1, 0)))
+    labelmap.CopyInformation(reference)
+    zones = sitk.Cast(sitk.ReadImage(str(requireSharedData("prostatex", "labels", "ProstateX-0000_zones_AI-HeviAI23.nii.gz"))), sitk.sitkUInt16)
+    labels = [{"value": 1, "name": "pz", "color": [0, 1, 0]}, {"value": 2, "name": "tz", "color": [1, 0, 0]}]
+    metrics, _ = statistics.overlapMetrics(labelmap, zones, labels)
+    # ProstateX-0000 is the model's training case: this checks the whole chain, not generalisation.
+    assert metrics[1]["dice"] > 0.7 and metrics[2]["dice"] > 0.7

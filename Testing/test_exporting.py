@@ -1,0 +1,155 @@
+"""``medsegunet export`` / ``info``: scripting, the scripted-vs-eager check, the card from the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from MedSegUNetLib import training
+from MedSegUNetLib.cli import main
+from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.exporting import exportCheckpoint, exportNetwork
+from MedSegUNetLib.modelcard import loadModel, readCard
+from MedSegUNetLib.phantoms import thresholdCard, writeThresholdModel
+
+
+def tinyConfig(network: dict, dims: int = 3, patch: int = 16, **overrides) -> dict:
+    config = {
+        "name": "Tiny export test",
+        "spatial_dims": dims,
+        "inputs": [{"name": "T2"}, {"name": "ADC"}],
+        "labels": [{"value": 1, "name": "gland", "color": [0.9, 0.6, 0.4]}, {"value": 3, "name": "lesion", "color": [1, 0, 0]}],
+        "spacing": [0.5, 0.5, 3.0],
+        "normalization": {"type": "percentile", "lower": 2, "upper": 98},
+        "patch_size": [patch] * dims,
+        "data": {"csv": "unused.csv"},
+        "network": network,
+    }
+    config.update(overrides)
+    return training.validateConfig(config)
+
+
+def writeCheckpoint(path, config: dict, network) -> str:
+    """A checkpoint in 'medsegunet train''s format, with one validated epoch."""
+    row = {"epoch": 3, "train_loss": 0.5, "val_mean_dice": 0.625, "dice_gland": 0.75, "dice_lesion": 0.5,
+           "iou_gland": 0.6, "iou_lesion": 0.33, "sensitivity_gland": 0.8, "sensitivity_lesion": 0.4,
+           "specificity_gland": 0.99, "specificity_lesion": 0.999}
+    torch.save({
+        "format": training.CHECKPOINT_FORMAT, "epoch": 5, "history": [row], "best": {"dice": 0.625, "epoch": 3, "stale": 2},
+        "config": config, "train_cases": ["a", "b"], "validation_cases": ["c"], "model": network.state_dict(),
+        "optimizer": {}, "scheduler": None, "scaler": {},
+    }, path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "network, dims, patch",
+    [
+        ({"type": "UNet", "channels": [4, 8], "strides": [[2, 2, 1]], "num_res_units": 1}, 3, 16),
+        ({"type": "AttentionUNet", "channels": [4, 8], "strides": [2]}, 2, 16),
+        ({"type": "BasicUNet", "features": [4, 4, 8, 8, 16, 4]}, 2, 32),
+        ({"type": "SegResNet", "init_filters": 4}, 2, 16),
+    ],
+)
+def test_export_each_network_type(tmp_path, network, dims, patch):
+    config = tinyConfig(network, dims, patch)
+    torch.manual_seed(0)
+    model = training.buildNetwork(config)
+    checkpoint = writeCheckpoint(tmp_path / "best.pt", config, model)
+    card = exportCheckpoint(checkpoint, tmp_path / "model.pt")
+    assert card["spatial_dims"] == dims and card["patch_size"] == [patch] * dims
+    assert card["normalization"] == {"type": "percentile", "lower": 2, "upper": 98}
+    assert card["spacing"] == [0.5, 0.5, 3.0]
+    assert card["validation"]["mean_dice"] == 0.625 and card["validation"]["per_label"]["lesion"]["dice"] == 0.5
+    assert card["training"]["training_cases"] == ["a", "b"] and card["training"]["checkpoint_epoch"] == 3
+    loaded = loadModel(tmp_path / "model.pt", "cpu")
+    sample = torch.randn(1, 2, *[patch] * dims, generator=torch.Generator().manual_seed(1))
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.network(sample).numpy(), model(sample).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class ScriptingDependent(torch.nn.Module):
+    """Outputs differ between TorchScript and eager mode: export must refuse it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        if torch.jit.is_scripting():
+            out = out + 0.5
+        return out
+
+
+def test_export_refuses_scripted_eager_mismatch(tmp_path):
+    card = thresholdCard([(1, "gland", (1, 0, 0))], spatialDims=3)
+    target = tmp_path / "bad.pt"
+    with pytest.raises(MedSegUNetError, match=r"scripted network's outputs differ .*max \|difference\| 0\.5"):
+        exportNetwork(ScriptingDependent(), card, target, [1, 1, 8, 8, 8])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_wrong_channel_count(tmp_path):
+    card = thresholdCard([(1, "a", (1, 0, 0)), (2, "b", (0, 1, 0))], spatialDims=3)  # softmax: 3 channels needed
+    with pytest.raises(MedSegUNetError, match="outputs 2 channels but the card needs 3"):
+        exportNetwork(torch.nn.Conv3d(1, 2, 1), card, tmp_path / "m.pt", [1, 1, 4, 4, 4])
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_cli_config_for_another_network(tmp_path, capsys):
+    config = tinyConfig({"type": "UNet", "channels": [4, 8], "strides": [2]})
+    checkpoint = writeCheckpoint(tmp_path / "best.pt", config, training.buildNetwork(config))
+    other = tmp_path / "other.json"
+    import json
+
+    raw = {k: v for k, v in config.items() if k in ("name", "spatial_dims", "inputs", "labels", "patch_size", "data")}
+    raw["network"] = {"type": "UNet", "channels": [8, 16], "strides": [2]}
+    other.write_text(json.dumps(raw))
+    status = main(["export", "--checkpoint", checkpoint, "--config", str(other), "--output", str(tmp_path / "m.pt")])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds another network than the config builds" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m.pt").exists()
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "m.pt")]) == 2
+
+
+def test_export_cli_prints_card_and_info(tmp_path, capsys):
+    config = tinyConfig({"type": "UNet", "channels": [4, 8], "strides": [2]})
+    checkpoint = writeCheckpoint(tmp_path / "best.pt", config, training.buildNetwork(config))
+    assert main(["export", "--checkpoint", checkpoint, "--output", str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "Tiny export test (3D, softmax)" in out and "Labels: 1 gland, 3 lesion" in out
+    assert "Validation mean Dice 0.6250 on c (epoch 3)" in out
+    assert main(["info", str(tmp_path / "m.pt")]) == 0
+    info = capsys.readouterr().out
+    assert "Inputs: T2, ADC" in info and "Spacing: 0.5 × 0.5 × 3 mm" in info and "Validation mean Dice: 0.6250" in info
+    assert main(["info", "--json", str(tmp_path / "m.pt")]) == 0
+    import json
+
+    assert json.loads(capsys.readouterr().out)["validation"]["cases"] == ["c"]
+
+
+def test_info_on_threshold_model_and_bad_file(tmp_path, capsys):
+    path = writeThresholdModel(tmp_path / "t.pt", [0.5], thresholdCard([(1, "sphere", (1, 0, 0))]))
+    assert main(["info", path]) == 0
+    assert "Known-answer threshold model (3D, softmax)" in capsys.readouterr().out
+    (tmp_path / "not.pt").write_text("hello")
+    assert main(["info", str(tmp_path / "not.pt")]) == 2
+    assert "not a TorchScript model file" in capsys.readouterr().err
+
+
+def test_zoo_models_have_valid_cards(repo_root):
+    """Every zoo model: ≤ 10 MB, a valid card that says it is a demonstration model, a model sheet."""
+    models = sorted((repo_root / "Resources" / "Models").glob("*/*.pt"))
+    if not models:
+        pytest.skip("no zoo models exported yet")
+    for path in models:
+        assert path.stat().st_size <= 10 * 1024 * 1024, path
+        card = readCard(path)
+        assert "DEMONSTRATION" in card["description"], path
+        assert "mean_dice" in card.get("validation", {}), path
+        assert (path.parent / "README.md").is_file(), path
+        assert (path.parent / "train.yaml").is_file(), path

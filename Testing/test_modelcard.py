@@ -1,0 +1,173 @@
+"""Model cards: schema validation, embedded card vs sidecar, and the per-process model cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import zipfile
+
+import pytest
+
+from conftest import TINY_UNET_CARD
+from MedSegUNetLib import modelcard, phantoms
+from MedSegUNetLib.errors import MedSegUNetError
+
+
+def card(**changes) -> dict:
+    value = copy.deepcopy(TINY_UNET_CARD)
+    for key, new in changes.items():
+        if new is None and key.startswith("drop_"):
+            value.pop(key[5:])
+        else:
+            value[key] = new
+    return value
+
+
+# [parameters (card change), input shape (—), expected (field named in the one-line error)]
+INVALID_CARDS = [
+    pytest.param(dict(drop_labels=None), "(top level)", "'labels' is a required property", id="missing-labels"),
+    pytest.param(dict(schema="medsegunet.model/2"), "schema", "medsegunet.model/1", id="wrong-schema"),
+    pytest.param(dict(spatial_dims=4), "spatial_dims", "4 is not one of", id="spatial-dims"),
+    pytest.param(dict(inputs=[]), "inputs", "should be non-empty", id="no-inputs"),
+    pytest.param(dict(labels=[{"value": 1, "name": "gland", "color": [1.0, 1.5, 0.0]}]), "labels/0/color/1", "1.5", id="colour-range"),
+    pytest.param(dict(labels=[{"value": 0, "name": "bg", "color": [0, 0, 0]}]), "labels/0/value", "minimum", id="background-listed"),
+    pytest.param(dict(output="linear"), "output", "'linear' is not one of", id="output"),
+    pytest.param(dict(orientation="XYZ"), "orientation", "XYZ", id="orientation"),
+    pytest.param(dict(spacing=[1.0, 1.0]), "spacing", "", id="spacing-length"),
+    pytest.param(dict(normalization={"type": "histogram"}), "normalization/type", "histogram", id="normalization"),
+    pytest.param(dict(threshold=1.5), "threshold", "1.5", id="threshold"),
+    pytest.param(dict(patch_size=[0, 32, 8]), "patch_size", "", id="patch-size-zero"),
+]
+
+
+@pytest.mark.parametrize("changes, field, detail", INVALID_CARDS)
+def test_invalid_card_is_one_line_naming_the_field(changes, field, detail):
+    with pytest.raises(MedSegUNetError) as error:
+        modelcard.validateCard(card(**changes), "model card 'm.pt'")
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"field '{field}'" in message and detail in message and "model card 'm.pt'" in message
+
+
+def test_rules_beyond_the_schema():
+    labels = [{"value": 1, "name": "a", "color": [0, 0, 0]}, {"value": 1, "name": "b", "color": [0, 0, 0]}]
+    with pytest.raises(MedSegUNetError, match="label values must be unique"):
+        modelcard.validateCard(card(labels=labels))
+    with pytest.raises(MedSegUNetError, match="patch_size needs 3 values for a 3D model"):
+        modelcard.validateCard(card(patch_size=[32, 32]))
+    with pytest.raises(MedSegUNetError, match="patch_size needs 2 values for a 2D model"):
+        modelcard.validateCard(card(spatial_dims=2, patch_size=[32, 32, 8]))
+
+
+def test_defaults_are_filled_in():
+    minimal = {key: TINY_UNET_CARD[key] for key in ("schema", "name", "spatial_dims", "inputs", "labels", "output")}
+    full = modelcard.validateCard(minimal)
+    assert full["threshold"] == 0.5 and full["spacing"] is None and full["orientation"] is None
+    assert full["normalization"] == {"type": "zscore", "nonzero": True}
+    assert full["patch_size"] is None and full["overlap"] == 0.25
+    assert modelcard.validateCard(card(spacing=[None, None, None]))["spacing"] is None
+    assert minimal == {key: TINY_UNET_CARD[key] for key in minimal}  # the input is not changed
+
+
+@pytest.mark.parametrize("output, labels, expected", [("softmax", 1, 2), ("softmax", 3, 4), ("sigmoid", 2, 2)])
+def test_output_channels(output, labels, expected):
+    value = card(output=output, labels=[{"value": v + 1, "name": f"l{v}", "color": [0, 0, 0]} for v in range(labels)])
+    assert modelcard.outputChannels(modelcard.validateCard(value)) == expected
+
+
+def test_card_summary_lines():
+    summary = modelcard.cardSummary(modelcard.validateCard(card(spacing=[1.0, None, 3.0], orientation="RAS")))
+    assert summary.splitlines()[0] == "Tiny test UNet (3D, softmax)"
+    assert "Inputs: T2" in summary and "Labels: 1 gland" in summary
+    assert "Spacing: 1 × ref × 3 mm; orientation: RAS; normalisation: zscore" in summary
+
+
+def test_embedded_card_round_trip(a_tiny_unet):
+    read = modelcard.readCard(a_tiny_unet)
+    assert read == modelcard.validateCard(TINY_UNET_CARD)
+    with zipfile.ZipFile(a_tiny_unet) as archive:
+        names = [n for n in archive.namelist() if n.endswith("/extra/medsegunet.json")]
+    assert len(names) == 1
+
+
+def test_sidecar_overrides_embedded(tmp_path, a_tiny_unet):
+    path = tmp_path / "model.pt"
+    path.write_bytes(open(a_tiny_unet, "rb").read())
+    sidecar = tmp_path / "model.pt.json"
+    sidecar.write_text(json.dumps(card(name="From the sidecar", patch_size=[16, 16, 4])))
+    read = modelcard.readCard(path)
+    assert read["name"] == "From the sidecar" and read["patch_size"] == [16, 16, 4]
+    assert modelcard.loadModel(path, "cpu").card["name"] == "From the sidecar"
+    sidecar.write_text("{not json")
+    with pytest.raises(MedSegUNetError, match="is not valid JSON"):
+        modelcard.readCard(path)
+    sidecar.write_text(json.dumps(card(output="maybe")))
+    with pytest.raises(MedSegUNetError, match=r"model card '.*model\.pt\.json': field 'output'"):
+        modelcard.readCard(path)
+
+
+def test_model_without_card_or_not_torchscript(tmp_path):
+    import torch
+
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(phantoms.thresholdModule((0.5,)), str(bare))
+    with pytest.raises(MedSegUNetError, match="has no 'medsegunet.json' card"):
+        modelcard.readCard(bare)
+    text = tmp_path / "weights.pt"
+    text.write_text("not a model")
+    with pytest.raises(MedSegUNetError, match="is not a TorchScript model file"):
+        modelcard.readCard(text)
+    with pytest.raises(MedSegUNetError, match="does not exist"):
+        modelcard.readCard(tmp_path / "absent.pt")
+
+
+def test_save_model_validates_before_writing(tmp_path):
+    with pytest.raises(MedSegUNetError, match="field 'output'"):
+        modelcard.saveModel(phantoms.thresholdModule((0.5,)), card(output="linear"), tmp_path / "m.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_load_model_is_cached_and_reloads_after_change(tmp_path):
+    path = tmp_path / "cached.pt"
+    thresholdCard = phantoms.thresholdCard([(1, "a", (1, 0, 0))])
+    phantoms.writeThresholdModel(path, (0.5,), thresholdCard)
+    first = modelcard.loadModel(path, "cpu")
+    assert modelcard.loadModel(path, "cpu") is first
+    assert modelcard.loadModel(str(path), "cpu") is first
+    assert str(first.device) == "cpu" and first.spatialDims == 3
+    # Re-export: a new file (and modification time) means a new network in memory.
+    phantoms.writeThresholdModel(path, (0.7,), thresholdCard)
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    second = modelcard.loadModel(path, "cpu")
+    assert second is not first
+    assert float(second.network.levels[0]) == pytest.approx(0.7)
+    assert modelcard.loadModel(path, "cpu") is second
+
+
+def test_unloadable_archive_is_a_clear_error(tmp_path, a_tiny_unet):
+    # A zip with a card but no TorchScript code.
+    path = tmp_path / "broken.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("broken/extra/medsegunet.json", json.dumps(TINY_UNET_CARD))
+    with pytest.raises(MedSegUNetError, match="Cannot load TorchScript model"):
+        modelcard.loadModel(path, "cpu")
+
+
+def test_resolve_device():
+    import torch
+
+    assert str(modelcard.resolveDevice("cpu")) == "cpu"
+    assert modelcard.resolveDevice("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(MedSegUNetError, match="Unknown device 'tpu'"):
+        modelcard.resolveDevice("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MedSegUNetError, match="no CUDA GPU"):
+            modelcard.resolveDevice("cuda")
+
+
+def test_schema_file_is_published():
+    schema = modelcard.loadSchema()
+    assert schema["properties"]["schema"]["const"] == modelcard.SCHEMA_ID == "medsegunet.model/1"
+    assert set(schema["required"]) >= {"name", "spatial_dims", "inputs", "labels", "output"}

@@ -1,0 +1,200 @@
+"""Static checks of the Slicer module and its packaging (no Slicer application needed).
+
+- every Lib ``.py``/``.json`` file and every resource is listed in ``MedSegUNet/CMakeLists.txt``
+  (unlisted files are silently dropped from the extension package);
+- the CMake files configure with the real ``cmake`` against a stand-in Slicer package config that
+  records what ``slicerMacroBuildScriptedModule`` and ``slicer_add_python_unittest`` receive;
+- every ``self.ui.<name>`` used by ``MedSegUNet.py`` exists in the ``.ui`` file, and every widget
+  bound with ``SlicerParameterName`` names a parameter of the parameter node;
+- ``MedSegUNet.py`` defines the five template classes (parsed with ``ast``, not imported: it needs
+  Qt and the Slicer application);
+- the ExtensionsIndex catalog entry validates against its schema; icon and screenshot sizes.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO_ROOT / "MedSegUNet"
+LIB_DIR = MODULE_DIR / "MedSegUNetLib"
+MODULE_FILE = MODULE_DIR / "MedSegUNet.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegUNet.ui"
+FAKE_SLICER = REPO_ROOT / "Testing" / "data" / "FakeSlicer"
+CATALOG_SCHEMA = REPO_ROOT / "Testing" / "data" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
+
+
+def packagedFilesOnDisk() -> tuple[set[str], set[str]]:
+    """What the extension must ship: (scripts, resources), paths relative to ``MedSegUNet/``."""
+    scripts = {"MedSegUNet.py"} | {f"MedSegUNetLib/{p.name}" for p in LIB_DIR.glob("*.py")}
+    resources = {f"MedSegUNetLib/{p.name}" for p in LIB_DIR.glob("*.json")}
+    resources |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    return scripts, resources
+
+
+@pytest.fixture(scope="module")
+def cmake_record(tmp_path_factory) -> dict[str, list[str]]:
+    """Configure the extension with real cmake against the stand-in Slicer; the recorded calls."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path_factory.mktemp("cmake-build")
+    record = build / "record.txt"
+    completed = subprocess.run(
+        [cmake, "-S", str(REPO_ROOT), "-B", str(build), f"-DSlicer_DIR={FAKE_SLICER}", "-DBUILD_TESTING=ON", f"-DFAKE_SLICER_RECORD={record}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    calls: dict[str, list[str]] = {}
+    for line in record.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        calls.setdefault(key, []).append(value)
+    return calls
+
+
+def test_cmake_lists_every_lib_file_and_resource(cmake_record):
+    scripts, resources = packagedFilesOnDisk()
+    assert cmake_record["MODULE"] == ["MedSegUNet"]
+    assert Path(cmake_record["MODULE_SOURCE_DIR"][0]) == MODULE_DIR
+    listedScripts = cmake_record.get("SCRIPT", [])
+    listedResources = cmake_record.get("RESOURCE", [])
+    assert len(listedScripts) == len(set(listedScripts)) and len(listedResources) == len(set(listedResources)), "duplicates"
+    assert set(listedScripts) == scripts, f"missing: {sorted(scripts - set(listedScripts))}, extra: {sorted(set(listedScripts) - scripts)}"
+    assert set(listedResources) == resources, f"missing: {sorted(resources - set(listedResources))}, extra: {sorted(set(listedResources) - resources)}"
+    assert cmake_record["GENERIC_TESTS"] == ["MedSegUNet"]
+
+
+def test_cmake_registers_python_unit_tests(cmake_record):
+    tests = {Path(p) for p in cmake_record["UNITTEST"]}
+    assert MODULE_FILE in tests
+    assert MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py" in tests
+    assert all(path.is_file() for path in tests)
+
+
+def test_extension_metadata(cmake_record):
+    metadata = {key: values[0] for key, values in cmake_record.items() if key.startswith("EXTENSION_")}
+    assert metadata["EXTENSION_CATEGORY"] == "Segmentation"
+    assert metadata["EXTENSION_DEPENDS"] == "PyTorch"
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert metadata[key].startswith("https://"), key
+    assert metadata["EXTENSION_CONTRIBUTORS"] and len(metadata["EXTENSION_DESCRIPTION"]) > 40
+    # The URLs point at files of this repository.
+    iconPath = metadata["EXTENSION_ICONURL"].split("/main/", 1)[1]
+    assert (REPO_ROOT / iconPath).is_file()
+    for url in metadata["EXTENSION_SCREENSHOTURLS"].split():
+        assert (REPO_ROOT / url.split("/main/", 1)[1]).is_file()
+
+
+def uiWidgetNames() -> dict[str, ElementTree.Element]:
+    tree = ElementTree.parse(UI_FILE)
+    names = {}
+    for element in tree.iter():
+        if element.tag in ("widget", "layout", "spacer") and element.get("name"):
+            names[element.get("name")] = element
+    return names
+
+
+def test_every_ui_name_used_by_the_widget_exists():
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
+    names = uiWidgetNames()
+    assert used, "the widget uses no ui names?"
+    assert used <= set(names), f"missing in {UI_FILE.name}: {sorted(used - set(names))}"
+
+
+def moduleTree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+def test_module_defines_the_five_template_classes():
+    classes = {node.name: node for node in moduleTree().body if isinstance(node, ast.ClassDef)}
+    expected = {
+        "MedSegUNet": "ScriptedLoadableModule",
+        "MedSegUNetWidget": "ScriptedLoadableModuleWidget",
+        "MedSegUNetLogic": "ScriptedLoadableModuleLogic",
+        "MedSegUNetTest": "ScriptedLoadableModuleTest",
+    }
+    for name, base in expected.items():
+        assert name in classes, name
+        assert base in [b.id for b in classes[name].bases if isinstance(b, ast.Name)], f"{name} does not derive from {base}"
+    parameterNode = classes["MedSegUNetParameterNode"]
+    assert any(isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in parameterNode.decorator_list)
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    for banner in ("MedSegUNet", "MedSegUNetParameterNode", "MedSegUNetWidget", "MedSegUNetLogic", "MedSegUNetTest"):
+        assert re.search(rf"^#\n# {banner}\n#$", source, re.MULTILINE), f"missing comment banner for {banner}"
+
+
+def test_parameter_bindings_in_ui_name_parameters():
+    classes = {node.name: node for node in moduleTree().body if isinstance(node, ast.ClassDef)}
+    parameters = {node.target.id for node in classes["MedSegUNetParameterNode"].body if isinstance(node, ast.AnnAssign)}
+    bound = {}
+    for name, element in uiWidgetNames().items():
+        for prop in element.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = prop.find("string").text
+    assert bound, "no widget is bound to the parameter node"
+    assert set(bound.values()) <= parameters, f"unknown parameters: {sorted(set(bound.values()) - parameters)}"
+
+
+def test_module_file_is_thin_and_imports_engine_lazily():
+    tree = moduleTree()
+    topLevelImports = {
+        alias.name.split(".")[0]
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(name=node.module or "")])
+    }
+    # torch, MONAI and the engine may be missing when Slicer loads the module (installed on Apply).
+    assert not topLevelImports & {"torch", "monai", "MedSegUNetLib", "SimpleITK"}
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 800
+
+
+def test_sample_data_checksums_are_full_sha256():
+    tree = moduleTree()
+    files = next(
+        node.value for node in tree.body
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SAMPLE_DATA_FILES" for t in node.targets)
+    )
+    entries = ast.literal_eval(files)
+    assert [name for _, name in entries] == [f"ProstateX-0000-t2-tse-{o}.nrrd" for o in ("tra", "sag", "cor")]
+    prefixes = [("3940564b", "3dfb"), ("774a3891", "f329"), ("628b928f", "0e59")]
+    for (checksum, _), (start, end) in zip(entries, prefixes):
+        assert re.fullmatch(r"[0-9a-f]{64}", checksum) and checksum.startswith(start) and checksum.endswith(end)
+
+
+def test_catalog_entry_validates_against_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    entry = json.loads((REPO_ROOT / "MedSegUNet.json").read_text())
+    schema = json.loads(CATALOG_SCHEMA.read_text())
+    jsonschema.validate(entry, schema)
+    assert entry["category"] == "Segmentation" and entry["build_dependencies"] == ["PyTorch"]
+    assert entry["$schema"].startswith(schema["$id"].rstrip("#"))
+    # The schema really constrains the entry (a wrong tier is refused).
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**entry, "tier": 2}, schema)
+
+
+def test_requirements_leave_bundled_packages_alone():
+    lines = [line.split("#")[0].strip() for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line}
+    assert {"monai", "slicerio", "jsonschema", "pyyaml"} <= names
+    assert not names & {"torch", "simpleitk", "numpy"}
+
+
+def test_icon_and_screenshot_sizes():
+    image = pytest.importorskip("PIL.Image")
+    with image.open(MODULE_DIR / "Resources" / "Icons" / "MedSegUNet.png") as icon:
+        assert icon.size == (128, 128)
+    screenshots = list((REPO_ROOT / "Resources" / "Screenshots").glob("*.png"))
+    assert screenshots and all("rendering" in p.name for p in screenshots)
+    with image.open(screenshots[0]) as shot:
+        assert shot.size[0] >= 800

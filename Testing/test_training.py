@@ -1,0 +1,337 @@
+"""``medsegunet train``: config validation, data sources, training → export → segment, resume.
+
+Data are generated here: small volumes whose labels are spheres painted into the images (so a
+network can learn them in a few steps), written as a Decathlon folder (one 4D two-channel file per
+case) or as a CSV whose two inputs lie on different, tilted grids with an extra ROI series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedSegUNetLib import pipeline, statistics, training
+from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.exporting import exportCheckpoint
+from MedSegUNetLib.modelcard import loadModel, readCard
+from MedSegUNetLib.phantoms import makeGrid, paintSpheres, rotationMatrix
+
+LABELS = [
+    {"value": 1, "name": "outer", "color": [0.9, 0.3, 0.2]},
+    {"value": 2, "name": "inner", "color": [0.2, 0.5, 0.9]},
+]
+
+
+def sphereCase(seed: int, size=(24, 24, 12), spacing=(1.0, 1.0, 2.0), direction=np.eye(3)):
+    """(image, label) on one grid: an outer sphere (label 1) with an inner core (label 2)."""
+    rng = np.random.default_rng(seed)
+    grid = makeGrid(size, spacing, direction)
+    center = rng.uniform(-3, 3, 3)
+    label = paintSpheres(grid, [(center, 7.0, 1), (center, 3.5, 2)])
+    labelArray = sitk.GetArrayFromImage(label)
+    image = sitk.GetImageFromArray((labelArray * 100.0 + rng.normal(0, 10, labelArray.shape) + 50).astype(np.float32))
+    image.CopyInformation(grid)
+    return image, sitk.Cast(label, sitk.sitkUInt8)
+
+
+def onGrid(image: sitk.Image, grid: sitk.Image) -> sitk.Image:
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+@pytest.fixture()
+def msd_folder(tmp_path):
+    """Decathlon folder, 3 cases, each a 4D (two-channel) NIfTI: channel 2 is the negated image."""
+    root = tmp_path / "msd"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    entries = []
+    for index in range(3):
+        image, label = sphereCase(index)
+        channels = [image, sitk.Cast(-image + 300.0, sitk.sitkFloat32)]
+        four = sitk.JoinSeries(channels)  # 4D: I, J, K, channel
+        origin, spacing = image.GetOrigin(), image.GetSpacing()
+        direction = np.eye(4)
+        direction[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3)
+        four.SetOrigin([*origin, 0.0])
+        four.SetSpacing([*spacing, 1.0])
+        four.SetDirection(direction.ravel().tolist())
+        name = f"case_{index:03d}.nii.gz"
+        sitk.WriteImage(four, str(root / "imagesTr" / name))
+        sitk.WriteImage(label, str(root / "labelsTr" / name))
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (root / "dataset.json").write_text(json.dumps({"name": "spheres", "modality": {"0": "A", "1": "B"}, "training": entries}))
+    return root
+
+
+@pytest.fixture()
+def csv_cases(tmp_path):
+    """CSV of 3 cases: input A on an axis-aligned grid, input B on a 15°-tilted coarser grid
+    (resampled onto A in physical space), an extra ROI series, and labels on A's grid."""
+    root = tmp_path / "csvdata"
+    root.mkdir()
+    rows = ["case,A,B,label,roi_extra"]
+    tilted = rotationMatrix([0, 0, 1], 15.0)
+    for index in range(3):
+        image, label = sphereCase(index)
+        other = onGrid(image, makeGrid((20, 20, 14), (1.3, 1.3, 1.8), tilted))
+        extra = makeGrid((22, 22, 10), (1.0, 1.0, 2.0), np.eye(3))
+        for name, volume in (("a", image), ("b", other), ("label", label), ("roi", extra)):
+            sitk.WriteImage(volume, str(root / f"c{index}_{name}.nrrd"))
+        rows.append(f"p{index},c{index}_a.nrrd,c{index}_b.nrrd,c{index}_label.nrrd,c{index}_roi.nrrd")
+    (root / "cases.csv").write_text("\n".join(rows) + "\n")
+    return root / "cases.csv"
+
+
+def baseConfig(data: dict, dims: int = 3, **overrides) -> dict:
+    config = {
+        "name": "Tiny spheres",
+        "description": "test model",
+        "spatial_dims": dims,
+        "inputs": [{"name": "A"}, {"name": "B"}],
+        "labels": LABELS,
+        "output": "softmax",
+        "normalization": {"type": "zscore", "nonzero": False},
+        "patch_size": [16, 16, 8] if dims == 3 else [16, 16],
+        "data": data,
+        "network": {"type": "UNet", "channels": [8, 16], "strides": [2], "num_res_units": 0},
+        "sampling": {"mode": "posneg", "samples_per_case": 2},
+        "augmentation": {"flip_axes": [0, 1], "flip_prob": 0.5},
+        "loss": {"type": "dice_ce"},
+        "optimizer": {"type": "adam", "lr": 0.01},
+        "epochs": 4,
+        "batch_size": 2,
+        "seed": 7,
+    }
+    config.update(overrides)
+    return config
+
+
+def writeConfig(tmp_path, config: dict, name: str = "config.yaml") -> str:
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config) if name.endswith(".yaml") else json.dumps(config))
+    return str(path)
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
+    """Train on a 4D two-channel Decathlon folder, export, segment: the exported model segments the
+    validation case exactly as training's validation did (same preprocessing, same Dice)."""
+    config = training.readConfig(writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=20)))
+    result = training.train(config, tmp_path / "run", log=quiet)
+    assert result.trainCases == ["case_000", "case_001"] and result.validationCases == ["case_002"]
+    for name in ("config.json", "checkpoint_best.pt", "checkpoint_last.pt", "metrics.csv", "curves.png", "validation.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0, name
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 21
+    assert "dice_outer" in rows[0] and "specificity_inner" in rows[0]
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+
+    model = tmp_path / "spheres.pt"
+    card = exportCheckpoint(result.bestCheckpoint, model)
+    assert card["normalization"] == {"type": "zscore", "nonzero": False}
+    assert card["patch_size"] == [16, 16, 8] and card["spatial_dims"] == 3
+    assert [i["name"] for i in card["inputs"]] == ["A", "B"]
+    assert card["validation"]["epoch"] == result.bestEpoch
+
+    image, label = sphereCase(2)
+    images = [image, sitk.Cast(-image + 300.0, sitk.sitkFloat32)]
+    segmentation = pipeline.segmentImages(images, loadModel(model, "cpu"), names=["A", "B"])
+    report = statistics.computeStatistics(segmentation.labelmap, card, {}, referenceSegmentation=sitk.Cast(label, sitk.sitkUInt16))
+    for segment in report["segments"]:
+        recorded = card["validation"]["per_label"][segment["name"]]["dice"]
+        assert segment["dice"] == pytest.approx(recorded, abs=1e-6)
+    assert card["validation"]["mean_dice"] > 0.5
+
+
+def test_csv_2d_tilted_inputs_train_export_cli_segment(tmp_path, csv_cases):
+    """2D training from a CSV whose second input is on a tilted grid, then export and segment via the CLI."""
+    from MedSegUNetLib.cli import main
+
+    config = baseConfig(
+        {"csv": os.path.relpath(csv_cases, tmp_path), "validation_split": 0.34},
+        dims=2,
+        spacing=[1.5, 1.5, None],
+        epochs=3,
+        augmentation={"flip_axes": [0], "rotate_deg": 10, "scale": 0.1, "affine_prob": 0.5, "intensity_shift": 0.1, "intensity_prob": 0.5, "elastic_prob": 0.3},
+        sampling={"mode": "max_background", "max_background": 0.8, "samples_per_case": 1},
+        loss={"type": "focal"},
+    )
+    configPath = writeConfig(tmp_path, config, "config.json")
+    assert main(["train", "--config", configPath, "--output", str(tmp_path / "run")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "run" / "checkpoint_best.pt"), "--output", str(tmp_path / "m.pt")]) == 0
+    card = readCard(tmp_path / "m.pt")
+    assert card["spatial_dims"] == 2 and card["spacing"] == [1.5, 1.5, None]
+    checkpoint = training.loadCheckpoint(tmp_path / "run" / "checkpoint_best.pt")
+    assert len(checkpoint["validation_cases"]) == 1 and len(checkpoint["train_cases"]) == 2
+
+    case = checkpoint["validation_cases"][0][1]
+    folder = csv_cases.parent
+    output = tmp_path / "seg.nrrd"
+    status = main([
+        "segment", str(folder / f"c{case}_a.nrrd"), str(folder / f"c{case}_b.nrrd"), "--model", str(tmp_path / "m.pt"),
+        "--roi-from", str(folder / f"c{case}_roi.nrrd"), "--device", "cpu", "--output", str(output),
+    ])
+    assert status == 0
+    labelmap = sitk.ReadImage(str(output))
+    reference = sitk.ReadImage(str(folder / f"c{case}_a.nrrd"))
+    assert labelmap.GetSize() == reference.GetSize()
+    assert set(np.unique(sitk.GetArrayFromImage(labelmap))) <= {0, 1, 2}
+
+
+def test_prepared_case_uses_inference_roi_and_grid(csv_cases):
+    """The training grid is the inference model grid: ROI from all inputs and the extra series."""
+    from MedSegUNetLib import geometry, preprocessing
+    from MedSegUNetLib.volumes import readVolume
+
+    config = training.validateConfig(baseConfig({"csv": str(csv_cases)}, spacing=[2.0, 2.0, None]))
+    case = training.readCases(config)[0]
+    prepared = training.prepareCase(case, config)
+    images = [readVolume(p) for p, _ in case.inputs]
+    roi = pipeline.resolveROI(images, ["A", "B"], [readVolume(case.roi[0])], ["roi"])
+    grid = preprocessing.modelGrid(geometry.cropToROI(preprocessing.emptyLike(images[0]), roi), [2.0, 2.0, None], None)
+    assert prepared["image"].shape == (2, *grid.GetSize())
+    assert roi.size[2] == 10  # the extra series limits K to its 10 slices
+    np.testing.assert_allclose(prepared["image"], preprocessing.prepareInputs(images, grid, config["normalization"]))
+    label = preprocessing.imageToIJK(preprocessing.resampleOnto(readVolume(case.label), grid, sitk.sitkNearestNeighbor, sitk.sitkUInt8))
+    np.testing.assert_array_equal(prepared["label"][0], label)
+
+
+def test_label_remap_and_regions():
+    """BraTS-style 4→3 remapping; sigmoid region channels (whole tumour, core, enhancing)."""
+    config = {
+        "output": "sigmoid",
+        "label_remap": {"4": 3},
+        "labels": [
+            {"value": 1, "name": "WT", "color": [0, 1, 0], "region": [1, 2, 3]},
+            {"value": 2, "name": "TC", "color": [1, 1, 0], "region": [1, 3]},
+            {"value": 3, "name": "ET", "color": [1, 0, 0], "region": [3]},
+        ],
+    }
+    raw = np.array([0, 1, 2, 4], dtype=np.uint8)
+    remapped = training.remapLabels(raw, config)
+    np.testing.assert_array_equal(remapped, [0, 1, 2, 3])
+    regions = training.regionTargets(remapped[None], config)
+    np.testing.assert_array_equal(regions, [[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]])
+    softmax = {"output": "softmax", "label_remap": {"4": 3}, "labels": [{"value": 3}, {"value": 1}]}
+    np.testing.assert_array_equal(training.remapLabels(raw, softmax), [0, 2, 0, 1])
+
+
+def test_sigmoid_regions_dice_bce_trains(tmp_path, msd_folder):
+    config = baseConfig(
+        {"msd": str(msd_folder), "validation_cases": ["case_001"]},
+        output="sigmoid",
+        labels=[
+            {"value": 1, "name": "whole", "color": [0, 1, 0], "region": [1, 2]},
+            {"value": 2, "name": "core", "color": [1, 0, 0], "region": [2]},
+        ],
+        loss={"type": "dice_bce"},
+        epochs=2,
+    )
+    result = training.train(training.validateConfig(config), tmp_path / "run", log=quiet)
+    card = exportCheckpoint(result.bestCheckpoint, tmp_path / "m.pt")
+    assert card["output"] == "sigmoid" and all("region" not in label for label in card["labels"])
+    assert set(card["validation"]["per_label"]) == {"whole", "core"}
+
+
+def test_resume_equals_uninterrupted(tmp_path, msd_folder):
+    """4 epochs in one go == 2 epochs, then resumed for 2 more: identical weights and losses."""
+    import torch
+
+    data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
+    augmentation = {"flip_axes": [0, 1, 2], "rotate_deg": 10, "scale": 0.1, "affine_prob": 0.5, "intensity_shift": 0.1, "intensity_prob": 0.5}
+    full = training.train(training.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "full", log=quiet)
+    half = training.train(training.validateConfig(baseConfig(data, epochs=2, augmentation=augmentation)), tmp_path / "half", log=quiet)
+    resumed = training.train(
+        training.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "resumed", resume=half.lastCheckpoint, log=quiet
+    )
+    a = training.loadCheckpoint(full.lastCheckpoint)
+    b = training.loadCheckpoint(resumed.lastCheckpoint)
+    assert a["epoch"] == b["epoch"] == 4
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+    assert [h["train_loss"] for h in half.history] == [h["train_loss"] for h in full.history[:2]]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"network": {"type": "VNet"}}, "field 'network/type'"),
+        ({"patch_size": [16, 16]}, "patch_size needs 3 values"),
+        ({"loss": {"type": "dice_bce"}}, "dice_bce needs output: sigmoid"),
+        ({"data": {}}, "exactly one of 'msd'"),
+        ({"epochs": 0}, "field 'epochs'"),
+        ({"learning_rate": 0.1}, "'learning_rate' was unexpected"),
+        ({"patch_size": [17, 16, 8]}, "not a multiple of 2"),
+        ({"network": {"channels": [8, 16, 32], "strides": [2]}}, "one value fewer than channels"),
+        ({"labels": [{"value": 1, "name": "a", "color": [1, 0, 0], "region": [1]}]}, "need output: sigmoid"),
+    ],
+)
+def test_config_errors_are_one_line(change, message):
+    config = baseConfig({"csv": "cases.csv"})
+    config.update(change)
+    with pytest.raises(MedSegUNetError) as error:
+        training.validateConfig(config)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_config_errors(tmp_path, capsys):
+    from MedSegUNetLib.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert main(["train", "--config", str(bad), "--output", str(tmp_path / "out")]) == 2
+    assert main(["train", "--config", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "out")]) == 2
+    missingData = writeConfig(tmp_path, baseConfig({"csv": "nowhere.csv"}))
+    assert main(["train", "--config", missingData, "--output", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3
+    assert "not valid YAML" in lines[0] and "does not exist" in lines[1] and "nowhere.csv" in lines[2]
+    assert not (tmp_path / "out" / "checkpoint_last.pt").exists()
+
+
+def test_dice_bce_is_per_channel_for_overlapping_regions():
+    """Sigmoid regions overlap (WT ⊃ TC ⊃ ET): the loss must be Dice + per-channel BCE, not softmax CE."""
+    import torch
+    from monai.losses import DiceLoss
+
+    config = training.validateConfig(baseConfig({"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"},
+                                                labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}]))
+    logits = torch.randn(2, 2, 8, 8, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.zeros(2, 2, 8, 8, 4)
+    target[:, 0, 2:6, 2:6] = 1
+    target[:, 1, 3:5, 3:5] = 1
+    expected = DiceLoss(sigmoid=True)(logits, target) + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert float(training.buildLoss(config)(logits, target)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_transforms_pickle_for_spawned_workers():
+    """DataLoader workers started with 'spawn' (macOS, Windows) unpickle the training transforms."""
+    import pickle
+
+    config = training.validateConfig(baseConfig(
+        {"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"}, sampling={"mode": "max_background", "max_background": 0.5, "samples_per_case": 3},
+        labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}],
+    ))
+    transforms = pickle.loads(pickle.dumps(training.buildTransforms(config)))
+    label = np.zeros((1, 32, 32, 16), dtype=np.uint8)
+    label[0, 4:20, 4:20, 2:12] = 1
+    label[0, 8:12, 8:12, 4:8] = 2
+    transforms.set_random_state(seed=3)
+    samples = transforms({"image": np.random.default_rng(0).normal(size=(2, 32, 32, 16)).astype(np.float32), "label": label})
+    assert len(samples) == 3
+    for sample in samples:
+        assert tuple(sample["image"].shape) == (2, 16, 16, 8) and tuple(sample["label"].shape) == (2, 16, 16, 8)
+        assert float((sample["label"][0] == 0).float().mean()) <= 0.5  # at most half background
+        assert bool((sample["label"][1] <= sample["label"][0]).all())  # core inside whole
