@@ -493,7 +493,7 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
         result = logic.process([t2tra], "/path/model.pt", roiVolumes=[t2sag, t2cor])
     """
 
-    REQUIRED_MODULES = ("monai", "slicerio", "jsonschema", "yaml")
+    REQUIRED_MODULES = ("monai", "scipy", "slicerio", "jsonschema", "yaml")
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

@@ -36,7 +36,7 @@ def writeCheckpoint(path, config: dict, network) -> str:
            "iou_gland": 0.6, "iou_lesion": 0.33, "sensitivity_gland": 0.8, "sensitivity_lesion": 0.4,
            "specificity_gland": 0.99, "specificity_lesion": 0.999}
     torch.save({
-        "format": training.CHECKPOINT_FORMAT, "epoch": 5, "history": [row], "best": {"dice": 0.625, "epoch": 3, "stale": 2},
+        "format": training.CHECKPOINT_FORMAT, "epoch": 3, "history": [{"epoch": 1, "train_loss": 0.9}, row], "best": {"dice": 0.625, "epoch": 3, "stale": 2},
         "config": config, "train_cases": ["a", "b"], "validation_cases": ["c"], "model": network.state_dict(),
         "optimizer": {}, "scheduler": None, "scaler": {},
     }, path)

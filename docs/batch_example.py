@@ -12,6 +12,8 @@ OUTPUT_FOLDER and clears the scene. ``segmentCase`` has no Qt or application dep
 runs it against slicer-core).
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import traceback

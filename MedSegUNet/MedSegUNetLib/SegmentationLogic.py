@@ -46,17 +46,15 @@ SHEAR_TOLERANCE = 1e-4
 
 
 def _vtkMatrixToArray(matrix) -> np.ndarray:
-    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+    from slicer.util import arrayFromVTKMatrix
+
+    return arrayFromVTKMatrix(matrix)
 
 
 def _arrayToVTKMatrix(array: np.ndarray):
-    import vtk
+    from slicer.util import vtkMatrixFromArray
 
-    matrix = vtk.vtkMatrix4x4()
-    for row in range(4):
-        for column in range(4):
-            matrix.SetElement(row, column, float(array[row, column]))
-    return matrix
+    return vtkMatrixFromArray(np.asarray(array, dtype=float))
 
 
 def parentToWorld(node) -> np.ndarray:

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Sequence
 
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, firstLine
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -218,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("medsegunet: error: out of memory: use a smaller patch_size, --device cpu, or a smaller ROI.\n")
         return 1
     except Exception as error:  # an unexpected failure still gets one line; --verbose shows the traceback
-        sys.stderr.write(f"medsegunet: internal error: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''} (rerun with --verbose for details)\n")
+        sys.stderr.write(f"medsegunet: internal error: {type(error).__name__}: {firstLine(error)} (rerun with --verbose for details)\n")
         return 1
 
 

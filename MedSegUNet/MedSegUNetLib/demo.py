@@ -12,7 +12,6 @@ slices with the zones, and the ROI box drawn on the sagittal and coronal series)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys

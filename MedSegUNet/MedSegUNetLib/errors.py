@@ -9,6 +9,12 @@ in an error dialog.
 from __future__ import annotations
 
 
+def firstLine(message: object) -> str:
+    """The first non-empty line of an exception's text, for one-line messages."""
+    text = str(message).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class MedSegUNetError(Exception):
     """A problem with the user's input, explained in one line."""
 

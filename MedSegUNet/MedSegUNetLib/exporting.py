@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, firstLine
 
 # Scripted and eager outputs are the same arithmetic; these only absorb kernel-order rounding.
 RTOL = 1e-4
@@ -84,7 +84,7 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript raises its own frontend errors
-        raise MedSegUNetError(f"The network cannot be scripted to TorchScript ({str(error).strip().splitlines()[0][:160]}).") from None
+        raise MedSegUNetError(f"The network cannot be scripted to TorchScript ({firstLine(error)[:160]}).") from None
     difference = checkScriptedMatches(network, scripted, sampleShape)
     with torch.no_grad():
         channels = network(torch.zeros(*[int(s) for s in sampleShape])).shape[1]
@@ -101,14 +101,15 @@ def cardFromCheckpoint(config: dict, checkpoint: dict) -> dict:
     from .training import cardFromConfig
 
     card = cardFromConfig(config)
-    best = checkpoint.get("best") or {}
+    # A checkpoint holds the weights of its own last epoch (checkpoint_best.pt: the best one).
+    epoch = int(checkpoint.get("epoch", 0))
     history = checkpoint.get("history") or []
-    row = next((r for r in history if r.get("epoch") == best.get("epoch")), None)
+    row = next((r for r in history if r.get("epoch") == epoch), None)
     card["training"] = {
         "tool": "medsegunet train",
         "training_cases": list(checkpoint.get("train_cases") or []),
-        "epochs_run": int(checkpoint.get("epoch", 0)),
-        "checkpoint_epoch": best.get("epoch"),
+        "epochs_run": len(history),
+        "checkpoint_epoch": epoch,
         "network": config["network"],
         "loss": config["loss"]["type"],
         "optimizer": config["optimizer"],
@@ -120,7 +121,7 @@ def cardFromCheckpoint(config: dict, checkpoint: dict) -> dict:
     if row is not None and row.get("val_mean_dice") is not None:
         card["validation"] = {
             "cases": list(checkpoint.get("validation_cases") or []),
-            "epoch": best.get("epoch"),
+            "epoch": epoch,
             "mean_dice": row["val_mean_dice"],
             "per_label": {
                 label["name"]: {m: row.get(f"{m}_{label['name']}") for m in ("dice", "iou", "sensitivity", "specificity")}
@@ -157,7 +158,7 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
         network.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise MedSegUNetError(
-            f"Checkpoint '{os.fspath(checkpointPath)}' holds another network than the config builds ({str(error).strip().splitlines()[0][:100]}): use the training config."
+            f"Checkpoint '{os.fspath(checkpointPath)}' holds another network than the config builds ({firstLine(error)[:100]}): use the training config."
         ) from None
     card = cardFromCheckpoint(config, checkpoint)
     sampleShape = [1, len(config["inputs"]), *config["patch_size"]]

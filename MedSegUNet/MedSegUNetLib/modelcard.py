@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, firstLine
 
 CARD_EXTRA_FILE = "medsegunet.json"
 SCHEMA_ID = "medsegunet.model/1"
@@ -39,10 +39,6 @@ DEFAULTS: dict[str, Any] = {
 def loadSchema() -> dict:
     with open(SCHEMA_PATH, encoding="utf-8") as stream:
         return json.load(stream)
-
-
-def _firstLine(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else message
 
 
 def validateCard(card: Any, source: str = "model card") -> dict:
@@ -65,7 +61,7 @@ def validateCard(card: Any, source: str = "model card") -> dict:
     if errors:
         error = errors[0]
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise MedSegUNetError(f"Invalid {source}: field '{where}': {_firstLine(error.message)} (see modelcard.schema.json).")
+        raise MedSegUNetError(f"Invalid {source}: field '{where}': {firstLine(error.message)} (see modelcard.schema.json).")
     full = copy.deepcopy(DEFAULTS)
     full.update(copy.deepcopy(card))
     values = [label["value"] for label in full["labels"]]
@@ -211,7 +207,7 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
         try:
             network = torch.jit.load(path, map_location=torchDevice)
         except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
-            raise MedSegUNetError(f"Cannot load TorchScript model '{path}' ({_firstLine(str(error))}).") from None
+            raise MedSegUNetError(f"Cannot load TorchScript model '{path}' ({firstLine(str(error))}).") from None
         network.eval()
         loaded = LoadedModel(path=path, card=card, network=network, device=torchDevice)
         # Keep one model per path: a re-exported file replaces the old one in memory.

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, firstLine
 
 SCHEMA_PATH = Path(__file__).with_name("trainconfig.schema.json")
 CHECKPOINT_FORMAT = "medsegunet.checkpoint/1"
@@ -76,10 +76,6 @@ DEFAULTS: dict[str, Any] = {
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
-
-
-def _firstLine(message: str) -> str:
-    return message.strip().splitlines()[0] if message.strip() else message
 
 
 def loadConfigFile(path: str | os.PathLike) -> dict:
@@ -130,7 +126,7 @@ def validateConfig(config: Any, source: str = "training config", baseDir: str | 
     if errors:
         error = errors[0]
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        message = _firstLine(error.message)
+        message = firstLine(error.message)
         if error.validator == "oneOf" and list(error.absolute_path) == ["data"]:
             message = "give exactly one of 'msd' (a Decathlon folder) or 'csv' (a case table)"
         raise MedSegUNetError(f"Invalid {source}: field '{where}': {message} (see trainconfig.schema.json).")
@@ -457,16 +453,17 @@ def buildLoss(config: dict):
     sigmoid = config["output"] == "sigmoid"
     includeBackground = True if sigmoid else bool(spec.get("include_background", False))
     kind = spec["type"]
+    batch = bool(spec.get("batch_dice", False))
     if kind == "dice":
-        return DiceLoss(include_background=includeBackground, to_onehot_y=not sigmoid, softmax=not sigmoid, sigmoid=sigmoid)
+        return DiceLoss(include_background=includeBackground, to_onehot_y=not sigmoid, softmax=not sigmoid, sigmoid=sigmoid, batch=batch)
     if kind == "dice_ce" and not sigmoid:
-        return DiceCELoss(include_background=includeBackground, to_onehot_y=True, softmax=True)
+        return DiceCELoss(include_background=includeBackground, to_onehot_y=True, softmax=True, batch=batch)
     if kind in ("dice_ce", "dice_bce"):
         # MONAI's DiceCELoss applies softmax cross-entropy to multi-channel inputs, which is wrong
         # for overlapping sigmoid regions (WT/TC/ET): pair its DiceLoss with per-channel BCE instead.
         import torch
 
-        dice = DiceLoss(include_background=True, sigmoid=True)
+        dice = DiceLoss(include_background=True, sigmoid=True, batch=batch)
         bce = torch.nn.BCEWithLogitsLoss()
         return lambda logits, target: dice(logits, target) + bce(logits, target)
     return FocalLoss(include_background=True, to_onehot_y=not sigmoid, gamma=float(spec.get("gamma", 2.0)), use_softmax=not sigmoid)
@@ -532,7 +529,12 @@ def __getattr__(name: str):
 
 
 def buildTransforms(config: dict):
-    """(training transforms, validation-free) MONAI Compose for ``{"image", "label"}`` items."""
+    """The training transforms (MONAI ``Compose``) for ``{"image", "label"}`` items.
+
+    Deterministic steps first (typing, padding to the patch, foreground indices), so
+    ``CacheDataset`` caches them; then patch sampling, augmentation and, for sigmoid models, the
+    region channels. Items are ``C, I, J[, K]`` arrays; each yields ``samples_per_case`` patches.
+    """
     from monai.transforms import (
         Compose, DeleteItemsd, EnsureTyped, FgBgToIndicesd, Lambdad, Rand2DElasticd, Rand3DElasticd, RandAffined, RandCropByPosNegLabeld, RandFlipd,
         RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropSamplesd, SpatialPadd,
@@ -847,7 +849,7 @@ def loadCheckpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for non-checkpoint files
-        raise MedSegUNetError(f"Cannot read checkpoint '{path}' ({_firstLine(str(error))[:120]}).") from None
+        raise MedSegUNetError(f"Cannot read checkpoint '{path}' ({firstLine(str(error))[:120]}).") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MedSegUNetError(f"'{path}' is not a 'medsegunet train' checkpoint.")
     return checkpoint
@@ -940,7 +942,8 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
     seedEverything(seed, config.get("deterministic", True))
     network = buildNetwork(config).to(torchDevice)
     optimizer, scheduler = _buildOptimizer(network, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # torch.amp.GradScaler is torch >= 2.3; Slicer's PyTorch may be older.
+    scaler = torch.amp.GradScaler("cuda", enabled=amp) if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler(enabled=amp)
     lossFunction = buildLoss(config)
     transforms = buildTransforms(config)
     dataset = CacheDataset(
@@ -955,7 +958,7 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
         try:
             network.load_state_dict(checkpoint["model"])
         except RuntimeError as error:
-            raise MedSegUNetError(f"Checkpoint '{resume}' holds another network than this config builds ({_firstLine(str(error))[:100]}).") from None
+            raise MedSegUNetError(f"Checkpoint '{resume}' holds another network than this config builds ({firstLine(str(error))[:100]}).") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler.load_state_dict(checkpoint["scheduler"])
@@ -1038,9 +1041,15 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
             log(f"Early stopping: no better validation Dice for {patience} validation(s); best {best['dice']:.4f} at epoch {best['epoch']}.")
             break
 
-    if not os.path.exists(bestPath) and os.path.exists(lastPath):
-        import shutil
+    import shutil
 
+    if not os.path.exists(lastPath):  # resumed into a new folder with no epoch left to run
+        _saveCheckpoint(state(len(history)), lastPath)
+    if not os.path.exists(bestPath) and resume is not None:
+        previousBest = os.path.join(os.path.dirname(os.path.abspath(resume)), "checkpoint_best.pt")
+        if os.path.exists(previousBest):
+            shutil.copyfile(previousBest, bestPath)
+    if not os.path.exists(bestPath):
         shutil.copyfile(lastPath, bestPath)
     plotCurves(history, config, os.path.join(outputDir, "curves.png"))
     if validationItems and os.path.exists(bestPath):
@@ -1071,7 +1080,7 @@ def addParser(subparsers) -> None:
     parser.add_argument("--config", help="training config, YAML or JSON (see trainconfig.schema.json); with --resume, defaults to the checkpoint's")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default auto: CUDA when present)")
     parser.set_defaults(func=run)
 
 
