@@ -107,7 +107,8 @@ class MedSegUNetParameterNode:
     roiNode: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
-    referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    # The None member is required: Slicer's UnionSerializer cannot write None (the default) otherwise.
+    referenceSegmentation: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
     outputROI: vtkMRMLMarkupsROINode
     outputOverlapTable: vtkMRMLTableNode
 
@@ -203,7 +204,10 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            if self._parameterNode.modelPath:
+                self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            else:  # a new scene starts from the last model used (the path edit's history)
+                self._parameterNode.modelPath = self.ui.modelPathLineEdit.currentPath
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
             self.ui.deviceComboBox.currentIndex = max(index, 0)
             self._loadCard(self._parameterNode.modelPath)
@@ -408,6 +412,7 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._worker = threading.Thread(target=job.run, name="MedSegUNet inference", daemon=True)
             self._startTime = time.perf_counter()
             self._worker.start()
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()
             self._setRunning(True)
             self._pollTimer.start()
 
@@ -583,10 +588,17 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
             return False
         requirements = self.resourcePath("requirements.txt")
         try:
-            pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
-            if pydeps is not None and hasattr(pydeps, "pip_ensure") and hasattr(pydeps, "load_requirements"):
-                # Slicer and the PyTorch extension provide these; pip must not replace them.
-                pydeps.pip_ensure(pydeps.load_requirements(requirements), skip_packages=["torch", "SimpleITK", "numpy"], requester="MedSegUNet")
+            packaging = self._packagingModule()
+            if packaging is not None:
+                # Slicer and the PyTorch extension provide these; pip must not replace them. The user
+                # was asked above, and the self-test needs the packages even in testing mode.
+                packaging.pip_ensure(
+                    packaging.load_requirements(requirements),
+                    skip_packages=["torch", "SimpleITK", "numpy"],
+                    prompt_install=False,
+                    skip_in_testing=False,
+                    requester="MedSegUNet",
+                )
             else:
                 slicer.util.pip_install(["-r", requirements])
         except Exception as error:  # pip reports failures as CalledProcessError or RuntimeError
@@ -599,6 +611,24 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
         if still:
             raise MedSegUNetError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
         return True
+
+    @staticmethod
+    def _packagingModule():
+        """Slicer's package installer with ``pip_ensure``/``load_requirements``, or None on older Slicer.
+
+        It is ``slicer.packaging`` in current Slicer and was ``slicer.pydeps`` for a while; both are
+        submodules, so they must be imported (not looked up as attributes of ``slicer``).
+        """
+        import importlib
+
+        for name in ("slicer.packaging", "slicer.pydeps"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements"):
+                return module
+        return None
 
     def resourcePath(self, relativePath: str) -> str:
         return os.path.join(os.path.dirname(__file__), "Resources", relativePath)

@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -198,3 +199,180 @@ def test_icon_and_screenshot_sizes():
     assert screenshots and all("rendering" in p.name for p in screenshots)
     with image.open(screenshots[0]) as shot:
         assert shot.size[0] >= 800
+
+
+# -- checks against the Slicer/CTK APIs the module uses (verified against their sources) ------------
+
+STANDARD_QT_WIDGETS = {"QWidget", "QLabel", "QCheckBox", "QDoubleSpinBox", "QSpinBox", "QComboBox", "QPushButton", "QProgressBar", "QListWidget", "QLineEdit"}
+# Custom widgets as Qt Designer with Slicer's plugins declares them (header, container).
+SLICER_CUSTOM_WIDGETS = {
+    "qMRMLWidget": ("qMRMLWidget.h", True),
+    "qMRMLNodeComboBox": ("qMRMLNodeComboBox.h", False),
+    "ctkCollapsibleButton": ("ctkCollapsibleButton.h", True),
+    "ctkPathLineEdit": ("ctkPathLineEdit.h", False),
+}
+# Slicer's GUI connectors (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py) match on the exact
+# widget class and the parameter's (unannotated) type.
+CONNECTOR_TYPES = {"QCheckBox": "bool", "QDoubleSpinBox": "float", "qMRMLNodeComboBox": "node"}
+
+
+def parameterAnnotations() -> dict[str, ast.expr]:
+    classes = {node.name: node for node in moduleTree().body if isinstance(node, ast.ClassDef)}
+    return {node.target.id: node.annotation for node in classes["MedSegUNetParameterNode"].body if isinstance(node, ast.AnnAssign)}
+
+
+def annotationNames(annotation: ast.expr) -> set[str]:
+    """The names in an annotation (``"None"`` for a literal None)."""
+    names = {node.id for node in ast.walk(annotation) if isinstance(node, ast.Name)}
+    if any(isinstance(node, ast.Constant) and node.value is None for node in ast.walk(annotation)):
+        names.add("None")
+    return names
+
+
+def test_module_keeps_runtime_annotations():
+    # parameterNodeWrapper resolves the annotations with typing.get_type_hints; keep them real objects.
+    assert not any(
+        isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in moduleTree().body
+    ), "MedSegUNet.py must not use 'from __future__ import annotations'"
+
+
+def test_union_parameters_include_none():
+    # UnionSerializer only writes None (the default of a node parameter) through a None member, and
+    # isNodeOrUnionOfNodes expects Union[NodeType1, ..., None]: without it the parameter node raises.
+    for name, annotation in parameterAnnotations().items():
+        names = annotationNames(annotation)
+        if "Union" in names:
+            assert "Optional" in names or "None" in names, f"{name}: Union of nodes needs None (Optional[Union[...]])"
+
+
+def test_ui_widget_classes_and_scene_connections():
+    tree = ElementTree.parse(UI_FILE)
+    root = tree.getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == root.findtext("class") == "MedSegUNet"
+    declared = {cw.findtext("class"): cw for cw in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    for cls in used - STANDARD_QT_WIDGETS:
+        assert cls in SLICER_CUSTOM_WIDGETS, f"unexpected widget class {cls}"
+        header, container = SLICER_CUSTOM_WIDGETS[cls]
+        assert cls in declared and declared[cls].findtext("header") == header and declared[cls].findtext("extends") == "QWidget"
+        assert (declared[cls].findtext("container") == "1") == container, cls
+    # Every MRML widget gets the scene from the top-level qMRMLWidget (uiWidget.setMRMLScene in setup()).
+    mrmlWidgets = {w.get("name") for w in root.iter("widget") if w.get("class", "").startswith("qMRML") and w is not top}
+    connected = {
+        c.findtext("receiver")
+        for c in root.iter("connection")
+        if c.findtext("sender") == "MedSegUNet" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    assert mrmlWidgets and mrmlWidgets == connected
+
+
+def test_bound_widgets_have_a_gui_connector_for_their_parameter_type():
+    annotations = parameterAnnotations()
+    for name, element in uiWidgetNames().items():
+        bound = [p.findtext("string") for p in element.findall("property") if p.get("name") == "SlicerParameterName"]
+        if not bound:
+            continue
+        widgetClass = element.get("class")
+        assert widgetClass in CONNECTOR_TYPES, f"{name}: no parameterNodeWrapper connector for {widgetClass}"
+        names = annotationNames(annotations[bound[0]])
+        expected = CONNECTOR_TYPES[widgetClass]
+        if expected == "node":
+            nodeClasses = {n for n in names if n.startswith("vtkMRML")}
+            listed = {s.text for s in element.iter("string") if s.text and s.text.startswith("vtkMRML")}
+            # The connector overwrites nodeTypes from the annotation; keep the .ui saying the same.
+            assert nodeClasses and listed == nodeClasses, f"{name}: nodeTypes {listed} != annotation {nodeClasses}"
+        else:
+            assert expected in names, f"{name}: {widgetClass} needs a {expected} parameter"
+
+
+def test_cmake_scripts_are_python_and_resources_keep_their_folder(cmake_record):
+    # ctkMacroCompilePythonScript appends ".py" to SCRIPTS entries that lack it, and copies RESOURCES
+    # to the same relative path: the schemas must be RESOURCES next to the modules that open them.
+    assert all(script.endswith(".py") for script in cmake_record["SCRIPT"])
+    for schema in ("modelcard", "trainconfig"):
+        assert f"MedSegUNetLib/{schema}.schema.json" in cmake_record["RESOURCE"]
+    assert "MedSegUNetLib/modelcard.py" in cmake_record["SCRIPT"] and "MedSegUNetLib/training.py" in cmake_record["SCRIPT"]
+
+
+def slicerUtilCalls(path: Path) -> list[tuple[str, ast.Call]]:
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            value = node.func.value
+            if isinstance(value, ast.Attribute) and value.attr == "util" and isinstance(value.value, ast.Name) and value.value.id == "slicer":
+                calls.append((node.func.attr, node))
+    return calls
+
+
+@pytest.mark.parametrize("path", [MODULE_FILE, MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py", REPO_ROOT / "docs" / "batch_example.py"], ids=lambda p: p.name)
+def test_slicer_util_calls_match_the_real_signatures(path):
+    # slicer-core ships Slicer's own Base/Python/slicer/util.py: bind each call to the real signature.
+    import inspect
+
+    util = pytest.importorskip("slicer.util")
+    for name, call in slicerUtilCalls(path):
+        function = getattr(util, name, None)
+        assert function is not None, f"slicer.util.{name} does not exist"
+        args = [None] * len(call.args)
+        kwargs = {keyword.arg: None for keyword in call.keywords if keyword.arg}
+        try:
+            inspect.signature(function).bind(*args, **kwargs)
+        except TypeError as error:
+            pytest.fail(f"slicer.util.{name} at line {call.lineno}: {error}")
+
+
+def keywordsOfCalls(attribute: str) -> list[set[str]]:
+    return [
+        {keyword.arg for keyword in node.keywords}
+        for node in ast.walk(moduleTree())
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute
+    ]
+
+
+# Keyword names read from the sources: Slicer Modules/Scripted/SampleData/SampleData.py,
+# Base/Python/slicer/packaging.py (formerly pydeps.py), fepegar/SlicerPyTorch PyTorchUtils/PyTorchUtils.py.
+VERIFIED_KEYWORDS = {
+    "registerCustomSampleDataSource": {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader", "thumbnailFileName", "loadFileType", "loadFiles", "loadFileProperties", "checksums"},
+    "pip_ensure": {"constraints", "skip_packages", "prompt_install", "prompt_restart", "requester", "skip_in_testing", "show_progress"},
+    "installTorch": {"askConfirmation", "forceComputationBackend", "torchVersionRequirement", "torchvisionVersionRequirement"},
+}
+
+
+@pytest.mark.parametrize("attribute", sorted(VERIFIED_KEYWORDS))
+def test_extension_api_keywords_exist(attribute):
+    calls = keywordsOfCalls(attribute)
+    assert calls, f"{attribute} is not called"
+    for keywords in calls:
+        assert keywords <= VERIFIED_KEYWORDS[attribute], f"{attribute}: unknown {sorted(keywords - VERIFIED_KEYWORDS[attribute])}"
+
+
+def test_mrml_api_used_by_the_widget_exists():
+    slicer = pytest.importorskip("slicer")
+    assert isinstance(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView, int)
+    assert hasattr(slicer.vtkMRMLSelectionNode(), "SetActiveTableID")
+    assert hasattr(slicer.vtkMRMLApplicationLogic, "PropagateTableSelection")
+    assert hasattr(slicer.vtkMRMLSegmentationNode(), "CreateClosedSurfaceRepresentation")
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    # Submodules are only attributes of the package once imported: look them up by import.
+    assert 'getattr(slicer, "pydeps"' not in source and 'getattr(slicer, "packaging"' not in source
+
+
+def test_widget_imports_work_in_a_fresh_slicer_without_dependencies():
+    # In a fresh Slicer only numpy and SimpleITK exist; the widget's setup() imports SegmentationLogic
+    # (device list) before anything is installed, so it must not need the packages Apply installs.
+    code = f"""
+import importlib.abc, sys
+BLOCKED = {{"torch", "monai", "scipy", "jsonschema", "yaml", "slicerio"}}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("not installed: " + name)
+sys.meta_path.insert(0, Block())
+sys.path.insert(0, {str(MODULE_DIR)!r})
+from MedSegUNetLib.SegmentationLogic import availableDevices, suggestInputVolumes, suggestROIVolumes, timingsText
+print(sorted(availableDevices().items()))
+"""
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[('auto', True), ('cpu', True), ('cuda', False), ('mps', False)]"

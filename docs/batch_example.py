@@ -56,7 +56,10 @@ def segmentCase(scene, logic, modelPath, card, folder):
 def main(modelPath, casesFolder, outputFolder):
     from MedSegUNetLib import modelcard
 
-    logic = slicer.util.getModuleLogic("MedSegUNet")
+    from MedSegUNet import MedSegUNetLogic
+
+    # The logic class directly: slicer.util.getModuleLogic would build the module's widget first.
+    logic = MedSegUNetLogic()
     card = modelcard.readCard(modelPath)
     os.makedirs(outputFolder, exist_ok=True)
     failures = 0

@@ -11,7 +11,10 @@ class MedSegUNetSelfTest(unittest.TestCase):
         slicer.mrmlScene.Clear()
 
     def test_KnownAnswerPhantom(self):
-        logic = slicer.util.getModuleLogic("MedSegUNet")
+        # The logic class directly: slicer.util.getModuleLogic would build the module's widget first.
+        from MedSegUNet import MedSegUNetLogic
+
+        logic = MedSegUNetLogic()
         self.assertTrue(logic.ensureDependencies(askConfirmation=False))
         from MedSegUNetLib import selftest
 
