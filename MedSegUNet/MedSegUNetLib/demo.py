@@ -71,14 +71,14 @@ def download(url: str, path: Path, checksum: str, timeout: float = 30.0, log=Non
     Raises:
         MedSegUNetError: no network (with how to use local data instead) or a wrong checksum.
     """
-    import tempfile
     import urllib.error
     import urllib.request
 
+    from .volumes import atomicOutput
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".download-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as output:
+    with atomicOutput(path) as temporary:
+        with open(temporary, "wb") as output:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as response:
                     if log:
@@ -94,10 +94,6 @@ def download(url: str, path: Path, checksum: str, timeout: float = 30.0, log=Non
             raise MedSegUNetError(
                 f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later or {OFFLINE_HINT}."
             )
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def fetchDemoData(folder: Path | None = None, log=None) -> dict[str, str]:

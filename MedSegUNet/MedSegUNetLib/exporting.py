@@ -154,12 +154,7 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
     else:
         config = training.validateConfig(checkpoint["config"], f"config stored in '{os.fspath(checkpointPath)}'")
     network = training.buildNetwork(config)
-    try:
-        network.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise MedSegUNetError(
-            f"Checkpoint '{os.fspath(checkpointPath)}' holds another network than the config builds ({firstLine(error)[:100]}): use the training config."
-        ) from None
+    training.loadNetworkWeights(network, checkpoint, checkpointPath)
     card = cardFromCheckpoint(config, checkpoint)
     sampleShape = [1, len(config["inputs"]), *config["patch_size"]]
     exportNetwork(network, card, outputPath, sampleShape)

@@ -855,6 +855,20 @@ def loadCheckpoint(path: str | os.PathLike) -> dict:
     return checkpoint
 
 
+def loadNetworkWeights(network, checkpoint: dict, source: str | os.PathLike) -> None:
+    """Put a checkpoint's weights into ``network``.
+
+    Raises:
+        MedSegUNetError: the checkpoint was made for another network than the config builds.
+    """
+    try:
+        network.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise MedSegUNetError(
+            f"Checkpoint '{os.fspath(source)}' holds another network than the config builds ({firstLine(error)[:100]}): use the training config."
+        ) from None
+
+
 def _saveCheckpoint(state: dict, path: str) -> None:
     import torch
 
@@ -955,10 +969,7 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
     startEpoch, history, best = 0, [], {"dice": None, "epoch": None, "stale": 0}
     if resume is not None:
         checkpoint = loadCheckpoint(resume)
-        try:
-            network.load_state_dict(checkpoint["model"])
-        except RuntimeError as error:
-            raise MedSegUNetError(f"Checkpoint '{resume}' holds another network than this config builds ({firstLine(str(error))[:100]}).") from None
+        loadNetworkWeights(network, checkpoint, resume)
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler.load_state_dict(checkpoint["scheduler"])
