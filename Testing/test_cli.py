@@ -72,7 +72,8 @@ def test_roi_reference_margin_and_json_file(capsys, tmp_path, prostate_series, p
     paths = list(prostate_series.values())
     sagittal = prostate_series["3-t2tsesag"]
     code, out, err = runInProcess(capsys, "roi", "--reference", sagittal, "--json", tmp_path / "roi.json", *paths)
-    assert code == 0 and out == "" and err == ""
+    # The JSON goes to the file; the log says what was written (plain line, no carriage return).
+    assert code == 0 and out == f"Wrote {tmp_path / 'roi.json'}\n" and err == ""
     report = json.loads((tmp_path / "roi.json").read_text())
     geometries = {name: geometry.VolumeGeometry.fromImage(image, name) for name, image in prostate_images.items()}
     expected = geometry.computeROI(geometries["3-t2tsesag"], [geometries["4-t2tsetra"], geometries["5-t2tsecor"]])

@@ -125,6 +125,8 @@ def test_demo_on_local_prostatex(tmp_path, repo_root):
     labelmap.CopyInformation(reference)
     zones = sitk.Cast(sitk.ReadImage(str(requireSharedData("prostatex", "labels", "ProstateX-0000_zones_AI-HeviAI23.nii.gz"))), sitk.sitkUInt16)
     labels = [{"value": 1, "name": "pz", "color": [0, 1, 0]}, {"value": 2, "name": "tz", "color": [1, 0, 0]}]
-    metrics, _ = statistics.overlapMetrics(labelmap, zones, labels)
+    from MedSegUNetLib.pipeline import labelMasks
+
+    metrics, _ = statistics.overlapMetrics(labelMasks(labelmap, labels), labelMasks(zones, labels), labels, labelmap.GetSpacing())
     # ProstateX-0000 is the model's training case: this checks the whole chain, not generalisation.
     assert metrics[1]["dice"] > 0.7 and metrics[2]["dice"] > 0.7

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedSegUNetLib import outputs, phantoms, statistics
+from MedSegUNetLib import outputs, phantoms, pipeline, statistics
 from MedSegUNetLib.errors import MedSegUNetError
 
 SHAPE_KJI = (10, 20, 20)
@@ -34,6 +34,15 @@ def labelImage(array: np.ndarray, spacing=SPACING, origin=(0.0, 0.0, 0.0), direc
     if direction is not None:
         image.SetDirection([float(v) for v in np.asarray(direction).ravel()])
     return image
+
+
+def masksOf(image: sitk.Image, labels=CARD["labels"]) -> list[np.ndarray]:
+    """One bool KJI mask per label, as the pipeline hands them to the metrics."""
+    return pipeline.labelMasks(image, labels)
+
+
+def overlap(predicted: sitk.Image, truth: sitk.Image, labels=CARD["labels"]):
+    return statistics.overlapMetrics(masksOf(predicted, labels), masksOf(truth, labels), labels, predicted.GetSpacing())
 
 
 def cubeLabels(offsetI: int = 0) -> np.ndarray:
@@ -93,7 +102,7 @@ def surfaceDistances(a: np.ndarray, b: np.ndarray, spacing_kji) -> np.ndarray:
 
 def test_overlap_metrics_offset_cubes():
     predicted, truth = labelImage(cubeLabels(offsetI=1)), labelImage(cubeLabels())
-    metrics, meanIoU = statistics.overlapMetrics(predicted, truth, CARD["labels"])
+    metrics, meanIoU = overlap(predicted, truth)
     cube = metrics[1]
     # 4×4×2 cubes shifted by one voxel along i: 3×4×2 = 24 shared of 32 each.
     assert cube["dice"] == pytest.approx(2 * 24 / 64)
@@ -122,7 +131,7 @@ def test_surface_distances_of_separated_voxels_are_analytic():
     b = np.zeros(SHAPE_KJI, dtype=np.uint8)
     a[2, 5, 5] = 1
     b[5, 5, 5] = 1
-    metrics, meanIoU = statistics.overlapMetrics(labelImage(a), labelImage(b), CARD["labels"][:1])
+    metrics, meanIoU = overlap(labelImage(a), labelImage(b), CARD["labels"][:1])
     assert metrics[1]["hausdorff95_mm"] == pytest.approx(6.0) and metrics[1]["mean_surface_distance_mm"] == pytest.approx(6.0)
     assert metrics[1]["dice"] == 0.0 and metrics[1]["precision"] == 0.0 and metrics[1]["recall"] == 0.0
     assert meanIoU == 0.0
@@ -130,7 +139,7 @@ def test_surface_distances_of_separated_voxels_are_analytic():
 
 def test_one_empty_mask_gives_zero_and_null_distances():
     predicted = np.zeros(SHAPE_KJI, dtype=np.uint8)
-    metrics, _ = statistics.overlapMetrics(labelImage(predicted), labelImage(cubeLabels()), CARD["labels"][:1])
+    metrics, _ = overlap(labelImage(predicted), labelImage(cubeLabels()), CARD["labels"][:1])
     cube = metrics[1]
     assert cube["dice"] == 0.0 and cube["jaccard"] == 0.0 and cube["recall"] == 0.0
     assert cube["hausdorff95_mm"] is None and cube["mean_surface_distance_mm"] is None
@@ -141,7 +150,7 @@ def test_one_empty_mask_gives_zero_and_null_distances():
 def test_csv_columns_and_rows():
     labelmap = labelImage(cubeLabels())
     intensity = sitk.Cast(labelmap, sitk.sitkFloat32) * 10.0
-    report = statistics.computeStatistics(labelmap, CARD, {"T2": intensity, "ADC": intensity}, labelImage(cubeLabels(offsetI=1)))
+    report = statistics.computeStatistics(labelmap, CARD, {"T2": intensity, "ADC": intensity}, masksOf(labelImage(cubeLabels(offsetI=1))))
     text = statistics.statisticsCSV(report["segments"], ["T2", "ADC"], True)
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == statistics.statisticsColumns(["T2", "ADC"], True)
@@ -161,25 +170,29 @@ def test_csv_columns_and_rows():
 
 def test_reference_seg_nrrd_and_labelmap_on_another_grid(tmp_path):
     grid = labelImage(cubeLabels(), origin=(1.0, 2.0, 3.0))
+    expected = masksOf(labelImage(cubeLabels()))
     # .seg.nrrd written on the same grid, with the segments' label values changed: names match them.
     renamed = [{**label, "value": label["value"] + 10} for label in CARD["labels"]]
     shifted = sitk.GetImageFromArray(np.where(cubeLabels() > 0, cubeLabels() + 10, 0).astype(np.uint8))
     shifted.CopyInformation(grid)
     outputs.writeSegmentation(shifted, renamed, tmp_path / "ref.seg.nrrd")
-    fromSeg = statistics.readReferenceSegmentation(str(tmp_path / "ref.seg.nrrd"), grid, CARD["labels"])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(fromSeg), cubeLabels())
+    fromSeg, warnings = statistics.readReferenceMasks(str(tmp_path / "ref.seg.nrrd"), grid, CARD["labels"])
+    assert warnings == []
+    for got, want in zip(fromSeg, expected):
+        np.testing.assert_array_equal(got, want)
     # A labelmap on a 3× finer grid over the same box: nearest neighbour gives the coarse cube back.
     fine = sitk.Resample(grid, [s * 3 for s in grid.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
                          [o - s / 3 for o, s in zip(grid.GetOrigin(), grid.GetSpacing())], [s / 3 for s in grid.GetSpacing()], grid.GetDirection())
     sitk.WriteImage(fine, str(tmp_path / "fine.nii.gz"))
-    fromFine = statistics.readReferenceSegmentation(str(tmp_path / "fine.nii.gz"), grid, CARD["labels"])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(fromFine), cubeLabels())
-    assert fromFine.GetSize() == grid.GetSize()
+    fromFine, _ = statistics.readReferenceMasks(str(tmp_path / "fine.nii.gz"), grid, CARD["labels"])
+    for got, want in zip(fromFine, expected):
+        np.testing.assert_array_equal(got, want)
+        assert got.shape == tuple(reversed(grid.GetSize()))
     with pytest.raises(MedSegUNetError, match="does not exist"):
-        statistics.readReferenceSegmentation(str(tmp_path / "absent.nrrd"), grid, CARD["labels"])
+        statistics.readReferenceMasks(str(tmp_path / "absent.nrrd"), grid, CARD["labels"])
     (tmp_path / "bad.seg.nrrd").write_text("garbage")
     with pytest.raises(MedSegUNetError, match="Cannot read segmentation"):
-        statistics.readReferenceSegmentation(str(tmp_path / "bad.seg.nrrd"), grid, CARD["labels"])
+        statistics.readReferenceMasks(str(tmp_path / "bad.seg.nrrd"), grid, CARD["labels"])
 
 
 def test_statistics_json_has_no_nan():

@@ -146,7 +146,8 @@ def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
     image, label = sphereCase(2)
     images = [image, sitk.Cast(-image + 300.0, sitk.sitkFloat32)]
     segmentation = pipeline.segmentImages(images, loadModel(model, "cpu"), names=["A", "B"])
-    report = statistics.computeStatistics(segmentation.labelmap, card, {}, referenceSegmentation=sitk.Cast(label, sitk.sitkUInt16))
+    referenceMasks, _ = statistics.referenceMasksFromParts([(label, None)], segmentation.labelmap, card["labels"], "label")
+    report = statistics.computeStatistics(segmentation.labelmap, card, {}, referenceMasks)
     for segment in report["segments"]:
         recorded = card["validation"]["per_label"][segment["name"]]["dice"]
         assert segment["dice"] == pytest.approx(recorded, abs=1e-6)

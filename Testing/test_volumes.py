@@ -143,7 +143,8 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.nrrd"
     with pytest.raises(RuntimeError):
         with volumes.atomicOutput(target) as temporary:
-            assert os.path.dirname(temporary) == str(tmp_path) and temporary.endswith(".nrrd")
+            # Staged under a hidden folder beside the destination, with the final name.
+            assert os.path.dirname(os.path.dirname(temporary)) == str(tmp_path) and os.path.basename(temporary) == "out.nrrd"
             with open(temporary, "wb") as stream:
                 stream.write(b"partial")
             raise RuntimeError("writer failed half way")

@@ -250,26 +250,6 @@ def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Imag
     return parts
 
 
-def referenceLabelmapFromParts(parts: Sequence[tuple[sitk.Image, int | None]], referenceGrid: sitk.Image) -> sitk.Image:
-    """Paint reference parts (nearest-neighbour resampled) onto the reference grid.
-
-    Returns:
-        uint16 label map on ``referenceGrid`` (LPS).
-    """
-    out = np.zeros(tuple(reversed(referenceGrid.GetSize())), dtype=np.uint16)
-    for image, value in parts:
-        # A copy, not a view: the resampled image is a temporary.
-        resampled = sitk.GetArrayFromImage(preprocessing.resampleOnto(image, referenceGrid, sitk.sitkNearestNeighbor, sitk.sitkUInt16))
-        if value is None:
-            nonzero = resampled != 0
-            out[nonzero] = resampled[nonzero]
-        else:
-            out[resampled != 0] = value
-    labelmap = sitk.GetImageFromArray(out)
-    labelmap.CopyInformation(referenceGrid)
-    return labelmap
-
-
 def roiBoxFromMarkupsNode(roiNode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A Markups ROI as an oriented box in world RAS.
 
@@ -320,7 +300,8 @@ class SegmentationJob:
     # Filled by run():
     result: pipeline.SegmentationResult | None = None
     report: dict | None = None
-    referenceLabelmap: sitk.Image | None = None
+    referenceMasks: list | None = None
+    warnings: list = field(default_factory=list)
     error: Exception | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -376,9 +357,10 @@ class SegmentationJob:
         )
         progress.stage(pipeline.Stage.STATISTICS)
         if self.referenceParts is not None:
-            self.referenceLabelmap = referenceLabelmapFromParts(self.referenceParts, self.images[0])
+            name = "reference segmentation"
+            self.referenceMasks, self.warnings = statistics.referenceMasksFromParts(self.referenceParts, self.images[0], self.card["labels"], name)
         self.report = statistics.computeStatistics(
-            self.result.labelmap, self.card, dict(zip(self.inputNames, self.images)), self.referenceLabelmap
+            self.result.labelmap, self.card, dict(zip(self.inputNames, self.images)), self.referenceMasks, self.result.regions
         )
         progress.checkCancel()
 
@@ -648,10 +630,11 @@ class SegmentationLogic:
             restore.append(lambda: node.SetAndObserveTransformNodeID(old))
 
     def buildSegmentation(self, job: SegmentationJob):
-        """A ``vtkSegmentation`` (off-scene) with one segment per card label, sharing one labelmap.
+        """A ``vtkSegmentation`` (off-scene) with one segment per card label.
 
-        The labelmap is the engine's label map cropped to the ROI, in the reference volume's node
-        coordinates (its world geometry equals the engine's reference grid).
+        Softmax labels share one labelmap: the engine's label map cropped to the ROI, in the
+        reference volume's node coordinates (its world geometry equals the engine's reference
+        grid). Sigmoid regions, which may overlap, get one labelmap layer each.
         """
         import slicer
         import vtk
@@ -659,19 +642,32 @@ class SegmentationLogic:
 
         ensureSegmentationConverterRules()
         roi = job.result.roi
-        labels = sitk.GetArrayViewFromImage(job.result.labelmap)[roi.slices()]  # K, J, I
-        image = slicer.vtkOrientedImageData()
         low, high = roi.ijkMin, roi.ijkMax
-        image.SetExtent(int(low[0]), int(high[0]), int(low[1]), int(high[1]), int(low[2]), int(high[2]))
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(labels, dtype=np.uint8).ravel()
-        image.SetImageToWorldMatrix(_arrayToVTKMatrix(job.targets["referenceIJKToRAS"]))
+
+        def orientedImage(labels: np.ndarray):
+            """A labelmap (K, J, I on the ROI) in the reference volume's node coordinates."""
+            image = slicer.vtkOrientedImageData()
+            image.SetExtent(int(low[0]), int(high[0]), int(low[1]), int(high[1]), int(low[2]), int(high[2]))
+            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(labels, dtype=np.uint8).ravel()
+            image.SetImageToWorldMatrix(_arrayToVTKMatrix(job.targets["referenceIJKToRAS"]))
+            return image
+
+        if job.result.regions is None:
+            shared = orientedImage(sitk.GetArrayViewFromImage(job.result.labelmap)[roi.slices()])
+            images = [shared] * len(job.card["labels"])
+        else:
+            # Sigmoid regions may overlap (whole tumour ⊃ tumour core): one labelmap layer each.
+            images = [
+                orientedImage(region[roi.slices()].astype(np.uint8) * int(label["value"]))
+                for label, region in zip(job.card["labels"], job.result.regions)
+            ]
         segmentation = slicer.vtkSegmentation()
         if hasattr(segmentation, "SetSourceRepresentationName"):
             segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
         else:  # Slicer < 5.4
             segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
-        for label in job.card["labels"]:
+        for label, image in zip(job.card["labels"], images):
             value = int(label["value"])
             segment = slicer.vtkSegment()
             segment.SetName(label["name"])

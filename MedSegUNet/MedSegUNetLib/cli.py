@@ -1,23 +1,104 @@
 """The ``medsegunet`` command: roi, segment, info, train, export, demo.
 
+Every option that takes several paths may be repeated (``--roi-from B --roi-from C``) or given a
+list (``--roi-from B C``); options may come before or after the INPUTs, and ``--`` ends an
+option's list (``--roi-from B C -- A``). A single-value option given twice is refused rather than
+silently taking the last value.
+
 User errors print one line on stderr (no traceback unless ``--verbose``) and exit with status 2;
-outputs are written to temporary names and renamed only once everything succeeded.
+SIGINT and SIGTERM remove temporaries and exit with 130 and 143. Outputs are staged, verified and
+renamed together only once everything succeeded (:class:`volumes.StagedOutputs`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import math
 import os
+import signal
 import sys
 import time
 from typing import Sequence
 
-from .errors import MedSegUNetError, firstLine
+from .errors import Interrupted, MedSegUNetError, ProcessingCancelled, firstLine
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
+EXIT_TERMINATED = 143
+# The largest margin the ROI options take: far beyond any organ, small enough to catch a typo.
+MAX_MARGIN_MM = 1000.0
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing that cannot lose a value
+# ---------------------------------------------------------------------------------------------
+
+
+class StoreOnce(argparse.Action):
+    """``store``, but a second occurrence of the option is an error instead of replacing the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        marker = f"_seen_{self.dest}"
+        if getattr(namespace, marker, False):
+            parser.error(f"{option_string} was given twice: give it once")
+        setattr(namespace, marker, True)
+        setattr(namespace, self.dest, values)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, and whose plain options refuse repeats."""
+
+    def __init__(self, *arguments, **keywords) -> None:
+        super().__init__(*arguments, **keywords)
+        self.register("action", "store", StoreOnce)
+        self.register("action", None, StoreOnce)
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
+
+
+def finiteNumber(low: float = 0.0, high: float = math.inf, unit: str = "mm"):
+    """An argparse type: a finite float in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"'{text}' must be a finite number of {unit} from {low:g} to {high:g}")
+        return value
+
+    return parse
+
+
+def addCommonOptions(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` and ``-q/--quiet``, accepted after the command too."""
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print nothing but errors")
+
+
+def moveInputsAfterDoubleDash(arguments: Sequence[str]) -> list[str]:
+    """``--`` ends an option's list: the words after it, up to the next option, are INPUTs.
+
+    They are moved to the front, where no option can take them.
+    """
+    arguments = list(arguments)
+    inputs: list[str] = []
+    while "--" in arguments:
+        cut = arguments.index("--")
+        end = cut + 1
+        while end < len(arguments) and not (arguments[end].startswith("-") and len(arguments[end]) > 1):
+            end += 1
+        inputs += arguments[cut + 1 : end]
+        arguments = arguments[:cut] + arguments[end:]
+    return inputs + arguments
+
+
+# ---------------------------------------------------------------------------------------------
+# roi
+# ---------------------------------------------------------------------------------------------
 
 
 def _addRoiParser(subparsers) -> None:
@@ -25,40 +106,59 @@ def _addRoiParser(subparsers) -> None:
         "roi",
         help="region of interest shared by several series (exact oriented-box intersection)",
         description="Print the ROI: the reference voxels whose centres lie inside every volume's extent.",
+        usage="medsegunet roi [--reference PATH] [--margin MM] [--json OUT|-] [--resample-irregular] VOLUME [VOLUME ...]",
     )
-    parser.add_argument("volumes", nargs="+", metavar="VOLUME", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
+    parser.add_argument("volumes", nargs="*", metavar="VOLUME", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
     parser.add_argument("--reference", metavar="PATH", help="which VOLUME the ROI is expressed on (default: the first)")
-    parser.add_argument("--margin", type=float, default=0.0, metavar="MM", help="grow the ROI by this many mm per side (clipped)")
+    parser.add_argument(
+        "--margin", type=finiteNumber(0.0, MAX_MARGIN_MM), default=0.0, metavar="MM", help=f"grow the ROI by this many mm per side (0–{MAX_MARGIN_MM:g}; clipped)"
+    )
     parser.add_argument("--json", metavar="OUT", default="-", help="write the JSON here ('-' = standard output, the default)")
+    _addResampleIrregular(parser)
     parser.set_defaults(func=runRoi)
 
 
-def runRoi(args) -> int:
-    from . import geometry
-    from .volumes import readVolume, volumeName, writeText
+def _addResampleIrregular(parser) -> None:
+    parser.add_argument(
+        "--resample-irregular",
+        action="store_true",
+        help="resample a DICOM series with missing, duplicated or unevenly spaced slices onto a regular grid built from the true slice positions (default: refuse it)",
+    )
 
-    if args.reference is not None and args.reference not in args.volumes:
-        raise MedSegUNetError(f"--reference '{args.reference}' is not one of the VOLUMEs given: repeat it among them.")
-    if args.margin < 0:
-        raise MedSegUNetError("--margin must be zero or positive (mm).")
+
+def runRoi(args, console) -> int:
+    from . import geometry
+    from .volumes import checkDistinctPaths, checkOutputPath, readVolume, volumeName, writeText
+
+    if not args.volumes:
+        raise MedSegUNetError("Give the VOLUMEs whose common region to compute (files or DICOM folders).")
     paths = list(args.volumes)
     if args.reference is not None:
-        paths.remove(args.reference)
-        paths.insert(0, args.reference)
+        matches = [p for p in paths if os.path.realpath(p) == os.path.realpath(args.reference)]
+        if not matches:
+            raise MedSegUNetError(f"--reference '{args.reference}' is not one of the VOLUMEs given: repeat it among them.")
+        paths.remove(matches[0])
+        paths.insert(0, matches[0])
     if args.json != "-":
-        from .volumes import checkOutputPath
-
         checkOutputPath(args.json)
-    geometries = [geometry.VolumeGeometry.fromImage(readVolume(path), volumeName(path)) for path in paths]
+        checkDistinctPaths({"--json": args.json}, {"VOLUME": paths})
+    images = [readVolume(path, resampleIrregular=args.resample_irregular) for path in paths]
+    geometries = [geometry.VolumeGeometry.fromImage(image, volumeName(path)) for image, path in zip(images, paths)]
     roi = geometry.computeROI(geometries[0], geometries[1:], marginMM=args.margin)
     report = roi.toDict()
     report["reference_path"] = paths[0]
-    text = json.dumps(report, indent=2) + "\n"
+    text = __import__("json").dumps(report, indent=2) + "\n"
     if args.json == "-":
         sys.stdout.write(text)
     else:
         writeText(text, args.json)
+        console.line(f"Wrote {args.json}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# segment
+# ---------------------------------------------------------------------------------------------
 
 
 def _addSegmentParser(subparsers) -> None:
@@ -66,52 +166,57 @@ def _addSegmentParser(subparsers) -> None:
         "segment",
         help="segment volumes with a TorchScript U-Net",
         description="Segment INPUTs (the model's channels in card order; the first is the reference).",
+        usage="medsegunet segment --model M.pt [options] INPUT [INPUT ...] [--roi-from VOLUME [VOLUME ...]]",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
     parser.add_argument("--model", required=True, metavar="M.pt", help="TorchScript model with a MedSegUNet card")
     parser.add_argument(
         "--roi-from",
         nargs="+",
+        action="extend",
         default=[],
         metavar="VOLUME",
-        help="extra series whose extents limit the ROI (put the INPUTs first, or end this list with --)",
+        help="extra series whose extents limit the ROI; repeat the option or give a list (end a list before INPUTs with --)",
     )
     parser.add_argument("--no-roi", action="store_true", help="run on the whole reference volume")
-    parser.add_argument("--margin", type=float, default=None, metavar="MM", help="grow the ROI by this many mm (default: the card's)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs")
-    parser.add_argument("--output", metavar="SEG", help=".seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz label map")
+    parser.add_argument(
+        "--margin", type=finiteNumber(0.0, MAX_MARGIN_MM), default=None, metavar="MM", help=f"grow the ROI by this many mm (0–{MAX_MARGIN_MM:g}; default: the card's)"
+    )
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
+    parser.add_argument("--output", metavar="SEG", help=".seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz/.nii/.mha/.mhd label map")
     parser.add_argument("--stats", metavar="STATS.csv", help="statistics table (CSV)")
     parser.add_argument("--stats-json", metavar="STATS.json", help="statistics, ROI, model and timings (JSON)")
     parser.add_argument("--reference-seg", metavar="REF", help="reference label map or .seg.nrrd for overlap metrics")
+    _addResampleIrregular(parser)
     parser.set_defaults(func=runSegment)
 
 
-def _reportProgress(fraction: float, message: str) -> None:
-    # Only on a terminal: scripts that read stderr get the single error line and nothing else.
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\r[{fraction * 100:5.1f}%] {message[:70]:<70}")
-        sys.stderr.flush()
-        if fraction >= 1.0:
-            sys.stderr.write("\n")
-
-
-def runSegment(args) -> int:
+def runSegment(args, console) -> int:
     from . import modelcard, pipeline, statistics
-    from .outputs import SEGMENTATION_SUFFIXES, writeSegmentation
-    from .volumes import atomicOutput, checkOutputPath, readVolume, volumeName
+    from .outputs import SEGMENTATION_SUFFIXES, stageSegmentation
+    from .volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, readVolume, textVerifier, volumeName, writeTextFile
 
     started = time.perf_counter()
+    if not args.inputs:
+        raise MedSegUNetError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
+    outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json}
+    if not any(outputs.values()):
+        raise MedSegUNetError("Nothing to write: give --output, --stats or --stats-json.")
+    if args.reference_seg and not (args.stats or args.stats_json):
+        raise MedSegUNetError("--reference-seg fills the overlap columns of the statistics: give --stats or --stats-json too.")
     if args.output:
         checkOutputPath(args.output, SEGMENTATION_SUFFIXES)
     for path in (args.stats, args.stats_json):
         if path:
             checkOutputPath(path)
-    if args.margin is not None and args.margin < 0:
-        raise MedSegUNetError("--margin must be zero or positive (mm).")
-    if not (args.output or args.stats or args.stats_json):
-        raise MedSegUNetError("Nothing to write: give --output, --stats or --stats-json.")
+    checkDistinctPaths(
+        outputs,
+        {"INPUT": args.inputs, "--roi-from": args.roi_from, "--model": [args.model, args.model + ".json"], "--reference-seg": args.reference_seg},
+    )
+    if args.reference_seg:
+        checkRegularFile(args.reference_seg, "Reference segmentation")
 
-    progress = pipeline.ProgressReporter(_reportProgress)
+    progress = pipeline.ProgressReporter(console)
     progress.stage(pipeline.Stage.LOADING)
     card = modelcard.readCard(args.model)
     if len(args.inputs) != len(card["inputs"]):
@@ -119,8 +224,8 @@ def runSegment(args) -> int:
         raise MedSegUNetError(
             f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them in that order."
         )
-    images = [readVolume(path) for path in args.inputs]
-    roiImages = [readVolume(path) for path in args.roi_from]
+    images = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.inputs]
+    roiImages = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.roi_from]
     model = modelcard.loadModel(args.model, args.device)
     inputNames = [i["name"] for i in card["inputs"]]
     margin = args.margin if args.margin is not None else float(card.get("roi", {}).get("margin_mm", 0.0))
@@ -136,26 +241,25 @@ def runSegment(args) -> int:
     )
 
     progress.stage(pipeline.Stage.STATISTICS)
-    reference = None
+    referenceMasks = None
+    warnings: list[str] = []
     report: dict = {}
     if args.stats or args.stats_json:
         if args.reference_seg:
-            reference = statistics.readReferenceSegmentation(args.reference_seg, result.labelmap, card["labels"])
-        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), reference)
+            referenceMasks, warnings = statistics.readReferenceMasks(args.reference_seg, result.labelmap, card["labels"])
+            for warning in warnings:
+                console.warn(warning)
+        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
 
     progress.stage(pipeline.Stage.WRITING)
-    # Every output goes to a temporary name; the renames happen together once all are written.
-    with contextlib.ExitStack() as outputs:
+    with StagedOutputs() as staged:
         if args.output:
-            temporary = outputs.enter_context(atomicOutput(args.output))
-            writeSegmentation(result.labelmap, card["labels"], temporary)
+            stageSegmentation(staged, result.labelmap, card["labels"], args.output, result.regions)
         if args.stats:
-            temporary = outputs.enter_context(atomicOutput(args.stats))
-            with open(temporary, "w", encoding="utf-8", newline="") as stream:
-                stream.write(statistics.statisticsCSV(report["segments"], inputNames, reference is not None))
+            text = statistics.statisticsCSV(report["segments"], inputNames, referenceMasks is not None)
+            writeTextFile(text, staged.stage(args.stats, verify=textVerifier(text)))
         if args.stats_json:
-            temporary = outputs.enter_context(atomicOutput(args.stats_json))
-            timings = dict(progress.finish("Done"))
+            timings = dict(progress.timings)
             timings["total"] = time.perf_counter() - started
             document = {
                 **report,
@@ -163,61 +267,128 @@ def runSegment(args) -> int:
                 "roi": result.roi.toDict(),
                 "model": {"path": os.path.abspath(args.model), "name": card["name"], "card": card},
                 "device": result.device,
+                "warnings": warnings,
                 "timing_s": {key: round(value, 4) for key, value in timings.items()},
             }
-            with open(temporary, "w", encoding="utf-8") as stream:
-                stream.write(statistics.statisticsJSON(document))
+            text = statistics.statisticsJSON(document)
+            writeTextFile(text, staged.stage(args.stats_json, verify=textVerifier(text)))
     progress.finish("Done")
+    console.close()
+    for segment in report.get("segments", []):
+        console.line(f"{segment['name']}: {segment['volume_cm3']:.2f} cm3")
+    written = [path for path in outputs.values() if path]
+    console.line(f"Wrote {', '.join(written)} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
 
 
 def buildParser() -> argparse.ArgumentParser:
     from . import __version__, demo, exporting, training
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="medsegunet",
         description="MedSegUNet: U-Net segmentation of MRI with a multi-series region of interest (the engine of the 3D Slicer extension).",
     )
     parser.add_argument("--version", action="version", version=f"medsegunet {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks for errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors (and the commands' data on stdout)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     subparsers.required = True
     _addRoiParser(subparsers)
     _addSegmentParser(subparsers)
     exporting.addParser(subparsers)
     training.addParser(subparsers)
     demo.addParser(subparsers)
+    for sub in subparsers.choices.values():
+        addCommonOptions(sub)
+    parser.subcommands = subparsers.choices  # type: ignore[attr-defined]
     return parser
+
+
+def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
+    """Global options, the command, then the command's options and INPUTs in any order."""
+    parser = buildParser()
+    argv = list(argv)
+    index = 0
+    while index < len(argv) and argv[index] in ("--verbose", "-q", "--quiet"):
+        index += 1
+    if index >= len(argv) or argv[index] not in parser.subcommands:
+        return parser.parse_args(argv)  # help, version, or a missing or unknown command
+    sub = parser.subcommands[argv[index]]
+    args = sub.parse_intermixed_args(moveInputsAfterDoubleDash(argv[index + 1 :]))
+    args.command = argv[index]
+    args.verbose = getattr(args, "verbose", False) or "--verbose" in argv[:index]
+    args.quiet = getattr(args, "quiet", False) or any(a in ("-q", "--quiet") for a in argv[:index])
+    return args
+
+
+def _raiseInterrupted(signalNumber, frame) -> None:
+    raise Interrupted(signalNumber)
+
+
+def _installSignalHandlers() -> None:
+    """SIGINT and SIGTERM raise :class:`Interrupted`, so staged outputs are removed on the way out."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(number, _raiseInterrupted)
+        except (ValueError, OSError):  # not the main thread (an embedding host): keep its handlers
+            pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medsegunet`` console script; returns the exit status."""
-    parser = buildParser()
-    args = parser.parse_args(argv)
-    if args.verbose:
-        return int(args.func(args) or 0)
-    import warnings
+    _installSignalHandlers()
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except (Interrupted, KeyboardInterrupt) as error:
+        number = getattr(error, "signalNumber", signal.SIGINT)
+        kept = getattr(error, "kept", None)
+        name = "terminated" if number == signal.SIGTERM else "interrupted"
+        sys.stderr.write(f"medsegunet: {name}; {kept or 'nothing was written'}.\n")
+        return EXIT_TERMINATED if number == signal.SIGTERM else EXIT_CANCELLED
 
-    from .errors import ProcessingCancelled
+
+def _main(argv: Sequence[str]) -> int:
+    from .console import ConsoleProgress
+
+    try:
+        args = parseArguments(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed in one line
+        return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
+    console = ConsoleProgress(quiet=args.quiet)
+    if args.verbose:
+        return int(args.func(args, console) or 0)
+    import warnings
 
     # Library deprecation notices are for developers; users get results or one error line.
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.simplefilter("ignore", category)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args, console) or 0)
     except ProcessingCancelled as error:
+        console.close()
         sys.stderr.write(f"medsegunet: {error}\n")
         return EXIT_CANCELLED
     except MedSegUNetError as error:
-        sys.stderr.write(f"medsegunet: error: {error}\n")
+        console.close()
+        sys.stderr.write(f"medsegunet: error: {firstLine(error)}\n")
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        sys.stderr.write("medsegunet: interrupted; nothing was written.\n")
-        return EXIT_CANCELLED
     except MemoryError:
-        sys.stderr.write("medsegunet: error: out of memory: use a smaller patch_size, --device cpu, or a smaller ROI.\n")
-        return 1
+        console.close()
+        sys.stderr.write("medsegunet: error: out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or --device cpu.\n")
+        return EXIT_USER_ERROR
+    except OSError as error:
+        from .errors import osErrorMessage
+
+        console.close()
+        sys.stderr.write(f"medsegunet: error: {osErrorMessage(error, 'use', error.filename or '?')}\n")
+        return EXIT_USER_ERROR
     except Exception as error:  # an unexpected failure still gets one line; --verbose shows the traceback
+        console.close()
         sys.stderr.write(f"medsegunet: internal error: {type(error).__name__}: {firstLine(error)} (rerun with --verbose for details)\n")
         return 1
 

@@ -189,9 +189,11 @@ def _overlay(labels: np.ndarray, card: dict) -> np.ndarray:
     return rgba
 
 
-def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict[str, sitk.Image], card: dict, path: str) -> None:
+def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict[str, sitk.Image], card: dict, path: str, case: str = CASE) -> None:
     """PNG: up to 6 axial ROI slices with the zones, and the sagittal and coronal middle slices with
-    the ROI box (its cut through each slice plane) and the zones resampled onto them."""
+    the ROI box (its cut through each slice plane) and the zones resampled onto them.
+
+    ``path`` is written as given (callers stage it with the run's other outputs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,7 +201,6 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
     from matplotlib.patches import Polygon
 
     from . import preprocessing
-    from .volumes import atomicOutput
 
     image = sitk.GetArrayViewFromImage(reference)[roi.slices()]  # K, J, I inside the ROI
     labels = sitk.GetArrayViewFromImage(labelmap)[roi.slices()]
@@ -234,14 +235,25 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
         axis.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=label["color"]) for label in card["labels"]]
     figure.legend(handles, [label["name"] for label in card["labels"]], loc="lower center", ncol=len(handles), fontsize=9)
-    figure.suptitle(f"{CASE}: {card['name']}", fontsize=10)
-    with atomicOutput(path) as temporary:
-        figure.savefig(temporary, dpi=80, format="png")
-    plt.close(figure)
+    figure.suptitle(f"{case}: {card['name']}", fontsize=10)
+    try:
+        figure.savefig(path, dpi=80, format="png")
+    finally:
+        plt.close(figure)
+
+
+def caseName(data: str | None) -> str:
+    """The case the outputs are named after: the data folder's name, or ProstateX-0000 when downloaded."""
+    if not data:
+        return CASE
+    return Path(os.path.abspath(data)).name or CASE
 
 
 def runDemo(data: str | None, output: str, model: str | None = None, device: str = "auto", log=None) -> dict:
-    """Segment ProstateX-0000's zones and write the demo outputs.
+    """Segment a prostate case's zones (ProstateX-0000 by default) and write the demo outputs.
+
+    The four outputs (segmentation, CSV and JSON statistics, overview PNG) are named after the case
+    and appear together or not at all.
 
     Returns:
         the output paths and the statistics report.
@@ -250,46 +262,63 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
         MedSegUNetError: missing model, data that cannot be found or downloaded.
     """
     from . import modelcard, pipeline, statistics
-    from .outputs import writeSegmentation
-    from .volumes import readVolume, writeText
+    from .outputs import stageSegmentation
+    from .volumes import StagedOutputs, checkDistinctPaths, readVolume, textVerifier, writeTextFile
 
     log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     started = time.perf_counter()
     modelPath = Path(model) if model else defaultModelPath()
     if not modelPath.is_file():
         raise MedSegUNetError(f"The demo model '{modelPath}' is missing: pass --model PATH to a prostate zones model.")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise MedSegUNetError(f"--output '{output}' is a file: give a folder for the demo's outputs.")
+    case = caseName(data)
+    outputs = {
+        "segmentation": os.path.join(output, f"{case}-zones.seg.nrrd"),
+        "statistics_csv": os.path.join(output, f"{case}-statistics.csv"),
+        "statistics_json": os.path.join(output, f"{case}-statistics.json"),
+        "overview": os.path.join(output, f"{case}-overview.png"),
+    }
     paths = findLocalSeries(data) if data else fetchDemoData(log=log)
-    os.makedirs(output, exist_ok=True)
+    checkDistinctPaths({f"--output ({key})": path for key, path in outputs.items()}, {"--data": list(paths.values()), "--model": str(modelPath)})
     images = {role: readVolume(path) for role, path in paths.items()}
     loaded = modelcard.loadModel(modelPath, device)
     card = loaded.card
     result = pipeline.segmentImages(
         [images["axial"]], loaded, names=["T2 axial"], roiImages=[images["sagittal"], images["coronal"]], roiNames=["T2 sagittal", "T2 coronal"]
     )
-    outputs = {
-        "segmentation": os.path.join(output, f"{CASE}-zones.seg.nrrd"),
-        "statistics_csv": os.path.join(output, f"{CASE}-statistics.csv"),
-        "statistics_json": os.path.join(output, f"{CASE}-statistics.json"),
-        "overview": os.path.join(output, f"{CASE}-overview.png"),
-    }
-    writeSegmentation(result.labelmap, card["labels"], outputs["segmentation"])
-    report = statistics.computeStatistics(result.labelmap, card, {"T2": images["axial"]})
-    writeText(statistics.statisticsCSV(report["segments"], ["T2"], False), outputs["statistics_csv"])
+    report = statistics.computeStatistics(result.labelmap, card, {"T2": images["axial"]}, regions=result.regions)
     document = {
         **report,
-        "case": CASE,
+        "case": case,
         "inputs": [{"name": role, "path": path} for role, path in paths.items()],
         "roi": result.roi.toDict(),
         "model": {"path": str(modelPath), "name": card["name"]},
         "device": result.device,
         "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
     }
-    writeText(statistics.statisticsJSON(document), outputs["statistics_json"])
-    writeOverview(images["axial"], result.labelmap, result.roi, {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]}, card, outputs["overview"])
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:
+        from .errors import osErrorMessage
+
+        raise MedSegUNetError(osErrorMessage(error, "create", output)) from None
+    with StagedOutputs() as staged:
+        stageSegmentation(staged, result.labelmap, card["labels"], outputs["segmentation"], result.regions)
+        for key, text in (
+            ("statistics_csv", statistics.statisticsCSV(report["segments"], ["T2"], False)),
+            ("statistics_json", statistics.statisticsJSON(document)),
+        ):
+            writeTextFile(text, staged.stage(outputs[key], verify=textVerifier(text)))
+        writeOverview(
+            images["axial"], result.labelmap, result.roi, {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]},
+            card, staged.stage(outputs["overview"]), case,
+        )
     for segment in report["segments"]:
         log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
     log(f"ROI {' × '.join(f'{v:.0f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
-    log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
+    if case == CASE:
+        log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
     return {"outputs": outputs, "report": report, "roi": result.roi}
 
 
@@ -308,7 +337,8 @@ def addParser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args, console=None) -> int:
     """``medsegunet demo``: returns the exit status."""
-    runDemo(args.data, args.output, args.model, args.device)
+    log = console.line if console is not None else None
+    runDemo(args.data, args.output, args.model, args.device, log=log)
     return 0

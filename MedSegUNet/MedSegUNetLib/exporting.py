@@ -182,10 +182,12 @@ def addParser(subparsers) -> None:
     info.set_defaults(func=runInfo)
 
 
-def run(args) -> int:
+def run(args, console=None) -> int:
     """``medsegunet export``: returns the exit status."""
     from .modelcard import cardSummary
+    from .volumes import checkDistinctPaths
 
+    checkDistinctPaths({"--output": args.output}, {"--checkpoint": args.checkpoint, "--config": args.config})
     card = exportCheckpoint(args.checkpoint, args.output, args.config)
     sys.stdout.write(f"Wrote {args.output}\n{cardSummary(card)}\n")
     validation = card.get("validation")
@@ -194,7 +196,7 @@ def run(args) -> int:
     return 0
 
 
-def runInfo(args) -> int:
+def runInfo(args, console=None) -> int:
     """``medsegunet info``: returns the exit status."""
     import json
 

@@ -9,12 +9,13 @@ logits into probabilities (softmax or sigmoid) before they are blended.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import MedSegUNetError, ProcessingCancelled
+from .errors import MedSegUNetError, ProcessingCancelled, firstLine
 from .modelcard import LoadedModel, outputChannels
 
 ProgressCallback = Callable[[float, str], None]
@@ -45,8 +46,89 @@ def _windowCount(shape: Sequence[int], window: Sequence[int], overlap: float) ->
     return count
 
 
+# A U-Net holds at least this many float32 feature values per input voxel of a window while it
+# runs (the first level's features and their skip copy); used only as a lower bound, so that a card
+# is refused before allocating only when it cannot fit whatever the network.
+MIN_FEATURES_PER_VOXEL = 16
+OUT_OF_MEMORY_ADVICE = "use a smaller sw_batch_size or patch_size in the card, a smaller ROI, or --device cpu"
+
+
+def isOutOfMemory(error: BaseException) -> bool:
+    """Whether a torch or NumPy error is an allocation failure (CPU or GPU)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text
+
+
+def estimateMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int]) -> dict[str, int]:
+    """Bytes a run needs at least, before anything is allocated.
+
+    Args:
+        spatialShape: the model grid's I, J, K.
+        window: the sliding-window patch (3D) or in-plane patch (2D).
+
+    Returns:
+        {"input", "output", "network", "total"} in bytes: the float32 input array, the blended
+        output and its weight map (MONAI's inferer keeps both), and a lower bound of the network's
+        activations for one batch of windows (:data:`MIN_FEATURES_PER_VOXEL`).
+    """
+    voxels = int(np.prod([int(v) for v in spatialShape], dtype=np.int64))
+    channelsIn = len(card["inputs"])
+    channelsOut = outputChannels(card)
+    windowVoxels = int(np.prod([int(v) for v in window], dtype=np.int64))
+    batch = int(card.get("sw_batch_size", 4))
+    figures = {
+        "input": 4 * channelsIn * voxels,
+        "output": 4 * (channelsOut + 1) * voxels,
+        "network": 4 * batch * windowVoxels * max(MIN_FEATURES_PER_VOXEL, channelsIn + channelsOut),
+    }
+    figures["total"] = sum(figures.values())
+    return figures
+
+
+def availableMemory(device) -> int | None:
+    """Free bytes on the device (GPU) or available RAM (CPU, Linux); None when unknown."""
+    try:
+        if getattr(device, "type", str(device)) == "cuda":
+            import torch
+
+            return int(torch.cuda.mem_get_info(device)[0])
+        if getattr(device, "type", str(device)) == "cpu" and hasattr(os, "sysconf"):
+            with open("/proc/meminfo", encoding="ascii") as stream:
+                for line in stream:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return None
+
+
+def checkMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int], device) -> None:
+    """Refuse a run that cannot fit in memory, with the figure and what to change.
+
+    Raises:
+        MedSegUNetError: the lower-bound estimate exceeds the device's free memory.
+    """
+    available = availableMemory(device)
+    if available is None:
+        return
+    figures = estimateMemory(card, spatialShape, window)
+    if figures["total"] > available:
+        gib = 1024**3
+        raise MedSegUNetError(
+            f"Model '{card['name']}' needs at least {figures['total'] / gib:.1f} GiB on {device} for this ROI "
+            f"(input {figures['input'] / gib:.1f}, output {figures['output'] / gib:.1f}, network ≥ {figures['network'] / gib:.1f} GiB for "
+            f"{card.get('sw_batch_size', 4)} window(s) of {list(window)}) but {available / gib:.1f} GiB are free: {OUT_OF_MEMORY_ADVICE}."
+        )
+
+
 class _Predictor:
-    """The network as MONAI's inferers call it: one batch of windows in, probabilities out."""
+    """The network as MONAI's inferers call it: one batch of windows in, probabilities out.
+
+    The network's answer is checked on every batch: a tensor of floating type, shape ``N, C`` of
+    the card, then the window's spatial shape, and finite values.
+    """
 
     def __init__(self, loaded: LoadedModel, batches: int, progressCallback, cancelEvent) -> None:
         self.loaded = loaded
@@ -56,23 +138,49 @@ class _Predictor:
         self.cancelEvent = cancelEvent
         self.expectedChannels = outputChannels(loaded.card)
 
+    def _fail(self, what: str, advice: str) -> MedSegUNetError:
+        card = self.loaded.card
+        return MedSegUNetError(f"Model '{card['name']}' ({os.path.basename(self.loaded.path)}) {what}: {advice}.")
+
+    def check(self, batch, logits):
+        """The network's output as a tensor, or a one-line error saying how it differs from the card."""
+        import torch
+
+        if isinstance(logits, (tuple, list)) and logits:
+            logits = logits[0]
+        if not isinstance(logits, torch.Tensor):
+            raise self._fail(f"returned {type(logits).__name__} instead of a tensor", "export it so that forward() returns the logits tensor")
+        if not logits.is_floating_point():
+            raise self._fail(f"returned {str(logits.dtype).replace('torch.', '')} values instead of floating-point logits", "return logits, not labels")
+        card = self.loaded.card
+        expected = (int(batch.shape[0]), self.expectedChannels, *[int(v) for v in batch.shape[2:]])
+        if tuple(int(v) for v in logits.shape) != expected:
+            detail = f"{card['output']}, {len(card['labels'])} labels"
+            raise self._fail(
+                f"returned shape {tuple(int(v) for v in logits.shape)} for input {tuple(int(v) for v in batch.shape)} where the card needs {expected} ({detail})",
+                "fix the card's labels, output or patch_size to match the network",
+            )
+        if not bool(torch.isfinite(logits).all()):
+            raise self._fail("returned NaN or infinite values", "check the model's weights and the card's normalization")
+        return logits
+
     def __call__(self, batch):
         import torch
 
         if self.cancelEvent is not None and self.cancelEvent.is_set():
             raise ProcessingCancelled()
         device = self.loaded.device
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            logits = self.loaded.network(batch)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        if logits.shape[1] != self.expectedChannels:
-            card = self.loaded.card
-            raise MedSegUNetError(
-                f"Model '{card['name']}' outputs {logits.shape[1]} channels but its card needs {self.expectedChannels} "
-                f"({card['output']}, {len(card['labels'])} labels): fix the card's labels or output."
-            )
-        logits = logits.float()
+        try:
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+                logits = self.loaded.network(batch)
+        except (RuntimeError, MemoryError) as error:  # torch.jit.Error is a RuntimeError
+            if isOutOfMemory(error):
+                raise MedSegUNetError(f"Out of memory on {device} while running the network: {OUT_OF_MEMORY_ADVICE}.") from None
+            raise self._fail(
+                f"failed on an input of shape {tuple(int(v) for v in batch.shape)} ({firstLine(error)[:140]})",
+                "check that the card's inputs, patch_size and spatial_dims are what the network takes",
+            ) from None
+        logits = self.check(batch, logits).float()
         probabilities = torch.softmax(logits, dim=1) if self.loaded.card["output"] == "softmax" else torch.sigmoid(logits)
         self.done += 1
         if self.progressCallback is not None:
@@ -98,7 +206,9 @@ def predictProbabilities(
         float32 ``C_out, I, J, K`` probabilities (softmax: background first; sigmoid: one per label).
 
     Raises:
-        MedSegUNetError: wrong channel count, or a 2D model on a volume whose slices lie along I or J.
+        MedSegUNetError: wrong channel count, a 2D model on a volume whose slices lie along I or J,
+            a run that cannot fit in memory, a network that fails or answers other than its card
+            says (dtype, shape, non-finite values), or an out-of-memory error.
         ProcessingCancelled: the cancel event was set.
     """
     import torch
@@ -124,10 +234,16 @@ def predictProbabilities(
     else:
         windows = _windowCount(spatial, window, overlap)
         inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=batchSize, overlap=overlap, mode="gaussian", progress=False)
+    checkMemory(card, spatial, window, loaded.device)
     predictor = _Predictor(loaded, int(math.ceil(windows / batchSize)), progressCallback, cancelEvent)
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None].to(loaded.device)
-    with torch.inference_mode():
-        probabilities = inferer(tensor, predictor)
-    if isinstance(probabilities, (tuple, list)):
-        probabilities = probabilities[0]
-    return probabilities[0].float().cpu().numpy()
+    try:
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None].to(loaded.device)
+        with torch.inference_mode():
+            probabilities = inferer(tensor, predictor)
+        if isinstance(probabilities, (tuple, list)):
+            probabilities = probabilities[0]
+        return probabilities[0].float().cpu().numpy()
+    except (RuntimeError, MemoryError) as error:
+        if isOutOfMemory(error):
+            raise MedSegUNetError(f"Out of memory on {loaded.device} while running the network: {OUT_OF_MEMORY_ADVICE}.") from None
+        raise

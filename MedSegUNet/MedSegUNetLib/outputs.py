@@ -1,7 +1,7 @@
 """Writing segmentations: Slicer ``.seg.nrrd`` (with slicerio) or plain label maps (SimpleITK).
 
-Everything is written in the reference geometry, to a temporary name first and renamed at the
-end, so a failure never leaves a partial file.
+Everything is written in the reference geometry, staged, read back and renamed at the end
+(:class:`volumes.StagedOutputs`), so a failure never leaves a partial file.
 """
 
 from __future__ import annotations
@@ -13,28 +13,39 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import ijkToLPSFromImage
-from .volumes import atomicOutput, checkOutputPath, pathSuffix
+from .errors import firstLine
+from .volumes import StagedOutputs, checkOutputPath, imageVerifier, pathSuffix, writeImageFile
 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
 
 
-def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict]) -> dict:
+def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict], regions: np.ndarray | None = None) -> dict:
     """A slicerio segmentation (IJK voxels, ijkToLPS) holding one segment per card label.
 
-    Segments keep the card's label values, names and colours, all in layer 0.
+    Segments keep the card's label values, names and colours. Softmax results share layer 0;
+    sigmoid regions (``regions``, bool ``L, K, J, I``), which may overlap, get one layer each, as
+    Slicer stores overlapping segments.
     """
-    voxels = np.ascontiguousarray(sitk.GetArrayViewFromImage(labelmap).transpose(2, 1, 0)).astype(np.uint8)
+    if regions is None:
+        voxels = np.ascontiguousarray(sitk.GetArrayViewFromImage(labelmap).transpose(2, 1, 0)).astype(np.uint8)
+        layerOf = {int(label["value"]): 0 for label in labels}
+        masks = {int(label["value"]): voxels == int(label["value"]) for label in labels}
+    else:
+        voxels = np.stack([np.asarray(region, dtype=np.uint8).transpose(2, 1, 0) * int(label["value"]) for label, region in zip(labels, regions)])
+        voxels = np.ascontiguousarray(voxels)
+        layerOf = {int(label["value"]): index for index, label in enumerate(labels)}
+        masks = {int(label["value"]): voxels[index] != 0 for index, label in enumerate(labels)}
     segments = []
     for label in labels:
         value = int(label["value"])
-        mask = voxels == value
         segment = {
             "id": f"Segment_{value}",
             "name": label["name"],
             "color": [float(c) for c in label["color"]],
             "labelValue": value,
-            "layer": 0,
+            "layer": layerOf[value],
         }
+        mask = masks[value]
         if mask.any():
             nonzero = np.nonzero(mask)
             segment["extent"] = [int(v) for axis in nonzero for v in (axis.min(), axis.max())]
@@ -49,21 +60,53 @@ def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict]) -> dict:
     }
 
 
-def writeSegmentation(labelmap: sitk.Image, labels: Sequence[dict], path: str | os.PathLike) -> None:
-    """Write a label map as ``.seg.nrrd`` (named, coloured segments) or as a plain label map.
+def segmentationVerifier(labelmap: sitk.Image, labels: Sequence[dict], regions: np.ndarray | None = None):
+    """A check that a written ``.seg.nrrd`` reads back with every segment's voxels."""
+    import slicerio
+
+    from .errors import MedSegUNetError
+    from .pipeline import labelMasks
+
+    def verify(path: str) -> None:
+        try:
+            written = slicerio.read_segmentation(path)
+        except Exception as error:  # pynrrd raises plain exceptions on a cut-short file
+            raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely ({firstLine(error)[:100]}); nothing was kept: check the free disk space.") from None
+        layers = written["voxels"] if written["voxels"].ndim == 4 else written["voxels"][np.newaxis]
+        for label, mask, segment in zip(labels, labelMasks(labelmap, labels, regions), written["segments"]):
+            readBack = layers[int(segment.get("layer", 0))] == int(segment["labelValue"])
+            if int(readBack.sum()) != int(mask.sum()):
+                raise MedSegUNetError(f"The output '{os.path.basename(path)}' reads back different from what was written (segment '{label['name']}'); nothing was kept.")
+
+    return verify
+
+
+def stageSegmentation(outputs: StagedOutputs, labelmap: sitk.Image, labels: Sequence[dict], path: str | os.PathLike, regions: np.ndarray | None = None) -> None:
+    """Write a segmentation into a run's staged outputs (renamed with the others, once verified).
 
     Args:
         labelmap: uint8 label map on the reference grid (LPS).
         labels: the card's labels.
-        path: ``.seg.nrrd`` for Slicer, or ``.nrrd`` / ``.nii.gz`` / ``.nii`` / ``.mha`` for a label map.
+        path: ``.seg.nrrd`` for Slicer (overlapping sigmoid regions kept as layers), or ``.nrrd`` /
+            ``.nii.gz`` / ``.nii`` / ``.mha`` / ``.mhd`` for a plain label map (regions painted in
+            card order, later labels over earlier ones).
+        regions: sigmoid cards: the region masks.
     """
     import slicerio
 
+    if pathSuffix(path) == ".seg.nrrd":
+        temporary = outputs.stage(path, SEGMENTATION_SUFFIXES, verify=segmentationVerifier(labelmap, labels, regions))
+        # slicerio's default gzip level 9 takes seconds on a fragmented label map; level 1 is
+        # about 100× faster there for files about 1.5× larger.
+        slicerio.write_segmentation(temporary, segmentationDict(labelmap, labels, regions), compression_level=1)
+    else:
+        image = sitk.Cast(labelmap, sitk.sitkUInt8)
+        temporary = outputs.stage(path, SEGMENTATION_SUFFIXES, verify=imageVerifier(image))
+        writeImageFile(image, temporary, True)
+
+
+def writeSegmentation(labelmap: sitk.Image, labels: Sequence[dict], path: str | os.PathLike, regions: np.ndarray | None = None) -> None:
+    """Write one segmentation file atomically (see :func:`stageSegmentation`)."""
     checkOutputPath(path, SEGMENTATION_SUFFIXES)
-    with atomicOutput(path) as temporary:
-        if pathSuffix(path) == ".seg.nrrd":
-            # slicerio's default gzip level 9 takes seconds on a fragmented label map; level 1 is
-            # about 100× faster there for files about 1.5× larger.
-            slicerio.write_segmentation(temporary, segmentationDict(labelmap, labels), compression_level=1)
-        else:
-            sitk.WriteImage(sitk.Cast(labelmap, sitk.sitkUInt8), temporary, True)
+    with StagedOutputs() as outputs:
+        stageSegmentation(outputs, labelmap, labels, path, regions)

@@ -103,11 +103,14 @@ class SegmentationResult:
     """What one run produces.
 
     Args:
-        labelmap: uint8 label map on the reference grid (values from the card's labels).
+        labelmap: uint8 label map on the reference grid (values from the card's labels; sigmoid
+            regions painted in card order).
         roi: the ROI used (reference IJK range).
         card: the model card.
         device: the torch device the network ran on.
         timings: seconds per stage.
+        regions: sigmoid cards only: bool ``L, K, J, I`` masks on the reference grid, one per label
+            in card order, possibly overlapping.
     """
 
     labelmap: sitk.Image
@@ -115,6 +118,20 @@ class SegmentationResult:
     card: dict
     device: str
     timings: dict[str, float] = field(default_factory=dict)
+    regions: np.ndarray | None = None
+
+    def masks(self) -> list[np.ndarray]:
+        """One bool KJI mask per card label on the reference grid: the label's voxels (softmax) or
+        its region (sigmoid; regions may overlap, so the label map alone cannot give them)."""
+        return labelMasks(self.labelmap, self.card["labels"], self.regions)
+
+
+def labelMasks(labelmap: sitk.Image, labels: Sequence[dict], regions: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per-label bool KJI masks: ``regions`` when given (sigmoid cards), else ``labelmap == value``."""
+    if regions is not None:
+        return [np.asarray(region, dtype=bool) for region in regions]
+    array = sitk.GetArrayViewFromImage(labelmap)
+    return [array == int(label["value"]) for label in labels]
 
 
 def resolveROI(
@@ -140,24 +157,28 @@ def probabilitiesToLabels(
     roiGrid: sitk.Image,
     card: dict,
     progress: ProgressReporter | None = None,
-) -> np.ndarray:
-    """Label map on the ROI grid from model-grid probabilities.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label map (and, for sigmoid cards, region masks) on the ROI grid from model-grid probabilities.
 
-    Each class is resampled (linear, float32) to the ROI grid in turn and folded into a running
-    argmax (softmax) or painted where above the threshold (sigmoid, later labels over earlier ones,
-    so nested regions are listed outer first), so memory stays at two ROI-sized arrays.
+    Each class is resampled (linear, float32) to the ROI grid in turn. Softmax: folded into a
+    running argmax, so memory stays at two ROI-sized arrays. Sigmoid: each label is its own region
+    (voxels at or above the threshold), kept as a mask, since regions may overlap (whole tumour ⊃
+    tumour core ⊃ enhancing tumour); the label map paints them in card order, later labels over
+    earlier ones.
 
     Args:
         probabilities: float32 ``C_out, I, J, K`` on the model grid.
 
     Returns:
-        uint8 KJI array on the ROI grid.
+        (uint8 KJI label map on the ROI grid, bool ``L, K, J, I`` region masks in card order or
+        None for softmax cards).
     """
     values = [int(label["value"]) for label in card["labels"]]
     shape = tuple(reversed(roiGrid.GetSize()))
     labels = np.zeros(shape, dtype=np.uint8)
     softmax = card["output"] == "softmax"
     best = np.full(shape, -1.0, dtype=np.float32) if softmax else None
+    regions = None if softmax else np.zeros((len(values), *shape), dtype=bool)
     channelValues = [0, *values] if softmax else values
     for index, value in enumerate(channelValues):
         if progress is not None:
@@ -170,8 +191,9 @@ def probabilitiesToLabels(
             best[better] = channelArray[better]
             labels[better] = value
         else:
-            labels[channelArray >= float(card.get("threshold", 0.5))] = value
-    return labels
+            regions[index] = channelArray >= float(card.get("threshold", 0.5))
+            labels[regions[index]] = value
+    return labels, regions
 
 
 def segmentImages(
@@ -227,11 +249,16 @@ def segmentImages(
     del array
 
     progress.stage(Stage.POSTPROCESSING)
-    roiLabels = probabilitiesToLabels(probabilities, grid, roiGrid, card, progress)
+    roiLabels, roiRegions = probabilitiesToLabels(probabilities, grid, roiGrid, card, progress)
     del probabilities
-    labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
+    fullShape = tuple(reversed(reference.GetSize()))
+    labels = np.zeros(fullShape, dtype=np.uint8)
     labels[roi.slices()] = roiLabels
+    regions = None
+    if roiRegions is not None:
+        regions = np.zeros((len(roiRegions), *fullShape), dtype=bool)
+        regions[(slice(None), *roi.slices())] = roiRegions
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(reference)
     progress.endStage()
-    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings)
+    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions)

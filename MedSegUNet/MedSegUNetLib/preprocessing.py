@@ -80,7 +80,12 @@ def resampleOnto(
     A grid identical to the image's returns a cast copy without interpolation.
     """
     if sameGrid(image, grid):
-        return sitk.Cast(image, pixelType) if image.GetPixelID() != pixelType else image
+        # Within the tolerance the voxels are the same; the copy takes the target's geometry, so
+        # that ITK filters combining it with the grid's images (which check the physical space to
+        # 1e-6) accept it, e.g. a float32 NIfTI header micrometres off the reference.
+        same = sitk.Cast(image, pixelType) if image.GetPixelID() != pixelType else sitk.Image(image)
+        same.CopyInformation(grid)
+        return same
     return sitk.Resample(image, grid, sitk.Transform(), interpolator, defaultValue, pixelType)
 
 

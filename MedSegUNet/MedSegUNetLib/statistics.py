@@ -19,9 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import preprocessing
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, firstLine
 from .geometry import LPS_TO_RAS, setImageGeometryFromIJKToLPS
-from .volumes import pathSuffix, readVolume
+from .volumes import checkRegularFile, pathSuffix, readVolume
 
 INTENSITY_KEYS = (("mean", "Mean"), ("std", "Standard deviation"), ("min", "Minimum"), ("max", "Maximum"), ("median", "Median"))
 OVERLAP_KEYS = (
@@ -40,38 +40,59 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def segmentStatistics(labelmap: sitk.Image, labels: Sequence[dict], intensityImages: dict[str, sitk.Image] | None = None) -> list[dict]:
+def segmentStatistics(
+    labelmap: sitk.Image,
+    labels: Sequence[dict],
+    intensityImages: dict[str, sitk.Image] | None = None,
+    regions: np.ndarray | None = None,
+) -> list[dict]:
     """Voxel counts, volumes, centroids and intensity statistics per label.
 
     Args:
-        labelmap: integer label map on the reference grid.
+        labelmap: integer label map on the reference grid (LPS; KJI arrays).
         labels: the card's labels (``value``, ``name``, ``color``).
         intensityImages: input name → volume on any grid (resampled linearly onto the label map's).
+        regions: sigmoid cards: bool ``L, K, J, I`` region masks in card order, possibly
+            overlapping; each label's figures are then those of its whole region, not of the
+            voxels the painted label map shows for it.
 
     Returns:
         one dict per label, in card order, with ``value``, ``name``, ``color``, ``voxel_count``,
         ``volume_mm3``, ``volume_cm3``, ``centroid_ras`` and ``intensity`` {name: {mean, std, min,
-        max, median}}; absent labels have zero volume and null intensities.
+        max, median}}; absent labels have zero volume and null intensities. ``std`` is the sample
+        standard deviation (n − 1), as in Slicer's Segment Statistics.
     """
-    labelmap = sitk.Cast(labelmap, sitk.sitkUInt16)
     voxelVolume = float(np.prod(labelmap.GetSpacing()))
-    shape = sitk.LabelShapeStatisticsImageFilter()
-    shape.Execute(labelmap)
-    present = set(shape.GetLabels())
-    labelArray = sitk.GetArrayViewFromImage(labelmap)
-    intensities = {}
+    resampled = {}
     for name, image in (intensityImages or {}).items():
-        resampled = preprocessing.resampleOnto(image, labelmap, pixelType=sitk.sitkFloat64)
-        stats = sitk.LabelStatisticsImageFilter()
-        stats.Execute(resampled, labelmap)
         # A copy, not a view: the resampled image is released at the next loop turn.
-        intensities[name] = (stats, sitk.GetArrayFromImage(resampled))
+        resampled[name] = preprocessing.resampleOnto(image, labelmap, pixelType=sitk.sitkFloat64)
+    if regions is None:
+        return _statisticsRows(sitk.Cast(labelmap, sitk.sitkUInt16), [(label, int(label["value"])) for label in labels], resampled, voxelVolume)
     rows = []
-    for label in labels:
-        value = int(label["value"])
+    for label, region in zip(labels, regions):
+        mask = sitk.GetImageFromArray(np.asarray(region, dtype=np.uint8))
+        mask.CopyInformation(labelmap)
+        rows += _statisticsRows(mask, [(label, 1)], resampled, voxelVolume)
+    return rows
+
+
+def _statisticsRows(labelImage: sitk.Image, labelsAndValues: Sequence[tuple[dict, int]], resampled: dict[str, sitk.Image], voxelVolume: float) -> list[dict]:
+    """Rows for the labels found as ``value`` in ``labelImage`` (uint), intensities on its grid."""
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(labelImage)
+    present = set(shape.GetLabels())
+    labelArray = sitk.GetArrayViewFromImage(labelImage)
+    intensities = {}
+    for name, image in resampled.items():
+        stats = sitk.LabelStatisticsImageFilter()
+        stats.Execute(image, labelImage)
+        intensities[name] = (stats, sitk.GetArrayViewFromImage(image))
+    rows = []
+    for label, value in labelsAndValues:
         count = int(shape.GetNumberOfPixels(value)) if value in present else 0
         row = {
-            "value": value,
+            "value": int(label["value"]),
             "name": label["name"],
             "color": list(label.get("color", [])),
             "voxel_count": count,
@@ -96,34 +117,49 @@ def segmentStatistics(labelmap: sitk.Image, labels: Sequence[dict], intensityIma
     return rows
 
 
-def overlapMetrics(labelmap: sitk.Image, reference: sitk.Image, labels: Sequence[dict]) -> tuple[dict[int, dict], float | None]:
-    """Overlap of the label map with a reference on the same grid, per label, with MONAI's metrics.
+def overlapMetrics(
+    predicted: Sequence[np.ndarray], reference: Sequence[np.ndarray], labels: Sequence[dict], spacing: Sequence[float]
+) -> tuple[dict[int, dict], float | None]:
+    """Overlap of predicted and reference masks, per label, with MONAI's metrics.
 
-    Both empty → Dice and Jaccard 1; one empty → 0 and null distances. Distances use the grid's
-    spacing (mm).
+    Definitions, as computed:
+
+    - Dice = 2|P∩R| / (|P| + |R|); Jaccard (IoU) = |P∩R| / |P∪R|; both empty → 1, one empty → 0.
+    - precision, recall (sensitivity) and specificity from the voxel confusion matrix.
+    - HD95: MONAI's ``compute_hausdorff_distance(percentile=95)``: the larger of the two directed
+      95th percentiles of distances between surface (edge) voxels, in mm.
+    - mean surface distance: MONAI's ``compute_average_surface_distance(symmetric=True)``: the
+      mean over the surface-voxel distances of both directions pooled (ASSD), in mm.
+    - mean IoU: the mean of the per-label Jaccard over the foreground labels (seed 004).
+
+    Surface-element libraries (DeepMind's ``surface_distance``) weight each surface element by its
+    area and give lower values on anisotropic voxels; both are "right" for their definition.
+
+    Args:
+        predicted, reference: one bool KJI mask per label, on the same grid.
+        spacing: the grid's spacing (i, j, k), mm.
 
     Returns:
         ({label value: {dice, jaccard, precision, recall, specificity, hausdorff95_mm,
-        mean_surface_distance_mm}}, mean IoU over the labels (seed 004)).
+        mean_surface_distance_mm}}, mean IoU over the labels).
     """
     import torch
     from monai.metrics import (
         compute_average_surface_distance,
+        compute_confusion_matrix_metric,
         compute_dice,
         compute_hausdorff_distance,
         compute_iou,
-        compute_confusion_matrix_metric,
         get_confusion_matrix,
     )
 
-    spacing = [float(s) for s in labelmap.GetSpacing()]
-    predicted = preprocessing.imageToIJK(labelmap)
-    truth = preprocessing.imageToIJK(reference)
+    spacing = [float(s) for s in spacing]
     results: dict[int, dict] = {}
-    for label in labels:
+    for label, predictedMask, referenceMask in zip(labels, predicted, reference):
         value = int(label["value"])
-        p = torch.from_numpy(np.ascontiguousarray(predicted == value))[None, None].float()
-        t = torch.from_numpy(np.ascontiguousarray(truth == value))[None, None].float()
+        # KJI → IJK, so that the spacing given to MONAI matches the axes.
+        p = torch.from_numpy(np.ascontiguousarray(np.asarray(predictedMask).transpose(2, 1, 0)))[None, None].float()
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(referenceMask).transpose(2, 1, 0)))[None, None].float()
         cm = get_confusion_matrix(p, t, include_background=True)
         metric = {
             "dice": float(compute_dice(p, t, include_background=True, ignore_empty=False)),
@@ -147,48 +183,126 @@ def overlapMetrics(labelmap: sitk.Image, reference: sitk.Image, labels: Sequence
     return results, meanIoU
 
 
-def readReferenceSegmentation(path: str, referenceGrid: sitk.Image, labels: Sequence[dict]) -> sitk.Image:
-    """A reference labelmap or ``.seg.nrrd`` on any grid, resampled nearest-neighbour onto ``referenceGrid``.
+# Above this many distinct values a "label map" is an intensity image given by mistake.
+MAX_REFERENCE_LABELS = 255
 
-    Segments of a ``.seg.nrrd`` are matched to the card's labels by name (case-insensitive), then
-    by label value.
+
+def referenceValues(label: dict) -> list[int]:
+    """The reference label-map values that make up a card label's region (default: its own value)."""
+    return [int(v) for v in label.get("reference_values") or [label["value"]]]
+
+
+def readReferenceMasks(path: str, referenceGrid: sitk.Image, labels: Sequence[dict]) -> tuple[list[np.ndarray], list[str]]:
+    """A reference label map or ``.seg.nrrd`` as one mask per card label on ``referenceGrid``.
+
+    A label map's values are mapped through each label's ``reference_values`` (BraTS whole tumour
+    = 1, 2 and 4); segments of a ``.seg.nrrd`` are matched by name (case-insensitive), then by
+    label value. Everything is resampled nearest-neighbour onto the reference grid.
 
     Returns:
-        uint16 label map on the reference grid, with the card's label values.
+        (bool KJI masks in card order, warnings: one line per reference value no label maps).
 
     Raises:
-        MedSegUNetError: unreadable file.
+        MedSegUNetError: unreadable file, not an integer label image, no overlap with the
+            reference volume, or no value in common with the card's labels.
     """
     if pathSuffix(path) == ".seg.nrrd":
-        image = _segmentationFileToLabelmap(path, labels)
+        parts = _segmentationFileParts(path, labels)
     else:
-        image = readVolume(path)
-        if image.GetPixelID() not in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt8, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32):
-            image = sitk.Cast(sitk.Round(image), sitk.sitkUInt16) if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64) else image
-    return preprocessing.resampleOnto(image, referenceGrid, sitk.sitkNearestNeighbor, sitk.sitkUInt16)
+        parts = [(readVolume(path), None)]
+    return referenceMasksFromParts(parts, referenceGrid, labels, path)
 
 
-def _segmentationFileToLabelmap(path: str, labels: Sequence[dict]) -> sitk.Image:
+def referenceMasksFromParts(
+    parts: Sequence[tuple[sitk.Image, int | None]], referenceGrid: sitk.Image, labels: Sequence[dict], name: str
+) -> tuple[list[np.ndarray], list[str]]:
+    """Masks per card label from reference parts on their own grids (see :func:`readReferenceMasks`).
+
+    Args:
+        parts: ``(label map, None)`` (values mapped through ``reference_values``) or
+            ``(0/1 mask, card value)`` for a segment matched to a label.
+        name: the reference's name, for messages.
+    """
+    from .geometry import VolumeGeometry, computeROI
+
+    values = [int(label["value"]) for label in labels]
+    masks = [np.zeros(tuple(reversed(referenceGrid.GetSize())), dtype=bool) for _ in labels]
+    warningsFound: list[str] = []
+    for image, value in parts:
+        try:
+            computeROI(VolumeGeometry.fromImage(referenceGrid, "reference volume"), [VolumeGeometry.fromImage(image, "reference segmentation")])
+        except MedSegUNetError:
+            raise MedSegUNetError(
+                f"Reference segmentation '{name}' does not overlap the reference volume: give the reference of this patient and series."
+            ) from None
+        if value is not None:
+            resampled = sitk.GetArrayFromImage(preprocessing.resampleOnto(image, referenceGrid, sitk.sitkNearestNeighbor, sitk.sitkUInt8))
+            masks[values.index(value)] |= resampled != 0
+            continue
+        image = _integerLabelImage(image, name)
+        array = sitk.GetArrayFromImage(preprocessing.resampleOnto(image, referenceGrid, sitk.sitkNearestNeighbor, sitk.sitkUInt32))
+        present = {int(v) for v in np.unique(array)} - {0}
+        mapped: set[int] = set()
+        for index, label in enumerate(labels):
+            wanted = referenceValues(label)
+            mapped |= set(wanted)
+            masks[index] |= np.isin(array, wanted)
+        if present and not present & mapped:
+            raise MedSegUNetError(
+                f"Reference '{name}' holds values {sorted(present)[:8]} but the card's labels stand for {sorted(mapped)}: "
+                "give the labels 'reference_values' in the card (e.g. whole tumour [1, 2, 4]) or a reference in the card's values."
+            )
+        if present - mapped:
+            warningsFound.append(
+                f"reference '{name}' holds values {sorted(present - mapped)} that no label of the card stands for; they count as background"
+            )
+    return masks, warningsFound
+
+
+def _integerLabelImage(image: sitk.Image, name: str) -> sitk.Image:
+    """The image as an unsigned label map, or a one-line refusal when it is not a label map."""
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+        raise MedSegUNetError(f"Reference '{name}' has non-integer voxel values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd.")
+    if array.size and (array.min() < 0):
+        raise MedSegUNetError(f"Reference '{name}' has negative voxel values, so it is not a label map: give a label map or .seg.nrrd.")
+    distinct = np.unique(array)
+    if len(distinct) > MAX_REFERENCE_LABELS + 1:
+        raise MedSegUNetError(
+            f"Reference '{name}' has {len(distinct)} distinct values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd."
+        )
+    return sitk.Cast(image, sitk.sitkUInt32)
+
+
+def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk.Image, int | None]]:
+    """The segments of a ``.seg.nrrd`` that match card labels, as 0/1 masks on the file's grid."""
     import slicerio
 
     try:
+        checkRegularFile(path, "Reference segmentation")
         segmentation = slicerio.read_segmentation(path)
+    except MedSegUNetError:
+        raise
     except Exception as error:  # slicerio raises plain exceptions for malformed headers
-        raise MedSegUNetError(f"Cannot read segmentation '{path}' ({error}): check that it is a Slicer .seg.nrrd file.") from None
+        raise MedSegUNetError(f"Cannot read segmentation '{path}' ({firstLine(error)}): check that it is a Slicer .seg.nrrd file.") from None
     voxels = segmentation["voxels"]
     layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
     byName = {label["name"].lower(): int(label["value"]) for label in labels}
     values = {int(label["value"]) for label in labels}
-    out = np.zeros(layers.shape[1:], dtype=np.uint16)
+    parts = []
     for segment in segmentation["segments"]:
         value = byName.get(str(segment.get("name", "")).lower())
         if value is None and int(segment.get("labelValue", 0)) in values:
             value = int(segment["labelValue"])
         if value is None:
             continue
-        out[layers[int(segment.get("layer", 0))] == int(segment["labelValue"])] = value
-    image = sitk.GetImageFromArray(out.transpose(2, 1, 0).copy())
-    return setImageGeometryFromIJKToLPS(image, segmentation["ijkToLPS"])
+        mask = (layers[int(segment.get("layer", 0))] == int(segment["labelValue"])).astype(np.uint8)
+        image = sitk.GetImageFromArray(mask.transpose(2, 1, 0).copy())
+        parts.append((setImageGeometryFromIJKToLPS(image, segmentation["ijkToLPS"]), value))
+    if not parts:
+        names = ", ".join(label["name"] for label in labels)
+        raise MedSegUNetError(f"No segment of reference '{path}' matches the model's labels ({names}): rename the segments to these names.")
+    return parts
 
 
 def statisticsColumns(inputNames: Sequence[str], withOverlap: bool) -> list[str]:
@@ -245,17 +359,26 @@ def computeStatistics(
     labelmap: sitk.Image,
     card: dict,
     intensityImages: dict[str, sitk.Image],
-    referenceSegmentation: sitk.Image | None = None,
+    referenceMasks: Sequence[np.ndarray] | None = None,
+    regions: np.ndarray | None = None,
 ) -> dict:
     """Everything the statistics files hold, except run metadata.
+
+    Args:
+        labelmap: the result on the reference grid.
+        referenceMasks: one bool KJI mask per card label (:func:`readReferenceMasks`).
+        regions: sigmoid cards: the result's region masks (see :func:`segmentStatistics`).
 
     Returns:
         ``{"segments": [...], "mean_iou": float}`` (``mean_iou`` only with a reference).
     """
-    segments = segmentStatistics(labelmap, card["labels"], intensityImages)
+    from .pipeline import labelMasks
+
+    segments = segmentStatistics(labelmap, card["labels"], intensityImages, regions)
     report: dict = {"segments": segments}
-    if referenceSegmentation is not None:
-        metrics, meanIoU = overlapMetrics(labelmap, referenceSegmentation, card["labels"])
+    if referenceMasks is not None:
+        predicted = labelMasks(labelmap, card["labels"], regions)
+        metrics, meanIoU = overlapMetrics(predicted, referenceMasks, card["labels"], labelmap.GetSpacing())
         for segment in segments:
             segment.update(metrics[segment["value"]])
         report["mean_iou"] = meanIoU

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError, firstLine
+from .errors import Interrupted, MedSegUNetError, firstLine
 
 SCHEMA_PATH = Path(__file__).with_name("trainconfig.schema.json")
 CHECKPOINT_FORMAT = "medsegunet.checkpoint/1"
@@ -710,15 +710,19 @@ def metricColumns(config: dict) -> list[str]:
     return columns
 
 
-def writeHistory(history: Sequence[dict], config: dict, path: str) -> None:
-    from .volumes import writeText
-
+def historyCSV(history: Sequence[dict], config: dict) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=metricColumns(config), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
-    writeText(buffer.getvalue(), path)
+    return buffer.getvalue()
+
+
+def writeHistory(history: Sequence[dict], config: dict, path: str) -> None:
+    from .volumes import writeText
+
+    writeText(historyCSV(history, config), path)
 
 
 def plotCurves(history: Sequence[dict], config: dict, path: str) -> None:
@@ -739,6 +743,11 @@ def plotCurves(history: Sequence[dict], config: dict, path: str) -> None:
         for label in config["labels"]:
             right.plot([r["epoch"] for r in validated], [r[f"dice_{label['name']}"] for r in validated], label=label["name"], color=label["color"])
         right.plot([r["epoch"] for r in validated], [r["val_mean_dice"] for r in validated], "k--", label="mean")
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (left, right):
+        # Epochs are whole numbers; a resumed run of few epochs would otherwise get 1.5, 2.5, ...
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("epoch")
     left.set_title("Loss")
     left.legend()
@@ -795,23 +804,27 @@ def plotValidationSlices(items: Sequence[dict], predictions: Sequence[np.ndarray
 
 
 class ProgressBar:
-    """A one-line text progress bar on stderr (redrawn in place on a terminal)."""
+    """An epoch's progress: a tqdm bar on stderr when it is a terminal, then one summary line."""
 
-    def __init__(self, total: int, prefix: str, stream=None) -> None:
-        self.total, self.prefix, self.stream = max(total, 1), prefix, stream or sys.stderr
-        self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
+    def __init__(self, total: int, prefix: str, log=None) -> None:
+        self.total, self.prefix = max(total, 1), prefix
+        self.log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, desc=prefix, file=sys.stderr, leave=False, unit="batch")
 
     def update(self, done: int, suffix: str = "") -> None:
-        if not self.interactive:
-            return
-        width = 24
-        filled = int(width * done / self.total)
-        self.stream.write(f"\r{self.prefix} [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} {suffix}")
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.set_postfix_str(suffix, refresh=False)
+            self._bar.refresh()
 
     def close(self, summary: str) -> None:
-        self.stream.write(("\r" if self.interactive else "") + f"{self.prefix} {summary}\n")
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.close()
+        self.log(f"{self.prefix} {summary}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -878,6 +891,30 @@ def _saveCheckpoint(state: dict, path: str) -> None:
         torch.save(state, temporary)
 
 
+def _saveEpoch(state: dict, lastPath: str, bestPath: str | None, metricsText: str, metricsPath: str) -> None:
+    """One epoch's checkpoint(s) and metrics, staged and renamed together (all or none)."""
+    import torch
+
+    from .volumes import StagedOutputs, textVerifier, writeTextFile
+
+    with StagedOutputs() as staged:
+        torch.save(state, staged.stage(lastPath))
+        if bestPath is not None:
+            torch.save(state, staged.stage(bestPath))
+        writeTextFile(metricsText, staged.stage(metricsPath, verify=textVerifier(metricsText)))
+
+
+def _keptMessage(lastPath: str) -> str | None:
+    """What an interrupted run leaves: the last complete epoch's checkpoint, and how to go on."""
+    if not os.path.isfile(lastPath):
+        return None
+    try:
+        epoch = int(loadCheckpoint(lastPath)["epoch"])
+    except MedSegUNetError:
+        return None
+    return f"{os.path.basename(lastPath)} (epoch {epoch}) kept in {os.path.dirname(os.path.abspath(lastPath))}; resume with --resume {lastPath}"
+
+
 def _plain(value):
     """Checkpoint-safe Python values (``torch.load(weights_only=True)`` takes no NumPy scalars)."""
     if isinstance(value, dict):
@@ -929,7 +966,7 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
 
     from .modelcard import resolveDevice
 
-    log = log or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
+    log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     outputDir = os.fspath(outputDir)
     os.makedirs(outputDir, exist_ok=True)
     seed = int(config["seed"])
@@ -978,10 +1015,20 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
         startEpoch = int(checkpoint["epoch"])
         history = list(checkpoint.get("history") or [])
         best = dict(checkpoint.get("best") or best)
+        if startEpoch > int(config["epochs"]):
+            raise MedSegUNetError(
+                f"'{resume}' already ran {startEpoch} epochs but the config asks for {config['epochs']}: give 'epochs' above {startEpoch} to continue."
+            )
+        if scheduler is not None and hasattr(scheduler, "T_max") and scheduler.T_max != int(config["epochs"]):
+            # The stored schedule ended at the old total; stretched from the current rate, it now
+            # reaches its minimum at the new total instead of rising again after the old one.
+            log(f"The learning-rate schedule is stretched from {scheduler.T_max} to {config['epochs']} epochs.")
+            scheduler.T_max = int(config["epochs"])
         log(f"Resuming from '{resume}' after epoch {startEpoch}.")
 
-    with open(os.path.join(outputDir, "config.json"), "w", encoding="utf-8") as stream:
-        json.dump(config, stream, indent=2)
+    from .volumes import writeText
+
+    writeText(json.dumps(config, indent=2), os.path.join(outputDir, "config.json"))
     lastPath = os.path.join(outputDir, "checkpoint_last.pt")
     bestPath = os.path.join(outputDir, "checkpoint_best.pt")
     patience = (config.get("early_stopping") or {}).get("patience")
@@ -997,60 +1044,60 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "scaler": scaler.state_dict(),
         }
 
-    for epoch in range(startEpoch, int(config["epochs"])):
-        epochStart = time.perf_counter()
-        # Everything random in this epoch depends only on (seed, epoch): resume == uninterrupted.
-        epochSeed = (seed * 100003 + epoch) % (2**31)
-        seedEverything(epochSeed, config.get("deterministic", True))
-        transforms.set_random_state(seed=epochSeed)
-        generator.manual_seed(epochSeed)
-        loader = DataLoader(dataset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=workers, generator=generator)
-        network.train()
-        bar = ProgressBar(len(loader), f"epoch {epoch + 1}/{config['epochs']}")
-        losses = []
-        for step, batch in enumerate(loader):
-            images, labels = batch["image"].to(torchDevice), batch["label"].to(torchDevice)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                loss = lossFunction(network(images), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(float(loss.detach()))
-            bar.update(step + 1, f"loss {np.mean(losses):.4f}")
-        lr = float(optimizer.param_groups[0]["lr"])
-        if scheduler is not None:
-            scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": lr,
-                               "val_soft_dice_loss": None, "val_mean_dice": None}
-        validated = validationItems and ((epoch + 1) % int(config["val_interval"]) == 0 or epoch + 1 == int(config["epochs"]))
-        improved = False
-        if validated:
-            summary, _ = validate(network, config, validationItems, torchDevice)
-            row["val_soft_dice_loss"], row["val_mean_dice"] = summary["loss"], summary["mean_dice"]
-            for metric in ("dice", "iou", "sensitivity", "specificity"):
-                for label, value in zip(config["labels"], summary[metric]):
-                    row[f"{metric}_{label['name']}"] = float(value)
-            if best["dice"] is None or summary["mean_dice"] > best["dice"] + minDelta:
-                best.update(dice=summary["mean_dice"], epoch=epoch + 1, stale=0)
+    try:
+        for epoch in range(startEpoch, int(config["epochs"])):
+            epochStart = time.perf_counter()
+            # Everything random in this epoch depends only on (seed, epoch): resume == uninterrupted.
+            epochSeed = (seed * 100003 + epoch) % (2**31)
+            seedEverything(epochSeed, config.get("deterministic", True))
+            transforms.set_random_state(seed=epochSeed)
+            generator.manual_seed(epochSeed)
+            loader = DataLoader(dataset, batch_size=int(config["batch_size"]), shuffle=True, num_workers=workers, generator=generator)
+            network.train()
+            bar = ProgressBar(len(loader), f"epoch {epoch + 1}/{config['epochs']}", log)
+            losses = []
+            for step, batch in enumerate(loader):
+                images, labels = batch["image"].to(torchDevice), batch["label"].to(torchDevice)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+                    loss = lossFunction(network(images), labels)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                bar.update(step + 1, f"loss {np.mean(losses):.4f}")
+            lr = float(optimizer.param_groups[0]["lr"])
+            if scheduler is not None:
+                scheduler.step()
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": lr,
+                                   "val_soft_dice_loss": None, "val_mean_dice": None}
+            validated = validationItems and ((epoch + 1) % int(config["val_interval"]) == 0 or epoch + 1 == int(config["epochs"]))
+            improved = False
+            if validated:
+                summary, _ = validate(network, config, validationItems, torchDevice)
+                row["val_soft_dice_loss"], row["val_mean_dice"] = summary["loss"], summary["mean_dice"]
+                for metric in ("dice", "iou", "sensitivity", "specificity"):
+                    for label, value in zip(config["labels"], summary[metric]):
+                        row[f"{metric}_{label['name']}"] = float(value)
+                if best["dice"] is None or summary["mean_dice"] > best["dice"] + minDelta:
+                    best.update(dice=summary["mean_dice"], epoch=epoch + 1, stale=0)
+                    improved = True
+                else:
+                    best["stale"] = int(best["stale"]) + 1
+            elif not validationItems:
+                best.update(epoch=epoch + 1)
                 improved = True
-            else:
-                best["stale"] = int(best["stale"]) + 1
-        elif not validationItems:
-            best.update(epoch=epoch + 1)
-            improved = True
-        row["seconds"] = time.perf_counter() - epochStart
-        history.append(row)
-        text = f"loss {row['train_loss']:.4f}" + (f", validation mean Dice {row['val_mean_dice']:.4f}" if validated else "")
-        bar.close(text + (" (best)" if improved and validated else "") + f", {row['seconds']:.1f} s")
-        current = state(epoch + 1)
-        _saveCheckpoint(current, lastPath)
-        if improved:
-            _saveCheckpoint(current, bestPath)
-        writeHistory(history, config, os.path.join(outputDir, "metrics.csv"))
-        if patience and validated and int(best["stale"]) >= int(patience):
-            log(f"Early stopping: no better validation Dice for {patience} validation(s); best {best['dice']:.4f} at epoch {best['epoch']}.")
-            break
+            row["seconds"] = time.perf_counter() - epochStart
+            history.append(row)
+            text = f"loss {row['train_loss']:.4f}" + (f", validation mean Dice {row['val_mean_dice']:.4f}" if validated else "")
+            bar.close(text + (" (best)" if improved and validated else "") + f", {row['seconds']:.1f} s")
+            _saveEpoch(state(epoch + 1), lastPath, bestPath if improved else None, historyCSV(history, config), os.path.join(outputDir, "metrics.csv"))
+            if patience and validated and int(best["stale"]) >= int(patience):
+                log(f"Early stopping: no better validation Dice for {patience} validation(s); best {best['dice']:.4f} at epoch {best['epoch']}.")
+                break
+    except (KeyboardInterrupt, Interrupted) as error:
+        error.kept = _keptMessage(lastPath)  # type: ignore[attr-defined]
+        raise
 
     import shutil
 
@@ -1095,7 +1142,7 @@ def addParser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args, console=None) -> int:
     """``medsegunet train``: returns the exit status."""
     if args.config:
         config = readConfig(args.config)
@@ -1103,5 +1150,12 @@ def run(args) -> int:
         config = validateConfig(loadCheckpoint(args.resume)["config"], f"config stored in '{args.resume}'")
     else:
         raise MedSegUNetError("Give --config CONFIG (YAML or JSON), or --resume CHECKPOINT to continue a run.")
-    train(config, args.output, resume=args.resume, device=args.device)
+    from .volumes import checkDistinctPaths
+
+    checkDistinctPaths(
+        {"--output": args.output, "--output (config.json)": os.path.join(args.output, "config.json")},
+        {"--config": args.config, "--resume": args.resume},
+    )
+    log = console.line if console is not None else None
+    train(config, args.output, resume=args.resume, device=args.device, log=log)
     return 0

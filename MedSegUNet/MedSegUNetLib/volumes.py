@@ -1,30 +1,50 @@
-"""Reading and writing volumes with SimpleITK, keeping their full geometry.
+"""Reading and writing volumes with SimpleITK, keeping their full geometry; checked, never assumed.
 
 A volume is a ``SimpleITK.Image``: physical space is ITK's LPS (mm), the image index is IJK, and
 ``SimpleITK.GetArrayFromImage`` returns a KJI array. Files (``.nrrd``, ``.nhdr``, ``.nii``,
 ``.nii.gz``, ``.mha``, ``.mhd``) and DICOM series folders are accepted; a folder holding several
 series (directly or in sub-folders) needs a SeriesInstanceUID or a series description to pick one.
 
-Outputs are written to a temporary name in the destination folder and renamed at the end, so an
-error never leaves a partial file behind.
+Inputs are checked before they are trusted: only regular files and folders are opened (a FIFO or a
+device would block), NIfTI files must hold all the data their header announces (ITK reads a
+cut-short NIfTI without complaint), and a DICOM series must have evenly spaced, parallel slices
+(ITK spreads the slices of a series with a gap evenly, which silently changes its geometry).
+
+Outputs are staged in a hidden folder beside their destination, verified (an image is read back),
+then renamed into place together (:class:`StagedOutputs`), so that an error, a full disk or an
+interruption never leaves a partial or cut-short file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import shutil
+import signal
+import stat
+import struct
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, osErrorMessage
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".seg.nrrd")
+# Data files that a header-only format (.mhd, .nhdr) may name beside it.
+_COMPANION_SUFFIXES = {".mhd": (".raw", ".zraw"), ".nhdr": (".raw", ".raw.gz")}
+_COMPLEX_PIXELS = {getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, name)}
+# Slice positions of a DICOM series count as regular when they differ from the median step by at
+# most this share of it (scanners round positions to 0.01 mm or better).
+SLICE_SPACING_TOLERANCE = 0.01
+SLICE_DIRECTION_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -47,6 +67,126 @@ def pathSuffix(path: str | os.PathLike) -> str:
         if name.endswith(double):
             return double
     return Path(name).suffix
+
+
+@contextlib.contextmanager
+def nativeMessages() -> Iterator[list[str]]:
+    """Capture what ITK, GDCM and MetaIO print on the process's stderr (file descriptor 2).
+
+    Their C++ code writes warnings and errors straight to the descriptor, which would break the
+    command line's one-line errors. The captured lines are appended to the yielded list, so a
+    caller can put the relevant one into its own message. Outside the main thread nothing is
+    captured (the descriptor is shared by the whole process).
+    """
+    lines: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lines
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield lines
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _nativeReason(error: Exception | None, captured: Sequence[str]) -> str:
+    """The most telling line of a native library's complaint, for a one-line message."""
+    text = str(error).strip().splitlines() if error is not None else []
+    candidates = [line for line in [*captured, *text] if line and "Reason: No such file" not in line and not line.startswith("sitk::ERROR")]
+    for line in candidates:
+        lowered = line.lower()
+        if any(word in lowered for word in ("not read completely", "expected", "fread", "wrote only", "error", "cannot", "failed")):
+            return line.strip()[:160]
+    return (candidates[-1] if candidates else "unknown reason").strip()[:160]
+
+
+def checkRegularFile(path: str | os.PathLike, what: str = "Volume") -> os.stat_result:
+    """Refuse a path that is missing or is neither a regular file nor a folder (FIFO, device, socket).
+
+    Opening a FIFO blocks until some other process writes to it, so it is refused before any read.
+
+    Raises:
+        MedSegUNetError: missing path or special file.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise MedSegUNetError(f"{what} '{os.fspath(path)}' does not exist: check the path.") from None
+    except OSError as error:
+        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+    if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):
+        raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not a regular file or folder (a pipe or device): give a file or a DICOM folder.")
+    return status
+
+
+def _niftiDataBytes(header: bytes) -> tuple[int, int] | None:
+    """``(vox_offset, data bytes)`` from a NIfTI-1 or NIfTI-2 header, or None when it is not one."""
+    for order in ("<", ">"):
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = max(int(struct.unpack(order + "f", header[108:112])[0]), 352)
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = max(struct.unpack(order + "q", header[168:176])[0], 544)
+        else:
+            continue
+        count = 1
+        for size in dims[1 : 1 + max(0, min(int(dims[0]), 7))]:
+            count *= max(int(size), 1)
+        return offset, count * max(int(bitpix), 0) // 8
+    return None
+
+
+def checkCompleteFile(path: str | os.PathLike) -> None:
+    """Refuse a NIfTI file that holds less data than its header announces.
+
+    ITK's NIfTI reader fills a cut-short file with zeros (or garbage) without an error; the NRRD
+    and MetaImage readers raise by themselves. A ``.nii.gz`` is decompressed to the end, so a cut
+    gzip stream is found too.
+
+    Raises:
+        MedSegUNetError: a cut-short or unreadable NIfTI file.
+    """
+    suffix = pathSuffix(path)
+    if suffix not in (".nii", ".nii.gz"):
+        return
+    name = os.fspath(path)
+    cut = MedSegUNetError(f"Volume '{name}' is cut short (it holds less data than its header announces): copy or export it again.")
+    try:
+        if suffix == ".nii":
+            with open(name, "rb") as stream:
+                header = stream.read(544)
+            needed = _niftiDataBytes(header)
+            if needed is not None and os.path.getsize(name) < needed[0] + needed[1]:
+                raise cut
+            return
+        with gzip.open(name, "rb") as stream:
+            header = stream.read(544)
+            total = len(header)
+            for block in iter(lambda: stream.read(1 << 22), b""):
+                total += len(block)
+    except (EOFError, gzip.BadGzipFile, struct.error):
+        raise cut from None
+    except OSError as error:
+        if "crc" in str(error).lower() or "compressed" in str(error).lower():
+            raise cut from None
+        raise MedSegUNetError(osErrorMessage(error, "read", name)) from None
+    needed = _niftiDataBytes(header)
+    if needed is not None and total < needed[0] + needed[1]:
+        raise cut
 
 
 def findDicomSeries(folder: str | os.PathLike) -> list[DicomSeries]:
@@ -119,40 +259,188 @@ def splitSeriesSelector(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def readVolume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
-    """Read a scalar volume from a file or a DICOM series folder.
+def _sliceTag(reader: sitk.ImageSeriesReader, index: int, key: str) -> list[float] | None:
+    if not reader.HasMetaDataKey(index, key):
+        return None
+    try:
+        return [float(v) for v in reader.GetMetaData(index, key).replace(",", "\\").split("\\") if v.strip()]
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class SliceLayout:
+    """Where the slices of a DICOM series lie (LPS mm), in the reader's order.
+
+    Args:
+        positions: N×3 ImagePositionPatient of each slice.
+        rowColumn: 3×2 in-plane unit axes (ImageOrientationPatient of the first slice).
+        normal: unit vector from the first slice towards the last.
+    """
+
+    positions: np.ndarray
+    rowColumn: np.ndarray
+    normal: np.ndarray
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each slice's distance from the first along ``normal`` (mm)."""
+        return (self.positions - self.positions[0]) @ self.normal
+
+
+def _sliceLayout(reader: sitk.ImageSeriesReader, count: int, name: str) -> SliceLayout | None:
+    """Slice positions and orientations of a series read with its metadata; None when absent."""
+    positions, orientations = [], []
+    for index in range(count):
+        position = _sliceTag(reader, index, "0020|0032")
+        orientation = _sliceTag(reader, index, "0020|0037")
+        if position is None or orientation is None or len(position) != 3 or len(orientation) != 6:
+            return None
+        positions.append(position)
+        orientations.append(orientation)
+    orientations = np.asarray(orientations)
+    if np.abs(orientations - orientations[0]).max() > SLICE_DIRECTION_TOLERANCE:
+        bad = int(np.argmax(np.abs(orientations - orientations[0]).max(axis=1)))
+        raise MedSegUNetError(
+            f"DICOM series '{name}' mixes slice orientations (slice {bad + 1} of {count} differs from the first): "
+            "it is not one volume; split it by orientation."
+        )
+    positions = np.asarray(positions, dtype=float)
+    rowColumn = orientations[0].reshape(2, 3).T
+    span = positions[-1] - positions[0]
+    normal = np.cross(rowColumn[:, 0], rowColumn[:, 1])
+    if np.linalg.norm(span) > 0:
+        normal = normal * (1.0 if span @ normal >= 0 else -1.0)
+    return SliceLayout(positions=positions, rowColumn=rowColumn, normal=normal / np.linalg.norm(normal))
+
+
+def checkSliceSpacing(layout: SliceLayout, name: str) -> str | None:
+    """Why a series' slices do not form a regular grid (one line), or None when they do.
+
+    Checks, along the slice normal: no two slices at one position, no gap or uneven step, and each
+    slice's origin on the line through the first (a tilted-gantry stack is not a volume either).
+    """
+    offsets = layout.offsets
+    if len(offsets) < 2:
+        return None
+    steps = np.diff(offsets)
+    duplicate = np.flatnonzero(np.abs(steps) < 1e-3)
+    if duplicate.size:
+        at = int(duplicate[0])
+        return f"slices {at + 1} and {at + 2} lie at the same position ({offsets[at]:.2f} mm along the normal): the series holds duplicated slices"
+    step = float(np.median(steps))
+    uneven = np.flatnonzero(np.abs(steps - step) > max(SLICE_SPACING_TOLERANCE * abs(step), 1e-3))
+    if uneven.size:
+        at = int(uneven[0])
+        kind = "a gap" if steps[at] > step else "an uneven step"
+        return (
+            f"{kind} of {steps[at]:.2f} mm between slices {at + 1} and {at + 2} (at {offsets[at]:.2f}–{offsets[at + 1]:.2f} mm "
+            f"along the normal) where the other slices are {step:.2f} mm apart: slices are missing or unevenly spaced"
+        )
+    lateral = (layout.positions - layout.positions[0]) - np.outer(offsets, layout.normal)
+    drift = np.linalg.norm(lateral, axis=1)
+    if drift.max() > max(SLICE_SPACING_TOLERANCE * abs(step), 1e-2):
+        return f"the slices are sheared ({drift.max():.2f} mm off the slice normal, e.g. a tilted gantry): the stack is not a regular volume"
+    return None
+
+
+def resampleSlices(image: sitk.Image, layout: SliceLayout) -> sitk.Image:
+    """The series on a regular grid built from its true slice positions (linear between slices).
+
+    The step is the median distance between neighbouring slices; a slice that falls in a gap is
+    interpolated from the slices on both sides. Duplicated positions keep their first slice.
+
+    Args:
+        image: the series as read (K, J, I array; slices in ``layout`` order).
+        layout: the true positions.
+
+    Returns:
+        an image with origin at the first slice, the series' in-plane axes and the slice normal.
+    """
+    offsets = layout.offsets
+    keep = np.concatenate([[True], np.diff(offsets) > 1e-3])
+    offsets, array = offsets[keep], sitk.GetArrayFromImage(image)[keep].astype(np.float32)
+    step = float(np.median(np.diff(offsets)))
+    count = int(round(offsets[-1] / step)) + 1
+    targets = np.arange(count) * step
+    upper = np.clip(np.searchsorted(offsets, targets, side="left"), 1, len(offsets) - 1)
+    lower = upper - 1
+    weight = np.clip((targets - offsets[lower]) / (offsets[upper] - offsets[lower]), 0.0, 1.0)[:, None, None]
+    resampled = (1.0 - weight) * array[lower] + weight * array[upper]
+    out = sitk.GetImageFromArray(resampled.astype(np.float32))
+    spacing = image.GetSpacing()
+    out.SetSpacing((spacing[0], spacing[1], step))
+    out.SetOrigin(tuple(float(v) for v in layout.positions[0]))
+    out.SetDirection(tuple(float(v) for v in np.column_stack([layout.rowColumn, layout.normal]).ravel()))
+    return out
+
+
+def readDicomSeries(series: DicomSeries, name: str, resampleIrregular: bool = False) -> sitk.Image:
+    """Read a DICOM series, refusing slices that do not form a regular grid.
+
+    Args:
+        series: the series' files, sorted along the slice normal by GDCM.
+        name: display name for messages.
+        resampleIrregular: resample a series with gaps, duplicates or uneven steps onto a regular
+            grid built from the true slice positions (:func:`resampleSlices`) instead of refusing it.
+
+    Raises:
+        MedSegUNetError: unreadable files, mixed orientations, or irregular slices (unless resampled).
+    """
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    with nativeMessages() as captured:
+        try:
+            image = reader.Execute()
+        except RuntimeError as error:
+            raise MedSegUNetError(f"Cannot read DICOM series '{name}' ({_nativeReason(error, captured)}): check that its files are complete.") from None
+    layout = _sliceLayout(reader, len(series.files), name)
+    if layout is not None and image.GetSize()[2] == len(series.files):
+        problem = checkSliceSpacing(layout, name)
+        if problem is not None:
+            if not resampleIrregular or "sheared" in problem:
+                hint = "re-export the complete series" + ("" if "sheared" in problem else ", or pass --resample-irregular to resample it from the true slice positions")
+                raise MedSegUNetError(f"DICOM series '{name}': {problem}; {hint}.")
+            resampled = resampleSlices(image, layout)
+            if not image.HasMetaDataKey("0008|103e") and series.description:
+                resampled.SetMetaData("0008|103e", series.description)
+            return resampled
+    if not image.HasMetaDataKey("0008|103e") and series.description:
+        image.SetMetaData("0008|103e", series.description)
+    return image
+
+
+def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrregular: bool = False) -> sitk.Image:
+    """Read a scalar volume from a file or a DICOM series folder, after checking it is whole.
 
     Args:
         path: volume file or DICOM folder. ``FOLDER::SERIES`` selects a series by UID or description.
         series: the series to pick in a multi-series DICOM folder (overrides the ``::`` form).
+        resampleIrregular: see :func:`readDicomSeries`.
 
     Returns:
         the image with origin, spacing and direction in LPS mm; a single-component scalar volume.
 
     Raises:
-        MedSegUNetError: missing or unreadable file, 4D or vector data, or NaN/Inf voxels.
+        MedSegUNetError: missing, special or unreadable file, cut-short data, irregular DICOM
+            slices, 4D, vector or complex data, or NaN/Inf voxels.
     """
     path, fromSpec = splitSeriesSelector(str(path))
     series = series or fromSpec
-    if not os.path.exists(path):
-        raise MedSegUNetError(f"Volume '{path}' does not exist: check the path.")
-    try:
-        if os.path.isdir(path):
-            chosen = selectDicomSeries(path, series)
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(list(chosen.files))
-            image = reader.Execute()
-            if not image.HasMetaDataKey("0008|103e") and chosen.description:
-                image.SetMetaData("0008|103e", chosen.description)
-        else:
-            if pathSuffix(path) not in VOLUME_SUFFIXES:
-                raise MedSegUNetError(
-                    f"'{path}' is not a volume file this tool reads ({', '.join(VOLUME_SUFFIXES)}) nor a DICOM folder."
-                )
-            image = sitk.ReadImage(path)
-    except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise MedSegUNetError(f"Cannot read volume '{path}' ({reason}): check that it is a valid image file.") from None
+    status = checkRegularFile(path)
+    if stat.S_ISDIR(status.st_mode):
+        chosen = selectDicomSeries(path, series)
+        image = readDicomSeries(chosen, volumeName(path if series is None else f"{path}::{series}"), resampleIrregular)
+    else:
+        if pathSuffix(path) not in VOLUME_SUFFIXES:
+            raise MedSegUNetError(f"'{path}' is not a volume file this tool reads ({', '.join(VOLUME_SUFFIXES)}) nor a DICOM folder.")
+        checkCompleteFile(path)
+        with nativeMessages() as captured:
+            try:
+                image = sitk.ReadImage(path)
+            except RuntimeError as error:
+                raise MedSegUNetError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
     checkScalarVolume(image, path)
     return image
 
@@ -161,12 +449,14 @@ def checkScalarVolume(image: sitk.Image, name: str) -> None:
     """Refuse what a segmentation model cannot take as one channel.
 
     Raises:
-        MedSegUNetError: a vector/4D volume, a 2D image, or NaN/Inf voxels.
+        MedSegUNetError: a vector/4D volume, a 2D image, complex voxels, or NaN/Inf voxels.
     """
     if image.GetDimension() != 3:
         raise MedSegUNetError(
             f"Volume '{name}' has {image.GetDimension()} dimensions; a 3D scalar volume is needed (split 4D series into 3D volumes first)."
         )
+    if image.GetPixelID() in _COMPLEX_PIXELS:
+        raise MedSegUNetError(f"Volume '{name}' has complex voxels: save its magnitude (or real part) as a scalar volume first.")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise MedSegUNetError(
             f"Volume '{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed (extract one component first)."
@@ -179,58 +469,228 @@ def checkScalarVolume(image: sitk.Image, name: str) -> None:
 def volumeName(path: str | os.PathLike) -> str:
     """A short display name for a volume path (file name without its suffix, or the folder name)."""
     path, series = splitSeriesSelector(str(path))
-    base = Path(path).name
+    base = Path(path.rstrip("/\\") or path).name
     suffix = pathSuffix(base)
     if suffix in VOLUME_SUFFIXES or suffix == ".seg.nrrd":
         base = base[: -len(suffix)]
     return f"{base}:{series}" if series else base
 
 
+def companionPaths(path: str | os.PathLike) -> list[str]:
+    """Data files that a header-only output (``.mhd``) writes beside itself."""
+    path = os.fspath(path)
+    suffix = pathSuffix(path)
+    stem = path[: -len(suffix)] if suffix else path
+    return [stem + extra for extra in _COMPANION_SUFFIXES.get(suffix, ())]
+
+
 def checkOutputPath(path: str | os.PathLike, allowed: Sequence[str] | None = None) -> None:
     """Fail early, before any work, on an output path that cannot be written.
 
     Raises:
-        MedSegUNetError: missing folder or unsupported suffix.
+        MedSegUNetError: missing or read-only folder, a folder where the file should go, or an
+            unsupported suffix.
     """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise MedSegUNetError(f"Output folder '{folder}' does not exist: create it first or choose another path.")
+    if os.path.isdir(path):
+        raise MedSegUNetError(f"Output '{path}' is a folder: give a file name inside it.")
     if allowed is not None and pathSuffix(path) not in allowed:
         raise MedSegUNetError(f"Output '{path}' must end with one of {', '.join(allowed)}.")
+    if not os.access(folder, os.W_OK):
+        raise MedSegUNetError(f"Cannot write to output folder '{folder}': it is read-only for you; choose another folder.")
+
+
+def _realPath(path: str | os.PathLike) -> str:
+    return os.path.realpath(splitSeriesSelector(os.fspath(path))[0])
+
+
+def checkDistinctPaths(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | Sequence | None]) -> None:
+    """Refuse outputs that would overwrite an input or each other, comparing real paths.
+
+    Args:
+        outputs: option → path (None for an output not asked for).
+        inputs: option → path or list of paths (volumes, DICOM folders, model, checkpoint, ...);
+            an output inside an input folder is refused too, since it would change that input.
+
+    Raises:
+        MedSegUNetError: one line naming both options.
+    """
+    inputPaths: list[tuple[str, str]] = []
+    for option, value in inputs.items():
+        for item in [value] if isinstance(value, (str, os.PathLike)) else list(value or ()):
+            if item:
+                inputPaths.append((option, _realPath(item)))
+    seen: dict[str, str] = {}
+    for option, value in outputs.items():
+        if not value:
+            continue
+        for candidate in [os.fspath(value), *companionPaths(value)]:
+            real = _realPath(candidate)
+            for inputOption, inputPath in inputPaths:
+                if real == inputPath or (os.path.isdir(inputPath) and real.startswith(inputPath.rstrip(os.sep) + os.sep)):
+                    where = "is" if real == inputPath else "lies inside"
+                    raise MedSegUNetError(
+                        f"{option} '{os.fspath(value)}' {where} the input given as {inputOption}: writing it would change that input; choose another output path."
+                    )
+            if real in seen and seen[real] != option:
+                raise MedSegUNetError(f"{option} and {seen[real]} name the same file '{os.fspath(value)}': give each output its own path.")
+            seen[real] = option
 
 
 @contextlib.contextmanager
-def atomicOutput(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
-
-    The temporary name keeps the suffix, so writers that pick a format by suffix still work.
-    """
-    path = os.fspath(path)
-    checkOutputPath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = pathSuffix(path)
-    handle, temporary = tempfile.mkstemp(prefix=".medsegunet-", suffix=suffix, dir=folder)
-    os.close(handle)
+def _signalsDeferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while outputs are renamed, so that a run's outputs appear together."""
+    blockable = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if blockable else None
     try:
-        yield temporary
-        # mkstemp makes the file private; the result gets the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
+        yield
     finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        if blockable:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class StagedOutputs:
+    """Outputs of one run, written under hidden staging folders and renamed into place together.
+
+    Each output gets its own staging folder beside its destination, holding the file under its
+    final name (so that multi-file formats such as ``.mhd`` keep valid references). On success
+    every output is verified, then all are renamed with SIGINT/SIGTERM held; on any error or
+    interruption every staging folder is removed and no destination is touched.
+
+    Example::
+
+        with StagedOutputs() as outputs:
+            writeImageFile(image, outputs.stage("seg.nii.gz", verify=imageVerifier(image)))
+            writeTextFile(csvText, outputs.stage("stats.csv"))
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, str, str, Callable[[str], None] | None]] = []
+
+    def stage(self, path: str | os.PathLike, allowed: Sequence[str] | None = None, verify: Callable[[str], None] | None = None) -> str:
+        """The temporary path to write ``path`` to.
+
+        Args:
+            verify: called with the temporary path before anything is renamed; raises when the
+                written file is not what was meant.
+        """
+        path = os.fspath(path)
+        checkOutputPath(path, allowed)
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            staging = tempfile.mkdtemp(prefix=".medsegunet-", dir=folder)
+        except OSError as error:
+            raise MedSegUNetError(osErrorMessage(error, "write", path)) from None
+        temporary = os.path.join(staging, os.path.basename(path))
+        self._staged.append((path, staging, temporary, verify))
+        return temporary
+
+    def commit(self) -> None:
+        """Verify every staged output, then rename all into place."""
+        for path, _, temporary, verify in self._staged:
+            if not os.path.isfile(temporary):
+                raise MedSegUNetError(f"Output '{path}' was not written: nothing was kept.")
+            if verify is not None:
+                verify(temporary)
+        with _signalsDeferred():
+            for path, staging, temporary, _ in self._staged:
+                folder = os.path.dirname(os.path.abspath(path))
+                try:
+                    for name in sorted(os.listdir(staging)):
+                        if name != os.path.basename(temporary):
+                            os.replace(os.path.join(staging, name), os.path.join(folder, name))
+                    os.replace(temporary, path)
+                except OSError as error:
+                    raise MedSegUNetError(osErrorMessage(error, "write", path)) from None
+
+    def discard(self) -> None:
+        for _, staging, _, _ in self._staged:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._staged = []
+
+    def __enter__(self) -> "StagedOutputs":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            if kind is None:
+                self.commit()
+            elif issubclass(kind, OSError) and self._staged:
+                raise MedSegUNetError(osErrorMessage(error, "write", self._staged[-1][0])) from None
+        finally:
+            self.discard()
+        return False
+
+
+@contextlib.contextmanager
+def atomicOutput(path: str | os.PathLike, verify: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Yield a temporary path for ``path``; it replaces ``path`` only if the block succeeds.
+
+    The temporary path has the final file name (inside a hidden staging folder), so writers that
+    pick a format by suffix, and multi-file formats, work unchanged.
+    """
+    with StagedOutputs() as outputs:
+        yield outputs.stage(path, verify=verify)
+
+
+def imageVerifier(expected: sitk.Image) -> Callable[[str], None]:
+    """A check that a written image file reads back whole, with ``expected``'s size and voxels."""
+
+    def verify(path: str) -> None:
+        try:
+            checkCompleteFile(path)
+            with nativeMessages() as captured:
+                try:
+                    written = sitk.ReadImage(path)
+                except RuntimeError as error:
+                    raise MedSegUNetError(f"'{os.path.basename(path)}' cannot be read back ({_nativeReason(error, captured)})") from None
+        except MedSegUNetError as error:
+            raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check the free disk space.") from None
+        if written.GetSize() != expected.GetSize() or sitk.Hash(sitk.Cast(written, expected.GetPixelID())) != sitk.Hash(expected):
+            raise MedSegUNetError(f"The output '{os.path.basename(path)}' reads back different from what was written; nothing was kept: check the disk.")
+
+    return verify
+
+
+def writeImageFile(image: sitk.Image, path: str, compress: bool = True) -> None:
+    """``sitk.WriteImage`` that raises on a short write (ITK's NIfTI writer only prints it)."""
+    with nativeMessages() as captured:
+        try:
+            sitk.WriteImage(image, path, compress)
+        except RuntimeError as error:
+            raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}' ({_nativeReason(error, captured)}): check the free disk space and the folder's permissions.") from None
+    short = [line for line in captured if "wrote only" in line.lower()]
+    if short:
+        raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}': {short[0][:120]} (disk full or file-size limit); nothing was kept.")
+
+
+def textVerifier(text: str) -> Callable[[str], None]:
+    """A check that a written text file holds all of ``text``."""
+    size = len(text.encode("utf-8"))
+
+    def verify(path: str) -> None:
+        if os.path.getsize(path) != size:
+            raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space.")
+
+    return verify
+
+
+def writeTextFile(text: str, path: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as stream:
+        stream.write(text)
 
 
 def writeVolume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
-    """Write an image atomically (temporary name, then rename)."""
-    with atomicOutput(path) as temporary:
-        sitk.WriteImage(image, temporary, compress)
+    """Write an image atomically (staged, read back, then renamed)."""
+    with atomicOutput(path, verify=imageVerifier(image)) as temporary:
+        writeImageFile(image, temporary, compress)
 
 
 def writeText(text: str, path: str | os.PathLike) -> None:
     """Write a text file atomically."""
-    with atomicOutput(path) as temporary:
-        with open(temporary, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
+    with atomicOutput(path, verify=textVerifier(text)) as temporary:
+        writeTextFile(text, temporary)

@@ -1,0 +1,80 @@
+"""What the command line prints while it works: a tqdm bar on a terminal, plain lines in a log.
+
+- Standard error carries errors and warnings, one line each, and, on a terminal, the ``tqdm``
+  progress bar (drawn in place).
+- Standard output carries the log: when stderr is not a terminal (a batch system's log, a pipe),
+  one plain progress line per stage, with no carriage returns; then, always, a summary of what
+  was written. ``roi`` prints its JSON there instead.
+- ``-q/--quiet`` silences everything but errors, warnings and the commands' data.
+
+So ``2>errors.txt`` collects exactly the error line of a failed run.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+
+class ConsoleProgress:
+    """A ``(fraction, message)`` progress callback for the command line.
+
+    Args:
+        quiet: print nothing (errors are printed by the caller).
+        stream: where log lines go (stdout by default).
+        description: the bar's title on a terminal.
+        barStream: where the bar is drawn, when it is a terminal (stderr by default).
+    """
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None, description: str = "", barStream: TextIO | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stdout
+        self.barStream = barStream or sys.stderr
+        self.interactive = bool(getattr(self.barStream, "isatty", lambda: False)())
+        self.description = description
+        self._bar = None
+        self._lastStage: str | None = None
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.quiet:
+            return
+        if self.interactive:
+            self._draw(fraction, message)
+            return
+        # Stage messages come once; per-batch ones ("Inference: batch 3 of 9") share a stem.
+        stage = message.split(":")[0]
+        if stage != self._lastStage:
+            self._lastStage = stage
+            self.line(f"[{fraction * 100:3.0f}%] {message}")
+
+    def _draw(self, fraction: float, message: str) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=100, file=self.barStream, desc=self.description or None, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", leave=False)
+        self._bar.n = round(min(max(fraction, 0.0), 1.0) * 100, 1)
+        self._bar.set_postfix_str(message[:60], refresh=False)
+        self._bar.refresh()
+
+    def line(self, text: str) -> None:
+        """Print a line (progress or summary), above a terminal bar if one is drawn."""
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.clear()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        if self._bar is not None:
+            self._bar.refresh()
+
+    def warn(self, text: str) -> None:
+        """A warning: one line on stderr, kept even with ``--quiet``."""
+        if self._bar is not None:
+            self._bar.clear()
+        sys.stderr.write(f"medsegunet: warning: {text}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
