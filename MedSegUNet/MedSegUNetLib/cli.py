@@ -330,18 +330,25 @@ def _raiseInterrupted(signalNumber, frame) -> None:
     raise Interrupted(signalNumber)
 
 
-def _installSignalHandlers() -> None:
-    """SIGINT and SIGTERM raise :class:`Interrupted`, so staged outputs are removed on the way out."""
-    for number in (signal.SIGINT, signal.SIGTERM):
+def _setSignalHandlers(handlers: dict) -> dict:
+    """Install ``{signal: handler}``; returns the previous handlers (empty off the main thread)."""
+    previous = {}
+    for number, handler in handlers.items():
         try:
-            signal.signal(number, _raiseInterrupted)
+            previous[number] = signal.signal(number, handler)
         except (ValueError, OSError):  # not the main thread (an embedding host): keep its handlers
             pass
+    return previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medsegunet`` console script; returns the exit status."""
-    _installSignalHandlers()
+    """Entry point of the ``medsegunet`` console script; returns the exit status.
+
+    SIGINT and SIGTERM raise :class:`Interrupted` while the command runs, so staged outputs are
+    removed on the way out. Called in-process (``argv`` given), the caller's handlers come back
+    afterwards; as the console script, a signal that arrives after the work is done is ignored.
+    """
+    previous = _setSignalHandlers({signal.SIGINT: _raiseInterrupted, signal.SIGTERM: _raiseInterrupted})
     try:
         return _main(sys.argv[1:] if argv is None else argv)
     except (Interrupted, KeyboardInterrupt) as error:
@@ -350,6 +357,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = "terminated" if number == signal.SIGTERM else "interrupted"
         sys.stderr.write(f"medsegunet: {name}; {kept or 'nothing was written'}.\n")
         return EXIT_TERMINATED if number == signal.SIGTERM else EXIT_CANCELLED
+    finally:
+        if argv is None:
+            _setSignalHandlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})
+        else:
+            _setSignalHandlers(previous)
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -110,6 +110,9 @@ def readCard(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MedSegUNetError(f"Model file '{path}' does not exist: check the path.")
+    from .volumes import checkRegularFile
+
+    checkRegularFile(path, "Model file")
     sidecar = path + ".json"
     if os.path.isfile(sidecar):
         try:
@@ -117,6 +120,8 @@ def readCard(path: str | os.PathLike) -> dict:
                 return validateCard(json.load(stream), f"model card '{sidecar}'")
         except json.JSONDecodeError as error:
             raise MedSegUNetError(f"Model card '{sidecar}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+        except UnicodeDecodeError:
+            raise MedSegUNetError(f"Model card '{sidecar}' is not UTF-8 text: save it as UTF-8 JSON.") from None
     text = _embeddedCardText(path)
     if not text:
         raise MedSegUNetError(
@@ -135,10 +140,15 @@ def _embeddedCardText(path: str) -> str:
 
     if not zipfile.is_zipfile(path):
         raise MedSegUNetError(f"'{path}' is not a TorchScript model file: save models with torch.jit.save.")
-    with zipfile.ZipFile(path) as archive:
-        for name in archive.namelist():
-            if name.endswith("/extra/" + CARD_EXTRA_FILE):
-                return archive.read(name).decode("utf-8")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith("/extra/" + CARD_EXTRA_FILE):
+                    return archive.read(name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MedSegUNetError(f"The card inside '{path}' is not UTF-8 text: export the model again with a UTF-8 JSON card.") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise MedSegUNetError(f"Model file '{path}' is damaged ({firstLine(error)}): copy or export it again.") from None
     return ""
 
 

@@ -195,12 +195,34 @@ def cardFromConfig(config: dict) -> dict:
         if key in config and config[key] is not None or key in ("spacing", "orientation"):
             card[key] = copy.deepcopy(config.get(key))
     card["labels"] = [{k: v for k, v in label.items() if k != "region"} for label in card["labels"]]
+    sourceValues = referenceValuesFromConfig(config)
+    for label, values in zip(card["labels"], sourceValues):
+        if values != [int(label["value"])]:
+            label["reference_values"] = values
     roi = {k: v for k, v in (config.get("roi") or {}).items() if k in ("from_series", "margin_mm")}
     if roi:
         card["roi"] = roi
     else:
         card.pop("roi", None)
     return card
+
+
+def referenceValuesFromConfig(config: dict) -> list[list[int]]:
+    """Per label, the values of an *original* reference label map that make up its region.
+
+    Training remaps labels (``label_remap``, e.g. BraTS 4 → 3) and may define sigmoid regions on the
+    remapped values (whole tumour = 1, 2, 3); a reference given to ``segment`` is in the original
+    values, so whole tumour is 1, 2 and 4 there. A remap target that is not itself an original
+    value (3 here) is left out.
+    """
+    remap = {int(source): int(target) for source, target in (config.get("label_remap") or {}).items()}
+    targetsOnly = set(remap.values()) - set(remap)
+    result = []
+    for label in config["labels"]:
+        region = {int(v) for v in label.get("region", [label["value"]])}
+        values = sorted({source for source, target in remap.items() if target in region} | {v for v in region if v not in remap and v not in targetsOnly})
+        result.append(values)
+    return result
 
 
 # --------------------------------------------------------------------------------------------

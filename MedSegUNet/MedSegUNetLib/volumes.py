@@ -656,16 +656,20 @@ def imageVerifier(expected: sitk.Image) -> Callable[[str], None]:
     return verify
 
 
+_WRITE_FAILED = "the disk is full, a file-size limit was reached, or the folder is not writable; nothing was kept: free space, check 'ulimit -f' and the folder's permissions."
+
+
 def writeImageFile(image: sitk.Image, path: str, compress: bool = True) -> None:
     """``sitk.WriteImage`` that raises on a short write (ITK's NIfTI writer only prints it)."""
     with nativeMessages() as captured:
         try:
             sitk.WriteImage(image, path, compress)
-        except RuntimeError as error:
-            raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}' ({_nativeReason(error, captured)}): check the free disk space and the folder's permissions.") from None
+        except RuntimeError:
+            # ITK does not say why (its message names only the staging path).
+            raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}': {_WRITE_FAILED}") from None
     short = [line for line in captured if "wrote only" in line.lower()]
     if short:
-        raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}': {short[0][:120]} (disk full or file-size limit); nothing was kept.")
+        raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}': only part of it was written; {_WRITE_FAILED}")
 
 
 def textVerifier(text: str) -> Callable[[str], None]:
