@@ -259,3 +259,36 @@ def test_segment_success_writes_all_outputs(capsys, small_inputs):
     code, _, err = runInProcess(capsys, "segment", small_inputs["good"], "--model", small_inputs["model"], *outputArguments(small_inputs, "segment"))
     assert code == 0, err
     assert sorted(os.listdir(small_inputs["out"])) == ["seg.seg.nrrd", "stats.csv", "stats.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-value options cannot lose a value: every documented form gives the three-series ROI.
+
+# [parameters (how the command line is written), input (tra, sag, cor), expected (the ROI of all three)]
+ROI_FORMS = [
+    pytest.param(lambda m, t, s, c, o: ["segment", "--model", m, t, "--roi-from", s, "--roi-from", c, "--stats-json", o], id="repeated-option"),
+    pytest.param(lambda m, t, s, c, o: ["segment", "--model", m, t, "--roi-from", s, c, "--stats-json", o], id="list-after-inputs"),
+    pytest.param(lambda m, t, s, c, o: ["segment", "--model", m, "--roi-from", s, c, "--", t, "--stats-json", o], id="list-ended-by-double-dash"),
+    pytest.param(lambda m, t, s, c, o: ["segment", "--stats-json", o, "--roi-from", s, c, "--model", m, t], id="options-before-inputs"),
+    pytest.param(lambda m, t, s, c, o: ["segment", "--roi-from", s, "--model", m, t, "--roi-from", c, "--stats-json", o], id="inputs-between-options"),
+    pytest.param(lambda m, t, s, c, o: ["-q", "segment", "--model", m, "--roi-from", s, c, "--stats-json", o, "--", t], id="double-dash-at-the-end"),
+]
+
+
+@pytest.mark.parametrize("form", ROI_FORMS)
+def test_roi_from_forms_on_real_data(capsys, tmp_path, prostate_series, a_threshold_model, form):
+    model = a_threshold_model((T2_LEVEL,), LABELS, inputs=("T2",), patchSize=(96, 96, 16))
+    tra, sag, cor = prostate_series.values()
+    code, _, err = runInProcess(capsys, *form(model, tra, sag, cor, tmp_path / "stats.json"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "stats.json").read_text())
+    assert report["roi"]["ijk_min"] == list(PROSTATEX_0000_ROI[0]) and report["roi"]["ijk_max"] == list(PROSTATEX_0000_ROI[1])
+    assert report["roi"]["volumes"] == ["4-t2tsetra", "3-t2tsesag", "5-t2tsecor"]
+
+
+def test_roi_from_list_swallowing_the_inputs_says_how(capsys, tmp_path, prostate_series, a_threshold_model):
+    model = a_threshold_model((T2_LEVEL,), LABELS, inputs=("T2",))
+    tra, sag, cor = prostate_series.values()
+    code, _, err = runInProcess(capsys, "segment", "--model", model, "--roi-from", sag, cor, tra, "--stats-json", tmp_path / "s.json")
+    # The three volumes all went to --roi-from: no INPUT is left, and the line says so.
+    assertCleanFailure(code, err, tmp_path, "Give the INPUT volumes")

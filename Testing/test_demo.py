@@ -130,3 +130,23 @@ def test_demo_on_local_prostatex(tmp_path, repo_root):
     metrics, _ = statistics.overlapMetrics(labelMasks(labelmap, labels), labelMasks(zones, labels), labels, labelmap.GetSpacing())
     # ProstateX-0000 is the model's training case: this checks the whole chain, not generalisation.
     assert metrics[1]["dice"] > 0.7 and metrics[2]["dice"] > 0.7
+
+
+def test_demo_names_outputs_after_the_case_given(tmp_path, capsys):
+    """ProstateX-0001 gives ProstateX-0001-* outputs, all four together, and a log on stdout."""
+    data = requireSharedData("prostatex", "ProstateX-0001")
+    if not demo.defaultModelPath().is_file():
+        pytest.skip("the prostate-zones zoo model has not been exported yet")
+    output = tmp_path / "out"
+    assert main(["demo", "--data", str(data), "--output", str(output), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        ["ProstateX-0001-zones.seg.nrrd", "ProstateX-0001-statistics.csv", "ProstateX-0001-statistics.json", "ProstateX-0001-overview.png"]
+    )
+    assert json.loads((output / "ProstateX-0001-statistics.json").read_text())["case"] == "ProstateX-0001"
+    assert "ProstateX-0001-overview.png" in captured.out and captured.err == ""
+    # An output folder that is a file is refused before any work, and nothing is written.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert main(["demo", "--data", str(data), "--output", str(blocker), "--device", "cpu"]) == 2
+    assert "is a file" in capsys.readouterr().err and blocker.read_text() == "x"

@@ -336,3 +336,49 @@ def test_transforms_pickle_for_spawned_workers():
         assert tuple(sample["image"].shape) == (2, 16, 16, 8) and tuple(sample["label"].shape) == (2, 16, 16, 8)
         assert float((sample["label"][0] == 0).float().mean()) <= 0.5  # at most half background
         assert bool((sample["label"][1] <= sample["label"][0]).all())  # core inside whole
+
+
+def test_interrupted_training_says_what_was_kept(tmp_path, msd_folder):
+    """SIGINT mid-run: one line naming the last complete epoch's checkpoint; no staging folder left."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=500))
+    out = tmp_path / "run"
+    executable = shutil.which("medsegunet")
+    process = subprocess.Popen(
+        [*([executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]), "train", "--config", config, "--output", str(out), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (out / "checkpoint_last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    epoch = training.loadCheckpoint(out / "checkpoint_last.pt")["epoch"]
+    assert lines[0] == f"medsegunet: interrupted; checkpoint_last.pt (epoch {epoch}) kept in {out}; resume with --resume {out / 'checkpoint_last.pt'}."
+    assert not [name for name in os.listdir(out) if name.startswith(".medsegunet-")]
+    # The checkpoint and metrics of one epoch appear together: metrics.csv has exactly that many rows.
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + epoch
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(tmp_path, msd_folder):
+    data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
+    optimizer = {"type": "adam", "lr": 0.01, "scheduler": "cosine"}
+    lines: list[str] = []
+    short = training.train(training.validateConfig(baseConfig(data, epochs=2, optimizer=optimizer)), tmp_path / "short", log=quiet)
+    longer = training.train(
+        training.validateConfig(baseConfig(data, epochs=6, optimizer=optimizer)), tmp_path / "longer", resume=short.lastCheckpoint, log=lines.append
+    )
+    assert any("stretched from 2 to 6 epochs" in line for line in lines)
+    rates = [row["lr"] for row in longer.history]
+    assert len(rates) == 6 and all(b < a for a, b in zip(rates, rates[1:])), rates
+    with pytest.raises(MedSegUNetError, match="already ran 6 epochs but the config asks for 3"):
+        training.train(training.validateConfig(baseConfig(data, epochs=3, optimizer=optimizer)), tmp_path / "fewer", resume=longer.lastCheckpoint, log=quiet)

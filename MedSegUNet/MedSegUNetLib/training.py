@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -926,6 +927,27 @@ def _saveEpoch(state: dict, lastPath: str, bestPath: str | None, metricsText: st
         writeTextFile(metricsText, staged.stage(metricsPath, verify=textVerifier(metricsText)))
 
 
+def _stretchedSchedule(optimizer, scheduler, history: Sequence[dict], doneEpochs: int, totalEpochs: int):
+    """A cosine schedule for the epochs a resumed run adds, falling from the last epoch's rate.
+
+    The stored schedule ended at the old total (often at rate 0, or about to rise again); the new
+    one goes on from the rate of the last completed epoch down to ``eta_min`` just after the new
+    total, so every added epoch trains at a lower rate than the one before.
+    """
+    import torch
+
+    previous = [float(history[-1]["lr"])] * len(optimizer.param_groups) if history and history[-1].get("lr") else list(scheduler.base_lrs)
+    for group, rate in zip(optimizer.param_groups, previous):
+        group["lr"] = rate
+        group["initial_lr"] = rate
+    stretched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=totalEpochs - doneEpochs + 1, eta_min=scheduler.eta_min)
+    with warnings.catch_warnings():
+        # The step is the schedule's first position, not a skipped optimiser step.
+        warnings.simplefilter("ignore", UserWarning)
+        stretched.step()
+    return stretched
+
+
 def _keptMessage(lastPath: str) -> str | None:
     """What an interrupted run leaves: the last complete epoch's checkpoint, and how to go on."""
     if not os.path.isfile(lastPath):
@@ -1042,10 +1064,8 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
                 f"'{resume}' already ran {startEpoch} epochs but the config asks for {config['epochs']}: give 'epochs' above {startEpoch} to continue."
             )
         if scheduler is not None and hasattr(scheduler, "T_max") and scheduler.T_max != int(config["epochs"]):
-            # The stored schedule ended at the old total; stretched from the current rate, it now
-            # reaches its minimum at the new total instead of rising again after the old one.
-            log(f"The learning-rate schedule is stretched from {scheduler.T_max} to {config['epochs']} epochs.")
-            scheduler.T_max = int(config["epochs"])
+            scheduler = _stretchedSchedule(optimizer, scheduler, history, startEpoch, int(config["epochs"]))
+            log(f"The learning-rate schedule is stretched from {checkpoint['config']['epochs']} to {config['epochs']} epochs.")
         log(f"Resuming from '{resume}' after epoch {startEpoch}.")
 
     from .volumes import writeText
