@@ -176,3 +176,30 @@ def test_output_in_missing_folder(tmp_path):
     with pytest.raises(MedSegUNetError, match="must end with one of"):
         volumes.checkOutputPath(tmp_path / "seg.png", (".nrrd",))
     assert os.listdir(tmp_path) == []
+
+
+# [parameters (errno), input (an OSError while writing), expected (what to do, in words)]
+@pytest.mark.parametrize(
+    "number, expected",
+    [(28, "the disk is full"), (27, "file-size limit"), (30, "read-only"), (13, "permission denied"), (21, "it is a folder")],
+    ids=["ENOSPC", "EFBIG", "EROFS", "EACCES", "EISDIR"],
+)
+def test_os_errors_say_what_to_do(number, expected):
+    from MedSegUNetLib.errors import osErrorMessage
+
+    message = osErrorMessage(OSError(number, os.strerror(number)), "write", "/data/out/seg.nii.gz")
+    assert message.startswith("Cannot write '/data/out/seg.nii.gz': ") and expected in message and "\n" not in message
+
+
+def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
+    image = phantomVolume()
+    with pytest.raises(MedSegUNetError, match="reads back different"):
+        with volumes.StagedOutputs() as outputs:
+            volumes.writeImageFile(image, outputs.stage(tmp_path / "a.nrrd", verify=volumes.imageVerifier(image)))
+            other = outputs.stage(tmp_path / "b.nrrd", verify=volumes.imageVerifier(image))
+            volumes.writeImageFile(sitk.Cast(image, sitk.sitkInt16) * 0, other)  # not what was meant
+    assert os.listdir(tmp_path) == []
+    with volumes.StagedOutputs() as outputs:
+        volumes.writeImageFile(image, outputs.stage(tmp_path / "a.mhd", verify=volumes.imageVerifier(image)))
+        volumes.writeTextFile("x\n", outputs.stage(tmp_path / "a.txt", verify=volumes.textVerifier("x\n")))
+    assert sorted(os.listdir(tmp_path)) == ["a.mhd", "a.raw", "a.txt"] or sorted(os.listdir(tmp_path)) == ["a.mhd", "a.txt", "a.zraw"]

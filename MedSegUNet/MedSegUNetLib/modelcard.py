@@ -107,12 +107,12 @@ def readCard(path: str | os.PathLike) -> dict:
     Raises:
         MedSegUNetError: missing file, not a TorchScript archive, no card, or an invalid card.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MedSegUNetError(f"Model file '{path}' does not exist: check the path.")
     from .volumes import checkRegularFile
 
+    path = os.fspath(path)
     checkRegularFile(path, "Model file")
+    if not os.path.isfile(path):
+        raise MedSegUNetError(f"Model file '{path}' is a folder: give the TorchScript .pt file.")
     sidecar = path + ".json"
     if os.path.isfile(sidecar):
         try:
@@ -245,5 +245,11 @@ def saveModel(network, card: dict, path: str | os.PathLike) -> None:
 
     card = validateCard(card)
     scripted = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.script(network)
-    with atomicOutput(path) as temporary:
+
+    def verify(written: str) -> None:
+        # A short write leaves a zip archive whose members fail their CRC or whose card is gone.
+        if _embeddedCardText(written) != json.dumps(card, indent=2):
+            raise MedSegUNetError(f"The model file '{os.path.basename(written)}' was written incompletely; nothing was kept: check the free disk space.")
+
+    with atomicOutput(path, verify=verify) as temporary:
         torch.jit.save(scripted, temporary, _extra_files={CARD_EXTRA_FILE: json.dumps(card, indent=2)})

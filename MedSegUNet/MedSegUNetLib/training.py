@@ -87,11 +87,17 @@ def loadConfigFile(path: str | os.PathLike) -> dict:
     """
     import yaml
 
+    from .volumes import checkRegularFile
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MedSegUNetError(f"Training config '{path}' does not exist: check the path.")
-    with open(path, encoding="utf-8") as stream:
-        text = stream.read()
+    checkRegularFile(path, "Training config")
+    if os.path.isdir(path):
+        raise MedSegUNetError(f"Training config '{path}' is a folder: give the YAML or JSON file.")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read()
+    except UnicodeDecodeError:
+        raise MedSegUNetError(f"Training config '{path}' is not UTF-8 text: save it as UTF-8.") from None
     try:
         config = json.loads(text) if path.lower().endswith(".json") else yaml.safe_load(text)
     except json.JSONDecodeError as error:
@@ -879,9 +885,12 @@ def loadCheckpoint(path: str | os.PathLike) -> dict:
     """
     import torch
 
+    from .volumes import checkRegularFile
+
     path = os.fspath(path)
+    checkRegularFile(path, "Checkpoint")
     if not os.path.isfile(path):
-        raise MedSegUNetError(f"Checkpoint '{path}' does not exist: check the path.")
+        raise MedSegUNetError(f"Checkpoint '{path}' is a folder: give the checkpoint file.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for non-checkpoint files
