@@ -346,26 +346,9 @@ def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Ca
 
 
 def _readInput(path: str, channel: int | None) -> sitk.Image:
-    from .volumes import checkScalarVolume, readVolume
+    from .volumes import readVolumeChannel
 
-    if channel is None:
-        return readVolume(path)
-    if not os.path.isfile(path):
-        raise MedSegUNetError(f"Volume '{path}' does not exist: check the path.")
-    image = sitk.ReadImage(path)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        if channel >= image.GetNumberOfComponentsPerPixel():
-            raise MedSegUNetError(f"'{path}' has {image.GetNumberOfComponentsPerPixel()} channels; channel {channel} was asked for.")
-        image = sitk.VectorIndexSelectionCast(image, channel)
-    elif image.GetDimension() == 4:
-        size = list(image.GetSize())
-        if channel >= size[3]:
-            raise MedSegUNetError(f"'{path}' has {size[3]} channels along its 4th axis; channel {channel} was asked for.")
-        image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, channel])
-    elif channel:
-        raise MedSegUNetError(f"'{path}' is a 3D volume but input channel {channel} was asked for: store multi-channel images as 4D.")
-    checkScalarVolume(image, path)
-    return image
+    return readVolumeChannel(path, channel)
 
 
 def prepareCase(case: Case, config: dict) -> dict:

@@ -445,6 +445,39 @@ def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrreg
     return image
 
 
+def readVolumeChannel(path: str, channel: int | None, resampleIrregular: bool = False) -> sitk.Image:
+    """One channel of a multi-channel file (a 4D Decathlon image or a vector image), or a volume.
+
+    Args:
+        channel: index along the 4th axis or of the vector components; None reads a 3D volume.
+
+    Raises:
+        MedSegUNetError: as :func:`readVolume`, or a channel the file does not have.
+    """
+    if channel is None:
+        return readVolume(path, resampleIrregular=resampleIrregular)
+    checkRegularFile(path)
+    checkCompleteFile(path)
+    with nativeMessages() as captured:
+        try:
+            image = sitk.ReadImage(path)
+        except RuntimeError as error:
+            raise MedSegUNetError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        if channel >= image.GetNumberOfComponentsPerPixel():
+            raise MedSegUNetError(f"'{path}' has {image.GetNumberOfComponentsPerPixel()} channels; channel {channel} was asked for.")
+        image = sitk.VectorIndexSelectionCast(image, channel)
+    elif image.GetDimension() == 4:
+        size = list(image.GetSize())
+        if channel >= size[3]:
+            raise MedSegUNetError(f"'{path}' has {size[3]} channels along its 4th axis; channel {channel} was asked for.")
+        image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, channel])
+    elif channel:
+        raise MedSegUNetError(f"'{path}' is a 3D volume but input channel {channel} was asked for: store multi-channel images as 4D.")
+    checkScalarVolume(image, path)
+    return image
+
+
 def checkScalarVolume(image: sitk.Image, name: str) -> None:
     """Refuse what a segmentation model cannot take as one channel.
 
