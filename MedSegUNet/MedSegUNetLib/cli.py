@@ -287,7 +287,7 @@ def runSegment(args, console) -> int:
 
 
 def buildParser() -> argparse.ArgumentParser:
-    from . import __version__, demo, exporting, training
+    from . import __version__, batch, demo, exporting, training
 
     parser = OneLineParser(
         prog="medsegunet",
@@ -300,6 +300,7 @@ def buildParser() -> argparse.ArgumentParser:
     subparsers.required = True
     _addRoiParser(subparsers)
     _addSegmentParser(subparsers)
+    batch.addParser(subparsers)
     exporting.addParser(subparsers)
     training.addParser(subparsers)
     demo.addParser(subparsers)

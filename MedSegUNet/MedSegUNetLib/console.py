@@ -78,3 +78,30 @@ class ConsoleProgress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class CaseProgress:
+    """A cohort's progress: a cases bar with ETA on a terminal, one plain line per case in a log."""
+
+    def __init__(self, total: int, quiet: bool = False) -> None:
+        self.total, self.quiet, self.done = total, quiet, 0
+        self._bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=sys.stderr, unit="case", desc="cases")
+
+    def update(self, row: dict) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{row['case'][:24]}: {row['status']}", refresh=False)
+            self._bar.update(1)
+        elif not self.quiet:
+            message = f" ({row['message']})" if row.get("message") and row["status"] == "failed" else ""
+            sys.stdout.write(f"[{self.done}/{self.total}] {row['case']}: {row['status']}, {row.get('seconds', 0.0):.1f} s{message}\n")
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -11,7 +11,6 @@ slices with the zones, and the ROI box drawn on the sagittal and coronal series)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import MedSegUNetError
+from .volumes import sha256
 
 CASE = "ProstateX-0000"
 BASE_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
@@ -55,14 +55,6 @@ def cacheFolder() -> Path:
         return Path(os.environ["MEDSEGUNET_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "medsegunet"
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(url: str, path: Path, checksum: str, timeout: float = 30.0, log=None) -> None:

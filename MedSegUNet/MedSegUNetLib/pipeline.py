@@ -196,6 +196,90 @@ def probabilitiesToLabels(
     return labels, regions
 
 
+@dataclass
+class PreparedInputs:
+    """A case ready for the network: what :func:`prepareImages` computes without the model.
+
+    Args:
+        reference: the reference volume (first input; LPS).
+        roi: the ROI on the reference.
+        roiGrid: the reference cropped to the ROI (geometry only).
+        grid: the model grid (geometry only).
+        array: float32 ``C, I, J, K`` normalised inputs on the model grid.
+    """
+
+    reference: sitk.Image
+    roi: geometry.RegionOfInterest
+    roiGrid: sitk.Image
+    grid: sitk.Image
+    array: np.ndarray
+
+
+def prepareImages(
+    images: Sequence[sitk.Image],
+    card: dict,
+    names: Sequence[str] | None = None,
+    roiImages: Sequence[sitk.Image] = (),
+    roiNames: Sequence[str] | None = None,
+    roi: geometry.RegionOfInterest | None = None,
+    useROI: bool = True,
+    marginMM: float = 0.0,
+    progress: ProgressReporter | None = None,
+) -> PreparedInputs:
+    """The ROI, the model grid and the normalised inputs: everything before the network.
+
+    Needs only the card, so a batch can prepare the next case while the network runs on this one.
+    Arguments as :func:`segmentImages`.
+    """
+    progress = progress or ProgressReporter()
+    names = list(names or [f"input{index + 1}" for index in range(len(images))])
+    if len(images) != len(card["inputs"]):
+        expected = ", ".join(i["name"] for i in card["inputs"])
+        raise MedSegUNetError(
+            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in that order."
+        )
+    progress.stage(Stage.ROI)
+    if roi is None:
+        roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
+    reference = images[0]
+    roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
+
+    progress.stage(Stage.RESAMPLING)
+    grid = preprocessing.modelGrid(roiGrid, card.get("spacing"), card.get("orientation"))
+    array = preprocessing.prepareInputs(images, grid, card["normalization"])
+    progress.endStage()
+    return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array)
+
+
+def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None) -> SegmentationResult:
+    """Run the network on prepared inputs and bring the labels back onto the reference grid.
+
+    The prepared array is released once the network has run.
+    """
+    progress = progress or ProgressReporter()
+    card = model.card
+    reference, roi = prepared.reference, prepared.roi
+    progress.stage(Stage.INFERENCE)
+    array, prepared.array = prepared.array, None
+    probabilities = predictProbabilities(model, array, progress.within, progress.cancelEvent)
+    del array
+
+    progress.stage(Stage.POSTPROCESSING)
+    roiLabels, roiRegions = probabilitiesToLabels(probabilities, prepared.grid, prepared.roiGrid, card, progress)
+    del probabilities
+    fullShape = tuple(reversed(reference.GetSize()))
+    labels = np.zeros(fullShape, dtype=np.uint8)
+    labels[roi.slices()] = roiLabels
+    regions = None
+    if roiRegions is not None:
+        regions = np.zeros((len(roiRegions), *fullShape), dtype=bool)
+        regions[(slice(None), *roi.slices())] = roiRegions
+    labelmap = sitk.GetImageFromArray(labels)
+    labelmap.CopyInformation(reference)
+    progress.endStage()
+    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions)
+
+
 def segmentImages(
     images: Sequence[sitk.Image],
     model: LoadedModel,
@@ -227,38 +311,5 @@ def segmentImages(
         ProcessingCancelled: the cancel event was set.
     """
     progress = progress or ProgressReporter()
-    card = model.card
-    names = list(names or [f"input{index + 1}" for index in range(len(images))])
-    if len(images) != len(card["inputs"]):
-        expected = ", ".join(i["name"] for i in card["inputs"])
-        raise MedSegUNetError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in that order."
-        )
-    progress.stage(Stage.ROI)
-    if roi is None:
-        roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
-    reference = images[0]
-    roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
-
-    progress.stage(Stage.RESAMPLING)
-    grid = preprocessing.modelGrid(roiGrid, card.get("spacing"), card.get("orientation"))
-    array = preprocessing.prepareInputs(images, grid, card["normalization"])
-
-    progress.stage(Stage.INFERENCE)
-    probabilities = predictProbabilities(model, array, progress.within, progress.cancelEvent)
-    del array
-
-    progress.stage(Stage.POSTPROCESSING)
-    roiLabels, roiRegions = probabilitiesToLabels(probabilities, grid, roiGrid, card, progress)
-    del probabilities
-    fullShape = tuple(reversed(reference.GetSize()))
-    labels = np.zeros(fullShape, dtype=np.uint8)
-    labels[roi.slices()] = roiLabels
-    regions = None
-    if roiRegions is not None:
-        regions = np.zeros((len(roiRegions), *fullShape), dtype=bool)
-        regions[(slice(None), *roi.slices())] = roiRegions
-    labelmap = sitk.GetImageFromArray(labels)
-    labelmap.CopyInformation(reference)
-    progress.endStage()
-    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions)
+    prepared = prepareImages(images, model.card, names, roiImages, roiNames, roi, useROI, marginMM, progress)
+    return segmentPrepared(prepared, model, progress)

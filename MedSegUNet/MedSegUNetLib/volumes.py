@@ -103,10 +103,11 @@ def nativeMessages() -> Iterator[list[str]]:
 def _nativeReason(error: Exception | None, captured: Sequence[str]) -> str:
     """The most telling line of a native library's complaint, for a one-line message."""
     text = str(error).strip().splitlines() if error is not None else []
-    candidates = [line for line in [*captured, *text] if line and "Reason: No such file" not in line and not line.startswith("sitk::ERROR")]
+    lines = [line.replace("sitk::ERROR:", "").strip() for line in [*captured, *text]]
+    candidates = [line for line in lines if line and "Reason: No such file" not in line and not line.startswith("Exception thrown in SimpleITK")]
     for line in candidates:
         lowered = line.lower()
-        if any(word in lowered for word in ("not read completely", "expected", "fread", "wrote only", "error", "cannot", "failed")):
+        if any(word in lowered for word in ("not read completely", "expected", "fread", "wrote only", "error", "cannot", "failed", "unable")):
             return line.strip()[:160]
     return (candidates[-1] if candidates else "unknown reason").strip()[:160]
 
@@ -509,6 +510,17 @@ def volumeName(path: str | os.PathLike) -> str:
     return f"{base}:{series}" if series else base
 
 
+def sha256(path: str | os.PathLike) -> str:
+    """The SHA256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def companionPaths(path: str | os.PathLike) -> list[str]:
     """Data files that a header-only output (``.mhd``) writes beside itself."""
     path = os.fspath(path)
@@ -574,7 +586,7 @@ def checkDistinctPaths(outputs: dict[str, str | os.PathLike | None], inputs: dic
 
 
 @contextlib.contextmanager
-def _signalsDeferred() -> Iterator[None]:
+def signalsDeferred() -> Iterator[None]:
     """Hold SIGINT and SIGTERM while outputs are renamed, so that a run's outputs appear together."""
     blockable = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
     held = {signal.SIGINT, signal.SIGTERM}
@@ -629,7 +641,7 @@ class StagedOutputs:
                 raise MedSegUNetError(f"Output '{path}' was not written: nothing was kept.")
             if verify is not None:
                 verify(temporary)
-        with _signalsDeferred():
+        with signalsDeferred():
             for path, staging, temporary, _ in self._staged:
                 folder = os.path.dirname(os.path.abspath(path))
                 try:

@@ -1,0 +1,812 @@
+"""``medsegunet batch``: a cohort of cases, one case in and its files out, on workers that keep the model.
+
+The job contract (the same for ``segment``, this command's local workers, the Ray engine and
+Slicer's console batch): a :class:`CaseSpec` (the case's inputs in card order and its ROI series)
+goes to :func:`processCase` with a loaded model; the case's files come out in ``DIR/<case>/`` and a
+summary row comes back.
+
+Per case, ``DIR/<case>/`` holds ``<case>.seg.nrrd`` (or ``--format``), ``<case>-statistics.csv``
+and ``.json`` (what ``segment`` writes, ROI included), ``<case>-qc.png`` (the mid-ROI slice with
+the labels) and ``manifest.json`` (the model's SHA256, the inputs' sizes and times). A case's
+files are written in a hidden staging folder and renamed into place as one folder, so a case is
+there whole or not at all. For the cohort, ``DIR/summary.csv`` has one row per case and
+``DIR/qc.png`` is a montage of the cases' QC tiles.
+
+Local workers are processes (``spawn``) that import torch and load the model once, and prepare the
+next case (reading, ROI, resampling) on a thread while the network runs on the current one. A
+worker that dies (out of memory, a crash in a native library) is replaced and its cases are
+retried once. The parent process never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import Interrupted, MedSegUNetError, firstLine
+
+FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha"}
+STAGING_PREFIX = ".medsegunet-case-"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "medsegunet.batch-case/1"
+QC_TILE = 128
+QC_TILES_PER_PAGE = 400
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseSpec:
+    """One case of a cohort.
+
+    Args:
+        id: the case's name (sub-folder, CSV ``case`` column, or image file name).
+        inputs: per card input, ``(path, channel)``; ``channel`` picks a volume of a 4D file.
+        roi: extra series whose extents limit the ROI.
+        series: role → the series chosen, for ``--dry-run``'s table.
+        notes: ROI series that were not found (the case runs without them).
+        error: why the case cannot run (no or ambiguous input series), or None.
+    """
+
+    id: str
+    inputs: list[tuple[str, int | None]] = field(default_factory=list)
+    roi: list[str] = field(default_factory=list)
+    series: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _caseFromFolder(folder: str, card: dict) -> CaseSpec:
+    from .seriesmatch import findCaseSeries, matchSeries, rolesOfCard
+
+    case = CaseSpec(id=os.path.basename(os.path.normpath(folder)))
+    try:
+        match = matchSeries(card, findCaseSeries(folder), case.id)
+    except MedSegUNetError as error:
+        case.error = firstLine(error)
+        return case
+    roles = rolesOfCard(card)
+    case.inputs = [(candidate.path, None) for candidate in match.inputs]
+    case.roi = [candidate.path for candidate in match.roi]
+    for role, candidate in zip([r for r in roles if r.kind == "input"], match.inputs):
+        case.series[role.name] = candidate.path
+    for role, candidate in zip([r for r in roles if r.kind == "roi" and not any(r.name in note for note in match.notes)], match.roi):
+        case.series[f"ROI {role.name}"] = candidate.path
+    case.notes = match.notes
+    return case
+
+
+def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
+    base = os.path.dirname(os.path.abspath(table))
+    with open(table, encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    if not rows:
+        raise MedSegUNetError(f"Case table '{table}' has no rows.")
+    columns = {c.strip().lower(): c for c in rows[0].keys() if c}
+    inputNames = [spec["name"] for spec in card["inputs"]]
+    missing = [name for name in ["case", *inputNames] if name.lower() not in columns]
+    if missing:
+        raise MedSegUNetError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs 'case' and one column per card input ({', '.join(inputNames)}).")
+    roiColumns = [columns[c] for c in columns if c.startswith("roi")]
+
+    def resolve(value: str) -> str:
+        path, _, series = value.strip().partition("::")
+        path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+        return f"{path}::{series}" if series else path
+
+    cases = []
+    for index, row in enumerate(rows):
+        case = CaseSpec(id=(row.get(columns["case"]) or "").strip() or f"case{index + 1:03d}")
+        empty = [name for name in inputNames if not (row.get(columns[name.lower()]) or "").strip()]
+        if empty:
+            case.error = f"Case '{case.id}': no path for input(s) {', '.join(empty)} in '{table}'."
+        else:
+            case.inputs = [(resolve(row[columns[name.lower()]]), None) for name in inputNames]
+            case.roi = [resolve(row[c]) for c in roiColumns if (row.get(c) or "").strip()]
+            case.series = {name: path for name, (path, _) in zip(inputNames, case.inputs)}
+            case.series.update({f"ROI {index + 1}": path for index, path in enumerate(case.roi)})
+        cases.append(case)
+    return cases
+
+
+def _casesFromDecathlon(description: str, card: dict) -> list[CaseSpec]:
+    folder = os.path.dirname(os.path.abspath(description))
+    try:
+        with open(description, encoding="utf-8") as stream:
+            dataset = json.load(stream)
+    except json.JSONDecodeError as error:
+        raise MedSegUNetError(f"'{description}' is not valid JSON ({error.msg}).") from None
+    modalities = dataset.get("modality") or {"0": card["inputs"][0]["name"]}
+    count = len(card["inputs"])
+    if len(modalities) != count:
+        raise MedSegUNetError(f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images.")
+    from .volumes import pathSuffix
+
+    images = [entry if isinstance(entry, str) else entry.get("image") for entry in (dataset.get("test") or []) + (dataset.get("training") or [])]
+    cases = []
+    for image in images:
+        if not image:
+            continue
+        path = os.path.normpath(os.path.join(folder, image))
+        name = os.path.basename(path)
+        suffix = pathSuffix(name)
+        case = CaseSpec(id=name[: -len(suffix)] if suffix else name)
+        case.inputs = [(path, index if count > 1 else None) for index in range(count)]
+        case.series = {spec["name"]: f"{path}[{index}]" if count > 1 else path for index, spec in enumerate(card["inputs"])}
+        cases.append(case)
+    return cases
+
+
+def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
+    """The cases of a cohort: a folder of case folders, a CSV, or a Decathlon ``dataset.json``.
+
+    Raises:
+        MedSegUNetError: a missing source, a CSV without the needed columns, duplicate case names,
+            or no case at all. Cases whose series cannot be matched come back with ``error`` set.
+    """
+    from .volumes import checkRegularFile
+
+    checkRegularFile(source, "Cases source")
+    if os.path.isdir(source):
+        description = os.path.join(source, "dataset.json")
+        if os.path.isfile(description):
+            cases = _casesFromDecathlon(description, card)
+        else:
+            folders = sorted(entry.path for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
+            cases = [_caseFromFolder(folder, card) for folder in folders]
+    elif source.lower().endswith(".csv"):
+        cases = _casesFromCSV(source, card)
+    elif source.lower().endswith(".json"):
+        cases = _casesFromDecathlon(source, card)
+    else:
+        raise MedSegUNetError(f"--cases '{source}' is neither a folder of case folders, a .csv table nor a Decathlon dataset.json.")
+    if not cases:
+        raise MedSegUNetError(f"No case found in '{source}': give a folder with one sub-folder per case, a CSV or a dataset.json.")
+    ids = [case.id for case in cases]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise MedSegUNetError(f"Case names must be unique; repeated: {', '.join(duplicates)}.")
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# One case: the job contract
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchOptions:
+    """What every case of a run shares (picklable: it travels to worker processes and Ray actors)."""
+
+    modelPath: str
+    modelSHA256: str
+    outputDir: str
+    format: str = "seg.nrrd"
+    device: str = "auto"
+    resampleIrregular: bool = False
+    threads: int | None = None
+
+
+def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:
+    return {
+        "segmentation": f"{caseId}{FORMATS[fmt]}",
+        "statistics_csv": f"{caseId}-statistics.csv",
+        "statistics_json": f"{caseId}-statistics.json",
+        "qc": f"{caseId}-qc.png",
+        "manifest": MANIFEST,
+    }
+
+
+def _seriesFiles(path: str) -> list[str]:
+    from .volumes import splitSeriesSelector
+
+    path, series = splitSeriesSelector(path)
+    if os.path.isdir(path):
+        if series is not None:
+            from .volumes import selectDicomSeries
+
+            return list(selectDicomSeries(path, series).files)
+        return sorted(entry.path for entry in os.scandir(path) if entry.is_file())
+    return [path]
+
+
+def inputSignature(case: CaseSpec) -> list[dict]:
+    """Size and modification time of every file a case reads (a rerun compares them)."""
+    signature = []
+    for path in [p for p, _ in case.inputs] + list(case.roi):
+        files = _seriesFiles(path)
+        stats = [os.stat(f) for f in files if os.path.exists(f)]
+        signature.append({"path": path, "files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime": max((s.st_mtime for s in stats), default=0.0)})
+    return signature
+
+
+def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
+    """Whether ``DIR/<case>`` holds every output, made by the same model file from the same inputs."""
+    folder = os.path.join(options.outputDir, case.id)
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+            manifest = json.load(stream)
+    except (OSError, ValueError):
+        return False
+    names = caseOutputNames(case.id, options.format)
+    return (
+        manifest.get("format") == MANIFEST_FORMAT
+        and manifest.get("model", {}).get("sha256") == options.modelSHA256
+        and manifest.get("inputs") == inputSignature(case)
+        and all(os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) > 0 for name in names.values())
+    )
+
+
+def readCaseImages(case: CaseSpec, options: BatchOptions) -> tuple[list[sitk.Image], list[sitk.Image]]:
+    from .volumes import readVolume, readVolumeChannel
+
+    images = [readVolumeChannel(path, channel, options.resampleIrregular) for path, channel in case.inputs]
+    roiImages = [readVolume(path, resampleIrregular=options.resampleIrregular) for path in case.roi]
+    return images, roiImages
+
+
+def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
+    """Read a case and prepare it for the network (runs on a worker's prefetch thread).
+
+    Returns:
+        (input images, ROI images, :class:`pipeline.PreparedInputs`).
+    """
+    from . import pipeline
+    from .volumes import volumeName
+
+    if case.error:
+        raise MedSegUNetError(case.error)
+    images, roiImages = readCaseImages(case, options)
+    margin = float((card.get("roi") or {}).get("margin_mm", 0.0))
+    prepared = pipeline.prepareImages(
+        images, card, names=[volumeName(p) for p, _ in case.inputs], roiImages=roiImages, roiNames=[volumeName(p) for p in case.roi], marginMM=margin
+    )
+    return images, roiImages, prepared
+
+
+def qcTile(reference: sitk.Image, labelmap: sitk.Image, roi, card: dict, regions=None) -> np.ndarray:
+    """The mid-ROI slice (along K) with the labels, as a QC_TILE² RGB uint8 tile, physical aspect kept.
+
+    Args:
+        reference: the reference volume (KJI arrays, LPS).
+        labelmap: the result on the reference grid.
+        regions: sigmoid regions (their outlines are all drawn by painting in card order).
+    """
+    k = int((roi.ijkMin[2] + roi.ijkMax[2]) // 2)
+    rows = slice(int(roi.ijkMin[1]), int(roi.ijkMax[1]) + 1)
+    columns = slice(int(roi.ijkMin[0]), int(roi.ijkMax[0]) + 1)
+    image = sitk.GetArrayViewFromImage(reference)[k, rows, columns].astype(np.float32)
+    labels = sitk.GetArrayViewFromImage(labelmap)[k, rows, columns]
+    low, high = np.percentile(image, [1, 99.5]) if image.size else (0.0, 1.0)
+    gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    for label in card["labels"]:
+        mask = labels == int(label["value"])
+        rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(label["color"], dtype=np.float32)
+    spacing = reference.GetSpacing()
+    heightMM, widthMM = rgb.shape[0] * spacing[1], rgb.shape[1] * spacing[0]
+    scale = QC_TILE / max(heightMM, widthMM, 1e-6)
+    height, width = max(1, int(round(heightMM * scale))), max(1, int(round(widthMM * scale)))
+    rowIndex = np.minimum((np.arange(height) / height * rgb.shape[0]).astype(int), rgb.shape[0] - 1)
+    columnIndex = np.minimum((np.arange(width) / width * rgb.shape[1]).astype(int), rgb.shape[1] - 1)
+    tile = np.zeros((QC_TILE, QC_TILE, 3), dtype=np.float32)
+    top, left = (QC_TILE - height) // 2, (QC_TILE - width) // 2
+    tile[top : top + height, left : left + width] = rgb[rowIndex][:, columnIndex]
+    return (tile * 255).astype(np.uint8)
+
+
+def _pngWriter(array: np.ndarray):
+    def write(path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plt.imsave(path, array, format="png")
+
+    return write
+
+
+def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -> None:
+    """Write a case's files into a hidden staging folder, then rename it to ``DIR/<case>`` whole.
+
+    ``write(folder)`` writes and verifies the files. A previous ``DIR/<case>`` (``--force``) is
+    replaced in one step; on any error or interruption the staging folder is removed.
+    """
+    from .volumes import signalsDeferred
+
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
+    try:
+        write(staging)
+        # mkdtemp makes the folder private; the case folder gets a plain mkdir's permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        final = os.path.join(outputDir, caseId)
+        with signalsDeferred():
+            old = None
+            if os.path.exists(final):
+                old = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
+                os.rmdir(old)
+                os.rename(final, old)
+            os.rename(staging, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) -> dict:
+    """Segment one case and write its files: the job contract of every batch engine.
+
+    Args:
+        case: the case (its ``error`` makes it fail at once).
+        loaded: the model, loaded once per worker.
+        prepared: what :func:`prepareCase` returned, when a prefetch thread already read it.
+
+    Returns:
+        the summary row: ``case``, ``status`` (ok / failed), ``message``, ``seconds``,
+        ``roi_size_mm``, ``volumes_cm3`` {label: cm³}, ``notes``.
+    """
+    from . import pipeline, statistics
+    from .outputs import stageSegmentation
+    from .volumes import StagedOutputs, textVerifier, writeTextFile
+
+    started = time.perf_counter()
+    row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
+    try:
+        card = loaded.card
+        images, roiImages, preparedInputs = prepared if prepared is not None else prepareCase(case, card, options)
+        result = pipeline.segmentPrepared(preparedInputs, loaded)
+        inputNames = [spec["name"] for spec in card["inputs"]]
+        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), regions=result.regions)
+        names = caseOutputNames(case.id, options.format)
+        document = {
+            **report,
+            "case": case.id,
+            "inputs": [{"name": name, "path": path, "channel": channel} for name, (path, channel) in zip(inputNames, case.inputs)],
+            "roi_series": list(case.roi),
+            "notes": list(case.notes),
+            "roi": result.roi.toDict(),
+            "model": {"path": os.path.abspath(options.modelPath), "name": card["name"], "sha256": options.modelSHA256},
+            "device": result.device,
+            "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
+        }
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "case": case.id,
+            "model": {"path": os.path.abspath(options.modelPath), "sha256": options.modelSHA256},
+            "inputs": inputSignature(case),
+            "outputs": sorted(names.values()),
+        }
+        tile = qcTile(images[0], result.labelmap, result.roi, card, result.regions)
+
+        def write(folder: str) -> None:
+            with StagedOutputs() as staged:
+                stageSegmentation(staged, result.labelmap, card["labels"], os.path.join(folder, names["segmentation"]), result.regions)
+                for key, text in (
+                    ("statistics_csv", statistics.statisticsCSV(report["segments"], inputNames, False)),
+                    ("statistics_json", statistics.statisticsJSON(document)),
+                    ("manifest", json.dumps(manifest, indent=2)),
+                ):
+                    writeTextFile(text, staged.stage(os.path.join(folder, names[key]), verify=textVerifier(text)))
+                _pngWriter(tile)(staged.stage(os.path.join(folder, names["qc"])))
+
+        writeCaseFolder(options.outputDir, case.id, write)
+        row.update(
+            status="ok",
+            roi_size_mm=[round(float(v), 3) for v in result.roi.sizeMM],
+            volumes_cm3={segment["name"]: round(segment["volume_cm3"], 6) for segment in report["segments"]},
+        )
+    except MedSegUNetError as error:
+        row["message"] = firstLine(error)
+    except MemoryError:
+        row["message"] = "out of memory: use a smaller sw_batch_size or patch_size, fewer --workers, or --device cpu"
+    except Exception as error:  # one case's bug must not stop the cohort; the row says what it was
+        row["message"] = f"internal error: {type(error).__name__}: {firstLine(error)}"
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+def skippedRow(case: CaseSpec, options: BatchOptions) -> dict:
+    """The summary row of a case whose outputs are complete (read back from its statistics)."""
+    path = os.path.join(options.outputDir, case.id, caseOutputNames(case.id, options.format)["statistics_json"])
+    with open(path, encoding="utf-8") as stream:
+        report = json.load(stream)
+    return {
+        "case": case.id,
+        "status": "skipped",
+        "message": "outputs complete, same model and inputs (use --force to redo)",
+        "seconds": 0.0,
+        "roi_size_mm": report.get("roi", {}).get("size_mm"),
+        "volumes_cm3": {segment["name"]: segment["volume_cm3"] for segment in report.get("segments", [])},
+        "notes": report.get("notes", []),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Local engine: worker processes that keep the model
+# ---------------------------------------------------------------------------------------------
+
+
+def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, device: str, tasks, results) -> None:
+    """A worker process: load the model once, then take cases until told to stop.
+
+    The next case is read and prepared on a thread while the network runs on the current one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Ctrl-C reaches the whole process group; the parent decides, and ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.simplefilter("ignore", category)
+    import torch
+
+    from .modelcard import loadModel
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    try:
+        loaded = loadModel(options.modelPath, device)
+    except MedSegUNetError as error:
+        results.put(("fatal", workerId, firstLine(error)))
+        return
+    card = loaded.card
+
+    def prepare(index: int):
+        return prepareCase(cases[index], card, options)
+
+    pending: list = []
+    stopping = False
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        while True:
+            if not pending:
+                if stopping:
+                    break
+                index = tasks.get()
+                if index is None:
+                    break
+                results.put(("took", workerId, index))
+                pending.append((index, pool.submit(prepare, index)))
+            if len(pending) < 2 and not stopping:
+                try:
+                    following = tasks.get(timeout=0.01)
+                except queue.Empty:
+                    following = -1
+                if following is None:
+                    stopping = True
+                elif following >= 0:
+                    results.put(("took", workerId, following))
+                    pending.append((following, pool.submit(prepare, following)))
+            index, future = pending.pop(0)
+            try:
+                prepared = future.result()
+            except BaseException:  # noqa: BLE001 - processCase reports the same error as a row
+                prepared = None
+            row = processCase(cases[index], loaded, options, prepared)
+            results.put(("done", workerId, index, row))
+
+
+def _deathMessage(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
+        why = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"the worker process was killed by {name}{why}"
+    return f"the worker process ended with status {exitcode}"
+
+
+def gpuCount() -> int:
+    """GPUs visible to this machine, without importing torch in this process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    executable = shutil.which("nvidia-smi")
+    if not executable:
+        return 0
+    import subprocess
+
+    try:
+        done = subprocess.run([executable, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU "))
+
+
+def workerDevices(device: str, workers: int | None) -> list[str]:
+    """The device of each worker: one per GPU by default (``cuda:k``), else one CPU worker."""
+    gpus = gpuCount() if device in ("auto", "cuda") else 0
+    if device == "cuda" and gpus == 0:
+        raise MedSegUNetError("CUDA was asked for but no NVIDIA GPU is visible: use --device cpu or auto.")
+    count = workers or max(gpus, 1)
+    if gpus and device in ("auto", "cuda"):
+        return [f"cuda:{index % gpus}" for index in range(count)]
+    return ["cpu" if device == "auto" else device] * count
+
+
+def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None]) -> None:
+    """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends.
+
+    A dead worker is replaced and its unfinished cases are tried once more.
+    """
+    context = multiprocessing.get_context("spawn")
+    tasks, results = context.Queue(), context.Queue()
+    for index in todo:
+        tasks.put(index)
+    attempts = {index: 0 for index in todo}
+    remaining = set(todo)
+    workers: dict[int, tuple] = {}
+    held: dict[int, set[int]] = {}
+    nextId = 0
+
+    def start(device: str) -> None:
+        nonlocal nextId
+        process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, results), daemon=True)
+        process.start()
+        workers[nextId] = (process, device)
+        held[nextId] = set()
+        nextId += 1
+
+    for device in devices[: max(1, min(len(devices), len(todo)))]:
+        start(device)
+    try:
+        while remaining:
+            try:
+                message = results.get(timeout=0.5)
+            except queue.Empty:
+                message = None
+            if message is not None:
+                kind, workerId = message[0], message[1]
+                if kind == "took":
+                    held[workerId].add(message[2])
+                elif kind == "done":
+                    index, row = message[2], message[3]
+                    held[workerId].discard(index)
+                    if index in remaining:
+                        remaining.discard(index)
+                        row["attempts"] = attempts[index] + 1
+                        onRow(index, row)
+                elif kind == "fatal":
+                    raise MedSegUNetError(message[2])
+                continue
+            for workerId, (process, device) in list(workers.items()):
+                if process.is_alive():
+                    continue
+                # Drain what it said before dying, so finished cases are not retried.
+                lost = held.pop(workerId) & remaining
+                del workers[workerId]
+                if not lost and not remaining:
+                    continue
+                why = _deathMessage(process.exitcode)
+                for index in sorted(lost):
+                    attempts[index] += 1
+                    if attempts[index] > 1:
+                        remaining.discard(index)
+                        onRow(index, {"case": cases[index].id, "status": "failed", "message": f"{why}, twice", "seconds": 0.0,
+                                      "roi_size_mm": None, "volumes_cm3": {}, "notes": list(cases[index].notes), "attempts": attempts[index]})
+                    else:
+                        tasks.put(index)
+                if remaining:
+                    start(device)
+    finally:
+        for _ in workers:
+            tasks.put(None)
+        deadline = time.monotonic() + 5
+        for process, _ in workers.values():
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        for queueObject in (tasks, results):
+            queueObject.cancel_join_thread()
+            queueObject.close()
+        sweepStaging(options.outputDir)
+
+
+def sweepStaging(outputDir: str) -> None:
+    """Remove staging folders that killed workers left (never a finished case's folder)."""
+    if not os.path.isdir(outputDir):
+        return
+    for entry in os.scandir(outputDir):
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary and QC montage
+# ---------------------------------------------------------------------------------------------
+
+
+def summaryCSV(rows: Sequence[dict], card: dict) -> str:
+    """One row per case: status, message, ROI size (mm), volume per label (cm³), seconds, notes."""
+    labels = [label["name"] for label in card["labels"]]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", "status", "message", "roi_size_i_mm", "roi_size_j_mm", "roi_size_k_mm", *[f"volume_cm3 ({name})" for name in labels], "seconds", "attempts", "notes"])
+    for row in rows:
+        size = row.get("roi_size_mm") or [None, None, None]
+        volumes = row.get("volumes_cm3") or {}
+        cells = [row["case"], row["status"], row.get("message", ""), *size, *[volumes.get(name) for name in labels], row.get("seconds"), row.get("attempts", ""), "; ".join(row.get("notes") or [])]
+        writer.writerow(["" if cell is None else (f"{cell:.6g}" if isinstance(cell, float) else cell) for cell in cells])
+    return buffer.getvalue()
+
+
+def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str) -> None:
+    """A page of QC tiles, one per case, captioned with the case and its status."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(10, max(1, len(rows)))
+    lines = int(np.ceil(len(rows) / columns))
+    figure, axes = plt.subplots(lines, columns, figsize=(1.6 * columns, 1.8 * lines), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, row in zip(axes.ravel(), rows):
+        tilePath = os.path.join(options.outputDir, row["case"], caseOutputNames(row["case"], options.format)["qc"])
+        if row["status"] in ("ok", "skipped") and os.path.isfile(tilePath):
+            axis.imshow(plt.imread(tilePath))
+        else:
+            axis.imshow(np.full((QC_TILE, QC_TILE, 3), (0.55, 0.1, 0.1)))
+            axis.text(QC_TILE / 2, QC_TILE / 2, "failed", color="white", ha="center", va="center", fontsize=9)
+        axis.set_title(f"{row['case'][:18]}\n{row['status']}", fontsize=7, color="black" if row["status"] != "failed" else "darkred")
+    figure.tight_layout()
+    try:
+        figure.savefig(path, dpi=80, format="png")
+    finally:
+        plt.close(figure)
+
+
+def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) -> list[str]:
+    """``summary.csv`` and the QC montage (``qc.png``, then ``qc-002.png`` … past 400 cases), together."""
+    from .volumes import StagedOutputs, textVerifier, writeTextFile
+
+    written = []
+    with StagedOutputs() as staged:
+        text = summaryCSV(rows, card)
+        path = os.path.join(options.outputDir, "summary.csv")
+        writeTextFile(text, staged.stage(path, verify=textVerifier(text)))
+        written.append(path)
+        for page, start in enumerate(range(0, len(rows), QC_TILES_PER_PAGE)):
+            path = os.path.join(options.outputDir, "qc.png" if page == 0 else f"qc-{page + 1:03d}.png")
+            writeMontage(rows[start : start + QC_TILES_PER_PAGE], options, staged.stage(path))
+            written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def addParser(subparsers) -> None:
+    """Register ``medsegunet batch``."""
+    from .cli import DEVICES
+
+    parser = subparsers.add_parser(
+        "batch",
+        help="segment a cohort: a folder of cases, a CSV or a Decathlon dataset.json",
+        description="Segment every case of a cohort with one model loaded once per worker. Writes DIR/<case>/ (segmentation, "
+        "statistics, QC tile, manifest), DIR/summary.csv and DIR/qc.png. A failing case is recorded and the rest go on; "
+        "exit status 1 when any case failed. A rerun skips cases whose outputs are complete and made by the same model from the same inputs.",
+    )
+    parser.add_argument("--model", required=True, metavar="MODEL", help="TorchScript model with a MedSegUNet card")
+    parser.add_argument("--cases", required=True, metavar="SOURCE", help="folder of case folders, a CSV (case, one column per input, roi… columns) or dataset.json")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing; on a cluster, a path every node can write)")
+    parser.add_argument("--format", default="seg.nrrd", choices=list(FORMATS), help="segmentation file format (default seg.nrrd)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: one per GPU, or one on the CPU)")
+    parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local worker processes, or Ray actors (pip install -e '.[ray]')")
+    parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
+    parser.add_argument("--force", action="store_true", help="redo cases whose outputs are already complete")
+    parser.add_argument("--dry-run", action="store_true", help="print the case × role → series table and change nothing")
+    parser.add_argument("--resample-irregular", action="store_true", help="resample DICOM series with irregular slices instead of failing those cases")
+    parser.set_defaults(func=run)
+
+
+def dryRunTable(cases: Sequence[CaseSpec], card: dict) -> str:
+    """The case × role → series table that ``--dry-run`` prints."""
+    from .seriesmatch import rolesOfCard
+
+    roles = [role.name if role.kind == "input" else f"ROI {role.name}" for role in rolesOfCard(card)]
+    lines = ["\t".join(["case", *roles, "status"])]
+    for case in cases:
+        cells = [case.series.get(role, "-") for role in roles]
+        status = f"error: {case.error}" if case.error else ("; ".join(case.notes) or "ok")
+        lines.append("\t".join([case.id, *cells, status]))
+    return "\n".join(lines) + "\n"
+
+
+def run(args, console) -> int:
+    """``medsegunet batch``: returns 0 when every case succeeded, 1 when some failed."""
+    from .console import CaseProgress
+    from .modelcard import readCard
+    from .volumes import checkDistinctPaths, sha256
+
+    if args.workers is not None and args.workers < 1:
+        raise MedSegUNetError("--workers must be 1 or more.")
+    if args.ray_address and args.engine != "ray":
+        raise MedSegUNetError("--ray-address needs --engine ray.")
+    card = readCard(args.model)
+    cases = casesFromSource(args.cases, card)
+    if args.dry_run:
+        sys.stdout.write(dryRunTable(cases, card))
+        return 0 if not any(case.error for case in cases) else 1
+    checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"]})
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise MedSegUNetError(f"--output '{args.output}' is a file: give a folder.")
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as error:
+        from .errors import osErrorMessage
+
+        raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
+    sweepStaging(args.output)
+    devices = workerDevices(args.device, args.workers) if args.engine == "local" else []
+    threads = max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
+    options = BatchOptions(
+        modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), outputDir=os.path.abspath(args.output), format=args.format,
+        device=args.device, resampleIrregular=args.resample_irregular, threads=threads,
+    )
+    rows: dict[int, dict] = {}
+    progress = CaseProgress(len(cases), quiet=args.quiet)
+    todo = []
+    for index, case in enumerate(cases):
+        if case.error:
+            rows[index] = {"case": case.id, "status": "failed", "message": case.error, "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": case.notes}
+            progress.update(rows[index])
+        elif not args.force and isCaseComplete(case, options):
+            rows[index] = skippedRow(case, options)
+            progress.update(rows[index])
+        else:
+            todo.append(index)
+
+    def onRow(index: int, row: dict) -> None:
+        rows[index] = row
+        progress.update(row)
+
+    started = time.perf_counter()
+    try:
+        if todo and args.engine == "ray":
+            from .raybatch import runRay
+
+            runRay(cases, todo, options, args.ray_address, args.workers, onRow)
+        elif todo:
+            runLocal(cases, todo, options, devices, onRow)
+    except (Interrupted, KeyboardInterrupt) as error:
+        progress.close()
+        done = sum(1 for row in rows.values() if row["status"] == "ok")
+        error.kept = f"{done} case(s) finished in this run are kept whole in {args.output}; rerun the same command to do the rest"  # type: ignore[attr-defined]
+        raise
+    progress.close()
+    ordered = [rows[index] for index in range(len(cases))]
+    written = writeCohortFiles(ordered, card, options)
+    counts = {status: sum(1 for row in ordered if row["status"] == status) for status in ("ok", "skipped", "failed")}
+    console.line(f"Wrote {', '.join(written)} in {time.perf_counter() - started:.1f} s")
+    console.line(f"{len(ordered)} cases: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")
+    if counts["failed"]:
+        for row in ordered:
+            if row["status"] == "failed":
+                sys.stderr.write(f"medsegunet: case {row['case']} failed: {row['message']}\n")
+        sys.stderr.write(f"medsegunet: {counts['failed']} of {len(ordered)} cases failed (see {os.path.join(args.output, 'summary.csv')}).\n")
+        return 1
+    return 0

@@ -1,0 +1,252 @@
+"""``medsegunet batch``: series matching, a real cohort on local workers and on Ray, resume, faults.
+
+The cohort is the two real ProstateX studies (linked into a temporary folder), an oblique phantom
+study of NRRD files named by series, and a broken study. The model is a known-answer threshold
+model whose card asks for the axial T2 and limits the ROI with the sagittal and coronal T2, so
+every case's labels can be compared with ``segment`` on the same series.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import PROSTATEX_0000_ROI, requireSharedData
+from MedSegUNetLib import cli, phantoms
+from MedSegUNetLib.batch import casesFromSource, dryRunTable
+from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib.seriesmatch import SeriesCandidate, matchSeries, words
+from MedSegUNetLib.errors import MedSegUNetError
+
+LEVEL = 400.0
+LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
+
+
+def command() -> list[str]:
+    executable = shutil.which("medsegunet")
+    return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Series matching
+
+
+def candidate(name: str, plane: str | None = None) -> SeriesCandidate:
+    return SeriesCandidate(path=f"/study/{name}", name=name, words=words(name), plane=plane)
+
+
+PROSTATE_CARD = {"inputs": [{"name": "T2", "match": ["t2", "tra"]}], "roi": {"from_series": ["t2 sag", "t2 cor"]}}
+BRAIN_CARD = {"inputs": [{"name": "T1", "match": ["t1"]}, {"name": "T1c", "match": ["t1c", "t1ce", "contrast"]},
+                         {"name": "T2", "match": ["t2"]}, {"name": "FLAIR", "match": ["flair", "fla", "t2f"]}]}
+
+
+# [parameters (card), input (series: name and measured plane), expected (inputs, ROI series, or the error's words)]
+MATCH_CASES = [
+    pytest.param(PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_sag", "sag"), ("t2_tse_cor", "cor"), ("ep2d_diff_tra_ADC", "tra")],
+                 (["t2_tse_tra"], ["t2_tse_sag", "t2_tse_cor"]), id="prostatex-descriptions"),
+    pytest.param(PROSTATE_CARD, [("4-t2tsetra", "tra"), ("3-t2tsesag", "sag"), ("5-t2tsecor", "cor")],
+                 (["4-t2tsetra"], ["3-t2tsesag", "5-t2tsecor"]), id="prostatex-folder-names"),
+    pytest.param(PROSTATE_CARD, [("T2 axial", "tra"), ("T2 sagittal", "sag"), ("T2 coronal", "cor")],
+                 (["T2 axial"], ["T2 sagittal", "T2 coronal"]), id="plain-words"),
+    # A series named "tra" but acquired sagittally is not the axial T2, whatever its name says.
+    pytest.param(PROSTATE_CARD, [("t2_tra", "sag"), ("t2_tra_2", "tra"), ("t2_cor", "cor")], (["t2_tra_2"], ["t2_tra", "t2_cor"]), id="plane-beats-name"),
+    pytest.param(PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_tra_repeat", "tra")], "several series match equally", id="ambiguous-repeat"),
+    pytest.param(PROSTATE_CARD, [("t1_vibe", "tra"), ("dwi", "tra")], "no series matches", id="missing-input"),
+    pytest.param(PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_sag", "sag")], (["t2_tse_tra"], ["t2_tse_sag"]), id="missing-roi-series-runs"),
+    pytest.param(BRAIN_CARD, [("BraTS-t1n", "tra"), ("BraTS-t1c", "tra"), ("BraTS-t2w", "tra"), ("BraTS-t2f", "tra")],
+                 (["BraTS-t1n", "BraTS-t1c", "BraTS-t2w", "BraTS-t2f"], []), id="brats-2023-names"),
+    pytest.param(BRAIN_CARD, [("t1", None), ("t1c", None), ("t2", None), ("flair", None)], (["t1", "t1c", "t2", "flair"], []), id="tcga-names-no-plane"),
+]
+
+
+@pytest.mark.parametrize("card, series, expected", MATCH_CASES)
+def test_series_matching(card, series, expected):
+    candidates = [candidate(name, plane) for name, plane in series]
+    if isinstance(expected, str):
+        with pytest.raises(MedSegUNetError) as error:
+            matchSeries(card, candidates, "case7")
+        message = str(error.value)
+        assert expected in message and "case7" in message and "\n" not in message
+        for name, _ in series:
+            assert name in message  # the line names the candidates
+        return
+    match = matchSeries(card, candidates)
+    assert [c.name for c in match.inputs] == expected[0]
+    assert [c.name for c in match.roi] == expected[1]
+    assert len(match.notes) == len(card.get("roi", {}).get("from_series", [])) - len(expected[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# A cohort
+
+
+def _orientedPhantom(folder, name: str, direction: np.ndarray) -> None:
+    grid = phantoms.makeGrid((40, 36, 12), (1.0, 1.0, 3.0), direction, (0.0, 0.0, 0.0))
+    sitk.WriteImage(phantoms.paintSpheres(grid, [((2.0, 1.0, 0.0), 9.0, 1000.0), ((-8.0, 0.0, 3.0), 4.0, 600.0)]), str(folder / f"{name}.nrrd"))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Four studies: ProstateX-0000 and -0001 (links), an oblique phantom of NRRD files, a broken one."""
+    root = tmp_path_factory.mktemp("cohort")
+    cases = root / "cases"
+    cases.mkdir()
+    for name in ("ProstateX-0000", "ProstateX-0001"):
+        os.symlink(requireSharedData("prostatex", name), cases / name)
+    phantom = cases / "phantom"
+    phantom.mkdir()
+    tilt = phantoms.rotationMatrix((1, 1, 0), 10)
+    # Columns are the i, j, k axes in LPS; k is the slice normal: S (axial), L (sagittal), P (coronal).
+    _orientedPhantom(phantom, "t2_tra", tilt @ np.eye(3))
+    _orientedPhantom(phantom, "t2_sag", tilt @ np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], dtype=float))
+    _orientedPhantom(phantom, "t2_cor", tilt @ np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=float) @ np.diag([1, 1, -1]))
+    broken = cases / "broken"
+    broken.mkdir()
+    (broken / "t2_tra.nrrd").write_text("not an image")
+    card = phantoms.thresholdCard(LABELS, inputs=("T2",), patchSize=(96, 96, 16))
+    card["inputs"][0]["match"] = ["t2", "tra"]
+    card["roi"] = {"from_series": ["t2 sag", "t2 cor"]}
+    model = root / "threshold.pt"
+    saveModel(phantoms.thresholdModule((LEVEL,)), card, model)
+    return {"root": root, "cases": cases, "model": str(model), "card": card}
+
+
+def readLabels(path) -> np.ndarray:
+    import slicerio
+
+    segmentation = slicerio.read_segmentation(str(path))
+    return segmentation["voxels"]
+
+
+def test_dry_run_prints_the_table_and_changes_nothing(capsys, cohort, tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), "--dry-run"])
+    captured = capsys.readouterr()
+    # Every case has its input: the broken file is named like an axial T2 (it fails when read).
+    assert code == 0
+    lines = [line.split("\t") for line in captured.out.strip().splitlines()]
+    assert lines[0] == ["case", "T2", "ROI t2 sag", "ROI t2 cor", "status"]
+    table = {line[0]: line for line in lines[1:]}
+    assert table["ProstateX-0000"][1].endswith("4-t2tsetra") and table["ProstateX-0000"][2].endswith("3-t2tsesag")
+    assert table["phantom"][1:4] == [str(cohort["cases"] / "phantom" / f"t2_{p}.nrrd") for p in ("tra", "sag", "cor")]
+    assert table["broken"][1].endswith("t2_tra.nrrd") and "ROI series 't2 sag': no series matches" in table["broken"][4]
+    assert not out.exists()
+
+
+def test_cohort_on_local_workers(capsys, cohort, tmp_path):
+    out = tmp_path / "out"
+    argv = ["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), "--device", "cpu"]
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    errors = captured.err.strip().splitlines()
+    assert errors[-1].startswith("medsegunet: 1 of 4 cases failed") and "broken" in errors[0]
+    assert captured.out.strip().splitlines()[-1] == "4 cases: 3 ok, 0 skipped, 1 failed"
+    assert sorted(os.listdir(out)) == ["ProstateX-0000", "ProstateX-0001", "phantom", "qc.png", "summary.csv"]
+    with open(out / "summary.csv", newline="") as stream:
+        rows = {row["case"]: row for row in csv.DictReader(stream)}
+    assert rows["broken"]["status"] == "failed" and "Cannot read volume" in rows["broken"]["message"]
+    assert {rows[c]["status"] for c in ("ProstateX-0000", "ProstateX-0001", "phantom")} == {"ok"}
+    assert float(rows["ProstateX-0000"]["roi_size_i_mm"]) == pytest.approx(137 * 0.5)
+
+    # Each case equals 'segment' on the same series.
+    for case, (tra, sag, cor) in {
+        "ProstateX-0000": ("4-t2tsetra", "3-t2tsesag", "5-t2tsecor"),
+        "phantom": ("t2_tra.nrrd", "t2_sag.nrrd", "t2_cor.nrrd"),
+    }.items():
+        folder = cohort["cases"] / case
+        single = tmp_path / f"{case}.seg.nrrd"
+        assert cli.main(["segment", "-q", "--model", cohort["model"], str(folder / tra), "--roi-from", str(folder / sag), str(folder / cor), "--output", str(single)]) == 0
+        np.testing.assert_array_equal(readLabels(out / case / f"{case}.seg.nrrd"), readLabels(single))
+        report = json.loads((out / case / f"{case}-statistics.json").read_text())
+        assert report["roi"]["volumes"][1:] == [os.path.splitext(sag)[0], os.path.splitext(cor)[0]]
+        assert sorted(os.listdir(out / case)) == sorted([f"{case}.seg.nrrd", f"{case}-statistics.csv", f"{case}-statistics.json", f"{case}-qc.png", "manifest.json"])
+    capsys.readouterr()
+    report = json.loads((out / "ProstateX-0000" / "ProstateX-0000-statistics.json").read_text())
+    assert report["roi"]["ijk_min"] == list(PROSTATEX_0000_ROI[0]) and report["roi"]["ijk_max"] == list(PROSTATEX_0000_ROI[1])
+
+    # A rerun skips the finished cases (same model, same inputs); --force redoes them.
+    before = (out / "phantom" / "manifest.json").stat().st_mtime_ns
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "4 cases: 0 ok, 3 skipped, 1 failed"
+    assert (out / "phantom" / "manifest.json").stat().st_mtime_ns == before
+    with open(out / "summary.csv", newline="") as stream:
+        rows = {row["case"]: row for row in csv.DictReader(stream)}
+    assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != ""
+    assert cli.main([*argv, "--force", "-q"]) == 1
+    assert (out / "phantom" / "manifest.json").stat().st_mtime_ns != before
+    assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
+
+
+def test_cohort_on_ray_gives_identical_labels(capsys, cohort, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    cases = str(cohort["cases"])
+    assert cli.main(["batch", "-q", "--model", cohort["model"], "--cases", cases, "--output", str(local), "--device", "cpu"]) == 1
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert cli.main(["batch", "-q", "--model", cohort["model"], "--cases", cases, "--output", str(remote), "--engine", "ray", "--workers", "2", "--device", "cpu"]) == 1
+    finally:
+        ray.shutdown()
+    capsys.readouterr()
+    for case in ("ProstateX-0000", "ProstateX-0001", "phantom"):
+        np.testing.assert_array_equal(readLabels(remote / case / f"{case}.seg.nrrd"), readLabels(local / case / f"{case}.seg.nrrd"))
+    with open(remote / "summary.csv", newline="") as stream:
+        assert [row["status"] for row in csv.DictReader(stream)] == ["ok", "ok", "failed", "ok"]
+
+
+def test_ray_missing_is_one_line(capsys, cohort, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the extra sees
+    code = cli.main(["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(tmp_path / "o"), "--engine", "ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and 'pip install -e ".[ray]"' in err[0]
+
+
+def test_csv_and_decathlon_sources(tmp_path, cohort):
+    phantom = cohort["cases"] / "phantom"
+    table = tmp_path / "cases.csv"
+    table.write_text(f"case,T2,roi_sag,roi_cor\nP1,{phantom / 't2_tra.nrrd'},{phantom / 't2_sag.nrrd'},\n")
+    (case,) = casesFromSource(str(table), cohort["card"])
+    assert case.inputs == [(str(phantom / "t2_tra.nrrd"), None)] and case.roi == [str(phantom / "t2_sag.nrrd")]
+    decathlon = tmp_path / "msd"
+    (decathlon / "imagesTs").mkdir(parents=True)
+    shutil.copy(phantom / "t2_tra.nrrd", decathlon / "imagesTs" / "s1.nrrd")
+    (decathlon / "dataset.json").write_text(json.dumps({"modality": {"0": "T2"}, "test": ["./imagesTs/s1.nrrd"]}))
+    (case,) = casesFromSource(str(decathlon), cohort["card"])
+    assert case.id == "s1" and case.inputs == [(str(decathlon / "imagesTs" / "s1.nrrd"), None)]
+    assert "s1" in dryRunTable([case], cohort["card"])
+    with pytest.raises(MedSegUNetError, match="lacks column"):
+        (tmp_path / "bad.csv").write_text("case,ADC\nx,y\n")
+        casesFromSource(str(tmp_path / "bad.csv"), cohort["card"])
+
+
+def test_sigterm_leaves_no_partial_case(cohort, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [*command(), "batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), "--device", "cpu"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (out.exists() and any(n.startswith(".medsegunet-case-") for n in os.listdir(out))):
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode in (0, 1):
+        pytest.skip("the run ended before a case was being written")
+    assert process.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medsegunet: terminated;") and "kept whole" in lines[0], stderr
+    for entry in os.listdir(out):
+        assert not entry.startswith(".medsegunet")
+        # Every case folder that exists is complete.
+        assert (out / entry / "manifest.json").is_file()
