@@ -250,3 +250,86 @@ def test_sigterm_leaves_no_partial_case(cohort, tmp_path):
         assert not entry.startswith(".medsegunet")
         # Every case folder that exists is complete.
         assert (out / entry / "manifest.json").is_file()
+
+
+def _slowThresholdModel(path, card) -> str:
+    """The threshold model, made slow (seconds per window) by work whose result it discards."""
+    import torch
+
+    class SlowThreshold(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = phantoms.thresholdModule((LEVEL,))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            weight = torch.ones(384, 384) / 384.0
+            busy = torch.ones(384, 384)
+            for _ in range(3000):
+                busy = busy @ weight
+            return self.inner(x) + 0.0 * busy.mean()
+
+    saveModel(torch.jit.script(SlowThreshold()), card, path)
+    return str(path)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as stream:
+            return [int(v) for v in stream.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker process through /proc")
+def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
+    model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(out), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    worker, deadline = None, time.monotonic() + 120
+    while worker is None and time.monotonic() < deadline:
+        for child in _children(process.pid):
+            try:
+                cmdline = open(f"/proc/{child}/cmdline").read()
+                maps = open(f"/proc/{child}/maps").read()
+            except OSError:
+                continue
+            if "spawn_main" in cmdline and "libtorch_cpu" in maps:
+                worker = child
+        time.sleep(0.05)
+    assert worker is not None, "no worker process with torch loaded appeared"
+    time.sleep(2.0)  # the model is loaded and the case taken; the network runs for several seconds
+    os.kill(worker, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    with open(out / "summary.csv", newline="") as stream:
+        (row,) = list(csv.DictReader(stream))
+    assert row["status"] == "ok" and row["attempts"] == "2"
+    assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
+
+
+def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
+    """The README's two batch commands: two real studies linked into a folder, the prostate zones model."""
+    cohortFolder = tmp_path / "cohort"
+    cohortFolder.mkdir()
+    for name in ("ProstateX-0000", "ProstateX-0001"):
+        os.symlink(requireSharedData("prostatex", name), cohortFolder / name)
+    model = str(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+    out = tmp_path / "cohort-output"
+    assert cli.main(["batch", "--model", model, "--cases", str(cohortFolder), "--output", str(out), "--dry-run"]) == 0
+    table = capsys.readouterr().out
+    assert "ProstateX-0001\t" in table and "10-t2tsetra" in table and not out.exists()
+    assert cli.main(["batch", "--model", model, "--cases", str(cohortFolder), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "2 cases: 2 ok, 0 skipped, 0 failed"
+    with open(out / "summary.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    # The demonstration model's zones on its two cases: a few to a few tens of cm3 each.
+    for row in rows:
+        assert 5 < float(row["volume_cm3 (peripheral zone)"]) < 40 and 5 < float(row["volume_cm3 (transition zone)"]) < 40
+    assert (out / "qc.png").stat().st_size > 10_000

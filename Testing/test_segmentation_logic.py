@@ -465,6 +465,14 @@ def test_batch_example_segments_a_folder_of_cases(tmp_path, phantom_data):
     result = batch.segmentCase(scene, SegmentationLogic(scene), phantom_data["modelPath"], card, str(case))
     assert result.roi.ijkMin.tolist() == [0, 5, 1] and result.roi.ijkMax.tolist() == [36, 37, 13]
     assert tableColumn(result.statisticsTableNode, "Number of voxels [voxels]") == [1633.0, 178.0]
+    # The same matcher and summary as 'medsegunet batch': the same series, the same columns.
+    from MedSegUNetLib.batch import casesFromSource, summaryCSV
+
+    (spec,) = casesFromSource(str(tmp_path / "cases"), card)
+    assert spec.inputs == [(str(case / "t2-axial.nrrd"), None)] and spec.roi == [str(case / "t2-sagittal.nrrd"), str(case / "t2-coronal.nrrd")]
+    row = batch.summaryRow("case-001", result, seconds=1.0)
+    lines = summaryCSV([row], card).splitlines()
+    assert lines[0].startswith("case,status,message,roi_size_i_mm") and lines[1].startswith("case-001,ok,,")
 
 
 def test_left_handed_reference_gives_a_proper_roi_box(a_scene, tmp_path):

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import ijkToLPSFromImage
+from .geometry import boundingBox, ijkToLPSFromImage
 from .errors import firstLine
 from .volumes import StagedOutputs, checkOutputPath, imageVerifier, pathSuffix, writeImageFile
 
@@ -45,10 +45,9 @@ def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict], regions: np.n
             "labelValue": value,
             "layer": layerOf[value],
         }
-        mask = masks[value]
-        if mask.any():
-            nonzero = np.nonzero(mask)
-            segment["extent"] = [int(v) for axis in nonzero for v in (axis.min(), axis.max())]
+        box = boundingBox(masks[value])
+        if box is not None:
+            segment["extent"] = [int(v) for axis in range(3) for v in (box[0][axis], box[1][axis])]
         segments.append(segment)
     return {
         "voxels": voxels,

@@ -180,12 +180,18 @@ def probabilitiesToLabels(
     best = np.full(shape, -1.0, dtype=np.float32) if softmax else None
     regions = None if softmax else np.zeros((len(values), *shape), dtype=bool)
     channelValues = [0, *values] if softmax else values
+    # The usual card keeps the reference's grid: the probabilities are then read in place (a KJI
+    # view of the IJK array), without an image copy per class.
+    sameGrid = preprocessing.sameGrid(modelGrid, roiGrid)
     for index, value in enumerate(channelValues):
         if progress is not None:
             progress.checkCancel()
             progress.within(index / len(channelValues), f"Resampling class {index + 1} of {len(channelValues)}")
-        channel = preprocessing.resampleOnto(preprocessing.ijkToImage(probabilities[index], modelGrid), roiGrid)
-        channelArray = sitk.GetArrayViewFromImage(channel)
+        if sameGrid:
+            channelArray = probabilities[index].transpose(2, 1, 0)
+        else:
+            channel = preprocessing.resampleOnto(preprocessing.ijkToImage(probabilities[index], modelGrid), roiGrid)
+            channelArray = sitk.GetArrayViewFromImage(channel)
         if softmax:
             better = channelArray > best
             best[better] = channelArray[better]

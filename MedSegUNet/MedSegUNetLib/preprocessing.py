@@ -83,8 +83,12 @@ def resampleOnto(
         # Within the tolerance the voxels are the same; the copy takes the target's geometry, so
         # that ITK filters combining it with the grid's images (which check the physical space to
         # 1e-6) accept it, e.g. a float32 NIfTI header micrometres off the reference.
-        same = sitk.Cast(image, pixelType) if image.GetPixelID() != pixelType else sitk.Image(image)
-        same.CopyInformation(grid)
+        same = sitk.Cast(image, pixelType) if image.GetPixelID() != pixelType else image
+        exact = same.GetOrigin() == grid.GetOrigin() and same.GetSpacing() == grid.GetSpacing() and same.GetDirection() == grid.GetDirection()
+        if not exact:
+            # A copy (changing the geometry of a shared SimpleITK image copies its voxels anyway).
+            same = sitk.Image(same)
+            same.CopyInformation(grid)
         return same
     return sitk.Resample(image, grid, sitk.Transform(), interpolator, defaultValue, pixelType)
 

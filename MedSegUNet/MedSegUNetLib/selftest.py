@@ -70,6 +70,9 @@ def makeSelfTestData(directory: str | os.PathLike) -> dict:
 
     card = phantoms.thresholdCard(LABELS, inputs=(INPUT_NAME,))
     card["name"] = "MedSegUNet self-test threshold model"
+    # Words that pick the phantoms by name, as a cohort's series are picked (seriesmatch).
+    card["inputs"][0]["match"] = ["t2", "axial"]
+    card["roi"] = {"from_series": ["t2 sagittal", "t2 coronal"]}
     modelPath = phantoms.writeThresholdModel(os.path.join(os.fspath(directory), "selftest-threshold.pt"), THRESHOLDS, card)
     return {"images": images, "modelPath": modelPath, "expectedROI": expectedROI, "expectedLabels": expected, "card": card}
 
