@@ -496,3 +496,33 @@ def test_left_handed_reference_gives_a_proper_roi_box(a_scene, tmp_path):
     expected[box] = sitk.GetArrayViewFromImage(painted)[box] > 0.5
     assert expected.any()
     np.testing.assert_array_equal(labels == 1, expected)
+
+
+def test_suggestions_never_raise_on_odd_nodes(a_scene, phantom_data):
+    """A reference without image data, or under a non-linear transform, gives no suggestion, not an error."""
+    from MedSegUNetLib.SegmentationLogic import suggestInputVolumes, suggestROIVolumes
+
+    nodes = addPhantoms(a_scene, phantom_data)
+    empty = slicer.vtkMRMLScalarVolumeNode()
+    empty.SetName("T2 axial empty")
+    a_scene.AddNode(empty)
+    card = phantom_data["card"]
+    assert suggestROIVolumes(empty, [empty, *nodes.values()], card) == []
+    warp = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point, shift in (((0, 0, 0), (0, 0, 0)), ((30, 0, 0), (0, 2, 0)), ((0, 30, 0), (1, 0, 0)), ((0, 0, 30), (0, 0, 0)), ((20, 20, 20), (2, 1, 0))):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(np.add(point, shift).tolist())
+    warp.SetSourceLandmarks(source)
+    warp.SetTargetLandmarks(target)
+    warp.SetBasisToR()
+    transform = slicer.vtkMRMLTransformNode()
+    a_scene.AddNode(transform)
+    transform.SetAndObserveTransformToParent(warp)
+    warped = nodes["T2 sagittal"]
+    warped.SetAndObserveTransformNodeID(transform.GetID())
+    reference = nodes[selftest.INPUT_NAME]
+    assert suggestROIVolumes(warped, list(nodes.values()), card) == []
+    # The warped series is simply not offered; the other one still is.
+    assert suggestROIVolumes(reference, [empty, *nodes.values()], card) == [nodes["T2 coronal"]]
+    assert suggestInputVolumes(card, [empty, *nodes.values()]) == [reference]

@@ -806,48 +806,57 @@ class SegmentationLogic:
 # ---------------------------------------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
-    import re
+def seriesCandidates(volumeNodes: Sequence) -> list:
+    """Scalar volume nodes as :class:`seriesmatch.SeriesCandidate` (name words, plane from world IJK-to-RAS).
 
-    return [word for word in re.split(r"[^0-9a-z]+", text.lower()) if word]
+    Nodes without image data or under a non-linear transform are left out; never raises.
+    """
+    from .seriesmatch import SeriesCandidate, planeOfDirection, words
+
+    candidates = []
+    for node in volumeNodes:
+        try:
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
+                continue
+            ijkToLPS = geometry.LPS_TO_RAS @ worldIJKToRAS(node)
+            axes = ijkToLPS[:3, :3] / np.linalg.norm(ijkToLPS[:3, :3], axis=0)
+            candidates.append(SeriesCandidate(node.GetID(), node.GetName(), words(node.GetName()), planeOfDirection(axes.ravel())))
+        except (MedSegUNetError, ValueError, ZeroDivisionError):
+            continue
+    return candidates
 
 
 def suggestInputVolumes(card: dict, volumeNodes: Sequence) -> list:
-    """Pre-fill one volume per card input by matching names.
+    """Pre-fill one volume per card input, with the series matcher ``medsegunet batch`` uses.
 
-    An input's ``match`` words (or the words of its name) are searched in the volume names,
-    case-insensitively; the volume with most matching words wins, each volume is used once.
+    An input's ``match`` words (or its name's) are scored against the volume names (whole words
+    count twice, parts of words once; a plane word requires that plane), each volume used once.
 
     Returns:
         one node (or None) per card input, in card order.
     """
-    chosen: list = []
-    used: set = set()
-    for spec in card["inputs"]:
-        words = [w for term in (spec.get("match") or [spec["name"]]) for w in _words(term)]
-        best, bestScore = None, 0
-        for node in volumeNodes:
-            if node.GetID() in used or node.IsA("vtkMRMLLabelMapVolumeNode"):
-                continue
-            nameWords = _words(node.GetName())
-            score = sum(1 for word in words if word in nameWords or any(word in n for n in nameWords))
-            if score > bestScore:
-                best, bestScore = node, score
-        if best is not None:
-            used.add(best.GetID())
-        chosen.append(best)
-    return chosen
+    from .seriesmatch import suggestSeries
+
+    byID = {node.GetID(): node for node in volumeNodes}
+    inputs, _ = suggestSeries(card, seriesCandidates(volumeNodes))
+    return [byID[candidate.path] if candidate is not None else None for candidate in inputs]
 
 
 def suggestROIVolumes(reference, candidates: Sequence, card: dict | None = None) -> list:
     """The extra series to pre-check for limiting the ROI: other series of the reference's study.
 
     A candidate is chosen when it overlaps the reference and either shares the reference's
-    subject-hierarchy study (DICOM loads) or its name matches the card's ``roi.from_series`` words.
+    subject-hierarchy study (DICOM loads) or the series matcher (:mod:`seriesmatch`, as
+    ``medsegunet batch``) picks it for one of the card's ``roi.from_series`` entries.
 
     Returns:
-        the chosen nodes, in candidate order.
+        the chosen nodes, in candidate order; empty for a reference without image data or under a
+        non-linear transform (never raises: it only pre-fills a list).
     """
+    from .seriesmatch import suggestSeries
+
+    if reference is None or reference.GetImageData() is None:
+        return []
     scene = reference.GetScene()
     shNode = scene.GetFirstNodeByClass("vtkMRMLSubjectHierarchyNode") if scene is not None else None
     study = None
@@ -855,22 +864,30 @@ def suggestROIVolumes(reference, candidates: Sequence, card: dict | None = None)
         item = shNode.GetItemByDataNode(reference)
         parent = shNode.GetItemParent(item) if item else 0
         study = parent if parent and parent != shNode.GetSceneItemID() else None
-    seriesWords = [w for term in ((card or {}).get("roi", {}).get("from_series") or []) for w in _words(term)]
-    referenceGeometry = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(reference), reference.GetImageData().GetDimensions(), reference.GetName())
-    chosen = []
+    try:
+        referenceGeometry = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(reference), reference.GetImageData().GetDimensions(), reference.GetName())
+    except MedSegUNetError:  # e.g. a reference under a non-linear transform
+        return []
+    overlapping = []
     for node in candidates:
-        if node is reference or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
-            continue
-        sameStudy = study is not None and shNode.GetItemParent(shNode.GetItemByDataNode(node)) == study
-        named = bool(seriesWords) and any(word in _words(node.GetName()) for word in seriesWords)
-        if not (sameStudy or named):
+        if node is reference or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
             continue
         try:
             candidate = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(node), node.GetImageData().GetDimensions(), node.GetName())
             geometry.computeROI(referenceGeometry, [candidate])
         except MedSegUNetError:
             continue
-        chosen.append(node)
+        overlapping.append(node)
+    named = set()
+    if card:
+        # Only series that overlap the reference compete for the card's ROI series.
+        _, roi = suggestSeries({**card, "inputs": []}, seriesCandidates(overlapping))
+        named = {candidate.path for candidate in roi}
+    chosen = []
+    for node in overlapping:
+        sameStudy = study is not None and shNode.GetItemParent(shNode.GetItemByDataNode(node)) == study
+        if sameStudy or node.GetID() in named:
+            chosen.append(node)
     return chosen
 
 

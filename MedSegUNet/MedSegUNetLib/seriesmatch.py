@@ -117,14 +117,12 @@ def score(role: Role, candidate: SeriesCandidate) -> int:
     return total
 
 
-def matchSeries(card: dict, candidates: Sequence[SeriesCandidate], case: str = "case") -> SeriesMatch:
-    """Assign a case's series to the card's inputs and ROI series.
+def assignRoles(roles: Sequence[Role], candidates: Sequence[SeriesCandidate]) -> tuple[dict[int, SeriesCandidate], dict[int, str]]:
+    """Greedy assignment: the best-scoring role first (inputs before ROI series), each series once.
 
-    Raises:
-        MedSegUNetError: an input with no matching series, or with several equally good ones
-            (the line names them).
+    Returns:
+        ({role index: chosen candidate}, {role index: why none was chosen}).
     """
-    roles = rolesOfCard(card)
     chosen: dict[int, SeriesCandidate] = {}
     failed: dict[int, str] = {}
     used: set[str] = set()
@@ -134,7 +132,6 @@ def matchSeries(card: dict, candidates: Sequence[SeriesCandidate], case: str = "
         for index in pending:
             scored = [(score(roles[index], c), c) for c in candidates if c.path not in used]
             top = max((s for s, _ in scored), default=0)
-            # Inputs before ROI series, then the surest role first.
             rank = (roles[index].kind == "input", top)
             if best is None or rank > (roles[best[0]].kind == "input", best[1]):
                 best = (index, top, [c for s, c in scored if s == top and top > 0])
@@ -147,6 +144,30 @@ def matchSeries(card: dict, candidates: Sequence[SeriesCandidate], case: str = "
             failed[index] = "no series matches"
         else:
             failed[index] = "several series match equally: " + "; ".join(f"{c.name} ({c.path})" for c in tied)
+    return chosen, failed
+
+
+def suggestSeries(card: dict, candidates: Sequence[SeriesCandidate]) -> tuple[list[SeriesCandidate | None], list[SeriesCandidate]]:
+    """The best guess for each input (None where none or several fit) and the ROI series found.
+
+    For pre-filling selectors (the Slicer module): never raises.
+    """
+    roles = rolesOfCard(card)
+    chosen, _ = assignRoles(roles, candidates)
+    inputs = [chosen.get(i) for i, role in enumerate(roles) if role.kind == "input"]
+    roi = [chosen[i] for i, role in enumerate(roles) if role.kind == "roi" and i in chosen]
+    return inputs, roi
+
+
+def matchSeries(card: dict, candidates: Sequence[SeriesCandidate], case: str = "case") -> SeriesMatch:
+    """Assign a case's series to the card's inputs and ROI series.
+
+    Raises:
+        MedSegUNetError: an input with no matching series, or with several equally good ones
+            (the line names them).
+    """
+    roles = rolesOfCard(card)
+    chosen, failed = assignRoles(roles, candidates)
     available = "; ".join(f"{c.name} [{c.plane or '?'}]" for c in candidates) or "none"
     for index, role in enumerate(roles):
         if role.kind == "input" and index in failed:
