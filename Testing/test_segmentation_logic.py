@@ -291,15 +291,16 @@ def test_markups_roi_limits_the_roi(a_scene, phantom_data):
 
     result = SegmentationLogic(a_scene).process([reference], phantom_data["modelPath"], roiVolumes=others, roiNode=box, device="cpu")
 
-    # Brute force: reference voxel centres inside the box, intersected with the series' ROI range.
+    # Brute force: reference voxel centres inside the box AND inside every series' extent (the
+    # exact joint intersection, not the intersection of two index ranges).
     size = image.GetSize()
     ijk = np.stack(np.meshgrid(*(np.arange(s) for s in size), indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
     ras = (geometry.ijkToRASFromImage(image) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
     local = (ras - objectToNode[:3, 3]) @ objectToNode[:3, :3]
-    inBox = ijk[np.all(np.abs(local) <= [10.0, 7.0, 12.0], axis=1)].astype(int)
-    seriesLow, seriesHigh = phantom_data["expectedROI"]
-    low = np.maximum(inBox.min(axis=0), seriesLow)
-    high = np.minimum(inBox.max(axis=0), seriesHigh)
+    referenceGeometry = geometry.VolumeGeometry.fromImage(image)
+    series = [geometry.VolumeGeometry.fromImage(phantom_data["images"][name]) for name in phantom_data["images"] if name != selftest.INPUT_NAME]
+    inside = np.all(np.abs(local) <= [10.0, 7.0, 12.0], axis=1) & geometry.pointsInsideExtents(ijk, referenceGeometry, series)
+    low, high = ijk[inside].min(axis=0).astype(int), ijk[inside].max(axis=0).astype(int)
     assert result.roi.ijkMin.tolist() == low.tolist() and result.roi.ijkMax.tolist() == high.tolist()
     labels = selftest.segmentationLabelArray(a_scene, result.segmentationNode, reference)
     outside = np.ones(labels.shape, dtype=bool)
@@ -526,3 +527,31 @@ def test_suggestions_never_raise_on_odd_nodes(a_scene, phantom_data):
     # The warped series is simply not offered; the other one still is.
     assert suggestROIVolumes(reference, [empty, *nodes.values()], card) == [nodes["T2 coronal"]]
     assert suggestInputVolumes(card, [empty, *nodes.values()]) == [reference]
+
+
+def test_tilted_markups_roi_is_the_exact_joint_intersection(a_scene, phantom_data):
+    """Box and series both tilted: the ROI is the brute-force joint intersection; the margin grows it."""
+    nodes = addPhantoms(a_scene, phantom_data)
+    reference = nodes[selftest.INPUT_NAME]
+    sagittal = nodes["T2 sagittal"]
+    image = phantom_data["images"][selftest.INPUT_NAME]
+    box = slicer.vtkMRMLMarkupsROINode()
+    a_scene.AddNode(box)
+    corner = geometry.ijkToRASFromImage(phantom_data["images"]["T2 sagittal"]) @ np.array([0.0, 0.0, 0.0, 1.0])
+    objectToNode = np.eye(4)
+    objectToNode[:3, :3] = phantoms.rotationMatrix((1, 1, 1), 35.0)
+    objectToNode[:3, 3] = corner[:3]  # centred on the sagittal series' corner: both boundaries cut the ROI
+    box.GetObjectToNodeMatrix().DeepCopy(vtkMatrix(objectToNode))
+    box.SetRadiusXYZ(14.0, 11.0, 16.0)
+    ijk = np.stack(np.meshgrid(*(np.arange(s) for s in image.GetSize()), indexing="ij"), axis=-1).reshape(-1, 3).astype(float)
+    ras = (geometry.ijkToRASFromImage(image) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
+    local = (ras - objectToNode[:3, 3]) @ objectToNode[:3, :3]
+    inside = np.all(np.abs(local) <= [14.0, 11.0, 16.0], axis=1) & geometry.pointsInsideExtents(
+        ijk, geometry.VolumeGeometry.fromImage(image), [geometry.VolumeGeometry.fromImage(phantom_data["images"]["T2 sagittal"])]
+    )
+    low, high = ijk[inside].min(axis=0).astype(int), ijk[inside].max(axis=0).astype(int)
+    for margin in (0.0, 3.0):
+        result = SegmentationLogic(a_scene).process([reference], phantom_data["modelPath"], roiVolumes=[sagittal], roiNode=box, marginMM=margin, device="cpu")
+        grow = np.ceil(margin / np.asarray(image.GetSpacing()) - 1e-9).astype(int)
+        assert result.roi.ijkMin.tolist() == np.maximum(low - grow, 0).tolist()
+        assert result.roi.ijkMax.tolist() == np.minimum(high + grow, np.asarray(image.GetSize()) - 1).tolist()

@@ -331,19 +331,14 @@ class SegmentationJob:
         progress.checkCancel()
         roi = None
         if self.roiBox is not None:
+            # The Markups box joins the intersection as one more extent: exact even when the box and
+            # the series are tilted (an intersection of two index ranges could be a few voxels larger).
             progress.stage(pipeline.Stage.ROI)
-            seriesROI = pipeline.resolveROI(self.images, self.names, self.roiImages, self.roiNames, self.useROI, self.marginMM)
-            boxROI = geometry.roiFromRASBox(seriesROI.reference, *self.roiBox)
-            low, high = np.maximum(seriesROI.ijkMin, boxROI.ijkMin), np.minimum(seriesROI.ijkMax, boxROI.ijkMax)
-            if np.any(low > high):
-                raise MedSegUNetError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.")
-            roi = geometry.RegionOfInterest(
-                reference=seriesROI.reference,
-                ijkMin=low,
-                ijkMax=high,
-                volumeNames=[*seriesROI.volumeNames, "Markups ROI"],
-                marginMM=seriesROI.marginMM,
-            )
+            box = geometry.boxGeometry(*self.roiBox)
+            try:
+                roi = pipeline.resolveROI(self.images, self.names, self.roiImages, self.roiNames, self.useROI, self.marginMM, boxes=[box])
+            except MedSegUNetError:
+                raise MedSegUNetError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
         self.result = pipeline.segmentImages(
             self.images,
             model,

@@ -262,8 +262,11 @@ def fullROI(reference: VolumeGeometry) -> RegionOfInterest:
     )
 
 
-def roiFromRASBox(reference: VolumeGeometry, centerRAS: Sequence[float], axesRAS: np.ndarray, radiusMM: Sequence[float]) -> RegionOfInterest:
-    """The reference voxels whose centres lie inside an oriented box given in RAS (a Markups ROI).
+def boxGeometry(centerRAS: Sequence[float], axesRAS: np.ndarray, radiusMM: Sequence[float], name: str = "Markups ROI") -> VolumeGeometry:
+    """An oriented box given in RAS (a Markups ROI) as a "volume" of 1×1×1 voxel whose edges are its faces.
+
+    Its extent (voxel-edge box) is then exactly the box, so it joins :func:`computeROI` as one more
+    volume.
 
     Args:
         centerRAS: box centre, RAS mm.
@@ -272,12 +275,15 @@ def roiFromRASBox(reference: VolumeGeometry, centerRAS: Sequence[float], axesRAS
     """
     axes = np.asarray(axesRAS, dtype=float)
     radius = np.asarray(radiusMM, dtype=float)
-    # The box as a "volume" of 1×1×1 voxels whose edges are the box faces.
     boxToRAS = np.eye(4)
     boxToRAS[:3, :3] = axes @ np.diag(2.0 * radius)
     boxToRAS[:3, 3] = np.asarray(centerRAS, dtype=float)
-    box = VolumeGeometry.fromIJKToRAS(boxToRAS, (1, 1, 1), name="ROI box")
-    return computeROI(reference, [box])
+    return VolumeGeometry.fromIJKToRAS(boxToRAS, (1, 1, 1), name=name)
+
+
+def roiFromRASBox(reference: VolumeGeometry, centerRAS: Sequence[float], axesRAS: np.ndarray, radiusMM: Sequence[float]) -> RegionOfInterest:
+    """The reference voxels whose centres lie inside an oriented box given in RAS (a Markups ROI)."""
+    return computeROI(reference, [boxGeometry(centerRAS, axesRAS, radiusMM, "ROI box")])
 
 
 def boundingBox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -141,14 +141,23 @@ def resolveROI(
     roiNames: Sequence[str] = (),
     useROI: bool = True,
     marginMM: float = 0.0,
+    boxes: Sequence[geometry.VolumeGeometry] = (),
 ) -> geometry.RegionOfInterest:
-    """The ROI on the first image: intersection of all inputs and extra series, or the whole grid."""
+    """The ROI on the first image: intersection of all inputs, extra series and boxes, or the whole grid.
+
+    Args:
+        boxes: oriented boxes (a Slicer Markups ROI, :func:`geometry.boxGeometry`) that limit the ROI
+            exactly like a series' extent. With ``useROI`` False, the boxes alone limit it. The
+            margin grows the joint intersection, boxes included, then is clipped to the reference.
+    """
     reference = geometry.VolumeGeometry.fromImage(images[0], names[0])
-    if not useROI:
+    if not useROI and not boxes:
         return geometry.fullROI(reference)
-    others = [geometry.VolumeGeometry.fromImage(image, name) for image, name in zip(images[1:], names[1:])]
-    others += [geometry.VolumeGeometry.fromImage(image, name) for image, name in zip(roiImages, roiNames)]
-    return geometry.computeROI(reference, others, marginMM=marginMM)
+    others: list[geometry.VolumeGeometry] = []
+    if useROI:
+        others += [geometry.VolumeGeometry.fromImage(image, name) for image, name in zip(images[1:], names[1:])]
+        others += [geometry.VolumeGeometry.fromImage(image, name) for image, name in zip(roiImages, roiNames)]
+    return geometry.computeROI(reference, [*others, *boxes], marginMM=marginMM)
 
 
 def probabilitiesToLabels(
