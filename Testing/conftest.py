@@ -8,7 +8,9 @@ files built and scripted here: a tiny MONAI UNet, and known-answer threshold mod
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,24 @@ def a_threshold_model(tmp_path_factory):
         return built[key]
 
     return make
+
+
+@pytest.fixture()
+def a_file_server(tmp_path):
+    """A real HTTP server on localhost serving ``tmp_path / 'served'``; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

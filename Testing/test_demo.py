@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -18,27 +16,6 @@ from MedSegUNetLib.geometry import VolumeGeometry, fullROI
 from MedSegUNetLib.phantoms import makeGrid, rotationMatrix
 
 from conftest import PROSTATEX_0000_ROI, requireSharedData
-
-
-@pytest.fixture()
-def a_file_server(tmp_path):
-    """A real HTTP server on localhost serving ``tmp_path / 'served'``; yields its base URL."""
-    served = tmp_path / "served"
-    served.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(served), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 def test_download_checks_sum_and_is_atomic(tmp_path, a_file_server, monkeypatch):

@@ -709,7 +709,7 @@ def addParser(subparsers) -> None:
         "statistics, QC tile, manifest), DIR/summary.csv and DIR/qc.png. A failing case is recorded and the rest go on; "
         "exit status 1 when any case failed. A rerun skips cases whose outputs are complete and made by the same model from the same inputs.",
     )
-    parser.add_argument("--model", required=True, metavar="MODEL", help="TorchScript model with a MedSegUNet card")
+    parser.add_argument("--model", required=True, metavar="MODEL", help="TorchScript model with a MedSegUNet card, or a catalog name")
     parser.add_argument("--cases", required=True, metavar="SOURCE", help="folder of case folders, a CSV (case, one column per input, roi… columns) or dataset.json")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing; on a cluster, a path every node can write)")
     parser.add_argument("--format", default="seg.nrrd", choices=list(FORMATS), help="segmentation file format (default seg.nrrd)")
@@ -746,6 +746,9 @@ def run(args, console) -> int:
         raise MedSegUNetError("--workers must be 1 or more.")
     if args.ray_address and args.engine != "ray":
         raise MedSegUNetError("--ray-address needs --engine ray.")
+    from .cli import resolveModelOption
+
+    args.model = resolveModelOption(args.model, console)
     card = readCard(args.model)
     cases = casesFromSource(args.cases, card)
     if args.dry_run:

@@ -169,7 +169,7 @@ def _addSegmentParser(subparsers) -> None:
         usage="medsegunet segment --model M.pt [options] INPUT [INPUT ...] [--roi-from VOLUME [VOLUME ...]]",
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
-    parser.add_argument("--model", required=True, metavar="M.pt", help="TorchScript model with a MedSegUNet card")
+    parser.add_argument("--model", required=True, metavar="M.pt", help="TorchScript model with a MedSegUNet card, or a catalog name (medsegunet models list)")
     parser.add_argument(
         "--roi-from",
         nargs="+",
@@ -191,12 +191,20 @@ def _addSegmentParser(subparsers) -> None:
     parser.set_defaults(func=runSegment)
 
 
+def resolveModelOption(model: str, console) -> str:
+    """``--model``: a file, or a catalog name downloaded once into the cache (see ``models``)."""
+    from .catalog import resolveModel
+
+    return resolveModel(model, progress=console if console is not None and console.interactive else None)
+
+
 def runSegment(args, console) -> int:
     from . import modelcard, pipeline, statistics
     from .outputs import SEGMENTATION_SUFFIXES, stageSegmentation
     from .volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, readVolume, textVerifier, volumeName, writeTextFile
 
     started = time.perf_counter()
+    args.model = resolveModelOption(args.model, console)
     if not args.inputs:
         raise MedSegUNetError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
     outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json}
@@ -287,7 +295,7 @@ def runSegment(args, console) -> int:
 
 
 def buildParser() -> argparse.ArgumentParser:
-    from . import __version__, batch, demo, exporting, training
+    from . import __version__, batch, catalog, demo, exporting, training
 
     parser = OneLineParser(
         prog="medsegunet",
@@ -301,6 +309,7 @@ def buildParser() -> argparse.ArgumentParser:
     _addRoiParser(subparsers)
     _addSegmentParser(subparsers)
     batch.addParser(subparsers)
+    catalog.addParser(subparsers)
     exporting.addParser(subparsers)
     training.addParser(subparsers)
     demo.addParser(subparsers)
@@ -320,7 +329,10 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     if index >= len(argv) or argv[index] not in parser.subcommands:
         return parser.parse_args(argv)  # help, version, or a missing or unknown command
     sub = parser.subcommands[argv[index]]
-    args = sub.parse_intermixed_args(moveInputsAfterDoubleDash(argv[index + 1 :]))
+    if any(isinstance(action, argparse._SubParsersAction) for action in sub._actions):
+        args = sub.parse_args(argv[index + 1 :])  # 'models list|pull': no INPUTs to move
+    else:
+        args = sub.parse_intermixed_args(moveInputsAfterDoubleDash(argv[index + 1 :]))
     args.command = argv[index]
     args.verbose = getattr(args, "verbose", False) or "--verbose" in argv[:index]
     args.quiet = getattr(args, "quiet", False) or any(a in ("-q", "--quiet") for a in argv[:index])

@@ -51,41 +51,20 @@ def defaultModelPath() -> Path:
 
 def cacheFolder() -> Path:
     """``$MEDSEGUNET_CACHE`` or the user cache (``$XDG_CACHE_HOME`` or ``~/.cache``)/medsegunet."""
-    if os.environ.get("MEDSEGUNET_CACHE"):
-        return Path(os.environ["MEDSEGUNET_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "medsegunet"
+    from .catalog import cacheFolder as catalogCache
+
+    return catalogCache()
 
 
 def download(url: str, path: Path, checksum: str, timeout: float = 30.0, log=None) -> None:
-    """Fetch ``url`` to ``path`` atomically (temporary name, checksum checked, then renamed).
+    """Fetch ``url`` to ``path`` atomically (staged, checksum checked, then renamed).
 
     Raises:
         MedSegUNetError: no network (with how to use local data instead) or a wrong checksum.
     """
-    import urllib.error
-    import urllib.request
+    from .catalog import download as fetch
 
-    from .volumes import atomicOutput
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomicOutput(path) as temporary:
-        with open(temporary, "wb") as output:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    if log:
-                        # Said only once connected, so offline users get the error line alone.
-                        log(f"Downloading {path.name} into {path.parent} (once)")
-                    for block in iter(lambda: response.read(1 << 20), b""):
-                        output.write(block)
-            except (urllib.error.URLError, OSError, TimeoutError) as error:
-                reason = getattr(error, "reason", error)
-                raise MedSegUNetError(f"Cannot download the demo data ({reason}); to work offline, {OFFLINE_HINT}.") from None
-        actual = sha256(temporary)
-        if actual != checksum:
-            raise MedSegUNetError(
-                f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later or {OFFLINE_HINT}."
-            )
+    fetch(url, path, checksum, what="the demo data", offlineHint=f"to work offline, {OFFLINE_HINT}", log=log, timeout=timeout)
 
 
 def fetchDemoData(folder: Path | None = None, log=None) -> dict[str, str]:
@@ -324,7 +303,7 @@ def addParser(subparsers) -> None:
     )
     parser.add_argument("--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files")
     parser.add_argument("--output", default="demo-output", metavar="DIR", help="output folder (default: demo-output)")
-    parser.add_argument("--model", metavar="PATH", help="model file (default: the zoo's prostate-zones model)")
+    parser.add_argument("--model", metavar="PATH", help="model file or catalog name (default: the zoo's prostate-zones model)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs")
     parser.set_defaults(func=run)
 
@@ -332,5 +311,10 @@ def addParser(subparsers) -> None:
 def run(args, console=None) -> int:
     """``medsegunet demo``: returns the exit status."""
     log = console.line if console is not None else None
-    runDemo(args.data, args.output, args.model, args.device, log=log)
+    model = args.model
+    if model:
+        from .cli import resolveModelOption
+
+        model = resolveModelOption(model, console)
+    runDemo(args.data, args.output, model, args.device, log=log)
     return 0

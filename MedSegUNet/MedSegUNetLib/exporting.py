@@ -177,7 +177,7 @@ def addParser(subparsers) -> None:
     parser.set_defaults(func=run)
 
     info = subparsers.add_parser("info", help="show a model's card", description="Show the card of a MedSegUNet TorchScript model.")
-    info.add_argument("model", metavar="MODEL.pt", help="TorchScript model file")
+    info.add_argument("model", metavar="MODEL.pt", help="TorchScript model file, or a catalog name")
     info.add_argument("--json", action="store_true", help="print the full card as JSON")
     info.set_defaults(func=runInfo)
 
@@ -202,7 +202,9 @@ def runInfo(args, console=None) -> int:
 
     from .modelcard import cardSummary, readCard
 
-    card = readCard(args.model)
+    from .cli import resolveModelOption
+
+    card = readCard(resolveModelOption(args.model, console))
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(card, indent=2) + "\n")
     else:

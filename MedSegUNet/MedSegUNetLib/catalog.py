@@ -1,0 +1,246 @@
+"""The model catalog: named models to download once, checked by SHA256, into a cache folder.
+
+The catalog is a JSON file (schema ``"medsegunet.catalog/1"``)::
+
+    {"schema": "medsegunet.catalog/1",
+     "models": [{"name": "prostate-zones", "url": "https://.../prostate-zones.pt",
+                 "sha256": "…", "description": "…", "license": "…", "version": "0.1.0", "bytes": 123}]}
+
+The one shipped beside this module lists the zoo models. ``MEDSEGUNET_CATALOG`` (a path or a URL)
+replaces it, for an institution's mirror or offline use; ``MEDSEGUNET_CACHE`` names the cache
+folder (default: the user cache, ``$XDG_CACHE_HOME`` or ``~/.cache``, then ``medsegunet``; the
+Slicer module passes Slicer's cache folder). A model is downloaded to a staging name, its SHA256
+checked, and only then renamed into the cache, so the cache never holds a partial or wrong file.
+
+Anywhere a model path is taken (``--model``), a catalog name works too: :func:`resolveModel`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .errors import MedSegUNetError, ProcessingCancelled, firstLine
+
+SCHEMA = "medsegunet.catalog/1"
+CATALOG_PATH = Path(__file__).with_name("catalog.json")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ProgressCallback = Callable[[float, str], None]
+
+
+def cacheFolder(base: str | os.PathLike | None = None) -> Path:
+    """``$MEDSEGUNET_CACHE``, else ``base``/medsegunet, else the user cache folder/medsegunet."""
+    if os.environ.get("MEDSEGUNET_CACHE"):
+        return Path(os.environ["MEDSEGUNET_CACHE"])
+    if base is not None:
+        return Path(base) / "medsegunet"
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "medsegunet"
+
+
+def _readSource(source: str, timeout: float = 30.0) -> str:
+    if re.match(r"^https?://", source):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(source, timeout=timeout) as response:
+                return response.read().decode("utf-8")
+        except (urllib.error.URLError, OSError, TimeoutError, UnicodeDecodeError) as error:
+            raise MedSegUNetError(f"Cannot read the model catalog '{source}' ({getattr(error, 'reason', error)}): check MEDSEGUNET_CATALOG or the network.") from None
+    try:
+        with open(source, encoding="utf-8") as stream:
+            return stream.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MedSegUNetError(f"Cannot read the model catalog '{source}' ({firstLine(error)}): check MEDSEGUNET_CATALOG.") from None
+
+
+def loadCatalog(source: str | os.PathLike | None = None) -> dict:
+    """The catalog: ``source``, else ``$MEDSEGUNET_CATALOG``, else the shipped one; checked.
+
+    Raises:
+        MedSegUNetError: unreadable, not JSON, or entries without a valid name, URL or SHA256.
+    """
+    source = os.fspath(source) if source is not None else os.environ.get("MEDSEGUNET_CATALOG") or str(CATALOG_PATH)
+    try:
+        catalog = json.loads(_readSource(source))
+    except json.JSONDecodeError as error:
+        raise MedSegUNetError(f"The model catalog '{source}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+    if not isinstance(catalog, dict) or catalog.get("schema") != SCHEMA or not isinstance(catalog.get("models"), list):
+        raise MedSegUNetError(f"'{source}' is not a MedSegUNet model catalog (schema '{SCHEMA}' with a 'models' list).")
+    names = set()
+    for index, entry in enumerate(catalog["models"]):
+        if not isinstance(entry, dict):
+            raise MedSegUNetError(f"Model catalog '{source}': entry {index} is not an object.")
+        name, url, checksum = entry.get("name"), entry.get("url"), entry.get("sha256")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise MedSegUNetError(f"Model catalog '{source}': entry {index} needs a 'name' of letters, digits, '.', '_' or '-'.")
+        if name in names:
+            raise MedSegUNetError(f"Model catalog '{source}': the name '{name}' is listed twice.")
+        names.add(name)
+        if not isinstance(url, str) or not url:
+            raise MedSegUNetError(f"Model catalog '{source}': '{name}' has no 'url'.")
+        if not isinstance(checksum, str) or not re.fullmatch(r"[0-9a-f]{64}", checksum):
+            raise MedSegUNetError(f"Model catalog '{source}': '{name}' needs a 64-digit lower-case hexadecimal 'sha256'.")
+    catalog["source"] = source
+    return catalog
+
+
+def findModel(name: str, catalog: dict | None = None) -> dict | None:
+    catalog = catalog or loadCatalog()
+    return next((entry for entry in catalog["models"] if entry["name"] == name), None)
+
+
+def cachedPath(entry: dict, cache: Path | None = None) -> Path:
+    """Where a catalog model lives in the cache: ``<cache>/models/<name>/<sha256[:12]>/<name>.pt``.
+
+    The checksum in the path keeps two versions of a model apart.
+    """
+    return (cache or cacheFolder()) / "models" / entry["name"] / entry["sha256"][:12] / f"{entry['name']}.pt"
+
+
+def download(
+    url: str,
+    path: str | os.PathLike,
+    checksum: str,
+    what: str = "the file",
+    offlineHint: str = "check the network and retry",
+    progress: ProgressCallback | None = None,
+    cancelEvent: threading.Event | None = None,
+    log: Callable[[str], None] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Fetch ``url`` to ``path``: staged, SHA256 checked, then renamed; nothing is kept otherwise.
+
+    Args:
+        progress: ``(fraction, message)`` per block (fraction 0 when the size is unknown).
+        cancelEvent: checked between blocks; when set, :class:`ProcessingCancelled` is raised.
+        log: told once connected (so that an offline user gets only the error line).
+
+    Raises:
+        MedSegUNetError: no network, an HTTP error, or a checksum mismatch (one line, with
+            ``offlineHint``); ProcessingCancelled.
+    """
+    import urllib.error
+    import urllib.request
+
+    from .volumes import atomicOutput, sha256
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        from .errors import osErrorMessage
+
+        raise MedSegUNetError(osErrorMessage(error, "create", path.parent)) from None
+
+    def verify(temporary: str) -> None:
+        actual = sha256(temporary)
+        if actual != checksum:
+            raise MedSegUNetError(
+                f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later or {offlineHint}."
+            )
+
+    with atomicOutput(path, verify=verify) as temporary:
+        with open(temporary, "wb") as output:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
+                    if log:
+                        log(f"Downloading {path.name} into {path.parent} (once)")
+                    total = int(response.headers.get("Content-Length") or 0)
+                    done = 0
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        if cancelEvent is not None and cancelEvent.is_set():
+                            raise ProcessingCancelled(f"The download of {path.name} was cancelled; nothing was kept.")
+                        output.write(block)
+                        done += len(block)
+                        if progress is not None:
+                            progress(done / total if total else 0.0, f"Downloading {path.name}: {done / 2**20:.1f} MB")
+            except (urllib.error.URLError, OSError, TimeoutError) as error:
+                reason = getattr(error, "reason", None) or error
+                raise MedSegUNetError(f"Cannot download {what} ({firstLine(reason)}); {offlineHint}.") from None
+
+
+def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None, progress: ProgressCallback | None = None,
+              cancelEvent: threading.Event | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """The cached file of catalog model ``name``, downloaded and checked when missing.
+
+    A cached file is trusted only if its SHA256 still matches the catalog's.
+
+    Raises:
+        MedSegUNetError: unknown name, offline, or a checksum mismatch.
+    """
+    from .volumes import sha256
+
+    catalog = catalog or loadCatalog()
+    entry = findModel(name, catalog)
+    if entry is None:
+        known = ", ".join(e["name"] for e in catalog["models"]) or "none"
+        raise MedSegUNetError(f"'{name}' is neither a model file nor a model of the catalog '{catalog['source']}' (it has: {known}).")
+    path = cachedPath(entry, cache)
+    if path.is_file() and sha256(path) == entry["sha256"]:
+        return path
+    hint = "or set MEDSEGUNET_CATALOG to a reachable mirror, or give --model a local file"
+    download(entry["url"], path, entry["sha256"], what=f"model '{name}' from {entry['url']}", offlineHint=hint, progress=progress, cancelEvent=cancelEvent, log=log)
+    return path
+
+
+def resolveModel(spec: str | os.PathLike, **pullArguments) -> str:
+    """A model path from ``--model``: an existing file as it is, else a catalog name pulled once.
+
+    Raises:
+        MedSegUNetError: neither a file nor a catalog name (the line lists the catalog's names).
+    """
+    spec = os.fspath(spec)
+    if os.path.exists(spec) or os.sep in spec or spec.endswith((".pt", ".ts", ".json")):
+        return spec
+    return str(pullModel(spec, **pullArguments))
+
+
+def modelsTable(catalog: dict, cache: Path | None = None) -> str:
+    """``medsegunet models list``: name, version, size, whether cached, description."""
+    lines = []
+    for entry in catalog["models"]:
+        cached = "cached" if cachedPath(entry, cache).is_file() else "-"
+        size = f"{entry['bytes'] / 2**20:.1f} MB" if entry.get("bytes") else "?"
+        lines.append("\t".join([entry["name"], str(entry.get("version", "")), size, cached, entry.get("description", "")]))
+    return "\n".join(["name\tversion\tsize\tcache\tdescription", *lines]) + "\n"
+
+
+def addParser(subparsers) -> None:
+    """Register ``medsegunet models list|pull``."""
+    parser = subparsers.add_parser("models", help="list or download the catalog's models", description="The model catalog (MEDSEGUNET_CATALOG replaces the shipped one; MEDSEGUNET_CACHE is the cache folder).")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    listing = actions.add_parser("list", help="the catalog's models and whether they are cached")
+    listing.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
+    listing.set_defaults(func=runList)
+    pull = actions.add_parser("pull", help="download a model once (checked by SHA256) and print its cached path")
+    pull.add_argument("name", metavar="NAME")
+    pull.set_defaults(func=runPull)
+
+
+def runList(args, console) -> int:
+    import sys
+
+    catalog = loadCatalog()
+    if getattr(args, "json", False):
+        entries = [{**entry, "cached_path": str(cachedPath(entry)) if cachedPath(entry).is_file() else None} for entry in catalog["models"]]
+        sys.stdout.write(json.dumps({"source": catalog["source"], "models": entries}, indent=2) + "\n")
+    else:
+        sys.stdout.write(modelsTable(catalog))
+    return 0
+
+
+def runPull(args, console) -> int:
+    import sys
+
+    # Standard output is the path alone (M=$(medsegunet models pull NAME)); a bar only on a terminal.
+    path = pullModel(args.name, progress=console if console.interactive else None)
+    console.close()
+    sys.stdout.write(f"{path}\n")
+    return 0
