@@ -76,3 +76,23 @@ def test_bad_output_paths_leave_nothing(tmp_path, a_labelmap):
     with pytest.raises(MedSegUNetError, match="does not exist"):
         outputs.writeSegmentation(a_labelmap, LABELS, tmp_path / "missing" / "labels.seg.nrrd")
     assert os.listdir(tmp_path) == []
+
+
+def test_terminology_reaches_seg_nrrd_as_slicer_writes_it(tmp_path, repo_root):
+    """The zoo card's SNOMED CT codes become each segment's TerminologyEntry tag, read back by slicerio."""
+    import slicerio
+
+    from MedSegUNetLib import modelcard
+
+    card = modelcard.readCard(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+    labelmap = sitk.Image([6, 5, 4], sitk.sitkUInt8)
+    labelmap[1, 1, 1] = 1
+    labelmap[2, 2, 2] = 2
+    outputs.writeSegmentation(labelmap, card["labels"], tmp_path / "zones.seg.nrrd")
+    segments = slicerio.read_segmentation(str(tmp_path / "zones.seg.nrrd"), skip_voxels=True)["segments"]
+    for segment, label in zip(segments, card["labels"]):
+        terminology = segment["terminology"]
+        assert terminology["category"] == ["SCT", "123037004", "Anatomical Structure"]
+        assert terminology["type"] == label["terminology"]["type"]
+        assert slicerio.segmentation.terminology_entry_to_string(terminology) == modelcard.terminologyEntry(label)
+    assert segments[0]["terminology"]["type"] == ["SCT", "279706003", "Peripheral zone of prostate"]

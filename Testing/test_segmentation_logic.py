@@ -7,6 +7,7 @@ Arrays are K, J, I (``arrayFromVolume`` / SimpleITK); node matrices are RAS.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -555,3 +556,23 @@ def test_tilted_markups_roi_is_the_exact_joint_intersection(a_scene, phantom_dat
         grow = np.ceil(margin / np.asarray(image.GetSpacing()) - 1e-9).astype(int)
         assert result.roi.ijkMin.tolist() == np.maximum(low - grow, 0).tolist()
         assert result.roi.ijkMax.tolist() == np.minimum(high + grow, np.asarray(image.GetSize()) - 1).tolist()
+
+
+def test_terminology_reaches_mrml_segments(a_scene, tmp_path, phantom_data):
+    """A card label's codes become the vtkSegment's TerminologyEntry tag in the scene."""
+    from MedSegUNetLib import modelcard
+
+    card = json.loads(json.dumps(phantom_data["card"]))
+    card["labels"][0]["terminology"] = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
+    model = phantoms.writeThresholdModel(tmp_path / "coded.pt", selftest.THRESHOLDS, card)
+    nodes = addPhantoms(a_scene, phantom_data)
+    result = SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], model, device="cpu")
+    segmentation = result.segmentationNode.GetSegmentation()
+    first = segmentation.GetNthSegment(0)
+    value = vtk.reference("")
+    assert first.GetTag("TerminologyEntry", value)
+    assert str(value) == modelcard.terminologyEntry(card["labels"][0])
+    assert "~SCT^41216001^Prostate~" in str(value)
+    other = vtk.reference("")
+    segmentation.GetNthSegment(1).GetTag("TerminologyEntry", other)
+    assert "Prostate" not in str(other)  # a label without codes keeps vtkSegment's default entry

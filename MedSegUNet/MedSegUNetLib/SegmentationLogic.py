@@ -668,6 +668,9 @@ class SegmentationLogic:
             segment.SetName(label["name"])
             segment.SetColor(*[float(c) for c in label["color"]])
             segment.SetLabelValue(value)
+            entry = modelcard.terminologyEntry(label)
+            if entry is not None:
+                segment.SetTag(segment.GetTerminologyEntryTagName() if hasattr(segment, "GetTerminologyEntryTagName") else "TerminologyEntry", entry)
             segment.AddRepresentation(BINARY_LABELMAP, image)
             segmentation.AddSegment(segment, f"Segment_{value}")
         return segmentation

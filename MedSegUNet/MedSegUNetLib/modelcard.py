@@ -84,6 +84,8 @@ def structuralErrors(schema: dict, value: Any, path: str = "") -> list[tuple[str
     """
     import re
 
+    if "$ref" in schema:
+        schema = _resolveReference(schema["$ref"])
     errors: list[tuple[str, str]] = []
     kinds = schema.get("type")
     if kinds is not None:
@@ -128,6 +130,48 @@ def structuralErrors(schema: dict, value: Any, path: str = "") -> list[tuple[str
         if "exclusiveMaximum" in schema and not value < schema["exclusiveMaximum"]:
             errors.append((path, f"{value!r} is greater than or equal to the maximum of {schema['exclusiveMaximum']!r}"))
     return errors
+
+
+def _resolveReference(reference: str) -> dict:
+    """A ``#/$defs/NAME`` reference of the card schema."""
+    node: Any = loadSchema()
+    for part in reference.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+# The context names Slicer's terminology files use for these codes.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+_TERMINOLOGY_KEYS = (("category", "category"), ("type", "type"), ("type_modifier", "typeModifier"),
+                     ("anatomic_region", "anatomicRegion"), ("anatomic_region_modifier", "anatomicRegionModifier"))
+
+
+def slicerioTerminology(label: dict) -> dict | None:
+    """A card label's ``terminology`` in slicerio's segment form (``category``, ``type``, ... lists)."""
+    terminology = label.get("terminology")
+    if not terminology:
+        return None
+    entry = {"contextName": TERMINOLOGY_CONTEXT, "anatomicContextName": ANATOMIC_CONTEXT}
+    for cardKey, slicerioKey in _TERMINOLOGY_KEYS:
+        if terminology.get(cardKey):
+            entry[slicerioKey] = [str(v) for v in terminology[cardKey]]
+    return entry
+
+
+def terminologyEntry(label: dict) -> str | None:
+    """Slicer's ``TerminologyEntry`` segment tag for a card label, or None without terminology.
+
+    ``context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier``,
+    each code ``scheme^value^meaning`` (empty ``^^`` when absent), as slicerio writes it into
+    ``.seg.nrrd`` files; built here too because Slicer's process may not have slicerio yet.
+    """
+    entry = slicerioTerminology(label)
+    if entry is None:
+        return None
+    codes = ["^".join(entry.get(key, ["", "", ""])) for key in ("category", "type", "typeModifier")]
+    region = ["^".join(entry.get(key, ["", "", ""])) for key in ("anatomicRegion", "anatomicRegionModifier")]
+    return "~".join([entry["contextName"], *codes, entry["anatomicContextName"], *region])
 
 
 def validateCard(card: Any, source: str = "model card") -> dict:

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 
 from .geometry import boundingBox, ijkToLPSFromImage
 from .errors import firstLine
+from .modelcard import slicerioTerminology
 from .volumes import StagedOutputs, checkOutputPath, imageVerifier, pathSuffix, writeImageFile
 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
@@ -45,6 +46,9 @@ def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict], regions: np.n
             "labelValue": value,
             "layer": layerOf[value],
         }
+        terminology = slicerioTerminology(label)
+        if terminology is not None:
+            segment["terminology"] = terminology
         box = boundingBox(masks[value])
         if box is not None:
             segment["extent"] = [int(v) for axis in range(3) for v in (box[0][axis], box[1][axis])]
