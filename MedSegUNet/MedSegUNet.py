@@ -7,6 +7,7 @@ This file is the thin Qt/Slicer layer. The MRML work is in ``MedSegUNetLib/Segme
 
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Annotated, Optional, Union
@@ -132,7 +133,6 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._card = None
         self._inputSelectors = []
         self._job = None
-        self._worker = None
         self._cancelEvent = None
         self._progress = (0.0, "")
         self._startTime = 0.0
@@ -169,6 +169,8 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         if self._cancelEvent is not None:
             self._cancelEvent.set()
+            if self._job is not None:
+                self._job.poll()  # sees the cancel: ends the worker process
         if self._pollTimer is not None:
             self._pollTimer.stop()
         self.removeObservers()
@@ -407,17 +409,17 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 useROI=parameters.useROI,
                 marginMM=parameters.marginMM,
             )
-            # PyTorch releases the GIL while it computes, so the GUI stays responsive.
+            # The network runs in the logic's worker process; the poll timer reads its progress
+            # without blocking (a thread in Slicer's process would be starved of the GIL).
             self._job = job
-            self._worker = threading.Thread(target=job.run, name="MedSegUNet inference", daemon=True)
             self._startTime = time.perf_counter()
-            self._worker.start()
+            job.start()
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
             self._setRunning(True)
             self._pollTimer.start()
 
     def _onWorkerProgress(self, fraction: float, message: str) -> None:
-        # Called on the worker thread: only store; the poll timer updates Qt on the main thread.
+        # Called from job.poll() on the main thread: store; onPollWorker updates the widgets.
         self._progress = (fraction, message)
 
     def _setRunning(self, running: bool) -> None:
@@ -428,14 +430,15 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.enabled = not running
 
     def onPollWorker(self) -> None:
+        job = self._job
+        done = job is None or job.poll()
         fraction, message = self._progress
         self.ui.progressBar.value = int(fraction * 1000)
         self.ui.statusLabel.text = f"{message} ({time.perf_counter() - self._startTime:.0f} s)"
-        job = self._job
-        if job is None or not job.done.is_set():
+        if not done:
             return
         self._pollTimer.stop()
-        self._job, self._worker = None, None
+        self._job = None
         self._setRunning(False)
         from MedSegUNetLib.errors import ProcessingCancelled
 
@@ -512,8 +515,24 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
         from MedSegUNetLib.SegmentationLogic import SegmentationLogic
 
         if self._segmentationLogic is None or self._segmentationLogic.scene is not slicer.mrmlScene:
-            self._segmentationLogic = SegmentationLogic(slicer.mrmlScene)
+            if self._segmentationLogic is not None:
+                self._segmentationLogic.close()
+            # The network runs in a PythonSlicer worker process kept warm between runs: Slicer's
+            # own process never imports torch or MONAI.
+            self._segmentationLogic = SegmentationLogic(slicer.mrmlScene, useWorker=True, workerExecutable=self.pythonSlicerExecutable())
         return self._segmentationLogic
+
+    @staticmethod
+    def pythonSlicerExecutable() -> str:
+        """Slicer's ``PythonSlicer`` (Slicer's Python with its environment), as the AI extensions use it."""
+        import shutil
+
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def close(self) -> None:
+        """Stop the worker process (the next run starts a new one)."""
+        if self._segmentationLogic is not None:
+            self._segmentationLogic.close()
 
     def prepare(self, *args, **kwargs):
         """See ``SegmentationLogic.prepare``: reads the nodes on the main thread."""

@@ -304,6 +304,8 @@ class SegmentationJob:
     warnings: list = field(default_factory=list)
     error: Exception | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    # A worker process (:class:`worker.WorkerProcess`) runs the engine's part, when given.
+    worker: object | None = None
 
     @property
     def timings(self) -> dict[str, float]:
@@ -325,39 +327,84 @@ class SegmentationJob:
             self.done.set()
 
     def _run(self) -> None:
-        progress = self.progress
-        progress.stage(pipeline.Stage.LOADING)
-        model = modelcard.loadModel(self.modelPath, self.device)
-        progress.checkCancel()
-        roi = None
-        if self.roiBox is not None:
-            # The Markups box joins the intersection as one more extent: exact even when the box and
-            # the series are tilted (an intersection of two index ranges could be a few voxels larger).
-            progress.stage(pipeline.Stage.ROI)
-            box = geometry.boxGeometry(*self.roiBox)
-            try:
-                roi = pipeline.resolveROI(self.images, self.names, self.roiImages, self.roiNames, self.useROI, self.marginMM, boxes=[box])
-            except MedSegUNetError:
-                raise MedSegUNetError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
-        self.result = pipeline.segmentImages(
-            self.images,
-            model,
-            names=self.names,
-            roiImages=self.roiImages,
-            roiNames=self.roiNames,
-            roi=roi,
-            useROI=self.useROI,
-            marginMM=self.marginMM,
-            progress=progress,
-        )
-        progress.stage(pipeline.Stage.STATISTICS)
-        if self.referenceParts is not None:
-            name = "reference segmentation"
-            self.referenceMasks, self.warnings = statistics.referenceMasksFromParts(self.referenceParts, self.images[0], self.card["labels"], name)
-        self.report = statistics.computeStatistics(
-            self.result.labelmap, self.card, dict(zip(self.inputNames, self.images)), self.referenceMasks, self.result.regions
-        )
-        progress.checkCancel()
+        from . import jobfiles
+
+        if self.worker is None:
+            self.result, self.report, self.referenceMasks, self.warnings = jobfiles.computeJob(
+                self.modelPath, self.device, self.card, self.images, self.names, self.inputNames, self.roiImages, self.roiNames,
+                self.roiBox, self.useROI, self.marginMM, self.referenceParts, self.progress,
+            )
+            return
+        self.start()
+        while not self.poll(wait=0.1):
+            pass
+        if self.error is not None:
+            raise self.error
+
+    # -- with a worker process, driven from a GUI timer ----------------------------------------
+
+    def start(self) -> None:
+        """Send the job to the worker process and return at once (see :meth:`poll`).
+
+        The volumes travel as NRRD files in world geometry in a temporary folder.
+        """
+        import tempfile
+
+        from . import jobfiles
+
+        if self.worker is None:
+            raise MedSegUNetError("This job has no worker process: call run() instead.")
+        self._folder = tempfile.mkdtemp(prefix="medsegunet-job-")
+        try:
+            request = jobfiles.writeRequest(self, self._folder)
+            self.progress.checkCancel()
+            self.worker.send(request)
+        except Exception as error:  # kept for finish(), as run() does
+            self._end(error)
+            raise
+
+    def poll(self, wait: float = 0.0) -> bool:
+        """Handle what the worker said (progress, result, error) without blocking; True when done.
+
+        Checks the cancel event: when it is set the worker is killed at once (it restarts on the
+        next run) and the job ends as cancelled.
+        """
+        from . import jobfiles
+        from .worker import WorkerProcess  # noqa: F401 - the type of self.worker
+
+        if self.done.is_set():
+            return True
+        try:
+            if self.progress.cancelEvent is not None and self.progress.cancelEvent.is_set():
+                self.worker.kill()
+                raise ProcessingCancelled()
+            for message in self.worker.readMessages(timeout=wait):
+                if "progress" in message:
+                    self.progress.report(float(message["progress"]), str(message.get("message", "")))
+                elif "error" in message:
+                    if message.get("kind") == "cancelled":
+                        raise ProcessingCancelled()
+                    raise MedSegUNetError(message["error"] if message.get("kind") == "user" else f"internal error in the worker: {message['error']}")
+                elif "result" in message:
+                    answer = message["result"]
+                    self.result = jobfiles.readAnswer(answer, self._folder, self)
+                    self.report, self.warnings = answer["report"], list(answer["warnings"])
+                    self.progress.timings.update(answer["timings"])
+                    self._end(None)
+                    return True
+        except Exception as error:  # kept for finish(), which raises it on the main thread
+            self._end(error)
+            return True
+        return False
+
+    def _end(self, error: Exception | None) -> None:
+        import shutil
+
+        self.error = error
+        if getattr(self, "_folder", None):
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+        self.done.set()
 
 
 @dataclass
@@ -384,12 +431,34 @@ class SegmentationLogic:
 
     Args:
         scene: the ``vtkMRMLScene`` to read from and write to (``slicer.mrmlScene`` in Slicer).
+        useWorker: run the network (and every torch or MONAI import) in a worker process that is
+            kept warm between runs, as the Slicer module does; otherwise in this process.
+        workerExecutable: the worker's Python (Slicer's ``PythonSlicer``; default ``sys.executable``).
     """
 
-    def __init__(self, scene) -> None:
+    def __init__(self, scene, useWorker: bool = False, workerExecutable: str | None = None) -> None:
         if scene is None:
             raise ValueError("SegmentationLogic needs a vtkMRMLScene")
         self.scene = scene
+        self.useWorker = useWorker
+        self.workerExecutable = workerExecutable
+        self._worker = None
+
+    @property
+    def worker(self):
+        """The warm worker process (started on the first run and kept, with its loaded model)."""
+        if not self.useWorker:
+            return None
+        if self._worker is None:
+            from .worker import WorkerProcess
+
+            self._worker = WorkerProcess(self.workerExecutable)
+        return self._worker
+
+    def close(self) -> None:
+        """Stop the worker process, if any (a later run starts a new one)."""
+        if self._worker is not None:
+            self._worker.close()
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -532,6 +601,7 @@ class SegmentationLogic:
             marginMM=float(marginMM),
             referenceParts=referenceParts,
             progress=progress,
+            worker=self.worker,
             targets={
                 "reference": reference,
                 "referenceIJKToRAS": localIJKToRAS(reference),
