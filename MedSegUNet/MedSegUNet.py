@@ -349,10 +349,13 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- device -------------------------------------------------------------------------------
 
-    def _populateDevices(self) -> None:
+    def _populateDevices(self, askWorker: bool = False) -> None:
+        """Fill the device list; ``askWorker`` asks the worker process which GPUs PyTorch sees
+        (Slicer's process never imports torch), after an install or a first run."""
         from MedSegUNetLib.SegmentationLogic import availableDevices
 
-        available = availableDevices()
+        worker = self.logic.segmentationLogic.worker if askWorker and self.logic is not None else None
+        available = availableDevices(worker)
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -385,9 +388,12 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            installing = bool(self.logic.missingModules())
             if not self.logic.ensureDependencies():
                 self.ui.statusLabel.text = _("Dependencies are needed to segment.")
                 return
+            if installing:  # the same Apply goes on, with the GPUs the new PyTorch sees
+                self._populateDevices(askWorker=True)
             if self._card is None:  # the card could not be read before dependencies existed
                 self._loadCard(self._parameterNode.modelPath)
             parameters = self._parameterNode
@@ -561,31 +567,42 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
         return self.segmentationLogic.process(inputVolumes, modelPath, roiVolumes=roiVolumes, **kwargs)
 
     def missingModules(self) -> list:
-        import importlib.util
+        """What the first Apply must install: ``torch`` (missing or broken) and the other packages.
 
-        return [name for name in ("torch", *self.REQUIRED_MODULES) if importlib.util.find_spec(name) is None]
+        Read from the packages' metadata: Slicer's process never imports torch or MONAI.
+        """
+        from MedSegUNetLib import dependencies
+
+        status = dependencies.torchStatus()
+        return (["torch"] if status != "ok" else []) + dependencies.missingModules()
 
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install what is missing: PyTorch via the PyTorch extension, the rest from requirements.txt.
+        """Install what is missing, after one confirmation: PyTorch via the PyTorch extension, the rest from requirements.txt.
+
+        The torch, numpy, SimpleITK and VTK already present are pinned (a constraints file), so pip
+        never replaces Slicer's or the PyTorch extension's builds.
 
         Returns:
-            True when everything is importable; False when the user declined.
+            True when everything is installed; False when the user declined.
 
         Raises:
             MedSegUNetError: an installation failed (one line saying what to do).
         """
+        from MedSegUNetLib import dependencies
         from MedSegUNetLib.errors import MedSegUNetError
 
         missing = self.missingModules()
         if not missing:
             return True
+        broken = dependencies.torchStatus() == "broken"
+        names = ", ".join(("PyTorch (reinstall: the installed one is broken)" if broken else "PyTorch") if name == "torch" else name for name in missing)
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+            _("MedSegUNet needs these Python packages: {names}. Install them now? "
+              "PyTorch comes from the PyTorch extension, built for this computer's GPU; it may download a few GB.").format(names=names),
+            windowTitle=_("Install Python packages"),
+        ):
+            return False
         if "torch" in missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                _("MedSegUNet needs PyTorch, which is not installed. Install it now? "
-                  "A build matching this computer's GPU is chosen; it may download a few GB."),
-                windowTitle=_("Install PyTorch"),
-            ):
-                return False
             try:
                 import PyTorchUtils
             except ImportError:
@@ -595,41 +612,43 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
             except Exception as error:  # pip and network errors come in many types
                 logging.exception("PyTorch installation failed")
                 raise MedSegUNetError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
-            if torch is None:
+            if torch is None or dependencies.torchStatus() != "ok":
                 raise MedSegUNetError("PyTorch could not be installed: install it from the PyTorch Utils module, then retry.")
-            missing = self.missingModules()
-        if not missing:
-            return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("MedSegUNet needs these Python packages: {names}. Install them now?").format(names=", ".join(missing)),
-            windowTitle=_("Install Python packages"),
-        ):
-            return False
-        requirements = self.resourcePath("requirements.txt")
-        try:
-            packaging = self._packagingModule()
-            if packaging is not None:
-                # Slicer and the PyTorch extension provide these; pip must not replace them. The user
-                # was asked above, and the self-test needs the packages even in testing mode.
-                packaging.pip_ensure(
-                    packaging.load_requirements(requirements),
-                    skip_packages=["torch", "SimpleITK", "numpy"],
-                    prompt_install=False,
-                    skip_in_testing=False,
-                    requester="MedSegUNet",
-                )
-            else:
-                slicer.util.pip_install(["-r", requirements])
-        except Exception as error:  # pip reports failures as CalledProcessError or RuntimeError
-            logging.exception("Installing MedSegUNet requirements failed")
-            raise MedSegUNetError(
-                f"Installing {', '.join(missing)} failed ({error}): check the network connection, or run "
-                f"slicer.util.pip_install('-r {requirements}') in the Python console, then retry."
-            ) from None
+            # The worker may hold the old (broken) PyTorch: start afresh.
+            self.close()
+        if dependencies.missingModules():
+            self._installRequirements()
         still = self.missingModules()
         if still:
             raise MedSegUNetError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
         return True
+
+    def _installRequirements(self) -> None:
+        from MedSegUNetLib import dependencies
+        from MedSegUNetLib.errors import MedSegUNetError
+
+        requirements = self.resourcePath("requirements.txt")
+        constraints = dependencies.writeConstraints()
+        try:
+            packaging = self._packagingModule()
+            if packaging is not None:
+                # The user was asked above, and the self-test needs the packages even in testing mode.
+                packaging.pip_ensure(
+                    packaging.load_requirements(requirements),
+                    constraints=constraints,
+                    skip_packages=list(dependencies.PINNED),
+                    prompt_install=False,
+                    skip_in_testing=False,
+                    requester="MedSegUNet",
+                )
+            else:  # Slicer 5.6–5.10: pip with the constraints file keeps torch, numpy, SimpleITK and VTK as they are
+                slicer.util.pip_install(["-r", requirements, "-c", constraints])
+        except Exception as error:  # pip reports failures as CalledProcessError or RuntimeError
+            logging.exception("Installing MedSegUNet requirements failed")
+            raise MedSegUNetError(
+                f"Installing the Python packages failed ({error}): check the network connection, or run "
+                f"slicer.util.pip_install(['-r', {requirements!r}, '-c', {constraints!r}]) in the Python console, then retry."
+            ) from None
 
     @staticmethod
     def _packagingModule():

@@ -187,8 +187,11 @@ def test_catalog_entry_validates_against_schema():
 def test_requirements_leave_bundled_packages_alone():
     lines = [line.split("#")[0].strip() for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text().splitlines()]
     names = {re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line}
-    assert {"monai", "slicerio", "jsonschema", "pyyaml"} <= names
-    assert not names & {"torch", "simpleitk", "numpy"}
+    # What the worker imports for a run; the dependencies module checks the same list.
+    from MedSegUNetLib import dependencies
+
+    assert {distribution.lower() for distribution in dependencies.REQUIRED.values()} <= names
+    assert not names & {name.lower() for name in dependencies.PINNED}
 
 
 def test_icon_and_screenshot_sizes():

@@ -959,21 +959,22 @@ def suggestROIVolumes(reference, candidates: Sequence, card: dict | None = None)
     return chosen
 
 
-def availableDevices() -> dict[str, bool]:
-    """Which devices this PyTorch can use: ``{"auto": True, "cuda": ..., "mps": ..., "cpu": True}``.
+def availableDevices(worker=None) -> dict[str, bool]:
+    """Which devices PyTorch can use: ``{"auto": True, "cuda": ..., "mps": ..., "cpu": True}``.
 
-    Without PyTorch only ``auto`` and ``cpu`` are offered (it is installed on first Apply).
+    Slicer's process never imports torch: with a worker process (:class:`worker.WorkerProcess`)
+    the worker is asked; without one, or when PyTorch is missing or broken, only ``auto`` and
+    ``cpu`` are offered (PyTorch is installed or repaired on the first Apply). Never raises.
     """
-    devices = {"auto": True, "cuda": False, "mps": False, "cpu": True}
-    try:
-        import torch
-    except ImportError:
-        return devices
-    devices["cuda"] = bool(torch.cuda.is_available())
-    mps = getattr(torch.backends, "mps", None)
-    devices["mps"] = bool(mps is not None and mps.is_available())
-    return devices
+    from .dependencies import torchDevices, torchStatus
 
+    devices = {"auto": True, "cuda": False, "mps": False, "cpu": True}
+    if worker is None or torchStatus() != "ok":
+        return devices
+    try:
+        return torchDevices(worker)
+    except MedSegUNetError:
+        return devices
 
 
 def timingsText(timings: dict[str, float]) -> str:

@@ -209,6 +209,15 @@ def handle(request: dict) -> dict:
 
     if request.get("command") == "ping":
         return {"pid": os.getpid()}
+    if request.get("command") == "devices":
+        try:
+            import torch
+
+            cuda = bool(torch.cuda.is_available())
+            mps = getattr(torch.backends, "mps", None)
+            return {"torch": torch.__version__, "cuda": cuda, "mps": bool(mps is not None and mps.is_available())}
+        except Exception as error:  # a half-installed PyTorch fails in many ways
+            raise MedSegUNetError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
     if request.get("command") != "segment":
         raise MedSegUNetError(f"Unknown worker command '{request.get('command')}'.")
     return jobfiles.runRequest(request, lambda fraction, message: _write({"progress": fraction, "message": message}))
