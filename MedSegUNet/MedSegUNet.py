@@ -105,6 +105,7 @@ class MedSegUNetParameterNode:
     device: str = "auto"
     useROI: bool = True
     marginMM: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    show3D: bool = False
     roiNode: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
     outputTable: vtkMRMLTableNode
@@ -133,6 +134,7 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._card = None
         self._inputSelectors = []
         self._job = None
+        self._tableShown = False
         self._cancelEvent = None
         self._progress = (0.0, "")
         self._startTime = 0.0
@@ -149,6 +151,12 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self.onPollWorker)
+        # One member timer coalesces a burst of scene events (loading a study) into one refresh;
+        # qt.QTimer.singleShot would make (and never delete) a timer per event.
+        self._sceneChangeTimer = qt.QTimer()
+        self._sceneChangeTimer.setSingleShot(True)
+        self._sceneChangeTimer.setInterval(0)
+        self._sceneChangeTimer.connect("timeout()", self._updateROIVolumeList)
 
         self.ui.modelPathLineEdit.nameFilters = ["TorchScript model (*.pt *.pth *.ts)", "All files (*)"]
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
@@ -162,8 +170,6 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -173,12 +179,21 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._job.poll()  # sees the cancel: ends the worker process
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        if getattr(self, "_sceneChangeTimer", None) is not None:
+            self._sceneChangeTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        # Node events only matter while the module is shown.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        self._updateROIVolumeList()
 
     def exit(self) -> None:
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        self._sceneChangeTimer.stop()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -292,9 +307,11 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateROIVolumeList()
         self._checkCanApply()
 
-    def onSceneNodesChanged(self, caller=None, event=None) -> None:
-        # Scene events come in bursts (loading a study); refresh once they are over.
-        qt.QTimer.singleShot(0, self._updateROIVolumeList)
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onSceneNodesChanged(self, caller=None, event=None, node=None) -> None:
+        # Only scalar volumes change the lists; scene events come in bursts: refresh once after.
+        if node is None or node.IsA("vtkMRMLScalarVolumeNode"):
+            self._sceneChangeTimer.start()
 
     def _updateROIVolumeList(self) -> None:
         """List every other scalar volume, checked when it limits the ROI (pre-checked: same study)."""
@@ -478,8 +495,11 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             displayNode.SetVisibility(True)
         reference = self.inputVolumes()[0]
         slicer.util.setSliceViewerLayers(background=reference, fit=True)
-        result.segmentationNode.CreateClosedSurfaceRepresentation()
-        self.onShowTable()
+        if parameters.show3D:  # closed surfaces take time: only when asked
+            result.segmentationNode.CreateClosedSurfaceRepresentation()
+        if not self._tableShown:  # the layout changes on the first result only; the button shows it again
+            self._tableShown = True
+            self.onShowTable()
         self.ui.statusLabel.text = _("Done on {device}: {timings}").format(device=result.device, timings=timingsText(result.timings))
 
     def onShowTable(self) -> None:

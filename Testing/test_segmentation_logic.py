@@ -576,3 +576,26 @@ def test_terminology_reaches_mrml_segments(a_scene, tmp_path, phantom_data):
     other = vtk.reference("")
     segmentation.GetNthSegment(1).GetTag("TerminologyEntry", other)
     assert "Prostate" not in str(other)  # a label without codes keeps vtkSegment's default entry
+
+
+def test_outputs_go_into_the_reference_study_and_a_second_patient_gets_new_nodes(a_scene, phantom_data):
+    nodes = addPhantoms(a_scene, phantom_data)
+    reference = nodes[selftest.INPUT_NAME]
+    # slicer-core has no subject hierarchy plugins: make the patient and study items a DICOM load would.
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(a_scene)
+    study = shNode.CreateStudyItem(shNode.CreateSubjectItem(shNode.GetSceneItemID(), "Patient 1"), "MR prostate")
+    shNode.CreateItem(study, reference)
+    logic = SegmentationLogic(a_scene)
+    first = logic.process([reference], phantom_data["modelPath"], roiVolumes=[nodes["T2 sagittal"]], device="cpu")
+    for node in (first.segmentationNode, first.statisticsTableNode, first.roiNode):
+        assert shNode.GetItemParent(shNode.GetItemByDataNode(node)) == study
+        assert node.GetName().startswith(selftest.INPUT_NAME)
+    # A second patient: the outputs made for the first are not overwritten (the widget passes them on).
+    second = addVolumeFromImage(a_scene, phantom_data["images"][selftest.INPUT_NAME], "Patient 2 T2")
+    again = logic.process([second], phantom_data["modelPath"], outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode,
+                          outputROI=first.roiNode, useROI=False, device="cpu")
+    assert again.segmentationNode is not first.segmentationNode and again.statisticsTableNode is not first.statisticsTableNode
+    assert again.segmentationNode.GetName().startswith("Patient 2 T2")
+    # The whole volume was segmented: no ROI box node.
+    assert again.roiNode is None and a_scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 1
+    assert first.segmentationNode.GetSegmentation().GetNumberOfSegments() == len(phantom_data["card"]["labels"])

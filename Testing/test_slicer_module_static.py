@@ -379,3 +379,31 @@ print(sorted(availableDevices().items()))
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "[('auto', True), ('cpu', True), ('cuda', False), ('mps', False)]"
+
+
+def test_scene_events_are_coalesced_and_observed_only_while_entered():
+    tree = moduleTree()
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert "QTimer.singleShot(" not in source.replace("qt.QTimer.singleShot would", "")
+    methods = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+
+    def observed(method: str) -> set[str]:
+        return {ast.unparse(call.args[1]) for call in ast.walk(methods[method]) if isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute) and call.func.attr in ("addObserver", "removeObserver") and len(call.args) > 1}
+
+    assert "slicer.mrmlScene.NodeAddedEvent" not in observed("setup")
+    assert {"slicer.mrmlScene.NodeAddedEvent", "slicer.mrmlScene.NodeRemovedEvent"} <= observed("enter") & observed("exit")
+    handler = methods["onSceneNodesChanged"]
+    assert any("calldata_type" in ast.unparse(d) for d in handler.decorator_list) and "vtkMRMLScalarVolumeNode" in ast.unparse(handler)
+
+
+def test_slicer_process_never_imports_torch_or_monai():
+    for path in [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]:
+        if path.name in ("worker.py",):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        topLevel = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        names = {alias.name.split(".")[0] for node in topLevel for alias in node.names} | {node.module.split(".")[0] for node in topLevel if isinstance(node, ast.ImportFrom) and node.module}
+        assert not names & {"torch", "monai"}, f"{path.name} imports torch or MONAI at module level"
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert "import torch" not in source and "SegmentationLogic(slicer.mrmlScene, useWorker=True" in source

@@ -35,6 +35,9 @@ from .volumes import checkScalarVolume
 ProgressCallback = Callable[[float, str], None]
 
 BINARY_LABELMAP = "Binary labelmap"
+# Set on every output node: the reference volume it was made from. Outputs of another reference
+# (another patient) are not reused; a run on them makes new nodes named after the new reference.
+REFERENCE_ATTRIBUTE = "MedSegUNet.ReferenceVolumeID"
 # An orthonormality tolerance for directions built from world matrices: DICOM geometry carries
 # rounding around 1e-6, while a real shear is orders of magnitude larger.
 SHEAR_TOLERANCE = 1e-4
@@ -583,6 +586,12 @@ class SegmentationLogic:
         roiBox = roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None
         referenceParts = referencePartsFromNode(referenceSegmentation, card["labels"]) if referenceSegmentation is not None else None
         reference = inputVolumes[0]
+
+        def ownOutput(node):
+            made = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None
+            return None if node is None or (made is not None and made != reference.GetID()) else node
+
+        outputSegmentation, outputTable, outputROI, outputOverlapTable = (ownOutput(n) for n in (outputSegmentation, outputTable, outputROI, outputOverlapTable))
         if marginMM is None:
             marginMM = float(card.get("roi", {}).get("margin_mm", 0.0))
         if marginMM < 0:
@@ -669,10 +678,42 @@ class SegmentationLogic:
             created,
             restore,
         )
-        nodes["roi"] = self._writeROI(job, f"{baseName} ROI", created, restore)
+        # No ROI box to show when the whole volume was segmented.
+        nodes["roi"] = self._writeROI(job, f"{baseName} ROI", created, restore) if job.useROI or job.roiBox is not None else None
         if targets["withReference"]:
             nodes["overlapTable"] = self._writeOverlapTable(job, f"{baseName} overlap", created, restore)
+        outputs = [node for node in nodes.values() if node is not None]
+        for node in outputs:
+            self._setAttribute(node, REFERENCE_ATTRIBUTE, reference.GetID(), restore)
+        self._placeInStudy(reference, outputs, restore)
         return nodes
+
+    @staticmethod
+    def _setAttribute(node, name: str, value: str, restore: list) -> None:
+        old = node.GetAttribute(name)
+        node.SetAttribute(name, value)
+        restore.append(lambda: node.SetAttribute(name, old) if old is not None else node.RemoveAttribute(name))
+
+    def _placeInStudy(self, reference, nodes: Sequence, restore: list) -> None:
+        """Put the outputs beside the reference volume in the subject hierarchy (its study)."""
+        import slicer
+
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        if shNode is None:
+            return
+        referenceItem = shNode.GetItemByDataNode(reference)
+        parent = shNode.GetItemParent(referenceItem) if referenceItem else 0
+        if not parent or parent == shNode.GetSceneItemID():
+            return
+        for node in nodes:
+            item = shNode.GetItemByDataNode(node)
+            if not item:
+                shNode.CreateItem(parent, node)
+                continue
+            old = shNode.GetItemParent(item)
+            if old != parent:
+                shNode.SetItemParent(item, parent)
+                restore.append(lambda item=item, old=old: shNode.SetItemParent(item, old))
 
     def _newNode(self, className: str, name: str, created: list):
         import slicer
