@@ -407,3 +407,82 @@ def test_slicer_process_never_imports_torch_or_monai():
         assert not names & {"torch", "monai"}, f"{path.name} imports torch or MONAI at module level"
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert "import torch" not in source and "SegmentationLogic(slicer.mrmlScene, useWorker=True" in source
+
+
+SIGNATURES = json.loads((REPO_ROOT / "Testing" / "data" / "slicer-api-signatures.json").read_text())
+
+
+def signatureOf(entry: dict):
+    import inspect
+
+    parameters = []
+    positional = entry["positional"]
+    firstDefault = len(positional) - entry["defaults"]
+    for index, name in enumerate(positional):
+        default = None if index >= firstDefault else inspect.Parameter.empty
+        parameters.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+    if entry["varargs"]:
+        parameters.append(inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL))
+    for name in entry["keyword_only"]:
+        default = inspect.Parameter.empty if name in entry["kw_required"] else None
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    if entry["varkw"]:
+        parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    return inspect.Signature(parameters)
+
+
+def callsOf(attribute: str, paths) -> list:
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute:
+                found.append((path.name, node))
+    return found
+
+
+def bindCall(signature, node, skipSelf: bool = False) -> None:
+    args = [None] * len(node.args)
+    kwargs = {keyword.arg: None for keyword in node.keywords if keyword.arg}
+    signature.bind(*([None] if skipSelf else []), *args, **kwargs)
+
+
+@pytest.mark.parametrize("version", sorted(SIGNATURES["slicer"]))
+def test_slicer_calls_bind_on_every_supported_slicer(version):
+    """Every slicer.util and slicer.packaging call, bound to the signature of Slicer 5.6, 5.8, 5.10 and main."""
+    api = SIGNATURES["slicer"][version]
+    paths = [MODULE_FILE, MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py", REPO_ROOT / "docs" / "batch_example.py"]
+    for path in paths:
+        for name, call in slicerUtilCalls(path):
+            assert name in api["slicer.util"], f"slicer.util.{name} ({path.name}:{call.lineno}) does not exist in Slicer {version}"
+            try:
+                bindCall(signatureOf(api["slicer.util"][name]), call)
+            except TypeError as error:
+                pytest.fail(f"slicer.util.{name} at {path.name}:{call.lineno} does not fit Slicer {version}: {error}")
+    packaging = api["slicer.packaging"]
+    for name in ("pip_ensure", "load_requirements"):
+        for fileName, call in callsOf(name, [MODULE_FILE]):
+            if packaging is None:
+                continue  # that Slicer has no slicer.packaging: the module falls back to pip_install with constraints
+            try:
+                bindCall(signatureOf(packaging[name]), call)
+            except TypeError as error:
+                pytest.fail(f"slicer.packaging.{name} at {fileName}:{call.lineno} does not fit Slicer {version}: {error}")
+    if packaging is None:
+        # The fallback must be there for this Slicer.
+        assert callsOf("pip_install", [MODULE_FILE])
+
+
+def test_pytorchutils_calls_bind():
+    methods = SIGNATURES["PyTorchUtilsLogic"]["methods"]
+    calls = callsOf("installTorch", [MODULE_FILE])
+    assert calls
+    for fileName, call in calls:
+        bindCall(signatureOf(methods["installTorch"]), call, skipSelf=True)
+
+
+def test_the_signature_check_can_fail():
+    # Slicer 5.6's pip_install takes no keyword arguments (5.10's does): such a call must be caught.
+    call = ast.parse("slicer.util.pip_install(['-r', 'x'], blocking=True)").body[0].value
+    with pytest.raises(TypeError):
+        bindCall(signatureOf(SIGNATURES["slicer"]["5.6.2"]["slicer.util"]["pip_install"]), call)
+    bindCall(signatureOf(SIGNATURES["slicer"]["main"]["slicer.util"]["pip_install"]), call)
