@@ -160,6 +160,8 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.modelPathLineEdit.nameFilters = ["TorchScript model (*.pt *.pth *.ts)", "All files (*)"]
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self._populateCatalog()
+        self.ui.catalogComboBox.connect("activated(int)", self.onCatalogModelChosen)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.ui.roiVolumesListWidget.connect("itemChanged(QListWidgetItem*)", self.onROIVolumesChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -231,6 +233,34 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     # -- model and inputs ---------------------------------------------------------------------
+
+    def _populateCatalog(self) -> None:
+        """The catalog's models beside the local file (MEDSEGUNET_CATALOG may name a mirror)."""
+        from MedSegUNetLib import catalog
+        from MedSegUNetLib.errors import MedSegUNetError
+
+        combo = self.ui.catalogComboBox
+        combo.clear()
+        combo.addItem(_("Choose a model to download..."), "")
+        try:
+            entries = catalog.loadCatalog()["models"]
+        except MedSegUNetError as error:
+            combo.setToolTip(str(error))
+            return
+        for entry in entries:
+            combo.addItem(f"{entry['name']}: {entry.get('description', '')}", entry["name"])
+
+    def onCatalogModelChosen(self, index: int) -> None:
+        name = self.ui.catalogComboBox.itemData(index)
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded."), waitCursor=True):
+            self.ui.statusLabel.text = _("Downloading {name}...").format(name=name)
+            slicer.app.processEvents()
+            path = self.logic.pullCatalogModel(name)
+            self.ui.modelPathLineEdit.currentPath = path
+            self.ui.statusLabel.text = _("Model {name} is in {path}").format(name=name, path=path)
+        self.ui.catalogComboBox.setCurrentIndex(0)
 
     def onModelPathChanged(self, path: str) -> None:
         if self._parameterNode:
@@ -554,6 +584,13 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
         import shutil
 
         return shutil.which("PythonSlicer") or sys.executable
+
+    @staticmethod
+    def pullCatalogModel(name: str) -> str:
+        """A catalog model's file, downloaded once (SHA256 checked) into Slicer's cache folder."""
+        from MedSegUNetLib import catalog
+
+        return str(catalog.pullModel(name, cache=catalog.cacheFolder(slicer.app.cachePath)))
 
     def close(self) -> None:
         """Stop the worker process (the next run starts a new one)."""
