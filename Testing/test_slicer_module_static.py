@@ -28,6 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO_ROOT / "MedSegUNet"
 LIB_DIR = MODULE_DIR / "MedSegUNetLib"
 MODULE_FILE = MODULE_DIR / "MedSegUNet.py"
+# The module's Slicer-facing code: the thin module file, its widget and its installer (in the Lib).
+WIDGET_FILE = MODULE_DIR / "MedSegUNetLib" / "widget.py"
+INSTALL_FILE = MODULE_DIR / "MedSegUNetLib" / "dependencies.py"
+SLICER_FILES = [MODULE_FILE, WIDGET_FILE, INSTALL_FILE]
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegUNet.ui"
 FAKE_SLICER = REPO_ROOT / "Testing" / "data" / "FakeSlicer"
 CATALOG_SCHEMA = REPO_ROOT / "Testing" / "data" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
@@ -106,7 +110,7 @@ def uiWidgetNames() -> dict[str, ElementTree.Element]:
 
 
 def test_every_ui_name_used_by_the_widget_exists():
-    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_FILE.read_text(encoding="utf-8")))
+    used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", WIDGET_FILE.read_text(encoding="utf-8")))
     names = uiWidgetNames()
     assert used, "the widget uses no ui names?"
     assert used <= set(names), f"missing in {UI_FILE.name}: {sorted(used - set(names))}"
@@ -114,6 +118,10 @@ def test_every_ui_name_used_by_the_widget_exists():
 
 def moduleTree() -> ast.Module:
     return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+def slicerTrees() -> list:
+    return [ast.parse(path.read_text(encoding="utf-8")) for path in SLICER_FILES]
 
 
 def test_module_defines_the_five_template_classes():
@@ -308,7 +316,7 @@ def slicerUtilCalls(path: Path) -> list[tuple[str, ast.Call]]:
     return calls
 
 
-@pytest.mark.parametrize("path", [MODULE_FILE, MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py", REPO_ROOT / "docs" / "batch_example.py"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*SLICER_FILES, MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py", REPO_ROOT / "docs" / "batch_example.py"], ids=lambda p: p.name)
 def test_slicer_util_calls_match_the_real_signatures(path):
     # slicer-core ships Slicer's own Base/Python/slicer/util.py: bind each call to the real signature.
     import inspect
@@ -328,7 +336,8 @@ def test_slicer_util_calls_match_the_real_signatures(path):
 def keywordsOfCalls(attribute: str) -> list[set[str]]:
     return [
         {keyword.arg for keyword in node.keywords}
-        for node in ast.walk(moduleTree())
+        for tree in slicerTrees()
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute
     ]
 
@@ -382,8 +391,8 @@ print(sorted(availableDevices().items()))
 
 
 def test_scene_events_are_coalesced_and_observed_only_while_entered():
-    tree = moduleTree()
-    source = MODULE_FILE.read_text(encoding="utf-8")
+    tree = ast.parse(WIDGET_FILE.read_text(encoding="utf-8"))
+    source = WIDGET_FILE.read_text(encoding="utf-8")
     assert "QTimer.singleShot(" not in source.replace("qt.QTimer.singleShot would", "")
     methods = {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
 
@@ -407,6 +416,21 @@ def test_slicer_process_never_imports_torch_or_monai():
         assert not names & {"torch", "monai"}, f"{path.name} imports torch or MONAI at module level"
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert "import torch" not in source and "SegmentationLogic(slicer.mrmlScene, useWorker=True" in source
+
+
+def test_module_file_is_the_five_template_classes_and_the_widget_lives_in_the_lib():
+    tree = moduleTree()
+    classes = [node.name for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert classes == ["MedSegUNet", "MedSegUNetParameterNode", "MedSegUNetWidget", "MedSegUNetLogic", "MedSegUNetTest"]
+    widget = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "MedSegUNetWidget")
+    assert {f.name for f in widget.body if isinstance(f, ast.FunctionDef)} == {"__init__", "setup", "cleanup", "enter", "exit", "onReload"}
+    assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 320
+    # Qt is imported by the widget's Lib file only; onReload reloads every Lib module, the widget last.
+    assert "import qt" not in MODULE_FILE.read_text(encoding="utf-8") and "import qt" in WIDGET_FILE.read_text(encoding="utf-8")
+    libModules = next(node for node in tree.body if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "LIB_MODULES")
+    listed = [element.value for element in libModules.value.elts]
+    assert set(listed) == {p.stem for p in LIB_DIR.glob("*.py")} - {"__init__", "cli", "batch", "raybatch", "demo", "exporting", "training", "console"}
+    assert listed[-1] == "widget"
 
 
 SIGNATURES = json.loads((REPO_ROOT / "Testing" / "data" / "slicer-api-signatures.json").read_text())
@@ -450,7 +474,7 @@ def bindCall(signature, node, skipSelf: bool = False) -> None:
 def test_slicer_calls_bind_on_every_supported_slicer(version):
     """Every slicer.util and slicer.packaging call, bound to the signature of Slicer 5.6, 5.8, 5.10 and main."""
     api = SIGNATURES["slicer"][version]
-    paths = [MODULE_FILE, MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py", REPO_ROOT / "docs" / "batch_example.py"]
+    paths = [*SLICER_FILES, MODULE_DIR / "Testing" / "Python" / "MedSegUNetSelfTest.py", REPO_ROOT / "docs" / "batch_example.py"]
     for path in paths:
         for name, call in slicerUtilCalls(path):
             assert name in api["slicer.util"], f"slicer.util.{name} ({path.name}:{call.lineno}) does not exist in Slicer {version}"
@@ -460,7 +484,7 @@ def test_slicer_calls_bind_on_every_supported_slicer(version):
                 pytest.fail(f"slicer.util.{name} at {path.name}:{call.lineno} does not fit Slicer {version}: {error}")
     packaging = api["slicer.packaging"]
     for name in ("pip_ensure", "load_requirements"):
-        for fileName, call in callsOf(name, [MODULE_FILE]):
+        for fileName, call in callsOf(name, SLICER_FILES):
             if packaging is None:
                 continue  # that Slicer has no slicer.packaging: the module falls back to pip_install with constraints
             try:
@@ -469,12 +493,12 @@ def test_slicer_calls_bind_on_every_supported_slicer(version):
                 pytest.fail(f"slicer.packaging.{name} at {fileName}:{call.lineno} does not fit Slicer {version}: {error}")
     if packaging is None:
         # The fallback must be there for this Slicer.
-        assert callsOf("pip_install", [MODULE_FILE])
+        assert callsOf("pip_install", SLICER_FILES)
 
 
 def test_pytorchutils_calls_bind():
     methods = SIGNATURES["PyTorchUtilsLogic"]["methods"]
-    calls = callsOf("installTorch", [MODULE_FILE])
+    calls = callsOf("installTorch", SLICER_FILES)
     assert calls
     for fileName, call in calls:
         bindCall(signatureOf(methods["installTorch"]), call, skipSelf=True)

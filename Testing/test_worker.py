@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for MRML tests")

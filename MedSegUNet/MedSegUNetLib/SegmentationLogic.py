@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, modelcard, pipeline, preprocessing, statistics
+from . import geometry, modelcard, pipeline, statistics
 from .errors import MedSegUNetError, ProcessingCancelled
 from .volumes import checkScalarVolume
 
@@ -373,7 +373,6 @@ class SegmentationJob:
         next run) and the job ends as cancelled.
         """
         from . import jobfiles
-        from .worker import WorkerProcess  # noqa: F401 - the type of self.worker
 
         if self.done.is_set():
             return True

@@ -1,5 +1,8 @@
 """What a Slicer installation still needs, found without importing it, and how to install it safely.
 
+The first Apply calls :func:`ensureInstalled` (in Slicer: it asks once, then installs PyTorch with
+the PyTorch extension and the rest with ``slicer.packaging.pip_ensure`` or ``pip_install``).
+
 Slicer's process must stay light and must not be broken by a half-installed package, so nothing
 here imports torch or MONAI: distributions are looked up in their metadata
 (``importlib.metadata``), and whether PyTorch really works (``import torch``, ``torch.cuda``) is
@@ -79,3 +82,109 @@ def torchDevices(worker) -> dict[str, bool]:
     """
     answer = worker.request({"command": "devices"})
     return {"auto": True, "cuda": bool(answer["cuda"]), "mps": bool(answer["mps"]), "cpu": True}
+
+
+def missingForSlicer() -> list[str]:
+    """What the first Apply must install: ``torch`` (missing or broken) and the other packages."""
+    return (["torch"] if torchStatus() != "ok" else []) + missingModules()
+
+
+def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorchInstalled=None) -> bool:
+    """Install what is missing, after one confirmation: PyTorch via the PyTorch extension, the rest from requirements.
+
+    The torch, numpy, SimpleITK and VTK already present are pinned (a constraints file), so pip
+    never replaces Slicer's or the PyTorch extension's builds. Runs in Slicer only.
+
+    Args:
+        requirementsPath: the module's ``Resources/requirements.txt``.
+        onTorchInstalled: called after PyTorch was (re)installed (the module restarts its worker).
+
+    Returns:
+        True when everything is installed; False when the user declined.
+
+    Raises:
+        MedSegUNetError: an installation failed (one line saying what to do).
+    """
+    import logging
+
+    import slicer
+    from slicer.i18n import tr as _
+
+    from .errors import MedSegUNetError
+
+    missing = missingForSlicer()
+    if not missing:
+        return True
+    broken = torchStatus() == "broken"
+    names = ", ".join(("PyTorch (reinstall: the installed one is broken)" if broken else "PyTorch") if name == "torch" else name for name in missing)
+    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+        _("MedSegUNet needs these Python packages: {names}. Install them now? "
+          "PyTorch comes from the PyTorch extension, built for this computer's GPU; it may download a few GB.").format(names=names),
+        windowTitle=_("Install Python packages"),
+    ):
+        return False
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise MedSegUNetError("The PyTorch extension is missing: install 'PyTorch' from the Extensions Manager and restart Slicer.") from None
+        try:
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        except Exception as error:  # pip and network errors come in many types
+            logging.exception("PyTorch installation failed")
+            raise MedSegUNetError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
+        if torch is None or torchStatus() != "ok":
+            raise MedSegUNetError("PyTorch could not be installed: install it from the PyTorch Utils module, then retry.")
+        if onTorchInstalled is not None:  # a worker may hold the old (broken) PyTorch
+            onTorchInstalled()
+    if missingModules():
+        installRequirements(requirementsPath)
+    still = missingForSlicer()
+    if still:
+        raise MedSegUNetError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
+    return True
+
+
+def packagingModule():
+    """Slicer's package installer with ``pip_ensure``/``load_requirements``, or None (Slicer 5.6–5.10).
+
+    ``slicer.packaging`` is a submodule: it must be imported, not looked up as an attribute.
+    """
+    import importlib
+
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return module if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements") else None
+
+
+def installRequirements(requirementsPath: str) -> None:
+    """pip-install the requirements with :data:`PINNED` held at their present versions."""
+    import logging
+
+    import slicer
+
+    from .errors import MedSegUNetError
+
+    constraints = writeConstraints()
+    try:
+        packaging = packagingModule()
+        if packaging is not None:
+            # The user was asked already, and the self-test needs the packages even in testing mode.
+            packaging.pip_ensure(
+                packaging.load_requirements(requirementsPath),
+                constraints=constraints,
+                skip_packages=list(PINNED),
+                prompt_install=False,
+                skip_in_testing=False,
+                requester="MedSegUNet",
+            )
+        else:  # Slicer 5.6–5.10: pip with the constraints file keeps torch, numpy, SimpleITK and VTK as they are
+            slicer.util.pip_install(["-r", requirementsPath, "-c", constraints])
+    except Exception as error:  # pip reports failures as CalledProcessError or RuntimeError
+        logging.exception("Installing MedSegUNet requirements failed")
+        raise MedSegUNetError(
+            f"Installing the Python packages failed ({error}): check the network connection, or run "
+            f"slicer.util.pip_install(['-r', {requirementsPath!r}, '-c', {constraints!r}]) in the Python console, then retry."
+        ) from None

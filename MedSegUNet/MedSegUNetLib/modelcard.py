@@ -12,7 +12,9 @@ i, j, k order (2D models: ``N, C, i, j``, one slice along k per batch item).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
+import sys
 import os
 import threading
 from dataclasses import dataclass
@@ -49,12 +51,7 @@ def schemaErrors(card: Any, useJsonschema: bool | None = None) -> list[tuple[str
     covers every keyword the card schema uses; the module can show a card before any install.
     """
     if useJsonschema is None:
-        try:
-            import jsonschema  # noqa: F401
-        except ImportError:
-            useJsonschema = False
-        else:
-            useJsonschema = True
+        useJsonschema = importlib.util.find_spec("jsonschema") is not None if sys.modules.get("jsonschema", True) is not None else False
     if not useJsonschema:
         return sorted(structuralErrors(loadSchema(), card), key=lambda e: e[0])
     import jsonschema

@@ -1,0 +1,450 @@
+"""The MedSegUNet module's GUI (Qt): imported by ``MedSegUNet.py`` when the module is shown.
+
+As in SlicerNNUnet, the module file keeps the five template classes and this file holds the
+widget's code: model and catalog, one input selector per card input, the ROI series, device,
+outputs, Apply/Cancel and progress. The MRML work is in :mod:`SegmentationLogic` (tested on
+slicer-core); the network runs in the logic's worker process, polled by a timer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.util import VTKObservationMixin
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+INPUT_REFERENCE_ROLE = "InputVolume"
+ROI_VOLUME_REFERENCE_ROLE = "ROIVolume"
+
+
+class MedSegUNetWidgetController(VTKObservationMixin):
+    """The GUI: model, inputs, ROI, device, outputs; the network runs in the logic's worker process.
+
+    Args:
+        shell: the module's widget (its layout, resource path and entered state).
+        logic: the module's logic.
+    """
+
+    POLL_INTERVAL_MS = 100
+
+    def __init__(self, shell, logic) -> None:
+        VTKObservationMixin.__init__(self)
+        self.shell = shell
+        self.logic = logic
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._card = None
+        self._inputSelectors = []
+        self._job = None
+        self._tableShown = False
+        self._cancelEvent = None
+        self._progress = (0.0, "")
+        self._startTime = 0.0
+        self._pollTimer = None
+
+    def setup(self) -> None:
+        uiWidget = slicer.util.loadUI(self.shell.resourcePath("UI/MedSegUNet.ui"))
+        self.shell.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollWorker)
+        # One member timer coalesces a burst of scene events (loading a study) into one refresh;
+        # qt.QTimer.singleShot would make (and never delete) a timer per event.
+        self._sceneChangeTimer = qt.QTimer()
+        self._sceneChangeTimer.setSingleShot(True)
+        self._sceneChangeTimer.setInterval(0)
+        self._sceneChangeTimer.connect("timeout()", self._updateROIVolumeList)
+
+        self.ui.modelPathLineEdit.nameFilters = ["TorchScript model (*.pt *.pth *.ts)", "All files (*)"]
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self._populateCatalog()
+        self.ui.catalogComboBox.connect("activated(int)", self.onCatalogModelChosen)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.roiVolumesListWidget.connect("itemChanged(QListWidgetItem*)", self.onROIVolumesChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.showTableButton.connect("clicked(bool)", self.onShowTable)
+        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.hide()
+        self._populateDevices()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._cancelEvent is not None:
+            self._cancelEvent.set()
+            if self._job is not None:
+                self._job.poll()  # sees the cancel: ends the worker process
+        if self._pollTimer is not None:
+            self._pollTimer.stop()
+        if getattr(self, "_sceneChangeTimer", None) is not None:
+            self._sceneChangeTimer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        # Node events only matter while the module is shown.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        self._updateROIVolumeList()
+
+    def exit(self) -> None:
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        self._sceneChangeTimer.stop()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._cancelEvent is not None:
+            self._cancelEvent.set()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.shell.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameter node -----------------------------------------------------------------------
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[object]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            if self._parameterNode.modelPath:
+                self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            else:  # a new scene starts from the last model used (the path edit's history)
+                self._parameterNode.modelPath = self.ui.modelPathLineEdit.currentPath
+            index = self.ui.deviceComboBox.findData(self._parameterNode.device)
+            self.ui.deviceComboBox.currentIndex = max(index, 0)
+            self._loadCard(self._parameterNode.modelPath)
+            self._checkCanApply()
+
+    # -- model and inputs ---------------------------------------------------------------------
+
+    def _populateCatalog(self) -> None:
+        """The catalog's models beside the local file (MEDSEGUNET_CATALOG may name a mirror)."""
+        from MedSegUNetLib import catalog
+        from MedSegUNetLib.errors import MedSegUNetError
+
+        combo = self.ui.catalogComboBox
+        combo.clear()
+        combo.addItem(_("Choose a model to download..."), "")
+        try:
+            entries = catalog.loadCatalog()["models"]
+        except MedSegUNetError as error:
+            combo.setToolTip(str(error))
+            return
+        for entry in entries:
+            combo.addItem(f"{entry['name']}: {entry.get('description', '')}", entry["name"])
+
+    def onCatalogModelChosen(self, index: int) -> None:
+        name = self.ui.catalogComboBox.itemData(index)
+        if not name:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded."), waitCursor=True):
+            self.ui.statusLabel.text = _("Downloading {name}...").format(name=name)
+            slicer.app.processEvents()
+            path = self.logic.pullCatalogModel(name)
+            self.ui.modelPathLineEdit.currentPath = path
+            self.ui.statusLabel.text = _("Model {name} is in {path}").format(name=name, path=path)
+        self.ui.catalogComboBox.setCurrentIndex(0)
+
+    def onModelPathChanged(self, path: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+        self._loadCard(path)
+
+    def _loadCard(self, path: str) -> None:
+        """Read the card (not the weights), summarise it and rebuild one selector per input."""
+        self._card = None
+        summary = _("Select a MedSegUNet TorchScript model (.pt) with its card.")
+        if path:
+            try:
+                from MedSegUNetLib import modelcard
+                from MedSegUNetLib.errors import MedSegUNetError
+
+                self._card = modelcard.readCard(path)
+                summary = modelcard.cardSummary(self._card)
+            except ImportError:
+                summary = _("Dependencies are missing; they are installed on the first Apply.")
+            except MedSegUNetError as error:
+                summary = str(error)
+        self.ui.modelSummaryLabel.text = summary
+        self._rebuildInputSelectors()
+        self._checkCanApply()
+
+    def _rebuildInputSelectors(self) -> None:
+        layout = self.ui.inputSelectorsWidget.layout()
+        for label, selector in self._inputSelectors:
+            layout.removeWidget(label)
+            layout.removeWidget(selector)
+            label.deleteLater()
+            selector.deleteLater()
+        self._inputSelectors = []
+        if self._card is None:
+            return
+        from MedSegUNetLib.SegmentationLogic import suggestInputVolumes
+
+        volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if not node.IsA("vtkMRMLLabelMapVolumeNode")]
+        saved = self._savedInputs()
+        suggested = suggestInputVolumes(self._card, volumes)
+        for index, spec in enumerate(self._card["inputs"]):
+            label = qt.QLabel(spec["name"] + ":")
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.hideChildNodeTypes = ["vtkMRMLLabelMapVolumeNode"]
+            selector.noneEnabled = True
+            selector.addEnabled = False
+            selector.removeEnabled = False
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.setToolTip(spec.get("description", _("Volume used as the model input '{name}'").format(name=spec["name"])))
+            node = saved[index] if index < len(saved) and saved[index] is not None else suggested[index]
+            selector.setCurrentNode(node)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumesChanged)
+            layout.addRow(label, selector)
+            self._inputSelectors.append((label, selector))
+        self.onInputVolumesChanged()
+
+    def _savedInputs(self) -> list:
+        if not self._parameterNode:
+            return []
+        node = self._parameterNode.parameterNode
+        count = len(self._card["inputs"]) if self._card else 0
+        return [node.GetNodeReference(f"{INPUT_REFERENCE_ROLE}{index}") for index in range(count)]
+
+    def inputVolumes(self) -> list:
+        return [selector.currentNode() for _, selector in self._inputSelectors]
+
+    def onInputVolumesChanged(self, node=None) -> None:
+        if self._parameterNode:
+            # One role per input position, so an empty selector keeps the others in place.
+            raw = self._parameterNode.parameterNode
+            for index, volume in enumerate(self.inputVolumes()):
+                raw.SetNodeReferenceID(f"{INPUT_REFERENCE_ROLE}{index}", volume.GetID() if volume else None)
+        self._updateROIVolumeList()
+        self._checkCanApply()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onSceneNodesChanged(self, caller=None, event=None, node=None) -> None:
+        # Only scalar volumes change the lists; scene events come in bursts: refresh once after.
+        if node is None or node.IsA("vtkMRMLScalarVolumeNode"):
+            self._sceneChangeTimer.start()
+
+    def _updateROIVolumeList(self) -> None:
+        """List every other scalar volume, checked when it limits the ROI (pre-checked: same study)."""
+        if not hasattr(self, "ui") or self._job is not None:
+            return
+        inputs = [node for node in self.inputVolumes() if node is not None]
+        inputIDs = {node.GetID() for node in inputs}
+        candidates = [
+            node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetID() not in inputIDs
+        ]
+        raw = self._parameterNode.parameterNode if self._parameterNode else None
+        if raw is not None and raw.GetAttribute("ROIVolumesEdited"):
+            # The user's choice wins over the suggestion once they have edited the list.
+            checked = {raw.GetNthNodeReferenceID(ROI_VOLUME_REFERENCE_ROLE, i) for i in range(raw.GetNumberOfNodeReferences(ROI_VOLUME_REFERENCE_ROLE))}
+        elif inputs and self._card is not None:
+            from MedSegUNetLib.SegmentationLogic import suggestROIVolumes
+
+            checked = {node.GetID() for node in suggestROIVolumes(inputs[0], candidates, self._card)}
+        else:
+            checked = set()
+        listWidget = self.ui.roiVolumesListWidget
+        wasBlocked = listWidget.blockSignals(True)
+        listWidget.clear()
+        for node in candidates:
+            item = qt.QListWidgetItem(node.GetName())
+            item.setData(qt.Qt.UserRole, node.GetID())
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked if node.GetID() in checked else qt.Qt.Unchecked)
+            listWidget.addItem(item)
+        listWidget.blockSignals(wasBlocked)
+
+    def onROIVolumesChanged(self, item=None) -> None:
+        if not self._parameterNode:
+            return
+        raw = self._parameterNode.parameterNode
+        raw.RemoveNodeReferenceIDs(ROI_VOLUME_REFERENCE_ROLE)
+        for node in self.roiVolumes():
+            raw.AddNodeReferenceID(ROI_VOLUME_REFERENCE_ROLE, node.GetID())
+        raw.SetAttribute("ROIVolumesEdited", "1")
+
+    def roiVolumes(self) -> list:
+        listWidget = self.ui.roiVolumesListWidget
+        nodes = []
+        for row in range(listWidget.count):
+            item = listWidget.item(row)
+            if item.checkState() == qt.Qt.Checked:
+                node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
+                if node is not None:
+                    nodes.append(node)
+        return nodes
+
+    # -- device -------------------------------------------------------------------------------
+
+    def _populateDevices(self, askWorker: bool = False) -> None:
+        """Fill the device list; ``askWorker`` asks the worker process which GPUs PyTorch sees
+        (Slicer's process never imports torch), after an install or a first run."""
+        from MedSegUNetLib.SegmentationLogic import availableDevices
+
+        worker = self.logic.segmentationLogic.worker if askWorker and self.logic is not None else None
+        available = availableDevices(worker)
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for name in DEVICES:
+            combo.addItem(name, name)
+            item = combo.model().item(combo.count - 1)
+            item.setEnabled(available.get(name, False))
+            if not available.get(name, False):
+                item.setToolTip(_("Not available with this PyTorch installation"))
+        combo.blockSignals(wasBlocked)
+
+    def onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index) or "auto"
+
+    # -- apply / cancel -----------------------------------------------------------------------
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            return
+        ready = self._card is not None and bool(self._inputSelectors) and all(self.inputVolumes())
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.text = _("Apply")
+        self.ui.applyButton.toolTip = _("Segment the input volumes") if ready else _("Select a model and all its input volumes")
+
+    def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._cancelEvent.set()
+            self.ui.applyButton.enabled = False
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            installing = bool(self.logic.missingModules())
+            if not self.logic.ensureDependencies():
+                self.ui.statusLabel.text = _("Dependencies are needed to segment.")
+                return
+            if installing:  # the same Apply goes on, with the GPUs the new PyTorch sees
+                self._populateDevices(askWorker=True)
+            if self._card is None:  # the card could not be read before dependencies existed
+                self._loadCard(self._parameterNode.modelPath)
+            parameters = self._parameterNode
+            self._cancelEvent = threading.Event()
+            self._progress = (0.0, _("Starting"))
+            job = self.logic.prepare(
+                self.inputVolumes(),
+                parameters.modelPath,
+                roiVolumes=self.roiVolumes(),
+                roiNode=parameters.roiNode,
+                outputSegmentation=parameters.outputSegmentation,
+                outputTable=parameters.outputTable,
+                referenceSegmentation=parameters.referenceSegmentation,
+                device=parameters.device,
+                progressCallback=self._onWorkerProgress,
+                cancelEvent=self._cancelEvent,
+                outputROI=parameters.outputROI,
+                outputOverlapTable=parameters.outputOverlapTable,
+                useROI=parameters.useROI,
+                marginMM=parameters.marginMM,
+            )
+            # The network runs in the logic's worker process; the poll timer reads its progress
+            # without blocking (a thread in Slicer's process would be starved of the GIL).
+            self._job = job
+            self._startTime = time.perf_counter()
+            job.start()
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()
+            self._setRunning(True)
+            self._pollTimer.start()
+
+    def _onWorkerProgress(self, fraction: float, message: str) -> None:
+        # Called from job.poll() on the main thread: store; onPollWorker updates the widgets.
+        self._progress = (fraction, message)
+
+    def _setRunning(self, running: bool) -> None:
+        self.ui.applyButton.text = _("Cancel") if running else _("Apply")
+        self.ui.applyButton.enabled = True
+        self.ui.progressBar.setVisible(running)
+        for widget in (self.ui.modelCollapsibleButton, self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton):
+            widget.enabled = not running
+
+    def onPollWorker(self) -> None:
+        job = self._job
+        done = job is None or job.poll()
+        fraction, message = self._progress
+        self.ui.progressBar.value = int(fraction * 1000)
+        self.ui.statusLabel.text = f"{message} ({time.perf_counter() - self._startTime:.0f} s)"
+        if not done:
+            return
+        self._pollTimer.stop()
+        self._job = None
+        self._setRunning(False)
+        from MedSegUNetLib.errors import ProcessingCancelled
+
+        if isinstance(job.error, ProcessingCancelled):
+            self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
+            self._checkCanApply()
+            return
+        self.ui.statusLabel.text = _("Failed.")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+                try:
+                    result = self.logic.finish(job)
+                except ProcessingCancelled:
+                    self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
+                else:
+                    self._showResult(result)
+        finally:
+            self._checkCanApply()
+
+    def _showResult(self, result) -> None:
+        from MedSegUNetLib.SegmentationLogic import timingsText
+
+        parameters = self._parameterNode
+        parameters.outputSegmentation = result.segmentationNode
+        parameters.outputTable = result.statisticsTableNode
+        parameters.outputROI = result.roiNode
+        if result.overlapTableNode is not None:
+            parameters.outputOverlapTable = result.overlapTableNode
+        displayNode = result.segmentationNode.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility(True)
+        reference = self.inputVolumes()[0]
+        slicer.util.setSliceViewerLayers(background=reference, fit=True)
+        if parameters.show3D:  # closed surfaces take time: only when asked
+            result.segmentationNode.CreateClosedSurfaceRepresentation()
+        if not self._tableShown:  # the layout changes on the first result only; the button shows it again
+            self._tableShown = True
+            self.onShowTable()
+        self.ui.statusLabel.text = _("Done on {device}: {timings}").format(device=result.device, timings=timingsText(result.timings))
+
+    def onShowTable(self) -> None:
+        table = self._parameterNode.outputTable if self._parameterNode else None
+        if table is None:
+            return
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+        selectionNode = slicer.app.applicationLogic().GetSelectionNode()
+        selectionNode.SetActiveTableID(table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
