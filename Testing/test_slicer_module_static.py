@@ -348,6 +348,7 @@ VERIFIED_KEYWORDS = {
     "registerCustomSampleDataSource": {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader", "thumbnailFileName", "loadFileType", "loadFiles", "loadFileProperties", "checksums"},
     "pip_ensure": {"constraints", "skip_packages", "prompt_install", "prompt_restart", "requester", "skip_in_testing", "show_progress"},
     "installTorch": {"askConfirmation", "forceComputationBackend", "torchVersionRequirement", "torchvisionVersionRequirement"},
+    "uninstallTorch": {"askConfirmation", "forceComputationBackend"},
 }
 
 
@@ -502,6 +503,8 @@ def test_pytorchutils_calls_bind():
     assert calls
     for fileName, call in calls:
         bindCall(signatureOf(methods["installTorch"]), call, skipSelf=True)
+    for fileName, call in callsOf("uninstallTorch", SLICER_FILES):
+        bindCall(signatureOf(methods["uninstallTorch"]), call, skipSelf=True)
 
 
 def test_the_signature_check_can_fail():

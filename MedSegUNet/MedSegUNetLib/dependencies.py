@@ -129,7 +129,10 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
         except ImportError:
             raise MedSegUNetError("The PyTorch extension is missing: install 'PyTorch' from the Extensions Manager and restart Slicer.") from None
         try:
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+            utilities = PyTorchUtils.PyTorchUtilsLogic()
+            if broken:  # pip keeps a "installed" distribution as it is: remove the broken one first
+                utilities.uninstallTorch(askConfirmation=False)
+            torch = utilities.installTorch(askConfirmation=False)
         except Exception as error:  # pip and network errors come in many types
             logging.exception("PyTorch installation failed")
             raise MedSegUNetError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
