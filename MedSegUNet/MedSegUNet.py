@@ -101,6 +101,7 @@ class MedSegUNetParameterNode:
     device: str = "auto"
     useROI: bool = True
     marginMM: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
+    contextMM: Annotated[float, WithinRange(0.0, 200.0)] = 0.0
     show3D: bool = False
     roiNode: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode

@@ -298,6 +298,7 @@ class SegmentationJob:
     useROI: bool = True
     marginMM: float = 0.0
     referenceParts: list | None = None
+    contextMM: float | None = None
     progress: pipeline.ProgressReporter = field(default_factory=pipeline.ProgressReporter)
     targets: dict = field(default_factory=dict)
     # Filled by run():
@@ -335,7 +336,7 @@ class SegmentationJob:
         if self.worker is None:
             self.result, self.report, self.referenceMasks, self.warnings = jobfiles.computeJob(
                 self.modelPath, self.device, self.card, self.images, self.names, self.inputNames, self.roiImages, self.roiNames,
-                self.roiBox, self.useROI, self.marginMM, self.referenceParts, self.progress,
+                self.roiBox, self.useROI, self.marginMM, self.referenceParts, self.progress, self.contextMM,
             )
             return
         self.start()
@@ -480,6 +481,7 @@ class SegmentationLogic:
         outputOverlapTable=None,
         useROI: bool = True,
         marginMM: float | None = None,
+        contextMM: float | None = None,
     ) -> SegmentationLogicResult:
         """Segment, in one call on the calling thread (console and batch use).
 
@@ -498,6 +500,8 @@ class SegmentationLogic:
             outputOverlapTable: table node for the overlap metrics (None: a new node).
             useROI: False segments the whole reference volume.
             marginMM: margin around the ROI (None: the card's ``roi.margin_mm``, else 0).
+            contextMM: the network sees the ROI grown by this much; labels stay inside the ROI
+                (None: the card's ``roi.context_mm``, else 0).
 
         Returns:
             the nodes written and the run's timings, ROI and statistics.
@@ -520,6 +524,7 @@ class SegmentationLogic:
             outputOverlapTable=outputOverlapTable,
             useROI=useROI,
             marginMM=marginMM,
+            contextMM=contextMM,
         )
         job.run()
         return self.finish(job)
@@ -540,6 +545,7 @@ class SegmentationLogic:
         outputOverlapTable=None,
         useROI: bool = True,
         marginMM: float | None = None,
+        contextMM: float | None = None,
     ) -> SegmentationJob:
         """Read the nodes and validate (main thread); the scene is not modified.
 
@@ -608,6 +614,7 @@ class SegmentationLogic:
             useROI=useROI,
             marginMM=float(marginMM),
             referenceParts=referenceParts,
+            contextMM=contextMM,
             progress=progress,
             worker=self.worker,
             targets={

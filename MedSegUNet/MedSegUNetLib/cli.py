@@ -182,6 +182,10 @@ def _addSegmentParser(subparsers) -> None:
     parser.add_argument(
         "--margin", type=finiteNumber(0.0, MAX_MARGIN_MM), default=None, metavar="MM", help=f"grow the ROI by this many mm (0–{MAX_MARGIN_MM:g}; default: the card's)"
     )
+    parser.add_argument(
+        "--context", type=finiteNumber(0.0, MAX_MARGIN_MM), default=None, metavar="MM",
+        help="the network sees the ROI grown by this many mm; labels stay inside the ROI (default: the card's roi.context_mm)",
+    )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
     parser.add_argument("--output", metavar="SEG", help=".seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz/.nii/.mha/.mhd label map")
     parser.add_argument("--stats", metavar="STATS.csv", help="statistics table (CSV)")
@@ -246,6 +250,7 @@ def runSegment(args, console) -> int:
         useROI=not args.no_roi,
         marginMM=margin,
         progress=progress,
+        contextMM=args.context,
     )
 
     progress.stage(pipeline.Stage.STATISTICS)
@@ -273,6 +278,7 @@ def runSegment(args, console) -> int:
                 **report,
                 "inputs": [{"name": name, "path": path} for name, path in zip(inputNames, args.inputs)],
                 "roi": result.roi.toDict(),
+                "network_region": result.networkROI.toDict() if result.networkROI is not None else None,
                 "model": {"path": os.path.abspath(args.model), "name": card["name"], "card": card},
                 "device": result.device,
                 "warnings": warnings,

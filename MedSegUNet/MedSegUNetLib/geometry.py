@@ -188,6 +188,11 @@ class RegionOfInterest:
         """Index slices of the ROI into a KJI array of the reference."""
         return tuple(slice(int(self.ijkMin[d]), int(self.ijkMax[d]) + 1) for d in (2, 1, 0))
 
+    def grown(self, marginMM: float) -> "RegionOfInterest":
+        """This ROI grown by ``marginMM`` per side (clipped to the reference): the network's context."""
+        low, high = growIndexRange(self.ijkMin, self.ijkMax, self.reference, marginMM)
+        return RegionOfInterest(reference=self.reference, ijkMin=low, ijkMax=high, volumeNames=list(self.volumeNames), marginMM=self.marginMM + float(marginMM))
+
     def toDict(self) -> dict:
         return {
             "reference": self.reference.name,
@@ -245,11 +250,16 @@ def computeROI(reference: VolumeGeometry, others: Sequence[VolumeGeometry] = (),
             high[axis] -= 1
         if low[axis] > high[axis]:
             raise noOverlap
-    if marginMM:
-        grow = np.ceil(float(marginMM) / reference.spacing - 1e-9).astype(int)
-        low = np.maximum(low - grow, 0)
-        high = np.minimum(high + grow, size - 1)
+    low, high = growIndexRange(low, high, reference, marginMM)
     return RegionOfInterest(reference=reference, ijkMin=low, ijkMax=high, volumeNames=names, marginMM=float(marginMM))
+
+
+def growIndexRange(low: np.ndarray, high: np.ndarray, reference: VolumeGeometry, marginMM: float) -> tuple[np.ndarray, np.ndarray]:
+    """An inclusive IJK range grown by ceil(margin / spacing) voxels per side, clipped to the reference."""
+    if not marginMM:
+        return np.asarray(low), np.asarray(high)
+    grow = np.ceil(float(marginMM) / reference.spacing - 1e-9).astype(int)
+    return np.maximum(np.asarray(low) - grow, 0), np.minimum(np.asarray(high) + grow, np.asarray(reference.size) - 1)
 
 
 def fullROI(reference: VolumeGeometry) -> RegionOfInterest:

@@ -35,6 +35,7 @@ def computeJob(
     marginMM: float = 0.0,
     referenceParts: list | None = None,
     progress: pipeline.ProgressReporter | None = None,
+    contextMM: float | None = None,
 ):
     """Load the model (cached), segment, and compute the statistics.
 
@@ -57,7 +58,8 @@ def computeJob(
         except MedSegUNetError:
             raise MedSegUNetError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
     result = pipeline.segmentImages(
-        images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, useROI=useROI, marginMM=marginMM, progress=progress
+        images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, useROI=useROI, marginMM=marginMM, progress=progress,
+        contextMM=contextMM,
     )
     progress.stage(pipeline.Stage.STATISTICS)
     referenceMasks, warnings = None, []
@@ -94,6 +96,7 @@ def writeRequest(job, folder: str) -> dict:
         "roiBox": box,
         "useROI": bool(job.useROI),
         "marginMM": float(job.marginMM),
+        "contextMM": job.contextMM,
         "reference": reference,
     }
 
@@ -117,6 +120,7 @@ def runRequest(request: dict, progressCallback: Callable[[float, str], None] | N
         [read(item) for item in request["inputs"]], [item["name"] for item in request["inputs"]], [item["inputName"] for item in request["inputs"]],
         [read(item) for item in request["roi"]], [item["name"] for item in request["roi"]],
         (box[0], np.asarray(box[1]), box[2]) if box else None, request["useROI"], request["marginMM"], referenceParts, progress,
+        request.get("contextMM"),
     )
     regions = None
     if result.regions is not None:

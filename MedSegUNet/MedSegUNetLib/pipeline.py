@@ -119,6 +119,7 @@ class SegmentationResult:
     device: str
     timings: dict[str, float] = field(default_factory=dict)
     regions: np.ndarray | None = None
+    networkROI: geometry.RegionOfInterest | None = None
 
     def masks(self) -> list[np.ndarray]:
         """One bool KJI mask per card label on the reference grid: the label's voxels (softmax) or
@@ -218,8 +219,9 @@ class PreparedInputs:
     Args:
         reference: the reference volume (first input; LPS).
         roi: the ROI on the reference.
-        roiGrid: the reference cropped to the ROI (geometry only).
-        grid: the model grid (geometry only).
+        roiGrid: the reference cropped to the ROI (geometry only): where labels are written.
+        grid: the model grid (geometry only), covering ``networkROI``.
+        networkROI: the ROI grown by the context the network sees (``roi`` without context).
         array: float32 ``C, I, J, K`` normalised inputs on the model grid.
     """
 
@@ -228,6 +230,7 @@ class PreparedInputs:
     roiGrid: sitk.Image
     grid: sitk.Image
     array: np.ndarray
+    networkROI: geometry.RegionOfInterest | None = None
 
 
 def prepareImages(
@@ -240,6 +243,7 @@ def prepareImages(
     useROI: bool = True,
     marginMM: float = 0.0,
     progress: ProgressReporter | None = None,
+    contextMM: float | None = None,
 ) -> PreparedInputs:
     """The ROI, the model grid and the normalised inputs: everything before the network.
 
@@ -258,12 +262,17 @@ def prepareImages(
         roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
     reference = images[0]
     roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
+    # The network may see more than the ROI (context it was trained with); labels stay inside it.
+    cardROI = card.get("roi") or {}
+    context = float(cardROI.get("context_mm", 0.0) if contextMM is None else contextMM)
+    networkROI = roi.grown(context) if context > 0 else roi
+    networkGrid = geometry.cropToROI(preprocessing.emptyLike(reference), networkROI) if context > 0 else roiGrid
 
     progress.stage(Stage.RESAMPLING)
-    grid = preprocessing.modelGrid(roiGrid, card.get("spacing"), card.get("orientation"))
-    array = preprocessing.prepareInputs(images, grid, card["normalization"])
+    grid = preprocessing.modelGrid(networkGrid, card.get("spacing"), card.get("orientation"))
+    array = preprocessing.prepareInputs(images, grid, card["normalization"], cardROI.get("padding", "zero"))
     progress.endStage()
-    return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array)
+    return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI)
 
 
 def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None) -> SegmentationResult:
@@ -292,7 +301,8 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(reference)
     progress.endStage()
-    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions)
+    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions,
+                              networkROI=prepared.networkROI)
 
 
 def segmentImages(
@@ -305,6 +315,7 @@ def segmentImages(
     useROI: bool = True,
     marginMM: float = 0.0,
     progress: ProgressReporter | None = None,
+    contextMM: float | None = None,
 ) -> SegmentationResult:
     """Segment a set of co-registered volumes with a loaded model.
 
@@ -317,6 +328,8 @@ def segmentImages(
         useROI: False runs on the whole reference.
         marginMM: margin around the intersection.
         progress: progress and cancel reporting.
+        contextMM: the network sees the ROI grown by this much (clipped to the reference) while
+            labels are written inside the ROI only; None takes the card's ``roi.context_mm``.
 
     Returns:
         the label map on the reference grid and what produced it.
@@ -326,5 +339,5 @@ def segmentImages(
         ProcessingCancelled: the cancel event was set.
     """
     progress = progress or ProgressReporter()
-    prepared = prepareImages(images, model.card, names, roiImages, roiNames, roi, useROI, marginMM, progress)
+    prepared = prepareImages(images, model.card, names, roiImages, roiNames, roi, useROI, marginMM, progress, contextMM)
     return segmentPrepared(prepared, model, progress)

@@ -160,17 +160,36 @@ def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(out, dtype=np.float32))
 
 
-def prepareInputs(images: Sequence[sitk.Image], grid: sitk.Image, normalization: dict) -> np.ndarray:
+def prepareInputs(images: Sequence[sitk.Image], grid: sitk.Image, normalization: dict, padding: str = "zero") -> np.ndarray:
     """Resample every input onto the model grid (linear) and normalise.
 
     Args:
         images: the model's inputs in card order, each on its own grid (LPS).
         grid: the model grid.
+        padding: model-grid voxels outside an input's extent: ``"zero"``, 0 after normalisation
+            (what a network trained on zero-padded crops saw), or ``"edge"``, the nearest voxel of
+            the input (extrapolated before normalisation).
 
     Returns:
         a float32 ``C, I, J, K`` array.
     """
     channels = np.empty((len(images), *grid.GetSize()), dtype=np.float32)
+    outside = []
     for channel, image in enumerate(images):
+        if padding == "edge" and not sameGrid(image, grid):
+            resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32, True)
+            channels[channel] = imageToIJK(resampled)
+            outside.append(None)
+            continue
         channels[channel] = imageToIJK(resampleOnto(image, grid))
-    return normalize(channels, normalization)
+        if sameGrid(image, grid):
+            outside.append(None)
+            continue
+        ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(image)
+        outside.append(imageToIJK(resampleOnto(ones, grid, sitk.sitkNearestNeighbor, sitk.sitkUInt8)) == 0)
+    normalized = normalize(channels, normalization)
+    for channel, mask in enumerate(outside):
+        if mask is not None and mask.any():
+            normalized[channel][mask] = 0.0
+    return normalized

@@ -185,6 +185,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
                 self._card = modelcard.readCard(path)
                 summary = modelcard.cardSummary(self._card)
+                if self._parameterNode:  # the context the model was trained with
+                    self._parameterNode.contextMM = float((self._card.get("roi") or {}).get("context_mm", 0.0))
             except ImportError:
                 summary = _("Dependencies are missing; they are installed on the first Apply.")
             except MedSegUNetError as error:
@@ -368,6 +370,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
                 outputOverlapTable=parameters.outputOverlapTable,
                 useROI=parameters.useROI,
                 marginMM=parameters.marginMM,
+                contextMM=parameters.contextMM,
             )
             # The network runs in the logic's worker process; the poll timer reads its progress
             # without blocking (a thread in Slicer's process would be starved of the GIL).
