@@ -414,6 +414,7 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) ->
             status="ok",
             roi_size_mm=[round(float(v), 3) for v in result.roi.sizeMM],
             volumes_cm3={segment["name"]: round(segment["volume_cm3"], 6) for segment in report["segments"]},
+            qc=qualityNotes(report),
         )
     except MedSegUNetError as error:
         row["message"] = firstLine(error)
@@ -423,6 +424,11 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) ->
         row["message"] = f"internal error: {type(error).__name__}: {firstLine(error)}"
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row
+
+
+def qualityNotes(report: dict) -> str:
+    """The segments outside the card's quality ranges, for the summary ("" when none)."""
+    return "; ".join(f"{segment['name']}: {segment['qc']}" for segment in report.get("segments", []) if segment.get("qc", "ok") != "ok")
 
 
 def skippedRow(case: CaseSpec, options: BatchOptions) -> dict:
@@ -438,6 +444,7 @@ def skippedRow(case: CaseSpec, options: BatchOptions) -> dict:
         "roi_size_mm": report.get("roi", {}).get("size_mm"),
         "volumes_cm3": {segment["name"]: segment["volume_cm3"] for segment in report.get("segments", [])},
         "notes": report.get("notes", []),
+        "qc": qualityNotes(report),
     }
 
 
@@ -636,15 +643,16 @@ def sweepStaging(outputDir: str) -> None:
 
 
 def summaryCSV(rows: Sequence[dict], card: dict) -> str:
-    """One row per case: status, message, ROI size (mm), volume per label (cm³), seconds, notes."""
+    """One row per case: status, message, ROI size (mm), volume per label (cm³), QC flags, seconds, notes."""
     labels = [label["name"] for label in card["labels"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "status", "message", "roi_size_i_mm", "roi_size_j_mm", "roi_size_k_mm", *[f"volume_cm3 ({name})" for name in labels], "seconds", "attempts", "notes"])
+    writer.writerow(["case", "status", "message", "roi_size_i_mm", "roi_size_j_mm", "roi_size_k_mm", *[f"volume_cm3 ({name})" for name in labels], "qc", "seconds", "attempts", "notes"])
     for row in rows:
         size = row.get("roi_size_mm") or [None, None, None]
         volumes = row.get("volumes_cm3") or {}
-        cells = [row["case"], row["status"], row.get("message", ""), *size, *[volumes.get(name) for name in labels], row.get("seconds"), row.get("attempts", ""), "; ".join(row.get("notes") or [])]
+        cells = [row["case"], row["status"], row.get("message", ""), *size, *[volumes.get(name) for name in labels], row.get("qc", ""),
+                 row.get("seconds"), row.get("attempts", ""), "; ".join(row.get("notes") or [])]
         writer.writerow(["" if cell is None else (f"{cell:.6g}" if isinstance(cell, float) else cell) for cell in cells])
     return buffer.getvalue()
 

@@ -191,6 +191,9 @@ def _addSegmentParser(subparsers) -> None:
     parser.add_argument("--stats", metavar="STATS.csv", help="statistics table (CSV)")
     parser.add_argument("--stats-json", metavar="STATS.json", help="statistics, ROI, model and timings (JSON)")
     parser.add_argument("--reference-seg", metavar="REF", help="reference label map or .seg.nrrd for overlap metrics")
+    parser.add_argument("--probabilities", metavar="FILE", help="per-class probabilities on the reference grid (.nrrd/.mha/.nii.gz, one vector component per class)")
+    parser.add_argument("--probabilities-uint8", action="store_true", help="store the probabilities as 0–255 (scale 1/255 in the header; .nrrd or .mha)")
+    parser.add_argument("--preview", metavar="FILE.png", help="a picture of the result: axial slices through the ROI with the labels, and the ROI box on the --roi-from series")
     _addResampleIrregular(parser)
     parser.set_defaults(func=runSegment)
 
@@ -205,15 +208,23 @@ def resolveModelOption(model: str, console) -> str:
 def runSegment(args, console) -> int:
     from . import modelcard, pipeline, statistics
     from .outputs import SEGMENTATION_SUFFIXES, stageSegmentation
-    from .volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, readVolume, textVerifier, volumeName, writeTextFile
+    from .volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, pathSuffix, readVolume, textVerifier, volumeName, writeTextFile
 
     started = time.perf_counter()
     args.model = resolveModelOption(args.model, console)
     if not args.inputs:
         raise MedSegUNetError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
-    outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json}
+    outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json, "--probabilities": args.probabilities, "--preview": args.preview}
     if not any(outputs.values()):
-        raise MedSegUNetError("Nothing to write: give --output, --stats or --stats-json.")
+        raise MedSegUNetError("Nothing to write: give --output, --stats, --stats-json, --probabilities or --preview.")
+    if args.probabilities:
+        checkOutputPath(args.probabilities, (".nrrd", ".nii.gz", ".nii", ".mha"))
+        if args.probabilities_uint8 and pathSuffix(args.probabilities) in (".nii", ".nii.gz"):
+            raise MedSegUNetError("--probabilities-uint8 needs a .nrrd or .mha file: NIfTI has no place for the 1/255 scale.")
+    elif args.probabilities_uint8:
+        raise MedSegUNetError("--probabilities-uint8 goes with --probabilities FILE.")
+    if args.preview:
+        checkOutputPath(args.preview, (".png",))
     if args.reference_seg and not (args.stats or args.stats_json):
         raise MedSegUNetError("--reference-seg fills the overlap columns of the statistics: give --stats or --stats-json too.")
     if args.output:
@@ -251,23 +262,38 @@ def runSegment(args, console) -> int:
         marginMM=margin,
         progress=progress,
         contextMM=args.context,
+        keepProbabilities=bool(args.probabilities),
     )
 
     progress.stage(pipeline.Stage.STATISTICS)
     referenceMasks = None
     warnings: list[str] = []
     report: dict = {}
-    if args.stats or args.stats_json:
+    if args.stats or args.stats_json or args.preview:
         if args.reference_seg:
             referenceMasks, warnings = statistics.readReferenceMasks(args.reference_seg, result.labelmap, card["labels"])
             for warning in warnings:
                 console.warn(warning)
         report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
+        for segment in report["segments"]:
+            if segment["qc"] != "ok":
+                message = f"{segment['name']}: {segment['qc']} (the card's quality range): check the result"
+                warnings.append(message)
+                console.warn(message)
 
     progress.stage(pipeline.Stage.WRITING)
     with StagedOutputs() as staged:
         if args.output:
             stageSegmentation(staged, result.labelmap, card["labels"], args.output, result.regions)
+        if args.probabilities:
+            from .outputs import stageProbabilities
+
+            stageProbabilities(staged, result, args.probabilities, args.probabilities_uint8)
+        if args.preview:
+            from .demo import writeOverview
+
+            others = {volumeName(path): image for path, image in list(zip(args.roi_from, roiImages))[:2]}
+            writeOverview(images[0], result.labelmap, result.roi, others, card, staged.stage(args.preview, (".png",)), volumeName(args.inputs[0]))
         if args.stats:
             text = statistics.statisticsCSV(report["segments"], inputNames, referenceMasks is not None)
             writeTextFile(text, staged.stage(args.stats, verify=textVerifier(text)))

@@ -113,3 +113,40 @@ def writeSegmentation(labelmap: sitk.Image, labels: Sequence[dict], path: str | 
     checkOutputPath(path, SEGMENTATION_SUFFIXES)
     with StagedOutputs() as outputs:
         stageSegmentation(outputs, labelmap, labels, path, regions)
+
+
+PROBABILITY_SCALE_KEY = "medsegunet_probability_scale"
+
+
+def probabilityImage(result, asUInt8: bool = False) -> sitk.Image:
+    """The result's per-class probabilities on the reference grid, one vector component per class.
+
+    Softmax: background first, then the labels; sigmoid: one component per label. Outside the ROI
+    the probabilities are 0 (background 1 for softmax). ``asUInt8`` stores round(255 × p) and
+    records the scale (1/255) in the header under ``medsegunet_probability_scale``.
+
+    Args:
+        result: a :class:`pipeline.SegmentationResult` made with ``keepProbabilities``.
+    """
+    reference = result.labelmap
+    shape = tuple(reversed(reference.GetSize()))
+    channels = result.probabilities.shape[0]
+    dtype = np.uint8 if asUInt8 else np.float32
+    full = np.zeros((*shape, channels), dtype=dtype)
+    if result.card["output"] == "softmax":
+        full[..., 0] = 255 if asUInt8 else 1.0
+    window = result.roi.slices()
+    for index in range(channels):
+        values = result.probabilities[index]
+        full[(*window, index)] = np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8) if asUInt8 else values
+    image = sitk.GetImageFromArray(full, isVector=True)
+    image.CopyInformation(reference)
+    image.SetMetaData(PROBABILITY_SCALE_KEY, f"{1 / 255 if asUInt8 else 1.0:.10g}")
+    return image
+
+
+def stageProbabilities(outputs: StagedOutputs, result, path: str | os.PathLike, asUInt8: bool = False) -> None:
+    """Write the probabilities (``.nrrd``, ``.nii.gz``, ``.mha``) into a run's staged outputs."""
+    image = probabilityImage(result, asUInt8)
+    temporary = outputs.stage(path, (".nrrd", ".nii.gz", ".nii", ".mha"), verify=imageVerifier(image))
+    writeImageFile(image, temporary, True)

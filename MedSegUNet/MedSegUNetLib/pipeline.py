@@ -120,6 +120,8 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     regions: np.ndarray | None = None
     networkROI: geometry.RegionOfInterest | None = None
+    # float32 C, K, J, I on the ROI grid, only when asked for (--probabilities).
+    probabilities: np.ndarray | None = None
 
     def masks(self) -> list[np.ndarray]:
         """One bool KJI mask per card label on the reference grid: the label's voxels (softmax) or
@@ -167,6 +169,7 @@ def probabilitiesToLabels(
     roiGrid: sitk.Image,
     card: dict,
     progress: ProgressReporter | None = None,
+    keep: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Label map (and, for sigmoid cards, region masks) on the ROI grid from model-grid probabilities.
 
@@ -178,6 +181,9 @@ def probabilitiesToLabels(
 
     Args:
         probabilities: float32 ``C_out, I, J, K`` on the model grid.
+
+        keep: when a list, each class's float32 KJI probabilities on the ROI grid are appended
+            to it (``--probabilities``); otherwise none is kept.
 
     Returns:
         (uint8 KJI label map on the ROI grid, bool ``L, K, J, I`` region masks in card order or
@@ -209,6 +215,8 @@ def probabilitiesToLabels(
         else:
             regions[index] = channelArray >= float(card.get("threshold", 0.5))
             labels[regions[index]] = value
+        if keep is not None:
+            keep.append(np.array(channelArray, dtype=np.float32))
     return labels, regions
 
 
@@ -275,10 +283,12 @@ def prepareImages(
     return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI)
 
 
-def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None) -> SegmentationResult:
+def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None, keepProbabilities: bool = False) -> SegmentationResult:
     """Run the network on prepared inputs and bring the labels back onto the reference grid.
 
-    The prepared array is released once the network has run.
+    The prepared array is released once the network has run. With ``keepProbabilities`` the
+    result holds the per-class probabilities on the ROI grid (``probabilities``, float32 ``C, K, J,
+    I``; softmax: background first).
     """
     progress = progress or ProgressReporter()
     card = model.card
@@ -289,7 +299,8 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     del array
 
     progress.stage(Stage.POSTPROCESSING)
-    roiLabels, roiRegions = probabilitiesToLabels(probabilities, prepared.grid, prepared.roiGrid, card, progress)
+    kept: list | None = [] if keepProbabilities else None
+    roiLabels, roiRegions = probabilitiesToLabels(probabilities, prepared.grid, prepared.roiGrid, card, progress, kept)
     del probabilities
     fullShape = tuple(reversed(reference.GetSize()))
     labels = np.zeros(fullShape, dtype=np.uint8)
@@ -302,7 +313,7 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     labelmap.CopyInformation(reference)
     progress.endStage()
     return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions,
-                              networkROI=prepared.networkROI)
+                              networkROI=prepared.networkROI, probabilities=np.stack(kept) if kept else None)
 
 
 def segmentImages(
@@ -316,6 +327,7 @@ def segmentImages(
     marginMM: float = 0.0,
     progress: ProgressReporter | None = None,
     contextMM: float | None = None,
+    keepProbabilities: bool = False,
 ) -> SegmentationResult:
     """Segment a set of co-registered volumes with a loaded model.
 
@@ -340,4 +352,4 @@ def segmentImages(
     """
     progress = progress or ProgressReporter()
     prepared = prepareImages(images, model.card, names, roiImages, roiNames, roi, useROI, marginMM, progress, contextMM)
-    return segmentPrepared(prepared, model, progress)
+    return segmentPrepared(prepared, model, progress, keepProbabilities)

@@ -317,9 +317,23 @@ def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk
     return parts
 
 
+def qualityFlag(segment: dict, label: dict) -> str:
+    """``"ok"``, or why a segment's volume is outside the card's expected ``qc.volume_ml`` range."""
+    expected = (label.get("qc") or {}).get("volume_ml")
+    if not expected:
+        return "ok"
+    low, high = float(expected[0]), float(expected[1])
+    volume = float(segment["volume_cm3"])  # 1 cm3 = 1 mL
+    if volume < low:
+        return f"volume {volume:.2f} mL below the expected {low:g}–{high:g} mL"
+    if volume > high:
+        return f"volume {volume:.2f} mL above the expected {low:g}–{high:g} mL"
+    return "ok"
+
+
 def statisticsColumns(inputNames: Sequence[str], withOverlap: bool) -> list[str]:
     """Column titles of the statistics table (CSV and Slicer table node)."""
-    columns = ["Segment", "Label value", "Number of voxels [voxels]", "Volume [mm3]", "Volume [cm3]", "Centroid [RAS mm]"]
+    columns = ["Segment", "Label value", "Number of voxels [voxels]", "Volume [mm3]", "Volume [cm3]", "Centroid [RAS mm]", "QC"]
     for name in inputNames:
         columns += [f"{title} ({name})" for _, title in INTENSITY_KEYS]
     if withOverlap:
@@ -339,6 +353,7 @@ def statisticsRows(segments: Sequence[dict], inputNames: Sequence[str], withOver
             segment["volume_mm3"],
             segment["volume_cm3"],
             " ".join(f"{v:.3f}" for v in centroid) if centroid else None,
+            segment.get("qc", "ok"),
         ]
         for name in inputNames:
             values = segment["intensity"].get(name, {})
@@ -387,6 +402,8 @@ def computeStatistics(
     from .pipeline import labelMasks
 
     segments = segmentStatistics(labelmap, card["labels"], intensityImages, regions)
+    for segment, label in zip(segments, card["labels"]):
+        segment["qc"] = qualityFlag(segment, label)
     report: dict = {"segments": segments}
     if referenceMasks is not None:
         predicted = labelMasks(labelmap, card["labels"], regions)
