@@ -28,7 +28,7 @@ def card(**changes) -> dict:
 # [parameters (card change), input shape (—), expected (field named in the one-line error)]
 INVALID_CARDS = [
     pytest.param(dict(drop_labels=None), "(top level)", "'labels' is a required property", id="missing-labels"),
-    pytest.param(dict(schema="medsegunet.model/2"), "schema", "medsegunet.model/1", id="wrong-schema"),
+    pytest.param(dict(schema="medsegunet.model/3"), "schema", "'medsegunet.model/3' is not one of", id="wrong-schema"),
     pytest.param(dict(spatial_dims=4), "spatial_dims", "4 is not one of", id="spatial-dims"),
     pytest.param(dict(inputs=[]), "inputs", "should be non-empty", id="no-inputs"),
     pytest.param(dict(labels=[{"value": 1, "name": "gland", "color": [1.0, 1.5, 0.0]}]), "labels/0/color/1", "1.5", id="colour-range"),
@@ -184,5 +184,19 @@ def test_resolve_device():
 
 def test_schema_file_is_published():
     schema = modelcard.loadSchema()
-    assert schema["properties"]["schema"]["const"] == modelcard.SCHEMA_ID == "medsegunet.model/1"
+    assert schema["properties"]["schema"]["enum"] == ["medsegunet.model/1", modelcard.SCHEMA_ID] and modelcard.SCHEMA_ID == "medsegunet.model/2"
     assert set(schema["required"]) >= {"name", "spatial_dims", "inputs", "labels", "output"}
+
+
+def test_version_1_cards_are_read_and_version_2_fields_need_version_2():
+    version1 = card()
+    assert modelcard.validateCard(version1)["schema"] == "medsegunet.model/1"
+    with pytest.raises(MedSegUNetError, match="field 'blend' needs .*medsegunet.model/2"):
+        modelcard.validateCard(card(blend="logits"))
+    version2 = card(schema="medsegunet.model/2", blend="logits", tta="flips",
+                    postprocessing={"logit_smoothing_sigma": 2.5, "largest_component": [1], "fill_holes": True, "min_component_mm3": 50})
+    full = modelcard.validateCard(version2)
+    assert full["blend"] == "logits" and full["postprocessing"]["largest_component"] == [1]
+    for bad, field in ((dict(blend="mean"), "blend"), (dict(tta="rotations"), "tta"), (dict(postprocessing={"fill_holes": "yes"}), "postprocessing/fill_holes")):
+        with pytest.raises(MedSegUNetError, match=f"field '{field}'"):
+            modelcard.validateCard(card(schema="medsegunet.model/2", **bad))

@@ -2,8 +2,11 @@
 
 3D models use MONAI's ``SlidingWindowInferer`` with Gaussian blending; 2D models use
 ``SliceInferer`` along the last axis (K), slices batched. The network is wrapped so that every
-batch checks the cancel event, reports progress, runs under mixed precision on CUDA and turns
-logits into probabilities (softmax or sigmoid) before they are blended.
+batch checks the cancel event, reports progress, runs under mixed precision on CUDA and checks
+the network's answer. Windows are blended as probabilities (softmax or sigmoid per window, the
+default) or, for ``"blend": "logits"`` cards, as logits that are optionally smoothed (MONAI's
+``GaussianSmooth``, ``postprocessing.logit_smoothing_sigma``) and activated after blending.
+``"tta": "flips"`` averages the inference over every flip of the model's axes.
 """
 
 from __future__ import annotations
@@ -123,6 +126,21 @@ def checkMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int], 
         )
 
 
+def activate(logits, card: dict):
+    """Softmax over the channels, or a sigmoid per channel, as the card's output says."""
+    import torch
+
+    return torch.softmax(logits, dim=1) if card["output"] == "softmax" else torch.sigmoid(logits)
+
+
+def flipCombinations(spatialDims: int) -> list[tuple[int, ...]]:
+    """Every combination of flips of the model's spatial axes (tensor dims 2…), identity first."""
+    import itertools
+
+    axes = list(range(2, 2 + spatialDims))
+    return [combo for count in range(len(axes) + 1) for combo in itertools.combinations(axes, count)]
+
+
 class _Predictor:
     """The network as MONAI's inferers call it: one batch of windows in, probabilities out.
 
@@ -181,11 +199,11 @@ class _Predictor:
                 "check that the card's inputs, patch_size and spatial_dims are what the network takes",
             ) from None
         logits = self.check(batch, logits).float()
-        probabilities = torch.softmax(logits, dim=1) if self.loaded.card["output"] == "softmax" else torch.sigmoid(logits)
         self.done += 1
         if self.progressCallback is not None:
             self.progressCallback(min(self.done / self.batches, 1.0), f"Inference: batch {self.done} of {self.batches}")
-        return probabilities
+        # Blended as the card says: probabilities (activated per window) or logits (activated after).
+        return logits if self.loaded.card.get("blend") == "logits" else activate(logits, self.loaded.card)
 
 
 def predictProbabilities(
@@ -235,14 +253,29 @@ def predictProbabilities(
         windows = _windowCount(spatial, window, overlap)
         inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=batchSize, overlap=overlap, mode="gaussian", progress=False)
     checkMemory(card, spatial, window, loaded.device)
-    predictor = _Predictor(loaded, int(math.ceil(windows / batchSize)), progressCallback, cancelEvent)
+    # Test-time augmentation: the same inference on every flip of the model's axes, flipped back
+    # and averaged (in the space the card blends in). 2D models flip in-plane only.
+    flips = flipCombinations(int(card["spatial_dims"])) if card.get("tta") == "flips" else [()]
+    predictor = _Predictor(loaded, int(math.ceil(windows / batchSize)) * len(flips), progressCallback, cancelEvent)
     try:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None].to(loaded.device)
+        total = None
         with torch.inference_mode():
-            probabilities = inferer(tensor, predictor)
-        if isinstance(probabilities, (tuple, list)):
-            probabilities = probabilities[0]
-        return probabilities[0].float().cpu().numpy()
+            for axes in flips:
+                output = inferer(torch.flip(tensor, axes) if axes else tensor, predictor)
+                if isinstance(output, (tuple, list)):
+                    output = output[0]
+                output = torch.flip(output, axes) if axes else output
+                total = output if total is None else total.add_(output)
+            blended = total / len(flips) if len(flips) > 1 else total
+            if card.get("blend") == "logits":
+                sigma = float((card.get("postprocessing") or {}).get("logit_smoothing_sigma") or 0.0)
+                if sigma > 0:
+                    from monai.transforms import GaussianSmooth
+
+                    blended = GaussianSmooth(sigma=sigma)(blended[0])[None]
+                blended = activate(blended, card)
+        return blended[0].float().cpu().numpy()
     except (RuntimeError, MemoryError) as error:
         if isOutOfMemory(error):
             raise MedSegUNetError(f"Out of memory on {loaded.device} while running the network: {OUT_OF_MEMORY_ADVICE}.") from None

@@ -2,7 +2,7 @@
 
 A MedSegUNet model is one TorchScript file whose extra file ``medsegunet.json`` is its card (a
 sidecar ``MODEL.pt.json`` overrides it). The card follows ``modelcard.schema.json`` (schema
-``"medsegunet.model/1"``) and says how to prepare the inputs (spacing, orientation, normalisation,
+``"medsegunet.model/2"``; version 1 cards are read as they are) and says how to prepare the inputs (spacing, orientation, normalisation,
 patch size) and how to read the outputs (softmax or sigmoid, label names and colours).
 
 Tensor layout at the network is MONAI's: ``N, C`` then the spatial axes in the model array's
@@ -24,7 +24,9 @@ from typing import Any
 from .errors import MedSegUNetError, firstLine
 
 CARD_EXTRA_FILE = "medsegunet.json"
-SCHEMA_ID = "medsegunet.model/1"
+SCHEMA_ID = "medsegunet.model/2"
+# What version 2 added: a version 1 card must not carry these (it would mean another tool's card).
+VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
 SCHEMA_PATH = Path(__file__).with_name("modelcard.schema.json")
 
 DEFAULTS: dict[str, Any] = {
@@ -188,6 +190,10 @@ def validateCard(card: Any, source: str = "model card") -> dict:
     if errors:
         where, message = errors[0]
         raise MedSegUNetError(f"Invalid {source}: field '{where or '(top level)'}': {firstLine(message)} (see modelcard.schema.json).")
+    if card.get("schema") == "medsegunet.model/1":
+        newer = [name for name in VERSION_2_FIELDS if name in card]
+        if newer:
+            raise MedSegUNetError(f"Invalid {source}: field '{newer[0]}' needs \"schema\": \"medsegunet.model/2\" (see modelcard.schema.json).")
     full = copy.deepcopy(DEFAULTS)
     full.update(copy.deepcopy(card))
     values = [label["value"] for label in full["labels"]]
@@ -199,6 +205,8 @@ def validateCard(card: Any, source: str = "model card") -> dict:
         raise MedSegUNetError(
             f"Invalid {source}: patch_size needs {expected} values for a {full['spatial_dims']}D model, got {patch}."
         )
+    if (full.get("postprocessing") or {}).get("logit_smoothing_sigma") and full.get("blend") != "logits":
+        raise MedSegUNetError(f"Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs \"blend\": \"logits\".")
     if full["spacing"] is not None and all(s is None for s in full["spacing"]):
         full["spacing"] = None
     return full

@@ -241,6 +241,56 @@ class PreparedInputs:
     networkROI: geometry.RegionOfInterest | None = None
 
 
+def postprocessLabels(labels: np.ndarray, regions: np.ndarray | None, card: dict, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The card's ``postprocessing`` on the ROI's labels, with MONAI's transforms.
+
+    - ``largest_component``: keep each label's largest connected component (True: every label; a
+      list: those label values), ``KeepLargestConnectedComponent``;
+    - ``fill_holes``: fill holes enclosed by a label, ``FillHoles``;
+    - ``min_component_mm3``: remove components smaller than this volume, ``RemoveSmallObjects``
+      measured in mm³ with the grid's spacing.
+
+    Sigmoid regions are processed one by one and the label map is painted again from them.
+
+    Args:
+        labels: uint8 KJI label map on the ROI grid.
+        regions: bool ``L, K, J, I`` regions (sigmoid) or None.
+        spacing: the ROI grid's spacing (i, j, k), mm.
+    """
+    steps = card.get("postprocessing") or {}
+    largest, fill, smallest = steps.get("largest_component"), bool(steps.get("fill_holes")), float(steps.get("min_component_mm3") or 0.0)
+    if not (largest or fill or smallest):
+        return labels, regions
+    import torch
+    from monai.transforms import FillHoles, KeepLargestConnectedComponent, RemoveSmallObjects
+
+    values = [int(label["value"]) for label in card["labels"]]
+    chosen = values if largest is True else [int(v) for v in (largest or [])]
+
+    def process(mask: np.ndarray, value: int) -> np.ndarray:
+        """One label's bool KJI mask, post-processed (MONAI works on C, I, J, K)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 1, 0)))[None]
+        if value in chosen:
+            tensor = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False)(tensor.to(torch.uint8)).bool()
+        if fill:
+            tensor = FillHoles(applied_labels=[1])(tensor.to(torch.uint8)).bool()
+        if smallest:
+            tensor = RemoveSmallObjects(min_size=smallest, by_measure=True, pixdim=list(spacing))(tensor).bool()
+        return np.asarray(tensor[0]).transpose(2, 1, 0)
+
+    if regions is not None:
+        regions = np.stack([process(region, value) for region, value in zip(regions, values)])
+        painted = np.zeros_like(labels)
+        for region, value in zip(regions, values):
+            painted[region] = value
+        return painted, regions
+    processed = np.zeros_like(labels)
+    for value in values:
+        # A voxel a label gives up (a small component) becomes background; a filled hole joins it.
+        processed[process(labels == value, value) & ((labels == value) | (processed == 0))] = value
+    return processed, None
+
+
 def prepareImages(
     images: Sequence[sitk.Image],
     card: dict,
@@ -302,6 +352,7 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     kept: list | None = [] if keepProbabilities else None
     roiLabels, roiRegions = probabilitiesToLabels(probabilities, prepared.grid, prepared.roiGrid, card, progress, kept)
     del probabilities
+    roiLabels, roiRegions = postprocessLabels(roiLabels, roiRegions, card, prepared.roiGrid.GetSpacing())
     fullShape = tuple(reversed(reference.GetSize()))
     labels = np.zeros(fullShape, dtype=np.uint8)
     labels[roi.slices()] = roiLabels
