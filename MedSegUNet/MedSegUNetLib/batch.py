@@ -39,7 +39,7 @@ import SimpleITK as sitk
 
 from .errors import Interrupted, MedSegUNetError, firstLine
 
-FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha"}
+FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha", "dcm": ".dcm"}
 STAGING_PREFIX = ".medsegunet-case-"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medsegunet.batch-case/1"
@@ -400,7 +400,12 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) ->
 
         def write(folder: str) -> None:
             with StagedOutputs() as staged:
-                stageSegmentation(staged, result.labelmap, card["labels"], os.path.join(folder, names["segmentation"]), result.regions)
+                if options.format == "dcm":
+                    from .dicomseg import stageDicomSegmentation
+
+                    stageDicomSegmentation(staged, case.inputs[0][0], result.labelmap, card, os.path.join(folder, names["segmentation"]), result.regions)
+                else:
+                    stageSegmentation(staged, result.labelmap, card["labels"], os.path.join(folder, names["segmentation"]), result.regions)
                 for key, text in (
                     ("statistics_csv", statistics.statisticsCSV(report["segments"], inputNames, False)),
                     ("statistics_json", statistics.statisticsJSON(document)),

@@ -187,7 +187,7 @@ def _addSegmentParser(subparsers) -> None:
         help="the network sees the ROI grown by this many mm; labels stay inside the ROI (default: the card's roi.context_mm)",
     )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
-    parser.add_argument("--output", metavar="SEG", help=".seg.nrrd (Slicer segmentation) or .nrrd/.nii.gz/.nii/.mha/.mhd label map")
+    parser.add_argument("--output", metavar="SEG", help=".seg.nrrd (Slicer segmentation), .dcm (DICOM SEG; the reference must be a DICOM series) or .nrrd/.nii.gz/.nii/.mha/.mhd label map")
     parser.add_argument("--stats", metavar="STATS.csv", help="statistics table (CSV)")
     parser.add_argument("--stats-json", metavar="STATS.json", help="statistics, ROI, model and timings (JSON)")
     parser.add_argument("--reference-seg", metavar="REF", help="reference label map or .seg.nrrd for overlap metrics")
@@ -229,6 +229,10 @@ def runSegment(args, console) -> int:
         raise MedSegUNetError("--reference-seg fills the overlap columns of the statistics: give --stats or --stats-json too.")
     if args.output:
         checkOutputPath(args.output, SEGMENTATION_SUFFIXES)
+        if pathSuffix(args.output) == ".dcm":
+            from .dicomseg import referenceSeries
+
+            referenceSeries(args.inputs[0])  # a DICOM SEG needs the DICOM source images: refuse early
     for path in (args.stats, args.stats_json):
         if path:
             checkOutputPath(path)
@@ -283,7 +287,11 @@ def runSegment(args, console) -> int:
 
     progress.stage(pipeline.Stage.WRITING)
     with StagedOutputs() as staged:
-        if args.output:
+        if args.output and pathSuffix(args.output) == ".dcm":
+            from .dicomseg import stageDicomSegmentation
+
+            stageDicomSegmentation(staged, args.inputs[0], result.labelmap, card, args.output, result.regions)
+        elif args.output:
             stageSegmentation(staged, result.labelmap, card["labels"], args.output, result.regions)
         if args.probabilities:
             from .outputs import stageProbabilities

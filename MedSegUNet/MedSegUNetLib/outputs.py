@@ -17,7 +17,7 @@ from .errors import firstLine
 from .modelcard import slicerioTerminology
 from .volumes import StagedOutputs, checkOutputPath, imageVerifier, pathSuffix, writeImageFile
 
-SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd")
+SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm")
 
 
 def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict], regions: np.ndarray | None = None) -> dict:
