@@ -38,7 +38,7 @@ SAMPLE_DATA_FILES = (
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
     "errors", "volumes", "geometry", "preprocessing", "modelcard", "inference", "pipeline", "statistics", "outputs",
-    "seriesmatch", "catalog", "dependencies", "jobfiles", "worker", "SegmentationLogic", "phantoms", "selftest", "widget",
+    "dicomseg", "seriesmatch", "catalog", "dependencies", "jobfiles", "worker", "SegmentationLogic", "phantoms", "selftest", "widget",
 )
 
 
