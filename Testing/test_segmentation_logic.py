@@ -105,6 +105,22 @@ def rigidTransform(axis, degrees, centerRAS, shiftRAS) -> np.ndarray:
     return matrix
 
 
+def nonLinearTransform(scene):
+    """A thin-plate-spline warp in a transform node of ``scene`` (a non-linear parent)."""
+    warp = vtk.vtkThinPlateSplineTransform()
+    source, target = vtk.vtkPoints(), vtk.vtkPoints()
+    for point, shift in (((0, 0, 0), (0, 0, 0)), ((30, 0, 0), (0, 2, 0)), ((0, 30, 0), (1, 0, 0)), ((0, 0, 30), (0, 0, 0)), ((20, 20, 20), (2, 1, 0))):
+        source.InsertNextPoint(point)
+        target.InsertNextPoint(np.add(point, shift).tolist())
+    warp.SetSourceLandmarks(source)
+    warp.SetTargetLandmarks(target)
+    warp.SetBasisToR()
+    transform = slicer.vtkMRMLTransformNode()
+    scene.AddNode(transform)
+    transform.SetAndObserveTransformToParent(warp)
+    return transform
+
+
 def vtkMatrix(array):
     return slicer.util.vtkMatrixFromArray(np.asarray(array, dtype=float))
 
@@ -228,17 +244,7 @@ def test_volume_under_rotated_transform_matches_hardened_equivalent(phantom_data
 
 def test_non_linear_transform_is_refused_and_scene_unchanged(a_scene, phantom_data):
     nodes = addPhantoms(a_scene, phantom_data)
-    warp = vtk.vtkThinPlateSplineTransform()
-    source, target = vtk.vtkPoints(), vtk.vtkPoints()
-    for point, shift in (((0, 0, 0), (0, 0, 0)), ((30, 0, 0), (0, 2, 0)), ((0, 30, 0), (1, 0, 0)), ((0, 0, 30), (0, 0, 0)), ((20, 20, 20), (2, 1, 0))):
-        source.InsertNextPoint(point)
-        target.InsertNextPoint(np.add(point, shift).tolist())
-    warp.SetSourceLandmarks(source)
-    warp.SetTargetLandmarks(target)
-    warp.SetBasisToR()
-    transform = slicer.vtkMRMLTransformNode()
-    a_scene.AddNode(transform)
-    transform.SetAndObserveTransformToParent(warp)
+    transform = nonLinearTransform(a_scene)
     nodes["T2 sagittal"].SetAndObserveTransformNodeID(transform.GetID())
     before = sceneState(a_scene)
     with pytest.raises(MedSegUNetError, match="non-linear transform"):
@@ -510,17 +516,7 @@ def test_suggestions_never_raise_on_odd_nodes(a_scene, phantom_data):
     a_scene.AddNode(empty)
     card = phantom_data["card"]
     assert suggestROIVolumes(empty, [empty, *nodes.values()], card) == []
-    warp = vtk.vtkThinPlateSplineTransform()
-    source, target = vtk.vtkPoints(), vtk.vtkPoints()
-    for point, shift in (((0, 0, 0), (0, 0, 0)), ((30, 0, 0), (0, 2, 0)), ((0, 30, 0), (1, 0, 0)), ((0, 0, 30), (0, 0, 0)), ((20, 20, 20), (2, 1, 0))):
-        source.InsertNextPoint(point)
-        target.InsertNextPoint(np.add(point, shift).tolist())
-    warp.SetSourceLandmarks(source)
-    warp.SetTargetLandmarks(target)
-    warp.SetBasisToR()
-    transform = slicer.vtkMRMLTransformNode()
-    a_scene.AddNode(transform)
-    transform.SetAndObserveTransformToParent(warp)
+    transform = nonLinearTransform(a_scene)
     warped = nodes["T2 sagittal"]
     warped.SetAndObserveTransformNodeID(transform.GetID())
     reference = nodes[selftest.INPUT_NAME]

@@ -107,9 +107,9 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
     roiColumns = [columns[c] for c in columns if c.startswith("roi")]
 
     def resolve(value: str) -> str:
-        path, _, series = value.strip().partition("::")
-        path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
-        return f"{path}::{series}" if series else path
+        from .volumes import resolveTablePath
+
+        return resolveTablePath(base, value)
 
     cases = []
     for index, row in enumerate(rows):
@@ -482,6 +482,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     except MedSegUNetError as error:
         results.put(("fatal", workerId, firstLine(error)))
         return
+    warmUp()
     card = loaded.card
 
     def prepare(index: int):
@@ -516,6 +517,16 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                 prepared = None
             row = processCase(cases[index], loaded, options, prepared)
             results.put(("done", workerId, index, row))
+
+
+def warmUp() -> None:
+    """Import what every case's outputs need once per worker, not during the first case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401 - the QC tile
+    import monai.transforms  # noqa: F401 - normalisation
+    import slicerio  # noqa: F401 - the segmentation file
 
 
 def _deathMessage(exitcode: int | None) -> str:

@@ -34,8 +34,11 @@ class CaseActor:
 
         if options.threads:
             torch.set_num_threads(options.threads)
+        from .batch import warmUp
+
         self.options = options
         self.loaded = loadModel(options.modelPath, device)
+        warmUp()
 
     def run(self, case) -> dict:
         from .batch import processCase

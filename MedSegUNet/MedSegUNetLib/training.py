@@ -306,9 +306,9 @@ def readCases(config: dict) -> list[Case]:
         roiColumns = [columns[c] for c in columns if c.startswith("roi")]
 
         def resolve(value: str) -> str:
-            path, _, series = value.strip().partition("::")
-            path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
-            return f"{path}::{series}" if series else path
+            from .volumes import resolveTablePath
+
+            return resolveTablePath(base, value)
 
         for index, row in enumerate(rows):
             caseId = (row.get(columns.get("case", ""), "") or "").strip() or f"case{index + 1:03d}"

@@ -436,14 +436,26 @@ def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrreg
     else:
         if pathSuffix(path) not in VOLUME_SUFFIXES:
             raise MedSegUNetError(f"'{path}' is not a volume file this tool reads ({', '.join(VOLUME_SUFFIXES)}) nor a DICOM folder.")
-        checkCompleteFile(path)
-        with nativeMessages() as captured:
-            try:
-                image = sitk.ReadImage(path)
-            except RuntimeError as error:
-                raise MedSegUNetError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
+        image = _readImageFile(path)
     checkScalarVolume(image, path)
     return image
+
+
+def _readImageFile(path: str) -> sitk.Image:
+    """An image file read whole (cut-short NIfTI refused), ITK's complaints in one line."""
+    checkCompleteFile(path)
+    with nativeMessages() as captured:
+        try:
+            return sitk.ReadImage(path)
+        except RuntimeError as error:
+            raise MedSegUNetError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
+
+
+def resolveTablePath(base: str, value: str) -> str:
+    """A path from a case table (CSV), relative to the table's folder; ``::SERIES`` kept."""
+    path, _, series = value.strip().partition("::")
+    path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    return f"{path}::{series}" if series else path
 
 
 def readVolumeChannel(path: str, channel: int | None, resampleIrregular: bool = False) -> sitk.Image:
@@ -458,12 +470,7 @@ def readVolumeChannel(path: str, channel: int | None, resampleIrregular: bool = 
     if channel is None:
         return readVolume(path, resampleIrregular=resampleIrregular)
     checkRegularFile(path)
-    checkCompleteFile(path)
-    with nativeMessages() as captured:
-        try:
-            image = sitk.ReadImage(path)
-        except RuntimeError as error:
-            raise MedSegUNetError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
+    image = _readImageFile(path)
     if image.GetNumberOfComponentsPerPixel() > 1:
         if channel >= image.GetNumberOfComponentsPerPixel():
             raise MedSegUNetError(f"'{path}' has {image.GetNumberOfComponentsPerPixel()} channels; channel {channel} was asked for.")
