@@ -264,7 +264,7 @@ def _slowThresholdModel(path, card) -> str:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             weight = torch.ones(384, 384) / 384.0
             busy = torch.ones(384, 384)
-            for _ in range(3000):
+            for _ in range(8000):
                 busy = busy @ weight
             return self.inner(x) + 0.0 * busy.mean()
 
@@ -300,11 +300,13 @@ def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
                 maps = open(f"/proc/{child}/maps").read()
             except OSError:
                 continue
-            if "spawn_main" in cmdline and "libtorch_cpu" in maps:
+            # matplotlib's compiled font module: the worker has loaded the model and warmed up,
+            # so it takes the case at once.
+            if "spawn_main" in cmdline and "libtorch_cpu" in maps and "ft2font" in maps:
                 worker = child
         time.sleep(0.05)
-    assert worker is not None, "no worker process with torch loaded appeared"
-    time.sleep(2.0)  # the model is loaded and the case taken; the network runs for several seconds
+    assert worker is not None, "no warmed-up worker process appeared"
+    time.sleep(1.5)  # the case is taken and read; the network runs for several seconds
     os.kill(worker, signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr

@@ -363,18 +363,47 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) ->
 
     Returns:
         the summary row: ``case``, ``status`` (ok / failed), ``message``, ``seconds``,
-        ``roi_size_mm``, ``volumes_cm3`` {label: cm³}, ``notes``.
+        ``roi_size_mm``, ``volumes_cm3`` {label: cm³}, ``qc``, ``notes``.
     """
-    from . import pipeline, statistics
+    started = time.perf_counter()
+    try:
+        images, result = inferCase(case, loaded, options, prepared)
+    except Exception as error:  # noqa: BLE001 - the row says what it was, as finishCase does
+        return failedRow(case, error, started)
+    return finishCase(case, images, result, loaded.card, options, started)
+
+
+def inferCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None):
+    """The network's part of a case: (input images, :class:`pipeline.SegmentationResult`)."""
+    from . import pipeline
+
+    images, _, preparedInputs = prepared if prepared is not None else prepareCase(case, loaded.card, options)
+    return images, pipeline.segmentPrepared(preparedInputs, loaded)
+
+
+def failedRow(case: CaseSpec, error: BaseException, started: float) -> dict:
+    """The summary row of a case that failed, with its one-line reason."""
+    if isinstance(error, MedSegUNetError):
+        message = firstLine(error)
+    elif isinstance(error, MemoryError):
+        message = "out of memory: use a smaller sw_batch_size or patch_size, fewer --workers, or --device cpu"
+    else:
+        message = f"internal error: {type(error).__name__}: {firstLine(error)}"
+    return {"case": case.id, "status": "failed", "message": message, "seconds": round(time.perf_counter() - started, 3),
+            "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
+
+
+def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float) -> dict:
+    """Statistics and the case folder's files (staged, verified, renamed whole); the summary row.
+
+    Runs on a worker's writer thread while the network runs on the next case.
+    """
+    from . import statistics
     from .outputs import stageSegmentation
     from .volumes import StagedOutputs, textVerifier, writeTextFile
 
-    started = time.perf_counter()
     row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
     try:
-        card = loaded.card
-        images, roiImages, preparedInputs = prepared if prepared is not None else prepareCase(case, card, options)
-        result = pipeline.segmentPrepared(preparedInputs, loaded)
         inputNames = [spec["name"] for spec in card["inputs"]]
         report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), regions=result.regions)
         names = caseOutputNames(case.id, options.format)
@@ -421,12 +450,8 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) ->
             volumes_cm3={segment["name"]: round(segment["volume_cm3"], 6) for segment in report["segments"]},
             qc=qualityNotes(report),
         )
-    except MedSegUNetError as error:
-        row["message"] = firstLine(error)
-    except MemoryError:
-        row["message"] = "out of memory: use a smaller sw_batch_size or patch_size, fewer --workers, or --device cpu"
     except Exception as error:  # one case's bug must not stop the cohort; the row says what it was
-        row["message"] = f"internal error: {type(error).__name__}: {firstLine(error)}"
+        return failedRow(case, error, started)
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row
 
@@ -461,7 +486,8 @@ def skippedRow(case: CaseSpec, options: BatchOptions) -> dict:
 def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, device: str, tasks, results) -> None:
     """A worker process: load the model once, then take cases until told to stop.
 
-    The next case is read and prepared on a thread while the network runs on the current one.
+    The next case is read and prepared on one thread, and the previous case's statistics and files
+    are written on another, while the network runs on the current one.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -490,7 +516,10 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
 
     pending: list = []
     stopping = False
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    finishing = None
+    # Reads run ahead on one thread, statistics and writes behind on another: the network (this
+    # thread) goes from case to case without waiting for the disk.
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=1) as writer:
         while True:
             if not pending:
                 if stopping:
@@ -511,12 +540,21 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                     results.put(("took", workerId, following))
                     pending.append((following, pool.submit(prepare, following)))
             index, future = pending.pop(0)
+            started = time.perf_counter()
             try:
-                prepared = future.result()
-            except BaseException:  # noqa: BLE001 - processCase reports the same error as a row
-                prepared = None
-            row = processCase(cases[index], loaded, options, prepared)
-            results.put(("done", workerId, index, row))
+                images, result = inferCase(cases[index], loaded, options, future.result())
+            except Exception as error:  # noqa: BLE001 - the row says what it was
+                results.put(("done", workerId, index, failedRow(cases[index], error, started)))
+                continue
+            if finishing is not None:
+                finishing.result()  # one case's files in flight at a time
+            finishing = writer.submit(_finishAndReport, workerId, index, cases[index], images, result, card, options, started, results)
+        if finishing is not None:
+            finishing.result()
+
+
+def _finishAndReport(workerId: int, index: int, case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float, results) -> None:
+    results.put(("done", workerId, index, finishCase(case, images, result, card, options, started)))
 
 
 def warmUp() -> None:
@@ -524,9 +562,9 @@ def warmUp() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401 - the QC tile
-    import monai.transforms  # noqa: F401 - normalisation
-    import slicerio  # noqa: F401 - the segmentation file
+    import matplotlib.pyplot  # noqa: F401 (the QC tile)
+    import monai.transforms  # noqa: F401 (normalisation)
+    import slicerio  # noqa: F401 (the segmentation file)
 
 
 def _deathMessage(exitcode: int | None) -> str:

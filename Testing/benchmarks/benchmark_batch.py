@@ -7,8 +7,9 @@ limiting the ROI) with the 4.8 M-parameter MONAI UNet of ``benchmark_segment.py`
 1. A shell loop: one ``medsegunet segment`` process per case (imports, model load, reads each time).
 2. ``medsegunet batch`` with 1 and 2 local workers, and with ``--engine ray`` (local Ray).
    Reported: wall time of the whole command, per-case seconds from ``summary.csv`` (network,
-   back-resampling, statistics and writes; reading and resampling run ahead on the prefetch
-   thread), and the peak RSS of the largest process (a worker).
+   back-resampling, statistics and writes of that case; reading runs ahead on the prefetch
+   thread, statistics and writes behind on the writer thread), the marginal cost of a case (the
+   6-case run minus a 1-case run, over 5), and the peak RSS of the largest process (a worker).
 3. The bare network: ``sliding_window_inference`` + softmax + argmax on each case's prepared array
    in one process, the model loaded once: the per-case floor.
 4. Memory against input size: ``segment --no-roi`` on synthetic volumes of 512 × 512 × K voxels
@@ -136,10 +137,21 @@ def main() -> int:
             print(f"{name}: {run['wall_s']:.1f} s ({run['wall_s'] / loop['wall_s']:.2f}x the loop), per case {results[name]['per_case_mean_s']:.2f} s, "
                   f"peak RSS of the largest process {run['peak_rss_mb']:.0f} MB", flush=True)
 
+        # The marginal cost of a case: the same command on one case, subtracted (start-up, imports
+        # and the model load are paid once per run).
+        single = folder / "single"
+        single.mkdir()
+        first = sorted(os.listdir(cohort))[0]
+        os.symlink(os.readlink(cohort / first), single / first)
+        one = measure([*medsegunet(), "batch", "-q", "--device", "cpu", "--model", model, "--cases", str(single), "--output", str(folder / "one"), "--workers", "1"], environment)
+        cases = len(os.listdir(cohort))
+        results["batch_1_worker"]["marginal_per_case_s"] = (results["batch_1_worker"]["wall_s"] - one["wall_s"]) / (cases - 1)
         bare = bareSeconds(model, cohort)
         results["bare_network_per_case_s"] = bare
         mean = sum(bare) / len(bare)
-        print(f"bare network per case: {mean:.2f} s; batch (1 worker) per case / bare = {results['batch_1_worker']['per_case_mean_s'] / mean:.2f}", flush=True)
+        marginal = results["batch_1_worker"]["marginal_per_case_s"]
+        print(f"bare network per case: {mean:.2f} s; batch (1 worker): {results['batch_1_worker']['per_case_mean_s'] / mean:.2f}x in a case's own time, "
+              f"{marginal:.2f} s per added case ({marginal / mean:.2f}x the bare network)", flush=True)
         if not args.skip_memory:
             results["memory_no_roi"] = memoryScaling(folder, environment)
     if args.json:
