@@ -430,7 +430,7 @@ def test_module_file_is_the_five_template_classes_and_the_widget_lives_in_the_li
     assert "import qt" not in MODULE_FILE.read_text(encoding="utf-8") and "import qt" in WIDGET_FILE.read_text(encoding="utf-8")
     libModules = next(node for node in tree.body if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "LIB_MODULES")
     listed = [element.value for element in libModules.value.elts]
-    assert set(listed) == {p.stem for p in LIB_DIR.glob("*.py")} - {"__init__", "cli", "batch", "raybatch", "demo", "exporting", "training", "console"}
+    assert set(listed) == {p.stem for p in LIB_DIR.glob("*.py")} - {"__init__", "cli", "batch", "raybatch", "demo", "exporting", "importing", "training", "console"}
     assert listed[-1] == "widget"
 
 

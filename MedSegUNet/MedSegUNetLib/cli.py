@@ -335,7 +335,7 @@ def runSegment(args, console) -> int:
 
 
 def buildParser() -> argparse.ArgumentParser:
-    from . import __version__, batch, catalog, demo, exporting, training
+    from . import __version__, batch, catalog, demo, exporting, importing, training
 
     parser = OneLineParser(
         prog="medsegunet",
@@ -350,6 +350,7 @@ def buildParser() -> argparse.ArgumentParser:
     _addSegmentParser(subparsers)
     batch.addParser(subparsers)
     catalog.addParser(subparsers)
+    importing.addParser(subparsers)
     exporting.addParser(subparsers)
     training.addParser(subparsers)
     demo.addParser(subparsers)

@@ -209,6 +209,11 @@ def runInfo(args, console=None) -> int:
         sys.stdout.write(json.dumps(card, indent=2) + "\n")
     else:
         sys.stdout.write(cardSummary(card) + "\n")
+        provenance = card.get("provenance")
+        if isinstance(provenance, dict):
+            verified = provenance.get("verified") or {}
+            sys.stdout.write(f"Imported from {provenance.get('format')} {provenance.get('source')} (SHA256 {str(provenance.get('source_sha256'))[:12]}…), "
+                             f"verified against {verified.get('runtime')}: max difference {verified.get('max_abs_difference')}\n")
         validation = card.get("validation")
         if isinstance(validation, dict) and validation.get("mean_dice") is not None:
             sys.stdout.write(f"Validation mean Dice: {validation['mean_dice']:.4f} ({', '.join(validation.get('cases', []))})\n")

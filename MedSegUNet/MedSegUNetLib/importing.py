@@ -1,0 +1,204 @@
+"""``medsegunet import``: a model from another ecosystem as a verified MedSegUNet TorchScript model.
+
+ONNX files are converted by copying their weights into the MONAI network the card names
+(``"network": {"_target_": "monai.networks.nets.SegResNetDS", "args": {...}}``), rather than by
+converting the ONNX graph (onnx2torch needs a torchvision that does not import beside every torch).
+The ONNX graph's tensors are found by the PyTorch names ``torch.onnx.export`` keeps (initializers,
+and the ``Identity`` nodes that stand for de-duplicated ones), so the export must keep them
+(``do_constant_folding=False``; folding merges the norms into the convolutions and is refused). Every import is verified before it
+is written: the TorchScript model and onnxruntime must give the same outputs on a random patch,
+within a tolerance relative to the output's range; a graph that activates its output (Softmax or
+Sigmoid at the end), weights that do not fit the card's network, or any difference is refused in
+one line and nothing is written.
+
+Auto3DSeg checkpoints and MONAI bundles are recognised and refused with a one-line message for now.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import numpy as np
+
+from .errors import MedSegUNetError, firstLine
+
+# float32 runtimes differ by ~1e-4 on logits of ~10: allowed difference, relative to the output range.
+RELATIVE_TOLERANCE = 1e-3
+ABSOLUTE_TOLERANCE = 1e-4
+
+
+def detectFormat(source: str) -> str:
+    """``onnx``, ``auto3dseg`` (a checkpoint dict with ``config`` and ``state_dict``), or ``bundle``."""
+    if os.path.isdir(source):
+        if os.path.isdir(os.path.join(source, "configs")):
+            return "bundle"
+        raise MedSegUNetError(f"'{source}' is a folder but not a MONAI bundle (no configs/ folder).")
+    if source.lower().endswith(".onnx"):
+        return "onnx"
+    if source.lower().endswith((".pt", ".pth", ".ckpt")):
+        return "auto3dseg"
+    raise MedSegUNetError(f"'{source}' is not a model this command imports: give an .onnx file, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder.")
+
+
+def buildNetwork(spec: dict):
+    """The eager network a card's ``network`` names: ``{"_target_": "module.Class", "args": {...}}``."""
+    target = spec.get("_target_") if isinstance(spec, dict) else None
+    if not isinstance(target, str) or "." not in target:
+        raise MedSegUNetError("The card needs \"network\": {\"_target_\": \"monai.networks.nets.NAME\", \"args\": {...}} naming the network the ONNX weights belong to.")
+    moduleName, className = target.rsplit(".", 1)
+    try:
+        networkClass = getattr(importlib.import_module(moduleName), className)
+        return networkClass(**(spec.get("args") or {})).eval()
+    except (ImportError, AttributeError):
+        raise MedSegUNetError(f"The card's network '{target}' does not exist: name a MONAI network class.") from None
+    except TypeError as error:
+        raise MedSegUNetError(f"The card's network '{target}' does not take these args ({firstLine(error)}).") from None
+
+
+def onnxTensors(model) -> dict[str, np.ndarray]:
+    """Every tensor of an ONNX graph under the PyTorch name ``torch.onnx.export`` gave it."""
+    from onnx import numpy_helper
+
+    tensors = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in tensors:
+            tensors[node.output[0]] = tensors[node.input[0]]
+        elif node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    tensors[node.output[0]] = numpy_helper.to_array(attribute.t)
+    return tensors
+
+
+def copyWeights(network, tensors: dict[str, np.ndarray], source: str) -> None:
+    """Load the ONNX tensors into the network by name, or refuse naming the first that does not fit."""
+    import torch
+
+    state = network.state_dict()
+    loaded = {}
+    for name, value in state.items():
+        if name.endswith("num_batches_tracked"):
+            loaded[name] = value
+            continue
+        if name not in tensors:
+            raise MedSegUNetError(
+                f"'{source}' has no weight '{name}' of the card's network: the card must name the network that was exported (same class and args), "
+                "and export it with do_constant_folding=False (folding merges the norms into the convolutions)."
+            )
+        array = tensors[name]
+        if tuple(array.shape) != tuple(value.shape):
+            raise MedSegUNetError(f"'{source}': weight '{name}' has shape {tuple(array.shape)} where the card's network has {tuple(value.shape)}: check the network args.")
+        loaded[name] = torch.from_numpy(np.array(array, dtype=np.float32 if value.is_floating_point() else array.dtype))
+    network.load_state_dict(loaded)
+
+
+def checkGraphEnd(model, source: str) -> None:
+    """Refuse a graph whose output is activated: the card's softmax/sigmoid would apply twice."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    last = producers.get(model.graph.output[0].name)
+    if last is not None and last.op_type in ("Softmax", "Sigmoid", "ArgMax"):
+        raise MedSegUNetError(f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, before the {last.op_type}.")
+
+
+def importONNX(source: str, cardPath: str, output: str) -> dict:
+    """Convert and verify an ONNX model; write it with its card. Returns the card written.
+
+    Raises:
+        MedSegUNetError: missing packages, a card without a network, weights that do not fit, an
+            activated output, or outputs that differ from onnxruntime's.
+    """
+    import torch
+
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise MedSegUNetError("Importing ONNX needs onnx and onnxruntime: pip install -e \".[import]\".") from None
+    from .modelcard import outputChannels, saveModel, validateCard
+    from .volumes import checkRegularFile, sha256
+
+    checkRegularFile(source, "ONNX model")
+    card = readImportCard(cardPath)
+    network = buildNetwork(card.pop("network", None))
+    card = validateCard(card, f"model card '{cardPath}'")
+    try:
+        model = onnx.load(source)
+    except Exception as error:  # protobuf raises DecodeError and others
+        raise MedSegUNetError(f"Cannot read ONNX model '{source}' ({firstLine(error)}).") from None
+    checkGraphEnd(model, source)
+    copyWeights(network, onnxTensors(model), source)
+    try:
+        scripted = torch.jit.script(network)
+    except Exception as error:  # TorchScript's frontend errors
+        raise MedSegUNetError(f"The card's network cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
+    dims = int(card["spatial_dims"])
+    patch = list(card.get("patch_size") or [64] * dims)
+    sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    try:
+        expected = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
+    except Exception as error:  # onnxruntime raises its own error types
+        raise MedSegUNetError(f"onnxruntime cannot run '{source}' on a {tuple(sample.shape)} patch ({firstLine(error)[:120]}): check the card's patch_size and inputs.") from None
+    with torch.no_grad():
+        got = scripted(sample)
+    got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
+    if got.shape != expected.shape or got.shape[1] != outputChannels(card):
+        raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
+    span = float(expected.max() - expected.min())
+    difference = float(np.abs(got - expected).max())
+    allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
+    if not difference <= allowed:
+        raise MedSegUNetError(f"The imported network's outputs differ from onnxruntime's by {difference:.3g} (allowed {allowed:.3g} for an output range of {span:.3g}): nothing was written.")
+    card["provenance"] = {
+        "format": "onnx", "source": os.path.abspath(source), "source_sha256": sha256(source), "tool": "medsegunet import",
+        "network": {"_target_": type(network).__module__ + "." + type(network).__name__},
+        "verified": {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"onnxruntime {onnxruntime.__version__}"},
+    }
+    saveModel(scripted, card, output)
+    return card
+
+
+def readImportCard(path: str) -> dict:
+    if not path:
+        raise MedSegUNetError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
+    from .volumes import checkRegularFile
+
+    checkRegularFile(path, "Model card")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return json.load(stream)
+    except json.JSONDecodeError as error:
+        raise MedSegUNetError(f"Model card '{path}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+    except UnicodeDecodeError:
+        raise MedSegUNetError(f"Model card '{path}' is not UTF-8 text: save it as UTF-8 JSON.") from None
+
+
+def addParser(subparsers) -> None:
+    """Register ``medsegunet import``."""
+    parser = subparsers.add_parser(
+        "import",
+        help="import an ONNX model as a verified MedSegUNet model",
+        description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source runtime.",
+    )
+    parser.add_argument("source", metavar="SOURCE", help="an .onnx file")
+    parser.add_argument("--output", required=True, metavar="MODEL.pt", help="the model file to write")
+    parser.add_argument("--card", metavar="CARD.json", help="the model card, with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
+    parser.add_argument("--labels", metavar="LABELS.csv", help="labels (value,name) for Auto3DSeg checkpoints")
+    parser.set_defaults(func=run)
+
+
+def run(args, console) -> int:
+    from .volumes import checkDistinctPaths, checkOutputPath
+
+    checkOutputPath(args.output, (".pt",))
+    checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels})
+    kind = detectFormat(args.source)
+    if kind != "onnx":
+        raise MedSegUNetError(f"Importing {'an Auto3DSeg checkpoint' if kind == 'auto3dseg' else 'a MONAI bundle'} is not supported yet: export the network to ONNX (torch.onnx.export) and import that with its card.")
+    card = importONNX(args.source, args.card, args.output)
+    verified = card["provenance"]["verified"]
+    console.line(f"Wrote {args.output}: matches onnxruntime within {verified['max_abs_difference']:.2g} (output range {verified['output_range']:.3g})")
+    return 0
+

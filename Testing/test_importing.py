@@ -1,0 +1,98 @@
+"""``medsegunet import`` of ONNX models exported from a MONAI SegResNetDS, verified with onnxruntime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from MedSegUNetLib import cli, modelcard
+
+pytest.importorskip("onnx", reason="the import extra is not installed")
+pytest.importorskip("onnxruntime", reason="the import extra is not installed")
+
+NETWORK = {"_target_": "monai.networks.nets.SegResNetDS", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8, "blocks_down": [1, 2, 2]}}
+
+
+def exportONNX(path, args=NETWORK["args"], activate: bool = False, fold: bool = False):
+    import torch
+    from monai.networks.nets import SegResNetDS
+
+    torch.manual_seed(1)
+    network = SegResNetDS(**args).eval()
+    with torch.no_grad():  # a trained network's norms are not the defaults
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.1)
+    exported = torch.nn.Sequential(network, torch.nn.Softmax(dim=1)) if activate else network
+    torch.onnx.export(exported, torch.randn(1, 1, 32, 32, 32), str(path), dynamo=False, input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {2: "i", 3: "j", 4: "k"}, "output": {2: "i", 3: "j", 4: "k"}}, do_constant_folding=fold)
+    return network
+
+
+def writeCard(path, network=NETWORK) -> str:
+    card = {"schema": "medsegunet.model/2", "name": "Imported SegResNetDS", "version": "2.0", "spatial_dims": 3, "inputs": [{"name": "T2"}],
+            "labels": [{"value": 1, "name": "gland", "color": [0.8, 0.5, 0.3]}], "output": "softmax", "normalization": {"type": "zscore"},
+            "patch_size": [32, 32, 32], "blend": "logits", "network": network}
+    path.write_text(json.dumps(card))
+    return str(path)
+
+
+def test_onnx_import_matches_onnxruntime_and_says_where_it_came_from(capsys, tmp_path):
+    import onnxruntime
+    import torch
+
+    exportONNX(tmp_path / "model.onnx")
+    card = writeCard(tmp_path / "card.json")
+    assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", card, "--output", str(tmp_path / "imported.pt")]) == 0, capsys.readouterr().err
+    written = modelcard.readCard(tmp_path / "imported.pt")
+    assert written["provenance"]["format"] == "onnx" and written["provenance"]["verified"]["max_abs_difference"] < 1e-3
+    assert "network" not in written and written["blend"] == "logits"
+    # Another patch than the one verified: TorchScript and onnxruntime agree there too.
+    sample = torch.randn(1, 1, 48, 40, 32, generator=torch.Generator().manual_seed(5))
+    scripted = torch.jit.load(str(tmp_path / "imported.pt"))
+    with torch.no_grad():
+        ours = scripted(sample).numpy()
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"input": sample.numpy()})[0]
+    assert np.abs(ours - theirs).max() <= 1e-3 * (theirs.max() - theirs.min()) + 1e-4
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "imported.pt")]) == 0
+    assert "Imported from onnx" in capsys.readouterr().out
+
+
+# [parameters (what is wrong), input (the files), expected (words of the one line)]
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        ("other-network", "has shape"),
+        ("no-network", "needs \"network\""),
+        ("activated", "ends with Softmax"),
+        ("no-card", "needs --card"),
+        ("bundle", "not supported yet"),
+        # Constant folding merges the norms into the convolutions: the PyTorch weights are gone.
+        ("folded", "export it with do_constant_folding=False"),
+    ],
+)
+def test_import_refusals_write_nothing(capsys, tmp_path, fault, expected):
+    source = tmp_path / "model.onnx"
+    exportONNX(source, activate=fault == "activated", fold=fault == "folded")
+    card = None
+    if fault == "other-network":
+        card = writeCard(tmp_path / "card.json", {**NETWORK, "args": {**NETWORK["args"], "init_filters": 16}})
+    elif fault == "no-network":
+        card = writeCard(tmp_path / "card.json", None)
+    elif fault in ("activated", "bundle", "folded"):
+        card = writeCard(tmp_path / "card.json")
+    if fault == "bundle":
+        (tmp_path / "bundle" / "configs").mkdir(parents=True)
+        source = tmp_path / "bundle"
+    argv = ["import", str(source), "--output", str(tmp_path / "out.pt"), *(["--card", card] if card else [])]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "out.pt").exists()
