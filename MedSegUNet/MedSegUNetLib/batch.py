@@ -449,6 +449,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
             roi_size_mm=[round(float(v), 3) for v in result.roi.sizeMM],
             volumes_cm3={segment["name"]: round(segment["volume_cm3"], 6) for segment in report["segments"]},
             qc=qualityNotes(report),
+            network_s=round(float(result.timings.get("network_thread", 0.0)), 4),
         )
     except Exception as error:  # one case's bug must not stop the cohort; the row says what it was
         return failedRow(case, error, started)
@@ -540,12 +541,18 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                     results.put(("took", workerId, following))
                     pending.append((following, pool.submit(prepare, following)))
             index, future = pending.pop(0)
+            try:
+                prepared = future.result()
+            except Exception as error:  # noqa: BLE001 - the row says what it was
+                results.put(("done", workerId, index, failedRow(cases[index], error, time.perf_counter())))
+                continue
             started = time.perf_counter()
             try:
-                images, result = inferCase(cases[index], loaded, options, future.result())
+                images, result = inferCase(cases[index], loaded, options, prepared)
             except Exception as error:  # noqa: BLE001 - the row says what it was
                 results.put(("done", workerId, index, failedRow(cases[index], error, started)))
                 continue
+            result.timings["network_thread"] = time.perf_counter() - started
             if finishing is not None:
                 finishing.result()  # one case's files in flight at a time
             finishing = writer.submit(_finishAndReport, workerId, index, cases[index], images, result, card, options, started, results)

@@ -48,6 +48,17 @@ def perCaseSeconds(summary: Path) -> list[float]:
         return [float(row["seconds"]) for row in csv.DictReader(stream) if row["status"] == "ok"]
 
 
+def networkThreadSeconds(output: Path) -> list[float]:
+    """Per case, the time the worker's network thread spent on it (network + back to the reference grid)."""
+    import json
+
+    seconds = []
+    for statistics in sorted(output.glob("*/*-statistics.json")):
+        timings = json.loads(statistics.read_text())["timing_s"]
+        seconds.append(timings.get("inference", 0.0) + timings.get("postprocessing", 0.0))
+    return seconds
+
+
 def bareSeconds(model: str, cohort: Path) -> list[float]:
     """The network alone on each case's prepared array, model loaded once (the per-case floor)."""
     import torch
@@ -150,6 +161,10 @@ def main() -> int:
         results["bare_network_per_case_s"] = bare
         mean = sum(bare) / len(bare)
         marginal = results["batch_1_worker"]["marginal_per_case_s"]
+        network = networkThreadSeconds(folder / "batch_1_worker")
+        results["batch_1_worker"]["network_thread_per_case_s"] = network
+        print(f"batch (1 worker) network thread per case: {sum(network) / len(network):.2f} s ({sum(network) / len(network) / mean:.2f}x the bare network); "
+              "reading runs ahead and statistics and writes behind on other threads", flush=True)
         print(f"bare network per case: {mean:.2f} s; batch (1 worker): {results['batch_1_worker']['per_case_mean_s'] / mean:.2f}x in a case's own time, "
               f"{marginal:.2f} s per added case ({marginal / mean:.2f}x the bare network)", flush=True)
         if not args.skip_memory:
