@@ -335,3 +335,48 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     for row in rows:
         assert 5 < float(row["volume_cm3 (peripheral zone)"]) < 40 and 5 < float(row["volume_cm3 (transition zone)"]) < 40
     assert (out / "qc.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor process through /proc")
+def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
+    model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
+    out = tmp_path / "out"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    killed: list[int] = []
+
+    def killBusyActor() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    cmdline = open(f"/proc/{pid}/cmdline").read()
+                    maps = open(f"/proc/{pid}/maps").read()
+                except OSError:
+                    continue
+                # The actor's process, once it has loaded the model and warmed up: the case is running.
+                if "CaseActor" in cmdline and "ft2font" in maps:
+                    time.sleep(1.5)
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    import threading
+
+    killer = threading.Thread(target=killBusyActor, daemon=True)
+    killer.start()
+    try:
+        code = cli.main(["batch", "-q", "--model", model, "--cases", str(cases), "--output", str(out), "--engine", "ray", "--workers", "1", "--device", "cpu"])
+    finally:
+        ray.shutdown()
+    killer.join(timeout=5)
+    assert killed, "no busy actor process was found"
+    assert code == 0
+    with open(out / "summary.csv", newline="") as stream:
+        (row,) = list(csv.DictReader(stream))
+    assert row["status"] == "ok" and row["attempts"] == "2"
