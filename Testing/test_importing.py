@@ -96,3 +96,55 @@ def test_import_refusals_write_nothing(capsys, tmp_path, fault, expected):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not (tmp_path / "out.pt").exists()
+
+
+def auto3dsegCheckpoint(path, **configChanges):
+    import torch
+    from monai.networks.nets import SegResNetDS
+
+    torch.manual_seed(2)
+    network = SegResNetDS(spatial_dims=3, in_channels=1, out_channels=3, init_filters=8, blocks_down=(1, 2, 2)).eval()
+    config = {
+        "network": {"_target_": "SegResNetDS", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": 8, "blocks_down": [1, 2, 2]},
+        "roi_size": [96, 96, 64], "resample_resolution": [0.5, 0.5, 3.0], "orientation_ras": True, "normalize_mode": "meanstd",
+        "intensity_bounds": [0.0, 1000.0], "sigmoid": False, "crop_foreground": True,
+    }
+    config.update(configChanges)
+    torch.save({"config": config, "state_dict": network.state_dict()}, str(path))
+    return network
+
+
+def test_auto3dseg_checkpoint_import(capsys, tmp_path):
+    import torch
+
+    network = auto3dsegCheckpoint(tmp_path / "model.pt")
+    (tmp_path / "labels.csv").write_text("value,name\n1,peripheral zone\n2,transition zone\n")
+    assert cli.main(["import", str(tmp_path / "model.pt"), "--labels", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "imported.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "Note: crop_foreground" in out
+    card = modelcard.readCard(tmp_path / "imported.pt")
+    assert card["spacing"] == [0.5, 0.5, 3.0] and card["orientation"] == "RAS" and card["patch_size"] == [96, 96, 64]
+    assert card["normalization"] == {"type": "zscore", "nonzero": True} and card["output"] == "softmax" and card["blend"] == "logits"
+    assert [label["name"] for label in card["labels"]] == ["peripheral zone", "transition zone"]
+    assert card["provenance"]["format"] == "auto3dseg" and card["provenance"]["verified"]["max_abs_difference"] < 1e-3
+    sample = torch.randn(1, 1, 64, 64, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(tmp_path / "imported.pt"))(sample).numpy(), network(sample).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "changes, labels, expected",
+    [
+        ({"normalize_mode": "range"}, True, "normalize_mode 'range'"),
+        ({"normalize_mode": "meanstdtanh"}, True, "normalize_mode 'meanstdtanh'"),
+        ({}, False, "needs --labels"),
+    ],
+    ids=["range", "meanstdtanh", "no-labels"],
+)
+def test_auto3dseg_refusals(capsys, tmp_path, changes, labels, expected):
+    auto3dsegCheckpoint(tmp_path / "model.pt", **changes)
+    (tmp_path / "labels.csv").write_text("value,name\n1,a\n2,b\n")
+    argv = ["import", str(tmp_path / "model.pt"), "--output", str(tmp_path / "imported.pt"), *(["--labels", str(tmp_path / "labels.csv")] if labels else [])]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and not (tmp_path / "imported.pt").exists()

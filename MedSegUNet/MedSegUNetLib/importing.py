@@ -11,7 +11,12 @@ within a tolerance relative to the output's range; a graph that activates its ou
 Sigmoid at the end), weights that do not fit the card's network, or any difference is refused in
 one line and nothing is written.
 
-Auto3DSeg checkpoints and MONAI bundles are recognised and refused with a one-line message for now.
+Auto3DSeg checkpoints (SlicerMONAIAuto3DSeg's format: ``config`` with the network's ``_target_``,
+``roi_size``, ``resample_resolution``, ``orientation_ras``, ``normalize_mode``, ``sigmoid``,
+``crop_foreground``; and ``state_dict``) become a card with logit blending; labels come from
+``--labels``; a normalisation the card cannot express is refused, and ``crop_foreground`` is
+replaced by MedSegUNet's ROI (said on import and recorded in the card). The scripted network is
+verified against the eager one. MONAI bundles are recognised and refused for now.
 """
 
 from __future__ import annotations
@@ -160,6 +165,122 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
     return card
 
 
+# Auto3DSeg's normalize_mode → a card normalisation; the others are refused, naming the mode.
+AUTO3DSEG_NORMALIZATION = {"none": {"type": "none"}, "meanstd": {"type": "zscore", "nonzero": True}, "mri": {"type": "zscore", "nonzero": True}}
+
+
+def readLabels(path: str | None) -> list[dict]:
+    """Labels from a CSV with ``value`` and ``name`` columns (SlicerMONAIAuto3DSeg's labels.csv)."""
+    import csv
+
+    if not path:
+        raise MedSegUNetError("Importing an Auto3DSeg checkpoint needs --labels LABELS.csv (columns value,name).")
+    from .volumes import checkRegularFile
+
+    checkRegularFile(path, "Labels table")
+    with open(path, encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    try:
+        labels = [{"value": int(row["value"]), "name": row["name"].strip()} for row in rows if row.get("name")]
+    except (KeyError, ValueError):
+        raise MedSegUNetError(f"Labels table '{path}' needs columns 'value' (integers 1–255) and 'name'.") from None
+    if not labels:
+        raise MedSegUNetError(f"Labels table '{path}' lists no label.")
+    import colorsys
+
+    for index, label in enumerate(labels):
+        label["color"] = [round(c, 3) for c in colorsys.hsv_to_rgb((index * 0.618) % 1.0, 0.65, 0.9)]
+    return labels
+
+
+def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[dict, list[str]]:
+    """The card an Auto3DSeg config says, and the notes of what MedSegUNet does instead.
+
+    Raises:
+        MedSegUNetError: a preprocessing step the card cannot express (named).
+    """
+    mode = config.get("normalize_mode", "meanstd")
+    if mode not in AUTO3DSEG_NORMALIZATION:
+        raise MedSegUNetError(f"'{source}' uses normalize_mode '{mode}', which a MedSegUNet card cannot express (only none, meanstd/mri): it is not imported.")
+    extra = list((config.get("extra_modalities") or {}).items())
+    if any(value not in AUTO3DSEG_NORMALIZATION for _, value in extra):
+        raise MedSegUNetError(f"'{source}' normalises an extra modality in a way a MedSegUNet card cannot express: it is not imported.")
+    notes = []
+    if config.get("crop_foreground", True):
+        notes.append("crop_foreground: MedSegUNet crops to its region of interest (the region every series covers) instead")
+    sigmoid = bool(config.get("sigmoid", False))
+    card = {
+        "schema": "medsegunet.model/2",
+        "name": os.path.splitext(os.path.basename(source))[0],
+        "description": f"Imported from the Auto3DSeg checkpoint {os.path.basename(source)}",
+        "spatial_dims": 3,
+        "inputs": [{"name": "image"}, *[{"name": str(name)} for name, _ in extra]],
+        "labels": labels,
+        "output": "sigmoid" if sigmoid else "softmax",
+        "spacing": [float(v) for v in config["resample_resolution"]] if config.get("resample_resolution") is not None else None,
+        "orientation": "RAS" if config.get("orientation_ras", False) else None,
+        "normalization": dict(AUTO3DSEG_NORMALIZATION[mode]),
+        "patch_size": [int(v) for v in config["roi_size"]],
+        "overlap": 0.625,
+        "sw_batch_size": 1,
+        # SlidingWindowInfererAdapt blends the network's logits; they are activated afterwards.
+        "blend": "logits",
+    }
+    return card, notes
+
+
+def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
+    """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card written."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from .modelcard import outputChannels, saveModel, validateCard
+    from .volumes import checkRegularFile, sha256
+
+    checkRegularFile(source, "Checkpoint")
+    try:
+        # Auto3DSeg checkpoints hold plain Python configs beside the weights (SlicerMONAIAuto3DSeg loads them so).
+        checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for foreign files
+        raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({firstLine(error)[:120]}).") from None
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
+        raise MedSegUNetError(f"'{source}' is not an Auto3DSeg checkpoint (a dict with 'config' and 'state_dict').")
+    config = checkpoint["config"]
+    card, notes = cardFromAuto3DSeg(config, readLabels(labelsPath), source)
+    card = validateCard(card, f"card made from '{source}'")
+    try:
+        network = ConfigParser(config["network"]).get_parsed_content().eval()
+        network.load_state_dict(checkpoint["state_dict"])
+    except Exception as error:  # configs and weights that do not fit raise many types
+        raise MedSegUNetError(f"The network of '{source}' cannot be built from its config and weights ({firstLine(error)[:140]}).") from None
+    try:
+        scripted = torch.jit.script(network)
+    except Exception as error:  # TorchScript's frontend errors
+        raise MedSegUNetError(f"The network of '{source}' cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
+    # A patch the network takes, small enough for a CPU check.
+    patch = [min(int(v), 64) // 32 * 32 or 32 for v in card["patch_size"]]
+    sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = network(sample)
+        got = scripted(sample)
+    expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
+    got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
+    if got.shape[1] != outputChannels(card):
+        raise MedSegUNetError(f"The network of '{source}' gives {got.shape[1]} channels but the labels need {outputChannels(card)}: check --labels.")
+    span = float(expected.max() - expected.min())
+    difference = float(np.abs(got - expected).max())
+    allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
+    if not difference <= allowed:
+        raise MedSegUNetError(f"The scripted network differs from the eager one by {difference:.3g} (allowed {allowed:.3g}): nothing was written.")
+    card["provenance"] = {
+        "format": "auto3dseg", "source": os.path.abspath(source), "source_sha256": sha256(source), "tool": "medsegunet import", "notes": notes,
+        "network": {"_target_": type(network).__module__ + "." + type(network).__name__},
+        "verified": {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"eager torch {torch.__version__}"},
+    }
+    saveModel(scripted, card, output)
+    return card
+
+
 def readImportCard(path: str) -> dict:
     if not path:
         raise MedSegUNetError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
@@ -182,7 +303,7 @@ def addParser(subparsers) -> None:
         help="import an ONNX model as a verified MedSegUNet model",
         description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source runtime.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="an .onnx file")
+    parser.add_argument("source", metavar="SOURCE", help="an .onnx file or an Auto3DSeg checkpoint (.pt)")
     parser.add_argument("--output", required=True, metavar="MODEL.pt", help="the model file to write")
     parser.add_argument("--card", metavar="CARD.json", help="the model card, with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
     parser.add_argument("--labels", metavar="LABELS.csv", help="labels (value,name) for Auto3DSeg checkpoints")
@@ -195,10 +316,12 @@ def run(args, console) -> int:
     checkOutputPath(args.output, (".pt",))
     checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels})
     kind = detectFormat(args.source)
-    if kind != "onnx":
-        raise MedSegUNetError(f"Importing {'an Auto3DSeg checkpoint' if kind == 'auto3dseg' else 'a MONAI bundle'} is not supported yet: export the network to ONNX (torch.onnx.export) and import that with its card.")
-    card = importONNX(args.source, args.card, args.output)
+    if kind == "bundle":
+        raise MedSegUNetError("Importing a MONAI bundle is not supported yet: export its network to ONNX (torch.onnx.export) and import that with its card.")
+    card = importONNX(args.source, args.card, args.output) if kind == "onnx" else importAuto3DSeg(args.source, args.labels, args.output)
+    for note in card["provenance"].get("notes", []):
+        console.line(f"Note: {note}")
     verified = card["provenance"]["verified"]
-    console.line(f"Wrote {args.output}: matches onnxruntime within {verified['max_abs_difference']:.2g} (output range {verified['output_range']:.3g})")
+    console.line(f"Wrote {args.output}: matches {verified['runtime']} within {verified['max_abs_difference']:.2g} (output range {verified['output_range']:.3g})")
     return 0
 
