@@ -73,7 +73,7 @@ def test_onnx_import_matches_onnxruntime_and_says_where_it_came_from(capsys, tmp
         ("no-network", "needs \"network\""),
         ("activated", "ends with Softmax"),
         ("no-card", "needs --card"),
-        ("bundle", "not supported yet"),
+        ("bundle", "has no configs/inference.json"),
         # Constant folding merges the norms into the convolutions: the PyTorch weights are gone.
         ("folded", "export it with do_constant_folding=False"),
     ],
@@ -148,3 +148,53 @@ def test_auto3dseg_refusals(capsys, tmp_path, changes, labels, expected):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and not (tmp_path / "imported.pt").exists()
+
+
+def writeBundle(folder, preprocessing=None):
+    """A MONAI bundle folder: inference config, metadata, and the weights of a small UNet."""
+    import torch
+    from monai.networks.nets import UNet
+
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    torch.manual_seed(3)
+    network = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+    torch.save(network.state_dict(), str(folder / "models" / "model.pt"))
+    inference = {
+        "network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing or [
+            {"_target_": "LoadImaged", "keys": "image"}, {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}, {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]},
+            {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 16], "sw_batch_size": 2, "overlap": 0.5},
+        "postprocessing": {"_target_": "Compose", "transforms": [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                                                                 {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                                                                 {"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [1]}]},
+    }
+    metadata = {"name": "Spleen-like test bundle", "version": "0.3.1", "license": "Apache-2.0", "network_data_format": {
+        "inputs": {"image": {"num_channels": 1}}, "outputs": {"pred": {"num_channels": 3, "channel_def": {"0": "background", "1": "organ", "2": "lesion"}}}}}
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference))
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return network
+
+
+def test_monai_bundle_import(capsys, tmp_path):
+    import torch
+
+    network = writeBundle(tmp_path / "bundle")
+    assert cli.main(["import", str(tmp_path / "bundle"), "--output", str(tmp_path / "imported.pt")]) == 0, capsys.readouterr().err
+    card = modelcard.readCard(tmp_path / "imported.pt")
+    assert card["orientation"] == "RAS" and card["spacing"] == [1.5, 1.5, 2.0] and card["normalization"] == {"type": "zscore", "nonzero": True}
+    assert card["patch_size"] == [32, 32, 16] and card["overlap"] == 0.5 and card["output"] == "softmax"
+    assert [(label["value"], label["name"]) for label in card["labels"]] == [(1, "organ"), (2, "lesion")]
+    assert card["postprocessing"] == {"largest_component": [1]} and card["name"] == "Spleen-like test bundle" and card["version"] == "0.3.1"
+    sample = torch.randn(1, 1, 32, 32, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(tmp_path / "imported.pt"))(sample).numpy(), network(sample).numpy(), atol=1e-5)
+
+
+def test_bundle_with_an_inexpressible_transform_is_refused(capsys, tmp_path):
+    writeBundle(tmp_path / "bundle", [{"_target_": "LoadImaged", "keys": "image"}, {"_target_": "HistogramNormalized", "keys": "image"}])
+    assert cli.main(["import", str(tmp_path / "bundle"), "--output", str(tmp_path / "imported.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HistogramNormalized" in err[0] and not (tmp_path / "imported.pt").exists()

@@ -16,7 +16,9 @@ Auto3DSeg checkpoints (SlicerMONAIAuto3DSeg's format: ``config`` with the networ
 ``crop_foreground``; and ``state_dict``) become a card with logit blending; labels come from
 ``--labels``; a normalisation the card cannot express is refused, and ``crop_foreground`` is
 replaced by MedSegUNet's ROI (said on import and recorded in the card). The scripted network is
-verified against the eager one. MONAI bundles are recognised and refused for now.
+verified against the eager one. MONAI bundle folders (``configs/inference.json|yaml``,
+``configs/metadata.json``, ``models/model.pt``) become a card from their preprocessing,
+inferer, post-processing and channel names (:func:`cardFromBundle`), verified the same way.
 """
 
 from __future__ import annotations
@@ -281,6 +283,126 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
     return card
 
 
+def _transformName(item: dict) -> str:
+    return str(item.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def cardFromBundle(parser, source: str) -> dict:
+    """The card a MONAI bundle's inference config and metadata say; refuses what a card cannot express.
+
+    Preprocessing: loading and channel transforms are implied; ``Orientationd`` → orientation,
+    ``Spacingd`` → spacing, ``NormalizeIntensityd`` → zscore, ``ScaleIntensityd`` → minmax,
+    ``ScaleIntensityRangePercentilesd`` → percentile. Post-processing: ``Activationsd`` (softmax or
+    sigmoid), ``AsDiscreted``, ``KeepLargestConnectedComponentd``, ``FillHolesd``.
+    """
+    implied = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "EnsureType", "CastToTyped", "Invertd", "SaveImaged", "ToDeviced", "CopyItemsd"}
+    card: dict = {"schema": "medsegunet.model/2", "spatial_dims": 3, "spacing": None, "orientation": None, "normalization": {"type": "none"}}
+    for item in (parser.get("preprocessing", {}) or {}).get("transforms", []):
+        name = _transformName(item)
+        if name in implied:
+            continue
+        if name == "Orientationd":
+            card["orientation"] = str(item.get("axcodes", "RAS"))
+        elif name == "Spacingd":
+            card["spacing"] = [float(v) for v in item.get("pixdim")]
+        elif name == "NormalizeIntensityd":
+            card["normalization"] = {"type": "zscore", "nonzero": bool(item.get("nonzero", False))}
+        elif name == "ScaleIntensityd":
+            card["normalization"] = {"type": "minmax", "b_min": float(item.get("minv", 0.0)), "b_max": float(item.get("maxv", 1.0))}
+        elif name == "ScaleIntensityRangePercentilesd":
+            card["normalization"] = {"type": "percentile", "lower": float(item["lower"]), "upper": float(item["upper"]), "b_min": float(item.get("b_min", 0.0)),
+                                     "b_max": float(item.get("b_max", 1.0)), "clip": bool(item.get("clip", False))}
+        else:
+            raise MedSegUNetError(f"The bundle '{source}' preprocesses with {name}, which a MedSegUNet card cannot express: it is not imported.")
+    output, post = "softmax", {}
+    for item in (parser.get("postprocessing", {}) or {}).get("transforms", []):
+        name = _transformName(item)
+        if name in implied or name == "AsDiscreted":
+            continue
+        if name == "Activationsd":
+            output = "sigmoid" if item.get("sigmoid") else "softmax"
+        elif name == "KeepLargestConnectedComponentd":
+            post["largest_component"] = [int(v) for v in item.get("applied_labels", [])] or True
+        elif name == "FillHolesd":
+            post["fill_holes"] = True
+        else:
+            raise MedSegUNetError(f"The bundle '{source}' post-processes with {name}, which a MedSegUNet card cannot express: it is not imported.")
+    inferer = parser.get("inferer", {}) or {}
+    card["patch_size"] = [int(v) for v in inferer.get("roi_size", [96, 96, 96])]
+    card["overlap"] = float(inferer.get("overlap", 0.25))
+    card["sw_batch_size"] = int(inferer.get("sw_batch_size", 4))
+    card["output"] = output
+    if post:
+        card["postprocessing"] = post
+    metadata = parser.get("_meta_", {}) or {}
+    outputs = ((metadata.get("network_data_format") or {}).get("outputs") or {})
+    channels = next(iter(outputs.values()), {}).get("channel_def") or {}
+    names = [(int(k), v) for k, v in sorted(channels.items(), key=lambda kv: int(kv[0])) if not (output == "softmax" and int(k) == 0)]
+    if not names:
+        raise MedSegUNetError(f"The bundle '{source}' names no output channels (metadata network_data_format outputs channel_def): it is not imported.")
+    import colorsys
+
+    card["labels"] = [{"value": value if output == "softmax" else value + 1, "name": str(name),
+                       "color": [round(c, 3) for c in colorsys.hsv_to_rgb((index * 0.618) % 1.0, 0.65, 0.9)]} for index, (value, name) in enumerate(names)]
+    inputs = ((metadata.get("network_data_format") or {}).get("inputs") or {})
+    channelsIn = int(next(iter(inputs.values()), {}).get("num_channels", 1))
+    card["inputs"] = [{"name": "image" if channelsIn == 1 else f"image{index + 1}"} for index in range(channelsIn)]
+    card["name"] = str(metadata.get("name") or os.path.basename(os.path.normpath(source)))
+    card["version"] = str(metadata.get("version", ""))
+    if metadata.get("license"):
+        card["license"] = str(metadata["license"])
+    return card
+
+
+def importBundle(source: str, output: str) -> dict:
+    """Convert and verify a MONAI bundle folder; returns the card written."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from .modelcard import outputChannels, saveModel, validateCard
+    from .volumes import sha256
+
+    configs = os.path.join(source, "configs")
+    inference = next((os.path.join(configs, name) for name in ("inference.json", "inference.yaml", "inference.yml") if os.path.isfile(os.path.join(configs, name))), None)
+    if inference is None:
+        raise MedSegUNetError(f"The bundle '{source}' has no configs/inference.json or .yaml.")
+    parser = ConfigParser()
+    try:
+        parser.read_config(inference)
+        if os.path.isfile(os.path.join(configs, "metadata.json")):
+            parser.read_meta(os.path.join(configs, "metadata.json"))
+    except Exception as error:  # JSON/YAML errors
+        raise MedSegUNetError(f"Cannot read the bundle's configs ({firstLine(error)[:120]}).") from None
+    card = validateCard(cardFromBundle(parser, source), f"card made from the bundle '{source}'")
+    weights = os.path.join(source, "models", "model.pt")
+    if not os.path.isfile(weights):
+        raise MedSegUNetError(f"The bundle '{source}' has no models/model.pt (its weights).")
+    try:
+        network = parser.get_parsed_content("network_def").eval()
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+        scripted = torch.jit.script(network)
+    except Exception as error:  # configs, weights and scripting fail in many ways
+        raise MedSegUNetError(f"The bundle's network cannot be built, loaded or scripted ({firstLine(error)[:140]}).") from None
+    sample = torch.randn(1, len(card["inputs"]), *card["patch_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = network(sample).numpy(), scripted(sample).numpy()
+    if got.shape[1] != outputChannels(card):
+        raise MedSegUNetError(f"The bundle's network gives {got.shape[1]} channels but its metadata names {outputChannels(card)}: it is not imported.")
+    span = float(expected.max() - expected.min())
+    difference = float(np.abs(got - expected).max())
+    allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
+    if not difference <= allowed:
+        raise MedSegUNetError(f"The scripted network differs from the eager one by {difference:.3g} (allowed {allowed:.3g}): nothing was written.")
+    card["provenance"] = {
+        "format": "monai-bundle", "source": os.path.abspath(source), "source_sha256": sha256(weights), "tool": "medsegunet import", "notes": [],
+        "network": {"_target_": type(network).__module__ + "." + type(network).__name__},
+        "verified": {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"eager torch {torch.__version__}"},
+    }
+    saveModel(scripted, card, output)
+    return card
+
+
 def readImportCard(path: str) -> dict:
     if not path:
         raise MedSegUNetError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
@@ -303,7 +425,7 @@ def addParser(subparsers) -> None:
         help="import an ONNX model as a verified MedSegUNet model",
         description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source runtime.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="an .onnx file or an Auto3DSeg checkpoint (.pt)")
+    parser.add_argument("source", metavar="SOURCE", help="an .onnx file, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder")
     parser.add_argument("--output", required=True, metavar="MODEL.pt", help="the model file to write")
     parser.add_argument("--card", metavar="CARD.json", help="the model card, with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
     parser.add_argument("--labels", metavar="LABELS.csv", help="labels (value,name) for Auto3DSeg checkpoints")
@@ -317,8 +439,11 @@ def run(args, console) -> int:
     checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels})
     kind = detectFormat(args.source)
     if kind == "bundle":
-        raise MedSegUNetError("Importing a MONAI bundle is not supported yet: export its network to ONNX (torch.onnx.export) and import that with its card.")
-    card = importONNX(args.source, args.card, args.output) if kind == "onnx" else importAuto3DSeg(args.source, args.labels, args.output)
+        card = importBundle(args.source, args.output)
+    elif kind == "onnx":
+        card = importONNX(args.source, args.card, args.output)
+    else:
+        card = importAuto3DSeg(args.source, args.labels, args.output)
     for note in card["provenance"].get("notes", []):
         console.line(f"Note: {note}")
     verified = card["provenance"]["verified"]
