@@ -280,6 +280,24 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _killWarmWorkerOnce(process, deadline: float) -> bool:
+    """SIGKILL the batch's worker once it has loaded the model and warmed up (its case is then running)."""
+    while time.monotonic() < deadline and process.poll() is None:
+        for child in _children(process.pid):
+            try:
+                cmdline = open(f"/proc/{child}/cmdline").read()
+                maps = open(f"/proc/{child}/maps").read()
+            except OSError:
+                continue
+            # matplotlib's font library is the last thing a worker loads before it takes a case.
+            if "spawn_main" in cmdline and "libtorch_cpu" in maps and "ft2font" in maps:
+                time.sleep(1.5)  # the case is taken and read; the network runs for several seconds
+                os.kill(child, signal.SIGKILL)
+                return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker process through /proc")
 def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
@@ -287,33 +305,77 @@ def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
     cases.mkdir()
     os.symlink(cohort["cases"] / "phantom", cases / "phantom")
     model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
-    out = tmp_path / "out"
-    process = subprocess.Popen(
-        [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(out), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    worker, deadline = None, time.monotonic() + 120
-    while worker is None and time.monotonic() < deadline:
-        for child in _children(process.pid):
-            try:
-                cmdline = open(f"/proc/{child}/cmdline").read()
-                maps = open(f"/proc/{child}/maps").read()
-            except OSError:
-                continue
-            # matplotlib's compiled font module: the worker has loaded the model and warmed up,
-            # so it takes the case at once.
-            if "spawn_main" in cmdline and "libtorch_cpu" in maps and "ft2font" in maps:
-                worker = child
-        time.sleep(0.05)
-    assert worker is not None, "no warmed-up worker process appeared"
-    time.sleep(1.5)  # the case is taken and read; the network runs for several seconds
-    os.kill(worker, signal.SIGKILL)
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr
-    with open(out / "summary.csv", newline="") as stream:
-        (row,) = list(csv.DictReader(stream))
-    assert row["status"] == "ok" and row["attempts"] == "2"
-    assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
+    attempts = []
+    # On a loaded machine the kill can land before the worker took its case (nothing to retry):
+    # the scenario runs again, up to three times, and a retry must be seen.
+    for run in range(3):
+        out = tmp_path / f"out{run}"
+        process = subprocess.Popen(
+            [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(out), "--device", "cpu"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert _killWarmWorkerOnce(process, time.monotonic() + 120), "no warmed-up worker process appeared"
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        with open(out / "summary.csv", newline="") as stream:
+            (row,) = list(csv.DictReader(stream))
+        assert row["status"] == "ok"
+        assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
+        attempts.append(row["attempts"])
+        if row["attempts"] == "2":
+            break
+    assert "2" in attempts, attempts
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor process through /proc")
+def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+    import threading
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
+    model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
+
+    def killBusyActor(killed: list) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+                try:
+                    cmdline = open(f"/proc/{pid}/cmdline").read()
+                    maps = open(f"/proc/{pid}/maps").read()
+                except OSError:
+                    continue
+                # The actor's process, once it has loaded the model and warmed up: the case is running.
+                if "CaseActor" in cmdline and "ft2font" in maps:
+                    time.sleep(1.5)
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+            time.sleep(0.05)
+
+    attempts = []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for run in range(3):
+            killed: list = []
+            killer = threading.Thread(target=killBusyActor, args=(killed,), daemon=True)
+            killer.start()
+            out = tmp_path / f"out{run}"
+            code = cli.main(["batch", "-q", "--model", model, "--cases", str(cases), "--output", str(out), "--engine", "ray", "--workers", "1", "--device", "cpu"])
+            killer.join(timeout=5)
+            assert killed, "no busy actor process was found"
+            assert code == 0
+            with open(out / "summary.csv", newline="") as stream:
+                (row,) = list(csv.DictReader(stream))
+            assert row["status"] == "ok"
+            attempts.append(row["attempts"])
+            if row["attempts"] == "2":
+                break
+    finally:
+        ray.shutdown()
+    assert "2" in attempts, attempts
 
 
 def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
@@ -335,48 +397,3 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     for row in rows:
         assert 5 < float(row["volume_cm3 (peripheral zone)"]) < 40 and 5 < float(row["volume_cm3 (transition zone)"]) < 40
     assert (out / "qc.png").stat().st_size > 10_000
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor process through /proc")
-def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path):
-    ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-    cases = tmp_path / "cases"
-    cases.mkdir()
-    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
-    model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
-    out = tmp_path / "out"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    killed: list[int] = []
-
-    def killBusyActor() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
-                try:
-                    cmdline = open(f"/proc/{pid}/cmdline").read()
-                    maps = open(f"/proc/{pid}/maps").read()
-                except OSError:
-                    continue
-                # The actor's process, once it has loaded the model and warmed up: the case is running.
-                if "CaseActor" in cmdline and "ft2font" in maps:
-                    time.sleep(1.5)
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                    return
-            time.sleep(0.05)
-
-    import threading
-
-    killer = threading.Thread(target=killBusyActor, daemon=True)
-    killer.start()
-    try:
-        code = cli.main(["batch", "-q", "--model", model, "--cases", str(cases), "--output", str(out), "--engine", "ray", "--workers", "1", "--device", "cpu"])
-    finally:
-        ray.shutdown()
-    killer.join(timeout=5)
-    assert killed, "no busy actor process was found"
-    assert code == 0
-    with open(out / "summary.csv", newline="") as stream:
-        (row,) = list(csv.DictReader(stream))
-    assert row["status"] == "ok" and row["attempts"] == "2"

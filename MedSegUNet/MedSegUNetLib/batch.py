@@ -528,7 +528,6 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                 index = tasks.get()
                 if index is None:
                     break
-                results.put(("took", workerId, index))
                 pending.append((index, pool.submit(prepare, index)))
             if len(pending) < 2 and not stopping:
                 try:
@@ -538,7 +537,6 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                 if following is None:
                     stopping = True
                 elif following >= 0:
-                    results.put(("took", workerId, following))
                     pending.append((following, pool.submit(prepare, following)))
             index, future = pending.pop(0)
             try:
@@ -566,12 +564,12 @@ def _finishAndReport(workerId: int, index: int, case: CaseSpec, images, result, 
 
 def warmUp() -> None:
     """Import what every case's outputs need once per worker, not during the first case."""
+    import monai.transforms  # noqa: F401 (normalisation)
+    import slicerio  # noqa: F401 (the segmentation file)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401 (the QC tile)
-    import monai.transforms  # noqa: F401 (normalisation)
-    import slicerio  # noqa: F401 (the segmentation file)
+    import matplotlib.pyplot  # noqa: F401 (the QC tile; imported last: its font library marks a warm worker)
 
 
 def _deathMessage(exitcode: int | None) -> str:
@@ -610,31 +608,44 @@ def workerDevices(device: str, workers: int | None) -> list[str]:
     return ["cpu" if device == "auto" else device] * count
 
 
+# Cases handed to a worker at a time: the one the network runs and the one read ahead.
+CASES_IN_HAND = 2
+
+
 def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None]) -> None:
     """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends.
 
-    A dead worker is replaced and its unfinished cases are tried once more.
+    Each worker has its own task queue and the parent hands it cases, so the parent always knows
+    which cases a worker holds: a dead worker is replaced and those cases are tried once more.
     """
     context = multiprocessing.get_context("spawn")
-    tasks, results = context.Queue(), context.Queue()
-    for index in todo:
-        tasks.put(index)
+    results = context.Queue()
     attempts = {index: 0 for index in todo}
+    pending = list(todo)
     remaining = set(todo)
-    workers: dict[int, tuple] = {}
+    workers: dict[int, tuple] = {}  # id → (process, device, task queue)
     held: dict[int, set[int]] = {}
     nextId = 0
 
     def start(device: str) -> None:
         nonlocal nextId
+        tasks = context.Queue()
         process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, results), daemon=True)
         process.start()
-        workers[nextId] = (process, device)
+        workers[nextId] = (process, device, tasks)
         held[nextId] = set()
         nextId += 1
 
+    def handOut() -> None:
+        for workerId, (_, _, tasks) in workers.items():
+            while pending and len(held[workerId]) < CASES_IN_HAND:
+                index = pending.pop(0)
+                held[workerId].add(index)
+                tasks.put(index)
+
     for device in devices[: max(1, min(len(devices), len(todo)))]:
         start(device)
+    handOut()
     try:
         while remaining:
             try:
@@ -643,26 +654,24 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
                 message = None
             if message is not None:
                 kind, workerId = message[0], message[1]
-                if kind == "took":
-                    held[workerId].add(message[2])
-                elif kind == "done":
+                if kind == "done":
                     index, row = message[2], message[3]
-                    held[workerId].discard(index)
+                    held.get(workerId, set()).discard(index)
                     if index in remaining:
                         remaining.discard(index)
                         row["attempts"] = attempts[index] + 1
                         onRow(index, row)
+                    handOut()
                 elif kind == "fatal":
                     raise MedSegUNetError(message[2])
                 continue
-            for workerId, (process, device) in list(workers.items()):
+            for workerId, (process, device, tasks) in list(workers.items()):
                 if process.is_alive():
                     continue
-                # Drain what it said before dying, so finished cases are not retried.
                 lost = held.pop(workerId) & remaining
                 del workers[workerId]
-                if not lost and not remaining:
-                    continue
+                tasks.cancel_join_thread()
+                tasks.close()
                 why = _deathMessage(process.exitcode)
                 for index in sorted(lost):
                     attempts[index] += 1
@@ -671,21 +680,23 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
                         onRow(index, {"case": cases[index].id, "status": "failed", "message": f"{why}, twice", "seconds": 0.0,
                                       "roi_size_mm": None, "volumes_cm3": {}, "notes": list(cases[index].notes), "attempts": attempts[index]})
                     else:
-                        tasks.put(index)
+                        pending.insert(0, index)
                 if remaining:
                     start(device)
+                    handOut()
     finally:
-        for _ in workers:
+        for _, _, tasks in workers.values():
             tasks.put(None)
         deadline = time.monotonic() + 5
-        for process, _ in workers.values():
+        for process, _, tasks in workers.values():
             process.join(timeout=max(0.1, deadline - time.monotonic()))
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
-        for queueObject in (tasks, results):
-            queueObject.cancel_join_thread()
-            queueObject.close()
+            tasks.cancel_join_thread()
+            tasks.close()
+        results.cancel_join_thread()
+        results.close()
         sweepStaging(options.outputDir)
 
 
