@@ -158,11 +158,8 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
     allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
     if not difference <= allowed:
         raise MedSegUNetError(f"The imported network's outputs differ from onnxruntime's by {difference:.3g} (allowed {allowed:.3g} for an output range of {span:.3g}): nothing was written.")
-    card["provenance"] = {
-        "format": "onnx", "source": os.path.abspath(source), "source_sha256": sha256(source), "tool": "medsegunet import",
-        "network": {"_target_": type(network).__module__ + "." + type(network).__name__},
-        "verified": {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"onnxruntime {onnxruntime.__version__}"},
-    }
+    verified = {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"onnxruntime {onnxruntime.__version__}"}
+    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, [])
     saveModel(scripted, card, output)
     return card
 
@@ -236,7 +233,7 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
-    from .modelcard import outputChannels, saveModel, validateCard
+    from .modelcard import saveModel, validateCard
     from .volumes import checkRegularFile, sha256
 
     checkRegularFile(source, "Checkpoint")
@@ -261,26 +258,46 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
         raise MedSegUNetError(f"The network of '{source}' cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
     # A patch the network takes, small enough for a CPU check.
     patch = [min(int(v), 64) // 32 * 32 or 32 for v in card["patch_size"]]
+    verified = verifyAgainstEager(network, scripted, card, patch, "the labels (check --labels)")
+    card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes)
+    saveModel(scripted, card, output)
+    return card
+
+
+def verifyAgainstEager(network, scripted, card: dict, patch, channelsFrom: str) -> dict:
+    """The scripted network against the eager one on a random patch, within the tolerance.
+
+    Returns:
+        what was verified (patch, difference, output range, tolerance, runtime).
+
+    Raises:
+        MedSegUNetError: another channel count than the card's, or a larger difference.
+    """
+    import torch
+
+    from .modelcard import outputChannels
+
     sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = network(sample)
-        got = scripted(sample)
+        expected, got = network(sample), scripted(sample)
     expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
     got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
     if got.shape[1] != outputChannels(card):
-        raise MedSegUNetError(f"The network of '{source}' gives {got.shape[1]} channels but the labels need {outputChannels(card)}: check --labels.")
+        raise MedSegUNetError(f"The network gives {got.shape[1]} channels but {channelsFrom} need {outputChannels(card)}: it is not imported.")
     span = float(expected.max() - expected.min())
     difference = float(np.abs(got - expected).max())
     allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
     if not difference <= allowed:
         raise MedSegUNetError(f"The scripted network differs from the eager one by {difference:.3g} (allowed {allowed:.3g}): nothing was written.")
-    card["provenance"] = {
-        "format": "auto3dseg", "source": os.path.abspath(source), "source_sha256": sha256(source), "tool": "medsegunet import", "notes": notes,
-        "network": {"_target_": type(network).__module__ + "." + type(network).__name__},
-        "verified": {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"eager torch {torch.__version__}"},
+    return {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"eager torch {torch.__version__}"}
+
+
+def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str]) -> dict:
+    """The card's record of where an imported model came from and how it was checked."""
+    return {
+        "format": kind, "source": os.path.abspath(source), "source_sha256": checksum, "tool": "medsegunet import", "notes": list(notes),
+        "network": {"_target_": type(network).__module__ + "." + type(network).__name__}, "verified": verified,
     }
-    saveModel(scripted, card, output)
-    return card
 
 
 def _transformName(item: dict) -> str:
@@ -359,7 +376,7 @@ def importBundle(source: str, output: str) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
-    from .modelcard import outputChannels, saveModel, validateCard
+    from .modelcard import saveModel, validateCard
     from .volumes import sha256
 
     configs = os.path.join(source, "configs")
@@ -384,21 +401,8 @@ def importBundle(source: str, output: str) -> dict:
         scripted = torch.jit.script(network)
     except Exception as error:  # configs, weights and scripting fail in many ways
         raise MedSegUNetError(f"The bundle's network cannot be built, loaded or scripted ({firstLine(error)[:140]}).") from None
-    sample = torch.randn(1, len(card["inputs"]), *card["patch_size"], generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, got = network(sample).numpy(), scripted(sample).numpy()
-    if got.shape[1] != outputChannels(card):
-        raise MedSegUNetError(f"The bundle's network gives {got.shape[1]} channels but its metadata names {outputChannels(card)}: it is not imported.")
-    span = float(expected.max() - expected.min())
-    difference = float(np.abs(got - expected).max())
-    allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
-    if not difference <= allowed:
-        raise MedSegUNetError(f"The scripted network differs from the eager one by {difference:.3g} (allowed {allowed:.3g}): nothing was written.")
-    card["provenance"] = {
-        "format": "monai-bundle", "source": os.path.abspath(source), "source_sha256": sha256(weights), "tool": "medsegunet import", "notes": [],
-        "network": {"_target_": type(network).__module__ + "." + type(network).__name__},
-        "verified": {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"eager torch {torch.__version__}"},
-    }
+    verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
+    card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [])
     saveModel(scripted, card, output)
     return card
 
