@@ -228,14 +228,10 @@ def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Imag
         if not copy.CreateRepresentation(BINARY_LABELMAP):
             raise MedSegUNetError(f"Reference segmentation '{node.GetName()}' cannot be converted to a binary labelmap.")
         segmentation = copy
-    byName = {label["name"].lower(): int(label["value"]) for label in labels}
-    values = {int(label["value"]) for label in labels}
     parts = []
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
-        value = byName.get(segment.GetName().lower())
-        if value is None and segment.GetLabelValue() in values:
-            value = int(segment.GetLabelValue())
+        value = statistics.cardValueOfSegment(segment.GetName(), segment.GetLabelValue(), labels)
         representation = segment.GetRepresentation(BINARY_LABELMAP)
         if value is None or representation is None:
             continue
@@ -378,23 +374,13 @@ class SegmentationJob:
         if self.done.is_set():
             return True
         try:
-            if self.progress.cancelEvent is not None and self.progress.cancelEvent.is_set():
-                self.worker.kill()
-                raise ProcessingCancelled()
-            for message in self.worker.readMessages(timeout=wait):
-                if "progress" in message:
-                    self.progress.report(float(message["progress"]), str(message.get("message", "")))
-                elif "error" in message:
-                    if message.get("kind") == "cancelled":
-                        raise ProcessingCancelled()
-                    raise MedSegUNetError(message["error"] if message.get("kind") == "user" else f"internal error in the worker: {message['error']}")
-                elif "result" in message:
-                    answer = message["result"]
-                    self.result = jobfiles.readAnswer(answer, self._folder, self)
-                    self.report, self.warnings = answer["report"], list(answer["warnings"])
-                    self.progress.timings.update(answer["timings"])
-                    self._end(None)
-                    return True
+            answer = self.worker.poll(self.progress.report, self.progress.cancelEvent, wait)
+            if answer is not None:
+                self.result = jobfiles.readAnswer(answer, self._folder, self)
+                self.report, self.warnings = answer["report"], list(answer["warnings"])
+                self.progress.timings.update(answer["timings"])
+                self._end(None)
+                return True
         except Exception as error:  # kept for finish(), which raises it on the main thread
             self._end(error)
             return True

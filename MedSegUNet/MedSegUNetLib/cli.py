@@ -13,6 +13,7 @@ renamed together only once everything succeeded (:class:`volumes.StagedOutputs`)
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -147,7 +148,7 @@ def runRoi(args, console) -> int:
     roi = geometry.computeROI(geometries[0], geometries[1:], marginMM=args.margin)
     report = roi.toDict()
     report["reference_path"] = paths[0]
-    text = __import__("json").dumps(report, indent=2) + "\n"
+    text = json.dumps(report, indent=2) + "\n"
     if args.json == "-":
         sys.stdout.write(text)
     else:

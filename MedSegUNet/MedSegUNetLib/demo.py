@@ -304,7 +304,9 @@ def addParser(subparsers) -> None:
     parser.add_argument("--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files")
     parser.add_argument("--output", default="demo-output", metavar="DIR", help="output folder (default: demo-output)")
     parser.add_argument("--model", metavar="PATH", help="model file or catalog name (default: the zoo's prostate-zones model)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs")
+    from .cli import DEVICES
+
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
     parser.set_defaults(func=run)
 
 

@@ -153,12 +153,7 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
     got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
     if got.shape != expected.shape or got.shape[1] != outputChannels(card):
         raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
-    span = float(expected.max() - expected.min())
-    difference = float(np.abs(got - expected).max())
-    allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
-    if not difference <= allowed:
-        raise MedSegUNetError(f"The imported network's outputs differ from onnxruntime's by {difference:.3g} (allowed {allowed:.3g} for an output range of {span:.3g}): nothing was written.")
-    verified = {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"onnxruntime {onnxruntime.__version__}"}
+    verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
     card["provenance"] = provenance("onnx", source, sha256(source), network, verified, [])
     saveModel(scripted, card, output)
     return card
@@ -284,12 +279,26 @@ def verifyAgainstEager(network, scripted, card: dict, patch, channelsFrom: str) 
     got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
     if got.shape[1] != outputChannels(card):
         raise MedSegUNetError(f"The network gives {got.shape[1]} channels but {channelsFrom} need {outputChannels(card)}: it is not imported.")
+    return compareOutputs(expected, got, list(sample.shape), f"eager torch {torch.__version__}")
+
+
+def compareOutputs(expected: np.ndarray, got: np.ndarray, patch: list, runtime: str) -> dict:
+    """The imported TorchScript model's output against the source runtime's, within the tolerance.
+
+    Returns:
+        what was verified (patch, difference, output range, tolerance, runtime).
+
+    Raises:
+        MedSegUNetError: a larger difference than ``RELATIVE_TOLERANCE`` of the output's range.
+    """
     span = float(expected.max() - expected.min())
     difference = float(np.abs(got - expected).max())
     allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
     if not difference <= allowed:
-        raise MedSegUNetError(f"The scripted network differs from the eager one by {difference:.3g} (allowed {allowed:.3g}): nothing was written.")
-    return {"patch": list(sample.shape), "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": f"eager torch {torch.__version__}"}
+        raise MedSegUNetError(
+            f"The imported network's outputs differ from {runtime}'s by {difference:.3g} (allowed {allowed:.3g} for an output range of {span:.3g}): nothing was written."
+        )
+    return {"patch": patch, "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": runtime}
 
 
 def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str]) -> dict:

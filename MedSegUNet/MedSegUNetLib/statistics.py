@@ -286,6 +286,14 @@ def _integerLabelImage(image: sitk.Image, name: str) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkUInt32)
 
 
+def cardValueOfSegment(name: str, labelValue: int, labels: Sequence[dict]) -> int | None:
+    """The card label a reference segment stands for: by name (case-insensitive), then by label value."""
+    for label in labels:
+        if label["name"].lower() == name.lower():
+            return int(label["value"])
+    return int(labelValue) if int(labelValue) in {int(label["value"]) for label in labels} else None
+
+
 def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk.Image, int | None]]:
     """The segments of a ``.seg.nrrd`` that match card labels, as 0/1 masks on the file's grid."""
     import slicerio
@@ -299,13 +307,9 @@ def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk
         raise MedSegUNetError(f"Cannot read segmentation '{path}' ({firstLine(error)}): check that it is a Slicer .seg.nrrd file.") from None
     voxels = segmentation["voxels"]
     layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
-    byName = {label["name"].lower(): int(label["value"]) for label in labels}
-    values = {int(label["value"]) for label in labels}
     parts = []
     for segment in segmentation["segments"]:
-        value = byName.get(str(segment.get("name", "")).lower())
-        if value is None and int(segment.get("labelValue", 0)) in values:
-            value = int(segment["labelValue"])
+        value = cardValueOfSegment(str(segment.get("name", "")), int(segment.get("labelValue", 0)), labels)
         if value is None:
             continue
         mask = (layers[int(segment.get("layer", 0))] == int(segment["labelValue"])).astype(np.uint8)

@@ -345,12 +345,6 @@ def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Ca
     return training, validation
 
 
-def _readInput(path: str, channel: int | None) -> sitk.Image:
-    from .volumes import readVolumeChannel
-
-    return readVolumeChannel(path, channel)
-
-
 def prepareCase(case: Case, config: dict) -> dict:
     """One case on its model grid, through the same steps as :func:`pipeline.segmentImages`.
 
@@ -365,7 +359,9 @@ def prepareCase(case: Case, config: dict) -> dict:
     from . import geometry, pipeline, preprocessing
     from .volumes import readVolume, volumeName
 
-    images = [_readInput(path, channel) for path, channel in case.inputs]
+    from .volumes import readVolumeChannel
+
+    images = [readVolumeChannel(path, channel) for path, channel in case.inputs]
     names = [f"{case.id}:{i['name']}" for i in config["inputs"]]
     roiImages = [readVolume(path) for path in case.roi]
     roiSettings = config.get("roi") or {}
@@ -1172,7 +1168,9 @@ def addParser(subparsers) -> None:
     parser.add_argument("--config", help="training config, YAML or JSON (see trainconfig.schema.json); with --resume, defaults to the checkpoint's")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default auto: CUDA when present)")
+    from .cli import DEVICES
+
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default auto: CUDA when present)")
     parser.set_defaults(func=run)
 
 

@@ -159,30 +159,39 @@ class WorkerProcess:
                     raise self._died()
                 return messages
 
-    def request(self, request: dict, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> dict:
-        """Send a request and wait for its answer, passing progress on and honouring cancel.
+    def poll(self, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None, timeout: float = 0.0) -> dict | None:
+        """Handle what the worker said so far: the answer of the request in flight, or None yet.
+
+        Progress lines go to ``onProgress``; a set cancel event kills the worker at once.
 
         Raises:
             ProcessingCancelled: the cancel event was set (the worker is killed).
             MedSegUNetError: the worker's one-line error, or the worker died.
         """
+        if cancelEvent is not None and cancelEvent.is_set():
+            self.kill()
+            raise ProcessingCancelled()
+        for message in self.readMessages(timeout=timeout):
+            if "progress" in message:
+                if onProgress is not None:
+                    onProgress(float(message["progress"]), str(message.get("message", "")))
+            elif "result" in message:
+                return message["result"]
+            elif "error" in message:
+                if message.get("kind") == "cancelled":
+                    raise ProcessingCancelled()
+                if message.get("kind") == "user":
+                    raise MedSegUNetError(message["error"])
+                raise MedSegUNetError(f"internal error in the worker: {message['error']}")
+        return None
+
+    def request(self, request: dict, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> dict:
+        """Send a request and wait for its answer, passing progress on and honouring cancel (see :meth:`poll`)."""
         self.send(request)
         while True:
-            if cancelEvent is not None and cancelEvent.is_set():
-                self.kill()
-                raise ProcessingCancelled()
-            for message in self.readMessages(timeout=POLL_SECONDS):
-                if "progress" in message:
-                    if onProgress is not None:
-                        onProgress(float(message["progress"]), str(message.get("message", "")))
-                elif "result" in message:
-                    return message["result"]
-                elif "error" in message:
-                    if message.get("kind") == "cancelled":
-                        raise ProcessingCancelled()
-                    if message.get("kind") == "user":
-                        raise MedSegUNetError(message["error"])
-                    raise MedSegUNetError(f"internal error in the worker: {message['error']}")
+            answer = self.poll(onProgress, cancelEvent, POLL_SECONDS)
+            if answer is not None:
+                return answer
 
 
 # ---------------------------------------------------------------------------------------------
