@@ -23,9 +23,10 @@ def exportONNX(path, args=NETWORK["args"], activate: bool = False, fold: bool = 
     network = SegResNetDS(**args).eval()
     with torch.no_grad():  # a trained network's norms are not the defaults
         for module in network.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
+            if isinstance(module, (torch.nn.BatchNorm3d, torch.nn.InstanceNorm3d)) and module.affine:
+                if module.running_mean is not None:
+                    module.running_mean.uniform_(-0.1, 0.1)
+                    module.running_var.uniform_(0.5, 1.5)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.1, 0.1)
     exported = torch.nn.Sequential(network, torch.nn.Softmax(dim=1)) if activate else network
@@ -65,6 +66,39 @@ def test_onnx_import_matches_onnxruntime_and_says_where_it_came_from(capsys, tmp
     assert "Imported from onnx" in capsys.readouterr().out
 
 
+# [parameters (network and export), input (the ONNX graph), expected (folded norms restored)]
+@pytest.mark.parametrize(
+    "args, fold, folded",
+    [
+        (NETWORK["args"], True, 7),  # torch's default: renamed tensors, norms merged into the convolutions before them
+        ({**NETWORK["args"], "norm": "instance"}, True, 0),  # instance norms cannot fold; de-duplicated tensors
+        ({**NETWORK["args"], "norm": "instance"}, False, 0),
+    ],
+)
+def test_onnx_import_of_constant_folded_and_instance_norm_graphs(capsys, tmp_path, args, fold, folded):
+    import onnx
+    import onnxruntime
+    import torch
+
+    exportONNX(tmp_path / "model.onnx", args=args, fold=fold)
+    operators = [node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    norms = 7 * 2 if "norm" not in args else 0
+    assert operators.count("BatchNormalization") == norms - folded
+    card = writeCard(tmp_path / "card.json", {**NETWORK, "args": args})
+    assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", card, "--output", str(tmp_path / "imported.pt")]) == 0, capsys.readouterr().err
+    notes = modelcard.readCard(tmp_path / "imported.pt")["provenance"]["notes"]
+    assert any(f"{folded} batch norms folded" in note for note in notes) == bool(folded)
+    scripted = torch.jit.load(str(tmp_path / "imported.pt"))
+    # The folded norms are gone from the network, as from the graph: the same work, no more.
+    assert sum(name.endswith("running_var") for name, _ in scripted.named_buffers()) == operators.count("BatchNormalization")
+    sample = torch.randn(1, 1, 40, 32, 48, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ours = scripted(sample).numpy()
+    theirs = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": sample.numpy()})[0]
+    assert np.abs(ours - theirs).max() <= 1e-3 * (theirs.max() - theirs.min()) + 1e-4
+    assert (ours.argmax(1) == theirs.argmax(1)).mean() > 0.999
+
+
 # [parameters (what is wrong), input (the files), expected (words of the one line)]
 @pytest.mark.parametrize(
     "fault, expected",
@@ -74,19 +108,23 @@ def test_onnx_import_matches_onnxruntime_and_says_where_it_came_from(capsys, tmp
         ("activated", "ends with Softmax"),
         ("no-card", "needs --card"),
         ("bundle", "has no configs/inference.json"),
-        # Constant folding merges the norms into the convolutions: the PyTorch weights are gone.
-        ("folded", "export it with do_constant_folding=False"),
+        ("deeper-network", "where the card's network has Conv3d"),
+        ("group-norm", "whose weights this import cannot map"),
     ],
 )
 def test_import_refusals_write_nothing(capsys, tmp_path, fault, expected):
     source = tmp_path / "model.onnx"
-    exportONNX(source, activate=fault == "activated", fold=fault == "folded")
+    exportONNX(source, activate=fault == "activated")
     card = None
     if fault == "other-network":
         card = writeCard(tmp_path / "card.json", {**NETWORK, "args": {**NETWORK["args"], "init_filters": 16}})
     elif fault == "no-network":
         card = writeCard(tmp_path / "card.json", None)
-    elif fault in ("activated", "bundle", "folded"):
+    elif fault == "deeper-network":
+        card = writeCard(tmp_path / "card.json", {**NETWORK, "args": {**NETWORK["args"], "blocks_down": [1, 2, 2, 4]}})
+    elif fault == "group-norm":
+        card = writeCard(tmp_path / "card.json", {**NETWORK, "args": {**NETWORK["args"], "norm": ["group", {"num_groups": 4}]}})
+    elif fault in ("activated", "bundle"):
         card = writeCard(tmp_path / "card.json")
     if fault == "bundle":
         (tmp_path / "bundle" / "configs").mkdir(parents=True)
@@ -198,3 +236,36 @@ def test_bundle_with_an_inexpressible_transform_is_refused(capsys, tmp_path):
     assert cli.main(["import", str(tmp_path / "bundle"), "--output", str(tmp_path / "imported.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "HistogramNormalized" in err[0] and not (tmp_path / "imported.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_trained_model_exported_with_torch_defaults_imports_and_segments_the_same(capsys, tmp_path, repo_root, prostate_series):
+    """The zoo prostate model (MONAI UNet: PReLU, instance norms, residual units), exported to ONNX
+    with torch's defaults, imported back, gives the zoo model's labels on ProstateX-0000."""
+    import SimpleITK as sitk
+    import torch
+
+    from MedSegUNetLib import training
+
+    zoo = repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt"
+    card = modelcard.readCard(zoo)
+    spec = card["training"]["network"]
+    network = training.buildNetwork({**card, "network": spec}).eval()
+    network.load_state_dict(torch.jit.load(str(zoo)).state_dict())
+    torch.onnx.export(network, torch.randn(1, 1, *card["patch_size"]), str(tmp_path / "zones.onnx"), dynamo=False, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "n", 2: "i", 3: "j", 4: "k"}, "output": {0: "n", 2: "i", 3: "j", 4: "k"}})
+    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": spec["channels"], "strides": spec["strides"],
+            "num_res_units": spec["num_res_units"], "norm": "INSTANCE", "dropout": spec["dropout"]}
+    imported = {key: value for key, value in card.items() if key not in ("training", "validation")}
+    imported["network"] = {"_target_": "monai.networks.nets.UNet", "args": args}
+    (tmp_path / "card.json").write_text(json.dumps(imported))
+    assert cli.main(["import", str(tmp_path / "zones.onnx"), "--card", str(tmp_path / "card.json"), "--output", str(tmp_path / "zones.pt")]) == 0, capsys.readouterr().err
+    series = list(prostate_series.values())
+    for model, output in ((zoo, "zoo.nii.gz"), (tmp_path / "zones.pt", "imported.nii.gz")):
+        assert cli.main(["segment", series[0], "--roi-from", *series[1:], "--model", str(model), "--output", str(tmp_path / output), "-q"]) == 0, capsys.readouterr().err
+    zooLabels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "zoo.nii.gz")))
+    importedLabels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "imported.nii.gz")))
+    for value in (1, 2):
+        assert (zooLabels == value).sum() > 1000
+        dice = 2 * ((zooLabels == value) & (importedLabels == value)).sum() / ((zooLabels == value).sum() + (importedLabels == value).sum())
+        assert dice > 0.999, (value, dice)

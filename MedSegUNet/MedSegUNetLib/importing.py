@@ -3,9 +3,10 @@
 ONNX files are converted by copying their weights into the MONAI network the card names
 (``"network": {"_target_": "monai.networks.nets.SegResNetDS", "args": {...}}``), rather than by
 converting the ONNX graph (onnx2torch needs a torchvision that does not import beside every torch).
-The ONNX graph's tensors are found by the PyTorch names ``torch.onnx.export`` keeps (initializers,
-and the ``Identity`` nodes that stand for de-duplicated ones), so the export must keep them
-(``do_constant_folding=False``; folding merges the norms into the convolutions and is refused). Every import is verified before it
+The graph's weighted layers (Conv, ConvTranspose, BatchNormalization, InstanceNormalization, PRelu,
+Gemm) are paired with the network's in execution order, not by name, so exports with constant
+folding (torch's default: renamed tensors, batch norms merged into the convolutions before them)
+import as well as unfolded ones (:func:`copyWeights`). Every import is verified before it
 is written: the TorchScript model and onnxruntime must give the same outputs on a random patch,
 within a tolerance relative to the output's range; a graph that activates its output (Softmax or
 Sigmoid at the end), weights that do not fit the card's network, or any difference is refused in
@@ -79,26 +80,150 @@ def onnxTensors(model) -> dict[str, np.ndarray]:
     return tensors
 
 
-def copyWeights(network, tensors: dict[str, np.ndarray], source: str) -> None:
-    """Load the ONNX tensors into the network by name, or refuse naming the first that does not fit."""
+# The layers whose weights an ONNX graph carries, by the ONNX operator and the torch module kind.
+WEIGHTED_OPS = {"Conv": "conv", "ConvTranspose": "convtranspose", "BatchNormalization": "batchnorm", "InstanceNormalization": "instancenorm", "PRelu": "prelu", "Gemm": "linear"}
+
+
+def moduleKind(module) -> str | None:
+    """``conv``, ``convtranspose``, ``batchnorm``, ``instancenorm``, ``prelu``, ``linear``, or None for a module without weights."""
+    import torch.nn as nn
+
+    kinds = (
+        (nn.modules.conv._ConvTransposeNd, "convtranspose"), (nn.modules.conv._ConvNd, "conv"), (nn.modules.batchnorm._BatchNorm, "batchnorm"),
+        (nn.modules.instancenorm._InstanceNorm, "instancenorm"), (nn.PReLU, "prelu"), (nn.Linear, "linear"),
+    )
+    for moduleClass, kind in kinds:
+        if isinstance(module, moduleClass):
+            return kind
+    return None
+
+
+def layersInCallOrder(network, sample) -> list[tuple[str, object]]:
+    """The network's weighted leaf modules, with their names, in the order one forward pass calls them.
+
+    Raises:
+        MedSegUNetError: a leaf module with weights that an ONNX graph's layers cannot be mapped to (GroupNorm, LayerNorm, ...).
+    """
     import torch
 
-    state = network.state_dict()
-    loaded = {}
-    for name, value in state.items():
-        if name.endswith("num_batches_tracked"):
-            loaded[name] = value
+    called: list[tuple[str, object]] = []
+    handles = []
+    for name, module in network.named_modules():
+        if list(module.children()):
             continue
-        if name not in tensors:
-            raise MedSegUNetError(
-                f"'{source}' has no weight '{name}' of the card's network: the card must name the network that was exported (same class and args), "
-                "and export it with do_constant_folding=False (folding merges the norms into the convolutions)."
+        if moduleKind(module) is None:
+            if any(True for _ in module.parameters(recurse=False)):
+                raise MedSegUNetError(f"The card's network has a {type(module).__name__} ('{name}') whose weights this import cannot map from an ONNX graph: use a network with BatchNorm or InstanceNorm.")
+            continue
+        handles.append(module.register_forward_pre_hook(lambda module, args, name=name: called.append((name, module))))
+    try:
+        with torch.no_grad():
+            network(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
+
+
+def onnxLayers(model) -> tuple[list, dict]:
+    """The graph's weighted nodes in graph (execution) order, and each tensor's consuming operators."""
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    return [node for node in model.graph.node if node.op_type in WEIGHTED_OPS], consumers
+
+
+def copyWeights(network, model, sample, source: str) -> list[str]:
+    """Load an ONNX graph's weights into the card's network, layer by layer in execution order.
+
+    The layers are paired in the order a forward pass calls them, not by name, so graphs whose
+    tensors were renamed or merged by ``torch.onnx.export``'s constant folding import as well as
+    unfolded ones. A batch norm folded into the convolution before it (the network calls the norm
+    next, the graph's next weighted node is no BatchNormalization) is folded in the network too:
+    the convolution takes the folded weights and bias and the norm becomes ``nn.Identity``, so the
+    imported network does the work the exported graph does, no more. The caller verifies the
+    result against onnxruntime.
+
+    Returns:
+        notes for the card's provenance (how many norms were folded by the export).
+
+    Raises:
+        MedSegUNetError: layers of another kind, shape or count than the card's network's, naming the first.
+    """
+    import torch
+
+    tensors = onnxTensors(model)
+    nodes, consumers = onnxLayers(model)
+    layers = layersInCallOrder(network, sample)
+    mismatch = "the card must name the network that was exported (same class and args)"
+    position, folded, pendingBias, pendingConv = 0, 0, None, None
+    with torch.no_grad():
+        for index, (name, module) in enumerate(layers):
+            kind = moduleKind(module)
+            if kind == "batchnorm" and pendingBias is not None:
+                # Folded by the export: y = conv(x; W') + b'.
+                pendingConv.bias = torch.nn.Parameter(pendingBias)
+                parentName, _, childName = name.rpartition(".")
+                setattr(network.get_submodule(parentName) if parentName else network, childName, torch.nn.Identity())
+                pendingBias, pendingConv, folded = None, None, folded + 1
+                continue
+            if position >= len(nodes):
+                raise MedSegUNetError(f"'{source}' has fewer weighted layers ({len(nodes)}) than the card's network (at '{name}'): {mismatch}.")
+            node = nodes[position]
+            position += 1
+            if WEIGHTED_OPS[node.op_type] != kind:
+                raise MedSegUNetError(f"'{source}': weighted layer {position} is an ONNX {node.op_type} where the card's network has {type(module).__name__} '{name}': {mismatch}.")
+            weights = [tensors.get(input) if input else None for input in node.input[1:]]
+            if node.op_type == "Gemm" and weights[0] is not None and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+                weights[0] = weights[0].T
+            if any(weight is None for weight in weights[:1]) or (kind in ("batchnorm",) and any(weight is None for weight in weights[:4])):
+                raise MedSegUNetError(f"'{source}': the weights of ONNX node '{node.name or node.op_type}' are computed in the graph, not stored: export the network in eval mode.")
+            # Folded when the network calls a batch norm next but the graph's next weighted node is none.
+            fusedNorm = (
+                kind in ("conv", "convtranspose") and index + 1 < len(layers) and moduleKind(layers[index + 1][1]) == "batchnorm"
+                and "BatchNormalization" not in consumers.get(node.output[0], [])
+                and (position >= len(nodes) or nodes[position].op_type != "BatchNormalization")
             )
-        array = tensors[name]
-        if tuple(array.shape) != tuple(value.shape):
-            raise MedSegUNetError(f"'{source}': weight '{name}' has shape {tuple(array.shape)} where the card's network has {tuple(value.shape)}: check the network args.")
-        loaded[name] = torch.from_numpy(np.array(array, dtype=np.float32 if value.is_floating_point() else array.dtype))
-    network.load_state_dict(loaded)
+            pendingBias, pendingConv = _loadLayer(module, kind, name, weights, fusedNorm, source), module
+    if position != len(nodes):
+        raise MedSegUNetError(f"'{source}' has {len(nodes) - position} more weighted layers than the card's network: {mismatch}.")
+    return [f"{folded} batch norms folded into the convolutions before them, as the ONNX export folded them"] if folded else []
+
+
+def _loadLayer(module, kind: str, name: str, weights: list, fusedNorm: bool, source: str):
+    """Copy one ONNX node's weights into one torch module; returns the folded bias when its norm is folded, else None."""
+    import torch
+
+    def put(parameter, array, what):
+        if tuple(array.shape) != tuple(parameter.shape):
+            raise MedSegUNetError(f"'{source}': the {what} of '{name}' has shape {tuple(array.shape)} where the card's network has {tuple(parameter.shape)}: check the network args.")
+        parameter.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)))
+
+    bias = weights[1] if len(weights) > 1 and weights[1] is not None else None
+    if kind in ("conv", "convtranspose", "linear"):
+        put(module.weight, weights[0], "weight")
+        outputs = module.weight.shape[1 if kind == "convtranspose" else 0] * (module.groups if kind == "convtranspose" else 1)
+        bias = np.zeros(outputs, np.float32) if bias is None else bias
+        if fusedNorm:
+            return torch.from_numpy(np.array(bias, dtype=np.float32))
+        if module.bias is not None:
+            put(module.bias, bias, "bias")
+        elif np.any(bias):
+            raise MedSegUNetError(f"'{source}': ONNX gives '{name}' a bias that the card's network does not have: check the network args.")
+    elif kind == "batchnorm":
+        for parameter, array, what in zip((module.weight, module.bias, module.running_mean, module.running_var), weights[:4], ("scale", "bias", "mean", "variance")):
+            put(parameter, array, what)
+    elif kind == "instancenorm":
+        if module.affine:
+            put(module.weight, weights[0], "scale")
+            put(module.bias, weights[1], "bias")
+        elif not (np.all(weights[0] == 1) and not np.any(weights[1])):
+            raise MedSegUNetError(f"'{source}': ONNX gives the instance norm '{name}' a scale and bias that the card's network does not have (affine=False): check the network args.")
+    elif kind == "prelu":
+        slope = np.asarray(weights[0])  # ONNX broadcasts it as (C, 1, 1, 1)
+        put(module.weight, slope.reshape(module.weight.shape) if slope.size == module.weight.numel() else slope, "slope")
+    return None
 
 
 def checkGraphEnd(model, source: str) -> None:
@@ -135,14 +260,14 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
     except Exception as error:  # protobuf raises DecodeError and others
         raise MedSegUNetError(f"Cannot read ONNX model '{source}' ({firstLine(error)}).") from None
     checkGraphEnd(model, source)
-    copyWeights(network, onnxTensors(model), source)
+    dims = int(card["spatial_dims"])
+    patch = list(card.get("patch_size") or [64] * dims)
+    sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
+    notes = copyWeights(network, model, sample, source)
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript's frontend errors
         raise MedSegUNetError(f"The card's network cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
-    dims = int(card["spatial_dims"])
-    patch = list(card.get("patch_size") or [64] * dims)
-    sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
     session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     try:
         expected = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
@@ -154,7 +279,7 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
     if got.shape != expected.shape or got.shape[1] != outputChannels(card):
         raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
-    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, [])
+    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes)
     saveModel(scripted, card, output)
     return card
 
