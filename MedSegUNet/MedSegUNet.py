@@ -232,6 +232,12 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("MedSegUNet needs PyTorch, MONAI and its other dependencies; install them first.")
         return self.segmentationLogic.process(inputVolumes, modelPath, roiVolumes=roiVolumes, **kwargs)
 
+    def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str) -> str:
+        """See ``SegmentationLogic.exportDicomSegmentation``: the files come from Slicer's DICOM database."""
+        database = getattr(slicer, "dicomDatabase", None)
+        fileForInstance = database.fileForInstance if database is not None and database.isOpen else None
+        return self.segmentationLogic.exportDicomSegmentation(segmentationNode, referenceVolumeNode, path, fileForInstance=fileForInstance)
+
     def missingModules(self) -> list:
         """What the first Apply must install, read from package metadata (see ``dependencies``)."""
         from MedSegUNetLib import dependencies

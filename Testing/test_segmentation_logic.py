@@ -595,3 +595,93 @@ def test_outputs_go_into_the_reference_study_and_a_second_patient_gets_new_nodes
     # The whole volume was segmented: no ROI box node.
     assert again.roiNode is None and a_scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems() == 1
     assert first.segmentationNode.GetSegmentation().GetNumberOfSegments() == len(phantom_data["card"]["labels"])
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM SEG export
+# ---------------------------------------------------------------------------------------------
+
+
+def segPixels(path, files) -> np.ndarray:
+    """A DICOM SEG's segments in the order of the source files (K, J, I, segment), with highdicom."""
+    import highdicom as hd
+    import pydicom
+
+    segmentation = hd.seg.segread(str(path))
+    sources = [pydicom.dcmread(file, stop_before_pixels=True).SOPInstanceUID for file in files]
+    numbers = [int(item.SegmentNumber) for item in segmentation.SegmentSequence]
+    return segmentation, segmentation.get_pixels_by_source_instance(source_sop_instance_uids=sources, segment_numbers=numbers)
+
+
+# [parameters (how the volume was loaded, transform), input (ProstateX-0000 segmented), expected (SEG = scene labels)]
+@pytest.mark.parametrize("loadedBy, transformed", [("files", False), ("database", True)])
+def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy, transformed):
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from MedSegUNetLib.SegmentationLogic import DICOM_INSTANCE_UIDS_ATTRIBUTE
+    from MedSegUNetLib.volumes import findDicomSeries, readVolume
+
+    folder = requireSharedData("prostatex", "ProstateX-0000")
+    files = list(findDicomSeries(folder / PROSTATE_SERIES[0])[0].files)
+    if loadedBy == "files":
+        reference = loadDicomSeries(a_scene, folder / PROSTATE_SERIES[0], PROSTATE_SERIES[0])
+        fileForInstance = None
+    else:  # as the DICOM module leaves it: instance UIDs on the node, files in the database
+        reference = addVolumeFromImage(a_scene, readVolume(folder / PROSTATE_SERIES[0]), PROSTATE_SERIES[0])
+        uids = [pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in files]
+        reference.SetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE, " ".join(uids))
+        fileForInstance = dict(zip(uids, files)).get
+    others = [loadDicomSeries(a_scene, folder / name, name) for name in PROSTATE_SERIES[1:]]
+    card = phantoms.thresholdCard([(1, "bright", (1.0, 1.0, 0.0)), (2, "brighter", (0.1, 0.4, 1.0))], inputs=("T2",))
+    card["labels"][0]["terminology"] = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
+    card["version"] = "4.5.6"
+    model = phantoms.writeThresholdModel(tmp_path / "bright.pt", [300.5, 600.5], card)
+    logic = SegmentationLogic(a_scene)
+    result = logic.process([reference], model, roiVolumes=others, device="cpu")
+    labels = selftest.segmentationLabelArray(a_scene, result.segmentationNode, reference)  # K, J, I
+    if transformed:  # both under one rigid transform: the SEG is made in the volume's own (file) frame
+        transform = a_scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        transform.SetMatrixTransformToParent(vtkMatrix(rigidTransform([0.2, 0.3, 1.0], 25.0, [0.0, 0.0, 0.0], [12.0, -7.0, 30.0])))
+        for node in (reference, result.segmentationNode):
+            node.SetAndObserveTransformNodeID(transform.GetID())
+
+    path = logic.exportDicomSegmentation(result.segmentationNode, reference, str(tmp_path / "prostate-seg.dcm"), fileForInstance=fileForInstance)
+
+    segmentation, pixels = segPixels(path, files)
+    assert [item.SegmentLabel for item in segmentation.SegmentSequence] == ["bright", "brighter"]
+    assert segmentation.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "41216001"
+    assert segmentation.SegmentSequence[0].SegmentAlgorithmName == card["name"][:64]
+    assert segmentation.SegmentSequence[0].algorithm_identification[0].AlgorithmVersion == "4.5.6"
+    assert (labels == 1).sum() > 1000 and (labels == 2).sum() > 100
+    for number in (1, 2):
+        np.testing.assert_array_equal(pixels[..., number - 1].astype(bool), labels == number)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# [parameters (what is wrong), input (a segmented scene), expected (words of the one line)]
+@pytest.mark.parametrize("fault, expected", [("not-dicom", "was not loaded from DICOM"), ("moved", "no longer has the geometry"), ("missing-file", "not in the DICOM database")])
+def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data, fault, expected):
+    pytest.importorskip("highdicom")
+    from MedSegUNetLib.SegmentationLogic import DICOM_INSTANCE_UIDS_ATTRIBUTE
+
+    logic = SegmentationLogic(a_scene)
+    fileForInstance = None
+    if fault == "not-dicom":
+        nodes = addPhantoms(a_scene, phantom_data)
+        reference = nodes[selftest.INPUT_NAME]
+        segmentationNode = logic.process([reference], phantom_data["modelPath"], device="cpu").segmentationNode
+    else:
+        folder = requireSharedData("prostatex", "ProstateX-0000")
+        reference = loadDicomSeries(a_scene, folder / PROSTATE_SERIES[0], PROSTATE_SERIES[0])
+        model = phantoms.writeThresholdModel(tmp_path / "bright.pt", [300.5], phantoms.thresholdCard([(1, "bright", (1.0, 1.0, 0.0))], inputs=("T2",)))
+        segmentationNode = logic.process([reference], model, device="cpu", useROI=False).segmentationNode
+        if fault == "moved":
+            origin = list(reference.GetOrigin())
+            reference.SetOrigin(origin[0] + 5.0, origin[1], origin[2])
+        else:
+            reference.SetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE, "1.2.3 4.5.6")
+            fileForInstance = {}.get
+    with pytest.raises(MedSegUNetError, match=expected):
+        logic.exportDicomSegmentation(segmentationNode, reference, str(tmp_path / "out.dcm"), fileForInstance=fileForInstance)
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".dcm" or p.name.startswith(".")]

@@ -38,6 +38,11 @@ BINARY_LABELMAP = "Binary labelmap"
 # Set on every output node: the reference volume it was made from. Outputs of another reference
 # (another patient) are not reused; a run on them makes new nodes named after the new reference.
 REFERENCE_ATTRIBUTE = "MedSegUNet.ReferenceVolumeID"
+# The model a segmentation node was made with: the algorithm a DICOM SEG export names.
+MODEL_NAME_ATTRIBUTE = "MedSegUNet.ModelName"
+MODEL_VERSION_ATTRIBUTE = "MedSegUNet.ModelVersion"
+# Slicer's DICOM loader: the SOP Instance UIDs of a loaded volume's slices, in K order.
+DICOM_INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 # An orthonormality tolerance for directions built from world matrices: DICOM geometry carries
 # rounding around 1e-6, while a real shear is orders of magnitude larger.
 SHEAR_TOLERANCE = 1e-4
@@ -200,6 +205,43 @@ def ensureSegmentationConverterRules() -> None:
     factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
 
 
+def segmentMasks(node, frameFromWorld: np.ndarray | None = None):
+    """Each segment of a segmentation node as a 0/1 mask on its own grid (LPS), in segment order.
+
+    Args:
+        frameFromWorld: a RAS matrix taking world coordinates to the frame the masks are wanted
+            in (a transformed volume's own frame); None keeps world coordinates.
+
+    Yields:
+        ``(segment, mask)``; ``mask`` is None for a segment with nothing painted.
+
+    Raises:
+        MedSegUNetError: the segmentation cannot be converted to binary labelmaps.
+    """
+    import slicer
+
+    ensureSegmentationConverterRules()
+    nodeToFrame = (np.eye(4) if frameFromWorld is None else frameFromWorld) @ parentToWorld(node)
+    segmentation = node.GetSegmentation()
+    if not segmentation.ContainsRepresentation(BINARY_LABELMAP):
+        # Convert a copy, so the user's node keeps its representations.
+        copy = slicer.vtkSegmentation()
+        copy.DeepCopy(segmentation)
+        if not copy.CreateRepresentation(BINARY_LABELMAP):
+            raise MedSegUNetError(f"Segmentation '{node.GetName()}' cannot be converted to a binary labelmap.")
+        segmentation = copy
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        representation = segment.GetRepresentation(BINARY_LABELMAP)
+        array, ijkToNode = _orientedImageToArray(representation) if representation is not None else (np.zeros((0, 0, 0)), None)
+        if array.size == 0:
+            yield segment, None
+            continue
+        mask = sitk.GetImageFromArray((array == segment.GetLabelValue()).astype(np.uint8))
+        geometry.setImageGeometryFromIJKToLPS(mask, geometry.LPS_TO_RAS @ nodeToFrame @ ijkToNode)
+        yield segment, mask
+
+
 def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Image, int | None]]:
     """A reference segmentation node or labelmap volume node as images on their own grids (LPS).
 
@@ -212,36 +254,16 @@ def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Imag
     Raises:
         MedSegUNetError: an unsupported node, or no segment matching the card's labels.
     """
-    import slicer
-
     if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLScalarVolumeNode"):
         return [(imageFromVolumeNode(node, sitk.sitkUInt16), None)]
     if not node.IsA("vtkMRMLSegmentationNode"):
         raise MedSegUNetError(f"Reference '{node.GetName()}' is a {node.GetClassName()}: choose a segmentation or a labelmap volume.")
-    ensureSegmentationConverterRules()
-    nodeToWorld = parentToWorld(node)
-    segmentation = node.GetSegmentation()
-    if not segmentation.ContainsRepresentation(BINARY_LABELMAP):
-        # Convert a copy, so the user's node keeps its representations.
-        copy = slicer.vtkSegmentation()
-        copy.DeepCopy(segmentation)
-        if not copy.CreateRepresentation(BINARY_LABELMAP):
-            raise MedSegUNetError(f"Reference segmentation '{node.GetName()}' cannot be converted to a binary labelmap.")
-        segmentation = copy
     parts = []
-    for index in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(index)
+    for segment, mask in segmentMasks(node):
         value = statistics.cardValueOfSegment(segment.GetName(), segment.GetLabelValue(), labels)
-        representation = segment.GetRepresentation(BINARY_LABELMAP)
-        if value is None or representation is None:
-            continue
-        array, ijkToNode = _orientedImageToArray(representation)
-        if array.size == 0:
-            continue
-        mask = sitk.GetImageFromArray((array == segment.GetLabelValue()).astype(np.uint8))
-        geometry.setImageGeometryFromIJKToLPS(mask, geometry.LPS_TO_RAS @ nodeToWorld @ ijkToNode)
-        parts.append((mask, value))
-    if not parts and segmentation.GetNumberOfSegments():
+        if value is not None and mask is not None:
+            parts.append((mask, value))
+    if not parts and node.GetSegmentation().GetNumberOfSegments():
         names = ", ".join(label["name"] for label in labels)
         raise MedSegUNetError(
             f"No segment of reference '{node.GetName()}' matches the model's labels ({names}): rename the segments to these names."
@@ -677,6 +699,8 @@ class SegmentationLogic:
         outputs = [node for node in nodes.values() if node is not None]
         for node in outputs:
             self._setAttribute(node, REFERENCE_ATTRIBUTE, reference.GetID(), restore)
+        self._setAttribute(nodes["segmentation"], MODEL_NAME_ATTRIBUTE, job.card["name"], restore)
+        self._setAttribute(nodes["segmentation"], MODEL_VERSION_ATTRIBUTE, str(job.card.get("version") or ""), restore)
         self._placeInStudy(reference, outputs, restore)
         return nodes
 
@@ -773,7 +797,7 @@ class SegmentationLogic:
             segment.SetLabelValue(value)
             entry = modelcard.terminologyEntry(label)
             if entry is not None:
-                segment.SetTag(segment.GetTerminologyEntryTagName() if hasattr(segment, "GetTerminologyEntryTagName") else "TerminologyEntry", entry)
+                segment.SetTag(_terminologyTagName(segment), entry)
             segment.AddRepresentation(BINARY_LABELMAP, image)
             segmentation.AddSegment(segment, f"Segment_{value}")
         return segmentation
@@ -895,6 +919,58 @@ class SegmentationLogic:
 
     # -- checks -------------------------------------------------------------------------------
 
+    def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:
+        """Write a segmentation node as a DICOM SEG of the DICOM series its reference volume was loaded from.
+
+        The node's segments as they are now (edits included) become the SEG's segments, in order,
+        with their names, colours and terminology; overlapping segments stay overlapping. The
+        algorithm is the model the node was made with (its ``MedSegUNet.ModelName`` attribute),
+        else the node's name. Each segment is resampled (nearest neighbour) onto the series' grid
+        as its files give it (LPS; K along the slice normal), through the nodes' transforms, so
+        frame k references source image k. Written to a temporary name, read back, then renamed.
+
+        Args:
+            fileForInstance: a SOP Instance UID's file (``slicer.dicomDatabase.fileForInstance``),
+                for a volume loaded by the DICOM module; without it, the volume's storage node files.
+
+        Returns:
+            ``path``.
+
+        Raises:
+            MedSegUNetError: the volume did not come from DICOM, its files are gone, it was
+                moved, cropped or resampled since loading, or the file cannot be written.
+        """
+        from . import dicomseg, volumes
+
+        self._checkNode(segmentationNode, "vtkMRMLSegmentationNode", "Segmentation")
+        self._checkNode(referenceVolumeNode, "vtkMRMLScalarVolumeNode", "Reference volume")
+        name = referenceVolumeNode.GetName()
+        series = volumes.dicomSeriesFromFiles(dicomFilesOfVolume(referenceVolumeNode, fileForInstance), name)
+        grid = volumes.readDicomSeries(series, name)
+        if not sameVoxelLattice(grid, localIJKToRAS(referenceVolumeNode), referenceVolumeNode.GetImageData().GetDimensions()):
+            raise MedSegUNetError(
+                f"'{name}' no longer has the geometry of its DICOM files (moved, cropped or resampled since loading): a DICOM SEG would be misplaced; segment the series as loaded."
+            )
+        frameFromWorld = np.linalg.inv(parentToWorld(referenceVolumeNode))
+        labels, masks = [], []
+        for number, (segment, mask) in enumerate(segmentMasks(segmentationNode, frameFromWorld), start=1):
+            label = {"value": number, "name": segment.GetName() or f"Segment {number}", "color": [float(c) for c in segment.GetColor()]}
+            terminology = modelcard.terminologyFromEntry(_segmentTag(segment, _terminologyTagName(segment)))
+            if terminology is not None:
+                label["terminology"] = terminology
+            labels.append(label)
+            onGrid = sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8) if mask is not None else None
+            masks.append(sitk.GetArrayFromImage(onGrid) if onGrid is not None else np.zeros(grid.GetSize()[::-1], np.uint8))
+        if not labels:
+            raise MedSegUNetError(f"Segmentation '{segmentationNode.GetName()}' has no segments: there is nothing to export.")
+        card = {
+            "name": segmentationNode.GetAttribute(MODEL_NAME_ATTRIBUTE) or segmentationNode.GetName() or "Segmentation",
+            "version": segmentationNode.GetAttribute(MODEL_VERSION_ATTRIBUTE) or "", "labels": labels,
+        }
+        with volumes.StagedOutputs() as outputs:
+            dicomseg.stageDicomSegmentation(outputs, series, grid, card, path, regions=np.stack(masks))
+        return path
+
     def _checkNode(self, node, className: str, what: str) -> None:
         if not node.IsA(className):
             raise MedSegUNetError(f"'{node.GetName()}' is a {node.GetClassName()}, not a {what}: choose another node.")
@@ -905,6 +981,67 @@ class SegmentationLogic:
 # ---------------------------------------------------------------------------------------------
 # Widget helpers without Qt (pre-filling selectors, devices)
 # ---------------------------------------------------------------------------------------------
+
+
+def _terminologyTagName(segment) -> str:
+    return segment.GetTerminologyEntryTagName() if hasattr(segment, "GetTerminologyEntryTagName") else "TerminologyEntry"
+
+
+def _segmentTag(segment, name: str) -> str | None:
+    """A segment tag's value (the wrapped ``GetTag`` returns it through an out-argument)."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else None
+
+
+def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None = None) -> list[str]:
+    """The DICOM files a volume node was loaded from.
+
+    Slicer's DICOM module stores the slices' SOP Instance UIDs in the node's ``DICOM.instanceUIDs``
+    attribute and the files in its database (``fileForInstance``); a series added as files keeps
+    them in its storage node (one archetype file stands for its folder's series).
+
+    Raises:
+        MedSegUNetError: the volume was not loaded from DICOM, or its files are not known.
+    """
+    from . import volumes
+
+    name = volumeNode.GetName()
+    uids = (volumeNode.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE) or "").split()
+    if uids and fileForInstance is not None:
+        files = [fileForInstance(uid) for uid in uids]
+        missing = sum(1 for path in files if not path)
+        if missing:
+            raise MedSegUNetError(f"{missing} of the {len(uids)} DICOM files of '{name}' are not in the DICOM database: import the series again.")
+        return files
+    storage = volumeNode.GetStorageNode()
+    files = [storage.GetNthFileName(index) for index in range(storage.GetNumberOfFileNames())] if storage is not None else []
+    if storage is not None and storage.GetFileName() and storage.GetFileName() not in files:
+        files.insert(0, storage.GetFileName())
+    if len(files) == 1 and os.path.isfile(files[0]) and volumes.pathSuffix(files[0]) in ("", ".dcm", ".ima"):
+        archetype = os.path.realpath(files[0])
+        for candidate in volumes.findDicomSeries(os.path.dirname(archetype)):
+            if archetype in {os.path.realpath(path) for path in candidate.files}:
+                return list(candidate.files)
+    if len(files) > 1 and all(volumes.pathSuffix(path) in ("", ".dcm", ".ima") for path in files):
+        return files
+    raise MedSegUNetError(
+        f"'{name}' was not loaded from DICOM: a DICOM SEG references the images it was made on; load the series with the DICOM module, or save a .seg.nrrd."
+    )
+
+
+def sameVoxelLattice(image: sitk.Image, ijkToRAS: np.ndarray, dimensions: Sequence[int], tolerance: float = 0.01) -> bool:
+    """Whether a volume node's voxels (IJK→RAS, dimensions IJK) are the image's (LPS), up to
+    the order of the axes' directions (Slicer reverses the slices of a left-handed series)."""
+    if tuple(int(d) for d in dimensions) != tuple(image.GetSize()):
+        return False
+    ijkToLPS = geometry.ijkToLPSFromImage(image)
+    corners = np.array([[i, j, k, 1.0] for i in (0, dimensions[0] - 1) for j in (0, dimensions[1] - 1) for k in (0, dimensions[2] - 1)])
+    ours = (geometry.LPS_TO_RAS @ ijkToLPS @ corners.T).T[:, :3]
+    theirs = (np.asarray(ijkToRAS) @ corners.T).T[:, :3]
+    distances = np.linalg.norm(ours[:, None, :] - theirs[None, :, :], axis=2)
+    return bool(distances.min(axis=0).max() <= tolerance and distances.min(axis=1).max() <= tolerance)
 
 
 def seriesCandidates(volumeNodes: Sequence) -> list:

@@ -20,7 +20,7 @@ import os
 import tempfile
 
 # Module → distribution, for what the first Apply installs besides PyTorch.
-REQUIRED = {"monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image"}
+REQUIRED = {"monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image", "highdicom": "highdicom"}
 # Present in Slicer (or the PyTorch extension); pip must keep these exact versions.
 PINNED = ("torch", "numpy", "SimpleITK", "vtk")
 

@@ -128,8 +128,11 @@ def segmentationVerifier(expected: int):
     return verify
 
 
-def stageDicomSegmentation(outputs, referencePath: str, labelmap: sitk.Image, card: dict, path: str, regions: np.ndarray | None = None) -> None:
+def stageDicomSegmentation(outputs, reference: str | DicomSeries, labelmap: sitk.Image, card: dict, path: str, regions: np.ndarray | None = None) -> None:
     """Write the result as a DICOM SEG into a run's staged outputs.
+
+    Args:
+        reference: the reference input's path (``FOLDER`` or ``FOLDER::SERIES``), or its series.
 
     Raises:
         MedSegUNetError: the reference is not a DICOM series (one line saying what to write instead).
@@ -138,7 +141,7 @@ def stageDicomSegmentation(outputs, referencePath: str, labelmap: sitk.Image, ca
         import highdicom  # noqa: F401
     except ImportError:
         raise MedSegUNetError("DICOM SEG output needs highdicom: pip install highdicom.") from None
-    series = referenceSeries(referencePath)
+    series = reference if isinstance(reference, DicomSeries) else referenceSeries(reference)
     dataset = buildSegmentation(series, labelmap, card, regions)
     temporary = outputs.stage(path, (".dcm",), verify=segmentationVerifier(len(card["labels"])))
     dataset.save_as(temporary)

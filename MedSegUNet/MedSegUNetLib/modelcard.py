@@ -173,6 +173,20 @@ def terminologyEntry(label: dict) -> str | None:
     return "~".join([entry["contextName"], *codes, entry["anatomicContextName"], *region])
 
 
+def terminologyFromEntry(entry: str | None) -> dict | None:
+    """A card label's ``terminology`` from Slicer's ``TerminologyEntry`` segment tag (see
+    :func:`terminologyEntry`), or None when the tag has no category and type codes."""
+    fields = (entry or "").split("~")
+    if len(fields) < 3:
+        return None
+    terminology = {}
+    for key, field in zip(("category", "type", "type_modifier", None, "anatomic_region", "anatomic_region_modifier"), fields[1:]):
+        code = field.split("^")
+        if key is not None and len(code) == 3 and code[0] and code[1]:
+            terminology[key] = code
+    return terminology if "category" in terminology and "type" in terminology else None
+
+
 def validateCard(card: Any, source: str = "model card") -> dict:
     """Check a card against the schema and the rules a schema cannot say; fill in defaults.
 

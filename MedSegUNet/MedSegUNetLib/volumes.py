@@ -252,6 +252,38 @@ def selectDicomSeries(folder: str | os.PathLike, series: str | None = None) -> D
     return matches[0]
 
 
+def dicomSeriesFromFiles(files: Sequence[str], name: str) -> DicomSeries:
+    """The DICOM series made of exactly these files (a DICOM database's files of one loaded volume).
+
+    The files are put in GDCM's order, along the slice normal, as :func:`findDicomSeries` gives
+    them, so that reading the series gives the same grid as reading its folder.
+
+    Raises:
+        MedSegUNetError: no files, missing or unreadable ones, or files of several series.
+    """
+    missing = [path for path in files if not os.path.isfile(path)]
+    if not files or missing:
+        raise MedSegUNetError(f"The DICOM files of '{name}' are not on disk{f' (first missing: {missing[0]})' if missing else ''}: reload the series from the DICOM database.")
+    uids, positions, description = set(), [], ""
+    for path in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.LoadPrivateTagsOff()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise MedSegUNetError(f"'{path}' of '{name}' is not a readable DICOM file: reload the series from the DICOM database.") from None
+        uids.add(reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else "")
+        if not description and reader.HasMetaDataKey("0008|103e"):
+            description = reader.GetMetaData("0008|103e").strip()
+        direction = np.array(reader.GetDirection(), dtype=float).reshape(3, 3)
+        positions.append(float(np.dot(np.array(reader.GetOrigin(), dtype=float), direction[:, 2])))
+    if len(uids) != 1:
+        raise MedSegUNetError(f"The files of '{name}' belong to {len(uids)} DICOM series: a DICOM SEG references one.")
+    ordered = tuple(path for _, path in sorted(zip(positions, files)))
+    return DicomSeries(uid=uids.pop(), description=description, files=ordered)
+
+
 def splitSeriesSelector(spec: str) -> tuple[str, str | None]:
     """``FOLDER::SERIES`` on the command line picks a series of a multi-series DICOM folder."""
     if "::" in spec:

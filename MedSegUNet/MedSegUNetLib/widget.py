@@ -73,6 +73,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self.ui.roiVolumesListWidget.connect("itemChanged(QListWidgetItem*)", self.onROIVolumesChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.showTableButton.connect("clicked(bool)", self.onShowTable)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
         self._populateDevices()
@@ -451,3 +452,21 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         selectionNode = slicer.app.applicationLogic().GetSelectionNode()
         selectionNode.SetActiveTableID(table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
+
+    def onExportDicomSeg(self) -> None:
+        parameters = self._parameterNode
+        segmentationNode = parameters.outputSegmentation if parameters else None
+        inputs = self.inputVolumes()
+        if segmentationNode is None or not inputs or inputs[0] is None:
+            slicer.util.warningDisplay(_("Segment first: the output segmentation and the reference input volume are exported."))
+            return
+        path = qt.QFileDialog.getSaveFileName(
+            slicer.util.mainWindow(), _("Export DICOM SEG"), f"{segmentationNode.GetName()}.dcm", _("DICOM Segmentation (*.dcm)")
+        )
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            self.logic.exportDicomSegmentation(segmentationNode, inputs[0], path)
+            self.ui.statusLabel.text = _("DICOM SEG written: {path}").format(path=path)
