@@ -183,9 +183,21 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     with open(out / "summary.csv", newline="") as stream:
         rows = {row["case"]: row for row in csv.DictReader(stream)}
     assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != ""
-    assert cli.main([*argv, "--force", "-q"]) == 1
+    assert cli.main([*argv, "--force", "-q", "--threads", "1"]) == 1
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns != before
+    np.testing.assert_array_equal(readLabels(out / "ProstateX-0000" / "ProstateX-0000.seg.nrrd"), readLabels(tmp_path / "ProstateX-0000.seg.nrrd"))
     assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
+
+
+# [parameters (an option's value), input (the cohort), expected (words of the one line)]
+@pytest.mark.parametrize("option, expected", [(["--workers", "0"], "--workers must be 1 or more"), (["--threads", "0"], "--threads must be 1 or more"),
+                                              (["--ray-address", "127.0.0.1:1"], "--ray-address needs --engine ray")])
+def test_batch_option_refusals(capsys, cohort, tmp_path, option, expected):
+    out = tmp_path / "out"
+    assert cli.main(["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), *option]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not out.exists()
 
 
 def test_cohort_on_ray_gives_identical_labels(capsys, cohort, tmp_path):

@@ -38,6 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import Interrupted, MedSegUNetError, firstLine
+from .volumes import DicomSeries
 
 FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha", "dcm": ".dcm"}
 STAGING_PREFIX = ".medsegunet-case-"
@@ -63,6 +64,8 @@ class CaseSpec:
         series: role → the series chosen, for ``--dry-run``'s table.
         notes: ROI series that were not found (the case runs without them).
         error: why the case cannot run (no or ambiguous input series), or None.
+        found: path → the DICOM series the matching scan found there, so that reading the case
+            does not scan its folders again.
     """
 
     id: str
@@ -71,6 +74,7 @@ class CaseSpec:
     series: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    found: dict[str, DicomSeries] = field(default_factory=dict)
 
 
 def _caseFromFolder(folder: str, card: dict) -> CaseSpec:
@@ -90,6 +94,7 @@ def _caseFromFolder(folder: str, card: dict) -> CaseSpec:
     for role, candidate in zip([r for r in roles if r.kind == "roi" and not any(r.name in note for note in match.notes)], match.roi):
         case.series[f"ROI {role.name}"] = candidate.path
     case.notes = match.notes
+    case.found = {candidate.path: candidate.found for candidate in [*match.inputs, *match.roi] if candidate.found is not None}
     return case
 
 
@@ -214,11 +219,13 @@ def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:
     }
 
 
-def _seriesFiles(path: str) -> list[str]:
+def _seriesFiles(path: str, found: DicomSeries | None = None) -> list[str]:
     from .volumes import splitSeriesSelector
 
     path, series = splitSeriesSelector(path)
     if os.path.isdir(path):
+        if found is not None and series is not None:
+            return list(found.files)
         if series is not None:
             from .volumes import selectDicomSeries
 
@@ -231,7 +238,7 @@ def inputSignature(case: CaseSpec) -> list[dict]:
     """Size and modification time of every file a case reads (a rerun compares them)."""
     signature = []
     for path in [p for p, _ in case.inputs] + list(case.roi):
-        files = _seriesFiles(path)
+        files = _seriesFiles(path, case.found.get(path))
         stats = [os.stat(f) for f in files if os.path.exists(f)]
         signature.append({"path": path, "files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime": max((s.st_mtime for s in stats), default=0.0)})
     return signature
@@ -257,8 +264,8 @@ def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
 def readCaseImages(case: CaseSpec, options: BatchOptions) -> tuple[list[sitk.Image], list[sitk.Image]]:
     from .volumes import readVolume, readVolumeChannel
 
-    images = [readVolumeChannel(path, channel, options.resampleIrregular) for path, channel in case.inputs]
-    roiImages = [readVolume(path, resampleIrregular=options.resampleIrregular) for path in case.roi]
+    images = [readVolumeChannel(path, channel, options.resampleIrregular, case.found.get(path)) for path, channel in case.inputs]
+    roiImages = [readVolume(path, resampleIrregular=options.resampleIrregular, found=case.found.get(path)) for path in case.roi]
     return images, roiImages
 
 
@@ -795,6 +802,8 @@ def addParser(subparsers) -> None:
     parser.add_argument("--format", default="seg.nrrd", choices=list(FORMATS), help="segmentation file format (default seg.nrrd)")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: one per GPU, or one on the CPU)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads of each worker's network (default: the CPU cores divided among the workers)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local worker processes, or Ray actors (pip install -e '.[ray]')")
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
     parser.add_argument("--force", action="store_true", help="redo cases whose outputs are already complete")
@@ -824,6 +833,8 @@ def run(args, console) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise MedSegUNetError("--workers must be 1 or more.")
+    if args.threads is not None and args.threads < 1:
+        raise MedSegUNetError("--threads must be 1 or more.")
     if args.ray_address and args.engine != "ray":
         raise MedSegUNetError("--ray-address needs --engine ray.")
     from .cli import resolveModelOption
@@ -845,7 +856,7 @@ def run(args, console) -> int:
         raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
     sweepStaging(args.output)
     devices = workerDevices(args.device, args.workers) if args.engine == "local" else []
-    threads = max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
     options = BatchOptions(
         modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), outputDir=os.path.abspath(args.output), format=args.format,
         device=args.device, resampleIrregular=args.resample_irregular, threads=threads,

@@ -123,21 +123,26 @@ def pointsInsideExtents(ijkPoints: np.ndarray, reference: VolumeGeometry, volume
 
 
 def _polytopeBounds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Axis bounds of the bounded polytope ``A x <= b`` from its vertices, or None when empty."""
-    vertices = []
-    scale = np.linalg.norm(a, axis=1)
-    for rows in itertools.combinations(range(len(a)), 3):
-        sub = a[list(rows)]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            determinant = np.linalg.det(sub)
-        if not abs(determinant) >= 1e-12 * np.prod(scale[list(rows)]):
-            continue
-        point = np.linalg.solve(sub, b[list(rows)])
-        if np.all(a @ point <= b + 1e-9 * (1.0 + np.abs(b))):
-            vertices.append(point)
-    if not vertices:
+    """Axis bounds of the bounded polytope ``A x <= b`` from its vertices, or None when empty.
+
+    Every triple of planes is solved at once (batched determinants and solves: three series give
+    816 triples, a cohort's every case pays this).
+    """
+    triples = np.array(list(itertools.combinations(range(len(a)), 3)), dtype=int)
+    if not len(triples):
         return None
-    vertices = np.asarray(vertices)
+    subs = a[triples]  # triples × 3 × 3
+    scale = np.linalg.norm(a, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        determinants = np.linalg.det(subs)
+    regular = np.abs(determinants) >= 1e-12 * np.prod(scale[triples], axis=1)
+    if not regular.any():
+        return None
+    points = np.linalg.solve(subs[regular], b[triples[regular]][..., None])[..., 0]
+    feasible = np.all(points @ a.T <= b + 1e-9 * (1.0 + np.abs(b)), axis=1)
+    if not feasible.any():
+        return None
+    vertices = points[feasible]
     return vertices.min(axis=0), vertices.max(axis=0)
 
 

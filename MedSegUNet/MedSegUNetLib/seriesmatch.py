@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import MedSegUNetError
+from .volumes import DicomSeries
 
 PLANE_WORDS = {
     "tra": ("tra", "ax", "axi", "axial", "transverse", "transversal"),
@@ -59,12 +60,14 @@ class SeriesCandidate:
         name: a short label for tables and messages (description or file name).
         words: the words searched (description, folder and file names).
         plane: ``tra``, ``sag``, ``cor``, or None when unknown.
+        found: the DICOM series (its sorted files), None for a volume file.
     """
 
     path: str
     name: str
     words: tuple[str, ...]
     plane: str | None = None
+    found: DicomSeries | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ def findCaseSeries(folder: str | os.PathLike) -> list[SeriesCandidate]:
         direction = _fileDirection(item.files[0])
         # A single slice reads with the slice normal as its third axis.
         plane = planeOfDirection(direction) if direction is not None else None
-        candidates.append(SeriesCandidate(path, item.description or os.path.basename(item.folder), words(f"{item.description} {relative}"), plane))
+        candidates.append(SeriesCandidate(path, item.description or os.path.basename(item.folder), words(f"{item.description} {relative}"), plane, item))
     for directory, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             suffix = pathSuffix(name)

@@ -444,13 +444,15 @@ def readDicomSeries(series: DicomSeries, name: str, resampleIrregular: bool = Fa
     return image
 
 
-def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrregular: bool = False) -> sitk.Image:
+def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrregular: bool = False, found: DicomSeries | None = None) -> sitk.Image:
     """Read a scalar volume from a file or a DICOM series folder, after checking it is whole.
 
     Args:
         path: volume file or DICOM folder. ``FOLDER::SERIES`` selects a series by UID or description.
         series: the series to pick in a multi-series DICOM folder (overrides the ``::`` form).
         resampleIrregular: see :func:`readDicomSeries`.
+        found: the DICOM series at ``path`` when a scan already found it (a cohort's series
+            matching): its files are read without scanning the folder again.
 
     Returns:
         the image with origin, spacing and direction in LPS mm; a single-component scalar volume.
@@ -463,7 +465,7 @@ def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrreg
     series = series or fromSpec
     status = checkRegularFile(path)
     if stat.S_ISDIR(status.st_mode):
-        chosen = selectDicomSeries(path, series)
+        chosen = found if found is not None else selectDicomSeries(path, series)
         image = readDicomSeries(chosen, volumeName(path if series is None else f"{path}::{series}"), resampleIrregular)
     else:
         if pathSuffix(path) not in VOLUME_SUFFIXES:
@@ -490,17 +492,18 @@ def resolveTablePath(base: str, value: str) -> str:
     return f"{path}::{series}" if series else path
 
 
-def readVolumeChannel(path: str, channel: int | None, resampleIrregular: bool = False) -> sitk.Image:
+def readVolumeChannel(path: str, channel: int | None, resampleIrregular: bool = False, found: DicomSeries | None = None) -> sitk.Image:
     """One channel of a multi-channel file (a 4D Decathlon image or a vector image), or a volume.
 
     Args:
         channel: index along the 4th axis or of the vector components; None reads a 3D volume.
+        found: see :func:`readVolume`.
 
     Raises:
         MedSegUNetError: as :func:`readVolume`, or a channel the file does not have.
     """
     if channel is None:
-        return readVolume(path, resampleIrregular=resampleIrregular)
+        return readVolume(path, resampleIrregular=resampleIrregular, found=found)
     checkRegularFile(path)
     image = _readImageFile(path)
     if image.GetNumberOfComponentsPerPixel() > 1:
