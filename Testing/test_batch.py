@@ -144,9 +144,13 @@ def test_dry_run_prints_the_table_and_changes_nothing(capsys, cohort, tmp_path):
 
 
 def test_cohort_on_local_workers(capsys, cohort, tmp_path):
+    import datetime
+
     out = tmp_path / "out"
     argv = ["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), "--device", "cpu"]
+    began = datetime.datetime.now(datetime.timezone.utc)
     code = cli.main(argv)
+    ended = datetime.datetime.now(datetime.timezone.utc)
     captured = capsys.readouterr()
     assert code == 1, captured.err
     errors = captured.err.strip().splitlines()
@@ -158,6 +162,8 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     assert rows["broken"]["status"] == "failed" and "Cannot read volume" in rows["broken"]["message"]
     assert {rows[c]["status"] for c in ("ProstateX-0000", "ProstateX-0001", "phantom")} == {"ok"}
     assert float(rows["ProstateX-0000"]["roi_size_i_mm"]) == pytest.approx(137 * 0.5)
+    # When each case ended, failed ones included: the run's audit trail and throughput.
+    assert all(began <= datetime.datetime.fromisoformat(row["finished"]) <= ended for row in rows.values())
 
     # Each case equals 'segment' on the same series.
     for case, (tra, sag, cor) in {
@@ -182,7 +188,7 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns == before
     with open(out / "summary.csv", newline="") as stream:
         rows = {row["case"]: row for row in csv.DictReader(stream)}
-    assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != ""
+    assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != "" and rows["phantom"]["finished"] == ""
     assert cli.main([*argv, "--force", "-q", "--threads", "1"]) == 1
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns != before
     np.testing.assert_array_equal(readLabels(out / "ProstateX-0000" / "ProstateX-0000.seg.nrrd"), readLabels(tmp_path / "ProstateX-0000.seg.nrrd"))

@@ -397,7 +397,7 @@ def failedRow(case: CaseSpec, error: BaseException, started: float) -> dict:
     else:
         message = f"internal error: {type(error).__name__}: {firstLine(error)}"
     return {"case": case.id, "status": "failed", "message": message, "seconds": round(time.perf_counter() - started, 3),
-            "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
+            "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes), "finished": finishedNow()}
 
 
 def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float) -> dict:
@@ -461,7 +461,16 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
     except Exception as error:  # one case's bug must not stop the cohort; the row says what it was
         return failedRow(case, error, started)
     row["seconds"] = round(time.perf_counter() - started, 3)
+    row["finished"] = finishedNow()
     return row
+
+
+def finishedNow() -> str:
+    """When a case ended (UTC, ISO 8601 to the millisecond): the summary's audit trail, and the
+    cohort's throughput (cases per second between the first and the last)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def qualityNotes(report: dict) -> str:
@@ -722,16 +731,16 @@ def sweepStaging(outputDir: str) -> None:
 
 
 def summaryCSV(rows: Sequence[dict], card: dict) -> str:
-    """One row per case: status, message, ROI size (mm), volume per label (cm³), QC flags, seconds, notes."""
+    """One row per case: status, message, ROI size (mm), volume per label (cm³), QC flags, seconds, attempts, finished (UTC), notes."""
     labels = [label["name"] for label in card["labels"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "status", "message", "roi_size_i_mm", "roi_size_j_mm", "roi_size_k_mm", *[f"volume_cm3 ({name})" for name in labels], "qc", "seconds", "attempts", "notes"])
+    writer.writerow(["case", "status", "message", "roi_size_i_mm", "roi_size_j_mm", "roi_size_k_mm", *[f"volume_cm3 ({name})" for name in labels], "qc", "seconds", "attempts", "finished", "notes"])
     for row in rows:
         size = row.get("roi_size_mm") or [None, None, None]
         volumes = row.get("volumes_cm3") or {}
         cells = [row["case"], row["status"], row.get("message", ""), *size, *[volumes.get(name) for name in labels], row.get("qc", ""),
-                 row.get("seconds"), row.get("attempts", ""), "; ".join(row.get("notes") or [])]
+                 row.get("seconds"), row.get("attempts", ""), row.get("finished", ""), "; ".join(row.get("notes") or [])]
         writer.writerow(["" if cell is None else (f"{cell:.6g}" if isinstance(cell, float) else cell) for cell in cells])
     return buffer.getvalue()
 

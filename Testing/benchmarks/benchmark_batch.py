@@ -6,12 +6,17 @@ limiting the ROI) with the 4.8 M-parameter MONAI UNet of ``benchmark_segment.py`
 
 1. A shell loop: one ``medsegunet segment`` process per case (imports, model load, reads each time).
 2. ``medsegunet batch`` with 1 and 2 local workers, and with ``--engine ray`` (local Ray).
-   Reported: wall time of the whole command, per-case seconds from ``summary.csv`` (network,
-   back-resampling, statistics and writes of that case; reading runs ahead on the prefetch
-   thread, statistics and writes behind on the writer thread), the marginal cost of a case (the
-   6-case run minus a 1-case run, over 5), and the peak RSS of the largest process (a worker).
+   Reported: wall time of the whole command; per case in the run (from the first case's end to
+   the last's in ``summary.csv``'s ``finished`` column, over the five cases between: start-up,
+   imports and the model load excluded); a case's own time (``seconds``: network,
+   back-resampling, statistics and writes; reading runs ahead on the prefetch thread, statistics
+   and writes behind on the writer thread); the peak RSS of the largest process (a worker).
 3. The bare network: ``sliding_window_inference`` + softmax + argmax on each case's prepared array
-   in one process, the model loaded once: the per-case floor.
+   in one process, the model loaded once (its first two, profiling, calls not timed): the per-case
+   floor. The 1-worker run and the bare network are measured in turn three times (medians), with
+   the network on every core (the default), and with ``--threads 1`` (bare:
+   ``torch.set_num_threads(1)``), the other core left to reading and writing as a GPU would leave
+   the CPU to them.
 4. Memory against input size: ``segment --no-roi`` on synthetic volumes of 512 × 512 × K voxels
    (K = 100, 200, 400) with a known-answer threshold model; peak RSS of the process.
 
@@ -59,11 +64,12 @@ def networkThreadSeconds(output: Path) -> list[float]:
     return seconds
 
 
-def bareSeconds(model: str, cohort: Path) -> list[float]:
+def bareSeconds(model: str, cohort: Path, threads: int) -> list[float]:
     """The network alone on each case's prepared array, model loaded once (the per-case floor)."""
     import torch
     from monai.inferers import sliding_window_inference
 
+    torch.set_num_threads(threads)
     from MedSegUNetLib import modelcard
     from MedSegUNetLib.batch import BatchOptions, casesFromSource, prepareCase
 
@@ -71,15 +77,26 @@ def bareSeconds(model: str, cohort: Path) -> list[float]:
     network = torch.jit.load(model, map_location="cpu").eval()
     options = BatchOptions(modelPath=model, modelSHA256="", outputDir=str(cohort))
     seconds = []
-    for case in casesFromSource(str(cohort), card):
+    cases = casesFromSource(str(cohort), card)
+    for index, case in enumerate([cases[0], cases[0], *cases]):  # TorchScript profiles its first two calls: not timed
         _, _, prepared = prepareCase(case, card, options)
         started = time.perf_counter()
         with torch.inference_mode():
             probabilities = sliding_window_inference(torch.from_numpy(prepared.array)[None], roi_size=tuple(card["patch_size"]), sw_batch_size=card["sw_batch_size"],
                                                      predictor=lambda x: torch.softmax(network(x), 1), overlap=card["overlap"], mode="gaussian")
         probabilities[0].argmax(0).to(torch.uint8).numpy()
-        seconds.append(time.perf_counter() - started)
+        if index >= 2:
+            seconds.append(time.perf_counter() - started)
     return seconds
+
+
+def steadySeconds(summary: Path) -> float:
+    """Per case once a run is going: from the first case's end to the last's, over the cases between."""
+    import datetime
+
+    with open(summary, newline="") as stream:
+        ends = sorted(datetime.datetime.fromisoformat(row["finished"]) for row in csv.DictReader(stream) if row["status"] == "ok")
+    return (ends[-1] - ends[0]).total_seconds() / (len(ends) - 1)
 
 
 def memoryScaling(folder: Path, environment: dict) -> list[dict]:
@@ -137,36 +154,41 @@ def main() -> int:
         results["shell_loop"] = loop
         print(f"shell loop of segment: {loop['wall_s']:.1f} s, peak RSS {loop['peak_rss_mb']:.0f} MB", flush=True)
 
-        engines = [("batch_1_worker", ["--workers", "1"]), ("batch_2_workers", ["--workers", "2"])]
+        # Per case in a run: the time between the first and the last case's end (summary.csv's
+        # "finished"), over the cases between them: start-up, imports and the model load excluded.
+        # The machine's load varies from second to second, so the 1-worker runs and the bare
+        # network are measured in turn three times and their medians compared. The network runs on
+        # every core (the default), then on one core with --threads 1, the other left to reading
+        # and writing, as a GPU leaves the CPU to them.
+        cores = os.cpu_count() or 1
+        engines = [("batch_1_worker", ["--workers", "1"], cores)]
+        if cores > 1:
+            engines.append(("batch_1_worker_1_thread", ["--workers", "1", "--threads", "1"], 1))
+        engines.append(("batch_2_workers", ["--workers", "2"], None))
         if not args.skip_ray:
-            engines.append(("batch_ray_2_actors", ["--engine", "ray", "--workers", "2"]))
-        for name, extra in engines:
-            out = folder / name
-            run = measure([*medsegunet(), "batch", "-q", "--device", "cpu", "--model", model, "--cases", str(cohort), "--output", str(out), *extra], environment)
-            seconds = perCaseSeconds(out / "summary.csv")
-            results[name] = {"wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "per_case_s": seconds, "per_case_mean_s": sum(seconds) / len(seconds)}
-            print(f"{name}: {run['wall_s']:.1f} s ({run['wall_s'] / loop['wall_s']:.2f}x the loop), per case {results[name]['per_case_mean_s']:.2f} s, "
-                  f"peak RSS of the largest process {run['peak_rss_mb']:.0f} MB", flush=True)
-
-        # The marginal cost of a case: the same command on one case, subtracted (start-up, imports
-        # and the model load are paid once per run).
-        single = folder / "single"
-        single.mkdir()
-        first = sorted(os.listdir(cohort))[0]
-        os.symlink(os.readlink(cohort / first), single / first)
-        one = measure([*medsegunet(), "batch", "-q", "--device", "cpu", "--model", model, "--cases", str(single), "--output", str(folder / "one"), "--workers", "1"], environment)
-        cases = len(os.listdir(cohort))
-        results["batch_1_worker"]["marginal_per_case_s"] = (results["batch_1_worker"]["wall_s"] - one["wall_s"]) / (cases - 1)
-        bare = bareSeconds(model, cohort)
-        results["bare_network_per_case_s"] = bare
-        mean = sum(bare) / len(bare)
-        marginal = results["batch_1_worker"]["marginal_per_case_s"]
-        network = networkThreadSeconds(folder / "batch_1_worker")
-        results["batch_1_worker"]["network_thread_per_case_s"] = network
-        print(f"batch (1 worker) network thread per case: {sum(network) / len(network):.2f} s ({sum(network) / len(network) / mean:.2f}x the bare network); "
-              "reading runs ahead and statistics and writes behind on other threads", flush=True)
-        print(f"bare network per case: {mean:.2f} s; batch (1 worker): {results['batch_1_worker']['per_case_mean_s'] / mean:.2f}x in a case's own time, "
-              f"{marginal:.2f} s per added case ({marginal / mean:.2f}x the bare network)", flush=True)
+            engines.append(("batch_ray_2_actors", ["--engine", "ray", "--workers", "2"], None))
+        bare: dict[int, list[float]] = {}
+        for name, extra, threads in engines:
+            runs = []
+            for repeat in range(3 if threads else 1):
+                out = folder / f"{name}-{repeat}"
+                run = measure([*medsegunet(), "batch", "-q", "--device", "cpu", "--model", model, "--cases", str(cohort), "--output", str(out), *extra], environment)
+                runs.append({**run, "steady_s": steadySeconds(out / "summary.csv"), "own_s": perCaseSeconds(out / "summary.csv"), "network_s": networkThreadSeconds(out)})
+                if threads:
+                    seconds = bareSeconds(model, cohort, threads)
+                    bare.setdefault(threads, []).append(sum(seconds) / len(seconds))
+            run = sorted(runs, key=lambda r: r["steady_s"])[len(runs) // 2]
+            results[name] = {"wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "per_case_s": run["own_s"], "per_case_mean_s": sum(run["own_s"]) / len(run["own_s"]),
+                             "steady_per_case_s": [r["steady_s"] for r in runs], "network_thread_per_case_s": run["network_s"]}
+            line = (f"{name}: {run['wall_s']:.1f} s ({run['wall_s'] / loop['wall_s']:.2f}x the loop), {run['steady_s']:.3f} s per case in the run, "
+                    f"a case's own time {results[name]['per_case_mean_s']:.3f} s, peak RSS of the largest process {run['peak_rss_mb']:.0f} MB")
+            if threads:
+                floor = sorted(bare[threads])[len(bare[threads]) // 2]
+                results[name].update(threads=threads, bare_network_means_s=bare[threads])
+                network = sum(run["network_s"]) / len(run["network_s"])
+                line += (f"; bare network on {threads} thread(s) {floor:.3f} s per case: per case in the run {run['steady_s'] / floor:.2f}x, "
+                         f"network thread {network / floor:.2f}x (runs {[round(r['steady_s'], 3) for r in runs]}, bare {[round(v, 3) for v in bare[threads]]})")
+            print(line, flush=True)
         if not args.skip_memory:
             results["memory_no_roi"] = memoryScaling(folder, environment)
     if args.json:
