@@ -624,8 +624,11 @@ def workerDevices(device: str, workers: int | None) -> list[str]:
     return ["cpu" if device == "auto" else device] * count
 
 
-# Cases handed to a worker at a time: the one the network runs and the one read ahead.
-CASES_IN_HAND = 2
+# Cases handed to a worker at a time: the one the network runs, the one read ahead, and the next,
+# already in the worker's queue when its network finishes a case: with two, the parent handed the
+# next case only after the previous case's files were written, the worker picked it up only after
+# its network ended, and that case was read while the network waited.
+CASES_IN_HAND = 3
 
 
 def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None]) -> None:
