@@ -20,6 +20,7 @@ retried once. The parent process never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -360,13 +361,16 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) -> dict:
+def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, networkLock=None) -> dict:
     """Segment one case and write its files: the job contract of every batch engine.
 
     Args:
         case: the case (its ``error`` makes it fail at once).
         loaded: the model, loaded once per worker.
         prepared: what :func:`prepareCase` returned, when a prefetch thread already read it.
+        networkLock: held around the network only, when several cases of one worker run at once
+            (a Ray actor's threads): one case is read and another written while a third uses the
+            network.
 
     Returns:
         the summary row: ``case``, ``status`` (ok / failed), ``message``, ``seconds``,
@@ -374,7 +378,9 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None) ->
     """
     started = time.perf_counter()
     try:
-        images, result = inferCase(case, loaded, options, prepared)
+        prepared = prepared if prepared is not None else prepareCase(case, loaded.card, options)
+        with networkLock if networkLock is not None else contextlib.nullcontext():
+            images, result = inferCase(case, loaded, options, prepared)
     except Exception as error:  # noqa: BLE001 - the row says what it was, as finishCase does
         return failedRow(case, error, started)
     return finishCase(case, images, result, loaded.card, options, started)

@@ -2,7 +2,9 @@
 
 Each actor loads the model once (one actor per GPU with ``num_gpus=1``; CPU actors otherwise)
 and runs :func:`batch.processCase`, the function the local workers run, so the files and the
-summary rows are the same. Without ``--ray-address`` a local Ray is started for the run; with it,
+summary rows are the same. As a local worker does, an actor holds three cases at a time, on
+threads (``max_concurrency``): one is read while another uses the network (a lock lets one case at
+a time use it) and a third is written, so a GPU does not wait for DICOM reads. Without ``--ray-address`` a local Ray is started for the run; with it,
 the run joins that cluster. Every node must see the input paths and write to the output folder
 (a shared file system), and must have MedSegUNet installed. An actor that dies (a node lost, out
 of memory) is replaced and its case is tried once more.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from typing import Callable, Sequence
 
 from .errors import MedSegUNetError, firstLine
@@ -38,12 +41,13 @@ class CaseActor:
 
         self.options = options
         self.loaded = loadModel(options.modelPath, device)
+        self.networkLock = threading.Lock()
         warmUp()
 
     def run(self, case) -> dict:
         from .batch import processCase
 
-        return processCase(case, self.loaded, self.options)
+        return processCase(case, self.loaded, self.options, networkLock=self.networkLock)
 
 
 def importRay():
@@ -76,7 +80,10 @@ def runRay(cases, todo: Sequence[int], options, address: str | None, workers: in
         if options.device == "cuda" and gpus == 0:
             raise MedSegUNetError("CUDA was asked for but the Ray cluster has no GPU: use --device cpu or auto.")
         count = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2))
-        actorClass = ray.remote(num_gpus=1, num_cpus=1)(CaseActor) if gpus else ray.remote(num_cpus=1)(CaseActor)
+        from .batch import CASES_IN_HAND
+
+        resources = {"num_cpus": 1, "max_concurrency": CASES_IN_HAND, **({"num_gpus": 1} if gpus else {})}
+        actorClass = ray.remote(**resources)(CaseActor)
         device = "cuda" if gpus else ("cpu" if options.device == "auto" else options.device)
         _dispatch(ray, actorClass, cases, list(todo), options, device, min(count, len(todo)), onRow)
     finally:
@@ -85,18 +92,24 @@ def runRay(cases, todo: Sequence[int], options, address: str | None, workers: in
 
 
 def _dispatch(ray, actorClass, cases, todo: list[int], options, device: str, count: int, onRow) -> None:
-    """One case in flight per actor; a dead actor is replaced and its case retried once."""
+    """Up to ``CASES_IN_HAND`` cases in flight per actor; a dead actor is replaced once and each of
+    its cases retried once."""
     from ray.exceptions import RayActorError, RayTaskError
 
+    from .batch import CASES_IN_HAND
+
     actors = [actorClass.remote(options, device) for _ in range(max(1, count))]
+    load = {id(actor): 0 for actor in actors}
+    replacements: dict[int, object] = {}
     attempts = {index: 0 for index in todo}
     waiting = list(todo)
     inFlight: dict = {}
 
     def submit(actor) -> None:
-        if waiting:
+        while waiting and load[id(actor)] < CASES_IN_HAND:
             index = waiting.pop(0)
             inFlight[actor.run.remote(cases[index])] = (index, actor)
+            load[id(actor)] += 1
 
     for actor in actors:
         submit(actor)
@@ -104,17 +117,22 @@ def _dispatch(ray, actorClass, cases, todo: list[int], options, device: str, cou
         ready, _ = ray.wait(list(inFlight), num_returns=1)
         reference = ready[0]
         index, actor = inFlight.pop(reference)
+        load[id(actor)] -= 1
         try:
             row = ray.get(reference)
         except RayActorError as error:
             attempts[index] += 1
-            actor = actorClass.remote(options, device)
+            if id(actor) not in replacements:  # its other cases fail too: one replacement for all
+                replacement = actorClass.remote(options, device)
+                replacements[id(actor)] = replacement
+                actors.append(replacement)
+                load[id(replacement)] = 0
             if attempts[index] > 1:
                 onRow(index, {"case": cases[index].id, "status": "failed", "message": f"the Ray actor died twice ({firstLine(error)[:120]})",
                               "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(cases[index].notes), "attempts": attempts[index]})
             else:
                 waiting.insert(0, index)
-            submit(actor)
+            submit(replacements[id(actor)])
             continue
         except RayTaskError as error:
             cause = getattr(error, "cause", None)
