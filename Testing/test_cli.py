@@ -163,6 +163,21 @@ def test_segment_no_roi_and_plain_labelmap(capsys, tmp_path, prostate_series, a_
     np.testing.assert_array_equal(labels, (sitk.GetArrayFromImage(readVolume(tra)) > T2_LEVEL).astype(np.uint8))
 
 
+def test_segment_log_has_one_line_per_stage(capsys, tmp_path, prostate_series, a_threshold_model):
+    """In a log (stdout not a terminal), each stage prints once, however many batches or classes."""
+    labels = [(1, "bright", (1.0, 1.0, 0.0)), (2, "brighter", (0.2, 0.4, 1.0))]
+    model = a_threshold_model((T2_LEVEL, 2 * T2_LEVEL), labels, inputs=("T2",), spacing=(1.0, 1.0, 3.0), patchSize=(32, 32, 8))
+    names = list(prostate_series)
+    code, out, err = runInProcess(capsys, "segment", prostate_series[names[0]], "--roi-from", *[prostate_series[n] for n in names[1:]],
+                                  "--model", model, "--output", tmp_path / "labels.nii.gz", "--device", "cpu")
+    assert code == 0, err
+    progress = [line for line in out.splitlines() if line.startswith("[")]
+    stages = [line.split("] ", 1)[1].split(":")[0] for line in progress]
+    assert len(stages) == len(set(stages)) and len(progress) <= 12, progress
+    assert sum("Resampling to the reference grid" in line for line in progress) == 1, progress  # not a line per class
+    assert sum("Inference" in line for line in progress) == 1, progress
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit ≠ 0, nothing written.
 

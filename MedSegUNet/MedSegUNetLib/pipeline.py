@@ -202,7 +202,7 @@ def probabilitiesToLabels(
     for index, value in enumerate(channelValues):
         if progress is not None:
             progress.checkCancel()
-            progress.within(index / len(channelValues), f"Resampling class {index + 1} of {len(channelValues)}")
+            progress.within(index / len(channelValues), f"Resampling to the reference grid: class {index + 1} of {len(channelValues)}")
         if sameGrid:
             channelArray = probabilities[index].transpose(2, 1, 0)
         else:
