@@ -614,7 +614,7 @@ def segPixels(path, files) -> np.ndarray:
 
 
 # [parameters (how the volume was loaded, transform), input (ProstateX-0000 segmented), expected (SEG = scene labels)]
-@pytest.mark.parametrize("loadedBy, transformed", [("files", False), ("database", True)])
+@pytest.mark.parametrize("loadedBy, transformed", [("files", False), ("archetype", False), ("database", True)])
 def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy, transformed):
     pytest.importorskip("highdicom")
     import pydicom
@@ -624,8 +624,10 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
 
     folder = requireSharedData("prostatex", "ProstateX-0000")
     files = list(findDicomSeries(folder / PROSTATE_SERIES[0])[0].files)
-    if loadedBy == "files":
+    if loadedBy in ("files", "archetype"):
         reference = loadDicomSeries(a_scene, folder / PROSTATE_SERIES[0], PROSTATE_SERIES[0])
+        if loadedBy == "archetype":  # one file named, as "Add data" leaves it: the series is its folder's
+            reference.GetStorageNode().ResetFileNameList()
         fileForInstance = None
     else:  # as the DICOM module leaves it: instance UIDs on the node, files in the database
         reference = addVolumeFromImage(a_scene, readVolume(folder / PROSTATE_SERIES[0]), PROSTATE_SERIES[0])
