@@ -415,3 +415,24 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     for row in rows:
         assert 5 < float(row["volume_cm3 (peripheral zone)"]) < 40 and 5 < float(row["volume_cm3 (transition zone)"]) < 40
     assert (out / "qc.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature here")
+def test_reading_and_writing_threads_yield_to_the_network():
+    """A worker's prefetch and writer threads run 10 nice levels lower; the network's thread keeps its priority."""
+    import threading
+
+    from MedSegUNetLib.batch import _yieldToTheNetwork
+
+    seen = {}
+
+    def lowered():
+        _yieldToTheNetwork()
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen["thread"] == min(before + 10, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
