@@ -177,7 +177,7 @@ def copyWeights(network, model, sample, source: str) -> list[str]:
             weights = [tensors.get(input) if input else None for input in node.input[1:]]
             if node.op_type == "Gemm" and weights[0] is not None and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
                 weights[0] = weights[0].T
-            if any(weight is None for weight in weights[:1]) or (kind in ("batchnorm",) and any(weight is None for weight in weights[:4])):
+            if weights[0] is None or (kind == "batchnorm" and any(weight is None for weight in weights[:4])):
                 raise MedSegUNetError(f"'{source}': the weights of ONNX node '{node.name or node.op_type}' are computed in the graph, not stored: export the network in eval mode.")
             # Folded when the network calls a batch norm next but the graph's next weighted node is none.
             fusedNorm = (
