@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime", reason="the import extra is not installed")
 NETWORK = {"_target_": "monai.networks.nets.SegResNetDS", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8, "blocks_down": [1, 2, 2]}}
 
 
-def exportONNX(path, args=NETWORK["args"], activate: bool = False, fold: bool = False):
+def exportONNX(path, args=NETWORK["args"], activate: bool = False, fold: bool = False, dynamo: bool = False):
     import torch
     from monai.networks.nets import SegResNetDS
 
@@ -30,6 +30,10 @@ def exportONNX(path, args=NETWORK["args"], activate: bool = False, fold: bool = 
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.1, 0.1)
     exported = torch.nn.Sequential(network, torch.nn.Softmax(dim=1)) if activate else network
+    if dynamo:  # torch's default exporter (torch.export, then onnxscript's optimiser)
+        torch.onnx.export(exported, (torch.randn(1, 1, 32, 32, 32),), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_shapes={"x": {2: "i", 3: "j", 4: "k"}})
+        return network
     torch.onnx.export(exported, torch.randn(1, 1, 32, 32, 32), str(path), dynamo=False, input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {2: "i", 3: "j", 4: "k"}, "output": {2: "i", 3: "j", 4: "k"}}, do_constant_folding=fold)
     return network
@@ -68,19 +72,22 @@ def test_onnx_import_matches_onnxruntime_and_says_where_it_came_from(capsys, tmp
 
 # [parameters (network and export), input (the ONNX graph), expected (folded norms restored)]
 @pytest.mark.parametrize(
-    "args, fold, folded",
+    "args, exporter, folded",
     [
-        (NETWORK["args"], True, 7),  # torch's default: renamed tensors, norms merged into the convolutions before them
-        ({**NETWORK["args"], "norm": "instance"}, True, 0),  # instance norms cannot fold; de-duplicated tensors
-        ({**NETWORK["args"], "norm": "instance"}, False, 0),
+        (NETWORK["args"], "torchscript-folded", 7),  # renamed tensors, norms merged into the convolutions before them
+        (NETWORK["args"], "dynamo", 7),  # torch.onnx.export's default: norms merged by onnxscript's optimiser
+        ({**NETWORK["args"], "norm": "instance"}, "torchscript-folded", 0),  # instance norms cannot fold; de-duplicated tensors
+        ({**NETWORK["args"], "norm": "instance"}, "torchscript", 0),
     ],
 )
-def test_onnx_import_of_constant_folded_and_instance_norm_graphs(capsys, tmp_path, args, fold, folded):
+def test_onnx_import_of_folded_dynamo_and_instance_norm_graphs(capsys, tmp_path, args, exporter, folded):
     import onnx
     import onnxruntime
     import torch
 
-    exportONNX(tmp_path / "model.onnx", args=args, fold=fold)
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (in the test extra)")
+    exportONNX(tmp_path / "model.onnx", args=args, fold=exporter == "torchscript-folded", dynamo=exporter == "dynamo")
     operators = [node.op_type for node in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     norms = 7 * 2 if "norm" not in args else 0
     assert operators.count("BatchNormalization") == norms - folded
@@ -241,7 +248,7 @@ def test_bundle_with_an_inexpressible_transform_is_refused(capsys, tmp_path):
 @pytest.mark.slow
 def test_a_trained_model_exported_with_torch_defaults_imports_and_segments_the_same(capsys, tmp_path, repo_root, prostate_series):
     """The zoo prostate model (MONAI UNet: PReLU, instance norms, residual units), exported to ONNX
-    with torch's defaults, imported back, gives the zoo model's labels on ProstateX-0000."""
+    with torch.onnx.export's defaults, imported back, gives the zoo model's labels on ProstateX-0000."""
     import SimpleITK as sitk
     import torch
 
@@ -252,8 +259,10 @@ def test_a_trained_model_exported_with_torch_defaults_imports_and_segments_the_s
     spec = card["training"]["network"]
     network = training.buildNetwork({**card, "network": spec}).eval()
     network.load_state_dict(torch.jit.load(str(zoo)).state_dict())
-    torch.onnx.export(network, torch.randn(1, 1, *card["patch_size"]), str(tmp_path / "zones.onnx"), dynamo=False, input_names=["input"],
-                      output_names=["output"], dynamic_axes={"input": {0: "n", 2: "i", 3: "j", 4: "k"}, "output": {0: "n", 2: "i", 3: "j", 4: "k"}})
+    pytest.importorskip("onnxscript", reason="torch.onnx.export's default (dynamo) exporter needs onnxscript (in the test extra)")
+    # torch.onnx.export's defaults (dynamo); the sliding window sends batches of 2 windows of the patch size.
+    torch.onnx.export(network, (torch.randn(2, 1, *card["patch_size"]),), str(tmp_path / "zones.onnx"), input_names=["input"], output_names=["output"],
+                      dynamic_shapes={"x": {0: "n", 2: "i", 3: "j", 4: "k"}})
     args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": spec["channels"], "strides": spec["strides"],
             "num_res_units": spec["num_res_units"], "norm": "INSTANCE", "dropout": spec["dropout"]}
     imported = {key: value for key, value in card.items() if key not in ("training", "validation")}

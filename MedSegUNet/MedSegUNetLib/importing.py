@@ -4,9 +4,10 @@ ONNX files are converted by copying their weights into the MONAI network the car
 (``"network": {"_target_": "monai.networks.nets.SegResNetDS", "args": {...}}``), rather than by
 converting the ONNX graph (onnx2torch needs a torchvision that does not import beside every torch).
 The graph's weighted layers (Conv, ConvTranspose, BatchNormalization, InstanceNormalization, PRelu,
-Gemm) are paired with the network's in execution order, not by name, so exports with constant
-folding (torch's default: renamed tensors, batch norms merged into the convolutions before them)
-import as well as unfolded ones (:func:`copyWeights`). Every import is verified before it
+Gemm) are paired with the network's in execution order, not by name, so graphs from either of
+torch's exporters import: the default (dynamo, optimised by onnxscript) and the TorchScript one,
+with or without constant folding (renamed tensors, batch norms merged into the convolutions
+before them) (:func:`copyWeights`). Every import is verified before it
 is written: the TorchScript model and onnxruntime must give the same outputs on a random patch,
 within a tolerance relative to the output's range; a graph that activates its output (Softmax or
 Sigmoid at the end), weights that do not fit the card's network, or any difference is refused in

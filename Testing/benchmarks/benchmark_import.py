@@ -1,8 +1,8 @@
 """Benchmark: an imported ONNX model through ``medsegunet segment`` against its source runtime.
 
 Not a test: run it by hand (figures in ``README.md`` beside it). A MONAI SegResNetDS (untrained,
-weights fixed by a seed) is exported to ONNX with torch's defaults (constant folding, as published
-models are) and imported with
+weights fixed by a seed) is exported to ONNX with ``torch.onnx.export``'s defaults (the dynamo
+exporter; its optimiser folds the batch norms into the convolutions) and imported with
 ``medsegunet import``. On ProstateX-0000's axial T2:
 
 1. ``segment`` on the whole volume (``--no-roi``), on the three-series ROI, and on the ROI with 10 mm
@@ -68,8 +68,8 @@ def main() -> int:
         folder = Path(temporary)
         torch.manual_seed(0)
         network = SegResNetDS(spatial_dims=3, in_channels=1, out_channels=2, init_filters=16, blocks_down=(1, 2, 2, 4)).eval()
-        torch.onnx.export(network, torch.randn(1, 1, 64, 64, 16), str(folder / "model.onnx"), dynamo=False, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "n", 2: "i", 3: "j", 4: "k"}, "output": {0: "n", 2: "i", 3: "j", 4: "k"}})
+        torch.onnx.export(network, (torch.randn(2, 1, 64, 64, 16),), str(folder / "model.onnx"), input_names=["input"], output_names=["output"],
+                          dynamic_shapes={"x": {0: "n", 2: "i", 3: "j", 4: "k"}})
         card = {"schema": "medsegunet.model/2", "name": "Imported SegResNetDS (benchmark)", "spatial_dims": 3, "inputs": [{"name": "T2"}],
                 "labels": [{"value": 1, "name": "foreground", "color": [0.9, 0.5, 0.2]}], "output": "softmax",
                 "normalization": {"type": "zscore", "nonzero": True}, "patch_size": [64, 64, 16], "overlap": 0.25, "sw_batch_size": 2, "blend": "logits",
