@@ -417,6 +417,22 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     assert (out / "qc.png").stat().st_size > 10_000
 
 
+# [parameters (losses so far), input (a dead worker's cases: held, begun), expected (handed out again, charged an attempt)]
+@pytest.mark.parametrize(
+    "freeLosses, lost, begun, again, charged",
+    [
+        ({}, {4, 5, 6}, {4, 5}, [6], [4, 5]),  # the queued case cannot have killed the worker
+        ({}, {4, 5, 6}, set(), [4, 5, 6], []),  # killed before it began anything
+        ({6: 2}, {6}, set(), [], [6]),  # lost unbegun a third time: counted, so the run ends
+        ({}, set(), {4}, [], []),  # a begun case already finished elsewhere is not lost
+    ],
+)
+def test_a_dead_workers_cases(freeLosses, lost, begun, again, charged):
+    from MedSegUNetLib.batch import lostCases
+
+    assert lostCases(lost, begun, dict(freeLosses)) == (again, charged)
+
+
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature here")
 def test_reading_and_writing_threads_yield_to_the_network():
     """A worker's prefetch and writer threads run 10 nice levels lower; the network's thread keeps its priority."""

@@ -551,6 +551,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                 index = tasks.get()
                 if index is None:
                     break
+                results.put(("begun", workerId, index))
                 pending.append((index, pool.submit(prepare, index)))
             if len(pending) < 2 and not stopping:
                 try:
@@ -560,6 +561,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                 if following is None:
                     stopping = True
                 elif following >= 0:
+                    results.put(("begun", workerId, following))
                     pending.append((following, pool.submit(prepare, following)))
             index, future = pending.pop(0)
             try:
@@ -650,11 +652,42 @@ def workerDevices(device: str, workers: int | None) -> list[str]:
 CASES_IN_HAND = 3
 
 
+# A case lost this many times with a dead worker without having begun (its "begun" message may
+# not have left a worker killed at once) is then counted as an attempt, so a run always ends.
+FREE_LOSSES = 2
+
+
+def lostCases(lost: set[int], begun: set[int], freeLosses: dict[int, int]) -> tuple[list[int], list[int]]:
+    """Of a dead worker's unfinished cases, those to hand out again as they were and those that
+    count an attempt.
+
+    Args:
+        lost: the cases the worker held and had not finished.
+        begun: the cases it said it had begun (read or segmented).
+        freeLosses: per case, how often it was lost without having begun (updated).
+
+    Returns:
+        (cases to hand out again without an attempt: still waiting in the worker's queue, they
+        cannot have killed it; cases that count an attempt), each sorted.
+    """
+    again, suspects = [], []
+    for index in sorted(lost):
+        if index not in begun:
+            freeLosses[index] = freeLosses.get(index, 0) + 1
+            if freeLosses[index] <= FREE_LOSSES:
+                again.append(index)
+                continue
+        suspects.append(index)
+    return again, suspects
+
+
 def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None]) -> None:
     """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends.
 
     Each worker has its own task queue and the parent hands it cases, so the parent always knows
-    which cases a worker holds: a dead worker is replaced and those cases are tried once more.
+    which cases a worker holds, and the worker says when it begins one: a dead worker is replaced,
+    the cases it had begun (read or segmented) are tried once more, and those still waiting in its
+    queue are handed out again without counting an attempt (they cannot have killed it).
     """
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -663,6 +696,8 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
     remaining = set(todo)
     workers: dict[int, tuple] = {}  # id → (process, device, task queue)
     held: dict[int, set[int]] = {}
+    begun: dict[int, set[int]] = {}
+    freeLosses: dict[int, int] = {}
     nextId = 0
 
     def start(device: str) -> None:
@@ -671,7 +706,7 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
         process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, results), daemon=True)
         process.start()
         workers[nextId] = (process, device, tasks)
-        held[nextId] = set()
+        held[nextId], begun[nextId] = set(), set()
         nextId += 1
 
     def handOut() -> None:
@@ -692,9 +727,12 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
                 message = None
             if message is not None:
                 kind, workerId = message[0], message[1]
-                if kind == "done":
+                if kind == "begun":
+                    begun.get(workerId, set()).add(message[2])
+                elif kind == "done":
                     index, row = message[2], message[3]
                     held.get(workerId, set()).discard(index)
+                    begun.get(workerId, set()).discard(index)
                     if index in remaining:
                         remaining.discard(index)
                         row["attempts"] = attempts[index] + 1
@@ -706,12 +744,14 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
             for workerId, (process, device, tasks) in list(workers.items()):
                 if process.is_alive():
                     continue
-                lost = held.pop(workerId) & remaining
+                again, suspects = lostCases(held.pop(workerId) & remaining, begun.pop(workerId), freeLosses)
                 del workers[workerId]
                 tasks.cancel_join_thread()
                 tasks.close()
                 why = _deathMessage(process.exitcode)
-                for index in sorted(lost):
+                for index in reversed(again):
+                    pending.insert(0, index)
+                for index in suspects:
                     attempts[index] += 1
                     if attempts[index] > 1:
                         remaining.discard(index)
