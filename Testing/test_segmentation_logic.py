@@ -188,7 +188,7 @@ def test_prostatex_roi_labels_table_and_roi_node(a_scene, tmp_path, threshold, e
     assert tableColumn(table, "Number of voxels [voxels]") == [float(expected.sum())]
     assert tableColumn(table, "Mean (T2)")[0] == pytest.approx(float(voxels[expected].mean()), rel=1e-6)
     assert tableColumn(table, "Volume [mm3]")[0] == pytest.approx(float(expected.sum()) * 0.5 * 0.5 * 3.0, rel=1e-4)
-    assert selftest.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
+    assert geometry.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
     # The ROI box is oriented with the (18°-tilted) reference, not with the world axes.
     referenceAxes = worldIJKToRAS(nodes[0])[:3, :3]
     roiAxes = slicer.util.arrayFromVTKMatrix(result.roiNode.GetObjectToWorldMatrix())[:3, :3]
@@ -234,7 +234,7 @@ def test_volume_under_rotated_transform_matches_hardened_equivalent(phantom_data
     assert labels.any()
     np.testing.assert_array_equal(labels, expectedLabels)
     np.testing.assert_allclose(selftest.roiNodeCornersRAS(result.roiNode), selftest.roiNodeCornersRAS(expected.roiNode), atol=1e-6)
-    assert selftest.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
+    assert geometry.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
     # Outputs follow the reference's transform; the user's volume was not hardened.
     assert result.segmentationNode.GetTransformNodeID() == transform.GetID()
     assert result.roiNode.GetTransformNodeID() == transform.GetID()
@@ -313,7 +313,7 @@ def test_markups_roi_limits_the_roi(a_scene, phantom_data):
     outside = np.ones(labels.shape, dtype=bool)
     outside[tuple(slice(int(low[d]), int(high[d]) + 1) for d in (2, 1, 0))] = False
     assert labels[~outside].any() and not labels[outside].any()
-    assert selftest.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
+    assert geometry.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
 
 
 def test_reference_segmentation_gives_overlap_table(a_scene, phantom_data):
@@ -497,7 +497,7 @@ def test_left_handed_reference_gives_a_proper_roi_box(a_scene, tmp_path):
     result = SegmentationLogic(a_scene).process([referenceNode], modelPath, roiVolumes=[otherNode], device="cpu")
     assert np.linalg.det(worldIJKToRAS(referenceNode)[:3, :3]) < 0
     assert (result.roi.ijkMin > 0).any() or (result.roi.ijkMax < np.array(painted.GetSize()) - 1).any()
-    assert selftest.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
+    assert geometry.sameCorners(selftest.roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS())
     labels = selftest.segmentationLabelArray(a_scene, result.segmentationNode, referenceNode)
     expected = np.zeros(labels.shape, dtype=bool)
     box = tuple(slice(int(result.roi.ijkMin[d]), int(result.roi.ijkMax[d]) + 1) for d in (2, 1, 0))

@@ -1032,16 +1032,14 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
 
 
 def sameVoxelLattice(image: sitk.Image, ijkToRAS: np.ndarray, dimensions: Sequence[int], tolerance: float = 0.01) -> bool:
-    """Whether a volume node's voxels (IJK→RAS, dimensions IJK) are the image's (LPS), up to
-    the order of the axes' directions (Slicer reverses the slices of a left-handed series)."""
+    """Whether a volume node's voxels (IJK→RAS, dimensions IJK) are the image's (LPS): the same
+    size and the same box, up to the order of the axes' directions (Slicer reverses the slices of
+    a left-handed series)."""
     if tuple(int(d) for d in dimensions) != tuple(image.GetSize()):
         return False
-    ijkToLPS = geometry.ijkToLPSFromImage(image)
-    corners = np.array([[i, j, k, 1.0] for i in (0, dimensions[0] - 1) for j in (0, dimensions[1] - 1) for k in (0, dimensions[2] - 1)])
-    ours = (geometry.LPS_TO_RAS @ ijkToLPS @ corners.T).T[:, :3]
-    theirs = (np.asarray(ijkToRAS) @ corners.T).T[:, :3]
-    distances = np.linalg.norm(ours[:, None, :] - theirs[None, :, :], axis=2)
-    return bool(distances.min(axis=0).max() <= tolerance and distances.min(axis=1).max() <= tolerance)
+    ours = geometry.fullROI(geometry.VolumeGeometry.fromImage(image)).cornersRAS()
+    theirs = geometry.fullROI(geometry.VolumeGeometry.fromIJKToRAS(ijkToRAS, dimensions)).cornersRAS()
+    return geometry.sameCorners(ours, theirs, tolerance)
 
 
 def seriesCandidates(volumeNodes: Sequence) -> list:

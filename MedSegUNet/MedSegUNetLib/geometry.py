@@ -212,6 +212,12 @@ class RegionOfInterest:
         }
 
 
+def sameCorners(a: np.ndarray, b: np.ndarray, tolerance: float = 1e-3) -> bool:
+    """Whether two sets of 8 points (mm) are equal up to order (a flipped box axis reorders corners)."""
+    distances = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
+    return bool(np.all(distances.min(axis=1) < tolerance) and np.all(distances.min(axis=0) < tolerance))
+
+
 def computeROI(reference: VolumeGeometry, others: Sequence[VolumeGeometry] = (), marginMM: float = 0.0) -> RegionOfInterest:
     """The reference voxels whose centres lie inside every volume's extent.
 

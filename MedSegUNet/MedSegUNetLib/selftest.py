@@ -117,12 +117,6 @@ def roiNodeCornersRAS(roiNode) -> np.ndarray:
     return center + (signs * radius) @ axes.T
 
 
-def sameCorners(a: np.ndarray, b: np.ndarray, tolerance: float = 1e-3) -> bool:
-    """Whether two sets of 8 points are equal up to order (a flipped box axis reorders corners)."""
-    distances = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=-1)
-    return bool(np.all(distances.min(axis=1) < tolerance) and np.all(distances.min(axis=0) < tolerance))
-
-
 def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str], None] = print, device: str = "cpu") -> dict:
     """Segment the phantoms through :class:`SegmentationLogic` and check the known answer.
 
@@ -159,7 +153,7 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
         np.array_equal(result.roi.ijkMin, low) and np.array_equal(result.roi.ijkMax, high),
         f"ROI {result.roi.ijkMin}..{result.roi.ijkMax} differs from brute force {low}..{high}",
     )
-    _check(sameCorners(roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS()), "ROI node corners differ from the ROI's corners")
+    _check(geometry.sameCorners(roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS()), "ROI node corners differ from the ROI's corners")
 
     log("Checking segments and voxel counts")
     segmentation = result.segmentationNode.GetSegmentation()
