@@ -200,3 +200,19 @@ def test_version_1_cards_are_read_and_version_2_fields_need_version_2():
     for bad, field in ((dict(blend="mean"), "blend"), (dict(tta="rotations"), "tta"), (dict(postprocessing={"fill_holes": "yes"}), "postprocessing/fill_holes")):
         with pytest.raises(MedSegUNetError, match=f"field '{field}'"):
             modelcard.validateCard(card(schema="medsegunet.model/2", **bad))
+
+
+# [parameters (a label's terminology), input (Slicer's TerminologyEntry tag made from it), expected (the codes read back)]
+@pytest.mark.parametrize(
+    "terminology",
+    [
+        {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]},
+        {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "279706003", "Peripheral zone of prostate"],
+         "type_modifier": ["SCT", "7771000", "Left"], "anatomic_region": ["SCT", "41216001", "Prostate"], "anatomic_region_modifier": ["SCT", "24028007", "Right"]},
+    ],
+)
+def test_terminology_entry_reads_back(terminology):
+    from MedSegUNetLib.modelcard import terminologyEntry, terminologyFromEntry
+
+    assert terminologyFromEntry(terminologyEntry({"terminology": terminology})) == terminology
+    assert terminologyFromEntry(None) is None and terminologyFromEntry("context~^^~^^~^^~anatomic~^^~^^") is None

@@ -179,8 +179,10 @@ def terminologyFromEntry(entry: str | None) -> dict | None:
     fields = (entry or "").split("~")
     if len(fields) < 3:
         return None
+    # The tag's order: context, three type codes, anatomic context, two region codes.
+    cardKeys = [cardKey for cardKey, _ in _TERMINOLOGY_KEYS]
     terminology = {}
-    for key, field in zip(("category", "type", "type_modifier", None, "anatomic_region", "anatomic_region_modifier"), fields[1:]):
+    for key, field in zip([*cardKeys[:3], None, *cardKeys[3:]], fields[1:]):
         code = field.split("^")
         if key is not None and len(code) == 3 and code[0] and code[1]:
             terminology[key] = code
