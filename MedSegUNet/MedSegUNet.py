@@ -233,7 +233,8 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic):
         return self.segmentationLogic.process(inputVolumes, modelPath, roiVolumes=roiVolumes, **kwargs)
 
     def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str) -> str:
-        """See ``SegmentationLogic.exportDicomSegmentation``: the files come from Slicer's DICOM database."""
+        """See ``SegmentationLogic.exportDicomSegmentation`` (``referenceVolumeNode`` None: the one the
+        segmentation was made on); the files come from Slicer's DICOM database."""
         database = getattr(slicer, "dicomDatabase", None)
         fileForInstance = database.fileForInstance if database is not None and database.isOpen else None
         return self.segmentationLogic.exportDicomSegmentation(segmentationNode, referenceVolumeNode, path, fileForInstance=fileForInstance)

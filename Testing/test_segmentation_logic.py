@@ -648,7 +648,9 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
         for node in (reference, result.segmentationNode):
             node.SetAndObserveTransformNodeID(transform.GetID())
 
-    path = logic.exportDicomSegmentation(result.segmentationNode, reference, str(tmp_path / "prostate-seg.dcm"), fileForInstance=fileForInstance)
+    # None: the volume the segmentation records it was made on (what the module's button exports against).
+    given = None if loadedBy == "archetype" else reference
+    path = logic.exportDicomSegmentation(result.segmentationNode, given, str(tmp_path / "prostate-seg.dcm"), fileForInstance=fileForInstance)
 
     segmentation, pixels = segPixels(path, files)
     assert [item.SegmentLabel for item in segmentation.SegmentSequence] == ["bright", "brighter"]
@@ -662,7 +664,8 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
 
 
 # [parameters (what is wrong), input (a segmented scene), expected (words of the one line)]
-@pytest.mark.parametrize("fault, expected", [("not-dicom", "was not loaded from DICOM"), ("moved", "no longer has the geometry"), ("missing-file", "not in the DICOM database")])
+@pytest.mark.parametrize("fault, expected", [("not-dicom", "was not loaded from DICOM"), ("moved", "no longer has the geometry"), ("missing-file", "not in the DICOM database"),
+                                             ("no-reference", "does not record the volume it was made on")])
 def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data, fault, expected):
     pytest.importorskip("highdicom")
     from MedSegUNetLib.SegmentationLogic import DICOM_INSTANCE_UIDS_ATTRIBUTE
@@ -681,6 +684,9 @@ def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data
         if fault == "moved":
             origin = list(reference.GetOrigin())
             reference.SetOrigin(origin[0] + 5.0, origin[1], origin[2])
+        elif fault == "no-reference":
+            segmentationNode.RemoveAttribute("MedSegUNet.ReferenceVolumeID")
+            reference = None
         else:
             reference.SetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE, "1.2.3 4.5.6")
             fileForInstance = {}.get

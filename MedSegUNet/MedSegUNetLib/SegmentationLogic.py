@@ -930,6 +930,9 @@ class SegmentationLogic:
         frame k references source image k. Written to a temporary name, read back, then renamed.
 
         Args:
+            referenceVolumeNode: the volume the segmentation was made on; None takes the one its
+                ``MedSegUNet.ReferenceVolumeID`` attribute records (so a selector changed after
+                segmenting cannot make the SEG reference another series).
             fileForInstance: a SOP Instance UID's file (``slicer.dicomDatabase.fileForInstance``),
                 for a volume loaded by the DICOM module; without it, the volume's storage node files.
 
@@ -943,6 +946,11 @@ class SegmentationLogic:
         from . import dicomseg, volumes
 
         self._checkNode(segmentationNode, "vtkMRMLSegmentationNode", "Segmentation")
+        if referenceVolumeNode is None:
+            recorded = segmentationNode.GetAttribute(REFERENCE_ATTRIBUTE)
+            referenceVolumeNode = self.scene.GetNodeByID(recorded) if recorded else None
+            if referenceVolumeNode is None:
+                raise MedSegUNetError(f"Segmentation '{segmentationNode.GetName()}' does not record the volume it was made on: give the reference volume.")
         self._checkNode(referenceVolumeNode, "vtkMRMLScalarVolumeNode", "Reference volume")
         name = referenceVolumeNode.GetName()
         series = volumes.dicomSeriesFromFiles(dicomFilesOfVolume(referenceVolumeNode, fileForInstance), name)

@@ -456,9 +456,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     def onExportDicomSeg(self) -> None:
         parameters = self._parameterNode
         segmentationNode = parameters.outputSegmentation if parameters else None
-        inputs = self.inputVolumes()
-        if segmentationNode is None or not inputs or inputs[0] is None:
-            slicer.util.warningDisplay(_("Segment first: the output segmentation and the reference input volume are exported."))
+        if segmentationNode is None:
+            slicer.util.warningDisplay(_("Segment first: the output segmentation is exported, against the volume it was made on."))
             return
         path = qt.QFileDialog.getSaveFileName(
             slicer.util.mainWindow(), _("Export DICOM SEG"), f"{segmentationNode.GetName()}.dcm", _("DICOM Segmentation (*.dcm)")
@@ -468,5 +467,6 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
-            self.logic.exportDicomSegmentation(segmentationNode, inputs[0], path)
+            # The volume the segmentation records, not the selector's current one.
+            self.logic.exportDicomSegmentation(segmentationNode, None, path)
             self.ui.statusLabel.text = _("DICOM SEG written: {path}").format(path=path)
