@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import MedSegUNetError
-from .volumes import DicomSeries
+from .volumes import DicomSeries, readHeader
 
 PLANE_WORDS = {
     "tra": ("tra", "ax", "axi", "axial", "transverse", "transversal"),
@@ -187,10 +186,8 @@ def matchSeries(card: dict, candidates: Sequence[SeriesCandidate], case: str = "
 
 
 def _fileDirection(path: str) -> tuple[float, ...] | None:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
     try:
-        reader.ReadImageInformation()
+        reader = readHeader(path)
     except RuntimeError:
         return None
     return reader.GetDirection() if reader.GetDimension() == 3 else None

@@ -211,17 +211,30 @@ def findDicomSeries(folder: str | os.PathLike) -> list[DicomSeries]:
     return found
 
 
+def readHeader(path: str) -> sitk.ImageFileReader:
+    """A file's header read without its pixels: geometry, and public tags for :func:`headerTag`.
+
+    Raises:
+        RuntimeError: ITK cannot read the file.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    reader.ReadImageInformation()
+    return reader
+
+
+def headerTag(reader: sitk.ImageFileReader, tag: str) -> str:
+    """A DICOM tag (``"0008|103e"``) of a header read by :func:`readHeader`, stripped; "" when absent."""
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+
+
 def _seriesInFolder(directory: str) -> list[DicomSeries]:
     """The DICOM series directly inside one folder."""
     found = []
     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory) or ():
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid))
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
-        reader.LoadPrivateTagsOff()
-        reader.ReadImageInformation()
-        description = reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
-        found.append(DicomSeries(uid=uid, description=description, files=files))
+        found.append(DicomSeries(uid=uid, description=headerTag(readHeader(files[0]), "0008|103e"), files=files))
     return found
 
 
@@ -266,16 +279,12 @@ def dicomSeriesFromFiles(files: Sequence[str], name: str) -> DicomSeries:
         raise MedSegUNetError(f"The DICOM files of '{name}' are not on disk{f' (first missing: {missing[0]})' if missing else ''}: reload the series from the DICOM database.")
     uids, positions, description = set(), [], ""
     for path in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(path)
-        reader.LoadPrivateTagsOff()
         try:
-            reader.ReadImageInformation()
+            reader = readHeader(path)
         except RuntimeError:
             raise MedSegUNetError(f"'{path}' of '{name}' is not a readable DICOM file: reload the series from the DICOM database.") from None
-        uids.add(reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else "")
-        if not description and reader.HasMetaDataKey("0008|103e"):
-            description = reader.GetMetaData("0008|103e").strip()
+        uids.add(headerTag(reader, "0020|000e"))
+        description = description or headerTag(reader, "0008|103e")
         direction = np.array(reader.GetDirection(), dtype=float).reshape(3, 3)
         positions.append(float(np.dot(np.array(reader.GetOrigin(), dtype=float), direction[:, 2])))
     if len(uids) != 1:
