@@ -43,6 +43,8 @@ MODEL_NAME_ATTRIBUTE = "MedSegUNet.ModelName"
 MODEL_VERSION_ATTRIBUTE = "MedSegUNet.ModelVersion"
 # Slicer's DICOM loader: the SOP Instance UIDs of a loaded volume's slices, in K order.
 DICOM_INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+# How DICOM files are named on disk (often with no suffix at all).
+DICOM_FILE_SUFFIXES = ("", ".dcm", ".ima")
 # An orthonormality tolerance for directions built from world matrices: DICOM geometry carries
 # rounding around 1e-6, while a real shear is orders of magnitude larger.
 SHEAR_TOLERANCE = 1e-4
@@ -1027,12 +1029,13 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
     files = [storage.GetNthFileName(index) for index in range(storage.GetNumberOfFileNames())] if storage is not None else []
     if storage is not None and storage.GetFileName() and storage.GetFileName() not in files:
         files.insert(0, storage.GetFileName())
-    if len(files) == 1 and os.path.isfile(files[0]) and volumes.pathSuffix(files[0]) in ("", ".dcm", ".ima"):
+    dicomNamed = all(volumes.pathSuffix(path) in DICOM_FILE_SUFFIXES for path in files)
+    if len(files) == 1 and dicomNamed and os.path.isfile(files[0]):
         archetype = os.path.realpath(files[0])
         for candidate in volumes.findDicomSeries(os.path.dirname(archetype)):
             if archetype in {os.path.realpath(path) for path in candidate.files}:
                 return list(candidate.files)
-    if len(files) > 1 and all(volumes.pathSuffix(path) in ("", ".dcm", ".ima") for path in files):
+    if len(files) > 1 and dicomNamed:
         return files
     raise MedSegUNetError(
         f"'{name}' was not loaded from DICOM: a DICOM SEG references the images it was made on; load the series with the DICOM module, or save a .seg.nrrd."
