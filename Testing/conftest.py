@@ -37,6 +37,15 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+def smallObliquePhantom():
+    """The bad-input cases' good volume: 20 × 18 × 8 voxels of 1 × 1 × 2 mm tilted 18° about I, a
+    bright sphere of 6 mm radius at the origin (LPS)."""
+    from MedSegUNetLib import phantoms
+
+    grid = phantoms.makeGrid((20, 18, 8), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 0, 0), 18), (0, 0, 0))
+    return phantoms.paintSpheres(grid, [((0, 0, 0), 6.0, 1.0)])
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return requireSharedData()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROSTATEX_0000_ROI, requireSharedData
+from conftest import PROSTATEX_0000_ROI, requireSharedData, smallObliquePhantom
 from MedSegUNetLib import cli, geometry, phantoms
 from MedSegUNetLib.volumes import readVolume
 
@@ -187,8 +187,7 @@ def small_inputs(tmp_path, a_threshold_model):
     """Synthetic inputs, models and an empty output folder for the bad-input cases."""
     folder = tmp_path / "inputs"
     folder.mkdir()
-    grid = phantoms.makeGrid((20, 18, 8), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 0, 0), 18), (0, 0, 0))
-    image = phantoms.paintSpheres(grid, [((0, 0, 0), 6.0, 1.0)])
+    image = smallObliquePhantom()
     paths = {"good": folder / "t2.nrrd", "far": folder / "far.nrrd", "nan": folder / "nan.nrrd", "four": folder / "four.nii.gz",
              "vector": folder / "rgb.nrrd", "corrupt": folder / "corrupt.nrrd", "slab": folder / "slab.nrrd"}
     sitk.WriteImage(image, str(paths["good"]))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import requireSharedData
+from conftest import requireSharedData, smallObliquePhantom
 from MedSegUNetLib import cli, phantoms
 from MedSegUNetLib.modelcard import saveModel
 
@@ -116,8 +116,7 @@ def fault_inputs(tmp_path, fault_models):
     """Inputs (checksummed by the cases) and an empty output folder."""
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    grid = phantoms.makeGrid((20, 18, 8), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 0, 0), 18), (0, 0, 0))
-    image = phantoms.paintSpheres(grid, [((0, 0, 0), 6.0, 1.0)])
+    image = smallObliquePhantom()
     paths = {"good": inputs / "t2.nrrd", "goodNii": inputs / "t2.nii.gz", "far": inputs / "far.nrrd", "labels": inputs / "labels.nrrd"}
     sitk.WriteImage(image, str(paths["good"]))
     sitk.WriteImage(image, str(paths["goodNii"]))
