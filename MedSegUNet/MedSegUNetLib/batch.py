@@ -381,17 +381,17 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, ne
     try:
         prepared = prepared if prepared is not None else prepareCase(case, loaded.card, options)
         with networkLock if networkLock is not None else contextlib.nullcontext():
-            images, result = inferCase(case, loaded, options, prepared)
+            images, result = inferCase(prepared, loaded)
     except Exception as error:  # noqa: BLE001 - the row says what it was, as finishCase does
         return failedRow(case, error, started)
     return finishCase(case, images, result, loaded.card, options, started)
 
 
-def inferCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None):
-    """The network's part of a case: (input images, :class:`pipeline.SegmentationResult`)."""
+def inferCase(prepared, loaded):
+    """The network's part of a case :func:`prepareCase` prepared: (input images, :class:`pipeline.SegmentationResult`)."""
     from . import pipeline
 
-    images, _, preparedInputs = prepared if prepared is not None else prepareCase(case, loaded.card, options)
+    images, _, preparedInputs = prepared
     return images, pipeline.segmentPrepared(preparedInputs, loaded)
 
 
@@ -571,7 +571,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
                 continue
             started = time.perf_counter()
             try:
-                images, result = inferCase(cases[index], loaded, options, prepared)
+                images, result = inferCase(prepared, loaded)
             except Exception as error:  # noqa: BLE001 - the row says what it was
                 results.put(("done", workerId, index, failedRow(cases[index], error, started)))
                 continue
