@@ -600,7 +600,15 @@ def _finishAndReport(workerId: int, index: int, case: CaseSpec, images, result, 
 
 
 def warmUp() -> None:
-    """Import what every case's outputs need once per worker, not during the first case."""
+    """Set a worker process up once: what every case's outputs need is imported now, not during
+    the first case, and ITK's warnings are off.
+
+    A worker reads on a thread, where :func:`volumes.nativeMessages` cannot capture what ITK prints
+    on the shared stderr, so its warnings (e.g. "Non uniform sampling" for a series with a missing
+    slice) would land between the run's one-line messages; the checks they duplicate fail the case
+    with their own line, and errors still raise.
+    """
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     import monai.transforms  # noqa: F401 (normalisation)
     import slicerio  # noqa: F401 (the segmentation file)
     import matplotlib
