@@ -337,6 +337,29 @@ def test_a_series_with_a_missing_slice_fails_its_case_in_one_line(cohort, tmp_pa
     assert "case gap failed" in lines[0] and "a gap of" in lines[0] and lines[1].startswith("medsegunet: 1 of 2 cases failed")
 
 
+def test_an_interrupt_while_the_summary_is_written_says_the_cases_are_kept(capsys, cohort, tmp_path, monkeypatch):
+    """Ctrl-C after the last case but before summary.csv: the finished case folders are whole on
+    disk, and the one line says so (not "nothing was written")."""
+    import signal
+
+    from MedSegUNetLib import batch
+    from MedSegUNetLib.errors import Interrupted
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
+
+    def interrupted(*args, **kwargs):  # the signal handler raises this where the signal lands
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(batch, "writeCohortFiles", interrupted)
+    out = tmp_path / "out"
+    assert cli.main(["batch", "-q", "--model", cohort["model"], "--cases", str(cases), "--output", str(out), "--device", "cpu"]) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medsegunet: interrupted; 1 case(s) finished in this run are kept whole"), lines
+    assert sorted(os.listdir(out)) == ["phantom"] and len(os.listdir(out / "phantom")) == 5
+
+
 def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
     cases = tmp_path / "cases"
     cases.mkdir()

@@ -965,14 +965,15 @@ def run(args, console) -> int:
             runRay(cases, todo, options, args.ray_address, args.workers, onRow)
         elif todo:
             runLocal(cases, todo, options, devices, onRow)
+        progress.close()
+        ordered = [rows[index] for index in range(len(cases))]
+        written = writeCohortFiles(ordered, card, options)
     except (Interrupted, KeyboardInterrupt) as error:
+        # Also while the summary and montage are written: the finished cases are on disk either way.
         progress.close()
         done = sum(1 for row in rows.values() if row["status"] == "ok")
         error.kept = f"{done} case(s) finished in this run are kept whole in {args.output}; rerun the same command to do the rest"  # type: ignore[attr-defined]
         raise
-    progress.close()
-    ordered = [rows[index] for index in range(len(cases))]
-    written = writeCohortFiles(ordered, card, options)
     counts = {status: sum(1 for row in ordered if row["status"] == status) for status in ("ok", "skipped", "failed")}
     console.line(f"Wrote {', '.join(written)} in {time.perf_counter() - started:.1f} s")
     console.line(f"{len(ordered)} cases: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")
