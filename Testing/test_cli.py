@@ -178,6 +178,14 @@ def test_segment_log_has_one_line_per_stage(capsys, tmp_path, prostate_series, a
     assert sum("Inference" in line for line in progress) == 1, progress
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(prostate_series):
+    """``medsegunet roi ... | head -1``: the pipe closes under the output; no traceback, no error line."""
+    process = subprocess.Popen([*command(), "roi", *prostate_series.values()], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before anything is written
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 141 and stderr.decode().strip() == "", stderr.decode()
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one line, exit ≠ 0, nothing written.
 

@@ -26,6 +26,8 @@ from .errors import Interrupted, MedSegUNetError, ProcessingCancelled, firstLine
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
 EXIT_TERMINATED = 143
+# 128 + SIGPIPE, as a shell reports a command whose reader went away.
+EXIT_BROKEN_PIPE = 141
 # The largest margin the ROI options take: far beyond any organ, small enough to catch a typo.
 MAX_MARGIN_MM = 1000.0
 DEVICES = ["auto", "cpu", "cuda", "mps"]
@@ -448,6 +450,12 @@ def _main(argv: Sequence[str]) -> int:
         console.close()
         sys.stderr.write("medsegunet: error: out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or --device cpu.\n")
         return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader of the output went away (``| head``): stop quietly, as Unix tools do, and keep
+        # the interpreter from failing again when it flushes stdout on exit.
+        console.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as error:
         from .errors import osErrorMessage
 
