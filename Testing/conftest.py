@@ -154,3 +154,42 @@ def a_file_server(tmp_path):
     yield served, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+PYTHONSLICER_TOOLS = REPO_ROOT.parent / "shared" / "tools" / "pythonslicer"
+
+
+def buildPythonSlicer() -> str:
+    """The real ``PythonSlicer`` launcher (CTKAppLauncher, as Slicer ships it) launching this Python.
+
+    Built once from ``../shared/tools/pythonslicer`` into a cache folder per interpreter (about two
+    minutes) and reused; the tests skip with a message when the tools folder is absent.
+    """
+    import hashlib
+    import subprocess
+    import sys
+
+    script = PYTHONSLICER_TOOLS / "build-pythonslicer.sh"
+    sources = sorted(PYTHONSLICER_TOOLS.glob("AppLauncher-*.tar.gz"))
+    if not script.is_file() or not sources:
+        pytest.skip(f"the PythonSlicer launcher tools are absent (expected {PYTHONSLICER_TOOLS})")
+    cacheBase = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(f"{sys.executable}|{sources[-1].name}".encode()).hexdigest()[:16]
+    folder = cacheBase / "medsegunet-tests" / f"pythonslicer-{key}"
+    launcher = folder / "bin" / "PythonSlicer"
+    if launcher.is_file():
+        check = subprocess.run([str(launcher), "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if check.returncode == 0 and check.stdout.strip() == sys.executable:
+            return str(launcher)
+    built = subprocess.run(
+        ["bash", str(script), str(sources[-1]), sys.executable, str(folder)], capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL
+    )
+    if built.returncode != 0 or not launcher.is_file():
+        pytest.fail(f"building the PythonSlicer launcher failed: {built.stderr[-2000:]}")
+    return str(launcher)
+
+
+@pytest.fixture(scope="session")
+def python_slicer() -> str:
+    """Path of the real ``PythonSlicer`` launcher (a CTKAppLauncher whose child runs this Python)."""
+    return buildPythonSlicer()

@@ -43,11 +43,11 @@ def test_broken_and_missing_torch_are_told_apart(tmp_path):
     assert dependencies.torchStatus() == "ok"  # this test environment's real PyTorch
 
 
-def test_devices_are_asked_of_the_worker():
+def test_devices_are_asked_of_the_worker(python_slicer):
     from MedSegUNetLib.SegmentationLogic import availableDevices
     from MedSegUNetLib.worker import WorkerProcess
 
-    worker = WorkerProcess()
+    worker = WorkerProcess(python_slicer)
     try:
         devices = availableDevices(worker)
         assert devices["cpu"] and devices["auto"] and set(devices) == {"auto", "cuda", "mps", "cpu"}

@@ -8,6 +8,9 @@ Arrays are K, J, I (``arrayFromVolume`` / SimpleITK); node matrices are RAS.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -130,12 +133,39 @@ def vtkMatrix(array):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_self_test_scenario_passes_on_slicer_core(a_scene, tmp_path):
-    figures = selftest.runSelfTestScenario(a_scene, tmp_path, log=lambda line: None)
+SELF_TEST = r"""
+import json, sys, tempfile
+import slicer
+from MedSegUNetLib.modulelogic import ModuleLogic
+# As MedSegUNetLogic in Slicer's testing mode: nothing may be installed.
+logic = ModuleLogic(slicer.vtkMRMLScene(), %(requirements)r, workerExecutable=%(launcher)r, interactive=False, testing=True)
+with tempfile.TemporaryDirectory() as directory:
+    figures = logic.runSelfTest(directory, log=lambda line: print(line, file=sys.stderr))
+worker = logic.segmentationLogic.worker
+pid = worker.interpreterPid
+logic.close()
+print(json.dumps({"voxelCounts": figures["voxelCounts"], "roi": [figures["roi"][0].tolist(), figures["roi"][1].tolist()],
+                  "timings": sorted(figures["timings"]), "seconds": figures["seconds"], "pid": pid,
+                  "heavy": sorted({m.split(".")[0] for m in sys.modules} & {"torch", "monai"})}))
+"""
+
+
+def test_self_test_runs_the_users_path_through_the_launcher(repo_root, python_slicer):
+    """MedSegUNetTest's scenario through the module logic, the network in the PythonSlicer worker."""
+    requirements = str(repo_root / "MedSegUNet" / "Resources" / "requirements.txt")
+    done = subprocess.run(
+        [sys.executable, "-c", SELF_TEST % {"requirements": requirements, "launcher": python_slicer}],
+        capture_output=True, text=True, timeout=300, cwd=str(repo_root / "Testing"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
     # The outer sphere is cut by the sagittal series' extent; the inner one is whole.
     assert figures["voxelCounts"] == {"outer": 1633, "inner": 178}
-    assert figures["roi"][0].tolist() == [0, 5, 1] and figures["roi"][1].tolist() == [36, 37, 13]
+    assert figures["roi"] == [[0, 5, 1], [36, 37, 13]]
     assert set(figures["timings"]) >= {"loading", "inference", "statistics", "writing"}
+    assert figures["heavy"] == []  # the model was made and run in the worker: Slicer's process stays light
+    assert "Self-test passed in" in done.stderr and figures["seconds"] > 0
+    assert not os.path.exists(f"/proc/{figures['pid']}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -382,7 +382,7 @@ class SegmentationJob:
         try:
             request = jobfiles.writeRequest(self, self._folder)
             self.progress.checkCancel()
-            self.worker.send(request)
+            self._requestId = self.worker.send(request)
         except Exception as error:  # kept for finish(), as run() does
             self._end(error)
             raise
@@ -398,7 +398,7 @@ class SegmentationJob:
         if self.done.is_set():
             return True
         try:
-            answer = self.worker.poll(self.progress.report, self.progress.cancelEvent, wait)
+            answer = self.worker.poll(self._requestId, self.progress.report, self.progress.cancelEvent, wait)
             if answer is not None:
                 self.result = jobfiles.readAnswer(answer, self._folder, self)
                 self.report, self.warnings = answer["report"], list(answer["warnings"])

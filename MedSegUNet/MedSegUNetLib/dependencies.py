@@ -7,9 +7,9 @@ Slicer's process must stay light and must not be broken by a half-installed pack
 here imports torch or MONAI: distributions are looked up in their metadata
 (``importlib.metadata``), and whether PyTorch really works (``import torch``, ``torch.cuda``) is
 asked of the worker process (:func:`torchDevices`). Installs never replace what Slicer and the
-PyTorch extension provide: :func:`constraintsText` pins the torch, numpy, SimpleITK and VTK
-versions already present, for ``pip -c`` (Slicer 5.6–5.10) or ``slicer.packaging.pip_ensure``'s
-``constraints`` (later Slicer).
+PyTorch extension provide: :func:`constraintsText` pins the torch, numpy, SimpleITK, VTK, pydicom
+and Pillow versions already present, for ``pip -c`` (Slicer 5.6–5.10) or
+``slicer.packaging.pip_ensure``'s ``constraints`` (later Slicer).
 """
 
 from __future__ import annotations
@@ -20,9 +20,14 @@ import os
 import tempfile
 
 # Module → distribution, for what the first Apply installs besides PyTorch.
-REQUIRED = {"monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image", "highdicom": "highdicom"}
-# Present in Slicer (or the PyTorch extension); pip must keep these exact versions.
-PINNED = ("torch", "numpy", "SimpleITK", "vtk")
+REQUIRED = {"monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image"}
+# Present in Slicer (or the PyTorch extension); pip must keep these exact versions. Slicer's DICOM
+# module needs its own pydicom (2.4.4 in Slicer 5.10) and Pillow: a newer one breaks DICOM loading.
+PINNED = ("torch", "numpy", "SimpleITK", "vtk", "pydicom", "Pillow")
+# highdicom (DICOM SEG export) is installed on the first export only, in a release that works with
+# the pydicom present: highdicom 0.23 and later need pydicom 3.
+HIGHDICOM_FOR_PYDICOM2 = "highdicom>=0.22,<0.23"
+HIGHDICOM_FOR_PYDICOM3 = "highdicom>=0.23"
 
 
 def distributionVersion(name: str) -> str | None:
@@ -71,8 +76,16 @@ def writeConstraints(folder: str | None = None) -> str:
     return path
 
 
+def devicesFromAnswer(answer: dict) -> dict[str, bool]:
+    """The worker's answer to ``{"command": "devices"}`` as ``{"auto", "cuda", "mps", "cpu"}`` → usable."""
+    return {"auto": True, "cuda": bool(answer["cuda"]), "mps": bool(answer["mps"]), "cpu": True}
+
+
 def torchDevices(worker) -> dict[str, bool]:
     """The devices PyTorch can use, asked of the worker process (which imports torch, not Slicer).
+
+    Blocks until the worker answers (scripts); the module's widget asks without blocking
+    (``worker.PendingRequest``).
 
     Returns:
         ``{"auto": True, "cpu": True, "cuda": ..., "mps": ...}``.
@@ -80,8 +93,14 @@ def torchDevices(worker) -> dict[str, bool]:
     Raises:
         MedSegUNetError: PyTorch does not import or lacks ``torch.cuda`` (a broken install).
     """
-    answer = worker.request({"command": "devices"})
-    return {"auto": True, "cuda": bool(answer["cuda"]), "mps": bool(answer["mps"]), "cpu": True}
+    return devicesFromAnswer(worker.request({"command": "devices"}))
+
+
+def highdicomRequirement() -> str:
+    """The highdicom requirement that works with the pydicom installed (Slicer's own)."""
+    version = distributionVersion("pydicom")
+    major = int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else 3
+    return HIGHDICOM_FOR_PYDICOM2 if major < 3 else HIGHDICOM_FOR_PYDICOM3
 
 
 def missingForSlicer() -> list[str]:
@@ -141,7 +160,7 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
         if onTorchInstalled is not None:  # a worker may hold the old (broken) PyTorch
             onTorchInstalled()
     if missingModules():
-        installRequirements(requirementsPath)
+        installRequirements(["-r", requirementsPath])
     still = missingForSlicer()
     if still:
         raise MedSegUNetError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
@@ -162,8 +181,33 @@ def packagingModule():
     return module if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements") else None
 
 
-def installRequirements(requirementsPath: str) -> None:
-    """pip-install the requirements with :data:`PINNED` held at their present versions."""
+def ensureHighdicom(askConfirmation: bool = True) -> bool:
+    """Install highdicom for the DICOM SEG export, once, in a release that keeps Slicer's pydicom.
+
+    Returns:
+        True when highdicom is importable; False when the user declined.
+
+    Raises:
+        MedSegUNetError: the installation failed.
+    """
+    import slicer
+    from slicer.i18n import tr as _
+
+    if distributionVersion("highdicom") is not None and importlib.util.find_spec("highdicom") is not None:
+        return True
+    requirement = highdicomRequirement()
+    if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+        _("DICOM SEG export needs the Python package {requirement}. Install it now?").format(requirement=requirement),
+        windowTitle=_("Install Python packages"),
+    ):
+        return False
+    installRequirements([requirement])
+    return True
+
+
+def installRequirements(requirements: list[str]) -> None:
+    """pip-install ``requirements`` (pip arguments: ``["-r", FILE]`` or requirement strings) with
+    :data:`PINNED` held at their present versions by a constraints file."""
     import logging
 
     import slicer
@@ -174,20 +218,15 @@ def installRequirements(requirementsPath: str) -> None:
     try:
         packaging = packagingModule()
         if packaging is not None:
-            # The user was asked already, and the self-test needs the packages even in testing mode.
-            packaging.pip_ensure(
-                packaging.load_requirements(requirementsPath),
-                constraints=constraints,
-                skip_packages=list(PINNED),
-                prompt_install=False,
-                skip_in_testing=False,
-                requester="MedSegUNet",
-            )
-        else:  # Slicer 5.6–5.10: pip with the constraints file keeps torch, numpy, SimpleITK and VTK as they are
-            slicer.util.pip_install(["-r", requirementsPath, "-c", constraints])
+            # The constraints hold Slicer's packages: no skip_packages (Slicer's discouraged
+            # workaround, which installs with --no-deps and edits metadata).
+            loaded = packaging.load_requirements(requirements[1]) if requirements[0] == "-r" else list(requirements)
+            packaging.pip_ensure(loaded, constraints=constraints, prompt_install=False, requester="MedSegUNet")
+        else:  # Slicer 5.6–5.10: pip with the constraints file keeps Slicer's packages as they are
+            slicer.util.pip_install([*requirements, "-c", constraints])
     except Exception as error:  # pip reports failures as CalledProcessError or RuntimeError
         logging.exception("Installing MedSegUNet requirements failed")
         raise MedSegUNetError(
             f"Installing the Python packages failed ({error}): check the network connection, or run "
-            f"slicer.util.pip_install(['-r', {requirementsPath!r}, '-c', {constraints!r}]) in the Python console, then retry."
+            f"slicer.util.pip_install({[*requirements, '-c', constraints]!r}) in the Python console, then retry."
         ) from None

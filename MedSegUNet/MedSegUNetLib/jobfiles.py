@@ -122,6 +122,7 @@ def runRequest(request: dict, progressCallback: Callable[[float, str], None] | N
         (box[0], np.asarray(box[1]), box[2]) if box else None, request["useROI"], request["marginMM"], referenceParts, progress,
         request.get("contextMM"),
     )
+    progress.endStage()  # the statistics stage's time, which the result's timings do not hold yet
     regions = None
     if result.regions is not None:
         regions = []
@@ -134,7 +135,7 @@ def runRequest(request: dict, progressCallback: Callable[[float, str], None] | N
         "regions": regions,
         "roi": {"ijkMin": result.roi.ijkMin.tolist(), "ijkMax": result.roi.ijkMax.tolist(), "volumeNames": list(result.roi.volumeNames), "marginMM": result.roi.marginMM},
         "device": result.device,
-        "timings": result.timings,
+        "timings": {**result.timings, **progress.timings},
         "report": report,
         "warnings": warnings,
     }

@@ -25,11 +25,14 @@ LABELS = ((1, "outer", (0.9, 0.6, 0.4)), (2, "inner", (0.2, 0.5, 0.9)))
 INPUT_NAME = "T2 axial"
 
 
-def makeSelfTestData(directory: str | os.PathLike) -> dict:
+def makeSelfTestData(directory: str | os.PathLike, writeModel: Callable | None = None) -> dict:
     """Build the phantom series and the threshold model.
 
     Args:
         directory: where the model file is written.
+        writeModel: ``(path, thresholds, card) -> path`` that writes the threshold model (default:
+            :func:`phantoms.writeThresholdModel` in this process; Slicer asks its worker process,
+            since Slicer's process never imports torch).
 
     Returns:
         ``images`` (name → LPS image; the first is the reference, painted), ``modelPath``,
@@ -73,7 +76,8 @@ def makeSelfTestData(directory: str | os.PathLike) -> dict:
     # Words that pick the phantoms by name, as a cohort's series are picked (seriesmatch).
     card["inputs"][0]["match"] = ["t2", "axial"]
     card["roi"] = {"from_series": ["t2 sagittal", "t2 coronal"]}
-    modelPath = phantoms.writeThresholdModel(os.path.join(os.fspath(directory), "selftest-threshold.pt"), THRESHOLDS, card)
+    writeModel = writeModel or phantoms.writeThresholdModel
+    modelPath = writeModel(os.path.join(os.fspath(directory), "selftest-threshold.pt"), THRESHOLDS, card)
     return {"images": images, "modelPath": modelPath, "expectedROI": expectedROI, "expectedLabels": expected, "card": card}
 
 
@@ -117,37 +121,63 @@ def roiNodeCornersRAS(roiNode) -> np.ndarray:
     return center + (signs * radius) @ axes.T
 
 
-def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str], None] = print, device: str = "cpu") -> dict:
-    """Segment the phantoms through :class:`SegmentationLogic` and check the known answer.
+def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str], None] = print, device: str = "cpu", logic=None) -> dict:
+    """Segment the phantoms as a user does and check the known answer.
 
     Args:
         scene: a ``vtkMRMLScene`` (``slicer.mrmlScene`` in Slicer, a new scene under pytest).
         directory: a writable folder for the model file.
         log: receives one line per step.
+        logic: what segments, with ``process(...)`` and ``segmentationLogic.worker``: the module's
+            logic (``MedSegUNetLogic``: the worker process, through ``PythonSlicer`` in Slicer).
+            None: a :class:`SegmentationLogic` with a worker process of this Python.
 
     Returns:
         measured figures: ``voxelCounts`` {label: count}, ``roi`` (ijkMin, ijkMax), ``timings``,
-        and the ``result`` (nodes).
+        ``seconds`` (the whole scenario) and the ``result`` (nodes).
 
     Raises:
         AssertionError: with what differs from the known answer.
     """
+    import time
+
     from .SegmentationLogic import SegmentationLogic, addVolumeFromImage
 
-    log("Building oblique phantom series and the threshold model")
-    data = makeSelfTestData(directory)
-    nodes = {name: addVolumeFromImage(scene, image, name) for name, image in data["images"].items()}
-    referenceNode = nodes[INPUT_NAME]
-    roiVolumes = [node for name, node in nodes.items() if name != INPUT_NAME]
+    started = time.perf_counter()
+    ownLogic = logic is None
+    if ownLogic:
+        logic = SegmentationLogic(scene, useWorker=True)
+    worker = getattr(logic, "segmentationLogic", logic).worker
+    try:
+        log("Building oblique phantom series and the threshold model (in the worker process)")
 
-    log("Segmenting")
-    progress = []
-    result = SegmentationLogic(scene).process(
-        [referenceNode], data["modelPath"], roiVolumes=roiVolumes, device=device, progressCallback=lambda f, m: progress.append((f, m))
-    )
+        def writeModel(path: str, thresholds, card: dict) -> str:
+            return worker.request({"command": "thresholdModel", "path": path, "thresholds": list(thresholds), "card": card})["path"]
+
+        data = makeSelfTestData(directory, writeModel)
+        nodes = {name: addVolumeFromImage(scene, image, name) for name, image in data["images"].items()}
+        referenceNode = nodes[INPUT_NAME]
+        roiVolumes = [node for name, node in nodes.items() if name != INPUT_NAME]
+
+        log("Segmenting")
+        progress = []
+        result = logic.process(
+            [referenceNode], data["modelPath"], roiVolumes=roiVolumes, device=device, progressCallback=lambda f, m: progress.append((f, m))
+        )
+        log("Checking the ROI, segments, voxel counts and the statistics table")
+        figures = _checkResult(scene, data, result, referenceNode, progress)
+    finally:
+        if ownLogic:
+            logic.close()
+    figures["seconds"] = time.perf_counter() - started
+    log(f"Self-test passed in {figures['seconds']:.1f} s: {figures['voxelCounts']}, ROI {figures['roi'][0].tolist()}..{figures['roi'][1].tolist()}")
+    return figures
+
+
+def _checkResult(scene, data: dict, result, referenceNode, progress: list) -> dict:
+    """The known-answer checks of :func:`runSelfTestScenario`; raises AssertionError on a difference."""
     _check(progress and progress[-1][0] == 1.0, f"progress did not reach 1.0: {progress[-1:]}")
 
-    log("Checking the ROI")
     low, high = data["expectedROI"]
     _check(
         np.array_equal(result.roi.ijkMin, low) and np.array_equal(result.roi.ijkMax, high),
@@ -155,7 +185,6 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
     )
     _check(geometry.sameCorners(roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS()), "ROI node corners differ from the ROI's corners")
 
-    log("Checking segments and voxel counts")
     segmentation = result.segmentationNode.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
     _check(names == [name for _, name, _ in LABELS], f"segment names {names}")
@@ -170,7 +199,6 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
         _check(count == expectedCount, f"segment '{name}': {count} voxels, expected {expectedCount}")
         _check(np.array_equal(exported == index + 1, expected == value), f"segment '{name}' voxels are not where the phantom's are")
 
-    log("Checking the statistics table")
     table = result.statisticsTableNode
     spacing = np.asarray(data["images"][INPUT_NAME].GetSpacing())
     columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
@@ -180,5 +208,4 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
         _check(int(table.GetCellText(row, countColumn)) == counts[name], f"table voxel count of '{name}'")
         volume = float(table.GetCellText(row, volumeColumn))
         _check(abs(volume - counts[name] * float(np.prod(spacing))) < 1e-3 * max(volume, 1.0), f"table volume of '{name}' is {volume}")
-    log(f"Self-test passed: {counts}, ROI {low.tolist()}..{high.tolist()}")
     return {"voxelCounts": counts, "roi": (result.roi.ijkMin, result.roi.ijkMax), "timings": result.timings, "result": result}

@@ -22,6 +22,8 @@ from slicer.util import VTKObservationMixin
 DEVICES = ("auto", "cuda", "mps", "cpu")
 INPUT_REFERENCE_ROLE = "InputVolume"
 ROI_VOLUME_REFERENCE_ROLE = "ROIVolume"
+# The model whose card set the context: another model resets it, the same one keeps the user's value.
+CONTEXT_MODEL_ATTRIBUTE = "ContextFromModel"
 
 
 class MedSegUNetWidgetController(VTKObservationMixin):
@@ -48,6 +50,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._progress = (0.0, "")
         self._startTime = 0.0
         self._pollTimer = None
+        self._deviceQuery = None
 
     def setup(self) -> None:
         uiWidget = slicer.util.loadUI(self.shell.resourcePath("UI/MedSegUNet.ui"))
@@ -77,12 +80,14 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
         self._populateDevices()
+        self._askDevices()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Module closed or reloaded: cancel a run and end the worker process (no process is left)."""
         if self._cancelEvent is not None:
             self._cancelEvent.set()
             if self._job is not None:
@@ -91,6 +96,9 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             self._pollTimer.stop()
         if getattr(self, "_sceneChangeTimer", None) is not None:
             self._sceneChangeTimer.stop()
+        self._deviceQuery = None
+        if self.logic is not None:
+            self.logic.close()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -186,8 +194,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
                 self._card = modelcard.readCard(path)
                 summary = modelcard.cardSummary(self._card)
-                if self._parameterNode:  # the context the model was trained with
-                    self._parameterNode.contextMM = float((self._card.get("roi") or {}).get("context_mm", 0.0))
+                self._takeContextFromCard(path)
             except ImportError:
                 summary = _("Dependencies are missing; they are installed on the first Apply.")
             except MedSegUNetError as error:
@@ -195,6 +202,17 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self.ui.modelSummaryLabel.text = summary
         self._rebuildInputSelectors()
         self._checkCanApply()
+
+    def _takeContextFromCard(self, path: str) -> None:
+        """A newly chosen model brings the context it was trained with; the same model (entering the
+        module again, a loaded scene) keeps the user's or the saved scene's value."""
+        if not self._parameterNode:
+            return
+        raw = self._parameterNode.parameterNode
+        if raw.GetAttribute(CONTEXT_MODEL_ATTRIBUTE) == path:
+            return
+        self._parameterNode.contextMM = float((self._card.get("roi") or {}).get("context_mm", 0.0))
+        raw.SetAttribute(CONTEXT_MODEL_ATTRIBUTE, path)
 
     def _rebuildInputSelectors(self) -> None:
         layout = self.ui.inputSelectorsWidget.layout()
@@ -306,15 +324,14 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
     # -- device -------------------------------------------------------------------------------
 
-    def _populateDevices(self, askWorker: bool = False) -> None:
-        """Fill the device list; ``askWorker`` asks the worker process which GPUs PyTorch sees
-        (Slicer's process never imports torch), after an install or a first run."""
+    def _populateDevices(self, available: Optional[dict] = None) -> None:
+        """Fill the device list: ``available`` as the worker reported it, else ``auto`` and ``cpu``."""
         from MedSegUNetLib.SegmentationLogic import availableDevices
 
-        worker = self.logic.segmentationLogic.worker if askWorker and self.logic is not None else None
-        available = availableDevices(worker)
+        available = available or availableDevices()
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
+        current = combo.currentData
         combo.clear()
         for name in DEVICES:
             combo.addItem(name, name)
@@ -322,7 +339,34 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             item.setEnabled(available.get(name, False))
             if not available.get(name, False):
                 item.setToolTip(_("Not available with this PyTorch installation"))
+        combo.setCurrentIndex(max(combo.findData(current), 0) if current else 0)
         combo.blockSignals(wasBlocked)
+
+    def _askDevices(self) -> None:
+        """Ask the worker process which GPUs PyTorch sees (Slicer's process never imports torch),
+        without waiting: the poll timer takes the answer. Only when PyTorch is installed."""
+        from MedSegUNetLib.dependencies import torchStatus
+        from MedSegUNetLib.errors import MedSegUNetError
+        from MedSegUNetLib.worker import PendingRequest
+
+        if self.logic is None or torchStatus() != "ok":
+            return
+        try:
+            self._deviceQuery = PendingRequest(self.logic.segmentationLogic.worker, {"command": "devices"})
+        except MedSegUNetError:  # the list keeps auto and cpu
+            self._deviceQuery = None
+            return
+        self._pollTimer.start()
+
+    def _pollDevices(self) -> None:
+        query = self._deviceQuery
+        if query is None or not query.poll():
+            return
+        self._deviceQuery = None
+        if query.answer is not None:
+            from MedSegUNetLib.dependencies import devicesFromAnswer
+
+            self._populateDevices(devicesFromAnswer(query.answer))
 
     def onDeviceChanged(self, index: int) -> None:
         if self._parameterNode:
@@ -349,8 +393,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             if not self.logic.ensureDependencies():
                 self.ui.statusLabel.text = _("Dependencies are needed to segment.")
                 return
-            if installing:  # the same Apply goes on, with the GPUs the new PyTorch sees
-                self._populateDevices(askWorker=True)
+            if installing:  # the same Apply goes on; the device list follows the new PyTorch
+                self._askDevices()
             if self._card is None:  # the card could not be read before dependencies existed
                 self._loadCard(self._parameterNode.modelPath)
             parameters = self._parameterNode
@@ -394,14 +438,21 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             widget.enabled = not running
 
     def onPollWorker(self) -> None:
+        """The poll timer: takes what the worker said so far (never blocks), updates the widgets."""
+        self._pollDevices()
         job = self._job
-        done = job is None or job.poll()
+        if job is None:
+            if self._deviceQuery is None:
+                self._pollTimer.stop()
+            return
+        done = job.poll()
         fraction, message = self._progress
         self.ui.progressBar.value = int(fraction * 1000)
         self.ui.statusLabel.text = f"{message} ({time.perf_counter() - self._startTime:.0f} s)"
         if not done:
             return
-        self._pollTimer.stop()
+        if self._deviceQuery is None:
+            self._pollTimer.stop()
         self._job = None
         self._setRunning(False)
         from MedSegUNetLib.errors import ProcessingCancelled
@@ -465,8 +516,6 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
-            if not self.logic.ensureDependencies():
-                return
-            # The volume the segmentation records, not the selector's current one.
+            # highdicom is installed on the first export (asking first). The volume the segmentation records, not the selector's current one.
             self.logic.exportDicomSegmentation(segmentationNode, None, path)
             self.ui.statusLabel.text = _("DICOM SEG written: {path}").format(path=path)

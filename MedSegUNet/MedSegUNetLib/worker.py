@@ -5,20 +5,38 @@ only in bursts (imports and numpy calls crawl), and a crash or an out-of-memory 
 would take Slicer down. The Slicer AI extensions (MONAIAuto3DSeg, TotalSegmentator, SlicerNNUnet)
 run their networks in another process for the same reasons; so does MedSegUNet.
 
-Protocol: the parent starts ``python -m MedSegUNetLib.worker`` (Slicer's ``PythonSlicer``, or
-``sys.executable``) and writes one JSON request per line on its stdin; the worker answers with
-JSON lines on stdout: ``{"progress": f, "message": m}`` while it works, then ``{"result": ...}``
-or ``{"error": ..., "kind": ...}``. Volumes travel as uncompressed NRRD files in a temporary
-folder, in world geometry (LPS, as ``SimpleITK`` reads them). The worker keeps the loaded model
-between requests (a second run with the same model skips the imports and the load), exits when
-its stdin closes or its parent dies, and is simply killed to cancel (within a second, at any
-stage, imports included; the GPU memory goes with it).
+In Slicer the worker is started with ``PythonSlicer``, which is CTKAppLauncher: a launcher that
+starts the real interpreter (``python-real``) as its *child*. So the worker's parent is the
+launcher, not Slicer, and signalling the launcher alone leaves ``python-real`` running. Hence:
+
+- the worker's life is tied to its stdin, not to a parent PID: the only write end of that pipe is
+  held by the process that started it (Slicer), so the worker exits on EOF (Slicer closed it or
+  died) or on a ``quit`` line; a thread watches stdin while a job runs, so EOF or a ``cancel``
+  line ends it at any stage. (No parent-death signal: on Linux it fires when the *thread* that
+  started the process ends, and the warm worker outlives the thread of the run that started it);
+- the worker is started as a process group of its own (POSIX: a new session; Windows: a new
+  process group without a console window) and cancel and close end the whole group (launcher and
+  ``python-real``; on Windows ``taskkill /T /F``), which frees its GPU memory;
+- the parent reads the worker's lines on a reader thread into a queue that the caller drains
+  without blocking (as Slicer's ``launchConsoleProcess`` and MONAIAuto3DSeg do): the same code
+  on every OS, no ``select``.
+
+Protocol: the parent writes one JSON request per line on the worker's stdin, each with an ``id``;
+the worker answers with JSON lines on stdout carrying that id: ``{"progress": f, "message": m}``
+while it works, then ``{"result": ...}`` or ``{"error": ..., "kind": ...}``. Volumes travel as
+uncompressed NRRD files in a temporary folder, in world geometry (LPS, as ``SimpleITK`` reads
+them). The worker keeps the loaded model between requests (a second run with the same model skips
+the imports and the load).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import queue
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,20 +46,58 @@ from typing import Callable
 
 from .errors import MedSegUNetError, ProcessingCancelled, firstLine
 
-# How often the parent looks at the cancel event while it waits for the worker.
+# How long a blocking request waits for each message before it looks at the cancel event again.
 POLL_SECONDS = 0.1
+# How long close() lets the worker end by itself (stdin EOF) before it ends the process tree.
+CLOSE_SECONDS = 2.0
+# Windows process-creation flags (subprocess has them as constants on Windows only).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+# What CTKAppLauncher (PythonSlicer) prints when its child was killed by a signal; it then exits 1.
+LAUNCHER_ABNORMAL_EXIT = "exit abnormally"
+# The first message of every request, before any import: the moment a request has begun.
+BEGUN_MESSAGE = "Starting the worker"
 
 
 class WorkerDied(MedSegUNetError):
     """The worker process ended while it was working (killed, out of memory, a native crash)."""
 
 
+def _readLines(stream, into: queue.Queue) -> None:
+    """Reader thread: every line of ``stream`` into ``into``, then None at EOF."""
+    try:
+        for line in iter(stream.readline, b""):
+            into.put(line)
+    except (OSError, ValueError):  # the stream was closed under us (close/kill)
+        pass
+    into.put(None)
+
+
+def endProcessTree(process: subprocess.Popen) -> None:
+    """End a worker started by :class:`WorkerProcess` and everything it started (launcher and child).
+
+    POSIX: SIGKILL to its process group (its own session). Windows: ``taskkill /T /F`` ends the tree.
+    """
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, creationflags=CREATE_NO_WINDOW)
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # the whole group is gone already
+            pass
+    try:
+        process.kill()
+    except OSError:
+        pass
+    process.wait()
+
+
 class WorkerProcess:
     """A warm worker process and the requests sent to it, one at a time.
 
     Args:
-        executable: the Python to run the worker with (Slicer's ``PythonSlicer``; tests:
-            ``sys.executable``).
+        executable: the Python to run the worker with (Slicer's ``PythonSlicer``, a launcher
+            whose child runs Python; default ``sys.executable``).
         environment: extra environment variables.
     """
 
@@ -49,9 +105,14 @@ class WorkerProcess:
         self.executable = executable or sys.executable
         self.environment = environment or {}
         self.process: subprocess.Popen | None = None
-        self._buffer = b""
+        self._lines: queue.Queue = queue.Queue()
+        self._answers: dict[int, dict] = {}
+        self._ids = itertools.count(1)
         self._log = None
+        self._folder: str | None = None
         self.starts = 0
+        # The PID of the process that runs Python (``python-real`` under a launcher), once it spoke.
+        self.interpreterPid: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -69,17 +130,24 @@ class WorkerProcess:
         environment["PYTHONPATH"] = os.pathsep.join([package, *[p for p in [environment.get("PYTHONPATH")] if p]])
         environment["PYTHONUNBUFFERED"] = "1"
         self._log = tempfile.TemporaryFile()
+        # An empty working folder of its own: `python -m` puts the working folder first on sys.path,
+        # and Slicer's (or a shared temporary folder) could hold a module named like a package.
+        self._folder = tempfile.mkdtemp(prefix="medsegunet-worker-")
+        options: dict = {"start_new_session": True}
+        if os.name == "nt":
+            options = {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
         self.process = subprocess.Popen(
-            [self.executable, "-m", "MedSegUNetLib.worker", str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=environment,
+            [self.executable, "-m", "MedSegUNetLib.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=environment, cwd=self._folder, **options,
         )
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(self.process.stdout.fileno(), False)
-        self._buffer = b""
+        self._lines = queue.Queue()
+        self._answers = {}
+        self.interpreterPid = None
+        threading.Thread(target=_readLines, args=(self.process.stdout, self._lines), daemon=True, name="medsegunet-worker-reader").start()
         self.starts += 1
 
     def close(self) -> None:
-        """Stop the worker (it exits on closed stdin; killed if it does not within a second)."""
+        """Stop the worker: stdin closed (it exits by itself), then its process tree ended regardless."""
         process, self.process = self.process, None
         if process is not None:
             try:
@@ -87,21 +155,23 @@ class WorkerProcess:
             except OSError:
                 pass
             try:
-                process.wait(timeout=1.0)
+                process.wait(timeout=CLOSE_SECONDS)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            for stream in (process.stdout,):
-                stream.close()
+                pass
+            # Also when the launcher has ended: its child must not outlive it.
+            endProcessTree(process)
+            process.stdout.close()
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def kill(self) -> None:
-        """End the worker now (cancel): the next request starts a fresh one."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """End the worker's whole process tree now (cancel): the next request starts a fresh one."""
+        if self.process is not None:
+            endProcessTree(self.process)
         self.close()
 
     def _lastLogLine(self) -> str:
@@ -111,87 +181,133 @@ class WorkerProcess:
         lines = [line.strip() for line in self._log.read().decode("utf-8", "replace").splitlines() if line.strip()]
         return lines[-1][:200] if lines else ""
 
-    def send(self, request: dict) -> None:
+    def send(self, request: dict) -> int:
+        """Send a request (starting the worker if needed); returns its id, for :meth:`poll`."""
         self.start()
+        requestId = next(self._ids)
         try:
-            self.process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+            self.process.stdin.write((json.dumps({**request, "id": requestId}) + "\n").encode("utf-8"))
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died() from None
+        return requestId
 
     def _died(self) -> WorkerDied:
-        code = self.process.poll() if self.process is not None else None
+        process = self.process
+        code = None
+        if process is not None:
+            try:  # the reader saw EOF: the process is ending, let it finish so its status is known
+                code = process.wait(timeout=CLOSE_SECONDS)
+            except subprocess.TimeoutExpired:
+                code = None
         last = self._lastLogLine()
         why = f"it was killed by signal {-code}" if code is not None and code < 0 else f"it ended with status {code}"
         if code is not None and code < 0 and -code == 9:
             why += " (out of memory?)"
-        self.close()
-        return WorkerDied(f"The segmentation worker process stopped ({why}{'; ' + last if last else ''}): nothing was changed; run again, or choose --device cpu or a smaller ROI.")
+        if LAUNCHER_ABNORMAL_EXIT in last:  # PythonSlicer's words for a child killed by a signal
+            why, last = "it was killed or crashed (out of memory?)", ""
+        self.kill()
+        return WorkerDied(f"The segmentation worker process stopped ({why}{'; ' + last if last else ''}): nothing was changed; run again, or choose the CPU device or a smaller ROI.")
 
     def readMessages(self, timeout: float = 0.0) -> list[dict]:
-        """The complete JSON lines the worker wrote so far (waits up to ``timeout`` for the first)."""
-        import select
-
-        messages: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process is None:
-                raise WorkerDied("The segmentation worker process is not running: run again.")
-            stdout = self.process.stdout
-            ready = True
-            if hasattr(select, "select") and os.name != "nt":
-                ready = bool(select.select([stdout], [], [], max(0.0, deadline - time.monotonic()))[0])
-            if ready:
-                try:
-                    chunk = os.read(stdout.fileno(), 1 << 16)
-                except BlockingIOError:
-                    chunk = None
-                if chunk == b"" and self.process.poll() is not None:
-                    raise self._died()
-                if chunk:
-                    self._buffer += chunk
-            while b"\n" in self._buffer:
-                line, self._buffer = self._buffer.split(b"\n", 1)
-                if line.strip():
-                    messages.append(json.loads(line.decode("utf-8")))
-            if messages or time.monotonic() >= deadline:
-                if not messages and self.process.poll() is not None:
-                    raise self._died()
-                return messages
-
-    def poll(self, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None, timeout: float = 0.0) -> dict | None:
-        """Handle what the worker said so far: the answer of the request in flight, or None yet.
-
-        Progress lines go to ``onProgress``; a set cancel event kills the worker at once.
+        """The JSON lines the worker wrote so far, without blocking (or waiting up to ``timeout`` for the first).
 
         Raises:
-            ProcessingCancelled: the cancel event was set (the worker is killed).
+            WorkerDied: the worker's output ended (it exited or was killed).
+        """
+        if self.process is None:
+            raise WorkerDied("The segmentation worker process is not running: run again.")
+        messages: list[dict] = []
+        wait = timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=wait) if wait > 0 else self._lines.get_nowait()
+            except queue.Empty:
+                return messages
+            if line is None:
+                self._lines.put(None)  # EOF stays visible to later calls
+                if messages:
+                    return messages
+                raise self._died()
+            wait = 0.0
+            if line.strip():
+                messages.append(json.loads(line.decode("utf-8")))
+
+    def poll(
+        self,
+        requestId: int,
+        onProgress: Callable[[float, str], None] | None = None,
+        cancelEvent: threading.Event | None = None,
+        timeout: float = 0.0,
+    ) -> dict | None:
+        """Handle what the worker said so far: the answer of request ``requestId``, or None yet.
+
+        Never blocks longer than ``timeout`` (0: not at all). Progress lines go to ``onProgress``;
+        answers of other requests are kept for their own poll; a set cancel event ends the
+        worker's process tree at once.
+
+        Raises:
+            ProcessingCancelled: the cancel event was set (the worker is ended).
             MedSegUNetError: the worker's one-line error, or the worker died.
         """
         if cancelEvent is not None and cancelEvent.is_set():
             self.kill()
             raise ProcessingCancelled()
-        for message in self.readMessages(timeout=timeout):
-            if "progress" in message:
-                if onProgress is not None:
-                    onProgress(float(message["progress"]), str(message.get("message", "")))
-            elif "result" in message:
-                return message["result"]
-            elif "error" in message:
-                if message.get("kind") == "cancelled":
-                    raise ProcessingCancelled()
-                if message.get("kind") == "user":
-                    raise MedSegUNetError(message["error"])
-                raise MedSegUNetError(f"internal error in the worker: {message['error']}")
-        return None
+        if requestId not in self._answers:
+            for message in self.readMessages(timeout=timeout):
+                if "pid" in message:
+                    self.interpreterPid = int(message["pid"])
+                if "progress" in message:
+                    if onProgress is not None and message.get("id") == requestId:
+                        onProgress(float(message["progress"]), str(message.get("message", "")))
+                else:
+                    self._answers[message.get("id")] = message
+        message = self._answers.pop(requestId, None)
+        if message is None:
+            return None
+        if "result" in message:
+            return message["result"]
+        if message.get("kind") == "cancelled":
+            raise ProcessingCancelled()
+        if message.get("kind") == "user":
+            raise MedSegUNetError(message["error"])
+        raise MedSegUNetError(f"internal error in the worker: {message['error']}")
 
     def request(self, request: dict, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> dict:
-        """Send a request and wait for its answer, passing progress on and honouring cancel (see :meth:`poll`)."""
-        self.send(request)
+        """Send a request and wait for its answer, passing progress on and honouring cancel (see :meth:`poll`).
+
+        Blocks: for scripts and tests. The Slicer module uses :meth:`send` and :meth:`poll` from a timer.
+        """
+        requestId = self.send(request)
         while True:
-            answer = self.poll(onProgress, cancelEvent, POLL_SECONDS)
+            answer = self.poll(requestId, onProgress, cancelEvent, POLL_SECONDS)
             if answer is not None:
                 return answer
+
+
+class PendingRequest:
+    """A request in flight, polled without blocking (the Slicer module's timer drives it).
+
+    Args:
+        worker: the :class:`WorkerProcess`.
+        request: the request; it is sent at once.
+    """
+
+    def __init__(self, worker: WorkerProcess, request: dict) -> None:
+        self.worker = worker
+        self.requestId = worker.send(request)
+        self.answer: dict | None = None
+        self.error: Exception | None = None
+
+    def poll(self) -> bool:
+        """True when answered (``answer``) or failed (``error``); never blocks."""
+        if self.answer is not None or self.error is not None:
+            return True
+        try:
+            self.answer = self.worker.poll(self.requestId)
+        except MedSegUNetError as error:
+            self.error = error
+        return self.answer is not None or self.error is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,12 +315,25 @@ class WorkerProcess:
 # ---------------------------------------------------------------------------------------------
 
 
-def _watchParent(parent: int) -> None:
-    """Exit when the parent process is gone (its pipes may stay open in a grandchild)."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(0)
+def _watchStdin(requests: queue.Queue) -> None:
+    """Stdin thread: requests into ``requests``; EOF, ``quit`` or ``cancel`` end the process at once.
+
+    The only write end of stdin is held by the process that started the worker (through the launcher
+    too), so EOF means it closed the pipe or died: nothing is left to answer to.
+    """
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError:
+            _write({"error": "the worker received a line that is not JSON", "kind": "internal"})
+            continue
+        if request.get("command") in ("quit", "cancel"):
+            break
+        requests.put(request)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def _write(message: dict) -> None:
@@ -212,13 +341,14 @@ def _write(message: dict) -> None:
     sys.stdout.flush()
 
 
-def handle(request: dict) -> dict:
+def handle(request: dict, progressCallback: Callable[[float, str], None] | None = None) -> dict:
     """Run one request in this process; used by the worker loop (and by tests directly)."""
     from . import jobfiles
 
-    if request.get("command") == "ping":
-        return {"pid": os.getpid()}
-    if request.get("command") == "devices":
+    command = request.get("command")
+    if command == "ping":
+        return {"pid": os.getpid(), "ppid": os.getppid(), "executable": sys.executable, "cwd": os.getcwd()}
+    if command == "devices":
         try:
             import torch
 
@@ -227,33 +357,44 @@ def handle(request: dict) -> dict:
             return {"torch": torch.__version__, "cuda": cuda, "mps": bool(mps is not None and mps.is_available())}
         except Exception as error:  # a half-installed PyTorch fails in many ways
             raise MedSegUNetError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
-    if request.get("command") != "segment":
-        raise MedSegUNetError(f"Unknown worker command '{request.get('command')}'.")
-    return jobfiles.runRequest(request, lambda fraction, message: _write({"progress": fraction, "message": message}))
+    if command == "thresholdModel":  # the self-test's known-answer model, made here: Slicer never imports torch
+        from . import phantoms
+
+        return {"path": phantoms.writeThresholdModel(request["path"], request["thresholds"], request["card"])}
+    if command != "segment":
+        raise MedSegUNetError(f"Unknown worker command '{command}'.")
+    return jobfiles.runRequest(request, progressCallback)
+
+
+def _answer(request: dict) -> dict:
+    requestId = request.get("id")
+
+    def progress(fraction: float, message: str) -> None:
+        _write({"id": requestId, "progress": fraction, "message": message})
+
+    # The interpreter's own PID: through a launcher, the parent knows only the launcher's.
+    _write({"id": requestId, "progress": 0.0, "message": BEGUN_MESSAGE, "pid": os.getpid()})
+    try:
+        return {"id": requestId, "result": handle(request, progress)}
+    except ProcessingCancelled as error:
+        return {"id": requestId, "error": firstLine(error), "kind": "cancelled"}
+    except MedSegUNetError as error:
+        return {"id": requestId, "error": firstLine(error), "kind": "user"}
+    except MemoryError:
+        return {"id": requestId, "error": "out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or the CPU", "kind": "user"}
+    except Exception as error:  # reported to the parent, which shows one line
+        return {"id": requestId, "error": f"{type(error).__name__}: {firstLine(error)}", "kind": "internal"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv:
-        threading.Thread(target=_watchParent, args=(int(argv[0]),), daemon=True).start()
     import warnings
 
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.simplefilter("ignore", category)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            _write({"result": handle(json.loads(line))})
-        except ProcessingCancelled as error:
-            _write({"error": firstLine(error), "kind": "cancelled"})
-        except MedSegUNetError as error:
-            _write({"error": firstLine(error), "kind": "user"})
-        except MemoryError:
-            _write({"error": "out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or the CPU", "kind": "user"})
-        except Exception as error:  # reported to the parent, which shows one line
-            _write({"error": f"{type(error).__name__}: {firstLine(error)}", "kind": "internal"})
-    return 0
+    requests: queue.Queue = queue.Queue()
+    threading.Thread(target=_watchStdin, args=(requests,), daemon=True, name="medsegunet-stdin").start()
+    while True:
+        _write(_answer(requests.get()))
 
 
 if __name__ == "__main__":

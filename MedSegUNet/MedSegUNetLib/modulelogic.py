@@ -1,0 +1,136 @@
+"""The Slicer module's logic without Qt: what ``MedSegUNetLogic`` does, testable on slicer-core.
+
+``MedSegUNet.py``'s ``MedSegUNetLogic`` is this class on ``slicer.mrmlScene`` with Slicer's
+``PythonSlicer`` as the worker's executable (as SlicerNNUnet keeps its logic in its Lib). The
+network always runs in the worker process: Slicer's process never imports torch or MONAI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from .errors import MedSegUNetError
+
+
+def pythonSlicerExecutable() -> str:
+    """Slicer's ``PythonSlicer`` (a launcher that runs Slicer's Python with its environment), as the
+    AI extensions use it; outside Slicer, this Python."""
+    import shutil
+
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class ModuleLogic:
+    """Segmentation through the warm worker process, dependencies, catalog and the self-test.
+
+    Args:
+        scene: the ``vtkMRMLScene`` (``slicer.mrmlScene`` in Slicer).
+        requirementsPath: the module's ``Resources/requirements.txt``.
+        workerExecutable: the worker's Python (Slicer: ``PythonSlicer``).
+        cachePath: where catalog models are downloaded (Slicer's cache folder).
+        interactive: ask before installing (False: Slicer without a main window).
+        testing: Slicer's testing mode: nothing is installed, ever.
+    """
+
+    def __init__(
+        self,
+        scene,
+        requirementsPath: str,
+        workerExecutable: str | None = None,
+        cachePath: str | None = None,
+        interactive: bool = True,
+        testing: bool = False,
+    ) -> None:
+        self.scene = scene
+        self.requirementsPath = requirementsPath
+        self.workerExecutable = workerExecutable or pythonSlicerExecutable()
+        self.cachePath = cachePath
+        self.interactive = interactive
+        self.testing = testing
+        self._segmentationLogic = None
+
+    @property
+    def segmentationLogic(self):
+        """The MRML logic, with its warm worker process (started on the first run)."""
+        from .SegmentationLogic import SegmentationLogic
+
+        if self._segmentationLogic is None:
+            self._segmentationLogic = SegmentationLogic(self.scene, useWorker=True, workerExecutable=self.workerExecutable)
+        return self._segmentationLogic
+
+    def close(self) -> None:
+        """End the worker process and everything it started (the next run starts a new one)."""
+        if self._segmentationLogic is not None:
+            self._segmentationLogic.close()
+
+    def pullCatalogModel(self, name: str) -> str:
+        """A catalog model's file, downloaded once (SHA256 checked) into the cache folder."""
+        from . import catalog
+
+        return str(catalog.pullModel(name, cache=catalog.cacheFolder(self.cachePath)))
+
+    def prepare(self, *args, **kwargs):
+        """See ``SegmentationLogic.prepare``: reads the nodes on the main thread."""
+        return self.segmentationLogic.prepare(*args, **kwargs)
+
+    def finish(self, job):
+        """See ``SegmentationLogic.finish``: writes the results on the main thread."""
+        return self.segmentationLogic.finish(job)
+
+    def process(self, inputVolumes, modelPath, roiVolumes=(), **kwargs):
+        """Segment in one call (console and batch scripts), the network in the worker process.
+
+        Args:
+            inputVolumes: scalar volume nodes in the model card's input order.
+            modelPath: TorchScript model file.
+            roiVolumes: extra series whose extents limit the ROI.
+            kwargs: ``roiNode``, ``outputSegmentation``, ``outputTable``, ``referenceSegmentation``,
+                ``device``, ``progressCallback``, ``cancelEvent``, ``useROI``, ``marginMM``, ``contextMM``.
+
+        Returns:
+            the result with ``segmentationNode``, ``statisticsTableNode``, ``roiNode``,
+            ``overlapTableNode`` and ``timings``.
+
+        Raises:
+            MedSegUNetError: dependencies missing (and not installed), bad inputs, or the worker failed.
+        """
+        if not self.ensureDependencies(askConfirmation=self.interactive):
+            raise MedSegUNetError("MedSegUNet needs PyTorch, MONAI and its other dependencies: install them first (Apply in the module offers to).")
+        return self.segmentationLogic.process(inputVolumes, modelPath, roiVolumes=roiVolumes, **kwargs)
+
+    def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:
+        """See ``SegmentationLogic.exportDicomSegmentation``; installs highdicom on first use (asking)."""
+        from . import dependencies
+
+        if not self.testing and not dependencies.ensureHighdicom(askConfirmation=self.interactive):
+            raise MedSegUNetError("DICOM SEG export needs the highdicom package: accept its installation, then export again.")
+        return self.segmentationLogic.exportDicomSegmentation(segmentationNode, referenceVolumeNode, path, fileForInstance=fileForInstance)
+
+    def missingModules(self) -> list:
+        """What the first Apply must install, read from package metadata (see ``dependencies``)."""
+        from . import dependencies
+
+        return dependencies.missingForSlicer()
+
+    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install what is missing after one confirmation; False when the user declined.
+
+        In testing mode nothing is installed: False when something is missing.
+        """
+        from . import dependencies
+
+        if self.testing:
+            return not self.missingModules()
+        return dependencies.ensureInstalled(self.requirementsPath, askConfirmation, onTorchInstalled=self.close)
+
+    def runSelfTest(self, directory: str | os.PathLike, log: Callable[[str], None] = print, device: str = "cpu") -> dict:
+        """The known-answer self-test through :meth:`process` (the user's path: the worker process).
+
+        Returns:
+            figures of :func:`selftest.runSelfTestScenario`, with ``seconds``.
+        """
+        from . import selftest
+
+        return selftest.runSelfTestScenario(self.scene, directory, log=log, device=device, logic=self)
