@@ -31,7 +31,7 @@ from slicer.ScriptedLoadableModule import (
 # Light: no torch, MONAI or Qt (the Lib's engine modules are imported lazily by the logic).
 from MedSegUNetLib.modulelogic import ModuleLogic, pythonSlicerExecutable
 
-README_URL = "https://github.com/medsegunet/MedSegUNet#readme"
+README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
 SAMPLE_DATA_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
 # SHA256 sums as published with the TestingData release of SlicerMONAIAuto3DSeg.
 SAMPLE_DATA_FILES = (

@@ -312,3 +312,19 @@ def test_answers_of_two_requests_in_flight_reach_their_own_poll(python_slicer):
         assert ping.answer["pid"] == worker.interpreterPid and "cuda" in devices.answer
     finally:
         worker.close()
+
+
+def test_errors_speak_of_the_modules_controls(phantom_data, python_slicer):
+    scene, nodes = _phantomScene(phantom_data)
+    logic = SegmentationLogic(scene, useWorker=True, workerExecutable=python_slicer)
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a CUDA GPU: asking for it does not fail")
+        with pytest.raises(MedSegUNetError) as error:
+            logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], device="cuda")
+        message = str(error.value)
+        assert "--device" not in message and "the cpu or auto device" in message, message
+    finally:
+        logic.close()

@@ -689,8 +689,13 @@ def lostCases(lost: set[int], begun: set[int], freeLosses: dict[int, int]) -> tu
     return again, suspects
 
 
-def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None]) -> None:
-    """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends.
+def runLocal(
+    cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None],
+    onBegun: Callable[[int, int], None] | None = None, onWarning: Callable[[str], None] | None = None,
+) -> None:
+    """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends,
+    ``onBegun(index, workerPid)`` when a worker says it has begun a case (read or segmented), and
+    ``onWarning(text)`` when a dead worker is replaced.
 
     Each worker has its own task queue and the parent hands it cases, so the parent always knows
     which cases a worker holds, and the worker says when it begins one: a dead worker is replaced,
@@ -737,6 +742,8 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
                 kind, workerId = message[0], message[1]
                 if kind == "begun":
                     begun.get(workerId, set()).add(message[2])
+                    if onBegun is not None and workerId in workers:
+                        onBegun(message[2], workers[workerId][0].pid)
                 elif kind == "done":
                     index, row = message[2], message[3]
                     held.get(workerId, set()).discard(index)
@@ -757,6 +764,10 @@ def runLocal(cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, 
                 tasks.cancel_join_thread()
                 tasks.close()
                 why = _deathMessage(process.exitcode)
+                if onWarning is not None:
+                    retried = [cases[index].id for index in suspects if attempts[index] < 1]
+                    onWarning(f"{why} (PID {process.pid}); a new one takes its place"
+                              + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else ""))
                 for index in reversed(again):
                     pending.insert(0, index)
                 for index in suspects:
@@ -964,7 +975,7 @@ def run(args, console) -> int:
 
             runRay(cases, todo, options, args.ray_address, args.workers, onRow)
         elif todo:
-            runLocal(cases, todo, options, devices, onRow)
+            runLocal(cases, todo, options, devices, onRow, onBegun=lambda index, pid: progress.begun(cases[index].id, pid), onWarning=progress.warn)
         progress.close()
         ordered = [rows[index] for index in range(len(cases))]
         written = writeCohortFiles(ordered, card, options)

@@ -101,6 +101,21 @@ class CaseProgress:
             sys.stdout.write(f"[{self.done}/{self.total}] {row['case']}: {row['status']}, {row.get('seconds', 0.0):.1f} s{message}\n")
             sys.stdout.flush()
 
+    def begun(self, caseId: str, workerPid: int) -> None:
+        """A log line when a worker takes a case (which process had which case, if one dies)."""
+        if self._bar is None and not self.quiet:
+            sys.stdout.write(f"case {caseId}: begun by worker {workerPid}\n")
+            sys.stdout.flush()
+
+    def warn(self, text: str) -> None:
+        """A warning: one line on stderr, kept even with ``--quiet``."""
+        if self._bar is not None:
+            self._bar.clear()
+        sys.stderr.write(f"medsegunet: warning: {text}\n")
+        sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.refresh()
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -366,6 +366,18 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
     return jobfiles.runRequest(request, progressCallback)
 
 
+# The engine's messages speak of command-line options; the worker answers the Slicer module, whose
+# users choose a device in a list.
+GUI_WORDING = (("--device cpu or auto", "the cpu or auto device"), ("--device cpu", "the cpu device"))
+
+
+def guiWording(message: str) -> str:
+    """A one-line message with the command line's option names replaced by the module's controls."""
+    for option, control in GUI_WORDING:
+        message = message.replace(option, control)
+    return message
+
+
 def _answer(request: dict) -> dict:
     requestId = request.get("id")
 
@@ -379,7 +391,7 @@ def _answer(request: dict) -> dict:
     except ProcessingCancelled as error:
         return {"id": requestId, "error": firstLine(error), "kind": "cancelled"}
     except MedSegUNetError as error:
-        return {"id": requestId, "error": firstLine(error), "kind": "user"}
+        return {"id": requestId, "error": guiWording(firstLine(error)), "kind": "user"}
     except MemoryError:
         return {"id": requestId, "error": "out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or the CPU", "kind": "user"}
     except Exception as error:  # reported to the parent, which shows one line
