@@ -41,7 +41,7 @@ SAMPLE_DATA_FILES = (
 )
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "errors", "volumes", "geometry", "preprocessing", "modelcard", "inference", "pipeline", "statistics", "outputs",
+    "errors", "volumes", "geometry", "preprocessing", "modelcard", "networks", "inference", "pipeline", "statistics", "outputs",
     "dicomseg", "seriesmatch", "catalog", "dependencies", "jobfiles", "worker", "SegmentationLogic", "phantoms", "selftest", "modulelogic",
     "widget",
 )

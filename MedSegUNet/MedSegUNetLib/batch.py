@@ -26,6 +26,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import queue
 import shutil
 import signal
@@ -44,6 +45,11 @@ from .volumes import DicomSeries
 
 FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha", "dcm": ".dcm"}
 STAGING_PREFIX = ".medsegunet-case-"
+# Written in every staging folder while it is filled: what a later run's sweep recognises.
+STAGING_MARKER = ".medsegunet-staging"
+# A case name that is one plain path component (it becomes DIR/<case>).
+MAX_CASE_ID = 128
+SAFE_CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}" % (MAX_CASE_ID - 1))
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medsegunet.batch-case/1"
 QC_TILE = 128
@@ -186,6 +192,10 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
         raise MedSegUNetError(f"--cases '{source}' is neither a folder of case folders, a .csv table nor a Decathlon dataset.json.")
     if not cases:
         raise MedSegUNetError(f"No case found in '{source}': give a folder with one sub-folder per case, a CSV or a dataset.json.")
+    for case in cases:
+        why = checkCaseId(case.id)
+        if why is not None:
+            case.error = why[0].upper() + why[1:] + "."
     ids = [case.id for case in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -333,28 +343,80 @@ def _pngWriter(array: np.ndarray):
     return write
 
 
+def checkCaseId(caseId: str) -> str | None:
+    """Why a case name cannot be a folder name under ``--output`` (None when it can).
+
+    A case name becomes ``DIR/<case>``: only one plain path component is safe (no ``/``, ``..``,
+    absolute path or hidden name, which could write or replace files outside ``DIR`` or collide
+    with the run's staging folders).
+    """
+    if not SAFE_CASE_ID.fullmatch(caseId) or caseId in (".", ".."):
+        shown = caseId if len(caseId) <= 60 else caseId[:57] + "..."
+        return (f"the case name {shown!r} cannot be a folder name: use letters, digits, '-', '_' and '.' "
+                f"(not first), at most {MAX_CASE_ID} characters; rename the case")
+    return None
+
+
+def shownCaseId(caseId: str) -> str:
+    """A case name for a one-line message: as it is when safe, else quoted with escapes (no newline)."""
+    return caseId if SAFE_CASE_ID.fullmatch(caseId) else repr(caseId)
+
+
+def _madeByARun(folder: str) -> bool:
+    """Whether ``folder`` is a case folder a batch run wrote (its manifest says so)."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+            return json.load(stream).get("format") == MANIFEST_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _insideOutput(outputDir: str, path: str) -> bool:
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(outputDir)
+
+
+def makeStagingFolder(outputDir: str) -> str:
+    """A hidden staging folder in ``outputDir`` with the run's marker file, so that a later run
+    removes it only if a run made it."""
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
+    with open(os.path.join(staging, STAGING_MARKER), "w", encoding="utf-8") as stream:
+        stream.write("medsegunet batch staging folder\n")
+    return staging
+
+
 def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -> None:
     """Write a case's files into a hidden staging folder, then rename it to ``DIR/<case>`` whole.
 
     ``write(folder)`` writes and verifies the files. A previous ``DIR/<case>`` (``--force``) is
-    replaced in one step; on any error or interruption the staging folder is removed.
+    replaced in one step, but only a case folder a run wrote, lying in ``DIR`` itself: anything
+    else of that name is refused, never removed. On any error or interruption the staging folder
+    is removed.
     """
     from .volumes import signalsDeferred
 
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
+    why = checkCaseId(caseId)
+    if why is not None:
+        raise MedSegUNetError(why)
+    final = os.path.join(outputDir, caseId)
+    if os.path.lexists(final) and not (_madeByARun(final) and _insideOutput(outputDir, final)):
+        raise MedSegUNetError(f"'{final}' exists and is not a case folder written by medsegunet batch: it is left as it is; move it away or choose another --output.")
+    staging = makeStagingFolder(outputDir)
     try:
         write(staging)
+        os.remove(os.path.join(staging, STAGING_MARKER))
         # mkdtemp makes the folder private; the case folder gets a plain mkdir's permissions.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)
-        final = os.path.join(outputDir, caseId)
         with signalsDeferred():
             old = None
             if os.path.exists(final):
                 old = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
                 os.rmdir(old)
                 os.rename(final, old)
+                open(os.path.join(old, STAGING_MARKER), "w").close()  # a later sweep may finish removing it
             os.rename(staging, final)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
@@ -798,11 +860,12 @@ def runLocal(
 
 
 def sweepStaging(outputDir: str) -> None:
-    """Remove staging folders that killed workers left (never a finished case's folder)."""
+    """Remove staging folders that killed workers or earlier runs left: only folders holding a
+    run's marker file (never a finished case's folder, nor a folder someone named alike)."""
     if not os.path.isdir(outputDir):
         return
     for entry in os.scandir(outputDir):
-        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(entry.path, STAGING_MARKER)):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
@@ -935,7 +998,8 @@ def run(args, console) -> int:
     if args.dry_run:
         sys.stdout.write(dryRunTable(cases, card))
         return 0 if not any(case.error for case in cases) else 1
-    checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"]})
+    caseInputs = [path for case in cases for path in [*(p for p, _ in case.inputs), *case.roi]]
+    checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"], "a case's input": caseInputs})
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise MedSegUNetError(f"--output '{args.output}' is a file: give a folder.")
     try:
@@ -991,7 +1055,7 @@ def run(args, console) -> int:
     if counts["failed"]:
         for row in ordered:
             if row["status"] == "failed":
-                sys.stderr.write(f"medsegunet: case {row['case']} failed: {row['message']}\n")
+                sys.stderr.write(f"medsegunet: case {shownCaseId(row['case'])} failed: {row['message']}\n")
         sys.stderr.write(f"medsegunet: {counts['failed']} of {len(ordered)} cases failed (see {os.path.join(args.output, 'summary.csv')}).\n")
         return 1
     return 0

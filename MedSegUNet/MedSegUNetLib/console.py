@@ -98,7 +98,8 @@ class CaseProgress:
             self._bar.update(1)
         elif not self.quiet:
             message = f" ({row['message']})" if row.get("message") and row["status"] == "failed" else ""
-            sys.stdout.write(f"[{self.done}/{self.total}] {row['case']}: {row['status']}, {row.get('seconds', 0.0):.1f} s{message}\n")
+            name = row["case"] if row["case"].isprintable() else repr(row["case"])  # a table's name cannot forge log lines
+            sys.stdout.write(f"[{self.done}/{self.total}] {name}: {row['status']}, {row.get('seconds', 0.0):.1f} s{message}\n")
             sys.stdout.flush()
 
     def begun(self, caseId: str, workerPid: int) -> None:

@@ -25,7 +25,6 @@ inferer, post-processing and channel names (:func:`cardFromBundle`), verified th
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 
@@ -52,18 +51,13 @@ def detectFormat(source: str) -> str:
 
 
 def buildNetwork(spec: dict):
-    """The eager network a card's ``network`` names: ``{"_target_": "module.Class", "args": {...}}``."""
-    target = spec.get("_target_") if isinstance(spec, dict) else None
-    if not isinstance(target, str) or "." not in target:
+    """The eager network a card's ``network`` names: ``{"_target_": "monai.networks.nets.NAME", "args": {...}}``,
+    built as data (:mod:`networks`: MONAI's networks only, nothing in the card is run)."""
+    from .networks import buildNetwork as buildAllowed
+
+    if not isinstance(spec, dict) or "_target_" not in spec:
         raise MedSegUNetError("The card needs \"network\": {\"_target_\": \"monai.networks.nets.NAME\", \"args\": {...}} naming the network the ONNX weights belong to.")
-    moduleName, className = target.rsplit(".", 1)
-    try:
-        networkClass = getattr(importlib.import_module(moduleName), className)
-        return networkClass(**(spec.get("args") or {})).eval()
-    except (ImportError, AttributeError):
-        raise MedSegUNetError(f"The card's network '{target}' does not exist: name a MONAI network class.") from None
-    except TypeError as error:
-        raise MedSegUNetError(f"The card's network '{target}' does not take these args ({firstLine(error)}).") from None
+    return buildAllowed(spec, "the card's network")
 
 
 def onnxTensors(model) -> dict[str, np.ndarray]:
@@ -319,16 +313,21 @@ def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[di
     Raises:
         MedSegUNetError: a preprocessing step the card cannot express (named).
     """
-    mode = config.get("normalize_mode", "meanstd")
+    from .networks import plainValue
+
+    def value(key: str, default=None):
+        return plainValue(config.get(key, default), f"'{source}': config key '{key}'", config)
+
+    mode = value("normalize_mode", "meanstd")
     if mode not in AUTO3DSEG_NORMALIZATION:
         raise MedSegUNetError(f"'{source}' uses normalize_mode '{mode}', which a MedSegUNet card cannot express (only none, meanstd/mri): it is not imported.")
-    extra = list((config.get("extra_modalities") or {}).items())
+    extra = list((value("extra_modalities") or {}).items())
     if any(value not in AUTO3DSEG_NORMALIZATION for _, value in extra):
         raise MedSegUNetError(f"'{source}' normalises an extra modality in a way a MedSegUNet card cannot express: it is not imported.")
     notes = []
-    if config.get("crop_foreground", True):
+    if value("crop_foreground", True):
         notes.append("crop_foreground: MedSegUNet crops to its region of interest (the region every series covers) instead")
-    sigmoid = bool(config.get("sigmoid", False))
+    sigmoid = bool(value("sigmoid", False))
     card = {
         "schema": "medsegunet.model/2",
         "name": os.path.splitext(os.path.basename(source))[0],
@@ -337,10 +336,10 @@ def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[di
         "inputs": [{"name": "image"}, *[{"name": str(name)} for name, _ in extra]],
         "labels": labels,
         "output": "sigmoid" if sigmoid else "softmax",
-        "spacing": [float(v) for v in config["resample_resolution"]] if config.get("resample_resolution") is not None else None,
-        "orientation": "RAS" if config.get("orientation_ras", False) else None,
+        "spacing": [float(v) for v in value("resample_resolution")] if value("resample_resolution") is not None else None,
+        "orientation": "RAS" if value("orientation_ras", False) else None,
         "normalization": dict(AUTO3DSEG_NORMALIZATION[mode]),
-        "patch_size": [int(v) for v in config["roi_size"]],
+        "patch_size": [int(v) for v in value("roi_size")],
         "overlap": 0.625,
         "sw_batch_size": 1,
         # SlidingWindowInfererAdapt blends the network's logits; they are activated afterwards.
@@ -349,30 +348,53 @@ def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[di
     return card, notes
 
 
+def checkpointSafeTypes() -> list:
+    """The plain non-torch types Auto3DSeg and Lightning checkpoints hold beside their weights
+    (NumPy scalars of metrics, their dtypes): allowed to ``torch.load(weights_only=True)``, nothing else."""
+    allowed = [np.dtype, np.ndarray]
+    core = getattr(np, "_core", None) or getattr(np, "core")
+    allowed += [core.multiarray.scalar, core.multiarray._reconstruct]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType") if hasattr(dtypes, name)]
+    return allowed
+
+
+def loadCheckpointAsData(source: str):
+    """A checkpoint read with ``torch.load(weights_only=True)``: tensors and plain values only; a
+    file that needs anything else (a pickled object, code) is refused, never run."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(checkpointSafeTypes()):
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or unsafe files
+        text = firstLine(error)
+        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+            raise MedSegUNetError(f"'{source}' holds Python objects beyond weights and plain values, which could run code when read: it is not loaded (save the checkpoint's state_dict and config as plain data).") from None
+        raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
+
+
 def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
     """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card written."""
     import torch
-    from monai.bundle import ConfigParser
 
     from .modelcard import saveModel, validateCard
+    from .networks import buildNetwork as buildAllowed
     from .volumes import checkRegularFile, sha256
 
     checkRegularFile(source, "Checkpoint")
-    try:
-        # Auto3DSeg checkpoints hold plain Python configs beside the weights (SlicerMONAIAuto3DSeg loads them so).
-        checkpoint = torch.load(source, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises several types for foreign files
-        raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({firstLine(error)[:120]}).") from None
+    checkpoint = loadCheckpointAsData(source)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
         raise MedSegUNetError(f"'{source}' is not an Auto3DSeg checkpoint (a dict with 'config' and 'state_dict').")
     config = checkpoint["config"]
     card, notes = cardFromAuto3DSeg(config, readLabels(labelsPath), source)
     card = validateCard(card, f"card made from '{source}'")
+    network = buildAllowed(config.get("network"), f"'{source}': config key 'network'", config)
     try:
-        network = ConfigParser(config["network"]).get_parsed_content().eval()
         network.load_state_dict(checkpoint["state_dict"])
-    except Exception as error:  # configs and weights that do not fit raise many types
-        raise MedSegUNetError(f"The network of '{source}' cannot be built from its config and weights ({firstLine(error)[:140]}).") from None
+    except Exception as error:  # weights that do not fit raise many types
+        raise MedSegUNetError(f"The weights of '{source}' do not fit the network its config names ({firstLine(error)[:140]}).") from None
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript's frontend errors
@@ -439,54 +461,72 @@ def _transformName(item: dict) -> str:
     return str(item.get("_target_", "")).rsplit(".", 1)[-1]
 
 
-def cardFromBundle(parser, source: str) -> dict:
+def cardFromBundle(config: dict, source: str) -> dict:
     """The card a MONAI bundle's inference config and metadata say; refuses what a card cannot express.
 
     Preprocessing: loading and channel transforms are implied; ``Orientationd`` → orientation,
     ``Spacingd`` → spacing, ``NormalizeIntensityd`` → zscore, ``ScaleIntensityd`` → minmax,
     ``ScaleIntensityRangePercentilesd`` → percentile. Post-processing: ``Activationsd`` (softmax or
     sigmoid), ``AsDiscreted``, ``KeepLargestConnectedComponentd``, ``FillHolesd``.
+
+    Args:
+        config: the inference config as read (JSON or YAML data), with the metadata under ``_meta_``;
+            only the values used here are read, each as plain data (:func:`networks.plainValue`).
     """
+    from .networks import plainValue
+
+    def value(item: dict, key: str, default=None, where: str = ""):
+        return plainValue(item.get(key, default) if isinstance(item, dict) else default, f"the bundle '{source}': {where or _transformName(item)}.{key}", config)
+
+    def transforms(section: str) -> list:
+        part = config.get(section) or {}
+        listed = part.get("transforms", []) if isinstance(part, dict) else part
+        if isinstance(listed, str):  # an expression or reference: refused by name, never evaluated
+            plainValue(listed, f"the bundle '{source}': {section}", None)
+        if not isinstance(listed, list) or not all(isinstance(item, dict) for item in listed):
+            raise MedSegUNetError(f"The bundle '{source}': {section}.transforms is not a list of transforms.")
+        return listed
+
     implied = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "EnsureType", "CastToTyped", "Invertd", "SaveImaged", "ToDeviced", "CopyItemsd"}
     card: dict = {"schema": "medsegunet.model/2", "spatial_dims": 3, "spacing": None, "orientation": None, "normalization": {"type": "none"}}
-    for item in (parser.get("preprocessing", {}) or {}).get("transforms", []):
+    for item in transforms("preprocessing"):
         name = _transformName(item)
         if name in implied:
             continue
         if name == "Orientationd":
-            card["orientation"] = str(item.get("axcodes", "RAS"))
+            card["orientation"] = str(value(item, "axcodes", "RAS"))
         elif name == "Spacingd":
-            card["spacing"] = [float(v) for v in item.get("pixdim")]
+            card["spacing"] = [float(v) for v in value(item, "pixdim")]
         elif name == "NormalizeIntensityd":
-            card["normalization"] = {"type": "zscore", "nonzero": bool(item.get("nonzero", False))}
+            card["normalization"] = {"type": "zscore", "nonzero": bool(value(item, "nonzero", False))}
         elif name == "ScaleIntensityd":
-            card["normalization"] = {"type": "minmax", "b_min": float(item.get("minv", 0.0)), "b_max": float(item.get("maxv", 1.0))}
+            card["normalization"] = {"type": "minmax", "b_min": float(value(item, "minv", 0.0)), "b_max": float(value(item, "maxv", 1.0))}
         elif name == "ScaleIntensityRangePercentilesd":
-            card["normalization"] = {"type": "percentile", "lower": float(item["lower"]), "upper": float(item["upper"]), "b_min": float(item.get("b_min", 0.0)),
-                                     "b_max": float(item.get("b_max", 1.0)), "clip": bool(item.get("clip", False))}
+            card["normalization"] = {"type": "percentile", "lower": float(value(item, "lower")), "upper": float(value(item, "upper")), "b_min": float(value(item, "b_min", 0.0)),
+                                     "b_max": float(value(item, "b_max", 1.0)), "clip": bool(value(item, "clip", False))}
         else:
             raise MedSegUNetError(f"The bundle '{source}' preprocesses with {name}, which a MedSegUNet card cannot express: it is not imported.")
     output, post = "softmax", {}
-    for item in (parser.get("postprocessing", {}) or {}).get("transforms", []):
+    for item in transforms("postprocessing"):
         name = _transformName(item)
         if name in implied or name == "AsDiscreted":
             continue
         if name == "Activationsd":
-            output = "sigmoid" if item.get("sigmoid") else "softmax"
+            output = "sigmoid" if value(item, "sigmoid") else "softmax"
         elif name == "KeepLargestConnectedComponentd":
-            post["largest_component"] = [int(v) for v in item.get("applied_labels", [])] or True
+            post["largest_component"] = [int(v) for v in value(item, "applied_labels", [])] or True
         elif name == "FillHolesd":
             post["fill_holes"] = True
         else:
             raise MedSegUNetError(f"The bundle '{source}' post-processes with {name}, which a MedSegUNet card cannot express: it is not imported.")
-    inferer = parser.get("inferer", {}) or {}
-    card["patch_size"] = [int(v) for v in inferer.get("roi_size", [96, 96, 96])]
-    card["overlap"] = float(inferer.get("overlap", 0.25))
-    card["sw_batch_size"] = int(inferer.get("sw_batch_size", 4))
+    inferer = config.get("inferer", {}) if isinstance(config.get("inferer"), dict) else {}
+    card["patch_size"] = [int(v) for v in value(inferer, "roi_size", [96, 96, 96], "inferer")]
+    card["overlap"] = float(value(inferer, "overlap", 0.25, "inferer"))
+    card["sw_batch_size"] = int(value(inferer, "sw_batch_size", 4, "inferer"))
     card["output"] = output
     if post:
         card["postprocessing"] = post
-    metadata = parser.get("_meta_", {}) or {}
+    metadata = config.get("_meta_", {}) or {}
     outputs = ((metadata.get("network_data_format") or {}).get("outputs") or {})
     channels = next(iter(outputs.values()), {}).get("channel_def") or {}
     names = [(int(k), v) for k, v in sorted(channels.items(), key=lambda kv: int(kv[0])) if not (output == "softmax" and int(k) == 0)]
@@ -506,36 +546,50 @@ def cardFromBundle(parser, source: str) -> dict:
     return card
 
 
+def readConfigFile(path: str) -> dict:
+    """A bundle's JSON or YAML config as plain data (``yaml.safe_load``: no Python objects)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8-sig") as stream:
+            data = json.load(stream) if path.lower().endswith(".json") else yaml.safe_load(stream)
+    except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise MedSegUNetError(f"Cannot read the bundle's config '{path}' ({firstLine(error)[:120]}).") from None
+    if not isinstance(data, dict):
+        raise MedSegUNetError(f"The bundle's config '{path}' is not a JSON/YAML object.")
+    return data
+
+
 def importBundle(source: str, output: str) -> dict:
-    """Convert and verify a MONAI bundle folder; returns the card written."""
+    """Convert and verify a MONAI bundle folder; returns the card written.
+
+    The configs are read as data: the network is built by :func:`networks.buildNetwork` (MONAI's
+    networks only), and no expression of the bundle is evaluated.
+    """
     import torch
-    from monai.bundle import ConfigParser
 
     from .modelcard import saveModel, validateCard
+    from .networks import buildNetwork as buildAllowed
     from .volumes import sha256
 
     configs = os.path.join(source, "configs")
     inference = next((os.path.join(configs, name) for name in ("inference.json", "inference.yaml", "inference.yml") if os.path.isfile(os.path.join(configs, name))), None)
     if inference is None:
         raise MedSegUNetError(f"The bundle '{source}' has no configs/inference.json or .yaml.")
-    parser = ConfigParser()
-    try:
-        parser.read_config(inference)
-        if os.path.isfile(os.path.join(configs, "metadata.json")):
-            parser.read_meta(os.path.join(configs, "metadata.json"))
-    except Exception as error:  # JSON/YAML errors
-        raise MedSegUNetError(f"Cannot read the bundle's configs ({firstLine(error)[:120]}).") from None
-    card = validateCard(cardFromBundle(parser, source), f"card made from the bundle '{source}'")
+    config = readConfigFile(inference)
+    if os.path.isfile(os.path.join(configs, "metadata.json")):
+        config["_meta_"] = readConfigFile(os.path.join(configs, "metadata.json"))
+    card = validateCard(cardFromBundle(config, source), f"card made from the bundle '{source}'")
     weights = os.path.join(source, "models", "model.pt")
     if not os.path.isfile(weights):
         raise MedSegUNetError(f"The bundle '{source}' has no models/model.pt (its weights).")
+    network = buildAllowed(config.get("network_def"), f"the bundle '{source}': network_def", config)
+    state = loadCheckpointAsData(weights)
     try:
-        network = parser.get_parsed_content("network_def").eval()
-        state = torch.load(weights, map_location="cpu", weights_only=True)
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
         scripted = torch.jit.script(network)
-    except Exception as error:  # configs, weights and scripting fail in many ways
-        raise MedSegUNetError(f"The bundle's network cannot be built, loaded or scripted ({firstLine(error)[:140]}).") from None
+    except Exception as error:  # weights and scripting fail in many ways
+        raise MedSegUNetError(f"The bundle's network cannot be loaded or scripted ({firstLine(error)[:140]}).") from None
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
     card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [])
     saveModel(scripted, card, output)

@@ -204,7 +204,10 @@ def findDicomSeries(folder: str | os.PathLike) -> list[DicomSeries]:
     warningsShown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        for directory, _, _ in sorted(os.walk(folder)):
+        for directory, _, files in sorted(os.walk(folder)):
+            # GDCM opens every file of a folder: a FIFO there would block the scan for ever.
+            for name in files:
+                checkRegularFile(os.path.join(directory, name), "A file in the DICOM folder")
             found.extend(_seriesInFolder(directory))
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warningsShown)
