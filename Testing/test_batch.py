@@ -495,3 +495,52 @@ def test_reading_and_writing_threads_yield_to_the_network():
     thread.join()
     assert seen["thread"] == min(before + 10, 19)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states from /proc")
+def test_workers_end_when_the_driver_is_killed(cohort, tmp_path):
+    """SIGKILL of the batch command (no cleanup runs) leaves no worker computing."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
+    model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
+    driver = subprocess.Popen(
+        [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(tmp_path / "out"), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    worker = None
+    for line in driver.stdout:
+        if line.startswith("case phantom: begun by worker "):
+            worker = int(line.split()[-1])
+            break
+    assert worker is not None
+    driver.kill()
+    driver.wait()
+    driver.stdout.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _running(worker):
+        time.sleep(0.05)
+    assert not _running(worker), "the worker outlived its driver"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_ray_address_that_does_not_answer_is_one_line(capsys, cohort, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    code = cli.main(["batch", "-q", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(tmp_path / "out"),
+                     "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert code == 2 and time.monotonic() - started < 60
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"Cannot join Ray at 127.0.0.1:{port}" in err[0], err

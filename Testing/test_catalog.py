@@ -74,8 +74,8 @@ def test_refusals_leave_nothing_in_the_cache(capsys, a_mirror, name, expected):
     assert cli.main(["models", "pull", name]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]
-    files = [os.path.join(d, f) for d, _, fs in os.walk(a_mirror["cache"]) for f in fs] if a_mirror["cache"].exists() else []
-    assert files == []
+    # Nothing at all: no file, and no empty folder left by the failed pull.
+    assert not a_mirror["cache"].exists() or list(a_mirror["cache"].rglob("*")) == []
 
 
 def test_download_can_be_cancelled(tmp_path, a_mirror):
@@ -98,3 +98,71 @@ def test_bad_catalogs_are_one_line(tmp_path, monkeypatch):
         with pytest.raises(Exception) as error:
             catalog.loadCatalog(path)
         assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.fixture
+def a_trickling_server():
+    """A real HTTP server on 127.0.0.1 that sends a model's headers, then one byte every 0.5 s."""
+    import http.server
+    import threading
+    import time
+
+    stop = threading.Event()
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            while not stop.is_set():
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                stop.wait(0.5)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/model.pt"
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_trickling_server_is_given_up_on(capsys, tmp_path, a_trickling_server, monkeypatch):
+    import time
+
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [
+        {"name": "slow", "url": a_trickling_server, "sha256": "1" * 64, "description": "a byte now and then"}]}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDSEGUNET_DOWNLOAD_TIMEOUT", "2")
+    started = time.monotonic()
+    assert cli.main(["models", "pull", "slow"]) == 2
+    assert time.monotonic() - started < 30  # the limit is 2 s; the bytes would take days
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did not finish within 2 s" in err[0] and "MEDSEGUNET_DOWNLOAD_TIMEOUT" in err[0], err
+    assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").rglob("*")) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "soon"])
+def test_a_bad_download_limit_is_one_line(capsys, a_mirror, monkeypatch, value):
+    monkeypatch.setenv("MEDSEGUNET_DOWNLOAD_TIMEOUT", value)
+    assert cli.main(["models", "pull", "threshold"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "MEDSEGUNET_DOWNLOAD_TIMEOUT" in err[0]
+
+
+def test_a_zoo_model_needs_no_network(capsys, tmp_path, repo_root, monkeypatch):
+    """The shipped catalog's URLs are unreachable here; the zoo file with the same SHA256 is used."""
+    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "pull", "prostate-zones"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == str(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+    assert not (tmp_path / "cache").exists()

@@ -579,6 +579,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
 
     # Ctrl-C reaches the whole process group; the parent decides, and ends the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exitWithParent()
     import warnings
 
     for category in (DeprecationWarning, FutureWarning, UserWarning):
@@ -643,6 +644,32 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
             finishing = writer.submit(_finishAndReport, workerId, index, cases[index], images, result, card, options, started, results)
         if finishing is not None:
             finishing.result()
+
+
+def exitWithParent() -> None:
+    """End this worker process when the batch's driver dies (even by SIGKILL): no orphan keeps a GPU.
+
+    Linux: the kernel's parent-death signal; elsewhere, and as a second guard, a thread that sees
+    the parent PID change (a worker's parent is the driver itself, never a launcher).
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the driver died before the signal was set
+            os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="medsegunet-parent-watch").start()
 
 
 def _yieldToTheNetwork() -> None:

@@ -58,6 +58,35 @@ def importRay():
     return ray
 
 
+# How long joining a cluster may take to answer at all: Ray itself retries a closed port for minutes.
+CONNECT_SECONDS = 10.0
+
+
+def checkReachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
+    """Refuse a ``--ray-address`` (``ray://host:port`` or ``host:port``) whose port does not answer.
+
+    Raises:
+        MedSegUNetError: no TCP connection within ``timeout`` seconds (one line).
+    """
+    import socket
+    import urllib.parse
+
+    if address == "auto":
+        return
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise MedSegUNetError(f"--ray-address '{address}' is not host:port or ray://host:port.")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as error:
+        raise MedSegUNetError(f"Cannot join Ray at {address}: nothing answers there within {timeout:g} s ({firstLine(error)}); check the address and that the cluster runs.") from None
+
+
 def runRay(cases, todo: Sequence[int], options, address: str | None, workers: int | None, onRow: Callable[[int, dict], None]) -> None:
     """Run cases ``todo`` on Ray actors; ``onRow(index, row)`` as each case ends.
 
@@ -67,6 +96,8 @@ def runRay(cases, todo: Sequence[int], options, address: str | None, workers: in
     """
     ray = importRay()
     started = not ray.is_initialized()
+    if started and address:
+        checkReachable(address)
     if started:
         try:
             # Ray prints notices (token authentication, ...) on stderr, which carries only errors here.
