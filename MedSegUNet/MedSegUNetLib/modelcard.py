@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import sys
+import math
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 from .errors import MedSegUNetError, firstLine
 
 CARD_EXTRA_FILE = "medsegunet.json"
+# The most voxels one batch of windows may hold (2^28: 1 GiB of float32 per channel).
+MAX_WINDOW_VOXELS = 2**28
 SCHEMA_ID = "medsegunet.model/2"
 # What version 2 added: a version 1 card must not carry these (it would mean another tool's card).
 VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
@@ -78,7 +81,7 @@ def structuralErrors(schema: dict, value: Any, path: str = "") -> list[tuple[str
     """Errors of ``value`` against the JSON-Schema keywords the card schemas use, stdlib only.
 
     Keywords: type, const, enum, required, properties, items, minItems, maxItems, minLength,
-    minimum, maximum, exclusiveMinimum, exclusiveMaximum, pattern, oneOf. Messages follow
+    maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum, pattern, oneOf. Messages follow
     jsonschema's wording.
     """
     import re
@@ -117,6 +120,8 @@ def structuralErrors(schema: dict, value: Any, path: str = "") -> list[tuple[str
     if isinstance(value, str):
         if "minLength" in schema and len(value) < schema["minLength"]:
             errors.append((path, f"{value!r} should be non-empty"))
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append((path, f"{value[:40]!r}... is too long"))
         if "pattern" in schema and not re.search(schema["pattern"], value):
             errors.append((path, f"{value!r} does not match {schema['pattern']!r}"))
     if _JSON_TYPES["number"](value):
@@ -202,6 +207,9 @@ def validateCard(card: Any, source: str = "model card") -> dict:
     Raises:
         MedSegUNetError: one line naming the first problem and the field.
     """
+    nonFinite = _nonFiniteField(card)
+    if nonFinite is not None:
+        raise MedSegUNetError(f"Invalid {source}: field '{nonFinite}' is not a finite number (NaN or infinite): give a number.")
     errors = schemaErrors(card)
     if errors:
         where, message = errors[0]
@@ -225,7 +233,39 @@ def validateCard(card: Any, source: str = "model card") -> dict:
         raise MedSegUNetError(f"Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs \"blend\": \"logits\".")
     if full["spacing"] is not None and all(s is None for s in full["spacing"]):
         full["spacing"] = None
+    _checkRanges(full, source)
     return full
+
+
+def _nonFiniteField(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinite number in a parsed card (JSON allows them in Python)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path or "(top level)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _nonFiniteField(item, f"{path}/{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _checkRanges(card: dict, source: str) -> None:
+    """Rules between fields that a schema cannot say: ordered ranges, a window within the voxel budget."""
+    normalization = card["normalization"]
+    if normalization.get("type") == "percentile" and normalization.get("lower", 5.0) >= normalization.get("upper", 95.0):
+        raise MedSegUNetError(f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper {normalization.get('upper', 95.0):g}.")
+    if "b_min" in normalization and "b_max" in normalization and normalization["b_min"] == normalization["b_max"]:
+        raise MedSegUNetError(f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values.")
+    for label in card["labels"]:
+        volume = (label.get("qc") or {}).get("volume_ml")
+        if volume is not None and volume[0] > volume[1]:
+            raise MedSegUNetError(f"Invalid {source}: label '{label['name']}' qc.volume_ml [{volume[0]:g}, {volume[1]:g}] is not a range (min above max).")
+    patch = card.get("patch_size")
+    if patch is not None and math.prod(patch) * card.get("sw_batch_size", 1) > MAX_WINDOW_VOXELS:
+        raise MedSegUNetError(
+            f"Invalid {source}: patch_size {patch} × sw_batch_size {card.get('sw_batch_size', 1)} is {math.prod(patch) * card.get('sw_batch_size', 1):,} voxels per batch, "
+            f"above the {MAX_WINDOW_VOXELS:,} any GPU holds: use a smaller window."
+        )
 
 
 def outputChannels(card: dict) -> int:

@@ -63,6 +63,51 @@ def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict], regions: np.n
     }
 
 
+# pynrrd writes header fields as ASCII; Slicer reads and writes them as UTF-8. Names that are not
+# ASCII are written under an ASCII placeholder, then put back as UTF-8 bytes in the header.
+_NAME_PLACEHOLDER = "medsegunet-utf8-name-{index}"
+
+
+def writeSegmentationFile(path: str, segmentation: dict) -> None:
+    """slicerio's ``.seg.nrrd`` writer, with segment names in UTF-8 as Slicer writes them.
+
+    slicerio's default gzip level 9 takes seconds on a fragmented label map; level 1 is about 100×
+    faster there for files about 1.5× larger.
+    """
+    import slicerio
+
+    names = {}
+    for index, segment in enumerate(segmentation["segments"]):
+        if not segment["name"].isascii():
+            names[_NAME_PLACEHOLDER.format(index=index)] = segment["name"]
+            segment["name"] = _NAME_PLACEHOLDER.format(index=index)
+    slicerio.write_segmentation(path, segmentation, compression_level=1)
+    if not names:
+        return
+    with open(path, "rb") as stream:
+        content = stream.read()
+    end = content.index(b"\n\n") + 2  # the header ends at the first blank line; the data follows
+    header = content[:end]
+    for placeholder, name in names.items():
+        header = header.replace(placeholder.encode("ascii"), name.encode("utf-8"))
+    with open(path, "wb") as stream:
+        stream.write(header + content[end:])
+
+
+def segmentNamesInHeader(path: str) -> list[str]:
+    """The ``SegmentN_Name`` fields of a ``.seg.nrrd`` header, read as UTF-8 (Slicer's encoding)."""
+    names: dict[int, str] = {}
+    with open(path, "rb") as stream:
+        for line in stream:
+            if not line.strip():
+                break
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            key, separator, value = text.partition(":=")
+            if separator and key.startswith("Segment") and key.endswith("_Name") and key[7:-5].isdigit():
+                names[int(key[7:-5])] = value
+    return [names[index] for index in sorted(names)]
+
+
 def segmentationVerifier(labelmap: sitk.Image, labels: Sequence[dict], regions: np.ndarray | None = None):
     """A check that a written ``.seg.nrrd`` reads back with every segment's voxels."""
     import slicerio
@@ -75,6 +120,8 @@ def segmentationVerifier(labelmap: sitk.Image, labels: Sequence[dict], regions: 
             written = slicerio.read_segmentation(path)
         except Exception as error:  # pynrrd raises plain exceptions on a cut-short file
             raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely ({firstLine(error)[:100]}); nothing was kept: check the free disk space.") from None
+        if segmentNamesInHeader(path) != [label["name"] for label in labels]:
+            raise MedSegUNetError(f"The output '{os.path.basename(path)}' reads back with other segment names than were written; nothing was kept.")
         layers = written["voxels"] if written["voxels"].ndim == 4 else written["voxels"][np.newaxis]
         for label, mask, segment in zip(labels, labelMasks(labelmap, labels, regions), written["segments"]):
             readBack = layers[int(segment.get("layer", 0))] == int(segment["labelValue"])
@@ -95,13 +142,9 @@ def stageSegmentation(outputs: StagedOutputs, labelmap: sitk.Image, labels: Sequ
             card order, later labels over earlier ones).
         regions: sigmoid cards: the region masks.
     """
-    import slicerio
-
     if pathSuffix(path) == ".seg.nrrd":
         temporary = outputs.stage(path, SEGMENTATION_SUFFIXES, verify=segmentationVerifier(labelmap, labels, regions))
-        # slicerio's default gzip level 9 takes seconds on a fragmented label map; level 1 is
-        # about 100× faster there for files about 1.5× larger.
-        slicerio.write_segmentation(temporary, segmentationDict(labelmap, labels, regions), compression_level=1)
+        writeSegmentationFile(temporary, segmentationDict(labelmap, labels, regions))
     else:
         image = sitk.Cast(labelmap, sitk.sitkUInt8)
         temporary = outputs.stage(path, SEGMENTATION_SUFFIXES, verify=imageVerifier(image))

@@ -16,6 +16,10 @@ import SimpleITK as sitk
 
 from .errors import MedSegUNetError
 
+# The most voxels a model grid may have (2^30: 4 GiB of float32 per channel): a card's spacing of
+# micrometres on a whole pelvis would ask for 10^16.
+MAX_GRID_VOXELS = 2**30
+
 
 def emptyLike(grid: sitk.Image, pixelType: int = sitk.sitkUInt8) -> sitk.Image:
     """A zero image with the geometry of ``grid``."""
@@ -35,7 +39,12 @@ def sameGrid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:
 
 
 def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orientation: str | None) -> sitk.Image:
-    """The grid the network sees, covering the ROI grid's voxel-edge box.
+    """The grid the network sees: its voxel-edge box is exactly the ROI grid's.
+
+    Each axis gets ``n = max(round(extent / spacing), 1)`` voxels and the spacing is then adjusted to
+    ``extent / n`` (at most half a voxel's worth from the card's over the extent), so that no part of
+    the ROI is left outside the model grid and none is added (the same grid in training and
+    inference).
 
     Args:
         roiGrid: the reference cropped to the ROI (only its geometry is used).
@@ -54,9 +63,17 @@ def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orien
         return grid
     oldSpacing = np.asarray(grid.GetSpacing())
     oldSize = np.asarray(grid.GetSize())
-    newSpacing = np.array([old if new is None else float(new) for old, new in zip(oldSpacing, spacing)])
+    wanted = np.array([old if new is None else float(new) for old, new in zip(oldSpacing, spacing)])
     extent = oldSize * oldSpacing
-    newSize = np.maximum(np.round(extent / newSpacing), 1).astype(int)
+    newSize = np.maximum(np.round(extent / wanted), 1).astype(int)
+    voxels = int(np.prod(newSize.astype(np.int64)))
+    if voxels > MAX_GRID_VOXELS:
+        raise MedSegUNetError(
+            f"The model grid would have {voxels:,} voxels ({' × '.join(str(int(n)) for n in newSize)} at "
+            f"{' × '.join(f'{v:g}' for v in wanted)} mm), above the budget of {MAX_GRID_VOXELS:,}: "
+            "use a model with a coarser spacing, or a smaller ROI."
+        )
+    newSpacing = extent / newSize
     direction = np.asarray(grid.GetDirection()).reshape(3, 3)
     # Keep the voxel-edge box: the first edge stays put, the first centre moves by half a voxel.
     firstEdge = np.asarray(grid.GetOrigin()) - direction @ (0.5 * oldSpacing)
