@@ -182,13 +182,16 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     assert report["roi"]["ijk_min"] == list(PROSTATEX_0000_ROI[0]) and report["roi"]["ijk_max"] == list(PROSTATEX_0000_ROI[1])
 
     # A rerun skips the finished cases (same model, same inputs); --force redoes them.
+    first = rows
     before = (out / "phantom" / "manifest.json").stat().st_mtime_ns
     assert cli.main(argv) == 1
     assert capsys.readouterr().out.strip().splitlines()[-1] == "4 cases: 0 ok, 3 skipped, 1 failed"
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns == before
     with open(out / "summary.csv", newline="") as stream:
         rows = {row["case"]: row for row in csv.DictReader(stream)}
-    assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != "" and rows["phantom"]["finished"] == ""
+    assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != ""
+    # A resumed row keeps what the run that made the case said: seconds, attempts, when it finished.
+    assert [rows["phantom"][key] for key in ("seconds", "attempts", "finished")] == [first["phantom"][key] for key in ("seconds", "attempts", "finished")]
     assert cli.main([*argv, "--force", "-q", "--threads", "1"]) == 1
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns != before
     np.testing.assert_array_equal(readLabels(out / "ProstateX-0000" / "ProstateX-0000.seg.nrrd"), readLabels(tmp_path / "ProstateX-0000.seg.nrrd"))
@@ -196,7 +199,8 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
 
 
 # [parameters (an option's value), input (the cohort), expected (words of the one line)]
-@pytest.mark.parametrize("option, expected", [(["--workers", "0"], "--workers must be 1 or more"), (["--threads", "0"], "--threads must be 1 or more"),
+@pytest.mark.parametrize("option, expected", [(["--workers", "0"], "--workers must be 1 to 256"), (["--threads", "0"], "--threads must be 1 to 1024"),
+                                              (["--workers", str(10**12)], "--workers must be 1 to 256"), (["--threads", str(10**12)], "--threads must be 1 to 1024"),
                                               (["--ray-address", "127.0.0.1:1"], "--ray-address needs --engine ray")])
 def test_batch_option_refusals(capsys, cohort, tmp_path, option, expected):
     out = tmp_path / "out"
@@ -544,3 +548,31 @@ def test_a_ray_address_that_does_not_answer_is_one_line(capsys, cohort, tmp_path
     assert code == 2 and time.monotonic() - started < 60
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"Cannot join Ray at 127.0.0.1:{port}" in err[0], err
+
+
+def test_a_rerun_is_keyed_on_what_the_inputs_are_and_on_the_effective_card(capsys, cohort, tmp_path, monkeypatch):
+    """Relative paths from one folder, then absolute ones from another: every finished case is
+    skipped. A sidecar card that renames a label redoes every case (the model file is unchanged)."""
+    import shutil
+
+    cases = tmp_path / "work" / "cohort"
+    cases.mkdir(parents=True)
+    os.symlink(cohort["cases"] / "phantom", cases / "phantom")
+    model = tmp_path / "work" / "model.pt"
+    shutil.copy(cohort["model"], model)
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli.main(["batch", "-q", "--model", "model.pt", "--cases", "cohort", "--output", "out", "--device", "cpu"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "work" / "out"
+    argv = ["batch", "--model", str(model), "--cases", str(cases), "--output", str(out), "--device", "cpu"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 cases: 0 ok, 1 skipped, 0 failed"
+    card = json.loads(json.dumps(cohort["card"]))
+    card["labels"][0]["name"] = "renamed"
+    (tmp_path / "work" / "model.pt.json").write_text(json.dumps(card))
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 cases: 1 ok, 0 skipped, 0 failed"
+    report = json.loads((out / "phantom" / "phantom-statistics.json").read_text())
+    assert [segment["name"] for segment in report["segments"]] == ["renamed"]

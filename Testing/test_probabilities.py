@@ -63,15 +63,25 @@ def test_quality_ranges_are_flagged(capsys, tmp_path, case):
     code = cli.main(["segment", "--model", str(model), str(case["folder"] / "t2.nrrd"), "--stats", str(tmp_path / "s.csv"), "--stats-json", str(tmp_path / "s.json")])
     captured = capsys.readouterr()
     assert code == 0
-    assert "outer: volume" in captured.err and "above the expected 0–1 mL" in captured.err and "inner" not in captured.err
+    assert "outer: flagged: volume" in captured.err and "above the expected 0–1 mL" in captured.err and "inner" not in captured.err
     report = json.loads((tmp_path / "s.json").read_text())
-    assert report["segments"][0]["qc"].startswith("volume") and report["segments"][1]["qc"] == "ok"
-    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-    assert rows[0]["QC"].startswith("volume") and rows[1]["QC"] == "ok"
-    # The batch summary carries the flag too.
-    cohort = tmp_path / "cohort" / "case1"
-    cohort.mkdir(parents=True)
-    sitk.WriteImage(case["image"], str(cohort / "image.nrrd"))
-    assert cli.main(["batch", "-q", "--model", str(model), "--cases", str(tmp_path / "cohort"), "--output", str(tmp_path / "out")]) == 0
-    (row,) = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
-    assert row["qc"].startswith("outer: volume") and row["status"] == "ok"
+    assert report["segments"][0]["qc"].startswith("flagged: volume") and report["segments"][1]["qc"] == "ok"
+    rows = list(csv.DictReader((tmp_path / "s.csv").open(encoding="utf-8")))
+    assert rows[0]["QC"] == report["segments"][0]["qc"] and rows[1]["QC"] == "ok"
+    # Without --stats the warning is there all the same, and the segmentation is written.
+    assert cli.main(["segment", "-q", "--model", str(model), str(case["folder"] / "t2.nrrd"), "--output", str(tmp_path / "seg.nrrd")]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"medsegunet: warning: outer: {report['segments'][0]['qc']} (the card's quality range): check the result"]
+    # The batch: one warning line per flagged case, the same words in the summary and the case's CSV.
+    cohort = tmp_path / "cohort"
+    for name in ("case1", "case2"):
+        (cohort / name).mkdir(parents=True)
+        sitk.WriteImage(case["image"], str(cohort / name / "image.nrrd"))
+    assert cli.main(["batch", "-q", "--model", str(model), "--cases", str(cohort), "--output", str(tmp_path / "out")]) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [f"medsegunet: warning: case {name}: flagged: outer volume {report['segments'][0]['qc'].removeprefix('flagged: volume ')}"
+                        for name in ("case1", "case2")], warnings
+    summary = list(csv.DictReader((tmp_path / "out" / "summary.csv").open(encoding="utf-8")))
+    assert [row["qc"] for row in summary] == [f"flagged: outer {report['segments'][0]['qc'].removeprefix('flagged: ')}"] * 2
+    assert all(row["status"] == "ok" for row in summary)
+    perCase = list(csv.DictReader((tmp_path / "out" / "case1" / "case1-statistics.csv").open(encoding="utf-8")))
+    assert perCase[0]["QC"] == report["segments"][0]["qc"] and perCase[1]["QC"] == "ok"

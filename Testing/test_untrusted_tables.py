@@ -9,6 +9,7 @@ compares a checksum tree of the folder around the output before and after.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 
@@ -130,3 +131,47 @@ def test_a_fifo_named_like_an_input_fails_its_case_without_hanging(a_table_world
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and "case pipe failed" in lines[0], lines
+
+
+def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(capsys, a_table_world):
+    world = a_table_world
+    table = world["root"] / "cases.csv"
+    table.write_bytes(b"\xef\xbb\xbfcase,T2\r\ngood," + str(world["image"]).encode("utf-8") + b"\r\n")
+    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (world["out"] / "good" / "manifest.json").is_file()
+
+
+# [parameters: the file's bytes, expected: words of the one line]
+TABLES = [
+    ("cases.csv", "case,T2\nDüsseldorf,x.nrrd\n".encode("latin-1"), "is not UTF-8 text"),
+    ("dataset.json", json.dumps({"test": ["a.nii.gz"], "name": "Prostata Düsseldorf"}, ensure_ascii=False).encode("latin-1"), "is not UTF-8 text"),
+    ("dataset.json", b"[1, 2, 3]", "its top level is a list"),
+    ("dataset.json", b'{"test": [1, 2]}', "'test' is not a list of image paths"),
+    ("dataset.json", b'{"training": "imagesTr"}', "'training' is not a list of image paths"),
+    ("dataset.json", b'{"test": ["a.nii.gz"], "modality": ["T2"]}', "'modality' is not an object"),
+    ("cases.csv", b"", "has no rows"),
+]
+
+
+@pytest.mark.parametrize("name, content, expected", TABLES, ids=[f"{name}-{expected[:20]}" for name, _, expected in TABLES])
+def test_tables_people_have_are_one_line(capsys, a_table_world, name, content, expected):
+    world = a_table_world
+    (world["root"] / "source").mkdir()
+    table = world["root"] / "source" / name
+    table.write_bytes(content)
+    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error" not in err[0] and expected in err[0], err
+    assert not world["out"].exists()
+
+
+def test_a_volume_file_in_a_cohort_folder_is_a_case(capsys, a_table_world):
+    world = a_table_world
+    cohort = world["root"] / "cohort"
+    (cohort / "folder-case").mkdir(parents=True)
+    os.symlink(world["image"], cohort / "folder-case" / "t2_tra.nrrd")
+    os.symlink(world["image"], cohort / "file-case.nrrd")
+    (cohort / "notes.txt").write_text("not a volume: not a case")
+    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(cohort), "--output", str(world["out"]), "--device", "cpu"]) == 0, capsys.readouterr().err
+    with open(world["out"] / "summary.csv", newline="", encoding="utf-8") as stream:
+        assert {row["case"]: row["status"] for row in csv.DictReader(stream)} == {"file-case": "ok", "folder-case": "ok"}

@@ -52,8 +52,12 @@ MAX_CASE_ID = 128
 SAFE_CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,%d}" % (MAX_CASE_ID - 1))
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medsegunet.batch-case/1"
-QC_TILE = 128
-QC_TILES_PER_PAGE = 400
+# More worker processes or network threads than any machine runs are typing mistakes.
+MAX_WORKERS = 256
+MAX_THREADS = 1024
+# Tiles of 256 px (readable at 100 %), 10 × 10 per montage page.
+QC_TILE = 256
+QC_TILES_PER_PAGE = 100
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +110,45 @@ def _caseFromFolder(folder: str, card: dict) -> CaseSpec:
     return case
 
 
+def readTableText(path: str, what: str) -> str:
+    """A table's text: UTF-8 with or without a byte-order mark (as Excel saves "CSV UTF-8").
+
+    Raises:
+        MedSegUNetError: another encoding, or a file that cannot be read (one line naming it).
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as error:
+        from .errors import osErrorMessage
+
+        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise MedSegUNetError(f"{what} '{path}' is not UTF-8 text (byte {error.start}): save it as UTF-8 (in Excel: CSV UTF-8).") from None
+
+
+def _caseFromFile(path: str, card: dict) -> CaseSpec:
+    """A volume file directly in a cohort folder: a case of its own (one-input models)."""
+    from .volumes import pathSuffix
+
+    name = os.path.basename(path)
+    case = CaseSpec(id=name[: -len(pathSuffix(name))])
+    if len(card["inputs"]) != 1:
+        case.error = f"'{name}' is a single volume file, but the model takes {len(card['inputs'])} inputs: put each case's volumes in a folder of its own."
+        return case
+    case.inputs = [(path, None)]
+    case.series = {card["inputs"][0]["name"]: path}
+    return case
+
+
 def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
     base = os.path.dirname(os.path.abspath(table))
-    with open(table, encoding="utf-8", newline="") as stream:
-        rows = list(csv.DictReader(stream))
+    try:
+        rows = list(csv.DictReader(io.StringIO(readTableText(table, "Case table"), newline="")))
+    except csv.Error as error:
+        raise MedSegUNetError(f"Case table '{table}' is not a CSV table ({firstLine(error)}).") from None
     if not rows:
         raise MedSegUNetError(f"Case table '{table}' has no rows.")
     columns = {c.strip().lower(): c for c in rows[0].keys() if c}
@@ -142,11 +181,18 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
 def _casesFromDecathlon(description: str, card: dict) -> list[CaseSpec]:
     folder = os.path.dirname(os.path.abspath(description))
     try:
-        with open(description, encoding="utf-8") as stream:
-            dataset = json.load(stream)
+        dataset = json.loads(readTableText(description, "Dataset description"))
     except json.JSONDecodeError as error:
         raise MedSegUNetError(f"'{description}' is not valid JSON ({error.msg}).") from None
+    if not isinstance(dataset, dict):
+        raise MedSegUNetError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object with 'test' or 'training'.")
     modalities = dataset.get("modality") or {"0": card["inputs"][0]["name"]}
+    if not isinstance(modalities, dict):
+        raise MedSegUNetError(f"'{description}': 'modality' is not an object of index → name.")
+    for key in ("test", "training"):
+        entries = dataset.get(key) or []
+        if not isinstance(entries, list) or not all(isinstance(entry, str) or (isinstance(entry, dict) and isinstance(entry.get("image"), str)) for entry in entries):
+            raise MedSegUNetError(f"'{description}': '{key}' is not a list of image paths or of {{\"image\": path}} entries.")
     count = len(card["inputs"])
     if len(modalities) != count:
         raise MedSegUNetError(f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images.")
@@ -174,7 +220,7 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
         MedSegUNetError: a missing source, a CSV without the needed columns, duplicate case names,
             or no case at all. Cases whose series cannot be matched come back with ``error`` set.
     """
-    from .volumes import checkRegularFile
+    from .volumes import VOLUME_SUFFIXES, checkRegularFile, pathSuffix
 
     checkRegularFile(source, "Cases source")
     if os.path.isdir(source):
@@ -182,8 +228,9 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
         if os.path.isfile(description):
             cases = _casesFromDecathlon(description, card)
         else:
-            folders = sorted(entry.path for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
-            cases = [_caseFromFolder(folder, card) for folder in folders]
+            entries = sorted((entry for entry in os.scandir(source) if not entry.name.startswith(".")), key=lambda entry: entry.name)
+            cases = [_caseFromFolder(entry.path, card) if entry.is_dir() else _caseFromFile(entry.path, card)
+                     for entry in entries if entry.is_dir() or pathSuffix(entry.name) in VOLUME_SUFFIXES]
     elif source.lower().endswith(".csv"):
         cases = _casesFromCSV(source, card)
     elif source.lower().endswith(".json"):
@@ -219,6 +266,9 @@ class BatchOptions:
     device: str = "auto"
     resampleIrregular: bool = False
     threads: int | None = None
+    # SHA256 of the effective card (embedded, or the sidecar that overrides it): a rerun redoes
+    # cases made under another card even when the model file is the same.
+    cardSHA256: str = ""
 
 
 def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:
@@ -246,13 +296,27 @@ def _seriesFiles(path: str, found: DicomSeries | None = None) -> list[str]:
     return [path]
 
 
+def canonicalPath(path: str) -> str:
+    """A case input's real path (``FOLDER::SERIES`` keeps its series part), however it was typed."""
+    folder, separator, series = path.partition("::")
+    return os.path.realpath(folder) + separator + series
+
+
+def cardDigest(card: dict) -> str:
+    """SHA256 of a card's content (key order aside)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(card, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def inputSignature(case: CaseSpec) -> list[dict]:
-    """Size and modification time of every file a case reads (a rerun compares them)."""
+    """Real path, size and modification time of every file a case reads (a rerun compares them):
+    what the inputs are, not how their paths were typed (relative, absolute, through links)."""
     signature = []
     for path in [p for p, _ in case.inputs] + list(case.roi):
         files = _seriesFiles(path, case.found.get(path))
         stats = [os.stat(f) for f in files if os.path.exists(f)]
-        signature.append({"path": path, "files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime": max((s.st_mtime for s in stats), default=0.0)})
+        signature.append({"path": canonicalPath(path), "files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime": max((s.st_mtime for s in stats), default=0.0)})
     return signature
 
 
@@ -268,6 +332,7 @@ def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
     return (
         manifest.get("format") == MANIFEST_FORMAT
         and manifest.get("model", {}).get("sha256") == options.modelSHA256
+        and manifest.get("card_sha256") == options.cardSHA256
         and manifest.get("inputs") == inputSignature(case)
         and all(os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) > 0 for name in names.values())
     )
@@ -494,12 +559,17 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
             "device": result.device,
             "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
         }
+        finished, seconds = finishedNow(), round(time.perf_counter() - started, 3)
         manifest = {
             "format": MANIFEST_FORMAT,
             "case": case.id,
             "model": {"path": os.path.abspath(options.modelPath), "sha256": options.modelSHA256},
+            "card_sha256": options.cardSHA256,
             "inputs": inputSignature(case),
             "outputs": sorted(names.values()),
+            # A rerun that skips the case reports these, as the run that made it did.
+            "seconds": seconds,
+            "finished": finished,
         }
         tile = qcTile(images[0], result.labelmap, result.roi, card, result.regions)
 
@@ -529,8 +599,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
         )
     except Exception as error:  # one case's bug must not stop the cohort; the row says what it was
         return failedRow(case, error, started)
-    row["seconds"] = round(time.perf_counter() - started, 3)
-    row["finished"] = finishedNow()
+    row["seconds"], row["finished"] = seconds, finished
     return row
 
 
@@ -543,25 +612,46 @@ def finishedNow() -> str:
 
 
 def qualityNotes(report: dict) -> str:
-    """The segments outside the card's quality ranges, for the summary ("" when none)."""
-    return "; ".join(f"{segment['name']}: {segment['qc']}" for segment in report.get("segments", []) if segment.get("qc", "ok") != "ok")
+    """A case's QC state for the summary: ``ok``, or ``flagged:`` and each segment outside the card's ranges."""
+    flagged = [f"{segment['name']} {segment['qc'].removeprefix('flagged: ')}" for segment in report.get("segments", []) if segment.get("qc", "ok") != "ok"]
+    return "flagged: " + "; ".join(flagged) if flagged else "ok"
 
 
-def skippedRow(case: CaseSpec, options: BatchOptions) -> dict:
-    """The summary row of a case whose outputs are complete (read back from its statistics)."""
-    path = os.path.join(options.outputDir, case.id, caseOutputNames(case.id, options.format)["statistics_json"])
-    with open(path, encoding="utf-8") as stream:
+def skippedRow(case: CaseSpec, options: BatchOptions, previous: dict | None = None) -> dict:
+    """The summary row of a case whose outputs are complete (read back from its statistics and
+    manifest), with the seconds, attempts and finishing time of the run that made it.
+
+    Args:
+        previous: the case's row in the earlier ``summary.csv``, if any (its attempts).
+    """
+    folder = os.path.join(options.outputDir, case.id)
+    names = caseOutputNames(case.id, options.format)
+    with open(os.path.join(folder, names["statistics_json"]), encoding="utf-8") as stream:
         report = json.load(stream)
+    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+        manifest = json.load(stream)
+    attempts = (previous or {}).get("attempts") or 1
     return {
         "case": case.id,
         "status": "skipped",
-        "message": "outputs complete, same model and inputs (use --force to redo)",
-        "seconds": 0.0,
+        "message": "outputs complete, same model, card and inputs (use --force to redo)",
+        "seconds": float(manifest.get("seconds", 0.0)),
+        "finished": manifest.get("finished", ""),
+        "attempts": int(attempts) if str(attempts).isdigit() else 1,
         "roi_size_mm": report.get("roi", {}).get("size_mm"),
         "volumes_cm3": {segment["name"]: segment["volume_cm3"] for segment in report.get("segments", [])},
         "notes": report.get("notes", []),
         "qc": qualityNotes(report),
     }
+
+
+def previousSummary(outputDir: str) -> dict[str, dict]:
+    """The rows of an earlier run's ``summary.csv`` by case ({} when there is none or it is unreadable)."""
+    try:
+        with open(os.path.join(outputDir, "summary.csv"), encoding="utf-8", newline="") as stream:
+            return {row.get("case", ""): row for row in csv.DictReader(stream)}
+    except (OSError, ValueError, csv.Error):
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -916,16 +1006,20 @@ def summaryCSV(rows: Sequence[dict], card: dict) -> str:
     return buffer.getvalue()
 
 
-def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str) -> None:
-    """A page of QC tiles, one per case, captioned with the case and its status."""
+def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: dict | None = None) -> None:
+    """A page of QC tiles (one per case, 256 px), captioned with the case and its QC state (flagged
+    and failed cases in red), with a legend of the labels' colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
+    dpi = 100
     columns = min(10, max(1, len(rows)))
     lines = int(np.ceil(len(rows) / columns))
-    figure, axes = plt.subplots(lines, columns, figsize=(1.6 * columns, 1.8 * lines), squeeze=False)
+    tileInches = QC_TILE / dpi
+    figure, axes = plt.subplots(lines, columns, figsize=(tileInches * columns, (tileInches + 0.45) * lines + 0.5), squeeze=False, dpi=dpi)
     for axis in axes.ravel():
         axis.axis("off")
     for axis, row in zip(axes.ravel(), rows):
@@ -934,11 +1028,16 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str) -> None
             axis.imshow(plt.imread(tilePath))
         else:
             axis.imshow(np.full((QC_TILE, QC_TILE, 3), (0.55, 0.1, 0.1)))
-            axis.text(QC_TILE / 2, QC_TILE / 2, "failed", color="white", ha="center", va="center", fontsize=9)
-        axis.set_title(f"{row['case'][:18]}\n{row['status']}", fontsize=7, color="black" if row["status"] != "failed" else "darkred")
-    figure.tight_layout()
+            axis.text(QC_TILE / 2, QC_TILE / 2, "failed", color="white", ha="center", va="center", fontsize=12)
+        flagged = str(row.get("qc", "")).startswith("flagged")
+        state = "failed" if row["status"] == "failed" else ("QC flagged" if flagged else f"{row['status']}, QC ok")
+        axis.set_title(f"{shownCaseId(row['case'])[:28]}\n{state}", fontsize=9, color="red" if flagged or row["status"] == "failed" else "black")
+    if card is not None:
+        handles = [Patch(color=label["color"], label=label["name"]) for label in card["labels"]]
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
+    figure.tight_layout(rect=(0, 0.5 / ((tileInches + 0.45) * lines + 0.5) if card is not None else 0, 1, 1))
     try:
-        figure.savefig(path, dpi=80, format="png")
+        figure.savefig(path, dpi=dpi, format="png")
     finally:
         plt.close(figure)
 
@@ -955,7 +1054,7 @@ def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) ->
         written.append(path)
         for page, start in enumerate(range(0, len(rows), QC_TILES_PER_PAGE)):
             path = os.path.join(options.outputDir, "qc.png" if page == 0 else f"qc-{page + 1:03d}.png")
-            writeMontage(rows[start : start + QC_TILES_PER_PAGE], options, staged.stage(path))
+            writeMontage(rows[start : start + QC_TILES_PER_PAGE], options, staged.stage(path), card)
             written.append(path)
     return written
 
@@ -1011,10 +1110,10 @@ def run(args, console) -> int:
     from .modelcard import readCard
     from .volumes import checkDistinctPaths, sha256
 
-    if args.workers is not None and args.workers < 1:
-        raise MedSegUNetError("--workers must be 1 or more.")
-    if args.threads is not None and args.threads < 1:
-        raise MedSegUNetError("--threads must be 1 or more.")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise MedSegUNetError(f"--workers must be 1 to {MAX_WORKERS} (each worker holds the model and uses about 0.7 GB or more).")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise MedSegUNetError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count() or 1} cores).")
     if args.ray_address and args.engine != "ray":
         raise MedSegUNetError("--ray-address needs --engine ray.")
     from .cli import resolveModelOption
@@ -1039,10 +1138,11 @@ def run(args, console) -> int:
     devices = workerDevices(args.device, args.workers) if args.engine == "local" else []
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
     options = BatchOptions(
-        modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), outputDir=os.path.abspath(args.output), format=args.format,
+        modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output), format=args.format,
         device=args.device, resampleIrregular=args.resample_irregular, threads=threads,
     )
     rows: dict[int, dict] = {}
+    previous = previousSummary(options.outputDir)
     progress = CaseProgress(len(cases), quiet=args.quiet)
     todo = []
     for index, case in enumerate(cases):
@@ -1050,7 +1150,7 @@ def run(args, console) -> int:
             rows[index] = {"case": case.id, "status": "failed", "message": case.error, "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": case.notes}
             progress.update(rows[index])
         elif not args.force and isCaseComplete(case, options):
-            rows[index] = skippedRow(case, options)
+            rows[index] = skippedRow(case, options, previous.get(case.id))
             progress.update(rows[index])
         else:
             todo.append(index)
@@ -1076,6 +1176,9 @@ def run(args, console) -> int:
         done = sum(1 for row in rows.values() if row["status"] == "ok")
         error.kept = f"{done} case(s) finished in this run are kept whole in {args.output}; rerun the same command to do the rest"  # type: ignore[attr-defined]
         raise
+    for row in ordered:  # a flagged result is said where errors are, not only in the files
+        if row["status"] in ("ok", "skipped") and str(row.get("qc", "ok")).startswith("flagged"):
+            console.warn(f"case {shownCaseId(row['case'])}: {row['qc']}")
     counts = {status: sum(1 for row in ordered if row["status"] == status) for status in ("ok", "skipped", "failed")}
     console.line(f"Wrote {', '.join(written)} in {time.perf_counter() - started:.1f} s")
     console.line(f"{len(ordered)} cases: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")

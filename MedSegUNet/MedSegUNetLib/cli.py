@@ -208,6 +208,29 @@ def resolveModelOption(model: str, console) -> str:
     return resolveModel(model, progress=console if console is not None and console.interactive else None)
 
 
+def checkCardROI(card: dict, hasROISeries: bool, noROI: bool) -> None:
+    """Refuse to run a model trained on a multi-series ROI without those series (or ``--no-roi``).
+
+    Raises:
+        MedSegUNetError: the card names ``roi.from_series`` and neither was given.
+    """
+    series = (card.get("roi") or {}).get("from_series") or []
+    if series and not hasROISeries and not noROI:
+        names = " and ".join(f"the {name} series" for name in series)
+        raise MedSegUNetError(
+            f"This model was trained on the region covered by {names}: add --roi-from with them "
+            f"(e.g. --roi-from SAG COR), or --no-roi to run on the whole volume."
+        )
+
+
+def warnAboutContext(card: dict, margin: float | None, context: float | None, console) -> None:
+    """One warning line when --margin or --context differ from what the model was trained with."""
+    roi = card.get("roi") or {}
+    for option, given, trained in (("--margin", margin, roi.get("margin_mm", 0.0)), ("--context", context, roi.get("context_mm", 0.0))):
+        if given is not None and abs(float(given) - float(trained or 0.0)) > 1e-9:
+            console.warn(f"{option} {given:g} mm differs from the {float(trained or 0.0):g} mm this model was trained with: results may be worse (the model sheet says why)")
+
+
 def runSegment(args, console) -> int:
     from . import modelcard, pipeline, statistics
     from .outputs import SEGMENTATION_SUFFIXES, stageSegmentation
@@ -254,6 +277,8 @@ def runSegment(args, console) -> int:
         raise MedSegUNetError(
             f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them in that order."
         )
+    checkCardROI(card, bool(args.roi_from), args.no_roi)
+    warnAboutContext(card, args.margin, args.context, console)
     images = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.inputs]
     roiImages = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.roi_from]
     model = modelcard.loadModel(args.model, args.device)
@@ -276,7 +301,8 @@ def runSegment(args, console) -> int:
     referenceMasks = None
     warnings: list[str] = []
     report: dict = {}
-    if args.stats or args.stats_json or args.preview:
+    # A card's quality ranges are checked on every run, so a flagged result is said even without --stats.
+    if args.stats or args.stats_json or args.preview or any(label.get("qc") for label in card["labels"]):
         if args.reference_seg:
             referenceMasks, warnings = statistics.readReferenceMasks(args.reference_seg, result.labelmap, card["labels"])
             for warning in warnings:

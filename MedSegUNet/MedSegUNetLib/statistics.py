@@ -323,16 +323,17 @@ def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk
 
 
 def qualityFlag(segment: dict, label: dict) -> str:
-    """``"ok"``, or why a segment's volume is outside the card's expected ``qc.volume_ml`` range."""
+    """``"ok"``, or ``"flagged: "`` and why a segment's volume is outside the card's expected
+    ``qc.volume_ml`` range (the same words in the statistics, the batch summary and the Slicer table)."""
     expected = (label.get("qc") or {}).get("volume_ml")
     if not expected:
         return "ok"
     low, high = float(expected[0]), float(expected[1])
     volume = float(segment["volume_cm3"])  # 1 cm3 = 1 mL
     if volume < low:
-        return f"volume {volume:.2f} mL below the expected {low:g}–{high:g} mL"
+        return f"flagged: volume {volume:.2f} mL below the expected {low:g}–{high:g} mL"
     if volume > high:
-        return f"volume {volume:.2f} mL above the expected {low:g}–{high:g} mL"
+        return f"flagged: volume {volume:.2f} mL above the expected {low:g}–{high:g} mL"
     return "ok"
 
 
