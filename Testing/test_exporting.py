@@ -122,10 +122,10 @@ def test_export_cli_prints_card_and_info(tmp_path, capsys):
     assert main(["export", "--checkpoint", checkpoint, "--output", str(tmp_path / "m.pt")]) == 0
     out = capsys.readouterr().out
     assert "Tiny export test (3D, softmax)" in out and "Labels: 1 gland, 3 lesion" in out
-    assert "Validation mean Dice 0.6250 on c (epoch 3)" in out
+    assert "Validation: mean Dice 0.6250 on c (epoch 3)" in out
     assert main(["info", str(tmp_path / "m.pt")]) == 0
     info = capsys.readouterr().out
-    assert "Inputs: T2, ADC" in info and "Spacing: 0.5 × 0.5 × 3 mm" in info and "Validation mean Dice: 0.6250" in info
+    assert "Inputs: T2, ADC" in info and "Spacing: 0.5 × 0.5 × 3 mm" in info and "Validation: mean Dice 0.6250" in info
     assert main(["info", "--json", str(tmp_path / "m.pt")]) == 0
     import json
 

@@ -402,7 +402,7 @@ def test_failure_while_writing_removes_created_nodes_and_restores_reused_ones(a_
     nodes = addPhantoms(a_scene, phantom_data)
     reference = nodes[selftest.INPUT_NAME]
     logic = SegmentationLogic(a_scene)
-    first = logic.process([reference], phantom_data["modelPath"], device="cpu")
+    first = logic.process([reference], phantom_data["modelPath"], device="cpu", useROI=False)
     before = sceneState(a_scene)
     firstLabels = selftest.segmentationLabelArray(a_scene, first.segmentationNode, reference)
 
@@ -429,7 +429,7 @@ def test_cancel_at_each_stage_leaves_scene_unchanged(a_scene, phantom_data, stag
 
     before = sceneState(a_scene)
     with pytest.raises(ProcessingCancelled):
-        SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], device="cpu",
+        SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], useROI=False, device="cpu",
                                            progressCallback=progress, cancelEvent=cancel)
     assert cancel.is_set()
     assert sceneState(a_scene) == before
@@ -592,7 +592,7 @@ def test_terminology_reaches_mrml_segments(a_scene, tmp_path, phantom_data):
     card["labels"][0]["terminology"] = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
     model = phantoms.writeThresholdModel(tmp_path / "coded.pt", selftest.THRESHOLDS, card)
     nodes = addPhantoms(a_scene, phantom_data)
-    result = SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], model, device="cpu")
+    result = SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], model, useROI=False, device="cpu")
     segmentation = result.segmentationNode.GetSegmentation()
     first = segmentation.GetNthSegment(0)
     value = vtk.reference("")
@@ -705,7 +705,7 @@ def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data
     if fault == "not-dicom":
         nodes = addPhantoms(a_scene, phantom_data)
         reference = nodes[selftest.INPUT_NAME]
-        segmentationNode = logic.process([reference], phantom_data["modelPath"], device="cpu").segmentationNode
+        segmentationNode = logic.process([reference], phantom_data["modelPath"], device="cpu", useROI=False).segmentationNode
     else:
         folder = requireSharedData("prostatex", "ProstateX-0000")
         reference = loadDicomSeries(a_scene, folder / PROSTATE_SERIES[0], PROSTATE_SERIES[0])
@@ -723,3 +723,14 @@ def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data
     with pytest.raises(MedSegUNetError, match=expected):
         logic.exportDicomSegmentation(segmentationNode, reference, str(tmp_path / "out.dcm"), fileForInstance=fileForInstance)
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".dcm" or p.name.startswith(".")]
+
+
+def test_a_card_roi_needs_its_series(a_scene, phantom_data):
+    """The self-test card's model was made for the sagittal and coronal series' region: without
+    them (and with the overlap ROI on) the logic refuses in one line; the scene is unchanged."""
+    nodes = addPhantoms(a_scene, phantom_data)
+    before = sceneState(a_scene)
+    with pytest.raises(MedSegUNetError) as error:
+        SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], device="cpu")
+    assert "t2 sagittal series and the t2 coronal series" in str(error.value) and "\n" not in str(error.value)
+    assert sceneState(a_scene) == before

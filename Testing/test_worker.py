@@ -121,6 +121,11 @@ def _phantomScene(phantom_data):
     return scene, nodes
 
 
+def _roiSeries(nodes) -> list:
+    """The sagittal and coronal phantoms: the ROI the self-test card's model was made for."""
+    return [node for name, node in nodes.items() if name != selftest.INPUT_NAME]
+
+
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory):
     return selftest.makeSelfTestData(tmp_path_factory.mktemp("phantoms"))
@@ -172,7 +177,7 @@ def test_cancel_ends_the_whole_process_tree_within_a_second(tmp_path, phantom_da
             cancelledAt.append(time.perf_counter())
             cancel.set()
 
-    job = logic.prepare([nodes[selftest.INPUT_NAME]], model, device="cpu", progressCallback=onProgress, cancelEvent=cancel)
+    job = logic.prepare([nodes[selftest.INPUT_NAME]], model, roiVolumes=_roiSeries(nodes), device="cpu", progressCallback=onProgress, cancelEvent=cancel)
     assert job.run() is False and isinstance(job.error, ProcessingCancelled)
     assert len(tree) == 2 and tree[0] != tree[1]
     # Launcher and interpreter (python-real) both gone within a second of the cancel.
@@ -182,7 +187,7 @@ def test_cancel_ends_the_whole_process_tree_within_a_second(tmp_path, phantom_da
         logic.finish(job)
     assert _sceneNodes(scene) == before
     # The next run starts a new worker and works.
-    result = logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], device="cpu")
+    result = logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], roiVolumes=_roiSeries(nodes), device="cpu")
     assert result.segmentationNode is not None and logic.worker.starts == 2
     logic.close()
 
@@ -200,7 +205,7 @@ def test_a_killed_interpreter_gives_one_line_and_the_scene_is_unchanged(tmp_path
             os.kill(victims[0], signal.SIGKILL)
 
     with pytest.raises(MedSegUNetError) as error:
-        logic.process([nodes[selftest.INPUT_NAME]], model, device="cpu", progressCallback=onProgress)
+        logic.process([nodes[selftest.INPUT_NAME]], model, roiVolumes=_roiSeries(nodes), device="cpu", progressCallback=onProgress)
     message = str(error.value)
     assert "\n" not in message and "worker process stopped" in message and "killed or crashed" in message, message
     assert "Report the problem" not in message  # the launcher's own words stay out
@@ -263,7 +268,7 @@ def test_polling_never_blocks_while_the_worker_is_silent(tmp_path, phantom_data,
     model = _slowModel(tmp_path / "slow.pt", phantom_data["card"], repeats=6000)
     logic = SegmentationLogic(scene, useWorker=True, workerExecutable=python_slicer)
     messages: list[tuple[float, str]] = []
-    job = logic.prepare([nodes[selftest.INPUT_NAME]], model, device="cpu", progressCallback=lambda f, m: messages.append((time.perf_counter(), m)))
+    job = logic.prepare([nodes[selftest.INPUT_NAME]], model, roiVolumes=_roiSeries(nodes), device="cpu", progressCallback=lambda f, m: messages.append((time.perf_counter(), m)))
     job.start()
     polls, started = [], time.perf_counter()
     while True:
@@ -323,7 +328,7 @@ def test_errors_speak_of_the_modules_controls(phantom_data, python_slicer):
         if torch.cuda.is_available():
             pytest.skip("this machine has a CUDA GPU: asking for it does not fail")
         with pytest.raises(MedSegUNetError) as error:
-            logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], device="cuda")
+            logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], roiVolumes=_roiSeries(nodes), device="cuda")
         message = str(error.value)
         assert "--device" not in message and "the cpu or auto device" in message, message
     finally:

@@ -597,6 +597,13 @@ class SegmentationLogic:
             names.append(node.GetName())
         inputIDs = {node.GetID() for node in inputVolumes}
         roiVolumes = [node for node in roiVolumes if node is not None and node.GetID() not in inputIDs]
+        series = (card.get("roi") or {}).get("from_series") or []
+        if series and useROI and not roiVolumes:
+            names = " and ".join(f"the {name} series" for name in series)
+            raise MedSegUNetError(
+                f"This model was trained on the region covered by {names}: check them in the list of volumes that limit the ROI, "
+                "or turn the overlap ROI off to segment the whole volume."
+            )
         roiImages = [imageFromVolumeNode(node) for node in roiVolumes]
         roiBox = roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None
         referenceParts = referencePartsFromNode(referenceSegmentation, card["labels"]) if referenceSegmentation is not None else None

@@ -96,8 +96,38 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     return difference
 
 
-def cardFromCheckpoint(config: dict, checkpoint: dict) -> dict:
-    """The card for a checkpoint: the config's card fields plus a record of training and validation."""
+def epochsInRun(checkpointPath: str | os.PathLike, history: list) -> int:
+    """How many epochs the run behind a checkpoint did: ``checkpoint_best.pt`` holds the history up
+    to its own epoch only; the run's ``metrics.csv`` beside it has every epoch."""
+    import csv
+
+    epochs = len(history)
+    metrics = os.path.join(os.path.dirname(os.path.abspath(os.fspath(checkpointPath))), "metrics.csv")
+    try:
+        with open(metrics, encoding="utf-8", newline="") as stream:
+            epochs = max([epochs, *(int(row["epoch"]) for row in csv.DictReader(stream) if str(row.get("epoch", "")).isdigit())])
+    except (OSError, KeyError, ValueError, csv.Error):
+        pass
+    return epochs
+
+
+def validationWording(card: dict) -> str:
+    """``Validation`` on unseen cases, or ``Fit on the training case`` when the figures come from a
+    training case (or a copy of one): the words ``info`` and ``export`` print before the Dice."""
+    validation = card.get("validation") or {}
+    trained = [str(name) for name in (card.get("training") or {}).get("training_cases") or []]
+    cases = [str(name) for name in validation.get("cases") or []]
+    if any(case == name or case.startswith(name + "-") for case in cases for name in trained):
+        return "Fit on the training case (not a validation on unseen data)"
+    return "Validation"
+
+
+def cardFromCheckpoint(config: dict, checkpoint: dict, epochsRun: int | None = None) -> dict:
+    """The card for a checkpoint: the config's card fields plus a record of training and validation.
+
+    Args:
+        epochsRun: the epochs the whole run did (default: the checkpoint's history).
+    """
     from .training import cardFromConfig
 
     card = cardFromConfig(config)
@@ -108,7 +138,7 @@ def cardFromCheckpoint(config: dict, checkpoint: dict) -> dict:
     card["training"] = {
         "tool": "medsegunet train",
         "training_cases": list(checkpoint.get("train_cases") or []),
-        "epochs_run": len(history),
+        "epochs_run": epochsRun if epochsRun is not None else len(history),
         "checkpoint_epoch": epoch,
         "network": config["network"],
         "loss": config["loss"]["type"],
@@ -155,7 +185,7 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
         config = training.validateConfig(checkpoint["config"], f"config stored in '{os.fspath(checkpointPath)}'")
     network = training.buildNetwork(config)
     training.loadNetworkWeights(network, checkpoint, checkpointPath)
-    card = cardFromCheckpoint(config, checkpoint)
+    card = cardFromCheckpoint(config, checkpoint, epochsInRun(checkpointPath, checkpoint.get("history") or []))
     sampleShape = [1, len(config["inputs"]), *config["patch_size"]]
     exportNetwork(network, card, outputPath, sampleShape)
     from .modelcard import readCard
@@ -192,7 +222,7 @@ def run(args, console=None) -> int:
     sys.stdout.write(f"Wrote {args.output}\n{cardSummary(card)}\n")
     validation = card.get("validation")
     if validation:
-        sys.stdout.write(f"Validation mean Dice {validation['mean_dice']:.4f} on {', '.join(validation['cases'])} (epoch {validation['epoch']})\n")
+        sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} on {', '.join(validation['cases'])} (epoch {validation['epoch']})\n")
     return 0
 
 
@@ -216,5 +246,5 @@ def runInfo(args, console=None) -> int:
                              f"verified against {verified.get('runtime')}: max difference {verified.get('max_abs_difference')}\n")
         validation = card.get("validation")
         if isinstance(validation, dict) and validation.get("mean_dice") is not None:
-            sys.stdout.write(f"Validation mean Dice: {validation['mean_dice']:.4f} ({', '.join(validation.get('cases', []))})\n")
+            sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} ({', '.join(validation.get('cases', []))})\n")
     return 0
