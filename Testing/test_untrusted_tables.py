@@ -175,3 +175,20 @@ def test_a_volume_file_in_a_cohort_folder_is_a_case(capsys, a_table_world):
     assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(cohort), "--output", str(world["out"]), "--device", "cpu"]) == 0, capsys.readouterr().err
     with open(world["out"] / "summary.csv", newline="", encoding="utf-8") as stream:
         assert {row["case"]: row["status"] for row in csv.DictReader(stream)} == {"file-case": "ok", "folder-case": "ok"}
+
+
+def test_dry_run_shows_the_tables_roi_columns_and_checks_every_path(capsys, a_table_world):
+    world = a_table_world
+    image = str(world["image"])
+    table = world["root"] / "cases.csv"
+    table.write_text(f"case,T2,roi_sag,roi_cor\nfine,{image},{image},{image}\nmissing,{image},absent/sag.nrrd,{image}\n", encoding="utf-8")
+    card = phantoms.thresholdCard(LABELS, inputs=("T2",), patchSize=(96, 96, 16))
+    card["roi"] = {"from_series": ["t2 sag", "t2 cor"]}
+    (world["root"] / "model.pt.json").write_text(json.dumps(card))
+    assert cli.main(["batch", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--dry-run"]) == 1
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert lines[0] == ["case", "T2", "ROI t2 sag", "ROI t2 cor", "status"]
+    assert lines[1] == ["fine", image, image, image, "ok"]
+    assert lines[2][0] == "missing" and lines[2][2] == str(world["root"] / "absent" / "sag.nrrd")
+    assert lines[2][4].startswith("error: '") and "does not exist" in lines[2][4]
+    assert not world["out"].exists()

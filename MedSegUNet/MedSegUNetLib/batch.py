@@ -157,6 +157,9 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
     if missing:
         raise MedSegUNetError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs 'case' and one column per card input ({', '.join(inputNames)}).")
     roiColumns = [columns[c] for c in columns if c.startswith("roi")]
+    from .seriesmatch import rolesOfCard
+
+    roiRoles = [role.name for role in rolesOfCard(card) if role.kind == "roi"]
 
     def resolve(value: str) -> str:
         from .volumes import resolveTablePath
@@ -173,7 +176,8 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
             case.inputs = [(resolve(row[columns[name.lower()]]), None) for name in inputNames]
             case.roi = [resolve(row[c]) for c in roiColumns if (row.get(c) or "").strip()]
             case.series = {name: path for name, (path, _) in zip(inputNames, case.inputs)}
-            case.series.update({f"ROI {index + 1}": path for index, path in enumerate(case.roi)})
+            # The table's roi columns in order stand for the card's ROI series (then any extra ones).
+            case.series.update({f"ROI {roiRoles[index] if index < len(roiRoles) else index + 1}": path for index, path in enumerate(case.roi)})
         cases.append(case)
     return cases
 
@@ -243,6 +247,9 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
         why = checkCaseId(case.id)
         if why is not None:
             case.error = why[0].upper() + why[1:] + "."
+        missing = [path for path in [*(p for p, _ in case.inputs), *case.roi] if not os.path.exists(path.partition("::")[0])]
+        if missing and case.error is None:
+            case.error = f"'{missing[0]}' does not exist: check the path (a table's relative paths start from the table's folder)."
     ids = [case.id for case in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -1096,6 +1103,8 @@ def dryRunTable(cases: Sequence[CaseSpec], card: dict) -> str:
     from .seriesmatch import rolesOfCard
 
     roles = [role.name if role.kind == "input" else f"ROI {role.name}" for role in rolesOfCard(card)]
+    # A table's roi columns beyond the card's ROI series get columns of their own.
+    roles += sorted({key for case in cases for key in case.series if key.startswith("ROI ") and key not in roles})
     lines = ["\t".join(["case", *roles, "status"])]
     for case in cases:
         cells = [case.series.get(role, "-") for role in roles]
