@@ -129,6 +129,14 @@ def _addResampleIrregular(parser) -> None:
     )
 
 
+def compactJSON(document) -> str:
+    """JSON indented by object, with lists of numbers on one line (a corner is one line, not five)."""
+    import re
+
+    text = json.dumps(document, indent=2)
+    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda match: "[" + ", ".join(part.strip() for part in match.group(1).split(",")) + "]", text)
+
+
 def runRoi(args, console) -> int:
     from . import geometry
     from .volumes import checkDistinctPaths, checkOutputPath, readVolume, volumeName, writeText
@@ -150,7 +158,7 @@ def runRoi(args, console) -> int:
     roi = geometry.computeROI(geometries[0], geometries[1:], marginMM=args.margin)
     report = roi.toDict()
     report["reference_path"] = paths[0]
-    text = json.dumps(report, indent=2) + "\n"
+    text = compactJSON(report) + "\n"
     if args.json == "-":
         sys.stdout.write(text)
     else:

@@ -160,6 +160,10 @@ def _overlay(labels: np.ndarray, card: dict) -> np.ndarray:
     return rgba
 
 
+THUMBNAIL_INCHES = 3.2
+OVERVIEW_DPI = 100
+
+
 def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict[str, sitk.Image], card: dict, path: str, case: str = CASE) -> None:
     """PNG: up to 6 axial ROI slices with the zones, and the sagittal and coronal middle slices with
     the ROI box (its cut through each slice plane) and the zones resampled onto them.
@@ -178,8 +182,10 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
     withLabels = [k for k in range(labels.shape[0]) if labels[k].any()] or list(range(labels.shape[0]))
     shown = [withLabels[int(round(i))] for i in np.linspace(0, len(withLabels) - 1, min(6, len(withLabels)))]
     columns = max(len(shown), 2)
-    figure = plt.figure(figsize=(2.6 * columns, 2.6 + 4.6))
-    grid = figure.add_gridspec(2, columns, height_ratios=[2.6, 4.6])
+    # Thumbnails of 3.2 in at 100 dpi (over 256 px); the row of other series only when there are any.
+    rows = [THUMBNAIL_INCHES] + ([4.6] if others else [])
+    figure = plt.figure(figsize=(THUMBNAIL_INCHES * columns, sum(rows) + 0.8))
+    grid = figure.add_gridspec(len(rows), columns, height_ratios=rows)
     spacing = reference.GetSpacing()
     low, high = np.percentile(image, [1, 99.5])
     for column, k in enumerate(shown):
@@ -208,7 +214,7 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
     figure.legend(handles, [label["name"] for label in card["labels"]], loc="lower center", ncol=len(handles), fontsize=9)
     figure.suptitle(f"{case}: {card['name']}", fontsize=10)
     try:
-        figure.savefig(path, dpi=80, format="png")
+        figure.savefig(path, dpi=OVERVIEW_DPI, format="png")
     finally:
         plt.close(figure)
 
@@ -220,7 +226,7 @@ def caseName(data: str | None) -> str:
     return Path(os.path.abspath(data)).name or CASE
 
 
-def runDemo(data: str | None, output: str, model: str | None = None, device: str = "auto", log=None) -> dict:
+def runDemo(data: str | None, output: str, model: str | None = None, device: str = "auto", log=None, progress=None) -> dict:
     """Segment a prostate case's zones (ProstateX-0000 by default) and write the demo outputs.
 
     The four outputs (segmentation, CSV and JSON statistics, overview PNG) are named after the case
@@ -252,12 +258,18 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
     }
     paths = findLocalSeries(data) if data else fetchDemoData(log=log)
     checkDistinctPaths({f"--output ({key})": path for key, path in outputs.items()}, {"--data": list(paths.values()), "--model": str(modelPath)})
+    reporter = pipeline.ProgressReporter(progress) if progress is not None else None
+    if reporter is not None:
+        reporter.stage(pipeline.Stage.LOADING)
     images = {role: readVolume(path) for role, path in paths.items()}
     loaded = modelcard.loadModel(modelPath, device)
     card = loaded.card
     result = pipeline.segmentImages(
-        [images["axial"]], loaded, names=["T2 axial"], roiImages=[images["sagittal"], images["coronal"]], roiNames=["T2 sagittal", "T2 coronal"]
+        [images["axial"]], loaded, names=["T2 axial"], roiImages=[images["sagittal"], images["coronal"]], roiNames=["T2 sagittal", "T2 coronal"],
+        progress=reporter,
     )
+    if reporter is not None:
+        reporter.stage(pipeline.Stage.STATISTICS)
     report = statistics.computeStatistics(result.labelmap, card, {"T2": images["axial"]}, regions=result.regions)
     document = {
         **report,
@@ -274,6 +286,8 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
         from .errors import osErrorMessage
 
         raise MedSegUNetError(osErrorMessage(error, "create", output)) from None
+    if reporter is not None:
+        reporter.stage(pipeline.Stage.WRITING)
     with StagedOutputs() as staged:
         stageSegmentation(staged, result.labelmap, card["labels"], outputs["segmentation"], result.regions)
         for key, text in (
@@ -285,9 +299,11 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
             images["axial"], result.labelmap, result.roi, {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]},
             card, staged.stage(outputs["overview"]), case,
         )
+    if reporter is not None:
+        reporter.finish()
     for segment in report["segments"]:
         log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
-    log(f"ROI {' × '.join(f'{v:.0f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
+    log(f"ROI {' × '.join(f'{v:.1f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
     if case == CASE:
         log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
     return {"outputs": outputs, "report": report, "roi": result.roi}
@@ -318,5 +334,5 @@ def run(args, console=None) -> int:
         from .cli import resolveModelOption
 
         model = resolveModelOption(model, console)
-    runDemo(args.data, args.output, model, args.device, log=log)
+    runDemo(args.data, args.output, model, args.device, log=log, progress=console)
     return 0
