@@ -25,8 +25,9 @@ from typing import Any
 from .errors import MedSegUNetError, firstLine
 
 CARD_EXTRA_FILE = "medsegunet.json"
-# The most voxels one batch of windows may hold (2^28: 1 GiB of float32 per channel).
-MAX_WINDOW_VOXELS = 2**28
+# The most voxels one batch of windows may hold (2^32: 16 GiB of float32 per channel, before the
+# network's features): anything larger is a typing mistake; what fits this machine is checked at run time.
+MAX_WINDOW_VOXELS = 2**32
 SCHEMA_ID = "medsegunet.model/2"
 # What version 2 added: a version 1 card must not carry these (it would mean another tool's card).
 VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
@@ -264,7 +265,7 @@ def _checkRanges(card: dict, source: str) -> None:
     if patch is not None and math.prod(patch) * card.get("sw_batch_size", 1) > MAX_WINDOW_VOXELS:
         raise MedSegUNetError(
             f"Invalid {source}: patch_size {patch} × sw_batch_size {card.get('sw_batch_size', 1)} is {math.prod(patch) * card.get('sw_batch_size', 1):,} voxels per batch, "
-            f"above the {MAX_WINDOW_VOXELS:,} any GPU holds: use a smaller window."
+            f"above the {MAX_WINDOW_VOXELS:,} a window batch may have: use a smaller window."
         )
 
 
