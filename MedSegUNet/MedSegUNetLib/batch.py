@@ -666,12 +666,26 @@ def previousSummary(outputDir: str) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, device: str, tasks, results) -> None:
+class ResultSender:
+    """A worker's end of its own results pipe, shared by its threads (a lock of this process only)."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+        self.lock = threading.Lock()
+
+    def put(self, message) -> None:
+        with self.lock:
+            self.connection.send(message)
+
+
+def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, device: str, tasks, connection) -> None:
     """A worker process: load the model once, then take cases until told to stop.
 
     The next case is read and prepared on one thread, and the previous case's statistics and files
-    are written on another, while the network runs on the current one.
+    are written on another, while the network runs on the current one. Messages go to the parent
+    through this worker's own pipe (``connection``).
     """
+    results = ResultSender(connection)
     from concurrent.futures import ThreadPoolExecutor
 
     # Ctrl-C reaches the whole process group; the parent decides, and ends the workers.
@@ -888,8 +902,12 @@ def runLocal(
     the cases it had begun (read or segmented) are tried once more, and those still waiting in its
     queue are handed out again without counting an attempt (they cannot have killed it).
     """
+    from multiprocessing.connection import wait
+
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    # One results pipe per worker: a shared Queue has one cross-process write lock, and a worker
+    # killed while holding it would silence every other worker for ever.
+    receivers: dict[int, object] = {}
     attempts = {index: 0 for index in todo}
     pending = list(todo)
     remaining = set(todo)
@@ -902,9 +920,12 @@ def runLocal(
     def start(device: str) -> None:
         nonlocal nextId
         tasks = context.Queue()
-        process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, results), daemon=True)
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, sender), daemon=True)
         process.start()
+        sender.close()  # the worker holds the only write end
         workers[nextId] = (process, device, tasks)
+        receivers[nextId] = receiver
         held[nextId], begun[nextId] = set(), set()
         nextId += 1
 
@@ -920,11 +941,13 @@ def runLocal(
     handOut()
     try:
         while remaining:
-            try:
-                message = results.get(timeout=0.5)
-            except queue.Empty:
-                message = None
-            if message is not None:
+            messages = []
+            for receiver in wait(list(receivers.values()), timeout=0.5):
+                try:
+                    messages.append(receiver.recv())
+                except (EOFError, OSError):  # the worker is gone; its death is handled below
+                    receivers.pop(next(key for key, value in receivers.items() if value is receiver)).close()
+            for message in messages:
                 kind, workerId = message[0], message[1]
                 if kind == "begun":
                     begun.get(workerId, set()).add(message[2])
@@ -941,12 +964,15 @@ def runLocal(
                     handOut()
                 elif kind == "fatal":
                     raise MedSegUNetError(message[2])
+            if messages:
                 continue
             for workerId, (process, device, tasks) in list(workers.items()):
                 if process.is_alive():
                     continue
                 again, suspects = lostCases(held.pop(workerId) & remaining, begun.pop(workerId), freeLosses)
                 del workers[workerId]
+                if workerId in receivers:
+                    receivers.pop(workerId).close()
                 tasks.cancel_join_thread()
                 tasks.close()
                 why = _deathMessage(process.exitcode)
@@ -978,8 +1004,8 @@ def runLocal(
                 process.join(timeout=5)
             tasks.cancel_join_thread()
             tasks.close()
-        results.cancel_join_thread()
-        results.close()
+        for receiver in receivers.values():
+            receiver.close()
         sweepStaging(options.outputDir)
 
 
