@@ -1,8 +1,8 @@
 """MedSegUNet: U-Net segmentation of MRI in 3D Slicer, limited to the region all series cover.
 
-This file is the thin Qt/Slicer layer. The MRML work is in ``MedSegUNetLib/SegmentationLogic.py``
+This file is the thin Qt/Slicer layer. The MRML work is in ``MedSegUNetLib/slicer/logic.py``
 (tested with slicer-core), the processing in the ``MedSegUNetLib`` engine (shared with the
-``medsegunet`` command), and the self-test scenario in ``MedSegUNetLib/selftest.py``.
+``medsegunet`` command), and the self-test scenario in ``MedSegUNetLib/slicer/selftest.py``.
 """
 
 import os
@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 
 # Light: no torch, MONAI or Qt (the Lib's engine modules are imported lazily by the logic).
-from MedSegUNetLib.modulelogic import ModuleLogic, pythonSlicerExecutable
+from MedSegUNetLib.slicer.modulelogic import ModuleLogic, pythonSlicerExecutable
 
 README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
 SAMPLE_DATA_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
@@ -41,9 +41,10 @@ SAMPLE_DATA_FILES = (
 )
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "errors", "volumes", "geometry", "preprocessing", "modelcard", "networks", "inference", "pipeline", "statistics", "outputs",
-    "dicomseg", "seriesmatch", "catalog", "dependencies", "jobfiles", "worker", "SegmentationLogic", "phantoms", "selftest", "modulelogic",
-    "widget",
+    "engine.errors", "engine.volumes", "engine.geometry", "engine.preprocessing", "engine.modelcard", "engine.inference",
+    "engine.pipeline", "engine.statistics", "engine.outputs", "engine.dicomseg", "models.catalog",
+    "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.jobfiles", "slicer.worker", "slicer.logic",
+    "slicer.selftest", "slicer.modulelogic", "slicer.widget",
 )
 
 
@@ -123,7 +124,7 @@ class MedSegUNetParameterNode:
 
 
 class MedSegUNetWidget(ScriptedLoadableModuleWidget):
-    """The GUI shell: its code is ``MedSegUNetLib/widget.py`` (Qt is imported there only)."""
+    """The GUI shell: its code is ``MedSegUNetLib/slicer/widget.py`` (Qt is imported there only)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -132,7 +133,7 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        from MedSegUNetLib.widget import MedSegUNetWidgetController
+        from MedSegUNetLib.slicer.widget import MedSegUNetWidgetController
 
         self.logic = MedSegUNetLogic()
         self.controller = MedSegUNetWidgetController(self, self.logic)
@@ -170,7 +171,7 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget):
 
 
 class MedSegUNetLogic(ScriptedLoadableModuleLogic, ModuleLogic):
-    """Slicer-side logic: ``MedSegUNetLib.modulelogic.ModuleLogic`` on ``slicer.mrmlScene``, its
+    """Slicer-side logic: ``MedSegUNetLib.slicer.modulelogic.ModuleLogic`` on ``slicer.mrmlScene``, its
     worker process started with Slicer's ``PythonSlicer``.
 
     Console use::
@@ -211,7 +212,7 @@ class MedSegUNetTest(ScriptedLoadableModuleTest):
     """Self-test with data it makes itself (``slicer.selfTests["MedSegUNet"]()``): the user's path,
     ``MedSegUNetLogic().process`` with the network in the PythonSlicer worker process.
 
-    The scenario lives in ``MedSegUNetLib/selftest.py`` so pytest runs the very same code against
+    The scenario lives in ``MedSegUNetLib/slicer/selftest.py`` so pytest runs the very same code against
     slicer-core, its worker started through the real PythonSlicer launcher, on every CI run.
     """
 

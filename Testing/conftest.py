@@ -3,7 +3,7 @@
 Real data lives in ``../shared/data`` relative to the repository root (never copied into the
 repository); tests that need it skip with a message when it is absent. Models are real TorchScript
 files built and scripted here: a tiny MONAI UNet, and known-answer threshold models from
-:mod:`MedSegUNetLib.phantoms`.
+:mod:`MedSegUNetLib.models.phantoms`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def repo_root() -> Path:
 def smallObliquePhantom():
     """The bad-input cases' good volume: 20 × 18 × 8 voxels of 1 × 1 × 2 mm tilted 18° about I, a
     bright sphere of 6 mm radius at the origin (LPS)."""
-    from MedSegUNetLib import phantoms
+    from MedSegUNetLib.models import phantoms
 
     grid = phantoms.makeGrid((20, 18, 8), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 0, 0), 18), (0, 0, 0))
     return phantoms.paintSpheres(grid, [((0, 0, 0), 6.0, 1.0)])
@@ -61,7 +61,7 @@ def prostate_series() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def prostate_images(prostate_series):
     """The ProstateX-0000 T2 volumes as SimpleITK images (LPS), in ``prostate_series`` order."""
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine.volumes import readVolume
 
     return {name: readVolume(path) for name, path in prostate_series.items()}
 
@@ -101,7 +101,7 @@ def a_tiny_unet(tmp_path_factory) -> str:
     import torch
     from monai.networks.nets import UNet
 
-    from MedSegUNetLib.modelcard import saveModel
+    from MedSegUNetLib.engine.modelcard import saveModel
 
     torch.manual_seed(0)
     network = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
@@ -117,7 +117,7 @@ def a_threshold_model(tmp_path_factory):
 
     Labels default to one per threshold (values 1, 2, …). Models with the same arguments are built once.
     """
-    from MedSegUNetLib import phantoms
+    from MedSegUNetLib.models import phantoms
 
     folder = tmp_path_factory.mktemp("threshold_models")
     built: dict[str, str] = {}

@@ -22,11 +22,12 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI, requireSharedData
-from MedSegUNetLib import cli, phantoms
-from MedSegUNetLib.batch import casesFromSource, dryRunTable
-from MedSegUNetLib.modelcard import saveModel
-from MedSegUNetLib.seriesmatch import SeriesCandidate, matchSeries, words
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib import cli
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.cohorts.batch import casesFromSource, dryRunTable
+from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.cohorts.seriesmatch import SeriesCandidate, matchSeries, words
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 LEVEL = 400.0
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
@@ -346,8 +347,8 @@ def test_an_interrupt_while_the_summary_is_written_says_the_cases_are_kept(capsy
     disk, and the one line says so (not "nothing was written")."""
     import signal
 
-    from MedSegUNetLib import batch
-    from MedSegUNetLib.errors import Interrupted
+    from MedSegUNetLib.cohorts import batch
+    from MedSegUNetLib.engine.errors import Interrupted
 
     cases = tmp_path / "cases"
     cases.mkdir()
@@ -475,7 +476,7 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     ],
 )
 def test_a_dead_workers_cases(freeLosses, lost, begun, again, charged):
-    from MedSegUNetLib.batch import lostCases
+    from MedSegUNetLib.cohorts.batch import lostCases
 
     assert lostCases(lost, begun, dict(freeLosses)) == (again, charged)
 
@@ -485,7 +486,7 @@ def test_reading_and_writing_threads_yield_to_the_network():
     """A worker's prefetch and writer threads run 10 nice levels lower; the network's thread keeps its priority."""
     import threading
 
-    from MedSegUNetLib.batch import _yieldToTheNetwork
+    from MedSegUNetLib.cohorts.batch import _yieldToTheNetwork
 
     seen = {}
 

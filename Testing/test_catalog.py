@@ -8,8 +8,10 @@ import shutil
 
 import pytest
 
-from MedSegUNetLib import catalog, cli
-from MedSegUNetLib.volumes import sha256
+from MedSegUNetLib.models import catalog
+
+from MedSegUNetLib import cli
+from MedSegUNetLib.engine.volumes import sha256
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
@@ -56,7 +58,7 @@ def test_list_pull_and_run_by_name(capsys, tmp_path, a_mirror):
     # Any --model takes the name; the cached file is used without a new download.
     import SimpleITK as sitk
 
-    from MedSegUNetLib import phantoms
+    from MedSegUNetLib.models import phantoms
 
     image = phantoms.paintSpheres(phantoms.makeGrid((16, 16, 8), (1, 1, 2), phantoms.rotationMatrix((1, 0, 0), 10)), [((0, 0, 0), 5.0, 1.0)])
     sitk.WriteImage(image, str(tmp_path / "t2.nrrd"))
@@ -81,7 +83,7 @@ def test_refusals_leave_nothing_in_the_cache(capsys, a_mirror, name, expected):
 def test_download_can_be_cancelled(tmp_path, a_mirror):
     import threading
 
-    from MedSegUNetLib.errors import ProcessingCancelled
+    from MedSegUNetLib.engine.errors import ProcessingCancelled
 
     cancel = threading.Event()
     cancel.set()

@@ -19,8 +19,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI, requireSharedData, smallObliquePhantom
-from MedSegUNetLib import cli, geometry, phantoms
-from MedSegUNetLib.volumes import readVolume
+from MedSegUNetLib import cli
+from MedSegUNetLib.engine import geometry
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.volumes import readVolume
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
@@ -148,7 +150,7 @@ def test_segment_end_to_end_on_real_data(tmp_path, prostate_series, prostate_ima
     assert report["timing_s"]["inference"] > 0
 
     rows = list(csv.reader((out / "stats.csv").open()))
-    from MedSegUNetLib.statistics import statisticsColumns
+    from MedSegUNetLib.engine.statistics import statisticsColumns
 
     assert rows[0] == statisticsColumns(["T2"], True)
     assert rows[1][:3] == ["bright", "1", str(int(expected.sum()))]
@@ -228,7 +230,7 @@ def small_inputs(tmp_path, a_threshold_model):
 # [parameters (how the command goes wrong), input shape (—), expected (words of the one-line error)]
 BAD_INPUT_CASES = [
     pytest.param(lambda p: ["segment", p["out"].parent / "absent.nrrd", "--model", p["model"]], "does not exist", id="missing-volume"),
-    pytest.param(lambda p: ["segment", p["corrupt"], "--model", p["model"]], "Cannot read volume", id="unreadable-volume"),
+    pytest.param(lambda p: ["segment", p["corrupt"], "--model", p["model"]], "is cut short", id="unreadable-volume"),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["out"].parent / "absent.pt"], "does not exist", id="missing-model"),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["notmodel"]], "not a TorchScript model", id="unreadable-model"),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["badcard"]], "field 'output'", id="card-fails-schema"),

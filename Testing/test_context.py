@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import cli, modelcard, phantoms, pipeline
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib import cli
+
+from MedSegUNetLib.engine import modelcard, pipeline
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 
 RADIUS = 3  # voxels of the mean filter
 SPACING = (1.0, 1.0, 2.0)
@@ -105,7 +109,7 @@ def test_context_from_the_card_and_the_command_line(capsys, tmp_path, context_ca
 
 def test_padding_zero_and_edge(tmp_path):
     """Voxels of the model grid outside an input: 0 after normalisation, or the nearest edge voxel."""
-    from MedSegUNetLib import preprocessing
+    from MedSegUNetLib.engine import preprocessing
 
     grid = phantoms.makeGrid((10, 10, 4), (1.0, 1.0, 1.0), np.eye(3), (0.0, 0.0, 0.0))
     image = sitk.Image(grid)

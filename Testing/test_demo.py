@@ -11,9 +11,9 @@ import SimpleITK as sitk
 
 from MedSegUNetLib import demo
 from MedSegUNetLib.cli import main
-from MedSegUNetLib.errors import MedSegUNetError
-from MedSegUNetLib.geometry import VolumeGeometry, fullROI
-from MedSegUNetLib.phantoms import makeGrid, rotationMatrix
+from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.engine.geometry import VolumeGeometry, fullROI
+from MedSegUNetLib.models.phantoms import makeGrid, rotationMatrix
 
 from conftest import PROSTATEX_0000_ROI, requireSharedData
 
@@ -75,8 +75,8 @@ def test_box_on_slice_of_tilted_series():
 
 def test_demo_on_local_prostatex(tmp_path, repo_root):
     """The README's demo command on the local DICOM copy: outputs, ROI, zone volumes, Dice vs HeviAI23."""
-    from MedSegUNetLib import statistics
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine import statistics
+    from MedSegUNetLib.engine.volumes import readVolume
 
     data = requireSharedData("prostatex", "ProstateX-0000")
     if not demo.defaultModelPath().is_file():
@@ -102,7 +102,7 @@ def test_demo_on_local_prostatex(tmp_path, repo_root):
     labelmap.CopyInformation(reference)
     zones = sitk.Cast(sitk.ReadImage(str(requireSharedData("prostatex", "labels", "ProstateX-0000_zones_AI-HeviAI23.nii.gz"))), sitk.sitkUInt16)
     labels = [{"value": 1, "name": "pz", "color": [0, 1, 0]}, {"value": 2, "name": "tz", "color": [1, 0, 0]}]
-    from MedSegUNetLib.pipeline import labelMasks
+    from MedSegUNetLib.engine.pipeline import labelMasks
 
     metrics, _ = statistics.overlapMetrics(labelMasks(labelmap, labels), labelMasks(zones, labels), labels, labelmap.GetSpacing())
     # ProstateX-0000 is the model's training case: this checks the whole chain, not generalisation.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT
-from MedSegUNetLib import dependencies
+from MedSegUNetLib.slicer import dependencies
 
 
 def test_constraints_pin_the_present_torch_numpy_simpleitk_and_vtk():
@@ -26,7 +26,7 @@ def test_constraints_pin_the_present_torch_numpy_simpleitk_and_vtk():
 PROBE = r"""
 import json, os, sys
 sys.path.insert(0, %(fake)r)
-from MedSegUNetLib import dependencies
+from MedSegUNetLib.slicer import dependencies
 print(json.dumps({"status": dependencies.torchStatus(), "missing": dependencies.missingModules(), "torch": "torch" in sys.modules}))
 """
 
@@ -44,8 +44,8 @@ def test_broken_and_missing_torch_are_told_apart(tmp_path):
 
 
 def test_devices_are_asked_of_the_worker(python_slicer):
-    from MedSegUNetLib.SegmentationLogic import availableDevices
-    from MedSegUNetLib.worker import WorkerProcess
+    from MedSegUNetLib.slicer.logic import availableDevices
+    from MedSegUNetLib.slicer.worker import WorkerProcess
 
     worker = WorkerProcess(python_slicer)
     try:

@@ -17,8 +17,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import requireSharedData
-from MedSegUNetLib import cli, phantoms
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib import cli
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 
 LEVEL = 400.0
 PROSTATE = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
@@ -43,7 +44,7 @@ def test_highdicom_reads_the_same_voxels_names_and_codes(seg_run):
     import highdicom as hd
     import pydicom
 
-    from MedSegUNetLib.volumes import findDicomSeries
+    from MedSegUNetLib.engine.volumes import findDicomSeries
 
     segmentation = hd.seg.segread(str(seg_run["out"] / "seg.dcm"))
     names = [item.SegmentLabel for item in segmentation.SegmentSequence]

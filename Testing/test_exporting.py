@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from MedSegUNetLib import training
+from MedSegUNetLib.models import training
 from MedSegUNetLib.cli import main
-from MedSegUNetLib.errors import MedSegUNetError
-from MedSegUNetLib.exporting import exportCheckpoint, exportNetwork
-from MedSegUNetLib.modelcard import loadModel, readCard
-from MedSegUNetLib.phantoms import thresholdCard, writeThresholdModel
+from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models.exporting import exportCheckpoint, exportNetwork
+from MedSegUNetLib.engine.modelcard import loadModel, readCard
+from MedSegUNetLib.models.phantoms import thresholdCard, writeThresholdModel
 
 
 def tinyConfig(network: dict, dims: int = 3, patch: int = 16, **overrides) -> dict:

@@ -23,8 +23,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import requireSharedData, smallObliquePhantom
-from MedSegUNetLib import cli, phantoms
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib import cli
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
@@ -341,7 +342,7 @@ def test_fifo_as_a_volume_is_refused_at_once(tmp_path, a_threshold_model):
 @pytest.fixture
 def axial_without_slice_10(tmp_path):
     source = requireSharedData("prostatex", "ProstateX-0000", "4-t2tsetra")
-    from MedSegUNetLib.volumes import findDicomSeries
+    from MedSegUNetLib.engine.volumes import findDicomSeries
 
     files = list(findDicomSeries(source)[0].files)
     folder = tmp_path / "axial-missing"
@@ -364,7 +365,7 @@ def test_dicom_series_with_a_gap_is_refused(capsys, tmp_path, axial_without_slic
 
 
 def test_resample_irregular_rebuilds_the_true_geometry(axial_without_slice_10):
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine.volumes import readVolume
 
     folder, original = axial_without_slice_10
     complete = readVolume(original)

@@ -11,7 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData
-from MedSegUNetLib import cli, phantoms
+from MedSegUNetLib import cli
+from MedSegUNetLib.models import phantoms
 
 ZOO_PROSTATE = str(REPO_ROOT / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
 
@@ -67,7 +68,7 @@ def test_probabilities_sum_to_one_on_every_roi_voxel_of_prostatex(tmp_path, pros
     inside = _probabilitiesInside(str(tmp_path / "p.nrrd"), roi)
     np.testing.assert_allclose(inside.sum(axis=-1), 1.0, atol=1e-4)
     # The last column is labelled like the image there (bright voxels), not left as background.
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine.volumes import readVolume
 
     intensity = sitk.GetArrayFromImage(readVolume(tra))
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "z.nrrd")))

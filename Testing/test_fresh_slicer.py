@@ -23,9 +23,9 @@ import json, sys
 for name in %(blocked)r:
     sys.modules[name] = None  # 'import name' now raises ImportError, as in a fresh Slicer
 import slicer
-from MedSegUNetLib import modelcard
-from MedSegUNetLib.SegmentationLogic import addVolumeFromImage, suggestInputVolumes, suggestROIVolumes
-from MedSegUNetLib.volumes import readVolume
+from MedSegUNetLib.engine import modelcard
+from MedSegUNetLib.slicer.logic import addVolumeFromImage, suggestInputVolumes, suggestROIVolumes
+from MedSegUNetLib.engine.volumes import readVolume
 
 scene = slicer.vtkMRMLScene()
 nodes = [addVolumeFromImage(scene, readVolume(path), name) for name, path in %(series)r]

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PROSTATEX_0000_ROI
-from MedSegUNetLib import geometry, phantoms
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.engine import geometry
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 IDENTITY = np.eye(3)
 SWAP_IJ = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # left-handed (det −1)
@@ -355,7 +356,7 @@ def test_prostatex_world_box_shortcut_is_three_times_too_large(prostate_geometri
 
 
 def test_prostatex_0001_roi_equals_brute_force(prostate_series_0001):
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine.volumes import readVolume
 
     images = [readVolume(path) for path in prostate_series_0001.values()]
     geometries = [geometryOf(image, name) for name, image in zip(prostate_series_0001, images)]

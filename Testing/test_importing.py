@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from MedSegUNetLib import cli, modelcard
+from MedSegUNetLib import cli
+
+from MedSegUNetLib.engine import modelcard
 
 pytest.importorskip("onnx", reason="the import extra is not installed")
 pytest.importorskip("onnxruntime", reason="the import extra is not installed")
@@ -252,7 +254,7 @@ def test_a_trained_model_exported_with_torch_defaults_imports_and_segments_the_s
     import SimpleITK as sitk
     import torch
 
-    from MedSegUNetLib import training
+    from MedSegUNetLib.models import training
 
     zoo = repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt"
     card = modelcard.readCard(zoo)

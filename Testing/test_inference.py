@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from MedSegUNetLib import inference, modelcard
-from MedSegUNetLib.errors import ProcessingCancelled
+from MedSegUNetLib.engine import inference, modelcard
+from MedSegUNetLib.engine.errors import ProcessingCancelled
 
 LABELS = [(1, "a", (1, 0, 0)), (2, "b", (0, 1, 0))]
 

@@ -11,8 +11,9 @@ import zipfile
 import pytest
 
 from conftest import TINY_UNET_CARD
-from MedSegUNetLib import modelcard, phantoms
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.engine import modelcard
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 
 def card(**changes) -> dict:
@@ -212,7 +213,7 @@ def test_version_1_cards_are_read_and_version_2_fields_need_version_2():
     ],
 )
 def test_terminology_entry_reads_back(terminology):
-    from MedSegUNetLib.modelcard import terminologyEntry, terminologyFromEntry
+    from MedSegUNetLib.engine.modelcard import terminologyEntry, terminologyFromEntry
 
     assert terminologyFromEntry(terminologyEntry({"terminology": terminology})) == terminology
     assert terminologyFromEntry(None) is None and terminologyFromEntry("context~^^~^^~^^~anatomic~^^~^^") is None

@@ -9,8 +9,10 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from MedSegUNetLib import geometry, outputs, phantoms
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.engine import geometry, outputs
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 LABELS = [
     {"value": 1, "name": "peripheral zone", "color": [0.9, 0.6, 0.3]},
@@ -82,7 +84,7 @@ def test_terminology_reaches_seg_nrrd_as_slicer_writes_it(tmp_path, repo_root):
     """The zoo card's SNOMED CT codes become each segment's TerminologyEntry tag, read back by slicerio."""
     import slicerio
 
-    from MedSegUNetLib import modelcard
+    from MedSegUNetLib.engine import modelcard
 
     card = modelcard.readCard(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
     labelmap = sitk.Image([6, 5, 4], sitk.sitkUInt8)

@@ -18,8 +18,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI
-from MedSegUNetLib import geometry, modelcard, phantoms, pipeline
-from MedSegUNetLib.errors import MedSegUNetError, ProcessingCancelled
+from MedSegUNetLib.engine import geometry, modelcard, pipeline
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled
 
 LABELS = [(1, "outer", (0.9, 0.5, 0.3)), (2, "inner", (0.2, 0.6, 0.9))]
 LEVELS = (0.5, 1.5)
@@ -246,7 +247,7 @@ def test_wrong_input_count_is_a_clear_error(a_threshold_model):
 
 
 def test_wrong_channel_count_at_network_is_a_clear_error(a_threshold_model):
-    from MedSegUNetLib.inference import predictProbabilities
+    from MedSegUNetLib.engine.inference import predictProbabilities
 
     loaded = modelcard.loadModel(a_threshold_model(LEVELS, LABELS), "cpu")
     with pytest.raises(MedSegUNetError, match="takes 1 input"):
@@ -333,7 +334,7 @@ def test_prostatex_segment_with_threshold_model(prostate_images, a_threshold_mod
 
 
 def test_prostatex_0001_segment_keeps_grid(prostate_series_0001, a_threshold_model):
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine.volumes import readVolume
 
     images = [readVolume(path) for path in prostate_series_0001.values()]
     model = a_threshold_model((T2_LEVEL,), [(1, "bright", (1.0, 1.0, 0.0))], inputs=("T2",))

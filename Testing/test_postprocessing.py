@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import modelcard, phantoms, pipeline
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib.engine import modelcard, pipeline
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 
 GRID = phantoms.makeGrid((40, 36, 16), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 1, 0), 20), (0.0, 0.0, 0.0))
 BIG, SMALL = ((-4.0, 0.0, 0.0), 8.0), ((12.0, 8.0, 0.0), 3.0)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import phantoms, preprocessing
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
+
+from MedSegUNetLib.engine import preprocessing
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 
 def cijk(values, shape) -> np.ndarray:

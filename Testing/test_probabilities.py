@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import cli, phantoms
-from MedSegUNetLib.modelcard import readCard, saveModel
+from MedSegUNetLib import cli
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import readCard, saveModel
 
 LABELS = [(1, "outer", (0.2, 0.8, 0.2)), (2, "inner", (0.9, 0.2, 0.2))]
 

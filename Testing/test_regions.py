@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import cli, modelcard, phantoms, pipeline
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib import cli
+
+from MedSegUNetLib.engine import modelcard, pipeline
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 
 CENTER = (4.0, -3.0, 2.0)
 RADII = (9.0, 6.0, 3.0)
@@ -108,7 +112,7 @@ def test_reference_in_own_values_without_reference_values_is_refused(capsys, tmp
 
 
 def test_training_config_gives_reference_values(repo_root):
-    from MedSegUNetLib import training
+    from MedSegUNetLib.models import training
 
     config = {"labels": [{"value": 1, "region": [1, 2, 3]}, {"value": 2, "region": [1, 3]}, {"value": 3, "region": [3]}], "label_remap": {"4": 3}}
     assert training.referenceValuesFromConfig(config) == REFERENCE_VALUES

@@ -1,6 +1,6 @@
 """SegmentationLogic on real MRML scenes (slicer-core): geometry, outputs, re-runs, failures, cancel.
 
-Known answers come from threshold models (:mod:`MedSegUNetLib.phantoms`) whose cards keep the
+Known answers come from threshold models (:mod:`MedSegUNetLib.models.phantoms`) whose cards keep the
 reference grid, so the expected label map is the thresholded reference inside the ROI, exactly.
 Arrays are K, J, I (``arrayFromVolume`` / SimpleITK); node matrices are RAS.
 """
@@ -21,10 +21,12 @@ vtk = pytest.importorskip("vtk")
 sitk = pytest.importorskip("SimpleITK")
 
 from conftest import PROSTATE_SERIES, PROSTATEX_0000_ROI, requireSharedData  # noqa: E402
-from MedSegUNetLib import geometry, phantoms, selftest  # noqa: E402
-from MedSegUNetLib.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
-from MedSegUNetLib.pipeline import Stage  # noqa: E402
-from MedSegUNetLib.SegmentationLogic import (  # noqa: E402
+from MedSegUNetLib.engine import geometry  # noqa: E402
+from MedSegUNetLib.models import phantoms  # noqa: E402
+from MedSegUNetLib.slicer import selftest  # noqa: E402
+from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
+from MedSegUNetLib.engine.pipeline import Stage  # noqa: E402
+from MedSegUNetLib.slicer.logic import (  # noqa: E402
     SegmentationLogic,
     addVolumeFromImage,
     imageFromVolumeNode,
@@ -136,7 +138,7 @@ def vtkMatrix(array):
 SELF_TEST = r"""
 import json, sys, tempfile
 import slicer
-from MedSegUNetLib.modulelogic import ModuleLogic
+from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 # As MedSegUNetLogic in Slicer's testing mode: nothing may be installed.
 logic = ModuleLogic(slicer.vtkMRMLScene(), %(requirements)r, workerExecutable=%(launcher)r, interactive=False, testing=True)
 with tempfile.TemporaryDirectory() as directory:
@@ -458,7 +460,7 @@ def test_worker_thread_run_touches_no_mrml_until_finish(a_scene, phantom_data):
 
 
 def test_input_and_roi_volume_suggestions(a_scene, phantom_data):
-    from MedSegUNetLib.SegmentationLogic import availableDevices, suggestInputVolumes, suggestROIVolumes
+    from MedSegUNetLib.slicer.logic import availableDevices, suggestInputVolumes, suggestROIVolumes
 
     images = phantom_data["images"]
     nodes = {
@@ -489,7 +491,7 @@ def test_batch_example_segments_a_folder_of_cases(tmp_path, phantom_data):
     import importlib.util
 
     from conftest import REPO_ROOT
-    from MedSegUNetLib import modelcard
+    from MedSegUNetLib.engine import modelcard
 
     spec = importlib.util.spec_from_file_location("batch_example", REPO_ROOT / "docs" / "batch_example.py")
     batch = importlib.util.module_from_spec(spec)
@@ -504,7 +506,7 @@ def test_batch_example_segments_a_folder_of_cases(tmp_path, phantom_data):
     assert result.roi.ijkMin.tolist() == [0, 5, 1] and result.roi.ijkMax.tolist() == [36, 37, 13]
     assert tableColumn(result.statisticsTableNode, "Number of voxels [voxels]") == [1633.0, 178.0]
     # The same matcher and summary as 'medsegunet batch': the same series, the same columns.
-    from MedSegUNetLib.batch import casesFromSource, summaryCSV
+    from MedSegUNetLib.cohorts.batch import casesFromSource, summaryCSV
 
     (spec,) = casesFromSource(str(tmp_path / "cases"), card)
     assert spec.inputs == [(str(case / "t2-axial.nrrd"), None)] and spec.roi == [str(case / "t2-sagittal.nrrd"), str(case / "t2-coronal.nrrd")]
@@ -538,7 +540,7 @@ def test_left_handed_reference_gives_a_proper_roi_box(a_scene, tmp_path):
 
 def test_suggestions_never_raise_on_odd_nodes(a_scene, phantom_data):
     """A reference without image data, or under a non-linear transform, gives no suggestion, not an error."""
-    from MedSegUNetLib.SegmentationLogic import suggestInputVolumes, suggestROIVolumes
+    from MedSegUNetLib.slicer.logic import suggestInputVolumes, suggestROIVolumes
 
     nodes = addPhantoms(a_scene, phantom_data)
     empty = slicer.vtkMRMLScalarVolumeNode()
@@ -586,7 +588,7 @@ def test_tilted_markups_roi_is_the_exact_joint_intersection(a_scene, phantom_dat
 
 def test_terminology_reaches_mrml_segments(a_scene, tmp_path, phantom_data):
     """A card label's codes become the vtkSegment's TerminologyEntry tag in the scene."""
-    from MedSegUNetLib import modelcard
+    from MedSegUNetLib.engine import modelcard
 
     card = json.loads(json.dumps(phantom_data["card"]))
     card["labels"][0]["terminology"] = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
@@ -649,8 +651,8 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
     pytest.importorskip("highdicom")
     import pydicom
 
-    from MedSegUNetLib.SegmentationLogic import DICOM_INSTANCE_UIDS_ATTRIBUTE
-    from MedSegUNetLib.volumes import findDicomSeries, readVolume
+    from MedSegUNetLib.slicer.logic import DICOM_INSTANCE_UIDS_ATTRIBUTE
+    from MedSegUNetLib.engine.volumes import findDicomSeries, readVolume
 
     folder = requireSharedData("prostatex", "ProstateX-0000")
     files = list(findDicomSeries(folder / PROSTATE_SERIES[0])[0].files)
@@ -698,7 +700,7 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
                                              ("no-reference", "does not record the volume it was made on")])
 def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data, fault, expected):
     pytest.importorskip("highdicom")
-    from MedSegUNetLib.SegmentationLogic import DICOM_INSTANCE_UIDS_ATTRIBUTE
+    from MedSegUNetLib.slicer.logic import DICOM_INSTANCE_UIDS_ATTRIBUTE
 
     logic = SegmentationLogic(a_scene)
     fileForInstance = None

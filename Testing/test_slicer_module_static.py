@@ -29,9 +29,9 @@ MODULE_DIR = REPO_ROOT / "MedSegUNet"
 LIB_DIR = MODULE_DIR / "MedSegUNetLib"
 MODULE_FILE = MODULE_DIR / "MedSegUNet.py"
 # The module's Slicer-facing code: the thin module file, its widget and its installer (in the Lib).
-WIDGET_FILE = MODULE_DIR / "MedSegUNetLib" / "widget.py"
-INSTALL_FILE = MODULE_DIR / "MedSegUNetLib" / "dependencies.py"
-MODULE_LOGIC_FILE = MODULE_DIR / "MedSegUNetLib" / "modulelogic.py"
+WIDGET_FILE = MODULE_DIR / "MedSegUNetLib" / "slicer" / "widget.py"
+INSTALL_FILE = MODULE_DIR / "MedSegUNetLib" / "slicer" / "dependencies.py"
+MODULE_LOGIC_FILE = MODULE_DIR / "MedSegUNetLib" / "slicer" / "modulelogic.py"
 SLICER_FILES = [MODULE_FILE, WIDGET_FILE, INSTALL_FILE, MODULE_LOGIC_FILE]
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegUNet.ui"
 FAKE_SLICER = REPO_ROOT / "Testing" / "data" / "FakeSlicer"
@@ -40,8 +40,8 @@ CATALOG_SCHEMA = REPO_ROOT / "Testing" / "data" / "slicer-extension-catalog-entr
 
 def packagedFilesOnDisk() -> tuple[set[str], set[str]]:
     """What the extension must ship: (scripts, resources), paths relative to ``MedSegUNet/``."""
-    scripts = {"MedSegUNet.py"} | {f"MedSegUNetLib/{p.name}" for p in LIB_DIR.glob("*.py")}
-    resources = {f"MedSegUNetLib/{p.name}" for p in LIB_DIR.glob("*.json")}
+    scripts = {"MedSegUNet.py"} | {p.relative_to(MODULE_DIR).as_posix() for p in LIB_DIR.rglob("*.py") if "__pycache__" not in p.parts}
+    resources = {p.relative_to(MODULE_DIR).as_posix() for p in LIB_DIR.rglob("*.json") if "__pycache__" not in p.parts}
     resources |= {p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
     return scripts, resources
 
@@ -164,14 +164,14 @@ def test_module_file_is_thin_and_imports_engine_lazily():
     # torch, MONAI and the engine may be missing when Slicer loads the module (installed on Apply).
     assert not topLevelImports & {"torch", "monai", "SimpleITK", "numpy"}
     libImports = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("MedSegUNetLib")}
-    assert libImports <= {"MedSegUNetLib.modulelogic"}, libImports
+    assert libImports <= {"MedSegUNetLib.slicer.modulelogic"}, libImports
     assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 800
 
 
 def test_the_module_logic_imports_nothing_heavy():
     """What MedSegUNet.py imports when Slicer loads it: no numpy, SimpleITK, VTK, torch or MONAI."""
     code = (
-        "import sys; import MedSegUNetLib.modulelogic; "
+        "import sys; import MedSegUNetLib.slicer.modulelogic; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'SimpleITK', 'vtk', 'torch', 'monai', 'qt'}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(MODULE_DIR))
@@ -208,7 +208,7 @@ def test_requirements_leave_bundled_packages_alone():
     lines = [line.split("#")[0].strip() for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text().splitlines()]
     names = {re.split(r"[<>=!~\[; ]", line)[0].lower() for line in lines if line}
     # What the worker imports for a run; the dependencies module checks the same list.
-    from MedSegUNetLib import dependencies
+    from MedSegUNetLib.slicer import dependencies
 
     assert {distribution.lower() for distribution in dependencies.REQUIRED.values()} <= names
     assert not names & {name.lower() for name in dependencies.PINNED}
@@ -313,9 +313,9 @@ def test_cmake_scripts_are_python_and_resources_keep_their_folder(cmake_record):
     # ctkMacroCompilePythonScript appends ".py" to SCRIPTS entries that lack it, and copies RESOURCES
     # to the same relative path: the schemas must be RESOURCES next to the modules that open them.
     assert all(script.endswith(".py") for script in cmake_record["SCRIPT"])
-    for schema in ("modelcard", "trainconfig"):
+    for schema in ("engine/modelcard", "models/trainconfig"):
         assert f"MedSegUNetLib/{schema}.schema.json" in cmake_record["RESOURCE"]
-    assert "MedSegUNetLib/modelcard.py" in cmake_record["SCRIPT"] and "MedSegUNetLib/training.py" in cmake_record["SCRIPT"]
+    assert "MedSegUNetLib/engine/modelcard.py" in cmake_record["SCRIPT"] and "MedSegUNetLib/models/training.py" in cmake_record["SCRIPT"]
 
 
 def slicerUtilCalls(path: Path) -> list[tuple[str, ast.Call]]:
@@ -395,7 +395,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("not installed: " + name)
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, {str(MODULE_DIR)!r})
-from MedSegUNetLib.SegmentationLogic import availableDevices, suggestInputVolumes, suggestROIVolumes, timingsText
+from MedSegUNetLib.slicer.logic import availableDevices, suggestInputVolumes, suggestROIVolumes, timingsText
 print(sorted(availableDevices().items()))
 """
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -420,7 +420,7 @@ def test_scene_events_are_coalesced_and_observed_only_while_entered():
 
 
 def test_slicer_process_never_imports_torch_or_monai():
-    for path in [MODULE_FILE, *sorted(LIB_DIR.glob("*.py"))]:
+    for path in [MODULE_FILE, *sorted(LIB_DIR.rglob("*.py"))]:
         if path.name in ("worker.py",):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -443,8 +443,20 @@ def test_module_file_is_the_five_template_classes_and_the_widget_lives_in_the_li
     assert "import qt" not in MODULE_FILE.read_text(encoding="utf-8") and "import qt" in WIDGET_FILE.read_text(encoding="utf-8")
     libModules = next(node for node in tree.body if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "LIB_MODULES")
     listed = [element.value for element in libModules.value.elts]
-    assert set(listed) == {p.stem for p in LIB_DIR.glob("*.py")} - {"__init__", "cli", "batch", "raybatch", "demo", "exporting", "importing", "training", "console"}
-    assert listed[-1] == "widget"
+    # Every module Slicer's process may import: the engine (its console aside), the Slicer package,
+    # and what they use of models and cohorts; the command line's modules are never loaded there.
+    from test_architecture import libraryImports
+
+    graph = libraryImports()
+    slicerSide = {name for name in graph if name.startswith("slicer.")} - {"slicer.__init__"}
+    needed = set(slicerSide)
+    for name in sorted(slicerSide):
+        needed |= graph[name]
+    assert set(listed) == {name for name in needed if not name.endswith("__init__")} | {f"engine.{p.stem}" for p in (LIB_DIR / "engine").glob("*.py") if p.stem not in ("__init__", "console")}
+    # Dependency order: a module is reloaded after every Lib module it imports.
+    for position, name in enumerate(listed):
+        assert graph[name] & set(listed) <= set(listed[:position]), (name, sorted(graph[name] - set(listed[:position])))
+    assert listed[-1] == "slicer.widget"
 
 
 SIGNATURES = json.loads((REPO_ROOT / "Testing" / "data" / "slicer-api-signatures.json").read_text())

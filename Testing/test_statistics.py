@@ -13,8 +13,10 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from MedSegUNetLib import outputs, phantoms, pipeline, statistics
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.engine import outputs, pipeline, statistics
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 SHAPE_KJI = (10, 20, 20)
 SPACING = (1.0, 1.0, 2.0)

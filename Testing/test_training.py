@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import pipeline, statistics, training
-from MedSegUNetLib.errors import MedSegUNetError
-from MedSegUNetLib.exporting import exportCheckpoint
-from MedSegUNetLib.modelcard import loadModel, readCard
-from MedSegUNetLib.phantoms import makeGrid, paintSpheres, rotationMatrix
+from MedSegUNetLib.engine import pipeline, statistics
+
+from MedSegUNetLib.models import training
+from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models.exporting import exportCheckpoint
+from MedSegUNetLib.engine.modelcard import loadModel, readCard
+from MedSegUNetLib.models.phantoms import makeGrid, paintSpheres, rotationMatrix
 
 LABELS = [
     {"value": 1, "name": "outer", "color": [0.9, 0.3, 0.2]},
@@ -191,8 +193,8 @@ def test_csv_2d_tilted_inputs_train_export_cli_segment(tmp_path, csv_cases):
 
 def test_prepared_case_uses_inference_roi_and_grid(csv_cases):
     """The training grid is the inference model grid: ROI from all inputs and the extra series."""
-    from MedSegUNetLib import geometry, preprocessing
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine import geometry, preprocessing
+    from MedSegUNetLib.engine.volumes import readVolume
 
     config = training.validateConfig(baseConfig({"csv": str(csv_cases)}, spacing=[2.0, 2.0, None]))
     case = training.readCases(config)[0]

@@ -14,8 +14,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import smallObliquePhantom
-from MedSegUNetLib import cli, outputs, phantoms
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib import cli
+from MedSegUNetLib.engine import outputs
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 
 
 @pytest.fixture

@@ -15,8 +15,10 @@ import subprocess
 
 import pytest
 
-from MedSegUNetLib import cli, phantoms
-from MedSegUNetLib.modelcard import saveModel
+from MedSegUNetLib import cli
+
+from MedSegUNetLib.models import phantoms
+from MedSegUNetLib.engine.modelcard import saveModel
 from test_batch import LABELS, LEVEL, _orientedPhantom, command
 from test_untrusted_models import treeDigest
 

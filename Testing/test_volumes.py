@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib import phantoms, volumes
-from MedSegUNetLib.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
+
+from MedSegUNetLib.engine import volumes
+from MedSegUNetLib.engine.errors import MedSegUNetError
 
 OBLIQUE = phantoms.rotationMatrix((1, 0.3, 0), 18) @ np.diag([1.0, 1.0, 1.0])
 LEFT_HANDED = phantoms.rotationMatrix((0, 0, 1), 20) @ np.diag([1.0, -1.0, 1.0])
@@ -185,7 +187,7 @@ def test_output_in_missing_folder(tmp_path):
     ids=["ENOSPC", "EFBIG", "EROFS", "EACCES", "EISDIR"],
 )
 def test_os_errors_say_what_to_do(number, expected):
-    from MedSegUNetLib.errors import osErrorMessage
+    from MedSegUNetLib.engine.errors import osErrorMessage
 
     message = osErrorMessage(OSError(number, os.strerror(number)), "write", "/data/out/seg.nii.gz")
     assert message.startswith("Cannot write '/data/out/seg.nii.gz': ") and expected in message and "\n" not in message

@@ -23,10 +23,11 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for MRML tests")
 
 from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData  # noqa: E402
-from MedSegUNetLib import phantoms, selftest  # noqa: E402
-from MedSegUNetLib.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
-from MedSegUNetLib.SegmentationLogic import SegmentationLogic, addVolumeFromImage  # noqa: E402
-from MedSegUNetLib.worker import BEGUN_MESSAGE, PendingRequest, WorkerProcess  # noqa: E402
+from MedSegUNetLib.models import phantoms  # noqa: E402
+from MedSegUNetLib.slicer import selftest  # noqa: E402
+from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
+from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage  # noqa: E402
+from MedSegUNetLib.slicer.worker import BEGUN_MESSAGE, PendingRequest, WorkerProcess  # noqa: E402
 
 LEVEL = 400.0
 
@@ -35,9 +36,9 @@ LIGHT_CALLER = r"""
 import json, sys, time
 import numpy as np
 import slicer
-from MedSegUNetLib.SegmentationLogic import SegmentationLogic, addVolumeFromImage
-from MedSegUNetLib.volumes import readVolume
-from MedSegUNetLib import selftest
+from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage
+from MedSegUNetLib.engine.volumes import readVolume
+from MedSegUNetLib.slicer import selftest
 scene = slicer.vtkMRMLScene()
 nodes = [addVolumeFromImage(scene, readVolume(path), name) for name, path in %(series)r]
 logic = SegmentationLogic(scene, useWorker=True, workerExecutable=%(launcher)r)
@@ -139,7 +140,7 @@ def _slowModel(path, card, repeats: int = 4000) -> str:
     """The self-test's threshold model, made slow by work whose result it discards; it prints nothing."""
     import torch
 
-    from MedSegUNetLib.modelcard import saveModel
+    from MedSegUNetLib.engine.modelcard import saveModel
 
     class Slow(torch.nn.Module):
         def __init__(self) -> None:
@@ -216,7 +217,7 @@ def test_a_killed_interpreter_gives_one_line_and_the_scene_is_unchanged(tmp_path
 
 OWNER = r"""
 import sys
-from MedSegUNetLib.worker import WorkerProcess
+from MedSegUNetLib.slicer.worker import WorkerProcess
 worker = WorkerProcess(%(launcher)r)
 answer = worker.request({"command": "ping"})
 print(answer["pid"], worker.process.pid, flush=True)
@@ -299,7 +300,7 @@ def test_devices_are_asked_without_blocking(python_slicer):
             polls += 1
             time.sleep(0.01)
         assert query.error is None and set(query.answer) >= {"torch", "cuda", "mps"}
-        from MedSegUNetLib.dependencies import devicesFromAnswer
+        from MedSegUNetLib.slicer.dependencies import devicesFromAnswer
 
         assert devicesFromAnswer(query.answer)["cpu"] is True
         assert polls > 0  # importing torch in the worker took longer than one poll

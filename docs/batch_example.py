@@ -5,7 +5,7 @@ Usage::
     Slicer --no-main-window --python-script docs/batch_example.py MODEL.pt CASES_FOLDER OUTPUT_FOLDER
 
 Each sub-folder of CASES_FOLDER is one case (one study) holding DICOM series folders or volume
-files. The series are matched to the card's inputs and ROI series by ``MedSegUNetLib.seriesmatch``,
+files. The series are matched to the card's inputs and ROI series by ``MedSegUNetLib.cohorts.seriesmatch``,
 the matcher ``medsegunet batch`` uses (descriptions, folder and file names, the plane checked from
 the direction cosines), so Slicer's console batch and the command line pick the same series. For
 each case the script writes ``<case>.seg.nrrd`` and ``<case>-statistics.csv`` to OUTPUT_FOLDER and
@@ -31,9 +31,9 @@ def loadCase(scene, folder, card):
     Raises:
         MedSegUNetError: an input with no matching series, or several equally good ones.
     """
-    from MedSegUNetLib.SegmentationLogic import addVolumeFromImage
-    from MedSegUNetLib.seriesmatch import findCaseSeries, matchSeries
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.slicer.logic import addVolumeFromImage
+    from MedSegUNetLib.cohorts.seriesmatch import findCaseSeries, matchSeries
+    from MedSegUNetLib.engine.volumes import readVolume
 
     match = matchSeries(card, findCaseSeries(folder), os.path.basename(os.path.normpath(folder)))
     inputs = [addVolumeFromImage(scene, readVolume(series.path), series.name) for series in match.inputs]
@@ -63,9 +63,9 @@ def summaryRow(case, result=None, error=None, seconds=0.0):
 
 
 def main(modelPath, casesFolder, outputFolder):
-    from MedSegUNetLib import modelcard
-    from MedSegUNetLib.batch import summaryCSV
-    from MedSegUNetLib.volumes import writeText
+    from MedSegUNetLib.engine import modelcard
+    from MedSegUNetLib.cohorts.batch import summaryCSV
+    from MedSegUNetLib.engine.volumes import writeText
 
     from MedSegUNet import MedSegUNetLogic
 

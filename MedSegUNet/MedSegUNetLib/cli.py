@@ -21,7 +21,9 @@ import sys
 import time
 from typing import Sequence
 
-from .errors import Interrupted, MedSegUNetError, ProcessingCancelled, firstLine
+from .engine.errors import Interrupted, MedSegUNetError, ProcessingCancelled, firstLine
+from .engine.modelcard import DEVICES
+from .models.catalog import resolveModelOption
 
 EXIT_USER_ERROR = 2
 EXIT_CANCELLED = 130
@@ -30,7 +32,6 @@ EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
 # The largest margin the ROI options take: far beyond any organ, small enough to catch a typo.
 MAX_MARGIN_MM = 1000.0
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,8 +139,8 @@ def compactJSON(document) -> str:
 
 
 def runRoi(args, console) -> int:
-    from . import geometry
-    from .volumes import checkDistinctPaths, checkOutputPath, readVolume, volumeName, writeText
+    from .engine import geometry
+    from .engine.volumes import checkDistinctPaths, checkOutputPath, readVolume, volumeName, writeText
 
     if not args.volumes:
         raise MedSegUNetError("Give the VOLUMEs whose common region to compute (files or DICOM folders).")
@@ -209,13 +210,6 @@ def _addSegmentParser(subparsers) -> None:
     parser.set_defaults(func=runSegment)
 
 
-def resolveModelOption(model: str, console) -> str:
-    """``--model``: a file, or a catalog name downloaded once into the cache (see ``models``)."""
-    from .catalog import resolveModel
-
-    return resolveModel(model, progress=console if console is not None and console.interactive else None)
-
-
 def checkCardROI(card: dict, hasROISeries: bool, noROI: bool) -> None:
     """Refuse to run a model trained on a multi-series ROI without those series (or ``--no-roi``).
 
@@ -240,9 +234,9 @@ def warnAboutContext(card: dict, margin: float | None, context: float | None, co
 
 
 def runSegment(args, console) -> int:
-    from . import modelcard, pipeline, statistics
-    from .outputs import SEGMENTATION_SUFFIXES, stageSegmentation
-    from .volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, pathSuffix, readVolume, textVerifier, volumeName, writeTextFile
+    from .engine import modelcard, pipeline, statistics
+    from .engine.outputs import SEGMENTATION_SUFFIXES, stageSegmentation
+    from .engine.volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, pathSuffix, readVolume, textVerifier, volumeName, writeTextFile
 
     started = time.perf_counter()
     args.model = resolveModelOption(args.model, console)
@@ -264,7 +258,7 @@ def runSegment(args, console) -> int:
     if args.output:
         checkOutputPath(args.output, SEGMENTATION_SUFFIXES)
         if pathSuffix(args.output) == ".dcm":
-            from .dicomseg import referenceSeries
+            from .engine.dicomseg import referenceSeries
 
             referenceSeries(args.inputs[0])  # a DICOM SEG needs the DICOM source images: refuse early
     for path in (args.stats, args.stats_json):
@@ -325,13 +319,13 @@ def runSegment(args, console) -> int:
     progress.stage(pipeline.Stage.WRITING)
     with StagedOutputs() as staged:
         if args.output and pathSuffix(args.output) == ".dcm":
-            from .dicomseg import stageDicomSegmentation
+            from .engine.dicomseg import stageDicomSegmentation
 
             stageDicomSegmentation(staged, args.inputs[0], result.labelmap, card, args.output, result.regions)
         elif args.output:
             stageSegmentation(staged, result.labelmap, card["labels"], args.output, result.regions)
         if args.probabilities:
-            from .outputs import stageProbabilities
+            from .engine.outputs import stageProbabilities
 
             stageProbabilities(staged, result, args.probabilities, args.probabilities_uint8)
         if args.preview:
@@ -372,7 +366,9 @@ def runSegment(args, console) -> int:
 
 
 def buildParser() -> argparse.ArgumentParser:
-    from . import __version__, batch, catalog, demo, exporting, importing, training
+    from . import __version__, demo
+    from .cohorts import batch
+    from .models import catalog, exporting, importing, training
 
     parser = OneLineParser(
         prog="medsegunet",
@@ -456,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str]) -> int:
-    from .console import ConsoleProgress
+    from .engine.console import ConsoleProgress
 
     try:
         args = parseArguments(argv)
@@ -491,7 +487,7 @@ def _main(argv: Sequence[str]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except OSError as error:
-        from .errors import osErrorMessage
+        from .engine.errors import osErrorMessage
 
         console.close()
         sys.stderr.write(f"medsegunet: error: {osErrorMessage(error, 'use', error.filename or '?')}\n")

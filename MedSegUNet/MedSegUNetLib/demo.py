@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError
-from .volumes import sha256
+from .engine.errors import MedSegUNetError
+from .engine.volumes import sha256
 
 CASE = "ProstateX-0000"
 BASE_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
@@ -51,7 +51,7 @@ def defaultModelPath() -> Path:
 
 def cacheFolder() -> Path:
     """``$MEDSEGUNET_CACHE`` or the user cache (``$XDG_CACHE_HOME`` or ``~/.cache``)/medsegunet."""
-    from .catalog import cacheFolder as catalogCache
+    from .models.catalog import cacheFolder as catalogCache
 
     return catalogCache()
 
@@ -62,7 +62,7 @@ def download(url: str, path: Path, checksum: str, timeout: float = 30.0, log=Non
     Raises:
         MedSegUNetError: no network (with how to use local data instead) or a wrong checksum.
     """
-    from .catalog import download as fetch
+    from .models.catalog import download as fetch
 
     fetch(url, path, checksum, what="the demo data", offlineHint=f"to work offline, {OFFLINE_HINT}", log=log, timeout=timeout)
 
@@ -98,7 +98,7 @@ def findLocalSeries(folder: str | os.PathLike) -> dict[str, str]:
     Raises:
         MedSegUNetError: missing folder or a series that cannot be found.
     """
-    from .volumes import VOLUME_SUFFIXES, findDicomSeries, pathSuffix
+    from .engine.volumes import VOLUME_SUFFIXES, findDicomSeries, pathSuffix
 
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -130,7 +130,7 @@ def boxOnSlice(cornersRAS: np.ndarray, image: sitk.Image, k: float) -> np.ndarra
     Returns:
         M×2 (i, j) vertices in order around the polygon (empty when the plane misses the box).
     """
-    from .geometry import LPS_TO_RAS, ijkToLPSFromImage
+    from .engine.geometry import LPS_TO_RAS, ijkToLPSFromImage
 
     rasToIJK = np.linalg.inv(LPS_TO_RAS @ ijkToLPSFromImage(image))
     corners = (rasToIJK @ np.c_[cornersRAS, np.ones(8)].T).T[:, :3]
@@ -175,7 +175,7 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
     import matplotlib.pyplot as plt
     from matplotlib.patches import Polygon
 
-    from . import preprocessing
+    from .engine import preprocessing
 
     image = sitk.GetArrayViewFromImage(reference)[roi.slices()]  # K, J, I inside the ROI
     labels = sitk.GetArrayViewFromImage(labelmap)[roi.slices()]
@@ -238,9 +238,9 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
     Raises:
         MedSegUNetError: missing model, data that cannot be found or downloaded.
     """
-    from . import modelcard, pipeline, statistics
-    from .outputs import stageSegmentation
-    from .volumes import StagedOutputs, checkDistinctPaths, readVolume, textVerifier, writeTextFile
+    from .engine import modelcard, pipeline, statistics
+    from .engine.outputs import stageSegmentation
+    from .engine.volumes import StagedOutputs, checkDistinctPaths, readVolume, textVerifier, writeTextFile
 
     log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     started = time.perf_counter()
@@ -283,7 +283,7 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as error:
-        from .errors import osErrorMessage
+        from .engine.errors import osErrorMessage
 
         raise MedSegUNetError(osErrorMessage(error, "create", output)) from None
     if reporter is not None:
@@ -320,7 +320,7 @@ def addParser(subparsers) -> None:
     parser.add_argument("--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files")
     parser.add_argument("--output", default="demo-output", metavar="DIR", help="output folder (default: demo-output)")
     parser.add_argument("--model", metavar="PATH", help="model file or catalog name (default: the zoo's prostate-zones model)")
-    from .cli import DEVICES
+    from .engine.modelcard import DEVICES
 
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
     parser.set_defaults(func=run)
@@ -331,7 +331,7 @@ def run(args, console=None) -> int:
     log = console.line if console is not None else None
     model = args.model
     if model:
-        from .cli import resolveModelOption
+        from .models.catalog import resolveModelOption
 
         model = resolveModelOption(model, console)
     runDemo(args.data, args.output, model, args.device, log=log, progress=console)

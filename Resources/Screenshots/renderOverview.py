@@ -22,8 +22,8 @@ import SimpleITK as sitk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "MedSegUNet"))
-from MedSegUNetLib import geometry, preprocessing  # noqa: E402
-from MedSegUNetLib.volumes import readVolume  # noqa: E402
+from MedSegUNetLib.engine import geometry, preprocessing  # noqa: E402
+from MedSegUNetLib.engine.volumes import readVolume  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "prostatex"
 SERIES = (("4-t2tsetra", "Axial T2 (reference)"), ("3-t2tsesag", "Sagittal T2"), ("5-t2tsecor", "Coronal T2"))

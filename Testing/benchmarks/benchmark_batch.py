@@ -70,8 +70,8 @@ def bareSeconds(model: str, cohort: Path, threads: int) -> list[float]:
     from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(threads)
-    from MedSegUNetLib import modelcard
-    from MedSegUNetLib.batch import BatchOptions, casesFromSource, prepareCase
+    from MedSegUNetLib.engine import modelcard
+    from MedSegUNetLib.cohorts.batch import BatchOptions, casesFromSource, prepareCase
 
     card = modelcard.readCard(model)
     network = torch.jit.load(model, map_location="cpu").eval()
@@ -103,7 +103,7 @@ def memoryScaling(folder: Path, environment: dict) -> list[dict]:
     import numpy as np
     import SimpleITK as sitk
 
-    from MedSegUNetLib import phantoms
+    from MedSegUNetLib.models import phantoms
 
     model = phantoms.writeThresholdModel(folder / "threshold.pt", (0.5,), phantoms.thresholdCard([(1, "bright", (1, 1, 0))], patchSize=(128, 128, 32)))
     rows = []
@@ -125,7 +125,7 @@ def main() -> int:
     parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
 
-    from MedSegUNetLib.modelcard import saveModel
+    from MedSegUNetLib.engine.modelcard import saveModel
 
     environment = dict(os.environ)
     results: dict = {}

@@ -34,8 +34,8 @@ import onnxruntime
 import SimpleITK as sitk
 import torch
 from monai.inferers import sliding_window_inference
-from MedSegUNetLib.preprocessing import imageToIJK, normalize
-from MedSegUNetLib.volumes import readVolume
+from MedSegUNetLib.engine.preprocessing import imageToIJK, normalize
+from MedSegUNetLib.engine.volumes import readVolume
 image = readVolume(sys.argv[2])
 array = normalize(np.asarray(imageToIJK(image), dtype=np.float32)[None], {"type": "zscore", "nonzero": True})
 session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])

@@ -115,8 +115,8 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from MedSegUNetLib import modelcard, pipeline, preprocessing, geometry
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine import modelcard, pipeline, preprocessing, geometry
+    from MedSegUNetLib.engine.volumes import readVolume
 
     data = Path(args.data)
     if not data.exists():

@@ -31,9 +31,9 @@ def main() -> int:
     args = parser.parse_args()
     import slicer
 
-    from MedSegUNetLib.modelcard import saveModel
-    from MedSegUNetLib.SegmentationLogic import SegmentationLogic, addVolumeFromImage
-    from MedSegUNetLib.volumes import readVolume
+    from MedSegUNetLib.engine.modelcard import saveModel
+    from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage
+    from MedSegUNetLib.engine.volumes import readVolume
 
     with tempfile.TemporaryDirectory() as folder:
         network, _ = buildNetwork()

@@ -123,7 +123,7 @@ def thresholdCard(
 
 def writeThresholdModel(path: str | os.PathLike, thresholds: Sequence[float], card: dict) -> str:
     """Script a threshold model and save it with its card; returns the path."""
-    from .modelcard import saveModel
+    from ..engine.modelcard import saveModel
 
     saveModel(thresholdModule(thresholds, softmax=card["output"] == "softmax"), card, path)
     return os.fspath(path)

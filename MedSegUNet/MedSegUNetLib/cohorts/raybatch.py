@@ -19,8 +19,8 @@ import io
 import threading
 from typing import Callable, Sequence
 
-from .errors import MedSegUNetError, firstLine
-from .volumes import nativeMessages
+from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.volumes import nativeMessages
 
 
 class CaseActor:
@@ -33,7 +33,7 @@ class CaseActor:
             warnings.simplefilter("ignore", category)
         import torch
 
-        from .modelcard import loadModel
+        from ..engine.modelcard import loadModel
 
         if options.threads:
             torch.set_num_threads(options.threads)

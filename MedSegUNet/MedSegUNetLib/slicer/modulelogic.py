@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable
 
-from .errors import MedSegUNetError
+from ..engine.errors import MedSegUNetError
 
 
 def pythonSlicerExecutable() -> str:
@@ -54,7 +54,7 @@ class ModuleLogic:
     @property
     def segmentationLogic(self):
         """The MRML logic, with its warm worker process (started on the first run)."""
-        from .SegmentationLogic import SegmentationLogic
+        from .logic import SegmentationLogic
 
         if self._segmentationLogic is None:
             self._segmentationLogic = SegmentationLogic(self.scene, useWorker=True, workerExecutable=self.workerExecutable)
@@ -67,7 +67,7 @@ class ModuleLogic:
 
     def pullCatalogModel(self, name: str) -> str:
         """A catalog model's file, downloaded once (SHA256 checked) into the cache folder."""
-        from . import catalog
+        from ..models import catalog
 
         return str(catalog.pullModel(name, cache=catalog.cacheFolder(self.cachePath)))
 

@@ -18,7 +18,9 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, phantoms
+from ..engine import geometry
+
+from ..models import phantoms
 
 THRESHOLDS = (0.5, 1.5)
 LABELS = ((1, "outer", (0.9, 0.6, 0.4)), (2, "inner", (0.2, 0.5, 0.9)))
@@ -114,7 +116,7 @@ def segmentationLabelArray(scene, segmentationNode, referenceVolumeNode) -> np.n
 
 def roiNodeCornersRAS(roiNode) -> np.ndarray:
     """The 8 corners of a markups ROI box in world RAS, 8×3 (same order as ``cornersRAS``)."""
-    from .SegmentationLogic import roiBoxFromMarkupsNode
+    from .logic import roiBoxFromMarkupsNode
 
     center, axes, radius = roiBoxFromMarkupsNode(roiNode)
     signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=float)
@@ -141,7 +143,7 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
     """
     import time
 
-    from .SegmentationLogic import SegmentationLogic, addVolumeFromImage
+    from .logic import SegmentationLogic, addVolumeFromImage
 
     started = time.perf_counter()
     ownLogic = logic is None

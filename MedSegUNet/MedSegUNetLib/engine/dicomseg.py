@@ -78,7 +78,7 @@ def buildSegmentation(series: DicomSeries, labelmap: sitk.Image, card: dict, reg
     import highdicom as hd
     import pydicom
 
-    from . import __version__
+    from .. import __version__
 
     sources = [pydicom.dcmread(path) for path in series.files]
     array = sitk.GetArrayViewFromImage(labelmap)

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from .errors import MedSegUNetError, firstLine
+from ..engine.errors import MedSegUNetError, firstLine
 
 # Scripted and eager outputs are the same arithmetic; these only absorb kernel-order rounding.
 RTOL = 1e-4
@@ -75,8 +75,8 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     """
     import torch
 
-    from .modelcard import outputChannels, saveModel, validateCard
-    from .volumes import checkOutputPath
+    from ..engine.modelcard import outputChannels, saveModel, validateCard
+    from ..engine.volumes import checkOutputPath
 
     card = validateCard(card)
     checkOutputPath(path)
@@ -188,7 +188,7 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
     card = cardFromCheckpoint(config, checkpoint, epochsInRun(checkpointPath, checkpoint.get("history") or []))
     sampleShape = [1, len(config["inputs"]), *config["patch_size"]]
     exportNetwork(network, card, outputPath, sampleShape)
-    from .modelcard import readCard
+    from ..engine.modelcard import readCard
 
     return readCard(outputPath)
 
@@ -214,8 +214,8 @@ def addParser(subparsers) -> None:
 
 def run(args, console=None) -> int:
     """``medsegunet export``: returns the exit status."""
-    from .modelcard import cardSummary
-    from .volumes import checkDistinctPaths
+    from ..engine.modelcard import cardSummary
+    from ..engine.volumes import checkDistinctPaths
 
     checkDistinctPaths({"--output": args.output}, {"--checkpoint": args.checkpoint, "--config": args.config})
     card = exportCheckpoint(args.checkpoint, args.output, args.config)
@@ -230,9 +230,9 @@ def runInfo(args, console=None) -> int:
     """``medsegunet info``: returns the exit status."""
     import json
 
-    from .modelcard import cardSummary, readCard
+    from ..engine.modelcard import cardSummary, readCard
 
-    from .cli import resolveModelOption
+    from .catalog import resolveModelOption
 
     card = readCard(resolveModelOption(args.model, console))
     if getattr(args, "json", False):

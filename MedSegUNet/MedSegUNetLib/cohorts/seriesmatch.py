@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MedSegUNetError
-from .volumes import DicomSeries, readHeader
+from ..engine.errors import MedSegUNetError
+from ..engine.volumes import DicomSeries, readHeader
 
 PLANE_WORDS = {
     "tra": ("tra", "ax", "axi", "axial", "transverse", "transversal"),
@@ -200,7 +200,7 @@ def findCaseSeries(folder: str | os.PathLike) -> list[SeriesCandidate]:
         candidates sorted by path; a folder holding several DICOM series gives ``FOLDER::UID``
         paths.
     """
-    from .volumes import VOLUME_SUFFIXES, findDicomSeries, pathSuffix
+    from ..engine.volumes import VOLUME_SUFFIXES, findDicomSeries, pathSuffix
 
     folder = os.fspath(folder)
     candidates = []

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import Interrupted, MedSegUNetError, firstLine
+from ..engine.errors import Interrupted, MedSegUNetError, firstLine
 
 SCHEMA_PATH = Path(__file__).with_name("trainconfig.schema.json")
 CHECKPOINT_FORMAT = "medsegunet.checkpoint/1"
@@ -87,7 +87,7 @@ def loadConfigFile(path: str | os.PathLike) -> dict:
     """
     import yaml
 
-    from .volumes import checkRegularFile
+    from ..engine.volumes import checkRegularFile
 
     path = os.fspath(path)
     checkRegularFile(path, "Training config")
@@ -255,7 +255,7 @@ class Case:
 
 
 def _stripSuffix(name: str) -> str:
-    from .volumes import pathSuffix
+    from ..engine.volumes import pathSuffix
 
     suffix = pathSuffix(name)
     return name[: -len(suffix)] if suffix else name
@@ -306,7 +306,7 @@ def readCases(config: dict) -> list[Case]:
         roiColumns = [columns[c] for c in columns if c.startswith("roi")]
 
         def resolve(value: str) -> str:
-            from .volumes import resolveTablePath
+            from ..engine.volumes import resolveTablePath
 
             return resolveTablePath(base, value)
 
@@ -356,10 +356,10 @@ def prepareCase(case: Case, config: dict) -> dict:
     Raises:
         MedSegUNetError: unreadable volumes, no overlap.
     """
-    from . import geometry, pipeline, preprocessing
-    from .volumes import readVolume, volumeName
+    from ..engine import geometry, pipeline, preprocessing
+    from ..engine.volumes import readVolume, volumeName
 
-    from .volumes import readVolumeChannel
+    from ..engine.volumes import readVolumeChannel
 
     images = [readVolumeChannel(path, channel) for path, channel in case.inputs]
     names = [f"{case.id}:{i['name']}" for i in config["inputs"]]
@@ -424,7 +424,7 @@ def buildNetwork(config: dict):
     """The MONAI network a config describes (output channels from the card's labels)."""
     from monai.networks import nets
 
-    from .modelcard import outputChannels
+    from ..engine.modelcard import outputChannels
 
     spec, dims = config["network"], config["spatial_dims"]
     inChannels, outChannels = len(config["inputs"]), outputChannels(cardFromConfig(config))
@@ -634,8 +634,8 @@ def seedEverything(seed: int, deterministic: bool = True) -> None:
 
 def predictCase(network, card: dict, image: np.ndarray, device) -> np.ndarray:
     """Probabilities of one ``C, I, J, K`` case with the inference code (sliding window / slices)."""
-    from .inference import predictProbabilities
-    from .modelcard import LoadedModel, validateCard
+    from ..engine.inference import predictProbabilities
+    from ..engine.modelcard import LoadedModel, validateCard
 
     loaded = LoadedModel(path="(training)", card=validateCard(card), network=network, device=device)
     return predictProbabilities(loaded, image)
@@ -728,7 +728,7 @@ def historyCSV(history: Sequence[dict], config: dict) -> str:
 
 
 def writeHistory(history: Sequence[dict], config: dict, path: str) -> None:
-    from .volumes import writeText
+    from ..engine.volumes import writeText
 
     writeText(historyCSV(history, config), path)
 
@@ -740,7 +740,7 @@ def plotCurves(history: Sequence[dict], config: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .volumes import atomicOutput
+    from ..engine.volumes import atomicOutput
 
     epochs = [row["epoch"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -787,7 +787,7 @@ def plotValidationSlices(items: Sequence[dict], predictions: Sequence[np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .volumes import atomicOutput
+    from ..engine.volumes import atomicOutput
 
     count = min(len(items), int(config.get("figure_cases", 3)))
     if count == 0:
@@ -864,7 +864,7 @@ def loadCheckpoint(path: str | os.PathLike) -> dict:
     """
     import torch
 
-    from .volumes import checkRegularFile
+    from ..engine.volumes import checkRegularFile
 
     path = os.fspath(path)
     checkRegularFile(path, "Checkpoint")
@@ -896,7 +896,7 @@ def loadNetworkWeights(network, checkpoint: dict, source: str | os.PathLike) -> 
 def _saveCheckpoint(state: dict, path: str) -> None:
     import torch
 
-    from .volumes import atomicOutput
+    from ..engine.volumes import atomicOutput
 
     with atomicOutput(path) as temporary:
         torch.save(state, temporary)
@@ -906,7 +906,7 @@ def _saveEpoch(state: dict, lastPath: str, bestPath: str | None, metricsText: st
     """One epoch's checkpoint(s) and metrics, staged and renamed together (all or none)."""
     import torch
 
-    from .volumes import StagedOutputs, textVerifier, writeTextFile
+    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
 
     with StagedOutputs() as staged:
         torch.save(state, staged.stage(lastPath))
@@ -996,7 +996,7 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
     import torch
     from monai.data import CacheDataset, DataLoader
 
-    from .modelcard import resolveDevice
+    from ..engine.modelcard import resolveDevice
 
     log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     outputDir = os.fspath(outputDir)
@@ -1056,7 +1056,7 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
             log(f"The learning-rate schedule is stretched from {checkpoint['config']['epochs']} to {config['epochs']} epochs.")
         log(f"Resuming from '{resume}' after epoch {startEpoch}.")
 
-    from .volumes import writeText
+    from ..engine.volumes import writeText
 
     writeText(json.dumps(config, indent=2), os.path.join(outputDir, "config.json"))
     lastPath = os.path.join(outputDir, "checkpoint_last.pt")
@@ -1168,7 +1168,7 @@ def addParser(subparsers) -> None:
     parser.add_argument("--config", help="training config, YAML or JSON (see trainconfig.schema.json); with --resume, defaults to the checkpoint's")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
-    from .cli import DEVICES
+    from ..engine.modelcard import DEVICES
 
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default auto: CUDA when present)")
     parser.set_defaults(func=run)
@@ -1182,7 +1182,7 @@ def run(args, console=None) -> int:
         config = validateConfig(loadCheckpoint(args.resume)["config"], f"config stored in '{args.resume}'")
     else:
         raise MedSegUNetError("Give --config CONFIG (YAML or JSON), or --resume CHECKPOINT to continue a run.")
-    from .volumes import checkDistinctPaths
+    from ..engine.volumes import checkDistinctPaths
 
     checkDistinctPaths(
         {"--output": args.output, "--output (config.json)": os.path.join(args.output, "config.json")},

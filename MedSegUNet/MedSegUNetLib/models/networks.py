@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import MedSegUNetError
+from ..engine.errors import MedSegUNetError
 
 ALLOWED_PACKAGE = "monai.networks.nets"
 # MONAI config keys that run or skip code; a network's arguments need none of them.
@@ -130,6 +130,6 @@ def buildNetwork(spec: Any, where: str = "the card's network", config: dict | No
     try:
         return networkType(**arguments).eval()
     except (TypeError, ValueError, AssertionError, KeyError, IndexError) as error:
-        from .errors import firstLine
+        from ..engine.errors import firstLine
 
         raise MedSegUNetError(f"{where} '{spec['_target_']}' does not take these arguments ({firstLine(error)[:160]}).") from None

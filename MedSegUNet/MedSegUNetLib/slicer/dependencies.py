@@ -129,7 +129,7 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
     import slicer
     from slicer.i18n import tr as _
 
-    from .errors import MedSegUNetError
+    from ..engine.errors import MedSegUNetError
 
     missing = missingForSlicer()
     if not missing:
@@ -212,7 +212,7 @@ def installRequirements(requirements: list[str]) -> None:
 
     import slicer
 
-    from .errors import MedSegUNetError
+    from ..engine.errors import MedSegUNetError
 
     constraints = writeConstraints()
     try:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import MedSegUNetError, ProcessingCancelled, firstLine
+from ..engine.errors import MedSegUNetError, ProcessingCancelled, firstLine
 
 SCHEMA = "medsegunet.catalog/1"
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
@@ -34,7 +34,7 @@ DOWNLOAD_DEADLINE_VARIABLE = "MEDSEGUNET_DOWNLOAD_TIMEOUT"
 DEFAULT_DOWNLOAD_SECONDS = 3600.0
 # The demonstration zoo beside the package in a source checkout (editable install): a catalog model
 # with the same SHA256 is used from there, with no download.
-ZOO_FOLDER = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+ZOO_FOLDER = Path(__file__).resolve().parents[3] / "Resources" / "Models"
 ProgressCallback = Callable[[float, str], None]
 
 
@@ -138,7 +138,7 @@ def download(
     import urllib.error
     import urllib.request
 
-    from .volumes import atomicOutput, sha256
+    from ..engine.volumes import atomicOutput, sha256
 
     path = Path(path)
 
@@ -155,7 +155,7 @@ def download(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        from .errors import osErrorMessage
+        from ..engine.errors import osErrorMessage
 
         raise MedSegUNetError(osErrorMessage(error, "create", path.parent)) from None
     try:
@@ -226,7 +226,7 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
     Raises:
         MedSegUNetError: unknown name, offline, or a checksum mismatch.
     """
-    from .volumes import sha256
+    from ..engine.volumes import sha256
 
     catalog = catalog or loadCatalog()
     entry = findModel(name, catalog)
@@ -246,7 +246,7 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
 
 def bundledModel(entry: dict) -> Path | None:
     """The zoo's file of a catalog entry when this package ships it (same name and SHA256), else None."""
-    from .volumes import sha256
+    from ..engine.volumes import sha256
 
     candidate = ZOO_FOLDER / entry["name"] / f"{entry['name']}.pt"
     if candidate.is_file() and sha256(candidate) == entry["sha256"]:
@@ -309,3 +309,8 @@ def runPull(args, console) -> int:
     console.close()
     sys.stdout.write(f"{path}\n")
     return 0
+
+
+def resolveModelOption(model: str, console) -> str:
+    """``--model``: a file, or a catalog name downloaded once into the cache (a bar on a terminal)."""
+    return resolveModel(model, progress=console if console is not None and getattr(console, "interactive", False) else None)

@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Callable
 
-from .errors import MedSegUNetError, ProcessingCancelled, firstLine
+from ..engine.errors import MedSegUNetError, ProcessingCancelled, firstLine
 
 # How long a blocking request waits for each message before it looks at the cancel event again.
 POLL_SECONDS = 0.1
@@ -126,7 +126,7 @@ class WorkerProcess:
         environment = dict(os.environ)
         environment.update(self.environment)
         # The worker finds this package even when it is not installed (a Slicer extension folder).
-        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # MedSegUNet/, holding MedSegUNetLib
         environment["PYTHONPATH"] = os.pathsep.join([package, *[p for p in [environment.get("PYTHONPATH")] if p]])
         environment["PYTHONUNBUFFERED"] = "1"
         self._log = tempfile.TemporaryFile()
@@ -137,7 +137,7 @@ class WorkerProcess:
         if os.name == "nt":
             options = {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
         self.process = subprocess.Popen(
-            [self.executable, "-m", "MedSegUNetLib.worker"],
+            [self.executable, "-m", "MedSegUNetLib.slicer.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=environment, cwd=self._folder, **options,
         )
         self._lines = queue.Queue()
@@ -358,7 +358,7 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
         except Exception as error:  # a half-installed PyTorch fails in many ways
             raise MedSegUNetError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
     if command == "thresholdModel":  # the self-test's known-answer model, made here: Slicer never imports torch
-        from . import phantoms
+        from ..models import phantoms
 
         return {"path": phantoms.writeThresholdModel(request["path"], request["thresholds"], request["card"])}
     if command != "segment":

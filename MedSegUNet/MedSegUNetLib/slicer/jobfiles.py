@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, modelcard, pipeline, statistics
-from .errors import MedSegUNetError
+from ..engine import geometry, modelcard, pipeline, statistics
+from ..engine.errors import MedSegUNetError
 
 
 def computeJob(
@@ -103,7 +103,7 @@ def writeRequest(job, folder: str) -> dict:
 
 def runRequest(request: dict, progressCallback: Callable[[float, str], None] | None = None) -> dict:
     """Answer a request in this process (the worker): files in, files and figures out."""
-    from .volumes import readVolume
+    from ..engine.volumes import readVolume
 
     folder = request["folder"]
 

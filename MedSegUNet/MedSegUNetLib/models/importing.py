@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from .errors import MedSegUNetError, firstLine
+from ..engine.errors import MedSegUNetError, firstLine
 
 # float32 runtimes differ by ~1e-4 on logits of ~10: allowed difference, relative to the output range.
 RELATIVE_TOLERANCE = 1e-3
@@ -243,8 +243,8 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
         import onnxruntime
     except ImportError:
         raise MedSegUNetError("Importing ONNX needs onnx and onnxruntime: pip install -e \".[import]\".") from None
-    from .modelcard import outputChannels, saveModel, validateCard
-    from .volumes import checkRegularFile, sha256
+    from ..engine.modelcard import outputChannels, saveModel, validateCard
+    from ..engine.volumes import checkRegularFile, sha256
 
     checkRegularFile(source, "ONNX model")
     card = readImportCard(cardPath)
@@ -289,7 +289,7 @@ def readLabels(path: str | None) -> list[dict]:
 
     if not path:
         raise MedSegUNetError("Importing an Auto3DSeg checkpoint needs --labels LABELS.csv (columns value,name).")
-    from .volumes import checkRegularFile
+    from ..engine.volumes import checkRegularFile
 
     checkRegularFile(path, "Labels table")
     with open(path, encoding="utf-8", newline="") as stream:
@@ -379,9 +379,9 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
     """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card written."""
     import torch
 
-    from .modelcard import saveModel, validateCard
+    from ..engine.modelcard import saveModel, validateCard
     from .networks import buildNetwork as buildAllowed
-    from .volumes import checkRegularFile, sha256
+    from ..engine.volumes import checkRegularFile, sha256
 
     checkRegularFile(source, "Checkpoint")
     checkpoint = loadCheckpointAsData(source)
@@ -418,7 +418,7 @@ def verifyAgainstEager(network, scripted, card: dict, patch, channelsFrom: str) 
     """
     import torch
 
-    from .modelcard import outputChannels
+    from ..engine.modelcard import outputChannels
 
     sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -568,9 +568,9 @@ def importBundle(source: str, output: str) -> dict:
     """
     import torch
 
-    from .modelcard import saveModel, validateCard
+    from ..engine.modelcard import saveModel, validateCard
     from .networks import buildNetwork as buildAllowed
-    from .volumes import sha256
+    from ..engine.volumes import sha256
 
     configs = os.path.join(source, "configs")
     inference = next((os.path.join(configs, name) for name in ("inference.json", "inference.yaml", "inference.yml") if os.path.isfile(os.path.join(configs, name))), None)
@@ -599,7 +599,7 @@ def importBundle(source: str, output: str) -> dict:
 def readImportCard(path: str) -> dict:
     if not path:
         raise MedSegUNetError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
-    from .volumes import checkRegularFile
+    from ..engine.volumes import checkRegularFile
 
     checkRegularFile(path, "Model card")
     try:
@@ -626,7 +626,7 @@ def addParser(subparsers) -> None:
 
 
 def run(args, console) -> int:
-    from .volumes import checkDistinctPaths, checkOutputPath
+    from ..engine.volumes import checkDistinctPaths, checkOutputPath
 
     checkOutputPath(args.output, (".pt",))
     checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels})

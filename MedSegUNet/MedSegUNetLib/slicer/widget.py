@@ -152,8 +152,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
     def _populateCatalog(self) -> None:
         """The catalog's models beside the local file (MEDSEGUNET_CATALOG may name a mirror)."""
-        from MedSegUNetLib import catalog
-        from MedSegUNetLib.errors import MedSegUNetError
+        from MedSegUNetLib.models import catalog
+        from MedSegUNetLib.engine.errors import MedSegUNetError
 
         combo = self.ui.catalogComboBox
         combo.clear()
@@ -189,8 +189,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         summary = _("Select a MedSegUNet TorchScript model (.pt) with its card.")
         if path:
             try:
-                from MedSegUNetLib import modelcard
-                from MedSegUNetLib.errors import MedSegUNetError
+                from MedSegUNetLib.engine import modelcard
+                from MedSegUNetLib.engine.errors import MedSegUNetError
 
                 self._card = modelcard.readCard(path)
                 summary = modelcard.cardSummary(self._card)
@@ -224,7 +224,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._inputSelectors = []
         if self._card is None:
             return
-        from MedSegUNetLib.SegmentationLogic import suggestInputVolumes
+        from MedSegUNetLib.slicer.logic import suggestInputVolumes
 
         volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if not node.IsA("vtkMRMLLabelMapVolumeNode")]
         saved = self._savedInputs()
@@ -286,7 +286,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             # The user's choice wins over the suggestion once they have edited the list.
             checked = {raw.GetNthNodeReferenceID(ROI_VOLUME_REFERENCE_ROLE, i) for i in range(raw.GetNumberOfNodeReferences(ROI_VOLUME_REFERENCE_ROLE))}
         elif inputs and self._card is not None:
-            from MedSegUNetLib.SegmentationLogic import suggestROIVolumes
+            from MedSegUNetLib.slicer.logic import suggestROIVolumes
 
             checked = {node.GetID() for node in suggestROIVolumes(inputs[0], candidates, self._card)}
         else:
@@ -326,7 +326,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
     def _populateDevices(self, available: Optional[dict] = None) -> None:
         """Fill the device list: ``available`` as the worker reported it, else ``auto`` and ``cpu``."""
-        from MedSegUNetLib.SegmentationLogic import availableDevices
+        from MedSegUNetLib.slicer.logic import availableDevices
 
         available = available or availableDevices()
         combo = self.ui.deviceComboBox
@@ -345,9 +345,9 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     def _askDevices(self) -> None:
         """Ask the worker process which GPUs PyTorch sees (Slicer's process never imports torch),
         without waiting: the poll timer takes the answer. Only when PyTorch is installed."""
-        from MedSegUNetLib.dependencies import torchStatus
-        from MedSegUNetLib.errors import MedSegUNetError
-        from MedSegUNetLib.worker import PendingRequest
+        from MedSegUNetLib.slicer.dependencies import torchStatus
+        from MedSegUNetLib.engine.errors import MedSegUNetError
+        from MedSegUNetLib.slicer.worker import PendingRequest
 
         if self.logic is None or torchStatus() != "ok":
             return
@@ -364,7 +364,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             return
         self._deviceQuery = None
         if query.answer is not None:
-            from MedSegUNetLib.dependencies import devicesFromAnswer
+            from MedSegUNetLib.slicer.dependencies import devicesFromAnswer
 
             self._populateDevices(devicesFromAnswer(query.answer))
 
@@ -455,7 +455,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             self._pollTimer.stop()
         self._job = None
         self._setRunning(False)
-        from MedSegUNetLib.errors import ProcessingCancelled
+        from MedSegUNetLib.engine.errors import ProcessingCancelled
 
         if isinstance(job.error, ProcessingCancelled):
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
@@ -474,7 +474,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             self._checkCanApply()
 
     def _showResult(self, result) -> None:
-        from MedSegUNetLib.SegmentationLogic import timingsText
+        from MedSegUNetLib.slicer.logic import timingsText
 
         parameters = self._parameterNode
         parameters.outputSegmentation = result.segmentationNode

@@ -40,8 +40,8 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import Interrupted, MedSegUNetError, firstLine
-from .volumes import DicomSeries
+from ..engine.errors import Interrupted, MedSegUNetError, firstLine
+from ..engine.volumes import DicomSeries
 
 FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha", "dcm": ".dcm"}
 STAGING_PREFIX = ".medsegunet-case-"
@@ -120,7 +120,7 @@ def readTableText(path: str, what: str) -> str:
         with open(path, "rb") as stream:
             data = stream.read()
     except OSError as error:
-        from .errors import osErrorMessage
+        from ..engine.errors import osErrorMessage
 
         raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
     try:
@@ -131,7 +131,7 @@ def readTableText(path: str, what: str) -> str:
 
 def _caseFromFile(path: str, card: dict) -> CaseSpec:
     """A volume file directly in a cohort folder: a case of its own (one-input models)."""
-    from .volumes import pathSuffix
+    from ..engine.volumes import pathSuffix
 
     name = os.path.basename(path)
     case = CaseSpec(id=name[: -len(pathSuffix(name))])
@@ -162,7 +162,7 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
     roiRoles = [role.name for role in rolesOfCard(card) if role.kind == "roi"]
 
     def resolve(value: str) -> str:
-        from .volumes import resolveTablePath
+        from ..engine.volumes import resolveTablePath
 
         return resolveTablePath(base, value)
 
@@ -200,7 +200,7 @@ def _casesFromDecathlon(description: str, card: dict) -> list[CaseSpec]:
     count = len(card["inputs"])
     if len(modalities) != count:
         raise MedSegUNetError(f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images.")
-    from .volumes import pathSuffix
+    from ..engine.volumes import pathSuffix
 
     images = [entry if isinstance(entry, str) else entry.get("image") for entry in (dataset.get("test") or []) + (dataset.get("training") or [])]
     cases = []
@@ -224,7 +224,7 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
         MedSegUNetError: a missing source, a CSV without the needed columns, duplicate case names,
             or no case at all. Cases whose series cannot be matched come back with ``error`` set.
     """
-    from .volumes import VOLUME_SUFFIXES, checkRegularFile, pathSuffix
+    from ..engine.volumes import VOLUME_SUFFIXES, checkRegularFile, pathSuffix
 
     checkRegularFile(source, "Cases source")
     if os.path.isdir(source):
@@ -289,14 +289,14 @@ def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:
 
 
 def _seriesFiles(path: str, found: DicomSeries | None = None) -> list[str]:
-    from .volumes import splitSeriesSelector
+    from ..engine.volumes import splitSeriesSelector
 
     path, series = splitSeriesSelector(path)
     if os.path.isdir(path):
         if found is not None and series is not None:
             return list(found.files)
         if series is not None:
-            from .volumes import selectDicomSeries
+            from ..engine.volumes import selectDicomSeries
 
             return list(selectDicomSeries(path, series).files)
         return sorted(entry.path for entry in os.scandir(path) if entry.is_file())
@@ -346,7 +346,7 @@ def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
 
 
 def readCaseImages(case: CaseSpec, options: BatchOptions) -> tuple[list[sitk.Image], list[sitk.Image]]:
-    from .volumes import readVolume, readVolumeChannel
+    from ..engine.volumes import readVolume, readVolumeChannel
 
     images = [readVolumeChannel(path, channel, options.resampleIrregular, case.found.get(path)) for path, channel in case.inputs]
     roiImages = [readVolume(path, resampleIrregular=options.resampleIrregular, found=case.found.get(path)) for path in case.roi]
@@ -359,8 +359,8 @@ def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
     Returns:
         (input images, ROI images, :class:`pipeline.PreparedInputs`).
     """
-    from . import pipeline
-    from .volumes import volumeName
+    from ..engine import pipeline
+    from ..engine.volumes import volumeName
 
     if case.error:
         raise MedSegUNetError(case.error)
@@ -466,7 +466,7 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
     else of that name is refused, never removed. On any error or interruption the staging folder
     is removed.
     """
-    from .volumes import signalsDeferred
+    from ..engine.volumes import signalsDeferred
 
     why = checkCaseId(caseId)
     if why is not None:
@@ -523,7 +523,7 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, ne
 
 def inferCase(prepared, loaded):
     """The network's part of a case :func:`prepareCase` prepared: (input images, :class:`pipeline.SegmentationResult`)."""
-    from . import pipeline
+    from ..engine import pipeline
 
     images, _, preparedInputs = prepared
     return images, pipeline.segmentPrepared(preparedInputs, loaded)
@@ -546,9 +546,9 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
 
     Runs on a worker's writer thread while the network runs on the next case.
     """
-    from . import statistics
-    from .outputs import stageSegmentation
-    from .volumes import StagedOutputs, textVerifier, writeTextFile
+    from ..engine import statistics
+    from ..engine.outputs import stageSegmentation
+    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
 
     row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
     try:
@@ -583,7 +583,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
         def write(folder: str) -> None:
             with StagedOutputs() as staged:
                 if options.format == "dcm":
-                    from .dicomseg import stageDicomSegmentation
+                    from ..engine.dicomseg import stageDicomSegmentation
 
                     stageDicomSegmentation(staged, case.inputs[0][0], result.labelmap, card, os.path.join(folder, names["segmentation"]), result.regions)
                 else:
@@ -697,7 +697,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
         warnings.simplefilter("ignore", category)
     import torch
 
-    from .modelcard import loadModel
+    from ..engine.modelcard import loadModel
 
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -1077,7 +1077,7 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: d
 
 def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) -> list[str]:
     """``summary.csv`` and the QC montage (``qc.png``, then ``qc-002.png`` … past 400 cases), together."""
-    from .volumes import StagedOutputs, textVerifier, writeTextFile
+    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
 
     written = []
     with StagedOutputs() as staged:
@@ -1099,7 +1099,7 @@ def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) ->
 
 def addParser(subparsers) -> None:
     """Register ``medsegunet batch``."""
-    from .cli import DEVICES
+    from ..engine.modelcard import DEVICES
 
     parser = subparsers.add_parser(
         "batch",
@@ -1141,9 +1141,9 @@ def dryRunTable(cases: Sequence[CaseSpec], card: dict) -> str:
 
 def run(args, console) -> int:
     """``medsegunet batch``: returns 0 when every case succeeded, 1 when some failed."""
-    from .console import CaseProgress
-    from .modelcard import readCard
-    from .volumes import checkDistinctPaths, sha256
+    from ..engine.console import CaseProgress
+    from ..engine.modelcard import readCard
+    from ..engine.volumes import checkDistinctPaths, sha256
 
     if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
         raise MedSegUNetError(f"--workers must be 1 to {MAX_WORKERS} (each worker holds the model and uses about 0.7 GB or more).")
@@ -1151,7 +1151,7 @@ def run(args, console) -> int:
         raise MedSegUNetError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count() or 1} cores).")
     if args.ray_address and args.engine != "ray":
         raise MedSegUNetError("--ray-address needs --engine ray.")
-    from .cli import resolveModelOption
+    from ..models.catalog import resolveModelOption
 
     args.model = resolveModelOption(args.model, console)
     card = readCard(args.model)
@@ -1166,7 +1166,7 @@ def run(args, console) -> int:
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as error:
-        from .errors import osErrorMessage
+        from ..engine.errors import osErrorMessage
 
         raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
     sweepStaging(args.output)

@@ -25,6 +25,8 @@ from typing import Any
 from .errors import MedSegUNetError, firstLine
 
 CARD_EXTRA_FILE = "medsegunet.json"
+# What --device (and the Slicer module's device list) offers.
+DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The most voxels one batch of windows may hold (2^32: 16 GiB of float32 per channel, before the
 # network's features): anything larger is a typing mistake; what fits this machine is checked at run time.
 MAX_WINDOW_VOXELS = 2**32
