@@ -486,7 +486,7 @@ def test_reading_and_writing_threads_yield_to_the_network():
     """A worker's prefetch and writer threads run 10 nice levels lower; the network's thread keeps its priority."""
     import threading
 
-    from MedSegUNetLib.cohorts.batch import _yieldToTheNetwork
+    from MedSegUNetLib.cohorts.pool import _yieldToTheNetwork
 
     seen = {}
 

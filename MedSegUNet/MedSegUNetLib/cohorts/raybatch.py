@@ -37,7 +37,7 @@ class CaseActor:
 
         if options.threads:
             torch.set_num_threads(options.threads)
-        from .batch import warmUp
+        from .casejob import warmUp
 
         self.options = options
         self.loaded = loadModel(options.modelPath, device)
@@ -45,7 +45,7 @@ class CaseActor:
         warmUp()
 
     def run(self, case) -> dict:
-        from .batch import processCase
+        from .casejob import processCase
 
         return processCase(case, self.loaded, self.options, networkLock=self.networkLock)
 
@@ -111,7 +111,7 @@ def runRay(cases, todo: Sequence[int], options, address: str | None, workers: in
         if options.device == "cuda" and gpus == 0:
             raise MedSegUNetError("CUDA was asked for but the Ray cluster has no GPU: use --device cpu or auto.")
         count = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2))
-        from .batch import CASES_IN_HAND
+        from .casejob import CASES_IN_HAND
 
         resources = {"num_cpus": 1, "max_concurrency": CASES_IN_HAND, **({"num_gpus": 1} if gpus else {})}
         actorClass = ray.remote(**resources)(CaseActor)
@@ -127,7 +127,7 @@ def _dispatch(ray, actorClass, cases, todo: list[int], options, device: str, cou
     its cases retried once."""
     from ray.exceptions import RayActorError, RayTaskError
 
-    from .batch import CASES_IN_HAND
+    from .casejob import CASES_IN_HAND
 
     actors = [actorClass.remote(options, device) for _ in range(max(1, count))]
     load = {id(actor): 0 for actor in actors}

@@ -1,0 +1,450 @@
+"""One case of a cohort, the job contract every engine runs (local workers, Ray actors): prepare, infer,
+then the case folder's files, staged and renamed whole (``DIR/<case>/``), and its summary row.
+
+A case folder is replaced only if a run wrote it (its manifest says so), inside ``--output``; staging
+folders carry a marker so that a later run removes only its own leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.volumes import DicomSeries
+from .cases import CaseSpec, checkCaseId
+
+
+FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha", "dcm": ".dcm"}
+STAGING_PREFIX = ".medsegunet-case-"
+# Written in every staging folder while it is filled: what a later run's sweep recognises.
+STAGING_MARKER = ".medsegunet-staging"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "medsegunet.batch-case/1"
+# Tiles of 256 px (readable at 100 %), 10 × 10 per montage page.
+QC_TILE = 256
+
+
+@dataclass
+class BatchOptions:
+    """What every case of a run shares (picklable: it travels to worker processes and Ray actors)."""
+
+    modelPath: str
+    modelSHA256: str
+    outputDir: str
+    format: str = "seg.nrrd"
+    device: str = "auto"
+    resampleIrregular: bool = False
+    threads: int | None = None
+    # SHA256 of the effective card (embedded, or the sidecar that overrides it): a rerun redoes
+    # cases made under another card even when the model file is the same.
+    cardSHA256: str = ""
+
+
+def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:
+    return {
+        "segmentation": f"{caseId}{FORMATS[fmt]}",
+        "statistics_csv": f"{caseId}-statistics.csv",
+        "statistics_json": f"{caseId}-statistics.json",
+        "qc": f"{caseId}-qc.png",
+        "manifest": MANIFEST,
+    }
+
+
+def _seriesFiles(path: str, found: DicomSeries | None = None) -> list[str]:
+    from ..engine.volumes import splitSeriesSelector
+
+    path, series = splitSeriesSelector(path)
+    if os.path.isdir(path):
+        if found is not None and series is not None:
+            return list(found.files)
+        if series is not None:
+            from ..engine.volumes import selectDicomSeries
+
+            return list(selectDicomSeries(path, series).files)
+        return sorted(entry.path for entry in os.scandir(path) if entry.is_file())
+    return [path]
+
+
+def canonicalPath(path: str) -> str:
+    """A case input's real path (``FOLDER::SERIES`` keeps its series part), however it was typed."""
+    folder, separator, series = path.partition("::")
+    return os.path.realpath(folder) + separator + series
+
+
+def cardDigest(card: dict) -> str:
+    """SHA256 of a card's content (key order aside)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(card, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def inputSignature(case: CaseSpec) -> list[dict]:
+    """Real path, size and modification time of every file a case reads (a rerun compares them):
+    what the inputs are, not how their paths were typed (relative, absolute, through links)."""
+    signature = []
+    for path in [p for p, _ in case.inputs] + list(case.roi):
+        files = _seriesFiles(path, case.found.get(path))
+        stats = [os.stat(f) for f in files if os.path.exists(f)]
+        signature.append({"path": canonicalPath(path), "files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime": max((s.st_mtime for s in stats), default=0.0)})
+    return signature
+
+
+def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
+    """Whether ``DIR/<case>`` holds every output, made by the same model file from the same inputs."""
+    folder = os.path.join(options.outputDir, case.id)
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+            manifest = json.load(stream)
+    except (OSError, ValueError):
+        return False
+    names = caseOutputNames(case.id, options.format)
+    return (
+        manifest.get("format") == MANIFEST_FORMAT
+        and manifest.get("model", {}).get("sha256") == options.modelSHA256
+        and manifest.get("card_sha256") == options.cardSHA256
+        and manifest.get("inputs") == inputSignature(case)
+        and all(os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) > 0 for name in names.values())
+    )
+
+
+def readCaseImages(case: CaseSpec, options: BatchOptions) -> tuple[list[sitk.Image], list[sitk.Image]]:
+    from ..engine.volumes import readVolume, readVolumeChannel
+
+    images = [readVolumeChannel(path, channel, options.resampleIrregular, case.found.get(path)) for path, channel in case.inputs]
+    roiImages = [readVolume(path, resampleIrregular=options.resampleIrregular, found=case.found.get(path)) for path in case.roi]
+    return images, roiImages
+
+
+def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
+    """Read a case and prepare it for the network (runs on a worker's prefetch thread).
+
+    Returns:
+        (input images, ROI images, :class:`pipeline.PreparedInputs`).
+    """
+    from ..engine import pipeline
+    from ..engine.volumes import volumeName
+
+    if case.error:
+        raise MedSegUNetError(case.error)
+    images, roiImages = readCaseImages(case, options)
+    margin = float((card.get("roi") or {}).get("margin_mm", 0.0))
+    prepared = pipeline.prepareImages(
+        images, card, names=[volumeName(p) for p, _ in case.inputs], roiImages=roiImages, roiNames=[volumeName(p) for p in case.roi], marginMM=margin
+    )
+    return images, roiImages, prepared
+
+
+def qcTile(reference: sitk.Image, labelmap: sitk.Image, roi, card: dict, regions=None) -> np.ndarray:
+    """The mid-ROI slice (along K) with the labels, as a QC_TILE² RGB uint8 tile, physical aspect kept.
+
+    Args:
+        reference: the reference volume (KJI arrays, LPS).
+        labelmap: the result on the reference grid.
+        regions: sigmoid regions (their outlines are all drawn by painting in card order).
+    """
+    k = int((roi.ijkMin[2] + roi.ijkMax[2]) // 2)
+    rows = slice(int(roi.ijkMin[1]), int(roi.ijkMax[1]) + 1)
+    columns = slice(int(roi.ijkMin[0]), int(roi.ijkMax[0]) + 1)
+    image = sitk.GetArrayViewFromImage(reference)[k, rows, columns].astype(np.float32)
+    labels = sitk.GetArrayViewFromImage(labelmap)[k, rows, columns]
+    low, high = np.percentile(image, [1, 99.5]) if image.size else (0.0, 1.0)
+    gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    for label in card["labels"]:
+        mask = labels == int(label["value"])
+        rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(label["color"], dtype=np.float32)
+    spacing = reference.GetSpacing()
+    heightMM, widthMM = rgb.shape[0] * spacing[1], rgb.shape[1] * spacing[0]
+    scale = QC_TILE / max(heightMM, widthMM, 1e-6)
+    height, width = max(1, int(round(heightMM * scale))), max(1, int(round(widthMM * scale)))
+    rowIndex = np.minimum((np.arange(height) / height * rgb.shape[0]).astype(int), rgb.shape[0] - 1)
+    columnIndex = np.minimum((np.arange(width) / width * rgb.shape[1]).astype(int), rgb.shape[1] - 1)
+    tile = np.zeros((QC_TILE, QC_TILE, 3), dtype=np.float32)
+    top, left = (QC_TILE - height) // 2, (QC_TILE - width) // 2
+    tile[top : top + height, left : left + width] = rgb[rowIndex][:, columnIndex]
+    return (tile * 255).astype(np.uint8)
+
+
+def _pngWriter(array: np.ndarray):
+    def write(path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        plt.imsave(path, array, format="png")
+
+    return write
+
+
+def _madeByARun(folder: str) -> bool:
+    """Whether ``folder`` is a case folder a batch run wrote (its manifest says so)."""
+    if os.path.islink(folder) or not os.path.isdir(folder):
+        return False
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+            return json.load(stream).get("format") == MANIFEST_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _insideOutput(outputDir: str, path: str) -> bool:
+    return os.path.dirname(os.path.realpath(path)) == os.path.realpath(outputDir)
+
+
+def makeStagingFolder(outputDir: str) -> str:
+    """A hidden staging folder in ``outputDir`` with the run's marker file, so that a later run
+    removes it only if a run made it."""
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
+    with open(os.path.join(staging, STAGING_MARKER), "w", encoding="utf-8") as stream:
+        stream.write("medsegunet batch staging folder\n")
+    return staging
+
+
+def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -> None:
+    """Write a case's files into a hidden staging folder, then rename it to ``DIR/<case>`` whole.
+
+    ``write(folder)`` writes and verifies the files. A previous ``DIR/<case>`` (``--force``) is
+    replaced in one step, but only a case folder a run wrote, lying in ``DIR`` itself: anything
+    else of that name is refused, never removed. On any error or interruption the staging folder
+    is removed.
+    """
+    from ..engine.volumes import signalsDeferred
+
+    why = checkCaseId(caseId)
+    if why is not None:
+        raise MedSegUNetError(why)
+    final = os.path.join(outputDir, caseId)
+    if os.path.lexists(final) and not (_madeByARun(final) and _insideOutput(outputDir, final)):
+        raise MedSegUNetError(f"'{final}' exists and is not a case folder written by medsegunet batch: it is left as it is; move it away or choose another --output.")
+    staging = makeStagingFolder(outputDir)
+    try:
+        write(staging)
+        os.remove(os.path.join(staging, STAGING_MARKER))
+        # mkdtemp makes the folder private; the case folder gets a plain mkdir's permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        with signalsDeferred():
+            old = None
+            if os.path.exists(final):
+                old = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=outputDir)
+                os.rmdir(old)
+                os.rename(final, old)
+                open(os.path.join(old, STAGING_MARKER), "w").close()  # a later sweep may finish removing it
+            os.rename(staging, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, networkLock=None) -> dict:
+    """Segment one case and write its files: the job contract of every batch engine.
+
+    Args:
+        case: the case (its ``error`` makes it fail at once).
+        loaded: the model, loaded once per worker.
+        prepared: what :func:`prepareCase` returned, when a prefetch thread already read it.
+        networkLock: held around the network only, when several cases of one worker run at once
+            (a Ray actor's threads): one case is read and another written while a third uses the
+            network.
+
+    Returns:
+        the summary row: ``case``, ``status`` (ok / failed), ``message``, ``seconds``,
+        ``roi_size_mm``, ``volumes_cm3`` {label: cm³}, ``qc``, ``notes``.
+    """
+    started = time.perf_counter()
+    try:
+        prepared = prepared if prepared is not None else prepareCase(case, loaded.card, options)
+        with networkLock if networkLock is not None else contextlib.nullcontext():
+            images, result = inferCase(prepared, loaded)
+    except Exception as error:  # noqa: BLE001 - the row says what it was, as finishCase does
+        return failedRow(case, error, started)
+    return finishCase(case, images, result, loaded.card, options, started)
+
+
+def inferCase(prepared, loaded):
+    """The network's part of a case :func:`prepareCase` prepared: (input images, :class:`pipeline.SegmentationResult`)."""
+    from ..engine import pipeline
+
+    images, _, preparedInputs = prepared
+    return images, pipeline.segmentPrepared(preparedInputs, loaded)
+
+
+def failedRow(case: CaseSpec, error: BaseException, started: float) -> dict:
+    """The summary row of a case that failed, with its one-line reason."""
+    if isinstance(error, MedSegUNetError):
+        message = firstLine(error)
+    elif isinstance(error, MemoryError):
+        message = "out of memory: use a smaller sw_batch_size or patch_size, fewer --workers, or --device cpu"
+    else:
+        message = f"internal error: {type(error).__name__}: {firstLine(error)}"
+    return {"case": case.id, "status": "failed", "message": message, "seconds": round(time.perf_counter() - started, 3),
+            "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes), "finished": finishedNow()}
+
+
+def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float) -> dict:
+    """Statistics and the case folder's files (staged, verified, renamed whole); the summary row.
+
+    Runs on a worker's writer thread while the network runs on the next case.
+    """
+    from ..engine import statistics
+    from ..engine.outputs import stageSegmentation
+    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
+
+    row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
+    try:
+        inputNames = [spec["name"] for spec in card["inputs"]]
+        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), regions=result.regions)
+        names = caseOutputNames(case.id, options.format)
+        document = {
+            **report,
+            "case": case.id,
+            "inputs": [{"name": name, "path": path, "channel": channel} for name, (path, channel) in zip(inputNames, case.inputs)],
+            "roi_series": list(case.roi),
+            "notes": list(case.notes),
+            "roi": result.roi.toDict(),
+            "model": {"path": os.path.abspath(options.modelPath), "name": card["name"], "sha256": options.modelSHA256},
+            "device": result.device,
+            "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
+        }
+        finished, seconds = finishedNow(), round(time.perf_counter() - started, 3)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "case": case.id,
+            "model": {"path": os.path.abspath(options.modelPath), "sha256": options.modelSHA256},
+            "card_sha256": options.cardSHA256,
+            "inputs": inputSignature(case),
+            "outputs": sorted(names.values()),
+            # A rerun that skips the case reports these, as the run that made it did.
+            "seconds": seconds,
+            "finished": finished,
+        }
+        tile = qcTile(images[0], result.labelmap, result.roi, card, result.regions)
+
+        def write(folder: str) -> None:
+            with StagedOutputs() as staged:
+                if options.format == "dcm":
+                    from ..engine.dicomseg import stageDicomSegmentation
+
+                    stageDicomSegmentation(staged, case.inputs[0][0], result.labelmap, card, os.path.join(folder, names["segmentation"]), result.regions)
+                else:
+                    stageSegmentation(staged, result.labelmap, card["labels"], os.path.join(folder, names["segmentation"]), result.regions)
+                for key, text in (
+                    ("statistics_csv", statistics.statisticsCSV(report["segments"], inputNames, False)),
+                    ("statistics_json", statistics.statisticsJSON(document)),
+                    ("manifest", json.dumps(manifest, indent=2)),
+                ):
+                    writeTextFile(text, staged.stage(os.path.join(folder, names[key]), verify=textVerifier(text)))
+                _pngWriter(tile)(staged.stage(os.path.join(folder, names["qc"])))
+
+        writeCaseFolder(options.outputDir, case.id, write)
+        row.update(
+            status="ok",
+            roi_size_mm=[round(float(v), 3) for v in result.roi.sizeMM],
+            volumes_cm3={segment["name"]: round(segment["volume_cm3"], 6) for segment in report["segments"]},
+            qc=qualityNotes(report),
+            network_s=round(float(result.timings.get("network_thread", 0.0)), 4),
+        )
+    except Exception as error:  # one case's bug must not stop the cohort; the row says what it was
+        return failedRow(case, error, started)
+    row["seconds"], row["finished"] = seconds, finished
+    return row
+
+
+def finishedNow() -> str:
+    """When a case ended (UTC, ISO 8601 to the millisecond): the summary's audit trail, and the
+    cohort's throughput (cases per second between the first and the last)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def qualityNotes(report: dict) -> str:
+    """A case's QC state for the summary: ``ok``, or ``flagged:`` and each segment outside the card's ranges."""
+    flagged = [f"{segment['name']} {segment['qc'].removeprefix('flagged: ')}" for segment in report.get("segments", []) if segment.get("qc", "ok") != "ok"]
+    return "flagged: " + "; ".join(flagged) if flagged else "ok"
+
+
+def skippedRow(case: CaseSpec, options: BatchOptions, previous: dict | None = None) -> dict:
+    """The summary row of a case whose outputs are complete (read back from its statistics and
+    manifest), with the seconds, attempts and finishing time of the run that made it.
+
+    Args:
+        previous: the case's row in the earlier ``summary.csv``, if any (its attempts).
+    """
+    folder = os.path.join(options.outputDir, case.id)
+    names = caseOutputNames(case.id, options.format)
+    with open(os.path.join(folder, names["statistics_json"]), encoding="utf-8") as stream:
+        report = json.load(stream)
+    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
+        manifest = json.load(stream)
+    attempts = (previous or {}).get("attempts") or 1
+    return {
+        "case": case.id,
+        "status": "skipped",
+        "message": "outputs complete, same model, card and inputs (use --force to redo)",
+        "seconds": float(manifest.get("seconds", 0.0)),
+        "finished": manifest.get("finished", ""),
+        "attempts": int(attempts) if str(attempts).isdigit() else 1,
+        "roi_size_mm": report.get("roi", {}).get("size_mm"),
+        "volumes_cm3": {segment["name"]: segment["volume_cm3"] for segment in report.get("segments", [])},
+        "notes": report.get("notes", []),
+        "qc": qualityNotes(report),
+    }
+
+
+def previousSummary(outputDir: str) -> dict[str, dict]:
+    """The rows of an earlier run's ``summary.csv`` by case ({} when there is none or it is unreadable)."""
+    try:
+        with open(os.path.join(outputDir, "summary.csv"), encoding="utf-8", newline="") as stream:
+            return {row.get("case", ""): row for row in csv.DictReader(stream)}
+    except (OSError, ValueError, csv.Error):
+        return {}
+
+
+def warmUp() -> None:
+    """Set a worker process up once: what every case's outputs need is imported now, not during
+    the first case, and ITK's warnings are off.
+
+    A worker reads on a thread, where :func:`volumes.nativeMessages` cannot capture what ITK prints
+    on the shared stderr, so its warnings (e.g. "Non uniform sampling" for a series with a missing
+    slice) would land between the run's one-line messages; the checks they duplicate fail the case
+    with their own line, and errors still raise.
+    """
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    import monai.transforms  # noqa: F401 (normalisation)
+    import slicerio  # noqa: F401 (the segmentation file)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401 (the QC tile; imported last: its font library marks a warm worker)
+
+
+# Cases handed to a worker at a time: the one the network runs, the one read ahead, and the next,
+# already in the worker's queue when its network finishes a case: with two, the parent handed the
+# next case only after the previous case's files were written, the worker picked it up only after
+# its network ended, and that case was read while the network waited.
+CASES_IN_HAND = 3
+
+
+def sweepStaging(outputDir: str) -> None:
+    """Remove staging folders that killed workers or earlier runs left: only folders holding a
+    run's marker file (never a finished case's folder, nor a folder someone named alike)."""
+    if not os.path.isdir(outputDir):
+        return
+    for entry in os.scandir(outputDir):
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(entry.path, STAGING_MARKER)):
+            shutil.rmtree(entry.path, ignore_errors=True)

@@ -1,0 +1,340 @@
+"""The local engine: worker processes that keep the model, each with its own task queue and results pipe.
+
+The parent always knows which cases a worker holds and which it has begun: a dead worker is replaced,
+its begun cases are tried once more, the others handed out again without an attempt charged. Workers
+end with their driver (parent-death signal and a parent watch).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+from ..engine.errors import MedSegUNetError, firstLine
+from .cases import CaseSpec
+from .casejob import CASES_IN_HAND, BatchOptions, failedRow, finishCase, inferCase, prepareCase, sweepStaging, warmUp
+
+
+class ResultSender:
+    """A worker's end of its own results pipe, shared by its threads (a lock of this process only)."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+        self.lock = threading.Lock()
+
+    def put(self, message) -> None:
+        with self.lock:
+            self.connection.send(message)
+
+
+def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, device: str, tasks, connection) -> None:
+    """A worker process: load the model once, then take cases until told to stop.
+
+    The next case is read and prepared on one thread, and the previous case's statistics and files
+    are written on another, while the network runs on the current one. Messages go to the parent
+    through this worker's own pipe (``connection``).
+    """
+    results = ResultSender(connection)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Ctrl-C reaches the whole process group; the parent decides, and ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exitWithParent()
+    import warnings
+
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.simplefilter("ignore", category)
+    import torch
+
+    from ..engine.modelcard import loadModel
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    try:
+        loaded = loadModel(options.modelPath, device)
+    except MedSegUNetError as error:
+        results.put(("fatal", workerId, firstLine(error)))
+        return
+    warmUp()
+    card = loaded.card
+
+    def prepare(index: int):
+        return prepareCase(cases[index], card, options)
+
+    pending: list = []
+    stopping = False
+    finishing = None
+    # Reads run ahead on one thread, statistics and writes behind on another: the network (this
+    # thread) goes from case to case without waiting for the disk.
+    with ThreadPoolExecutor(max_workers=1, initializer=_yieldToTheNetwork) as pool, ThreadPoolExecutor(max_workers=1, initializer=_yieldToTheNetwork) as writer:
+        while True:
+            if not pending:
+                if stopping:
+                    break
+                index = tasks.get()
+                if index is None:
+                    break
+                results.put(("begun", workerId, index))
+                pending.append((index, pool.submit(prepare, index)))
+            if len(pending) < 2 and not stopping:
+                try:
+                    following = tasks.get(timeout=0.01)
+                except queue.Empty:
+                    following = -1
+                if following is None:
+                    stopping = True
+                elif following >= 0:
+                    results.put(("begun", workerId, following))
+                    pending.append((following, pool.submit(prepare, following)))
+            index, future = pending.pop(0)
+            try:
+                prepared = future.result()
+            except Exception as error:  # noqa: BLE001 - the row says what it was
+                results.put(("done", workerId, index, failedRow(cases[index], error, time.perf_counter())))
+                continue
+            started = time.perf_counter()
+            try:
+                images, result = inferCase(prepared, loaded)
+            except Exception as error:  # noqa: BLE001 - the row says what it was
+                results.put(("done", workerId, index, failedRow(cases[index], error, started)))
+                continue
+            result.timings["network_thread"] = time.perf_counter() - started
+            if finishing is not None:
+                finishing.result()  # one case's files in flight at a time
+            finishing = writer.submit(_finishAndReport, workerId, index, cases[index], images, result, card, options, started, results)
+        if finishing is not None:
+            finishing.result()
+
+
+def exitWithParent() -> None:
+    """End this worker process when the batch's driver dies (even by SIGKILL): no orphan keeps a GPU.
+
+    Linux: the kernel's parent-death signal; elsewhere, and as a second guard, a thread that sees
+    the parent PID change (a worker's parent is the driver itself, never a launcher).
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the driver died before the signal was set
+            os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="medsegunet-parent-watch").start()
+
+
+def _yieldToTheNetwork() -> None:
+    """Lower this thread's CPU priority by 10 (Linux: a thread's nice value), so that on a CPU-only
+    machine the reading and writing threads take the cores the network leaves idle rather than
+    slowing it down."""
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        try:
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + 10, 19))
+        except OSError:  # not allowed here: the thread keeps the normal priority
+            pass
+
+
+def _finishAndReport(workerId: int, index: int, case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float, results) -> None:
+    results.put(("done", workerId, index, finishCase(case, images, result, card, options, started)))
+
+
+def _deathMessage(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.Signals._value2member_map_ else str(-exitcode)
+        why = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        return f"the worker process was killed by {name}{why}"
+    return f"the worker process ended with status {exitcode}"
+
+
+def gpuCount() -> int:
+    """GPUs visible to this machine, without importing torch in this process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+    executable = shutil.which("nvidia-smi")
+    if not executable:
+        return 0
+    import subprocess
+
+    try:
+        done = subprocess.run([executable, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU "))
+
+
+def workerDevices(device: str, workers: int | None) -> list[str]:
+    """The device of each worker: one per GPU by default (``cuda:k``), else one CPU worker."""
+    gpus = gpuCount() if device in ("auto", "cuda") else 0
+    if device == "cuda" and gpus == 0:
+        raise MedSegUNetError("CUDA was asked for but no NVIDIA GPU is visible: use --device cpu or auto.")
+    count = workers or max(gpus, 1)
+    if gpus and device in ("auto", "cuda"):
+        return [f"cuda:{index % gpus}" for index in range(count)]
+    return ["cpu" if device == "auto" else device] * count
+
+
+# A case lost this many times with a dead worker without having begun (its "begun" message may
+# not have left a worker killed at once) is then counted as an attempt, so a run always ends.
+FREE_LOSSES = 2
+
+
+def lostCases(lost: set[int], begun: set[int], freeLosses: dict[int, int]) -> tuple[list[int], list[int]]:
+    """Of a dead worker's unfinished cases, those to hand out again as they were and those that
+    count an attempt.
+
+    Args:
+        lost: the cases the worker held and had not finished.
+        begun: the cases it said it had begun (read or segmented).
+        freeLosses: per case, how often it was lost without having begun (updated).
+
+    Returns:
+        (cases to hand out again without an attempt: still waiting in the worker's queue, they
+        cannot have killed it; cases that count an attempt), each sorted.
+    """
+    again, suspects = [], []
+    for index in sorted(lost):
+        if index not in begun:
+            freeLosses[index] = freeLosses.get(index, 0) + 1
+            if freeLosses[index] <= FREE_LOSSES:
+                again.append(index)
+                continue
+        suspects.append(index)
+    return again, suspects
+
+
+def runLocal(
+    cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None],
+    onBegun: Callable[[int, int], None] | None = None, onWarning: Callable[[str], None] | None = None,
+) -> None:
+    """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends,
+    ``onBegun(index, workerPid)`` when a worker says it has begun a case (read or segmented), and
+    ``onWarning(text)`` when a dead worker is replaced.
+
+    Each worker has its own task queue and the parent hands it cases, so the parent always knows
+    which cases a worker holds, and the worker says when it begins one: a dead worker is replaced,
+    the cases it had begun (read or segmented) are tried once more, and those still waiting in its
+    queue are handed out again without counting an attempt (they cannot have killed it).
+    """
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("spawn")
+    # One results pipe per worker: a shared Queue has one cross-process write lock, and a worker
+    # killed while holding it would silence every other worker for ever.
+    receivers: dict[int, object] = {}
+    attempts = {index: 0 for index in todo}
+    pending = list(todo)
+    remaining = set(todo)
+    workers: dict[int, tuple] = {}  # id → (process, device, task queue)
+    held: dict[int, set[int]] = {}
+    begun: dict[int, set[int]] = {}
+    freeLosses: dict[int, int] = {}
+    nextId = 0
+
+    def start(device: str) -> None:
+        nonlocal nextId
+        tasks = context.Queue()
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, sender), daemon=True)
+        process.start()
+        sender.close()  # the worker holds the only write end
+        workers[nextId] = (process, device, tasks)
+        receivers[nextId] = receiver
+        held[nextId], begun[nextId] = set(), set()
+        nextId += 1
+
+    def handOut() -> None:
+        for workerId, (_, _, tasks) in workers.items():
+            while pending and len(held[workerId]) < CASES_IN_HAND:
+                index = pending.pop(0)
+                held[workerId].add(index)
+                tasks.put(index)
+
+    for device in devices[: max(1, min(len(devices), len(todo)))]:
+        start(device)
+    handOut()
+    try:
+        while remaining:
+            messages = []
+            for receiver in wait(list(receivers.values()), timeout=0.5):
+                try:
+                    messages.append(receiver.recv())
+                except (EOFError, OSError):  # the worker is gone; its death is handled below
+                    receivers.pop(next(key for key, value in receivers.items() if value is receiver)).close()
+            for message in messages:
+                kind, workerId = message[0], message[1]
+                if kind == "begun":
+                    begun.get(workerId, set()).add(message[2])
+                    if onBegun is not None and workerId in workers:
+                        onBegun(message[2], workers[workerId][0].pid)
+                elif kind == "done":
+                    index, row = message[2], message[3]
+                    held.get(workerId, set()).discard(index)
+                    begun.get(workerId, set()).discard(index)
+                    if index in remaining:
+                        remaining.discard(index)
+                        row["attempts"] = attempts[index] + 1
+                        onRow(index, row)
+                    handOut()
+                elif kind == "fatal":
+                    raise MedSegUNetError(message[2])
+            if messages:
+                continue
+            for workerId, (process, device, tasks) in list(workers.items()):
+                if process.is_alive():
+                    continue
+                again, suspects = lostCases(held.pop(workerId) & remaining, begun.pop(workerId), freeLosses)
+                del workers[workerId]
+                if workerId in receivers:
+                    receivers.pop(workerId).close()
+                tasks.cancel_join_thread()
+                tasks.close()
+                why = _deathMessage(process.exitcode)
+                if onWarning is not None:
+                    retried = [cases[index].id for index in suspects if attempts[index] < 1]
+                    onWarning(f"{why} (PID {process.pid}); a new one takes its place"
+                              + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else ""))
+                for index in reversed(again):
+                    pending.insert(0, index)
+                for index in suspects:
+                    attempts[index] += 1
+                    if attempts[index] > 1:
+                        remaining.discard(index)
+                        onRow(index, {"case": cases[index].id, "status": "failed", "message": f"{why}, twice", "seconds": 0.0,
+                                      "roi_size_mm": None, "volumes_cm3": {}, "notes": list(cases[index].notes), "attempts": attempts[index]})
+                    else:
+                        pending.insert(0, index)
+                if remaining:
+                    start(device)
+                    handOut()
+    finally:
+        for _, _, tasks in workers.values():
+            tasks.put(None)
+        deadline = time.monotonic() + 5
+        for process, _, tasks in workers.values():
+            process.join(timeout=max(0.1, deadline - time.monotonic()))
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+            tasks.cancel_join_thread()
+            tasks.close()
+        for receiver in receivers.values():
+            receiver.close()
+        sweepStaging(options.outputDir)
