@@ -143,52 +143,18 @@ def run(args, console) -> int:
     """``medsegunet batch``: returns 0 when every case succeeded, 1 when some failed."""
     from ..engine.console import CaseProgress
     from ..engine.modelcard import readCard
-    from ..engine.volumes import checkDistinctPaths, sha256
-
-    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
-        raise MedSegUNetError(f"--workers must be 1 to {MAX_WORKERS} (each worker holds the model and uses about 0.7 GB or more).")
-    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise MedSegUNetError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count() or 1} cores).")
-    if args.ray_address and args.engine != "ray":
-        raise MedSegUNetError("--ray-address needs --engine ray.")
     from ..models.catalog import resolveModelOption
 
+    checkOptions(args)
     args.model = resolveModelOption(args.model, console)
     card = readCard(args.model)
     cases = casesFromSource(args.cases, card)
     if args.dry_run:
         sys.stdout.write(dryRunTable(cases, card))
         return 0 if not any(case.error for case in cases) else 1
-    caseInputs = [path for case in cases for path in [*(p for p, _ in case.inputs), *case.roi]]
-    checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"], "a case's input": caseInputs})
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise MedSegUNetError(f"--output '{args.output}' is a file: give a folder.")
-    try:
-        os.makedirs(args.output, exist_ok=True)
-    except OSError as error:
-        from ..engine.errors import osErrorMessage
-
-        raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
-    sweepStaging(args.output)
-    devices = workerDevices(args.device, args.workers) if args.engine == "local" else []
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
-    options = BatchOptions(
-        modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output), format=args.format,
-        device=args.device, resampleIrregular=args.resample_irregular, threads=threads,
-    )
-    rows: dict[int, dict] = {}
-    previous = previousSummary(options.outputDir)
+    options, devices = prepareOutput(args, card, cases)
     progress = CaseProgress(len(cases), quiet=args.quiet)
-    todo = []
-    for index, case in enumerate(cases):
-        if case.error:
-            rows[index] = {"case": case.id, "status": "failed", "message": case.error, "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": case.notes}
-            progress.update(rows[index])
-        elif not args.force and isCaseComplete(case, options):
-            rows[index] = skippedRow(case, options, previous.get(case.id))
-            progress.update(rows[index])
-        else:
-            todo.append(index)
+    rows, todo = rowsBeforeTheRun(cases, options, args.force, progress)
 
     def onRow(index: int, row: dict) -> None:
         rows[index] = row
@@ -211,16 +177,73 @@ def run(args, console) -> int:
         done = sum(1 for row in rows.values() if row["status"] == "ok")
         error.kept = f"{done} case(s) finished in this run are kept whole in {args.output}; rerun the same command to do the rest"  # type: ignore[attr-defined]
         raise
+    return report(ordered, written, args.output, console, time.perf_counter() - started)
+
+
+def checkOptions(args) -> None:
+    """Refuse absurd or contradictory options before any work."""
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise MedSegUNetError(f"--workers must be 1 to {MAX_WORKERS} (each worker holds the model and uses about 0.7 GB or more).")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        raise MedSegUNetError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count() or 1} cores).")
+    if args.ray_address and args.engine != "ray":
+        raise MedSegUNetError("--ray-address needs --engine ray.")
+
+
+def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOptions, list[str]]:
+    """The output folder (never an input, nor inside one), swept of stale staging folders; the run's options and worker devices."""
+    from ..engine.volumes import checkDistinctPaths, sha256
+
+    caseInputs = [path for case in cases for path in [*(p for p, _ in case.inputs), *case.roi]]
+    checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"], "a case's input": caseInputs})
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise MedSegUNetError(f"--output '{args.output}' is a file: give a folder.")
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as error:
+        from ..engine.errors import osErrorMessage
+
+        raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
+    sweepStaging(args.output)
+    devices = workerDevices(args.device, args.workers) if args.engine == "local" else []
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
+    options = BatchOptions(
+        modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output),
+        format=args.format, device=args.device, resampleIrregular=args.resample_irregular, threads=threads,
+    )
+    return options, devices
+
+
+def rowsBeforeTheRun(cases: Sequence[CaseSpec], options: BatchOptions, force: bool, progress) -> tuple[dict[int, dict], list[int]]:
+    """Rows of the cases that fail before running (no input) or are complete already (skipped,
+    as the run that made them said), and the indexes of the cases to run."""
+    rows: dict[int, dict] = {}
+    previous = previousSummary(options.outputDir)
+    todo = []
+    for index, case in enumerate(cases):
+        if case.error:
+            rows[index] = {"case": case.id, "status": "failed", "message": case.error, "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": case.notes}
+        elif not force and isCaseComplete(case, options):
+            rows[index] = skippedRow(case, options, previous.get(case.id))
+        else:
+            todo.append(index)
+            continue
+        progress.update(rows[index])
+    return rows, todo
+
+
+def report(ordered: Sequence[dict], written: Sequence[str], output: str, console, seconds: float) -> int:
+    """The run's last lines: flagged cases as warnings, the counts, failed cases on stderr; the exit status."""
     for row in ordered:  # a flagged result is said where errors are, not only in the files
         if row["status"] in ("ok", "skipped") and str(row.get("qc", "ok")).startswith("flagged"):
             console.warn(f"case {shownCaseId(row['case'])}: {row['qc']}")
     counts = {status: sum(1 for row in ordered if row["status"] == status) for status in ("ok", "skipped", "failed")}
-    console.line(f"Wrote {', '.join(written)} in {time.perf_counter() - started:.1f} s")
+    console.line(f"Wrote {', '.join(written)} in {seconds:.1f} s")
     console.line(f"{len(ordered)} cases: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")
-    if counts["failed"]:
-        for row in ordered:
-            if row["status"] == "failed":
-                sys.stderr.write(f"medsegunet: case {shownCaseId(row['case'])} failed: {row['message']}\n")
-        sys.stderr.write(f"medsegunet: {counts['failed']} of {len(ordered)} cases failed (see {os.path.join(args.output, 'summary.csv')}).\n")
-        return 1
-    return 0
+    if not counts["failed"]:
+        return 0
+    for row in ordered:
+        if row["status"] == "failed":
+            sys.stderr.write(f"medsegunet: case {shownCaseId(row['case'])} failed: {row['message']}\n")
+    sys.stderr.write(f"medsegunet: {counts['failed']} of {len(ordered)} cases failed (see {os.path.join(output, 'summary.csv')}).\n")
+    return 1

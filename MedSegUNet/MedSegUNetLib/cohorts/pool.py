@@ -233,108 +233,135 @@ def runLocal(
     the cases it had begun (read or segmented) are tried once more, and those still waiting in its
     queue are handed out again without counting an attempt (they cannot have killed it).
     """
-    from multiprocessing.connection import wait
+    pool = LocalPool(cases, todo, options, onRow, onBegun, onWarning)
+    for device in devices[: max(1, min(len(devices), len(todo)))]:
+        pool.start(device)
+    pool.handOut()
+    try:
+        while pool.remaining:
+            messages = pool.receive()
+            for message in messages:
+                pool.handle(message)
+            if not messages:
+                pool.replaceDead()
+    finally:
+        pool.close()
 
-    context = multiprocessing.get_context("spawn")
-    # One results pipe per worker: a shared Queue has one cross-process write lock, and a worker
-    # killed while holding it would silence every other worker for ever.
-    receivers: dict[int, object] = {}
-    attempts = {index: 0 for index in todo}
-    pending = list(todo)
-    remaining = set(todo)
-    workers: dict[int, tuple] = {}  # id → (process, device, task queue)
-    held: dict[int, set[int]] = {}
-    begun: dict[int, set[int]] = {}
-    freeLosses: dict[int, int] = {}
-    nextId = 0
 
-    def start(device: str) -> None:
-        nonlocal nextId
-        tasks = context.Queue()
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_workerMain, args=(nextId, cases, options, device, tasks, sender), daemon=True)
+class LocalPool:
+    """The parent's book of worker processes: who holds which case, who began which, attempts."""
+
+    def __init__(self, cases, todo, options, onRow, onBegun, onWarning) -> None:
+        self.cases, self.options = cases, options
+        self.onRow, self.onBegun, self.onWarning = onRow, onBegun, onWarning
+        self.context = multiprocessing.get_context("spawn")
+        self.attempts = {index: 0 for index in todo}
+        self.pending = list(todo)
+        self.remaining = set(todo)
+        self.workers: dict[int, tuple] = {}  # id → (process, device, task queue)
+        # One results pipe per worker: a shared Queue has one cross-process write lock, and a
+        # worker killed while holding it would silence every other worker for ever.
+        self.receivers: dict[int, object] = {}
+        self.held: dict[int, set[int]] = {}
+        self.begun: dict[int, set[int]] = {}
+        self.freeLosses: dict[int, int] = {}
+        self.nextId = 0
+
+    def start(self, device: str) -> None:
+        tasks = self.context.Queue()
+        receiver, sender = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_workerMain, args=(self.nextId, self.cases, self.options, device, tasks, sender), daemon=True)
         process.start()
         sender.close()  # the worker holds the only write end
-        workers[nextId] = (process, device, tasks)
-        receivers[nextId] = receiver
-        held[nextId], begun[nextId] = set(), set()
-        nextId += 1
+        self.workers[self.nextId] = (process, device, tasks)
+        self.receivers[self.nextId] = receiver
+        self.held[self.nextId], self.begun[self.nextId] = set(), set()
+        self.nextId += 1
 
-    def handOut() -> None:
-        for workerId, (_, _, tasks) in workers.items():
-            while pending and len(held[workerId]) < CASES_IN_HAND:
-                index = pending.pop(0)
-                held[workerId].add(index)
+    def handOut(self) -> None:
+        for workerId, (_, _, tasks) in self.workers.items():
+            while self.pending and len(self.held[workerId]) < CASES_IN_HAND:
+                index = self.pending.pop(0)
+                self.held[workerId].add(index)
                 tasks.put(index)
 
-    for device in devices[: max(1, min(len(devices), len(todo)))]:
-        start(device)
-    handOut()
-    try:
-        while remaining:
-            messages = []
-            for receiver in wait(list(receivers.values()), timeout=0.5):
-                try:
-                    messages.append(receiver.recv())
-                except (EOFError, OSError):  # the worker is gone; its death is handled below
-                    receivers.pop(next(key for key, value in receivers.items() if value is receiver)).close()
-            for message in messages:
-                kind, workerId = message[0], message[1]
-                if kind == "begun":
-                    begun.get(workerId, set()).add(message[2])
-                    if onBegun is not None and workerId in workers:
-                        onBegun(message[2], workers[workerId][0].pid)
-                elif kind == "done":
-                    index, row = message[2], message[3]
-                    held.get(workerId, set()).discard(index)
-                    begun.get(workerId, set()).discard(index)
-                    if index in remaining:
-                        remaining.discard(index)
-                        row["attempts"] = attempts[index] + 1
-                        onRow(index, row)
-                    handOut()
-                elif kind == "fatal":
-                    raise MedSegUNetError(message[2])
-            if messages:
+    def receive(self, timeout: float = 0.5) -> list:
+        """The messages the workers sent (waits up to ``timeout`` for the first)."""
+        from multiprocessing.connection import wait
+
+        messages = []
+        for receiver in wait(list(self.receivers.values()), timeout=timeout):
+            try:
+                messages.append(receiver.recv())
+            except (EOFError, OSError):  # the worker is gone; replaceDead() sees to it
+                self.receivers.pop(next(key for key, value in self.receivers.items() if value is receiver)).close()
+        return messages
+
+    def handle(self, message: tuple) -> None:
+        kind, workerId = message[0], message[1]
+        if kind == "begun":
+            self.begun.get(workerId, set()).add(message[2])
+            if self.onBegun is not None and workerId in self.workers:
+                self.onBegun(message[2], self.workers[workerId][0].pid)
+        elif kind == "done":
+            index, row = message[2], message[3]
+            self.held.get(workerId, set()).discard(index)
+            self.begun.get(workerId, set()).discard(index)
+            if index in self.remaining:
+                self.remaining.discard(index)
+                row["attempts"] = self.attempts[index] + 1
+                self.onRow(index, row)
+            self.handOut()
+        elif kind == "fatal":
+            raise MedSegUNetError(message[2])
+
+    def replaceDead(self) -> None:
+        """Every dead worker: its begun cases charged and retried (failed the second time), the
+        rest handed out again; a new worker takes its place while cases remain."""
+        for workerId, (process, device, tasks) in list(self.workers.items()):
+            if process.is_alive():
                 continue
-            for workerId, (process, device, tasks) in list(workers.items()):
-                if process.is_alive():
-                    continue
-                again, suspects = lostCases(held.pop(workerId) & remaining, begun.pop(workerId), freeLosses)
-                del workers[workerId]
-                if workerId in receivers:
-                    receivers.pop(workerId).close()
-                tasks.cancel_join_thread()
-                tasks.close()
-                why = _deathMessage(process.exitcode)
-                if onWarning is not None:
-                    retried = [cases[index].id for index in suspects if attempts[index] < 1]
-                    onWarning(f"{why} (PID {process.pid}); a new one takes its place"
-                              + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else ""))
-                for index in reversed(again):
-                    pending.insert(0, index)
-                for index in suspects:
-                    attempts[index] += 1
-                    if attempts[index] > 1:
-                        remaining.discard(index)
-                        onRow(index, {"case": cases[index].id, "status": "failed", "message": f"{why}, twice", "seconds": 0.0,
-                                      "roi_size_mm": None, "volumes_cm3": {}, "notes": list(cases[index].notes), "attempts": attempts[index]})
-                    else:
-                        pending.insert(0, index)
-                if remaining:
-                    start(device)
-                    handOut()
-    finally:
-        for _, _, tasks in workers.values():
+            again, suspects = lostCases(self.held.pop(workerId) & self.remaining, self.begun.pop(workerId), self.freeLosses)
+            del self.workers[workerId]
+            if workerId in self.receivers:
+                self.receivers.pop(workerId).close()
+            tasks.cancel_join_thread()
+            tasks.close()
+            why = _deathMessage(process.exitcode)
+            if self.onWarning is not None:
+                retried = [self.cases[index].id for index in suspects if self.attempts[index] < 1]
+                self.onWarning(f"{why} (PID {process.pid}); a new one takes its place"
+                               + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else ""))
+            for index in reversed(again):
+                self.pending.insert(0, index)
+            for index in suspects:
+                self.charge(index, why)
+            if self.remaining:
+                self.start(device)
+                self.handOut()
+
+    def charge(self, index: int, why: str) -> None:
+        """A case a dead worker had begun: tried once more, or failed after its second death."""
+        self.attempts[index] += 1
+        if self.attempts[index] <= 1:
+            self.pending.insert(0, index)
+            return
+        self.remaining.discard(index)
+        self.onRow(index, {"case": self.cases[index].id, "status": "failed", "message": f"{why}, twice", "seconds": 0.0,
+                           "roi_size_mm": None, "volumes_cm3": {}, "notes": list(self.cases[index].notes), "attempts": self.attempts[index]})
+
+    def close(self) -> None:
+        """Stop the workers (a None task each, then terminate what lingers) and sweep staging folders."""
+        for _, _, tasks in self.workers.values():
             tasks.put(None)
         deadline = time.monotonic() + 5
-        for process, _, tasks in workers.values():
+        for process, _, tasks in self.workers.values():
             process.join(timeout=max(0.1, deadline - time.monotonic()))
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
             tasks.cancel_join_thread()
             tasks.close()
-        for receiver in receivers.values():
+        for receiver in self.receivers.values():
             receiver.close()
-        sweepStaging(options.outputDir)
+        sweepStaging(self.options.outputDir)
