@@ -41,7 +41,7 @@ SAMPLE_DATA_FILES = (
 )
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "engine.errors", "engine.volumes", "engine.geometry", "engine.preprocessing", "engine.modelcard", "engine.inference",
+    "engine.errors", "engine.paths", "engine.filecheck", "engine.staging", "engine.volumes", "engine.geometry", "engine.preprocessing", "engine.modelcard", "engine.inference",
     "engine.pipeline", "engine.statistics", "engine.outputs", "engine.dicomseg", "models.catalog",
     "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.jobfiles", "slicer.worker", "slicer.logic",
     "slicer.selftest", "slicer.modulelogic", "slicer.widget",
