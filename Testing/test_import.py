@@ -7,15 +7,18 @@ import pkgutil
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 import MedSegUNetLib
 
 # The widget is the module's Qt code (it runs in Slicer only); the static tests read it.
-QT_MODULES = {"widget"}
-MODULES = sorted(info.name for info in pkgutil.iter_modules(MedSegUNetLib.__path__) if info.name not in QT_MODULES)
+QT_MODULES = {"slicer.widget"}
+MODULES = sorted(
+    info.name.removeprefix("MedSegUNetLib.") for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")
+    if not info.ispkg and info.name.removeprefix("MedSegUNetLib.") not in QT_MODULES
+)
+PACKAGES = {"engine", "models", "cohorts", "slicer"}
 FORBIDDEN = ("torch", "monai", "qt", "slicer", "ctk", "PythonQt", "vtk")
 
 CHECK = """
@@ -26,12 +29,13 @@ print(json.dumps(roots))
 """
 
 
-def test_every_engine_module_is_listed():
-    # The package stays flat and holds the modules the engine needs.
-    assert {"errors", "geometry", "volumes", "modelcard", "preprocessing", "inference", "pipeline", "statistics", "outputs", "phantoms", "cli"} <= set(MODULES)
-    assert not any(info.ispkg for info in pkgutil.iter_modules(MedSegUNetLib.__path__))
+def test_every_package_and_engine_module_is_there():
+    # Four packages by concern, the command line on top.
+    assert {info.name for info in pkgutil.iter_modules(MedSegUNetLib.__path__) if info.ispkg} == PACKAGES
+    assert {"engine.errors", "engine.geometry", "engine.volumes", "engine.modelcard", "engine.preprocessing", "engine.inference", "engine.pipeline",
+            "engine.statistics", "engine.outputs", "models.phantoms", "cli"} <= set(MODULES)
     # Qt is imported only by the widget: every other module keeps off it (checked below).
-    assert QT_MODULES <= {info.name for info in pkgutil.iter_modules(MedSegUNetLib.__path__)}
+    assert QT_MODULES <= {info.name.removeprefix("MedSegUNetLib.") for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")}
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -47,18 +51,15 @@ def helpCommand() -> list[str]:
     return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
 
 
-def test_help_is_fast():
-    command = helpCommand()
-    subprocess.run([*command, "--help"], capture_output=True, timeout=60)  # warm the file cache
-    start = time.perf_counter()
-    done = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - start
+def test_help_loads_nothing_heavy():
+    """``medsegunet --help`` answers at once because it imports no torch, MONAI, SciPy or
+    matplotlib, the seconds-long imports (checked by what it loads, not by a clock: machines differ)."""
+    code = ("import json, sys\nfrom MedSegUNetLib import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "segment" in done.stdout and "roi" in done.stdout
-    assert elapsed < 3.0, f"medsegunet --help took {elapsed:.2f} s"
-
-
-@pytest.mark.parametrize("subcommand", ["roi", "segment"])
-def test_subcommand_help(subcommand):
-    done = subprocess.run([*helpCommand(), subcommand, "--help"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "usage: medsegunet" in done.stdout
+    roots = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert not roots & {"torch", "monai", "scipy", "matplotlib", "skimage", "ray", "onnx"}, sorted(roots)
+    # The installed command answers too.
+    assert subprocess.run([*helpCommand(), "--help"], capture_output=True, text=True, timeout=120).returncode == 0

@@ -1,0 +1,233 @@
+"""ONNX graphs as MedSegUNet models: their weights copied into the MONAI network the card names.
+
+The graph's weighted layers (Conv, ConvTranspose, BatchNormalization, InstanceNormalization, PRelu,
+Gemm) are paired with the network's in execution order, not by name, so graphs from either of
+torch's exporters import; a norm the export folded is folded in the imported network too. The
+scripted network is verified against onnxruntime before anything is written.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine.errors import MedSegUNetError, firstLine
+from .verification import buildNetwork, compareOutputs, provenance, readImportCard
+
+
+def onnxTensors(model) -> dict[str, np.ndarray]:
+    """Every tensor of an ONNX graph under the PyTorch name ``torch.onnx.export`` gave it."""
+    from onnx import numpy_helper
+
+    tensors = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input and node.input[0] in tensors:
+            tensors[node.output[0]] = tensors[node.input[0]]
+        elif node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    tensors[node.output[0]] = numpy_helper.to_array(attribute.t)
+    return tensors
+
+
+# The layers whose weights an ONNX graph carries, by the ONNX operator and the torch module kind.
+WEIGHTED_OPS = {"Conv": "conv", "ConvTranspose": "convtranspose", "BatchNormalization": "batchnorm", "InstanceNormalization": "instancenorm", "PRelu": "prelu", "Gemm": "linear"}
+
+
+def moduleKind(module) -> str | None:
+    """``conv``, ``convtranspose``, ``batchnorm``, ``instancenorm``, ``prelu``, ``linear``, or None for a module without weights."""
+    import torch.nn as nn
+
+    kinds = (
+        (nn.modules.conv._ConvTransposeNd, "convtranspose"), (nn.modules.conv._ConvNd, "conv"), (nn.modules.batchnorm._BatchNorm, "batchnorm"),
+        (nn.modules.instancenorm._InstanceNorm, "instancenorm"), (nn.PReLU, "prelu"), (nn.Linear, "linear"),
+    )
+    for moduleClass, kind in kinds:
+        if isinstance(module, moduleClass):
+            return kind
+    return None
+
+
+def layersInCallOrder(network, sample) -> list[tuple[str, object]]:
+    """The network's weighted leaf modules, with their names, in the order one forward pass calls them.
+
+    Raises:
+        MedSegUNetError: a leaf module with weights that an ONNX graph's layers cannot be mapped to (GroupNorm, LayerNorm, ...).
+    """
+    import torch
+
+    called: list[tuple[str, object]] = []
+    handles = []
+    for name, module in network.named_modules():
+        if list(module.children()):
+            continue
+        if moduleKind(module) is None:
+            if any(True for _ in module.parameters(recurse=False)):
+                raise MedSegUNetError(f"The card's network has a {type(module).__name__} ('{name}') whose weights this import cannot map from an ONNX graph: use a network with BatchNorm or InstanceNorm.")
+            continue
+        handles.append(module.register_forward_pre_hook(lambda module, args, name=name: called.append((name, module))))
+    try:
+        with torch.no_grad():
+            network(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return called
+
+
+def onnxLayers(model) -> tuple[list, dict]:
+    """The graph's weighted nodes in graph (execution) order, and each tensor's consuming operators."""
+    consumers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    return [node for node in model.graph.node if node.op_type in WEIGHTED_OPS], consumers
+
+
+def copyWeights(network, model, sample, source: str) -> list[str]:
+    """Load an ONNX graph's weights into the card's network, layer by layer in execution order.
+
+    The layers are paired in the order a forward pass calls them, not by name, so graphs whose
+    tensors were renamed or merged by ``torch.onnx.export``'s constant folding import as well as
+    unfolded ones. A batch norm folded into the convolution before it (the network calls the norm
+    next, the graph's next weighted node is no BatchNormalization) is folded in the network too:
+    the convolution takes the folded weights and bias and the norm becomes ``nn.Identity``, so the
+    imported network does the work the exported graph does, no more. The caller verifies the
+    result against onnxruntime.
+
+    Returns:
+        notes for the card's provenance (how many norms were folded by the export).
+
+    Raises:
+        MedSegUNetError: layers of another kind, shape or count than the card's network's, naming the first.
+    """
+    import torch
+
+    tensors = onnxTensors(model)
+    nodes, consumers = onnxLayers(model)
+    layers = layersInCallOrder(network, sample)
+    mismatch = "the card must name the network that was exported (same class and args)"
+    position, folded, pendingBias, pendingConv = 0, 0, None, None
+    with torch.no_grad():
+        for index, (name, module) in enumerate(layers):
+            kind = moduleKind(module)
+            if kind == "batchnorm" and pendingBias is not None:
+                # Folded by the export: y = conv(x; W') + b'.
+                pendingConv.bias = torch.nn.Parameter(pendingBias)
+                parentName, _, childName = name.rpartition(".")
+                setattr(network.get_submodule(parentName) if parentName else network, childName, torch.nn.Identity())
+                pendingBias, pendingConv, folded = None, None, folded + 1
+                continue
+            if position >= len(nodes):
+                raise MedSegUNetError(f"'{source}' has fewer weighted layers ({len(nodes)}) than the card's network (at '{name}'): {mismatch}.")
+            node = nodes[position]
+            position += 1
+            if WEIGHTED_OPS[node.op_type] != kind:
+                raise MedSegUNetError(f"'{source}': weighted layer {position} is an ONNX {node.op_type} where the card's network has {type(module).__name__} '{name}': {mismatch}.")
+            weights = [tensors.get(input) if input else None for input in node.input[1:]]
+            if node.op_type == "Gemm" and weights[0] is not None and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
+                weights[0] = weights[0].T
+            if weights[0] is None or (kind == "batchnorm" and any(weight is None for weight in weights[:4])):
+                raise MedSegUNetError(f"'{source}': the weights of ONNX node '{node.name or node.op_type}' are computed in the graph, not stored: export the network in eval mode.")
+            # Folded when the network calls a batch norm next but the graph's next weighted node is none.
+            fusedNorm = (
+                kind in ("conv", "convtranspose") and index + 1 < len(layers) and moduleKind(layers[index + 1][1]) == "batchnorm"
+                and "BatchNormalization" not in consumers.get(node.output[0], [])
+                and (position >= len(nodes) or nodes[position].op_type != "BatchNormalization")
+            )
+            pendingBias, pendingConv = _loadLayer(module, kind, name, weights, fusedNorm, source), module
+    if position != len(nodes):
+        raise MedSegUNetError(f"'{source}' has {len(nodes) - position} more weighted layers than the card's network: {mismatch}.")
+    return [f"{folded} batch norms folded into the convolutions before them, as the ONNX export folded them"] if folded else []
+
+
+def _loadLayer(module, kind: str, name: str, weights: list, fusedNorm: bool, source: str):
+    """Copy one ONNX node's weights into one torch module; returns the folded bias when its norm is folded, else None."""
+    import torch
+
+    def put(parameter, array, what):
+        if tuple(array.shape) != tuple(parameter.shape):
+            raise MedSegUNetError(f"'{source}': the {what} of '{name}' has shape {tuple(array.shape)} where the card's network has {tuple(parameter.shape)}: check the network args.")
+        parameter.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)))
+
+    bias = weights[1] if len(weights) > 1 and weights[1] is not None else None
+    if kind in ("conv", "convtranspose", "linear"):
+        put(module.weight, weights[0], "weight")
+        outputs = module.weight.shape[1 if kind == "convtranspose" else 0] * (module.groups if kind == "convtranspose" else 1)
+        bias = np.zeros(outputs, np.float32) if bias is None else bias
+        if fusedNorm:
+            return torch.from_numpy(np.array(bias, dtype=np.float32))
+        if module.bias is not None:
+            put(module.bias, bias, "bias")
+        elif np.any(bias):
+            raise MedSegUNetError(f"'{source}': ONNX gives '{name}' a bias that the card's network does not have: check the network args.")
+    elif kind == "batchnorm":
+        for parameter, array, what in zip((module.weight, module.bias, module.running_mean, module.running_var), weights[:4], ("scale", "bias", "mean", "variance")):
+            put(parameter, array, what)
+    elif kind == "instancenorm":
+        if module.affine:
+            put(module.weight, weights[0], "scale")
+            put(module.bias, weights[1], "bias")
+        elif not (np.all(weights[0] == 1) and not np.any(weights[1])):
+            raise MedSegUNetError(f"'{source}': ONNX gives the instance norm '{name}' a scale and bias that the card's network does not have (affine=False): check the network args.")
+    elif kind == "prelu":
+        slope = np.asarray(weights[0])  # ONNX broadcasts it as (C, 1, 1, 1)
+        put(module.weight, slope.reshape(module.weight.shape) if slope.size == module.weight.numel() else slope, "slope")
+    return None
+
+
+def checkGraphEnd(model, source: str) -> None:
+    """Refuse a graph whose output is activated: the card's softmax/sigmoid would apply twice."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    last = producers.get(model.graph.output[0].name)
+    if last is not None and last.op_type in ("Softmax", "Sigmoid", "ArgMax"):
+        raise MedSegUNetError(f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, before the {last.op_type}.")
+
+
+def importONNX(source: str, cardPath: str, output: str) -> dict:
+    """Convert and verify an ONNX model; write it with its card. Returns the card written.
+
+    Raises:
+        MedSegUNetError: missing packages, a card without a network, weights that do not fit, an
+            activated output, or outputs that differ from onnxruntime's.
+    """
+    import torch
+
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise MedSegUNetError("Importing ONNX needs onnx and onnxruntime: pip install -e \".[import]\".") from None
+    from ..engine.modelcard import outputChannels, saveModel, validateCard
+    from ..engine.volumes import checkRegularFile, sha256
+
+    checkRegularFile(source, "ONNX model")
+    card = readImportCard(cardPath)
+    network = buildNetwork(card.pop("network", None))
+    card = validateCard(card, f"model card '{cardPath}'")
+    try:
+        model = onnx.load(source)
+    except Exception as error:  # protobuf raises DecodeError and others
+        raise MedSegUNetError(f"Cannot read ONNX model '{source}' ({firstLine(error)}).") from None
+    checkGraphEnd(model, source)
+    dims = int(card["spatial_dims"])
+    patch = list(card.get("patch_size") or [64] * dims)
+    sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
+    notes = copyWeights(network, model, sample, source)
+    try:
+        scripted = torch.jit.script(network)
+    except Exception as error:  # TorchScript's frontend errors
+        raise MedSegUNetError(f"The card's network cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    try:
+        expected = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
+    except Exception as error:  # onnxruntime raises its own error types
+        raise MedSegUNetError(f"onnxruntime cannot run '{source}' on a {tuple(sample.shape)} patch ({firstLine(error)[:120]}): check the card's patch_size and inputs.") from None
+    with torch.no_grad():
+        got = scripted(sample)
+    got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
+    if got.shape != expected.shape or got.shape[1] != outputChannels(card):
+        raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
+    verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
+    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes)
+    saveModel(scripted, card, output)
+    return card
