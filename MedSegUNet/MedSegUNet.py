@@ -43,7 +43,7 @@ SAMPLE_DATA_FILES = (
 LIB_MODULES = (
     "engine.errors", "engine.paths", "engine.filecheck", "engine.staging", "engine.volumes", "engine.geometry", "engine.preprocessing", "engine.modelcard", "engine.inference",
     "engine.pipeline", "engine.statistics", "engine.outputs", "engine.dicomseg", "models.catalog",
-    "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.jobfiles", "slicer.worker", "slicer.logic",
+    "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.jobfiles", "slicer.worker", "slicer.nodes", "slicer.job", "slicer.dicomexport", "slicer.results", "slicer.logic",
     "slicer.selftest", "slicer.modulelogic", "slicer.widget",
 )
 

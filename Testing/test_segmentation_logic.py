@@ -412,7 +412,9 @@ def test_failure_while_writing_removes_created_nodes_and_restores_reused_ones(a_
         raise RuntimeError("disk full")
 
     # The segmentation and the table are rewritten, then a new ROI node fails.
-    monkeypatch.setattr(SegmentationLogic, "_writeROI", failingROI)
+    from MedSegUNetLib.slicer.results import ResultWriter
+
+    monkeypatch.setattr(ResultWriter, "_writeROI", failingROI)
     with pytest.raises(RuntimeError, match="disk full"):
         logic.process([reference], a_single_label_model, device="cpu",
                       outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode)
