@@ -234,12 +234,48 @@ def warnAboutContext(card: dict, margin: float | None, context: float | None, co
 
 
 def runSegment(args, console) -> int:
-    from .engine import modelcard, pipeline, statistics
-    from .engine.outputs import SEGMENTATION_SUFFIXES, stageSegmentation
-    from .engine.volumes import StagedOutputs, checkDistinctPaths, checkOutputPath, checkRegularFile, pathSuffix, readVolume, textVerifier, volumeName, writeTextFile
+    """``medsegunet segment``: every option checked first, then read, segment, measure and write together."""
+    from .engine import modelcard, pipeline
+    from .engine.volumes import readVolume, volumeName
 
     started = time.perf_counter()
     args.model = resolveModelOption(args.model, console)
+    outputs = checkSegmentOptions(args)
+    progress = pipeline.ProgressReporter(console)
+    progress.stage(pipeline.Stage.LOADING)
+    card = modelcard.readCard(args.model)
+    if len(args.inputs) != len(card["inputs"]):
+        expected = ", ".join(i["name"] for i in card["inputs"])
+        raise MedSegUNetError(
+            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them in that order."
+        )
+    checkCardROI(card, bool(args.roi_from), args.no_roi)
+    warnAboutContext(card, args.margin, args.context, console)
+    images = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.inputs]
+    roiImages = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.roi_from]
+    model = modelcard.loadModel(args.model, args.device)
+    result = pipeline.segmentImages(
+        images, model, names=[volumeName(path) for path in args.inputs], roiImages=roiImages, roiNames=[volumeName(path) for path in args.roi_from],
+        useROI=not args.no_roi, marginMM=args.margin if args.margin is not None else float(card.get("roi", {}).get("margin_mm", 0.0)),
+        progress=progress, contextMM=args.context, keepProbabilities=bool(args.probabilities),
+    )
+    progress.stage(pipeline.Stage.STATISTICS)
+    report, referenceMasks, warnings = segmentStatistics(args, card, result, images, console)
+    progress.stage(pipeline.Stage.WRITING)
+    writeSegmentOutputs(args, card, result, images, roiImages, report, referenceMasks, warnings, progress.timings, started)
+    progress.finish("Done")
+    console.close()
+    for segment in report.get("segments", []):
+        console.line(f"{segment['name']}: {segment['volume_cm3']:.2f} cm3")
+    console.line(f"Wrote {', '.join(path for path in outputs.values() if path)} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def checkSegmentOptions(args) -> dict:
+    """Every output path (of a kind it can hold, none an input or another output) before any work."""
+    from .engine.outputs import SEGMENTATION_SUFFIXES
+    from .engine.volumes import checkDistinctPaths, checkOutputPath, checkRegularFile, pathSuffix
+
     if not args.inputs:
         raise MedSegUNetError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
     outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json, "--probabilities": args.probabilities, "--preview": args.preview}
@@ -270,53 +306,38 @@ def runSegment(args, console) -> int:
     )
     if args.reference_seg:
         checkRegularFile(args.reference_seg, "Reference segmentation")
+    return outputs
 
-    progress = pipeline.ProgressReporter(console)
-    progress.stage(pipeline.Stage.LOADING)
-    card = modelcard.readCard(args.model)
-    if len(args.inputs) != len(card["inputs"]):
-        expected = ", ".join(i["name"] for i in card["inputs"])
-        raise MedSegUNetError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them in that order."
-        )
-    checkCardROI(card, bool(args.roi_from), args.no_roi)
-    warnAboutContext(card, args.margin, args.context, console)
-    images = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.inputs]
-    roiImages = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.roi_from]
-    model = modelcard.loadModel(args.model, args.device)
+
+def segmentStatistics(args, card: dict, result, images: list, console) -> tuple[dict, list | None, list[str]]:
+    """The statistics (with the reference's overlap), when asked for or when the card has quality
+    ranges (a flagged result is said on every run); the warnings, each also on stderr."""
+    from .engine import statistics
+
+    referenceMasks, warnings, report = None, [], {}
+    if not (args.stats or args.stats_json or args.preview or any(label.get("qc") for label in card["labels"])):
+        return report, referenceMasks, warnings
+    if args.reference_seg:
+        referenceMasks, warnings = statistics.readReferenceMasks(args.reference_seg, result.labelmap, card["labels"])
+        for warning in warnings:
+            console.warn(warning)
     inputNames = [i["name"] for i in card["inputs"]]
-    margin = args.margin if args.margin is not None else float(card.get("roi", {}).get("margin_mm", 0.0))
-    result = pipeline.segmentImages(
-        images,
-        model,
-        names=[volumeName(path) for path in args.inputs],
-        roiImages=roiImages,
-        roiNames=[volumeName(path) for path in args.roi_from],
-        useROI=not args.no_roi,
-        marginMM=margin,
-        progress=progress,
-        contextMM=args.context,
-        keepProbabilities=bool(args.probabilities),
-    )
+    report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
+    for segment in report["segments"]:
+        if segment["qc"] != "ok":
+            message = f"{segment['name']}: {segment['qc']} (the card's quality range): check the result"
+            warnings.append(message)
+            console.warn(message)
+    return report, referenceMasks, warnings
 
-    progress.stage(pipeline.Stage.STATISTICS)
-    referenceMasks = None
-    warnings: list[str] = []
-    report: dict = {}
-    # A card's quality ranges are checked on every run, so a flagged result is said even without --stats.
-    if args.stats or args.stats_json or args.preview or any(label.get("qc") for label in card["labels"]):
-        if args.reference_seg:
-            referenceMasks, warnings = statistics.readReferenceMasks(args.reference_seg, result.labelmap, card["labels"])
-            for warning in warnings:
-                console.warn(warning)
-        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
-        for segment in report["segments"]:
-            if segment["qc"] != "ok":
-                message = f"{segment['name']}: {segment['qc']} (the card's quality range): check the result"
-                warnings.append(message)
-                console.warn(message)
 
-    progress.stage(pipeline.Stage.WRITING)
+def writeSegmentOutputs(args, card, result, images, roiImages, report, referenceMasks, warnings, timings: dict, started: float) -> None:
+    """Every output asked for, staged and verified, then renamed together."""
+    from .engine import statistics
+    from .engine.outputs import stageSegmentation
+    from .engine.volumes import StagedOutputs, pathSuffix, textVerifier, volumeName, writeTextFile
+
+    inputNames = [i["name"] for i in card["inputs"]]
     with StagedOutputs() as staged:
         if args.output and pathSuffix(args.output) == ".dcm":
             from .engine.dicomseg import stageDicomSegmentation
@@ -337,8 +358,6 @@ def runSegment(args, console) -> int:
             text = statistics.statisticsCSV(report["segments"], inputNames, referenceMasks is not None)
             writeTextFile(text, staged.stage(args.stats, verify=textVerifier(text)))
         if args.stats_json:
-            timings = dict(progress.timings)
-            timings["total"] = time.perf_counter() - started
             document = {
                 **report,
                 "inputs": [{"name": name, "path": path} for name, path in zip(inputNames, args.inputs)],
@@ -347,17 +366,10 @@ def runSegment(args, console) -> int:
                 "model": {"path": os.path.abspath(args.model), "name": card["name"], "card": card},
                 "device": result.device,
                 "warnings": warnings,
-                "timing_s": {key: round(value, 4) for key, value in timings.items()},
+                "timing_s": {key: round(value, 4) for key, value in {**timings, "total": time.perf_counter() - started}.items()},
             }
             text = statistics.statisticsJSON(document)
             writeTextFile(text, staged.stage(args.stats_json, verify=textVerifier(text)))
-    progress.finish("Done")
-    console.close()
-    for segment in report.get("segments", []):
-        console.line(f"{segment['name']}: {segment['volume_cm3']:.2f} cm3")
-    written = [path for path in outputs.values() if path]
-    console.line(f"Wrote {', '.join(written)} in {time.perf_counter() - started:.1f} s")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -239,8 +239,7 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
         MedSegUNetError: missing model, data that cannot be found or downloaded.
     """
     from .engine import modelcard, pipeline, statistics
-    from .engine.outputs import stageSegmentation
-    from .engine.volumes import StagedOutputs, checkDistinctPaths, readVolume, textVerifier, writeTextFile
+    from .engine.volumes import checkDistinctPaths, readVolume
 
     log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     started = time.perf_counter()
@@ -280,6 +279,23 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
         "device": result.device,
         "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
     }
+    writeDemoOutputs(output, outputs, document, result, report, card, images, case, reporter)
+    if reporter is not None:
+        reporter.finish()
+    for segment in report["segments"]:
+        log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
+    log(f"ROI {' × '.join(f'{v:.1f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
+    if case == CASE:
+        log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
+    return {"outputs": outputs, "report": report, "roi": result.roi}
+
+
+def writeDemoOutputs(output: str, outputs: dict, document: dict, result, report: dict, card: dict, images: dict, case: str, reporter) -> None:
+    """The demo's four files, staged and verified, then renamed together (the folder made if missing)."""
+    from .engine import pipeline, statistics
+    from .engine.outputs import stageSegmentation
+    from .engine.volumes import StagedOutputs, textVerifier, writeTextFile
+
     try:
         os.makedirs(output, exist_ok=True)
     except OSError as error:
@@ -299,14 +315,6 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
             images["axial"], result.labelmap, result.roi, {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]},
             card, staged.stage(outputs["overview"]), case,
         )
-    if reporter is not None:
-        reporter.finish()
-    for segment in report["segments"]:
-        log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
-    log(f"ROI {' × '.join(f'{v:.1f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
-    if case == CASE:
-        log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
-    return {"outputs": outputs, "report": report, "roi": result.roi}
 
 
 def addParser(subparsers) -> None:
