@@ -8,7 +8,7 @@ hide):
   package module imports them;
 - MRML, Qt and Slicer (``slicer``, ``qt``, ``ctk``, ``vtk``'s MRML) are imported only in ``slicer/``;
 - no import circle between modules;
-- no module over 650 lines, no function over 90 (the plan says about 600 and 80).
+- no module over 600 lines, no function over 80.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ LIB = Path(__file__).resolve().parents[1] / "MedSegUNet" / "MedSegUNetLib"
 LAYERS = {"engine": 0, "models": 1, "cohorts": 2, "slicer": 3, "": 4}
 SLICER_ONLY = {"slicer", "qt", "ctk", "qSlicerSegmentationsModuleWidgetsPythonQt", "SampleData", "PyTorchUtils", "DICOMLib"}
 DEPRECATED_ALIASES = {"SegmentationLogic"}
-MAX_MODULE_LINES = 650
-MAX_FUNCTION_LINES = 90
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
 
 
 def moduleName(path: Path) -> str:
