@@ -118,7 +118,7 @@ def test_onnx_import_of_folded_dynamo_and_instance_norm_graphs(capsys, tmp_path,
         ("no-card", "needs --card"),
         ("bundle", "has no configs/inference.json"),
         ("deeper-network", "where the card's network has Conv3d"),
-        ("group-norm", "whose weights this import cannot map"),
+        ("group-norm", "where the card's network has GroupNorm"),
     ],
 )
 def test_import_refusals_write_nothing(capsys, tmp_path, fault, expected):
@@ -280,3 +280,51 @@ def test_a_trained_model_exported_with_torch_defaults_imports_and_segments_the_s
         assert (zooLabels == value).sum() > 1000
         dice = 2 * ((zooLabels == value) & (importedLabels == value)).sum() / ((zooLabels == value).sum() + (importedLabels == value).sum())
         assert dice > 0.999, (value, dice)
+
+
+GROUP_NORM_NETWORK = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8, "blocks_down": [1, 2, 2],
+                      "norm": ["GROUP", {"num_groups": 4}], "act": ["MISH", {"inplace": False}]}
+
+
+def exportGroupNormNetwork(path, dynamo: bool):
+    """A SegResNetDS with group norms and Mish (as TAPS's), its norms' γ and β made unlike the defaults."""
+    import torch
+    from monai.networks.nets import SegResNetDS
+
+    torch.manual_seed(4)
+    network = SegResNetDS(**GROUP_NORM_NETWORK).eval()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    sample = torch.randn(1, 1, 32, 32, 32)
+    if dynamo:
+        torch.onnx.export(network, (sample,), str(path), input_names=["input"], output_names=["output"], dynamic_shapes={"x": {2: "i", 3: "j", 4: "k"}})
+    else:
+        torch.onnx.export(network, sample, str(path), dynamo=False, opset_version=17, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {2: "i", 3: "j", 4: "k"}, "output": {2: "i", 3: "j", 4: "k"}})
+    return network
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript-exporter-opset17", "dynamo-exporter"])
+def test_group_norms_and_mish_import_from_either_exporter(capsys, tmp_path, dynamo):
+    """The exporters write a GroupNorm as Reshape → InstanceNormalization → Reshape → Mul (γ) → Add (β)."""
+    import torch
+
+    network = exportGroupNormNetwork(tmp_path / "model.onnx", dynamo)
+    card = writeCard(tmp_path / "card.json", {"_target_": "monai.networks.nets.SegResNetDS", "args": GROUP_NORM_NETWORK})
+    assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", card, "--output", str(tmp_path / "imported.pt")]) == 0, capsys.readouterr().err
+    sample = torch.randn(1, 1, 48, 32, 40)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(tmp_path / "imported.pt"))(sample).numpy(), network(sample).numpy(), atol=2e-4)
+
+
+def test_a_group_norm_with_other_groups_is_refused(capsys, tmp_path):
+    exportGroupNormNetwork(tmp_path / "model.onnx", dynamo=False)
+    other = {**GROUP_NORM_NETWORK, "norm": ["GROUP", {"num_groups": 2}]}
+    card = writeCard(tmp_path / "card.json", {"_target_": "monai.networks.nets.SegResNetDS", "args": other})
+    assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", card, "--output", str(tmp_path / "imported.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 4 groups in the graph and 2 in the card's network" in err[0], err
+    assert not (tmp_path / "imported.pt").exists()

@@ -30,16 +30,21 @@ def onnxTensors(model) -> dict[str, np.ndarray]:
 
 
 # The layers whose weights an ONNX graph carries, by the ONNX operator and the torch module kind.
-WEIGHTED_OPS = {"Conv": "conv", "ConvTranspose": "convtranspose", "BatchNormalization": "batchnorm", "InstanceNormalization": "instancenorm", "PRelu": "prelu", "Gemm": "linear"}
+WEIGHTED_OPS = {
+    "Conv": "conv", "ConvTranspose": "convtranspose", "BatchNormalization": "batchnorm", "InstanceNormalization": "instancenorm", "PRelu": "prelu",
+    "Gemm": "linear", "GroupNormalization": "groupnorm", "LayerNormalization": "layernorm",
+}
 
 
 def moduleKind(module) -> str | None:
-    """``conv``, ``convtranspose``, ``batchnorm``, ``instancenorm``, ``prelu``, ``linear``, or None for a module without weights."""
+    """``conv``, ``convtranspose``, ``batchnorm``, ``instancenorm``, ``prelu``, ``linear``, ``groupnorm``,
+    ``layernorm``, or None for a module without weights (activations such as Mish or GELU)."""
     import torch.nn as nn
 
     kinds = (
         (nn.modules.conv._ConvTransposeNd, "convtranspose"), (nn.modules.conv._ConvNd, "conv"), (nn.modules.batchnorm._BatchNorm, "batchnorm"),
-        (nn.modules.instancenorm._InstanceNorm, "instancenorm"), (nn.PReLU, "prelu"), (nn.Linear, "linear"),
+        (nn.modules.instancenorm._InstanceNorm, "instancenorm"), (nn.PReLU, "prelu"), (nn.Linear, "linear"), (nn.GroupNorm, "groupnorm"),
+        (nn.LayerNorm, "layernorm"),
     )
     for moduleClass, kind in kinds:
         if isinstance(module, moduleClass):
@@ -48,30 +53,46 @@ def moduleKind(module) -> str | None:
 
 
 def layersInCallOrder(network, sample) -> list[tuple[str, object]]:
-    """The network's weighted leaf modules, with their names, in the order one forward pass calls them.
+    """The network's weighted leaf modules that reach its output, with their names, in the order one
+    forward pass calls them.
+
+    Modules whose output never reaches the network's output (SegResNetDS's deep-supervision heads
+    in eval mode) are left out: an exporter removes them from the graph. They are found by a
+    backward pass: their outputs get no gradient.
 
     Raises:
-        MedSegUNetError: a leaf module with weights that an ONNX graph's layers cannot be mapped to (GroupNorm, LayerNorm, ...).
+        MedSegUNetError: a leaf module with weights that an ONNX graph's layers cannot be mapped to.
     """
     import torch
 
     called: list[tuple[str, object]] = []
+    outputs: dict[str, object] = {}
     handles = []
+
+    def keep(module, args, output, name):
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.retain_grad()
+            outputs[name] = output
+
     for name, module in network.named_modules():
         if list(module.children()):
             continue
         if moduleKind(module) is None:
             if any(True for _ in module.parameters(recurse=False)):
-                raise MedSegUNetError(f"The card's network has a {type(module).__name__} ('{name}') whose weights this import cannot map from an ONNX graph: use a network with BatchNorm or InstanceNorm.")
+                raise MedSegUNetError(f"The card's network has a {type(module).__name__} ('{name}') whose weights this import cannot map from an ONNX graph: use a network with batch, instance, group or layer norms.")
             continue
         handles.append(module.register_forward_pre_hook(lambda module, args, name=name: called.append((name, module))))
+        handles.append(module.register_forward_hook(lambda module, args, output, name=name: keep(module, args, output, name)))
     try:
-        with torch.no_grad():
-            network(sample)
+        with torch.enable_grad():
+            result = network(sample)
+            result = result[0] if isinstance(result, (list, tuple)) else result
+            result.float().sum().backward()
     finally:
         for handle in handles:
             handle.remove()
-    return called
+        network.zero_grad(set_to_none=True)
+    return [(name, module) for name, module in called if name in outputs and outputs[name].grad is not None]
 
 
 def onnxLayers(model) -> tuple[list, dict]:
@@ -81,6 +102,52 @@ def onnxLayers(model) -> tuple[list, dict]:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
     return [node for node in model.graph.node if node.op_type in WEIGHTED_OPS], consumers
+
+
+def nodeKind(node, graph) -> str:
+    """The torch kind an ONNX weighted node stands for. The TorchScript exporter writes a GroupNorm as
+    Reshape → InstanceNormalization (unit scale, zero bias, one channel per group) → Reshape → Mul (γ)
+    → Add (β): an InstanceNormalization between two Reshapes is a group norm."""
+    if node.op_type == "InstanceNormalization":
+        producer = graph.producers.get(node.input[0])
+        following = graph.consumers.get(node.output[0], [])
+        if producer is not None and producer.op_type == "Reshape" and following and following[0].op_type == "Reshape":
+            return "groupnorm"
+    return WEIGHTED_OPS[node.op_type]
+
+
+class GraphIndex:
+    """Who makes and who takes each tensor of an ONNX graph."""
+
+    def __init__(self, model) -> None:
+        self.producers = {output: node for node in model.graph.node for output in node.output}
+        self.consumers: dict[str, list] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+
+def groupNormWeights(node, graph: GraphIndex, tensors: dict, channels: int, source: str) -> list:
+    """γ and β of a decomposed group norm, from the Mul and Add after its second Reshape (unit and
+    zero when the norm has none); its group count is the InstanceNormalization's scale length."""
+    groups = tensors.get(node.input[1])
+    if groups is None or not (np.all(groups == 1) and not np.any(tensors.get(node.input[2], 0))):
+        raise MedSegUNetError(f"'{source}': the group norm at ONNX node '{node.name or node.op_type}' is not the exporter's pattern (unit scale, zero bias).")
+    reshaped = graph.consumers[node.output[0]][0].output[0]
+    scale, bias, tensor = np.ones(channels, np.float32), np.zeros(channels, np.float32), reshaped
+    for operator, into in (("Mul", "scale"), ("Add", "bias")):
+        following = graph.consumers.get(tensor, [])
+        if len(following) != 1 or following[0].op_type != operator:
+            continue
+        other = next((tensors[name] for name in following[0].input if name != tensor and name in tensors), None)
+        if other is None or other.size != channels:
+            continue
+        if into == "scale":
+            scale = other.reshape(channels)
+        else:
+            bias = other.reshape(channels)
+        tensor = following[0].output[0]
+    return [scale, bias, int(groups.size)]
 
 
 def copyWeights(network, model, sample, source: str) -> list[str]:
@@ -104,6 +171,7 @@ def copyWeights(network, model, sample, source: str) -> list[str]:
 
     tensors = onnxTensors(model)
     nodes, consumers = onnxLayers(model)
+    graph = GraphIndex(model)
     layers = layersInCallOrder(network, sample)
     mismatch = "the card must name the network that was exported (same class and args)"
     position, folded, pendingBias, pendingConv = 0, 0, None, None
@@ -121,9 +189,11 @@ def copyWeights(network, model, sample, source: str) -> list[str]:
                 raise MedSegUNetError(f"'{source}' has fewer weighted layers ({len(nodes)}) than the card's network (at '{name}'): {mismatch}.")
             node = nodes[position]
             position += 1
-            if WEIGHTED_OPS[node.op_type] != kind:
+            if nodeKind(node, graph) != kind:
                 raise MedSegUNetError(f"'{source}': weighted layer {position} is an ONNX {node.op_type} where the card's network has {type(module).__name__} '{name}': {mismatch}.")
             weights = [tensors.get(input) if input else None for input in node.input[1:]]
+            if kind == "groupnorm" and node.op_type == "InstanceNormalization":
+                weights = groupNormWeights(node, graph, tensors, module.num_channels, source)
             if node.op_type == "Gemm" and weights[0] is not None and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
                 weights[0] = weights[0].T
             if weights[0] is None or (kind == "batchnorm" and any(weight is None for weight in weights[:4])):
@@ -169,6 +239,17 @@ def _loadLayer(module, kind: str, name: str, weights: list, fusedNorm: bool, sou
             put(module.bias, weights[1], "bias")
         elif not (np.all(weights[0] == 1) and not np.any(weights[1])):
             raise MedSegUNetError(f"'{source}': ONNX gives the instance norm '{name}' a scale and bias that the card's network does not have (affine=False): check the network args.")
+    elif kind == "groupnorm":
+        if len(weights) > 2 and weights[2] != module.num_groups:
+            raise MedSegUNetError(f"'{source}': the group norm '{name}' has {weights[2]} groups in the graph and {module.num_groups} in the card's network: check the network args.")
+        if module.affine:
+            put(module.weight, np.asarray(weights[0]).reshape(-1), "scale")
+            put(module.bias, np.asarray(weights[1]).reshape(-1), "bias")
+    elif kind == "layernorm":
+        if module.elementwise_affine:
+            put(module.weight, np.asarray(weights[0]).reshape(module.weight.shape), "scale")
+            if module.bias is not None and weights[1] is not None:
+                put(module.bias, np.asarray(weights[1]).reshape(module.bias.shape), "bias")
     elif kind == "prelu":
         slope = np.asarray(weights[0])  # ONNX broadcasts it as (C, 1, 1, 1)
         put(module.weight, slope.reshape(module.weight.shape) if slope.size == module.weight.numel() else slope, "slope")
