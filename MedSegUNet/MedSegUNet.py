@@ -41,10 +41,12 @@ SAMPLE_DATA_FILES = (
 )
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "engine.errors", "engine.paths", "engine.filecheck", "engine.staging", "engine.volumes", "engine.geometry", "engine.preprocessing", "engine.modelcard", "engine.inference",
-    "engine.pipeline", "engine.statistics", "engine.outputs", "engine.dicomseg", "models.catalog",
-    "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.jobfiles", "slicer.worker", "slicer.nodes", "slicer.job", "slicer.dicomexport", "slicer.results", "slicer.logic",
-    "slicer.selftest", "slicer.modulelogic", "slicer.widget",
+    "engine.errors", "engine.paths", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
+    "engine.modelcard", "engine.inference", "engine.preprocessing", "engine.pipeline", "engine.outputs", "engine.statistics",
+    "models.downloads", "models.networks", "models.verification", "models.onnximport", "models.importing", "models.sources",
+    "models.catalog", "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.nodes", "slicer.dicomexport",
+    "slicer.jobfiles", "slicer.job", "slicer.results", "slicer.worker", "slicer.logic", "slicer.selftest", "slicer.modulelogic",
+    "slicer.widget",
 )
 
 

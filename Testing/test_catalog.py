@@ -168,3 +168,135 @@ def test_a_zoo_model_needs_no_network(capsys, tmp_path, repo_root, monkeypatch):
     path = capsys.readouterr().out.strip()
     assert path == str(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
     assert not (tmp_path / "cache").exists()
+
+
+def _wheel(path, package: str, version: str, files: dict) -> None:
+    """A real wheel (zip with METADATA, WHEEL and RECORD) holding ``files``: name in the package → bytes."""
+    import zipfile
+
+    distInfo = f"{package}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(f"{package}/{name}", content)
+        archive.writestr(f"{distInfo}/METADATA", f"Metadata-Version: 2.1\nName: {package.replace('_', '-')}\nVersion: {version}\n")
+        archive.writestr(f"{distInfo}/WHEEL", "Wheel-Version: 1.0\nGenerator: medsegunet-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        archive.writestr(f"{distInfo}/RECORD", "")
+
+
+@pytest.fixture(scope="module")
+def a_published_onnx(tmp_path_factory):
+    """A group-norm SegResNetDS exported to ONNX (as TAPS's), with the card that imports it."""
+    from test_importing import GROUP_NORM_NETWORK, exportGroupNormNetwork
+
+    folder = tmp_path_factory.mktemp("published")
+    exportGroupNormNetwork(folder / "model.onnx", dynamo=False)
+    card = {"schema": "medsegunet.model/2", "name": "Published gland model", "version": "1.0", "spatial_dims": 3, "inputs": [{"name": "T2"}],
+            "labels": [{"value": 1, "name": "gland", "color": [0.8, 0.5, 0.3]}], "output": "softmax", "normalization": {"type": "zscore"},
+            "patch_size": [32, 32, 32], "blend": "logits", "network": {"_target_": "monai.networks.nets.SegResNetDS", "args": GROUP_NORM_NETWORK}}
+    return {"onnx": folder / "model.onnx", "card": card}
+
+
+@pytest.fixture
+def a_package_index(tmp_path, a_file_server, a_published_onnx, monkeypatch):
+    """A wheel served on 127.0.0.1, pip pointed at it alone, a catalog naming the file inside it."""
+    served, url = a_file_server
+    _wheel(served / "published_gland-1.0-py3-none-any.whl", "published_gland", "1.0", {"__init__.py": b"", "resources/model.onnx": a_published_onnx["onnx"].read_bytes()})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", url)
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+
+    def catalogWith(source: dict) -> None:
+        entry = {"name": "gland", "description": "published", "license": "MIT", "card": a_published_onnx["card"], "source": source}
+        (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
+        monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+
+    return {"cache": tmp_path / "cache", "catalogWith": catalogWith, "url": url, "served": served, "onnx": a_published_onnx["onnx"]}
+
+
+def test_a_model_is_pulled_from_its_own_package_imported_and_cached(capsys, a_package_index):
+    index = a_package_index
+    index["catalogWith"]({"pip": "published-gland==1.0", "file": "published_gland/resources/model.onnx", "sha256": sha256(index["onnx"])})
+    assert cli.main(["models", "pull", "gland"]) == 0, capsys.readouterr().err
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    from MedSegUNetLib.engine.modelcard import readCard
+
+    card = readCard(path)
+    assert path.startswith(str(index["cache"])) and card["provenance"]["format"] == "onnx" and card["provenance"]["source_sha256"] == sha256(index["onnx"])
+    assert card["provenance"]["verified"]["max_abs_difference"] < 1e-3
+    # Cached: a second pull needs no index (the server's folder is emptied).
+    for wheel in index["served"].glob("*.whl"):
+        wheel.unlink()
+    assert cli.main(["models", "pull", "gland"]) == 0 and capsys.readouterr().out.strip().splitlines()[-1] == path
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"pip": "published-gland==1.0", "file": "published_gland/resources/model.onnx", "sha256": "0" * 64}, "nothing was cached"),
+    ({"pip": "published-gland==2.0", "file": "published_gland/resources/model.onnx", "sha256": "0" * 64}, "pip could not download published-gland==2.0"),
+    ({"pip": "published-gland==1.0", "file": "published_gland/other.onnx", "sha256": "0" * 64}, "has no 'published_gland/other.onnx'"),
+], ids=["wrong-sha256", "missing-version", "missing-file"])
+def test_a_failed_source_pull_caches_nothing(capsys, a_package_index, source, expected):
+    a_package_index["catalogWith"](source)
+    assert cli.main(["models", "pull", "gland"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not a_package_index["cache"].exists() or list(a_package_index["cache"].rglob("*")) == []
+
+
+def test_an_onnx_url_source_is_imported_on_pull(capsys, a_package_index):
+    index = a_package_index
+    shutil.copy(index["onnx"], index["served"] / "model.onnx")
+    index["catalogWith"]({"url": index["url"] + "model.onnx", "sha256": sha256(index["onnx"])})
+    assert cli.main(["models", "pull", "gland"]) == 0, capsys.readouterr().err
+    from MedSegUNetLib.engine.modelcard import readCard
+
+    assert readCard(capsys.readouterr().out.strip().splitlines()[-1])["provenance"]["format"] == "onnx"
+
+
+@pytest.mark.parametrize("pip", ["published-gland", "published-gland>=1.0", "x==1; import os"])
+def test_a_pip_source_must_pin_one_version(capsys, a_package_index, pip):
+    a_package_index["catalogWith"]({"pip": pip, "file": "published_gland/resources/model.onnx", "sha256": "0" * 64})
+    assert cli.main(["models", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must pin one version" in err[0], err
+
+
+def test_auto3dseg_and_bundle_zip_sources_are_imported_on_pull(capsys, tmp_path, a_package_index, monkeypatch):
+    """An Auto3DSeg checkpoint (labels from the entry's card) and a MONAI bundle zip, from 127.0.0.1."""
+    import zipfile
+
+    from test_importing import auto3dsegCheckpoint, writeBundle
+
+    from MedSegUNetLib.engine.modelcard import readCard
+
+    index = a_package_index
+    auto3dsegCheckpoint(index["served"] / "auto3dseg.pt")
+    writeBundle(tmp_path / "spleen")
+    with zipfile.ZipFile(index["served"] / "bundle.zip", "w") as archive:
+        for path in (tmp_path / "spleen").rglob("*"):
+            if path.is_file():
+                archive.write(path, "spleen_bundle/" + path.relative_to(tmp_path / "spleen").as_posix())
+    card = {"schema": "medsegunet.model/2", "name": "auto", "spatial_dims": 3, "inputs": [{"name": "image"}], "output": "softmax",
+            "labels": [{"value": 1, "name": "peripheral zone", "color": [0.3, 0.7, 0.3]}, {"value": 2, "name": "transition zone", "color": [0.9, 0.6, 0.2]}]}
+    entries = [
+        {"name": "auto", "card": card, "source": {"url": index["url"] + "auto3dseg.pt", "sha256": sha256(index["served"] / "auto3dseg.pt")}},
+        {"name": "bundle", "source": {"url": index["url"] + "bundle.zip", "sha256": sha256(index["served"] / "bundle.zip")}},
+    ]
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    for name, kind in (("auto", "auto3dseg"), ("bundle", "monai-bundle")):
+        assert cli.main(["models", "pull", name]) == 0, capsys.readouterr().err
+        assert readCard(capsys.readouterr().out.strip().splitlines()[-1])["provenance"]["format"] == kind
+
+
+def test_a_bundle_zip_with_a_member_outside_its_folder_is_not_unpacked(tmp_path):
+    import zipfile
+
+    from MedSegUNetLib.engine.errors import MedSegUNetError
+    from MedSegUNetLib.models.sources import extractBundle
+
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        archive.writestr("../escaped.txt", "outside")
+        archive.writestr("bundle/configs/inference.json", "{}")
+    with pytest.raises(MedSegUNetError, match="outside its folder"):
+        extractBundle(str(tmp_path / "evil.zip"), str(tmp_path / "unpacked"))
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "unpacked").exists()

@@ -68,7 +68,7 @@ def a_slicer_like_environment(tmp_path_factory) -> Path:
 
 def _constraints(python: Path, tmp_path: Path) -> Path:
     """The constraints file the module writes, written by the module's code inside that environment."""
-    code = "import sys; from MedSegUNetLib import dependencies; print(dependencies.writeConstraints(sys.argv[1]))"
+    code = "import sys; from MedSegUNetLib.slicer import dependencies; print(dependencies.writeConstraints(sys.argv[1]))"
     done = subprocess.run(
         [str(python), "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
@@ -78,7 +78,7 @@ def _constraints(python: Path, tmp_path: Path) -> Path:
 
 
 def _requirement(python: Path) -> str:
-    code = "from MedSegUNetLib import dependencies; print(dependencies.highdicomRequirement())"
+    code = "from MedSegUNetLib.slicer import dependencies; print(dependencies.highdicomRequirement())"
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()

