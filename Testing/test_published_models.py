@@ -62,3 +62,25 @@ def test_taps_onnx_imports_and_matches_onnxruntime(capsys, tmp_path, taps_onnx):
         got = torch.jit.load(str(tmp_path / "taps.pt"))(torch.from_numpy(sample)).numpy()
     assert got.shape == expected.shape == (1, 1, 128, 128, 32)
     assert np.max(np.abs(got - expected)) < 1e-3 * float(np.ptp(expected))
+
+
+def test_the_shipped_taps_entry_pulls_and_segments_prostatex(capsys, tmp_path, taps_onnx, monkeypatch, prostate_series):
+    """``models pull prostate-gland-taps`` from the package's wheel (the cached one, as the only index),
+    then ``segment --model prostate-gland-taps`` with the three series' ROI and the card's context."""
+    import json
+
+    from conftest import SHARED_DATA
+
+    wheels = taps_onnx.parents[2]
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
+    assert cli.main(["models", "pull", "prostate-gland-taps"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    tra, sag, cor = prostate_series.values()
+    reference = SHARED_DATA / "prostatex" / "labels" / "ProstateX-0000_gland_AI-Bosma22b.nii.gz"
+    assert cli.main(["segment", "-q", "--model", "prostate-gland-taps", tra, "--roi-from", sag, cor, "--stats-json", str(tmp_path / "s.json"),
+                     "--reference-seg", str(reference)]) == 0, capsys.readouterr().err
+    (segment,) = json.loads((tmp_path / "s.json").read_text())["segments"]
+    assert segment["name"] == "prostate" and segment["qc"] == "ok" and segment["dice"] > 0.78, segment
