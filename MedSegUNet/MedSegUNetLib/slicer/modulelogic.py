@@ -69,7 +69,8 @@ class ModuleLogic:
         """A catalog model's file, downloaded once (SHA256 checked) into the cache folder."""
         from ..models import catalog
 
-        return str(catalog.pullModel(name, cache=catalog.cacheFolder(self.cachePath)))
+        # A published model's package is fetched by Slicer's Python (PythonSlicer), not Slicer's executable.
+        return str(catalog.pullModel(name, cache=catalog.cacheFolder(self.cachePath), python=self.workerExecutable))
 
     def prepare(self, *args, **kwargs):
         """See ``SegmentationLogic.prepare``: reads the nodes on the main thread."""
