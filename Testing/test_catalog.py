@@ -304,3 +304,23 @@ def test_a_bundle_zip_with_a_member_outside_its_folder_is_not_unpacked(tmp_path)
     with pytest.raises(MedSegUNetError, match="outside its folder"):
         extractBundle(str(tmp_path / "evil.zip"), str(tmp_path / "unpacked"))
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "unpacked").exists()
+
+
+@pytest.mark.parametrize("field, value", [("description", 5), ("license", ["MIT"]), ("version", 1.0)])
+def test_catalog_fields_of_the_wrong_type_are_one_line(capsys, tmp_path, monkeypatch, field, value):
+    entry = {"name": "m", "url": "https://example.invalid/m.pt", "sha256": "0" * 64, field: value}
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    assert cli.main(["models", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"has a '{field}' that is not text" in err[0], err
+
+
+def test_a_relative_catalog_url_is_one_line(capsys, tmp_path, monkeypatch):
+    entry = {"name": "m", "url": "models/m.pt", "sha256": "0" * 64}
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "pull", "m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Cannot download model 'm'" in err[0] and "internal error" not in err[0], err

@@ -180,3 +180,17 @@ def test_a_bundle_with_inner_references_imports(capsys, tmp_path):
 
     bundle = _bundleWith(tmp_path, change)
     assert cli.main(["import", str(bundle), "--output", str(tmp_path / "out.pt")]) == 0, capsys.readouterr().err
+
+
+def test_an_onnx_operator_onnxruntime_does_not_know_is_one_line(capsys, a_workspace):
+    """A graph with an operator of an unknown domain: onnxruntime cannot verify it, nothing is written."""
+    import onnx
+
+    folder = a_workspace["folder"]
+    exportONNX(folder / "model.onnx")
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.node[-1].domain = "com.example.unknown"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example.unknown", 1))
+    onnx.save(model, str(folder / "model.onnx"))
+    card = writeCard(folder / "card.json")
+    runRefused(capsys, ["import", str(folder / "model.onnx"), "--card", card, "--output", str(folder / "m.pt")], a_workspace, "cannot be verified")

@@ -90,6 +90,9 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
         if name in names:
             raise MedSegUNetError(f"Model catalog '{source}': the name '{name}' is listed twice.")
         names.add(name)
+        for field in ("description", "version", "license", "citation", "sheet"):
+            if field in entry and not isinstance(entry[field], str):
+                raise MedSegUNetError(f"Model catalog '{source}': '{name}' has a '{field}' that is not text.")
         if "source" in entry:  # a published file, imported on pull (see models.sources)
             from .sources import checkSourceEntry
 

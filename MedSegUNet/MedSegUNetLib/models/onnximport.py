@@ -298,7 +298,10 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript's frontend errors
         raise MedSegUNetError(f"The card's network cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
-    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    except Exception as error:  # an operator or opset this onnxruntime does not know, a damaged graph
+        raise MedSegUNetError(f"onnxruntime cannot load '{source}' ({firstLine(error)[:160]}): the import cannot be verified, so nothing is written; update onnxruntime or re-export the model.") from None
     try:
         expected = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
     except Exception as error:  # onnxruntime raises its own error types
