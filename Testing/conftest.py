@@ -8,6 +8,7 @@ files built and scripted here: a tiny MONAI UNet, and known-answer threshold mod
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import threading
@@ -193,3 +194,12 @@ def buildPythonSlicer() -> str:
 def python_slicer() -> str:
     """Path of the real ``PythonSlicer`` launcher (a CTKAppLauncher whose child runs this Python)."""
     return buildPythonSlicer()
+
+
+def treeDigest(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (relative path → SHA256) and every folder (→ "dir")."""
+    digest = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).as_posix()
+        digest[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest

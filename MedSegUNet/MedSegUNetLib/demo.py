@@ -160,7 +160,7 @@ def _overlay(labels: np.ndarray, card: dict) -> np.ndarray:
     return rgba
 
 
-THUMBNAIL_INCHES = 3.2
+THUMBNAIL_INCHES = 3.4
 OVERVIEW_DPI = 100
 
 
@@ -185,7 +185,7 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
     # Thumbnails of 3.2 in at 100 dpi (over 256 px); the row of other series only when there are any.
     rows = [THUMBNAIL_INCHES] + ([4.6] if others else [])
     figure = plt.figure(figsize=(THUMBNAIL_INCHES * columns, sum(rows) + 0.8))
-    grid = figure.add_gridspec(len(rows), columns, height_ratios=rows)
+    grid = figure.add_gridspec(len(rows), columns, height_ratios=rows, wspace=0.04, hspace=0.12, left=0.01, right=0.99, top=0.93, bottom=0.06)
     spacing = reference.GetSpacing()
     low, high = np.percentile(image, [1, 99.5])
     for column, k in enumerate(shown):

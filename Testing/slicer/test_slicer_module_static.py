@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO_ROOT / "MedSegUNet"
 LIB_DIR = MODULE_DIR / "MedSegUNetLib"
 MODULE_FILE = MODULE_DIR / "MedSegUNet.py"

@@ -15,20 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import treeDigest
 from MedSegUNetLib import cli
 
 pytest.importorskip("onnx", reason="the import extra is not installed")
 
 from test_importing import NETWORK, auto3dsegCheckpoint, exportONNX, writeBundle, writeCard  # noqa: E402
-
-
-def treeDigest(folder: Path) -> dict[str, str]:
-    """Every file below ``folder`` (relative path → SHA256) and every folder (→ "dir")."""
-    digest = {}
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        digest[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return digest
 
 
 @pytest.fixture

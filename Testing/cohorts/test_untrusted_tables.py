@@ -20,7 +20,7 @@ from MedSegUNetLib import cli
 from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
 from test_batch import LABELS, LEVEL, _orientedPhantom, command
-from test_untrusted_models import treeDigest
+from conftest import treeDigest
 
 import numpy as np
 
