@@ -69,10 +69,7 @@ class ConsoleProgress:
 
     def warn(self, text: str) -> None:
         """A warning: one line on stderr, kept even with ``--quiet``."""
-        if self._bar is not None:
-            self._bar.clear()
-        sys.stderr.write(f"medsegunet: warning: {text}\n")
-        sys.stderr.flush()
+        warnAbove(self._bar, text)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -110,14 +107,19 @@ class CaseProgress:
 
     def warn(self, text: str) -> None:
         """A warning: one line on stderr, kept even with ``--quiet``."""
-        if self._bar is not None:
-            self._bar.clear()
-        sys.stderr.write(f"medsegunet: warning: {text}\n")
-        sys.stderr.flush()
-        if self._bar is not None:
-            self._bar.refresh()
+        warnAbove(self._bar, text)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def warnAbove(bar, text: str) -> None:
+    """``medsegunet: warning: TEXT`` on stderr, above a terminal bar if one is drawn (redrawn after)."""
+    if bar is not None:
+        bar.clear()
+    sys.stderr.write(f"medsegunet: warning: {text}\n")
+    sys.stderr.flush()
+    if bar is not None:
+        bar.refresh()
