@@ -250,6 +250,17 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# A test hook: when this names a folder, a case entering the network leaves ``<pid>-<case>`` there,
+# so that a test can end that process at that very moment instead of guessing it with a clock.
+NETWORK_BEGUN_VARIABLE = "MEDSEGUNET_TEST_NETWORK_BEGUN_DIR"
+
+
+def markNetworkBegun(case: CaseSpec) -> None:
+    folder = os.environ.get(NETWORK_BEGUN_VARIABLE)
+    if folder and os.path.isdir(folder):
+        open(os.path.join(folder, f"{os.getpid()}-{case.id}"), "w").close()
+
+
 def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, networkLock=None) -> dict:
     """Segment one case and write its files: the job contract of every batch engine.
 
@@ -269,6 +280,7 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, ne
     try:
         prepared = prepared if prepared is not None else prepareCase(case, loaded.card, options)
         with networkLock if networkLock is not None else contextlib.nullcontext():
+            markNetworkBegun(case)
             images, result = inferCase(prepared, loaded)
     except Exception as error:  # noqa: BLE001 - the row says what it was, as finishCase does
         return failedRow(case, error, started)
