@@ -68,14 +68,16 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: d
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    dpi = 100
+    dpi, tile, caption, legend, gap = 100, QC_TILE / 100, 0.6, 0.5, 0.2  # inches
     columns = min(10, max(1, len(rows)))
     lines = int(np.ceil(len(rows) / columns))
-    tileInches = QC_TILE / dpi
-    figure, axes = plt.subplots(lines, columns, figsize=(tileInches * columns, (tileInches + 0.45) * lines + 0.5), squeeze=False, dpi=dpi)
-    for axis in axes.ravel():
+    width, height = columns * (tile + gap), lines * (tile + caption) + legend
+    figure = plt.figure(figsize=(width, height), dpi=dpi)
+    for index, row in enumerate(rows):
+        line, column = divmod(index, columns)
+        # Each tile at its full QC_TILE pixels, its caption in the space above it.
+        axis = figure.add_axes([(column * (tile + gap) + gap / 2) / width, (legend + (lines - 1 - line) * (tile + caption)) / height, tile / width, tile / height])
         axis.axis("off")
-    for axis, row in zip(axes.ravel(), rows):
         tilePath = os.path.join(options.outputDir, row["case"], caseOutputNames(row["case"], options.format)["qc"])
         if row["status"] in ("ok", "skipped") and os.path.isfile(tilePath):
             axis.imshow(plt.imread(tilePath))
@@ -88,7 +90,6 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: d
     if card is not None:
         handles = [Patch(color=label["color"], label=label["name"]) for label in card["labels"]]
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
-    figure.tight_layout(rect=(0, 0.5 / ((tileInches + 0.45) * lines + 0.5) if card is not None else 0, 1, 1))
     try:
         figure.savefig(path, dpi=dpi, format="png")
     finally:
