@@ -16,7 +16,22 @@ import sys
 from typing import TextIO
 
 
-class ConsoleProgress:
+class BarDisplay:
+    """What both progress displays share: a terminal bar (``_bar``, tqdm) or none, and warnings above it."""
+
+    _bar = None
+
+    def warn(self, text: str) -> None:
+        """A warning: one line on stderr, kept even with ``--quiet``."""
+        warnAbove(self._bar, text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class ConsoleProgress(BarDisplay):
     """A ``(fraction, message)`` progress callback for the command line.
 
     Args:
@@ -67,17 +82,9 @@ class ConsoleProgress:
         if self._bar is not None:
             self._bar.refresh()
 
-    def warn(self, text: str) -> None:
-        """A warning: one line on stderr, kept even with ``--quiet``."""
-        warnAbove(self._bar, text)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
-class CaseProgress:
+class CaseProgress(BarDisplay):
     """A cohort's progress: a cases bar with ETA on a terminal, one plain line per case in a log."""
 
     def __init__(self, total: int, quiet: bool = False) -> None:
@@ -105,14 +112,6 @@ class CaseProgress:
             sys.stdout.write(f"case {caseId}: begun by worker {workerPid}\n")
             sys.stdout.flush()
 
-    def warn(self, text: str) -> None:
-        """A warning: one line on stderr, kept even with ``--quiet``."""
-        warnAbove(self._bar, text)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def warnAbove(bar, text: str) -> None:
