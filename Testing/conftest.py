@@ -8,6 +8,7 @@ files built and scripted here: a tiny MONAI UNet, and known-answer threshold mod
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import os
@@ -136,11 +137,10 @@ def a_threshold_model(tmp_path_factory):
     return make
 
 
-@pytest.fixture()
-def a_file_server(tmp_path):
-    """A real HTTP server on localhost serving ``tmp_path / 'served'``; yields its base URL."""
-    served = tmp_path / "served"
-    served.mkdir()
+@contextlib.contextmanager
+def servedFolder(served: Path):
+    """A real HTTP server on 127.0.0.1 serving ``served`` (``python -m http.server``'s handler, whose
+    folder listings pip also reads as a simple package index); yields its base URL."""
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
@@ -152,9 +152,20 @@ def a_file_server(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture()
+def a_file_server(tmp_path):
+    """A real HTTP server on localhost serving ``tmp_path / 'served'``; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with servedFolder(served) as url:
+        yield served, url
 
 
 PYTHONSLICER_TOOLS = REPO_ROOT.parent / "shared" / "tools" / "pythonslicer"

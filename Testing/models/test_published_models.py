@@ -1,12 +1,21 @@
-"""Real published models from their own packages: TAPS (lavlab-taps 1.1.2, MIT), imported from its ONNX file.
+"""Real published models from their own packages, against their own tools.
 
-The package's wheel is downloaded once (``pip download --no-deps``; its dependencies are not
-needed here) into a cache folder; offline without that cache the test skips with a message.
+- TAPS (``lavlab-taps`` 1.1.2, MIT): its ONNX file imported into a MONAI SegResNetDS;
+- deepbet (``deepbet`` 1.0.2, MIT): its two TorchScript networks wrapped with a schema 3 card.
+
+Both wheels are downloaded once (``pip download --no-deps``) into the tests' cache folder and then
+served from 127.0.0.1 as a package index (``python -m http.server``'s folder listings), which is
+the only index pip sees while the shipped catalog's entries are pulled. Offline without that cache
+the tests skip with a message. The home tools run as their authors ship them: TAPS's command from
+its unpacked wheel (its dependencies minus ``onnxruntime-gpu`` are in the test extra), deepbet's
+``run_bet`` from the installed package.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,49 +23,131 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHARED_DATA, requireSharedData, servedFolder
 from MedSegUNetLib import cli
+from MedSegUNetLib.engine.volumes import sha256
 
 pytest.importorskip("onnxruntime", reason="the import extra is not installed")
 
 TAPS = "lavlab-taps==1.1.2"
 TAPS_ONNX = "taps/resources/model_v1.onnx"
+DEEPBET = "deepbet==1.0.2"
 
 
-def packageFile(requirement: str, member: str) -> Path:
-    """A file of a package's wheel, downloaded once into the tests' cache folder."""
+def publishedWheel(requirement: str) -> Path:
+    """A package's wheel, downloaded once into the tests' cache folder (``pip download --no-deps``)."""
     cacheBase = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     folder = cacheBase / "medsegunet-tests" / "published" / requirement.replace("==", "-")
-    target = folder / member
-    if not target.is_file():
+    wheels = sorted(folder.glob("*.whl"))
+    if not wheels:
         folder.mkdir(parents=True, exist_ok=True)
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), requirement],
                               capture_output=True, text=True, timeout=900)
         wheels = sorted(folder.glob("*.whl"))
         if done.returncode != 0 or not wheels:
             pytest.skip(f"{requirement} could not be downloaded (offline?) and is not cached in {folder}")
-        with zipfile.ZipFile(wheels[0]) as archive:
-            archive.extract(member, folder)
-    return target
+    return wheels[0]
+
+
+def unpacked(wheel: Path, member: str | None = None) -> Path:
+    """The wheel unpacked beside it (once); returns the folder, or one member's path."""
+    folder = wheel.parent / "unpacked"
+    if not (folder / ".complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(folder)
+        (folder / ".complete").write_text("")
+    return folder / member if member else folder
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def mask(path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 @pytest.fixture(scope="module")
-def taps_onnx() -> Path:
-    return packageFile(TAPS, TAPS_ONNX)
+def a_package_index(tmp_path_factory):
+    """Both wheels in a PEP 503 folder tree served on 127.0.0.1; yields its ``simple/`` URL."""
+    root = tmp_path_factory.mktemp("index")
+    for requirement in (TAPS, DEEPBET):
+        wheel = publishedWheel(requirement)
+        project = root / "simple" / requirement.split("==")[0]
+        project.mkdir(parents=True)
+        shutil.copy(wheel, project / wheel.name)
+    with servedFolder(root) as url:
+        yield url + "simple/"
 
 
-def test_taps_onnx_imports_and_matches_onnxruntime(capsys, tmp_path, taps_onnx):
+@pytest.fixture(scope="module")
+def published_models(tmp_path_factory, a_package_index):
+    """``models pull`` of both shipped entries with pip pointed at the local index alone: name → cached model."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIP_INDEX_URL", a_package_index)
+        patch.delenv("PIP_FIND_LINKS", raising=False)
+        patch.delenv("PIP_NO_INDEX", raising=False)
+        patch.setenv("MEDSEGUNET_CACHE", str(cache))
+        patch.delenv("MEDSEGUNET_CATALOG", raising=False)
+        paths = {}
+        for name in ("prostate-gland-taps", "brain-mask-deepbet"):
+            done = subprocess.run([sys.executable, "-m", "MedSegUNetLib.cli", "models", "pull", name], capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stderr
+            paths[name] = Path(done.stdout.strip().splitlines()[-1])
+    return {"cache": cache, **paths}
+
+
+def test_both_entries_pull_from_a_local_package_index_and_are_cached(published_models):
+    from MedSegUNetLib.engine.modelcard import readCard
+
+    taps, deepbet = readCard(published_models["prostate-gland-taps"]), readCard(published_models["brain-mask-deepbet"])
+    assert all(published_models[name].is_relative_to(published_models["cache"]) for name in ("prostate-gland-taps", "brain-mask-deepbet"))
+    assert taps["provenance"]["format"] == "onnx" and taps["provenance"]["source_sha256"] == "1e39be9d19f6f71810cb0931a7fe895441cfd318d6002730c918ee99b9d79b91"
+    assert taps["provenance"]["verified"]["max_abs_difference"] < 1e-3 * taps["provenance"]["verified"]["output_range"]
+    assert deepbet["provenance"]["format"] == "torchscript" and deepbet["provenance"]["source_sha256"] == "de8ee7c69654d0dd3935dc4a5d84571d8ecf4637a6bfc01df399c4c2bc86e0fd"
+    assert deepbet["provenance"]["localizer_sha256"] == "39a7b2b5f799faa1391ea97bfcdc0b9299f20d84f2316a4ff8918dc4685e40aa"
+    assert deepbet["provenance"]["verified"]["max_abs_difference"] == 0.0 and deepbet["localizer"]["grid"]["shape"] == [128, 128, 128]
+    assert taps["labels"][0]["terminology"]["type"][1] == "41216001" and deepbet["labels"][0]["terminology"]["type"][1] == "12738006"
+
+
+@pytest.mark.parametrize("field", ["sha256", "localizer"])
+def test_a_wrong_sha256_caches_nothing(capsys, tmp_path, monkeypatch, a_package_index, field):
+    from MedSegUNetLib.models import catalog
+
+    entry = next(e for e in catalog.loadCatalog(catalog.CATALOG_PATH)["models"] if e["name"] == "brain-mask-deepbet")
+    if field == "sha256":
+        entry["source"]["sha256"] = "0" * 64
+    else:
+        entry["source"]["localizer"]["sha256"] = "f" * 64
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_INDEX_URL", a_package_index)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_NO_INDEX", raising=False)
+    assert cli.main(["models", "pull", "brain-mask-deepbet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing was cached" in err[0] and ("bbox_model.pt" in err[0]) == (field == "localizer"), err
+    assert not (tmp_path / "cache").exists() or [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+
+
+def test_taps_onnx_imports_and_matches_onnxruntime(capsys, tmp_path):
     """GroupNorm (8 groups, written as Reshape → InstanceNormalization → Reshape → Mul → Add) and Mish,
     deep-supervision heads the export removed: the imported network gives onnxruntime's logits."""
     import onnxruntime
     import torch
 
+    onnxFile = unpacked(publishedWheel(TAPS), TAPS_ONNX)
     card = REPO_ROOT / "Resources" / "Models" / "prostate-gland-taps" / "card.json"
-    assert cli.main(["import", str(taps_onnx), "--card", str(card), "--output", str(tmp_path / "taps.pt")]) == 0, capsys.readouterr().err
+    assert cli.main(["import", str(onnxFile), "--card", str(card), "--output", str(tmp_path / "taps.pt")]) == 0, capsys.readouterr().err
     assert "matches onnxruntime" in capsys.readouterr().out
     sample = np.random.default_rng(5).standard_normal((1, 1, 128, 128, 32)).astype(np.float32)  # the graph's fixed window
-    session = onnxruntime.InferenceSession(str(taps_onnx), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(onnxFile), providers=["CPUExecutionProvider"])
     expected = session.run(None, {session.get_inputs()[0].name: sample})[0]
     with torch.no_grad():
         got = torch.jit.load(str(tmp_path / "taps.pt"))(torch.from_numpy(sample)).numpy()
@@ -64,23 +155,80 @@ def test_taps_onnx_imports_and_matches_onnxruntime(capsys, tmp_path, taps_onnx):
     assert np.max(np.abs(got - expected)) < 1e-3 * float(np.ptp(expected))
 
 
-def test_the_shipped_taps_entry_pulls_and_segments_prostatex(capsys, tmp_path, taps_onnx, monkeypatch, prostate_series):
-    """``models pull prostate-gland-taps`` from the package's wheel (the cached one, as the only index),
-    then ``segment --model prostate-gland-taps`` with the three series' ROI and the card's context."""
-    import json
+@pytest.fixture(scope="module")
+def taps_home_mask(tmp_path_factory, prostate_images):
+    """TAPS's own command (``taps segment --device cpu``) on ProstateX-0000's axial T2, from its unpacked wheel."""
+    folder = tmp_path_factory.mktemp("taps-home")
+    sitk.WriteImage(prostate_images[0], str(folder / "t2.nii.gz"))
+    environment = dict(os.environ, PYTHONPATH=str(unpacked(publishedWheel(TAPS))))
+    command = "import sys; from taps.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", command, "segment", "t2.nii.gz", "taps.nii.gz", "--device", "cpu", "--exact"],
+                          cwd=folder, env=environment, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return mask(folder / "taps.nii.gz")
 
-    from conftest import SHARED_DATA
 
-    wheels = taps_onnx.parents[2]
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
-    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
-    assert cli.main(["models", "pull", "prostate-gland-taps"]) == 0, capsys.readouterr().err
-    capsys.readouterr()
+def test_taps_on_the_whole_volume_agrees_with_taps_itself(tmp_path, published_models, prostate_series, taps_home_mask):
+    """``segment --model prostate-gland-taps --no-roi``: the same field of view as TAPS's own command."""
+    tra = list(prostate_series.values())[0]
+    assert cli.main(["segment", "-q", "--model", "prostate-gland-taps", "--no-roi", tra, "--output", str(tmp_path / "ours.nii.gz")]) == 0
+    ours = mask(tmp_path / "ours.nii.gz")
+    assert ours.shape == taps_home_mask.shape and dice(ours, taps_home_mask) >= 0.97
+
+
+def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, published_models, prostate_series, taps_home_mask):
+    """With the three series' ROI and the card's context: Dice against both AI gland readers at
+    least TAPS's own (whole volume) − 0.01."""
     tra, sag, cor = prostate_series.values()
-    reference = SHARED_DATA / "prostatex" / "labels" / "ProstateX-0000_gland_AI-Bosma22b.nii.gz"
     assert cli.main(["segment", "-q", "--model", "prostate-gland-taps", tra, "--roi-from", sag, cor, "--stats-json", str(tmp_path / "s.json"),
-                     "--reference-seg", str(reference)]) == 0, capsys.readouterr().err
+                     "--output", str(tmp_path / "ours.nii.gz")]) == 0
     (segment,) = json.loads((tmp_path / "s.json").read_text())["segments"]
-    assert segment["name"] == "prostate" and segment["qc"] == "ok" and segment["dice"] > 0.78, segment
+    assert segment["name"] == "prostate" and segment["qc"] == "ok"
+    ours = mask(tmp_path / "ours.nii.gz")
+    for reader in ("Bosma22b", "Guerbet23"):
+        reference = mask(SHARED_DATA / "prostatex" / "labels" / f"ProstateX-0000_gland_AI-{reader}.nii.gz")
+        assert dice(ours, reference) >= dice(taps_home_mask, reference) - 0.01, reader
+
+
+def test_deepbet_agrees_with_deepbet_itself_on_brats(tmp_path, published_models):
+    """``segment --model brain-mask-deepbet`` on BraTS-GLI-00001 t1n: Dice ≥ 0.97 against deepbet's own
+    mask, and against the BraTS pipeline's brain (the t1n's non-zero region) at least deepbet's − 0.01."""
+    deepbet = pytest.importorskip("deepbet", reason="deepbet (the home tool) is not installed: pip install -e \".[test]\"")
+    t1n = requireSharedData("brain-tumor", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t1n.nii.gz")
+    deepbet.run_bet([str(t1n)], mask_paths=[str(tmp_path / "home.nii.gz")], no_gpu=True)
+    assert cli.main(["segment", "-q", "--model", "brain-mask-deepbet", str(t1n), "--output", str(tmp_path / "ours.nii.gz"),
+                     "--stats-json", str(tmp_path / "s.json")]) == 0
+    home, ours, brain = mask(tmp_path / "home.nii.gz"), mask(tmp_path / "ours.nii.gz"), mask(t1n) > 0
+    assert dice(ours, home) >= 0.97
+    assert dice(ours, brain) >= dice(home, brain) - 0.01
+    (segment,) = json.loads((tmp_path / "s.json").read_text())["segments"]
+    assert segment["name"] == "brain" and segment["qc"] == "ok" and 1400 < segment["volume_cm3"] < 1900
+
+
+def test_in_slicer_both_are_listed_and_segment_scene_volumes_with_their_codes(published_models, prostate_images):
+    """The module's catalog list shows both; on a real MRML scene (slicer-core) each segments loaded
+    volumes into a segment named and coded as its card says (prostate SCT 41216001, brain SCT 12738006)."""
+    slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for MRML tests")
+    import vtk
+
+    from MedSegUNetLib.engine.volumes import readVolume
+    from MedSegUNetLib.models import catalog
+    from MedSegUNetLib.slicer.logic import SegmentationLogic
+    from MedSegUNetLib.slicer.nodes import addVolumeFromImage
+
+    listed = {entry["name"]: entry for entry in catalog.loadCatalog()["models"]}
+    assert {"prostate-gland-taps", "brain-mask-deepbet"} <= set(listed) and listed["brain-mask-deepbet"]["license"].startswith("MIT")
+    scene = slicer.vtkMRMLScene()
+    tra, sag, cor = (addVolumeFromImage(scene, image, name) for image, name in zip(prostate_images, ("t2 tra", "t2 sag", "t2 cor")))
+    t1n = readVolume(str(requireSharedData("brain-tumor", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t1n.nii.gz")))
+    brain = addVolumeFromImage(scene, t1n, "t1n")
+    cases = [("prostate-gland-taps", [tra], [sag, cor], "prostate", "~SCT^41216001^Prostate~", (20, 60)),
+             ("brain-mask-deepbet", [brain], [], "brain", "~SCT^12738006^Brain~", (1400, 1900))]
+    for name, inputs, roiVolumes, segmentName, code, volumeRange in cases:
+        result = SegmentationLogic(scene).process(inputs, published_models[name], roiVolumes=roiVolumes, device="cpu")
+        segment = result.segmentationNode.GetSegmentation().GetNthSegment(0)
+        entry = vtk.reference("")
+        assert segment.GetName() == segmentName and segment.GetTag("TerminologyEntry", entry) and code in str(entry), name
+        table = result.statisticsTableNode
+        column = next(c for c in range(table.GetNumberOfColumns()) if table.GetColumnName(c) == "Volume [mm3]")
+        assert table.GetCellText(0, 0) == segmentName and volumeRange[0] < float(table.GetCellText(0, column)) / 1000 < volumeRange[1], name

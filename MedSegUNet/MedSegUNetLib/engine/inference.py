@@ -127,10 +127,17 @@ def checkMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int], 
 
 
 def activate(logits, card: dict):
-    """Softmax over the channels, or a sigmoid per channel, as the card's output says."""
+    """Softmax over the channels, or a sigmoid per channel, as the card's output says; an output the
+    network already activated (``probabilities``) is returned as it is."""
     import torch
 
+    if card["output"] == "probabilities":
+        return logits
     return torch.softmax(logits, dim=1) if card["output"] == "softmax" else torch.sigmoid(logits)
+
+
+# How far outside 0–1 an activated output may stray (float16 rounding on CUDA) before it is refused.
+PROBABILITY_TOLERANCE = 1e-3
 
 
 def flipCombinations(spatialDims: int) -> list[tuple[int, ...]]:
@@ -180,6 +187,11 @@ class _Predictor:
             )
         if not bool(torch.isfinite(logits).all()):
             raise self._fail("returned NaN or infinite values", "check the model's weights and the card's normalization")
+        if card["output"] == "probabilities":
+            low, high = float(logits.min()), float(logits.max())
+            if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
+                raise self._fail(f"returned values from {low:.3g} to {high:.3g} where the card says probabilities (0 to 1)",
+                                 "set the card's output to softmax or sigmoid (the network returns logits)")
         return logits
 
     def __call__(self, batch):
@@ -206,6 +218,54 @@ class _Predictor:
         return logits if self.loaded.card.get("blend") == "logits" else activate(logits, self.loaded.card)
 
 
+def wholeArrayInferer(window: Sequence[int]):
+    """An inferer for a window that covers the whole array: zero-padded symmetrically up to the
+    window (as MONAI's ``sliding_window_inference`` pads), one call, cropped back.
+
+    Args:
+        window: the window's spatial shape (I, J, K), at least the array's.
+    """
+
+    def infer(tensor, network):
+        import torch.nn.functional as functional
+
+        spatial = [int(v) for v in tensor.shape[2:]]
+        before = [(target - size) // 2 for size, target in zip(spatial, window)]
+        pads = []
+        for size, target, low in reversed(list(zip(spatial, window, before))):
+            pads += [low, target - size - low]
+        output = network(functional.pad(tensor, pads) if any(pads) else tensor)
+        return output[(slice(None), slice(None), *[slice(low, low + size) for low, size in zip(before, spatial)])]
+
+    return infer
+
+
+def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], batchSize: int):
+    """MONAI's slice (2D) or sliding-window (3D) inferer for the card, or one whole-array call.
+
+    Returns:
+        (number of windows, the inferer: ``inferer(tensor, predictor)``).
+    """
+    overlap = float(card.get("overlap", 0.25))
+    if card["spatial_dims"] == 2:
+        from monai.inferers import SliceInferer
+
+        if min(spatial[:2]) == 1 and spatial[2] > 1:
+            raise MedSegUNetError(
+                f"2D model '{card['name']}' runs on slices along K, but this volume has one voxel along "
+                f"{'IJ'[list(spatial).index(1)]} (shape {tuple(spatial)}): re-orient it (card 'orientation') or use a 3D model."
+            )
+        return spatial[2], SliceInferer(roi_size=window, sw_batch_size=batchSize, spatial_dim=2, overlap=overlap, mode="gaussian", progress=False)
+    if not card.get("patch_size"):
+        # One window covers the whole array (a whole-ROI or fixed-grid card): MONAI's inferer would
+        # weight it by a Gaussian and divide that out again; the network is called once instead.
+        return 1, wholeArrayInferer(window)
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=batchSize, overlap=overlap, mode="gaussian", progress=False)
+    return _windowCount(spatial, window, overlap), inferer
+
+
 def predictProbabilities(
     loaded: LoadedModel,
     array: np.ndarray,
@@ -230,7 +290,6 @@ def predictProbabilities(
         ProcessingCancelled: the cancel event was set.
     """
     import torch
-    from monai.inferers import SliceInferer, SlidingWindowInferer
 
     card = loaded.card
     channels, *spatial = array.shape
@@ -239,19 +298,8 @@ def predictProbabilities(
             f"Model '{card['name']}' takes {len(card['inputs'])} input(s) ({', '.join(i['name'] for i in card['inputs'])}) but got {channels}."
         )
     window = windowSize(card, spatial)
-    overlap = float(card.get("overlap", 0.25))
     batchSize = int(card.get("sw_batch_size", 4))
-    if card["spatial_dims"] == 2:
-        if min(spatial[:2]) == 1 and spatial[2] > 1:
-            raise MedSegUNetError(
-                f"2D model '{card['name']}' runs on slices along K, but this volume has one voxel along "
-                f"{'IJ'[spatial.index(1)]} (shape {tuple(spatial)}): re-orient it (card 'orientation') or use a 3D model."
-            )
-        windows = spatial[2]
-        inferer = SliceInferer(roi_size=window, sw_batch_size=batchSize, spatial_dim=2, overlap=overlap, mode="gaussian", progress=False)
-    else:
-        windows = _windowCount(spatial, window, overlap)
-        inferer = SlidingWindowInferer(roi_size=window, sw_batch_size=batchSize, overlap=overlap, mode="gaussian", progress=False)
+    windows, inferer = chooseInferer(card, spatial, window, batchSize)
     checkMemory(card, spatial, window, loaded.device)
     # Test-time augmentation: the same inference on every flip of the model's axes, flipped back
     # and averaged (in the space the card blends in). 2D models flip in-plane only.

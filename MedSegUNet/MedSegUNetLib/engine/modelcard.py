@@ -2,8 +2,11 @@
 
 A MedSegUNet model is one TorchScript file whose extra file ``medsegunet.json`` is its card (a
 sidecar ``MODEL.pt.json`` overrides it). The card follows ``modelcard.schema.json`` (schema
-``"medsegunet.model/2"``; version 1 cards are read as they are) and says how to prepare the inputs (spacing, orientation, normalisation,
-patch size) and how to read the outputs (softmax or sigmoid, label names and colours).
+``"medsegunet.model/3"``; version 1 and 2 cards are read as they are) and says how to prepare the inputs (spacing or grid
+shape, orientation, normalisation steps, patch size, a localiser network that finds the region
+first) and how to read the outputs (softmax, sigmoid or already activated probabilities, label
+names and colours). A localiser is a second TorchScript network stored in the same file (extra
+file ``medsegunet-localizer.pt``).
 
 Tensor layout at the network is MONAI's: ``N, C`` then the spatial axes in the model array's
 i, j, k order (2D models: ``N, C, i, j``, one slice along k per batch item).
@@ -25,14 +28,24 @@ from typing import Any
 from .errors import MedSegUNetError, firstLine
 
 CARD_EXTRA_FILE = "medsegunet.json"
+LOCALIZER_EXTRA_FILE = "medsegunet-localizer.pt"
 # What --device (and the Slicer module's device list) offers.
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The most voxels one batch of windows may hold (2^32: 16 GiB of float32 per channel, before the
 # network's features): anything larger is a typing mistake; what fits this machine is checked at run time.
 MAX_WINDOW_VOXELS = 2**32
-SCHEMA_ID = "medsegunet.model/2"
+# The most voxels a model grid may have (2^30: 4 GiB of float32 per channel): a card's spacing of
+# micrometres on a whole pelvis would ask for 10^16.
+MAX_GRID_VOXELS = 2**30
+SCHEMA_ID = "medsegunet.model/3"
 # What version 2 added: a version 1 card must not carry these (it would mean another tool's card).
 VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
+# What version 3 added (published pipelines): grid shapes, a localiser, activated outputs, steps.
+VERSION_3_FIELDS = ("grid", "localizer", "activation")
+LOCALIZER_DEFAULTS: dict[str, Any] = {
+    "orientation": None, "normalization": {"type": "none"}, "output": "probabilities", "channels": 2, "channel": 1,
+    "threshold": 0.5, "largest_component": True, "margin_fraction": 0.0,
+}
 SCHEMA_PATH = Path(__file__).with_name("modelcard.schema.json")
 
 DEFAULTS: dict[str, Any] = {
@@ -51,7 +64,7 @@ def loadSchema() -> dict:
         return json.load(stream)
 
 
-def schemaErrors(card: Any, useJsonschema: bool | None = None) -> list[tuple[str, str]]:
+def schemaErrors(card: Any, useJsonschema: bool | None = None, schema: dict | None = None) -> list[tuple[str, str]]:
     """``(field path, message)`` for each way ``card`` breaks the schema, sorted by path.
 
     jsonschema does the full validation where it is installed. Slicer does not bundle it, so a
@@ -60,11 +73,12 @@ def schemaErrors(card: Any, useJsonschema: bool | None = None) -> list[tuple[str
     """
     if useJsonschema is None:
         useJsonschema = importlib.util.find_spec("jsonschema") is not None if sys.modules.get("jsonschema", True) is not None else False
+    schema = schema if schema is not None else loadSchema()
     if not useJsonschema:
-        return sorted(structuralErrors(loadSchema(), card), key=lambda e: e[0])
+        return sorted(structuralErrors(schema, card), key=lambda e: e[0])
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(loadSchema())
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))
     return [("/".join(str(p) for p in error.absolute_path), error.message) for error in errors]
 
@@ -213,16 +227,17 @@ def validateCard(card: Any, source: str = "model card") -> dict:
     nonFinite = _nonFiniteField(card)
     if nonFinite is not None:
         raise MedSegUNetError(f"Invalid {source}: field '{nonFinite}' is not a finite number (NaN or infinite): give a number.")
-    errors = schemaErrors(card)
+    errors = _normalizationErrors(card) or schemaErrors(card)
     if errors:
         where, message = errors[0]
         raise MedSegUNetError(f"Invalid {source}: field '{where or '(top level)'}': {firstLine(message)} (see modelcard.schema.json).")
-    if card.get("schema") == "medsegunet.model/1":
-        newer = [name for name in VERSION_2_FIELDS if name in card]
-        if newer:
-            raise MedSegUNetError(f"Invalid {source}: field '{newer[0]}' needs \"schema\": \"medsegunet.model/2\" (see modelcard.schema.json).")
+    _checkVersion(card, source)
     full = copy.deepcopy(DEFAULTS)
     full.update(copy.deepcopy(card))
+    if full["output"] == "probabilities":
+        full.setdefault("activation", "softmax")
+    if full.get("localizer") is not None:
+        full["localizer"] = {**copy.deepcopy(LOCALIZER_DEFAULTS), **full["localizer"]}
     values = [label["value"] for label in full["labels"]]
     if len(set(values)) != len(values):
         raise MedSegUNetError(f"Invalid {source}: label values must be unique, got {values}.")
@@ -236,8 +251,64 @@ def validateCard(card: Any, source: str = "model card") -> dict:
         raise MedSegUNetError(f"Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs \"blend\": \"logits\".")
     if full["spacing"] is not None and all(s is None for s in full["spacing"]):
         full["spacing"] = None
+    _checkPipeline(full, source)
     _checkRanges(full, source)
     return full
+
+
+def _checkVersion(card: dict, source: str) -> None:
+    """A field newer than the card's declared schema means another tool's card: refused, naming it."""
+    version = {"medsegunet.model/1": 1, "medsegunet.model/2": 2}.get(card.get("schema"), 3)
+    newer = [(name, 2) for name in VERSION_2_FIELDS if name in card] + [(name, 3) for name in VERSION_3_FIELDS if name in card]
+    if card.get("output") == "probabilities":
+        newer.append(("output", 3))
+    if isinstance(card.get("normalization"), list) or any(step.get("type") == "affine" or "statistics" in step for step in normalizationSteps(card)):
+        newer.append(("normalization", 3))
+    for name, needed in newer:
+        if needed > version:
+            raise MedSegUNetError(f"Invalid {source}: field '{name}' needs \"schema\": \"medsegunet.model/{needed}\" (see modelcard.schema.json).")
+
+
+def normalizationSteps(card: dict) -> list[dict]:
+    """The card's (or a localiser's) normalisation as a list of steps, run in order."""
+    normalization = card.get("normalization") or {"type": "none"}
+    return list(normalization) if isinstance(normalization, list) else [normalization]
+
+
+def _checkPipeline(card: dict, source: str) -> None:
+    """Rules between the version 3 fields: one way to size the grid, an output that can be read."""
+    if card.get("grid") is not None and card["spacing"] is not None:
+        raise MedSegUNetError(f"Invalid {source}: give either 'spacing' or 'grid' (a fixed shape), not both.")
+    if "activation" in card and card["output"] != "probabilities":
+        raise MedSegUNetError(f"Invalid {source}: 'activation' says what an already activated network ended with: it needs \"output\": \"probabilities\".")
+    if card["output"] == "probabilities" and card.get("blend") == "logits":
+        raise MedSegUNetError(f"Invalid {source}: a network that outputs probabilities has no logits to blend: remove \"blend\": \"logits\".")
+    localizer = card.get("localizer")
+    if localizer is not None and localizer["channel"] >= localizer["channels"]:
+        raise MedSegUNetError(f"Invalid {source}: localizer channel {localizer['channel']} is not one of its {localizer['channels']} channels (0 to {localizer['channels'] - 1}).")
+    for owner in ([card, localizer] if localizer is not None else [card]):
+        for step in normalizationSteps(owner):
+            if step.get("type") == "zscore_slice" and step.get("statistics") == "volume":
+                raise MedSegUNetError(f"Invalid {source}: zscore_slice takes its statistics per slice of the network's grid: remove \"statistics\": \"volume\".")
+            if step.get("type") == "affine" and "scale" not in step and "shift" not in step:
+                raise MedSegUNetError(f"Invalid {source}: an affine normalisation step needs 'scale', 'shift' or both.")
+
+
+def _normalizationErrors(card: Any) -> list[tuple[str, str]]:
+    """Errors of each normalisation step (the card's and its localiser's), with the step's own path:
+    a step or a list of them is a ``oneOf``, whose failure alone would not say which field is wrong."""
+    if not isinstance(card, dict):
+        return []
+    step = _resolveReference("#/$defs/normalizationStep")
+    errors = []
+    owners = [("normalization", card.get("normalization"))]
+    if isinstance(card.get("localizer"), dict):
+        owners.append(("localizer/normalization", card["localizer"].get("normalization")))
+    for path, normalization in owners:
+        steps = [(path, normalization)] if isinstance(normalization, dict) else [(f"{path}/{index}", item) for index, item in enumerate(normalization)] if isinstance(normalization, list) else []
+        for where, item in steps:
+            errors += [(f"{where}/{field}" if field else where, message) for field, message in schemaErrors(item, schema=step)]
+    return sorted(errors, key=lambda e: e[0])
 
 
 def _nonFiniteField(value: Any, path: str = "") -> str | None:
@@ -254,11 +325,16 @@ def _nonFiniteField(value: Any, path: str = "") -> str | None:
 
 def _checkRanges(card: dict, source: str) -> None:
     """Rules between fields that a schema cannot say: ordered ranges, a window within the voxel budget."""
-    normalization = card["normalization"]
-    if normalization.get("type") == "percentile" and normalization.get("lower", 5.0) >= normalization.get("upper", 95.0):
-        raise MedSegUNetError(f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper {normalization.get('upper', 95.0):g}.")
-    if "b_min" in normalization and "b_max" in normalization and normalization["b_min"] == normalization["b_max"]:
-        raise MedSegUNetError(f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values.")
+    steps = normalizationSteps(card) + (normalizationSteps(card["localizer"]) if card.get("localizer") else [])
+    for normalization in steps:
+        if normalization.get("type") == "percentile" and normalization.get("lower", 5.0) >= normalization.get("upper", 95.0):
+            raise MedSegUNetError(f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper {normalization.get('upper', 95.0):g}.")
+        if "b_min" in normalization and "b_max" in normalization and normalization["b_min"] == normalization["b_max"]:
+            raise MedSegUNetError(f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values.")
+    for owner, what in ((card, "grid"), (card.get("localizer") or {}, "localizer grid")):
+        shape = (owner.get("grid") or {}).get("shape")
+        if shape is not None and math.prod(shape) > MAX_GRID_VOXELS:
+            raise MedSegUNetError(f"Invalid {source}: the {what} {shape} has {math.prod(shape):,} voxels, above the {MAX_GRID_VOXELS:,} a model grid may have.")
     for label in card["labels"]:
         volume = (label.get("qc") or {}).get("volume_ml")
         if volume is not None and volume[0] > volume[1]:
@@ -271,22 +347,35 @@ def _checkRanges(card: dict, source: str) -> None:
         )
 
 
+def exclusiveLabels(card: dict) -> bool:
+    """Whether the network's channels are a background and one exclusive class per label (softmax, or
+    probabilities after a softmax) rather than one independent region per label (sigmoid)."""
+    return card["output"] == "softmax" or (card["output"] == "probabilities" and card.get("activation", "softmax") == "softmax")
+
+
 def outputChannels(card: dict) -> int:
-    """Number of output channels the network must produce for this card."""
-    return len(card["labels"]) + (1 if card["output"] == "softmax" else 0)
+    """Number of output channels the network must produce for this card (a localiser's card says it)."""
+    if "out_channels" in card:
+        return int(card["out_channels"])
+    return len(card["labels"]) + (1 if exclusiveLabels(card) else 0)
 
 
 def cardSummary(card: dict) -> str:
     """A few human-readable lines describing a card (``medsegunet info`` and the Slicer widget)."""
     spacing = card.get("spacing")
     spacingText = "reference's" if spacing is None else " × ".join("ref" if s is None else f"{s:g}" for s in spacing) + " mm"
+    if card.get("grid"):
+        spacingText = " × ".join(str(n) for n in card["grid"]["shape"]) + " voxels over the ROI"
+    normalizationText = " then ".join(step["type"] for step in normalizationSteps(card))
     lines = [
         f"{card['name']} ({card['spatial_dims']}D, {card['output']})",
         "Inputs: " + ", ".join(i["name"] for i in card["inputs"]),
         "Labels: " + ", ".join(f"{label['value']} {label['name']}" for label in card["labels"]),
-        f"Spacing: {spacingText}; orientation: {card.get('orientation') or 'reference'}; normalisation: {card['normalization']['type']}",
+        f"Spacing: {spacingText}; orientation: {card.get('orientation') or 'reference'}; normalisation: {normalizationText}",
         f"Patch: {card.get('patch_size') or 'whole ROI'}; overlap {card.get('overlap')}",
     ]
+    if card.get("localizer"):
+        lines.append("Localiser: " + " × ".join(str(n) for n in card["localizer"]["grid"]["shape"]) + f" voxels, its box grown by {card['localizer']['margin_fraction']:g} of its size per side")
     if card.get("description"):
         lines.append(card["description"])
     return "\n".join(lines)
@@ -347,12 +436,13 @@ def _embeddedCardText(path: str) -> str:
 
 @dataclass
 class LoadedModel:
-    """A TorchScript network on its device, with its card."""
+    """A TorchScript network on its device, with its card (and its localiser network, if the card has one)."""
 
     path: str
     card: dict
     network: Any
     device: Any
+    localizer: Any = None
 
     @property
     def spatialDims(self) -> int:
@@ -412,7 +502,8 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
         except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
             raise MedSegUNetError(f"Cannot load TorchScript model '{path}' ({firstLine(str(error))}).") from None
         network.eval()
-        loaded = LoadedModel(path=path, card=card, network=network, device=torchDevice)
+        localizer = _loadLocalizer(path, torchDevice) if card.get("localizer") else None
+        loaded = LoadedModel(path=path, card=card, network=network, device=torchDevice, localizer=localizer)
         # Keep one model per path: a re-exported file replaces the old one in memory.
         for old in [k for k in _CACHE if k[0] == path]:
             del _CACHE[old]
@@ -420,29 +511,73 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
         return loaded
 
 
+def _loadLocalizer(path: str, device):
+    """The localiser network stored in the model file (extra file :data:`LOCALIZER_EXTRA_FILE`)."""
+    import io
+
+    import torch
+
+    data = _extraFile(path, LOCALIZER_EXTRA_FILE)
+    if not data:
+        raise MedSegUNetError(f"Model '{path}' has a card with a 'localizer' but no '{LOCALIZER_EXTRA_FILE}' network: import it with 'medsegunet import ... --localizer'.")
+    try:
+        network = torch.jit.load(io.BytesIO(data), map_location=device)
+    except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
+        raise MedSegUNetError(f"Cannot load the localiser network of '{path}' ({firstLine(str(error))}).") from None
+    return network.eval()
+
+
+def _extraFile(path: str, name: str) -> bytes:
+    """An extra file of a TorchScript archive (b'' when absent)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.endswith("/extra/" + name):
+                    return archive.read(member)
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise MedSegUNetError(f"Model file '{path}' is damaged ({firstLine(error)}): copy or export it again.") from None
+    return b""
+
+
 def clearModelCache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
 
 
-def saveModel(network, card: dict, path: str | os.PathLike) -> None:
+def saveModel(network, card: dict, path: str | os.PathLike, localizer=None) -> None:
     """Script (if needed) and save a network with its validated card embedded, atomically.
 
     Args:
         network: a ``torch.nn.Module`` or an already scripted module.
         card: the model card; validated before anything is written.
+        localizer: the localiser network a card with ``localizer`` needs (module or scripted),
+            stored as the extra file :data:`LOCALIZER_EXTRA_FILE`.
     """
+    import io
+
     import torch
 
     from .volumes import atomicOutput
 
     card = validateCard(card)
+    if (localizer is None) != (card.get("localizer") is None):
+        raise MedSegUNetError("A card with 'localizer' needs its localiser network, and only such a card has one: give both or neither.")
     scripted = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.script(network)
+    extraFiles = {CARD_EXTRA_FILE: json.dumps(card, indent=2)}
+    if localizer is not None:
+        buffer = io.BytesIO()
+        torch.jit.save(localizer if isinstance(localizer, torch.jit.ScriptModule) else torch.jit.script(localizer), buffer)
+        extraFiles[LOCALIZER_EXTRA_FILE] = buffer.getvalue()
 
     def verify(written: str) -> None:
         # A short write leaves a zip archive whose members fail their CRC or whose card is gone.
-        if _embeddedCardText(written) != json.dumps(card, indent=2):
+        complete = _embeddedCardText(written) == extraFiles[CARD_EXTRA_FILE]
+        if complete and localizer is not None:
+            complete = _extraFile(written, LOCALIZER_EXTRA_FILE) == extraFiles[LOCALIZER_EXTRA_FILE]
+        if not complete:
             raise MedSegUNetError(f"The model file '{os.path.basename(written)}' was written incompletely; nothing was kept: check the free disk space.")
 
     with atomicOutput(path, verify=verify) as temporary:
-        torch.jit.save(scripted, temporary, _extra_files={CARD_EXTRA_FILE: json.dumps(card, indent=2)})
+        torch.jit.save(scripted, temporary, _extra_files=extraFiles)

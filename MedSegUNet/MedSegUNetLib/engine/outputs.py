@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from .geometry import boundingBox, ijkToLPSFromImage
 from .errors import firstLine
-from .modelcard import slicerioTerminology
+from .modelcard import exclusiveLabels, slicerioTerminology
 from .volumes import StagedOutputs, checkOutputPath, imageVerifier, pathSuffix, writeImageFile
 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm")
@@ -176,7 +176,7 @@ def probabilityImage(result, asUInt8: bool = False) -> sitk.Image:
     channels = result.probabilities.shape[0]
     dtype = np.uint8 if asUInt8 else np.float32
     full = np.zeros((*shape, channels), dtype=dtype)
-    if result.card["output"] == "softmax":
+    if exclusiveLabels(result.card):
         full[..., 0] = 255 if asUInt8 else 1.0
     window = result.roi.slices()
     for index in range(channels):

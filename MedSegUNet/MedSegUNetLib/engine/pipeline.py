@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from . import geometry, preprocessing
+from . import geometry, modelcard, preprocessing
+from .postprocessing import postprocessLabels
 from .errors import MedSegUNetError, ProcessingCancelled
 from .inference import predictProbabilities
 from .modelcard import LoadedModel
@@ -192,7 +193,7 @@ def probabilitiesToLabels(
     values = [int(label["value"]) for label in card["labels"]]
     shape = tuple(reversed(roiGrid.GetSize()))
     labels = np.zeros(shape, dtype=np.uint8)
-    softmax = card["output"] == "softmax"
+    softmax = modelcard.exclusiveLabels(card)
     best = np.full(shape, -1.0, dtype=np.float32) if softmax else None
     regions = None if softmax else np.zeros((len(values), *shape), dtype=bool)
     channelValues = [0, *values] if softmax else values
@@ -231,64 +232,19 @@ class PreparedInputs:
         grid: the model grid (geometry only), covering ``networkROI``.
         networkROI: the ROI grown by the context the network sees (``roi`` without context).
         array: float32 ``C, I, J, K`` normalised inputs on the model grid.
+        pendingImages: the inputs, kept when the card's localiser must run before the model grid
+            is known (``grid`` and ``array`` are then None until :func:`segmentPrepared`).
+        contextMM: the context the network sees around the ROI.
     """
 
     reference: sitk.Image
     roi: geometry.RegionOfInterest
     roiGrid: sitk.Image
-    grid: sitk.Image
-    array: np.ndarray
+    grid: sitk.Image | None
+    array: np.ndarray | None
     networkROI: geometry.RegionOfInterest | None = None
-
-
-def postprocessLabels(labels: np.ndarray, regions: np.ndarray | None, card: dict, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
-    """The card's ``postprocessing`` on the ROI's labels, with MONAI's transforms.
-
-    - ``largest_component``: keep each label's largest connected component (True: every label; a
-      list: those label values), ``KeepLargestConnectedComponent``;
-    - ``fill_holes``: fill holes enclosed by a label, ``FillHoles``;
-    - ``min_component_mm3``: remove components smaller than this volume, ``RemoveSmallObjects``
-      measured in mm³ with the grid's spacing.
-
-    Sigmoid regions are processed one by one and the label map is painted again from them.
-
-    Args:
-        labels: uint8 KJI label map on the ROI grid.
-        regions: bool ``L, K, J, I`` regions (sigmoid) or None.
-        spacing: the ROI grid's spacing (i, j, k), mm.
-    """
-    steps = card.get("postprocessing") or {}
-    largest, fill, smallest = steps.get("largest_component"), bool(steps.get("fill_holes")), float(steps.get("min_component_mm3") or 0.0)
-    if not (largest or fill or smallest):
-        return labels, regions
-    import torch
-    from monai.transforms import FillHoles, KeepLargestConnectedComponent, RemoveSmallObjects
-
-    values = [int(label["value"]) for label in card["labels"]]
-    chosen = values if largest is True else [int(v) for v in (largest or [])]
-
-    def process(mask: np.ndarray, value: int) -> np.ndarray:
-        """One label's bool KJI mask, post-processed (MONAI works on C, I, J, K)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 1, 0)))[None]
-        if value in chosen:
-            tensor = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False)(tensor.to(torch.uint8)).bool()
-        if fill:
-            tensor = FillHoles(applied_labels=[1])(tensor.to(torch.uint8)).bool()
-        if smallest:
-            tensor = RemoveSmallObjects(min_size=smallest, by_measure=True, pixdim=list(spacing))(tensor).bool()
-        return np.asarray(tensor[0]).transpose(2, 1, 0)
-
-    if regions is not None:
-        regions = np.stack([process(region, value) for region, value in zip(regions, values)])
-        painted = np.zeros_like(labels)
-        for region, value in zip(regions, values):
-            painted[region] = value
-        return painted, regions
-    processed = np.zeros_like(labels)
-    for value in values:
-        # A voxel a label gives up (a small component) becomes background; a filled hole joins it.
-        processed[process(labels == value, value) & ((labels == value) | (processed == 0))] = value
-    return processed, None
+    pendingImages: list | None = None
+    contextMM: float = 0.0
 
 
 def prepareImages(
@@ -318,19 +274,46 @@ def prepareImages(
     progress.stage(Stage.ROI)
     if roi is None:
         roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
+    # The network may see more than the ROI (context it was trained with); labels stay inside it.
+    context = float((card.get("roi") or {}).get("context_mm", 0.0) if contextMM is None else contextMM)
+    if card.get("localizer"):
+        # The localiser's network runs with the model (segmentPrepared); only the series' ROI is known yet.
+        roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)
+        progress.endStage()
+        return PreparedInputs(reference=images[0], roi=roi, roiGrid=roiGrid, grid=None, array=None, pendingImages=list(images), contextMM=context)
+    return prepareGrid(images, card, roi, context, progress)
+
+
+def prepareGrid(images: Sequence[sitk.Image], card: dict, roi: geometry.RegionOfInterest, context: float, progress: ProgressReporter) -> PreparedInputs:
+    """The model grid over the ROI (grown by ``context`` mm) and the normalised inputs on it."""
     reference = images[0]
     roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
-    # The network may see more than the ROI (context it was trained with); labels stay inside it.
-    cardROI = card.get("roi") or {}
-    context = float(cardROI.get("context_mm", 0.0) if contextMM is None else contextMM)
     networkROI = roi.grown(context) if context > 0 else roi
     networkGrid = geometry.cropToROI(preprocessing.emptyLike(reference), networkROI) if context > 0 else roiGrid
 
     progress.stage(Stage.RESAMPLING)
-    grid = preprocessing.modelGrid(networkGrid, card.get("spacing"), card.get("orientation"))
-    array = preprocessing.prepareInputs(images, grid, card["normalization"], cardROI.get("padding", "zero"))
+    gridSpec = card.get("grid") or {}
+    grid = preprocessing.modelGrid(networkGrid, card.get("spacing"), card.get("orientation"), gridSpec.get("shape"))
+    padding = (card.get("roi") or {}).get("padding", "zero")
+    array = preprocessing.prepareInputs(images, grid, card["normalization"], padding, gridSpec.get("interpolation", "linear"))
     progress.endStage()
-    return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI)
+    return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI, contextMM=context)
+
+
+def localizePrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter) -> PreparedInputs:
+    """Run the card's localiser on the series' ROI, intersect its box with that ROI and prepare the
+    model grid over the result (:mod:`localizer`)."""
+    from .localizer import findRegion
+
+    progress.stage(Stage.ROI)
+    images, roi = prepared.pendingImages, prepared.roi
+    box = findRegion(model, images, roi, progress.within, progress.cancelEvent)
+    # The series' ROI as an extent (its voxel-edge box), so that only its voxels can stay in.
+    seriesBox = geometry.VolumeGeometry.fromImage(prepared.roiGrid, "series ROI")
+    located = geometry.computeROI(roi.reference, [seriesBox, box])
+    located = geometry.RegionOfInterest(reference=roi.reference, ijkMin=located.ijkMin, ijkMax=located.ijkMax,
+                                        volumeNames=[*roi.volumeNames, box.name], marginMM=roi.marginMM)
+    return prepareGrid(images, model.card, located, prepared.contextMM, progress)
 
 
 def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None, keepProbabilities: bool = False) -> SegmentationResult:
@@ -342,6 +325,8 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     """
     progress = progress or ProgressReporter()
     card = model.card
+    if prepared.pendingImages is not None:
+        prepared = localizePrepared(prepared, model, progress)
     reference, roi = prepared.reference, prepared.roi
     progress.stage(Stage.INFERENCE)
     array, prepared.array = prepared.array, None

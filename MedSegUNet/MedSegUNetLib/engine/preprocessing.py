@@ -9,16 +9,15 @@ spacing while keeping the ROI's voxel-edge box. Arrays handed to the network are
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from . import geometry
 from .errors import MedSegUNetError
-
-# The most voxels a model grid may have (2^30: 4 GiB of float32 per channel): a card's spacing of
-# micrometres on a whole pelvis would ask for 10^16.
-MAX_GRID_VOXELS = 2**30
+from .modelcard import MAX_GRID_VOXELS, normalizationSteps
 
 
 def emptyLike(grid: sitk.Image, pixelType: int = sitk.sitkUInt8) -> sitk.Image:
@@ -38,13 +37,14 @@ def sameGrid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:
     )
 
 
-def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orientation: str | None) -> sitk.Image:
+def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orientation: str | None, shape: Sequence[int] | None = None) -> sitk.Image:
     """The grid the network sees: its voxel-edge box is exactly the ROI grid's.
 
-    Each axis gets ``n = max(round(extent / spacing), 1)`` voxels and the spacing is then adjusted to
-    ``extent / n`` (at most half a voxel's worth from the card's over the extent), so that no part of
-    the ROI is left outside the model grid and none is added (the same grid in training and
-    inference).
+    With a spacing, each axis gets ``n = max(round(extent / spacing), 1)`` voxels and the spacing is
+    then adjusted to ``extent / n`` (at most half a voxel's worth from the card's over the extent),
+    so that no part of the ROI is left outside the model grid and none is added (the same grid in
+    training and inference). With a shape (a card's ``grid``), each axis gets that many voxels over
+    the same box, as a published pipeline that resizes its crop to a fixed array does.
 
     Args:
         roiGrid: the reference cropped to the ROI (only its geometry is used).
@@ -52,6 +52,7 @@ def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orien
             keep the ROI grid's spacing on that axis.
         orientation: a code such as ``"RAS"`` (axis directions, as MONAI and ``sitk.DICOMOrient``
             use them) or None to keep the reference's axes.
+        shape: voxels along the model array's i, j, k (after re-orientation), instead of a spacing.
 
     Returns:
         an empty uint8 image with the model grid's geometry.
@@ -59,13 +60,17 @@ def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orien
     grid = emptyLike(roiGrid)
     if orientation:
         grid = sitk.DICOMOrient(grid, orientation.upper())
-    if not spacing:
+    if not spacing and shape is None:
         return grid
     oldSpacing = np.asarray(grid.GetSpacing())
     oldSize = np.asarray(grid.GetSize())
-    wanted = np.array([old if new is None else float(new) for old, new in zip(oldSpacing, spacing)])
     extent = oldSize * oldSpacing
-    newSize = np.maximum(np.round(extent / wanted), 1).astype(int)
+    if shape is not None:
+        newSize = np.asarray([int(n) for n in shape])
+        wanted = extent / newSize
+    else:
+        wanted = np.array([old if new is None else float(new) for old, new in zip(oldSpacing, spacing)])
+        newSize = np.maximum(np.round(extent / wanted), 1).astype(int)
     voxels = int(np.prod(newSize.astype(np.int64)))
     if voxels > MAX_GRID_VOXELS:
         raise MedSegUNetError(
@@ -136,13 +141,100 @@ def ijkToImage(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
     return image
 
 
-def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
-    """Normalise a ``C, I, J, K`` float32 array as the card says, with MONAI's intensity transforms.
+def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Normalise a ``C, I, J, K`` float32 array as the card says: one step or a list run in order.
+
+    Each step's statistics come from the array itself (``"statistics": "roi"``, the default: the
+    network's input grid) or from the whole input volume of the channel (``"volume"``, as a
+    published pipeline that takes its percentiles before cropping does); the volumes then go through
+    the same steps, so a later step's volume statistics see what the network's array sees.
+
+    Args:
+        array: float32 ``C, I, J, K`` on the model grid.
+        normalization: a card's ``normalization`` (a step or a list of steps).
+        volumes: per channel, the whole input volume's voxels (any layout); needed only when a
+            step takes ``"volume"`` statistics.
+
+    Returns:
+        a float32 ``C, I, J, K`` array.
+    """
+    steps = normalizationSteps({"normalization": normalization})
+    array = np.asarray(array, dtype=np.float32)
+    needVolume = [any(later.get("statistics") == "volume" for later in steps[index:]) for index in range(len(steps))]
+    if needVolume[0] and (volumes is None or len(volumes) != len(array)):
+        raise MedSegUNetError("The card's normalisation takes statistics over the whole input volume but no volume was given.")
+    volumes = [np.asarray(v, dtype=np.float32).ravel() for v in volumes] if needVolume[0] else None
+    for index, step in enumerate(steps):
+        if step.get("type") == "zscore_slice":
+            array = normalizeStep(array, step)
+            continue
+        parameters = [stepParameters(step, (volume if step.get("statistics") == "volume" else channel).ravel()) for volume, channel in zip(volumes or [None] * len(array), array)]
+        array = np.stack([applyStep(channel, step, values) for channel, values in zip(array, parameters)])
+        if index + 1 < len(steps) and needVolume[index + 1]:
+            volumes = [applyStep(volume, step, values) for volume, values in zip(volumes, parameters)]
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def stepParameters(step: dict, values: np.ndarray) -> tuple[float, float]:
+    """A step's two parameters from one channel's voxels: (mean, std) for zscore, (low, high) for
+    percentile and minmax; (0, 1) for steps without statistics."""
+    kind = step.get("type", "none")
+    if kind == "zscore":
+        chosen = values[values != 0] if step.get("nonzero", True) else values
+        return (float(chosen.mean()), float(chosen.std())) if chosen.size else (0.0, 1.0)
+    if kind == "percentile":
+        low, high = np.percentile(values, [step.get("lower", 5.0), step.get("upper", 95.0)])
+        return float(low), float(high)
+    if kind == "minmax":
+        return float(values.min()), float(values.max())
+    return 0.0, 1.0
+
+
+def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float]) -> np.ndarray:
+    """One step with statistics already taken (:func:`stepParameters`): the linear map MONAI's
+    ``NormalizeIntensity`` / ``ScaleIntensityRange`` apply with given parameters, in place on a
+    float32 copy (a whole-volume pipeline needs no MONAI import for it)."""
+    kind = step.get("type", "none")
+    first, second = parameters
+    out = np.array(values, dtype=np.float32)
+    if kind == "zscore":
+        # A constant channel keeps its offset removed and is not divided (MONAI's rule for std 0).
+        scale, offset = 1.0 / (second if second > 0 else 1.0), -first / (second if second > 0 else 1.0)
+        if step.get("nonzero", True):
+            chosen = out != 0
+            out[chosen] = out[chosen] * np.float32(scale) + np.float32(offset)
+            return out
+    elif kind in ("percentile", "minmax"):
+        low, high = float(step.get("b_min", 0.0)), float(step.get("b_max", 1.0))
+        scale = (high - low) / (second - first) if second > first else 0.0
+        offset = low - first * scale
+        out *= np.float32(scale)
+        out += np.float32(offset)
+        if kind == "percentile" and step.get("clip", True):
+            np.clip(out, min(low, high), max(low, high), out=out)
+        return out
+    elif kind == "affine":
+        scale, offset = float(step.get("scale", 1.0)), float(step.get("shift", 0.0))
+    elif kind == "none":
+        return out
+    else:
+        raise MedSegUNetError(f"Unknown normalisation '{kind}': use zscore, zscore_slice, percentile, minmax, affine or none.")
+    out *= np.float32(scale)
+    out += np.float32(offset)
+    return out
+
+
+def normalizeStep(array: np.ndarray, normalization: dict) -> np.ndarray:
+    """One normalisation step with its statistics over the array, with MONAI's intensity transforms.
 
     - ``zscore``: per channel, over non-zero voxels when ``nonzero`` (seed 000's standardisation).
     - ``zscore_slice``: per channel and per slice along K, as seed 000's ``standardize``.
     - ``percentile``: ``lower``–``upper`` percentiles (default 5–95, seed 002) to ``b_min``–``b_max``.
     - ``minmax``: per channel to ``b_min``–``b_max`` (default 0–1).
+    - ``affine``: ``value × scale + shift`` (default 1 and 0).
+
+    Args:
+        array: float32 ``C, I, J, K``.
 
     Returns:
         a float32 ``C, I, J, K`` array.
@@ -153,6 +245,8 @@ def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if kind == "none":
         return array
+    if kind == "affine":
+        return np.stack([applyStep(channel, normalization, (0.0, 1.0)) for channel in array])
     if kind == "zscore":
         out = NormalizeIntensity(nonzero=normalization.get("nonzero", True), channel_wise=True)(array)
     elif kind == "zscore_slice":
@@ -173,39 +267,60 @@ def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
     elif kind == "minmax":
         out = ScaleIntensity(minv=normalization.get("b_min", 0.0), maxv=normalization.get("b_max", 1.0), channel_wise=True)(array)
     else:
-        raise MedSegUNetError(f"Unknown normalisation '{kind}': use zscore, zscore_slice, percentile, minmax or none.")
+        raise MedSegUNetError(f"Unknown normalisation '{kind}': use zscore, zscore_slice, percentile, minmax, affine or none.")
     return np.ascontiguousarray(np.asarray(out, dtype=np.float32))
 
 
-def prepareInputs(images: Sequence[sitk.Image], grid: sitk.Image, normalization: dict, padding: str = "zero") -> np.ndarray:
-    """Resample every input onto the model grid (linear) and normalise.
+def gridInside(grid: sitk.Image, image: sitk.Image, tolerance: float = 1e-6) -> bool:
+    """Whether every voxel centre of ``grid`` lies strictly inside ``image``'s extent (so no model
+    voxel needs padding): its 8 corner centres do, the extent being convex."""
+    size = np.asarray(grid.GetSize())
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in size])), dtype=float)
+    gridToLPS = geometry.ijkToLPSFromImage(grid)
+    lpsToImage = np.linalg.inv(geometry.ijkToLPSFromImage(image))
+    indices = (lpsToImage @ gridToLPS @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
+    return bool(np.all(indices > -0.5 + tolerance) and np.all(indices < np.asarray(image.GetSize()) - 0.5 - tolerance))
+
+
+INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
+
+
+def prepareInputs(images: Sequence[sitk.Image], grid: sitk.Image, normalization: dict | list, padding: str = "zero", interpolation: str = "linear") -> np.ndarray:
+    """Resample every input onto the model grid and normalise.
 
     Args:
         images: the model's inputs in card order, each on its own grid (LPS).
         grid: the model grid.
+        normalization: a card's normalisation (a step or a list of steps); ``"volume"``
+            statistics are taken over each whole input image.
         padding: model-grid voxels outside an input's extent: ``"zero"``, 0 after normalisation
             (what a network trained on zero-padded crops saw), or ``"edge"``, the nearest voxel of
             the input (extrapolated before normalisation).
+        interpolation: ``"linear"`` or ``"nearest"`` (a card grid's ``interpolation``).
 
     Returns:
         a float32 ``C, I, J, K`` array.
     """
+    interpolator = INTERPOLATORS[interpolation]
     channels = np.empty((len(images), *grid.GetSize()), dtype=np.float32)
     outside = []
     for channel, image in enumerate(images):
         if padding == "edge" and not sameGrid(image, grid):
-            resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32, True)
+            resampled = sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32, True)
             channels[channel] = imageToIJK(resampled)
             outside.append(None)
             continue
-        channels[channel] = imageToIJK(resampleOnto(image, grid))
-        if sameGrid(image, grid):
+        channels[channel] = imageToIJK(resampleOnto(image, grid, interpolator))
+        if sameGrid(image, grid) or gridInside(grid, image):
             outside.append(None)
             continue
         ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
         ones.CopyInformation(image)
         outside.append(imageToIJK(resampleOnto(ones, grid, sitk.sitkNearestNeighbor, sitk.sitkUInt8)) == 0)
-    normalized = normalize(channels, normalization)
+    wholeVolumes = None
+    if any(step.get("statistics") == "volume" for step in normalizationSteps({"normalization": normalization})):
+        wholeVolumes = [sitk.GetArrayViewFromImage(image) for image in images]
+    normalized = normalize(channels, normalization, wholeVolumes)
     for channel, mask in enumerate(outside):
         if mask is not None and mask.any():
             normalized[channel][mask] = 0.0

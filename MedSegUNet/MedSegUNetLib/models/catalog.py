@@ -114,10 +114,16 @@ def findModel(name: str, catalog: dict | None = None) -> dict | None:
 def cachedPath(entry: dict, cache: Path | None = None) -> Path:
     """Where a catalog model lives in the cache: ``<cache>/models/<name>/<sha256[:12]>/<name>.pt``.
 
-    The checksum in the path keeps two versions of a model apart.
+    The checksum in the path keeps two versions of a model apart; an imported source's folder also
+    carries a digest of the card it is imported with, so a catalog that changes the card (a
+    model's context, say) imports it again instead of serving the old card.
     """
-    checksum = entry["source"]["sha256"] if "source" in entry else entry["sha256"]
-    return (cache or cacheFolder()) / "models" / entry["name"] / checksum[:12] / f"{entry['name']}.pt"
+    folder = (entry["source"]["sha256"] if "source" in entry else entry["sha256"])[:12]
+    if "source" in entry and isinstance(entry.get("card"), dict):
+        import hashlib
+
+        folder += "-" + hashlib.sha256(json.dumps(entry["card"], sort_keys=True).encode("utf-8")).hexdigest()[:8]
+    return (cache or cacheFolder()) / "models" / entry["name"] / folder / f"{entry['name']}.pt"
 
 
 def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None, progress: ProgressCallback | None = None,

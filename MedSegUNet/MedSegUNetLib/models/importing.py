@@ -35,7 +35,10 @@ from .verification import buildNetwork, compareOutputs, provenance, readImportCa
 
 
 def detectFormat(source: str) -> str:
-    """``onnx``, ``auto3dseg`` (a checkpoint dict with ``config`` and ``state_dict``), or ``bundle``."""
+    """``onnx``, ``torchscript`` (a published TorchScript archive), ``auto3dseg`` (a checkpoint dict
+    with ``config`` and ``state_dict``), or ``bundle``."""
+    from .torchscriptimport import isTorchScript
+
     if os.path.isdir(source):
         if os.path.isdir(os.path.join(source, "configs")):
             return "bundle"
@@ -43,8 +46,8 @@ def detectFormat(source: str) -> str:
     if source.lower().endswith(".onnx"):
         return "onnx"
     if source.lower().endswith((".pt", ".pth", ".ckpt")):
-        return "auto3dseg"
-    raise MedSegUNetError(f"'{source}' is not a model this command imports: give an .onnx file, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder.")
+        return "torchscript" if os.path.isfile(source) and isTorchScript(source) else "auto3dseg"
+    raise MedSegUNetError(f"'{source}' is not a model this command imports: give an .onnx file, a TorchScript or Auto3DSeg .pt file or a MONAI bundle folder.")
 
 
 # Auto3DSeg's normalize_mode → a card normalisation; the others are refused, naming the mode.
@@ -343,12 +346,13 @@ def addParser(subparsers) -> None:
     """Register ``medsegunet import``."""
     parser = subparsers.add_parser(
         "import",
-        help="import an ONNX model as a verified MedSegUNet model",
+        help="import an ONNX, TorchScript or Auto3DSeg model or a MONAI bundle as a verified MedSegUNet model",
         description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source runtime.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="an .onnx file, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder")
+    parser.add_argument("source", metavar="SOURCE", help="an .onnx file, a published TorchScript .pt, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder")
     parser.add_argument("--output", required=True, metavar="MODEL.pt", help="the model file to write")
-    parser.add_argument("--card", metavar="CARD.json", help="the model card, with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
+    parser.add_argument("--card", metavar="CARD.json", help="the model card; for ONNX with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
+    parser.add_argument("--localizer", metavar="TORCHSCRIPT.pt", help="TorchScript: the localiser network the card's \"localizer\" describes, stored in the same model file")
     parser.add_argument("--labels", metavar="LABELS.csv", help="labels (value,name) for Auto3DSeg checkpoints")
     parser.set_defaults(func=run)
 
@@ -357,8 +361,19 @@ def run(args, console) -> int:
     from ..engine.volumes import checkDistinctPaths, checkOutputPath
 
     checkOutputPath(args.output, (".pt",))
-    checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels})
+    checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer})
     kind = detectFormat(args.source)
+    if args.localizer and kind != "torchscript":
+        raise MedSegUNetError(f"--localizer goes with a published TorchScript model, not with {'a MONAI bundle' if kind == 'bundle' else kind.upper() if kind == 'onnx' else 'an Auto3DSeg checkpoint'}.")
+    if kind == "torchscript":
+        from .torchscriptimport import importTorchScript
+
+        if not args.card:
+            raise MedSegUNetError("Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output).")
+        card = importTorchScript(args.source, args.card, args.output, args.localizer)
+        console.line(f"Wrote {args.output}: the written model answers a random {card['provenance']['verified']['patch']} input as the published one does"
+                     + (" (localiser included)" if args.localizer else ""))
+        return 0
     if kind == "bundle":
         card = importBundle(args.source, args.output)
     elif kind == "onnx":

