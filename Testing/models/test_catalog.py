@@ -24,7 +24,11 @@ def test_shipped_catalog_lists_the_zoo_files_with_their_checksums(repo_root):
     # Published models come from their authors' releases, pinned, with their licence and sheet.
     published = {entry["name"]: entry for entry in shipped["models"] if "source" in entry}
     assert published["prostate-gland-taps"]["source"]["pip"] == "lavlab-taps==1.1.2" and published["prostate-gland-taps"]["license"].startswith("MIT")
+    assert published["brain-mask-deepbet"]["source"]["pip"] == "deepbet==1.0.2" and published["brain-mask-deepbet"]["license"].startswith("MIT")
     assert all((repo_root / entry["sheet"]).is_file() for entry in published.values())
+    # The inlined card is the one the repository keeps beside the model's sheet.
+    for name, entry in published.items():
+        assert entry["card"] == json.loads((repo_root / "Resources" / "Models" / name / "card.json").read_text()), name
     for entry in [entry for entry in shipped["models"] if "source" not in entry]:
         assert entry["sha256"] == sha256(zoo[entry["name"]]) and entry["bytes"] == zoo[entry["name"]].stat().st_size
         assert entry["url"].startswith("https://") and entry["url"].endswith(f"/{entry['name']}.pt")

@@ -427,17 +427,22 @@ def previousSummary(outputDir: str) -> dict[str, dict]:
         return {}
 
 
-def warmUp() -> None:
+def warmUp(card: dict | None = None) -> None:
     """Set a worker process up once: what every case's outputs need is imported now, not during
-    the first case, and ITK's warnings are off.
+    the first case, and ITK's warnings are off. MONAI (3 s to import) only when the card's
+    inference or normalisation uses it (:func:`inference.usesMONAI`).
 
     A worker reads on a thread, where :func:`volumes.nativeMessages` cannot capture what ITK prints
     on the shared stderr, so its warnings (e.g. "Non uniform sampling" for a series with a missing
     slice) would land between the run's one-line messages; the checks they duplicate fail the case
     with their own line, and errors still raise.
     """
+    from ..engine.inference import usesMONAI
+
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    import monai.transforms  # noqa: F401 (normalisation)
+    if card is None or usesMONAI(card):
+        import monai.inferers  # noqa: F401
+        import monai.transforms  # noqa: F401
     import slicerio  # noqa: F401 (the segmentation file)
     import matplotlib
 

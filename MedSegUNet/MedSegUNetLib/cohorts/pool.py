@@ -62,7 +62,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     except MedSegUNetError as error:
         results.put(("fatal", workerId, firstLine(error)))
         return
-    warmUp()
+    warmUp(loaded.card)
     card = loaded.card
 
     def prepare(index: int):

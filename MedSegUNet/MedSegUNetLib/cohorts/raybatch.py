@@ -42,7 +42,7 @@ class CaseActor:
         self.options = options
         self.loaded = loadModel(options.modelPath, device)
         self.networkLock = threading.Lock()
-        warmUp()
+        warmUp(self.loaded.card)
 
     def run(self, case) -> dict:
         from .casejob import processCase

@@ -4,8 +4,8 @@
 ``SliceInferer`` along the last axis (K), slices batched. The network is wrapped so that every
 batch checks the cancel event, reports progress, runs under mixed precision on CUDA and checks
 the network's answer. Windows are blended as probabilities (softmax or sigmoid per window, the
-default) or, for ``"blend": "logits"`` cards, as logits that are optionally smoothed (MONAI's
-``GaussianSmooth``, ``postprocessing.logit_smoothing_sigma``) and activated after blending.
+default) or, for ``"blend": "logits"`` cards, as logits that are optionally smoothed (MONAI's Gaussian
+filter with replicated edges, ``postprocessing.logit_smoothing_sigma``) and activated after blending.
 ``"tta": "flips"`` averages the inference over every flip of the model's axes.
 """
 
@@ -240,6 +240,29 @@ def wholeArrayInferer(window: Sequence[int]):
     return infer
 
 
+def smoothLogits(logits, sigma: float):
+    """Gaussian smoothing of blended logits (``N, C`` + spatial; σ in voxels, truncated at 4σ) with
+    MONAI's separable filter, the edges replicated: a zero-padded border (MONAI's
+    ``GaussianSmooth``) is a logit of 0, probability 0.5, which pulls the background up at the
+    grid's faces; SciPy's ``gaussian_filter(mode="nearest")``, as TAPS smooths, replicates them."""
+    import torch
+    from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
+
+    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, approx="erf").to(logits)
+    # Summing to one, as SciPy's truncated kernel does (MONAI's keeps the tails' 1e-4 out).
+    kernel = kernel / kernel.sum()
+    return separable_filtering(logits, [kernel] * (logits.ndim - 2), mode="replicate")
+
+
+def usesMONAI(card: dict) -> bool:
+    """Whether running this card imports MONAI: its slice or sliding-window inferer, logit
+    smoothing, or a per-slice z-score (whole-array windows and the other steps need none of it)."""
+    from .modelcard import normalizationSteps
+
+    smoothing = (card.get("postprocessing") or {}).get("logit_smoothing_sigma")
+    return bool(card["spatial_dims"] == 2 or card.get("patch_size") or smoothing or any(step.get("type") == "zscore_slice" for step in normalizationSteps(card)))
+
+
 def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], batchSize: int):
     """MONAI's slice (2D) or sliding-window (3D) inferer for the card, or one whole-array call.
 
@@ -319,9 +342,7 @@ def predictProbabilities(
             if card.get("blend") == "logits":
                 sigma = float((card.get("postprocessing") or {}).get("logit_smoothing_sigma") or 0.0)
                 if sigma > 0:
-                    from monai.transforms import GaussianSmooth
-
-                    blended = GaussianSmooth(sigma=sigma)(blended[0])[None]
+                    blended = smoothLogits(blended, sigma)
                 blended = activate(blended, card)
         return blended[0].float().cpu().numpy()
     except (RuntimeError, MemoryError) as error:

@@ -197,10 +197,16 @@ def probabilitiesToLabels(
     best = np.full(shape, -1.0, dtype=np.float32) if softmax else None
     regions = None if softmax else np.zeros((len(values), *shape), dtype=bool)
     channelValues = [0, *values] if softmax else values
+    if softmax and len(values) == 1 and keep is None:
+        # Background and one class sum to 1 (and resampling is linear): the class wins where it is
+        # above 0.5, so the background channel need not be brought back (half the work).
+        channelValues, best = [None, values[0]], np.full(shape, 0.5, dtype=np.float32)
     # The usual card keeps the reference's grid: the probabilities are then read in place (a KJI
     # view of the IJK array), without an image copy per class.
     sameGrid = preprocessing.sameGrid(modelGrid, roiGrid)
     for index, value in enumerate(channelValues):
+        if value is None:
+            continue
         if progress is not None:
             progress.checkCancel()
             progress.within(index / len(channelValues), f"Resampling to the reference grid: class {index + 1} of {len(channelValues)}")
