@@ -395,6 +395,27 @@ def readCard(path: str | os.PathLike) -> dict:
     checkRegularFile(path, "Model file")
     if not os.path.isfile(path):
         raise MedSegUNetError(f"Model file '{path}' is a folder: give the TorchScript .pt file.")
+    key = _fileKey(path)
+    with _CACHE_LOCK:
+        if key in _CARDS:
+            return copy.deepcopy(_CARDS[key])
+    card = _readCardFile(path)
+    with _CACHE_LOCK:
+        _CARDS.clear()  # one model's card at a time: the cache only spares re-validating it within a run
+        _CARDS[key] = copy.deepcopy(card)
+    return card
+
+
+def _fileKey(path: str) -> tuple:
+    """What identifies a model file's card: the file's and the sidecar's size and modification time."""
+    stat = os.stat(path)
+    sidecar = path + ".json"
+    sidecarStat = os.stat(sidecar) if os.path.isfile(sidecar) else None
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, sidecarStat and (sidecarStat.st_size, sidecarStat.st_mtime_ns))
+
+
+def _readCardFile(path: str) -> dict:
+    """The validated card of a model file (sidecar first), read and checked now."""
     sidecar = path + ".json"
     if os.path.isfile(sidecar):
         try:
@@ -450,6 +471,7 @@ class LoadedModel:
 
 
 _CACHE: dict[tuple, LoadedModel] = {}
+_CARDS: dict[tuple, dict] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -544,6 +566,7 @@ def _extraFile(path: str, name: str) -> bytes:
 def clearModelCache() -> None:
     with _CACHE_LOCK:
         _CACHE.clear()
+        _CARDS.clear()
 
 
 def saveModel(network, card: dict, path: str | os.PathLike, localizer=None) -> None:

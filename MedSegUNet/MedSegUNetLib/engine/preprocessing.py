@@ -159,7 +159,8 @@ def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[n
         a float32 ``C, I, J, K`` array.
     """
     steps = normalizationSteps({"normalization": normalization})
-    array = np.asarray(array, dtype=np.float32)
+    # One copy, then every step in place (a 256³ grid is 64 MB a channel).
+    array = np.array(array, dtype=np.float32)
     needVolume = [any(later.get("statistics") == "volume" for later in steps[index:]) for index in range(len(steps))]
     if needVolume[0] and (volumes is None or len(volumes) != len(array)):
         raise MedSegUNetError("The card's normalisation takes statistics over the whole input volume but no volume was given.")
@@ -169,7 +170,8 @@ def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[n
             array = normalizeStep(array, step)
             continue
         parameters = [stepParameters(step, (volume if step.get("statistics") == "volume" else channel).ravel()) for volume, channel in zip(volumes or [None] * len(array), array)]
-        array = np.stack([applyStep(channel, step, values) for channel, values in zip(array, parameters)])
+        for channel, values in zip(array, parameters):
+            applyStep(channel, step, values, inPlace=True)
         if index + 1 < len(steps) and needVolume[index + 1]:
             volumes = [applyStep(volume, step, values) for volume, values in zip(volumes, parameters)]
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -190,13 +192,14 @@ def stepParameters(step: dict, values: np.ndarray) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float]) -> np.ndarray:
+def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float], inPlace: bool = False) -> np.ndarray:
     """One step with statistics already taken (:func:`stepParameters`): the linear map MONAI's
-    ``NormalizeIntensity`` / ``ScaleIntensityRange`` apply with given parameters, in place on a
-    float32 copy (a whole-volume pipeline needs no MONAI import for it)."""
+    ``NormalizeIntensity`` / ``ScaleIntensityRange`` apply with given parameters (a whole-volume
+    pipeline needs no MONAI import for it), on a float32 copy or, ``inPlace``, on ``values``
+    itself (a float32 array)."""
     kind = step.get("type", "none")
     first, second = parameters
-    out = np.array(values, dtype=np.float32)
+    out = values if inPlace else np.array(values, dtype=np.float32)
     if kind == "zscore":
         # A constant channel keeps its offset removed and is not divided (MONAI's rule for std 0).
         scale, offset = 1.0 / (second if second > 0 else 1.0), -first / (second if second > 0 else 1.0)
