@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MedSegUNetError, firstLine
+from .schemacheck import resolveReference, structuralErrors
 
 CARD_EXTRA_FILE = "medsegunet.json"
 LOCALIZER_EXTRA_FILE = "medsegunet-localizer.pt"
@@ -68,97 +69,19 @@ def schemaErrors(card: Any, useJsonschema: bool | None = None, schema: dict | No
     """``(field path, message)`` for each way ``card`` breaks the schema, sorted by path.
 
     jsonschema does the full validation where it is installed. Slicer does not bundle it, so a
-    fresh Slicer checks the card with :func:`structuralErrors` (the standard library only), which
+    fresh Slicer checks the card with :func:`schemacheck.structuralErrors` (the standard library only), which
     covers every keyword the card schema uses; the module can show a card before any install.
     """
     if useJsonschema is None:
         useJsonschema = importlib.util.find_spec("jsonschema") is not None if sys.modules.get("jsonschema", True) is not None else False
     schema = schema if schema is not None else loadSchema()
     if not useJsonschema:
-        return sorted(structuralErrors(schema, card), key=lambda e: e[0])
+        return sorted(structuralErrors(schema, card, root=loadSchema()), key=lambda e: e[0])
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path))
     return [("/".join(str(p) for p in error.absolute_path), error.message) for error in errors]
-
-
-_JSON_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-}
-
-
-def structuralErrors(schema: dict, value: Any, path: str = "") -> list[tuple[str, str]]:
-    """Errors of ``value`` against the JSON-Schema keywords the card schemas use, stdlib only.
-
-    Keywords: type, const, enum, required, properties, items, minItems, maxItems, minLength,
-    maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum, pattern, oneOf. Messages follow
-    jsonschema's wording.
-    """
-    import re
-
-    if "$ref" in schema:
-        schema = _resolveReference(schema["$ref"])
-    errors: list[tuple[str, str]] = []
-    kinds = schema.get("type")
-    if kinds is not None:
-        allowed = kinds if isinstance(kinds, list) else [kinds]
-        if not any(_JSON_TYPES[kind](value) for kind in allowed):
-            return [(path, f"{value!r} is not of type {', '.join(repr(k) for k in allowed)}")]
-    if "const" in schema and value != schema["const"]:
-        errors.append((path, f"{schema['const']!r} was expected"))
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append((path, f"{value!r} is not one of {schema['enum']!r}"))
-    if "oneOf" in schema:
-        passing = [option for option in schema["oneOf"] if not structuralErrors(option, value, path)]
-        if len(passing) != 1:
-            errors.append((path, f"{value!r} is not valid under any of the given schemas"))
-    if isinstance(value, dict):
-        for name in schema.get("required", []):
-            if name not in value:
-                errors.append((path, f"{name!r} is a required property"))
-        for name, subschema in schema.get("properties", {}).items():
-            if name in value:
-                errors += structuralErrors(subschema, value[name], f"{path}/{name}" if path else name)
-    if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append((path, f"{value!r} should be non-empty" if schema["minItems"] == 1 else f"{value!r} is too short"))
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append((path, f"{value!r} is too long"))
-        if isinstance(schema.get("items"), dict):
-            for index, item in enumerate(value):
-                errors += structuralErrors(schema["items"], item, f"{path}/{index}" if path else str(index))
-    if isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append((path, f"{value!r} should be non-empty"))
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append((path, f"{value[:40]!r}... is too long"))
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append((path, f"{value!r} does not match {schema['pattern']!r}"))
-    if _JSON_TYPES["number"](value):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append((path, f"{value!r} is less than the minimum of {schema['minimum']!r}"))
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append((path, f"{value!r} is greater than the maximum of {schema['maximum']!r}"))
-        if "exclusiveMinimum" in schema and not value > schema["exclusiveMinimum"]:
-            errors.append((path, f"{value!r} is less than or equal to the minimum of {schema['exclusiveMinimum']!r}"))
-        if "exclusiveMaximum" in schema and not value < schema["exclusiveMaximum"]:
-            errors.append((path, f"{value!r} is greater than or equal to the maximum of {schema['exclusiveMaximum']!r}"))
-    return errors
-
-
-def _resolveReference(reference: str) -> dict:
-    """A ``#/$defs/NAME`` reference of the card schema."""
-    node: Any = loadSchema()
-    for part in reference.lstrip("#/").split("/"):
-        node = node[part]
-    return node
 
 
 # The context names Slicer's terminology files use for these codes.
@@ -299,7 +222,7 @@ def _normalizationErrors(card: Any) -> list[tuple[str, str]]:
     a step or a list of them is a ``oneOf``, whose failure alone would not say which field is wrong."""
     if not isinstance(card, dict):
         return []
-    step = _resolveReference("#/$defs/normalizationStep")
+    step = resolveReference(loadSchema(), "#/$defs/normalizationStep")
     errors = []
     owners = [("normalization", card.get("normalization"))]
     if isinstance(card.get("localizer"), dict):
