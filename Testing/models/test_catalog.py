@@ -328,3 +328,30 @@ def test_a_relative_catalog_url_is_one_line(capsys, tmp_path, monkeypatch):
     assert cli.main(["models", "pull", "m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Cannot download model 'm'" in err[0] and "internal error" not in err[0], err
+
+
+def test_a_torchscript_url_source_with_its_localiser_is_wrapped_on_pull(capsys, tmp_path, a_file_server, monkeypatch):
+    """A published TorchScript model and its localiser, each a URL with its SHA256 (the files as their
+    authors ship them): wrapped with the entry's schema 3 card; a wrong localiser SHA256 caches nothing."""
+    import torch
+
+    from test_torchscript_import import CARD, Softmax2
+
+    from MedSegUNetLib.engine.modelcard import loadModel
+
+    served, url = a_file_server
+    for name in ("model.pt", "bbox_model.pt"):
+        torch.jit.save(torch.jit.script(Softmax2()), str(served / name))
+    source = {"url": url + "model.pt", "sha256": sha256(served / "model.pt"), "localizer": {"url": url + "bbox_model.pt", "sha256": sha256(served / "bbox_model.pt")}}
+    entries = [{"name": "published-mask", "card": CARD, "source": source},
+               {"name": "tampered", "card": CARD, "source": {**source, "localizer": {**source["localizer"], "sha256": "0" * 64}}}]
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "pull", "published-mask"]) == 0, capsys.readouterr().err
+    loaded = loadModel(capsys.readouterr().out.strip().splitlines()[-1], "cpu")
+    assert loaded.localizer is not None and loaded.card["provenance"]["localizer_sha256"] == source["localizer"]["sha256"]
+    assert cli.main(["models", "pull", "tampered"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing was cached" in err[0], err
+    assert not (tmp_path / "cache" / "models" / "tampered").exists()
