@@ -379,3 +379,23 @@ def test_resample_irregular_rebuilds_the_true_geometry(axial_without_slice_10):
     np.testing.assert_allclose(a[kept], b[kept], atol=1e-3)
     # The missing slice is the mean of its neighbours, not a copy of either.
     np.testing.assert_allclose(a[9], (b[8] + b[10]) / 2, atol=1e-3)
+
+
+def test_an_interruption_wrapped_by_python_is_still_an_interruption(monkeypatch, capsys):
+    """A SIGINT that lands while Python 3.11 creates a class (a module imported mid-run) arrives as a
+    RuntimeError ("Error calling __set_name__ ...") caused by the interruption: one line, status 130."""
+    import argparse
+
+    from MedSegUNetLib import cli
+    from MedSegUNetLib.engine.errors import Interrupted
+
+    def interruptedWhileImporting(args, console):
+        try:
+            raise Interrupted(signal.SIGINT)
+        except Interrupted as interruption:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance 'timings' in 'SegmentationResult'") from interruption
+
+    namespace = argparse.Namespace(func=interruptedWhileImporting, quiet=True, verbose=False)
+    monkeypatch.setattr(cli, "parseArguments", lambda argv: namespace)
+    assert cli.main(["segment"]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["medsegunet: interrupted; nothing was written."]

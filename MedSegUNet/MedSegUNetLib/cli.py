@@ -440,6 +440,19 @@ def _setSignalHandlers(handlers: dict) -> dict:
     return previous
 
 
+def _interruptionBehind(error: BaseException) -> BaseException | None:
+    """The SIGINT or SIGTERM behind an error, if any: a signal that lands while Python 3.11 builds a
+    class (a module imported mid-run) comes out wrapped in a RuntimeError ("Error calling
+    __set_name__"), which is still the user's interruption, not an internal error."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medsegunet`` console script; returns the exit status.
 
@@ -506,6 +519,9 @@ def _main(argv: Sequence[str]) -> int:
         return EXIT_USER_ERROR
     except Exception as error:  # an unexpected failure still gets one line; --verbose shows the traceback
         console.close()
+        interruption = _interruptionBehind(error)
+        if interruption is not None:
+            raise interruption from None
         sys.stderr.write(f"medsegunet: internal error: {type(error).__name__}: {firstLine(error)} (rerun with --verbose for details)\n")
         return 1
 
