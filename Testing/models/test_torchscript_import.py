@@ -102,3 +102,12 @@ def test_a_localiser_goes_with_torchscript_only(capsys, tmp_path, published):
     (tmp_path / "model.onnx").write_bytes(b"not read")
     assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", published["plain"], "--localizer", published["bbox"], "--output", str(tmp_path / "o.pt")]) == 2
     assert "--localizer goes with a published TorchScript model, not with ONNX" in capsys.readouterr().err
+
+
+def test_a_published_torchscript_without_a_localiser_imports(capsys, tmp_path, published):
+    """The form without ``--localizer``: the card's grid and probabilities, no localiser in the file."""
+    out = tmp_path / "plain.pt"
+    assert cli.main(["import", published["model"], "--card", published["plain"], "--output", str(out)]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip().endswith("answers a random [1, 1, 32, 32, 32] input as the published one does")
+    loaded = modelcard.loadModel(out, "cpu")
+    assert loaded.localizer is None and "localizer_sha256" not in loaded.card["provenance"] and loaded.card["grid"]["shape"] == [32, 32, 32]
