@@ -367,15 +367,23 @@ def _embeddedCardText(path: str) -> str:
     if not zipfile.is_zipfile(path):
         raise MedSegUNetError(f"'{path}' is not a TorchScript model file: save models with torch.jit.save.")
     try:
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if name.endswith("/extra/" + CARD_EXTRA_FILE):
-                    return archive.read(name).decode("utf-8")
+        return _extraFile(path, CARD_EXTRA_FILE).decode("utf-8")
     except UnicodeDecodeError:
         raise MedSegUNetError(f"The card inside '{path}' is not UTF-8 text: export the model again with a UTF-8 JSON card.") from None
+
+
+def _extraFile(path: str, name: str) -> bytes:
+    """An extra file of a TorchScript archive (b'' when absent)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if member.endswith("/extra/" + name):
+                    return archive.read(member)
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise MedSegUNetError(f"Model file '{path}' is damaged ({firstLine(error)}): copy or export it again.") from None
-    return ""
+    return b""
 
 
 @dataclass
@@ -470,20 +478,6 @@ def _loadLocalizer(path: str, device):
     except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
         raise MedSegUNetError(f"Cannot load the localiser network of '{path}' ({firstLine(str(error))}).") from None
     return network.eval()
-
-
-def _extraFile(path: str, name: str) -> bytes:
-    """An extra file of a TorchScript archive (b'' when absent)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if member.endswith("/extra/" + name):
-                    return archive.read(member)
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise MedSegUNetError(f"Model file '{path}' is damaged ({firstLine(error)}): copy or export it again.") from None
-    return b""
 
 
 def clearModelCache() -> None:

@@ -144,6 +144,12 @@ def ijkToImage(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
 def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Normalise a ``C, I, J, K`` float32 array as the card says: one step or a list run in order.
 
+    - ``zscore``: per channel, over non-zero voxels when ``nonzero`` (seed 000's standardisation).
+    - ``zscore_slice``: per channel and per slice along K, as seed 000's ``standardize``.
+    - ``percentile``: ``lower``–``upper`` percentiles (default 5–95, seed 002) to ``b_min``–``b_max``.
+    - ``minmax``: per channel to ``b_min``–``b_max`` (default 0–1).
+    - ``affine``: ``value × scale + shift`` (default 1 and 0).
+
     Each step's statistics come from the array itself (``"statistics": "roi"``, the default: the
     network's input grid) or from the whole input volume of the channel (``"volume"``, as a
     published pipeline that takes its percentiles before cropping does); the volumes then go through
@@ -167,7 +173,7 @@ def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[n
     volumes = [np.asarray(v, dtype=np.float32).ravel() for v in volumes] if needVolume[0] else None
     for index, step in enumerate(steps):
         if step.get("type") == "zscore_slice":
-            array = normalizeStep(array, step)
+            array = zscoreSlices(array, step.get("nonzero", False))
             continue
         parameters = [stepParameters(step, (volume if step.get("statistics") == "volume" else channel).ravel()) for volume, channel in zip(volumes or [None] * len(array), array)]
         for channel, values in zip(array, parameters):
@@ -227,14 +233,9 @@ def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float], i
     return out
 
 
-def normalizeStep(array: np.ndarray, normalization: dict) -> np.ndarray:
-    """One normalisation step with its statistics over the array, with MONAI's intensity transforms.
-
-    - ``zscore``: per channel, over non-zero voxels when ``nonzero`` (seed 000's standardisation).
-    - ``zscore_slice``: per channel and per slice along K, as seed 000's ``standardize``.
-    - ``percentile``: ``lower``–``upper`` percentiles (default 5–95, seed 002) to ``b_min``–``b_max``.
-    - ``minmax``: per channel to ``b_min``–``b_max`` (default 0–1).
-    - ``affine``: ``value × scale + shift`` (default 1 and 0).
+def zscoreSlices(array: np.ndarray, nonzero: bool = False) -> np.ndarray:
+    """``zscore_slice``: z-score per channel and per slice along K (seed 000's ``standardize``), with
+    MONAI's ``NormalizeIntensity``; the one step whose statistics are not one pair per channel.
 
     Args:
         array: float32 ``C, I, J, K``.
@@ -242,36 +243,13 @@ def normalizeStep(array: np.ndarray, normalization: dict) -> np.ndarray:
     Returns:
         a float32 ``C, I, J, K`` array.
     """
-    from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRangePercentiles
+    from monai.transforms import NormalizeIntensity
 
-    kind = normalization.get("type", "none")
-    array = np.asarray(array, dtype=np.float32)
-    if kind == "none":
-        return array
-    if kind == "affine":
-        return np.stack([applyStep(channel, normalization, (0.0, 1.0)) for channel in array])
-    if kind == "zscore":
-        out = NormalizeIntensity(nonzero=normalization.get("nonzero", True), channel_wise=True)(array)
-    elif kind == "zscore_slice":
-        channels, i, j, k = array.shape
-        # Slices become channels so MONAI's channel-wise statistics are per channel and per slice.
-        perSlice = array.transpose(0, 3, 1, 2).reshape(channels * k, i, j)
-        normalized = NormalizeIntensity(nonzero=normalization.get("nonzero", False), channel_wise=True)(perSlice)
-        out = np.asarray(normalized).reshape(channels, k, i, j).transpose(0, 2, 3, 1)
-    elif kind == "percentile":
-        out = ScaleIntensityRangePercentiles(
-            lower=normalization.get("lower", 5.0),
-            upper=normalization.get("upper", 95.0),
-            b_min=normalization.get("b_min", 0.0),
-            b_max=normalization.get("b_max", 1.0),
-            clip=normalization.get("clip", True),
-            channel_wise=True,
-        )(array)
-    elif kind == "minmax":
-        out = ScaleIntensity(minv=normalization.get("b_min", 0.0), maxv=normalization.get("b_max", 1.0), channel_wise=True)(array)
-    else:
-        raise MedSegUNetError(f"Unknown normalisation '{kind}': use zscore, zscore_slice, percentile, minmax, affine or none.")
-    return np.ascontiguousarray(np.asarray(out, dtype=np.float32))
+    channels, i, j, k = array.shape
+    # Slices become channels so MONAI's channel-wise statistics are per channel and per slice.
+    perSlice = np.asarray(array, dtype=np.float32).transpose(0, 3, 1, 2).reshape(channels * k, i, j)
+    normalized = NormalizeIntensity(nonzero=nonzero, channel_wise=True)(perSlice)
+    return np.ascontiguousarray(np.asarray(normalized, dtype=np.float32).reshape(channels, k, i, j).transpose(0, 2, 3, 1))
 
 
 def gridInside(grid: sitk.Image, image: sitk.Image, tolerance: float = 1e-6) -> bool:
