@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 
 from ..engine.errors import MedSegUNetError, firstLine
-from .verification import compareOutputs, readImportCard
+from .verification import compareOutputs, provenance, readImportCard
 
 # A window no larger than this is used for the check when the card runs whole grids (cheap on a CPU).
 CHECK_SHAPE = [64, 64, 64]
@@ -104,10 +104,7 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
         spec = card["localizer"]
         localizerSample = torch.rand(1, len(card["inputs"]), *spec["grid"]["shape"], generator=generator)
         checks.append((localizerSample, answer(localizer, localizerSample, int(spec["channels"]), spec["output"] == "probabilities", "localiser")))
-    card["provenance"] = {
-        "format": "torchscript", "source": os.path.abspath(source), "source_sha256": sha256(source), "tool": "medsegunet import", "notes": [],
-        "network": {"torchscript": network.original_name}, "verified": {},
-    }
+    card["provenance"] = provenance("torchscript", source, sha256(source), {"torchscript": network.original_name}, {}, [])
     if localizerPath:
         card["provenance"].update(localizer=os.path.abspath(localizerPath), localizer_sha256=sha256(localizerPath))
     with tempfile.TemporaryDirectory(prefix="medsegunet-import-") as folder:

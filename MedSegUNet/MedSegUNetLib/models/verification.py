@@ -70,10 +70,16 @@ def compareOutputs(expected: np.ndarray, got: np.ndarray, patch: list, runtime: 
 
 
 def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str]) -> dict:
-    """The card's record of where an imported model came from and how it was checked."""
+    """The card's record of where an imported model came from and how it was checked.
+
+    Args:
+        network: the eager network (its class is recorded), or the record itself for a network
+            with no Python class to name (a published TorchScript: ``{"torchscript": name}``).
+    """
+    record = network if isinstance(network, dict) else {"_target_": type(network).__module__ + "." + type(network).__name__}
     return {
         "format": kind, "source": os.path.abspath(source), "source_sha256": checksum, "tool": "medsegunet import", "notes": list(notes),
-        "network": {"_target_": type(network).__module__ + "." + type(network).__name__}, "verified": verified,
+        "network": record, "verified": verified,
     }
 
 
