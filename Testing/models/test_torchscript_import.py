@@ -46,6 +46,8 @@ def published(tmp_path):
     for name, module in (("model", Softmax2()), ("bbox", Softmax2()), ("logits", Logits2()), ("three", Three())):
         torch.jit.save(torch.jit.script(module), str(tmp_path / f"{name}.pt"))
         paths[name] = str(tmp_path / f"{name}.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "model.pt").read_bytes()[:1000])  # a download cut short
+    paths["cut"] = str(tmp_path / "cut.pt")
     (tmp_path / "card.json").write_text(json.dumps(CARD))
     withoutLocalizer = {key: value for key, value in CARD.items() if key != "localizer"}
     (tmp_path / "plain.json").write_text(json.dumps(withoutLocalizer))
@@ -86,6 +88,8 @@ REFUSALS = [
     pytest.param(["{three}", "--card", "{plain}", "--output", "{out}"], "gives 3 channels but the card needs 2", id="channels"),
     pytest.param(["{model}", "--card", "{card}", "--localizer", "{three}", "--output", "{out}"], "localiser gives 3 channels but the card needs 2", id="localiser-channels"),
     pytest.param(["{card}", "--card", "{plain}", "--output", "{out}"], "is not a model this command imports", id="not-torchscript"),
+    pytest.param(["{cut}", "--card", "{card}", "--localizer", "{bbox}", "--output", "{out}"], "Model '{cut}' is not a TorchScript archive", id="cut-short-model"),
+    pytest.param(["{model}", "--card", "{card}", "--localizer", "{cut}", "--output", "{out}"], "Localiser '{cut}' is not a TorchScript archive", id="cut-short-localiser"),
 ]
 
 
@@ -94,8 +98,8 @@ def test_refusals_are_one_line_and_write_nothing(capsys, tmp_path, published, ar
     out = tmp_path / "refused.pt"
     assert cli.main(["import", *[a.format(out=out, **published) for a in arguments]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "bbox.pt", "logits.pt", "three.pt", "card.json", "plain.json"])
+    assert len(err) == 1 and message.format(**published) in err[0], err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "bbox.pt", "logits.pt", "three.pt", "cut.pt", "card.json", "plain.json"])
 
 
 def test_a_localiser_goes_with_torchscript_only(capsys, tmp_path, published):

@@ -363,6 +363,10 @@ def run(args, console) -> int:
     checkOutputPath(args.output, (".pt",))
     checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer})
     kind = detectFormat(args.source)
+    if args.localizer and kind == "auto3dseg":
+        from .torchscriptimport import loadScripted
+
+        loadScripted(args.source, "Model")  # a .pt that is not TorchScript (cut short, or a checkpoint): said as such
     if args.localizer and kind != "torchscript":
         raise MedSegUNetError(f"--localizer goes with a published TorchScript model, not with {'a MONAI bundle' if kind == 'bundle' else kind.upper() if kind == 'onnx' else 'an Auto3DSeg checkpoint'}.")
     if kind == "torchscript":
