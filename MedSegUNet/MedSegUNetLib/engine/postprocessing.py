@@ -48,6 +48,9 @@ def postprocessLabels(labels: np.ndarray, regions: np.ndarray | None, card: dict
         for region, value in zip(regions, values):
             painted[region] = value
         return painted, regions
+    if len(values) == 1:
+        # One label: no voxel is contested, the cleaned mask is the label map.
+        return process(labels == values[0], values[0]).astype(np.uint8) * np.uint8(values[0]), None
     processed = np.zeros_like(labels)
     for value in values:
         # A voxel a label gives up (a small component) becomes background; a filled hole joins it.
@@ -66,11 +69,33 @@ def cleanMask(mask: np.ndarray, largest: bool = False, fill: bool = False, small
     """
     if not (largest or fill or smallestVoxels) or not mask.any():
         return mask
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    cleaned = np.asarray(mask, dtype=bool)
     if largest or smallestVoxels:
+        image = sitk.GetImageFromArray(cleaned.view(np.uint8))
         components = sitk.RelabelComponent(sitk.ConnectedComponent(image, True), minimumObjectSize=smallestVoxels, sortByObjectSize=True)
-        image = components == 1 if largest else components > 0
-    if fill:
-        # Foreground face-connected, so the background that reaches the border is fully connected.
-        image = sitk.BinaryFillhole(sitk.Cast(image, sitk.sitkUInt8), fullyConnected=False, foregroundValue=1)
-    return sitk.GetArrayFromImage(image).astype(bool)
+        cleaned = sitk.GetArrayFromImage(components == 1 if largest else components > 0).view(bool)
+    return fillHoles(cleaned) if fill else cleaned
+
+
+def fillHoles(mask: np.ndarray) -> np.ndarray:
+    """MONAI's ``FillHoles``: background that cannot reach the array's border through face, edge or
+    corner neighbours joins the mask.
+
+    The background's fully connected components (SimpleITK) that touch no face are the holes: the
+    same voxels as ITK's ``BinaryFillhole`` (face-connected foreground), in one labelling pass
+    instead of a morphological reconstruction, a third of its time on a brain mask.
+
+    Args:
+        mask: bool array (any axis order); returned in the same layout.
+    """
+    counter = sitk.ConnectedComponentImageFilter()
+    counter.FullyConnectedOn()
+    background = counter.Execute(sitk.GetImageFromArray((~mask).view(np.uint8)))
+    if counter.GetObjectCount() == 0:
+        return mask
+    components = sitk.GetArrayViewFromImage(background)
+    faces = [components[index] for index in ((0,), (-1,), (slice(None), 0), (slice(None), -1), (Ellipsis, 0), (Ellipsis, -1))]
+    hole = np.ones(counter.GetObjectCount() + 1, dtype=bool)
+    hole[np.unique(np.concatenate([face.ravel() for face in faces]))] = False
+    hole[0] = False
+    return mask | hole[components]
