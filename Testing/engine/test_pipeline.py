@@ -341,3 +341,39 @@ def test_prostatex_0001_segment_keeps_grid(prostate_series_0001, a_threshold_mod
     result = segment(model, images[:1], roiImages=images[1:])
     assert (result.roi.ijkMin.tolist(), result.roi.ijkMax.tolist()) == ([126, 148, 0], [261, 237, 18])
     np.testing.assert_array_equal(labelsOf(result), thresholdedReference(images[0], result.roi))
+
+
+# [parameters (card kind), input (random probabilities on an RAS model grid over an oblique ROI),
+# expected: labels, regions and kept probabilities equal those of the straightforward route, each
+# class resampled onto the ROI grid as SimpleITK stores it (K, J, I)]
+@pytest.mark.parametrize("softmax, channels", [(True, 3), (True, 2), (False, 2)], ids=["softmax-3", "softmax-binary", "sigmoid-2"])
+def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, channels):
+    from MedSegUNetLib.engine import preprocessing
+
+    roiGrid = phantoms.makeGrid((21, 17, 9), (0.8, 0.8, 2.5), phantoms.rotationMatrix((1, 1, 0), 12), (2.0, -1.0, 0.5))
+    grid = preprocessing.modelGrid(roiGrid, (1.1, 1.1, 1.3), "RAS")
+    rng = np.random.default_rng(7)
+    probabilities = rng.random((channels, *grid.GetSize())).astype(np.float32)
+    if softmax:
+        probabilities /= probabilities.sum(axis=0, keepdims=True)
+    labelCount = channels - 1 if softmax else channels
+    card = phantoms.thresholdCard([(index + 1, f"l{index + 1}", (0.5, 0.5, 0.5)) for index in range(labelCount)], softmax=softmax)
+    kept: list = []
+    labels, regions = pipeline.probabilitiesToLabels(probabilities, grid, roiGrid, card, keep=kept)
+    direct = []
+    for channel in probabilities:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(channel.transpose(2, 1, 0)))
+        image.CopyInformation(grid)
+        direct.append(sitk.GetArrayFromImage(sitk.Resample(image, roiGrid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+    direct = np.stack(direct)
+    np.testing.assert_allclose(np.stack(kept), direct, atol=1e-6)
+    assert labels.shape == tuple(reversed(roiGrid.GetSize())) and labels.flags.c_contiguous
+    if softmax:
+        np.testing.assert_array_equal(labels, np.argmax(direct, axis=0))
+        assert regions is None
+    else:
+        np.testing.assert_array_equal(regions, direct >= 0.5)
+        assert len(np.unique(labels)) == 3
+    if softmax and channels == 2:
+        # Without kept probabilities the binary card brings back one class: the same labels.
+        np.testing.assert_array_equal(pipeline.probabilitiesToLabels(probabilities, grid, roiGrid, card)[0], labels)

@@ -165,3 +165,81 @@ def test_prepare_inputs_stacks_channels_in_card_order():
     assert array.shape == (2, 10, 12, 4) and array.dtype == np.float32
     np.testing.assert_allclose(array[0], 2.0)
     np.testing.assert_allclose(array[1], 5.0)
+
+
+# [parameters (target grid direction, interpolator), input (a 20°-tilted source), expected: the
+# IJK array equals SimpleITK's own resampling onto the grid, read in I, J, K order]
+IJK_RESAMPLING_CASES = [
+    pytest.param(np.diag([1.0, 1.0, 1.0]), sitk.sitkLinear, id="axial-linear"),
+    pytest.param(np.diag([-1.0, -1.0, 1.0]), sitk.sitkNearestNeighbor, id="ras-flipped-nearest"),
+    pytest.param(np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]), sitk.sitkLinear, id="permuted-left-handed-linear"),
+    pytest.param(phantoms.rotationMatrix((1, 2, 3), 35), sitk.sitkNearestNeighbor, id="oblique-nearest"),
+]
+
+
+@pytest.mark.parametrize("direction, interpolator", IJK_RESAMPLING_CASES)
+def test_resample_to_ijk_equals_resampling_then_transposing(direction, interpolator):
+    source = phantoms.makeGrid((30, 26, 18), (1.0, 1.2, 2.0), phantoms.rotationMatrix((1, 0, 0), 20), (0.0, 0.0, 0.0))
+    values = sitk.GetImageFromArray(np.random.default_rng(0).random(tuple(reversed(source.GetSize()))).astype(np.float32))
+    values.CopyInformation(source)
+    # 80 mm along I from a point inside the source: longer than the source in any direction.
+    target = phantoms.makeGrid((40, 23, 11), (2.0, 0.9, 1.7), direction, (10.0, 10.0, 5.0))
+    ijk = preprocessing.resampleToIJK(values, target, interpolator)
+    expected = sitk.GetArrayFromImage(sitk.Resample(values, target, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)).transpose(2, 1, 0)
+    assert ijk.shape == (40, 23, 11) and ijk.flags.c_contiguous and ijk.flags.writeable
+    np.testing.assert_allclose(ijk, expected, atol=1e-6)
+    assert 0 < np.count_nonzero(ijk) < ijk.size  # the target reaches outside the source: zeros there
+
+
+def test_permuted_grid_holds_the_same_voxel_centres():
+    grid = phantoms.makeGrid((5, 7, 3), (1.0, 2.0, 3.0), phantoms.rotationMatrix((0, 1, 1), 25) @ np.diag([1, -1, 1]), (4.0, -2.0, 9.0))
+    for order in [(2, 1, 0), (1, 2, 0), (0, 2, 1)]:
+        permuted = preprocessing.permutedGrid(grid, order)
+        assert permuted.GetSize() == tuple(grid.GetSize()[axis] for axis in order)
+        index = (4, 6, 2)  # i, j, k of grid
+        point = grid.TransformIndexToPhysicalPoint(index)
+        np.testing.assert_allclose(permuted.TransformIndexToPhysicalPoint(tuple(index[axis] for axis in order)), point, atol=1e-12)
+    assert preprocessing.ijkOrderedGrid(grid).GetSize() == (3, 7, 5)
+
+
+def test_parallel_axes_and_kji_view_undo_a_reorientation():
+    roi = phantoms.makeGrid((6, 5, 4), (1.0, 1.0, 2.0), phantoms.rotationMatrix((0, 0, 1), 15), (0.0, 0.0, 0.0))
+    oriented = sitk.DICOMOrient(preprocessing.emptyLike(roi), "SAR")  # axes permuted and flipped
+    order = preprocessing.parallelAxes(roi, preprocessing.ijkOrderedGrid(oriented))
+    assert sorted(order) == [0, 1, 2]
+    values = sitk.GetImageFromArray(np.arange(6 * 5 * 4, dtype=np.float32).reshape(4, 5, 6))
+    values.CopyInformation(roi)
+    stored = sitk.GetArrayFromImage(preprocessing.resampleOnto(values, preprocessing.permutedGrid(roi, order), sitk.sitkNearestNeighbor))
+    np.testing.assert_array_equal(preprocessing.permutedToKJI(stored, order), sitk.GetArrayFromImage(values))
+    tilted = phantoms.makeGrid((6, 5, 4), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 0, 0), 30), (0.0, 0.0, 0.0))
+    assert preprocessing.parallelAxes(roi, tilted) is None
+
+
+@pytest.mark.parametrize("nonzero, values, expected", [
+    (False, [0.0, 1.0, 2.0, 3.0], (1.5, np.std([0.0, 1.0, 2.0, 3.0]))),
+    (True, [0.0, 1.0, 2.0, 3.0], (2.0, np.std([1.0, 2.0, 3.0]))),
+    (True, [0.0, 0.0], None),
+])
+def test_mean_and_std_known_values(nonzero, values, expected):
+    result = preprocessing.meanAndStd(np.asarray(values, dtype=np.float32), nonzero)
+    assert result == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_mean_and_std_of_a_large_grid_equals_numpy_in_float64():
+    values = np.random.default_rng(1).normal(300.0, 40.0, 3_000_001).astype(np.float32)  # several chunks, one partial
+    mean, std = preprocessing.meanAndStd(values)
+    assert mean == pytest.approx(values.astype(np.float64).mean(), rel=1e-12)
+    assert std == pytest.approx(values.astype(np.float64).std(), rel=1e-12)
+
+
+def test_volume_statistics_are_taken_once_per_case():
+    volume = np.arange(1000, dtype=np.int16).reshape(10, 10, 10)
+    steps = [{"type": "percentile", "lower": 10, "upper": 90, "statistics": "volume"}, {"type": "zscore", "nonzero": False}]
+    memo: dict = {}
+    first = preprocessing.normalize(np.full((1, 4, 4, 4), 500.0, np.float32), steps, [volume], volumeStatistics=memo)
+    assert list(memo.values()) == [pytest.approx((99.9, 899.1))]
+    # The second grid of the same case reuses them (a stale value here shows in the output).
+    memo[next(iter(memo))] = (0.0, 1000.0)
+    second = preprocessing.normalize(np.array([[[[250.0, 750.0]]]], np.float32), steps, [volume], volumeStatistics=memo)
+    np.testing.assert_allclose(second.ravel(), [-1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(first, 0.0)

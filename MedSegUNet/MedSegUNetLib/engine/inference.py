@@ -185,10 +185,11 @@ class _Predictor:
                 f"returned shape {tuple(int(v) for v in logits.shape)} for input {tuple(int(v) for v in batch.shape)} where the card needs {expected} ({detail})",
                 "fix the card's labels, output or patch_size to match the network",
             )
-        if not bool(torch.isfinite(logits).all()):
+        # One pass for both checks: NaN propagates into the extremes, infinities are extremes.
+        low, high = (float(value) for value in torch.aminmax(logits.float()))
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise self._fail("returned NaN or infinite values", "check the model's weights and the card's normalization")
         if card["output"] == "probabilities":
-            low, high = float(logits.min()), float(logits.max())
             if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
                 raise self._fail(f"returned values from {low:.3g} to {high:.3g} where the card says probabilities (0 to 1)",
                                  "set the card's output to softmax or sigmoid (the network returns logits)")

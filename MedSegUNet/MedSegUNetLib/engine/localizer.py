@@ -41,13 +41,16 @@ def localizerGrid(reference: sitk.Image, roi: geometry.RegionOfInterest, card: d
     return preprocessing.modelGrid(roiGrid, None, spec.get("orientation") or card.get("orientation"), spec["grid"]["shape"])
 
 
-def findRegion(loaded: LoadedModel, images: Sequence[sitk.Image], roi: geometry.RegionOfInterest, progressCallback=None, cancelEvent=None) -> geometry.VolumeGeometry:
+def findRegion(loaded: LoadedModel, images: Sequence[sitk.Image], roi: geometry.RegionOfInterest, progressCallback=None, cancelEvent=None,
+               volumeStatistics: dict | None = None) -> geometry.VolumeGeometry:
     """Run the localiser over the ROI and return its box as a one-voxel "volume" whose extent is the box.
 
     Args:
         loaded: a model whose card has ``localizer`` (its network in ``loaded.localizer``).
         images: the model's inputs in card order (LPS).
         roi: the series' ROI on ``images[0]``; the localiser sees all of it.
+        volumeStatistics: kept for the model grid's normalisation of the same images
+            (:func:`preprocessing.normalize`).
 
     Returns:
         the box (LPS mm) for :func:`geometry.computeROI`.
@@ -59,7 +62,7 @@ def findRegion(loaded: LoadedModel, images: Sequence[sitk.Image], roi: geometry.
 
     spec = loaded.card["localizer"]
     grid = localizerGrid(images[0], roi, loaded.card)
-    array = preprocessing.prepareInputs(images, grid, spec["normalization"], "zero", spec["grid"].get("interpolation", "linear"))
+    array = preprocessing.prepareInputs(images, grid, spec["normalization"], "zero", spec["grid"].get("interpolation", "linear"), volumeStatistics)
     probabilities = predictProbabilities(localizerModel(loaded), array, progressCallback, cancelEvent)
     # I, J, K on the localiser grid.
     mask = probabilities[int(spec["channel"])] >= float(spec["threshold"])

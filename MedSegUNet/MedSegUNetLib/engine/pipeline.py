@@ -191,7 +191,15 @@ def probabilitiesToLabels(
         None for softmax cards).
     """
     values = [int(label["value"]) for label in card["labels"]]
-    shape = tuple(reversed(roiGrid.GetSize()))
+    # The usual card keeps the reference's grid: the probabilities are then read in place (a KJI
+    # view of the IJK array), without an image copy per class. Otherwise each class is resampled
+    # onto the ROI grid's voxels stored in the model grid's axis order (SimpleITK then walks both
+    # grids in step, twice as fast), and the labels are put back in K, J, I order once at the end.
+    sameGrid = preprocessing.sameGrid(modelGrid, roiGrid)
+    source = None if sameGrid else preprocessing.ijkOrderedGrid(modelGrid)
+    order = None if sameGrid else (preprocessing.parallelAxes(roiGrid, source) or [0, 1, 2])
+    target = roiGrid if sameGrid else preprocessing.permutedGrid(roiGrid, order)
+    shape = tuple(reversed(target.GetSize()))
     labels = np.zeros(shape, dtype=np.uint8)
     softmax = modelcard.exclusiveLabels(card)
     best = np.full(shape, -1.0, dtype=np.float32) if softmax else None
@@ -201,9 +209,6 @@ def probabilitiesToLabels(
         # Background and one class sum to 1 (and resampling is linear): the class wins where it is
         # above 0.5, so the background channel need not be brought back (half the work).
         channelValues, best = [None, values[0]], np.full(shape, 0.5, dtype=np.float32)
-    # The usual card keeps the reference's grid: the probabilities are then read in place (a KJI
-    # view of the IJK array), without an image copy per class.
-    sameGrid = preprocessing.sameGrid(modelGrid, roiGrid)
     for index, value in enumerate(channelValues):
         if value is None:
             continue
@@ -213,7 +218,10 @@ def probabilitiesToLabels(
         if sameGrid:
             channelArray = probabilities[index].transpose(2, 1, 0)
         else:
-            channel = preprocessing.resampleOnto(preprocessing.ijkToImage(probabilities[index], modelGrid), roiGrid)
+            # The IJK array is, unchanged, the K, J, I array of an image on the IJK-ordered grid.
+            classImage = sitk.GetImageFromArray(np.ascontiguousarray(probabilities[index]))
+            classImage.CopyInformation(source)
+            channel = preprocessing.resampleOnto(classImage, target)
             channelArray = sitk.GetArrayViewFromImage(channel)
         if softmax:
             better = channelArray > best
@@ -223,7 +231,10 @@ def probabilitiesToLabels(
             regions[index] = channelArray >= float(card.get("threshold", 0.5))
             labels[regions[index]] = value
         if keep is not None:
-            keep.append(np.array(channelArray, dtype=np.float32))
+            keep.append(np.ascontiguousarray(channelArray if sameGrid else preprocessing.permutedToKJI(channelArray, order), dtype=np.float32))
+    if not sameGrid:
+        labels = np.ascontiguousarray(preprocessing.permutedToKJI(labels, order))
+        regions = None if regions is None else np.ascontiguousarray(preprocessing.permutedToKJI(regions, order))
     return labels, regions
 
 
@@ -290,8 +301,10 @@ def prepareImages(
     return prepareGrid(images, card, roi, context, progress)
 
 
-def prepareGrid(images: Sequence[sitk.Image], card: dict, roi: geometry.RegionOfInterest, context: float, progress: ProgressReporter) -> PreparedInputs:
-    """The model grid over the ROI (grown by ``context`` mm) and the normalised inputs on it."""
+def prepareGrid(images: Sequence[sitk.Image], card: dict, roi: geometry.RegionOfInterest, context: float, progress: ProgressReporter,
+                volumeStatistics: dict | None = None) -> PreparedInputs:
+    """The model grid over the ROI (grown by ``context`` mm) and the normalised inputs on it
+    (``volumeStatistics``: those the localiser took on the same images, :func:`preprocessing.normalize`)."""
     reference = images[0]
     roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
     networkROI = roi.grown(context) if context > 0 else roi
@@ -301,7 +314,7 @@ def prepareGrid(images: Sequence[sitk.Image], card: dict, roi: geometry.RegionOf
     gridSpec = card.get("grid") or {}
     grid = preprocessing.modelGrid(networkGrid, card.get("spacing"), card.get("orientation"), gridSpec.get("shape"))
     padding = (card.get("roi") or {}).get("padding", "zero")
-    array = preprocessing.prepareInputs(images, grid, card["normalization"], padding, gridSpec.get("interpolation", "linear"))
+    array = preprocessing.prepareInputs(images, grid, card["normalization"], padding, gridSpec.get("interpolation", "linear"), volumeStatistics)
     progress.endStage()
     return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI, contextMM=context)
 
@@ -313,13 +326,14 @@ def localizePrepared(prepared: PreparedInputs, model: LoadedModel, progress: Pro
 
     progress.stage(Stage.ROI)
     images, roi = prepared.pendingImages, prepared.roi
-    box = findRegion(model, images, roi, progress.within, progress.cancelEvent)
+    volumeStatistics: dict = {}
+    box = findRegion(model, images, roi, progress.within, progress.cancelEvent, volumeStatistics)
     # The series' ROI as an extent (its voxel-edge box), so that only its voxels can stay in.
     seriesBox = geometry.VolumeGeometry.fromImage(prepared.roiGrid, "series ROI")
     located = geometry.computeROI(roi.reference, [seriesBox, box])
     located = geometry.RegionOfInterest(reference=roi.reference, ijkMin=located.ijkMin, ijkMax=located.ijkMax,
                                         volumeNames=[*roi.volumeNames, box.name], marginMM=roi.marginMM)
-    return prepareGrid(images, model.card, located, prepared.contextMM, progress)
+    return prepareGrid(images, model.card, located, prepared.contextMM, progress, volumeStatistics)
 
 
 def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None, keepProbabilities: bool = False) -> SegmentationResult:

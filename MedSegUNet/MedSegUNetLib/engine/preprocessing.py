@@ -10,6 +10,8 @@ spacing while keeping the ROI's voxel-edge box. Arrays handed to the network are
 from __future__ import annotations
 
 import itertools
+import json
+import math
 from typing import Sequence
 
 import numpy as np
@@ -115,13 +117,90 @@ def resampleOnto(
     return sitk.Resample(image, grid, sitk.Transform(), interpolator, defaultValue, pixelType)
 
 
-class _ImageBuffer:
-    """Exposes an image's voxels to NumPy while holding the image, so views cannot outlive it."""
+def permutedGrid(grid: sitk.Image, order: Sequence[int]) -> sitk.Image:
+    """The voxels of ``grid`` with its axes listed in ``order`` (axis n is ``grid``'s axis ``order[n]``).
 
-    def __init__(self, image: sitk.Image) -> None:
+    The same voxel centres in physical space; only the order SimpleITK stores them in changes (the
+    first voxel, the origin, stays put).
+
+    Returns:
+        an empty uint8 image (only its geometry is used).
+    """
+    order = [int(axis) for axis in order]
+    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
+    permuted = sitk.Image([grid.GetSize()[axis] for axis in order], sitk.sitkUInt8)
+    permuted.SetSpacing([grid.GetSpacing()[axis] for axis in order])
+    permuted.SetDirection([float(v) for v in direction[:, order].ravel()])
+    permuted.SetOrigin(grid.GetOrigin())
+    return permuted
+
+
+def ijkOrderedGrid(grid: sitk.Image) -> sitk.Image:
+    """The voxels of ``grid`` with its axes listed in reverse (SimpleITK's x is the grid's K).
+
+    SimpleITK's K, J, I array of an image on this grid is ``grid``'s I, J, K array, contiguous: a
+    physical-space resampling onto it writes the network's layout directly, without the transposed
+    copy of a whole model grid (the slowest step of preparing a 256³ grid).
+    """
+    return permutedGrid(grid, (2, 1, 0))
+
+
+def parallelAxes(grid: sitk.Image, other: sitk.Image) -> list[int] | None:
+    """For each axis of ``other``, the axis of ``grid`` along (or against) it; None unless the two
+    grids' axes are parallel up to order and sign (a model grid re-oriented from ``grid``'s axes is)."""
+    dot = np.abs(np.asarray(other.GetDirection()).reshape(3, 3).T @ np.asarray(grid.GetDirection()).reshape(3, 3))
+    order = [int(axis) for axis in np.argmax(dot, axis=1)]
+    parallel = sorted(order) == [0, 1, 2] and np.allclose(dot[range(3), order], 1.0, atol=1e-6)
+    return order if parallel else None
+
+
+def permutedToKJI(array: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """A K, J, I view of a grid's voxels stored by :func:`permutedGrid` (``grid``, ``order``); the
+    last three axes are moved, any leading ones kept."""
+    lead = array.ndim - 3
+    return array.transpose(*range(lead), *[lead + 2 - list(order).index(2 - axis) for axis in range(3)])
+
+
+def resampleToIJK(
+    image: sitk.Image,
+    grid: sitk.Image,
+    interpolator: int = sitk.sitkLinear,
+    pixelType: int = sitk.sitkFloat32,
+    defaultValue: float = 0.0,
+    extrapolate: bool = False,
+) -> np.ndarray:
+    """``image`` resampled in physical space onto ``grid``, as ``grid``'s contiguous I, J, K array.
+
+    Args:
+        image: any grid (LPS).
+        grid: the target grid (only its geometry is used).
+        extrapolate: voxels outside ``image`` take its nearest voxel instead of ``defaultValue``.
+
+    Returns:
+        a writable I, J, K array of ``pixelType``, its own voxels (over the resampled image's
+        memory, which it holds: no copy of a 64 MB grid).
+    """
+    if sameGrid(image, grid):
+        # Nothing to interpolate (an interpolator would blur exact voxel centres by rounding).
+        return np.array(imageToIJK(resampleOnto(image, grid, interpolator, pixelType, defaultValue)), order="C")
+    resampled = sitk.Resample(image, ijkOrderedGrid(grid), sitk.Transform(), interpolator, defaultValue, pixelType, extrapolate)
+    return np.asarray(_ImageBuffer(resampled, writable=True))
+
+
+class _ImageBuffer:
+    """Exposes an image's voxels to NumPy while holding the image, so views cannot outlive it.
+
+    ``writable`` only for an image nobody else holds (a filter's fresh output): SimpleITK images
+    share their voxels on copy until changed through SimpleITK, which NumPy writes bypass.
+    """
+
+    def __init__(self, image: sitk.Image, writable: bool = False) -> None:
         self.image = image
         self.view = sitk.GetArrayViewFromImage(image)
-        self.__array_interface__ = self.view.__array_interface__
+        interface = dict(self.view.__array_interface__)
+        if writable:
+            interface["data"] = (interface["data"][0], False)
+        self.__array_interface__ = interface
 
 
 def imageToIJK(image: sitk.Image) -> np.ndarray:
@@ -141,7 +220,13 @@ def ijkToImage(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
     return image
 
 
-def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def normalize(
+    array: np.ndarray,
+    normalization: dict | list,
+    volumes: Sequence[np.ndarray] | None = None,
+    inPlace: bool = False,
+    volumeStatistics: dict | None = None,
+) -> np.ndarray:
     """Normalise a ``C, I, J, K`` float32 array as the card says: one step or a list run in order.
 
     - ``zscore``: per channel, over non-zero voxels when ``nonzero`` (seed 000's standardisation).
@@ -160,22 +245,38 @@ def normalize(array: np.ndarray, normalization: dict | list, volumes: Sequence[n
         normalization: a card's ``normalization`` (a step or a list of steps).
         volumes: per channel, the whole input volume's voxels (any layout); needed only when a
             step takes ``"volume"`` statistics.
+        inPlace: normalise ``array`` itself (a writable float32 array the caller gives up)
+            instead of a copy.
+        volumeStatistics: a dict kept by the caller across calls on the same ``volumes`` (a
+            localiser's grid and then the model grid of one case): each step's volume statistics
+            are taken once.
 
     Returns:
         a float32 ``C, I, J, K`` array.
     """
     steps = normalizationSteps({"normalization": normalization})
-    # One copy, then every step in place (a 256³ grid is 64 MB a channel).
-    array = np.array(array, dtype=np.float32)
+    # At most one copy, then every step in place (a 256³ grid is 64 MB a channel).
+    if not (inPlace and isinstance(array, np.ndarray) and array.dtype == np.float32 and array.flags.writeable):
+        array = np.array(array, dtype=np.float32)
     needVolume = [any(later.get("statistics") == "volume" for later in steps[index:]) for index in range(len(steps))]
     if needVolume[0] and (volumes is None or len(volumes) != len(array)):
         raise MedSegUNetError("The card's normalisation takes statistics over the whole input volume but no volume was given.")
-    volumes = [np.asarray(v, dtype=np.float32).ravel() for v in volumes] if needVolume[0] else None
+    # The volumes' own voxels (any dtype) until a step transforms them for a later step's statistics.
+    volumes = [np.asarray(v).ravel() for v in volumes] if needVolume[0] else [None] * len(array)
+    memo = volumeStatistics if volumeStatistics is not None else {}
     for index, step in enumerate(steps):
         if step.get("type") == "zscore_slice":
             array = zscoreSlices(array, step.get("nonzero", False))
             continue
-        parameters = [stepParameters(step, (volume if step.get("statistics") == "volume" else channel).ravel()) for volume, channel in zip(volumes or [None] * len(array), array)]
+        parameters = []
+        for number, (volume, channel) in enumerate(zip(volumes, array)):
+            if step.get("statistics") != "volume":
+                parameters.append(stepParameters(step, channel))
+                continue
+            key = (number, json.dumps(steps[: index + 1], sort_keys=True))
+            if key not in memo:
+                memo[key] = stepParameters(step, volume)
+            parameters.append(memo[key])
         for channel, values in zip(array, parameters):
             applyStep(channel, step, values, inPlace=True)
         if index + 1 < len(steps) and needVolume[index + 1]:
@@ -188,14 +289,43 @@ def stepParameters(step: dict, values: np.ndarray) -> tuple[float, float]:
     percentile and minmax; (0, 1) for steps without statistics."""
     kind = step.get("type", "none")
     if kind == "zscore":
-        chosen = values[values != 0] if step.get("nonzero", True) else values
-        return (float(chosen.mean()), float(chosen.std())) if chosen.size else (0.0, 1.0)
+        return meanAndStd(values, step.get("nonzero", True)) or (0.0, 1.0)
     if kind == "percentile":
-        low, high = np.percentile(values, [step.get("lower", 5.0), step.get("upper", 95.0)])
+        low, high = np.percentile(np.asarray(values).ravel(), [step.get("lower", 5.0), step.get("upper", 95.0)])
         return float(low), float(high)
     if kind == "minmax":
         return float(values.min()), float(values.max())
     return 0.0, 1.0
+
+
+_CHUNK = 1 << 18
+
+
+def meanAndStd(values: np.ndarray, nonzero: bool = False) -> tuple[float, float] | None:
+    """Mean and population standard deviation (NumPy's ``std``) of an array's values, or of its
+    non-zero values; None when there are none.
+
+    In float64, two passes over chunks small enough to stay in the CPU's cache: NumPy's ``std``
+    of a 256³ float32 grid builds a 64 MB temporary and takes three times as long.
+    """
+    flat = np.asarray(values).ravel()
+    chunks = [flat[start:start + _CHUNK] for start in range(0, flat.size, _CHUNK)]
+
+    def selected(chunk: np.ndarray) -> np.ndarray:
+        chunk = chunk.astype(np.float64)
+        return chunk[chunk != 0] if nonzero else chunk
+
+    count, total = 0, 0.0
+    for chunk in chunks:
+        part = selected(chunk)
+        count, total = count + part.size, total + float(part.sum())
+    if count == 0:
+        return None
+    mean, squares = total / count, 0.0
+    for chunk in chunks:
+        part = selected(chunk) - mean
+        squares += float(np.dot(part, part))
+    return mean, math.sqrt(squares / count)
 
 
 def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float], inPlace: bool = False) -> np.ndarray:
@@ -211,7 +341,8 @@ def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float], i
         scale, offset = 1.0 / (second if second > 0 else 1.0), -first / (second if second > 0 else 1.0)
         if step.get("nonzero", True):
             chosen = out != 0
-            out[chosen] = out[chosen] * np.float32(scale) + np.float32(offset)
+            np.multiply(out, np.float32(scale), out=out, where=chosen)
+            np.add(out, np.float32(offset), out=out, where=chosen)
             return out
     elif kind in ("percentile", "minmax"):
         low, high = float(step.get("b_min", 0.0)), float(step.get("b_max", 1.0))
@@ -266,7 +397,14 @@ def gridInside(grid: sitk.Image, image: sitk.Image, tolerance: float = 1e-6) -> 
 INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 
 
-def prepareInputs(images: Sequence[sitk.Image], grid: sitk.Image, normalization: dict | list, padding: str = "zero", interpolation: str = "linear") -> np.ndarray:
+def prepareInputs(
+    images: Sequence[sitk.Image],
+    grid: sitk.Image,
+    normalization: dict | list,
+    padding: str = "zero",
+    interpolation: str = "linear",
+    volumeStatistics: dict | None = None,
+) -> np.ndarray:
     """Resample every input onto the model grid and normalise.
 
     Args:
@@ -278,30 +416,31 @@ def prepareInputs(images: Sequence[sitk.Image], grid: sitk.Image, normalization:
             (what a network trained on zero-padded crops saw), or ``"edge"``, the nearest voxel of
             the input (extrapolated before normalisation).
         interpolation: ``"linear"`` or ``"nearest"`` (a card grid's ``interpolation``).
+        volumeStatistics: shared by the calls on the same ``images`` (:func:`normalize`).
 
     Returns:
         a float32 ``C, I, J, K`` array.
     """
     interpolator = INTERPOLATORS[interpolation]
-    channels = np.empty((len(images), *grid.GetSize()), dtype=np.float32)
+    if len(images) == 1:
+        # The usual card: normalised where it was resampled, without a copy.
+        channels = resampleToIJK(images[0], grid, interpolator, extrapolate=padding == "edge")[None]
+    else:
+        channels = np.empty((len(images), *grid.GetSize()), dtype=np.float32)
+        for channel, image in enumerate(images):
+            channels[channel] = resampleToIJK(image, grid, interpolator, extrapolate=padding == "edge")
     outside = []
     for channel, image in enumerate(images):
-        if padding == "edge" and not sameGrid(image, grid):
-            resampled = sitk.Resample(image, grid, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32, True)
-            channels[channel] = imageToIJK(resampled)
-            outside.append(None)
-            continue
-        channels[channel] = imageToIJK(resampleOnto(image, grid, interpolator))
-        if sameGrid(image, grid) or gridInside(grid, image):
+        if padding == "edge" or sameGrid(image, grid) or gridInside(grid, image):
             outside.append(None)
             continue
         ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
         ones.CopyInformation(image)
-        outside.append(imageToIJK(resampleOnto(ones, grid, sitk.sitkNearestNeighbor, sitk.sitkUInt8)) == 0)
+        outside.append(resampleToIJK(ones, grid, sitk.sitkNearestNeighbor, sitk.sitkUInt8) == 0)
     wholeVolumes = None
     if any(step.get("statistics") == "volume" for step in normalizationSteps({"normalization": normalization})):
         wholeVolumes = [sitk.GetArrayViewFromImage(image) for image in images]
-    normalized = normalize(channels, normalization, wholeVolumes)
+    normalized = normalize(channels, normalization, wholeVolumes, inPlace=True, volumeStatistics=volumeStatistics)
     for channel, mask in enumerate(outside):
         if mask is not None and mask.any():
             normalized[channel][mask] = 0.0
