@@ -472,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if argv is None:
             _setSignalHandlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})
+            from .engine.console import spareTheExitCollection
+
+            spareTheExitCollection()
         else:
             _setSignalHandlers(previous)
 

@@ -25,7 +25,10 @@ from conftest import PROSTATEX_0000_ROI, requireSharedData
 from MedSegUNetLib import cli
 from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.cohorts.batch import casesFromSource, dryRunTable
-from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.cohorts.casejob import qcTile
+from MedSegUNetLib.engine import geometry
+from MedSegUNetLib.engine.modelcard import readCard, saveModel
+from MedSegUNetLib.engine.volumes import readVolume
 from MedSegUNetLib.cohorts.seriesmatch import SeriesCandidate, matchSeries, words
 from MedSegUNetLib.engine.errors import MedSegUNetError
 
@@ -178,6 +181,14 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
         report = json.loads((out / case / f"{case}-statistics.json").read_text())
         assert report["roi"]["volumes"][1:] == [os.path.splitext(sag)[0], os.path.splitext(cor)[0]]
         assert sorted(os.listdir(out / case)) == sorted([f"{case}.seg.nrrd", f"{case}-statistics.csv", f"{case}-statistics.json", f"{case}-qc.png", "manifest.json"])
+        # The QC tile is the mid-ROI slice drawn by qcTile, as an RGB PNG (written without matplotlib).
+        labelmap = sitk.ReadImage(str(single))
+        reference = readVolume(str(folder / tra))
+        roi = geometry.RegionOfInterest(reference=geometry.VolumeGeometry.fromImage(reference), ijkMin=np.array(report["roi"]["ijk_min"]),
+                                        ijkMax=np.array(report["roi"]["ijk_max"]))
+        tile = sitk.ReadImage(str(out / case / f"{case}-qc.png"))
+        assert tile.GetSize() == (256, 256) and tile.GetNumberOfComponentsPerPixel() == 3
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(tile), qcTile(reference, labelmap, roi, readCard(cohort["model"])))
     capsys.readouterr()
     report = json.loads((out / "ProstateX-0000" / "ProstateX-0000-statistics.json").read_text())
     assert report["roi"]["ijk_min"] == list(PROSTATEX_0000_ROI[0]) and report["roi"]["ijk_max"] == list(PROSTATEX_0000_ROI[1])

@@ -24,6 +24,7 @@ import csv
 import io
 import os
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -96,6 +97,23 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: d
         plt.close(figure)
 
 
+def preloadMontageLibrary() -> None:
+    """Import matplotlib for the montage on a thread while the workers run: the driver idles then,
+    and the import (about 1 s) would otherwise come after the last case. Not a daemon: the
+    interpreter never stops it half-way."""
+
+    def load() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+        except Exception:  # noqa: BLE001 - writeMontage imports it again and says what is wrong
+            pass
+
+    threading.Thread(target=load, name="medsegunet-montage-import").start()
+
+
 def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) -> list[str]:
     """``summary.csv`` and the QC montage (``qc.png``, then ``qc-002.png`` … past 400 cases), together."""
     from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
@@ -162,6 +180,8 @@ def run(args, console) -> int:
         progress.update(row)
 
     started = time.perf_counter()
+    if todo:
+        preloadMontageLibrary()
     try:
         if todo and args.engine == "ray":
             from .raybatch import runRay

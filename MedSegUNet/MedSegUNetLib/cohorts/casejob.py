@@ -176,16 +176,10 @@ def qcTile(reference: sitk.Image, labelmap: sitk.Image, roi, card: dict, regions
     return (tile * 255).astype(np.uint8)
 
 
-def _pngWriter(array: np.ndarray):
-    def write(path: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        plt.imsave(path, array, format="png")
-
-    return write
+def tileImage(tile: np.ndarray) -> sitk.Image:
+    """A QC tile (rows, columns, RGB uint8) as a 2D RGB image, for SimpleITK's PNG writer: a worker
+    needs no plotting library (matplotlib takes 0.6 s to import, before its first case)."""
+    return sitk.GetImageFromArray(np.ascontiguousarray(tile, dtype=np.uint8), isVector=True)
 
 
 def _madeByARun(folder: str) -> bool:
@@ -314,7 +308,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
     """
     from ..engine import statistics
     from ..engine.outputs import stageSegmentation
-    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
+    from ..engine.volumes import StagedOutputs, imageVerifier, textVerifier, writeImageFile, writeTextFile
 
     row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
     try:
@@ -344,7 +338,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
             "seconds": seconds,
             "finished": finished,
         }
-        tile = qcTile(images[0], result.labelmap, result.roi, card, result.regions)
+        tile = tileImage(qcTile(images[0], result.labelmap, result.roi, card, result.regions))
 
         def write(folder: str) -> None:
             with StagedOutputs() as staged:
@@ -360,7 +354,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
                     ("manifest", json.dumps(manifest, indent=2)),
                 ):
                     writeTextFile(text, staged.stage(os.path.join(folder, names[key]), verify=textVerifier(text)))
-                _pngWriter(tile)(staged.stage(os.path.join(folder, names["qc"])))
+                writeImageFile(tile, staged.stage(os.path.join(folder, names["qc"]), verify=imageVerifier(tile)), compress=False)
 
         writeCaseFolder(options.outputDir, case.id, write)
         row.update(
@@ -430,7 +424,8 @@ def previousSummary(outputDir: str) -> dict[str, dict]:
 def warmUp(card: dict | None = None) -> None:
     """Set a worker process up once: what every case's outputs need is imported now, not during
     the first case, and ITK's warnings are off. MONAI (3 s to import) only when the card's
-    inference or normalisation uses it (:func:`inference.usesMONAI`).
+    inference or normalisation uses it (:func:`inference.usesMONAI`); no plotting library (the
+    QC tile is written by SimpleITK, the montage by the driver).
 
     A worker reads on a thread, where :func:`volumes.nativeMessages` cannot capture what ITK prints
     on the shared stderr, so its warnings (e.g. "Non uniform sampling" for a series with a missing
@@ -444,10 +439,6 @@ def warmUp(card: dict | None = None) -> None:
         import monai.inferers  # noqa: F401
         import monai.transforms  # noqa: F401
     import slicerio  # noqa: F401 (the segmentation file)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401 (the QC tile; imported last: its font library marks a warm worker)
 
 
 # Cases handed to a worker at a time: the one the network runs, the one read ahead, and the next,

@@ -41,8 +41,14 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     are written on another, while the network runs on the current one. Messages go to the parent
     through this worker's own pipe (``connection``).
     """
-    results = ResultSender(connection)
+    import atexit
     from concurrent.futures import ThreadPoolExecutor
+
+    from ..engine.console import spareTheExitCollection
+
+    # A spawned worker ends through the interpreter's whole shutdown: spare it the collections.
+    atexit.register(spareTheExitCollection)
+    results = ResultSender(connection)
 
     # Ctrl-C reaches the whole process group; the parent decides, and ends the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
