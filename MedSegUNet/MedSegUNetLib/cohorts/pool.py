@@ -41,22 +41,10 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     are written on another, while the network runs on the current one. Messages go to the parent
     through this worker's own pipe (``connection``).
     """
-    import atexit
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..engine.console import spareTheExitCollection
-
-    # A spawned worker ends through the interpreter's whole shutdown: spare it the collections.
-    atexit.register(spareTheExitCollection)
     results = ResultSender(connection)
-
-    # Ctrl-C reaches the whole process group; the parent decides, and ends the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exitWithParent()
-    import warnings
-
-    for category in (DeprecationWarning, FutureWarning, UserWarning):
-        warnings.simplefilter("ignore", category)
+    _becomeAWorker()
     import torch
 
     from ..engine.modelcard import loadModel
@@ -117,6 +105,23 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
             finishing = writer.submit(_finishAndReport, workerId, index, cases[index], images, result, card, options, started, results)
         if finishing is not None:
             finishing.result()
+
+
+def _becomeAWorker() -> None:
+    """What a worker process sets first: the parent decides on Ctrl-C (it reaches the whole
+    process group), the worker ends with the parent, library notices stay out of the run's lines,
+    and the exit skips the interpreter's final collections (a spawned worker goes through the
+    whole shutdown)."""
+    import atexit
+    import warnings
+
+    from ..engine.console import spareTheExitCollection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exitWithParent()
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.simplefilter("ignore", category)
+    atexit.register(spareTheExitCollection)
 
 
 def exitWithParent() -> None:
