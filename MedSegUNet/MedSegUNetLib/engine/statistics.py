@@ -99,6 +99,7 @@ def _statisticsRows(labelImage: sitk.Image, labelsAndValues: Sequence[tuple[dict
     intensities = {}
     for name, image in resampled.items():
         stats = sitk.LabelStatisticsImageFilter()
+        stats.UseHistogramsOff()  # its histogram serves only ITK's approximate median (2/3 of its time)
         stats.Execute(image, labelImage)
         intensities[name] = (stats, sitk.GetArrayViewFromImage(image))
     rows = []
