@@ -564,3 +564,23 @@ def test_a_rerun_is_keyed_on_what_the_inputs_are_and_on_the_effective_card(capsy
     assert capsys.readouterr().out.strip().splitlines()[-1] == "1 cases: 1 ok, 0 skipped, 0 failed"
     report = json.loads((out / "phantom" / "phantom-statistics.json").read_text())
     assert [segment["name"] for segment in report["segments"]] == ["renamed"]
+
+
+# [parameters (cores, available memory in GiB), input (cases to run), expected (CPU workers)]
+@pytest.mark.parametrize("cores, memoryGiB, cases, expected", [
+    (2, 22, 6, 2),   # this machine: two single-threaded networks
+    (16, 64, 100, 2),
+    (2, 22, 1, 1),   # one case: one worker with both cores
+    (1, 22, 6, 1),   # one core
+    (8, 6, 6, 1),    # memory for one worker's budget only
+    (8, None, 6, 2),  # memory unknown (not Linux)
+])
+def test_cpu_worker_count(monkeypatch, cores, memoryGiB, cases, expected):
+    from MedSegUNetLib.cohorts import pool
+    from MedSegUNetLib.engine import inference
+
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(inference, "availableMemory", lambda device: None if memoryGiB is None else memoryGiB * 1024**3)
+    assert pool.cpuWorkerCount(cases) == expected
+    assert pool.workerDevices("cpu", None, cases) == ["cpu"] * expected
+    assert pool.workerDevices("cpu", 3, cases) == ["cpu"] * 3

@@ -147,7 +147,7 @@ def addParser(subparsers) -> None:
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing; on a cluster, a path every node can write)")
     parser.add_argument("--format", default="seg.nrrd", choices=list(FORMATS), help="segmentation file format (default seg.nrrd)")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: one per GPU, or one on the CPU)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: one per GPU; on the CPU two, when the cases, cores and memory (4 GB each) allow, else one)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads of each worker's network (default: the CPU cores divided among the workers)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local worker processes, or Ray actors (pip install -e '.[ray]')")
@@ -174,6 +174,10 @@ def run(args, console) -> int:
     options, devices = prepareOutput(args, card, cases)
     progress = CaseProgress(len(cases), quiet=args.quiet)
     rows, todo = rowsBeforeTheRun(cases, options, args.force, progress)
+    if devices and todo and len(todo) < len(devices):
+        # Fewer cases to run than workers (a resumed run): the cores go to the workers started.
+        devices = devices[: len(todo)]
+        options.threads = args.threads or max(1, (os.cpu_count() or 1) // len(devices))
 
     def onRow(index: int, row: dict) -> None:
         rows[index] = row
@@ -226,7 +230,7 @@ def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOpt
 
         raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
     sweepStaging(args.output)
-    devices = workerDevices(args.device, args.workers) if args.engine == "local" else []
+    devices = workerDevices(args.device, args.workers, len(cases)) if args.engine == "local" else []
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
     options = BatchOptions(
         modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output),

@@ -191,14 +191,35 @@ def gpuCount() -> int:
     return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU "))
 
 
-def workerDevices(device: str, workers: int | None) -> list[str]:
-    """The device of each worker: one per GPU by default (``cuda:k``), else one CPU worker."""
+# What a CPU worker may need when the run chooses how many to start: the model, a case's arrays
+# and the network's activations (deepbet's 256³ grids peak at 1.2 GB a worker).
+CPU_WORKER_MEMORY = 4 * 1024**3
+
+
+def cpuWorkerCount(cases: int) -> int:
+    """Workers of a CPU run without ``--workers``: two where there are the cases, the cores and the
+    memory (:data:`CPU_WORKER_MEMORY` each) for them, else one.
+
+    Two networks on one thread each get more from two cores than one network on both (its threads
+    scale about 1.6× there), and each case's reading, resampling and writing then runs beside the
+    other's network: a folder of deepbet cases on 2 cores goes 14 % faster.
+    """
+    from ..engine.inference import availableMemory
+
+    memory = availableMemory("cpu")
+    affordable = 2 if memory is None else int(memory // CPU_WORKER_MEMORY)
+    return max(1, min(2, os.cpu_count() or 1, cases, affordable))
+
+
+def workerDevices(device: str, workers: int | None, cases: int = 1) -> list[str]:
+    """The device of each worker: one per GPU by default (``cuda:k``), else CPU workers
+    (:func:`cpuWorkerCount` of the run's ``cases``), or one on another device."""
     gpus = gpuCount() if device in ("auto", "cuda") else 0
     if device == "cuda" and gpus == 0:
         raise MedSegUNetError("CUDA was asked for but no NVIDIA GPU is visible: use --device cpu or auto.")
-    count = workers or max(gpus, 1)
     if gpus and device in ("auto", "cuda"):
-        return [f"cuda:{index % gpus}" for index in range(count)]
+        return [f"cuda:{index % gpus}" for index in range(workers or gpus)]
+    count = workers or (cpuWorkerCount(cases) if device in ("auto", "cpu") else 1)
     return ["cpu" if device == "auto" else device] * count
 
 
