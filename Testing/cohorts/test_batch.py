@@ -584,3 +584,20 @@ def test_cpu_worker_count(monkeypatch, cores, memoryGiB, cases, expected):
     assert pool.cpuWorkerCount(cases) == expected
     assert pool.workerDevices("cpu", None, cases) == ["cpu"] * expected
     assert pool.workerDevices("cpu", 3, cases) == ["cpu"] * 3
+
+
+# [parameters (workers), input (cases waiting), expected (cases each worker holds, cases left waiting)]
+@pytest.mark.parametrize("workers, cases, held, waiting", [(2, 2, [1, 1], 0), (2, 7, [3, 3], 1), (3, 4, [2, 1, 1], 0), (1, 2, [2], 0)])
+def test_cases_are_spread_over_the_workers(workers, cases, held, waiting):
+    import queue
+
+    from MedSegUNetLib.cohorts.pool import LocalPool
+
+    pool = LocalPool([], list(range(cases)), None, None, None, None)
+    for workerId in range(workers):  # the book of started workers; their task queues, plain queues here
+        pool.workers[workerId] = (None, "cpu", queue.Queue())
+        pool.held[workerId], pool.begun[workerId] = set(), set()
+    pool.handOut()
+    assert [len(pool.held[workerId]) for workerId in range(workers)] == held
+    assert len(pool.pending) == waiting
+    assert sorted(index for workerId in range(workers) for index in pool.held[workerId]) == list(range(cases - waiting))

@@ -311,11 +311,15 @@ class LocalPool:
         self.nextId += 1
 
     def handOut(self) -> None:
-        for workerId, (_, _, tasks) in self.workers.items():
-            while self.pending and len(self.held[workerId]) < CASES_IN_HAND:
-                index = self.pending.pop(0)
-                self.held[workerId].add(index)
-                tasks.put(index)
+        """Waiting cases to the workers, one at a time to whichever holds the fewest (up to
+        ``CASES_IN_HAND`` each): a run of two cases on two workers runs one on each."""
+        while self.pending and self.workers:
+            workerId = min(self.workers, key=lambda candidate: len(self.held[candidate]))
+            if len(self.held[workerId]) >= CASES_IN_HAND:
+                return
+            index = self.pending.pop(0)
+            self.held[workerId].add(index)
+            self.workers[workerId][2].put(index)
 
     def receive(self, timeout: float = 0.5) -> list:
         """The messages the workers sent (waits up to ``timeout`` for the first)."""
