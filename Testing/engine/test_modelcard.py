@@ -97,6 +97,8 @@ def test_card_summary_lines():
     assert summary.splitlines()[0] == "Tiny test UNet (3D, softmax)"
     assert "Inputs: T2" in summary and "Labels: 1 gland" in summary
     assert "Spacing: 1 × ref × 3 mm; orientation: RAS; normalisation: zscore" in summary
+    fixed = modelcard.validateCard(card(schema="medsegunet.model/3", drop_spacing=None, grid={"shape": [256, 256, 128], "interpolation": "nearest"}, orientation="RAS"))
+    assert "Grid: 256 × 256 × 128 voxels over the ROI (nearest); orientation: RAS" in modelcard.cardSummary(fixed)
 
 
 def test_embedded_card_round_trip(a_tiny_unet):

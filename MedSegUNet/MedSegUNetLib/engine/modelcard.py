@@ -286,15 +286,15 @@ def outputChannels(card: dict) -> int:
 def cardSummary(card: dict) -> str:
     """A few human-readable lines describing a card (``medsegunet info`` and the Slicer widget)."""
     spacing = card.get("spacing")
-    spacingText = "reference's" if spacing is None else " × ".join("ref" if s is None else f"{s:g}" for s in spacing) + " mm"
+    gridText = "Spacing: " + ("reference's" if spacing is None else " × ".join("ref" if s is None else f"{s:g}" for s in spacing) + " mm")
     if card.get("grid"):
-        spacingText = " × ".join(str(n) for n in card["grid"]["shape"]) + " voxels over the ROI"
+        gridText = "Grid: " + " × ".join(str(n) for n in card["grid"]["shape"]) + f" voxels over the ROI ({card['grid'].get('interpolation', 'linear')})"
     normalizationText = " then ".join(step["type"] for step in normalizationSteps(card))
     lines = [
         f"{card['name']} ({card['spatial_dims']}D, {card['output']})",
         "Inputs: " + ", ".join(i["name"] for i in card["inputs"]),
         "Labels: " + ", ".join(f"{label['value']} {label['name']}" for label in card["labels"]),
-        f"Spacing: {spacingText}; orientation: {card.get('orientation') or 'reference'}; normalisation: {normalizationText}",
+        f"{gridText}; orientation: {card.get('orientation') or 'reference'}; normalisation: {normalizationText}",
         f"Patch: {card.get('patch_size') or 'whole ROI'}; overlap {card.get('overlap')}",
     ]
     if card.get("localizer"):
