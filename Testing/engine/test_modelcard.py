@@ -38,6 +38,8 @@ INVALID_CARDS = [
     pytest.param(dict(orientation="XYZ"), "orientation", "XYZ", id="orientation"),
     pytest.param(dict(spacing=[1.0, 1.0]), "spacing", "", id="spacing-length"),
     pytest.param(dict(normalization={"type": "histogram"}), "normalization/type", "histogram", id="normalization"),
+    # A misspelt key would leave the default (5th percentile) in force without a word.
+    pytest.param(dict(normalization={"type": "percentile", "lowr": 1}), "normalization", "('lowr' was unexpected)", id="normalization-misspelt-key"),
     pytest.param(dict(threshold=1.5), "threshold", "1.5", id="threshold"),
     pytest.param(dict(patch_size=[0, 32, 8]), "patch_size", "", id="patch-size-zero"),
 ]

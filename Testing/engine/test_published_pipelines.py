@@ -204,6 +204,7 @@ INVALID_VERSION_3_CARDS = [
     pytest.param(dict(blend="logits"), "no logits to blend", id="blend-logits"),
     pytest.param(dict(localizer={"grid": {"shape": [8, 8, 8]}, "channel": 2}), "localizer channel 2 is not one of its 2 channels", id="localizer-channel"),
     pytest.param(dict(normalization=[{"type": "zscore"}, {"type": "affine", "scale": "big"}]), "field 'normalization/1/scale'", id="step-field"),
+    pytest.param(dict(normalization=[{"type": "zscore"}, {"type": "affine", "scal": 2.0}]), "field 'normalization/1': Additional properties are not allowed \\('scal' was unexpected\\)", id="step-misspelt-key"),
     pytest.param(dict(normalization=[{"type": "zscore_slice", "statistics": "volume"}]), "zscore_slice takes its statistics per slice", id="slice-volume"),
     pytest.param(dict(normalization=[{"type": "affine"}]), "affine normalisation step needs 'scale', 'shift'", id="empty-affine"),
     pytest.param(dict(grid={"shape": [2048, 2048, 2048]}), "grid .* above the", id="grid-budget"),

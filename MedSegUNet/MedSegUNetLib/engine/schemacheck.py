@@ -23,9 +23,9 @@ _JSON_TYPES = {
 def structuralErrors(schema: dict, value: Any, path: str = "", root: dict | None = None) -> list[tuple[str, str]]:
     """Errors of ``value`` against the JSON-Schema keywords the card schemas use, stdlib only.
 
-    Keywords: type, const, enum, required, properties, items, minItems, maxItems, minLength,
-    maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum, pattern, oneOf. Messages follow
-    jsonschema's wording.
+    Keywords: type, const, enum, required, properties, additionalProperties (false), items,
+    minItems, maxItems, minLength, maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum,
+    pattern, oneOf. Messages follow jsonschema's wording.
     """
     import re
 
@@ -53,6 +53,10 @@ def structuralErrors(schema: dict, value: Any, path: str = "", root: dict | None
         for name, subschema in schema.get("properties", {}).items():
             if name in value:
                 errors += structuralErrors(subschema, value[name], f"{path}/{name}" if path else name, root)
+        unexpected = [name for name in value if name not in schema.get("properties", {})]
+        if schema.get("additionalProperties") is False and unexpected:
+            names = ", ".join(repr(name) for name in unexpected)
+            errors.append((path, f"Additional properties are not allowed ({names} {'was' if len(unexpected) == 1 else 'were'} unexpected)"))
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
             errors.append((path, f"{value!r} should be non-empty" if schema["minItems"] == 1 else f"{value!r} is too short"))
