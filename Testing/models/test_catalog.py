@@ -231,6 +231,7 @@ def test_a_model_is_pulled_from_its_own_package_imported_and_cached(capsys, a_pa
     card = readCard(path)
     assert path.startswith(str(index["cache"])) and card["provenance"]["format"] == "onnx" and card["provenance"]["source_sha256"] == sha256(index["onnx"])
     assert card["provenance"]["verified"]["max_abs_difference"] < 1e-3
+    assert card["provenance"]["source"] == "published-gland==1.0 published_gland/resources/model.onnx"
     # Cached: a second pull needs no index (the server's folder is emptied).
     for wheel in index["served"].glob("*.whl"):
         wheel.unlink()
@@ -291,9 +292,10 @@ def test_auto3dseg_and_bundle_zip_sources_are_imported_on_pull(capsys, tmp_path,
     ]
     (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
-    for name, kind in (("auto", "auto3dseg"), ("bundle", "monai-bundle")):
+    for name, kind, served in (("auto", "auto3dseg", "auto3dseg.pt"), ("bundle", "monai-bundle", "bundle.zip")):
         assert cli.main(["models", "pull", name]) == 0, capsys.readouterr().err
-        assert readCard(capsys.readouterr().out.strip().splitlines()[-1])["provenance"]["format"] == kind
+        recorded = readCard(capsys.readouterr().out.strip().splitlines()[-1])["provenance"]
+        assert (recorded["format"], recorded["source"]) == (kind, index["url"] + served)
 
 
 def test_a_bundle_zip_with_a_member_outside_its_folder_is_not_unpacked(tmp_path):
@@ -351,6 +353,9 @@ def test_a_torchscript_url_source_with_its_localiser_is_wrapped_on_pull(capsys, 
     assert cli.main(["models", "pull", "published-mask"]) == 0, capsys.readouterr().err
     loaded = loadModel(capsys.readouterr().out.strip().splitlines()[-1], "cpu")
     assert loaded.localizer is not None and loaded.card["provenance"]["localizer_sha256"] == source["localizer"]["sha256"]
+    # The card records the release, not the temporary folder the pull imported from.
+    assert (loaded.card["provenance"]["source"], loaded.card["provenance"]["localizer"]) == (url + "model.pt", url + "bbox_model.pt")
+    assert cli.main(["info", str(loaded.path)]) == 0 and f"torchscript {url}model.pt (SHA256" in capsys.readouterr().out
     assert cli.main(["models", "pull", "tampered"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing was cached" in err[0], err

@@ -110,6 +110,9 @@ def test_both_entries_pull_from_a_local_package_index_and_are_cached(published_m
     assert taps["provenance"]["verified"]["max_abs_difference"] < 1e-3 * taps["provenance"]["verified"]["output_range"]
     assert deepbet["provenance"]["format"] == "torchscript" and deepbet["provenance"]["source_sha256"] == "de8ee7c69654d0dd3935dc4a5d84571d8ecf4637a6bfc01df399c4c2bc86e0fd"
     assert deepbet["provenance"]["localizer_sha256"] == "39a7b2b5f799faa1391ea97bfcdc0b9299f20d84f2316a4ff8918dc4685e40aa"
+    # The releases they came from, not the pull's temporary folder.
+    assert taps["provenance"]["source"] == "lavlab-taps==1.1.2 taps/resources/model_v1.onnx"
+    assert (deepbet["provenance"]["source"], deepbet["provenance"]["localizer"]) == ("deepbet==1.0.2 data/models/model.pt", "deepbet==1.0.2 data/models/bbox_model.pt")
     assert deepbet["provenance"]["verified"]["max_abs_difference"] == 0.0 and deepbet["localizer"]["grid"]["shape"] == [128, 128, 128]
     assert taps["labels"][0]["terminology"]["type"][1] == "41216001" and deepbet["labels"][0]["terminology"]["type"][1] == "12738006"
 

@@ -146,8 +146,9 @@ def loadCheckpointAsData(source: str):
         raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
 
 
-def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
-    """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card written."""
+def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None) -> dict:
+    """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card
+    written (``origin``: the source it records, :func:`verification.provenance`)."""
     import torch
 
     from ..engine.modelcard import saveModel, validateCard
@@ -173,7 +174,7 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str) -> dict:
     # A patch the network takes, small enough for a CPU check.
     patch = [min(int(v), 64) // 32 * 32 or 32 for v in card["patch_size"]]
     verified = verifyAgainstEager(network, scripted, card, patch, "the labels (check --labels)")
-    card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes)
+    card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes, origin)
     saveModel(scripted, card, output)
     return card
 
@@ -306,8 +307,9 @@ def readConfigFile(path: str) -> dict:
     return data
 
 
-def importBundle(source: str, output: str) -> dict:
-    """Convert and verify a MONAI bundle folder; returns the card written.
+def importBundle(source: str, output: str, origin: str | None = None) -> dict:
+    """Convert and verify a MONAI bundle folder; returns the card written (``origin``: the source it
+    records, :func:`verification.provenance`).
 
     The configs are read as data: the network is built by :func:`networks.buildNetwork` (MONAI's
     networks only), and no expression of the bundle is evaluated.
@@ -337,7 +339,7 @@ def importBundle(source: str, output: str) -> dict:
     except Exception as error:  # weights and scripting fail in many ways
         raise MedSegUNetError(f"The bundle's network cannot be loaded or scripted ({firstLine(error)[:140]}).") from None
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
-    card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [])
+    card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [], origin)
     saveModel(scripted, card, output)
     return card
 

@@ -264,8 +264,9 @@ def checkGraphEnd(model, source: str) -> None:
         raise MedSegUNetError(f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, before the {last.op_type}.")
 
 
-def importONNX(source: str, cardPath: str, output: str) -> dict:
-    """Convert and verify an ONNX model; write it with its card. Returns the card written.
+def importONNX(source: str, cardPath: str, output: str, origin: str | None = None) -> dict:
+    """Convert and verify an ONNX model; write it with its card. Returns the card written
+    (``origin``: the source it records, :func:`verification.provenance`).
 
     Raises:
         MedSegUNetError: missing packages, a card without a network, weights that do not fit, an
@@ -312,6 +313,6 @@ def importONNX(source: str, cardPath: str, output: str) -> dict:
     if got.shape != expected.shape or got.shape[1] != outputChannels(card):
         raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
-    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes)
+    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes, origin)
     saveModel(scripted, card, output)
     return card

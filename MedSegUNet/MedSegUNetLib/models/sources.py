@@ -147,22 +147,32 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
         with open(cardPath, "w", encoding="utf-8") as stream:
             json.dump(entry["card"], stream)
     suffix = fetched.lower()
+    # The release the files came from, recorded instead of this temporary folder's paths.
+    origins = [releaseName(entry["source"]), releaseName(entry["source"].get("localizer") or {}, entry["source"].get("pip"))]
     if localizer is not None and not (suffix.endswith(".pt") and isTorchScript(fetched)):
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not TorchScript: only a TorchScript model comes with a localiser.")
     if suffix.endswith(".onnx"):
-        importONNX(fetched, cardPath, output)
+        importONNX(fetched, cardPath, output, origins[0])
     elif suffix.endswith(".pt") and isTorchScript(fetched):
-        importTorchScript(fetched, cardPath, output, localizer)
+        importTorchScript(fetched, cardPath, output, localizer, (origins[0], origins[1] if localizer else None))
     elif suffix.endswith((".pt", ".pth", ".ckpt")):
         labels = os.path.join(folder, "labels.csv")
         with open(labels, "w", encoding="utf-8") as stream:
             stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
-        importAuto3DSeg(fetched, labels, output)
+        importAuto3DSeg(fetched, labels, output, origins[0])
     elif suffix.endswith(".zip"):
-        importBundle(extractBundle(fetched, os.path.join(folder, "bundle")), output)
+        importBundle(extractBundle(fetched, os.path.join(folder, "bundle")), output, origins[0])
     else:
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
     return output
+
+
+def releaseName(source: dict, package: str | None = None) -> str | None:
+    """A catalog source as a card records it: ``deepbet==1.0.2 data/models/model.pt`` (a file of a
+    package, ``package`` for a localiser of the same one) or its URL."""
+    if source.get("file"):
+        return f"{source.get('pip') or package} {source['file']}"
+    return source.get("url")
 
 
 def extractBundle(archive: str, folder: str) -> str:

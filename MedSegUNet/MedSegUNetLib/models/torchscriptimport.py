@@ -78,8 +78,9 @@ def answer(network, sample, channels: int, probabilities: bool, what: str) -> np
     return values
 
 
-def importTorchScript(source: str, cardPath: str, output: str, localizerPath: str | None = None) -> dict:
-    """Wrap a published TorchScript network (and its localiser) with a card; returns the card written.
+def importTorchScript(source: str, cardPath: str, output: str, localizerPath: str | None = None, origin: tuple[str, str | None] | None = None) -> dict:
+    """Wrap a published TorchScript network (and its localiser) with a card; returns the card written
+    (``origin``: the network's and the localiser's sources to record, :func:`verification.provenance`).
 
     Raises:
         MedSegUNetError: a file that is not TorchScript, a card whose localiser and ``--localizer``
@@ -104,9 +105,10 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
         spec = card["localizer"]
         localizerSample = torch.rand(1, len(card["inputs"]), *spec["grid"]["shape"], generator=generator)
         checks.append((localizerSample, answer(localizer, localizerSample, int(spec["channels"]), spec["output"] == "probabilities", "localiser")))
-    card["provenance"] = provenance("torchscript", source, sha256(source), {"torchscript": network.original_name}, {}, [])
+    sourceOrigin, localizerOrigin = origin or (None, None)
+    card["provenance"] = provenance("torchscript", source, sha256(source), {"torchscript": network.original_name}, {}, [], sourceOrigin)
     if localizerPath:
-        card["provenance"].update(localizer=os.path.abspath(localizerPath), localizer_sha256=sha256(localizerPath))
+        card["provenance"].update(localizer=localizerOrigin or os.path.abspath(localizerPath), localizer_sha256=sha256(localizerPath))
     with tempfile.TemporaryDirectory(prefix="medsegunet-import-") as folder:
         # The file as it will be written, loaded back and asked the same questions.
         trial = os.path.join(folder, "trial.pt")

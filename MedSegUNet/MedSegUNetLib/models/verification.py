@@ -69,16 +69,18 @@ def compareOutputs(expected: np.ndarray, got: np.ndarray, patch: list, runtime: 
     return {"patch": patch, "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": runtime}
 
 
-def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str]) -> dict:
+def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str], origin: str | None = None) -> dict:
     """The card's record of where an imported model came from and how it was checked.
 
     Args:
         network: the eager network (its class is recorded), or the record itself for a network
             with no Python class to name (a published TorchScript: ``{"torchscript": name}``).
+        origin: what to record as the source instead of the file's path (a catalog pull imports
+            from a temporary folder: its release, such as ``deepbet==1.0.2 data/models/model.pt``).
     """
     record = network if isinstance(network, dict) else {"_target_": type(network).__module__ + "." + type(network).__name__}
     return {
-        "format": kind, "source": os.path.abspath(source), "source_sha256": checksum, "tool": "medsegunet import", "notes": list(notes),
+        "format": kind, "source": origin or os.path.abspath(source), "source_sha256": checksum, "tool": "medsegunet import", "notes": list(notes),
         "network": record, "verified": verified,
     }
 
