@@ -343,14 +343,24 @@ def test_prostatex_0001_segment_keeps_grid(prostate_series_0001, a_threshold_mod
     np.testing.assert_array_equal(labelsOf(result), thresholdedReference(images[0], result.roi))
 
 
-# [parameters (card kind), input (random probabilities on an RAS model grid over an oblique ROI),
+# A ROI whose I runs along S, J along P, K along R: a model grid in RAS order is its axes reversed,
+# so the ROI's voxels in the model's axis order are stored exactly as SimpleITK stores the ROI.
+I_ALONG_S = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+# [parameters (card kind, ROI axes), input (random probabilities on an RAS model grid over the ROI),
 # expected: labels, regions and kept probabilities equal those of the straightforward route, each
-# class resampled onto the ROI grid as SimpleITK stores it (K, J, I)]
-@pytest.mark.parametrize("softmax, channels", [(True, 3), (True, 2), (False, 2)], ids=["softmax-3", "softmax-binary", "sigmoid-2"])
-def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, channels):
+# class resampled onto the ROI grid as SimpleITK stores it (K, J, I), kept in arrays of their own]
+@pytest.mark.parametrize("softmax, channels, direction", [
+    pytest.param(True, 3, phantoms.rotationMatrix((1, 1, 0), 12), id="softmax-3"),
+    pytest.param(True, 2, phantoms.rotationMatrix((1, 1, 0), 12), id="softmax-binary"),
+    pytest.param(False, 2, phantoms.rotationMatrix((1, 1, 0), 12), id="sigmoid-2"),
+    pytest.param(True, 3, I_ALONG_S, id="softmax-3-model-axes-reversed"),
+])
+def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, channels, direction):
     from MedSegUNetLib.engine import preprocessing
 
-    roiGrid = phantoms.makeGrid((21, 17, 9), (0.8, 0.8, 2.5), phantoms.rotationMatrix((1, 1, 0), 12), (2.0, -1.0, 0.5))
+    roiGrid = phantoms.makeGrid((21, 17, 9), (0.8, 0.8, 2.5), direction, (2.0, -1.0, 0.5))
     grid = preprocessing.modelGrid(roiGrid, (1.1, 1.1, 1.3), "RAS")
     rng = np.random.default_rng(7)
     probabilities = rng.random((channels, *grid.GetSize())).astype(np.float32)
@@ -367,6 +377,8 @@ def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, cha
         direct.append(sitk.GetArrayFromImage(sitk.Resample(image, roiGrid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
     direct = np.stack(direct)
     np.testing.assert_allclose(np.stack(kept), direct, atol=1e-6)
+    # Not views of the per-class images, which are gone once the call returns.
+    assert all(array.flags.owndata for array in kept)
     assert labels.shape == tuple(reversed(roiGrid.GetSize())) and labels.flags.c_contiguous
     if softmax:
         np.testing.assert_array_equal(labels, np.argmax(direct, axis=0))

@@ -231,7 +231,9 @@ def probabilitiesToLabels(
             regions[index] = channelArray >= float(card.get("threshold", 0.5))
             labels[regions[index]] = value
         if keep is not None:
-            keep.append(np.ascontiguousarray(channelArray if sameGrid else preprocessing.permutedToKJI(channelArray, order), dtype=np.float32))
+            # Always a copy: the view of a class image dies with the image (next class), and an
+            # identity permutation would hand it back uncopied.
+            keep.append(np.array(channelArray if sameGrid else preprocessing.permutedToKJI(channelArray, order), dtype=np.float32, order="C"))
     if not sameGrid:
         labels = np.ascontiguousarray(preprocessing.permutedToKJI(labels, order))
         regions = None if regions is None else np.ascontiguousarray(preprocessing.permutedToKJI(regions, order))
