@@ -601,3 +601,21 @@ def test_cases_are_spread_over_the_workers(workers, cases, held, waiting):
     assert [len(pool.held[workerId]) for workerId in range(workers)] == held
     assert len(pool.pending) == waiting
     assert sorted(index for workerId in range(workers) for index in pool.held[workerId]) == list(range(cases - waiting))
+
+
+# [parameters (--threads, --workers, cores), input (local workers' devices), expected (threads each)]
+@pytest.mark.parametrize("threads, workers, cores, devices, expected", [
+    (None, None, 2, ["cpu", "cpu"], 1),   # the default CPU run: the two cores shared
+    (None, None, 2, ["cpu"], 2),          # a resumed run left one case: its worker takes both
+    (None, 4, 16, [], 4),                 # Ray: the cores shared among the workers asked for
+    (None, None, 16, [], 16),
+    (3, None, 16, ["cpu", "cpu"], 3),     # --threads wins
+    (None, None, 1, ["cpu", "cpu"], 1),   # never 0
+])
+def test_threads_each(monkeypatch, threads, workers, cores, devices, expected):
+    import argparse
+
+    from MedSegUNetLib.cohorts import batch
+
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: cores)
+    assert batch.threadsEach(argparse.Namespace(threads=threads, workers=workers), devices) == expected

@@ -177,7 +177,7 @@ def run(args, console) -> int:
     if devices and todo and len(todo) < len(devices):
         # Fewer cases to run than workers (a resumed run): the cores go to the workers started.
         devices = devices[: len(todo)]
-        options.threads = args.threads or max(1, (os.cpu_count() or 1) // len(devices))
+        options.threads = threadsEach(args, devices)
 
     def onRow(index: int, row: dict) -> None:
         rows[index] = row
@@ -231,12 +231,17 @@ def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOpt
         raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
     sweepStaging(args.output)
     devices = workerDevices(args.device, args.workers, len(cases)) if args.engine == "local" else []
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
     options = BatchOptions(
         modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output),
-        format=args.format, device=args.device, resampleIrregular=args.resample_irregular, threads=threads,
+        format=args.format, device=args.device, resampleIrregular=args.resample_irregular, threads=threadsEach(args, devices),
     )
     return options, devices
+
+
+def threadsEach(args, devices: Sequence[str]) -> int:
+    """Network threads of each worker: ``--threads``, or the cores shared among the local workers
+    (``devices``) or the Ray workers asked for."""
+    return args.threads or max(1, (os.cpu_count() or 1) // max(1, len(devices) or args.workers or 1))
 
 
 def rowsBeforeTheRun(cases: Sequence[CaseSpec], options: BatchOptions, force: bool, progress) -> tuple[dict[int, dict], list[int]]:

@@ -148,20 +148,21 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
             json.dump(entry["card"], stream)
     suffix = fetched.lower()
     # The release the files came from, recorded instead of this temporary folder's paths.
-    origins = [releaseName(entry["source"]), releaseName(entry["source"].get("localizer") or {}, entry["source"].get("pip"))]
+    origin = releaseName(entry["source"])
+    localizerOrigin = releaseName(entry["source"].get("localizer") or {}, entry["source"].get("pip")) if localizer else None
     if localizer is not None and not (suffix.endswith(".pt") and isTorchScript(fetched)):
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not TorchScript: only a TorchScript model comes with a localiser.")
     if suffix.endswith(".onnx"):
-        importONNX(fetched, cardPath, output, origins[0])
+        importONNX(fetched, cardPath, output, origin)
     elif suffix.endswith(".pt") and isTorchScript(fetched):
-        importTorchScript(fetched, cardPath, output, localizer, (origins[0], origins[1] if localizer else None))
+        importTorchScript(fetched, cardPath, output, localizer, (origin, localizerOrigin))
     elif suffix.endswith((".pt", ".pth", ".ckpt")):
         labels = os.path.join(folder, "labels.csv")
         with open(labels, "w", encoding="utf-8") as stream:
             stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
-        importAuto3DSeg(fetched, labels, output, origins[0])
+        importAuto3DSeg(fetched, labels, output, origin)
     elif suffix.endswith(".zip"):
-        importBundle(extractBundle(fetched, os.path.join(folder, "bundle")), output, origins[0])
+        importBundle(extractBundle(fetched, os.path.join(folder, "bundle")), output, origin)
     else:
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
     return output
