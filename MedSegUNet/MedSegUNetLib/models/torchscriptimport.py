@@ -35,17 +35,13 @@ def isTorchScript(path: str) -> bool:
 
 def loadScripted(path: str, what: str):
     """A TorchScript network on the CPU, or one line saying why it cannot be read."""
-    import torch
-
+    from ..engine.graphsafety import loadCheckedTorchScript
     from ..engine.volumes import checkRegularFile
 
     checkRegularFile(path, what)
     if not isTorchScript(path):
         raise MedSegUNetError(f"{what} '{path}' is not a TorchScript archive: give a file saved with torch.jit.save.")
-    try:
-        return torch.jit.load(path, map_location="cpu").eval()
-    except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
-        raise MedSegUNetError(f"Cannot load TorchScript {what.lower()} '{path}' ({firstLine(error)[:140]}).") from None
+    return loadCheckedTorchScript(path, "cpu", f"{what} '{path}'")
 
 
 def checkShape(card: dict, grid: dict | None) -> list[int]:
