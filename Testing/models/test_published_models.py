@@ -117,6 +117,24 @@ def test_both_entries_pull_from_a_local_package_index_and_are_cached(published_m
     assert taps["labels"][0]["terminology"]["type"][1] == "41216001" and deepbet["labels"][0]["terminology"]["type"][1] == "12738006"
 
 
+def test_both_published_graphs_pass_the_operator_allow_list(published_models):
+    """TAPS's SegResNetDS (imported) and deepbet's two published networks use only allowed operators,
+    and the cache records each model file's SHA256 beside it."""
+    import io
+
+    import torch
+
+    from MedSegUNetLib.engine import graphsafety, modelcard
+    from MedSegUNetLib.engine.volumes import sha256
+
+    for name in ("prostate-gland-taps", "brain-mask-deepbet"):
+        path = published_models[name]
+        assert graphsafety.forbiddenOperators(torch.jit.load(str(path))) == [], name
+        assert Path(str(path) + ".sha256").read_text().strip() == sha256(path)
+    localizer = modelcard._extraFile(str(published_models["brain-mask-deepbet"]), modelcard.LOCALIZER_EXTRA_FILE)
+    assert graphsafety.forbiddenOperators(torch.jit.load(io.BytesIO(localizer))) == []
+
+
 @pytest.mark.parametrize("field", ["sha256", "localizer"])
 def test_a_wrong_sha256_caches_nothing(capsys, tmp_path, monkeypatch, a_package_index, field):
     from MedSegUNetLib.models import catalog

@@ -58,6 +58,8 @@ _OS_ERROR_ADVICE = {
 def osErrorMessage(error: OSError, action: str, path: str | os.PathLike) -> str:
     """One line for an ``OSError`` met while ``action``-ing ``path`` (e.g. "write", "read")."""
     advice = _OS_ERROR_ADVICE.get(error.errno or -1)
+    if error.errno in (errno.EACCES, errno.EPERM) and action in ("read", "use", "open"):
+        advice = "permission denied: make it readable to you (chmod), or copy it somewhere you can read"
     if advice is None:
         advice = (error.strerror or type(error).__name__).rstrip(".").lower()
     return f"Cannot {action} '{os.fspath(path)}': {advice}."

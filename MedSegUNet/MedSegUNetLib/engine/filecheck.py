@@ -81,6 +81,24 @@ def checkDataBudget(name: str, voxels: int, dataBytes: int) -> None:
         )
 
 
+def checkTensorBudget(what: str, shape, copies: int = 4) -> None:
+    """Refuse a float32 tensor of ``shape`` that would not fit, with ``copies`` like it (the input,
+    the network's activations, its output), in the memory budget, before it is allocated.
+
+    Raises:
+        MedSegUNetError: one line with the tensor's size and the budget.
+    """
+    voxels = 1
+    for size in shape:
+        voxels *= max(int(size), 1)
+    needed, budget = voxels * 4 * copies, memoryBudgetBytes()
+    if needed > budget:
+        raise MedSegUNetError(
+            f"{what} of shape {' × '.join(str(int(n)) for n in shape)} needs about {needed / 2**30:.1f} GiB, more than this computer's memory budget "
+            f"(half its free memory: {budget / 2**30:.1f} GiB): check the card's grid or patch size."
+        )
+
+
 _NRRD_TYPE_BYTES = {
     "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
     "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2, "ushort": 2,

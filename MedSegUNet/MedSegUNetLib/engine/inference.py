@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -201,9 +201,14 @@ class _Predictor:
         if self.cancelEvent is not None and self.cancelEvent.is_set():
             raise ProcessingCancelled()
         device = self.loaded.device
+
+        def forward():
+            # Grad mode and autocast are per thread: set again where the network runs.
+            with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+                return self.loaded.network(batch)
+
         try:
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-                logits = self.loaded.network(batch)
+            logits = callInterruptibly(forward)
         except (RuntimeError, MemoryError) as error:  # torch.jit.Error is a RuntimeError
             if isOutOfMemory(error):
                 raise MedSegUNetError(f"Out of memory on {device} while running the network: {OUT_OF_MEMORY_ADVICE}.") from None
@@ -217,6 +222,37 @@ class _Predictor:
             self.progressCallback(min(self.done / self.batches, 1.0), f"Inference: batch {self.done} of {self.batches}")
         # Blended as the card says: probabilities (activated per window) or logits (activated after).
         return logits if self.loaded.card.get("blend") == "logits" else activate(logits, self.loaded.card)
+
+
+def callInterruptibly(function: Callable[[], Any]) -> Any:
+    """``function()`` on a thread of its own while the main thread waits, so that Ctrl-C or SIGTERM
+    ends the run at once instead of when a long network call returns (Python runs signal handlers
+    in the main thread only, between bytecodes, and a network call is one long C++ call).
+
+    On an interruption the call is abandoned (a daemon thread: the process exits without it) and
+    the handler's exception goes on from here. Off the main thread (a batch worker, the Slicer
+    worker, Ray), no signal reaches the caller and the call runs where it is: those are stopped by
+    ending their process.
+
+    Returns:
+        what ``function`` returns; what it raises is raised here.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return function()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # handed over to the waiting thread, whatever it is
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="medsegunet-network", daemon=True)
+    thread.start()
+    thread.join()  # a lock wait: interrupted by a signal whose handler raises (POSIX)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def wholeArrayInferer(window: Sequence[int]):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -91,17 +92,32 @@ def checkRegularFile(path: str | os.PathLike, what: str = "Volume") -> os.stat_r
         raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
     if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):
         raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not a regular file or folder (a pipe or device): give a file or a DICOM folder.")
+    if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(status.st_mode) else 0)):
+        raise MedSegUNetError(osErrorMessage(PermissionError(errno.EACCES, "Permission denied"), "read", path))
     return status
 
 
 def readRegularText(path: str | os.PathLike, what: str, limit: int = 64 * 2**20) -> str:
-    """The UTF-8 text of a file that must be a regular file (a manifest, a summary, a record).
+    """The UTF-8 text of a file that must be a regular file (a manifest, a summary, a record):
+    :func:`readRegularBytes`, decoded.
+
+    Raises:
+        MedSegUNetError: as :func:`readRegularBytes`, or not UTF-8.
+    """
+    try:
+        return readRegularBytes(path, what, limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not UTF-8 text.") from None
+
+
+def readRegularBytes(path: str | os.PathLike, what: str, limit: int = 64 * 2**20) -> bytes:
+    """The bytes of a file that must be a regular file, at most ``limit`` of them.
 
     It is opened without blocking and checked on the open descriptor, so a FIFO or device put
     there (even between a check and the open) is refused instead of blocking the run.
 
     Raises:
-        MedSegUNetError: missing, unreadable, not a regular file, larger than ``limit``, or not UTF-8.
+        MedSegUNetError: missing, unreadable (permission denied), not a regular file, or larger than ``limit``.
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -114,12 +130,11 @@ def readRegularText(path: str | os.PathLike, what: str, limit: int = 64 * 2**20)
         if not stat.S_ISREG(status.st_mode):
             raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not a regular file (a folder, pipe or device).")
         if status.st_size > limit:
-            raise MedSegUNetError(f"{what} '{os.fspath(path)}' is larger than {limit // 2**20} MiB.")
-        data = stream.read(limit + 1)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not UTF-8 text.") from None
+            raise MedSegUNetError(f"{what} '{os.fspath(path)}' is larger than {limit / 2**20:g} MiB.")
+        try:
+            return stream.read(limit + 1)
+        except OSError as error:
+            raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
 
 
 def sha256(path: str | os.PathLike) -> str:

@@ -265,23 +265,46 @@ def normalize(
     volumes = [np.asarray(v).ravel() for v in volumes] if needVolume[0] else [None] * len(array)
     memo = volumeStatistics if volumeStatistics is not None else {}
     for index, step in enumerate(steps):
-        if step.get("type") == "zscore_slice":
-            array = zscoreSlices(array, step.get("nonzero", False))
-            continue
-        parameters = []
-        for number, (volume, channel) in enumerate(zip(volumes, array)):
-            if step.get("statistics") != "volume":
-                parameters.append(stepParameters(step, channel))
-                continue
-            key = (number, json.dumps(steps[: index + 1], sort_keys=True))
-            if key not in memo:
-                memo[key] = stepParameters(step, volume)
-            parameters.append(memo[key])
-        for channel, values in zip(array, parameters):
-            applyStep(channel, step, values, inPlace=True)
-        if index + 1 < len(steps) and needVolume[index + 1]:
-            volumes = [applyStep(volume, step, values) for volume, values in zip(volumes, parameters)]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # what overflows is refused below, in one line
+            array = _normalizationStep(array, step, index, steps, volumes, memo, needVolume)
+        checkFinite(array, step, index)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def checkFinite(array: np.ndarray, step: dict, index: int) -> None:
+    """Refuse a normalised array holding an infinity or NaN, naming the step that made it.
+
+    One float64 sum: finite exactly when every value is (float32's largest values summed over any
+    grid stay far below float64's range), without a boolean copy of the grid.
+
+    Raises:
+        MedSegUNetError: naming the step (1-based) and its type.
+    """
+    if not math.isfinite(float(np.sum(array, dtype=np.float64))):
+        raise MedSegUNetError(
+            f"The card's normalisation step {index + 1} ({step.get('type', 'none')}) gives values beyond float32's range (or not numbers): "
+            "check its scale, shift or b_min/b_max; the network is not run."
+        )
+
+
+def _normalizationStep(array, step: dict, index: int, steps: list, volumes: list, memo: dict, needVolume: list) -> np.ndarray:
+    """One step of :func:`normalize` over every channel (and, for a later step's statistics, the volumes, in place)."""
+    if step.get("type") == "zscore_slice":
+        return zscoreSlices(array, step.get("nonzero", False))
+    parameters = []
+    for number, (volume, channel) in enumerate(zip(volumes, array)):
+        if step.get("statistics") != "volume":
+            parameters.append(stepParameters(step, channel))
+            continue
+        key = (number, json.dumps(steps[: index + 1], sort_keys=True))
+        if key not in memo:
+            memo[key] = stepParameters(step, volume)
+        parameters.append(memo[key])
+    for channel, values in zip(array, parameters):
+        applyStep(channel, step, values, inPlace=True)
+    if index + 1 < len(steps) and needVolume[index + 1]:
+        volumes[:] = [applyStep(volume, step, values) for volume, values in zip(volumes, parameters)]
+    return array
 
 
 def stepParameters(step: dict, values: np.ndarray) -> tuple[float, float]:

@@ -182,7 +182,7 @@ def imageVerifier(expected: sitk.Image) -> Callable[[str], None]:
                 except RuntimeError as error:
                     raise MedSegUNetError(f"'{os.path.basename(path)}' cannot be read back ({_nativeReason(error, captured)})") from None
         except MedSegUNetError as error:
-            raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check the free disk space.") from None
+            raise MedSegUNetError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check the free disk space.") from None
         if written.GetPixelID() != expected.GetPixelID():
             written = sitk.Cast(written, expected.GetPixelID())
         # Voxel for voxel (an array comparison, many times faster than hashing both images).
@@ -202,10 +202,27 @@ def writeImageFile(image: sitk.Image, path: str, compress: bool = True) -> None:
             sitk.WriteImage(image, path, compress)
         except RuntimeError:
             # ITK does not say why (its message names only the staging path).
-            raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}': {_WRITE_FAILED}") from None
+            raise MedSegUNetError(noSpaceMessage(path) or f"Cannot write '{os.path.basename(path)}': {_WRITE_FAILED}") from None
     short = [line for line in captured if "wrote only" in line.lower()]
     if short:
-        raise MedSegUNetError(f"Cannot write '{os.path.basename(path)}': only part of it was written; {_WRITE_FAILED}")
+        raise MedSegUNetError(noSpaceMessage(path) or f"Cannot write '{os.path.basename(path)}': only part of it was written; {_WRITE_FAILED}")
+
+
+# Below this, a write that failed or came out short is taken to have met a full disk.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def noSpaceMessage(path: str) -> str | None:
+    """"No space left" for a write that failed where the disk is (nearly) full, else None: ITK's
+    writers do not pass ENOSPC on, so the free space is what tells a full disk from other faults."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= _NEARLY_FULL_BYTES:
+        return None
+    return f"Cannot write '{os.path.basename(path)}': no space left on the disk of '{folder}' ({free // 1024} KiB free); nothing was kept: free space or write to another folder."
 
 
 def textVerifier(text: str) -> Callable[[str], None]:
@@ -214,14 +231,17 @@ def textVerifier(text: str) -> Callable[[str], None]:
 
     def verify(path: str) -> None:
         if os.path.getsize(path) != size:
-            raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space.")
+            raise MedSegUNetError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space.")
 
     return verify
 
 
 def writeTextFile(text: str, path: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as stream:
-        stream.write(text)
+    try:
+        with open(path, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+    except OSError as error:
+        raise MedSegUNetError(osErrorMessage(error, "write", path)) from None
 
 
 def writeVolume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:

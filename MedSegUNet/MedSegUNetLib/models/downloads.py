@@ -23,8 +23,10 @@ DEFAULT_DOWNLOAD_SECONDS = 3600.0
 MIN_RATE_VARIABLE = "MEDSEGUNET_DOWNLOAD_MIN_RATE"
 # A link slower than 1 kB/s over a whole minute is a stall, not a download: end it rather than wait an hour.
 DEFAULT_MIN_RATE = (1024.0, 60.0)
-# The most a download with no declared size may bring (the largest published model: 84 MB).
+# The most a download with no declared size may bring (the largest published model: 84 MB);
+# ``MEDSEGUNET_DOWNLOAD_MAX_BYTES`` sets another (an institution's larger models).
 DEFAULT_DOWNLOAD_CAP = 4 * 2**30
+MAX_BYTES_VARIABLE = "MEDSEGUNET_DOWNLOAD_MAX_BYTES"
 
 
 def download(
@@ -118,7 +120,7 @@ class TransferGuard:
         self.what, self.hint = what, hint
         self.limit = totalSeconds if totalSeconds is not None else downloadDeadline()
         self.rate, self.window = minimumRate()
-        self.maxBytes = int(maxBytes) if maxBytes else DEFAULT_DOWNLOAD_CAP
+        self.maxBytes = int(maxBytes) if maxBytes else downloadCap()
         self.started = time.monotonic()
         self.samples: list[tuple[float, int]] = [(self.started, 0)]
 
@@ -138,6 +140,16 @@ class TransferGuard:
             raise MedSegUNetError(
                 f"{self.what}: it stalled ({total - before} bytes in the last {self.window:g} s, below {self.rate:g} bytes/s; {MIN_RATE_VARIABLE} sets the minimum); nothing was kept; {self.hint}."
             )
+
+
+def downloadCap() -> int:
+    """The most bytes a download without a declared size may bring: ``MEDSEGUNET_DOWNLOAD_MAX_BYTES``, default 4 GiB."""
+    value = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_DOWNLOAD_CAP
+    if not value.isdigit() or int(value) <= 0:
+        raise MedSegUNetError(f"{MAX_BYTES_VARIABLE}={value!r} is not a whole number of bytes above 0.")
+    return int(value)
 
 
 def minimumRate() -> tuple[float, float]:

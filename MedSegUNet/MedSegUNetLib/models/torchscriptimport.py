@@ -93,8 +93,14 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
         raise MedSegUNetError("The card's 'localizer' and --localizer go together: give the localiser's TorchScript file with a card that describes it, or neither.")
     network = loadScripted(source, "Model")
     localizer = loadScripted(localizerPath, "Localiser") if localizerPath else None
+    from ..engine.filecheck import checkTensorBudget
+
     generator = torch.Generator().manual_seed(0)
-    sample = torch.rand(1, len(card["inputs"]), *checkShape(card, card.get("grid")), generator=generator)
+    shape = [1, len(card["inputs"]), *checkShape(card, card.get("grid"))]
+    checkTensorBudget("The check's random input", shape)
+    if card.get("localizer"):
+        checkTensorBudget("The localiser check's random input", [1, len(card["inputs"]), *card["localizer"]["grid"]["shape"]])
+    sample = torch.rand(*shape, generator=generator)
     expected = answer(network, sample, outputChannels(card), card["output"] == "probabilities", "network")
     checks = [(sample, expected)]
     if localizer is not None:

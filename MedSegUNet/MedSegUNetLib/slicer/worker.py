@@ -329,6 +329,9 @@ def _watchStdin(requests: queue.Queue) -> None:
         except ValueError:
             _write({"error": "the worker received a line that is not JSON", "kind": "internal"})
             continue
+        if not isinstance(request, dict):  # answered, never a crash of this thread (the worker would go deaf)
+            _write({"id": None, "error": "the worker received a request that is not a JSON object", "kind": "user"})
+            continue
         if request.get("command") in ("quit", "cancel"):
             break
         requests.put(request)
@@ -363,7 +366,26 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
         return {"path": phantoms.writeThresholdModel(request["path"], request["thresholds"], request["card"])}
     if command != "segment":
         raise MedSegUNetError(f"Unknown worker command '{command}'.")
+    checkSegmentRequest(request)
     return jobfiles.runRequest(request, progressCallback)
+
+
+# What a segment request must hold, and of which type: a malformed one gets an error answer.
+SEGMENT_FIELDS = {"folder": str, "model": str, "device": str, "inputs": list, "roi": list, "useROI": bool, "marginMM": (int, float)}
+
+
+def checkSegmentRequest(request: dict) -> None:
+    """Refuse a segment request that lacks a field or gives one of another type, naming the first.
+
+    Raises:
+        MedSegUNetError: the malformed field.
+    """
+    for field, kind in SEGMENT_FIELDS.items():
+        if not isinstance(request.get(field), kind) or (kind is not bool and isinstance(request.get(field), bool)):
+            raise MedSegUNetError(f"The worker's segment request has no valid '{field}': the module and the worker are out of step; reinstall the extension.")
+    for item in request["inputs"] + request["roi"]:
+        if not isinstance(item, dict) or not isinstance(item.get("file"), str) or not isinstance(item.get("name"), str):
+            raise MedSegUNetError("The worker's segment request has a volume without 'file' and 'name': the module and the worker are out of step; reinstall the extension.")
 
 
 # The engine's messages speak of command-line options; the worker answers the Slicer module, whose
