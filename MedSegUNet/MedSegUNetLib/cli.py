@@ -453,6 +453,17 @@ def _interruptionBehind(error: BaseException) -> BaseException | None:
     return None
 
 
+def _endAtOnceIfANetworkRuns(code: int) -> None:
+    """End the console script now when an interruption left a network call running on its thread
+    (:func:`engine.inference.callInterruptibly`): the interpreter's shutdown would wait on it or abort.
+    Outputs were already removed on the way here; only the streams are left to flush."""
+    inference = sys.modules.get("MedSegUNetLib.engine.inference")
+    if inference is not None and inference.ABANDONED_CALLS.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medsegunet`` console script; returns the exit status.
 
@@ -468,7 +479,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         kept = getattr(error, "kept", None)
         name = "terminated" if number == signal.SIGTERM else "interrupted"
         sys.stderr.write(f"medsegunet: {name}; {kept or 'nothing was written'}.\n")
-        return EXIT_TERMINATED if number == signal.SIGTERM else EXIT_CANCELLED
+        code = EXIT_TERMINATED if number == signal.SIGTERM else EXIT_CANCELLED
+        if argv is None:
+            _endAtOnceIfANetworkRuns(code)
+        return code
     finally:
         if argv is None:
             _setSignalHandlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN})

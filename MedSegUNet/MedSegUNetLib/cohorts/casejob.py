@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.inference import CALL_BEGUN_VARIABLE
 from ..engine.volumes import DicomSeries
 from .cases import CaseSpec, checkCaseId
 
@@ -301,7 +302,7 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
 
 # A test hook: when this names a folder, a case entering the network leaves ``<pid>-<case>`` there,
 # so that a test can end that process at that very moment instead of guessing it with a clock.
-NETWORK_BEGUN_VARIABLE = "MEDSEGUNET_TEST_NETWORK_BEGUN_DIR"
+NETWORK_BEGUN_VARIABLE = CALL_BEGUN_VARIABLE
 
 
 def markNetworkBegun(case: CaseSpec) -> None:

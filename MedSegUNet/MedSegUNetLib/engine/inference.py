@@ -224,6 +224,11 @@ class _Predictor:
         return logits if self.loaded.card.get("blend") == "logits" else activate(logits, self.loaded.card)
 
 
+# Set when a network call was left running on its thread: the process must then end without the
+# interpreter's shutdown, whose C++ destructors abort (SIGABRT) while torch still computes on it.
+ABANDONED_CALLS = threading.Event()
+
+
 def callInterruptibly(function: Callable[[], Any]) -> Any:
     """``function()`` on a thread of its own while the main thread waits, so that Ctrl-C or SIGTERM
     ends the run at once instead of when a long network call returns (Python runs signal handlers
@@ -243,16 +248,35 @@ def callInterruptibly(function: Callable[[], Any]) -> Any:
 
     def run() -> None:
         try:
+            _markCallBegun()
             outcome["value"] = function()
         except BaseException as error:  # handed over to the waiting thread, whatever it is
             outcome["error"] = error
 
     thread = threading.Thread(target=run, name="medsegunet-network", daemon=True)
     thread.start()
-    thread.join()  # a lock wait: interrupted by a signal whose handler raises (POSIX)
+    try:
+        thread.join()  # a lock wait: interrupted by a signal whose handler raises (POSIX)
+    except BaseException:
+        # Not thread.is_alive(): an interrupted join marks the thread stopped though it runs on.
+        if not outcome:
+            ABANDONED_CALLS.set()
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+# A test hook: when this names a folder, a network call about to begin on its own thread leaves
+# ``<pid>-network`` there, so that a test can signal the process during that call instead of
+# guessing the moment with a clock (the batch's cases leave ``<pid>-<case>`` the same way).
+CALL_BEGUN_VARIABLE = "MEDSEGUNET_TEST_NETWORK_BEGUN_DIR"
+
+
+def _markCallBegun() -> None:
+    folder = os.environ.get(CALL_BEGUN_VARIABLE)
+    if folder and os.path.isdir(folder):
+        open(os.path.join(folder, f"{os.getpid()}-network"), "w").close()
 
 
 def wholeArrayInferer(window: Sequence[int]):
