@@ -41,7 +41,7 @@ SAMPLE_DATA_FILES = (
 )
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "engine.errors", "engine.paths", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
+    "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
     "engine.schemacheck", "engine.modelcard", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline",
     "engine.outputs", "engine.statistics", "models.downloads", "models.networks", "models.verification", "models.onnximport",
     "models.torchscriptimport", "models.importing", "models.sources",

@@ -137,6 +137,32 @@ def a_threshold_model(tmp_path_factory):
     return make
 
 
+def slowThresholdModel(path, card: dict, thresholds, repeats: int = 4000, size: int = 256) -> str:
+    """A known-answer threshold model made slow by one long forward: ``repeats`` matrix products of
+    ``size`` × ``size`` whose result it discards (it prints and writes nothing); returns its path."""
+    import torch
+
+    from MedSegUNetLib.engine.modelcard import saveModel
+    from MedSegUNetLib.models import phantoms
+
+    class SlowThreshold(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = phantoms.thresholdModule(tuple(thresholds))
+            self.repeats = repeats
+            self.size = size
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            weight = torch.ones(self.size, self.size) / float(self.size)
+            busy = torch.ones(self.size, self.size)
+            for _ in range(self.repeats):
+                busy = busy @ weight
+            return self.inner(x) + 0.0 * busy.mean()
+
+    saveModel(torch.jit.script(SlowThreshold()), card, path)
+    return str(path)
+
+
 @contextlib.contextmanager
 def servedFolder(served: Path):
     """A real HTTP server on 127.0.0.1 serving ``served`` (``python -m http.server``'s handler, whose

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO_ROOT
-from MedSegUNetLib.engine.modelcard import readCard, saveModel
+from conftest import REPO_ROOT, slowThresholdModel
+from MedSegUNetLib.engine.modelcard import readCard
 
 LABELS = [(1, "bright", (1.0, 0.0, 0.0))]
 
@@ -141,35 +141,15 @@ def test_an_input_the_user_may_not_read_is_one_line(a_threshold_model, what):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def slowModel(path: Path, seconds_of_work: int = 4000) -> str:
-    """The known-answer threshold network made slow by one long forward (its result discarded)."""
-    import torch
-
-    from MedSegUNetLib.models import phantoms
-
-    class Slow(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = phantoms.thresholdModule((0.5,))
-            self.repeats = seconds_of_work
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            busy = torch.ones(256, 256)
-            for _ in range(self.repeats):
-                busy = busy @ (torch.ones(256, 256) / 256.0)
-            return self.inner(x) + 0.0 * busy.mean()
-
-    saveModel(torch.jit.script(Slow()), phantoms.thresholdCard(LABELS), path)
-    return str(path)
-
-
 @pytest.mark.parametrize("how, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_one_long_network_call_ends_the_run_at_once(tmp_path, how, code, word):
     """The signal is sent once the network's call has begun (the engine's test hook leaves a file
     then), never at a moment chosen by a clock; that one call would take far longer than the bound."""
     from MedSegUNetLib.engine.inference import CALL_BEGUN_VARIABLE
 
-    model = slowModel(tmp_path / "slow.pt", 40000)
+    from MedSegUNetLib.models import phantoms
+
+    model = slowThresholdModel(tmp_path / "slow.pt", phantoms.thresholdCard(LABELS), (0.5,), repeats=40000)
     noiseVolume(tmp_path / "t1.nrrd")
     out, begun = tmp_path / "out", tmp_path / "begun"
     out.mkdir()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROSTATEX_0000_ROI, requireSharedData
+from conftest import PROSTATEX_0000_ROI, requireSharedData, slowThresholdModel
 from MedSegUNetLib import cli
 from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.cohorts.batch import casesFromSource, dryRunTable
@@ -288,22 +288,7 @@ def test_sigterm_leaves_no_partial_case(cohort, tmp_path):
 
 def _slowThresholdModel(path, card) -> str:
     """The threshold model, made slow (seconds per window) by work whose result it discards."""
-    import torch
-
-    class SlowThreshold(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = phantoms.thresholdModule((LEVEL,))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            weight = torch.ones(384, 384) / 384.0
-            busy = torch.ones(384, 384)
-            for _ in range(8000):
-                busy = busy @ weight
-            return self.inner(x) + 0.0 * busy.mean()
-
-    saveModel(torch.jit.script(SlowThreshold()), card, path)
-    return str(path)
+    return slowThresholdModel(path, card, (LEVEL,), repeats=8000, size=384)
 
 
 def _children(pid: int) -> list[int]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, treeDigest
-from MedSegUNetLib import cli
+from conftest import REPO_ROOT
 from MedSegUNetLib.engine import graphsafety, modelcard
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from test_untrusted_models import runRefused
 
 CARD = {
     "schema": "medsegunet.model/3", "name": "published mask", "spatial_dims": 3, "inputs": [{"name": "T1"}],
@@ -65,7 +65,9 @@ class SavesInSubmodule(Clean):
         self.inner = Inner(marker)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return twoChannels(self.inner(x))
+        # No free function here: the submodule's method is found by its own walk, not by inlining.
+        y = self.inner(x)
+        return torch.softmax(torch.cat([torch.zeros_like(y[:, :1]), 20.0 * (y[:, :1] - 0.5)], dim=1), dim=1)
 
 
 class SavesInSecondMethod(Clean):
@@ -88,6 +90,20 @@ class ReadsAFile(Clean):
         if x.sum() < -1e30:
             x = x + torch.from_file(self.path, size=1).float().sum()
         return twoChannels(x)
+
+
+def saveAside(x: torch.Tensor, path: str) -> torch.Tensor:
+    torch.save(x, path)
+    return x
+
+
+class CallsAFunction(Clean):
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return twoChannels(saveAside(x, self.marker))
 
 
 class Prints(Clean):
@@ -119,7 +135,7 @@ class SavesWhileLoading(Clean):
 # [the network's class, the operator and method the refusal names]
 HOSTILE = {
     "forward": (SavesInForward, "'aten::save' in forward"),
-    "submodule": (SavesInSubmodule, "'aten::save' in forward"),
+    "submodule": (SavesInSubmodule, "'aten::save' in inner.forward"),
     "second-method": (SavesInSecondMethod, "'aten::save' in export"),
     "from-file": (ReadsAFile, "'aten::from_file' in forward"),
     "print": (Prints, "'prim::Print' in forward"),
@@ -161,27 +177,17 @@ def withCard(workspace, kind: str) -> str:
     return str(path)
 
 
-def refused(capsys, argv, workspace, expected: str) -> None:
-    before = treeDigest(workspace["folder"])
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("medsegunet: error:") and "internal error" not in err[0], err
-    assert expected in err[0], err[0]
-    assert not workspace["marker"].exists(), "the payload ran"
-    assert treeDigest(workspace["folder"]) == before, "something was written"
-
-
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_import_refuses_a_hostile_network(capsys, a_workspace, kind):
     folder = a_workspace["folder"]
-    refused(capsys, ["import", hostile(a_workspace, kind), "--card", str(folder / "card.json"), "--output", str(folder / "out.pt")], a_workspace, HOSTILE[kind][1])
+    runRefused(capsys, ["import", hostile(a_workspace, kind), "--card", str(folder / "card.json"), "--output", str(folder / "out.pt")], a_workspace, HOSTILE[kind][1])
 
 
 @pytest.mark.parametrize("kind", ["forward", "setstate"])
 def test_import_refuses_a_hostile_localiser(capsys, a_workspace, kind):
     folder = a_workspace["folder"]
     argv = ["import", str(folder / "clean.pt"), "--card", str(folder / "card-localizer.json"), "--localizer", hostile(a_workspace, kind), "--output", str(folder / "out.pt")]
-    refused(capsys, argv, a_workspace, HOSTILE[kind][1])
+    runRefused(capsys, argv, a_workspace, HOSTILE[kind][1])
 
 
 @pytest.mark.parametrize("kind", ["forward", "submodule", "second-method", "setstate"])
@@ -189,7 +195,7 @@ def test_segment_refuses_a_hostile_model_file(capsys, a_workspace, kind):
     folder = a_workspace["folder"]
     model = withCard(a_workspace, kind)
     _writeVolume(folder / "t1.nrrd")
-    refused(capsys, ["segment", "--model", model, str(folder / "t1.nrrd"), "--output", str(folder / "mask.nrrd")], a_workspace, HOSTILE[kind][1])
+    runRefused(capsys, ["segment", "--model", model, str(folder / "t1.nrrd"), "--output", str(folder / "mask.nrrd")], a_workspace, HOSTILE[kind][1])
 
 
 def _writeVolume(path: Path) -> None:
@@ -224,7 +230,7 @@ def test_pull_refuses_a_hostile_url_source_and_caches_nothing(capsys, a_workspac
     cache = a_workspace["folder"].parent / (a_workspace["folder"].name + "-cache")
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(a_workspace["folder"] / "catalog.json"))
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(cache))
-    refused(capsys, ["models", "pull", "hostile"], a_workspace, "'aten::save' in forward")
+    runRefused(capsys, ["models", "pull", "hostile"], a_workspace, "'aten::save' in forward")
     assert not [path for path in cache.rglob("*") if path.is_file()] if cache.exists() else True
 
 
@@ -281,15 +287,22 @@ def test_the_zoo_and_monai_networks_pass_the_allow_list(repo_root):
         assert graphsafety.forbiddenOperators(torch.jit.script(network.eval())) == [], type(network).__name__
 
 
-def test_a_model_is_walked_once_per_digest(a_workspace, monkeypatch):
-    """The check is keyed by the archive's SHA256: the same bytes under another name are not walked again."""
-    folder = a_workspace["folder"]
-    (folder / "copy.pt").write_bytes((folder / "clean.pt").read_bytes())
+def test_an_archive_in_memory_is_walked_once_per_digest(a_workspace, monkeypatch):
+    """A localiser's bytes are checked once per SHA256 in a process; the same bytes again are not walked."""
+    data = (a_workspace["folder"] / "clean.pt").read_bytes()
     walked = []
     original = graphsafety.forbiddenOperators
     monkeypatch.setattr(graphsafety, "forbiddenOperators", lambda module: walked.append(1) or original(module))
     monkeypatch.setattr(graphsafety, "_CHECKED", set())
-    graphsafety.loadCheckedTorchScript(str(folder / "clean.pt"), "cpu", "Model")
-    graphsafety.loadCheckedTorchScript(str(folder / "copy.pt"), "cpu", "Model")
+    graphsafety.loadCheckedTorchScript(data, "cpu", "The localiser")
+    graphsafety.loadCheckedTorchScript(bytes(data), "cpu", "The localiser")
     assert len(walked) == 1
-    assert os.path.getsize(folder / "copy.pt") > 0
+
+
+def test_a_forbidden_call_inside_a_free_function_is_found(a_workspace):
+    """A graph that calls a scripted free function is walked inlined: the function's own operators count."""
+    folder = a_workspace["folder"]
+    module = torch.jit.script(CallsAFunction(str(a_workspace["marker"])))
+    assert graphsafety.forbiddenOperators(module) == [("aten::save", "forward")]
+    assert not a_workspace["marker"].exists()
+    assert not list(folder.glob("*.tmp*"))

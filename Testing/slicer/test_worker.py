@@ -22,8 +22,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for MRML tests")
 
-from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData  # noqa: E402
-from MedSegUNetLib.models import phantoms  # noqa: E402
+from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData, slowThresholdModel  # noqa: E402
 from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
 from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage  # noqa: E402
@@ -138,24 +137,7 @@ def _sceneNodes(scene) -> list:
 
 def _slowModel(path, card, repeats: int = 4000) -> str:
     """The self-test's threshold model, made slow by work whose result it discards; it prints nothing."""
-    import torch
-
-    from MedSegUNetLib.engine.modelcard import saveModel
-
-    class Slow(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = phantoms.thresholdModule(selftest.THRESHOLDS)
-            self.repeats = repeats
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            busy = torch.ones(256, 256)
-            for _ in range(self.repeats):
-                busy = busy @ (torch.ones(256, 256) / 256.0)
-            return self.inner(x) + 0.0 * busy.mean()
-
-    saveModel(torch.jit.script(Slow()), card, path)
-    return str(path)
+    return slowThresholdModel(path, card, selftest.THRESHOLDS, repeats=repeats)
 
 
 @pytest.mark.parametrize("when", ["during-imports", "during-inference"])

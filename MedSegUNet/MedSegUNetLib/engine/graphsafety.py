@@ -7,10 +7,11 @@ A TorchScript archive carries code. Two moments run it:
   are refused from their text (:func:`checkArchiveText`), before ``torch.jit.load``;
 - **calling**: ``forward`` and every other method may call scriptable operators with side effects
   (``aten::save`` writes a file, ``aten::from_file`` reads one, ``prim::Print`` writes to standard
-  output). Every method of the module and of each submodule is walked over its inlined graph, its
-  nested blocks included (:func:`checkScriptedModule`), and any operator outside
-  :data:`ALLOWED_OPERATORS`, an allow-list of pure tensor and container operators, is refused
-  naming the operator and the method, before any call.
+  output). Every method of the module and of each submodule is walked over its graph, nested
+  blocks included, and inlined wherever it calls a function or a class's method
+  (:func:`forbiddenOperators`); any operator outside :data:`ALLOWED_OPERATORS`, an allow-list of
+  pure tensor and container operators, is refused naming the operator and the method, before any
+  call (:func:`checkScriptedModule`).
 
 The allow-list is the union of what the zoo, TAPS (SegResNetDS), deepbet (LinkNet3d) and MONAI's
 scriptable segmentation networks use, plus the pure tensor operators such networks are built of.
@@ -97,27 +98,51 @@ def checkArchiveText(archive: zipfile.ZipFile, what: str) -> None:
 def forbiddenOperators(module) -> list[tuple[str, str]]:
     """Every operator outside :data:`ALLOWED_OPERATORS` in any method of ``module`` or its submodules.
 
+    Each method of each module type is walked once over its own graph, nested blocks included; a
+    call into a submodule's method is that method's own walk (every submodule is walked). A graph
+    that calls anything else (a free function, a method of a TorchScript class) is walked again
+    inlined, so that the callee's operators are seen; what inlining cannot resolve stays a call,
+    and a call is not an allowed operator. Instances of one type share its methods, so a network
+    of many identical blocks is walked once per block type.
+
     Returns:
         ``(operator, method)`` pairs (method as ``submodule.name``), in the order found.
     """
     import torch
 
+    modules = list(module.named_modules())
+    moduleTypes = {submodule._c._type().qualified_name() for _, submodule in modules}
     found: list[tuple[str, str]] = []
-    for prefix, submodule in module.named_modules():
+    walked: set[tuple[str, str]] = set()
+    for prefix, submodule in modules:
+        typeName = submodule._c._type().qualified_name()
         for method in submodule._c._method_names():
-            graph = submodule._c._get_method(method).graph.copy()
-            torch._C._jit_pass_inline(graph)  # calls into other methods and functions become their nodes
+            if (typeName, method) in walked:
+                continue
+            walked.add((typeName, method))
+            graph = submodule._c._get_method(method).graph
+            kinds = _operators(graph, moduleTypes)
+            if not kinds <= ALLOWED_OPERATORS:
+                graph = graph.copy()
+                torch._C._jit_pass_inline(graph)  # free functions and class methods become their nodes
+                kinds = _operators(graph, moduleTypes)
             where = f"{prefix}.{method}" if prefix else method
-            found.extend((kind, where) for kind in _operators(graph.block()) if kind not in ALLOWED_OPERATORS)
+            found.extend((kind, where) for kind in sorted(kinds - ALLOWED_OPERATORS))
     return found
 
 
-def _operators(block) -> set[str]:
-    kinds = set()
-    for node in block.nodes():
-        kinds.add(node.kind())
-        for inner in node.blocks():
-            kinds |= _operators(inner)
+def _operators(graph, moduleTypes: set[str]) -> set[str]:
+    """The operator kinds of a graph, nested blocks included; a call of a submodule's method is left
+    out (that method is walked on its own)."""
+    kinds: set[str] = set()
+    blocks = [graph.block()]
+    while blocks:
+        for node in blocks.pop().nodes():
+            kind = node.kind()
+            if kind == "prim::CallMethod" and node.inputsAt(0).type().qualified_name() in moduleTypes:
+                continue
+            kinds.add(kind)
+            blocks.extend(node.blocks())
     return kinds
 
 
@@ -167,23 +192,19 @@ def loadCheckedTorchScript(source, device, what: str):
 
     import torch
 
-    from .errors import firstLine
-
     from .archives import openArchive
+    from .errors import firstLine
 
     data = source if isinstance(source, (bytes, bytearray)) else None
     with openArchive(io.BytesIO(data) if data is not None else source, what) as archive:
         checkArchiveText(archive, what)
-    digest = hashlib.sha256(data).hexdigest() if data is not None else _fileDigest(source)
+    # An archive in memory (a localiser inside a model file) is hashed at memory speed and checked
+    # once per digest; a file is walked on each load (30-40 ms for the published and zoo networks,
+    # less than hashing an 80 MB file), and loadModel loads each file version once per process.
+    digest = hashlib.sha256(data).hexdigest() if data is not None else None
     try:
         module = torch.jit.load(io.BytesIO(data) if data is not None else source, map_location=device)
     except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
         raise MedSegUNetError(f"Cannot load TorchScript {what[0].lower() + what[1:]} ({firstLine(str(error))[:140]}).") from None
     checkScriptedModule(module, what, digest)
     return module.eval()
-
-
-def _fileDigest(path) -> str:
-    from .paths import sha256
-
-    return sha256(path)

@@ -243,7 +243,10 @@ def _endGroup(process) -> None:
     import signal
 
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        if hasattr(os, "killpg"):
+            os.killpg(process.pid, signal.SIGKILL)
+        elif process.poll() is None:  # Windows: no process groups here; pip starts no children of its own
+            process.kill()
     except (ProcessLookupError, PermissionError):
         pass
     process.wait()
