@@ -287,6 +287,15 @@ def test_the_zoo_and_monai_networks_pass_the_allow_list(repo_root):
         assert graphsafety.forbiddenOperators(torch.jit.script(network.eval())) == [], type(network).__name__
 
 
+def test_the_allow_list_is_the_registry_less_what_reaches_outside_the_tensors():
+    allowed = graphsafety.allowedOperators()
+    assert len(allowed) > 1500
+    for name in ("aten::conv3d", "aten::roll", "aten::grid_sampler", "aten::scaled_dot_product_attention", "aten::_set_item", "prim::If"):
+        assert name in allowed, name
+    refused = {f"aten::{name}" for name in graphsafety.DENIED_ATEN} | {"prim::Print", "prim::PythonOp", "prim::CallFunction", "prim::CallMethod", "prim::rpc_async"}
+    assert not refused & allowed
+
+
 def test_an_archive_in_memory_is_walked_once_per_digest(a_workspace, monkeypatch):
     """A localiser's bytes are checked once per SHA256 in a process; the same bytes again are not walked."""
     data = (a_workspace["folder"] / "clean.pt").read_bytes()

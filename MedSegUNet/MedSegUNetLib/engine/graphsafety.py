@@ -9,59 +9,79 @@ A TorchScript archive carries code. Two moments run it:
   (``aten::save`` writes a file, ``aten::from_file`` reads one, ``prim::Print`` writes to standard
   output). Every method of the module and of each submodule is walked over its graph, nested
   blocks included, and inlined wherever it calls a function or a class's method
-  (:func:`forbiddenOperators`); any operator outside :data:`ALLOWED_OPERATORS`, an allow-list of
+  (:func:`forbiddenOperators`); any operator outside :func:`allowedOperators`, an allow-list of
   pure tensor and container operators, is refused naming the operator and the method, before any
   call (:func:`checkScriptedModule`).
 
-The allow-list is the union of what the zoo, TAPS (SegResNetDS), deepbet (LinkNet3d) and MONAI's
-scriptable segmentation networks use, plus the pure tensor operators such networks are built of.
-An operator outside it is refused even if it happens to be harmless: a model that needs one is
+The allow-list is torch's registry of tensor operators (1,700 names of torch 2.13, kept as data in
+``torchscript-operators.json``) less those that reach outside the tensors (files, printing, the
+random seed, storage swaps), and the interpreter's pure instructions; the zoo, TAPS
+(SegResNetDS), deepbet (LinkNet3d) and MONAI's scriptable segmentation networks pass it. An
+operator outside it is refused even if it happens to be harmless: a model that needs one is
 re-exported, never run on trust.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import zipfile
+from pathlib import Path
 
 from .errors import MedSegUNetError
 
-# Control flow, constants and containers: the interpreter's own pure instructions.
-_PRIM = {
-    "Constant", "GetAttr", "If", "Loop", "ListConstruct", "ListUnpack", "TupleConstruct", "TupleUnpack", "TupleIndex",
-    "DictConstruct", "RaiseException", "Uninitialized", "unchecked_cast", "device", "dtype", "layout", "min", "max",
-    "NumToTensor", "shape", "isinstance", "is_cuda", "data", "requires_grad", "AutogradZero", "BroadcastSizes",
-    "ConstantChunk", "ListIndex", "TupleSlice", "abs", "type", "name", "grad", "unchecked_unwrap_optional",
-    "EnumName", "EnumValue", "SetAttr",
-}
+# The allow-list: the pure operators of torch's registry (the aten namespace of torch 2.13, which
+# :func:`operatorAllowList` writes), less :data:`DENIED_ATEN`, and the interpreter's own pure
+# instructions (:data:`ALLOWED_PRIM`). It is data beside this module: an operator a later torch
+# adds is refused until the list is made again and reviewed.
+OPERATORS_FILE = Path(__file__).with_name("torchscript-operators.json")
 
-# Pure tensor operators (and Python built-ins on numbers, lists, dicts and strings). In-place
-# variants (trailing ``_``) are listed where networks use them.
-_ATEN = """
-__and__ __contains__ __derive_index __getitem__ __interpolate __is__ __isnot__ __not__ __or__ __range_length
-__round_to_zero_floordiv __upsample __upsample_bilinear __xor__ _convolution _set_item _unsafe_view
-_upsample_bicubic2d_aa _upsample_bilinear2d_aa _upsample_lanczos2d_aa _upsample_nearest_exact1d
-_upsample_nearest_exact2d _upsample_nearest_exact3d abs adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d
-adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d add add_ addmm all alpha_dropout amax amin any append arange
-argmax argmin as_strided as_tensor avg_pool1d avg_pool2d avg_pool3d baddbmm batch_norm bmm Bool broadcast_tensors
-broadcast_to cat ceil celu chunk clamp clamp_ clamp_max clamp_min clear clone contiguous conv1d conv2d conv3d
-conv_transpose1d conv_transpose2d conv_transpose3d copy copy_ cos cumsum detach device dict dim div div_ dropout dropout_
-einsum elu elu_ embedding empty empty_like eq erf exp expand expand_as extend feature_alpha_dropout feature_dropout
-feature_dropout_ fill_ flatten flip Float floor floor_divide floordiv fmod format full full_like gather ge gelu get
-glu group_norm gt hardsigmoid hardswish hardtanh hardtanh_ index index_select insert instance_norm Int int
-interpolate is_floating_point item items keys layer_norm le leaky_relu leaky_relu_ len linear list local_response_norm
-log log_softmax logsigmoid lt masked_fill matmul max max_pool1d max_pool2d max_pool3d maximum mean min minimum mish
-mish_ mm mse_loss mul mul_ narrow ne neg new_empty new_full new_ones new_zeros norm normal_ numel ones ones_like pad
-permute pixel_shuffle pop pow prelu rand rand_like randn randn_like range reciprocal relu relu6 relu_ remainder repeat
-repeat_interleave requires_grad_ reshape reshape_as reverse round rsqrt rsub scalar_tensor scaled_dot_product_attention
-select selu sigmoid sigmoid_ sign silu silu_ sin size slice softmax softplus softsign split sqrt square squeeze squeeze_
-stack std str sub sub_ sum t tanh tanh_ tensor threshold to transpose tril triu type_as unbind unflatten unsqueeze
-unsqueeze_ upsample_bicubic2d upsample_bilinear2d upsample_linear1d upsample_nearest1d upsample_nearest2d
-upsample_nearest3d upsample_trilinear3d values var view view_as warn where zero_ zeros zeros_like
-""".split()
+# What a graph may not do although torch registers it: files (save, from_file), printing, the
+# global random seed, storage swaps and resizes (a tensor aliased onto other memory), streams and
+# futures, and torch's own test operators.
+DENIED_ATEN = frozenset({
+    "save", "from_file", "_print", "manual_seed", "seed", "initial_seed", "set", "set_", "set_data", "record_stream", "pin_memory",
+    "_pin_memory", "resize_", "resize_as_", "_resize_output_", "wait", "_cufft_set_plan_cache_max_size", "_cufft_clear_plan_cache",
+    "set_grad_enabled", "_amp_update_scale_", "_copy_from_and_resize", "_copy_from", "_debug_has_internal_overlap",
+})
 
-ALLOWED_OPERATORS = frozenset({f"prim::{name}" for name in _PRIM} | {f"aten::{name}" for name in _ATEN})
+# Control flow, constants, containers and tensor properties. Calls (CallFunction, CallMethod),
+# Python escapes (PythonOp), printing, RPC, futures, profiling and context managers are not here.
+ALLOWED_PRIM = frozenset(f"prim::{name}" for name in """
+Constant GetAttr SetAttr If Loop ListConstruct ListUnpack TupleConstruct TupleUnpack TupleIndex TupleSlice DictConstruct
+RaiseException Uninitialized unchecked_cast unchecked_unwrap_optional device dtype layout min max abs NumToTensor shape
+isinstance is_cpu is_cuda is_ipu is_maia is_meta is_mkldnn is_mps is_mtia is_nested is_quantized is_sparse is_sparse_csr
+is_vulkan is_xla is_xpu data requires_grad grad name type id itemsize nbytes tolist rangelist StringIndex EnumName EnumValue
+ConstantChunk BroadcastSizes AutogradZero AutogradAdd ListIndex index CreateObject
+""".split())
+
+
+def allowedOperators() -> frozenset:
+    """The allow-list (read once from :data:`OPERATORS_FILE`)."""
+    global _ALLOWED
+    if _ALLOWED is None:
+        with open(OPERATORS_FILE, encoding="utf-8") as stream:
+            listed = json.load(stream)["aten"]
+        _ALLOWED = frozenset(f"aten::{name}" for name in listed if name not in DENIED_ATEN) | ALLOWED_PRIM
+    return _ALLOWED
+
+
+_ALLOWED: frozenset | None = None
+
+
+def operatorAllowList() -> dict:
+    """The content of :data:`OPERATORS_FILE` made from the running torch's operator registry (for a
+    maintainer, after a torch upgrade: review what it adds before committing it)."""
+    import torch
+
+    names = sorted({schema.name[len("aten::"):] for schema in torch._C._jit_get_all_schemas() if schema.name.startswith("aten::")})
+    return {
+        "about": "Pure TorchScript operators a model file may call (engine/graphsafety.py); made by operatorAllowList() from this torch's registry.",
+        "torch": torch.__version__.split("+")[0],
+        "aten": [name for name in names if name not in DENIED_ATEN and not name.startswith("_test_")],
+    }
+
 
 # ``torch.jit.load`` runs ``__setstate__`` while it unpickles: an archive's code may not define one.
 # TorchScript's parser takes any white space and line continuations between the two words.
@@ -96,7 +116,7 @@ def checkArchiveText(archive: zipfile.ZipFile, what: str) -> None:
 
 
 def forbiddenOperators(module) -> list[tuple[str, str]]:
-    """Every operator outside :data:`ALLOWED_OPERATORS` in any method of ``module`` or its submodules.
+    """Every operator outside :func:`allowedOperators` in any method of ``module`` or its submodules.
 
     Each method of each module type is walked once over its own graph, nested blocks included; a
     call into a submodule's method is that method's own walk (every submodule is walked). A graph
@@ -110,6 +130,7 @@ def forbiddenOperators(module) -> list[tuple[str, str]]:
     """
     import torch
 
+    allowed = allowedOperators()
     modules = list(module.named_modules())
     moduleTypes = {submodule._c._type().qualified_name() for _, submodule in modules}
     found: list[tuple[str, str]] = []
@@ -122,12 +143,12 @@ def forbiddenOperators(module) -> list[tuple[str, str]]:
             walked.add((typeName, method))
             graph = submodule._c._get_method(method).graph
             kinds = _operators(graph, moduleTypes)
-            if not kinds <= ALLOWED_OPERATORS:
+            if not kinds <= allowed:
                 graph = graph.copy()
                 torch._C._jit_pass_inline(graph)  # free functions and class methods become their nodes
                 kinds = _operators(graph, moduleTypes)
             where = f"{prefix}.{method}" if prefix else method
-            found.extend((kind, where) for kind in sorted(kinds - ALLOWED_OPERATORS))
+            found.extend((kind, where) for kind in sorted(kinds - allowed))
     return found
 
 
