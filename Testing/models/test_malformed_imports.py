@@ -136,6 +136,18 @@ def test_a_bundle_member_that_inflates_past_its_budget_is_not_unpacked(tmp_path)
     assert sum(path.stat().st_size for path in (tmp_path / "unpacked").rglob("*") if path.is_file()) <= 2**20
 
 
+def test_a_bundle_without_declared_bytes_may_inflate_twenty_fold_at_most(tmp_path):
+    """No ``bytes`` in the entry: 100 MiB of zeros in a 100 kB zip pass the 64 MiB floor of 20 × its size."""
+    from MedSegUNetLib.models.sources import extractBundle, inflationCap
+
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bundle/configs/inference.json", "{}")
+        archive.writestr("bundle/models/model.pt", b"\0" * (100 * 2**20))
+    assert inflationCap(tmp_path / "bomb.zip") == 64 * 2**20
+    with pytest.raises(MedSegUNetError, match="inflates to more than 64.0 MiB"):
+        extractBundle(str(tmp_path / "bomb.zip"), str(tmp_path / "unpacked"))
+
+
 def test_a_member_whose_declared_size_lies_is_stopped_at_the_budget(tmp_path):
     """A member that declares 100 bytes but inflates to 10 MiB: zipfile stops at the declared size and
     the CRC fails; the budget holds whatever the header says."""

