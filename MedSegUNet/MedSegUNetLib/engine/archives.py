@@ -80,13 +80,10 @@ def extractMember(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: str
             for block in iter(lambda: stream.read(_BLOCK), b""):
                 budget.spend(len(block), member, what)
                 output.write(block)
-    except MedSegUNetError:
-        _remove(target)
-        raise
     except OSError as error:
         _remove(target)
         raise MedSegUNetError(osErrorMessage(error, "write", target)) from None
-    except BaseException:
+    except BaseException:  # a passed budget, a broken member, an interruption: no partial file
         _remove(target)
         raise
 

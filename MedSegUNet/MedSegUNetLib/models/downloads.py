@@ -52,7 +52,7 @@ def download(
         totalSeconds: the most the whole download may take (default :func:`downloadDeadline`): a
             server that trickles bytes is given up on; so is one below :func:`minimumRate`.
         maxBytes: the most bytes the file may have (the catalog's ``bytes``; default
-            :data:`DEFAULT_DOWNLOAD_CAP`): reading stops there, nothing is kept.
+            :func:`downloadCap`): reading stops there, nothing is kept.
 
     Raises:
         MedSegUNetError: no network, an HTTP error, or a checksum mismatch (one line, with
@@ -89,8 +89,7 @@ def download(
                         if log:
                             log(f"Downloading {path.name} into {path.parent} (once)")
                         total = int(response.headers.get("Content-Length") or 0)
-                        if total > guard.maxBytes:
-                            guard.check(total)  # refused on its declared size, before a byte is stored
+                        guard.checkSize(total)  # refused on its declared size, before a byte is stored
                         done = 0
                         # read1: one network read at a time, so the deadline is checked however slowly bytes come.
                         for block in iter(lambda: response.read1(1 << 16), b""):
@@ -124,10 +123,14 @@ class TransferGuard:
         self.started = time.monotonic()
         self.samples: list[tuple[float, int]] = [(self.started, 0)]
 
-    def check(self, total: int) -> None:
-        now = time.monotonic()
+    def checkSize(self, total: int) -> None:
+        """Refuse ``total`` bytes (received or declared) above the cap."""
         if total > self.maxBytes:
             raise MedSegUNetError(f"{self.what}: it is larger than the {self.maxBytes} bytes it may have; nothing was kept; the server sends another file than the catalog names.")
+
+    def check(self, total: int) -> None:
+        self.checkSize(total)
+        now = time.monotonic()
         if now - self.started > self.limit:
             raise MedSegUNetError(
                 f"{self.what}: it did not finish within {self.limit:g} s ({total} bytes came; {DOWNLOAD_DEADLINE_VARIABLE} sets the limit); nothing was kept; {self.hint}."

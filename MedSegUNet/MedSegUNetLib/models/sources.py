@@ -149,15 +149,16 @@ def checkCachePath(path: Path) -> None:
 def isCachedIntact(path: Path, source: dict) -> bool:
     """Whether a cached imported model is the one its pull verified: a regular file whose SHA256 is
     the one recorded beside it, with a card that records the source's SHA256."""
+    from ..engine.paths import readRegularText
     from ..engine.volumes import sha256
 
     checkCachePath(path)
     record = Path(str(path) + DIGEST_SUFFIX)
-    if not path.is_file() or not record.is_file() or record.is_symlink() or record.stat().st_size > 100:
+    if not path.is_file() or record.is_symlink():
         return False
     try:
-        recorded = record.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
+        recorded = readRegularText(record, "The cache record", limit=100).strip()
+    except MedSegUNetError:  # missing, not a regular file, too long or not text: not a record of ours
         return False
     return recorded == sha256(path) and isImportedFrom(path, source)
 
