@@ -108,31 +108,36 @@ def test_a_batch_whose_disk_fills_mid_case_says_no_space_left(tmp_path, a_thresh
 
 
 def asNobody() -> list[str]:
-    """``setpriv`` to the unprivileged user, where this test runs as root (root reads every file)."""
+    """The command as the unprivileged user, where this test runs as root (root reads every file).
+
+    The installed script may sit where that user cannot read (a root-only ``~/.pyenv``), so the
+    command is probed as it will run, then as ``python -m``; the test is skipped only where neither
+    can start."""
     if os.geteuid() != 0:
-        return []
+        return command()
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv is not installed: as root, no file is unreadable")
     prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-    probe = subprocess.run([*prefix, sys.executable, "-c", "import MedSegUNetLib"], capture_output=True,
-                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
-    if probe.returncode != 0:
-        pytest.skip("the unprivileged user cannot run this checkout's Python")
-    return prefix
+    for candidate in (command(), [sys.executable, "-m", "MedSegUNetLib.cli"]):
+        probe = subprocess.run([*prefix, *candidate, "--version"], capture_output=True, cwd=tempfile.gettempdir(),
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+        if probe.returncode == 0:
+            return [*prefix, *candidate]
+    pytest.skip("the unprivileged user cannot run this checkout's Python")
 
 
 @pytest.mark.parametrize("what", ["volume", "model"])
 def test_an_input_the_user_may_not_read_is_one_line(a_threshold_model, what):
-    prefix = asNobody()
+    asUser = asNobody()
     folder = Path(tempfile.mkdtemp(prefix="medsegunet-unreadable-"))
     try:
         os.chmod(folder, 0o777)
         volume, model = noiseVolume(folder / "t1.nrrd"), folder / "model.pt"
         shutil.copy(a_threshold_model((0.5,), LABELS), model)
-        (volume if what == "volume" else model).chmod(0o600 if prefix else 0o000)
+        (volume if what == "volume" else model).chmod(0o600 if asUser != command() else 0o000)
         (volume if what == "model" else model).chmod(0o644)
-        done = subprocess.run([*prefix, *command(), "segment", "--model", str(model), str(volume), "--output", str(folder / "out.nrrd")],
+        done = subprocess.run([*asUser, "segment", "--model", str(model), str(volume), "--output", str(folder / "out.nrrd")],
                               capture_output=True, text=True, timeout=300, cwd=str(folder),
                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), "HOME": str(folder)})
         oneLine(done, "permission denied")
