@@ -380,7 +380,7 @@ def writeSegmentOutputs(args, card, result, images, roiImages, report, reference
 def buildParser() -> argparse.ArgumentParser:
     from . import __version__, demo
     from .cohorts import batch
-    from .models import catalog, exporting, importing, training
+    from .models import catalog, datasets, exporting, importing, training
 
     parser = OneLineParser(
         prog="medsegunet",
@@ -398,6 +398,7 @@ def buildParser() -> argparse.ArgumentParser:
     importing.addParser(subparsers)
     exporting.addParser(subparsers)
     training.addParser(subparsers)
+    datasets.addParser(subparsers)
     demo.addParser(subparsers)
     for sub in subparsers.choices.values():
         addCommonOptions(sub)

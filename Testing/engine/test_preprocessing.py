@@ -40,6 +40,16 @@ NORMALIZATION_CASES = [
         (np.arange(0, 101, 10) - 10) / 80 * 2 - 1,
         id="percentile-10-90-unclipped",
     ),
+    # A skull-stripped volume: ten zeros and 10 … 100. Over the non-zero voxels the 0th and 100th
+    # percentiles are 10 and 100 (zeros clip to 0); over all voxels the 0th would be 0.
+    pytest.param(
+        {"type": "percentile", "lower": 0, "upper": 100, "nonzero": True},
+        [0] * 10 + list(range(10, 101, 10)),
+        (1, 20, 1, 1),
+        [0] * 10 + list((np.arange(10, 101, 10) - 10) / 90),
+        id="percentile-nonzero",
+    ),
+    pytest.param({"type": "percentile", "lower": 0, "upper": 100, "nonzero": True}, [0, 0, 0], (1, 3, 1, 1), [0, 0, 0], id="percentile-nonzero-all-zero"),
     pytest.param({"type": "minmax"}, [2, 4, 6], (1, 3, 1, 1), [0, 0.5, 1], id="minmax"),
     pytest.param({"type": "minmax", "b_min": -1, "b_max": 1}, [2, 4, 6, 10, 20, 30], (2, 3, 1, 1), [-1, 0, 1, -1, 0, 1], id="minmax-range-per-channel"),
     pytest.param({"type": "none"}, [2, 4, 6], (1, 3, 1, 1), [2, 4, 6], id="none"),

@@ -20,7 +20,7 @@ def test_shipped_catalog_lists_the_zoo_files_with_their_checksums(repo_root):
     shipped = catalog.loadCatalog(catalog.CATALOG_PATH)
     names = {entry["name"] for entry in shipped["models"] if "source" not in entry}
     zoo = {path.stem: path for path in (repo_root / "Resources" / "Models").glob("*/*.pt")}
-    assert names == set(zoo) == {"prostate-zones", "brain-tumor-3d", "brain-tumor-2d"}
+    assert names == set(zoo) == {"prostate-zones", "brain-tumor-3d", "brain-tumor-2d", "lgg-flair", "acdc-heart"}
     # Published models come from their authors' releases, pinned, with their licence and sheet.
     published = {entry["name"]: entry for entry in shipped["models"] if "source" in entry}
     assert published["prostate-gland-taps"]["source"]["pip"] == "lavlab-taps==1.1.2" and published["prostate-gland-taps"]["license"].startswith("MIT")

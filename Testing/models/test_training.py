@@ -7,6 +7,8 @@ case) or as a CSV whose two inputs lie on different, tilted grids with an extra 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 
@@ -128,7 +130,10 @@ def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
     """Train on a 4D two-channel Decathlon folder, export, segment: the exported model segments the
     validation case exactly as training's validation did (same preprocessing, same Dice)."""
     config = training.readConfig(writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=20)))
-    result = training.train(config, tmp_path / "run", log=quiet)
+    lines: list[str] = []
+    result = training.train(config, tmp_path / "run", log=lines.append)
+    epochLines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochLines) == 20 and all(" left" in line for line in epochLines[:-1]) and " left" not in epochLines[-1], epochLines
     assert result.trainCases == ["case_000", "case_001"] and result.validationCases == ["case_002"]
     for name in ("config.json", "checkpoint_best.pt", "checkpoint_last.pt", "metrics.csv", "curves.png", "validation.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0, name
@@ -154,6 +159,11 @@ def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
         recorded = card["validation"]["per_label"][segment["name"]]["dice"]
         assert segment["dice"] == pytest.approx(recorded, abs=1e-6)
     assert card["validation"]["mean_dice"] > 0.5
+    # The per-case validation table holds the best checkpoint's figures, as the card records them.
+    table = list(csv.DictReader(io.StringIO((tmp_path / "run" / "validation_cases.csv").read_text())))
+    assert [row["case"] for row in table] == ["case_002"] and set(table[0]) >= {"dice_outer", "iou_inner", "precision_outer", "recall_inner"}
+    for name, figures in card["validation"]["per_label"].items():
+        assert float(table[0][f"dice_{name}"]) == pytest.approx(figures["dice"], abs=1e-4)
 
 
 def test_csv_2d_tilted_inputs_train_export_cli_segment(tmp_path, csv_cases):
@@ -384,3 +394,23 @@ def test_resume_with_more_epochs_stretches_the_schedule(tmp_path, msd_folder):
     assert len(rates) == 6 and all(b < a for a, b in zip(rates, rates[1:])), rates
     with pytest.raises(MedSegUNetError, match="already ran 6 epochs but the config asks for 3"):
         training.train(training.validateConfig(baseConfig(data, epochs=3, optimizer=optimizer)), tmp_path / "fewer", resume=longer.lastCheckpoint, log=quiet)
+
+
+@pytest.mark.parametrize("postprocessing, schema", [
+    (None, "medsegunet.model/1"),
+    ({"largest_component": [2, 3]}, "medsegunet.model/2"),
+    ({"min_component_mm3": 500.0, "fill_holes": True}, "medsegunet.model/2"),
+], ids=["none", "largest-of-two-labels", "small-pieces"])
+def test_a_recipe_postprocessing_goes_into_the_card(postprocessing, schema):
+    """The ACDC recipe's largest-component step reaches the exported card (a model/2 field); a
+    misspelt key is refused when the config is read."""
+    from MedSegUNetLib.engine.modelcard import validateCard
+    from MedSegUNetLib.models.trainconfig import cardFromConfig, validateConfig
+
+    config = baseConfig({"csv": "cases.csv"}, dims=2)
+    if postprocessing:
+        config["postprocessing"] = postprocessing
+    card = validateCard(cardFromConfig(validateConfig(config, "config", "/tmp")))
+    assert card["schema"] == schema and card.get("postprocessing") == postprocessing
+    with pytest.raises(MedSegUNetError, match="postprocessing"):
+        validateConfig({**config, "postprocessing": {"largest_componnet": True}}, "config", "/tmp")

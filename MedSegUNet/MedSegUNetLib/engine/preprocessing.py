@@ -231,7 +231,8 @@ def normalize(
 
     - ``zscore``: per channel, over non-zero voxels when ``nonzero`` (seed 000's standardisation).
     - ``zscore_slice``: per channel and per slice along K, as seed 000's ``standardize``.
-    - ``percentile``: ``lower``–``upper`` percentiles (default 5–95, seed 002) to ``b_min``–``b_max``.
+    - ``percentile``: ``lower``–``upper`` percentiles (default 5–95, seed 002) to ``b_min``–``b_max``;
+      with ``nonzero``, the percentiles of the non-zero voxels.
     - ``minmax``: per channel to ``b_min``–``b_max`` (default 0–1).
     - ``affine``: ``value × scale + shift`` (default 1 and 0).
 
@@ -314,7 +315,13 @@ def stepParameters(step: dict, values: np.ndarray) -> tuple[float, float]:
     if kind == "zscore":
         return meanAndStd(values, step.get("nonzero", True)) or (0.0, 1.0)
     if kind == "percentile":
-        low, high = np.percentile(np.asarray(values).ravel(), [step.get("lower", 5.0), step.get("upper", 95.0)])
+        values = np.asarray(values).ravel()
+        if step.get("nonzero", False):
+            # Zeros are a skull-stripped volume's outside: its percentiles are the brain's alone.
+            values = values[values != 0]
+        if values.size == 0:
+            return 0.0, 0.0
+        low, high = np.percentile(values, [step.get("lower", 5.0), step.get("upper", 95.0)])
         return float(low), float(high)
     if kind == "minmax":
         return float(values.min()), float(values.max())

@@ -175,6 +175,9 @@ def cardFromConfig(config: dict) -> dict:
     for label, values in zip(card["labels"], sourceValues):
         if values != [int(label["value"])]:
             label["reference_values"] = values
+    if config.get("postprocessing"):
+        # Postprocessing is a model/2 field of the card.
+        card.update(schema="medsegunet.model/2", postprocessing=copy.deepcopy(config["postprocessing"]))
     roi = {k: v for k, v in (config.get("roi") or {}).items() if k in ("from_series", "margin_mm")}
     if roi:
         card["roi"] = roi

@@ -108,10 +108,12 @@ def readCases(config: dict) -> list[Case]:
 
 
 def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Case]]:
-    """Training and validation cases: explicit ids, else a seeded random split."""
+    """Training and validation cases: explicit ids, else a prepared folder's own split (its
+    ``dataset.json`` ``validation`` list, from ``data prepare``), else a seeded random split."""
     data = config["data"]
-    if data.get("validation_cases"):
-        wanted = list(data["validation_cases"])
+    wanted = data.get("validation_cases") or (preparedValidation(data["msd"]) if "msd" in data and "validation_split" not in data else None)
+    if wanted:
+        wanted = list(wanted)
         known = {c.id for c in cases}
         unknown = [w for w in wanted if w not in known]
         if unknown:
@@ -127,6 +129,17 @@ def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Ca
     if not training:
         raise MedSegUNetError("No training cases are left after the validation split: use fewer validation cases.")
     return training, validation
+
+
+def preparedValidation(folder: str) -> list[str] | None:
+    """The validation case ids a prepared Decathlon folder fixes (``data prepare``), if any."""
+    with open(os.path.join(folder, "dataset.json"), encoding="utf-8") as stream:
+        ids = json.load(stream).get("validation")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise MedSegUNetError(f"'{folder}/dataset.json' has a 'validation' that is not a list of case ids: prepare the folder again.")
+    return ids
 
 
 def prepareCase(case: Case, config: dict) -> dict:
@@ -266,7 +279,7 @@ def buildTransforms(config: dict):
     region channels. Items are ``C, I, J[, K]`` arrays; each yields ``samples_per_case`` patches.
     """
     from monai.transforms import (
-        Compose, DeleteItemsd, EnsureTyped, FgBgToIndicesd, Lambdad, Rand2DElasticd, Rand3DElasticd, RandAffined, RandCropByPosNegLabeld, RandFlipd,
+        CenterSpatialCropd, Compose, DeleteItemsd, EnsureTyped, FgBgToIndicesd, Lambdad, Rand2DElasticd, Rand3DElasticd, RandAffined, RandCropByPosNegLabeld, RandFlipd,
         RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropSamplesd, SpatialPadd,
     )
 
@@ -291,6 +304,8 @@ def buildTransforms(config: dict):
         ]
     elif sampling["mode"] == "max_background":
         transforms.append(_defineMaxBackgroundCrop()(keys, "label", patch, sampling["max_background"], samples, sampling["max_tries"]))
+    elif sampling["mode"] == "center":
+        transforms.append(CenterSpatialCropd(keys=keys, roi_size=patch))
     else:
         transforms.append(RandSpatialCropSamplesd(keys=keys, roi_size=patch, num_samples=samples, random_size=False))
     for axis in augmentation["flip_axes"]:

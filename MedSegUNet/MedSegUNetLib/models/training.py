@@ -32,7 +32,7 @@ import numpy as np
 from ..engine.errors import Interrupted, MedSegUNetError, firstLine
 from .trainconfig import CARD_KEYS, DEFAULTS, SCHEMA_PATH, cardFromConfig, loadConfigFile, readConfig, referenceValuesFromConfig, validateConfig  # noqa: F401
 from .traindata import Case, buildTransforms, prepareCase, readCases, regionTargets, remapLabels, seedEverything, splitCases, toSlices  # noqa: F401
-from .trainreports import caseMetrics, historyCSV, metricColumns, plotCurves, plotValidationSlices, validate, writeHistory  # noqa: F401
+from .trainreports import caseMetrics, caseTableCSV, historyCSV, metricColumns, plotCurves, plotValidationSlices, validate, writeHistory  # noqa: F401
 
 
 CHECKPOINT_FORMAT = "medsegunet.checkpoint/1"
@@ -243,6 +243,16 @@ def _plain(value):
     return value
 
 
+def remainingTime(history: Sequence[dict], epochs: int) -> str:
+    """``", about 12 min left"`` from the mean of this run's epoch times (empty after the last epoch)."""
+    left = epochs - len(history)
+    times = [row["seconds"] for row in history if row.get("seconds")]
+    if left <= 0 or not times:
+        return ""
+    seconds = left * float(np.mean(times))
+    return f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
+
+
 @dataclass
 class TrainingResult:
     """What :func:`train` leaves in the output folder."""
@@ -438,7 +448,7 @@ class Trainer:
         row["seconds"] = time.perf_counter() - epochStart
         self.history.append(row)
         text = f"loss {row['train_loss']:.4f}" + (f", validation mean Dice {row['val_mean_dice']:.4f}" if validated else "")
-        bar.close(text + (" (best)" if improved and validated else "") + f", {row['seconds']:.1f} s")
+        bar.close(text + (" (best)" if improved and validated else "") + f", {row['seconds']:.1f} s" + remainingTime(self.history, int(config["epochs"])))
         _saveEpoch(self.state(epoch + 1), self.lastPath, self.bestPath if improved else None, historyCSV(self.history, config),
                    os.path.join(self.outputDir, "metrics.csv"))
         patience = (config.get("early_stopping") or {}).get("patience")
@@ -462,7 +472,10 @@ class Trainer:
         plotCurves(self.history, self.config, os.path.join(self.outputDir, "curves.png"))
         if self.validationItems and os.path.exists(self.bestPath):
             self.network.load_state_dict(loadCheckpoint(self.bestPath)["model"])
-            _, predictions = validate(self.network, self.config, self.validationItems, self.device)
+            from ..engine.volumes import writeText
+
+            summary, predictions = validate(self.network, self.config, self.validationItems, self.device)
+            writeText(caseTableCSV(summary["cases"], self.config), os.path.join(self.outputDir, "validation_cases.csv"))
             plotValidationSlices(self.validationItems, predictions, self.config, os.path.join(self.outputDir, "validation.png"))
         best = self.best
         self.log(f"Done in {time.perf_counter() - self.started:.0f} s. Best checkpoint: {self.bestPath}"
@@ -484,10 +497,20 @@ def addParser(subparsers) -> None:
     parser.add_argument("--config", help="training config, YAML or JSON (see trainconfig.schema.json); with --resume, defaults to the checkpoint's")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
+    parser.add_argument("--data", help="a Decathlon folder (such as 'data prepare' writes) or a case CSV, instead of the config's data source")
     from ..engine.modelcard import DEVICES
 
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default auto: CUDA when present)")
     parser.set_defaults(func=run)
+
+
+def withDataSource(config: dict, source: str) -> dict:
+    """The config with ``--data`` as its source: a folder is a Decathlon folder, a file a case CSV."""
+    kind = "msd" if os.path.isdir(source) else "csv"
+    if kind == "csv" and not os.path.isfile(source):
+        raise MedSegUNetError(f"--data '{source}' is neither a folder nor a file: give a prepared folder or a case CSV.")
+    data = {key: value for key, value in config["data"].items() if key not in ("msd", "csv")}
+    return validateConfig({**config, "data": {**data, kind: os.path.abspath(source)}}, f"config with --data '{source}'")
 
 
 def run(args, console=None) -> int:
@@ -498,6 +521,8 @@ def run(args, console=None) -> int:
         config = validateConfig(loadCheckpoint(args.resume)["config"], f"config stored in '{args.resume}'")
     else:
         raise MedSegUNetError("Give --config CONFIG (YAML or JSON), or --resume CHECKPOINT to continue a run.")
+    if args.data:
+        config = withDataSource(config, args.data)
     from ..engine.volumes import checkDistinctPaths
 
     checkDistinctPaths(

@@ -38,7 +38,7 @@ def caseMetrics(probabilities: np.ndarray, label: np.ndarray, config: dict) -> d
         label: ``1, I, J, K`` class indices (softmax) or remapped values (sigmoid).
 
     Returns:
-        ``{"dice": [L], "iou": [L], "sensitivity": [L], "specificity": [L], "loss": float}``.
+        ``{"dice": [L], "iou": [L], "sensitivity": [L], "specificity": [L], "precision": [L], "loss": float}``.
     """
     import torch
     from monai.losses import DiceLoss
@@ -58,20 +58,22 @@ def caseMetrics(probabilities: np.ndarray, label: np.ndarray, config: dict) -> d
         softLoss = DiceLoss(include_background=True)(torch.from_numpy(probabilities[None]), target)
     dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(prediction, target)
     iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(prediction, target)
-    confusion = ConfusionMatrixMetric(include_background=True, metric_name=["sensitivity", "specificity"], reduction="none")
+    confusion = ConfusionMatrixMetric(include_background=True, metric_name=["sensitivity", "specificity", "precision"], reduction="none")
     confusion(prediction, target)
-    sensitivity, specificity = confusion.aggregate()
+    sensitivity, specificity, precision = confusion.aggregate()
     return {
         "dice": dice[0].numpy().astype(float),
         "iou": iou[0].numpy().astype(float),
         "sensitivity": sensitivity[0].numpy().astype(float),
         "specificity": specificity[0].numpy().astype(float),
+        "precision": precision[0].numpy().astype(float),
         "loss": float(softLoss),
     }
 
 
 def validate(network, config: dict, items: Sequence[dict], device) -> tuple[dict, list[np.ndarray]]:
-    """Mean metrics over the validation cases and each case's predicted labels."""
+    """Mean metrics over the validation cases (``summary["cases"]``: each case's own, with its
+    ``id``) and each case's predicted labels."""
     import torch
 
     card = cardFromConfig(config)
@@ -80,12 +82,25 @@ def validate(network, config: dict, items: Sequence[dict], device) -> tuple[dict
     with torch.no_grad():
         for item in items:
             probabilities = predictCase(network, card, item["image"], device)
-            perCase.append(caseMetrics(probabilities, item["label"], config))
+            perCase.append(caseMetrics(probabilities, item["label"], config) | {"id": item["id"]})
             predictions.append(predictionToLabels(probabilities, config))
     summary = {key: np.nanmean(np.stack([m[key] for m in perCase]), axis=0) for key in ("dice", "iou", "sensitivity", "specificity")}
     summary["loss"] = float(np.mean([m["loss"] for m in perCase]))
     summary["mean_dice"] = float(np.nanmean(summary["dice"]))
+    summary["cases"] = perCase
     return summary, predictions
+
+
+def caseTableCSV(perCase: Sequence[dict], config: dict) -> str:
+    """One row per validation case (patient): Dice, IoU, precision and recall per label, on the model grid."""
+    buffer = io.StringIO()
+    columns = ["case"] + [f"{metric}_{label['name']}" for metric in ("dice", "iou", "precision", "recall") for label in config["labels"]]
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for case in perCase:
+        values = [case[{"recall": "sensitivity"}.get(metric, metric)] for metric in ("dice", "iou", "precision", "recall")]
+        writer.writerow([case["id"]] + ["" if not np.isfinite(v) else f"{v:.4f}" for series in values for v in series])
+    return buffer.getvalue()
 
 
 def metricColumns(config: dict) -> list[str]:

@@ -1,0 +1,96 @@
+"""Figures of a trained model on a prepared set's held-out patients, through the inference engine.
+
+Each test volume of a ``data prepare`` folder is segmented exactly as ``medsegunet segment`` would
+(the card's grid, normalisation and slices), and compared with its label on the volume's own grid
+(KJI arrays, LPS) with :func:`engine.statistics.overlapMetrics`: per patient Dice, IoU, precision
+and recall for every label, and over the patients the mean, standard deviation and median.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..engine.errors import MedSegUNetError
+
+METRICS = ("dice", "jaccard", "precision", "recall")
+
+
+def testEntries(folder: str | os.PathLike, part: str = "test") -> list[dict]:
+    """The prepared folder's ``test`` entries (or the ``validation`` cases of its ``training``)."""
+    description = os.path.join(os.fspath(folder), "dataset.json")
+    try:
+        with open(description, encoding="utf-8") as stream:
+            dataset = json.load(stream)
+    except (OSError, json.JSONDecodeError) as error:
+        raise MedSegUNetError(f"'{description}' cannot be read as a prepared set ({error}): run 'medsegunet data prepare' first.") from None
+    if part == "test":
+        entries = dataset.get("test") or []
+    else:
+        wanted = set(dataset.get("validation") or [])
+        entries = [e for e in dataset.get("training") or [] if os.path.basename(e["image"]).split(".")[0] in wanted]
+    return [{**e, "id": os.path.basename(e["image"]).split(".")[0],
+             "image": os.path.join(os.fspath(folder), e["image"]), "label": os.path.join(os.fspath(folder), e["label"])} for e in entries]
+
+
+def evaluateCases(modelPath: str | os.PathLike, entries: Sequence[dict], device: str = "cpu", progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Segment each entry's image and compare it with its label.
+
+    Returns:
+        one row per entry: ``case``, ``patient``, ``seconds`` and ``<metric>_<label name>`` for
+        :data:`METRICS`, plus ``volume_ml_<label name>`` and ``reference_ml_<label name>``.
+    """
+    from ..engine import pipeline, statistics
+    from ..engine.modelcard import loadModel
+
+    model = loadModel(modelPath, device)
+    labels = model.card["labels"]
+    rows = []
+    for index, entry in enumerate(entries):
+        image = sitk.ReadImage(entry["image"])
+        started = time.perf_counter()
+        result = pipeline.segmentImages([image], model, useROI=False)
+        seconds = time.perf_counter() - started
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(entry["label"]))
+        masks = [np.isin(reference, statistics.referenceValues(label)) for label in labels]
+        metrics, _ = statistics.overlapMetrics(result.masks(), masks, labels, image.GetSpacing())
+        voxel = float(np.prod(image.GetSpacing())) / 1000.0
+        row = {"case": entry["id"], "patient": entry.get("patient", entry["id"]), "seconds": round(seconds, 3)}
+        for label, predicted, expected in zip(labels, result.masks(), masks):
+            for metric in METRICS:
+                row[f"{metric}_{label['name']}"] = metrics[int(label["value"])][metric]
+            row[f"volume_ml_{label['name']}"] = round(float(predicted.sum()) * voxel, 3)
+            row[f"reference_ml_{label['name']}"] = round(float(expected.sum()) * voxel, 3)
+        rows.append(row)
+        if progress is not None:
+            progress(f"{index + 1}/{len(entries)} {entry['id']}: " + ", ".join(f"Dice {label['name']} {row['dice_' + label['name']]:.3f}" for label in labels))
+    return rows
+
+
+def summarize(rows: Sequence[dict], columns: Sequence[str]) -> dict[str, dict]:
+    """Mean, standard deviation (sample) and median of each column over the rows (None ignored)."""
+    result = {}
+    for column in columns:
+        values = np.array([row[column] for row in rows if row.get(column) is not None], dtype=float)
+        result[column] = {"mean": float(values.mean()) if values.size else None,
+                          "sd": float(values.std(ddof=1)) if values.size > 1 else None,
+                          "median": float(np.median(values)) if values.size else None, "n": int(values.size)}
+    return result
+
+
+def rowsCSV(rows: Sequence[dict]) -> str:
+    """The rows as CSV (numbers to 4 decimals, empty where a metric is undefined)."""
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    return buffer.getvalue()
