@@ -50,7 +50,8 @@ def test_fresh_slicer_reads_every_zoo_card_and_suggests_inputs():
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["loaded"] == []
-    assert len(report["found"]) == len(models) == 3
+    assert len(report["found"]) == len(models) == 5
+    assert {name.split(" (")[0] for name in report["found"]} >= {"LGG FLAIR abnormality", "Heart on short-axis cine"}
     prostate = next(value for name, value in report["found"].items() if name.startswith("Prostate"))
     assert prostate["inputs"] == ["4-t2tsetra"] and sorted(prostate["roi"]) == ["3-t2tsesag", "5-t2tsecor"]
     for value in report["found"].values():
