@@ -77,13 +77,9 @@ class SourceSet:
 
 def sourceDigest(folder: Path, names: Iterable[Path]) -> str:
     """SHA256 over ``relative path TAB sha256`` lines of the files, in sorted order."""
-    lines = []
-    for path in sorted(names):
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        lines.append(f"{path.relative_to(folder).as_posix()}\t{digest.hexdigest()}\n")
+    from ..engine.paths import sha256
+
+    lines = [f"{path.relative_to(folder).as_posix()}\t{sha256(path)}\n" for path in sorted(names)]
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
@@ -254,10 +250,6 @@ def checkNewOutput(output: str | os.PathLike) -> Path:
     return output
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def writeDataset(found: SourceSet, description: dict, geometry: dict, output: Path, progress: Callable[[str], None]) -> dict:
     """Write the Decathlon folder at ``output`` (staged beside it, renamed when complete).
 
@@ -287,6 +279,9 @@ def writeDataset(found: SourceSet, description: dict, geometry: dict, output: Pa
 
 
 def _writeCases(found: SourceSet, description: dict, geometry: dict, folder: Path, progress: Callable[[str], None]) -> dict:
+    from ..engine.paths import sha256
+    from ..engine.staging import imageVerifier, writeImageFile
+
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir()
     training, test, files = [], [], {}
@@ -294,11 +289,10 @@ def _writeCases(found: SourceSet, description: dict, geometry: dict, folder: Pat
         suffix = "Ts" if case.split == "test" else "Tr"
         entry = {"image": f"./images{suffix}/{case.id}.nii.gz", "label": f"./labels{suffix}/{case.id}.nii.gz"}
         for key, array in (("image", case.image), ("label", case.label)):
-            path = folder / entry[key]
-            sitk.WriteImage(_image(array, geometry), str(path), True)
-            if not np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), array):
-                raise MedSegUNetError(f"'{path.name}' did not read back as written: check the disk.")
-            files[entry[key][2:]] = _sha256(path)
+            path, image = str(folder / entry[key]), _image(array, geometry)
+            writeImageFile(image, path)
+            imageVerifier(image)(path)
+            files[entry[key][2:]] = sha256(path)
         (test if case.split == "test" else training).append(entry | {"patient": case.patient})
         if (index + 1) % 25 == 0:
             progress(f"wrote {index + 1} of {len(found.cases)} volumes")

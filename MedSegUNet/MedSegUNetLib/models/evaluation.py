@@ -7,8 +7,6 @@ and recall for every label, and over the patients the mean, standard deviation a
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -22,21 +20,18 @@ from ..engine.errors import MedSegUNetError
 METRICS = ("dice", "jaccard", "precision", "recall")
 
 
-def testEntries(folder: str | os.PathLike, part: str = "test") -> list[dict]:
-    """The prepared folder's ``test`` entries (or the ``validation`` cases of its ``training``)."""
+def testEntries(folder: str | os.PathLike) -> list[dict]:
+    """The prepared folder's ``test`` entries, with their case ids and absolute paths."""
+    from .traindata import _stripSuffix
+
     description = os.path.join(os.fspath(folder), "dataset.json")
     try:
         with open(description, encoding="utf-8") as stream:
             dataset = json.load(stream)
     except (OSError, json.JSONDecodeError) as error:
         raise MedSegUNetError(f"'{description}' cannot be read as a prepared set ({error}): run 'medsegunet data prepare' first.") from None
-    if part == "test":
-        entries = dataset.get("test") or []
-    else:
-        wanted = set(dataset.get("validation") or [])
-        entries = [e for e in dataset.get("training") or [] if os.path.basename(e["image"]).split(".")[0] in wanted]
-    return [{**e, "id": os.path.basename(e["image"]).split(".")[0],
-             "image": os.path.join(os.fspath(folder), e["image"]), "label": os.path.join(os.fspath(folder), e["label"])} for e in entries]
+    return [{**e, "id": _stripSuffix(os.path.basename(e["image"])),
+             "image": os.path.join(os.fspath(folder), e["image"]), "label": os.path.join(os.fspath(folder), e["label"])} for e in dataset.get("test") or []]
 
 
 def evaluateCases(modelPath: str | os.PathLike, entries: Sequence[dict], device: str = "cpu", progress: Callable[[str], None] | None = None) -> list[dict]:
@@ -59,10 +54,11 @@ def evaluateCases(modelPath: str | os.PathLike, entries: Sequence[dict], device:
         seconds = time.perf_counter() - started
         reference = sitk.GetArrayFromImage(sitk.ReadImage(entry["label"]))
         masks = [np.isin(reference, statistics.referenceValues(label)) for label in labels]
-        metrics, _ = statistics.overlapMetrics(result.masks(), masks, labels, image.GetSpacing())
+        predictedMasks = result.masks()
+        metrics, _ = statistics.overlapMetrics(predictedMasks, masks, labels, image.GetSpacing())
         voxel = float(np.prod(image.GetSpacing())) / 1000.0
         row = {"case": entry["id"], "patient": entry.get("patient", entry["id"]), "seconds": round(seconds, 3)}
-        for label, predicted, expected in zip(labels, result.masks(), masks):
+        for label, predicted, expected in zip(labels, predictedMasks, masks):
             for metric in METRICS:
                 row[f"{metric}_{label['name']}"] = metrics[int(label["value"])][metric]
             row[f"volume_ml_{label['name']}"] = round(float(predicted.sum()) * voxel, 3)
@@ -82,15 +78,3 @@ def summarize(rows: Sequence[dict], columns: Sequence[str]) -> dict[str, dict]:
                           "sd": float(values.std(ddof=1)) if values.size > 1 else None,
                           "median": float(np.median(values)) if values.size else None, "n": int(values.size)}
     return result
-
-
-def rowsCSV(rows: Sequence[dict]) -> str:
-    """The rows as CSV (numbers to 4 decimals, empty where a metric is undefined)."""
-    if not rows:
-        return ""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None else f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buffer.getvalue()
