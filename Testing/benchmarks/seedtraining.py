@@ -43,24 +43,32 @@ def step(name: str, timings: dict):
     return Timer()
 
 
-def prepareTrainExport(kind: str, source: str, work: Path, recipe: str, timings: dict) -> Path:
-    """``data prepare`` (once), ``train`` with the recipe on it (resumed if a run was cut), ``export``."""
-    prepared, run, model = work / "prepared", work / "run", work / f"{Path(recipe).stem}.pt"
+def prepareTrainExport(kind: str, source: str, work: Path, recipes: list[str], timings: dict) -> Path:
+    """``data prepare`` (once), ``train`` each recipe in turn (stage 2 on from stage 1's best weights
+    with ``--init``; a cut stage is resumed, a finished one kept), ``export`` the last stage's best."""
+    prepared, model = work / "prepared", work / f"{Path(recipes[0]).stem}.pt"
     if not (prepared / "dataset.json").is_file():
         with step("prepare", timings):
             document = datasets.prepare(kind, source, prepared, progress=print)
             for line in datasets.summary(document, prepared):
                 print(line)
-    config = yaml.safe_load((REPO_ROOT / "Resources" / "Training" / recipe).read_text(encoding="utf-8"))
-    config["data"]["msd"] = str(prepared)
-    config = training.validateConfig(config, recipe)
-    last = run / "checkpoint_last.pt"
-    done = last.is_file() and int(training.loadCheckpoint(last)["epoch"]) >= int(config["epochs"])
-    if not done:
-        with step("train", timings):
-            training.train(config, run, resume=last if last.is_file() else None, device="cpu")
+    init = None
+    for number, recipe in enumerate(recipes, start=1):
+        run = work / ("run" if number == 1 else f"run-{number}")
+        config = yaml.safe_load((REPO_ROOT / "Resources" / "Training" / recipe).read_text(encoding="utf-8"))
+        config["data"]["msd"] = str(prepared)
+        config = training.validateConfig(config, recipe)
+        last = run / "checkpoint_last.pt"
+        done = last.is_file() and int(training.loadCheckpoint(last)["epoch"]) >= int(config["epochs"])
+        if not done:
+            with step(f"train stage {number} ({recipe})", timings):
+                resume = last if last.is_file() else None
+                training.train(config, run, resume=resume, init=None if resume else init, device="cpu")
+        init = run / "checkpoint_best.pt"
     with step("export", timings):
-        exporting.exportCheckpoint(run / "checkpoint_best.pt", model)
+        # The card from the last recipe as it stands (name, version, description), as the sheet's
+        # 'medsegunet export --config' makes it.
+        exporting.exportCheckpoint(init, model, REPO_ROOT / "Resources" / "Training" / recipes[-1])
     return model
 
 

@@ -1,6 +1,6 @@
-"""Benchmark: the heart model (``Resources/Training/acdc-heart.yaml``) end to end from ACDC.
+"""Benchmark: the heart model (``Resources/Training/acdc-heart.yaml``, then ``acdc-heart-finetune.yaml``) end to end from ACDC.
 
-Not a test: ``data prepare acdc``, ``train`` on 2 CPU cores, ``export``, then the figures of the
+Not a test: ``data prepare acdc``, ``train`` in two stages on 2 CPU cores, ``export``, then the figures of the
 model sheet (``docs/models/acdc-heart.md``): Dice, IoU, precision and recall of the left-ventricle
 cavity, myocardium and right ventricle (mean, SD, median) on ACDC's 20 test patients (the
 repository's ``test.list``, never trained on), at end-diastole (``frame01``) and end-systole
@@ -27,7 +27,7 @@ LABELS = ("left ventricle cavity", "myocardium", "right ventricle")
 
 def main() -> None:
     args, work, timings = arguments(__doc__.splitlines()[0], "the fetched ACDC folder (train.list, val.list, test.list, data/)")
-    model = prepareTrainExport("acdc", args.source, work, "acdc-heart.yaml", timings)
+    model = prepareTrainExport("acdc", args.source, work, ["acdc-heart.yaml", "acdc-heart-finetune.yaml"], timings)
     columns = [f"{metric}_{label}" for label in LABELS for metric in ("dice", "jaccard", "precision", "recall")]
     rows, summary = evaluateTest(model, work / "prepared", columns, timings)
     phases = {phase: evaluation.summarize([row for row in rows if row["case"].endswith(frame)], columns)

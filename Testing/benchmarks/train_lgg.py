@@ -1,6 +1,6 @@
-"""Benchmark: the LGG FLAIR model (``Resources/Training/lgg-flair.yaml``) end to end from kaggle_3m.
+"""Benchmark: the LGG FLAIR model (``Resources/Training/lgg-flair.yaml``, then ``lgg-flair-finetune.yaml``) end to end from kaggle_3m.
 
-Not a test: ``data prepare lgg``, ``train`` on 2 CPU cores, ``export``, then the figures of the
+Not a test: ``data prepare lgg``, ``train`` in two stages on 2 CPU cores, ``export``, then the figures of the
 model sheet (``docs/models/lgg-flair.md``):
 
 - per-patient Dice, IoU, precision and recall (mean, SD, median) on the 22 held-out test patients,
@@ -65,7 +65,7 @@ def fg6692Figures(model: Path) -> dict:
 
 def main() -> None:
     args, work, timings = arguments(__doc__.splitlines()[0], "the fetched kaggle_3m folder")
-    model = prepareTrainExport("lgg", args.source, work, "lgg-flair.yaml", timings)
+    model = prepareTrainExport("lgg", args.source, work, ["lgg-flair.yaml", "lgg-flair-finetune.yaml"], timings)
     columns = [f"{metric}_{LABEL}" for metric in ("dice", "jaccard", "precision", "recall")]
     rows, summary = evaluateTest(model, work / "prepared", columns, timings)
     with step("TCGA-FG-6692", timings):

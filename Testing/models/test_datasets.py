@@ -208,3 +208,16 @@ def test_train_with_data_option_trains_on_a_prepared_folder(tmp_path, a_kaggle_f
     assert sorted(line.split(",")[0] for line in table[1:]) == sorted(readJSON(out / "dataset.json")["validation"])
     assert cli.main(["train", "--config", str(config), "--data", str(tmp_path / "none.csv"), "--output", str(tmp_path / "run2")]) == 2
     assert "is neither a folder nor a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("first, second", [("lgg-flair.yaml", "lgg-flair-finetune.yaml"), ("acdc-heart.yaml", "acdc-heart-finetune.yaml")])
+def test_a_second_stage_recipe_builds_its_first_stages_network(tmp_path, first, second):
+    """``train --init`` takes stage 1's weights into stage 2's network: the two recipes must build
+    the same network with the same inputs and labels, or stage 2 stops at its first step."""
+    from MedSegUNetLib.models import training
+
+    stages = [trainconfig.validateConfig(yamlRecipe(name, tmp_path), name) for name in (first, second)]
+    assert stages[0]["network"] == stages[1]["network"] and stages[0]["inputs"] == stages[1]["inputs"]
+    assert stages[0]["labels"] == stages[1]["labels"] and stages[0]["patch_size"] == stages[1]["patch_size"]
+    one, two = (training.buildNetwork(config).state_dict() for config in stages)
+    assert {key: tuple(value.shape) for key, value in one.items()} == {key: tuple(value.shape) for key, value in two.items()}

@@ -1,7 +1,8 @@
 """The zoo's models for the seeds' tasks, run by name through the installed command on volumes they
 never saw: TCGA-FG-6692 (held out of the LGG training) in its skull-stripped 1 mm BraTS space and in
-its native 5.5 mm tilted FLAIR (and, a known failure, its skull-stripped one), and three slices of ACDC test patient 011 (``Testing/data/acdc``).
-The thresholds are the measured figures of the model sheets less a margin."""
+its native 5.5 mm tilted FLAIR (the two volumes' agreement within 20 % is a known failure), and three
+slices of ACDC test patient 011 (``Testing/data/acdc``). The thresholds are the measured figures of
+the model sheets less a margin."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import SimpleITK as sitk
 from conftest import REPO_ROOT, requireSharedData
 
 ACDC = REPO_ROOT / "Testing" / "data" / "acdc"
-# Measured (docs/models/*.md): on TCGA-FG-6692's native FLAIR 15.1 mL, 47 mm right of and 28 mm
-# anterior to the head's centre (the BraTS-space fusion: 30.2 mL, right frontal); nothing on its
-# skull-stripped BraTS-space FLAIR. The thresholds are those figures less a margin.
-LGG_NATIVE_ML = (10.0, 22.0)
-LGG_MIN_BRATS_DICE = 0.5
+# Measured (docs/models/lgg-flair.md, version 1.1.0): on TCGA-FG-6692's native FLAIR 19.9 mL, right
+# frontal as the BraTS-space fusion (30.2 mL) has it; on its skull-stripped BraTS-space FLAIR 15.9 mL,
+# Dice 0.56 against the fusion's whole tumour. The thresholds are those figures less a margin.
+LGG_NATIVE_ML = (14.0, 26.0)
+LGG_MIN_BRATS_DICE = 0.45
 # On slices 3-5 of ACDC test patient 011: LV cavity 0.855 (ED) and 0.933 (ES), myocardium 0.73 and
 # 0.80, RV 0.94 and 0.92.
 ACDC_MIN_LV_DICE = {"frame01": 0.80, "frame02": 0.88}
@@ -65,8 +66,9 @@ def test_lgg_flair_finds_the_abnormality_on_the_native_tilted_flair(lgg_results)
     assert offset[0] < -25 and offset[1] < -10, offset  # LPS: towards the patient's right, anterior
 
 
-@pytest.mark.xfail(strict=True, reason="trained on skull-on slices only: finds nothing on a skull-stripped FLAIR (docs/models/lgg-flair.md, Limits)")
 def test_lgg_flair_on_the_skull_stripped_brats_space_flair(lgg_results):
+    """Skull-stripped, 1 mm, registered to BraTS space: Dice against the five-algorithm fusion's whole
+    tumour (labels 1, 2, 4) on the same grid."""
     folder = requireSharedData("brain-tumor", "TCGA-FG-6692")
     report, path = lgg_results["brats"]
     predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(path))) == 1
@@ -74,8 +76,13 @@ def test_lgg_flair_on_the_skull_stripped_brats_space_flair(lgg_results):
     wholeTumour = np.isin(fusion, (1, 2, 4))
     dice = 2.0 * (predicted & wholeTumour).sum() / (predicted.sum() + wholeTumour.sum())
     assert dice >= LGG_MIN_BRATS_DICE, dice
+    assert report["segments"][0]["qc"] == "ok"
+
+
+@pytest.mark.xfail(strict=True, reason="the native result is 25 % above the BraTS-space one (19.9 against 15.9 mL; docs/models/lgg-flair.md)")
+def test_lgg_flair_volumes_agree_across_the_two_spaces(lgg_results):
     native = lgg_results["native"][0]["segments"][0]["volume_cm3"]
-    assert abs(native / report["segments"][0]["volume_cm3"] - 1.0) <= 0.2
+    assert abs(native / lgg_results["brats"][0]["segments"][0]["volume_cm3"] - 1.0) <= 0.2
 
 
 @pytest.mark.parametrize("frame", ["frame01", "frame02"], ids=["end-diastole", "end-systole"])

@@ -414,3 +414,77 @@ def test_a_recipe_postprocessing_goes_into_the_card(postprocessing, schema):
     assert card["schema"] == schema and card.get("postprocessing") == postprocessing
     with pytest.raises(MedSegUNetError, match="postprocessing"):
         validateConfig({**config, "postprocessing": {"largest_componnet": True}}, "config", "/tmp")
+
+
+def test_init_starts_a_new_run_from_another_runs_weights(tmp_path, msd_folder, capsys):
+    """``train --init``: the weights of another run (not its optimiser, schedule or history); with a
+    vanishing rate and no running statistics the weights stay those; provenance reaches the card."""
+    import torch
+
+    from MedSegUNetLib.cli import main
+    from MedSegUNetLib.engine.paths import sha256
+
+    data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
+    network = {"type": "UNet", "channels": [8, 16], "strides": [2], "num_res_units": 0, "norm": "instance"}
+    first = training.train(training.validateConfig(baseConfig(data, epochs=2, network=network)), tmp_path / "first", log=quiet)
+    frozen = writeConfig(tmp_path, baseConfig(data, epochs=1, network=network, optimizer={"type": "adam", "lr": 1e-30}))
+    assert main(["train", "--config", frozen, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "second"), "--device", "cpu"]) == 0
+    assert f"Starting from the weights of '{first.bestCheckpoint}' (epoch " in capsys.readouterr().out
+    before, after = training.loadCheckpoint(first.bestCheckpoint), training.loadCheckpoint(tmp_path / "second" / "checkpoint_last.pt")
+    for key, tensor in before["model"].items():
+        assert torch.allclose(tensor, after["model"][key], rtol=0, atol=1e-12), key
+    assert len(after["history"]) == 1 and after["epoch"] == 1
+    assert after["initialised_from"]["sha256"] == sha256(first.bestCheckpoint)
+    assert after["initialised_from"]["epoch"] == before["epoch"]
+    card = exportCheckpoint(tmp_path / "second" / "checkpoint_best.pt", tmp_path / "model.pt")
+    assert card["training"]["initialised_from"]["file"] == "checkpoint_best.pt"
+
+
+def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder):
+    from MedSegUNetLib.cli import main
+
+    data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
+    first = training.train(training.validateConfig(baseConfig(data, epochs=1)), tmp_path / "first", log=quiet)
+    with pytest.raises(MedSegUNetError, match="give one of them"):
+        training.train(training.validateConfig(baseConfig(data, epochs=2)), tmp_path / "both", resume=first.lastCheckpoint, init=first.bestCheckpoint, log=quiet)
+    wider = writeConfig(tmp_path, baseConfig(data, epochs=1, network={"type": "UNet", "channels": [16, 32], "strides": [2], "num_res_units": 0}))
+    assert main(["train", "-q", "--config", wider, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "wider")]) == 2
+    assert not (tmp_path / "wider" / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("width, kept", [(1, 24 * 24), (4, 18 * 18)], ids=["1-voxel", "4-voxels"])
+def test_skull_strip_erodes_the_head_and_keeps_the_labels(width, kept):
+    """A 26 × 26 head loses ``width`` rings (a square stays a square under scipy's cross-shaped
+    erosion); a label at its edge is kept with 2 voxels around it."""
+    from MedSegUNetLib.models.traindata import headStrippedMask
+
+    image = np.zeros((1, 32, 32), dtype=np.float32)
+    image[0, 3:29, 3:29] = 0.5
+    mask = headStrippedMask(image, np.zeros((1, 32, 32), dtype=np.uint8), width)
+    assert int(mask.sum()) == kept
+    label = np.zeros((1, 32, 32), dtype=np.uint8)
+    label[0, 3:5, 10:12] = 1
+    withLabel = headStrippedMask(image, label, width)
+    assert withLabel[3:5, 10:12].all() and withLabel[1, 10] and not withLabel[0, 10]
+
+
+def test_skull_strip_augmentation_runs_in_the_transforms(tmp_path):
+    """skull_strip_prob 1: every slice's outer head is zeroed, the centre and the labels untouched;
+    a reversed mm range is refused."""
+    config = training.validateConfig(baseConfig(
+        {"csv": "x.csv"}, dims=2, patch_size=[32, 32], sampling={"mode": "center", "samples_per_case": 1}, spacing=[2.0, 2.0, None],
+        augmentation={"skull_strip_prob": 1.0, "skull_strip_mm": [8, 8]},
+    ))
+    image = np.zeros((2, 32, 32), dtype=np.float32)
+    image[:, 2:30, 2:30] = 1.0
+    label = np.zeros((1, 32, 32), dtype=np.uint8)
+    label[0, 14:18, 14:18] = 1
+    transforms = training.buildTransforms(config)
+    transforms.set_random_state(seed=0)
+    sample = transforms({"image": image, "label": label})
+    out = np.asarray(sample["image"])
+    assert out[:, 2, 15].tolist() == [0.0, 0.0] and out[:, 15, 15].tolist() == [1.0, 1.0]
+    assert int((out[0] > 0).sum()) == 20 * 20  # 28 × 28 eroded by 8 mm: 4 voxels of 2 mm a side
+    assert int(np.asarray(sample["label"]).sum()) == 16
+    with pytest.raises(MedSegUNetError, match="skull_strip_mm"):
+        training.validateConfig(baseConfig({"csv": "x.csv"}, augmentation={"skull_strip_mm": [16, 8]}))

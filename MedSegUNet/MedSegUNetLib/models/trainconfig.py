@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "augmentation": {
         "flip_axes": [], "flip_prob": 0.5, "rotate_deg": 0.0, "scale": 0.0, "affine_prob": 0.0,
         "intensity_shift": 0.0, "intensity_scale": 0.0, "intensity_prob": 0.0,
-        "elastic_prob": 0.0,
+        "elastic_prob": 0.0, "skull_strip_prob": 0.0,
     },
     "loss": {"type": "dice_ce", "gamma": 2.0, "include_background": False},
     "optimizer": {"type": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "scheduler": "none"},
@@ -118,6 +118,9 @@ def validateConfig(config: Any, source: str = "training config", baseDir: str | 
     values = [label["value"] for label in full["labels"]]
     if len(set(values)) != len(values):
         raise MedSegUNetError(f"Invalid {source}: label values must be unique, got {values}.")
+    strip = full["augmentation"].get("skull_strip_mm")
+    if strip is not None and strip[0] > strip[1]:
+        raise MedSegUNetError(f"Invalid {source}: augmentation.skull_strip_mm is [least, most] in mm, got {strip}.")
     hasRegions = any("region" in label for label in full["labels"])
     if full["output"] == "softmax" and hasRegions:
         raise MedSegUNetError(f"Invalid {source}: 'region' labels need output: sigmoid (each region is its own channel).")

@@ -265,9 +265,85 @@ def _defineMaxBackgroundCrop():
     return RandCropMaxBackgroundd
 
 
+def headStrippedMask(image: np.ndarray, label: np.ndarray, widthVoxels: int, level: float = 0.05) -> np.ndarray:
+    """What a skull-stripped copy of a training image keeps: the head eroded by ``widthVoxels``.
+
+    The head is the normalised first channel above ``level`` with its holes filled; eroding it
+    removes the scalp and the skull as brain extraction does (roughly), so a model trained on heads
+    with the skull also sees brains without it. The labels and 2 voxels around them are always kept,
+    so a lesion at the cortex never becomes a label over zeros.
+
+    Args:
+        image: ``C, I, J[, K]`` normalised intensities (the model grid's axis order).
+        label: ``1, I, J[, K]`` label values.
+        widthVoxels: how deep to erode, in voxels of the model grid.
+
+    Returns:
+        bool ``I, J[, K]``: True where the image is kept.
+    """
+    from scipy import ndimage
+
+    head = ndimage.binary_fill_holes(np.asarray(image[0]) > level)
+    kept = ndimage.binary_erosion(head, iterations=max(1, int(widthVoxels)))
+    labelled = np.asarray(label[0]) > 0
+    if labelled.any():
+        kept |= ndimage.binary_dilation(labelled, iterations=2)
+    return kept
+
+
+def skullStripWidth(config: dict) -> list[float]:
+    """``augmentation.skull_strip_mm`` in voxels of the model grid (its finest in-plane spacing)."""
+    spacing = [float(v) for v in (config.get("spacing") or []) if v]
+    return [mm / (min(spacing) if spacing else 1.0) for mm in config["augmentation"].get("skull_strip_mm", [8.0, 16.0])]
+
+
+def _defineSkullStrip():
+    """Define :class:`RandSkullStripd` on first use, registered like :class:`RandCropMaxBackgroundd`."""
+    cached = globals().get("_SKULL_STRIP")
+    if cached is not None:
+        return cached
+    from monai.transforms import MapTransform, Randomizable
+
+    class RandSkullStripd(Randomizable, MapTransform):
+        """With probability ``prob``, zero the image outside :func:`headStrippedMask` (eroded by a
+        random width in ``widthVoxels``): a model for heads with the skull also sees skull-stripped
+        ones, as a user's brain-extracted or BraTS-space volume is."""
+
+        def __init__(self, keys, labelKey, prob, widthVoxels):
+            MapTransform.__init__(self, keys)
+            self.labelKey, self.prob = labelKey, float(prob)
+            self.widthVoxels = [int(round(w)) for w in widthVoxels]
+            self.apply, self.width = False, self.widthVoxels[0]
+
+        def randomize(self, data=None):
+            self.apply = self.R.random_sample() < self.prob
+            self.width = int(self.R.randint(self.widthVoxels[0], self.widthVoxels[1] + 1))
+
+        def __call__(self, data):
+            self.randomize()
+            if not self.apply:
+                return data
+            import torch
+
+            sample = dict(data)
+            kept = headStrippedMask(np.asarray(sample["image"]), np.asarray(sample[self.labelKey]), self.width)
+            for key in self.key_iterator(sample):
+                value = sample[key]
+                mask = torch.from_numpy(kept) if isinstance(value, torch.Tensor) else kept
+                sample[key] = value * mask
+            return sample
+
+    RandSkullStripd.__module__ = __name__
+    RandSkullStripd.__qualname__ = "RandSkullStripd"
+    globals()["_SKULL_STRIP"] = RandSkullStripd
+    return RandSkullStripd
+
+
 def __getattr__(name: str):
     if name == "RandCropMaxBackgroundd":
         return _defineMaxBackgroundCrop()
+    if name == "RandSkullStripd":
+        return _defineSkullStrip()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -292,6 +368,9 @@ def buildTransforms(config: dict):
         SpatialPadd(keys=keys, spatial_size=patch, mode="constant"),
     ]
     samples = int(sampling["samples_per_case"])
+    if augmentation.get("skull_strip_prob", 0) > 0:
+        # Before cropping: the head's outline is whole only in the whole slice or volume.
+        transforms.append(_defineSkullStrip()(["image"], "label", augmentation["skull_strip_prob"], skullStripWidth(config)))
     if sampling["mode"] == "posneg":
         # Foreground/background indices are deterministic, so CacheDataset computes them once.
         transforms += [

@@ -267,7 +267,9 @@ class TrainingResult:
     validationCases: list[str]
 
 
-def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike | None = None, device: str = "auto", log=None) -> TrainingResult:
+def train(
+    config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike | None = None, device: str = "auto", log=None, init: str | os.PathLike | None = None,
+) -> TrainingResult:
     """Train a network as the (validated) config says, writing checkpoints, metrics and figures.
 
     Args:
@@ -277,6 +279,8 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
         resume: a ``checkpoint_last.pt`` to continue from (its epoch count, weights, optimiser).
         device: ``auto``, ``cpu`` or ``cuda``.
         log: callable taking one line (default: stdout).
+        init: a checkpoint of the same network whose weights this run starts from (fine-tuning),
+            with a fresh optimiser, schedule and history; not with ``resume``.
 
     Returns:
         where things were written and the best validation Dice.
@@ -286,11 +290,15 @@ def train(config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike 
     """
     from ..engine.volumes import writeText
 
+    if resume is not None and init is not None:
+        raise MedSegUNetError("--resume continues a run and --init starts a new one from its weights: give one of them.")
     trainer = Trainer(config, outputDir, device, log)
     trainer.prepareData()
     trainer.buildModel()
     if resume is not None:
         trainer.resumeFrom(resume)
+    elif init is not None:
+        trainer.initFrom(init)
     writeText(json.dumps(config, indent=2), os.path.join(trainer.outputDir, "config.json"))
     try:
         for epoch in range(trainer.startEpoch, int(config["epochs"])):
@@ -316,6 +324,7 @@ class Trainer:
         self.device = resolveDevice(device)
         self.amp = bool(config.get("amp", True)) and self.device.type == "cuda"
         self.startEpoch, self.history, self.best = 0, [], {"dice": None, "epoch": None, "stale": 0}
+        self.initialisedFrom: dict | None = None
         self.lastPath = os.path.join(self.outputDir, "checkpoint_last.pt")
         self.bestPath = os.path.join(self.outputDir, "checkpoint_best.pt")
         self.started = time.perf_counter()
@@ -368,6 +377,7 @@ class Trainer:
         if checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.startEpoch = int(checkpoint["epoch"])
+        self.initialisedFrom = checkpoint.get("initialised_from")
         self.history = list(checkpoint.get("history") or [])
         self.best = dict(checkpoint.get("best") or self.best)
         if self.startEpoch > int(config["epochs"]):
@@ -379,9 +389,23 @@ class Trainer:
             self.log(f"The learning-rate schedule is stretched from {checkpoint['config']['epochs']} to {config['epochs']} epochs.")
         self.log(f"Resuming from '{resume}' after epoch {self.startEpoch}.")
 
+    def initFrom(self, init: str | os.PathLike) -> None:
+        """Start from the weights of another run's checkpoint (fine-tuning): the optimiser, schedule,
+        history and best stay new, and the checkpoints record where the weights came from."""
+        from ..engine.paths import sha256
+
+        checkpoint = loadCheckpoint(init)
+        loadNetworkWeights(self.network, checkpoint, init)
+        self.initialisedFrom = {
+            "file": os.path.basename(os.fspath(init)), "sha256": sha256(init), "epoch": int(checkpoint.get("epoch", 0)),
+            "earlier": checkpoint.get("initialised_from"),
+        }
+        self.log(f"Starting from the weights of '{os.fspath(init)}' (epoch {self.initialisedFrom['epoch']}), with a new optimiser and schedule.")
+
     def state(self, epoch: int) -> dict:
         return _plain({
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "history": self.history, "best": self.best, "config": self.config,
+            "initialised_from": self.initialisedFrom,
             "train_cases": [c.id for c in self.trainCases], "validation_cases": [c.id for c in self.validationCases],
         }) | {
             "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -497,6 +521,7 @@ def addParser(subparsers) -> None:
     parser.add_argument("--config", help="training config, YAML or JSON (see trainconfig.schema.json); with --resume, defaults to the checkpoint's")
     parser.add_argument("--output", required=True, help="output folder (created if missing)")
     parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
+    parser.add_argument("--init", help="a checkpoint of the same network to start from (fine-tuning: new optimiser and schedule); not with --resume")
     parser.add_argument("--data", help="a Decathlon folder (such as 'data prepare' writes) or a case CSV, instead of the config's data source")
     from ..engine.modelcard import DEVICES
 
@@ -527,8 +552,8 @@ def run(args, console=None) -> int:
 
     checkDistinctPaths(
         {"--output": args.output, "--output (config.json)": os.path.join(args.output, "config.json")},
-        {"--config": args.config, "--resume": args.resume},
+        {"--config": args.config, "--resume": args.resume, "--init": args.init},
     )
     log = console.line if console is not None else None
-    train(config, args.output, resume=args.resume, device=args.device, log=log)
+    train(config, args.output, resume=args.resume, device=args.device, log=log, init=args.init)
     return 0
