@@ -316,3 +316,43 @@ def test_roi_from_list_swallowing_the_inputs_says_how(capsys, tmp_path, prostate
     code, _, err = runInProcess(capsys, "segment", "--model", model, "--roi-from", sag, cor, tra, "--stats-json", tmp_path / "s.json")
     # The three volumes all went to --roi-from: no INPUT is left, and the line says so.
     assertCleanFailure(code, err, tmp_path, "Give the INPUT volumes")
+
+
+# Every command and action with the least it needs to parse; -q and --verbose go before its name,
+# right after it, and at the end.
+COMMAND_FORMS = {
+    "roi": (["roi"], ["a.nii.gz"]),
+    "segment": (["segment"], ["--model", "m.pt", "a.nii.gz"]),
+    "batch": (["batch"], ["--model", "m.pt", "--cases", "cases.csv", "--output", "out"]),
+    "import": (["import"], ["m.onnx", "--output", "m.pt"]),
+    "export": (["export"], ["--checkpoint", "c.pt", "--output", "m.pt"]),
+    "info": (["info"], ["m.pt"]),
+    "train": (["train"], ["--config", "c.yaml", "--output", "run"]),
+    "demo": (["demo"], []),
+    "models list": (["models", "list"], []),
+    "models pull": (["models", "pull"], ["brain-tumor-2d"]),
+    "data prepare": (["data", "prepare"], ["lgg", "folder", "--output", "out"]),
+}
+
+
+@pytest.mark.parametrize("option, field", [("-q", "quiet"), ("--quiet", "quiet"), ("--verbose", "verbose")])
+@pytest.mark.parametrize("where", ["before", "after-name", "at-end"])
+@pytest.mark.parametrize("form", list(COMMAND_FORMS), ids=[name.replace(" ", "-") for name in COMMAND_FORMS])
+def test_quiet_and_verbose_are_accepted_everywhere(form, where, option, field):
+    """``models list -q`` as ``-q models list``: each option in each place, for every command."""
+    from MedSegUNetLib.cli import parseArguments
+
+    names, rest = COMMAND_FORMS[form]
+    argv = {"before": [option, *names, *rest], "after-name": [*names, option, *rest], "at-end": [*names, *rest, option]}[where]
+    args = parseArguments(argv)
+    assert getattr(args, field) is True and args.command == names[0]
+    other = {"quiet": "verbose", "verbose": "quiet"}[field]
+    assert getattr(args, other) is False
+
+
+def test_models_list_quiet_prints_the_table(capsys):
+    from MedSegUNetLib.cli import main
+
+    assert main(["models", "list", "-q"]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "brain-tumor-2d" in out.out and "lgg-flair" in out.out

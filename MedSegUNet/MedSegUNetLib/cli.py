@@ -83,6 +83,16 @@ def addCommonOptions(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="print nothing but errors")
 
 
+def addCommonOptionsEverywhere(parser: argparse.ArgumentParser) -> None:
+    """:func:`addCommonOptions` on a command and on each of its actions (``models list -q``, as
+    ``models -q list`` and ``-q models list``)."""
+    addCommonOptions(parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                addCommonOptionsEverywhere(sub)
+
+
 def moveInputsAfterDoubleDash(arguments: Sequence[str]) -> list[str]:
     """``--`` ends an option's list: the words after it, up to the next option, are INPUTs.
 
@@ -401,7 +411,7 @@ def buildParser() -> argparse.ArgumentParser:
     datasets.addParser(subparsers)
     demo.addParser(subparsers)
     for sub in subparsers.choices.values():
-        addCommonOptions(sub)
+        addCommonOptionsEverywhere(sub)
     parser.subcommands = subparsers.choices  # type: ignore[attr-defined]
     return parser
 

@@ -197,11 +197,19 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     first = rows
     before = (out / "phantom" / "manifest.json").stat().st_mtime_ns
     assert cli.main(argv) == 1
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "4 cases: 0 ok, 3 skipped, 1 failed"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "4 cases: 0 ok, 3 skipped, 1 failed"
+    # A skipped case's line gives the earlier run's date and time, not as if it had just run.
+    finished, seconds = first["phantom"]["finished"], float(first["phantom"]["seconds"])
+    assert f"phantom: skipped (done on {finished[:10]} {finished[11:16]} UTC in {seconds:.1f} s)" in [line.split("] ", 1)[-1] for line in lines]
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns == before
     with open(out / "summary.csv", newline="") as stream:
         rows = {row["case"]: row for row in csv.DictReader(stream)}
     assert rows["phantom"]["status"] == "skipped" and rows["phantom"]["volume_cm3 (bright)"] != ""
+    # One volume, one formatting: the summary's cell is the case statistics table's cell, in both runs.
+    with open(out / "phantom" / "phantom-statistics.csv", newline="") as stream:
+        (statistics,) = [row for row in csv.DictReader(stream) if row["Segment"] == "bright"]
+    assert rows["phantom"]["volume_cm3 (bright)"] == first["phantom"]["volume_cm3 (bright)"] == statistics["Volume [cm3]"]
     # A resumed row keeps what the run that made the case said: seconds, attempts, when it finished.
     assert [rows["phantom"][key] for key in ("seconds", "attempts", "finished")] == [first["phantom"][key] for key in ("seconds", "attempts", "finished")]
     assert cli.main([*argv, "--force", "-q", "--threads", "1"]) == 1
@@ -343,6 +351,7 @@ def test_an_interrupt_while_the_summary_is_written_says_the_cases_are_kept(capsy
     assert sorted(os.listdir(out)) == ["phantom"] and len(os.listdir(out / "phantom")) == 5
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker process through /proc")
 def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
     """The worker is killed when the run's log says it has begun the case (never at a moment chosen
     by timing): the case is charged an attempt, retried on a new worker, and one warning says so."""
@@ -355,20 +364,25 @@ def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
         [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(out), "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    killed = None
+    killed, begun = None, []
     for line in process.stdout:  # a log (stdout is not a terminal): one line per case begun
+        if line.startswith("case phantom: begun by worker "):
+            begun.append(line.strip())
         if line.startswith("case phantom: begun by worker ") and killed is None:
-            killed = int(line.split()[-1])
+            assert line.split()[-1] == "1", line  # the worker's number, not its PID
+            (killed,) = _workerProcesses(process.pid)
             os.kill(killed, signal.SIGKILL)
     stderr = process.stderr.read()
     process.wait(timeout=300)
     assert killed is not None and process.returncode == 0, stderr
+    # The replacement takes the dead worker's number.
+    assert begun == ["case phantom: begun by worker 1"] * 2, begun
     with open(out / "summary.csv", newline="") as stream:
         (row,) = list(csv.DictReader(stream))
     assert row["status"] == "ok" and row["attempts"] == "2"
     assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
     warnings = [line for line in stderr.splitlines() if line.startswith("medsegunet: warning:")]
-    assert len(warnings) == 1 and f"PID {killed}" in warnings[0] and "SIGKILL" in warnings[0] and "phantom are tried once more" in warnings[0], stderr
+    assert len(warnings) == 1 and f"worker 1, PID {killed}" in warnings[0] and "SIGKILL" in warnings[0] and "phantom are tried once more" in warnings[0], stderr
 
 
 @pytest.mark.slow
@@ -488,7 +502,7 @@ def test_workers_end_when_the_driver_is_killed(cohort, tmp_path):
     worker = None
     for line in driver.stdout:
         if line.startswith("case phantom: begun by worker "):
-            worker = int(line.split()[-1])
+            (worker,) = _workerProcesses(driver.pid)
             break
     assert worker is not None
     driver.kill()
@@ -498,6 +512,25 @@ def test_workers_end_when_the_driver_is_killed(cohort, tmp_path):
     while time.monotonic() < deadline and _running(worker):
         time.sleep(0.05)
     assert not _running(worker), "the worker outlived its driver"
+
+
+def _workerProcesses(parent: int) -> list[int]:
+    """The PIDs of ``parent``'s worker processes (multiprocessing's spawned children, not its
+    resource tracker), from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                parentOf = int(stream.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as stream:
+                words = stream.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parentOf == parent and any(b"spawn_main" in word for word in words):
+            pids.append(int(entry))
+    return pids
 
 
 def _running(pid: int) -> bool:

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI
 from MedSegUNetLib.engine import geometry, modelcard, pipeline
+from MedSegUNetLib.engine.volumes import readVolume
 from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled
 
@@ -389,3 +390,21 @@ def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, cha
     if softmax and channels == 2:
         # Without kept probabilities the binary card brings back one class: the same labels.
         np.testing.assert_array_equal(pipeline.probabilitiesToLabels(probabilities, grid, roiGrid, card)[0], labels)
+
+
+# [parameters (labels of a softmax model), input (a T2 series), expected (the class messages)]
+@pytest.mark.parametrize("labels, expected", [
+    ([(1, "bright", (1.0, 1.0, 0.0))], ["label 1 of 1 (bright)"]),
+    ([(1, "bright", (1.0, 1.0, 0.0)), (2, "brighter", (0.2, 0.4, 1.0))], ["background", "label 1 of 2 (bright)", "label 2 of 2 (brighter)"]),
+], ids=["one-label", "two-labels"])
+def test_resampling_back_counts_the_models_labels(a_threshold_model, prostate_series, labels, expected):
+    """'label k of n' counts the card's labels (not the network's channels); background is named."""
+    from MedSegUNetLib.engine.modelcard import loadModel
+
+    model = loadModel(a_threshold_model(tuple(100.0 * (index + 1) for index in range(len(labels))), labels, inputs=("T2",),
+                                        spacing=(1.0, 1.0, 3.0), patchSize=(32, 32, 8)), "cpu")
+    messages: list[str] = []
+    pipeline.segmentImages([readVolume(prostate_series["4-t2tsetra"])], model, useROI=False,
+                           progress=pipeline.ProgressReporter(lambda fraction, message: messages.append(message)))
+    prefix = "Resampling to the reference grid: "
+    assert [message[len(prefix):] for message in messages if message.startswith(prefix)] == expected

@@ -236,3 +236,16 @@ def test_a_localiser_travels_inside_the_model_file(tmp_path):
     with pytest.raises(MedSegUNetError, match="has a card with a 'localizer' but no 'medsegunet-localizer.pt'"):
         modelcard.loadModel(sidecar, "cpu")
     assert copy.deepcopy(modelcard.readCard(tmp_path / "model.pt"))["localizer"]["margin_fraction"] == 0.0
+
+
+def test_a_localisers_progress_comes_before_resampling_and_is_named(tmp_path, an_oblique_cube):
+    """Progress in execution order: the localiser's batches are reported as its own, inside the ROI
+    stage, before the inputs are resampled and before the network's batches."""
+    localizer = {"grid": {"shape": [40, 36, 24], "interpolation": "nearest"}, "margin_fraction": 0.0}
+    loaded = saveAndLoad(tmp_path, FixedProbabilities(), card3(activation="softmax", localizer=localizer), localizer=ThresholdSoftmax())
+    messages: list[str] = []
+    pipeline.segmentImages([an_oblique_cube], loaded, progress=pipeline.ProgressReporter(lambda fraction, message: messages.append(message)))
+    localiser = [index for index, message in enumerate(messages) if message.startswith("Locating the region (localiser): batch")]
+    resampling = messages.index(pipeline.Stage.RESAMPLING.label)
+    network = [index for index, message in enumerate(messages) if message.startswith("Inference: batch")]
+    assert localiser and network and max(localiser) < resampling < min(network), messages

@@ -57,6 +57,10 @@ def test_multi_series_folder_needs_a_choice(shared_data):
         volumes.readVolume(folder)
     message = str(error.value)
     assert "\n" not in message and "holds 4 DICOM series" in message
+    # The line says how to choose, with a choice that works as printed.
+    example = message.split("such as '", 1)[1].split("':", 1)[0]
+    assert "FOLDER::SERIES" in message and example.startswith(f"{folder}::")
+    assert volumes.readVolume(example).GetDimension() == 3
     for series in found:
         assert series.description in message and series.uid in message
     # Pick by description, by UID, by sub-folder name, and with FOLDER::SERIES.

@@ -55,7 +55,7 @@ def a_mirror(tmp_path, a_file_server, a_threshold_model, monkeypatch):
 def test_list_pull_and_run_by_name(capsys, tmp_path, a_mirror):
     assert cli.main(["models", "list"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split("\t") == ["name", "version", "size", "cache", "description"]
+    assert table[0].split("\t") == ["name", "version", "size", "offline", "description"]
     assert table[1].split("\t")[:4] == ["threshold", "1", "?", "-"]
     assert cli.main(["models", "pull", "threshold"]) == 0
     path = capsys.readouterr().out.strip()
@@ -63,6 +63,7 @@ def test_list_pull_and_run_by_name(capsys, tmp_path, a_mirror):
     assert cli.main(["models", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["models"][0]["cached_path"] == path and listed["source"].endswith("catalog.json")
+    assert listed["models"][0]["offline"] == "cached"
     # Any --model takes the name; the cached file is used without a new download.
     import SimpleITK as sitk
 
@@ -360,3 +361,39 @@ def test_a_torchscript_url_source_with_its_localiser_is_wrapped_on_pull(capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing was cached" in err[0], err
     assert not (tmp_path / "cache" / "models" / "tampered").exists()
+
+
+def test_the_shipped_zoo_is_listed_as_available_offline(capsys, tmp_path, monkeypatch):
+    """With an empty cache, the shipped catalog's zoo models are 'shipped' (pull returns the
+    package's own file, offline); published models that are imported on pull are '-'."""
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
+    assert cli.main(["models", "list"]) == 0
+    rows = {line.split("\t")[0]: line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["lgg-flair"][3] == "shipped" and rows["prostate-zones"][3] == "shipped"
+    assert rows["prostate-gland-taps"][3] == "-"
+    assert cli.main(["models", "list", "--json"]) == 0
+    listed = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["models"]}
+    assert listed["acdc-heart"]["offline"] == "shipped" and listed["acdc-heart"]["cached_path"].endswith("acdc-heart.pt")
+    assert listed["brain-mask-deepbet"]["cached_path"] is None and not (tmp_path / "cache").exists()
+
+
+def test_every_shipped_catalog_source_pulls_with_the_base_install():
+    """What pulling a shipped catalog entry imports is a base dependency (pyproject) and in the
+    Slicer module's requirements: an ONNX source (TAPS) needs onnx and onnxruntime, nothing an extra
+    brings."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    from conftest import REPO_ROOT
+    from packaging.requirements import Requirement
+
+    from MedSegUNetLib.models.catalog import loadCatalog
+    from MedSegUNetLib.slicer import dependencies
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    base = {Requirement(line).name.lower() for line in project["dependencies"]}
+    module = {Requirement(line.split("#")[0].strip()).name.lower()
+              for line in (REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt").read_text().splitlines() if line.split("#")[0].strip()}
+    onnxSources = [entry["name"] for entry in loadCatalog()["models"] if str((entry.get("source") or {}).get("file", "")).endswith(".onnx")]
+    assert onnxSources == ["prostate-gland-taps"]
+    assert {"onnx", "onnxruntime"} <= base and {"onnx", "onnxruntime"} <= module
+    assert {"onnx", "onnxruntime"} <= set(dependencies.REQUIRED.values())

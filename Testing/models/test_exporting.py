@@ -163,3 +163,45 @@ def test_zoo_models_have_valid_cards(repo_root):
             assert "DEMONSTRATION" in card["description"], path
             assert (path.parent / "README.md").is_file(), path
             assert (path.parent / "train.yaml").is_file(), path
+
+
+# [parameters (a shipped zoo model), input (the file each name of its example stands for), expected (the
+# example runs as printed, from the folder holding those files)]
+ZOO_EXAMPLE_INPUTS = {
+    "prostate-zones": {"T2": "prostatex/ProstateX-0000/4-t2tsetra", "t2_sag": "prostatex/ProstateX-0000/3-t2tsesag", "t2_cor": "prostatex/ProstateX-0000/5-t2tsecor"},
+    "brain-tumor-3d": {name: f"brain-tumor/TCGA-FG-6692/brats-space/{stem}_bet.nii.gz" for name, stem in (("T1", "t1"), ("T1c", "t1c"), ("T2", "t2"), ("FLAIR", "fla"))},
+    "brain-tumor-2d": {"FLAIR": "brain-tumor/TCGA-FG-6692/brats-space/fla_bet.nii.gz"},
+    "lgg-flair": {"FLAIR": "brain-tumor/TCGA-FG-6692/native/flair.nii.gz"},
+    "acdc-heart": {"cine": "acdc:patient011_frame01_slices3-5_image.nii.gz"},
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO_EXAMPLE_INPUTS))
+def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shared_data, tmp_path, monkeypatch, capsys):
+    """``info NAME``: the ROI series, QC ranges, licence, citation, and a ``segment`` line with the
+    model's own input names, which runs as printed once files of those names are there."""
+    import json
+    import shlex
+
+    import SimpleITK as sitk
+    from conftest import REPO_ROOT
+
+    from MedSegUNetLib.engine.volumes import readVolume
+
+    assert main(["info", name, "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert main(["info", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for key, title in (("license", "Licence"), ("citation", "Cite"), ("version", "Version")):
+        assert f"{title}: {card[key]}" in lines
+    assert any(line.startswith("Expected volumes (QC flags outside): ") for line in lines) == any("qc" in label for label in card["labels"])
+    assert any(line.startswith("ROI: ") for line in lines) == bool((card.get("roi") or {}).get("from_series"))
+    (example,) = [line[len("Example: "):] for line in lines if line.startswith("Example: ")]
+    words = shlex.split(example)
+    assert words[:4] == ["medsegunet", "segment", "--model", name]
+    for stem, source in ZOO_EXAMPLE_INPUTS[name].items():
+        path = REPO_ROOT / "Testing" / "data" / "acdc" / source[5:] if source.startswith("acdc:") else shared_data / source
+        sitk.WriteImage(readVolume(str(path)), str(tmp_path / f"{stem}.nii.gz"))
+    monkeypatch.chdir(tmp_path)
+    assert main([*words[1:], "-q"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "segmentation.seg.nrrd").is_file()

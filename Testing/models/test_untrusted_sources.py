@@ -435,3 +435,15 @@ def test_a_pip_source_whose_member_inflates_past_its_bytes_caches_nothing(tmp_pa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "inflates to more than 1.0 MiB" in lines[0], lines
     assert not (tmp_path / "cache").exists() or not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
+
+
+def test_a_source_pull_reports_each_step_in_order(a_url_source):
+    """A pull that takes half a minute shows where it is: fetch, checksum, import and verification,
+    cache write, done; fractions never go back."""
+    steps: list[tuple[float, str]] = []
+    path = catalog.pullModel("published", progress=lambda fraction, message: steps.append((fraction, message)))
+    assert path == a_url_source["cached"] and path.is_file()
+    words = [message.split()[0] for _, message in steps]
+    assert words == ["Fetching", "Checking", "Importing", "Writing", "'published'"], steps
+    assert [fraction for fraction, _ in steps] == sorted(fraction for fraction, _ in steps) and steps[-1][0] == 1.0
+    assert steps[0][1] == f"Fetching {a_url_source['entry']['source']['url']}"

@@ -46,7 +46,13 @@ QC_TILES_PER_PAGE = 100
 
 
 def summaryCSV(rows: Sequence[dict], card: dict) -> str:
-    """One row per case: status, message, ROI size (mm), volume per label (cm³), QC flags, seconds, attempts, finished (UTC), notes."""
+    """One row per case: status, message, ROI size (mm), volume per label (cm³), QC flags, seconds, attempts, finished (UTC), notes.
+
+    Numbers are formatted by the statistics table's own :func:`formatCell`, so a volume reads the
+    same in the summary and in the case's statistics CSV.
+    """
+    from ..engine.statistics import formatCell
+
     labels = [label["name"] for label in card["labels"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -56,7 +62,7 @@ def summaryCSV(rows: Sequence[dict], card: dict) -> str:
         volumes = row.get("volumes_cm3") or {}
         cells = [row["case"], row["status"], row.get("message", ""), *size, *[volumes.get(name) for name in labels], row.get("qc", ""),
                  row.get("seconds"), row.get("attempts", ""), row.get("finished", ""), "; ".join(row.get("notes") or [])]
-        writer.writerow(["" if cell is None else (f"{cell:.6g}" if isinstance(cell, float) else cell) for cell in cells])
+        writer.writerow([formatCell(cell) for cell in cells])
     return buffer.getvalue()
 
 
@@ -192,7 +198,7 @@ def run(args, console) -> int:
 
             runRay(cases, todo, options, args.ray_address, args.workers, onRow)
         elif todo:
-            runLocal(cases, todo, options, devices, onRow, onBegun=lambda index, pid: progress.begun(cases[index].id, pid), onWarning=progress.warn)
+            runLocal(cases, todo, options, devices, onRow, onBegun=lambda index, number: progress.begun(cases[index].id, number), onWarning=progress.warn)
         progress.close()
         ordered = [rows[index] for index in range(len(cases))]
         written = writeCohortFiles(ordered, card, options)

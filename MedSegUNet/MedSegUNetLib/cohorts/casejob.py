@@ -420,7 +420,8 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
         row.update(
             status="ok",
             roi_size_mm=[round(float(v), 3) for v in result.roi.sizeMM],
-            volumes_cm3={segment["name"]: round(segment["volume_cm3"], 6) for segment in report["segments"]},
+            # Unrounded: the summary formats them once, as the case's statistics table does.
+            volumes_cm3={segment["name"]: segment["volume_cm3"] for segment in report["segments"]},
             qc=qualityNotes(report),
             network_s=round(float(result.timings.get("network_thread", 0.0)), 4),
         )

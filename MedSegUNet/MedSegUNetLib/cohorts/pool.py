@@ -257,7 +257,7 @@ def runLocal(
     onBegun: Callable[[int, int], None] | None = None, onWarning: Callable[[str], None] | None = None,
 ) -> None:
     """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends,
-    ``onBegun(index, workerPid)`` when a worker says it has begun a case (read or segmented), and
+    ``onBegun(index, workerNumber)`` (1…N) when a worker says it has begun a case (read or segmented), and
     ``onWarning(text)`` when a dead worker is replaced.
 
     Each worker has its own task queue and the parent hands it cases, so the parent always knows
@@ -297,9 +297,11 @@ class LocalPool:
         self.held: dict[int, set[int]] = {}
         self.begun: dict[int, set[int]] = {}
         self.freeLosses: dict[int, int] = {}
+        # The number a log line gives each worker: 1…N, a replacement taking its predecessor's.
+        self.numbers: dict[int, int] = {}
         self.nextId = 0
 
-    def start(self, device: str) -> None:
+    def start(self, device: str, number: int | None = None) -> None:
         tasks = self.context.Queue()
         receiver, sender = self.context.Pipe(duplex=False)
         process = self.context.Process(target=_workerMain, args=(self.nextId, self.cases, self.options, device, tasks, sender), daemon=True)
@@ -308,6 +310,7 @@ class LocalPool:
         self.workers[self.nextId] = (process, device, tasks)
         self.receivers[self.nextId] = receiver
         self.held[self.nextId], self.begun[self.nextId] = set(), set()
+        self.numbers[self.nextId] = number if number is not None else len(self.numbers) + 1
         self.nextId += 1
 
     def handOut(self) -> None:
@@ -338,7 +341,7 @@ class LocalPool:
         if kind == "begun":
             self.begun.get(workerId, set()).add(message[2])
             if self.onBegun is not None and workerId in self.workers:
-                self.onBegun(message[2], self.workers[workerId][0].pid)
+                self.onBegun(message[2], self.numbers[workerId])
         elif kind == "done":
             index, row = message[2], message[3]
             self.held.get(workerId, set()).discard(index)
@@ -366,14 +369,14 @@ class LocalPool:
             why = _deathMessage(process.exitcode)
             if self.onWarning is not None:
                 retried = [self.cases[index].id for index in suspects if self.attempts[index] < 1]
-                self.onWarning(f"{why} (PID {process.pid}); a new one takes its place"
+                self.onWarning(f"{why} (worker {self.numbers[workerId]}, PID {process.pid}); a new one takes its place"
                                + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else ""))
             for index in reversed(again):
                 self.pending.insert(0, index)
             for index in suspects:
                 self.charge(index, why)
             if self.remaining:
-                self.start(device)
+                self.start(device, self.numbers[workerId])
                 self.handOut()
 
     def charge(self, index: int, why: str) -> None:

@@ -97,6 +97,18 @@ class ConsoleProgress(BarDisplay):
 
 
 
+def caseOutcome(row: dict) -> str:
+    """How a case ended, for its log line: ``ok, 3.1 s``; ``failed, 0.2 s (why)``; a case complete
+    from an earlier run: ``skipped (done on 2026-12-05 18:02 UTC in 3.1 s)``, that run's time."""
+    seconds = float(row.get("seconds") or 0.0)
+    if row["status"] == "skipped":
+        finished = str(row.get("finished") or "")
+        when = f"on {finished[:10]} {finished[11:16]} UTC " if len(finished) >= 16 else ""
+        return f"skipped (done {when}in {seconds:.1f} s)"
+    message = f" ({row['message']})" if row.get("message") and row["status"] == "failed" else ""
+    return f"{row['status']}, {seconds:.1f} s{message}"
+
+
 class CaseProgress(BarDisplay):
     """A cohort's progress: a cases bar with ETA on a terminal, one plain line per case in a log."""
 
@@ -114,15 +126,14 @@ class CaseProgress(BarDisplay):
             self._bar.set_postfix_str(f"{row['case'][:24]}: {row['status']}", refresh=False)
             self._bar.update(1)
         elif not self.quiet:
-            message = f" ({row['message']})" if row.get("message") and row["status"] == "failed" else ""
             name = row["case"] if row["case"].isprintable() else repr(row["case"])  # a table's name cannot forge log lines
-            sys.stdout.write(f"[{self.done}/{self.total}] {name}: {row['status']}, {row.get('seconds', 0.0):.1f} s{message}\n")
+            sys.stdout.write(f"[{self.done}/{self.total}] {name}: {caseOutcome(row)}\n")
             sys.stdout.flush()
 
-    def begun(self, caseId: str, workerPid: int) -> None:
-        """A log line when a worker takes a case (which process had which case, if one dies)."""
+    def begun(self, caseId: str, workerNumber: int) -> None:
+        """A log line when a worker (numbered 1…N) takes a case: which had which, if one dies."""
         if self._bar is None and not self.quiet:
-            sys.stdout.write(f"case {caseId}: begun by worker {workerPid}\n")
+            sys.stdout.write(f"case {caseId}: begun by worker {workerNumber}\n")
             sys.stdout.flush()
 
 

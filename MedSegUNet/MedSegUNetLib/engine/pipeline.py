@@ -209,12 +209,16 @@ def probabilitiesToLabels(
         # Background and one class sum to 1 (and resampling is linear): the class wins where it is
         # above 0.5, so the background channel need not be brought back (half the work).
         channelValues, best = [None, values[0]], np.full(shape, 0.5, dtype=np.float32)
+    names = {int(label["value"]): label["name"] for label in card["labels"]}
+    resampled = [value for value in channelValues if value is not None]
     for index, value in enumerate(channelValues):
         if value is None:
             continue
         if progress is not None:
             progress.checkCancel()
-            progress.within(index / len(channelValues), f"Resampling to the reference grid: class {index + 1} of {len(channelValues)}")
+            # Counted in the model's labels (the background channel, when it is needed, is named).
+            what = "background" if softmax and index == 0 and value == 0 else f"label {values.index(value) + 1} of {len(values)} ({names.get(int(value), value)})"
+            progress.within(resampled.index(value) / len(resampled), f"Resampling to the reference grid: {what}")
         if sameGrid:
             channelArray = probabilities[index].transpose(2, 1, 0)
         else:
@@ -329,7 +333,12 @@ def localizePrepared(prepared: PreparedInputs, model: LoadedModel, progress: Pro
     progress.stage(Stage.ROI)
     images, roi = prepared.pendingImages, prepared.roi
     volumeStatistics: dict = {}
-    box = findRegion(model, images, roi, progress.within, progress.cancelEvent, volumeStatistics)
+    # The localiser's batches belong to this stage, before the inputs are resampled: named as its own,
+    # not as the network's ("Inference: batch 1 of 1" before "Resampling inputs onto the model grid").
+    def localiserProgress(fraction: float, message: str) -> None:
+        progress.within(fraction, message.replace("Inference:", "Locating the region (localiser):", 1))
+
+    box = findRegion(model, images, roi, localiserProgress, progress.cancelEvent, volumeStatistics)
     # The series' ROI as an extent (its voxel-edge box), so that only its voxels can stay in.
     seriesBox = geometry.VolumeGeometry.fromImage(prepared.roiGrid, "series ROI")
     located = geometry.computeROI(roi.reference, [seriesBox, box])

@@ -124,7 +124,11 @@ def selectDicomSeries(folder: str | os.PathLike, series: str | None = None) -> D
         if len(allSeries) == 1:
             return allSeries[0]
         choices = "; ".join(f"{s.description or '(no description)'} [{s.uid}]" for s in allSeries)
-        raise MedSegUNetError(f"Folder '{folder}' holds {len(allSeries)} DICOM series; pick one by UID or description: {choices}")
+        example = allSeries[0].description or allSeries[0].uid
+        raise MedSegUNetError(
+            f"Folder '{folder}' holds {len(allSeries)} DICOM series; pick one as FOLDER::SERIES (its UID, description or "
+            f"sub-folder), such as '{os.fspath(folder)}::{example}': {choices}"
+        )
     matches = [s for s in allSeries if series in (s.uid, s.description, os.path.basename(s.folder))]
     if len(matches) != 1:
         choices = "; ".join(f"{s.description or '(no description)'} [{s.uid}]" for s in allSeries)

@@ -151,7 +151,7 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
         from .sources import isCachedIntact, pullFromSource
 
         if not isCachedIntact(path, entry["source"]):
-            pullFromSource(entry, path, log=log, python=python)
+            pullFromSource(entry, path, log=log, python=python, progress=progress)
         return path
     from .sources import checkCachePath
 
@@ -189,14 +189,25 @@ def resolveModel(spec: str | os.PathLike, **pullArguments) -> str:
     return str(pullModel(spec, **pullArguments))
 
 
+def localCopy(entry: dict, cache: Path | None = None) -> tuple[Path | None, str]:
+    """Where a catalog model is on this machine without a download: ``(path, "cached")`` in the
+    cache, ``(path, "shipped")`` in this package's zoo, else ``(None, "-")``."""
+    path = cachedPath(entry, cache)
+    if path.is_file():
+        return path, "cached"
+    bundled = bundledModel(entry) if "sha256" in entry and "source" not in entry else None
+    return (bundled, "shipped") if bundled is not None else (None, "-")
+
+
 def modelsTable(catalog: dict, cache: Path | None = None) -> str:
-    """``medsegunet models list``: name, version, size, whether cached, description."""
+    """``medsegunet models list``: name, version, size, where it is offline (cached, shipped with
+    this package, or ``-``: downloaded on first use), description."""
     lines = []
     for entry in catalog["models"]:
-        cached = "cached" if cachedPath(entry, cache).is_file() else "-"
+        cached = localCopy(entry, cache)[1]
         size = f"{entry['bytes'] / 2**20:.1f} MB" if entry.get("bytes") else "?"
         lines.append("\t".join([entry["name"], str(entry.get("version", "")), size, cached, entry.get("description", "")]))
-    return "\n".join(["name\tversion\tsize\tcache\tdescription", *lines]) + "\n"
+    return "\n".join(["name\tversion\tsize\toffline\tdescription", *lines]) + "\n"
 
 
 def addParser(subparsers) -> None:
@@ -204,7 +215,7 @@ def addParser(subparsers) -> None:
     parser = subparsers.add_parser("models", help="list or download the catalog's models", description="The model catalog (MEDSEGUNET_CATALOG replaces the shipped one; MEDSEGUNET_CACHE is the cache folder).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    listing = actions.add_parser("list", help="the catalog's models and whether they are cached")
+    listing = actions.add_parser("list", help="the catalog's models and whether they are on this machine (cached, or shipped with the package)")
     listing.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
     listing.set_defaults(func=runList)
     pull = actions.add_parser("pull", help="download a model once (checked by SHA256) and print its cached path")
@@ -217,7 +228,10 @@ def runList(args, console) -> int:
 
     catalog = loadCatalog()
     if getattr(args, "json", False):
-        entries = [{**entry, "cached_path": str(cachedPath(entry)) if cachedPath(entry).is_file() else None} for entry in catalog["models"]]
+        entries = []
+        for entry in catalog["models"]:
+            path, where = localCopy(entry)
+            entries.append({**entry, "cached_path": str(path) if path is not None else None, "offline": where if path is not None else None})
         sys.stdout.write(json.dumps({"source": catalog["source"], "models": entries}, indent=2) + "\n")
     else:
         sys.stdout.write(modelsTable(catalog))

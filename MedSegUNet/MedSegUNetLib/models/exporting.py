@@ -148,6 +148,10 @@ def cardFromCheckpoint(config: dict, checkpoint: dict, epochsRun: int | None = N
         "seed": config["seed"],
         "label_remap": config.get("label_remap") or {},
     }
+    if checkpoint.get("initialised_from"):
+        card["training"]["initialised_from"] = {
+            key: value for key, value in checkpoint["initialised_from"].items() if key in ("file", "sha256", "epoch", "earlier")
+        }
     if row is not None and row.get("val_mean_dice") is not None:
         card["validation"] = {
             "cases": list(checkpoint.get("validation_cases") or []),
@@ -226,6 +230,45 @@ def run(args, console=None) -> int:
     return 0
 
 
+def fileStem(words: str) -> str:
+    """A file name for an example command from a card's words: ``T2 axial`` → ``T2_axial``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(words)).strip("_") or "input"
+
+
+def usageLines(card: dict, modelRef: str) -> list[str]:
+    """What a user needs to run a model, after :func:`cardSummary`: the series its ROI needs, the
+    context it sees, QC ranges, licence, citation, and a ``segment`` line with its own input names.
+
+    Args:
+        card: a validated card.
+        modelRef: how the user named the model (a catalog name or a path), used in the example.
+    """
+    import shlex
+
+    roi = card.get("roi") or {}
+    lines = []
+    series = [str(words) for words in roi.get("from_series") or []]
+    if series and roi.get("use", True):
+        lines.append("ROI: the inputs' common extent cut by series matching " + ", ".join(f"'{words}'" for words in series)
+                     + " (give them with --roi-from; --no-roi runs on the whole input)")
+    if roi.get("context_mm"):
+        lines.append(f"Context: the network sees the ROI grown by {float(roi['context_mm']):g} mm; labels stay inside the ROI")
+    ranges = [f"{label['name']} {label['qc']['volume_ml'][0]:g}–{label['qc']['volume_ml'][1]:g} mL" for label in card["labels"] if (label.get("qc") or {}).get("volume_ml")]
+    if ranges:
+        lines.append("Expected volumes (QC flags outside): " + "; ".join(ranges))
+    for key, title in (("version", "Version"), ("license", "Licence"), ("citation", "Cite")):
+        if card.get(key):
+            lines.append(f"{title}: {card[key]}")
+    command = ["medsegunet", "segment", "--model", modelRef, *[f"{fileStem(item['name'])}.nii.gz" for item in card["inputs"]]]
+    if series and roi.get("use", True):
+        command += ["--roi-from", *[f"{fileStem(words)}.nii.gz" for words in series]]
+    command += ["--output", "segmentation.seg.nrrd"]
+    lines.append("Example: " + shlex.join(command))
+    return lines
+
+
 def runInfo(args, console=None) -> int:
     """``medsegunet info``: returns the exit status."""
     import json
@@ -246,5 +289,8 @@ def runInfo(args, console=None) -> int:
                              f"verified against {verified.get('runtime')}: max difference {verified.get('max_abs_difference')}\n")
         validation = card.get("validation")
         if isinstance(validation, dict) and validation.get("mean_dice") is not None:
-            sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} ({', '.join(validation.get('cases', []))})\n")
+            cases = validation.get("cases", [])
+            shown = ", ".join(cases[:6]) + (f", … ({len(cases)} cases)" if len(cases) > 6 else "")
+            sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} ({shown})\n")
+        sys.stdout.write("\n".join(usageLines(card, args.model)) + "\n")
     return 0

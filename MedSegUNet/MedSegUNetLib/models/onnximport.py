@@ -308,7 +308,7 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
         import onnx
         import onnxruntime
     except ImportError:
-        raise MedSegUNetError("Importing ONNX needs onnx and onnxruntime: pip install -e \".[import]\".") from None
+        raise MedSegUNetError("Importing ONNX needs onnx and onnxruntime, part of the base install: pip install onnx onnxruntime.") from None
     from ..engine.modelcard import outputChannels, saveModel, validateCard
     from ..engine.volumes import checkRegularFile, sha256
 

