@@ -127,3 +127,59 @@ def test_demo_names_outputs_after_the_case_given(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--data", str(data), "--output", str(blocker), "--device", "cpu"]) == 2
     assert "is a file" in capsys.readouterr().err and blocker.read_text() == "x"
+
+
+def _cubeWorld(size=(64, 64, 12)):
+    """A reference (LPS identity, 1 mm) and its whole-volume ROI."""
+    image = sitk.Image(list(size), sitk.sitkFloat32)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    return image, fullROI(VolumeGeometry.fromImage(image))
+
+
+def test_the_preview_slices_go_through_the_structure_not_a_stray_voxel():
+    """Tiles are spread over the slices where the labels are largest: a structure on K 4–9 and one
+    stray voxel on K 0 give six tiles on K 4–9."""
+    image, roi = _cubeWorld()
+    mask = np.zeros((12, 64, 64), dtype=bool)
+    mask[4:10, 20:40, 20:40] = True
+    mask[0, 5, 5] = True
+    assert demo.shownSlices([mask], roi) == [4, 5, 6, 7, 8, 9]
+    assert demo.shownSlices([np.zeros_like(mask)], roi, count=3) == [0, 6, 11]  # nothing found: the ROI's slices
+
+
+# [parameters (the ROI's I and J ranges), input (a 64 × 64 reference), expected (the tile's window)]
+@pytest.mark.parametrize("low, high, expected", [
+    ((20, 20, 0), (39, 29, 11), (slice(12, 38), slice(12, 48))),  # grown by 8 voxels (a fifth would be less)
+    ((0, 10, 0), (63, 59, 11), (slice(0, 64), slice(0, 64))),  # grown by a fifth, clipped to the image
+], ids=["small-roi", "large-roi"])
+def test_the_preview_crop_is_wider_than_the_roi(low, high, expected):
+    from MedSegUNetLib.engine.geometry import RegionOfInterest
+
+    image, _ = _cubeWorld()
+    roi = RegionOfInterest(VolumeGeometry.fromImage(image), np.array(low), np.array(high))
+    assert demo.overviewCrop(roi, image.GetSize()) == expected
+
+
+def test_overlapping_regions_are_outlined_so_none_hides_another(tmp_path):
+    """A sigmoid card whose second region contains the first: filled, the first would vanish under the
+    second; outlined, both colours are drawn."""
+    import matplotlib.image
+
+    image, roi = _cubeWorld()
+    inner = np.zeros((12, 64, 64), dtype=bool)
+    inner[3:9, 28:36, 28:36] = True
+    outer = np.zeros_like(inner)
+    outer[2:10, 16:48, 16:48] = True
+    labels = [{"value": 1, "name": "core", "color": [1.0, 0.0, 0.0]}, {"value": 2, "name": "whole", "color": [0.0, 0.0, 1.0]}]
+    labelmap = sitk.GetImageFromArray(np.where(outer, 2, 0).astype(np.uint8))  # later regions paint over earlier ones
+    labelmap.CopyInformation(image)
+    for output in ("sigmoid", "softmax"):
+        card = {"name": "nested", "labels": labels, "output": output}
+        path = tmp_path / f"{output}.png"
+        demo.writeOverview(image, labelmap, roi, {}, card, str(path), "case", masks=[inner, outer] if output == "sigmoid" else None)
+        pixels = matplotlib.image.imread(str(path))[..., :3]
+        # Outlines are drawn in the full colour, fills at 45 % over the (black) image.
+        red = np.sum((pixels[..., 0] > 0.35) & (pixels[..., 1] < 0.15) & (pixels[..., 2] < 0.15))
+        blue = np.sum((pixels[..., 2] > 0.35) & (pixels[..., 0] < 0.15) & (pixels[..., 1] < 0.15))
+        # The legend's swatches draw both colours in any case (about 300 pixels each): the tiles add to that.
+        assert (red > 1000 and blue > 1000) if output == "sigmoid" else (red < 1000 < blue), (output, red, blue)

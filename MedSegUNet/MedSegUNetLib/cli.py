@@ -363,7 +363,8 @@ def writeSegmentOutputs(args, card, result, images, roiImages, report, reference
             from .demo import writeOverview
 
             others = {volumeName(path): image for path, image in list(zip(args.roi_from, roiImages))[:2]}
-            writeOverview(images[0], result.labelmap, result.roi, others, card, staged.stage(args.preview, (".png",)), volumeName(args.inputs[0]))
+            writeOverview(images[0], result.labelmap, result.roi, others, card, staged.stage(args.preview, (".png",)), volumeName(args.inputs[0]),
+                          masks=result.masks())
         if args.stats:
             text = statistics.statisticsCSV(report["segments"], inputNames, referenceMasks is not None)
             writeTextFile(text, staged.stage(args.stats, verify=textVerifier(text)))

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -160,51 +161,115 @@ def _overlay(labels: np.ndarray, card: dict) -> np.ndarray:
     return rgba
 
 
+def _drawLabels(axis, masks: Sequence[np.ndarray], card: dict, aspect: float) -> None:
+    """One slice's labels (``masks``: one bool J, I array per card label). Exclusive (softmax)
+    labels are filled; regions that may overlap (sigmoid: tumour core inside whole tumour) are drawn
+    as outlines, so an inner region never hides an outer one."""
+    if card.get("output") == "sigmoid":
+        for mask, label in zip(masks, card["labels"]):
+            if mask.any():
+                axis.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(label["color"])], linewidths=1.5)
+        return
+    labels = np.zeros(masks[0].shape, dtype=np.int32) if masks else None
+    for mask, label in zip(masks, card["labels"]):
+        labels[mask] = int(label["value"])
+    if labels is not None:
+        axis.imshow(_overlay(labels, card), aspect=aspect)
+
+
+def shownSlices(masks: Sequence[np.ndarray], roi, count: int = 6) -> list[int]:
+    """Up to ``count`` axial slices (K indices of the reference) through the labels, spread evenly
+    over the slices where they are largest (at least a tenth of their largest area: a stray voxel
+    far away does not take a tile); the ROI's own slices when nothing was found.
+
+    Args:
+        masks: bool KJI arrays on the reference grid, one per label.
+    """
+    low, high = int(roi.ijkMin[2]), int(roi.ijkMax[2])
+    areas = np.array([sum(int(mask[k].sum()) for mask in masks) for k in range(low, high + 1)])
+    withLabels = [low + int(k) for k in np.flatnonzero(areas >= max(1, 0.1 * areas.max()))] if areas.any() else list(range(low, high + 1))
+    return sorted({withLabels[int(round(i))] for i in np.linspace(0, len(withLabels) - 1, min(count, len(withLabels)))})
+
+
+def overviewCrop(roi, size: Sequence[int], fraction: float = 0.2, least: int = 8) -> tuple[slice, slice]:
+    """The in-plane window of the axial tiles: the ROI grown by ``fraction`` of its size per side (at
+    least ``least`` voxels), inside the image, so a structure clipped by the ROI shows as clipped.
+
+    Args:
+        size: the reference's size in I, J, K order.
+
+    Returns:
+        (J slice, I slice) of the reference's K, J, I array.
+    """
+    ranges = []
+    for axis in (1, 0):
+        low, high = int(roi.ijkMin[axis]), int(roi.ijkMax[axis])
+        margin = max(least, int(round(fraction * (high - low + 1))))
+        ranges.append(slice(max(0, low - margin), min(int(size[axis]), high + margin + 1)))
+    return ranges[0], ranges[1]
+
+
 THUMBNAIL_INCHES = 3.4
 OVERVIEW_DPI = 100
 
 
-def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict[str, sitk.Image], card: dict, path: str, case: str = CASE) -> None:
-    """PNG: up to 6 axial ROI slices with the zones, and the sagittal and coronal middle slices with
-    the ROI box (its cut through each slice plane) and the zones resampled onto them.
+def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict[str, sitk.Image], card: dict, path: str, case: str = CASE,
+                  masks: Sequence[np.ndarray] | None = None) -> None:
+    """PNG: up to 6 axial slices through the labels, each a little wider than the ROI (dashed: its
+    edge), and the sagittal and coronal middle slices with the ROI box (its cut through each slice
+    plane) and the labels resampled onto them.
+
+    Args:
+        masks: one bool KJI mask per card label on the reference grid (``result.masks()``: sigmoid
+            regions may overlap); default: the label map's values.
 
     ``path`` is written as given (callers stage it with the run's other outputs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Polygon
+    from matplotlib.patches import Polygon, Rectangle
 
     from .engine import preprocessing
+    from .engine.pipeline import labelMasks
 
-    image = sitk.GetArrayViewFromImage(reference)[roi.slices()]  # K, J, I inside the ROI
-    labels = sitk.GetArrayViewFromImage(labelmap)[roi.slices()]
-    withLabels = [k for k in range(labels.shape[0]) if labels[k].any()] or list(range(labels.shape[0]))
-    shown = [withLabels[int(round(i))] for i in np.linspace(0, len(withLabels) - 1, min(6, len(withLabels)))]
+    masks = list(masks) if masks is not None else labelMasks(labelmap, card["labels"])
+    shown = shownSlices(masks, roi)
+    rows_, columns_ = overviewCrop(roi, reference.GetSize())
+    image = sitk.GetArrayViewFromImage(reference)
     columns = max(len(shown), 2)
-    # Thumbnails of 3.2 in at 100 dpi (over 256 px); the row of other series only when there are any.
+    # Thumbnails of 3.4 in at 100 dpi (over 256 px); the row of other series only when there are any.
     rows = [THUMBNAIL_INCHES] + ([4.6] if others else [])
     figure = plt.figure(figsize=(THUMBNAIL_INCHES * columns, sum(rows) + 0.8))
     grid = figure.add_gridspec(len(rows), columns, height_ratios=rows, wspace=0.04, hspace=0.12, left=0.01, right=0.99, top=0.93, bottom=0.06)
     spacing = reference.GetSpacing()
-    low, high = np.percentile(image, [1, 99.5])
+    aspect = spacing[1] / spacing[0]
+    low, high = np.percentile(image[int(roi.ijkMin[2]):int(roi.ijkMax[2]) + 1, rows_, columns_], [1, 99.5])
     for column, k in enumerate(shown):
         axis = figure.add_subplot(grid[0, column])
-        axis.imshow(image[k], cmap="gray", vmin=low, vmax=high, aspect=spacing[1] / spacing[0])
-        axis.imshow(_overlay(labels[k], card), aspect=spacing[1] / spacing[0])
-        axis.set_title(f"axial k={int(roi.ijkMin[2]) + k}", fontsize=8)
+        axis.imshow(image[k, rows_, columns_], cmap="gray", vmin=low, vmax=high, aspect=aspect)
+        _drawLabels(axis, [mask[k, rows_, columns_] for mask in masks], card, aspect)
+        edge = (roi.ijkMin[0] - columns_.start - 0.5, roi.ijkMin[1] - rows_.start - 0.5)
+        axis.add_patch(Rectangle(edge, roi.ijkMax[0] - roi.ijkMin[0] + 1, roi.ijkMax[1] - roi.ijkMin[1] + 1, fill=False, edgecolor="yellow", linestyle="--", linewidth=1.0))
+        axis.set_title(f"axial k={k}", fontsize=8)
         axis.axis("off")
     corners = roi.cornersRAS()
     half = columns // 2
     for index, (name, volume) in enumerate(list(others.items())[:2]):
         axis = figure.add_subplot(grid[1, index * half:(index + 1) * half] if columns >= 2 else grid[1, index])
+        # The two panels meet in the middle: no empty band between them.
+        axis.set_anchor("E" if index == 0 else "W")
         k = volume.GetSize()[2] // 2
         array = sitk.GetArrayViewFromImage(volume)[k]
-        zones = sitk.GetArrayFromImage(preprocessing.resampleOnto(labelmap, volume, sitk.sitkNearestNeighbor, sitk.sitkUInt8))[k]
+        onVolume = []
+        for mask in masks:
+            maskImage = sitk.GetImageFromArray(mask.astype(np.uint8))
+            maskImage.CopyInformation(reference)
+            onVolume.append(sitk.GetArrayFromImage(preprocessing.resampleOnto(maskImage, volume, sitk.sitkNearestNeighbor, sitk.sitkUInt8))[k] > 0)
         s = volume.GetSpacing()
         lo, hi = np.percentile(array, [1, 99.5])
         axis.imshow(array, cmap="gray", vmin=lo, vmax=hi, aspect=s[1] / s[0])
-        axis.imshow(_overlay(zones, card), aspect=s[1] / s[0])
+        _drawLabels(axis, onVolume, card, s[1] / s[0])
         polygon = boxOnSlice(corners, volume, k)
         if len(polygon):
             axis.add_patch(Polygon(polygon, closed=True, fill=False, edgecolor="yellow", linewidth=1.5))
@@ -212,7 +277,7 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
         axis.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=label["color"]) for label in card["labels"]]
     figure.legend(handles, [label["name"] for label in card["labels"]], loc="lower center", ncol=len(handles), fontsize=9)
-    figure.suptitle(f"{case}: {card['name']}", fontsize=10)
+    figure.suptitle(f"{case}: {card['name']} (dashed: the ROI's edge)", fontsize=10)
     try:
         figure.savefig(path, dpi=OVERVIEW_DPI, format="png")
     finally:
@@ -313,7 +378,7 @@ def writeDemoOutputs(output: str, outputs: dict, document: dict, result, report:
             writeTextFile(text, staged.stage(outputs[key], verify=textVerifier(text)))
         writeOverview(
             images["axial"], result.labelmap, result.roi, {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]},
-            card, staged.stage(outputs["overview"]), case,
+            card, staged.stage(outputs["overview"]), case, masks=result.masks(),
         )
 
 
