@@ -181,7 +181,7 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
         report = json.loads((out / case / f"{case}-statistics.json").read_text())
         assert report["roi"]["volumes"][1:] == [os.path.splitext(sag)[0], os.path.splitext(cor)[0]]
         assert sorted(os.listdir(out / case)) == sorted([f"{case}.seg.nrrd", f"{case}-statistics.csv", f"{case}-statistics.json", f"{case}-qc.png", "manifest.json"])
-        # The QC tile is the mid-ROI slice drawn by qcTile, as an RGB PNG (written without matplotlib).
+        # The QC tile is the ROI slice where the labels are largest, drawn by qcTile, as an RGB PNG (written without matplotlib).
         labelmap = sitk.ReadImage(str(single))
         reference = readVolume(str(folder / tra))
         roi = geometry.RegionOfInterest(reference=geometry.VolumeGeometry.fromImage(reference), ijkMin=np.array(report["roi"]["ijk_min"]),
@@ -637,3 +637,26 @@ def test_threads_each(monkeypatch, threads, workers, cores, devices, expected):
 
     monkeypatch.setattr(batch.os, "cpu_count", lambda: cores)
     assert batch.threadsEach(argparse.Namespace(threads=threads, workers=workers), devices) == expected
+
+
+def test_a_qc_tile_shows_the_structure_and_outlines_overlapping_regions():
+    """Whole-volume ROI, a structure on K 9 only: the tile is that slice, not the middle one; nested
+    sigmoid regions are both visible (outlines), where painting would hide the inner one."""
+    from MedSegUNetLib.engine.geometry import VolumeGeometry, fullROI
+
+    reference = sitk.Image([32, 32, 12], sitk.sitkFloat32)
+    roi = fullROI(VolumeGeometry.fromImage(reference))
+    inner = np.zeros((12, 32, 32), dtype=bool)
+    inner[9, 12:20, 12:20] = True
+    outer = np.zeros_like(inner)
+    outer[9, 6:26, 6:26] = True
+    labelmap = sitk.GetImageFromArray(np.where(outer, 2, 0).astype(np.uint8))
+    labels = [{"value": 1, "name": "core", "color": [1.0, 0.0, 0.0]}, {"value": 2, "name": "whole", "color": [0.0, 0.0, 1.0]}]
+
+    def colours(tile):
+        return [int(np.all(tile == np.array(colour, dtype=np.uint8), axis=2).sum()) for colour in ((255, 0, 0), (0, 0, 255))]
+
+    red, blue = colours(qcTile(reference, labelmap, roi, {"labels": labels, "output": "sigmoid"}, regions=[inner, outer]))
+    assert red > 0 and blue > 0, (red, blue)
+    filled = qcTile(reference, labelmap, roi, {"labels": labels, "output": "softmax"})
+    assert int((filled[..., 2] > 100).sum()) > 0  # the labelled slice, not the empty middle one

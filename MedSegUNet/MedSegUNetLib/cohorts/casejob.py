@@ -186,24 +186,36 @@ def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
 
 
 def qcTile(reference: sitk.Image, labelmap: sitk.Image, roi, card: dict, regions=None) -> np.ndarray:
-    """The mid-ROI slice (along K) with the labels, as a QC_TILE² RGB uint8 tile, physical aspect kept.
+    """The ROI's slice (along K) where the labels are largest (the mid-ROI slice when there are
+    none), with the labels, as a QC_TILE² RGB uint8 tile, physical aspect kept.
 
     Args:
         reference: the reference volume (KJI arrays, LPS).
         labelmap: the result on the reference grid.
-        regions: sigmoid regions (their outlines are all drawn by painting in card order).
+        regions: sigmoid regions (bool KJI per label), which may overlap: drawn as outlines, so an
+            inner region is never hidden under an outer one.
     """
-    k = int((roi.ijkMin[2] + roi.ijkMax[2]) // 2)
+    from scipy import ndimage
+
+    from ..engine.pipeline import labelMasks
+
     rows = slice(int(roi.ijkMin[1]), int(roi.ijkMax[1]) + 1)
     columns = slice(int(roi.ijkMin[0]), int(roi.ijkMax[0]) + 1)
-    image = sitk.GetArrayViewFromImage(reference)[k, rows, columns].astype(np.float32)
-    labels = sitk.GetArrayViewFromImage(labelmap)[k, rows, columns]
+    depth = slice(int(roi.ijkMin[2]), int(roi.ijkMax[2]) + 1)
+    masks = [np.asarray(mask)[depth, rows, columns] for mask in labelMasks(labelmap, card["labels"], regions)]
+    areas = sum(mask.sum(axis=(1, 2)) for mask in masks) if masks else np.zeros(0)
+    k = int(np.argmax(areas)) if len(areas) and areas.max() > 0 else (depth.stop - depth.start - 1) // 2
+    image = sitk.GetArrayViewFromImage(reference)[depth.start + k, rows, columns].astype(np.float32)
     low, high = np.percentile(image, [1, 99.5]) if image.size else (0.0, 1.0)
     gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    for label in card["labels"]:
-        mask = labels == int(label["value"])
-        rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(label["color"], dtype=np.float32)
+    for mask, label in zip(masks, card["labels"]):
+        mask = mask[k]
+        if regions is not None:
+            mask = mask & ~ndimage.binary_erosion(mask)
+            rgb[mask] = np.asarray(label["color"], dtype=np.float32)
+        else:
+            rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(label["color"], dtype=np.float32)
     spacing = reference.GetSpacing()
     heightMM, widthMM = rgb.shape[0] * spacing[1], rgb.shape[1] * spacing[0]
     scale = QC_TILE / max(heightMM, widthMM, 1e-6)
