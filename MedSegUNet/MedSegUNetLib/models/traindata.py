@@ -45,6 +45,26 @@ def _stripSuffix(name: str) -> str:
     return name[: -len(suffix)] if suffix else name
 
 
+def readDecathlonDocument(folder: str | os.PathLike) -> dict:
+    """A Decathlon folder's ``dataset.json`` (``data prepare`` writes one): read by :func:`readCases`,
+    :func:`preparedValidation` and the evaluation of the test entries.
+
+    Raises:
+        MedSegUNetError: no ``dataset.json``, not JSON, or not an object.
+    """
+    description = os.path.join(os.fspath(folder), "dataset.json")
+    if not os.path.isfile(description):
+        raise MedSegUNetError(f"'{os.fspath(folder)}' is not a Decathlon folder: it has no dataset.json.")
+    with open(description, encoding="utf-8") as stream:
+        try:
+            dataset = json.load(stream)
+        except json.JSONDecodeError as error:
+            raise MedSegUNetError(f"'{description}' is not valid JSON ({error.msg}).") from None
+    if not isinstance(dataset, dict):
+        raise MedSegUNetError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object.")
+    return dataset
+
+
 def readCases(config: dict) -> list[Case]:
     """The cases of a Decathlon folder or a CSV table.
 
@@ -56,14 +76,7 @@ def readCases(config: dict) -> list[Case]:
     cases: list[Case] = []
     if "msd" in data:
         folder = data["msd"]
-        description = os.path.join(folder, "dataset.json")
-        if not os.path.isfile(description):
-            raise MedSegUNetError(f"'{folder}' is not a Decathlon folder: it has no dataset.json.")
-        with open(description, encoding="utf-8") as stream:
-            try:
-                dataset = json.load(stream)
-            except json.JSONDecodeError as error:
-                raise MedSegUNetError(f"'{description}' is not valid JSON ({error.msg}).") from None
+        dataset = readDecathlonDocument(folder)
         modalities = dataset.get("modality") or {"0": inputNames[0]}
         if len(modalities) != len(inputNames):
             raise MedSegUNetError(
@@ -133,8 +146,7 @@ def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Ca
 
 def preparedValidation(folder: str) -> list[str] | None:
     """The validation case ids a prepared Decathlon folder fixes (``data prepare``), if any."""
-    with open(os.path.join(folder, "dataset.json"), encoding="utf-8") as stream:
-        ids = json.load(stream).get("validation")
+    ids = readDecathlonDocument(folder).get("validation")
     if ids is None:
         return None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
