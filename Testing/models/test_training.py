@@ -440,7 +440,7 @@ def test_init_starts_a_new_run_from_another_runs_weights(tmp_path, msd_folder, c
     assert card["training"]["initialised_from"]["file"] == "checkpoint_best.pt"
 
 
-def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder):
+def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder, capsys):
     from MedSegUNetLib.cli import main
 
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
@@ -450,6 +450,13 @@ def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder):
     wider = writeConfig(tmp_path, baseConfig(data, epochs=1, network={"type": "UNet", "channels": [16, 32], "strides": [2], "num_res_units": 0}))
     assert main(["train", "-q", "--config", wider, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "wider")]) == 2
     assert not (tmp_path / "wider" / "checkpoint_last.pt").exists()
+    # A new run into the folder it starts from would write over its --init checkpoint: refused untouched.
+    same = writeConfig(tmp_path, baseConfig(data, epochs=1), "same.yaml")
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        before = (tmp_path / "first" / name).read_bytes()
+        assert main(["train", "-q", "--config", same, "--init", str(tmp_path / "first" / name), "--output", str(tmp_path / "first")]) == 2
+        assert (tmp_path / "first" / name).read_bytes() == before
+    assert f"--output (checkpoint_best.pt) '{tmp_path / 'first' / 'checkpoint_best.pt'}' is the input given as --init" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("width, kept", [(1, 24 * 24), (4, 18 * 18)], ids=["1-voxel", "4-voxels"])

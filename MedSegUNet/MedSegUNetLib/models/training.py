@@ -554,6 +554,9 @@ def run(args, console=None) -> int:
         {"--output": args.output, "--output (config.json)": os.path.join(args.output, "config.json")},
         {"--config": args.config, "--resume": args.resume, "--init": args.init},
     )
+    # --resume continues in place over its own checkpoint; a run from --init is a new one, whose
+    # checkpoints must never replace the one it starts from.
+    checkDistinctPaths({f"--output ({name})": os.path.join(args.output, name) for name in ("checkpoint_last.pt", "checkpoint_best.pt")}, {"--init": args.init})
     log = console.line if console is not None else None
     train(config, args.output, resume=args.resume, device=args.device, log=log, init=args.init)
     return 0
