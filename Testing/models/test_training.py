@@ -450,6 +450,12 @@ def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder, ca
     wider = writeConfig(tmp_path, baseConfig(data, epochs=1, network={"type": "UNet", "channels": [16, 32], "strides": [2], "num_res_units": 0}))
     assert main(["train", "-q", "--config", wider, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "wider")]) == 2
     assert not (tmp_path / "wider" / "checkpoint_last.pt").exists()
+    # A damaged --init stops the run before anything is made.
+    cut = tmp_path / "cut.pt"
+    with open(first.bestCheckpoint, "rb") as stream:
+        cut.write_bytes(stream.read(4096))
+    assert main(["train", "-q", "--config", wider, "--init", str(cut), "--output", str(tmp_path / "from-cut")]) == 2
+    assert not (tmp_path / "from-cut").exists()
     # A new run into the folder it starts from would write over its --init checkpoint: refused untouched.
     same = writeConfig(tmp_path, baseConfig(data, epochs=1), "same.yaml")
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):

@@ -292,13 +292,16 @@ def train(
 
     if resume is not None and init is not None:
         raise MedSegUNetError("--resume continues a run and --init starts a new one from its weights: give one of them.")
+    # The checkpoint a run starts from is read first: a damaged one stops the run before the output
+    # folder is made or the data are prepared.
+    start = loadCheckpoint(resume if resume is not None else init) if resume is not None or init is not None else None
     trainer = Trainer(config, outputDir, device, log)
     trainer.prepareData()
     trainer.buildModel()
     if resume is not None:
-        trainer.resumeFrom(resume)
+        trainer.resumeFrom(resume, start)
     elif init is not None:
-        trainer.initFrom(init)
+        trainer.initFrom(init, start)
     writeText(json.dumps(config, indent=2), os.path.join(trainer.outputDir, "config.json"))
     try:
         for epoch in range(trainer.startEpoch, int(config["epochs"])):
@@ -366,10 +369,10 @@ class Trainer:
         )
         self.generator = torch.Generator()
 
-    def resumeFrom(self, resume: str | os.PathLike) -> None:
-        """Weights, optimiser, schedule, history and best of a ``checkpoint_last.pt``."""
+    def resumeFrom(self, resume: str | os.PathLike, checkpoint: dict) -> None:
+        """Weights, optimiser, schedule, history and best of a ``checkpoint_last.pt`` (``checkpoint``:
+        :func:`loadCheckpoint` of it)."""
         config = self.config
-        checkpoint = loadCheckpoint(resume)
         loadNetworkWeights(self.network, checkpoint, resume)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None and checkpoint.get("scheduler"):
@@ -389,12 +392,12 @@ class Trainer:
             self.log(f"The learning-rate schedule is stretched from {checkpoint['config']['epochs']} to {config['epochs']} epochs.")
         self.log(f"Resuming from '{resume}' after epoch {self.startEpoch}.")
 
-    def initFrom(self, init: str | os.PathLike) -> None:
-        """Start from the weights of another run's checkpoint (fine-tuning): the optimiser, schedule,
-        history and best stay new, and the checkpoints record where the weights came from."""
+    def initFrom(self, init: str | os.PathLike, checkpoint: dict) -> None:
+        """Start from the weights of another run's checkpoint (fine-tuning; ``checkpoint``:
+        :func:`loadCheckpoint` of it): the optimiser, schedule, history and best stay new, and the
+        checkpoints record where the weights came from."""
         from ..engine.paths import sha256
 
-        checkpoint = loadCheckpoint(init)
         loadNetworkWeights(self.network, checkpoint, init)
         self.initialisedFrom = {
             "file": os.path.basename(os.fspath(init)), "sha256": sha256(init), "epoch": int(checkpoint.get("epoch", 0)),
