@@ -12,6 +12,11 @@ import contextlib
 import hashlib
 import http.server
 import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -240,3 +245,27 @@ def treeDigest(folder: Path) -> dict[str, str]:
         relative = path.relative_to(folder).as_posix()
         digest[relative] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return digest
+
+
+def bashBlocks(text: str) -> list[str]:
+    """The ``bash`` code blocks of a Markdown text (the documentation's runnable examples)."""
+    return [textwrap.dedent(block) for block in re.findall(r"^ *```bash\n(.*?)^ *```", text, re.DOTALL | re.MULTILINE)]
+
+
+@pytest.fixture
+def a_checkout(tmp_path) -> Path:
+    """``tmp/repo`` with the repository's Resources, and ``tmp/shared`` → the real shared data:
+    the folder a user runs the documentation's examples from."""
+    requireSharedData("prostatex", "ProstateX-0000")
+    checkout = tmp_path / "repo"
+    checkout.mkdir()
+    os.symlink(REPO_ROOT / "Resources", checkout / "Resources")
+    os.symlink(REPO_ROOT.parent / "shared", tmp_path / "shared")
+    return checkout
+
+
+def runBlock(block: str, folder: Path, environment: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a documentation example as written, by ``bash -e`` in ``folder``, with stderr a log."""
+    prelude = "" if shutil.which("medsegunet") else f'medsegunet() {{ "{sys.executable}" -m MedSegUNetLib.cli "$@"; }}\n'
+    return subprocess.run(["bash", "-e", "-c", prelude + block], cwd=folder, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(environment or {})}, stdin=subprocess.DEVNULL)

@@ -431,7 +431,7 @@ def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path, m
 
 
 def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
-    """The README's two batch commands: two real studies linked into a folder, the prostate zones model."""
+    """The batch page's two commands (docs/commands/batch.md): two real studies linked into a folder, the prostate zones model."""
     cohortFolder = tmp_path / "cohort"
     cohortFolder.mkdir()
     for name in ("ProstateX-0000", "ProstateX-0001"):
