@@ -43,7 +43,7 @@ def a_built_site(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("page", ["index.html", "getting-started/index.html", "slicer-module/index.html",
-                                  *(f"commands/{name}/index.html" for name in ("roi", "segment", "batch", "models", "import", "train", "demo")),
+                                  *(f"commands/{name}/index.html" for name in ("roi", "segment", "batch", "models", "import", "convert", "train", "demo")),
                                   "commands/index.html", "models/index.html", "models/lgg-flair/index.html", "models/acdc-heart/index.html",
                                   "card-reference/index.html", "cohorts/index.html", "architecture/index.html", "benchmarks/index.html",
                                   "images/demo-overview.png"])
@@ -90,6 +90,7 @@ EXAMPLES = [
     ("getting-started.md", 1, ["out/first.seg.nrrd", "out/first.csv", "out/first.png"], ["Example: medsegunet segment --model prostate-zones"]),
     ("commands/roi.md", 0, ["out/roi.json"], []),
     ("commands/models.md", 0, [], ["prostate-gland-taps", "shipped", "Licence:"]),
+    ("commands/convert.md", 0, ["out/prostate-zones.pt2"], ["Format: torch.export (.pt2), written with torch"]),
     ("commands/import.md", 0, ["out/zones-card.json", "out/zones-imported.pt"], ["Wrote out/zones-imported.pt", "Prostate zones (demonstration, 3D)"]),
     ("commands/train.md", 0, ["out/quick-run/checkpoint_best.pt", "out/quick-run/curves.png", "out/quick.pt", "out/quick.seg.nrrd"], ["epoch 2/2", "Wrote out/quick.pt"]),
     ("commands/demo.md", 0, ["out/demo/ProstateX-0000-zones.seg.nrrd", "out/demo/ProstateX-0000-statistics.csv",

@@ -136,7 +136,7 @@ def test_model_without_card_or_not_torchscript(tmp_path):
         modelcard.readCard(bare)
     text = tmp_path / "weights.pt"
     text.write_text("not a model")
-    with pytest.raises(MedSegUNetError, match="is not a TorchScript model file"):
+    with pytest.raises(MedSegUNetError, match="is not a model file \(TorchScript .pt or torch.export .pt2\)"):
         modelcard.readCard(text)
     with pytest.raises(MedSegUNetError, match="does not exist"):
         modelcard.readCard(tmp_path / "absent.pt")

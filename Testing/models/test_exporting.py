@@ -138,7 +138,7 @@ def test_info_on_threshold_model_and_bad_file(tmp_path, capsys):
     assert "Known-answer threshold model (3D, softmax)" in capsys.readouterr().out
     (tmp_path / "not.pt").write_text("hello")
     assert main(["info", str(tmp_path / "not.pt")]) == 2
-    assert "not a TorchScript model file" in capsys.readouterr().err
+    assert "is not a model file (TorchScript .pt or torch.export .pt2)" in capsys.readouterr().err
 
 
 # The seeds' tasks, trained on their public data sets: recipe in Resources/Training, sheet in docs/models.

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MedSegUNetError, firstLine
+from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedExported  # noqa: F401  (the card's limit, for both formats)
 from .graphsafety import loadCheckedTorchScript
 from .schemacheck import resolveReference, structuralErrors
 
 CARD_EXTRA_FILE = "medsegunet.json"
 LOCALIZER_EXTRA_FILE = "medsegunet-localizer.pt"
-# A card is a page of JSON (the largest shipped: 6 kB); a larger member is refused before it inflates.
-CARD_BYTES_LIMIT = 2**20
 # What --device (and the Slicer module's device list) offers.
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The most voxels one batch of windows may hold (2^32: 16 GiB of float32 per channel, before the
@@ -368,7 +367,7 @@ def _embeddedCardText(path: str) -> str:
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise MedSegUNetError(f"'{path}' is not a TorchScript model file: save models with torch.jit.save.")
+        raise MedSegUNetError(f"'{path}' is not a model file (TorchScript .pt or torch.export .pt2): save models with 'medsegunet export'.")
     try:
         return _extraFile(path, CARD_EXTRA_FILE).decode("utf-8")
     except UnicodeDecodeError:
@@ -452,8 +451,12 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
         if cached is not None:
             cached.card = card
             return cached
-        network = loadCheckedTorchScript(path, torchDevice, f"Model '{path}'")
-        localizer = _loadLocalizer(path, torchDevice) if card.get("localizer") else None
+        if isExportedArchive(path):
+            network = loadCheckedExported(path, torchDevice, f"Model '{path}'")
+            localizer = loadCheckedExported(path, torchDevice, f"The localiser network of '{path}'", "localizer") if card.get("localizer") else None
+        else:
+            network = loadCheckedTorchScript(path, torchDevice, f"Model '{path}'")
+            localizer = _loadLocalizer(path, torchDevice) if card.get("localizer") else None
         loaded = LoadedModel(path=path, card=card, network=network, device=torchDevice, localizer=localizer)
         # Keep one model per path: a re-exported file replaces the old one in memory.
         for old in [k for k in _CACHE if k[0] == path]:
@@ -476,14 +479,17 @@ def clearModelCache() -> None:
         _CARDS.clear()
 
 
-def saveModel(network, card: dict, path: str | os.PathLike, localizer=None) -> None:
-    """Script (if needed) and save a network with its validated card embedded, atomically.
+def saveModel(network, card: dict, path: str | os.PathLike, localizer=None, format: str = "torchscript") -> None:
+    """Save a network with its validated card embedded, atomically: scripted (if needed) to
+    TorchScript, or exported with ``torch.export`` to a ``.pt2`` archive (``format="pt2"``).
 
     Args:
-        network: a ``torch.nn.Module`` or an already scripted module.
+        network: a ``torch.nn.Module`` (or, for TorchScript, an already scripted module).
         card: the model card; validated before anything is written.
         localizer: the localiser network a card with ``localizer`` needs (module or scripted),
-            stored as the extra file :data:`LOCALIZER_EXTRA_FILE`.
+            stored as the extra file :data:`LOCALIZER_EXTRA_FILE` (TorchScript) or the archive's
+            second program (``.pt2``).
+        format: ``torchscript`` or ``pt2``.
     """
     import io
 
@@ -494,6 +500,11 @@ def saveModel(network, card: dict, path: str | os.PathLike, localizer=None) -> N
     card = validateCard(card)
     if (localizer is None) != (card.get("localizer") is None):
         raise MedSegUNetError("A card with 'localizer' needs its localiser network, and only such a card has one: give both or neither.")
+    if format == "pt2":
+        from .exportedmodel import saveExportedModel
+
+        saveExportedModel(network, card, path, localizer)
+        return
     scripted = network if isinstance(network, torch.jit.ScriptModule) else torch.jit.script(network)
     extraFiles = {CARD_EXTRA_FILE: json.dumps(card, indent=2)}
     if localizer is not None:

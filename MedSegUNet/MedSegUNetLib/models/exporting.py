@@ -57,14 +57,16 @@ def checkScriptedMatches(network, scripted, sampleShape: Sequence[int], seed: in
     return difference
 
 
-def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Sequence[int]) -> float:
-    """Script a network, check it against the eager one, and save it with its card.
+def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Sequence[int], format: str = "torchscript") -> float:
+    """Script a network, check it against the eager one, and save it with its card (or, with
+    ``format="pt2"``, export it with ``torch.export``, checked the same way by :func:`modelcard.saveModel`).
 
     Args:
         network: eager network with trained weights.
         card: its model card (validated by :func:`modelcard.saveModel`).
-        path: the ``.pt`` file to write (atomically).
+        path: the ``.pt`` (or ``.pt2``) file to write (atomically).
         sampleShape: ``N, C, spatial…`` of the check sample.
+        format: ``torchscript`` or ``pt2``.
 
     Returns:
         the largest absolute difference between scripted and eager outputs.
@@ -81,17 +83,20 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     card = validateCard(card)
     checkOutputPath(path)
     network = network.cpu().eval()
-    try:
-        scripted = torch.jit.script(network)
-    except Exception as error:  # TorchScript raises its own frontend errors
-        raise MedSegUNetError(f"The network cannot be scripted to TorchScript ({firstLine(error)[:160]}).") from None
-    difference = checkScriptedMatches(network, scripted, sampleShape)
     with torch.no_grad():
         channels = network(torch.zeros(*[int(s) for s in sampleShape])).shape[1]
     if channels != outputChannels(card):
         raise MedSegUNetError(
             f"The network outputs {channels} channels but the card needs {outputChannels(card)} ({card['output']}, {len(card['labels'])} labels): fix the config's labels or output."
         )
+    if format == "pt2":
+        saveModel(network, card, path, format="pt2")
+        return 0.0
+    try:
+        scripted = torch.jit.script(network)
+    except Exception as error:  # TorchScript raises its own frontend errors
+        raise MedSegUNetError(f"The network cannot be scripted to TorchScript ({firstLine(error)[:160]}).") from None
+    difference = checkScriptedMatches(network, scripted, sampleShape)
     saveModel(scripted, card, path)
     return difference
 
@@ -166,13 +171,15 @@ def cardFromCheckpoint(config: dict, checkpoint: dict, epochsRun: int | None = N
     return card
 
 
-def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.PathLike, configPath: str | os.PathLike | None = None) -> dict:
+def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.PathLike, configPath: str | os.PathLike | None = None,
+                     format: str = "torchscript") -> dict:
     """Export a ``medsegunet train`` checkpoint to a TorchScript model with its card.
 
     Args:
         checkpointPath: usually ``checkpoint_best.pt``.
         outputPath: the model file to write.
         configPath: a config to take the card fields from instead of the one stored in the checkpoint.
+        format: ``torchscript`` (``.pt``) or ``pt2`` (a ``torch.export`` archive).
 
     Returns:
         the card written.
@@ -191,7 +198,7 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
     training.loadNetworkWeights(network, checkpoint, checkpointPath)
     card = cardFromCheckpoint(config, checkpoint, epochsInRun(checkpointPath, checkpoint.get("history") or []))
     sampleShape = [1, len(config["inputs"]), *config["patch_size"]]
-    exportNetwork(network, card, outputPath, sampleShape)
+    exportNetwork(network, card, outputPath, sampleShape, format)
     from ..engine.modelcard import readCard
 
     return readCard(outputPath)
@@ -208,6 +215,8 @@ def addParser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt written by 'medsegunet train'")
     parser.add_argument("--config", help="training config (default: the one stored in the checkpoint)")
     parser.add_argument("--output", required=True, help="model file to write, e.g. model.pt")
+    parser.add_argument("--format", choices=("torchscript", "pt2"), default="torchscript",
+                        help="TorchScript (default; every Slicer's torch loads it) or a torch.export archive (.pt2)")
     parser.set_defaults(func=run)
 
     info = subparsers.add_parser("info", help="show a model's card", description="Show the card of a MedSegUNet TorchScript model.")
@@ -222,7 +231,7 @@ def run(args, console=None) -> int:
     from ..engine.volumes import checkDistinctPaths
 
     checkDistinctPaths({"--output": args.output}, {"--checkpoint": args.checkpoint, "--config": args.config})
-    card = exportCheckpoint(args.checkpoint, args.output, args.config)
+    card = exportCheckpoint(args.checkpoint, args.output, args.config, args.format)
     sys.stdout.write(f"Wrote {args.output}\n{cardSummary(card)}\n")
     validation = card.get("validation")
     if validation:
@@ -278,11 +287,14 @@ def runInfo(args, console=None) -> int:
 
     from .catalog import resolveModelOption
 
-    card = readCard(resolveModelOption(args.model, console))
+    path = resolveModelOption(args.model, console)
+    card = readCard(path)
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(card, indent=2) + "\n")
     else:
-        sys.stdout.write(cardSummary(card) + "\n")
+        from ..engine.exportedmodel import formatLine
+
+        sys.stdout.write(cardSummary(card) + "\n" + formatLine(path) + "\n")
         provenance = card.get("provenance")
         if isinstance(provenance, dict):
             verified = provenance.get("verified") or {}

@@ -172,7 +172,7 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
     import torch
 
     from ..engine.modelcard import saveModel, validateCard
-    from .networks import buildNetwork as buildAllowed
+    from .networks import buildNetwork as buildAllowed, networkArguments
     from ..engine.volumes import checkRegularFile, sha256
 
     checkRegularFile(source, "Checkpoint")
@@ -194,7 +194,8 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
     # A patch the network takes, small enough for a CPU check.
     patch = [min(int(v), 64) // 32 * 32 or 32 for v in card["patch_size"]]
     verified = verifyAgainstEager(network, scripted, card, patch, "the labels (check --labels)")
-    card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes, origin)
+    arguments = networkArguments(config.get("network"), f"'{source}': config key 'network'", config)
+    card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes, origin, arguments)
     saveModel(scripted, card, output)
     return card
 
@@ -337,7 +338,7 @@ def importBundle(source: str, output: str, origin: str | None = None) -> dict:
     import torch
 
     from ..engine.modelcard import saveModel, validateCard
-    from .networks import buildNetwork as buildAllowed
+    from .networks import buildNetwork as buildAllowed, networkArguments
     from ..engine.volumes import sha256
 
     configs = os.path.join(source, "configs")
@@ -359,7 +360,8 @@ def importBundle(source: str, output: str, origin: str | None = None) -> dict:
     except Exception as error:  # weights and scripting fail in many ways
         raise MedSegUNetError(f"The bundle's network cannot be loaded or scripted ({firstLine(error)[:140]}).") from None
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
-    card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [], origin)
+    arguments = networkArguments(config.get("network_def"), f"the bundle '{source}': network_def", config)
+    card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [], origin, arguments)
     saveModel(scripted, card, output)
     return card
 

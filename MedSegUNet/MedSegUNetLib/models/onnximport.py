@@ -12,6 +12,7 @@ import numpy as np
 
 from ..engine.errors import MedSegUNetError, firstLine
 from .verification import buildNetwork, compareOutputs, provenance, readImportCard
+from .networks import networkArguments
 
 
 def onnxTensors(model, source: str = "the ONNX model") -> dict[str, np.ndarray]:
@@ -315,7 +316,8 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
     if checkRegularFile(source, "ONNX model").st_size == 0:
         raise MedSegUNetError(f"ONNX model '{source}' is empty (0 bytes): a download failed; download or export it again.")
     card = readImportCard(cardPath)
-    network = buildNetwork(card.pop("network", None))
+    spec = card.pop("network", None)
+    network = buildNetwork(spec)
     card = validateCard(card, f"model card '{cardPath}'")
     try:
         model = onnx.load(source)
@@ -348,6 +350,6 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
     if got.shape != expected.shape or got.shape[1] != outputChannels(card):
         raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
-    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes, origin)
+    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes, origin, networkArguments(spec, "the card's network"))
     saveModel(scripted, card, output)
     return card

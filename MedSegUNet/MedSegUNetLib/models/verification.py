@@ -69,7 +69,8 @@ def compareOutputs(expected: np.ndarray, got: np.ndarray, patch: list, runtime: 
     return {"patch": patch, "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": runtime}
 
 
-def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str], origin: str | None = None) -> dict:
+def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str], origin: str | None = None,
+               arguments: dict | None = None) -> dict:
     """The card's record of where an imported model came from and how it was checked.
 
     Args:
@@ -77,8 +78,12 @@ def provenance(kind: str, source: str, checksum: str, network, verified: dict, n
             with no Python class to name (a published TorchScript: ``{"torchscript": name}``).
         origin: what to record as the source instead of the file's path (a catalog pull imports
             from a temporary folder: its release, such as ``deepbet==1.0.2 data/models/model.pt``).
+        arguments: the network's constructor arguments as plain data, recorded so that the eager
+            network can be built again (``medsegunet convert`` to ``.pt2``).
     """
     record = network if isinstance(network, dict) else {"_target_": type(network).__module__ + "." + type(network).__name__}
+    if arguments is not None:
+        record = {**record, "args": arguments}
     return {
         "format": kind, "source": origin or os.path.abspath(source), "source_sha256": checksum, "tool": "medsegunet import", "notes": list(notes),
         "network": record, "verified": verified,
