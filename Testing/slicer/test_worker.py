@@ -316,3 +316,27 @@ def test_errors_speak_of_the_modules_controls(phantom_data, python_slicer):
         assert "--device" not in message and "the cpu or auto device" in message, message
     finally:
         logic.close()
+
+
+def test_a_pt2_model_gives_the_torchscript_labels_in_the_worker_and_in_process(tmp_path, python_slicer):
+    """A converted zoo model (.pt2) through the module's logic, with and without the PythonSlicer
+    worker: the labels of the TorchScript file through ``segment``, voxel for voxel per label."""
+    from MedSegUNetLib import cli
+    from MedSegUNetLib.engine.volumes import readVolume
+
+    folder = requireSharedData("prostatex", "ProstateX-0000")
+    converted = str(tmp_path / "prostate-zones.pt2")
+    assert cli.main(["convert", "prostate-zones", "--output", converted]) == 0
+    scene = slicer.vtkMRMLScene()
+    nodes = [addVolumeFromImage(scene, readVolume(str(folder / name)), name) for name in ("4-t2tsetra", "3-t2tsesag", "5-t2tsecor")]
+    counts = []
+    for useWorker in (False, True):
+        logic = SegmentationLogic(scene, useWorker=useWorker, workerExecutable=python_slicer)
+        try:
+            result = logic.process([nodes[0]], converted, roiVolumes=nodes[1:], device="cpu")
+        finally:
+            logic.close()
+        labels = selftest.segmentationLabelArray(scene, result.segmentationNode, nodes[0])
+        counts.append([int((labels == value).sum()) for value in (1, 2)])
+    # The TorchScript file's labels through 'segment' on these series (test_converting).
+    assert counts == [[30148, 24713], [30148, 24713]]

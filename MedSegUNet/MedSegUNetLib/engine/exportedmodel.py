@@ -232,10 +232,9 @@ def loadCheckedExported(source, device, what: str, program: str = "model"):
     Raises:
         MedSegUNetError: as :func:`readCheckedMembers`, a missing program, or torch refusing it.
     """
-    from torch.export.pt2_archive._package import load_pt2
-
     from .errors import firstLine
 
+    load_pt2 = _archiveFunctions()[0]
     members = readCheckedMembers(source, what)
     if not any(name.endswith(f"/models/{program}.json") for name in members):
         raise MedSegUNetError(f"{what} holds no '{program}' network: convert or export it again with its {program}.")
@@ -288,9 +287,21 @@ def exportNetwork(network, example):
 def writeExportedArchive(programs: dict, cardText: str, path: str) -> None:
     """Write exported programs (``model`` and, when the card has one, ``localizer``) and the card as
     one ``.pt2`` archive at ``path`` (a temporary name: the caller verifies and renames it)."""
-    from torch.export.pt2_archive._package import package_pt2
-
+    package_pt2 = _archiveFunctions()[1]
     package_pt2(path, exported_programs=programs, extra_files={"medsegunet.json": cardText})
+
+
+def _archiveFunctions():
+    """torch's own reader and writer of ``.pt2`` archives, or one line saying this torch has none
+    (a Slicer whose torch predates the archive format keeps using TorchScript files)."""
+    try:
+        from torch.export.pt2_archive._package import load_pt2, package_pt2
+    except ImportError:
+        import torch
+
+        raise MedSegUNetError(f"This torch ({torch.__version__}) cannot read or write .pt2 model files: use the TorchScript (.pt) file of the model, "
+                              "or update torch (the .pt2 format is tested with torch 2.13).") from None
+    return load_pt2, package_pt2
 
 
 def exampleInput(card: dict, localizer: bool = False):

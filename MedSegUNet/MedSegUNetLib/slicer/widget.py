@@ -68,7 +68,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._sceneChangeTimer.setInterval(0)
         self._sceneChangeTimer.connect("timeout()", self._updateROIVolumeList)
 
-        self.ui.modelPathLineEdit.nameFilters = ["TorchScript model (*.pt *.pth *.ts)", "All files (*)"]
+        self.ui.modelPathLineEdit.nameFilters = ["MedSegUNet model (*.pt *.pt2 *.pth *.ts)", "All files (*)"]
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self._populateCatalog()
         self.ui.catalogComboBox.connect("activated(int)", self.onCatalogModelChosen)
@@ -186,7 +186,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     def _loadCard(self, path: str) -> None:
         """Read the card (not the weights), summarise it and rebuild one selector per input."""
         self._card = None
-        summary = _("Select a MedSegUNet TorchScript model (.pt) with its card.")
+        summary = _("Select a MedSegUNet model (.pt or .pt2) with its card.")
         if path:
             try:
                 from MedSegUNetLib.engine import modelcard
