@@ -36,6 +36,25 @@ def a_tiny_pt2(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def a_torch_saved_pt2(tmp_path_factory) -> str:
+    """The same network as ``torch.export.save`` writes it for anyone: example inputs and guards included."""
+    path = tmp_path_factory.mktemp("pt2") / "saved-by-torch.pt2"
+    program = exportedmodel.exportNetwork(tinyNetwork(), exportedmodel.exampleInput(TINY_UNET_CARD))
+    torch.export.save(program, str(path), extra_files={"medsegunet.json": json.dumps(TINY_UNET_CARD)})
+    return str(path)
+
+
+def test_a_file_torch_export_saved_loads_with_its_card(a_torch_saved_pt2):
+    assert any(name.endswith("/data/sample_inputs/model.pt") and data for name, data in members(a_torch_saved_pt2).items())
+    clearModelCache()
+    loaded = loadModel(a_torch_saved_pt2, "cpu")
+    sample = torch.randn(2, 1, 48, 32, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded.network(sample), tinyNetwork()(sample))
+    assert loaded.card["name"] == "Tiny test UNet"
+
+
 def members(path: str) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as archive:
         return {name: archive.read(name) for name in archive.namelist()}
@@ -97,11 +116,13 @@ def test_the_format_is_told_by_content_not_by_suffix(a_tiny_pt2, a_tiny_unet, tm
 def test_the_card_is_stored_inside_byte_for_byte(a_tiny_pt2):
     contents = members(a_tiny_pt2)
     assert json.loads(contents[memberEnding(contents, "/extra/medsegunet.json")]) == readCard(a_tiny_pt2)
+    # Written without example inputs: the archive is the weights, and no guard code is built on load.
+    assert contents[memberEnding(contents, "/data/sample_inputs/model.pt")] == b""
 
 
-def test_example_inputs_that_run_code_are_refused(a_tiny_pt2, tmp_path):
+def test_example_inputs_that_run_code_are_refused(a_torch_saved_pt2, tmp_path):
     marker = tmp_path / "ran"
-    contents = members(a_tiny_pt2)
+    contents = members(a_torch_saved_pt2)
     contents[memberEnding(contents, "/data/sample_inputs/model.pt")] = payload(marker)
     hostile = writeArchive(tmp_path / "hostile.pt2", contents)
     with pytest.raises(MedSegUNetError, match="example inputs that are not plain tensors"):
@@ -112,9 +133,9 @@ def test_example_inputs_that_run_code_are_refused(a_tiny_pt2, tmp_path):
     assert marker.is_dir()
 
 
-def test_a_pickled_weight_is_refused(a_tiny_pt2, tmp_path):
+def test_a_pickled_weight_is_refused(a_torch_saved_pt2, tmp_path):
     marker = tmp_path / "ran"
-    contents = members(a_tiny_pt2)
+    contents = members(a_torch_saved_pt2)
     configName = memberEnding(contents, "/data/weights/model_weights_config.json")
     config = json.loads(contents[configName])
     first = next(iter(config["config"].values()))
@@ -135,9 +156,9 @@ def programWith(path: str, tmp_path, change) -> str:
     return writeArchive(tmp_path / "hostile.pt2", contents)
 
 
-def test_guards_code_that_runs_python_is_refused(a_tiny_pt2, tmp_path):
+def test_guards_code_that_runs_python_is_refused(a_torch_saved_pt2, tmp_path):
     marker = tmp_path / "ran"
-    hostile = programWith(a_tiny_pt2, tmp_path, lambda document: document["guards_code"].append(f"__import__('os').mkdir({str(marker)!r}) or True"))
+    hostile = programWith(a_torch_saved_pt2, tmp_path, lambda document: document["guards_code"].append(f"__import__('os').mkdir({str(marker)!r}) or True"))
     with pytest.raises(MedSegUNetError, match="shape expression with .* which torch would run as Python"):
         exportedmodel.loadCheckedExported(hostile, "cpu", "Model 'hostile.pt2'")
     assert not marker.exists()
@@ -145,7 +166,7 @@ def test_guards_code_that_runs_python_is_refused(a_tiny_pt2, tmp_path):
     assert marker.is_dir()
 
 
-def test_a_shape_expression_that_runs_python_is_refused(a_tiny_pt2, tmp_path):
+def test_a_shape_expression_that_runs_python_is_refused(a_torch_saved_pt2, tmp_path):
     marker = tmp_path / "ran"
 
     def poison(document):
@@ -157,7 +178,7 @@ def test_a_shape_expression_that_runs_python_is_refused(a_tiny_pt2, tmp_path):
                 return
             pending.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else [])
 
-    hostile = programWith(a_tiny_pt2, tmp_path, poison)
+    hostile = programWith(a_torch_saved_pt2, tmp_path, poison)
     with pytest.raises(MedSegUNetError, match="which torch would run as Python"):
         exportedmodel.loadCheckedExported(hostile, "cpu", "Model 'hostile.pt2'")
     assert not marker.exists()
@@ -169,12 +190,12 @@ def test_a_shape_expression_that_runs_python_is_refused(a_tiny_pt2, tmp_path):
 @pytest.mark.parametrize("target, named", [("torch.ops.aten.save.default", "torch.ops.aten.save.default"),
                                            ("torch.serialization.save", "torch.serialization.save"),
                                            ("builtins.exec", "builtins.exec")])
-def test_a_graph_calling_a_side_effecting_operator_is_refused(a_tiny_pt2, tmp_path, target, named):
+def test_a_graph_calling_a_side_effecting_operator_is_refused(a_torch_saved_pt2, tmp_path, target, named):
     def swap(document):
         document["graph_module"]["graph"]["nodes"][0]["target"] = target
 
     with pytest.raises(MedSegUNetError, match=f"calls '{named}', which is not a pure tensor operator"):
-        exportedmodel.loadCheckedExported(programWith(a_tiny_pt2, tmp_path, swap), "cpu", "Model 'hostile.pt2'")
+        exportedmodel.loadCheckedExported(programWith(a_torch_saved_pt2, tmp_path, swap), "cpu", "Model 'hostile.pt2'")
 
 
 def test_a_card_that_inflates_to_a_gibibyte_is_refused_before_it_inflates(a_tiny_pt2, tmp_path):
@@ -198,8 +219,8 @@ def test_a_card_that_inflates_to_a_gibibyte_is_refused_before_it_inflates(a_tiny
         exportedmodel.loadCheckedExported(str(bomb), "cpu", "Model 'bomb.pt2'")
 
 
-def test_a_member_torch_does_not_write_is_refused(a_tiny_pt2, tmp_path):
-    contents = members(a_tiny_pt2)
+def test_a_member_torch_does_not_write_is_refused(a_torch_saved_pt2, tmp_path):
+    contents = members(a_torch_saved_pt2)
     top = next(iter(contents)).split("/")[0]
     contents[f"{top}/extra/payload.pkl"] = payload(tmp_path / "ran")
     with pytest.raises(MedSegUNetError, match="holds '.*/extra/payload.pkl', which torch.export does not write"):

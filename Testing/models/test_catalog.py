@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from MedSegUNetLib.models import catalog
 
 from MedSegUNetLib import cli
+from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.engine.volumes import sha256
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
@@ -397,3 +399,85 @@ def test_every_shipped_catalog_source_pulls_with_the_base_install():
     assert onnxSources == ["prostate-gland-taps"]
     assert {"onnx", "onnxruntime"} <= base and {"onnx", "onnxruntime"} <= module
     assert {"onnx", "onnxruntime"} <= set(dependencies.REQUIRED.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# both formats during the transition: each zoo model also as .pt2
+# ---------------------------------------------------------------------------------------------
+
+SHIPPED_PT2 = [entry["name"] for entry in catalog.loadCatalog(catalog.CATALOG_PATH)["models"] if "pt2" in entry]
+
+
+def test_the_catalog_lists_each_zoo_pt2_with_its_checksum(repo_root):
+    assert set(SHIPPED_PT2) == {path.stem for path in (repo_root / "Resources" / "Models").glob("*/*.pt2")} >= {"prostate-zones", "lgg-flair"}
+    for entry in catalog.loadCatalog(catalog.CATALOG_PATH)["models"]:
+        if "pt2" in entry:
+            shipped = repo_root / "Resources" / "Models" / entry["name"] / f"{entry['name']}.pt2"
+            assert entry["pt2"] == {"url": entry["url"][:-3] + ".pt2", "sha256": sha256(shipped), "bytes": shipped.stat().st_size}
+
+
+@pytest.mark.parametrize("name", SHIPPED_PT2)
+def test_each_zoo_pt2_answers_as_its_torchscript_on_three_sizes(capsys, tmp_path, monkeypatch, name):
+    import torch
+
+    from MedSegUNetLib.engine.modelcard import clearModelCache, loadModel
+    from MedSegUNetLib.models.converting import checkSizes
+
+    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "pull", name, "--format", "pt2"]) == 0
+    exported = capsys.readouterr().out.strip()
+    assert exported.endswith(f"Resources/Models/{name}/{name}.pt2") and not (tmp_path / "cache").exists()  # shipped: offline
+    clearModelCache()
+    scripted, converted = loadModel(str(catalog.pullModel(name)), "cpu"), loadModel(exported, "cpu")
+    generator = torch.Generator().manual_seed(7)
+    for shape in checkSizes(scripted.card):
+        sample = torch.randn(*shape, generator=generator)
+        with torch.no_grad():
+            assert float((scripted.network(sample) - converted.network(sample)).abs().max()) <= 1e-6, shape
+    assert converted.card == scripted.card
+
+
+def test_a_pt2_is_pulled_from_a_mirror_and_checked(capsys, tmp_path, a_file_server, a_tiny_unet, monkeypatch):
+    from MedSegUNetLib.engine.modelcard import readCard, saveModel
+
+    import torch
+    from monai.networks.nets import UNet
+
+    served, url = a_file_server
+    torch.manual_seed(0)
+    saveModel(UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
+              readCard(a_tiny_unet), served / "tiny.pt2", format="pt2")
+    good = {"url": url + "tiny.pt2", "sha256": sha256(served / "tiny.pt2"), "bytes": (served / "tiny.pt2").stat().st_size}
+    entries = [{"name": "tiny", "url": url + "absent.pt", "sha256": "1" * 64, "pt2": good},
+               {"name": "tampered", "url": url + "absent.pt", "sha256": "1" * 64, "pt2": {**good, "sha256": "2" * 64}}]
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "pull", "tiny", "--format", "pt2"]) == 0
+    path = capsys.readouterr().out.strip()
+    assert path.endswith("/tiny.pt2") and sha256(path) == good["sha256"]
+    assert cli.main(["models", "pull", "tampered", "--format", "pt2"]) == 2
+    assert "SHA256" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "models" / "tampered").exists() or not any((tmp_path / "cache" / "models" / "tampered").rglob("*.pt2"))
+
+
+@pytest.mark.parametrize("pt2, expected", [
+    ("not an object", "has a 'pt2' that is not"),
+    ({"url": "https://x/m.pt2", "sha256": "x"}, "needs a 'pt2' with a 'url' and a 64-digit"),
+    ({"url": "https://x/m.pt2", "sha256": "0" * 64, "bytes": -1}, "'bytes' is not a whole number"),
+    ({"url": "https://x/m.pt2", "sha256": "0" * 64, "code": "import os"}, "has a 'pt2' that is not"),
+])
+def test_bad_pt2_entries_are_one_line(tmp_path, pt2, expected):
+    entry = {"name": "m", "url": "https://x/m.pt", "sha256": "0" * 64, "pt2": pt2}
+    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
+    with pytest.raises(MedSegUNetError, match=re.escape(expected)):
+        catalog.loadCatalog(tmp_path / "catalog.json")
+
+
+def test_a_published_source_has_no_pt2_to_pull(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "pull", "prostate-gland-taps", "--format", "pt2"]) == 2
+    assert "The catalog has no .pt2 file of 'prostate-gland-taps': pull it, then make one with 'medsegunet convert'." in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()

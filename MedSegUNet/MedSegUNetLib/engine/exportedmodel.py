@@ -288,6 +288,11 @@ def writeExportedArchive(programs: dict, cardText: str, path: str) -> None:
     """Write exported programs (``model`` and, when the card has one, ``localizer``) and the card as
     one ``.pt2`` archive at ``path`` (a temporary name: the caller verifies and renames it)."""
     package_pt2 = _archiveFunctions()[1]
+    for program in programs.values():
+        # Without example inputs the archive is the size of the weights (a 3D example is megabytes),
+        # and the loaded module checks its inputs against the range constraints instead of
+        # building a guard function from code strings.
+        program.example_inputs = None
     package_pt2(path, exported_programs=programs, extra_files={"medsegunet.json": cardText})
 
 

@@ -97,6 +97,8 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
                 raise MedSegUNetError(f"Model catalog '{source}': '{name}' has a '{field}' that is not text.")
         if "bytes" in entry and not (type(entry["bytes"]) is int and entry["bytes"] > 0):
             raise MedSegUNetError(f"Model catalog '{source}': '{name}' has 'bytes' {str(entry['bytes'])[:40]!r}, which is not a whole number of bytes above 0.")
+        if "pt2" in entry:
+            _checkPt2Entry(entry, f"Model catalog '{source}': '{name}'")
         if "source" in entry:  # a published file, imported on pull (see models.sources)
             from .sources import checkSourceEntry
 
@@ -110,6 +112,38 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
     return catalog
 
 
+def _checkPt2Entry(entry: dict, where: str) -> None:
+    """An entry's ``"pt2": {"url", "sha256", "bytes"}``: the same model as a ``torch.export`` archive."""
+    pt2 = entry["pt2"]
+    if "source" in entry or not isinstance(pt2, dict) or set(pt2) - {"url", "sha256", "bytes"}:
+        raise MedSegUNetError(f"{where} has a 'pt2' that is not {{\"url\", \"sha256\", \"bytes\"}} of a model file (and a published source has none).")
+    if not isinstance(pt2.get("url"), str) or not pt2["url"] or not isinstance(pt2.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", pt2["sha256"]):
+        raise MedSegUNetError(f"{where} needs a 'pt2' with a 'url' and a 64-digit lower-case hexadecimal 'sha256'.")
+    if "bytes" in pt2 and not (type(pt2["bytes"]) is int and pt2["bytes"] > 0):
+        raise MedSegUNetError(f"{where} has a 'pt2' whose 'bytes' is not a whole number of bytes above 0.")
+
+
+def inFormat(entry: dict, format: str) -> dict:
+    """The entry of one file of a catalog model: its TorchScript file (the entry itself), or its
+    ``.pt2`` file (``url``, ``sha256`` and ``bytes`` from ``"pt2"``, cached as ``NAME.pt2``).
+
+    Raises:
+        MedSegUNetError: ``pt2`` asked of an entry that has none.
+    """
+    if format != "pt2":
+        return entry
+    if "pt2" not in entry:
+        raise MedSegUNetError(f"The catalog has no .pt2 file of '{entry['name']}': pull it, then make one with 'medsegunet convert'.")
+    derived = {key: value for key, value in entry.items() if key not in ("pt2", "bytes")}
+    return {**derived, **entry["pt2"], "suffix": ".pt2"}
+
+
+# Part of an imported source's cache key: changed when an import writes a different model file from
+# the same source and card, so caches import again ("2": the network's arguments are recorded, which
+# 'medsegunet convert' needs).
+IMPORTER_REVISION = "2"
+
+
 def findModel(name: str, catalog: dict | None = None) -> dict | None:
     catalog = catalog or loadCatalog()
     return next((entry for entry in catalog["models"] if entry["name"] == name), None)
@@ -119,20 +153,22 @@ def cachedPath(entry: dict, cache: Path | None = None) -> Path:
     """Where a catalog model lives in the cache: ``<cache>/models/<name>/<sha256[:12]>/<name>.pt``.
 
     The checksum in the path keeps two versions of a model apart; an imported source's folder also
-    carries a digest of the card it is imported with, so a catalog that changes the card (a
-    model's context, say) imports it again instead of serving the old card.
+    carries a digest of the card it is imported with (and :data:`IMPORTER_REVISION`), so a catalog
+    that changes the card (a model's context, say) imports it again instead of serving the old card.
     """
     folder = (entry["source"]["sha256"] if "source" in entry else entry["sha256"])[:12]
     if "source" in entry and isinstance(entry.get("card"), dict):
         import hashlib
 
-        folder += "-" + hashlib.sha256(json.dumps(entry["card"], sort_keys=True).encode("utf-8")).hexdigest()[:8]
-    return (cache or cacheFolder()) / "models" / entry["name"] / folder / f"{entry['name']}.pt"
+        folder += "-" + hashlib.sha256((json.dumps(entry["card"], sort_keys=True) + IMPORTER_REVISION).encode("utf-8")).hexdigest()[:8]
+    return (cache or cacheFolder()) / "models" / entry["name"] / folder / f"{entry['name']}{entry.get('suffix', '.pt')}"
 
 
 def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None, progress: ProgressCallback | None = None,
-              cancelEvent: threading.Event | None = None, log: Callable[[str], None] | None = None, python: str | None = None) -> Path:
-    """The cached file of catalog model ``name``, downloaded and checked when missing.
+              cancelEvent: threading.Event | None = None, log: Callable[[str], None] | None = None, python: str | None = None,
+              format: str = "torchscript") -> Path:
+    """The cached file of catalog model ``name`` (``format="pt2"``: its ``.pt2`` file), downloaded
+    and checked when missing.
 
     A cached file is trusted only if its SHA256 still matches the catalog's.
 
@@ -146,6 +182,7 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
     if entry is None:
         known = ", ".join(e["name"] for e in catalog["models"]) or "none"
         raise MedSegUNetError(f"'{name}' is neither a model file nor a model of the catalog '{catalog['source']}' (it has: {known}).")
+    entry = inFormat(entry, format)
     path = cachedPath(entry, cache)
     if "source" in entry:
         from .sources import isCachedIntact, pullFromSource
@@ -171,7 +208,7 @@ def bundledModel(entry: dict) -> Path | None:
     """The zoo's file of a catalog entry when this package ships it (same name and SHA256), else None."""
     from ..engine.volumes import sha256
 
-    candidate = ZOO_FOLDER / entry["name"] / f"{entry['name']}.pt"
+    candidate = ZOO_FOLDER / entry["name"] / f"{entry['name']}{entry.get('suffix', '.pt')}"
     if candidate.is_file() and sha256(candidate) == entry["sha256"]:
         return candidate
     return None
@@ -184,7 +221,7 @@ def resolveModel(spec: str | os.PathLike, **pullArguments) -> str:
         MedSegUNetError: neither a file nor a catalog name (the line lists the catalog's names).
     """
     spec = os.fspath(spec)
-    if os.path.exists(spec) or os.sep in spec or spec.endswith((".pt", ".ts", ".json")):
+    if os.path.exists(spec) or os.sep in spec or spec.endswith((".pt", ".pt2", ".ts", ".json")):
         return spec
     return str(pullModel(spec, **pullArguments))
 
@@ -220,6 +257,7 @@ def addParser(subparsers) -> None:
     listing.set_defaults(func=runList)
     pull = actions.add_parser("pull", help="download a model once (checked by SHA256) and print its cached path")
     pull.add_argument("name", metavar="NAME")
+    pull.add_argument("--format", choices=("torchscript", "pt2"), default="torchscript", help="which file of the model: TorchScript (default) or its .pt2")
     pull.set_defaults(func=runPull)
 
 
@@ -242,7 +280,7 @@ def runPull(args, console) -> int:
     import sys
 
     # Standard output is the path alone (M=$(medsegunet models pull NAME)); a bar only on a terminal.
-    path = pullModel(args.name, progress=console if console.interactive else None)
+    path = pullModel(args.name, progress=console if console.interactive else None, format=args.format)
     console.close()
     sys.stdout.write(f"{path}\n")
     return 0
