@@ -129,3 +129,37 @@ def test_export_writes_a_pt2_from_a_checkpoint(tmp_path, capsys):
     with torch.no_grad():
         assert torch.equal(loaded.network(sample), network(sample))
     assert loaded.card["validation"]["cases"] == ["c"]
+
+
+@pytest.mark.parametrize("kind", ["onnx", "auto3dseg", "bundle"])
+def test_import_writes_a_pt2_that_answers_as_the_eager_network(tmp_path, capsys, kind):
+    pytest.importorskip("onnx")
+    from test_importing import auto3dsegCheckpoint, exportONNX, writeBundle, writeCard
+
+    if kind == "onnx":
+        network = exportONNX(tmp_path / "model.onnx")
+        arguments = [str(tmp_path / "model.onnx"), "--card", writeCard(tmp_path / "card.json")]
+    elif kind == "auto3dseg":
+        network = auto3dsegCheckpoint(tmp_path / "model.pt")
+        (tmp_path / "labels.csv").write_text("value,name\n1,peripheral zone\n2,transition zone\n")
+        arguments = [str(tmp_path / "model.pt"), "--labels", str(tmp_path / "labels.csv")]
+    else:
+        network = writeBundle(tmp_path / "bundle")
+        arguments = [str(tmp_path / "bundle")]
+    assert cli.main(["import", *arguments, "--output", str(tmp_path / "imported.pt2"), "--format", "pt2"]) == 0, capsys.readouterr().err
+    assert exportedmodel.isExportedArchive(str(tmp_path / "imported.pt2"))
+    modelcard.clearModelCache()
+    loaded = modelcard.loadModel(tmp_path / "imported.pt2", "cpu")
+    sample = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = network.eval()(sample)
+        expected = expected[0] if isinstance(expected, (list, tuple)) else expected
+        np.testing.assert_allclose(loaded.network(sample).numpy(), expected.numpy(), atol=1e-5)
+    assert loaded.card["provenance"]["format"] == {"onnx": "onnx", "auto3dseg": "auto3dseg", "bundle": "monai-bundle"}[kind]
+
+
+def test_import_of_a_published_torchscript_as_pt2_is_one_line(tmp_path, capsys, a_tiny_unet):
+    (tmp_path / "card.json").write_text(json.dumps(modelcard.readCard(a_tiny_unet)))
+    assert cli.main(["import", a_tiny_unet, "--card", str(tmp_path / "card.json"), "--output", str(tmp_path / "m.pt2"), "--format", "pt2"]) == 2
+    assert "exists only as TorchScript (no eager network to export): import it without --format pt2" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt2").exists()

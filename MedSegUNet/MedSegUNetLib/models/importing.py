@@ -166,7 +166,7 @@ def loadCheckpointAsData(source: str):
         raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
 
 
-def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None) -> dict:
+def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None, format: str = "torchscript") -> dict:
     """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card
     written (``origin``: the source it records, :func:`verification.provenance`)."""
     import torch
@@ -196,7 +196,7 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
     verified = verifyAgainstEager(network, scripted, card, patch, "the labels (check --labels)")
     arguments = networkArguments(config.get("network"), f"'{source}': config key 'network'", config)
     card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes, origin, arguments)
-    saveModel(scripted, card, output)
+    saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
 
 
@@ -328,7 +328,7 @@ def readConfigFile(path: str) -> dict:
     return data
 
 
-def importBundle(source: str, output: str, origin: str | None = None) -> dict:
+def importBundle(source: str, output: str, origin: str | None = None, format: str = "torchscript") -> dict:
     """Convert and verify a MONAI bundle folder; returns the card written (``origin``: the source it
     records, :func:`verification.provenance`).
 
@@ -362,7 +362,7 @@ def importBundle(source: str, output: str, origin: str | None = None) -> dict:
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
     arguments = networkArguments(config.get("network_def"), f"the bundle '{source}': network_def", config)
     card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [], origin, arguments)
-    saveModel(scripted, card, output)
+    saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
 
 
@@ -378,13 +378,15 @@ def addParser(subparsers) -> None:
     parser.add_argument("--card", metavar="CARD.json", help="the model card; for ONNX with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
     parser.add_argument("--localizer", metavar="TORCHSCRIPT.pt", help="TorchScript: the localiser network the card's \"localizer\" describes, stored in the same model file")
     parser.add_argument("--labels", metavar="LABELS.csv", help="labels (value,name) for Auto3DSeg checkpoints")
+    parser.add_argument("--format", choices=("torchscript", "pt2"), default="torchscript",
+                        help="write TorchScript (default, MODEL.pt) or a torch.export archive (MODEL.pt2; not for a published TorchScript network)")
     parser.set_defaults(func=run)
 
 
 def run(args, console) -> int:
     from ..engine.volumes import checkDistinctPaths, checkOutputPath
 
-    checkOutputPath(args.output, (".pt",))
+    checkOutputPath(args.output, (".pt2",) if args.format == "pt2" else (".pt",))
     checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer})
     kind = detectFormat(args.source)
     if args.localizer and kind == "auto3dseg":
@@ -396,6 +398,8 @@ def run(args, console) -> int:
     if kind == "torchscript":
         from .torchscriptimport import importTorchScript
 
+        if args.format == "pt2":
+            raise MedSegUNetError("A published TorchScript network exists only as TorchScript (no eager network to export): import it without --format pt2.")
         if not args.card:
             raise MedSegUNetError("Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output).")
         card = importTorchScript(args.source, args.card, args.output, args.localizer)
@@ -403,11 +407,11 @@ def run(args, console) -> int:
                      + (" (localiser included)" if args.localizer else ""))
         return 0
     if kind == "bundle":
-        card = importBundle(args.source, args.output)
+        card = importBundle(args.source, args.output, format=args.format)
     elif kind == "onnx":
-        card = importONNX(args.source, args.card, args.output)
+        card = importONNX(args.source, args.card, args.output, format=args.format)
     else:
-        card = importAuto3DSeg(args.source, args.labels, args.output)
+        card = importAuto3DSeg(args.source, args.labels, args.output, format=args.format)
     for note in card["provenance"].get("notes", []):
         console.line(f"Note: {note}")
     verified = card["provenance"]["verified"]

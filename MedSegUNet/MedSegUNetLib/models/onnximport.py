@@ -295,7 +295,7 @@ def checkGraphEnd(model, source: str) -> None:
         raise MedSegUNetError(f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, before the {last.op_type}.")
 
 
-def importONNX(source: str, cardPath: str, output: str, origin: str | None = None) -> dict:
+def importONNX(source: str, cardPath: str, output: str, origin: str | None = None, format: str = "torchscript") -> dict:
     """Convert and verify an ONNX model; write it with its card. Returns the card written
     (``origin``: the source it records, :func:`verification.provenance`).
 
@@ -351,5 +351,5 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
         raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
     card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes, origin, networkArguments(spec, "the card's network"))
-    saveModel(scripted, card, output)
+    saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
