@@ -42,7 +42,7 @@ SAMPLE_DATA_FILES = (
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
     "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
-    "engine.schemacheck", "engine.modelcard", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline",
+    "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline",
     "engine.outputs", "engine.statistics", "models.downloads", "models.networks", "models.verification", "models.onnximport",
     "models.torchscriptimport", "models.importing", "models.sources",
     "models.catalog", "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.nodes", "slicer.dicomexport",
@@ -66,7 +66,7 @@ class MedSegUNet(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["MedSegUNet developers"]
         self.parent.helpText = _(
-            "Segments MRI volumes with TorchScript MONAI U-Nets described by a model card, inside the "
+            "Segments MRI volumes with MONAI U-Nets (TorchScript or torch.export files) described by a model card, inside the "
             "region covered by all series of the study (for example axial, sagittal and coronal T2). "
             'See the <a href="{url}">README</a> for models, console batch use and the command line tool.'
         ).format(url=README_URL)
