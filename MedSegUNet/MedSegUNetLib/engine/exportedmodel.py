@@ -221,13 +221,25 @@ def _checkPlainPickle(data: bytes, what: str) -> None:
 
 
 def loadCheckedExported(source, device, what: str, program: str = "model"):
-    """One program of a checked ``.pt2`` archive, as a module on ``device`` that nothing has called.
+    """One program of a checked ``.pt2`` archive, as a module on ``device`` that nothing has called
+    (:func:`loadCheckedPrograms`, for a caller that needs only one).
+
+    Args:
+        program: ``model``, or ``localizer`` (the card's localiser network, stored beside it).
+    """
+    return loadCheckedPrograms(source, device, what, (program,))[program]
+
+
+def loadCheckedPrograms(source, device, what: str, programs=("model",), members: dict[str, bytes] | None = None) -> dict:
+    """Programs of a checked ``.pt2`` archive, read, checked and deserialised once, as modules on
+    ``device`` that nothing has called.
 
     Args:
         source: a file path, or the archive's bytes.
         device: where the weights go.
         what: the file as messages name it.
-        program: ``model``, or ``localizer`` (the card's localiser network, stored beside it).
+        programs: the programs wanted (``model``, ``localizer``).
+        members: the archive's members when the caller has read and checked them already.
 
     Raises:
         MedSegUNetError: as :func:`readCheckedMembers`, a missing program, or torch refusing it.
@@ -235,23 +247,25 @@ def loadCheckedExported(source, device, what: str, program: str = "model"):
     from .errors import firstLine
 
     load_pt2 = _archiveFunctions()[0]
-    members = readCheckedMembers(source, what)
-    if not any(name.endswith(f"/models/{program}.json") for name in members):
-        raise MedSegUNetError(f"{what} holds no '{program}' network: convert or export it again with its {program}.")
+    members = members if members is not None else readCheckedMembers(source, what)
+    for program in programs:
+        if not any(name.endswith(f"/models/{program}.json") for name in members):
+            raise MedSegUNetError(f"{what} holds no '{program}' network: convert or export it again with its {program}.")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as checked:
         for name, data in members.items():
             checked.writestr(name, data)
     buffer.seek(0)
     try:
-        contents = load_pt2(buffer)
-        exported = contents.exported_programs[program]
+        exported = load_pt2(buffer).exported_programs
+        wanted = {program: exported[program] for program in programs}
     except Exception as error:  # torch raises many types for archives it cannot read
         raise MedSegUNetError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({firstLine(str(error))[:140]}).") from None
-    for node in exported.graph.nodes:
-        if node.op == "call_function":
-            checkTarget(_targetName(node.target), what)
-    return exported.module().to(device)
+    for program in wanted.values():
+        for node in program.graph.nodes:
+            if node.op == "call_function":
+                checkTarget(_targetName(node.target), what)
+    return {name: program.module().to(device) for name, program in wanted.items()}
 
 
 def _targetName(target) -> str:
@@ -361,11 +375,13 @@ def saveExportedModel(network, card: dict, path, localizer=None, references=(), 
         raise MedSegUNetError(f"torch.export cannot capture the network ({firstLine(str(error))[:160]}): keep the TorchScript format (--format torchscript).") from None
 
     def verify(written: str) -> None:
-        stored = [data for name, data in readCheckedMembers(written, f"The written model '{written}'").items() if name.endswith("/" + CARD_MEMBER)]
-        if stored != [cardText.encode("utf-8")]:
+        what = f"The written model '{written}'"
+        members = readCheckedMembers(written, what)
+        if [data for name, data in members.items() if name.endswith("/" + CARD_MEMBER)] != [cardText.encode("utf-8")]:
             raise MedSegUNetError(f"The model file '{written}' was written incompletely; nothing was kept: check the free disk space.")
+        loadedPrograms = loadCheckedPrograms(written, "cpu", what, tuple(modules), members)
         for name, module in modules.items():
-            loaded = loadCheckedExported(written, "cpu", f"The written model '{written}'", name)
+            loaded = loadedPrograms[name]
             with torch.no_grad():
                 expected, answered = module(examples[name]), loaded(examples[name])
             if not torch.equal(expected, answered):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MedSegUNetError, firstLine
-from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedExported  # noqa: F401  (the card's limit, for both formats)
+from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedPrograms  # noqa: F401  (the card's limit, for both formats)
 from .graphsafety import loadCheckedTorchScript
 from .schemacheck import resolveReference, structuralErrors
 
@@ -452,8 +452,9 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
             cached.card = card
             return cached
         if isExportedArchive(path):
-            network = loadCheckedExported(path, torchDevice, f"Model '{path}'")
-            localizer = loadCheckedExported(path, torchDevice, f"The localiser network of '{path}'", "localizer") if card.get("localizer") else None
+            # One read, check and deserialisation of the archive for both programs.
+            programs = loadCheckedPrograms(path, torchDevice, f"Model '{path}'", ("model", "localizer") if card.get("localizer") else ("model",))
+            network, localizer = programs["model"], programs.get("localizer")
         else:
             network = loadCheckedTorchScript(path, torchDevice, f"Model '{path}'")
             localizer = _loadLocalizer(path, torchDevice) if card.get("localizer") else None
