@@ -269,3 +269,118 @@ def runBlock(block: str, folder: Path, environment: dict | None = None) -> subpr
     prelude = "" if shutil.which("medsegunet") else f'medsegunet() {{ "{sys.executable}" -m MedSegUNetLib.cli "$@"; }}\n'
     return subprocess.run(["bash", "-e", "-c", prelude + block], cwd=folder, capture_output=True, text=True, timeout=600,
                           env={**os.environ, **(environment or {})}, stdin=subprocess.DEVNULL)
+
+
+class TerminalCapture:
+    """What a command drew on a pseudo-terminal: the raw text and the bar percentages in order."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.text = ""
+
+    @property
+    def percentages(self) -> list[int]:
+        """The bar's percentages in the order tqdm drew them (``' 45%|'``)."""
+        return [int(value) for value in re.findall(r"(\d+)%\|", self.text)]
+
+
+@contextlib.contextmanager
+def aTerminalOnStderr(monkeypatch):
+    """``sys.stderr`` on a real pseudo-terminal (160 columns) for the block, its output drained
+    by a thread; yields a :class:`TerminalCapture`, complete when the block ends."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    capture = TerminalCapture()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer closed it
+                break
+            if not data:
+                break
+            capture.received.extend(data)
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    stream = open(slave, "w", buffering=1, encoding="utf-8", closefd=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "stderr", stream)
+        try:
+            yield capture
+        finally:
+            stream.close()
+            thread.join(timeout=30)
+            os.close(master)
+            capture.text = capture.received.decode("utf-8", "replace")
+
+
+def baseRequirementClosure(requirements: list[str]) -> dict:
+    """The installed distributions that ``pip install -e .`` brings for ``requirements``: each
+    requirement and, recursively, its own (markers evaluated, extras followed only where asked)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict = {}
+    pending = [(Requirement(line), ()) for line in requirements]
+    while pending:
+        requirement, parentExtras = pending.pop()
+        if requirement.marker is not None and not any(requirement.marker.evaluate({"extra": extra}) for extra in ("", *parentExtras)):
+            continue
+        name = canonicalize_name(requirement.name)
+        extras = tuple(sorted(requirement.extras))
+        if (name, extras) in found:
+            continue
+        distribution = importlib.metadata.distribution(requirement.name)
+        found[(name, extras)] = distribution
+        pending.extend((Requirement(line), extras) for line in distribution.requires or [])
+    return {name: distribution for (name, _), distribution in found.items()}
+
+
+@pytest.fixture(scope="session")
+def a_base_install(tmp_path_factory) -> dict:
+    """A fresh virtual environment holding MedSegUNet as ``pip install -e .`` leaves it: the base
+    dependencies and theirs, and nothing an extra or the tests bring.
+
+    Offline and in seconds: the base closure's installed distributions are linked, one top-level
+    entry each, into a folder the new environment reads through a ``.pth`` file; MedSegUNet is
+    installed into it by its own pip (editable, no index), and ``pip check`` proves that the
+    linked set satisfies every requirement. Returns its ``python``, ``bin`` folder and the names.
+    """
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    root = tmp_path_factory.mktemp("base-install")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    # pip, which every environment has (it pulls published models), and setuptools, the backend
+    # that pip install -e . builds with (build-system.requires), as this Python's own would bring.
+    distributions = baseRequirementClosure([*project["project"]["dependencies"], *project["build-system"]["requires"], "pip"])
+    linked = root / "base-packages"
+    linked.mkdir()
+    for distribution in distributions.values():
+        for file in distribution.files or []:
+            top = file.parts[0]
+            if top not in ("..", "__pycache__") and not os.path.lexists(linked / top):
+                os.symlink(Path(distribution.locate_file("")) / top, linked / top)
+    environment = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True, capture_output=True, timeout=300)
+    python = environment / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "base-packages.pth").write_text(f"{linked}\n", encoding="utf-8")
+    clean = {key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "PYTHON"))}
+    for command in (["install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(REPO_ROOT)], ["check"]):
+        done = subprocess.run([str(python), "-m", "pip", *command], capture_output=True, text=True, timeout=600, env=clean, cwd=root)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return {"python": str(python), "bin": str(environment / "bin"), "distributions": sorted(distributions)}
+
+
+def errorLines(stderr: str) -> list[str]:
+    """Standard error without the plain progress lines (``[ 45%] ...``) that ``models pull`` writes
+    there in a log (its stdout is the path): what is left must be the one error line."""
+    return [line for line in stderr.strip().splitlines() if not re.match(r"^\[\s*\d+%\] ", line)]

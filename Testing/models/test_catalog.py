@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from conftest import errorLines
 from MedSegUNetLib.models import catalog
 
 from MedSegUNetLib import cli
@@ -85,7 +86,7 @@ def test_list_pull_and_run_by_name(capsys, tmp_path, a_mirror):
 )
 def test_refusals_leave_nothing_in_the_cache(capsys, a_mirror, name, expected):
     assert cli.main(["models", "pull", name]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and expected in err[0] and "Traceback" not in err[0]
     # Nothing at all: no file, and no empty folder left by the failed pull.
     assert not a_mirror["cache"].exists() or list(a_mirror["cache"].rglob("*")) == []
@@ -158,7 +159,7 @@ def test_a_trickling_server_is_given_up_on(capsys, tmp_path, a_trickling_server,
     started = time.monotonic()
     assert cli.main(["models", "pull", "slow"]) == 2
     assert time.monotonic() - started < 30  # the limit is 2 s; the bytes would take days
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "did not finish within 2 s" in err[0] and "MEDSEGUNET_DOWNLOAD_TIMEOUT" in err[0], err
     assert not (tmp_path / "cache").exists() or list((tmp_path / "cache").rglob("*")) == []
 
@@ -167,7 +168,7 @@ def test_a_trickling_server_is_given_up_on(capsys, tmp_path, a_trickling_server,
 def test_a_bad_download_limit_is_one_line(capsys, a_mirror, monkeypatch, value):
     monkeypatch.setenv("MEDSEGUNET_DOWNLOAD_TIMEOUT", value)
     assert cli.main(["models", "pull", "threshold"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "MEDSEGUNET_DOWNLOAD_TIMEOUT" in err[0]
 
 
@@ -249,7 +250,7 @@ def test_a_model_is_pulled_from_its_own_package_imported_and_cached(capsys, a_pa
 def test_a_failed_source_pull_caches_nothing(capsys, a_package_index, source, expected):
     a_package_index["catalogWith"](source)
     assert cli.main(["models", "pull", "gland"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and expected in err[0], err
     assert not a_package_index["cache"].exists() or list(a_package_index["cache"].rglob("*")) == []
 
@@ -268,7 +269,7 @@ def test_an_onnx_url_source_is_imported_on_pull(capsys, a_package_index):
 def test_a_pip_source_must_pin_one_version(capsys, a_package_index, pip):
     a_package_index["catalogWith"]({"pip": pip, "file": "published_gland/resources/model.onnx", "sha256": "0" * 64})
     assert cli.main(["models", "list"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "must pin one version" in err[0], err
 
 
@@ -321,7 +322,7 @@ def test_catalog_fields_of_the_wrong_type_are_one_line(capsys, tmp_path, monkeyp
     (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
     assert cli.main(["models", "list"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and f"has a '{field}' that is not text" in err[0], err
 
 
@@ -331,7 +332,7 @@ def test_a_relative_catalog_url_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
     assert cli.main(["models", "pull", "m"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "Cannot download model 'm'" in err[0] and "internal error" not in err[0], err
 
 
@@ -360,7 +361,7 @@ def test_a_torchscript_url_source_with_its_localiser_is_wrapped_on_pull(capsys, 
     assert (loaded.card["provenance"]["source"], loaded.card["provenance"]["localizer"]) == (url + "model.pt", url + "bbox_model.pt")
     assert cli.main(["info", str(loaded.path)]) == 0 and f"torchscript {url}model.pt (SHA256" in capsys.readouterr().out
     assert cli.main(["models", "pull", "tampered"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "nothing was cached" in err[0], err
     assert not (tmp_path / "cache" / "models" / "tampered").exists()
 
@@ -481,3 +482,63 @@ def test_a_published_source_has_no_pt2_to_pull(capsys, monkeypatch, tmp_path):
     assert cli.main(["models", "pull", "prostate-gland-taps", "--format", "pt2"]) == 2
     assert "The catalog has no .pt2 file of 'prostate-gland-taps': pull it, then make one with 'medsegunet convert'." in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# progress where a user waits: a bar that moves on a terminal, plain lines in a log
+# ---------------------------------------------------------------------------------------------
+
+def aServedZooCopy(a_file_server, repo_root, monkeypatch, tmp_path) -> dict:
+    """A zoo model (0.9 MB: fifteen 64 KiB blocks) served under another name on 127.0.0.1, and an empty cache."""
+    served, url = a_file_server
+    model = repo_root / "Resources" / "Models" / "brain-tumor-2d" / "brain-tumor-2d.pt"
+    shutil.copy(model, served / "mirrored.pt")
+    entry = {"name": "mirrored", "url": url + "mirrored.pt", "sha256": sha256(model), "bytes": model.stat().st_size, "description": "a mirror's copy"}
+    (served / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", url + "catalog.json")
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
+    return {"cache": tmp_path / "cache", "model": model}
+
+
+def test_a_pull_draws_a_moving_bar_on_a_terminal(monkeypatch, tmp_path, a_file_server, repo_root):
+    import io
+    import sys
+
+    from conftest import aTerminalOnStderr
+
+    served = aServedZooCopy(a_file_server, repo_root, monkeypatch, tmp_path)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with aTerminalOnStderr(monkeypatch) as terminal:
+        assert cli.main(["models", "pull", "mirrored"]) == 0
+    path = sys.stdout.getvalue()
+    # Standard output is the path alone; the bar is redrawn in place, its percentage rising to the end.
+    assert path.strip().startswith(str(served["cache"])) and len(path.splitlines()) == 1 and sha256(path.strip()) == sha256(served["model"])
+    assert "\r" in terminal.text and "Downloading mirrored.pt" in terminal.text and re.search(r"of 0\.9\d? MB", terminal.text)
+    assert len(set(terminal.percentages)) >= 5 and terminal.percentages == sorted(terminal.percentages) and terminal.percentages[-1] == 100
+
+
+@pytest.mark.parametrize("quiet, expected", [(False, ["Downloading mirrored.pt"]), (True, [])], ids=["log", "quiet"])
+def test_a_pull_in_a_log_prints_plain_lines_on_stderr(capsys, monkeypatch, tmp_path, a_file_server, repo_root, quiet, expected):
+    served = aServedZooCopy(a_file_server, repo_root, monkeypatch, tmp_path)
+    assert cli.main(["models", "pull", "mirrored", *(["-q"] if quiet else [])]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().startswith(str(served["cache"])) and len(captured.out.splitlines()) == 1
+    # One line per step, no carriage return: a batch system's log reads it as it is.
+    lines = captured.err.splitlines()
+    assert "\r" not in captured.err and [re.sub(r"^\[\s*\d+%\] ", "", line).split(":")[0] for line in lines] == expected, lines
+
+
+def test_a_source_pull_logs_its_import_steps_in_order(capsys, a_package_index):
+    """Fetch, checksum, the import's own steps (read, build, verify, write), the cache write: in
+    that order, each once, with fractions that never go back."""
+    index = a_package_index
+    index["catalogWith"]({"pip": "published-gland==1.0", "file": "published_gland/resources/model.onnx", "sha256": sha256(index["onnx"])})
+    assert cli.main(["models", "pull", "gland"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    steps = [re.match(r"^\[\s*(\d+)%\] (.*)$", line).groups() for line in lines]
+    assert [int(percent) for percent, _ in steps] == sorted(int(percent) for percent, _ in steps)
+    expected = ["Fetching published-gland==1.0 with pip", "Checking SHA256 of model.onnx", "Importing and verifying model.onnx as 'gland'",
+                "Reading the ONNX graph model.onnx", "Building SegResNetDS and loading its weights",
+                "Verifying the converted network against onnxruntime on a (1, 1, 32, 32, 32) patch", "Writing and checking gland.pt",
+                "Writing 'gland' to the cache", "'gland' is cached"]
+    assert [message.split(":")[0] for _, message in steps] == expected, lines

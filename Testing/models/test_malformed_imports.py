@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import treeDigest
+from conftest import errorLines, treeDigest
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.errors import MedSegUNetError
 
@@ -25,7 +25,7 @@ def oneLine(capsys, argv, folder: Path, expected: str) -> str:
     """Run the command; exit 2, one line holding ``expected``, nothing written in ``folder``."""
     before = treeDigest(folder)
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("medsegunet: error:") and "internal error" not in err[0], err
     assert expected in err[0], err[0]
     assert treeDigest(folder) == before

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import SHARED_DATA, requireSharedData, servedFolder
+from conftest import SHARED_DATA, errorLines, requireSharedData, servedFolder
 from MedSegUNetLib import cli
 
 pytest.importorskip("onnxruntime", reason="the import extra is not installed")
@@ -83,22 +84,31 @@ def a_package_index(tmp_path_factory):
         yield url + "simple/"
 
 
+def inTheBaseInstall(base: dict, cache: Path, index: str | None = None) -> dict:
+    """The environment of a user of the quick-start install: its ``medsegunet`` first on PATH, the
+    model cache ``cache``, the shipped catalog, pip pointed at ``index`` alone."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MEDSEGUNET_", "PIP_FIND_LINKS", "PIP_NO_INDEX"))}
+    environment.update(PATH=base["bin"] + os.pathsep + os.environ["PATH"], MEDSEGUNET_CACHE=str(cache))
+    if index:
+        environment["PIP_INDEX_URL"] = index
+    return environment
+
+
 @pytest.fixture(scope="module")
-def published_models(tmp_path_factory, a_package_index):
-    """``models pull`` of both shipped entries with pip pointed at the local index alone: name → cached model."""
+def published_models(tmp_path_factory, a_package_index, a_base_install):
+    """``models pull`` of both shipped entries in a fresh environment with only ``pip install -e .``
+    (:func:`conftest.a_base_install`), pip pointed at the local index alone: name → cached model."""
     cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PIP_INDEX_URL", a_package_index)
-        patch.delenv("PIP_FIND_LINKS", raising=False)
-        patch.delenv("PIP_NO_INDEX", raising=False)
-        patch.setenv("MEDSEGUNET_CACHE", str(cache))
-        patch.delenv("MEDSEGUNET_CATALOG", raising=False)
-        paths = {}
-        for name in ("prostate-gland-taps", "brain-mask-deepbet"):
-            done = subprocess.run([sys.executable, "-m", "MedSegUNetLib.cli", "models", "pull", name], capture_output=True, text=True, timeout=900)
-            assert done.returncode == 0, done.stderr
-            paths[name] = Path(done.stdout.strip().splitlines()[-1])
-    return {"cache": cache, **paths}
+    environment = inTheBaseInstall(a_base_install, cache, a_package_index)
+    paths = {}
+    for name in ("prostate-gland-taps", "brain-mask-deepbet"):
+        done = subprocess.run(["medsegunet", "models", "pull", name], capture_output=True, text=True, timeout=900, env=environment)
+        assert done.returncode == 0, done.stderr
+        paths[name] = Path(done.stdout.strip())
+        # Its log: each step once, in order, on stderr (stdout is the path alone).
+        steps = re.findall(r"^\[\s*(\d+)%\] ([^:\n]*)", done.stderr, re.MULTILINE)
+        assert [int(percent) for percent, _ in steps] == sorted(int(percent) for percent, _ in steps) and steps[-1][1] == f"'{name}' is cached", done.stderr
+    return {"cache": cache, "environment": environment, **paths}
 
 
 def test_both_entries_pull_from_a_local_package_index_and_are_cached(published_models):
@@ -151,7 +161,7 @@ def test_a_wrong_sha256_caches_nothing(capsys, tmp_path, monkeypatch, a_package_
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     monkeypatch.delenv("PIP_NO_INDEX", raising=False)
     assert cli.main(["models", "pull", "brain-mask-deepbet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "nothing was cached" in err[0] and ("bbox_model.pt" in err[0]) == (field == "localizer"), err
     assert not (tmp_path / "cache").exists() or [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
 
@@ -189,17 +199,18 @@ def taps_home_mask(tmp_path_factory, prostate_images):
 def test_taps_on_the_whole_volume_agrees_with_taps_itself(tmp_path, published_models, prostate_series, taps_home_mask):
     """``segment --model prostate-gland-taps --no-roi``: the same field of view as TAPS's own command."""
     tra = list(prostate_series.values())[0]
-    assert cli.main(["segment", "-q", "--model", "prostate-gland-taps", "--no-roi", tra, "--output", str(tmp_path / "ours.nii.gz")]) == 0
+    assert cli.main(["segment", "-q", "--model", str(published_models["prostate-gland-taps"]), "--no-roi", tra, "--output", str(tmp_path / "ours.nii.gz")]) == 0
     ours = mask(tmp_path / "ours.nii.gz")
     assert ours.shape == taps_home_mask.shape and dice(ours, taps_home_mask) >= 0.97
 
 
 def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, published_models, prostate_series, taps_home_mask):
     """With the three series' ROI and the card's context: Dice against both AI gland readers at
-    least TAPS's own (whole volume) − 0.01."""
+    least TAPS's own (whole volume) − 0.01; run by name by the quick-start install's ``medsegunet``."""
     tra, sag, cor = prostate_series.values()
-    assert cli.main(["segment", "-q", "--model", "prostate-gland-taps", tra, "--roi-from", sag, cor, "--stats-json", str(tmp_path / "s.json"),
-                     "--output", str(tmp_path / "ours.nii.gz")]) == 0
+    done = subprocess.run(["medsegunet", "segment", "-q", "--model", "prostate-gland-taps", tra, "--roi-from", sag, cor, "--stats-json", "s.json",
+                           "--output", "ours.nii.gz"], capture_output=True, text=True, timeout=900, env=published_models["environment"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     (segment,) = json.loads((tmp_path / "s.json").read_text())["segments"]
     assert segment["name"] == "prostate" and segment["qc"] == "ok"
     ours = mask(tmp_path / "ours.nii.gz")
@@ -214,8 +225,10 @@ def test_deepbet_agrees_with_deepbet_itself_on_brats(tmp_path, published_models)
     deepbet = pytest.importorskip("deepbet", reason="deepbet (the home tool) is not installed: pip install -e \".[test]\"")
     t1n = requireSharedData("brain-tumor", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t1n.nii.gz")
     deepbet.run_bet([str(t1n)], mask_paths=[str(tmp_path / "home.nii.gz")], no_gpu=True)
-    assert cli.main(["segment", "-q", "--model", "brain-mask-deepbet", str(t1n), "--output", str(tmp_path / "ours.nii.gz"),
-                     "--stats-json", str(tmp_path / "s.json")]) == 0
+    # By name, by the quick-start install's medsegunet (deepbet itself is not in that environment).
+    done = subprocess.run(["medsegunet", "segment", "-q", "--model", "brain-mask-deepbet", str(t1n), "--output", "ours.nii.gz", "--stats-json", "s.json"],
+                          capture_output=True, text=True, timeout=900, env=published_models["environment"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     home, ours, brain = mask(tmp_path / "home.nii.gz"), mask(tmp_path / "ours.nii.gz"), mask(t1n) > 0
     assert dice(ours, home) >= 0.97
     assert dice(ours, brain) >= dice(home, brain) - 0.01

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, servedFolder, treeDigest
+from conftest import REPO_ROOT, errorLines, servedFolder, treeDigest
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.engine.volumes import sha256
@@ -129,7 +129,7 @@ def test_a_pip_payload_in_the_current_folder_never_runs(tmp_path, requirement):
     before = treeDigest(work)
     done = subprocess.run(pullCommand("pkg"), cwd=work, env=environment, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+    lines = errorLines(done.stderr)
     assert len(lines) == 1 and "'pip' must pin one version" in lines[0], lines
     assert not marker.exists() and treeDigest(work) == before and not (tmp_path / "cache").exists()
 
@@ -215,7 +215,7 @@ def test_pip_keeps_the_deadline_and_the_minimum_rate(a_stalled_index, variables,
     done = subprocess.run(pullCommand("slow"), cwd=a_stalled_index["cwd"], env={**a_stalled_index["env"], **variables},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+    lines = errorLines(done.stderr)
     assert len(lines) == 1 and expected in lines[0] and "pip could not download slowpkg==1.0" in lines[0], lines
     assert time.monotonic() - started < 40
     assert a_stalled_index["index"].requested.is_set()
@@ -238,7 +238,7 @@ def test_pip_ends_with_the_pull_however_it_ends(a_stalled_index, how):
     if how == signal.SIGKILL:
         return  # nothing of ours runs after SIGKILL: only the kernel's ending of pip is asked for
     assert process.returncode == {signal.SIGTERM: 143, signal.SIGINT: 130}[how], stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert len(errorLines(stderr)) == 1, stderr
     assert treeDigest(a_stalled_index["tmp"]) == {}, "temporary folders were left"
 
 
@@ -254,7 +254,7 @@ def test_a_file_source_that_is_a_fifo_is_refused_at_once(tmp_path, monkeypatch, 
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
     started = time.monotonic()
     assert cli.main(["models", "pull", "fifo"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "is not a regular file" in err[0], err
     assert time.monotonic() - started < 10
 
@@ -277,7 +277,7 @@ def test_a_download_stops_at_the_catalogs_bytes(tmp_path, declared):
             environment["MEDSEGUNET_DOWNLOAD_MAX_BYTES"] = "4096"
         for name, expected in (("big", "larger than the 4096 bytes it may have"), ("zero", "not a regular file")):
             done = subprocess.run(pullCommand(name), cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
-            lines = done.stderr.strip().splitlines()
+            lines = errorLines(done.stderr)
             assert done.returncode == 2 and len(lines) == 1 and expected in lines[0], done.stderr
     assert not (tmp_path / "cache").exists() or not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
 
@@ -357,7 +357,7 @@ def test_a_damaged_cached_model_offline_is_one_line(capsys, a_url_source, monkey
     entry = {**a_url_source["entry"], "source": {**a_url_source["entry"]["source"], "url": "http://127.0.0.1:9/model.pt"}}
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(catalogOf(tmp_path, entry)))
     assert cli.main(["models", "pull", "published"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "Cannot download" in err[0] and "internal error" not in err[0], err
 
 
@@ -366,7 +366,7 @@ def test_a_cached_path_that_is_a_folder_is_refused(capsys, a_url_source):
     cached.mkdir(parents=True)
     (cached / "mine.txt").write_text("a user's file")
     assert cli.main(["models", "pull", "published"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and "is not a regular file" in err[0], err
     assert sorted(os.listdir(cached)) == ["mine.txt"]
 
@@ -388,7 +388,7 @@ def test_a_catalog_field_of_the_wrong_form_is_one_line(capsys, tmp_path, monkeyp
     entry = {"name": "ok", "url": "http://127.0.0.1:9/x.pt", "sha256": "0" * 64, **change}
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(catalogOf(tmp_path, entry)))
     assert cli.main(["models", "list"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and expected in err[0] and "internal error" not in err[0], err
 
 
@@ -432,7 +432,7 @@ def test_a_pip_source_whose_member_inflates_past_its_bytes_caches_nothing(tmp_pa
                             "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
         done = subprocess.run(pullCommand("bomb"), cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=180)
     assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+    lines = errorLines(done.stderr)
     assert len(lines) == 1 and "inflates to more than 1.0 MiB" in lines[0], lines
     assert not (tmp_path / "cache").exists() or not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
 
@@ -447,7 +447,8 @@ def test_a_source_pull_reports_each_step_in_order(a_url_source):
     # The download's own lines (bytes, rate, time left) come within the fetch step.
     downloads = [message for _, message in steps if message.startswith("Downloading model.pt: ")]
     assert downloads and downloads[-1].split(": ", 1)[1].startswith(f"{a_url_source['served'].joinpath('model.pt').stat().st_size / 2**20:.1f} of ")
-    assert [word for word in words if word != "Downloading"] == ["Fetching", "Checking", "Importing", "Writing", "'published'"], steps
+    # The import's own steps (read, verify, write and check) come within the import step.
+    assert [word for word in words if word != "Downloading"] == ["Fetching", "Checking", "Importing", "Reading", "Verifying", "Writing", "Writing", "'published'"], steps
     assert [fraction for fraction, _ in steps] == sorted(fraction for fraction, _ in steps) and steps[-1][0] == 1.0
     assert steps[0][1] == f"Fetching {a_url_source['entry']['source']['url']}"
 

@@ -4,7 +4,8 @@
   progress bar (drawn in place).
 - Standard output carries the log: when stderr is not a terminal (a batch system's log, a pipe),
   one plain progress line per stage, with no carriage returns; then, always, a summary of what
-  was written. ``roi`` prints its JSON there instead.
+  was written. ``roi`` prints its JSON there instead, and ``models pull`` the model's path (its
+  plain progress lines go to stderr).
 - ``-q/--quiet`` silences everything but errors, warnings and the commands' data.
 
 So ``2>errors.txt`` collects exactly the error line of a failed run.

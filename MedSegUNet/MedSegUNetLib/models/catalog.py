@@ -279,13 +279,18 @@ def runList(args, console) -> int:
 def runPull(args, console) -> int:
     import sys
 
-    # Standard output is the path alone (M=$(medsegunet models pull NAME)); a bar only on a terminal.
-    path = pullModel(args.name, progress=console if console.interactive else None, format=args.format)
+    from ..engine.console import ConsoleProgress
+
+    # Standard output is the path alone (M=$(medsegunet models pull NAME)), so in a log the
+    # progress lines go to stderr; on a terminal the bar is drawn there anyway.
+    progress = console if console.interactive else ConsoleProgress(quiet=console.quiet, stream=sys.stderr)
+    path = pullModel(args.name, progress=progress, format=args.format)
     console.close()
     sys.stdout.write(f"{path}\n")
     return 0
 
 
 def resolveModelOption(model: str, console) -> str:
-    """``--model``: a file, or a catalog name downloaded once into the cache (a bar on a terminal)."""
-    return resolveModel(model, progress=console if console is not None and getattr(console, "interactive", False) else None)
+    """``--model``: a file, or a catalog name downloaded once into the cache, its progress shown
+    by the command's console (a bar on a terminal, plain lines in its log)."""
+    return resolveModel(model, progress=console)

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..engine.errors import MedSegUNetError, firstLine
 from .onnximport import copyWeights, importONNX  # noqa: F401
-from .verification import buildNetwork, compareOutputs, provenance, readImportCard, verifyAgainstEager  # noqa: F401
+from .verification import ImportStage, buildNetwork, compareOutputs, provenance, readImportCard, reportStep, verifyAgainstEager  # noqa: F401
 
 
 def detectFormat(source: str) -> str:
@@ -166,9 +166,10 @@ def loadCheckpointAsData(source: str):
         raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
 
 
-def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None, format: str = "torchscript") -> dict:
+def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None, format: str = "torchscript", progress=None) -> dict:
     """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card
-    written (``origin``: the source it records, :func:`verification.provenance`)."""
+    written (``origin``: the source it records, :func:`verification.provenance`; ``progress``: told
+    each :class:`verification.ImportStage`)."""
     import torch
 
     from ..engine.modelcard import saveModel, validateCard
@@ -176,6 +177,7 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
     from ..engine.volumes import checkRegularFile, sha256
 
     checkRegularFile(source, "Checkpoint")
+    reportStep(progress, ImportStage.READING, f"the checkpoint {os.path.basename(source)} as data")
     checkpoint = loadCheckpointAsData(source)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
         raise MedSegUNetError(f"'{source}' is not an Auto3DSeg checkpoint (a dict with 'config' and 'state_dict').")
@@ -183,6 +185,7 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
     card, notes = cardFromAuto3DSeg(config, readLabels(labelsPath), source)
     card = validateCard(card, f"card made from '{source}'")
     network = buildAllowed(config.get("network"), f"'{source}': config key 'network'", config)
+    reportStep(progress, ImportStage.BUILDING, type(network).__name__)
     try:
         network.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # weights that do not fit raise many types
@@ -193,9 +196,11 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
         raise MedSegUNetError(f"The network of '{source}' cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
     # A patch the network takes, small enough for a CPU check.
     patch = [min(int(v), 64) // 32 * 32 or 32 for v in card["patch_size"]]
+    reportStep(progress, ImportStage.VERIFYING, f"the eager network on a {tuple(patch)} patch")
     verified = verifyAgainstEager(network, scripted, card, patch, "the labels (check --labels)")
     arguments = networkArguments(config.get("network"), f"'{source}': config key 'network'", config)
     card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes, origin, arguments)
+    reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
 
@@ -328,9 +333,9 @@ def readConfigFile(path: str) -> dict:
     return data
 
 
-def importBundle(source: str, output: str, origin: str | None = None, format: str = "torchscript") -> dict:
+def importBundle(source: str, output: str, origin: str | None = None, format: str = "torchscript", progress=None) -> dict:
     """Convert and verify a MONAI bundle folder; returns the card written (``origin``: the source it
-    records, :func:`verification.provenance`).
+    records, :func:`verification.provenance`; ``progress``: told each :class:`verification.ImportStage`).
 
     The configs are read as data: the network is built by :func:`networks.buildNetwork` (MONAI's
     networks only), and no expression of the bundle is evaluated.
@@ -341,6 +346,7 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
     from .networks import buildNetwork as buildAllowed, networkArguments
     from ..engine.volumes import sha256
 
+    reportStep(progress, ImportStage.READING, f"the bundle {os.path.basename(os.path.normpath(source))} as data")
     configs = os.path.join(source, "configs")
     inference = next((os.path.join(configs, name) for name in ("inference.json", "inference.yaml", "inference.yml") if os.path.isfile(os.path.join(configs, name))), None)
     if inference is None:
@@ -353,15 +359,18 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
     if not os.path.isfile(weights):
         raise MedSegUNetError(f"The bundle '{source}' has no models/model.pt (its weights).")
     network = buildAllowed(config.get("network_def"), f"the bundle '{source}': network_def", config)
+    reportStep(progress, ImportStage.BUILDING, type(network).__name__)
     state = loadCheckpointAsData(weights)
     try:
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
         scripted = torch.jit.script(network)
     except Exception as error:  # weights and scripting fail in many ways
         raise MedSegUNetError(f"The bundle's network cannot be loaded or scripted ({firstLine(error)[:140]}).") from None
+    reportStep(progress, ImportStage.VERIFYING, f"the eager network on a {tuple(card['patch_size'])} patch")
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
     arguments = networkArguments(config.get("network_def"), f"the bundle '{source}': network_def", config)
     card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [], origin, arguments)
+    reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
 
@@ -402,16 +411,17 @@ def run(args, console) -> int:
             raise MedSegUNetError("A published TorchScript network exists only as TorchScript (no eager network to export): import it without --format pt2.")
         if not args.card:
             raise MedSegUNetError("Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output).")
-        card = importTorchScript(args.source, args.card, args.output, args.localizer)
+        card = importTorchScript(args.source, args.card, args.output, args.localizer, progress=console)
         console.line(f"Wrote {args.output}: the written model answers a random {card['provenance']['verified']['patch']} input as the published one does"
                      + (" (localiser included)" if args.localizer else ""))
         return 0
     if kind == "bundle":
-        card = importBundle(args.source, args.output, format=args.format)
+        card = importBundle(args.source, args.output, format=args.format, progress=console)
     elif kind == "onnx":
-        card = importONNX(args.source, args.card, args.output, format=args.format)
+        card = importONNX(args.source, args.card, args.output, format=args.format, progress=console)
     else:
-        card = importAuto3DSeg(args.source, args.labels, args.output, format=args.format)
+        card = importAuto3DSeg(args.source, args.labels, args.output, format=args.format, progress=console)
+    console.close()
     for note in card["provenance"].get("notes", []):
         console.line(f"Note: {note}")
     verified = card["provenance"]["verified"]

@@ -8,10 +8,12 @@ scripted network is verified against onnxruntime before anything is written.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..engine.errors import MedSegUNetError, firstLine
-from .verification import buildNetwork, compareOutputs, provenance, readImportCard
+from .verification import ImportStage, buildNetwork, compareOutputs, provenance, readImportCard, reportStep
 from .networks import networkArguments
 
 
@@ -295,9 +297,10 @@ def checkGraphEnd(model, source: str) -> None:
         raise MedSegUNetError(f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, before the {last.op_type}.")
 
 
-def importONNX(source: str, cardPath: str, output: str, origin: str | None = None, format: str = "torchscript") -> dict:
+def importONNX(source: str, cardPath: str, output: str, origin: str | None = None, format: str = "torchscript", progress=None) -> dict:
     """Convert and verify an ONNX model; write it with its card. Returns the card written
-    (``origin``: the source it records, :func:`verification.provenance`).
+    (``origin``: the source it records, :func:`verification.provenance`; ``progress``: a
+    ``(fraction, message)`` callback told each :class:`verification.ImportStage`).
 
     Raises:
         MedSegUNetError: missing packages, a card without a network, weights that do not fit, an
@@ -315,6 +318,7 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
 
     if checkRegularFile(source, "ONNX model").st_size == 0:
         raise MedSegUNetError(f"ONNX model '{source}' is empty (0 bytes): a download failed; download or export it again.")
+    reportStep(progress, ImportStage.READING, f"the ONNX graph {os.path.basename(source)}")
     card = readImportCard(cardPath)
     spec = card.pop("network", None)
     network = buildNetwork(spec)
@@ -331,11 +335,13 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
 
     checkTensorBudget("The check's random patch", [1, len(card["inputs"]), *patch])
     sample = torch.randn(1, len(card["inputs"]), *patch, generator=torch.Generator().manual_seed(0))
+    reportStep(progress, ImportStage.BUILDING, type(network).__name__)
     notes = copyWeights(network, model, sample, source)
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript's frontend errors
         raise MedSegUNetError(f"The card's network cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
+    reportStep(progress, ImportStage.VERIFYING, f"onnxruntime on a {tuple(sample.shape)} patch")
     try:
         session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     except Exception as error:  # an operator or opset this onnxruntime does not know, a damaged graph
@@ -351,5 +357,6 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
         raise MedSegUNetError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
     card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes, origin, networkArguments(spec, "the card's network"))
+    reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card

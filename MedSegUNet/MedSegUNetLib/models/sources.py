@@ -131,7 +131,9 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
         if log:
             log(f"Importing {os.path.basename(fetched)} (SHA256 checked) as '{entry['name']}'")
         step(0.6, f"Importing and verifying {os.path.basename(fetched)} as '{entry['name']}'")
-        imported = importSource(entry, fetched, folder, localizerFile[0] if localizerFile else None)
+        # The import's own steps within the pull's share for it (60-95 %).
+        importProgress = (lambda fraction, message: progress(0.6 + 0.35 * fraction, message)) if progress is not None else None
+        imported = importSource(entry, fetched, folder, localizerFile[0] if localizerFile else None, importProgress)
         step(0.95, f"Writing '{entry['name']}' to the cache")
         path.parent.mkdir(parents=True, exist_ok=True)
         digest = sha256(imported)
@@ -232,8 +234,9 @@ def fetchURL(entry: dict, url: str, checksum: str, folder: str, progress=None) -
     return target
 
 
-def importSource(entry: dict, fetched: str, folder: str, localizer: str | None = None) -> str:
-    """The fetched file through the safe import of its kind; returns the verified model's path."""
+def importSource(entry: dict, fetched: str, folder: str, localizer: str | None = None, progress=None) -> str:
+    """The fetched file through the safe import of its kind (``progress`` told its steps); returns
+    the verified model's path."""
     from .importing import importAuto3DSeg, importBundle, importONNX
     from .torchscriptimport import importTorchScript, isTorchScript
 
@@ -249,16 +252,16 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
     if localizer is not None and not (suffix.endswith(".pt") and isTorchScript(fetched)):
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not TorchScript: only a TorchScript model comes with a localiser.")
     if suffix.endswith(".onnx"):
-        importONNX(fetched, cardPath, output, origin)
+        importONNX(fetched, cardPath, output, origin, progress=progress)
     elif suffix.endswith(".pt") and isTorchScript(fetched):
-        importTorchScript(fetched, cardPath, output, localizer, (origin, localizerOrigin))
+        importTorchScript(fetched, cardPath, output, localizer, (origin, localizerOrigin), progress=progress)
     elif suffix.endswith((".pt", ".pth", ".ckpt")):
         labels = os.path.join(folder, "labels.csv")
         with open(labels, "w", encoding="utf-8") as stream:
             stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
-        importAuto3DSeg(fetched, labels, output, origin)
+        importAuto3DSeg(fetched, labels, output, origin, progress=progress)
     elif suffix.endswith(".zip"):
-        importBundle(extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])), output, origin)
+        importBundle(extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])), output, origin, progress=progress)
     else:
         raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
     return output

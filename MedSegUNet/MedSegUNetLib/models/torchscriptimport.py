@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 
 from ..engine.errors import MedSegUNetError, firstLine
-from .verification import compareOutputs, provenance, readImportCard
+from .verification import ImportStage, compareOutputs, provenance, readImportCard, reportStep
 
 # A window no larger than this is used for the check when the card runs whole grids (cheap on a CPU).
 CHECK_SHAPE = [64, 64, 64]
@@ -74,9 +74,11 @@ def answer(network, sample, channels: int, probabilities: bool, what: str) -> np
     return values
 
 
-def importTorchScript(source: str, cardPath: str, output: str, localizerPath: str | None = None, origin: tuple[str, str | None] | None = None) -> dict:
+def importTorchScript(source: str, cardPath: str, output: str, localizerPath: str | None = None, origin: tuple[str, str | None] | None = None,
+                      progress=None) -> dict:
     """Wrap a published TorchScript network (and its localiser) with a card; returns the card written
-    (``origin``: the network's and the localiser's sources to record, :func:`verification.provenance`).
+    (``origin``: the network's and the localiser's sources to record, :func:`verification.provenance`;
+    ``progress``: told each :class:`verification.ImportStage`).
 
     Raises:
         MedSegUNetError: a file that is not TorchScript, a card whose localiser and ``--localizer``
@@ -91,6 +93,7 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
     card = validateCard(readImportCard(cardPath), f"model card '{cardPath}'")
     if (localizerPath is None) != (card.get("localizer") is None):
         raise MedSegUNetError("The card's 'localizer' and --localizer go together: give the localiser's TorchScript file with a card that describes it, or neither.")
+    reportStep(progress, ImportStage.READING, f"the TorchScript {os.path.basename(source)} and checking its operators")
     network = loadScripted(source, "Model")
     localizer = loadScripted(localizerPath, "Localiser") if localizerPath else None
     from ..engine.filecheck import checkTensorBudget
@@ -101,6 +104,7 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
     if card.get("localizer"):
         checkTensorBudget("The localiser check's random input", [1, len(card["inputs"]), *card["localizer"]["grid"]["shape"]])
     sample = torch.rand(*shape, generator=generator)
+    reportStep(progress, ImportStage.VERIFYING, f"its own answers on a {tuple(shape)} input")
     expected = answer(network, sample, outputChannels(card), card["output"] == "probabilities", "network")
     checks = [(sample, expected)]
     if localizer is not None:
@@ -113,6 +117,7 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
         card["provenance"].update(localizer=localizerOrigin or os.path.abspath(localizerPath), localizer_sha256=sha256(localizerPath))
     with tempfile.TemporaryDirectory(prefix="medsegunet-import-") as folder:
         # The file as it will be written, loaded back and asked the same questions.
+        reportStep(progress, ImportStage.WRITING, os.path.basename(output))
         trial = os.path.join(folder, "trial.pt")
         saveModel(network, card, trial, localizer=localizer)
         reloaded = loadModel(trial, "cpu")

@@ -4,12 +4,29 @@ against its source, and the provenance recorded in the card.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
+from typing import Callable
 
 import numpy as np
 
 from ..engine.errors import MedSegUNetError
+
+
+class ImportStage(enum.Enum):
+    """The steps of every import, in the order they run, with the share of the progress each starts at."""
+
+    READING = (0.00, "Reading {what}")
+    BUILDING = (0.20, "Building {what} and loading its weights")
+    VERIFYING = (0.50, "Verifying the converted network against {what}")
+    WRITING = (0.80, "Writing and checking {what}")
+
+
+def reportStep(progress: Callable[[float, str], None] | None, stage: ImportStage, what: str) -> None:
+    """Tell ``progress`` (a ``(fraction, message)`` callback, or None) that ``stage`` begins."""
+    if progress is not None:
+        progress(stage.value[0], stage.value[1].format(what=what))
 
 
 # float32 runtimes differ by ~1e-4 on logits of ~10: allowed difference, relative to the output range.
