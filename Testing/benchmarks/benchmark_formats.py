@@ -1,4 +1,5 @@
-"""Benchmark: the same models as TorchScript (``.pt``) and as ``torch.export`` archives (``.pt2``).
+"""Benchmark: the same models as TorchScript (``.pt``), as ``torch.export`` archives (``.pt2``) and as
+AOTInductor packages built from those (``segment --compile``).
 
 Not a test: run it by hand (figures in ``README.md`` beside it). Each model of the zoo (and TAPS,
 pulled fresh so that its card records its network's arguments) is converted with
@@ -12,6 +13,11 @@ pulled fresh so that its card records its network's arguments) is converted with
   voxels; 2D: 24 slices of 256 × 256, as ``SliceInferer`` runs them), with the card's patch,
   overlap and ``sw_batch_size``, after the first call;
 - **peak memory**: the process's ``ru_maxrss``.
+
+The AOTInductor package of each ``.pt2`` is built once first (``compile s``: export, C++ build,
+the check and the timing that decide whether it is used); its runs then load the cached package
+(``engine.compiled.loadCompiledModel``). A model whose package is not faster, or does not build,
+is reported as such and has no AOTInductor column.
 
 Usage (from the repository root)::
 
@@ -39,8 +45,16 @@ import torch
 torch.set_num_threads(int(sys.argv[3]))
 from monai.inferers import sliding_window_inference
 from MedSegUNetLib.engine.modelcard import loadModel
+from MedSegUNetLib.engine.compiled import loadCompiledModel
 started = time.perf_counter()
-model = loadModel(sys.argv[1], "cpu")
+if sys.argv[4] == "-":
+    model = loadModel(sys.argv[1], "cpu")
+else:
+    warnings = []
+    model = loadCompiledModel(sys.argv[1], "cpu", sys.argv[4], warnings.append)
+    if model.compiled is None:
+        print(json.dumps({"uncompiled": warnings}))
+        sys.exit(0)
 loaded = time.perf_counter()
 card = model.card
 dims = int(card["spatial_dims"])
@@ -61,10 +75,24 @@ print(json.dumps({"load": loaded - started, "first call": first - loaded, "slidi
 """
 
 
-def measure(path: str, threads: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, path, str(REPO_ROOT / "MedSegUNet"), str(threads)],
+def measure(path: str, threads: int, compiled: str = "-") -> dict:
+    """One fresh process's figures for ``path`` (``compiled``: the package cache, ``-`` for none)."""
+    done = subprocess.run([sys.executable, "-c", CHILD, path, str(REPO_ROOT / "MedSegUNet"), str(threads), compiled],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def buildPackage(path: str, cache: str, threads: int) -> dict:
+    """The AOTInductor package of ``path`` built once: its record and the seconds it took, or why not."""
+    import time
+
+    started = time.perf_counter()
+    first = measure(path, threads, cache)
+    from MedSegUNetLib.engine.compiled import packageKey, readRecord  # noqa: E402 (the parent imports torch only here)
+    from MedSegUNetLib.engine.modelcard import resolveDevice
+
+    record = readRecord(Path(cache) / packageKey(path, resolveDevice("cpu")))
+    return {"compile s": time.perf_counter() - started, "record": record, "uncompiled": first.get("uncompiled")}
 
 
 def medsegunet(*arguments: str, environment: dict | None = None) -> str:
@@ -92,15 +120,22 @@ def main() -> None:
         converted = str(work / f"{name}.pt2")
         if not os.path.exists(converted):
             print(medsegunet("convert", source, "--output", converted))
-        runs = {"TorchScript": [], ".pt2": []}
+        cache = str(work / "compiled")
+        package = buildPackage(converted, cache, args.threads)
+        formats = [("TorchScript", source, "-"), (".pt2", converted, "-")]
+        if package["record"] is not None and package["record"]["faster"]:
+            formats.append(("AOTInductor", converted, cache))
+        runs = {label: [] for label, _, _ in formats}
         for _ in range(args.repeats):
-            for label, path in (("TorchScript", source), (".pt2", converted)):
-                runs[label].append(measure(path, args.threads))
+            for label, path, compiled in formats:
+                runs[label].append(measure(path, args.threads, compiled))
         medians = {label: {key: statistics.median(run[key] for run in rows) for key in rows[0]} for label, rows in runs.items()}
-        ratios = {key: medians[".pt2"][key] / medians["TorchScript"][key] for key in medians[".pt2"]}
-        results[name] = {"medians": medians, ".pt2 / TorchScript": ratios,
+        ratios = {label: {key: medians[label][key] / medians["TorchScript"][key] for key in medians[label]} for label in medians if label != "TorchScript"}
+        results[name] = {"medians": medians, "/ TorchScript": ratios, "package": package,
                          "MB": {"TorchScript": os.path.getsize(source) / 1e6, ".pt2": os.path.getsize(converted) / 1e6}}
-        print(f"\n{name}: " + "; ".join(f"{key} {medians['TorchScript'][key]:.3g} vs {medians['.pt2'][key]:.3g} ({ratios[key]:.2f}×)" for key in ratios))
+        for label, ratio in ratios.items():
+            print(f"\n{name} {label}: " + "; ".join(f"{key} {medians['TorchScript'][key]:.3g} vs {medians[label][key]:.3g} ({ratio[key]:.2f}×)" for key in ratio))
+        print(f"{name} package: {package['compile s']:.1f} s to build; {package['record'] or package['uncompiled']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

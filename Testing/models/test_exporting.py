@@ -177,11 +177,15 @@ ZOO_EXAMPLE_INPUTS = {
 
 
 @pytest.mark.parametrize("name", list(ZOO_EXAMPLE_INPUTS))
-def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shared_data, tmp_path, monkeypatch, capsys):
+def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shared_data, tmp_path, capsys, a_base_install):
     """``info NAME``: the ROI series, QC ranges, licence, citation, and a ``segment`` line with the
-    model's own input names, which runs as printed once files of those names are there."""
+    model's own input names, which runs as printed once files of those names are there, in a fresh
+    environment with only ``pip install -e .`` (:func:`conftest.a_base_install`), after a
+    ``models pull`` that gives the shipped file offline."""
     import json
+    import os
     import shlex
+    import subprocess
 
     import SimpleITK as sitk
     from conftest import REPO_ROOT
@@ -202,6 +206,15 @@ def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shar
     for stem, source in ZOO_EXAMPLE_INPUTS[name].items():
         path = REPO_ROOT / "Testing" / "data" / "acdc" / source[5:] if source.startswith("acdc:") else shared_data / source
         sitk.WriteImage(readVolume(str(path)), str(tmp_path / f"{stem}.nii.gz"))
-    monkeypatch.chdir(tmp_path)
-    assert main([*words[1:], "-q"]) == 0, capsys.readouterr().err
-    assert (tmp_path / "segmentation.seg.nrrd").is_file()
+    environment = {**{key: value for key, value in os.environ.items() if not key.startswith("MEDSEGUNET_")},
+                   "PATH": a_base_install["bin"] + os.pathsep + os.environ["PATH"], "MEDSEGUNET_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", "-e", "-c", f"medsegunet models pull {name}\n{example}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].endswith(f"Resources/Models/{name}/{name}.pt") and not (tmp_path / "cache").exists()  # shipped: nothing downloaded
+    import slicerio
+
+    segmentation = slicerio.read_segmentation(str(tmp_path / "segmentation.seg.nrrd"))
+    assert [segment["name"] for segment in segmentation["segments"]] == [label["name"] for label in card["labels"]]
+    reference = sitk.ReadImage(str(tmp_path / words[4]))
+    assert list(segmentation["voxels"].shape[-3:]) == list(reference.GetSize())  # slicerio: IJK, after the layer axis of overlapping segments

@@ -158,6 +158,8 @@ def addParser(subparsers) -> None:
                         help="CPU threads of each worker's network (default: the CPU cores divided among the workers)")
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local worker processes, or Ray actors (pip install -e '.[ray]')")
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
+    parser.add_argument("--compile", action="store_true",
+                        help="a .pt2 model: every worker runs it as an AOTInductor package built once for this machine (cached), when it answers the same and is faster")
     parser.add_argument("--force", action="store_true", help="redo cases whose outputs are already complete")
     parser.add_argument("--dry-run", action="store_true", help="print the case × role → series table and change nothing")
     parser.add_argument("--resample-irregular", action="store_true", help="resample DICOM series with irregular slices instead of failing those cases")
@@ -178,6 +180,8 @@ def run(args, console) -> int:
         sys.stdout.write(dryRunTable(cases, card))
         return 0 if not any(case.error for case in cases) else 1
     options, devices = prepareOutput(args, card, cases)
+    if args.compile:
+        options.compiledCache = compiledCacheFor(args, devices, console)
     progress = CaseProgress(len(cases), quiet=args.quiet)
     rows, todo = rowsBeforeTheRun(cases, options, args.force, progress)
     if devices and todo and len(todo) < len(devices):
@@ -242,6 +246,20 @@ def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOpt
         format=args.format, device=args.device, resampleIrregular=args.resample_irregular, threads=threadsEach(args, devices),
     )
     return options, devices
+
+
+def compiledCacheFor(args, devices: Sequence[str], console) -> str | None:
+    """``--compile``: the model's AOTInductor package built (or found) once, here, before any
+    worker starts; the cache folder the workers load it from, or None (one line said why)."""
+    from ..engine.compiled import loadCompiledModel
+    from ..models.catalog import cacheFolder
+
+    cache = cacheFolder() / "compiled"
+    loaded = loadCompiledModel(args.model, devices[0] if devices else args.device, cache, console.warn, console)
+    if loaded.compiled is None:
+        return None
+    console.line(f"Workers run the AOTInductor package built for this machine ({loaded.compiled['speedup']:.2f}× the uncompiled speed on one patch)")
+    return str(cache)
 
 
 def threadsEach(args, devices: Sequence[str]) -> int:

@@ -50,6 +50,20 @@ class BatchOptions:
     # SHA256 of the effective card (embedded, or the sidecar that overrides it): a rerun redoes
     # cases made under another card even when the model file is the same.
     cardSHA256: str = ""
+    # --compile: the folder of AOTInductor packages, where the driver built (and kept) this model's.
+    compiledCache: str | None = None
+
+
+def loadCaseModel(options: BatchOptions, device: str):
+    """The model a worker runs: loaded once, and as the driver's AOTInductor package when
+    ``--compile`` made one (any later failure to load it runs the model uncompiled)."""
+    if options.compiledCache:
+        from ..engine.compiled import loadCompiledModel
+
+        return loadCompiledModel(options.modelPath, device, options.compiledCache, warn=lambda text: None)
+    from ..engine.modelcard import loadModel
+
+    return loadModel(options.modelPath, device)
 
 
 def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:

@@ -47,12 +47,12 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     _becomeAWorker()
     import torch
 
-    from ..engine.modelcard import loadModel
+    from .casejob import loadCaseModel
 
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
-        loaded = loadModel(options.modelPath, device)
+        loaded = loadCaseModel(options, device)
     except MedSegUNetError as error:
         results.put(("fatal", workerId, firstLine(error)))
         return

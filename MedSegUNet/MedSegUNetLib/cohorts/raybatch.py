@@ -33,14 +33,12 @@ class CaseActor:
             warnings.simplefilter("ignore", category)
         import torch
 
-        from ..engine.modelcard import loadModel
-
         if options.threads:
             torch.set_num_threads(options.threads)
-        from .casejob import warmUp
+        from .casejob import loadCaseModel, warmUp
 
         self.options = options
-        self.loaded = loadModel(options.modelPath, device)
+        self.loaded = loadCaseModel(options, device)
         self.networkLock = threading.Lock()
         warmUp(self.loaded.card)
 

@@ -279,21 +279,25 @@ def _targetName(target) -> str:
     return f"{'_operator' if module in ('operator', '_operator') else module}.{getattr(target, '__name__', target)}"
 
 
-def exportNetwork(network, example):
+def exportNetwork(network, example, dynamicSpatial: bool = True):
     """``torch.export.export`` of an eager network in eval mode with the batch and every spatial size dynamic.
 
     Args:
-        network: a ``torch.nn.Module``.
+        network: a ``torch.nn.Module``, or the module of a loaded ``.pt2`` program.
         example: a tensor ``N, C, *spatial`` of a size the network accepts (the card's patch).
+        dynamicSpatial: False keeps the spatial sizes of ``example`` (the batch stays dynamic).
     """
     import torch
     from torch.export import Dim
 
-    network = network.eval()
+    # An exported program's module (a loaded .pt2, compiled by AOTInductor) is in inference form
+    # already and refuses .eval().
+    if not isinstance(network, torch.fx.GraphModule):
+        network = network.eval()
     # Batch and spatial sizes are left to the caller (sliding-window batches, any ROI); a batch of 2
     # in the example keeps torch from fixing it at 1.
     example = torch.cat([example[:1], example[:1]]) if example.shape[0] == 1 else example
-    dynamic = {axis: Dim.AUTO for axis in range(example.dim()) if axis != 1}
+    dynamic = {axis: Dim.AUTO for axis in range(example.dim()) if axis == 0 or (axis > 1 and dynamicSpatial)}
     with torch.no_grad():
         return torch.export.export(network, (example,), dynamic_shapes=(dynamic,))
 

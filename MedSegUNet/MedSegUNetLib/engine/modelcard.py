@@ -397,6 +397,8 @@ class LoadedModel:
     network: Any
     device: Any
     localizer: Any = None
+    # The record of the AOTInductor package ``network`` is (engine.compiled), when it is one.
+    compiled: dict | None = None
 
     @property
     def spatialDims(self) -> int:
