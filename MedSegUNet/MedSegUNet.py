@@ -42,8 +42,8 @@ SAMPLE_DATA_FILES = (
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
     "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
-    "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline",
-    "engine.outputs", "engine.statistics", "models.downloads", "models.networks", "models.verification", "models.onnximport",
+    "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.compiled", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline",
+    "engine.outputs", "engine.statistics", "engine.console", "models.downloads", "models.networks", "models.verification", "models.onnximport",
     "models.torchscriptimport", "models.importing", "models.sources",
     "models.catalog", "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.nodes", "slicer.dicomexport",
     "slicer.jobfiles", "slicer.job", "slicer.results", "slicer.worker", "slicer.logic", "slicer.selftest", "slicer.modulelogic",

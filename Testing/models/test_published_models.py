@@ -32,6 +32,9 @@ from MedSegUNetLib import cli
 pytest.importorskip("onnxruntime", reason="the import extra is not installed")
 
 TAPS = "lavlab-taps==1.1.2"
+# TAPS's own command on ProstateX-0000's axial T2 (whole volume, --exact): Dice against the two AI
+# gland readers, as Testing/benchmarks/README.md records them and the peer test below re-measures.
+TAPS_OWN_DICE = {"Bosma22b": 0.832, "Guerbet23": 0.856}
 TAPS_ONNX = "taps/resources/model_v1.onnx"
 DEEPBET = "deepbet==1.0.2"
 
@@ -196,17 +199,23 @@ def taps_home_mask(tmp_path_factory, prostate_images):
     return mask(folder / "taps.nii.gz")
 
 
+@pytest.mark.peer
 def test_taps_on_the_whole_volume_agrees_with_taps_itself(tmp_path, published_models, prostate_series, taps_home_mask):
-    """``segment --model prostate-gland-taps --no-roi``: the same field of view as TAPS's own command."""
+    """``segment --model prostate-gland-taps --no-roi``: the same field of view as TAPS's own command
+    (Dice ≥ 0.97); and TAPS's own Dice against the readers is still the recorded one."""
+    for reader, expected in TAPS_OWN_DICE.items():
+        reference = mask(SHARED_DATA / "prostatex" / "labels" / f"ProstateX-0000_gland_AI-{reader}.nii.gz")
+        assert abs(dice(taps_home_mask, reference) - expected) <= 0.002, reader
     tra = list(prostate_series.values())[0]
     assert cli.main(["segment", "-q", "--model", str(published_models["prostate-gland-taps"]), "--no-roi", tra, "--output", str(tmp_path / "ours.nii.gz")]) == 0
     ours = mask(tmp_path / "ours.nii.gz")
     assert ours.shape == taps_home_mask.shape and dice(ours, taps_home_mask) >= 0.97
 
 
-def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, published_models, prostate_series, taps_home_mask):
+def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, published_models, prostate_series):
     """With the three series' ROI and the card's context: Dice against both AI gland readers at
-    least TAPS's own (whole volume) − 0.01; run by name by the quick-start install's ``medsegunet``."""
+    least TAPS's own (whole volume, :data:`TAPS_OWN_DICE`) − 0.01; run by name by the quick-start
+    install's ``medsegunet``."""
     tra, sag, cor = prostate_series.values()
     done = subprocess.run(["medsegunet", "segment", "-q", "--model", "prostate-gland-taps", tra, "--roi-from", sag, cor, "--stats-json", "s.json",
                            "--output", "ours.nii.gz"], capture_output=True, text=True, timeout=900, env=published_models["environment"], cwd=tmp_path)
@@ -216,7 +225,7 @@ def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, publ
     ours = mask(tmp_path / "ours.nii.gz")
     for reader in ("Bosma22b", "Guerbet23"):
         reference = mask(SHARED_DATA / "prostatex" / "labels" / f"ProstateX-0000_gland_AI-{reader}.nii.gz")
-        assert dice(ours, reference) >= dice(taps_home_mask, reference) - 0.01, reader
+        assert dice(ours, reference) >= TAPS_OWN_DICE[reader] - 0.01, reader
 
 
 def test_deepbet_agrees_with_deepbet_itself_on_brats(tmp_path, published_models):

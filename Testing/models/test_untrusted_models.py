@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import treeDigest
+from conftest import errorLines, treeDigest
 from MedSegUNetLib import cli
 
 pytest.importorskip("onnx", reason="the import extra is not installed")
@@ -48,7 +48,7 @@ def payloads(workspace) -> dict[str, object]:
 def runRefused(capsys, argv, workspace, expected: str) -> str:
     before = treeDigest(workspace["folder"])
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = errorLines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("medsegunet: error:") and "internal error" not in err[0], err
     assert expected in err[0], err[0]
     assert not workspace["marker"].exists(), "the payload ran"

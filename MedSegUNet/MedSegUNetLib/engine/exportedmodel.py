@@ -179,12 +179,34 @@ def readCheckedMembers(source, what: str) -> dict[str, bytes]:
         for member in archive.infolist():
             top, _, rest = member.filename.partition("/")
             if not top or not _MEMBER.fullmatch(rest):
-                raise MedSegUNetError(f"{what} holds '{member.filename}', which torch.export does not write for plain tensors: it is not loaded.")
+                raise MedSegUNetError(f"{what} holds '{member.filename}', which torch.export does not write for plain tensors "
+                                      f"({_versions(_writerVersion(archive, what))}): it is not loaded; use its TorchScript .pt, or write it again with this torch.")
             limit = CARD_BYTES_LIMIT if rest == CARD_MEMBER else budget
             members[member.filename] = readMember(archive, member, limit, what)
             budget -= len(members[member.filename])
     _checkMembers({name.partition("/")[2]: data for name, data in members.items()}, what)
     return members
+
+
+def _writerVersion(archive, what: str) -> str:
+    """The torch that wrote an archive (its program's ``torch_version``), or ``?``."""
+    from .archives import readMember
+    from .filecheck import memoryBudgetBytes
+
+    for member in archive.infolist():
+        if member.filename.endswith("/models/model.json"):
+            try:
+                return str(json.loads(readMember(archive, member, memoryBudgetBytes(), what)).get("torch_version", "?"))
+            except (ValueError, UnicodeDecodeError, AttributeError):
+                return "?"
+    return "?"
+
+
+def _versions(writer: str) -> str:
+    """``written with torch 2.8.0; this is torch 2.13.0``: what a refusal across versions names."""
+    import torch
+
+    return f"written with torch {writer}; this is torch {torch.__version__}"
 
 
 def _checkMembers(members: dict[str, bytes], what: str) -> None:
@@ -260,7 +282,13 @@ def loadCheckedPrograms(source, device, what: str, programs=("model",), members:
         exported = load_pt2(buffer).exported_programs
         wanted = {program: exported[program] for program in programs}
     except Exception as error:  # torch raises many types for archives it cannot read
-        raise MedSegUNetError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({firstLine(str(error))[:140]}).") from None
+        document = next((data for name, data in members.items() if name.endswith("/models/model.json")), b"{}")
+        try:
+            writer = str(json.loads(document).get("torch_version", "?"))
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            writer = "?"
+        raise MedSegUNetError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({_versions(writer)}: {firstLine(str(error))[:140]}); "
+                              "use its TorchScript .pt, or a torch at least as new as the one that wrote it.") from None
     for program in wanted.values():
         for node in program.graph.nodes:
             if node.op == "call_function":
