@@ -296,7 +296,7 @@ def test_sigterm_leaves_no_partial_case(cohort, tmp_path):
 
 def _slowThresholdModel(path, card) -> str:
     """The threshold model, made slow (seconds per window) by work whose result it discards."""
-    return slowThresholdModel(path, card, (LEVEL,), repeats=8000, size=384)
+    return slowThresholdModel(path, card, (LEVEL,), repeats=1000, size=384)
 
 
 def _children(pid: int) -> list[int]:

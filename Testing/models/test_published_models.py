@@ -272,3 +272,27 @@ def test_in_slicer_both_are_listed_and_segment_scene_volumes_with_their_codes(pu
         table = result.statisticsTableNode
         column = next(c for c in range(table.GetNumberOfColumns()) if table.GetColumnName(c) == "Volume [mm3]")
         assert table.GetCellText(0, 0) == segmentName and volumeRange[0] < float(table.GetCellText(0, column)) / 1000 < volumeRange[1], name
+
+
+@pytest.mark.parametrize("name, inputs, roi", [("prostate-gland-taps", ["T2 axial"], True), ("brain-mask-deepbet", ["T1"], False)])
+def test_info_says_how_to_run_each_published_model(published_models, name, inputs, roi):
+    """``info NAME`` of a pulled published model, in the quick-start install: its inputs, the series
+    its ROI needs, QC range, licence, citation and provenance, and a ``segment`` line with the card's
+    input names (the forms the tests above run); ``--json`` is the card."""
+    import shlex
+
+    environment = published_models["environment"]
+    text = subprocess.run(["medsegunet", "info", name], capture_output=True, text=True, timeout=300, env=environment)
+    card = json.loads(subprocess.run(["medsegunet", "info", name, "--json"], capture_output=True, text=True, timeout=300, env=environment).stdout)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert [entry["name"] for entry in card["inputs"]] == inputs and card["provenance"]["source_sha256"]
+    for key, title in (("license", "Licence"), ("citation", "Cite"), ("version", "Version")):
+        assert f"{title}: {card[key]}" in lines, key
+    assert any(line.startswith("Expected volumes (QC flags outside): ") for line in lines)
+    assert any(line.startswith("ROI: ") and "--roi-from" in line for line in lines) == roi
+    (example,) = [shlex.split(line[len("Example: "):]) for line in lines if line.startswith("Example: ")]
+    from MedSegUNetLib.models.exporting import fileStem
+
+    assert example[:4] == ["medsegunet", "segment", "--model", name] and example[4] == f"{fileStem(inputs[0])}.nii.gz"
+    assert ("--roi-from" in example) == roi and example[-2:] == ["--output", "segmentation.seg.nrrd"]
