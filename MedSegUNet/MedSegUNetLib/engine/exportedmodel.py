@@ -63,6 +63,8 @@ _SYMPY_FUNCTIONS = frozenset({
     "NegativeIntInfinity", "BooleanTrue", "BooleanFalse", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan",
     "Equality", "Unequality",
 })
+# Python's own functions that torch 2.9 writes into the expressions of size guards (max(1, s0 // 2)).
+_PYTHON_FUNCTIONS = frozenset({"max", "min"})
 # The assumptions a Symbol(...) may state, each True or False.
 _ASSUMPTIONS = frozenset({"positive", "negative", "integer", "real", "nonnegative", "nonpositive", "nonzero", "finite", "even", "odd", "commutative"})
 _SYMBOL = re.compile(r"[sdu]\d+|q\d+|z\d+|ps\d+|idx\d+|oo|zoo|nan|True|False")
@@ -101,7 +103,7 @@ def checkExpression(text: str, what: str) -> None:
 
 def _allowedNode(node: ast.AST) -> bool:
     if isinstance(node, ast.Name):
-        return node.id in _SYMPY_FUNCTIONS or node.id == "L" or bool(_SYMBOL.fullmatch(node.id))
+        return node.id in _SYMPY_FUNCTIONS or node.id in _PYTHON_FUNCTIONS or node.id == "L" or bool(_SYMBOL.fullmatch(node.id))
     if isinstance(node, ast.Constant):
         return isinstance(node.value, (int, float, str)) and not (isinstance(node.value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", node.value))
     if isinstance(node, ast.Call):
@@ -109,7 +111,8 @@ def _allowedNode(node: ast.AST) -> bool:
         isSize = isinstance(function, ast.Attribute) and function.attr == "size" and not node.args
         keywordsPlain = all(keyword.arg in _ASSUMPTIONS and isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, bool)
                             for keyword in node.keywords)
-        return (isinstance(function, ast.Name) and function.id in _SYMPY_FUNCTIONS or isSize) and keywordsPlain
+        known = isinstance(function, ast.Name) and (function.id in _SYMPY_FUNCTIONS or function.id in _PYTHON_FUNCTIONS and not node.keywords)
+        return (known or isSize) and keywordsPlain
     if isinstance(node, ast.keyword):
         return node.arg in _ASSUMPTIONS
     if isinstance(node, ast.Attribute):
