@@ -114,3 +114,18 @@ def test_batch_workers_run_the_package_the_driver_built(capsys, monkeypatch, a_t
     assert "Workers run the AOTInductor package built for this machine" in out and "Compiling" not in out
     for case in ("a", "b"):
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / case / f"{case}.nrrd"))), single), case
+
+
+def test_a_hostile_pt2_with_compile_is_one_error_line_not_a_fallback(capsys, monkeypatch, a_tiny_pt2, tmp_path):
+    """--compile falls back only for what compiling adds: a model that fails its own checks (Python
+    in its guards) stops with the one line it gets without --compile, no warning, nothing cached."""
+    from engine.test_exportedmodel import programWith
+
+    marker = tmp_path / "ran"
+    hostile = programWith(a_tiny_pt2["pt2"], tmp_path, lambda document: document["guards_code"].append(f"__import__('os').mkdir({str(marker)!r}) or True"))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MEDSEGUNET_CACHE", str(cache))
+    assert cli.main(["segment", "--compile", "--model", hostile, a_tiny_pt2["volume"], "--output", str(tmp_path / "seg.nrrd"), "--device", "cpu"]) == 2
+    (line,) = errorLines(capsys.readouterr().err)
+    assert line.startswith("medsegunet: error:") and "which torch would run as Python" in line, line
+    assert not marker.exists() and not (tmp_path / "seg.nrrd").exists() and not cache.exists()

@@ -70,18 +70,27 @@ def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.Path
 
     path = os.path.abspath(os.fspath(path))
     if not isExportedArchive(path):
+        loaded = loadModel(path, device)  # a file that is no model at all is an error, not a fallback
         warn(f"--compile needs a .pt2 model ('{os.path.basename(path)}' is TorchScript; 'medsegunet convert' makes one): running it uncompiled")
-        return loadModel(path, device)
+        return loaded
     torchDevice = resolveDevice(device)
     folder = Path(cache) / packageKey(path, torchDevice)
     record = readRecord(folder)
-    try:
-        if record is not None and record["faster"] and _packageIntact(folder, record):
-            card = readCard(path)
+    if record is not None and not _packageIntact(folder, record):
+        record = None  # a package whose bytes changed is built again, never loaded
+    if record is not None and record["faster"]:
+        card = readCard(path)
+        localizer = _localizer(path, card, torchDevice)
+        try:
             return LoadedModel(path=path, card=card, network=loadPackage(folder / "model.pt2", torchDevice), device=torchDevice,
-                               localizer=_localizer(path, card, torchDevice), compiled=record)
-        loaded = loadModel(path, device)
-        if record is None or not _packageIntact(folder, record):
+                               localizer=localizer, compiled=record)
+        except MedSegUNetError as error:
+            warn(f"{error} Running it uncompiled.")
+            return loadModel(path, device)
+    # The model's own checks stay errors: only what compiling adds falls back to the uncompiled model.
+    loaded = loadModel(path, device)
+    try:
+        if record is None:
             record = buildPackage(loaded, folder, progress)
         if not record["faster"]:
             warn(f"AOTInductor's build of '{loaded.card['name']}' is not faster on this machine ({record['speedup']:.2f}× the uncompiled speed): running it uncompiled")
@@ -93,7 +102,7 @@ def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.Path
         from .errors import osErrorMessage
 
         warn(f"{osErrorMessage(error, 'write', folder)} Running it uncompiled.")
-    return loadModel(path, device)
+    return loaded
 
 
 def _localizer(path: str, card: dict, device):

@@ -192,17 +192,22 @@ def readCheckedMembers(source, what: str) -> dict[str, bytes]:
 
 
 def _writerVersion(archive, what: str) -> str:
-    """The torch that wrote an archive (its program's ``torch_version``), or ``?``."""
+    """The torch that wrote an open archive, or ``?`` (:func:`_writtenWith` of its program)."""
     from .archives import readMember
     from .filecheck import memoryBudgetBytes
 
     for member in archive.infolist():
         if member.filename.endswith("/models/model.json"):
-            try:
-                return str(json.loads(readMember(archive, member, memoryBudgetBytes(), what)).get("torch_version", "?"))
-            except (ValueError, UnicodeDecodeError, AttributeError):
-                return "?"
+            return _writtenWith(readMember(archive, member, memoryBudgetBytes(), what))
     return "?"
+
+
+def _writtenWith(document: bytes) -> str:
+    """A program document's ``torch_version``, or ``?`` when it is not readable JSON."""
+    try:
+        return str(json.loads(document).get("torch_version", "?"))
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return "?"
 
 
 def _versions(writer: str) -> str:
@@ -285,11 +290,7 @@ def loadCheckedPrograms(source, device, what: str, programs=("model",), members:
         exported = load_pt2(buffer).exported_programs
         wanted = {program: exported[program] for program in programs}
     except Exception as error:  # torch raises many types for archives it cannot read
-        document = next((data for name, data in members.items() if name.endswith("/models/model.json")), b"{}")
-        try:
-            writer = str(json.loads(document).get("torch_version", "?"))
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            writer = "?"
+        writer = _writtenWith(next((data for name, data in members.items() if name.endswith("/models/model.json")), b"{}"))
         raise MedSegUNetError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({_versions(writer)}: {firstLine(str(error))[:140]}); "
                               "use its TorchScript .pt, or a torch at least as new as the one that wrote it.") from None
     for program in wanted.values():
