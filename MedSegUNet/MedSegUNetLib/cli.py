@@ -386,6 +386,7 @@ def writeSegmentOutputs(args, card, result, images, roiImages, report, reference
                 "network_region": result.networkROI.toDict() if result.networkROI is not None else None,
                 "model": {"path": os.path.abspath(args.model), "name": card["name"], "card": card},
                 "device": result.device,
+                "compiled": result.compiled,
                 "warnings": warnings,
                 "timing_s": {key: round(value, 4) for key, value in {**timings, "total": time.perf_counter() - started}.items()},
             }

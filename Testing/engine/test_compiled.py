@@ -47,9 +47,12 @@ def segmentLabels(capsys, monkeypatch, model: dict, path: str, output: str, *opt
 
 def test_a_compiled_package_is_built_once_checked_and_gives_the_labels_of_the_model(capsys, monkeypatch, a_tiny_pt2, tmp_path):
     plain, _, _ = segmentLabels(capsys, monkeypatch, a_tiny_pt2, a_tiny_pt2["pt2"], str(tmp_path / "plain.nrrd"))
-    compiled, out, err = segmentLabels(capsys, monkeypatch, a_tiny_pt2, a_tiny_pt2["pt2"], str(tmp_path / "compiled.nrrd"), "--compile")
+    compiled, out, err = segmentLabels(capsys, monkeypatch, a_tiny_pt2, a_tiny_pt2["pt2"], str(tmp_path / "compiled.nrrd"), "--compile",
+                                       "--stats-json", str(tmp_path / "compiled.json"))
     assert "Compiling 'Tiny test UNet" in out and errorLines(err) == [], err
     (record,) = [json.loads(path.read_text()) for path in a_tiny_pt2["cache"].joinpath("compiled").glob("*/record.json")]
+    # The statistics say what ran: the package, its speed-up and its torch.
+    assert json.loads((tmp_path / "compiled.json").read_text())["compiled"] == {"speedup": round(record["speedup"], 3), "torch": record["torch"]}
     # The check against the uncompiled program: within 1e-4 of the output range, on the card's patch.
     assert record["patch"] == [1, 1, 32, 32, 16] and record["max_abs_difference"] < 1e-4 and record["torch"]
     # Python's per-operator overhead dominates a network this small: the C++ package is faster.
@@ -82,9 +85,10 @@ def test_a_package_whose_bytes_changed_is_not_used(a_tiny_pt2, tmp_path, capsys,
 
 def test_a_torchscript_model_runs_uncompiled_with_one_line(capsys, monkeypatch, a_tiny_pt2, tmp_path):
     plain, _, _ = segmentLabels(capsys, monkeypatch, a_tiny_pt2, a_tiny_pt2["pt"], str(tmp_path / "plain.nrrd"))
-    labels, out, err = segmentLabels(capsys, monkeypatch, a_tiny_pt2, a_tiny_pt2["pt"], str(tmp_path / "compiled.nrrd"), "--compile")
+    labels, out, err = segmentLabels(capsys, monkeypatch, a_tiny_pt2, a_tiny_pt2["pt"], str(tmp_path / "compiled.nrrd"), "--compile",
+                                     "--stats-json", str(tmp_path / "compiled.json"))
     assert errorLines(err) == ["medsegunet: warning: --compile needs a .pt2 model ('tiny.pt' is TorchScript; 'medsegunet convert' makes one): running it uncompiled"]
-    assert np.array_equal(labels, plain)
+    assert np.array_equal(labels, plain) and json.loads((tmp_path / "compiled.json").read_text())["compiled"] is None
 
 
 def test_without_a_compiler_the_model_runs_uncompiled_with_one_line(a_tiny_pt2, tmp_path):
@@ -114,6 +118,26 @@ def test_batch_workers_run_the_package_the_driver_built(capsys, monkeypatch, a_t
     assert "Workers run the AOTInductor package built for this machine" in out and "Compiling" not in out
     for case in ("a", "b"):
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / case / f"{case}.nrrd"))), single), case
+        report = json.loads((tmp_path / "out" / case / f"{case}-statistics.json").read_text())
+        assert report["compiled"]["speedup"] > 1.0 and report["notes"] == [], report
+
+
+def test_a_worker_that_cannot_load_the_package_says_so_in_each_case(a_tiny_pt2, tmp_path):
+    """A batch worker that cannot use the driver's package (here its cache is a file, not a folder)
+    runs the model uncompiled and says so in the case's notes and statistics, not silently."""
+    from MedSegUNetLib.cohorts.cases import CaseSpec
+    from MedSegUNetLib.cohorts.casejob import BatchOptions, loadCaseModel, processCase
+
+    (tmp_path / "cache").write_text("not a folder")
+    (tmp_path / "out").mkdir()  # as batch makes it
+    options = BatchOptions(modelPath=a_tiny_pt2["pt2"], modelSHA256="", outputDir=str(tmp_path / "out"), format="nrrd", device="cpu",
+                           compiledCache=str(tmp_path / "cache"))
+    loaded = loadCaseModel(options, "cpu")
+    assert loaded.compiled is None and "Running it uncompiled." in loaded.compileFallback
+    row = processCase(CaseSpec(id="a", inputs=[(a_tiny_pt2["volume"], None)]), loaded, options)
+    assert row["status"] == "ok" and len(row["notes"]) == 1 and row["notes"][0].startswith("ran uncompiled: "), row
+    report = json.loads((tmp_path / "out" / "a" / "a-statistics.json").read_text())
+    assert report["compiled"] is None and report["notes"] == row["notes"]
 
 
 def test_a_hostile_pt2_with_compile_is_one_error_line_not_a_fallback(capsys, monkeypatch, a_tiny_pt2, tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -476,12 +477,48 @@ def test_bad_pt2_entries_are_one_line(tmp_path, pt2, expected):
         catalog.loadCatalog(tmp_path / "catalog.json")
 
 
-def test_a_published_source_has_no_pt2_to_pull(capsys, monkeypatch, tmp_path):
-    monkeypatch.delenv("MEDSEGUNET_CATALOG", raising=False)
-    monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
-    assert cli.main(["models", "pull", "prostate-gland-taps", "--format", "pt2"]) == 2
-    assert "The catalog has no .pt2 file of 'prostate-gland-taps': pull it, then make one with 'medsegunet convert'." in capsys.readouterr().err
-    assert not (tmp_path / "cache").exists()
+def test_a_pip_source_pulls_as_pt2_converted_from_its_import(capsys, a_package_index):
+    """``--format pt2`` of an imported source: its import, then a .pt2 beside it that answers as the
+    import does; cached with its SHA256 like the import, made again from the import if damaged."""
+    import torch
+
+    from MedSegUNetLib.engine.exportedmodel import isExportedArchive
+    from MedSegUNetLib.engine.modelcard import clearModelCache, loadModel, readCard
+
+    index = a_package_index
+    index["catalogWith"]({"pip": "published-gland==1.0", "file": "published_gland/resources/model.onnx", "sha256": sha256(index["onnx"])})
+    assert cli.main(["models", "pull", "gland", "--format", "pt2"]) == 0, capsys.readouterr().err
+    exported = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    imported = exported.with_suffix(".pt")
+    assert exported.name == "gland.pt2" and exported.is_relative_to(index["cache"]) and isExportedArchive(str(exported))
+    assert Path(str(exported) + ".sha256").read_text().strip() == sha256(exported)
+    assert readCard(exported)["provenance"] == readCard(imported)["provenance"] and readCard(exported)["provenance"]["source_sha256"] == sha256(index["onnx"])
+    clearModelCache()
+    scripted, converted = loadModel(str(imported), "cpu"), loadModel(str(exported), "cpu")
+    sample = torch.randn(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert float((scripted.network(sample) - converted.network(sample)).abs().max()) <= 1e-6
+    # Cached: no index is needed and nothing is written again.
+    for wheel in index["served"].glob("*.whl"):
+        wheel.unlink()
+    written = exported.stat().st_mtime_ns
+    assert cli.main(["models", "pull", "gland", "--format", "pt2"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(exported) and exported.stat().st_mtime_ns == written
+    # A damaged .pt2 is converted again from the cached import, offline.
+    good = sha256(exported)
+    with open(exported, "ab") as stream:
+        stream.write(b"tail")
+    assert cli.main(["models", "pull", "gland", "--format", "pt2"]) == 0, capsys.readouterr().err
+    assert sha256(exported) == good and [p.name for p in exported.parent.iterdir() if p.is_dir()] == []
+
+
+def test_a_source_with_a_localiser_has_no_pt2_and_nothing_is_fetched(capsys, a_package_index):
+    index = a_package_index
+    index["catalogWith"]({"url": index["url"] + "model.pt", "sha256": "0" * 64, "localizer": {"url": index["url"] + "bbox_model.pt", "sha256": "1" * 64}})
+    assert cli.main(["models", "pull", "gland", "--format", "pt2"]) == 2
+    err = errorLines(capsys.readouterr().err)
+    assert err == ["medsegunet: error: 'gland' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'."]
+    assert not index["cache"].exists()
 
 
 # ---------------------------------------------------------------------------------------------

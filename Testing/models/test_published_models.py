@@ -148,6 +148,30 @@ def test_both_published_graphs_pass_the_operator_allow_list(published_models):
     assert graphsafety.forbiddenOperators(torch.jit.load(io.BytesIO(localizer))) == []
 
 
+def test_taps_pulls_as_pt2_and_deepbet_says_it_has_none(published_models):
+    """``models pull NAME --format pt2`` in the base install: TAPS's cached import converted (its
+    outputs checked against the import on three input sizes before the .pt2 enters the cache),
+    with no fetch; deepbet, whose networks exist only as TorchScript, refused in one line."""
+    from MedSegUNetLib.engine.exportedmodel import isExportedArchive
+    from MedSegUNetLib.engine.modelcard import readCard
+    from MedSegUNetLib.engine.volumes import sha256
+
+    environment, taps = published_models["environment"], published_models["prostate-gland-taps"]
+    done = subprocess.run(["medsegunet", "models", "pull", "prostate-gland-taps", "--format", "pt2"], capture_output=True, text=True, timeout=900, env=environment)
+    assert done.returncode == 0, done.stderr
+    exported = Path(done.stdout.strip())
+    assert exported == taps.with_suffix(".pt2") and isExportedArchive(str(exported))
+    assert Path(str(exported) + ".sha256").read_text().strip() == sha256(exported)
+    assert readCard(exported)["provenance"] == readCard(taps)["provenance"] and readCard(exported)["labels"] == readCard(taps)["labels"]
+    steps = [step for _, step in re.findall(r"^\[\s*(\d+)%\] ([^\n]*)", done.stderr, re.MULTILINE)]
+    assert steps == ["Converting 'prostate-gland-taps' to .pt2 and checking it on three input sizes", "'prostate-gland-taps' is cached as .pt2"], done.stderr
+    before = sorted(published_models["cache"].rglob("*"))
+    refused = subprocess.run(["medsegunet", "models", "pull", "brain-mask-deepbet", "--format", "pt2"], capture_output=True, text=True, timeout=300, env=environment)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert errorLines(refused.stderr) == ["medsegunet: error: 'brain-mask-deepbet' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'."]
+    assert sorted(published_models["cache"].rglob("*")) == before
+
+
 @pytest.mark.parametrize("field", ["sha256", "localizer"])
 def test_a_wrong_sha256_caches_nothing(capsys, tmp_path, monkeypatch, a_package_index, field):
     from MedSegUNetLib.models import catalog

@@ -327,6 +327,17 @@ def pulled(capsys) -> Path:
     return Path(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_a_published_torchscript_source_is_cached_but_not_converted(capsys, a_url_source):
+    """Its network exists only as TorchScript: ``--format pt2`` says so in one line, the verified
+    import stays cached for a plain pull, and no .pt2 (nor its staging folder) is left."""
+    assert cli.main(["models", "pull", "published", "--format", "pt2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be converted to .pt2; keep the TorchScript file" in err[-1], err
+    cached = a_url_source["cached"]
+    assert sorted(path.name for path in cached.parent.iterdir()) == ["published.pt", "published.pt.sha256"]
+    assert pulled(capsys) == cached
+
+
 def test_a_damaged_cached_model_is_imported_again(capsys, a_url_source):
     path = pulled(capsys)
     good, written = sha256(path), path.stat().st_mtime_ns

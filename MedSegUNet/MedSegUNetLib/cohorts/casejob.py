@@ -56,11 +56,16 @@ class BatchOptions:
 
 def loadCaseModel(options: BatchOptions, device: str):
     """The model a worker runs: loaded once, and as the driver's AOTInductor package when
-    ``--compile`` made one (any later failure to load it runs the model uncompiled)."""
+    ``--compile`` made one. A worker that cannot load that package runs the model uncompiled and
+    says why in each of its cases' notes (``compileFallback``)."""
     if options.compiledCache:
+        import dataclasses
+
         from ..engine.compiled import loadCompiledModel
 
-        return loadCompiledModel(options.modelPath, device, options.compiledCache, warn=lambda text: None)
+        said: list[str] = []
+        loaded = loadCompiledModel(options.modelPath, device, options.compiledCache, warn=said.append)
+        return dataclasses.replace(loaded, compileFallback=said[0]) if said and loaded.compiled is None else loaded
     from ..engine.modelcard import loadModel
 
     return loadModel(options.modelPath, device)
@@ -360,7 +365,17 @@ def processCase(case: CaseSpec, loaded, options: BatchOptions, prepared=None, ne
             images, result = inferCase(prepared, loaded)
     except Exception as error:  # noqa: BLE001 - the row says what it was, as finishCase does
         return failedRow(case, error, started)
-    return finishCase(case, images, result, loaded.card, options, started)
+    return finishCase(withWorkerNotes(case, loaded), images, result, loaded.card, options, started)
+
+
+def withWorkerNotes(case: CaseSpec, loaded) -> CaseSpec:
+    """The case with what its worker's model loading said (a ``--compile`` package it could not
+    load) among its notes, so that the summary and the statistics say that it ran uncompiled."""
+    import dataclasses
+
+    if not getattr(loaded, "compileFallback", None):
+        return case
+    return dataclasses.replace(case, notes=[*case.notes, f"ran uncompiled: {loaded.compileFallback}"])
 
 
 def inferCase(prepared, loaded):
@@ -406,6 +421,7 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
             "roi": result.roi.toDict(),
             "model": {"path": os.path.abspath(options.modelPath), "name": card["name"], "sha256": options.modelSHA256},
             "device": result.device,
+            "compiled": result.compiled,
             "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
         }
         finished, seconds = finishedNow(), round(time.perf_counter() - started, 3)

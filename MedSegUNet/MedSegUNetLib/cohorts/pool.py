@@ -47,7 +47,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     _becomeAWorker()
     import torch
 
-    from .casejob import loadCaseModel
+    from .casejob import loadCaseModel, withWorkerNotes
 
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -102,7 +102,7 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
             result.timings["network_thread"] = time.perf_counter() - started
             if finishing is not None:
                 finishing.result()  # one case's files in flight at a time
-            finishing = writer.submit(_finishAndReport, workerId, index, cases[index], images, result, card, options, started, results)
+            finishing = writer.submit(_finishAndReport, workerId, index, withWorkerNotes(cases[index], loaded), images, result, card, options, started, results)
         if finishing is not None:
             finishing.result()
 

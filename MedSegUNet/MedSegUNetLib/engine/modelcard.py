@@ -399,6 +399,8 @@ class LoadedModel:
     localizer: Any = None
     # The record of the AOTInductor package ``network`` is (engine.compiled), when it is one.
     compiled: dict | None = None
+    # Why --compile runs this model uncompiled, where a batch worker could not load the driver's package.
+    compileFallback: str | None = None
 
     @property
     def spatialDims(self) -> int:

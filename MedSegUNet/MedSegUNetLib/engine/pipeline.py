@@ -110,6 +110,9 @@ class SegmentationResult:
         card: the model card.
         device: the torch device the network ran on.
         timings: seconds per stage.
+        compiled: what ran the network when it was an AOTInductor package (``--compile``): the
+            package's speed-up over the uncompiled program on one patch and the torch it was
+            built with; None when the model file ran as it is.
         regions: sigmoid cards only: bool ``L, K, J, I`` masks on the reference grid, one per label
             in card order, possibly overlapping.
     """
@@ -119,6 +122,7 @@ class SegmentationResult:
     card: dict
     device: str
     timings: dict[str, float] = field(default_factory=dict)
+    compiled: dict | None = None
     regions: np.ndarray | None = None
     networkROI: geometry.RegionOfInterest | None = None
     # float32 C, K, J, I on the ROI grid, only when asked for (--probabilities).
@@ -379,8 +383,16 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(reference)
     progress.endStage()
-    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings, regions=regions,
+    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings,
+                              compiled=compiledSummary(model.compiled), regions=regions,
                               networkROI=prepared.networkROI, probabilities=np.stack(kept) if kept else None)
+
+
+def compiledSummary(record: dict | None) -> dict | None:
+    """An AOTInductor package's record as the statistics report it (None: uncompiled)."""
+    if record is None:
+        return None
+    return {"speedup": round(float(record["speedup"]), 3), "torch": record.get("torch")}
 
 
 def segmentImages(

@@ -125,13 +125,16 @@ def _checkPt2Entry(entry: dict, where: str) -> None:
 
 def inFormat(entry: dict, format: str) -> dict:
     """The entry of one file of a catalog model: its TorchScript file (the entry itself), or its
-    ``.pt2`` file (``url``, ``sha256`` and ``bytes`` from ``"pt2"``, cached as ``NAME.pt2``).
+    ``.pt2`` file (``url``, ``sha256`` and ``bytes`` from ``"pt2"``, cached as ``NAME.pt2``; for a
+    published source, its import converted on pull, :func:`sources.pullExportedSource`).
 
     Raises:
-        MedSegUNetError: ``pt2`` asked of an entry that has none.
+        MedSegUNetError: ``pt2`` asked of a zoo entry that has none.
     """
     if format != "pt2":
         return entry
+    if "source" in entry:  # converted from its import on pull (sources.pullExportedSource)
+        return {**entry, "suffix": ".pt2"}
     if "pt2" not in entry:
         raise MedSegUNetError(f"The catalog has no .pt2 file of '{entry['name']}': pull it, then make one with 'medsegunet convert'.")
     derived = {key: value for key, value in entry.items() if key not in ("pt2", "bytes")}
@@ -185,10 +188,11 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
     entry = inFormat(entry, format)
     path = cachedPath(entry, cache)
     if "source" in entry:
-        from .sources import isCachedIntact, pullFromSource
+        from .sources import isCachedIntact, pullExportedSource, pullFromSource
 
         if not isCachedIntact(path, entry["source"]):
-            pullFromSource(entry, path, log=log, python=python, progress=progress)
+            pull = pullExportedSource if entry.get("suffix") == ".pt2" else pullFromSource
+            pull(entry, path, log=log, python=python, progress=progress)
         return path
     from .sources import checkCachePath
 

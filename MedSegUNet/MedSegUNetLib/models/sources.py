@@ -143,6 +143,45 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
         step(1.0, f"'{entry['name']}' is cached")
 
 
+def pullExportedSource(entry: dict, path: Path, log=None, python: str | None = None, progress=None) -> None:
+    """The ``.pt2`` file of an imported source into ``path`` (``<name>.pt2`` beside its TorchScript
+    import): the import is pulled when it is not cached intact, then converted by
+    :func:`converting.convertModel`, which checks the two on random inputs of three sizes before
+    anything is written. The ``.pt2``'s SHA256 is recorded beside it, as a pull records the import's.
+
+    Args:
+        progress: ``(fraction, message)``: the import's pull within 0-80 %, then the conversion.
+
+    Raises:
+        MedSegUNetError: a source with a localiser (deepbet: a TorchScript pipeline that has no
+            ``.pt2`` form), every fault of :func:`pullFromSource`, and a network the conversion
+            cannot rebuild or whose outputs differ.
+    """
+    from ..engine.volumes import atomicOutput, sha256
+    from .converting import convertModel
+
+    checkCachePath(path)
+    source = entry["source"]
+    if source.get("localizer"):
+        raise MedSegUNetError(f"'{entry['name']}' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'.")
+    imported = path.with_suffix(".pt")
+    if not isCachedIntact(imported, source):
+        scaled = (lambda fraction, message: progress(0.8 * fraction, message)) if progress is not None else None
+        pullFromSource({key: value for key, value in entry.items() if key != "suffix"}, imported, log=log, python=python, progress=scaled)
+    if progress is not None:
+        progress(0.8, f"Converting '{entry['name']}' to .pt2 and checking it on three input sizes")
+    if log:
+        log(f"Converting '{entry['name']}' to .pt2 (checked against its TorchScript import on three input sizes)")
+    with tempfile.TemporaryDirectory(prefix="medsegunet-pull-", dir=path.parent) as folder:
+        converted = Path(folder) / path.name
+        convertModel(str(imported), str(converted))
+        with atomicOutput(str(path) + DIGEST_SUFFIX) as temporary:
+            Path(temporary).write_text(sha256(converted) + "\n", encoding="ascii")
+        os.replace(converted, path)  # verified: only now does it enter the cache
+    if progress is not None:
+        progress(1.0, f"'{entry['name']}' is cached as .pt2")
+
+
 def checkCachePath(path: Path) -> None:
     """A cached model's path must be a regular file or absent: a folder, link, FIFO or device there is refused."""
     import stat
