@@ -38,7 +38,7 @@ if sys.argv[4] == "write":
     network = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
     card = {"schema": "medsegunet.model/1", "name": f"written by torch {tag}", "spatial_dims": 3, "inputs": [{"name": "T2"}],
             "labels": [{"value": 1, "name": "gland", "color": [0.9, 0.6, 0.4]}], "output": "softmax", "normalization": {"type": "zscore"},
-            "patch_size": [32, 32, 16], "overlap": 0.25, "sw_batch_size": 2}
+            "patch_size": [16, 16, 8], "overlap": 0.25, "sw_batch_size": 2}
     saveModel(network, card, os.path.join(work, f"written-{tag}.pt2"), format="pt2")
     with torch.no_grad():
         np.save(os.path.join(work, f"answer-{tag}.npy"), network(exampleInput(card)).numpy())
