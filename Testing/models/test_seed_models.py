@@ -23,9 +23,9 @@ ACDC = REPO_ROOT / "Testing" / "data" / "acdc"
 # Dice 0.56 against the fusion's whole tumour. The thresholds are those figures less a margin.
 LGG_NATIVE_ML = (14.0, 26.0)
 LGG_MIN_BRATS_DICE = 0.45
-# On slices 3-5 of ACDC test patient 011: LV cavity 0.855 (ED) and 0.933 (ES), myocardium 0.73 and
-# 0.80, RV 0.94 and 0.92.
-ACDC_MIN_LV_DICE = {"frame01": 0.80, "frame02": 0.88}
+# On slices 3-5 of ACDC test patient 011 (docs/models/acdc-heart.md, version 1.2.0): LV cavity 0.968
+# (ED) and 0.971 (ES), myocardium 0.84 and 0.90, RV 0.96 and 0.93 (version 1.1.0: LV 0.855 and 0.933).
+ACDC_MIN_LV_DICE = {"frame01": 0.93, "frame02": 0.93}
 
 
 def segment(model: str, volume: Path, out: Path) -> dict:
@@ -92,5 +92,5 @@ def test_acdc_heart_segments_a_test_patient(tmp_path, frame):
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(ACDC / f"patient011_{frame}_slices3-5_label.nii.gz")))
     dice = {value: 2.0 * ((predicted == value) & (reference == value)).sum() / ((predicted == value).sum() + (reference == value).sum()) for value in (1, 2, 3)}
     assert dice[3] >= ACDC_MIN_LV_DICE[frame], dice
-    assert dice[2] >= 0.65 and dice[1] >= 0.85, dice
+    assert dice[2] >= 0.78 and dice[1] >= 0.88, dice
     assert [row["name"] for row in report["segments"]] == ["right ventricle", "myocardium", "left ventricle cavity"]
