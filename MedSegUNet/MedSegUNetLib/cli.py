@@ -402,7 +402,7 @@ def writeSegmentOutputs(args, card, result, images, roiImages, report, reference
 def buildParser() -> argparse.ArgumentParser:
     from . import __version__, demo
     from .cohorts import batch
-    from .models import catalog, converting, datasets, exporting, importing, training
+    from .models import catalog, datasets, exporting, importing, training
 
     parser = OneLineParser(
         prog="medsegunet",
@@ -419,7 +419,6 @@ def buildParser() -> argparse.ArgumentParser:
     catalog.addParser(subparsers)
     importing.addParser(subparsers)
     exporting.addParser(subparsers)
-    converting.addParser(subparsers)
     training.addParser(subparsers)
     datasets.addParser(subparsers)
     demo.addParser(subparsers)

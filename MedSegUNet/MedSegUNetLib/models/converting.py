@@ -1,4 +1,5 @@
-"""``medsegunet convert``: a TorchScript model file to a ``torch.export`` archive (``.pt2``).
+"""A TorchScript model file to a ``torch.export`` archive (``.pt2``): ``medsegunet convert`` (its
+command is in :mod:`exporting`) and ``models pull --format pt2`` of a published model.
 
 torch 2.13 deprecates TorchScript (``torch.jit.script``, ``save`` and ``load`` warn "switch to
 torch.export"); a ``.pt2`` file keeps a model loadable once TorchScript is gone. torch cannot
@@ -10,8 +11,6 @@ inputs of three sizes before anything is written.
 """
 
 from __future__ import annotations
-
-import sys
 
 from ..engine.errors import MedSegUNetError
 
@@ -84,29 +83,3 @@ def convertModel(source: str, output: str) -> list[float]:
     with torch.no_grad():
         references = [(sample, scripted(sample)) for sample in samples]
     return saveExportedModel(network, card, output, references=references, tolerance=TOLERANCE)
-
-
-def addParser(subparsers) -> None:
-    """Register ``medsegunet convert``."""
-    parser = subparsers.add_parser(
-        "convert", help="convert a TorchScript model to a torch.export (.pt2) model",
-        description="Rebuild the eager network the card records, export it with torch.export, and check it against the "
-        "TorchScript network on random inputs of three sizes before writing MODEL.pt2 with the same card.")
-    parser.add_argument("model", metavar="MODEL.pt", help="TorchScript model file, or a catalog name")
-    parser.add_argument("--output", required=True, help="the .pt2 file to write")
-    parser.set_defaults(func=run)
-
-
-def run(args, console=None) -> int:
-    """``medsegunet convert``: returns the exit status."""
-    from ..engine.volumes import checkDistinctPaths
-    from .catalog import resolveModelOption
-
-    from ..engine.modelcard import readCard
-
-    source = resolveModelOption(args.model, console)
-    checkDistinctPaths({"--output": args.output}, {"MODEL": source})
-    differences = convertModel(source, args.output)
-    sizes = ", ".join("×".join(str(size) for size in shape[2:]) for shape in checkSizes(readCard(args.output)))
-    sys.stdout.write(f"Wrote {args.output}: it answers as '{source}' does on {sizes} inputs (max |difference| {max(differences):.3g})\n")
-    return 0

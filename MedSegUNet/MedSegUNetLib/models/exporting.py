@@ -205,7 +205,7 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
 
 
 def addParser(subparsers) -> None:
-    """Register ``medsegunet export`` and ``medsegunet info``."""
+    """Register ``medsegunet export``, ``medsegunet info`` and ``medsegunet convert``."""
     parser = subparsers.add_parser(
         "export",
         help="script a training checkpoint to a TorchScript model with its card",
@@ -224,6 +224,14 @@ def addParser(subparsers) -> None:
     info.add_argument("--json", action="store_true", help="print the full card as JSON")
     info.set_defaults(func=runInfo)
 
+    convert = subparsers.add_parser(
+        "convert", help="convert a TorchScript model to a torch.export (.pt2) model",
+        description="Rebuild the eager network the card records, export it with torch.export, and check it against the "
+        "TorchScript network on random inputs of three sizes before writing MODEL.pt2 with the same card.")
+    convert.add_argument("model", metavar="MODEL.pt", help="TorchScript model file, or a catalog name")
+    convert.add_argument("--output", required=True, help="the .pt2 file to write")
+    convert.set_defaults(func=runConvert)
+
 
 def run(args, console=None) -> int:
     """``medsegunet export``: returns the exit status."""
@@ -236,6 +244,21 @@ def run(args, console=None) -> int:
     validation = card.get("validation")
     if validation:
         sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} on {', '.join(validation['cases'])} (epoch {validation['epoch']})\n")
+    return 0
+
+
+def runConvert(args, console=None) -> int:
+    """``medsegunet convert`` (:func:`converting.convertModel`): returns the exit status."""
+    from ..engine.modelcard import readCard
+    from ..engine.volumes import checkDistinctPaths
+    from .catalog import resolveModelOption
+    from .converting import checkSizes, convertModel
+
+    source = resolveModelOption(args.model, console)
+    checkDistinctPaths({"--output": args.output}, {"MODEL": source})
+    differences = convertModel(source, args.output)
+    sizes = ", ".join("×".join(str(size) for size in shape[2:]) for shape in checkSizes(readCard(args.output)))
+    sys.stdout.write(f"Wrote {args.output}: it answers as '{source}' does on {sizes} inputs (max |difference| {max(differences):.3g})\n")
     return 0
 
 
