@@ -65,7 +65,7 @@ def loadCaseModel(options: BatchOptions, device: str):
 
         said: list[str] = []
         loaded = loadCompiledModel(options.modelPath, device, options.compiledCache, warn=said.append)
-        return dataclasses.replace(loaded, compileFallback=said[0]) if said and loaded.compiled is None else loaded
+        return dataclasses.replace(loaded, compileFallback=said[0]) if said else loaded  # it warns only when it runs uncompiled
     from ..engine.modelcard import loadModel
 
     return loadModel(options.modelPath, device)
@@ -373,7 +373,7 @@ def withWorkerNotes(case: CaseSpec, loaded) -> CaseSpec:
     load) among its notes, so that the summary and the statistics say that it ran uncompiled."""
     import dataclasses
 
-    if not getattr(loaded, "compileFallback", None):
+    if not loaded.compileFallback:
         return case
     return dataclasses.replace(case, notes=[*case.notes, f"ran uncompiled: {loaded.compileFallback}"])
 

@@ -191,15 +191,22 @@ def readCheckedMembers(source, what: str) -> dict[str, bytes]:
     return members
 
 
-def _writerVersion(archive, what: str) -> str:
-    """The torch that wrote an open archive, or ``?`` (:func:`_writtenWith` of its program)."""
+def _programDocument(archive, what: str) -> bytes | None:
+    """The model program's document (``<archive>/models/model.json``) of an open archive, read
+    within the memory budget, or None when it has none."""
     from .archives import readMember
     from .filecheck import memoryBudgetBytes
 
     for member in archive.infolist():
         if member.filename.endswith("/models/model.json"):
-            return _writtenWith(readMember(archive, member, memoryBudgetBytes(), what))
-    return "?"
+            return readMember(archive, member, memoryBudgetBytes(), what)
+    return None
+
+
+def _writerVersion(archive, what: str) -> str:
+    """The torch that wrote an open archive, or ``?`` (:func:`_writtenWith` of its program)."""
+    document = _programDocument(archive, what)
+    return "?" if document is None else _writtenWith(document)
 
 
 def _writtenWith(document: bytes) -> str:
@@ -449,12 +456,10 @@ def formatLine(path) -> str:
     """What ``medsegunet info`` says of a model file's format (and, for ``.pt2``, the torch that wrote it)."""
     if not isExportedArchive(path):
         return "Format: TorchScript (convert it to .pt2 with 'medsegunet convert')"
-    from .archives import openArchive, readMember
-    from .filecheck import memoryBudgetBytes
+    from .archives import openArchive
 
-    version = "?"
     with openArchive(path, f"Model file '{path}'") as archive:
-        for member in archive.infolist():
-            if member.filename.endswith("/models/model.json"):
-                version = str(_json(readMember(archive, member, memoryBudgetBytes(), f"Model file '{path}'"), path, "models/model.json").get("torch_version", "?"))
+        document = _programDocument(archive, f"Model file '{path}'")
+    # Stricter than _writtenWith: a damaged program document is an error here, not an unknown version.
+    version = "?" if document is None else str(_json(document, path, "models/model.json").get("torch_version", "?"))
     return f"Format: torch.export (.pt2), written with torch {version}"
