@@ -1,6 +1,6 @@
 """The zoo's models for the seeds' tasks, run by name through the installed command on volumes they
 never saw: TCGA-FG-6692 (held out of the LGG training) in its skull-stripped 1 mm BraTS space and in
-its native 5.5 mm tilted FLAIR (the two volumes' agreement within 20 % is a known failure), and three
+its native 5.5 mm tilted FLAIR (the two volumes within 20 % of each other), and three
 slices of ACDC test patient 011 (``Testing/data/acdc``). The thresholds are the measured figures of
 the model sheets less a margin."""
 
@@ -18,9 +18,10 @@ import SimpleITK as sitk
 from conftest import REPO_ROOT, requireSharedData
 
 ACDC = REPO_ROOT / "Testing" / "data" / "acdc"
-# Measured (docs/models/lgg-flair.md, version 1.1.0): on TCGA-FG-6692's native FLAIR 19.9 mL, right
+# Measured (docs/models/lgg-flair.md, version 1.2.0): on TCGA-FG-6692's native FLAIR 18.5 mL, right
 # frontal as the BraTS-space fusion (30.2 mL) has it; on its skull-stripped BraTS-space FLAIR 15.9 mL,
-# Dice 0.56 against the fusion's whole tumour. The thresholds are those figures less a margin.
+# Dice 0.56 against the fusion's whole tumour (version 1.1.0, without the largest-component step:
+# 19.9 mL native, 25 % above the BraTS-space result). The thresholds are those figures less a margin.
 LGG_NATIVE_ML = (14.0, 26.0)
 LGG_MIN_BRATS_DICE = 0.45
 # On slices 3-5 of ACDC test patient 011 (docs/models/acdc-heart.md, version 1.2.0): LV cavity 0.968
@@ -79,8 +80,9 @@ def test_lgg_flair_on_the_skull_stripped_brats_space_flair(lgg_results):
     assert report["segments"][0]["qc"] == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="the native result is 25 % above the BraTS-space one (19.9 against 15.9 mL; docs/models/lgg-flair.md)")
 def test_lgg_flair_volumes_agree_across_the_two_spaces(lgg_results):
+    """The issue's goal: the abnormality's volume on the native FLAIR within 20 % of the BraTS-space
+    one (measured 18.5 against 15.9 mL, 17 % apart)."""
     native = lgg_results["native"][0]["segments"][0]["volume_cm3"]
     assert abs(native / lgg_results["brats"][0]["segments"][0]["volume_cm3"] - 1.0) <= 0.2
 
