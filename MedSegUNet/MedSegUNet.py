@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 
 # Light: no torch, MONAI or Qt (the Lib's engine modules are imported lazily by the logic).
-from MedSegUNetLib.slicer.modulelogic import ModuleLogic, pythonSlicerExecutable
+from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 
 README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
 SAMPLE_DATA_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
@@ -64,7 +64,8 @@ class MedSegUNet(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("MedSegUNet")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
+        # The output nodes' modules (and the subject hierarchy the outputs are placed in) must be loaded first.
+        self.parent.dependencies = ["Markups", "Segmentations", "SubjectHierarchy", "Tables"]
         self.parent.contributors = ["MedSegUNet developers"]
         self.parent.helpText = _(
             "Segments MRI volumes with MONAI U-Nets (TorchScript or torch.export files) described by a model card, inside the "
@@ -110,8 +111,9 @@ class MedSegUNetParameterNode:
     modelPath: str = ""
     device: str = "auto"
     useROI: bool = True
-    marginMM: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
-    contextMM: Annotated[float, WithinRange(0.0, 200.0)] = 0.0
+    # The card schema's range (roi.margin_mm, roi.context_mm): any card's value fits the panel.
+    marginMM: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
+    contextMM: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     show3D: bool = False
     roiNode: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -150,10 +152,12 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget):
             self.logic.close()
 
     def enter(self) -> None:
-        self.controller.enter()
+        if self.controller is not None:
+            self.controller.enter()
 
     def exit(self) -> None:
-        self.controller.exit()
+        if self.controller is not None:
+            self.controller.exit()
 
     def onReload(self) -> None:
         """End the worker process, reload the Lib modules (dependencies first), then the module itself."""
@@ -174,9 +178,12 @@ class MedSegUNetWidget(ScriptedLoadableModuleWidget):
 #
 
 
-class MedSegUNetLogic(ScriptedLoadableModuleLogic, ModuleLogic):
+class MedSegUNetLogic(ModuleLogic, ScriptedLoadableModuleLogic):
     """Slicer-side logic: ``MedSegUNetLib.slicer.modulelogic.ModuleLogic`` on ``slicer.mrmlScene``, its
     worker process started with Slicer's ``PythonSlicer``.
+
+    ``ModuleLogic`` comes first: ``ScriptedLoadableModuleLogic.__init__`` calls ``super().__init__()``
+    with no arguments, which must reach ``object``, not ``ModuleLogic.__init__`` (which needs the scene).
 
     Console use::
 
@@ -190,7 +197,6 @@ class MedSegUNetLogic(ScriptedLoadableModuleLogic, ModuleLogic):
             self,
             slicer.mrmlScene,
             requirementsPath=os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt"),
-            workerExecutable=pythonSlicerExecutable(),
             cachePath=slicer.app.cachePath,
             interactive=not slicer.app.commandOptions().noMainWindow,
             testing=slicer.app.testingEnabled(),

@@ -190,6 +190,44 @@ def servedFolder(served: Path):
         server.server_close()
 
 
+class HalfThenWait(http.server.BaseHTTPRequestHandler):
+    """Serves ``body`` on any GET: its first half at once, the rest once ``release`` is set, so a
+    test can act while a download is surely under way."""
+
+    body = b""
+    release = threading.Event()
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        half = len(self.body) // 2
+        self.wfile.write(self.body[:half])
+        self.wfile.flush()
+        self.release.wait(60)
+        try:
+            self.wfile.write(self.body[half:])
+        except OSError:  # the client was ended
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def a_stalling_server():
+    """A real HTTP server on 127.0.0.1 answering with :class:`HalfThenWait`; yields ``(url, handler)``."""
+    HalfThenWait.release = threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HalfThenWait)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", HalfThenWait
+    finally:
+        HalfThenWait.release.set()
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture()
 def a_file_server(tmp_path):
     """A real HTTP server on localhost serving ``tmp_path / 'served'``; yields its base URL."""
@@ -254,12 +292,14 @@ def bashBlocks(text: str) -> list[str]:
 
 @pytest.fixture
 def a_checkout(tmp_path) -> Path:
-    """``tmp/repo`` with the repository's Resources, and ``tmp/shared`` → the real shared data:
-    the folder a user runs the documentation's examples from."""
+    """``tmp/repo`` with the repository's Resources and the module's (the zoo), and ``tmp/shared`` →
+    the real shared data: the folder a user runs the documentation's examples from."""
     requireSharedData("prostatex", "ProstateX-0000")
     checkout = tmp_path / "repo"
     checkout.mkdir()
     os.symlink(REPO_ROOT / "Resources", checkout / "Resources")
+    (checkout / "MedSegUNet").mkdir()
+    os.symlink(REPO_ROOT / "MedSegUNet" / "Resources", checkout / "MedSegUNet" / "Resources")
     os.symlink(REPO_ROOT.parent / "shared", tmp_path / "shared")
     return checkout
 
@@ -384,3 +424,51 @@ def errorLines(stderr: str) -> list[str]:
     """Standard error without the plain progress lines (``[ 45%] ...``) that ``models pull`` writes
     there in a log (its stdout is the path): what is left must be the one error line."""
     return [line for line in stderr.strip().splitlines() if not re.match(r"^\[\s*\d+%\] ", line)]
+
+
+# -- the extension as CMake packages it --------------------------------------------------------
+# ``cmake_record`` configures the extension with the real ``cmake`` against a stand-in Slicer package
+# configuration (``Testing/data/FakeSlicer``) that records what ``slicerMacroBuildScriptedModule``
+# receives. ``an_installed_extension`` copies exactly those files (every one it names, nothing else)
+# to where ``ctkMacroCompilePythonScript`` puts them: ``<prefix>/lib/Slicer-X.Y/qt-scripted-modules/``,
+# each path kept relative to the module's source folder.
+
+FAKE_SLICER = REPO_ROOT / "Testing" / "data" / "FakeSlicer"
+
+
+def configureExtension(build: Path) -> dict[str, list[str]]:
+    """Configure the extension into ``build``; the recorded calls (``SCRIPT``, ``RESOURCE``, ...)."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    record = build / "record.txt"
+    completed = subprocess.run(
+        [cmake, "-S", str(REPO_ROOT), "-B", str(build), f"-DSlicer_DIR={FAKE_SLICER}", "-DBUILD_TESTING=ON", f"-DFAKE_SLICER_RECORD={record}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    calls: dict[str, list[str]] = {}
+    for line in record.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        calls.setdefault(key, []).append(value)
+    return calls
+
+
+@pytest.fixture(scope="session")
+def cmake_record(tmp_path_factory) -> dict[str, list[str]]:
+    """Configure the extension with real cmake against the stand-in Slicer; the recorded calls."""
+    return configureExtension(tmp_path_factory.mktemp("cmake-build"))
+
+
+@pytest.fixture(scope="session")
+def an_installed_extension(tmp_path_factory, cmake_record) -> Path:
+    """The extension's ``qt-scripted-modules`` folder as an Extension Manager install lays it out:
+    the scripts and resources ``MedSegUNet/CMakeLists.txt`` lists, and nothing else."""
+    folder = tmp_path_factory.mktemp("installed") / "lib" / "Slicer-5.8" / "qt-scripted-modules"
+    for relative in [*cmake_record["SCRIPT"], *cmake_record.get("RESOURCE", [])]:
+        target = folder / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / "MedSegUNet" / relative, target)
+    return folder

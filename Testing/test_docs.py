@@ -63,7 +63,7 @@ def test_the_card_reference_lists_every_field_of_the_schema(a_built_site):
 
 def test_links_outside_the_site_point_at_the_repository(a_built_site):
     models = (a_built_site / "models" / "index.html").read_text(encoding="utf-8")
-    assert 'href="https://github.com/medsegunet/SlicerMedSegUNet/blob/main/Resources/Models/prostate-zones/README.md"' in models
+    assert 'href="https://github.com/medsegunet/SlicerMedSegUNet/blob/main/MedSegUNet/Resources/Models/prostate-zones/README.md"' in models
     assert 'href="../../Resources' not in models
     benchmarks = (a_built_site / "benchmarks" / "index.html").read_text(encoding="utf-8")
     assert "benchmark_published.py" in benchmarks and "--8&lt;--" not in benchmarks  # the included README

@@ -41,13 +41,10 @@ OFFLINE_HINT = (
 
 
 def defaultModelPath() -> Path:
-    """The zoo model shipped in ``Resources/Models`` (repository checkout or Slicer extension)."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], here.parents[1]):
-        candidate = root / "Resources" / "Models" / MODEL_NAME / f"{MODEL_NAME}.pt"
-        if candidate.is_file():
-            return candidate
-    return here.parents[2] / "Resources" / "Models" / MODEL_NAME / f"{MODEL_NAME}.pt"
+    """The zoo model shipped as the module's resources (repository checkout or Slicer extension)."""
+    from .models.catalog import ZOO_FOLDER
+
+    return ZOO_FOLDER / MODEL_NAME / f"{MODEL_NAME}.pt"
 
 
 def cacheFolder() -> Path:
@@ -347,7 +344,7 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
         log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
     log(f"ROI {' × '.join(f'{v:.1f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
     if case == CASE:
-        log("Note: a demonstration model trained on this very case (ProstateX-0000); see Resources/Models/prostate-zones/README.md.")
+        log("Note: a demonstration model trained on this very case (ProstateX-0000); see MedSegUNet/Resources/Models/prostate-zones/README.md.")
     return {"outputs": outputs, "report": report, "roi": result.roi}
 
 

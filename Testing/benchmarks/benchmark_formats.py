@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    models = {name: str(REPO_ROOT / "Resources" / "Models" / name / f"{name}.pt") for name in ZOO}
+    models = {name: str(REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / name / f"{name}.pt") for name in ZOO}
     if not args.no_taps:
         cache = work / "cache"
         models["prostate-gland-taps"] = medsegunet("models", "pull", "prostate-gland-taps", environment={"MEDSEGUNET_CACHE": str(cache)})

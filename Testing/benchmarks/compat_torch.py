@@ -67,7 +67,7 @@ print(json.dumps({"torch": tag, "read": results}))
 
 def runChild(python: str, work: Path, action: str) -> tuple[bool, str]:
     """(succeeded, its output or its last error line)."""
-    zoo = REPO_ROOT / "Resources" / "Models" / "prostate-zones" / "prostate-zones"
+    zoo = REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones"
     done = subprocess.run([python, "-c", CHILD, str(work), str(REPO_ROOT / "MedSegUNet"), str(zoo), action], capture_output=True, text=True)
     if done.returncode != 0:
         return False, done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"

@@ -436,7 +436,7 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     cohortFolder.mkdir()
     for name in ("ProstateX-0000", "ProstateX-0001"):
         os.symlink(requireSharedData("prostatex", name), cohortFolder / name)
-    model = str(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+    model = str(repo_root / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
     out = tmp_path / "cohort-output"
     assert cli.main(["batch", "--model", model, "--cases", str(cohortFolder), "--output", str(out), "--dry-run"]) == 0
     table = capsys.readouterr().out

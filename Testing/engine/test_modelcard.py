@@ -59,7 +59,7 @@ def test_invalid_card_is_one_line_naming_the_field(monkeypatch, changes, field, 
 
 def test_both_validators_agree_on_every_zoo_card_and_field(repo_root):
     """The stdlib check accepts every zoo card and finds the same fields as jsonschema on broken ones."""
-    for path in sorted((repo_root / "Resources" / "Models").glob("*/*.pt")):
+    for path in sorted((repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt")):
         good = json.loads(modelcard._embeddedCardText(str(path)))
         assert modelcard.schemaErrors(good, useJsonschema=False) == [] == modelcard.schemaErrors(good, useJsonschema=True)
     for parameters in INVALID_CARDS:

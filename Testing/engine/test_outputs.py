@@ -86,7 +86,7 @@ def test_terminology_reaches_seg_nrrd_as_slicer_writes_it(tmp_path, repo_root):
 
     from MedSegUNetLib.engine import modelcard
 
-    card = modelcard.readCard(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+    card = modelcard.readCard(repo_root / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
     labelmap = sitk.Image([6, 5, 4], sitk.sitkUInt8)
     labelmap[1, 1, 1] = 1
     labelmap[2, 2, 2] = 2

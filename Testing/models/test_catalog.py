@@ -23,7 +23,7 @@ LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 def test_shipped_catalog_lists_the_zoo_files_with_their_checksums(repo_root):
     shipped = catalog.loadCatalog(catalog.CATALOG_PATH)
     names = {entry["name"] for entry in shipped["models"] if "source" not in entry}
-    zoo = {path.stem: path for path in (repo_root / "Resources" / "Models").glob("*/*.pt")}
+    zoo = {path.stem: path for path in (repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt")}
     assert names == set(zoo) == {"prostate-zones", "brain-tumor-3d", "brain-tumor-2d", "lgg-flair", "acdc-heart"}
     # Published models come from their authors' releases, pinned, with their licence and sheet.
     published = {entry["name"]: entry for entry in shipped["models"] if "source" in entry}
@@ -32,7 +32,7 @@ def test_shipped_catalog_lists_the_zoo_files_with_their_checksums(repo_root):
     assert all((repo_root / entry["sheet"]).is_file() for entry in published.values())
     # The inlined card is the one the repository keeps beside the model's sheet.
     for name, entry in published.items():
-        assert entry["card"] == json.loads((repo_root / "Resources" / "Models" / name / "card.json").read_text()), name
+        assert entry["card"] == json.loads((repo_root / "MedSegUNet" / "Resources" / "Models" / name / "card.json").read_text()), name
     for entry in [entry for entry in shipped["models"] if "source" not in entry]:
         assert entry["sha256"] == sha256(zoo[entry["name"]]) and entry["bytes"] == zoo[entry["name"]].stat().st_size
         assert entry["url"].startswith("https://") and entry["url"].endswith(f"/{entry['name']}.pt")
@@ -179,7 +179,7 @@ def test_a_zoo_model_needs_no_network(capsys, tmp_path, repo_root, monkeypatch):
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
     assert cli.main(["models", "pull", "prostate-zones"]) == 0
     path = capsys.readouterr().out.strip()
-    assert path == str(repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+    assert path == str(repo_root / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
     assert not (tmp_path / "cache").exists()
 
 
@@ -411,10 +411,10 @@ SHIPPED_PT2 = [entry["name"] for entry in catalog.loadCatalog(catalog.CATALOG_PA
 
 
 def test_the_catalog_lists_each_zoo_pt2_with_its_checksum(repo_root):
-    assert set(SHIPPED_PT2) == {path.stem for path in (repo_root / "Resources" / "Models").glob("*/*.pt2")} >= {"prostate-zones", "lgg-flair"}
+    assert set(SHIPPED_PT2) == {path.stem for path in (repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt2")} >= {"prostate-zones", "lgg-flair"}
     for entry in catalog.loadCatalog(catalog.CATALOG_PATH)["models"]:
         if "pt2" in entry:
-            shipped = repo_root / "Resources" / "Models" / entry["name"] / f"{entry['name']}.pt2"
+            shipped = repo_root / "MedSegUNet" / "Resources" / "Models" / entry["name"] / f"{entry['name']}.pt2"
             assert entry["pt2"] == {"url": entry["url"][:-3] + ".pt2", "sha256": sha256(shipped), "bytes": shipped.stat().st_size}
 
 
@@ -429,7 +429,7 @@ def test_each_zoo_pt2_answers_as_its_torchscript_on_three_sizes(capsys, tmp_path
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
     assert cli.main(["models", "pull", name, "--format", "pt2"]) == 0
     exported = capsys.readouterr().out.strip()
-    assert exported.endswith(f"Resources/Models/{name}/{name}.pt2") and not (tmp_path / "cache").exists()  # shipped: offline
+    assert exported.endswith(f"MedSegUNet/Resources/Models/{name}/{name}.pt2") and not (tmp_path / "cache").exists()  # shipped: offline
     clearModelCache()
     scripted, converted = loadModel(str(catalog.pullModel(name)), "cpu"), loadModel(exported, "cpu")
     generator = torch.Generator().manual_seed(7)
@@ -528,7 +528,7 @@ def test_a_source_with_a_localiser_has_no_pt2_and_nothing_is_fetched(capsys, a_p
 def aServedZooCopy(a_file_server, repo_root, monkeypatch, tmp_path) -> dict:
     """A zoo model (0.9 MB: fifteen 64 KiB blocks) served under another name on 127.0.0.1, and an empty cache."""
     served, url = a_file_server
-    model = repo_root / "Resources" / "Models" / "brain-tumor-2d" / "brain-tumor-2d.pt"
+    model = repo_root / "MedSegUNet" / "Resources" / "Models" / "brain-tumor-2d" / "brain-tumor-2d.pt"
     shutil.copy(model, served / "mirrored.pt")
     entry = {"name": "mirrored", "url": url + "mirrored.pt", "sha256": sha256(model), "bytes": model.stat().st_size, "description": "a mirror's copy"}
     (served / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))

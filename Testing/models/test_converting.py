@@ -22,7 +22,7 @@ def labels(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def a_converted_zoo_model(tmp_path_factory, repo_root) -> str:
     output = tmp_path_factory.mktemp("convert") / "prostate-zones.pt2"
-    assert cli.main(["convert", str(repo_root / "Resources/Models/prostate-zones/prostate-zones.pt"), "--output", str(output)]) == 0
+    assert cli.main(["convert", str(repo_root / "MedSegUNet/Resources/Models/prostate-zones/prostate-zones.pt"), "--output", str(output)]) == 0
     return str(output)
 
 
@@ -31,12 +31,12 @@ def test_convert_prints_the_three_sizes_it_compared(a_converted_zoo_model, repo_
     assert cli.main(["convert", "lgg-flair", "--output", str(output)]) == 0
     assert capsys.readouterr().out.strip().endswith("does on 128×128, 144×144, 112×112 inputs (max |difference| 0)")
     assert exportedmodel.isExportedArchive(str(output))
-    assert modelcard.readCard(output) == modelcard.readCard(repo_root / "Resources/Models/lgg-flair/lgg-flair.pt")
+    assert modelcard.readCard(output) == modelcard.readCard(repo_root / "MedSegUNet/Resources/Models/lgg-flair/lgg-flair.pt")
 
 
 def test_the_converted_zoo_model_segments_the_real_series_voxel_for_voxel(a_converted_zoo_model, repo_root, prostate_series, tmp_path, capsys):
     tra, sag, cor = (prostate_series[name] for name in sorted(prostate_series, key=lambda n: ("tra" not in n, "sag" not in n)))
-    for model, output in ((repo_root / "Resources/Models/prostate-zones/prostate-zones.pt", "ts.nii.gz"), (a_converted_zoo_model, "pt2.nii.gz")):
+    for model, output in ((repo_root / "MedSegUNet/Resources/Models/prostate-zones/prostate-zones.pt", "ts.nii.gz"), (a_converted_zoo_model, "pt2.nii.gz")):
         assert cli.main(["segment", "-q", "--model", str(model), tra, "--roi-from", sag, cor, "--output", str(tmp_path / output)]) == 0, capsys.readouterr().err
     scripted, exported = labels(tmp_path / "ts.nii.gz"), labels(tmp_path / "pt2.nii.gz")
     assert np.bincount(scripted.ravel()).tolist()[1:] == [30148, 24713]

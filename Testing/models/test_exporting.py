@@ -148,7 +148,7 @@ SEED_MODELS = {"lgg-flair", "acdc-heart"}
 def test_zoo_models_have_valid_cards(repo_root):
     """Every zoo model: ≤ 10 MB, a valid card with its validation, a model sheet and its training
     config; a demonstration model says so, a model of the seeds' tasks names its data's licence."""
-    models = sorted((repo_root / "Resources" / "Models").glob("*/*.pt"))
+    models = sorted((repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt"))
     assert {path.stem for path in models} >= SEED_MODELS
     for path in models:
         assert path.stat().st_size <= 10 * 1024 * 1024, path
@@ -211,7 +211,7 @@ def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shar
     done = subprocess.run(["bash", "-e", "-c", f"medsegunet models pull {name}\n{example}"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env=environment)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].endswith(f"Resources/Models/{name}/{name}.pt") and not (tmp_path / "cache").exists()  # shipped: nothing downloaded
+    assert done.stdout.splitlines()[0].endswith(f"MedSegUNet/Resources/Models/{name}/{name}.pt") and not (tmp_path / "cache").exists()  # shipped: nothing downloaded
     import slicerio
 
     segmentation = slicerio.read_segmentation(str(tmp_path / "segmentation.seg.nrrd"))

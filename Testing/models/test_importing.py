@@ -256,7 +256,7 @@ def test_a_trained_model_exported_with_torch_defaults_imports_and_segments_the_s
 
     from MedSegUNetLib.models import training
 
-    zoo = repo_root / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt"
+    zoo = repo_root / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt"
     card = modelcard.readCard(zoo)
     spec = card["training"]["network"]
     network = training.buildNetwork({**card, "network": spec}).eval()

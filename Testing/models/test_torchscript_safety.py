@@ -246,6 +246,8 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
         {"id": 3, "command": "segment", "folder": str(folder)},
         {"id": 4, "command": "ping"},
     ]
+    from MedSegUNetLib.slicer.worker import PROTOCOL_PREFIX
+
     # The worker ends at the end of its input, so the requests go one by one, each answer awaited.
     worker = subprocess.Popen([sys.executable, "-m", "MedSegUNetLib.slicer.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, cwd=str(REPO_ROOT))
@@ -255,7 +257,9 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
             worker.stdin.write(json.dumps(request) + "\n")
             worker.stdin.flush()
             while True:
-                answers.append(json.loads(worker.stdout.readline()))
+                line = worker.stdout.readline()
+                assert line.startswith(PROTOCOL_PREFIX.decode("ascii")), line
+                answers.append(json.loads(line[len(PROTOCOL_PREFIX):]))
                 if "result" in answers[-1] or "error" in answers[-1]:
                     break
     finally:
@@ -274,7 +278,7 @@ def test_the_zoo_and_monai_networks_pass_the_allow_list(repo_root):
     """Every shipped zoo model (and its localiser), and MONAI's scriptable segmentation networks."""
     import monai.networks.nets as nets
 
-    for path in sorted((repo_root / "Resources" / "Models").glob("*/*.pt")):
+    for path in sorted((repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt")):
         assert graphsafety.forbiddenOperators(torch.jit.load(str(path))) == [], path
         modelcard.clearModelCache()
         assert modelcard.loadModel(path, "cpu").network is not None

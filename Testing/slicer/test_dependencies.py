@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ def test_constraints_pin_the_present_torch_numpy_simpleitk_and_vtk():
     path = dependencies.writeConstraints()
     with open(path, encoding="utf-8") as stream:
         assert stream.read().splitlines() == lines
+    os.remove(path)
 
 
 # A half-installed PyTorch (an empty namespace folder, or files without metadata) is "broken", not "ok".
@@ -56,3 +58,34 @@ def test_devices_are_asked_of_the_worker(python_slicer):
         assert devices["cuda"] == torch.cuda.is_available()
     finally:
         worker.close()
+
+
+def test_an_old_torch_is_installed_again_and_never_imported(tmp_path):
+    # A PyTorch below the minimum, as pip leaves it (package and metadata): too old for the engine.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('this old torch must not be imported')\n")
+    info = tmp_path / "torch-1.13.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 1.13.1\n")
+    probe = PROBE.replace('"torch": "torch" in sys.modules}', '"torch": "torch" in sys.modules, "install": dependencies.missingForSlicer()}')
+    done = subprocess.run([sys.executable, "-S", "-c", probe % {"fake": str(tmp_path)}], capture_output=True, text=True, timeout=120,
+                          cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "old" and report["install"][0] == "torch" and report["torch"] is False
+    assert dependencies.versionTuple("2.13.0+cpu") == (2, 13, 0) and dependencies.versionTuple("2.1") >= dependencies.versionTuple(dependencies.TORCH_MINIMUM)
+
+
+def test_the_constraints_file_is_removed_whatever_pip_does(tmp_path, monkeypatch):
+    import tempfile
+
+    import pytest
+
+    from MedSegUNetLib.engine.errors import MedSegUNetError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # slicer-core's slicer.util.pip_install has no application to run PythonSlicer with here: it fails, as pip
+    # may, and the constraints file written for it must go all the same.
+    with pytest.raises(MedSegUNetError, match="Installing the Python packages failed"):
+        dependencies.installRequirements(["no-such-package-of-medsegunet"])
+    assert list(tmp_path.iterdir()) == []

@@ -44,7 +44,7 @@ def test_fresh_slicer_reads_every_zoo_card_and_suggests_inputs():
     pytest.importorskip("slicer", reason="slicer-core is not installed")
     folder = requireSharedData("prostatex", "ProstateX-0000")
     series = [(name, str(folder / name)) for name in ("4-t2tsetra", "3-t2tsesag", "5-t2tsecor", "7-ep2ddifftraDYNDISTADC")]
-    models = sorted(str(p) for p in (REPO_ROOT / "Resources" / "Models").glob("*/*.pt"))
+    models = sorted(str(p) for p in (REPO_ROOT / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt"))
     script = FRESH_SLICER % {"blocked": BLOCKED, "series": series, "models": models}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=str(REPO_ROOT))
     assert done.returncode == 0, done.stderr

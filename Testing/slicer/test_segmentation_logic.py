@@ -157,7 +157,8 @@ def test_self_test_runs_the_users_path_through_the_launcher(repo_root, python_sl
     requirements = str(repo_root / "MedSegUNet" / "Resources" / "requirements.txt")
     done = subprocess.run(
         [sys.executable, "-c", SELF_TEST % {"requirements": requirements, "launcher": python_slicer}],
-        capture_output=True, text=True, timeout=300, cwd=str(repo_root / "Testing"),
+        # Not from Testing/: its slicer/ folder would join slicer-core's "slicer" namespace package.
+        capture_output=True, text=True, timeout=300, cwd=str(repo_root),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -305,13 +306,73 @@ def test_rerun_into_same_nodes_replaces_segments_and_rows(a_scene, phantom_data,
     segmentation = second.segmentationNode.GetSegmentation()
     assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["Segment_1", "Segment_2"]
     assert second.statisticsTableNode.GetNumberOfRows() == 2
-    # A model with other labels replaces the segments, it does not add to them.
+    # Another model writes its segments beside this model's (never wiping them); its table is its own.
     third = logic.process([reference], a_single_label_model, roiVolumes=others, device="cpu",
                           outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode, outputROI=first.roiNode)
     segmentation = third.segmentationNode.GetSegmentation()
-    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["whole"]
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["outer", "inner", "whole"]
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["Segment_1", "Segment_2", "Segment_1_1"]
     assert tableColumn(third.statisticsTableNode, "Number of voxels [voxels]") == [1633.0 + 178.0]
-    assert segmentation.GetNthSegment(0).GetColor() == (1.0, 0.0, 0.0)
+    assert segmentation.GetNthSegment(2).GetColor() == (1.0, 0.0, 0.0)
+
+
+def test_a_users_segmentation_keeps_its_segments_and_segment_editor_keeps_the_whole_grid(a_scene, phantom_data):
+    nodes = addPhantoms(a_scene, phantom_data)
+    reference = nodes[selftest.INPUT_NAME]
+    others = [node for name, node in nodes.items() if name != selftest.INPUT_NAME]
+    # The user's own segmentation, with a segment painted on the reference (64 voxels), imported as Slicer does.
+    painted = np.zeros(sitk.GetArrayFromImage(phantom_data["images"][selftest.INPUT_NAME]).shape, dtype=np.uint8)
+    painted[5:9, 10:14, 10:14] = 1
+    paintedImage = sitk.GetImageFromArray(painted)
+    paintedImage.CopyInformation(phantom_data["images"][selftest.INPUT_NAME])
+    labelmap = addVolumeFromImage(a_scene, paintedImage, "my lesion", labelmap=True)
+    mine = a_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, mine)
+    a_scene.RemoveNode(labelmap)
+    logic = SegmentationLogic(a_scene)
+    for _ in range(2):  # a re-run replaces the model's segments only
+        result = logic.process([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu", outputSegmentation=mine)
+        assert result.segmentationNode is mine
+        segmentation = mine.GetSegmentation()
+        assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["my lesion", "outer", "inner"]
+        labels = selftest.segmentationLabelArray(a_scene, mine, reference)
+        # Exported in segment order (the user's first, painted over by the model's where they overlap).
+        assert int((labels == 1).sum()) + int(((labels > 1) & (painted == 1)).sum()) == 64
+        assert [int((labels == 2).sum() + ((labels == 1) & (phantom_data["expectedLabels"] == 1)).sum()), int((labels == 3).sum())] == [1633, 178]
+    # Segment Editor works on the reference's whole grid (the ROI's extent would clip the user's edits).
+    converter = slicer.vtkSegmentationConverter
+    geometry = slicer.vtkOrientedImageData()
+    assert converter.DeserializeImageGeometry(mine.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName()), geometry)
+    assert list(geometry.GetExtent()) == list(reference.GetImageData().GetExtent())
+
+
+def test_output_nodes_removed_during_a_run_are_made_anew_never_written_as_orphans(a_scene, phantom_data):
+    nodes = addPhantoms(a_scene, phantom_data)
+    reference = nodes[selftest.INPUT_NAME]
+    logic = SegmentationLogic(a_scene)
+    others = [node for name, node in nodes.items() if name != selftest.INPUT_NAME]
+    first = logic.process([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu")
+    job = logic.prepare([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu", outputSegmentation=first.segmentationNode,
+                        outputTable=first.statisticsTableNode, outputROI=first.roiNode)
+    job.run()
+    for node in (first.segmentationNode, first.statisticsTableNode, first.roiNode):
+        a_scene.RemoveNode(node)  # while the network ran
+    result = logic.finish(job)
+    for made, removed in ((result.segmentationNode, first.segmentationNode), (result.statisticsTableNode, first.statisticsTableNode), (result.roiNode, first.roiNode)):
+        assert made is not removed and a_scene.IsNodePresent(made) and not a_scene.IsNodePresent(removed)
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(a_scene)
+    items = vtk.vtkIdList()
+    shNode.GetItemChildren(shNode.GetSceneItemID(), items, True)
+    dataNodes = [shNode.GetItemDataNode(items.GetId(i)) for i in range(items.GetNumberOfIds())]
+    assert all(node is None or a_scene.IsNodePresent(node) for node in dataNodes)
+    # The reference itself removed: one line, nothing written.
+    job = logic.prepare([reference], phantom_data["modelPath"], device="cpu", useROI=False)
+    job.run()
+    a_scene.RemoveNode(reference)
+    before = sceneState(a_scene)
+    with pytest.raises(MedSegUNetError, match="was removed while it was being segmented: nothing was written"):
+        logic.finish(job)
+    assert sceneState(a_scene) == before
 
 
 def test_markups_roi_limits_the_roi(a_scene, phantom_data):

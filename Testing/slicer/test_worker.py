@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -340,3 +341,107 @@ def test_a_pt2_model_gives_the_torchscript_labels_in_the_worker_and_in_process(t
         counts.append([int((labels == value).sum()) for value in (1, 2)])
     # The TorchScript file's labels through 'segment' on these series (test_converting).
     assert counts == [[30148, 24713], [30148, 24713]]
+
+
+# Installed as the worker's sitecustomize: a banner at start-up, and a "library" that prints from
+# Python and writes to descriptor 1 from C when torch is imported (during the first request).
+CHATTY_SITE = r"""
+import os, sys
+print("a banner printed at start-up")
+
+class Chatty:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("a library line on stdout (Python)")
+            sys.stdout.flush()
+            os.write(1, b"a library line on stdout (C)\\n")
+        return None
+
+sys.meta_path.insert(0, Chatty())
+"""
+
+
+def test_lines_a_library_prints_cannot_corrupt_the_answers(tmp_path, phantom_data, python_slicer):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CHATTY_SITE)
+    scene, nodes = _phantomScene(phantom_data)
+    logic = SegmentationLogic(scene, useWorker=True, workerExecutable=python_slicer)
+    logic.worker.environment = {"PYTHONPATH": str(site)}
+    try:
+        result = logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], roiVolumes=_roiSeries(nodes), device="cpu")
+        labels = selftest.segmentationLabelArray(scene, result.segmentationNode, nodes[selftest.INPUT_NAME])
+        assert [int((labels == value).sum()) for value in (1, 2)] == [1633, 178]
+        # Every printed line went to the worker's log, none to the answers.
+        log = _wholeLog(logic.worker)
+        for line in ("a banner printed at start-up", "a library line on stdout (Python)", "a library line on stdout (C)"):
+            assert line in log
+    finally:
+        logic.close()
+
+
+def _wholeLog(worker) -> str:
+    worker._log.seek(0)
+    return worker._log.read().decode("utf-8", "replace")
+
+
+def _zonesCatalog(tmp_path, url: str, body: bytes) -> Path:
+    import hashlib
+
+    catalog = {"schema": "medsegunet.catalog/1", "models": [
+        {"name": "zones-mirror", "url": url + "zones.pt", "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "description": "mirror"}]}
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(catalog))
+    return path
+
+
+def test_a_catalog_pull_runs_in_the_worker_with_progress_and_cancel(tmp_path, a_stalling_server, python_slicer, monkeypatch):
+    from MedSegUNetLib.slicer.modulelogic import ModuleLogic
+
+    url, handler = a_stalling_server
+    handler.body = (REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt").read_bytes()
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(_zonesCatalog(tmp_path, url, handler.body)))
+    logic = ModuleLogic(slicer.vtkMRMLScene(), str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"), workerExecutable=python_slicer,
+                        cachePath=str(tmp_path / "slicer-cache"), interactive=False, testing=True)
+    cache = tmp_path / "slicer-cache" / "medsegunet" / "models" / "zones-mirror"
+    cancel = threading.Event()
+    progress: list[tuple[float, str]] = []
+
+    def onProgress(fraction: float, message: str) -> None:
+        progress.append((fraction, message))
+        if fraction > 0:  # half of the file has come: the download is under way
+            cancel.set()
+
+    try:
+        with pytest.raises(ProcessingCancelled):
+            logic.pullCatalogModel("zones-mirror", onProgress, cancel)
+        assert not cache.exists() and not logic.segmentationLogic.worker.alive
+        handler.release.set()
+        progress.clear()
+        path = logic.pullCatalogModel("zones-mirror", lambda f, m: progress.append((f, m)))
+        assert Path(path).read_bytes() == handler.body and cache in Path(path).parents
+        assert progress and max(f for f, _ in progress) > 0
+        with pytest.raises(MedSegUNetError, match="neither a model file nor a model of the catalog"):
+            logic.pullCatalogModel("no-such-model")
+    finally:
+        logic.close()
+
+
+def test_the_module_logic_pulls_without_importing_torch_or_onnx(tmp_path, a_file_server, python_slicer):
+    served, url = a_file_server
+    body = (REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt").read_bytes()
+    (served / "zones.pt").write_bytes(body)
+    catalog = _zonesCatalog(tmp_path, url, body)
+    code = (
+        "import json, sys, slicer\n"
+        "from MedSegUNetLib.slicer.modulelogic import ModuleLogic\n"
+        f"logic = ModuleLogic(slicer.vtkMRMLScene(), 'requirements.txt', workerExecutable={python_slicer!r}, cachePath={str(tmp_path / 'c')!r}, testing=True)\n"
+        "path = logic.pullCatalogModel('zones-mirror')\n"
+        "logic.close()\n"
+        "print(json.dumps({'path': path, 'heavy': sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnx', 'onnxruntime'})}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                          env={**os.environ, "MEDSEGUNET_CATALOG": str(catalog)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == [] and Path(report["path"]).read_bytes() == body

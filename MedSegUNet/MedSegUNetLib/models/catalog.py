@@ -34,9 +34,11 @@ CATALOG_PATH = Path(__file__).with_name("catalog.json")
 # A name becomes a folder and a file name in the cache: one line of safe characters, matched whole
 # (``re.match`` with ``$`` would take a trailing newline), and short enough for any file system.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-# The demonstration zoo beside the package in a source checkout (editable install): a catalog model
-# with the same SHA256 is used from there, with no download.
-ZOO_FOLDER = Path(__file__).resolve().parents[3] / "Resources" / "Models"
+# The zoo ships as the module's resources, beside the package: ``MedSegUNet/Resources/Models`` in a
+# source checkout (editable install), ``qt-scripted-modules/Resources/Models`` in an installed Slicer
+# extension (the same place relative to ``MedSegUNetLib``). A catalog model with the same SHA256 is
+# used from there, with no download.
+ZOO_FOLDER = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -238,6 +240,42 @@ def localCopy(entry: dict, cache: Path | None = None) -> tuple[Path | None, str]
         return path, "cached"
     bundled = bundledModel(entry) if "sha256" in entry and "source" not in entry else None
     return (bundled, "shipped") if bundled is not None else (None, "-")
+
+
+def discardPartialPull(name: str, cache: Path | None = None) -> None:
+    """Remove what an interrupted pull of ``name`` left in the cache (a worker ended mid-download):
+    its staging folders, and the model's folders if they hold nothing else. A finished file stays."""
+    import shutil
+
+    root = cache or cacheFolder()
+    folder = root / "models" / name
+    if not NAME_PATTERN.fullmatch(name) or not folder.is_dir() or folder.is_symlink():
+        return
+    for version in [folder, *[p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]]:
+        for staging in version.glob(".medsegunet-*"):
+            if staging.is_dir() and not staging.is_symlink():
+                shutil.rmtree(staging, ignore_errors=True)
+    for version in [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]:
+        if not any(version.iterdir()):
+            version.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+# How the Slicer panel's catalog list says where a model is (see :func:`localCopy`).
+PANEL_WHERE = {"cached": "downloaded", "shipped": "included", "-": "download on first use"}
+
+
+def catalogChoices(catalog: dict | None = None, cache: Path | None = None) -> list[tuple[str, str]]:
+    """The Slicer panel's catalog list: ``(text, name)`` per model, the text with the model's
+    version, where it is on this computer and its description."""
+    catalog = catalog or loadCatalog()
+    choices = []
+    for entry in catalog["models"]:
+        version = f" {entry['version']}" if entry.get("version") else ""
+        where = PANEL_WHERE[localCopy(entry, cache)[1]]
+        choices.append((f"{entry['name']}{version} ({where}): {entry.get('description', '')}", entry["name"]))
+    return choices
 
 
 def modelsTable(catalog: dict, cache: Path | None = None) -> str:

@@ -1,7 +1,10 @@
 """What a Slicer installation still needs, found without importing it, and how to install it safely.
 
 The first Apply calls :func:`ensureInstalled` (in Slicer: it asks once, then installs PyTorch with
-the PyTorch extension and the rest with ``slicer.packaging.pip_ensure`` or ``pip_install``).
+light-the-torch, as the PyTorch extension does, and the rest with ``slicer.packaging.pip_ensure`` or
+``pip_install``). PyTorch is installed by a separate ``PythonSlicer`` process and never imported
+here: ``PyTorchUtilsLogic.installTorch`` ends with ``import torch``, which would load torch into
+Slicer's process, so the module runs the same light-the-torch command itself.
 
 Slicer's process must stay light and must not be broken by a half-installed package, so nothing
 here imports torch or MONAI: distributions are looked up in their metadata
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import itertools
 import os
 import tempfile
 
@@ -32,6 +36,22 @@ PINNED = ("torch", "numpy", "SimpleITK", "vtk", "pydicom", "Pillow")
 # the pydicom present: highdicom 0.23 and later need pydicom 3.
 HIGHDICOM_FOR_PYDICOM2 = "highdicom>=0.22,<0.23"
 HIGHDICOM_FOR_PYDICOM3 = "highdicom>=0.23"
+# The oldest PyTorch the engine runs on (pyproject.toml says the same); an older one is upgraded.
+TORCH_MINIMUM = "2.1"
+# What light-the-torch installs when PyTorch is missing, broken or too old (it picks the build for the GPU's driver).
+TORCH_REQUIREMENT = f"torch>={TORCH_MINIMUM}"
+LIGHT_THE_TORCH = "light-the-torch>=0.5"
+
+
+def versionTuple(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version (``"2.13.0+cpu"`` → ``(2, 13, 0)``), for comparisons."""
+    numbers = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+    return tuple(numbers)
 
 
 def distributionVersion(name: str) -> str | None:
@@ -43,7 +63,8 @@ def distributionVersion(name: str) -> str | None:
 
 
 def torchStatus() -> str:
-    """``"missing"``, ``"ok"`` or ``"broken"``, from metadata and the package's files alone.
+    """``"missing"``, ``"ok"``, ``"broken"`` or ``"old"`` (below :data:`TORCH_MINIMUM`), from metadata
+    and the package's files alone.
 
     ``find_spec("torch")`` also succeeds for an empty namespace folder left by a failed install, so
     the distribution's metadata and its ``__init__.py`` are both required.
@@ -54,6 +75,8 @@ def torchStatus() -> str:
         return "missing"
     if version is None or spec is None or spec.origin is None or not os.path.isfile(spec.origin):
         return "broken"
+    if versionTuple(version) < versionTuple(TORCH_MINIMUM):
+        return "old"
     return "ok"
 
 
@@ -128,7 +151,6 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
     Raises:
         MedSegUNetError: an installation failed (one line saying what to do).
     """
-    import logging
 
     import slicer
     from slicer.i18n import tr as _
@@ -138,29 +160,17 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
     missing = missingForSlicer()
     if not missing:
         return True
-    broken = torchStatus() == "broken"
-    names = ", ".join(("PyTorch (reinstall: the installed one is broken)" if broken else "PyTorch") if name == "torch" else name for name in missing)
+    status = torchStatus()
+    words = {"broken": "PyTorch (reinstall: the installed one is broken)", "old": f"PyTorch {TORCH_MINIMUM} or newer (the installed {distributionVersion('torch')} is too old)"}
+    names = ", ".join(words.get(status, "PyTorch") if name == "torch" else name for name in missing)
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(
         _("MedSegUNet needs these Python packages: {names}. Install them now? "
-          "PyTorch comes from the PyTorch extension, built for this computer's GPU; it may download a few GB.").format(names=names),
+          "PyTorch is installed with light-the-torch, built for this computer's GPU; it may download a few GB.").format(names=names),
         windowTitle=_("Install Python packages"),
     ):
         return False
     if "torch" in missing:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise MedSegUNetError("The PyTorch extension is missing: install 'PyTorch' from the Extensions Manager and restart Slicer.") from None
-        try:
-            utilities = PyTorchUtils.PyTorchUtilsLogic()
-            if broken:  # pip keeps a "installed" distribution as it is: remove the broken one first
-                utilities.uninstallTorch(askConfirmation=False)
-            torch = utilities.installTorch(askConfirmation=False)
-        except Exception as error:  # pip and network errors come in many types
-            logging.exception("PyTorch installation failed")
-            raise MedSegUNetError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
-        if torch is None or torchStatus() != "ok":
-            raise MedSegUNetError("PyTorch could not be installed: install it from the PyTorch Utils module, then retry.")
+        installPyTorch(status)
         if onTorchInstalled is not None:  # a worker may hold the old (broken) PyTorch
             onTorchInstalled()
     if missingModules():
@@ -169,6 +179,45 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
     if still:
         raise MedSegUNetError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
     return True
+
+
+def installPyTorch(status: str) -> None:
+    """Install PyTorch as the PyTorch extension does (light-the-torch picks the build for this GPU's
+    driver), in a ``PythonSlicer`` process: Slicer's process never imports torch.
+
+    Raises:
+        MedSegUNetError: the installation failed, or left no working PyTorch (metadata and files).
+    """
+    import logging
+
+    import slicer
+
+    from ..engine.errors import MedSegUNetError
+
+    try:
+        if status == "broken":  # pip keeps a "installed" distribution as it is: remove the broken one first
+            slicer.util.pip_uninstall("torch")
+        if distributionVersion("light-the-torch") is None:
+            installRequirements([LIGHT_THE_TORCH])
+        process = slicer.util.launchConsoleProcess([pythonSlicerExecutable(), "-m", "light_the_torch", "install", TORCH_REQUIREMENT])
+        slicer.util.logProcessOutput(process)
+    except MedSegUNetError:
+        raise
+    except Exception as error:  # pip, network and process errors come in many types
+        logging.exception("PyTorch installation failed")
+        raise MedSegUNetError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
+    importlib.invalidate_caches()
+    if torchStatus() != "ok":
+        raise MedSegUNetError("PyTorch could not be installed: install it from the PyTorch Utils module, then retry.")
+
+
+def pythonSlicerExecutable() -> str:
+    """Slicer's ``PythonSlicer`` (a launcher that runs Slicer's Python with its environment), as the
+    AI extensions use it for their workers and installs; outside Slicer, this Python."""
+    import shutil
+    import sys
+
+    return shutil.which("PythonSlicer") or sys.executable
 
 
 def packagingModule():
@@ -211,14 +260,26 @@ def ensureHighdicom(askConfirmation: bool = True) -> bool:
 
 def installRequirements(requirements: list[str]) -> None:
     """pip-install ``requirements`` (pip arguments: ``["-r", FILE]`` or requirement strings) with
-    :data:`PINNED` held at their present versions by a constraints file."""
+    :data:`PINNED` held at their present versions by a constraints file (removed afterwards).
+
+    Raises:
+        MedSegUNetError: pip failed (one line saying what to do).
+    """
+    constraints = writeConstraints()
+    try:
+        _pipInstall(requirements, constraints)
+    finally:
+        os.remove(constraints)
+    importlib.invalidate_caches()
+
+
+def _pipInstall(requirements: list[str], constraints: str) -> None:
     import logging
 
     import slicer
 
     from ..engine.errors import MedSegUNetError
 
-    constraints = writeConstraints()
     try:
         packaging = packagingModule()
         if packaging is not None:
@@ -232,5 +293,5 @@ def installRequirements(requirements: list[str]) -> None:
         logging.exception("Installing MedSegUNet requirements failed")
         raise MedSegUNetError(
             f"Installing the Python packages failed ({error}): check the network connection, or run "
-            f"slicer.util.pip_install({[*requirements, '-c', constraints]!r}) in the Python console, then retry."
+            f"slicer.util.pip_install({list(requirements)!r}) in the Python console, then retry."
         ) from None

@@ -152,6 +152,8 @@ class SegmentationLogicResult:
     roi: geometry.RegionOfInterest
     report: dict
     device: str
+    # One line each that the user should read (a reference segmentation with labels the card lacks, ...).
+    warnings: list = field(default_factory=list)
 
 
 def availableDevices(worker=None) -> dict[str, bool]:

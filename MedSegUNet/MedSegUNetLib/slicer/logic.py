@@ -191,7 +191,7 @@ class SegmentationLogic:
             useROI=useROI, marginMM=float(marginMM), contextMM=contextMM, progress=progress, worker=self.worker,
             referenceParts=referencePartsFromNode(referenceSegmentation, card["labels"]) if referenceSegmentation is not None else None,
             targets={
-                "reference": reference, "referenceIJKToRAS": localIJKToRAS(reference), "referenceTransformID": reference.GetTransformNodeID(),
+                "reference": reference, "referenceIJKToRAS": localIJKToRAS(reference),
                 "segmentation": ownOutput(outputSegmentation), "table": ownOutput(outputTable), "roi": ownOutput(outputROI),
                 "overlapTable": ownOutput(outputOverlapTable), "withReference": referenceSegmentation is not None,
             },
@@ -271,6 +271,7 @@ class SegmentationLogic:
             roi=job.result.roi,
             report=job.report,
             device=job.result.device,
+            warnings=list(job.warnings),
         )
 
     def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:

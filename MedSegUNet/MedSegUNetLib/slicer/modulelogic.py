@@ -8,18 +8,48 @@ network always runs in the worker process: Slicer's process never imports torch 
 from __future__ import annotations
 
 import os
-import sys
+import threading
 from typing import Callable
 
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import MedSegUNetError, ProcessingCancelled
+from .dependencies import pythonSlicerExecutable
 
 
-def pythonSlicerExecutable() -> str:
-    """Slicer's ``PythonSlicer`` (a launcher that runs Slicer's Python with its environment), as the
-    AI extensions use it; outside Slicer, this Python."""
-    import shutil
+class CatalogPull:
+    """A catalog model pulled by the worker process, polled without blocking (as a segmentation job).
 
-    return shutil.which("PythonSlicer") or sys.executable
+    Args:
+        logic: the :class:`ModuleLogic` whose worker and cache folder are used.
+        name: the catalog name.
+        progressCallback: ``(fraction, message)`` while it downloads, imports and verifies.
+        cancelEvent: set it to end the worker at once; the partial download is removed.
+    """
+
+    def __init__(self, logic: "ModuleLogic", name: str, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
+        from ..models import catalog
+        from .worker import PendingRequest
+
+        self.name = name
+        self.cache = catalog.cacheFolder(logic.cachePath)
+        self.path: str | None = None
+        self.error: Exception | None = None
+        # The launcher's path: a published model's package is fetched by Slicer's Python (PythonSlicer).
+        request = {"command": "pull", "name": name, "cache": str(self.cache), "python": logic.workerExecutable}
+        self._request = PendingRequest(logic.segmentationLogic.worker, request, progressCallback, cancelEvent)
+
+    def poll(self, wait: float = 0.0) -> bool:
+        """True when done (``path``) or failed (``error``); never blocks longer than ``wait``."""
+        if not self._request.poll(wait):
+            return False
+        if self._request.error is not None:
+            self.error = self._request.error
+            if isinstance(self.error, ProcessingCancelled):
+                from ..models import catalog
+
+                catalog.discardPartialPull(self.name, self.cache)
+        elif self.path is None:
+            self.path = str(self._request.answer["path"])
+        return True
 
 
 class ModuleLogic:
@@ -65,12 +95,30 @@ class ModuleLogic:
         if self._segmentationLogic is not None:
             self._segmentationLogic.close()
 
-    def pullCatalogModel(self, name: str) -> str:
-        """A catalog model's file, downloaded once (SHA256 checked) into the cache folder."""
-        from ..models import catalog
+    def startPull(self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> CatalogPull:
+        """Send a catalog pull to the worker process and return at once (the panel polls it).
 
-        # A published model's package is fetched by Slicer's Python (PythonSlicer), not Slicer's executable.
-        return str(catalog.pullModel(name, cache=catalog.cacheFolder(self.cachePath), python=self.workerExecutable))
+        Downloads, pip and imports (torch, onnx) all happen in the worker: Slicer's process only
+        reads the catalog.
+        """
+        return CatalogPull(self, name, progressCallback, cancelEvent)
+
+    def pullCatalogModel(self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> str:
+        """A catalog model's file, downloaded (and imported) once into the cache folder by the
+        worker process, SHA256 checked; blocks (console and scripts).
+
+        Raises:
+            MedSegUNetError: unknown name, offline, a checksum mismatch, the worker failed.
+            ProcessingCancelled: cancelled; nothing was kept in the cache.
+        """
+        if not self.ensureDependencies(askConfirmation=self.interactive):
+            raise MedSegUNetError("Catalog models need PyTorch, MONAI and the module's other dependencies: install them first (Apply in the module offers to).")
+        pull = self.startPull(name, progressCallback, cancelEvent)
+        while not pull.poll(wait=0.1):
+            pass
+        if pull.error is not None:
+            raise pull.error
+        return pull.path
 
     def prepare(self, *args, **kwargs):
         """See ``SegmentationLogic.prepare``: reads the nodes on the main thread."""

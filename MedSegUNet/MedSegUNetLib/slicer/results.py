@@ -3,7 +3,10 @@ terminology), the statistics and overlap tables, and the ROI box, placed in the 
 under its transform.
 
 Nodes are created or reused here only; every change is recorded (``created``, ``restore``) so that a
-failure while writing leaves the scene as it was. Label arrays are K, J, I on the reference grid
+failure while writing leaves the scene as it was. An output node the user removed while the network
+ran is replaced by a new one (never written as a node outside the scene). A segmentation chosen as
+output keeps the segments it already has: only the segments this model wrote there before are
+replaced, the user's own are left as they are. Label arrays are K, J, I on the reference grid
 (LPS, as SimpleITK gives them); the nodes are in RAS.
 """
 
@@ -15,12 +18,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import modelcard, statistics
-from .dicomexport import _terminologyTagName
+from ..engine.errors import MedSegUNetError
+from .dicomexport import _segmentTag, _terminologyTagName
 from .job import SegmentationJob
 from .nodes import (
     BINARY_LABELMAP, MODEL_NAME_ATTRIBUTE, MODEL_VERSION_ATTRIBUTE, REFERENCE_ATTRIBUTE, _arrayToVTKMatrix, _vtkMatrixToArray,
     ensureSegmentationConverterRules,
 )
+
+# The tag a segment written by MedSegUNet carries: the model's name (a re-run of that model replaces
+# these segments and no other).
+SEGMENT_MODEL_TAG = "MedSegUNet.ModelName"
 
 
 class ResultWriter:
@@ -33,6 +41,11 @@ class ResultWriter:
         """The segmentation, statistics table, ROI box and overlap table of a finished job, as nodes."""
         targets = job.targets
         reference = targets["reference"]
+        if not self.scene.IsNodePresent(reference):
+            raise MedSegUNetError(f"The volume '{reference.GetName()}' was removed while it was being segmented: nothing was written.")
+        for key in ("segmentation", "table", "roi", "overlapTable"):
+            if targets[key] is not None and not self.scene.IsNodePresent(targets[key]):
+                targets[key] = None  # removed during the run: a new node is made, never an orphan written
         baseName = reference.GetName()
         nodes = {}
         nodes["segmentation"] = self._writeSegmentation(job, created, restore)
@@ -97,14 +110,17 @@ class ResultWriter:
                 created.append(display)
         return node
 
-    def _setTransform(self, node, transformID: str | None, restore: list) -> None:
+    def _setTransform(self, node, reference, restore: list) -> None:
+        """Put ``node`` under the reference's parent transform as it is now (the outputs are in the
+        reference's node coordinates, so they move with it, whatever happened during the run)."""
+        transformID = reference.GetTransformNodeID()
         old = node.GetTransformNodeID()
         if old != transformID:
             node.SetAndObserveTransformNodeID(transformID)
             restore.append(lambda: node.SetAndObserveTransformNodeID(old))
 
-    def buildSegmentation(self, job: SegmentationJob):
-        """A ``vtkSegmentation`` (off-scene) with one segment per card label.
+    def buildSegments(self, job: SegmentationJob) -> list:
+        """``(segment ID wanted, vtkSegment)`` per card label, off-scene, tagged with the model.
 
         Softmax labels share one labelmap: the engine's label map cropped to the ROI, in the
         reference volume's node coordinates (its world geometry equals the engine's reference
@@ -136,32 +152,31 @@ class ResultWriter:
                 orientedImage(region[roi.slices()].astype(np.uint8) * int(label["value"]))
                 for label, region in zip(job.card["labels"], job.result.regions)
             ]
-        segmentation = slicer.vtkSegmentation()
-        if hasattr(segmentation, "SetSourceRepresentationName"):
-            segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
-        else:  # Slicer < 5.4
-            segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
+        segments = []
         for label, image in zip(job.card["labels"], images):
             value = int(label["value"])
             segment = slicer.vtkSegment()
             segment.SetName(label["name"])
             segment.SetColor(*[float(c) for c in label["color"]])
             segment.SetLabelValue(value)
+            segment.SetTag(SEGMENT_MODEL_TAG, job.card["name"])
             entry = modelcard.terminologyEntry(label)
             if entry is not None:
                 segment.SetTag(_terminologyTagName(segment), entry)
             segment.AddRepresentation(BINARY_LABELMAP, image)
-            segmentation.AddSegment(segment, f"Segment_{value}")
-        return segmentation
+            segments.append((f"Segment_{value}", segment))
+        return segments
 
     def _writeSegmentation(self, job: SegmentationJob, created: list, restore: list):
+        """The model's segments into the output segmentation, beside what it already holds."""
         import slicer
 
         targets = job.targets
-        newSegmentation = self.buildSegmentation(job)
+        reference = targets["reference"]
+        segments = self.buildSegments(job)
         node = targets["segmentation"]
         if node is None:
-            node = self._newNode("vtkMRMLSegmentationNode", f"{targets['reference'].GetName()} {job.card['name']}", created)
+            node = self._newNode("vtkMRMLSegmentationNode", f"{reference.GetName()} {job.card['name']}", created)
         else:
             old = slicer.vtkSegmentation()
             old.DeepCopy(node.GetSegmentation())
@@ -178,9 +193,21 @@ class ResultWriter:
                 created.append(node.GetDisplayNode())
         # The labelmap is in the reference's node coordinates, so the node sits under the same
         # transform as the reference and moves with it.
-        self._setTransform(node, targets["referenceTransformID"], restore)
-        node.SetReferenceImageGeometryParameterFromVolumeNode(targets["reference"])
-        node.GetSegmentation().DeepCopy(newSegmentation)
+        self._setTransform(node, reference, restore)
+        segmentation = node.GetSegmentation()
+        if segmentation.GetNumberOfSegments() == 0:
+            if hasattr(segmentation, "SetSourceRepresentationName"):
+                segmentation.SetSourceRepresentationName(BINARY_LABELMAP)
+            else:  # Slicer < 5.4
+                segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
+        for index in reversed(range(segmentation.GetNumberOfSegments())):
+            if _segmentTag(segmentation.GetNthSegment(index), SEGMENT_MODEL_TAG) == job.card["name"]:
+                segmentation.RemoveSegment(segmentation.GetNthSegmentID(index))
+        for wanted, segment in segments:
+            segmentID = wanted if segmentation.GetSegment(wanted) is None else segmentation.GenerateUniqueSegmentID(wanted)
+            segmentation.AddSegment(segment, segmentID)
+        # After the segments: Segment Editor works on the reference's whole grid, not the ROI's extent.
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         return node
 
     @staticmethod
@@ -251,7 +278,7 @@ class ResultWriter:
                 node.SetLocked(oldLocked)
 
             restore.append(undo)
-        self._setTransform(node, targets["referenceTransformID"], restore)
+        self._setTransform(node, targets["reference"], restore)
         node.GetObjectToNodeMatrix().DeepCopy(_arrayToVTKMatrix(objectToNode))
         node.SetRadiusXYZ(*[float(r) for r in radius])
         # It reports where the model ran; editing it would suggest it changes the result.

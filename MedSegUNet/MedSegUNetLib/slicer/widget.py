@@ -2,12 +2,14 @@
 
 As in SlicerNNUnet, the module file keeps the five template classes and this file holds the
 widget's code: model and catalog, one input selector per card input, the ROI series, device,
-outputs, Apply/Cancel and progress. The MRML work is in :mod:`SegmentationLogic` (tested on
-slicer-core); the network runs in the logic's worker process, polled by a timer.
+outputs, Apply/Cancel and progress. The MRML work is in :mod:`logic` (tested on slicer-core); the
+network, catalog downloads and imports run in the logic's worker process, polled by a timer, so
+Slicer's process never imports torch, MONAI or onnx and the panel never blocks on them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Optional
@@ -22,12 +24,12 @@ from slicer.util import VTKObservationMixin
 DEVICES = ("auto", "cuda", "mps", "cpu")
 INPUT_REFERENCE_ROLE = "InputVolume"
 ROI_VOLUME_REFERENCE_ROLE = "ROIVolume"
-# The model whose card set the context: another model resets it, the same one keeps the user's value.
+# The model whose card set the ROI margin and context: another model resets them, the same one keeps the user's values.
 CONTEXT_MODEL_ATTRIBUTE = "ContextFromModel"
 
 
 class MedSegUNetWidgetController(VTKObservationMixin):
-    """The GUI: model, inputs, ROI, device, outputs; the network runs in the logic's worker process.
+    """The GUI: model, inputs, ROI, device, outputs; the work runs in the logic's worker process.
 
     Args:
         shell: the module's widget (its layout, resource path and entered state).
@@ -43,14 +45,19 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._card = None
+        self._cardPath = None
         self._inputSelectors = []
+        # The run in flight: a segmentation job or a catalog pull (both polled by the timer).
         self._job = None
+        self._installing = False
         self._tableShown = False
         self._cancelEvent = None
         self._progress = (0.0, "")
         self._startTime = 0.0
         self._pollTimer = None
         self._deviceQuery = None
+        self._devicesAskedOf = None
+        self._observedVolumes = []
 
     def setup(self) -> None:
         uiWidget = slicer.util.loadUI(self.shell.resourcePath("UI/MedSegUNet.ui"))
@@ -79,8 +86,9 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
+        # No worker is started here: opening the module costs nothing. Which GPUs PyTorch sees is
+        # asked of the worker once it runs (the first Apply or catalog model).
         self._populateDevices()
-        self._askDevices()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -109,13 +117,13 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._updateROIVolumeList()
 
     def exit(self) -> None:
-        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
-        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        # After Reload, Slicer sets the new widget up without entering it, then exits it.
+        for event in (slicer.mrmlScene.NodeAddedEvent, slicer.mrmlScene.NodeRemovedEvent):
+            if self.hasObserver(slicer.mrmlScene, event, self.onSceneNodesChanged):
+                self.removeObserver(slicer.mrmlScene, event, self.onSceneNodesChanged)
+        self._observeVolumeNames([])
         self._sceneChangeTimer.stop()
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self.setParameterNode(None)  # GUI and observer let go once; enter() connects them again
 
     def onSceneStartClose(self, caller, event) -> None:
         if self._cancelEvent is not None:
@@ -134,12 +142,14 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[object]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             if self._parameterNode.modelPath:
+                # Emits currentPathChanged when it differs, which loads the card (once).
                 self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
             else:  # a new scene starts from the last model used (the path edit's history)
                 self._parameterNode.modelPath = self.ui.modelPathLineEdit.currentPath
@@ -151,41 +161,45 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     # -- model and inputs ---------------------------------------------------------------------
 
     def _populateCatalog(self) -> None:
-        """The catalog's models beside the local file (MEDSEGUNET_CATALOG may name a mirror)."""
+        """The catalog's models, each saying whether it is on this computer (MEDSEGUNET_CATALOG may name a mirror)."""
         from MedSegUNetLib.models import catalog
         from MedSegUNetLib.engine.errors import MedSegUNetError
 
         combo = self.ui.catalogComboBox
         combo.clear()
-        combo.addItem(_("Choose a model to download..."), "")
+        combo.addItem(_("Choose a model..."), "")
         try:
-            entries = catalog.loadCatalog()["models"]
+            choices = catalog.catalogChoices(cache=catalog.cacheFolder(self.logic.cachePath))
         except MedSegUNetError as error:
             combo.setToolTip(str(error))
             return
-        for entry in entries:
-            combo.addItem(f"{entry['name']}: {entry.get('description', '')}", entry["name"])
+        for text, name in choices:
+            combo.addItem(text, name)
 
     def onCatalogModelChosen(self, index: int) -> None:
+        """Pull the chosen catalog model in the worker (download, import, checks), with progress and Cancel."""
         name = self.ui.catalogComboBox.itemData(index)
-        if not name:
+        self.ui.catalogComboBox.setCurrentIndex(0)
+        if not name or self._job is not None or self._installing:
             return
         with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded."), waitCursor=True):
-            self.ui.statusLabel.text = _("Downloading {name}...").format(name=name)
-            slicer.app.processEvents()
-            path = self.logic.pullCatalogModel(name)
-            self.ui.modelPathLineEdit.currentPath = path
-            self.ui.statusLabel.text = _("Model {name} is in {path}").format(name=name, path=path)
-        self.ui.catalogComboBox.setCurrentIndex(0)
+            if not self._ensureDependencies():
+                return
+            self._cancelEvent = threading.Event()
+            self._progress = (0.0, _("Getting {name}").format(name=name))
+            self._startRun(self.logic.startPull(name, self._onWorkerProgress, self._cancelEvent))
 
     def onModelPathChanged(self, path: str) -> None:
         if self._parameterNode:
             self._parameterNode.modelPath = path
         self._loadCard(path)
 
-    def _loadCard(self, path: str) -> None:
-        """Read the card (not the weights), summarise it and rebuild one selector per input."""
-        self._card = None
+    def _loadCard(self, path: str, force: bool = False) -> None:
+        """Read the card (not the weights), summarise it and rebuild one selector per input; the
+        card already shown is not read again unless ``force``."""
+        if path == self._cardPath and not force:
+            return
+        self._card, self._cardPath = None, path
         summary = _("Select a MedSegUNet model (.pt or .pt2) with its card.")
         if path:
             try:
@@ -194,24 +208,27 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
                 self._card = modelcard.readCard(path)
                 summary = modelcard.cardSummary(self._card)
-                self._takeContextFromCard(path)
+                self._takeROISettingsFromCard(path)
             except ImportError:
                 summary = _("Dependencies are missing; they are installed on the first Apply.")
+                self._cardPath = None  # read again once they are
             except MedSegUNetError as error:
                 summary = str(error)
         self.ui.modelSummaryLabel.text = summary
         self._rebuildInputSelectors()
         self._checkCanApply()
 
-    def _takeContextFromCard(self, path: str) -> None:
-        """A newly chosen model brings the context it was trained with; the same model (entering the
-        module again, a loaded scene) keeps the user's or the saved scene's value."""
+    def _takeROISettingsFromCard(self, path: str) -> None:
+        """A newly chosen model brings the ROI margin and context it was trained with; the same model
+        (entering the module again, a loaded scene) keeps the user's or the saved scene's values."""
         if not self._parameterNode:
             return
         raw = self._parameterNode.parameterNode
         if raw.GetAttribute(CONTEXT_MODEL_ATTRIBUTE) == path:
             return
-        self._parameterNode.contextMM = float((self._card.get("roi") or {}).get("context_mm", 0.0))
+        roi = self._card.get("roi") or {}
+        self._parameterNode.marginMM = float(roi.get("margin_mm", 0.0))
+        self._parameterNode.contextMM = float(roi.get("context_mm", 0.0))
         raw.SetAttribute(CONTEXT_MODEL_ATTRIBUTE, path)
 
     def _rebuildInputSelectors(self) -> None:
@@ -271,6 +288,22 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         if node is None or node.IsA("vtkMRMLScalarVolumeNode"):
             self._sceneChangeTimer.start()
 
+    def onVolumeModified(self, node, event=None) -> None:
+        # A volume renamed while listed: refresh the list (once, whatever else changed).
+        if any(item.data(qt.Qt.UserRole) == node.GetID() and item.text() != node.GetName() for item in self._roiItems()):
+            self._sceneChangeTimer.start()
+
+    def _observeVolumeNames(self, nodes: list) -> None:
+        for node in self._observedVolumes:
+            self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self.onVolumeModified)
+        self._observedVolumes = list(nodes)
+        for node in self._observedVolumes:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onVolumeModified)
+
+    def _roiItems(self) -> list:
+        listWidget = self.ui.roiVolumesListWidget
+        return [listWidget.item(row) for row in range(listWidget.count)]
+
     def _updateROIVolumeList(self) -> None:
         """List every other scalar volume, checked when it limits the ROI (pre-checked: same study)."""
         if not hasattr(self, "ui") or self._job is not None:
@@ -301,6 +334,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             item.setCheckState(qt.Qt.Checked if node.GetID() in checked else qt.Qt.Unchecked)
             listWidget.addItem(item)
         listWidget.blockSignals(wasBlocked)
+        if self.shell.parent.isEntered:
+            self._observeVolumeNames(candidates)
 
     def onROIVolumesChanged(self, item=None) -> None:
         if not self._parameterNode:
@@ -312,10 +347,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         raw.SetAttribute("ROIVolumesEdited", "1")
 
     def roiVolumes(self) -> list:
-        listWidget = self.ui.roiVolumesListWidget
         nodes = []
-        for row in range(listWidget.count):
-            item = listWidget.item(row)
+        for item in self._roiItems():
             if item.checkState() == qt.Qt.Checked:
                 node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
                 if node is not None:
@@ -325,35 +358,36 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     # -- device -------------------------------------------------------------------------------
 
     def _populateDevices(self, available: Optional[dict] = None) -> None:
-        """Fill the device list: ``available`` as the worker reported it, else ``auto`` and ``cpu``."""
-        from MedSegUNetLib.slicer.logic import availableDevices
-
-        available = available or availableDevices()
+        """Fill the device list: ``available`` as the worker reported it; before it has, every
+        device is offered (the run says in one line if the one chosen cannot be used)."""
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         current = combo.currentData
         combo.clear()
         for name in DEVICES:
             combo.addItem(name, name)
+            usable = True if available is None else available.get(name, False)
             item = combo.model().item(combo.count - 1)
-            item.setEnabled(available.get(name, False))
-            if not available.get(name, False):
+            item.setEnabled(usable)
+            if available is None and name in ("cuda", "mps"):
+                item.setToolTip(_("Checked when the model runs"))
+            elif not usable:
                 item.setToolTip(_("Not available with this PyTorch installation"))
         combo.setCurrentIndex(max(combo.findData(current), 0) if current else 0)
         combo.blockSignals(wasBlocked)
 
     def _askDevices(self) -> None:
-        """Ask the worker process which GPUs PyTorch sees (Slicer's process never imports torch),
-        without waiting: the poll timer takes the answer. Only when PyTorch is installed."""
-        from MedSegUNetLib.slicer.dependencies import torchStatus
+        """Ask the running worker which GPUs PyTorch sees, without waiting (the poll timer takes the answer)."""
         from MedSegUNetLib.engine.errors import MedSegUNetError
         from MedSegUNetLib.slicer.worker import PendingRequest
 
-        if self.logic is None or torchStatus() != "ok":
+        worker = self.logic.segmentationLogic.worker
+        if worker is None or not worker.alive or self._deviceQuery is not None or self._devicesAskedOf == (worker, worker.starts):
             return
+        self._devicesAskedOf = (worker, worker.starts)  # once per worker process
         try:
-            self._deviceQuery = PendingRequest(self.logic.segmentationLogic.worker, {"command": "devices"})
-        except MedSegUNetError:  # the list keeps auto and cpu
+            self._deviceQuery = PendingRequest(worker, {"command": "devices"})
+        except MedSegUNetError:  # the list stays as it is
             self._deviceQuery = None
             return
         self._pollTimer.start()
@@ -375,28 +409,45 @@ class MedSegUNetWidgetController(VTKObservationMixin):
     # -- apply / cancel -----------------------------------------------------------------------
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._job is not None:
+        if self._job is not None or self._installing:
             return
         ready = self._card is not None and bool(self._inputSelectors) and all(self.inputVolumes())
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.text = _("Apply")
         self.ui.applyButton.toolTip = _("Segment the input volumes") if ready else _("Select a model and all its input volumes")
 
+    def _ensureDependencies(self) -> bool:
+        """Install what is missing (asking first) with Apply and the catalog disabled meanwhile: pip's
+        output is shown through Slicer's event loop, where a second click must find nothing to start."""
+        if not self.logic.missingModules():
+            return True
+        self._installing = True
+        self.ui.applyButton.enabled = False
+        self.ui.catalogComboBox.enabled = False
+        self.ui.statusLabel.text = _("Installing Python packages...")
+        try:
+            if not self.logic.ensureDependencies():
+                self.ui.statusLabel.text = _("Dependencies are needed to segment.")
+                return False
+        finally:
+            self._installing = False
+            self.ui.catalogComboBox.enabled = True
+            self._checkCanApply()
+        self.ui.statusLabel.text = ""
+        self._loadCard(self._parameterNode.modelPath if self._parameterNode else "", force=True)  # it may need them
+        return True
+
     def onApplyButton(self) -> None:
+        if self._installing:
+            return
         if self._job is not None:
             self._cancelEvent.set()
             self.ui.applyButton.enabled = False
             self.ui.statusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            installing = bool(self.logic.missingModules())
-            if not self.logic.ensureDependencies():
-                self.ui.statusLabel.text = _("Dependencies are needed to segment.")
+            if not self._ensureDependencies():
                 return
-            if installing:  # the same Apply goes on; the device list follows the new PyTorch
-                self._askDevices()
-            if self._card is None:  # the card could not be read before dependencies existed
-                self._loadCard(self._parameterNode.modelPath)
             parameters = self._parameterNode
             self._cancelEvent = threading.Event()
             self._progress = (0.0, _("Starting"))
@@ -417,14 +468,17 @@ class MedSegUNetWidgetController(VTKObservationMixin):
                 marginMM=parameters.marginMM,
                 contextMM=parameters.contextMM,
             )
-            # The network runs in the logic's worker process; the poll timer reads its progress
-            # without blocking (a thread in Slicer's process would be starved of the GIL).
-            self._job = job
-            self._startTime = time.perf_counter()
             job.start()
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
-            self._setRunning(True)
-            self._pollTimer.start()
+            self._startRun(job)
+
+    def _startRun(self, job) -> None:
+        """Poll ``job`` (a segmentation job or a catalog pull) from the timer: the network runs in the
+        logic's worker process; a thread in Slicer's process would be starved of the GIL."""
+        self._job = job
+        self._startTime = time.perf_counter()
+        self._setRunning(True)
+        self._pollTimer.start()
 
     def _onWorkerProgress(self, fraction: float, message: str) -> None:
         # Called from job.poll() on the main thread: store; onPollWorker updates the widgets.
@@ -451,11 +505,13 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self.ui.statusLabel.text = f"{message} ({time.perf_counter() - self._startTime:.0f} s)"
         if not done:
             return
-        if self._deviceQuery is None:
-            self._pollTimer.stop()
         self._job = None
         self._setRunning(False)
+        self._askDevices()  # the worker is warm now: which GPUs does its PyTorch see?
+        if self._deviceQuery is None:
+            self._pollTimer.stop()
         from MedSegUNetLib.engine.errors import ProcessingCancelled
+        from MedSegUNetLib.slicer.modulelogic import CatalogPull
 
         if isinstance(job.error, ProcessingCancelled):
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
@@ -463,15 +519,31 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             return
         self.ui.statusLabel.text = _("Failed.")
         try:
-            with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-                try:
-                    result = self.logic.finish(job)
-                except ProcessingCancelled:
-                    self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
-                else:
-                    self._showResult(result)
+            if isinstance(job, CatalogPull):
+                self._finishPull(job)
+            else:
+                self._finishSegmentation(job)
         finally:
             self._checkCanApply()
+
+    def _finishPull(self, pull) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded."), waitCursor=True):
+            if pull.error is not None:
+                raise pull.error
+            self.ui.modelPathLineEdit.currentPath = pull.path
+            self.ui.statusLabel.text = _("Model {name} is in {path}").format(name=pull.name, path=pull.path)
+            self._populateCatalog()  # it is on this computer now
+
+    def _finishSegmentation(self, job) -> None:
+        from MedSegUNetLib.engine.errors import ProcessingCancelled
+
+        with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
+            try:
+                result = self.logic.finish(job)
+            except ProcessingCancelled:
+                self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
+            else:
+                self._showResult(result)
 
     def _showResult(self, result) -> None:
         from MedSegUNetLib.slicer.logic import timingsText
@@ -486,13 +558,20 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         if displayNode is not None:
             displayNode.SetVisibility(True)
         reference = self.inputVolumes()[0]
-        slicer.util.setSliceViewerLayers(background=reference, fit=True)
+        # The views are fitted only when they change volume: a re-run keeps the user's zoom and pan.
+        shown = {node.GetBackgroundVolumeID() for node in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")}
+        slicer.util.setSliceViewerLayers(background=reference, fit=shown != {reference.GetID()})
         if parameters.show3D:  # closed surfaces take time: only when asked
             result.segmentationNode.CreateClosedSurfaceRepresentation()
         if not self._tableShown:  # the layout changes on the first result only; the button shows it again
             self._tableShown = True
             self.onShowTable()
-        self.ui.statusLabel.text = _("Done on {device}: {timings}").format(device=result.device, timings=timingsText(result.timings))
+        text = _("Done on {device}: {timings}").format(device=result.device, timings=timingsText(result.timings))
+        for warning in result.warnings:
+            logging.warning(warning)
+        if result.warnings:
+            text += "\n" + "\n".join(_("Warning: {text}").format(text=warning) for warning in result.warnings)
+        self.ui.statusLabel.text = text
 
     def onShowTable(self) -> None:
         table = self._parameterNode.outputTable if self._parameterNode else None

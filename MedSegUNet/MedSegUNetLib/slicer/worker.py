@@ -22,8 +22,13 @@ launcher, not Slicer, and signalling the launcher alone leaves ``python-real`` r
   on every OS, no ``select``.
 
 Protocol: the parent writes one JSON request per line on the worker's stdin, each with an ``id``;
-the worker answers with JSON lines on stdout carrying that id: ``{"progress": f, "message": m}``
-while it works, then ``{"result": ...}`` or ``{"error": ..., "kind": ...}``. Volumes travel as
+the worker answers with JSON lines carrying that id: ``{"progress": f, "message": m}`` while it
+works, then ``{"result": ...}`` or ``{"error": ..., "kind": ...}``. The answers go out on a channel
+of their own: before anything is imported the worker moves the pipe it was given as stdout to a
+private descriptor and points descriptor 1 (and ``sys.stdout``) at its log, so a line that a
+library prints, from Python or from C (a native library), lands in the log. Each answer also
+starts with :data:`PROTOCOL_PREFIX`: what reaches the pipe before the worker's own code runs (a
+``sitecustomize`` banner, the launcher) goes to the log too, never taken for an answer. Volumes travel as
 uncompressed NRRD files in a temporary folder, in world geometry (LPS, as ``SimpleITK`` reads
 them). The worker keeps the loaded model between requests (a second run with the same model skips
 the imports and the load).
@@ -41,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from typing import Callable
 
 from ..engine.errors import MedSegUNetError, ProcessingCancelled, firstLine
@@ -57,6 +61,8 @@ CREATE_NO_WINDOW = 0x08000000
 LAUNCHER_ABNORMAL_EXIT = "exit abnormally"
 # The first message of every request, before any import: the moment a request has begun.
 BEGUN_MESSAGE = "Starting the worker"
+# What every answer line starts with (a record separator and a name no library prints).
+PROTOCOL_PREFIX = b"\x1emedsegunet "
 
 
 class WorkerDied(MedSegUNetError):
@@ -107,6 +113,7 @@ class WorkerProcess:
         self.process: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
         self._answers: dict[int, dict] = {}
+        self._progressLines: dict[int, list] = {}
         self._ids = itertools.count(1)
         self._log = None
         self._folder: str | None = None
@@ -142,6 +149,7 @@ class WorkerProcess:
         )
         self._lines = queue.Queue()
         self._answers = {}
+        self._progressLines = {}
         self.interpreterPid = None
         threading.Thread(target=_readLines, args=(self.process.stdout, self._lines), daemon=True, name="medsegunet-worker-reader").start()
         self.starts += 1
@@ -230,8 +238,14 @@ class WorkerProcess:
                     return messages
                 raise self._died()
             wait = 0.0
-            if line.strip():
-                messages.append(json.loads(line.decode("utf-8")))
+            if not line.startswith(PROTOCOL_PREFIX):  # printed before the worker's own code ran: its log's
+                if self._log is not None and line.strip():
+                    self._log.write(line)
+                continue
+            try:
+                messages.append(json.loads(line[len(PROTOCOL_PREFIX):].decode("utf-8")))
+            except ValueError:  # only the worker's own writer uses the prefix
+                raise MedSegUNetError(f"internal error: the worker answered a line that is not JSON ({line[:80]!r})") from None
 
     def poll(
         self,
@@ -257,11 +271,13 @@ class WorkerProcess:
             for message in self.readMessages(timeout=timeout):
                 if "pid" in message:
                     self.interpreterPid = int(message["pid"])
-                if "progress" in message:
-                    if onProgress is not None and message.get("id") == requestId:
-                        onProgress(float(message["progress"]), str(message.get("message", "")))
+                if "progress" in message:  # kept for its own request's poll when another request reads it
+                    self._progressLines.setdefault(message.get("id"), []).append((float(message["progress"]), str(message.get("message", ""))))
                 else:
                     self._answers[message.get("id")] = message
+        for fraction, text in self._progressLines.pop(requestId, []):
+            if onProgress is not None:
+                onProgress(fraction, text)
         message = self._answers.pop(requestId, None)
         if message is None:
             return None
@@ -291,21 +307,26 @@ class PendingRequest:
     Args:
         worker: the :class:`WorkerProcess`.
         request: the request; it is sent at once.
+        onProgress: ``(fraction, message)`` for the progress lines of this request.
+        cancelEvent: when set, the next poll ends the worker and fails with ``ProcessingCancelled``.
     """
 
-    def __init__(self, worker: WorkerProcess, request: dict) -> None:
+    def __init__(self, worker: WorkerProcess, request: dict, onProgress: Callable[[float, str], None] | None = None,
+                 cancelEvent: threading.Event | None = None) -> None:
         self.worker = worker
+        self.onProgress = onProgress
+        self.cancelEvent = cancelEvent
         self.requestId = worker.send(request)
         self.answer: dict | None = None
         self.error: Exception | None = None
 
-    def poll(self) -> bool:
-        """True when answered (``answer``) or failed (``error``); never blocks."""
+    def poll(self, wait: float = 0.0) -> bool:
+        """True when answered (``answer``) or failed (``error``); never blocks longer than ``wait``."""
         if self.answer is not None or self.error is not None:
             return True
         try:
-            self.answer = self.worker.poll(self.requestId)
-        except MedSegUNetError as error:
+            self.answer = self.worker.poll(self.requestId, self.onProgress, self.cancelEvent, wait)
+        except MedSegUNetError as error:  # ProcessingCancelled too
             self.error = error
         return self.answer is not None or self.error is not None
 
@@ -335,13 +356,31 @@ def _watchStdin(requests: queue.Queue) -> None:
         if request.get("command") in ("quit", "cancel"):
             break
         requests.put(request)
-    sys.stdout.flush()
+    if _channel is not None:
+        _channel.flush()
     os._exit(0)
 
 
-def _write(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
+# The worker's answers: the pipe it was started with as stdout, moved to a descriptor of its own by
+# :func:`_openChannel` (None until then: tests call :func:`handle` in their own process).
+_channel = None
+_channelLock = threading.Lock()
+
+
+def _openChannel() -> None:
+    """Keep the stdout pipe for answers alone; descriptor 1 and ``sys.stdout`` go to stderr (the log)."""
+    global _channel
     sys.stdout.flush()
+    _channel = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+
+def _write(message: dict) -> None:
+    with _channelLock:  # progress comes from the engine's threads too
+        stream = _channel or sys.stdout
+        stream.write(PROTOCOL_PREFIX.decode("ascii") + json.dumps(message) + "\n")
+        stream.flush()
 
 
 def handle(request: dict, progressCallback: Callable[[float, str], None] | None = None) -> dict:
@@ -357,9 +396,22 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
 
             cuda = bool(torch.cuda.is_available())
             mps = getattr(torch.backends, "mps", None)
-            return {"torch": torch.__version__, "cuda": cuda, "mps": bool(mps is not None and mps.is_available())}
+            answer = {"torch": torch.__version__, "cuda": cuda, "mps": bool(mps is not None and mps.is_available())}
         except Exception as error:  # a half-installed PyTorch fails in many ways
             raise MedSegUNetError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
+        from .dependencies import TORCH_MINIMUM, versionTuple
+
+        if versionTuple(answer["torch"]) < versionTuple(TORCH_MINIMUM):
+            raise MedSegUNetError(f"PyTorch {answer['torch']} is too old: MedSegUNet needs {TORCH_MINIMUM} or newer; Apply installs it.")
+        return answer
+    if command == "pull":  # a catalog model: downloads, pip and imports (torch, onnx) happen here, never in Slicer
+        from pathlib import Path
+
+        from ..models import catalog
+
+        cache = Path(request["cache"]) if request.get("cache") else None
+        path = catalog.pullModel(str(request["name"]), cache=cache, progress=progressCallback, python=request.get("python"), format=request.get("format", "torchscript"))
+        return {"path": str(path)}
     if command == "thresholdModel":  # the self-test's known-answer model, made here: Slicer never imports torch
         from ..models import phantoms
 
@@ -423,12 +475,24 @@ def _answer(request: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
+    _openChannel()
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.simplefilter("ignore", category)
     requests: queue.Queue = queue.Queue()
     threading.Thread(target=_watchStdin, args=(requests,), daemon=True, name="medsegunet-stdin").start()
     while True:
         _write(_answer(requests.get()))
+        _releaseMemory()
+
+
+def _releaseMemory() -> None:
+    """Give the GPU memory torch's allocator caches back between runs (the model itself stays loaded)."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
