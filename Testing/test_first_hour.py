@@ -14,7 +14,7 @@ from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData
 from MedSegUNetLib import cli
 from MedSegUNetLib.models import phantoms
 
-ZOO_PROSTATE = str(REPO_ROOT / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
+ZOO_PROSTATE = str(REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
 
 
 def test_a_model_trained_on_a_multi_series_roi_refuses_to_run_without_it(capsys, tmp_path, prostate_series):
