@@ -29,21 +29,15 @@ from slicer.ScriptedLoadableModule import (
 )
 
 # Light: no torch, MONAI or Qt (the Lib's engine modules are imported lazily by the logic).
+from MedSegUNetLib.engine.settings import SAMPLE_DATA_FILES, SAMPLE_DATA_URL
 from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 
 README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
-SAMPLE_DATA_URL = "https://github.com/lassoan/SlicerMONAIAuto3DSeg/releases/download/TestingData/"
-# SHA256 sums as published with the TestingData release of SlicerMONAIAuto3DSeg.
-SAMPLE_DATA_FILES = (
-    ("3940564b147b7bcda52b6b305be3d39f7c9fb901b81caa9863c72ef6ff113dfb", "ProstateX-0000-t2-tse-tra.nrrd"),
-    ("774a3891a506f534b5d60ab9831587803e18da0f2daa343997d09221942bf329", "ProstateX-0000-t2-tse-sag.nrrd"),
-    ("628b928f818350acdb95952daa107d089a6c9101cf74d51fb129ab9b5d490e59", "ProstateX-0000-t2-tse-cor.nrrd"),
-)
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
-    "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.compiled", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline",
-    "engine.outputs", "engine.statistics", "engine.console", "models.downloads", "models.networks", "models.verification", "models.onnximport",
+    "engine.settings", "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
+    "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.compiled", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline", "engine.preview",
+    "engine.outputs", "engine.statistics", "engine.writer", "engine.console", "models.downloads", "models.networks", "models.verification", "models.onnximport",
     "models.torchscriptimport", "models.importing", "models.trainconfig", "models.traindata", "models.trainreports", "models.training",
     "models.converting", "models.sources",
     "models.catalog", "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.nodes", "slicer.dicomexport",
@@ -88,10 +82,10 @@ def registerSampleData():
         category="MedSegUNet",
         sampleName="ProstateX-0000 T2",
         thumbnailFileName=os.path.join(iconsPath, "MedSegUNet.png"),
-        uris=[SAMPLE_DATA_URL + fileName for _, fileName in SAMPLE_DATA_FILES],
-        fileNames=[fileName for _, fileName in SAMPLE_DATA_FILES],
-        nodeNames=[fileName.split(".")[0] for _, fileName in SAMPLE_DATA_FILES],
-        checksums=[f"SHA256:{checksum}" for checksum, _ in SAMPLE_DATA_FILES],
+        uris=[SAMPLE_DATA_URL + fileName for fileName, _ in SAMPLE_DATA_FILES.values()],
+        fileNames=[fileName for fileName, _ in SAMPLE_DATA_FILES.values()],
+        nodeNames=[fileName.split(".")[0] for fileName, _ in SAMPLE_DATA_FILES.values()],
+        checksums=[f"SHA256:{checksum}" for _, checksum in SAMPLE_DATA_FILES.values()],
     )
 
 

@@ -8,7 +8,11 @@ hide):
   package module imports them;
 - MRML, Qt and Slicer (``slicer``, ``qt``, ``ctk``, ``vtk``'s MRML) are imported only in ``slicer/``;
 - no import circle between modules;
-- no module over 600 lines, no function over 80.
+- no module over 600 lines, no function over 80;
+- every name has one address: anywhere in the repository (library, tests, benchmarks, docs), a
+  name is imported from the module that defines it, never through another module that imported it
+  (``from engine.volumes import sha256`` when ``engine.paths`` defines it), nor reached as an
+  attribute of such a module (``volumes.sha256``). Only a package's ``__init__`` may alias.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import pytest
 LIB = Path(__file__).resolve().parents[1] / "MedSegUNet" / "MedSegUNetLib"
 LAYERS = {"engine": 0, "models": 1, "cohorts": 2, "slicer": 3, "": 4}
 SLICER_ONLY = {"slicer", "qt", "ctk", "qSlicerSegmentationsModuleWidgetsPythonQt", "SampleData", "PyTorchUtils", "DICOMLib"}
-DEPRECATED_ALIASES = {"SegmentationLogic"}
+DEPRECATED_ALIASES: set[str] = set()
+REPO = LIB.parents[1]
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
 
@@ -168,3 +173,147 @@ def test_the_rules_catch_a_planted_back_import(module, planted, expected):
 
 def test_a_planted_mrml_import_outside_the_slicer_package_is_seen():
     assert "slicer" in externalImports("def f():\n    import slicer\n") & SLICER_ONLY
+
+
+# -- one address per name -------------------------------------------------------------------------------
+
+
+def boundNames(tree: ast.Module) -> set[str]:
+    """Names a module defines at its top level (functions, classes, assignments, also under if/try)."""
+    names, statements = set(), list(tree.body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                statements.extend(getattr(node, block, []) or [])
+        elif isinstance(node, ast.ExceptHandler):
+            statements.extend(node.body)
+    return names
+
+
+def secondAddresses(sources: dict[str, str], library: dict[str, str]) -> list[str]:
+    """``file:line name from module`` for each name imported, or reached as an attribute, through a
+    Lib module that does not define it (``library``: Lib module name → source)."""
+    defined = {name: boundNames(ast.parse(text)) for name, text in library.items()}
+    # Names a Lib module imports from another Lib module (what a second address would lead to).
+    borrowed = {name: {alias.asname or alias.name for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ImportFrom) and resolve(name, node)
+                       for alias in node.names} for name, text in library.items()}
+    problems = []
+    for fileName, text in sources.items():
+        here = fileName[: -len(".py")].replace("/", ".").split("MedSegUNetLib.", 1)[1] if "MedSegUNetLib/" in fileName else None
+        aliases = {}
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            targets = resolve(here, node) if here else resolve("x", node) if node.module and node.module.startswith("MedSegUNetLib") else []
+            for target in targets:
+                for alias in node.names:
+                    if target.endswith("." + alias.name) or target == alias.name:
+                        aliases[alias.asname or alias.name] = target
+            module = targets[0] if len(targets) == 1 and not any(targets[0].endswith("." + a.name) or targets[0] == a.name for a in node.names) else None
+            if module is None or module.endswith("__init__"):
+                continue
+            for alias in node.names:
+                if alias.name != "*" and alias.name not in defined[module] and f"{module}.{alias.name}" not in defined:
+                    problems.append(f"{fileName}:{node.lineno} {alias.name} from {module}")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                module = aliases[node.value.id]
+                if not module.endswith("__init__") and node.attr in borrowed[module] - defined[module] and f"{module}.{node.attr}" not in defined:
+                    problems.append(f"{fileName}:{node.lineno} {node.value.id}.{node.attr} from {module}")
+    return problems
+
+
+def repositorySources() -> dict[str, str]:
+    """Every Python file of the repository, and the scripts tests run in subprocesses (string
+    constants that import MedSegUNetLib, their ``%(name)r`` blanks filled)."""
+    import re
+    import textwrap
+
+    paths = [*REPO.joinpath("MedSegUNet").rglob("*.py"), *REPO.joinpath("Testing").rglob("*.py"), REPO / "docs" / "batch_example.py"]
+    sources = {path.relative_to(REPO).as_posix(): path.read_text(encoding="utf-8") for path in paths if "__pycache__" not in path.parts}
+    for fileName, text in list(sources.items()):
+        if fileName.endswith("test_architecture.py"):  # its planted violations
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and "import" in node.value and "MedSegUNetLib" in node.value:
+                script = re.sub(r"%\((\w+)\)[rsd]", "None", textwrap.dedent(node.value)).replace("%%", "%")
+                try:
+                    ast.parse(script)
+                except SyntaxError:
+                    continue
+                sources[f"{fileName}:{node.lineno} (a script)"] = script
+    return sources
+
+
+def librarySources() -> dict[str, str]:
+    return {moduleName(path): path.read_text(encoding="utf-8") for path in LIB.rglob("*.py") if "__pycache__" not in path.parts}
+
+
+def test_every_name_has_one_address():
+    assert secondAddresses(repositorySources(), librarySources()) == []
+
+
+@pytest.mark.parametrize("planted", ["from MedSegUNetLib.engine.volumes import sha256\n",
+                                     "from MedSegUNetLib.engine import volumes\nvolumes.checkCompleteFile('x')\n"])
+def test_a_second_address_is_caught(planted):
+    assert secondAddresses({"Testing/planted.py": planted}, librarySources()) != []
+    # and inside the library, relative
+    library = librarySources()
+    library["slicer.nodes"] += "\nfrom ..engine.volumes import writeVolume\n"
+    assert any("writeVolume from engine.volumes" in p for p in secondAddresses({"MedSegUNet/MedSegUNetLib/slicer/nodes.py": library["slicer.nodes"]}, library))
+
+
+def test_settings_are_read_in_one_place():
+    # MedSegUNet's own environment variables and resource locations come from engine.settings only.
+    import re
+
+    for path in LIB.rglob("*.py"):
+        if path.name == "settings.py" or "__pycache__" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert not re.fullmatch(r"MEDSEGUNET_[A-Z_]+", node.value), f"{moduleName(path)} names {node.value} itself"
+                assert node.value != "XDG_CACHE_HOME", f"{moduleName(path)} finds the cache folder itself"
+            if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "Path(__file__).resolve().parents":
+                raise AssertionError(f"{moduleName(path)} walks up from __file__ to a resource")
+            if isinstance(node, ast.Attribute) and node.attr == "parents" and "__file__" in ast.unparse(node):
+                raise AssertionError(f"{moduleName(path)} walks up from __file__ to a resource")
+
+
+# -- one writer ----------------------------------------------------------------------------------------
+# A run's files (segmentation, probabilities, statistics, overview) are written by engine.writer only;
+# engine.outputs defines the segmentation step itself, and the Slicer module's DICOM SEG export writes
+# an edited segmentation of the scene (not a run's output).
+WRITING_CALLS = {"statisticsJSON", "statisticsCSV", "stageSegmentation", "stageProbabilities", "stageDicomSegmentation", "writeOverview"}
+WRITERS = {"engine.writer", "engine.outputs", "slicer.dicomexport"}
+
+
+def outputSteps(library: dict[str, str]) -> list[str]:
+    found = []
+    for name, text in library.items():
+        if name in WRITERS:
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Call):
+                called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if called in WRITING_CALLS:
+                    found.append(f"{name}:{node.lineno} {called}")
+    return found
+
+
+def test_one_writer_writes_every_runs_files():
+    assert outputSteps(librarySources()) == []
+
+
+def test_a_second_writer_is_caught():
+    library = librarySources()
+    library["cohorts.casejob"] += "\ndef again(staged, result, card, path):\n    stageSegmentation(staged, result.labelmap, card['labels'], path)\n"
+    assert [line.split(" ")[1] for line in outputSteps(library)] == ["stageSegmentation"]

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedSegUNetLib import demo
+from MedSegUNetLib.engine import preview, settings
 from MedSegUNetLib.cli import main
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.engine.geometry import VolumeGeometry, fullROI
@@ -24,7 +25,7 @@ def test_download_checks_sum_and_is_atomic(tmp_path, a_file_server, monkeypatch)
     (served / "ProstateX-0000-t2-tse-tra.nrrd").write_bytes(content)
     target = tmp_path / "cache" / "a.nrrd"
     with pytest.raises(MedSegUNetError, match="has SHA256 .* instead of 3940564b"):
-        demo.download(url + "ProstateX-0000-t2-tse-tra.nrrd", target, demo.FILES["axial"][1])
+        demo.download(url + "ProstateX-0000-t2-tse-tra.nrrd", target, settings.SAMPLE_DATA_FILES["axial"][1])
     assert not target.exists() and not target.parent.exists()  # no file, and no folder the download made
     demo.download(url + "ProstateX-0000-t2-tse-tra.nrrd", target, hashlib.sha256(content).hexdigest())
     assert target.read_bytes() == content
@@ -32,7 +33,7 @@ def test_download_checks_sum_and_is_atomic(tmp_path, a_file_server, monkeypatch)
 
 def test_offline_without_data_says_how_to_use_local_data(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(demo, "BASE_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
+    monkeypatch.setattr(settings, "SAMPLE_DATA_URL", "http://127.0.0.1:9/")  # nothing listens on the discard port
     model = tmp_path / "model.pt"
     model.write_bytes(b"")
     assert main(["demo", "--output", str(tmp_path / "out"), "--model", str(model)]) == 2
@@ -46,7 +47,7 @@ def test_offline_without_data_says_how_to_use_local_data(tmp_path, monkeypatch, 
 def test_full_checksums_match_the_issue_prefixes():
     prefixes = {"axial": ("3940564b", "3dfb"), "sagittal": ("774a3891", "f329"), "coronal": ("628b928f", "0e59")}
     for role, (start, end) in prefixes.items():
-        checksum = demo.FILES[role][1]
+        checksum = settings.SAMPLE_DATA_FILES[role][1]
         assert len(checksum) == 64 and checksum.startswith(start) and checksum.endswith(end)
 
 
@@ -67,10 +68,10 @@ def test_box_on_slice_of_tilted_series():
     """A box equal to a tilted volume's own extent cuts each of its slices in the slice's full extent."""
     volume = makeGrid((10, 6, 5), (1.0, 2.0, 3.0), rotationMatrix([1, 1, 0], 25.0))
     corners = fullROI(VolumeGeometry.fromImage(volume)).cornersRAS()
-    polygon = demo.boxOnSlice(corners, volume, 2.0)
+    polygon = preview.boxOnSlice(corners, volume, 2.0)
     np.testing.assert_allclose(polygon.min(axis=0), [-0.5, -0.5], atol=1e-9)
     np.testing.assert_allclose(polygon.max(axis=0), [9.5, 5.5], atol=1e-9)
-    assert len(demo.boxOnSlice(corners, volume, 7.0)) == 0
+    assert len(preview.boxOnSlice(corners, volume, 7.0)) == 0
 
 
 def test_demo_on_local_prostatex(tmp_path, repo_root):
@@ -143,8 +144,8 @@ def test_the_preview_slices_go_through_the_structure_not_a_stray_voxel():
     mask = np.zeros((12, 64, 64), dtype=bool)
     mask[4:10, 20:40, 20:40] = True
     mask[0, 5, 5] = True
-    assert demo.shownSlices([mask], roi) == [4, 5, 6, 7, 8, 9]
-    assert demo.shownSlices([np.zeros_like(mask)], roi, count=3) == [0, 6, 11]  # nothing found: the ROI's slices
+    assert preview.shownSlices([mask], roi) == [4, 5, 6, 7, 8, 9]
+    assert preview.shownSlices([np.zeros_like(mask)], roi, count=3) == [0, 6, 11]  # nothing found: the ROI's slices
 
 
 # [parameters (the ROI's I and J ranges), input (a 64 × 64 reference), expected (the tile's window)]
@@ -157,7 +158,7 @@ def test_the_preview_crop_is_wider_than_the_roi(low, high, expected):
 
     image, _ = _cubeWorld()
     roi = RegionOfInterest(VolumeGeometry.fromImage(image), np.array(low), np.array(high))
-    assert demo.overviewCrop(roi, image.GetSize()) == expected
+    assert preview.overviewCrop(roi, image.GetSize()) == expected
 
 
 def test_overlapping_regions_are_outlined_so_none_hides_another(tmp_path):
@@ -176,7 +177,7 @@ def test_overlapping_regions_are_outlined_so_none_hides_another(tmp_path):
     for output in ("sigmoid", "softmax"):
         card = {"name": "nested", "labels": labels, "output": output}
         path = tmp_path / f"{output}.png"
-        demo.writeOverview(image, labelmap, roi, {}, card, str(path), "case", masks=[inner, outer] if output == "sigmoid" else None)
+        preview.writeOverview(image, labelmap, roi, {}, card, str(path), "case", masks=[inner, outer] if output == "sigmoid" else None)
         pixels = matplotlib.image.imread(str(path))[..., :3]
         # Outlines are drawn in the full colour, fills at 45 % over the (black) image.
         red = np.sum((pixels[..., 0] > 0.35) & (pixels[..., 1] < 0.15) & (pixels[..., 2] < 0.15))

@@ -155,3 +155,13 @@ def test_the_batch_example(a_checkout):
     summary = list(csv.DictReader((a_checkout / "out" / "cohort-output" / "summary.csv").open(encoding="utf-8")))
     assert [row["qc"] for row in summary] == ["ok", "ok"]
     assert subprocess.run(["git", "check-ignore", "-q", "out/cohort-output/summary.csv"], cwd=REPO_ROOT).returncode == 0
+
+
+def test_every_environment_variable_is_documented_with_its_default():
+    from MedSegUNetLib.engine import settings
+
+    page = (REPO_ROOT / "docs" / "commands" / "index.md").read_text(encoding="utf-8")
+    for variable in settings.VARIABLES:
+        default = f"`{variable.default}`" if variable.default else "(none)"
+        assert f"| `{variable.name}` | {default} | {variable.meaning} |" in page, variable.name
+

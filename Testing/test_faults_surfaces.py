@@ -150,7 +150,7 @@ def test_an_input_the_user_may_not_read_is_one_line(a_threshold_model, what):
 def test_a_signal_during_one_long_network_call_ends_the_run_at_once(tmp_path, how, code, word):
     """The signal is sent once the network's call has begun (the engine's test hook leaves a file
     then), never at a moment chosen by a clock; that one call would take far longer than the bound."""
-    from MedSegUNetLib.engine.inference import CALL_BEGUN_VARIABLE
+    from MedSegUNetLib.engine.settings import TEST_NETWORK_BEGUN
 
     from MedSegUNetLib.models import phantoms
 
@@ -160,7 +160,7 @@ def test_a_signal_during_one_long_network_call_ends_the_run_at_once(tmp_path, ho
     out.mkdir()
     begun.mkdir()
     process = subprocess.Popen([*command(), "segment", "-q", "--model", model, str(tmp_path / "t1.nrrd"), "--output", str(out / "seg.nrrd")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, CALL_BEGUN_VARIABLE: str(begun)})
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, TEST_NETWORK_BEGUN.name: str(begun)})
     try:
         deadline = time.monotonic() + 120
         while not list(begun.iterdir()) and process.poll() is None and time.monotonic() < deadline:

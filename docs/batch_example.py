@@ -31,7 +31,7 @@ def loadCase(scene, folder, card):
     Raises:
         MedSegUNetError: an input with no matching series, or several equally good ones.
     """
-    from MedSegUNetLib.slicer.logic import addVolumeFromImage
+    from MedSegUNetLib.slicer.nodes import addVolumeFromImage
     from MedSegUNetLib.cohorts.seriesmatch import findCaseSeries, matchSeries
     from MedSegUNetLib.engine.volumes import readVolume
 
@@ -65,7 +65,7 @@ def summaryRow(case, result=None, error=None, seconds=0.0):
 def main(modelPath, casesFolder, outputFolder):
     from MedSegUNetLib.engine import modelcard
     from MedSegUNetLib.cohorts.batch import summaryCSV
-    from MedSegUNetLib.engine.volumes import writeText
+    from MedSegUNetLib.engine.staging import writeText
 
     from MedSegUNet import MedSegUNetLogic
 

@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Sequence
 
-from .engine.errors import Interrupted, MedSegUNetError, ProcessingCancelled, firstLine
-from .engine.modelcard import DEVICES
+from .engine.errors import firstLine, Interrupted, MedSegUNetError, outOfMemory, ProcessingCancelled, UsageError
+from .engine.settings import DEVICES
 from .models.catalog import resolveModelOption
 
 EXIT_USER_ERROR = 2
@@ -150,15 +150,16 @@ def compactJSON(document) -> str:
 
 def runRoi(args, console) -> int:
     from .engine import geometry
-    from .engine.volumes import checkDistinctPaths, checkOutputPath, readVolume, volumeName, writeText
+    from .engine.staging import checkDistinctPaths, checkOutputPath, writeText
+    from .engine.volumes import readVolume, volumeName
 
     if not args.volumes:
-        raise MedSegUNetError("Give the VOLUMEs whose common region to compute (files or DICOM folders).")
+        raise UsageError("Give the VOLUMEs whose common region to compute (files or DICOM folders).")
     paths = list(args.volumes)
     if args.reference is not None:
         matches = [p for p in paths if os.path.realpath(p) == os.path.realpath(args.reference)]
         if not matches:
-            raise MedSegUNetError(f"--reference '{args.reference}' is not one of the VOLUMEs given: repeat it among them.")
+            raise UsageError(f"--reference '{args.reference}' is not one of the VOLUMEs given: repeat it among them.")
         paths.remove(matches[0])
         paths.insert(0, matches[0])
     if args.json != "-":
@@ -231,7 +232,7 @@ def checkCardROI(card: dict, hasROISeries: bool, noROI: bool) -> None:
     series = (card.get("roi") or {}).get("from_series") or []
     if series and not hasROISeries and not noROI:
         names = " and ".join(f"the {name} series" for name in series)
-        raise MedSegUNetError(
+        raise UsageError(
             f"This model was trained on the region covered by {names}: add --roi-from with them "
             f"(e.g. --roi-from SAG COR), or --no-roi to run on the whole volume."
         )
@@ -258,7 +259,7 @@ def runSegment(args, console) -> int:
     card = modelcard.readCard(args.model)
     if len(args.inputs) != len(card["inputs"]):
         expected = ", ".join(i["name"] for i in card["inputs"])
-        raise MedSegUNetError(
+        raise UsageError(
             f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them in that order."
         )
     checkCardROI(card, bool(args.roi_from), args.no_roi)
@@ -294,23 +295,24 @@ def runSegment(args, console) -> int:
 def checkSegmentOptions(args) -> dict:
     """Every output path (of a kind it can hold, none an input or another output) before any work."""
     from .engine.outputs import SEGMENTATION_SUFFIXES
-    from .engine.volumes import checkDistinctPaths, checkOutputPath, checkRegularFile, pathSuffix
+    from .engine.staging import checkDistinctPaths, checkOutputPath
+    from .engine.paths import checkRegularFile, pathSuffix
 
     if not args.inputs:
-        raise MedSegUNetError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
+        raise UsageError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
     outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json, "--probabilities": args.probabilities, "--preview": args.preview}
     if not any(outputs.values()):
-        raise MedSegUNetError("Nothing to write: give --output, --stats, --stats-json, --probabilities or --preview.")
+        raise UsageError("Nothing to write: give --output, --stats, --stats-json, --probabilities or --preview.")
     if args.probabilities:
         checkOutputPath(args.probabilities, (".nrrd", ".nii.gz", ".nii", ".mha"))
         if args.probabilities_uint8 and pathSuffix(args.probabilities) in (".nii", ".nii.gz"):
-            raise MedSegUNetError("--probabilities-uint8 needs a .nrrd or .mha file: NIfTI has no place for the 1/255 scale.")
+            raise UsageError("--probabilities-uint8 needs a .nrrd or .mha file: NIfTI has no place for the 1/255 scale.")
     elif args.probabilities_uint8:
-        raise MedSegUNetError("--probabilities-uint8 goes with --probabilities FILE.")
+        raise UsageError("--probabilities-uint8 goes with --probabilities FILE.")
     if args.preview:
         checkOutputPath(args.preview, (".png",))
     if args.reference_seg and not (args.stats or args.stats_json):
-        raise MedSegUNetError("--reference-seg fills the overlap columns of the statistics: give --stats or --stats-json too.")
+        raise UsageError("--reference-seg fills the overlap columns of the statistics: give --stats or --stats-json too.")
     if args.output:
         checkOutputPath(args.output, SEGMENTATION_SUFFIXES)
         if pathSuffix(args.output) == ".dcm":
@@ -333,70 +335,35 @@ def segmentStatistics(args, card: dict, result, images: list, console) -> tuple[
     """The statistics (with the reference's overlap), when asked for or when the card has quality
     ranges (a flagged result is said on every run); the warnings, each also on stderr."""
     from .engine import statistics
+    from .engine.writer import runReport
 
     referenceMasks, warnings, report = None, [], {}
     if not (args.stats or args.stats_json or args.preview or any(label.get("qc") for label in card["labels"])):
         return report, referenceMasks, warnings
     if args.reference_seg:
         referenceMasks, warnings = statistics.readReferenceMasks(args.reference_seg, result.labelmap, card["labels"])
-        for warning in warnings:
-            console.warn(warning)
-    inputNames = [i["name"] for i in card["inputs"]]
-    report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
-    for segment in report["segments"]:
-        if segment["qc"] != "ok":
-            message = f"{segment['name']}: {segment['qc']} (the card's quality range): check the result"
-            warnings.append(message)
-            console.warn(message)
+    report, notes = runReport(result, card, images, referenceMasks)
+    warnings += notes
+    for warning in warnings:
+        console.warn(warning)
     return report, referenceMasks, warnings
 
 
 def writeSegmentOutputs(args, card, result, images, roiImages, report, referenceMasks, warnings, timings: dict, started: float) -> None:
-    """Every output asked for, staged and verified, then renamed together."""
-    from .engine import statistics
-    from .engine.outputs import stageSegmentation
-    from .engine.volumes import StagedOutputs, pathSuffix, textVerifier, volumeName, writeTextFile
+    """Every output asked for, staged and verified, then renamed together (the engine's one writer)."""
+    from .engine.paths import pathSuffix, sha256
+    from .engine.volumes import volumeName
+    from .engine.writer import OutputPlan, statisticsDocument, writeResults
 
-    inputNames = [i["name"] for i in card["inputs"]]
-    with StagedOutputs() as staged:
-        if args.output and pathSuffix(args.output) == ".dcm":
-            from .engine.dicomseg import stageDicomSegmentation
-
-            stageDicomSegmentation(staged, args.inputs[0], result.labelmap, card, args.output, result.regions)
-        elif args.output:
-            stageSegmentation(staged, result.labelmap, card["labels"], args.output, result.regions)
-        if args.probabilities:
-            from .engine.outputs import stageProbabilities
-
-            stageProbabilities(staged, result, args.probabilities, args.probabilities_uint8)
-        if args.preview:
-            from .demo import writeOverview
-
-            others = {volumeName(path): image for path, image in list(zip(args.roi_from, roiImages))[:2]}
-            writeOverview(images[0], result.labelmap, result.roi, others, card, staged.stage(args.preview, (".png",)), volumeName(args.inputs[0]),
-                          masks=result.masks())
-        if args.stats:
-            text = statistics.statisticsCSV(report["segments"], inputNames, referenceMasks is not None)
-            writeTextFile(text, staged.stage(args.stats, verify=textVerifier(text)))
-        if args.stats_json:
-            document = {
-                **report,
-                "inputs": [{"name": name, "path": path} for name, path in zip(inputNames, args.inputs)],
-                "roi": result.roi.toDict(),
-                "network_region": result.networkROI.toDict() if result.networkROI is not None else None,
-                "model": {"path": os.path.abspath(args.model), "name": card["name"], "card": card},
-                "device": result.device,
-                "compiled": result.compiled,
-                "warnings": warnings,
-                "timing_s": {key: round(value, 4) for key, value in {**timings, "total": time.perf_counter() - started}.items()},
-            }
-            text = statistics.statisticsJSON(document)
-            writeTextFile(text, staged.stage(args.stats_json, verify=textVerifier(text)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
+    dicom = bool(args.output) and pathSuffix(args.output) == ".dcm"
+    plan = OutputPlan(segmentation=args.output, dicomSeries=args.inputs[0] if dicom else None, probabilities=args.probabilities,
+                      probabilitiesUInt8=args.probabilities_uint8, statisticsCSV=args.stats, statisticsJSON=args.stats_json, preview=args.preview)
+    document = statisticsDocument(
+        report, result, card, args.model, [(spec["name"], path, None) for spec, path in zip(card["inputs"], args.inputs)], roiSeries=args.roi_from,
+        modelSHA256=sha256(args.model), warnings=warnings, timings={**timings, "total": time.perf_counter() - started},
+    ) if args.stats_json else {}
+    others = {volumeName(path): image for path, image in list(zip(args.roi_from, roiImages))[:2]}
+    writeResults(plan, result, card, report, document, images, others, volumeName(args.inputs[0]))
 
 
 def buildParser() -> argparse.ArgumentParser:
@@ -543,7 +510,7 @@ def _main(argv: Sequence[str]) -> int:
         return EXIT_USER_ERROR
     except MemoryError:
         console.close()
-        sys.stderr.write("medsegunet: error: out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or --device cpu.\n")
+        sys.stderr.write(f"medsegunet: error: {outOfMemory('while running')}\n")
         return EXIT_USER_ERROR
     except BrokenPipeError:
         # The reader of the output went away (``| head``): stop quietly, as Unix tools do, and keep

@@ -71,7 +71,8 @@ def bareSeconds(model: str, cohort: Path, threads: int) -> list[float]:
 
     torch.set_num_threads(threads)
     from MedSegUNetLib.engine import modelcard
-    from MedSegUNetLib.cohorts.batch import BatchOptions, casesFromSource
+    from MedSegUNetLib.cohorts.casejob import BatchOptions
+    from MedSegUNetLib.cohorts.cases import casesFromSource
     from MedSegUNetLib.cohorts.casejob import prepareCase
 
     card = modelcard.readCard(model)

@@ -32,7 +32,8 @@ def main() -> int:
     import slicer
 
     from MedSegUNetLib.engine.modelcard import saveModel
-    from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage
+    from MedSegUNetLib.slicer.logic import SegmentationLogic
+    from MedSegUNetLib.slicer.nodes import addVolumeFromImage
     from MedSegUNetLib.engine.volumes import readVolume
 
     with tempfile.TemporaryDirectory() as folder:

@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "MedSegUNet"))
 
 from MedSegUNetLib.models import datasets, evaluation, exporting, training  # noqa: E402
+from MedSegUNetLib.models import trainconfig
 
 
 def arguments(description: str, sourceHelp: str):
@@ -57,7 +58,7 @@ def prepareTrainExport(kind: str, source: str, work: Path, recipes: list[str], t
         run = work / ("run" if number == 1 else f"run-{number}")
         config = yaml.safe_load((REPO_ROOT / "Resources" / "Training" / recipe).read_text(encoding="utf-8"))
         config["data"]["msd"] = str(prepared)
-        config = training.validateConfig(config, recipe)
+        config = trainconfig.validateConfig(config, recipe)
         last = run / "checkpoint_last.pt"
         done = last.is_file() and int(training.loadCheckpoint(last)["epoch"]) >= int(config["epochs"])
         if not done:

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from conftest import PROSTATEX_0000_ROI, requireSharedData, slowThresholdModel
 from MedSegUNetLib import cli
 from MedSegUNetLib.models import phantoms
-from MedSegUNetLib.cohorts.batch import casesFromSource, dryRunTable
+from MedSegUNetLib.cohorts.cases import casesFromSource, dryRunTable
 from MedSegUNetLib.cohorts.casejob import qcTile
 from MedSegUNetLib.engine import geometry
 from MedSegUNetLib.engine.modelcard import readCard, saveModel
@@ -393,7 +393,7 @@ def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path, m
     ray = pytest.importorskip("ray", reason="the ray extra is not installed")
     import threading
 
-    from MedSegUNetLib.cohorts.casejob import NETWORK_BEGUN_VARIABLE
+    from MedSegUNetLib.engine.settings import TEST_NETWORK_BEGUN
 
     cases = tmp_path / "cases"
     cases.mkdir()
@@ -401,7 +401,7 @@ def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path, m
     model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
     begun = tmp_path / "begun"
     begun.mkdir()
-    monkeypatch.setenv(NETWORK_BEGUN_VARIABLE, str(begun))  # before Ray starts: its actors inherit it
+    monkeypatch.setenv(TEST_NETWORK_BEGUN.name, str(begun))  # before Ray starts: its actors inherit it
     killed: list = []
 
     def killWhenTheNetworkBegins() -> None:
@@ -462,7 +462,7 @@ def test_readme_batch_commands_with_the_zoo_model(capsys, tmp_path, repo_root):
     ],
 )
 def test_a_dead_workers_cases(freeLosses, lost, begun, again, charged):
-    from MedSegUNetLib.cohorts.batch import lostCases
+    from MedSegUNetLib.cohorts.pool import lostCases
 
     assert lostCases(lost, begun, dict(freeLosses)) == (again, charged)
 

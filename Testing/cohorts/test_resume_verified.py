@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from MedSegUNetLib import cli
-from MedSegUNetLib.engine.volumes import sha256
+from MedSegUNetLib.engine.paths import sha256
 from test_batch import cohort, readLabels  # noqa: F401 (the module's cohort fixture)
 
 

@@ -112,9 +112,9 @@ def test_reference_in_own_values_without_reference_values_is_refused(capsys, tmp
 
 
 def test_training_config_gives_reference_values(repo_root):
-    from MedSegUNetLib.models import training
+    from MedSegUNetLib.models import trainconfig, training
 
     config = {"labels": [{"value": 1, "region": [1, 2, 3]}, {"value": 2, "region": [1, 3]}, {"value": 3, "region": [3]}], "label_remap": {"4": 3}}
-    assert training.referenceValuesFromConfig(config) == REFERENCE_VALUES
+    assert trainconfig.referenceValuesFromConfig(config) == REFERENCE_VALUES
     zoo = modelcard.readCard(repo_root / "MedSegUNet" / "Resources" / "Models" / "brain-tumor-3d" / "brain-tumor-3d.pt")
     assert [label["reference_values"] for label in zoo["labels"]] == REFERENCE_VALUES

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from MedSegUNetLib.models import phantoms
 
-from MedSegUNetLib.engine import volumes
+from MedSegUNetLib.engine import paths, staging, volumes
 from MedSegUNetLib.engine.errors import MedSegUNetError
 
 OBLIQUE = phantoms.rotationMatrix((1, 0.3, 0), 18) @ np.diag([1.0, 1.0, 1.0])
@@ -142,13 +142,13 @@ def test_missing_unsupported_and_corrupt_files(tmp_path):
     [("a/b/T2.nii.gz", ".nii.gz"), ("x.SEG.NRRD", ".seg.nrrd"), ("y.nrrd", ".nrrd"), ("z.mha", ".mha"), ("folder", "")],
 )
 def test_path_suffix(path, expected):
-    assert volumes.pathSuffix(path) == expected
+    assert paths.pathSuffix(path) == expected
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.nrrd"
     with pytest.raises(RuntimeError):
-        with volumes.atomicOutput(target) as temporary:
+        with staging.atomicOutput(target) as temporary:
             # Staged under a hidden folder beside the destination, with the final name.
             assert os.path.dirname(os.path.dirname(temporary)) == str(tmp_path) and os.path.basename(temporary) == "out.nrrd"
             with open(temporary, "wb") as stream:
@@ -161,7 +161,7 @@ def test_atomic_output_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     target.write_text("old")
     with pytest.raises(ValueError):
-        with volumes.atomicOutput(target) as temporary:
+        with staging.atomicOutput(target) as temporary:
             with open(temporary, "w") as stream:
                 stream.write("new")
             raise ValueError
@@ -170,17 +170,17 @@ def test_atomic_output_keeps_old_file_on_failure(tmp_path):
 
 def test_write_volume_and_text(tmp_path):
     image = phantomVolume()
-    volumes.writeVolume(image, tmp_path / "v.nii.gz")
-    volumes.writeText("a,b\n", tmp_path / "t.csv")
+    staging.writeVolume(image, tmp_path / "v.nii.gz")
+    staging.writeText("a,b\n", tmp_path / "t.csv")
     assert sorted(os.listdir(tmp_path)) == ["t.csv", "v.nii.gz"]
     np.testing.assert_array_equal(sitk.GetArrayFromImage(volumes.readVolume(tmp_path / "v.nii.gz")), sitk.GetArrayFromImage(image))
 
 
 def test_output_in_missing_folder(tmp_path):
     with pytest.raises(MedSegUNetError, match="does not exist"):
-        volumes.writeText("x", tmp_path / "missing" / "t.csv")
+        staging.writeText("x", tmp_path / "missing" / "t.csv")
     with pytest.raises(MedSegUNetError, match="must end with one of"):
-        volumes.checkOutputPath(tmp_path / "seg.png", (".nrrd",))
+        staging.checkOutputPath(tmp_path / "seg.png", (".nrrd",))
     assert os.listdir(tmp_path) == []
 
 
@@ -200,12 +200,12 @@ def test_os_errors_say_what_to_do(number, expected):
 def test_staged_outputs_appear_together_or_not_at_all(tmp_path):
     image = phantomVolume()
     with pytest.raises(MedSegUNetError, match="reads back different"):
-        with volumes.StagedOutputs() as outputs:
-            volumes.writeImageFile(image, outputs.stage(tmp_path / "a.nrrd", verify=volumes.imageVerifier(image)))
-            other = outputs.stage(tmp_path / "b.nrrd", verify=volumes.imageVerifier(image))
-            volumes.writeImageFile(sitk.Cast(image, sitk.sitkInt16) * 0, other)  # not what was meant
+        with staging.StagedOutputs() as outputs:
+            staging.writeImageFile(image, outputs.stage(tmp_path / "a.nrrd", verify=staging.imageVerifier(image)))
+            other = outputs.stage(tmp_path / "b.nrrd", verify=staging.imageVerifier(image))
+            staging.writeImageFile(sitk.Cast(image, sitk.sitkInt16) * 0, other)  # not what was meant
     assert os.listdir(tmp_path) == []
-    with volumes.StagedOutputs() as outputs:
-        volumes.writeImageFile(image, outputs.stage(tmp_path / "a.mhd", verify=volumes.imageVerifier(image)))
-        volumes.writeTextFile("x\n", outputs.stage(tmp_path / "a.txt", verify=volumes.textVerifier("x\n")))
+    with staging.StagedOutputs() as outputs:
+        staging.writeImageFile(image, outputs.stage(tmp_path / "a.mhd", verify=staging.imageVerifier(image)))
+        staging.writeTextFile("x\n", outputs.stage(tmp_path / "a.txt", verify=staging.textVerifier("x\n")))
     assert sorted(os.listdir(tmp_path)) == ["a.mhd", "a.raw", "a.txt"] or sorted(os.listdir(tmp_path)) == ["a.mhd", "a.txt", "a.zraw"]

@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 
 from conftest import errorLines
+from MedSegUNetLib.engine import settings
 from MedSegUNetLib.models import catalog
 
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.errors import MedSegUNetError
-from MedSegUNetLib.engine.volumes import sha256
+from MedSegUNetLib.engine.paths import sha256
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
 
 def test_shipped_catalog_lists_the_zoo_files_with_their_checksums(repo_root):
-    shipped = catalog.loadCatalog(catalog.CATALOG_PATH)
+    shipped = catalog.loadCatalog(settings.CATALOG_PATH)
     names = {entry["name"] for entry in shipped["models"] if "source" not in entry}
     zoo = {path.stem: path for path in (repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt")}
     assert names == set(zoo) == {"prostate-zones", "brain-tumor-3d", "brain-tumor-2d", "lgg-flair", "acdc-heart"}
@@ -407,12 +408,12 @@ def test_every_shipped_catalog_source_pulls_with_the_base_install():
 # both formats during the transition: each zoo model also as .pt2
 # ---------------------------------------------------------------------------------------------
 
-SHIPPED_PT2 = [entry["name"] for entry in catalog.loadCatalog(catalog.CATALOG_PATH)["models"] if "pt2" in entry]
+SHIPPED_PT2 = [entry["name"] for entry in catalog.loadCatalog(settings.CATALOG_PATH)["models"] if "pt2" in entry]
 
 
 def test_the_catalog_lists_each_zoo_pt2_with_its_checksum(repo_root):
     assert set(SHIPPED_PT2) == {path.stem for path in (repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt2")} >= {"prostate-zones", "lgg-flair"}
-    for entry in catalog.loadCatalog(catalog.CATALOG_PATH)["models"]:
+    for entry in catalog.loadCatalog(settings.CATALOG_PATH)["models"]:
         if "pt2" in entry:
             shipped = repo_root / "MedSegUNet" / "Resources" / "Models" / entry["name"] / f"{entry['name']}.pt2"
             assert entry["pt2"] == {"url": entry["url"][:-3] + ".pt2", "sha256": sha256(shipped), "bytes": shipped.stat().st_size}

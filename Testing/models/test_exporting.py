@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from MedSegUNetLib.models import training
+from MedSegUNetLib.models import trainconfig, training
 from MedSegUNetLib.cli import main
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.models.exporting import exportCheckpoint, exportNetwork
@@ -27,7 +27,7 @@ def tinyConfig(network: dict, dims: int = 3, patch: int = 16, **overrides) -> di
         "network": network,
     }
     config.update(overrides)
-    return training.validateConfig(config)
+    return trainconfig.validateConfig(config)
 
 
 def writeCheckpoint(path, config: dict, network) -> str:

@@ -111,7 +111,7 @@ def test_a_broken_bundle_zip_is_one_line(tmp_path, name, expected):
 
 @pytest.mark.parametrize("name, expected", [("not", "not a readable zip archive"), ("crc", "Bad CRC-32"), ("encrypted", "encrypted")])
 def test_a_broken_bundle_zip_from_the_catalog_is_one_line_and_caches_nothing(capsys, tmp_path, monkeypatch, a_file_server, name, expected):
-    from MedSegUNetLib.engine.volumes import sha256
+    from MedSegUNetLib.engine.paths import sha256
     from MedSegUNetLib.models import catalog
 
     served, url = a_file_server

@@ -138,7 +138,7 @@ def test_both_published_graphs_pass_the_operator_allow_list(published_models):
     import torch
 
     from MedSegUNetLib.engine import graphsafety, modelcard
-    from MedSegUNetLib.engine.volumes import sha256
+    from MedSegUNetLib.engine.paths import sha256
 
     for name in ("prostate-gland-taps", "brain-mask-deepbet"):
         path = published_models[name]
@@ -154,7 +154,7 @@ def test_taps_pulls_as_pt2_and_deepbet_says_it_has_none(published_models):
     with no fetch; deepbet, whose networks exist only as TorchScript, refused in one line."""
     from MedSegUNetLib.engine.exportedmodel import isExportedArchive
     from MedSegUNetLib.engine.modelcard import readCard
-    from MedSegUNetLib.engine.volumes import sha256
+    from MedSegUNetLib.engine.paths import sha256
 
     environment, taps = published_models["environment"], published_models["prostate-gland-taps"]
     done = subprocess.run(["medsegunet", "models", "pull", "prostate-gland-taps", "--format", "pt2"], capture_output=True, text=True, timeout=900, env=environment)
@@ -174,9 +174,10 @@ def test_taps_pulls_as_pt2_and_deepbet_says_it_has_none(published_models):
 
 @pytest.mark.parametrize("field", ["sha256", "localizer"])
 def test_a_wrong_sha256_caches_nothing(capsys, tmp_path, monkeypatch, a_package_index, field):
+    from MedSegUNetLib.engine import settings
     from MedSegUNetLib.models import catalog
 
-    entry = next(e for e in catalog.loadCatalog(catalog.CATALOG_PATH)["models"] if e["name"] == "brain-mask-deepbet")
+    entry = next(e for e in catalog.loadCatalog(settings.CATALOG_PATH)["models"] if e["name"] == "brain-mask-deepbet")
     if field == "sha256":
         entry["source"]["sha256"] = "0" * 64
     else:

@@ -219,7 +219,7 @@ def test_a_hostile_localiser_inside_a_model_file_is_refused_before_it_loads(a_wo
 
 
 def test_pull_refuses_a_hostile_url_source_and_caches_nothing(capsys, a_workspace, a_file_server, monkeypatch):
-    from MedSegUNetLib.engine.volumes import sha256
+    from MedSegUNetLib.engine.paths import sha256
     from MedSegUNetLib.models import catalog
 
     served, url = a_file_server

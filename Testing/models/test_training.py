@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from MedSegUNetLib.engine import pipeline, statistics
 
-from MedSegUNetLib.models import training
+from MedSegUNetLib.models import trainconfig, traindata, training
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.models.exporting import exportCheckpoint
 from MedSegUNetLib.engine.modelcard import loadModel, readCard
@@ -129,7 +129,7 @@ def quiet(line: str) -> None:
 def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
     """Train on a 4D two-channel Decathlon folder, export, segment: the exported model segments the
     validation case exactly as training's validation did (same preprocessing, same Dice)."""
-    config = training.readConfig(writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=20)))
+    config = trainconfig.readConfig(writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=20)))
     lines: list[str] = []
     result = training.train(config, tmp_path / "run", log=lines.append)
     epochLines = [line for line in lines if line.startswith("epoch ")]
@@ -206,9 +206,9 @@ def test_prepared_case_uses_inference_roi_and_grid(csv_cases):
     from MedSegUNetLib.engine import geometry, preprocessing
     from MedSegUNetLib.engine.volumes import readVolume
 
-    config = training.validateConfig(baseConfig({"csv": str(csv_cases)}, spacing=[2.0, 2.0, None]))
-    case = training.readCases(config)[0]
-    prepared = training.prepareCase(case, config)
+    config = trainconfig.validateConfig(baseConfig({"csv": str(csv_cases)}, spacing=[2.0, 2.0, None]))
+    case = traindata.readCases(config)[0]
+    prepared = traindata.prepareCase(case, config)
     images = [readVolume(p) for p, _ in case.inputs]
     roi = pipeline.resolveROI(images, ["A", "B"], [readVolume(case.roi[0])], ["roi"])
     grid = preprocessing.modelGrid(geometry.cropToROI(preprocessing.emptyLike(images[0]), roi), [2.0, 2.0, None], None)
@@ -231,12 +231,12 @@ def test_label_remap_and_regions():
         ],
     }
     raw = np.array([0, 1, 2, 4], dtype=np.uint8)
-    remapped = training.remapLabels(raw, config)
+    remapped = traindata.remapLabels(raw, config)
     np.testing.assert_array_equal(remapped, [0, 1, 2, 3])
-    regions = training.regionTargets(remapped[None], config)
+    regions = traindata.regionTargets(remapped[None], config)
     np.testing.assert_array_equal(regions, [[0, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1]])
     softmax = {"output": "softmax", "label_remap": {"4": 3}, "labels": [{"value": 3}, {"value": 1}]}
-    np.testing.assert_array_equal(training.remapLabels(raw, softmax), [0, 2, 0, 1])
+    np.testing.assert_array_equal(traindata.remapLabels(raw, softmax), [0, 2, 0, 1])
 
 
 def test_sigmoid_regions_dice_bce_trains(tmp_path, msd_folder):
@@ -250,7 +250,7 @@ def test_sigmoid_regions_dice_bce_trains(tmp_path, msd_folder):
         loss={"type": "dice_bce"},
         epochs=2,
     )
-    result = training.train(training.validateConfig(config), tmp_path / "run", log=quiet)
+    result = training.train(trainconfig.validateConfig(config), tmp_path / "run", log=quiet)
     card = exportCheckpoint(result.bestCheckpoint, tmp_path / "m.pt")
     assert card["output"] == "sigmoid" and all("region" not in label for label in card["labels"])
     assert set(card["validation"]["per_label"]) == {"whole", "core"}
@@ -262,10 +262,10 @@ def test_resume_equals_uninterrupted(tmp_path, msd_folder):
 
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
     augmentation = {"flip_axes": [0, 1, 2], "rotate_deg": 10, "scale": 0.1, "affine_prob": 0.5, "intensity_shift": 0.1, "intensity_prob": 0.5}
-    full = training.train(training.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "full", log=quiet)
-    half = training.train(training.validateConfig(baseConfig(data, epochs=2, augmentation=augmentation)), tmp_path / "half", log=quiet)
+    full = training.train(trainconfig.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "full", log=quiet)
+    half = training.train(trainconfig.validateConfig(baseConfig(data, epochs=2, augmentation=augmentation)), tmp_path / "half", log=quiet)
     resumed = training.train(
-        training.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "resumed", resume=half.lastCheckpoint, log=quiet
+        trainconfig.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "resumed", resume=half.lastCheckpoint, log=quiet
     )
     a = training.loadCheckpoint(full.lastCheckpoint)
     b = training.loadCheckpoint(resumed.lastCheckpoint)
@@ -294,7 +294,7 @@ def test_config_errors_are_one_line(change, message):
     config = baseConfig({"csv": "cases.csv"})
     config.update(change)
     with pytest.raises(MedSegUNetError) as error:
-        training.validateConfig(config)
+        trainconfig.validateConfig(config)
     assert message in str(error.value)
     assert "\n" not in str(error.value)
 
@@ -319,7 +319,7 @@ def test_dice_bce_is_per_channel_for_overlapping_regions():
     import torch
     from monai.losses import DiceLoss
 
-    config = training.validateConfig(baseConfig({"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"},
+    config = trainconfig.validateConfig(baseConfig({"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"},
                                                 labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}]))
     logits = torch.randn(2, 2, 8, 8, 4, generator=torch.Generator().manual_seed(0))
     target = torch.zeros(2, 2, 8, 8, 4)
@@ -333,11 +333,11 @@ def test_transforms_pickle_for_spawned_workers():
     """DataLoader workers started with 'spawn' (macOS, Windows) unpickle the training transforms."""
     import pickle
 
-    config = training.validateConfig(baseConfig(
+    config = trainconfig.validateConfig(baseConfig(
         {"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"}, sampling={"mode": "max_background", "max_background": 0.5, "samples_per_case": 3},
         labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}],
     ))
-    transforms = pickle.loads(pickle.dumps(training.buildTransforms(config)))
+    transforms = pickle.loads(pickle.dumps(traindata.buildTransforms(config)))
     label = np.zeros((1, 32, 32, 16), dtype=np.uint8)
     label[0, 4:20, 4:20, 2:12] = 1
     label[0, 8:12, 8:12, 4:8] = 2
@@ -385,15 +385,15 @@ def test_resume_with_more_epochs_stretches_the_schedule(tmp_path, msd_folder):
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
     optimizer = {"type": "adam", "lr": 0.01, "scheduler": "cosine"}
     lines: list[str] = []
-    short = training.train(training.validateConfig(baseConfig(data, epochs=2, optimizer=optimizer)), tmp_path / "short", log=quiet)
+    short = training.train(trainconfig.validateConfig(baseConfig(data, epochs=2, optimizer=optimizer)), tmp_path / "short", log=quiet)
     longer = training.train(
-        training.validateConfig(baseConfig(data, epochs=6, optimizer=optimizer)), tmp_path / "longer", resume=short.lastCheckpoint, log=lines.append
+        trainconfig.validateConfig(baseConfig(data, epochs=6, optimizer=optimizer)), tmp_path / "longer", resume=short.lastCheckpoint, log=lines.append
     )
     assert any("stretched from 2 to 6 epochs" in line for line in lines)
     rates = [row["lr"] for row in longer.history]
     assert len(rates) == 6 and all(b < a for a, b in zip(rates, rates[1:])), rates
     with pytest.raises(MedSegUNetError, match="already ran 6 epochs but the config asks for 3"):
-        training.train(training.validateConfig(baseConfig(data, epochs=3, optimizer=optimizer)), tmp_path / "fewer", resume=longer.lastCheckpoint, log=quiet)
+        training.train(trainconfig.validateConfig(baseConfig(data, epochs=3, optimizer=optimizer)), tmp_path / "fewer", resume=longer.lastCheckpoint, log=quiet)
 
 
 @pytest.mark.parametrize("postprocessing, schema", [
@@ -426,7 +426,7 @@ def test_init_starts_a_new_run_from_another_runs_weights(tmp_path, msd_folder, c
 
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
     network = {"type": "UNet", "channels": [8, 16], "strides": [2], "num_res_units": 0, "norm": "instance"}
-    first = training.train(training.validateConfig(baseConfig(data, epochs=2, network=network)), tmp_path / "first", log=quiet)
+    first = training.train(trainconfig.validateConfig(baseConfig(data, epochs=2, network=network)), tmp_path / "first", log=quiet)
     frozen = writeConfig(tmp_path, baseConfig(data, epochs=1, network=network, optimizer={"type": "adam", "lr": 1e-30}))
     assert main(["train", "--config", frozen, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "second"), "--device", "cpu"]) == 0
     assert f"Starting from the weights of '{first.bestCheckpoint}' (epoch " in capsys.readouterr().out
@@ -444,9 +444,9 @@ def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder, ca
     from MedSegUNetLib.cli import main
 
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
-    first = training.train(training.validateConfig(baseConfig(data, epochs=1)), tmp_path / "first", log=quiet)
+    first = training.train(trainconfig.validateConfig(baseConfig(data, epochs=1)), tmp_path / "first", log=quiet)
     with pytest.raises(MedSegUNetError, match="give one of them"):
-        training.train(training.validateConfig(baseConfig(data, epochs=2)), tmp_path / "both", resume=first.lastCheckpoint, init=first.bestCheckpoint, log=quiet)
+        training.train(trainconfig.validateConfig(baseConfig(data, epochs=2)), tmp_path / "both", resume=first.lastCheckpoint, init=first.bestCheckpoint, log=quiet)
     wider = writeConfig(tmp_path, baseConfig(data, epochs=1, network={"type": "UNet", "channels": [16, 32], "strides": [2], "num_res_units": 0}))
     assert main(["train", "-q", "--config", wider, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "wider")]) == 2
     assert not (tmp_path / "wider" / "checkpoint_last.pt").exists()
@@ -484,7 +484,7 @@ def test_skull_strip_erodes_the_head_and_keeps_the_labels(width, kept):
 def test_skull_strip_augmentation_runs_in_the_transforms(tmp_path):
     """skull_strip_prob 1: every slice's outer head is zeroed, the centre and the labels untouched;
     a reversed mm range is refused."""
-    config = training.validateConfig(baseConfig(
+    config = trainconfig.validateConfig(baseConfig(
         {"csv": "x.csv"}, dims=2, patch_size=[32, 32], sampling={"mode": "center", "samples_per_case": 1}, spacing=[2.0, 2.0, None],
         augmentation={"skull_strip_prob": 1.0, "skull_strip_mm": [8, 8]},
     ))
@@ -492,7 +492,7 @@ def test_skull_strip_augmentation_runs_in_the_transforms(tmp_path):
     image[:, 2:30, 2:30] = 1.0
     label = np.zeros((1, 32, 32), dtype=np.uint8)
     label[0, 14:18, 14:18] = 1
-    transforms = training.buildTransforms(config)
+    transforms = traindata.buildTransforms(config)
     transforms.set_random_state(seed=0)
     sample = transforms({"image": image, "label": label})
     out = np.asarray(sample["image"])
@@ -500,4 +500,4 @@ def test_skull_strip_augmentation_runs_in_the_transforms(tmp_path):
     assert int((out[0] > 0).sum()) == 20 * 20  # 28 × 28 eroded by 8 mm: 4 voxels of 2 mm a side
     assert int(np.asarray(sample["label"]).sum()) == 16
     with pytest.raises(MedSegUNetError, match="skull_strip_mm"):
-        training.validateConfig(baseConfig({"csv": "x.csv"}, augmentation={"skull_strip_mm": [16, 8]}))
+        trainconfig.validateConfig(baseConfig({"csv": "x.csv"}, augmentation={"skull_strip_mm": [16, 8]}))

@@ -29,7 +29,7 @@ import torch
 from conftest import REPO_ROOT, errorLines, servedFolder, treeDigest
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.errors import MedSegUNetError
-from MedSegUNetLib.engine.volumes import sha256
+from MedSegUNetLib.engine.paths import sha256
 from MedSegUNetLib.models import catalog, sources
 from test_torchscript_safety import CARD, Clean
 

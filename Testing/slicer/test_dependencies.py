@@ -46,7 +46,7 @@ def test_broken_and_missing_torch_are_told_apart(tmp_path):
 
 
 def test_devices_are_asked_of_the_worker(python_slicer):
-    from MedSegUNetLib.slicer.logic import availableDevices
+    from MedSegUNetLib.slicer.job import availableDevices
     from MedSegUNetLib.slicer.worker import WorkerProcess
 
     worker = WorkerProcess(python_slicer)

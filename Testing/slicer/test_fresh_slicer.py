@@ -24,7 +24,7 @@ for name in %(blocked)r:
     sys.modules[name] = None  # 'import name' now raises ImportError, as in a fresh Slicer
 import slicer
 from MedSegUNetLib.engine import modelcard
-from MedSegUNetLib.slicer.logic import addVolumeFromImage, suggestInputVolumes, suggestROIVolumes
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage, suggestInputVolumes, suggestROIVolumes
 from MedSegUNetLib.engine.volumes import readVolume
 
 scene = slicer.vtkMRMLScene()

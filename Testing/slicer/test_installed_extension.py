@@ -24,7 +24,7 @@ import MedSegUNetLib
 from MedSegUNetLib.models import catalog
 from MedSegUNetLib.engine.volumes import readVolume
 import slicer
-from MedSegUNetLib.slicer.logic import addVolumeFromImage, segmentMasks
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage
 from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 from MedSegUNetLib.slicer import selftest
 

@@ -28,7 +28,7 @@ slicerCore = pytest.importorskip("slicer", reason="slicer-core is needed for the
 from conftest import REPO_ROOT, slowThresholdModel  # noqa: E402
 from MedSegUNetLib.models import phantoms  # noqa: E402
 from MedSegUNetLib.slicer import selftest  # noqa: E402
-from MedSegUNetLib.slicer.logic import addVolumeFromImage  # noqa: E402
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage  # noqa: E402  # noqa: E402
 from slicerlayer import pythonqt, sources  # noqa: E402
 from slicerlayer.session import SlicerSession  # noqa: E402
 from slicerlayer.uiloader import UiError  # noqa: E402
@@ -407,7 +407,7 @@ sys.path.insert(0, %(layer)r)
 from slicerlayer.session import SlicerSession
 from slicerlayer import pythonqt
 from MedSegUNetLib.slicer import selftest
-from MedSegUNetLib.slicer.logic import addVolumeFromImage
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage
 import SimpleITK as sitk
 with SlicerSession(%(release)r, pathlib.Path(%(python)r), pathlib.Path(%(work)r), launcher=%(launcher)r) as session:
     session.loadModule(); session.createWidget(); session.enter()

@@ -26,13 +26,8 @@ from MedSegUNetLib.models import phantoms  # noqa: E402
 from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
 from MedSegUNetLib.engine.pipeline import Stage  # noqa: E402
-from MedSegUNetLib.slicer.logic import (  # noqa: E402
-    SegmentationLogic,
-    addVolumeFromImage,
-    imageFromVolumeNode,
-    localIJKToRAS,
-    worldIJKToRAS,
-)
+from MedSegUNetLib.slicer.logic import SegmentationLogic  # noqa: E402  # noqa: E402
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage, imageFromVolumeNode, localIJKToRAS, worldIJKToRAS  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # fixtures and helpers
@@ -523,7 +518,8 @@ def test_worker_thread_run_touches_no_mrml_until_finish(a_scene, phantom_data):
 
 
 def test_input_and_roi_volume_suggestions(a_scene, phantom_data):
-    from MedSegUNetLib.slicer.logic import availableDevices, suggestInputVolumes, suggestROIVolumes
+    from MedSegUNetLib.slicer.job import availableDevices
+    from MedSegUNetLib.slicer.nodes import suggestInputVolumes, suggestROIVolumes
 
     images = phantom_data["images"]
     nodes = {
@@ -569,7 +565,8 @@ def test_batch_example_segments_a_folder_of_cases(tmp_path, phantom_data):
     assert result.roi.ijkMin.tolist() == [0, 5, 1] and result.roi.ijkMax.tolist() == [36, 37, 13]
     assert tableColumn(result.statisticsTableNode, "Number of voxels [voxels]") == [1633.0, 178.0]
     # The same matcher and summary as 'medsegunet batch': the same series, the same columns.
-    from MedSegUNetLib.cohorts.batch import casesFromSource, summaryCSV
+    from MedSegUNetLib.cohorts.cases import casesFromSource
+    from MedSegUNetLib.cohorts.batch import summaryCSV
 
     (spec,) = casesFromSource(str(tmp_path / "cases"), card)
     assert spec.inputs == [(str(case / "t2-axial.nrrd"), None)] and spec.roi == [str(case / "t2-sagittal.nrrd"), str(case / "t2-coronal.nrrd")]
@@ -603,7 +600,7 @@ def test_left_handed_reference_gives_a_proper_roi_box(a_scene, tmp_path):
 
 def test_suggestions_never_raise_on_odd_nodes(a_scene, phantom_data):
     """A reference without image data, or under a non-linear transform, gives no suggestion, not an error."""
-    from MedSegUNetLib.slicer.logic import suggestInputVolumes, suggestROIVolumes
+    from MedSegUNetLib.slicer.nodes import suggestInputVolumes, suggestROIVolumes
 
     nodes = addPhantoms(a_scene, phantom_data)
     empty = slicer.vtkMRMLScalarVolumeNode()
@@ -714,7 +711,7 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
     pytest.importorskip("highdicom")
     import pydicom
 
-    from MedSegUNetLib.slicer.logic import DICOM_INSTANCE_UIDS_ATTRIBUTE
+    from MedSegUNetLib.slicer.dicomexport import DICOM_INSTANCE_UIDS_ATTRIBUTE
     from MedSegUNetLib.engine.volumes import findDicomSeries, readVolume
 
     folder = requireSharedData("prostatex", "ProstateX-0000")
@@ -763,7 +760,7 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
                                              ("no-reference", "does not record the volume it was made on")])
 def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data, fault, expected):
     pytest.importorskip("highdicom")
-    from MedSegUNetLib.slicer.logic import DICOM_INSTANCE_UIDS_ATTRIBUTE
+    from MedSegUNetLib.slicer.dicomexport import DICOM_INSTANCE_UIDS_ATTRIBUTE
 
     logic = SegmentationLogic(a_scene)
     fileForInstance = None

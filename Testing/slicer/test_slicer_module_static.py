@@ -149,14 +149,14 @@ def test_module_file_is_thin_and_imports_engine_lazily():
     # torch, MONAI and the engine may be missing when Slicer loads the module (installed on Apply).
     assert not topLevelImports & {"torch", "monai", "SimpleITK", "numpy"}
     libImports = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("MedSegUNetLib")}
-    assert libImports <= {"MedSegUNetLib.slicer.modulelogic"}, libImports
+    assert libImports <= {"MedSegUNetLib.slicer.modulelogic", "MedSegUNetLib.engine.settings"}, libImports
     assert len(MODULE_FILE.read_text(encoding="utf-8").splitlines()) < 800
 
 
 def test_the_module_logic_imports_nothing_heavy():
     """What MedSegUNet.py imports when Slicer loads it: no numpy, SimpleITK, VTK, torch or MONAI."""
     code = (
-        "import sys; import MedSegUNetLib.slicer.modulelogic; "
+        "import sys; import MedSegUNetLib.slicer.modulelogic, MedSegUNetLib.engine.settings; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'SimpleITK', 'vtk', 'torch', 'monai', 'qt'}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(MODULE_DIR))
@@ -165,16 +165,15 @@ def test_the_module_logic_imports_nothing_heavy():
 
 
 def test_sample_data_checksums_are_full_sha256():
-    tree = moduleTree()
-    files = next(
-        node.value for node in tree.body
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SAMPLE_DATA_FILES" for t in node.targets)
-    )
-    entries = ast.literal_eval(files)
-    assert [name for _, name in entries] == [f"ProstateX-0000-t2-tse-{o}.nrrd" for o in ("tra", "sag", "cor")]
+    from MedSegUNetLib.engine import settings
+
+    entries = [settings.SAMPLE_DATA_FILES[series] for series in ("axial", "sagittal", "coronal")]
+    assert [name for name, _ in entries] == [f"ProstateX-0000-t2-tse-{o}.nrrd" for o in ("tra", "sag", "cor")]
     prefixes = [("3940564b", "3dfb"), ("774a3891", "f329"), ("628b928f", "0e59")]
-    for (checksum, _), (start, end) in zip(entries, prefixes):
+    for (_, checksum), (start, end) in zip(entries, prefixes):
         assert re.fullmatch(r"[0-9a-f]{64}", checksum) and checksum.startswith(start) and checksum.endswith(end)
+    # The module's Sample Data entry and the demo's download use this one table.
+    assert "SAMPLE_DATA_FILES.values()" in MODULE_FILE.read_text(encoding="utf-8")
 
 
 def test_catalog_entry_validates_against_schema():
@@ -367,8 +366,8 @@ def test_mrml_api_used_by_the_widget_exists():
 
 
 def test_widget_imports_work_in_a_fresh_slicer_without_dependencies():
-    # In a fresh Slicer only numpy and SimpleITK exist; the widget's setup() imports SegmentationLogic
-    # (device list) before anything is installed, so it must not need the packages Apply installs.
+    # In a fresh Slicer only numpy and SimpleITK exist; the widget's setup() reads the catalog and its
+    # card and selector helpers before anything is installed, so they must not need what Apply installs.
     code = f"""
 import importlib.abc, sys
 BLOCKED = {{"torch", "monai", "scipy", "jsonschema", "yaml", "slicerio"}}
@@ -378,12 +377,15 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("not installed: " + name)
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, {str(MODULE_DIR)!r})
-from MedSegUNetLib.slicer.logic import availableDevices, suggestInputVolumes, suggestROIVolumes, timingsText
-print(sorted(availableDevices().items()))
+from MedSegUNetLib.engine import modelcard, settings
+from MedSegUNetLib.models.catalog import catalogChoices
+from MedSegUNetLib.slicer.job import availableDevices, timingsText
+from MedSegUNetLib.slicer.nodes import suggestInputVolumes, suggestROIVolumes
+print(sorted(availableDevices().items()), len(catalogChoices()) > 0)
 """
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert completed.stdout.strip() == "[('auto', True), ('cpu', True), ('cuda', False), ('mps', False)]"
+    assert completed.stdout.strip() == "[('auto', True), ('cpu', True), ('cuda', False), ('mps', False)] True"
 
 
 def test_scene_events_are_coalesced_and_observed_only_while_entered():

@@ -26,7 +26,8 @@ slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed
 from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData, slowThresholdModel  # noqa: E402
 from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
-from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage  # noqa: E402
+from MedSegUNetLib.slicer.logic import SegmentationLogic  # noqa: E402  # noqa: E402
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage  # noqa: E402
 from MedSegUNetLib.slicer.worker import BEGUN_MESSAGE, PendingRequest, WorkerProcess  # noqa: E402
 
 LEVEL = 400.0
@@ -36,7 +37,8 @@ LIGHT_CALLER = r"""
 import json, sys, time
 import numpy as np
 import slicer
-from MedSegUNetLib.slicer.logic import SegmentationLogic, addVolumeFromImage
+from MedSegUNetLib.slicer.logic import SegmentationLogic
+from MedSegUNetLib.slicer.nodes import addVolumeFromImage
 from MedSegUNetLib.engine.volumes import readVolume
 from MedSegUNetLib.slicer import selftest
 scene = slicer.vtkMRMLScene()
@@ -311,7 +313,9 @@ def test_errors_speak_of_the_modules_controls(phantom_data, python_slicer):
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a CUDA GPU: asking for it does not fail")
-        with pytest.raises(MedSegUNetError) as error:
+        from MedSegUNetLib.engine.errors import DeviceError
+
+        with pytest.raises(DeviceError) as error:  # the engine's class, across the process boundary
             logic.process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], roiVolumes=_roiSeries(nodes), device="cuda")
         message = str(error.value)
         assert "--device" not in message and "the cpu or auto device" in message, message

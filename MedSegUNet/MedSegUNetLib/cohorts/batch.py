@@ -30,13 +30,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..engine.errors import Interrupted, MedSegUNetError
-from .cases import CaseSpec, casesFromSource, checkCaseId, dryRunTable, readTableText, shownCaseId  # noqa: F401 (the module's public names)
-from .casejob import (  # noqa: F401
-    CASES_IN_HAND, FORMATS, MANIFEST, QC_TILE, BatchOptions, caseOutputNames, cardDigest, finishCase, isCaseComplete, previousSummary, processCase,
-    qcTile, skippedRow, sweepStaging, writeCaseFolder,
-)
-from .pool import lostCases, runLocal, workerDevices  # noqa: F401
+from ..engine.errors import CohortError, Interrupted
+from .cases import CaseSpec, casesFromSource, dryRunTable, shownCaseId
+from .casejob import FORMATS, QC_TILE, BatchOptions, caseOutputNames, cardDigest, isCaseComplete, previousSummary, skippedRow, sweepStaging
+from .pool import runLocal, workerDevices
 
 
 # More worker processes or network threads than any machine runs are typing mistakes.
@@ -122,7 +119,7 @@ def preloadMontageLibrary() -> None:
 
 def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) -> list[str]:
     """``summary.csv`` and the QC montage (``qc.png``, then ``qc-002.png`` … past 400 cases), together."""
-    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
+    from ..engine.staging import StagedOutputs, textVerifier, writeTextFile
 
     written = []
     with StagedOutputs() as staged:
@@ -139,7 +136,7 @@ def writeCohortFiles(rows: Sequence[dict], card: dict, options: BatchOptions) ->
 
 def addParser(subparsers) -> None:
     """Register ``medsegunet batch``."""
-    from ..engine.modelcard import DEVICES
+    from ..engine.settings import DEVICES
 
     parser = subparsers.add_parser(
         "batch",
@@ -218,27 +215,28 @@ def run(args, console) -> int:
 def checkOptions(args) -> None:
     """Refuse absurd or contradictory options before any work."""
     if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
-        raise MedSegUNetError(f"--workers must be 1 to {MAX_WORKERS} (each worker holds the model and uses about 0.7 GB or more).")
+        raise CohortError(f"--workers must be 1 to {MAX_WORKERS} (each worker holds the model and uses about 0.7 GB or more).")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        raise MedSegUNetError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count() or 1} cores).")
+        raise CohortError(f"--threads must be 1 to {MAX_THREADS} (this machine has {os.cpu_count() or 1} cores).")
     if args.ray_address and args.engine != "ray":
-        raise MedSegUNetError("--ray-address needs --engine ray.")
+        raise CohortError("--ray-address needs --engine ray.")
 
 
 def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOptions, list[str]]:
     """The output folder (never an input, nor inside one), swept of stale staging folders; the run's options and worker devices."""
-    from ..engine.volumes import checkDistinctPaths, sha256
+    from ..engine.staging import checkDistinctPaths
+    from ..engine.paths import sha256
 
     caseInputs = [path for case in cases for path in [*(p for p, _ in case.inputs), *case.roi]]
     checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"], "a case's input": caseInputs})
     if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise MedSegUNetError(f"--output '{args.output}' is a file: give a folder.")
+        raise CohortError(f"--output '{args.output}' is a file: give a folder.")
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as error:
         from ..engine.errors import osErrorMessage
 
-        raise MedSegUNetError(osErrorMessage(error, "create", args.output)) from None
+        raise CohortError(osErrorMessage(error, "create", args.output)) from None
     sweepStaging(args.output)
     devices = workerDevices(args.device, args.workers, len(cases)) if args.engine == "local" else []
     options = BatchOptions(

@@ -20,8 +20,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from ..engine.errors import MedSegUNetError, firstLine
-from ..engine.inference import CALL_BEGUN_VARIABLE
+from ..engine.errors import CohortError, firstLine, MedSegUNetError, outOfMemory
 from ..engine.volumes import DicomSeries
 from .cases import CaseSpec, checkCaseId
 
@@ -82,7 +81,7 @@ def caseOutputNames(caseId: str, fmt: str) -> dict[str, str]:
 
 
 def _seriesFiles(path: str, found: DicomSeries | None = None) -> list[str]:
-    from ..engine.volumes import splitSeriesSelector
+    from ..engine.paths import splitSeriesSelector
 
     path, series = splitSeriesSelector(path)
     if os.path.isdir(path):
@@ -195,7 +194,7 @@ def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
     from ..engine.volumes import volumeName
 
     if case.error:
-        raise MedSegUNetError(case.error)
+        raise CohortError(case.error)
     images, roiImages = readCaseImages(case, options)
     margin = float((card.get("roi") or {}).get("margin_mm", 0.0))
     prepared = pipeline.prepareImages(
@@ -301,14 +300,14 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
     else of that name is refused, never removed. On any error or interruption the staging folder
     is removed.
     """
-    from ..engine.volumes import signalsDeferred
+    from ..engine.staging import signalsDeferred
 
     why = checkCaseId(caseId)
     if why is not None:
-        raise MedSegUNetError(why)
+        raise CohortError(why)
     final = os.path.join(outputDir, caseId)
     if os.path.lexists(final) and not (_madeByARun(final) and _insideOutput(outputDir, final)):
-        raise MedSegUNetError(f"'{final}' exists and is not a case folder written by medsegunet batch: it is left as it is; move it away or choose another --output.")
+        raise CohortError(f"'{final}' exists and is not a case folder written by medsegunet batch: it is left as it is; move it away or choose another --output.")
     staging = makeStagingFolder(outputDir)
     try:
         write(staging)
@@ -331,13 +330,12 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
         shutil.rmtree(staging, ignore_errors=True)
 
 
-# A test hook: when this names a folder, a case entering the network leaves ``<pid>-<case>`` there,
-# so that a test can end that process at that very moment instead of guessing it with a clock.
-NETWORK_BEGUN_VARIABLE = CALL_BEGUN_VARIABLE
-
-
 def markNetworkBegun(case: CaseSpec) -> None:
-    folder = os.environ.get(NETWORK_BEGUN_VARIABLE)
+    """A test hook (settings.TEST_NETWORK_BEGUN): a case entering the network leaves ``<pid>-<case>``
+    there, so that a test can end that process at that very moment instead of guessing it with a clock."""
+    from ..engine import settings
+
+    folder = settings.TEST_NETWORK_BEGUN.text()
     if folder and os.path.isdir(folder):
         open(os.path.join(folder, f"{os.getpid()}-{case.id}"), "w").close()
 
@@ -389,9 +387,9 @@ def inferCase(prepared, loaded):
 def failedRow(case: CaseSpec, error: BaseException, started: float) -> dict:
     """The summary row of a case that failed, with its one-line reason."""
     if isinstance(error, MedSegUNetError):
-        message = firstLine(error)
+        message = firstLine(error.forSurface("batch"))
     elif isinstance(error, MemoryError):
-        message = "out of memory: use a smaller sw_batch_size or patch_size, fewer --workers, or --device cpu"
+        message = firstLine(outOfMemory("in this case").forSurface("batch"))
     else:
         message = f"internal error: {type(error).__name__}: {firstLine(error)}"
     return {"case": case.id, "status": "failed", "message": message, "seconds": round(time.perf_counter() - started, 3),
@@ -403,27 +401,17 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
 
     Runs on a worker's writer thread while the network runs on the next case.
     """
-    from ..engine import statistics
-    from ..engine.outputs import stageSegmentation
-    from ..engine.volumes import StagedOutputs, imageVerifier, textVerifier, writeImageFile, writeTextFile
+    from ..engine.staging import textVerifier, writeTextFile
+    from ..engine.writer import OutputPlan, runReport, statisticsDocument, writeResults
 
     row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
     try:
-        inputNames = [spec["name"] for spec in card["inputs"]]
-        report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), regions=result.regions)
+        report, _ = runReport(result, card, images)
         names = caseOutputNames(case.id, options.format)
-        document = {
-            **report,
-            "case": case.id,
-            "inputs": [{"name": name, "path": path, "channel": channel} for name, (path, channel) in zip(inputNames, case.inputs)],
-            "roi_series": list(case.roi),
-            "notes": list(case.notes),
-            "roi": result.roi.toDict(),
-            "model": {"path": os.path.abspath(options.modelPath), "name": card["name"], "sha256": options.modelSHA256},
-            "device": result.device,
-            "compiled": result.compiled,
-            "timing_s": {key: round(value, 4) for key, value in result.timings.items()},
-        }
+        document = statisticsDocument(
+            report, result, card, options.modelPath, [(spec["name"], path, channel) for spec, (path, channel) in zip(card["inputs"], case.inputs)],
+            roiSeries=case.roi, case=case.id, notes=case.notes, modelSHA256=options.modelSHA256,
+        )
         finished, seconds = finishedNow(), round(time.perf_counter() - started, 3)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -439,19 +427,10 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
         tile = tileImage(qcTile(images[0], result.labelmap, result.roi, card, result.regions))
 
         def write(folder: str) -> None:
-            with StagedOutputs() as staged:
-                if options.format == "dcm":
-                    from ..engine.dicomseg import stageDicomSegmentation
-
-                    stageDicomSegmentation(staged, case.inputs[0][0], result.labelmap, card, os.path.join(folder, names["segmentation"]), result.regions)
-                else:
-                    stageSegmentation(staged, result.labelmap, card["labels"], os.path.join(folder, names["segmentation"]), result.regions)
-                for key, text in (
-                    ("statistics_csv", statistics.statisticsCSV(report["segments"], inputNames, False)),
-                    ("statistics_json", statistics.statisticsJSON(document)),
-                ):
-                    writeTextFile(text, staged.stage(os.path.join(folder, names[key]), verify=textVerifier(text)))
-                writeImageFile(tile, staged.stage(os.path.join(folder, names["qc"]), verify=imageVerifier(tile)), compress=False)
+            inFolder = {key: os.path.join(folder, name) for key, name in names.items()}
+            plan = OutputPlan(segmentation=inFolder["segmentation"], dicomSeries=case.inputs[0][0] if options.format == "dcm" else None,
+                              statisticsCSV=inFolder["statistics_csv"], statisticsJSON=inFolder["statistics_json"], pictures={inFolder["qc"]: tile})
+            writeResults(plan, result, card, report, document, images)
             # Last, so that it can record what the others are.
             text = json.dumps({**manifest, "output_files": outputRecords(folder, names)}, indent=2)
             manifestPath = os.path.join(folder, MANIFEST)

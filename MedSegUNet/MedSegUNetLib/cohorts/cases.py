@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.errors import CohortError, firstLine, MedSegUNetError
 from ..engine.volumes import DicomSeries
 
 
@@ -80,16 +80,16 @@ def readTableText(path: str, what: str) -> str:
     except OSError as error:
         from ..engine.errors import osErrorMessage
 
-        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+        raise CohortError(osErrorMessage(error, "read", path)) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise MedSegUNetError(f"{what} '{path}' is not UTF-8 text (byte {error.start}): save it as UTF-8 (in Excel: CSV UTF-8).") from None
+        raise CohortError(f"{what} '{path}' is not UTF-8 text (byte {error.start}): save it as UTF-8 (in Excel: CSV UTF-8).") from None
 
 
 def _caseFromFile(path: str, card: dict) -> CaseSpec:
     """A volume file directly in a cohort folder: a case of its own (one-input models)."""
-    from ..engine.volumes import pathSuffix
+    from ..engine.paths import pathSuffix
 
     name = os.path.basename(path)
     case = CaseSpec(id=name[: -len(pathSuffix(name))])
@@ -106,14 +106,14 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
     try:
         rows = list(csv.DictReader(io.StringIO(readTableText(table, "Case table"), newline="")))
     except csv.Error as error:
-        raise MedSegUNetError(f"Case table '{table}' is not a CSV table ({firstLine(error)}).") from None
+        raise CohortError(f"Case table '{table}' is not a CSV table ({firstLine(error)}).") from None
     if not rows:
-        raise MedSegUNetError(f"Case table '{table}' has no rows.")
+        raise CohortError(f"Case table '{table}' has no rows.")
     columns = {c.strip().lower(): c for c in rows[0].keys() if c}
     inputNames = [spec["name"] for spec in card["inputs"]]
     missing = [name for name in ["case", *inputNames] if name.lower() not in columns]
     if missing:
-        raise MedSegUNetError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs 'case' and one column per card input ({', '.join(inputNames)}).")
+        raise CohortError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs 'case' and one column per card input ({', '.join(inputNames)}).")
     roiColumns = [columns[c] for c in columns if c.startswith("roi")]
     from .seriesmatch import rolesOfCard
 
@@ -145,20 +145,20 @@ def _casesFromDecathlon(description: str, card: dict) -> list[CaseSpec]:
     try:
         dataset = json.loads(readTableText(description, "Dataset description"))
     except json.JSONDecodeError as error:
-        raise MedSegUNetError(f"'{description}' is not valid JSON ({error.msg}).") from None
+        raise CohortError(f"'{description}' is not valid JSON ({error.msg}).") from None
     if not isinstance(dataset, dict):
-        raise MedSegUNetError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object with 'test' or 'training'.")
+        raise CohortError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object with 'test' or 'training'.")
     modalities = dataset.get("modality") or {"0": card["inputs"][0]["name"]}
     if not isinstance(modalities, dict):
-        raise MedSegUNetError(f"'{description}': 'modality' is not an object of index → name.")
+        raise CohortError(f"'{description}': 'modality' is not an object of index → name.")
     for key in ("test", "training"):
         entries = dataset.get(key) or []
         if not isinstance(entries, list) or not all(isinstance(entry, str) or (isinstance(entry, dict) and isinstance(entry.get("image"), str)) for entry in entries):
-            raise MedSegUNetError(f"'{description}': '{key}' is not a list of image paths or of {{\"image\": path}} entries.")
+            raise CohortError(f"'{description}': '{key}' is not a list of image paths or of {{\"image\": path}} entries.")
     count = len(card["inputs"])
     if len(modalities) != count:
-        raise MedSegUNetError(f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images.")
-    from ..engine.volumes import pathSuffix
+        raise CohortError(f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images.")
+    from ..engine.paths import pathSuffix
 
     images = [entry if isinstance(entry, str) else entry.get("image") for entry in (dataset.get("test") or []) + (dataset.get("training") or [])]
     cases = []
@@ -182,7 +182,7 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
         MedSegUNetError: a missing source, a CSV without the needed columns, duplicate case names,
             or no case at all. Cases whose series cannot be matched come back with ``error`` set.
     """
-    from ..engine.volumes import VOLUME_SUFFIXES, checkRegularFile, pathSuffix
+    from ..engine.paths import VOLUME_SUFFIXES, checkRegularFile, pathSuffix
 
     checkRegularFile(source, "Cases source")
     if os.path.isdir(source):
@@ -198,9 +198,9 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
     elif source.lower().endswith(".json"):
         cases = _casesFromDecathlon(source, card)
     else:
-        raise MedSegUNetError(f"--cases '{source}' is neither a folder of case folders, a .csv table nor a Decathlon dataset.json.")
+        raise CohortError(f"--cases '{source}' is neither a folder of case folders, a .csv table nor a Decathlon dataset.json.")
     if not cases:
-        raise MedSegUNetError(f"No case found in '{source}': give a folder with one sub-folder per case, a CSV or a dataset.json.")
+        raise CohortError(f"No case found in '{source}': give a folder with one sub-folder per case, a CSV or a dataset.json.")
     for case in cases:
         why = checkCaseId(case.id)
         if why is not None:
@@ -211,7 +211,7 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
     ids = [case.id for case in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
-        raise MedSegUNetError(f"Case names must be unique; repeated: {', '.join(duplicates)}.")
+        raise CohortError(f"Case names must be unique; repeated: {', '.join(duplicates)}.")
     return cases
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.errors import CohortError, firstLine, MedSegUNetError
 from .cases import CaseSpec
 from .casejob import CASES_IN_HAND, BatchOptions, failedRow, finishCase, inferCase, prepareCase, sweepStaging, warmUp
 
@@ -216,7 +216,7 @@ def workerDevices(device: str, workers: int | None, cases: int = 1) -> list[str]
     (:func:`cpuWorkerCount` of the run's ``cases``), or one on another device."""
     gpus = gpuCount() if device in ("auto", "cuda") else 0
     if device == "cuda" and gpus == 0:
-        raise MedSegUNetError("CUDA was asked for but no NVIDIA GPU is visible: use --device cpu or auto.")
+        raise CohortError("CUDA was asked for but no NVIDIA GPU is visible: use --device cpu or auto.")
     if gpus and device in ("auto", "cuda"):
         return [f"cuda:{index % gpus}" for index in range(workers or gpus)]
     count = workers or (cpuWorkerCount(cases) if device in ("auto", "cpu") else 1)
@@ -352,7 +352,7 @@ class LocalPool:
                 self.onRow(index, row)
             self.handOut()
         elif kind == "fatal":
-            raise MedSegUNetError(message[2])
+            raise CohortError(message[2])
 
     def replaceDead(self) -> None:
         """Every dead worker: its begun cases charged and retried (failed the second time), the

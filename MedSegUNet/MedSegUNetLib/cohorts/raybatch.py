@@ -19,8 +19,8 @@ import io
 import threading
 from typing import Callable, Sequence
 
-from ..engine.errors import MedSegUNetError, firstLine
-from ..engine.volumes import nativeMessages
+from ..engine.errors import CohortError, firstLine, MedSegUNetError
+from ..engine.paths import nativeMessages
 
 
 class CaseActor:
@@ -52,7 +52,7 @@ def importRay():
     try:
         import ray
     except ImportError:
-        raise MedSegUNetError("The Ray engine needs Ray: install it with pip install -e \".[ray]\" (or pip install ray), or use --engine local.") from None
+        raise CohortError("The Ray engine needs Ray: install it with pip install -e \".[ray]\" (or pip install ray), or use --engine local.") from None
     return ray
 
 
@@ -77,12 +77,12 @@ def checkReachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
     except ValueError:
         host, port = None, None
     if not host or not port:
-        raise MedSegUNetError(f"--ray-address '{address}' is not host:port or ray://host:port.")
+        raise CohortError(f"--ray-address '{address}' is not host:port or ray://host:port.")
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as error:
-        raise MedSegUNetError(f"Cannot join Ray at {address}: nothing answers there within {timeout:g} s ({firstLine(error)}); check the address and that the cluster runs.") from None
+        raise CohortError(f"Cannot join Ray at {address}: nothing answers there within {timeout:g} s ({firstLine(error)}); check the address and that the cluster runs.") from None
 
 
 def runRay(cases, todo: Sequence[int], options, address: str | None, workers: int | None, onRow: Callable[[int, dict], None]) -> None:
@@ -102,12 +102,12 @@ def runRay(cases, todo: Sequence[int], options, address: str | None, workers: in
             with contextlib.redirect_stderr(io.StringIO()), nativeMessages():
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError...
-            raise MedSegUNetError(f"Cannot start or join Ray{f' at {address}' if address else ''} ({firstLine(error)[:160]}).") from None
+            raise CohortError(f"Cannot start or join Ray{f' at {address}' if address else ''} ({firstLine(error)[:160]}).") from None
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if options.device in ("auto", "cuda") else 0
         if options.device == "cuda" and gpus == 0:
-            raise MedSegUNetError("CUDA was asked for but the Ray cluster has no GPU: use --device cpu or auto.")
+            raise CohortError("CUDA was asked for but the Ray cluster has no GPU: use --device cpu or auto.")
         count = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1)) // 2))
         from .casejob import CASES_IN_HAND
 
@@ -166,7 +166,7 @@ def _dispatch(ray, actorClass, cases, todo: list[int], options, device: str, cou
         except RayTaskError as error:
             cause = getattr(error, "cause", None)
             if isinstance(cause, MedSegUNetError):  # the actor could not load the model
-                raise MedSegUNetError(firstLine(cause)) from None
+                raise CohortError(firstLine(cause)) from None
             raise
         row["attempts"] = attempts[index] + 1
         onRow(index, row)

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import CohortError
 from ..engine.volumes import DicomSeries, readHeader
 
 PLANE_WORDS = {
@@ -173,7 +173,7 @@ def matchSeries(card: dict, candidates: Sequence[SeriesCandidate], case: str = "
     available = "; ".join(f"{c.name} [{c.plane or '?'}]" for c in candidates) or "none"
     for index, role in enumerate(roles):
         if role.kind == "input" and index in failed:
-            raise MedSegUNetError(
+            raise CohortError(
                 f"Case '{case}': input '{role.name}' (words {', '.join(role.words)}): {failed[index]}; series found: {available}. "
                 "Rename the series, or list the case in a CSV."
             )
@@ -200,7 +200,8 @@ def findCaseSeries(folder: str | os.PathLike) -> list[SeriesCandidate]:
         candidates sorted by path; a folder holding several DICOM series gives ``FOLDER::UID``
         paths.
     """
-    from ..engine.volumes import VOLUME_SUFFIXES, findDicomSeries, pathSuffix
+    from ..engine.paths import VOLUME_SUFFIXES, pathSuffix
+    from ..engine.volumes import findDicomSeries
 
     folder = os.fspath(folder)
     candidates = []

@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from typing import Iterator
 
-from .errors import MedSegUNetError, firstLine, osErrorMessage
+from .errors import firstLine, MedSegUNetError, ModelFileError, osErrorMessage, OutputError
 
 _BLOCK = 1 << 20
 # Errors zipfile raises for broken archives and members (RuntimeError: an encrypted member;
@@ -37,9 +37,9 @@ def openArchive(path: str | os.PathLike, what: str) -> Iterator[zipfile.ZipFile]
         with zipfile.ZipFile(path) as archive:
             yield archive
     except ZIP_ERRORS as error:
-        raise MedSegUNetError(f"{what} is not a readable zip archive ({_zipReason(error)}): download or export it again.") from None
+        raise ModelFileError(f"{what} is not a readable zip archive ({_zipReason(error)}): download or export it again.") from None
     except OSError as error:
-        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+        raise ModelFileError(osErrorMessage(error, "read", path)) from None
 
 
 def _zipReason(error: BaseException) -> str:
@@ -82,7 +82,7 @@ def extractMember(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: str
                 output.write(block)
     except OSError as error:
         _remove(target)
-        raise MedSegUNetError(osErrorMessage(error, "write", target)) from None
+        raise OutputError(osErrorMessage(error, "write", target)) from None
     except BaseException:  # a passed budget, a broken member, an interruption: no partial file
         _remove(target)
         raise
@@ -99,18 +99,18 @@ class ExtractionBudget:
     def spend(self, count: int, member: zipfile.ZipInfo, what: str) -> None:
         self.left -= count
         if self.left < 0:
-            raise MedSegUNetError(f"{what}: member '{member.filename[:80]}' inflates past {self.reason}: nothing was kept; the archive is not what it claims to be.")
+            raise ModelFileError(f"{what}: member '{member.filename[:80]}' inflates past {self.reason}: nothing was kept; the archive is not what it claims to be.")
 
 
 def _checkDeclared(member: zipfile.ZipInfo, limit: int, what: str) -> None:
     if member.file_size > limit:
         raise _tooLarge(member, limit, what)
     if member.flag_bits & 0x1:
-        raise MedSegUNetError(f"{what}: member '{member.filename[:80]}' is encrypted: it cannot be read; use an unencrypted archive.")
+        raise ModelFileError(f"{what}: member '{member.filename[:80]}' is encrypted: it cannot be read; use an unencrypted archive.")
 
 
 def _tooLarge(member: zipfile.ZipInfo, limit: int, what: str) -> MedSegUNetError:
-    return MedSegUNetError(
+    return ModelFileError(
         f"{what}: member '{member.filename[:80]}' inflates to more than {limit / 2**20:.1f} MiB, more than it may hold: it is not read; the archive is not what it claims to be."
     )
 

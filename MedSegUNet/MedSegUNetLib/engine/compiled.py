@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import MedSegUNetError, firstLine
+from .errors import firstLine, MedSegUNetError, ModelFileError
 from .exportedmodel import isExportedArchive
 from .modelcard import LoadedModel
 
@@ -40,7 +40,7 @@ def packageKey(modelPath: str, device) -> str:
     device type and the machine (native code for one CPU architecture and one torch)."""
     import torch
 
-    from .volumes import sha256
+    from .paths import sha256
 
     parts = [sha256(modelPath), torch.__version__, device.type, platform.machine(), COMPILED_REVISION]
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:24]
@@ -128,7 +128,7 @@ def readRecord(folder: Path) -> dict | None:
 
 def _packageIntact(folder: Path, record: dict) -> bool:
     """Whether the package is the one its record describes (a slower build keeps no package)."""
-    from .volumes import sha256
+    from .paths import sha256
 
     package = folder / "model.pt2"
     if not record["faster"]:
@@ -162,9 +162,9 @@ def buildPackage(loaded: LoadedModel, folder: Path, progress=None) -> dict:
         except MedSegUNetError:
             raise
         except Exception as error:  # compilers, lowering and loading fail in many ways
-            raise MedSegUNetError(f"AOTInductor could not compile '{loaded.card['name']}' ({firstLine(str(error))[:140]}).") from None
+            raise ModelFileError(f"AOTInductor could not compile '{loaded.card['name']}' ({firstLine(str(error))[:140]}).") from None
         record = checkAndTime(loaded, runner, sample)
-        from .volumes import sha256
+        from .paths import sha256
 
         record["sha256"] = sha256(package)
         if not record["faster"]:
@@ -191,11 +191,11 @@ def checkAndTime(loaded: LoadedModel, runner, sample) -> dict:
     with torch.inference_mode():
         expected, got = _first(loaded.network(sample)), _first(runner(sample))
         if tuple(got.shape) != tuple(expected.shape):
-            raise MedSegUNetError(f"AOTInductor's build of '{loaded.card['name']}' gives shape {tuple(got.shape)} instead of {tuple(expected.shape)}.")
+            raise ModelFileError(f"AOTInductor's build of '{loaded.card['name']}' gives shape {tuple(got.shape)} instead of {tuple(expected.shape)}.")
         difference = float((got.float() - expected.float()).abs().max())
         scale = float(expected.max() - expected.min()) or 1.0
         if not difference <= RELATIVE_TOLERANCE * scale:
-            raise MedSegUNetError(f"AOTInductor's build of '{loaded.card['name']}' differs from the model by {difference:.3g} (output range {scale:.3g}).")
+            raise ModelFileError(f"AOTInductor's build of '{loaded.card['name']}' differs from the model by {difference:.3g} (output range {scale:.3g}).")
         times: dict[str, list[float]] = {"program": [], "package": []}
         for _ in range(TIMED_CALLS):
             for name, network in (("program", loaded.network), ("package", runner)):
@@ -218,4 +218,4 @@ def loadPackage(path: Path, device):
     try:
         return torch._inductor.aoti_load_package(str(path), device_index=device.index if device.index is not None else -1)
     except Exception as error:  # a package built by another torch, or damaged
-        raise MedSegUNetError(f"Cannot load the AOTInductor package '{path}' ({firstLine(str(error))[:140]}).") from None
+        raise ModelFileError(f"Cannot load the AOTInductor package '{path}' ({firstLine(str(error))[:140]}).") from None

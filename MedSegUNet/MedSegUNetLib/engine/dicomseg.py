@@ -17,8 +17,9 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError
-from .volumes import DicomSeries, selectDicomSeries, splitSeriesSelector
+from .errors import DependencyError, OutputError, VolumeError
+from .volumes import DicomSeries, selectDicomSeries
+from .paths import splitSeriesSelector
 
 GENERIC_CODE = ("SCT", "85756007", "Tissue")
 
@@ -27,7 +28,7 @@ def referenceSeries(path: str) -> DicomSeries:
     """The DICOM series a ``FOLDER`` or ``FOLDER::SERIES`` input reads, or a one-line refusal."""
     folder, series = splitSeriesSelector(str(path))
     if not os.path.isdir(folder):
-        raise MedSegUNetError(f"A DICOM SEG output needs a DICOM series as the reference input, and '{path}' is a file: write a .seg.nrrd or .nii.gz instead.")
+        raise VolumeError(f"A DICOM SEG output needs a DICOM series as the reference input, and '{path}' is a file: write a .seg.nrrd or .nii.gz instead.")
     return selectDicomSeries(folder, series)
 
 
@@ -83,7 +84,7 @@ def buildSegmentation(series: DicomSeries, labelmap: sitk.Image, card: dict, reg
     sources = [pydicom.dcmread(path) for path in series.files]
     array = sitk.GetArrayViewFromImage(labelmap)
     if array.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise MedSegUNetError(
+        raise OutputError(
             f"The result's grid {array.shape[::-1]} is not the DICOM series' ({int(sources[0].Columns)}, {int(sources[0].Rows)}, {len(sources)}): it cannot be stored as DICOM SEG."
         )
     if regions is not None:
@@ -121,9 +122,9 @@ def segmentationVerifier(expected: int):
         try:
             segmentation = hd.seg.segread(path)
         except Exception as error:  # pydicom raises several types on a cut-short file
-            raise MedSegUNetError(f"The DICOM SEG '{os.path.basename(path)}' was written incompletely ({type(error).__name__}); nothing was kept.") from None
+            raise OutputError(f"The DICOM SEG '{os.path.basename(path)}' was written incompletely ({type(error).__name__}); nothing was kept.") from None
         if len(segmentation.SegmentSequence) != expected:
-            raise MedSegUNetError(f"The DICOM SEG '{os.path.basename(path)}' reads back with the wrong segments; nothing was kept.")
+            raise OutputError(f"The DICOM SEG '{os.path.basename(path)}' reads back with the wrong segments; nothing was kept.")
 
     return verify
 
@@ -140,7 +141,7 @@ def stageDicomSegmentation(outputs, reference: str | DicomSeries, labelmap: sitk
     try:
         import highdicom  # noqa: F401
     except ImportError:
-        raise MedSegUNetError("DICOM SEG output needs highdicom: pip install highdicom.") from None
+        raise DependencyError("DICOM SEG output needs highdicom: pip install highdicom.") from None
     series = reference if isinstance(reference, DicomSeries) else referenceSeries(reference)
     dataset = buildSegmentation(series, labelmap, card, regions)
     temporary = outputs.stage(path, (".dcm",), verify=segmentationVerifier(len(card["labels"])))

@@ -29,7 +29,7 @@ import json
 import re
 import zipfile
 
-from .errors import MedSegUNetError
+from .errors import MedSegUNetError, ModelFileError
 
 PT2_FORMAT = b"pt2"
 # A card is a page of JSON (the largest shipped: 6 kB); a larger member is refused before it
@@ -95,10 +95,10 @@ def checkExpression(text: str, what: str) -> None:
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError):
-        raise MedSegUNetError(f"{what} holds a shape expression that is not one ({text[:60]!r}): it is not loaded.") from None
+        raise ModelFileError(f"{what} holds a shape expression that is not one ({text[:60]!r}): it is not loaded.") from None
     for node in ast.walk(tree):
         if not isinstance(node, _EXPRESSION_NODES) or not _allowedNode(node):
-            raise MedSegUNetError(f"{what} holds a shape expression with {type(node).__name__} in it ({text[:60]!r}), which torch would run as Python: it is not loaded.")
+            raise ModelFileError(f"{what} holds a shape expression with {type(node).__name__} in it ({text[:60]!r}), which torch would run as Python: it is not loaded.")
 
 
 def _allowedNode(node: ast.AST) -> bool:
@@ -135,7 +135,7 @@ def checkTarget(target: str, what: str) -> None:
         return
     if target in _PYTHON_TARGETS:
         return
-    raise MedSegUNetError(f"{what} calls '{target}', which is not a pure tensor operator: it is not run; export the network without it.")
+    raise ModelFileError(f"{what} calls '{target}', which is not a pure tensor operator: it is not run; export the network without it.")
 
 
 def checkProgramDocument(document, what: str) -> None:
@@ -157,7 +157,7 @@ def checkProgramDocument(document, what: str) -> None:
                     for symbol in value:
                         checkExpression(str(symbol), what)
                 elif key in ("custom_obj_values", "as_custom_obj", "as_custom_objs") and value:
-                    raise MedSegUNetError(f"{what} holds a custom object, which loading would unpickle: it is not loaded.")
+                    raise ModelFileError(f"{what} holds a custom object, which loading would unpickle: it is not loaded.")
                 pending.append(value)
         elif isinstance(node, list):
             pending.extend(node)
@@ -182,7 +182,7 @@ def readCheckedMembers(source, what: str) -> dict[str, bytes]:
         for member in archive.infolist():
             top, _, rest = member.filename.partition("/")
             if not top or not _MEMBER.fullmatch(rest):
-                raise MedSegUNetError(f"{what} holds '{member.filename}', which torch.export does not write for plain tensors "
+                raise ModelFileError(f"{what} holds '{member.filename}', which torch.export does not write for plain tensors "
                                       f"({_versions(_writerVersion(archive, what))}): it is not loaded; use its TorchScript .pt, or write it again with this torch.")
             limit = CARD_BYTES_LIMIT if rest == CARD_MEMBER else budget
             members[member.filename] = readMember(archive, member, limit, what)
@@ -226,14 +226,14 @@ def _versions(writer: str) -> str:
 
 def _checkMembers(members: dict[str, bytes], what: str) -> None:
     if members.get("archive_format", b"").strip() != PT2_FORMAT:
-        raise MedSegUNetError(f"{what} is not a torch.export (.pt2) archive: save it with 'medsegunet convert' or 'export --format pt2'.")
+        raise ModelFileError(f"{what} is not a torch.export (.pt2) archive: save it with 'medsegunet convert' or 'export --format pt2'.")
     if "models/model.json" not in members:
-        raise MedSegUNetError(f"{what} holds no program named 'model': export it with 'medsegunet export --format pt2'.")
+        raise ModelFileError(f"{what} holds no program named 'model': export it with 'medsegunet export --format pt2'.")
     for name, data in members.items():
         if name.endswith("_config.json"):
             for entry in _json(data, what, name).get("config", {}).values():
                 if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
-                    raise MedSegUNetError(f"{what} stores '{entry.get('path_name')}' as a pickle, which loading would run: it is not loaded.")
+                    raise ModelFileError(f"{what} stores '{entry.get('path_name')}' as a pickle, which loading would run: it is not loaded.")
         elif name.startswith("models/"):
             checkProgramDocument(_json(data, what, name), what)
         elif name.startswith("data/sample_inputs/") and data:
@@ -244,7 +244,7 @@ def _json(data: bytes, what: str, name: str):
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise MedSegUNetError(f"{what} has a damaged '{name}' (not JSON): export the model again.") from None
+        raise ModelFileError(f"{what} has a damaged '{name}' (not JSON): export the model again.") from None
 
 
 def _checkPlainPickle(data: bytes, what: str) -> None:
@@ -254,7 +254,7 @@ def _checkPlainPickle(data: bytes, what: str) -> None:
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # the safe unpickler refuses with several error types
-        raise MedSegUNetError(f"{what} holds example inputs that are not plain tensors (a pickle that would run code): it is not loaded.") from None
+        raise ModelFileError(f"{what} holds example inputs that are not plain tensors (a pickle that would run code): it is not loaded.") from None
 
 
 def loadCheckedExported(source, device, what: str, program: str = "model"):
@@ -287,7 +287,7 @@ def loadCheckedPrograms(source, device, what: str, programs=("model",), members:
     members = members if members is not None else readCheckedMembers(source, what)
     for program in programs:
         if not any(name.endswith(f"/models/{program}.json") for name in members):
-            raise MedSegUNetError(f"{what} holds no '{program}' network: convert or export it again with its {program}.")
+            raise ModelFileError(f"{what} holds no '{program}' network: convert or export it again with its {program}.")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as checked:
         for name, data in members.items():
@@ -298,7 +298,7 @@ def loadCheckedPrograms(source, device, what: str, programs=("model",), members:
         wanted = {program: exported[program] for program in programs}
     except Exception as error:  # torch raises many types for archives it cannot read
         writer = _writtenWith(next((data for name, data in members.items() if name.endswith("/models/model.json")), b"{}"))
-        raise MedSegUNetError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({_versions(writer)}: {firstLine(str(error))[:140]}); "
+        raise ModelFileError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({_versions(writer)}: {firstLine(str(error))[:140]}); "
                               "use its TorchScript .pt, or a torch at least as new as the one that wrote it.") from None
     for program in wanted.values():
         for node in program.graph.nodes:
@@ -361,7 +361,7 @@ def _archiveFunctions():
     except ImportError:
         import torch
 
-        raise MedSegUNetError(f"This torch ({torch.__version__}) cannot read or write .pt2 model files: use the TorchScript (.pt) file of the model, "
+        raise ModelFileError(f"This torch ({torch.__version__}) cannot read or write .pt2 model files: use the TorchScript (.pt) file of the model, "
                               "or update torch (the .pt2 format is tested with torch 2.13).") from None
     return load_pt2, package_pt2
 
@@ -401,10 +401,10 @@ def saveExportedModel(network, card: dict, path, localizer=None, references=(), 
     import torch
 
     from .errors import firstLine
-    from .volumes import atomicOutput
+    from .staging import atomicOutput
 
     if isinstance(network, torch.jit.ScriptModule) or isinstance(localizer, torch.jit.ScriptModule):
-        raise MedSegUNetError("A .pt2 model is exported from the eager network, not a TorchScript one: use 'medsegunet convert' for a TorchScript file.")
+        raise ModelFileError("A .pt2 model is exported from the eager network, not a TorchScript one: use 'medsegunet convert' for a TorchScript file.")
     cardText = json.dumps(card, indent=2)
     examples = {"model": exampleInput(card)}
     modules = {"model": network.cpu().eval()}
@@ -415,25 +415,25 @@ def saveExportedModel(network, card: dict, path, localizer=None, references=(), 
     except MedSegUNetError:
         raise
     except Exception as error:  # torch.export raises many types for code it cannot capture
-        raise MedSegUNetError(f"torch.export cannot capture the network ({firstLine(str(error))[:160]}): keep the TorchScript format (--format torchscript).") from None
+        raise ModelFileError(f"torch.export cannot capture the network ({firstLine(str(error))[:160]}): keep the TorchScript format (--format torchscript).") from None
 
     def verify(written: str) -> None:
         what = f"The written model '{written}'"
         members = readCheckedMembers(written, what)
         if [data for name, data in members.items() if name.endswith("/" + CARD_MEMBER)] != [cardText.encode("utf-8")]:
-            raise MedSegUNetError(f"The model file '{written}' was written incompletely; nothing was kept: check the free disk space.")
+            raise ModelFileError(f"The model file '{written}' was written incompletely; nothing was kept: check the free disk space.")
         loadedPrograms = loadCheckedPrograms(written, "cpu", what, tuple(modules), members)
         for name, module in modules.items():
             loaded = loadedPrograms[name]
             with torch.no_grad():
                 expected, answered = module(examples[name]), loaded(examples[name])
             if not torch.equal(expected, answered):
-                raise MedSegUNetError(f"The exported {name} answers differently from the network (max |difference| "
+                raise ModelFileError(f"The exported {name} answers differently from the network (max |difference| "
                                       f"{float((expected - answered).abs().max()):.3g}): nothing was written.")
             if name == "model":
                 differences[:] = [_referenceDifference(loaded, sample, reference) for sample, reference in references]
         if differences and max(differences) > tolerance:
-            raise MedSegUNetError(f"The exported network answers differently from the source (max |difference| {max(differences):.3g}, "
+            raise ModelFileError(f"The exported network answers differently from the source (max |difference| {max(differences):.3g}, "
                                   f"allowed {tolerance:g}): nothing was written.")
 
     differences: list[float] = []

@@ -13,7 +13,7 @@ import os
 import struct
 import zlib
 
-from .errors import MedSegUNetError, osErrorMessage
+from .errors import osErrorMessage, VolumeError
 from .paths import pathSuffix
 
 
@@ -75,7 +75,7 @@ def checkDataBudget(name: str, voxels: int, dataBytes: int) -> None:
     """
     budget = memoryBudgetBytes()
     if dataBytes > budget or voxels > MAX_VOLUME_VOXELS:
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Volume '{name}' announces {voxels:,} voxels ({dataBytes / 2**30:.1f} GiB of data), more than this computer can take "
             f"(half its free memory: {budget / 2**30:.1f} GiB; at most {MAX_VOLUME_VOXELS:,} voxels): check the file, or crop or downsample it first."
         )
@@ -93,7 +93,7 @@ def checkTensorBudget(what: str, shape, copies: int = 4) -> None:
         voxels *= max(int(size), 1)
     needed, budget = voxels * 4 * copies, memoryBudgetBytes()
     if needed > budget:
-        raise MedSegUNetError(
+        raise VolumeError(
             f"{what} of shape {' × '.join(str(int(n)) for n in shape)} needs about {needed / 2**30:.1f} GiB, more than this computer's memory budget "
             f"(half its free memory: {budget / 2**30:.1f} GiB): check the card's grid or patch size."
         )
@@ -148,12 +148,12 @@ def _checkNrrd(name: str) -> None:
     encoding = fields.get("encoding", "raw").lower()
     needed = voxels * itemBytes
     if encoding == "raw" and os.path.getsize(name) - start < needed:
-        raise MedSegUNetError(f"Volume '{name}' is cut short (it holds less data than its header announces): copy or export it again.")
+        raise VolumeError(f"Volume '{name}' is cut short (it holds less data than its header announces): copy or export it again.")
     if encoding in ("gzip", "gz"):
         with open(name, "rb") as stream:
             stream.seek(start)
             if stream.read(2) != b"\x1f\x8b":
-                raise MedSegUNetError(f"Volume '{name}' says its data is gzip-compressed, but it is not: the file is damaged; export it again.")
+                raise VolumeError(f"Volume '{name}' says its data is gzip-compressed, but it is not: the file is damaged; export it again.")
         _checkStream(name, lambda: gzip.open(_openAt(name, start), "rb"), needed)
 
 
@@ -166,7 +166,7 @@ def _openAt(name: str, offset: int):
 def _checkStream(name: str, opener, needed: int) -> int:
     """Decode a compressed stream up to ``needed`` bytes (never further: a bomb stays small);
     returns the bytes decoded. Raises the cut-short error when it ends early or does not decode."""
-    cut = MedSegUNetError(f"Volume '{name}' is cut short or damaged (its data does not decode to the size its header announces): copy or export it again.")
+    cut = VolumeError(f"Volume '{name}' is cut short or damaged (its data does not decode to the size its header announces): copy or export it again.")
     total = 0
     try:
         with opener() as stream:
@@ -180,7 +180,7 @@ def _checkStream(name: str, opener, needed: int) -> int:
     except OSError as error:
         if "crc" in str(error).lower() or "compressed" in str(error).lower() or "gzip" in str(error).lower():
             raise cut from None
-        raise MedSegUNetError(osErrorMessage(error, "read", name)) from None
+        raise VolumeError(osErrorMessage(error, "read", name)) from None
     if total < needed:
         raise cut
     return total
@@ -205,7 +205,7 @@ def checkCompleteFile(path: str | os.PathLike) -> None:
         return
     if suffix not in (".nii", ".nii.gz"):
         return
-    cut = MedSegUNetError(f"Volume '{name}' is cut short (it holds less data than its header announces): copy or export it again.")
+    cut = VolumeError(f"Volume '{name}' is cut short (it holds less data than its header announces): copy or export it again.")
     try:
         if suffix == ".nii":
             with open(name, "rb") as stream:
@@ -218,7 +218,7 @@ def checkCompleteFile(path: str | os.PathLike) -> None:
     except OSError as error:
         if "crc" in str(error).lower() or "compressed" in str(error).lower():
             raise cut from None
-        raise MedSegUNetError(osErrorMessage(error, "read", name)) from None
+        raise VolumeError(osErrorMessage(error, "read", name)) from None
     needed = _niftiDataBytes(header)
     if needed is None:
         return

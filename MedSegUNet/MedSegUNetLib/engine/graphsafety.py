@@ -29,7 +29,7 @@ import threading
 import zipfile
 from pathlib import Path
 
-from .errors import MedSegUNetError
+from .errors import ModelFileError
 
 # The allow-list: the pure operators of torch's registry (the aten namespace of torch 2.13, which
 # :func:`operatorAllowList` writes), less :data:`DENIED_ATEN`, and the interpreter's own pure
@@ -112,7 +112,7 @@ def checkArchiveText(archive: zipfile.ZipFile, what: str) -> None:
         text = readMember(archive, member, left, what)
         left -= len(text)
         if _SETSTATE.search(text):
-            raise MedSegUNetError(f"{what} defines __setstate__ in {member.filename.split('/code/', 1)[1]}, code that torch.jit.load would run: it is not loaded; export the network without it.")
+            raise ModelFileError(f"{what} defines __setstate__ in {member.filename.split('/code/', 1)[1]}, code that torch.jit.load would run: it is not loaded; export the network without it.")
 
 
 def forbiddenOperators(module) -> list[tuple[str, str]]:
@@ -187,7 +187,7 @@ def checkScriptedModule(module, what: str, digest: str | None = None) -> None:
         operator, method = found[0]
         others = len({kind for kind, _ in found}) - 1
         more = f" (and {others} more operator(s))" if others else ""
-        raise MedSegUNetError(
+        raise ModelFileError(
             f"{what} calls '{operator}' in {method}{more}, which is not a pure tensor operator: it is not run; export the network without it."
         )
     if digest is not None:
@@ -226,6 +226,6 @@ def loadCheckedTorchScript(source, device, what: str):
     try:
         module = torch.jit.load(io.BytesIO(data) if data is not None else source, map_location=device)
     except Exception as error:  # torch raises RuntimeError or ValueError for bad archives
-        raise MedSegUNetError(f"Cannot load TorchScript {what[0].lower() + what[1:]} ({firstLine(str(error))[:140]}).") from None
+        raise ModelFileError(f"Cannot load TorchScript {what[0].lower() + what[1:]} ({firstLine(str(error))[:140]}).") from None
     checkScriptedModule(module, what, digest)
     return module.eval()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import MedSegUNetError, ProcessingCancelled, firstLine
+from .errors import MEMORY_REMEDY, MedSegUNetError, ModelFileError, OutOfMemoryError, ProcessingCancelled, VolumeError, firstLine, outOfMemory
 from .modelcard import LoadedModel, outputChannels
 
 ProgressCallback = Callable[[float, str], None]
@@ -53,7 +53,6 @@ def _windowCount(shape: Sequence[int], window: Sequence[int], overlap: float) ->
 # runs (the first level's features and their skip copy); used only as a lower bound, so that a card
 # is refused before allocating only when it cannot fit whatever the network.
 MIN_FEATURES_PER_VOXEL = 16
-OUT_OF_MEMORY_ADVICE = "use a smaller sw_batch_size or patch_size in the card, a smaller ROI, or --device cpu"
 
 
 def isOutOfMemory(error: BaseException) -> bool:
@@ -119,10 +118,11 @@ def checkMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int], 
     figures = estimateMemory(card, spatialShape, window)
     if figures["total"] > available:
         gib = 1024**3
-        raise MedSegUNetError(
+        raise OutOfMemoryError(
             f"Model '{card['name']}' needs at least {figures['total'] / gib:.1f} GiB on {device} for this ROI "
             f"(input {figures['input'] / gib:.1f}, output {figures['output'] / gib:.1f}, network ≥ {figures['network'] / gib:.1f} GiB for "
-            f"{card.get('sw_batch_size', 4)} window(s) of {list(window)}) but {available / gib:.1f} GiB are free: {OUT_OF_MEMORY_ADVICE}."
+            f"{card.get('sw_batch_size', 4)} window(s) of {list(window)}) but {available / gib:.1f} GiB are free",
+            MEMORY_REMEDY,
         )
 
 
@@ -165,7 +165,7 @@ class _Predictor:
 
     def _fail(self, what: str, advice: str) -> MedSegUNetError:
         card = self.loaded.card
-        return MedSegUNetError(f"Model '{card['name']}' ({os.path.basename(self.loaded.path)}) {what}: {advice}.")
+        return ModelFileError(f"Model '{card['name']}' ({os.path.basename(self.loaded.path)}) {what}: {advice}.")
 
     def check(self, batch, logits):
         """The network's output as a tensor, or a one-line error saying how it differs from the card."""
@@ -211,7 +211,7 @@ class _Predictor:
             logits = callInterruptibly(forward)
         except (RuntimeError, MemoryError) as error:  # torch.jit.Error is a RuntimeError
             if isOutOfMemory(error):
-                raise MedSegUNetError(f"Out of memory on {device} while running the network: {OUT_OF_MEMORY_ADVICE}.") from None
+                raise outOfMemory(f"on {device} while running the network") from None
             raise self._fail(
                 f"failed on an input of shape {tuple(int(v) for v in batch.shape)} ({firstLine(error)[:140]})",
                 "check that the card's inputs, patch_size and spatial_dims are what the network takes",
@@ -267,14 +267,13 @@ def callInterruptibly(function: Callable[[], Any]) -> Any:
     return outcome["value"]
 
 
-# A test hook: when this names a folder, a network call about to begin on its own thread leaves
-# ``<pid>-network`` there, so that a test can signal the process during that call instead of
-# guessing the moment with a clock (the batch's cases leave ``<pid>-<case>`` the same way).
-CALL_BEGUN_VARIABLE = "MEDSEGUNET_TEST_NETWORK_BEGUN_DIR"
-
-
 def _markCallBegun() -> None:
-    folder = os.environ.get(CALL_BEGUN_VARIABLE)
+    # A test hook (settings.TEST_NETWORK_BEGUN): a network call about to begin on its own thread leaves
+    # ``<pid>-network`` there, so that a test can signal the process during that call instead of
+    # guessing the moment with a clock (the batch's cases leave ``<pid>-<case>`` the same way).
+    from . import settings
+
+    folder = settings.TEST_NETWORK_BEGUN.text()
     if folder and os.path.isdir(folder):
         open(os.path.join(folder, f"{os.getpid()}-network"), "w").close()
 
@@ -335,7 +334,7 @@ def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], bat
         from monai.inferers import SliceInferer
 
         if min(spatial[:2]) == 1 and spatial[2] > 1:
-            raise MedSegUNetError(
+            raise VolumeError(
                 f"2D model '{card['name']}' runs on slices along K, but this volume has one voxel along "
                 f"{'IJ'[list(spatial).index(1)]} (shape {tuple(spatial)}): re-orient it (card 'orientation') or use a 3D model."
             )
@@ -378,7 +377,7 @@ def predictProbabilities(
     card = loaded.card
     channels, *spatial = array.shape
     if channels != len(card["inputs"]):
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Model '{card['name']}' takes {len(card['inputs'])} input(s) ({', '.join(i['name'] for i in card['inputs'])}) but got {channels}."
         )
     window = windowSize(card, spatial)
@@ -408,5 +407,5 @@ def predictProbabilities(
         return blended[0].float().cpu().numpy()
     except (RuntimeError, MemoryError) as error:
         if isOutOfMemory(error):
-            raise MedSegUNetError(f"Out of memory on {loaded.device} while running the network: {OUT_OF_MEMORY_ADVICE}.") from None
+            raise outOfMemory(f"on {loaded.device} while running the network") from None
         raise

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, preprocessing
-from .errors import MedSegUNetError
+from .errors import VolumeError
 from .modelcard import LoadedModel
 from .postprocessing import cleanMask
 
@@ -70,7 +70,7 @@ def findRegion(loaded: LoadedModel, images: Sequence[sitk.Image], roi: geometry.
         mask = largestComponent(mask)
     bounds = geometry.boundingBox(mask)
     if bounds is None:
-        raise MedSegUNetError(
+        raise VolumeError(
             f"The localiser of '{loaded.card['name']}' found no region in the input: check that the volume is what the model expects "
             f"({', '.join(i['name'] for i in loaded.card['inputs'])}), or run without the model's localiser by choosing another model."
         )

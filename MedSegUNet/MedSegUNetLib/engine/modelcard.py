@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MedSegUNetError, firstLine
-from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedPrograms  # noqa: F401  (the card's limit, for both formats)
+from .errors import CardError, DeviceError, FileError, firstLine, ModelFileError, OutputError, unavailableDevice
+from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedPrograms
 from .graphsafety import loadCheckedTorchScript
 from .schemacheck import resolveReference, structuralErrors
 
 CARD_EXTRA_FILE = "medsegunet.json"
 LOCALIZER_EXTRA_FILE = "medsegunet-localizer.pt"
 # What --device (and the Slicer module's device list) offers.
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 # The most voxels one batch of windows may hold (2^32: 16 GiB of float32 per channel, before the
 # network's features): anything larger is a typing mistake; what fits this machine is checked at run time.
 MAX_WINDOW_VOXELS = 2**32
@@ -151,11 +150,11 @@ def validateCard(card: Any, source: str = "model card") -> dict:
     """
     nonFinite = _nonFiniteField(card)
     if nonFinite is not None:
-        raise MedSegUNetError(f"Invalid {source}: field '{nonFinite}' is not a finite number (NaN or infinite): give a number.")
+        raise CardError(f"Invalid {source}: field '{nonFinite}' is not a finite number (NaN or infinite): give a number.")
     errors = _normalizationErrors(card) or schemaErrors(card)
     if errors:
         where, message = errors[0]
-        raise MedSegUNetError(f"Invalid {source}: field '{where or '(top level)'}': {firstLine(message)} (see modelcard.schema.json).")
+        raise CardError(f"Invalid {source}: field '{where or '(top level)'}': {firstLine(message)} (see modelcard.schema.json).")
     _checkVersion(card, source)
     full = copy.deepcopy(DEFAULTS)
     full.update(copy.deepcopy(card))
@@ -165,15 +164,15 @@ def validateCard(card: Any, source: str = "model card") -> dict:
         full["localizer"] = {**copy.deepcopy(LOCALIZER_DEFAULTS), **full["localizer"]}
     values = [label["value"] for label in full["labels"]]
     if len(set(values)) != len(values):
-        raise MedSegUNetError(f"Invalid {source}: label values must be unique, got {values}.")
+        raise CardError(f"Invalid {source}: label values must be unique, got {values}.")
     patch = full["patch_size"]
     expected = 3 if full["spatial_dims"] == 3 else 2
     if patch is not None and len(patch) != expected:
-        raise MedSegUNetError(
+        raise CardError(
             f"Invalid {source}: patch_size needs {expected} values for a {full['spatial_dims']}D model, got {patch}."
         )
     if (full.get("postprocessing") or {}).get("logit_smoothing_sigma") and full.get("blend") != "logits":
-        raise MedSegUNetError(f"Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs \"blend\": \"logits\".")
+        raise CardError(f"Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs \"blend\": \"logits\".")
     if full["spacing"] is not None and all(s is None for s in full["spacing"]):
         full["spacing"] = None
     _checkPipeline(full, source)
@@ -191,7 +190,7 @@ def _checkVersion(card: dict, source: str) -> None:
         newer.append(("normalization", 3))
     for name, needed in newer:
         if needed > version:
-            raise MedSegUNetError(f"Invalid {source}: field '{name}' needs \"schema\": \"medsegunet.model/{needed}\" (see modelcard.schema.json).")
+            raise CardError(f"Invalid {source}: field '{name}' needs \"schema\": \"medsegunet.model/{needed}\" (see modelcard.schema.json).")
 
 
 def normalizationSteps(card: dict) -> list[dict]:
@@ -203,20 +202,20 @@ def normalizationSteps(card: dict) -> list[dict]:
 def _checkPipeline(card: dict, source: str) -> None:
     """Rules between the version 3 fields: one way to size the grid, an output that can be read."""
     if card.get("grid") is not None and card["spacing"] is not None:
-        raise MedSegUNetError(f"Invalid {source}: give either 'spacing' or 'grid' (a fixed shape), not both.")
+        raise CardError(f"Invalid {source}: give either 'spacing' or 'grid' (a fixed shape), not both.")
     if "activation" in card and card["output"] != "probabilities":
-        raise MedSegUNetError(f"Invalid {source}: 'activation' says what an already activated network ended with: it needs \"output\": \"probabilities\".")
+        raise CardError(f"Invalid {source}: 'activation' says what an already activated network ended with: it needs \"output\": \"probabilities\".")
     if card["output"] == "probabilities" and card.get("blend") == "logits":
-        raise MedSegUNetError(f"Invalid {source}: a network that outputs probabilities has no logits to blend: remove \"blend\": \"logits\".")
+        raise CardError(f"Invalid {source}: a network that outputs probabilities has no logits to blend: remove \"blend\": \"logits\".")
     localizer = card.get("localizer")
     if localizer is not None and localizer["channel"] >= localizer["channels"]:
-        raise MedSegUNetError(f"Invalid {source}: localizer channel {localizer['channel']} is not one of its {localizer['channels']} channels (0 to {localizer['channels'] - 1}).")
+        raise CardError(f"Invalid {source}: localizer channel {localizer['channel']} is not one of its {localizer['channels']} channels (0 to {localizer['channels'] - 1}).")
     for owner in ([card, localizer] if localizer is not None else [card]):
         for step in normalizationSteps(owner):
             if step.get("type") == "zscore_slice" and step.get("statistics") == "volume":
-                raise MedSegUNetError(f"Invalid {source}: zscore_slice takes its statistics per slice of the network's grid: remove \"statistics\": \"volume\".")
+                raise CardError(f"Invalid {source}: zscore_slice takes its statistics per slice of the network's grid: remove \"statistics\": \"volume\".")
             if step.get("type") == "affine" and "scale" not in step and "shift" not in step:
-                raise MedSegUNetError(f"Invalid {source}: an affine normalisation step needs 'scale', 'shift' or both.")
+                raise CardError(f"Invalid {source}: an affine normalisation step needs 'scale', 'shift' or both.")
 
 
 def _normalizationErrors(card: Any) -> list[tuple[str, str]]:
@@ -253,20 +252,20 @@ def _checkRanges(card: dict, source: str) -> None:
     steps = normalizationSteps(card) + (normalizationSteps(card["localizer"]) if card.get("localizer") else [])
     for normalization in steps:
         if normalization.get("type") == "percentile" and normalization.get("lower", 5.0) >= normalization.get("upper", 95.0):
-            raise MedSegUNetError(f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper {normalization.get('upper', 95.0):g}.")
+            raise CardError(f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper {normalization.get('upper', 95.0):g}.")
         if "b_min" in normalization and "b_max" in normalization and normalization["b_min"] == normalization["b_max"]:
-            raise MedSegUNetError(f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values.")
+            raise CardError(f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values.")
     for owner, what in ((card, "grid"), (card.get("localizer") or {}, "localizer grid")):
         shape = (owner.get("grid") or {}).get("shape")
         if shape is not None and math.prod(shape) > MAX_GRID_VOXELS:
-            raise MedSegUNetError(f"Invalid {source}: the {what} {shape} has {math.prod(shape):,} voxels, above the {MAX_GRID_VOXELS:,} a model grid may have.")
+            raise CardError(f"Invalid {source}: the {what} {shape} has {math.prod(shape):,} voxels, above the {MAX_GRID_VOXELS:,} a model grid may have.")
     for label in card["labels"]:
         volume = (label.get("qc") or {}).get("volume_ml")
         if volume is not None and volume[0] > volume[1]:
-            raise MedSegUNetError(f"Invalid {source}: label '{label['name']}' qc.volume_ml [{volume[0]:g}, {volume[1]:g}] is not a range (min above max).")
+            raise CardError(f"Invalid {source}: label '{label['name']}' qc.volume_ml [{volume[0]:g}, {volume[1]:g}] is not a range (min above max).")
     patch = card.get("patch_size")
     if patch is not None and math.prod(patch) * card.get("sw_batch_size", 1) > MAX_WINDOW_VOXELS:
-        raise MedSegUNetError(
+        raise CardError(
             f"Invalid {source}: patch_size {patch} × sw_batch_size {card.get('sw_batch_size', 1)} is {math.prod(patch) * card.get('sw_batch_size', 1):,} voxels per batch, "
             f"above the {MAX_WINDOW_VOXELS:,} a window batch may have: use a smaller window."
         )
@@ -314,12 +313,12 @@ def readCard(path: str | os.PathLike) -> dict:
     Raises:
         MedSegUNetError: missing file, not a TorchScript archive, no card, or an invalid card.
     """
-    from .volumes import checkRegularFile
+    from .paths import checkRegularFile
 
     path = os.fspath(path)
     checkRegularFile(path, "Model file")
     if not os.path.isfile(path):
-        raise MedSegUNetError(f"Model file '{path}' is a folder: give the TorchScript .pt file.")
+        raise FileError(f"Model file '{path}' is a folder: give the TorchScript .pt file.")
     key = _fileKey(path)
     with _CACHE_LOCK:
         if key in _CARDS:
@@ -347,18 +346,18 @@ def _readCardFile(path: str) -> dict:
             with open(sidecar, encoding="utf-8") as stream:
                 return validateCard(json.load(stream), f"model card '{sidecar}'")
         except json.JSONDecodeError as error:
-            raise MedSegUNetError(f"Model card '{sidecar}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+            raise CardError(f"Model card '{sidecar}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
         except UnicodeDecodeError:
-            raise MedSegUNetError(f"Model card '{sidecar}' is not UTF-8 text: save it as UTF-8 JSON.") from None
+            raise CardError(f"Model card '{sidecar}' is not UTF-8 text: save it as UTF-8 JSON.") from None
     text = _embeddedCardText(path)
     if not text:
-        raise MedSegUNetError(
+        raise CardError(
             f"Model '{path}' has no '{CARD_EXTRA_FILE}' card: export it with 'medsegunet export' or add a sidecar '{os.path.basename(sidecar)}'."
         )
     try:
         card = json.loads(text)
     except json.JSONDecodeError as error:
-        raise MedSegUNetError(f"The card inside '{path}' is not valid JSON ({error.msg}).") from None
+        raise CardError(f"The card inside '{path}' is not valid JSON ({error.msg}).") from None
     return validateCard(card, f"model card in '{path}'")
 
 
@@ -367,11 +366,11 @@ def _embeddedCardText(path: str) -> str:
     import zipfile
 
     if not zipfile.is_zipfile(path):
-        raise MedSegUNetError(f"'{path}' is not a model file (TorchScript .pt or torch.export .pt2): save models with 'medsegunet export'.")
+        raise ModelFileError(f"'{path}' is not a model file (TorchScript .pt or torch.export .pt2): save models with 'medsegunet export'.")
     try:
         return _extraFile(path, CARD_EXTRA_FILE).decode("utf-8")
     except UnicodeDecodeError:
-        raise MedSegUNetError(f"The card inside '{path}' is not UTF-8 text: export the model again with a UTF-8 JSON card.") from None
+        raise ModelFileError(f"The card inside '{path}' is not UTF-8 text: export the model again with a UTF-8 JSON card.") from None
 
 
 def _extraFile(path: str, name: str) -> bytes:
@@ -428,11 +427,11 @@ def resolveDevice(device: str = "auto"):
             return torch.device("mps")
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MedSegUNetError("CUDA was asked for but no CUDA GPU is available to PyTorch: use --device cpu or auto.")
+        raise unavailableDevice("CUDA was asked for but no CUDA GPU is available to PyTorch")
     if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise MedSegUNetError("MPS was asked for but is not available: use --device cpu or auto.")
+        raise unavailableDevice("MPS was asked for but is not available")
     if device not in ("cpu", "mps") and not device.startswith("cuda"):
-        raise MedSegUNetError(f"Unknown device '{device}': use auto, cpu, cuda or mps.")
+        raise DeviceError(f"Unknown device '{device}': use auto, cpu, cuda or mps.")
     return torch.device(device)
 
 
@@ -474,7 +473,7 @@ def _loadLocalizer(path: str, device):
     """The localiser network stored in the model file (extra file :data:`LOCALIZER_EXTRA_FILE`), checked as the network is."""
     data = _extraFile(path, LOCALIZER_EXTRA_FILE)
     if not data:
-        raise MedSegUNetError(f"Model '{path}' has a card with a 'localizer' but no '{LOCALIZER_EXTRA_FILE}' network: import it with 'medsegunet import ... --localizer'.")
+        raise ModelFileError(f"Model '{path}' has a card with a 'localizer' but no '{LOCALIZER_EXTRA_FILE}' network: import it with 'medsegunet import ... --localizer'.")
     return loadCheckedTorchScript(data, device, f"The localiser network of '{path}'")
 
 
@@ -500,11 +499,11 @@ def saveModel(network, card: dict, path: str | os.PathLike, localizer=None, form
 
     import torch
 
-    from .volumes import atomicOutput
+    from .staging import atomicOutput
 
     card = validateCard(card)
     if (localizer is None) != (card.get("localizer") is None):
-        raise MedSegUNetError("A card with 'localizer' needs its localiser network, and only such a card has one: give both or neither.")
+        raise CardError("A card with 'localizer' needs its localiser network, and only such a card has one: give both or neither.")
     if format == "pt2":
         from .exportedmodel import saveExportedModel
 
@@ -523,7 +522,7 @@ def saveModel(network, card: dict, path: str | os.PathLike, localizer=None, form
         if complete and localizer is not None:
             complete = _extraFile(written, LOCALIZER_EXTRA_FILE) == extraFiles[LOCALIZER_EXTRA_FILE]
         if not complete:
-            raise MedSegUNetError(f"The model file '{os.path.basename(written)}' was written incompletely; nothing was kept: check the free disk space.")
+            raise OutputError(f"The model file '{os.path.basename(written)}' was written incompletely; nothing was kept: check the free disk space.")
 
     with atomicOutput(path, verify=verify) as temporary:
         torch.jit.save(scripted, temporary, _extra_files=extraFiles)

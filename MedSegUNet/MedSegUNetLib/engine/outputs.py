@@ -13,9 +13,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .geometry import boundingBox, ijkToLPSFromImage
-from .errors import firstLine
+from .errors import firstLine, OutputError
 from .modelcard import exclusiveLabels, slicerioTerminology
-from .volumes import StagedOutputs, checkOutputPath, imageVerifier, pathSuffix, writeImageFile
+from .staging import StagedOutputs, checkOutputPath, imageVerifier, writeImageFile
+from .paths import pathSuffix
 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm")
 
@@ -112,21 +113,20 @@ def segmentationVerifier(labelmap: sitk.Image, labels: Sequence[dict], regions: 
     """A check that a written ``.seg.nrrd`` reads back with every segment's voxels."""
     import slicerio
 
-    from .errors import MedSegUNetError
     from .pipeline import labelMasks
 
     def verify(path: str) -> None:
         try:
             written = slicerio.read_segmentation(path)
         except Exception as error:  # pynrrd raises plain exceptions on a cut-short file
-            raise MedSegUNetError(f"The output '{os.path.basename(path)}' was written incompletely ({firstLine(error)[:100]}); nothing was kept: check the free disk space.") from None
+            raise OutputError(f"The output '{os.path.basename(path)}' was written incompletely ({firstLine(error)[:100]}); nothing was kept: check the free disk space.") from None
         if segmentNamesInHeader(path) != [label["name"] for label in labels]:
-            raise MedSegUNetError(f"The output '{os.path.basename(path)}' reads back with other segment names than were written; nothing was kept.")
+            raise OutputError(f"The output '{os.path.basename(path)}' reads back with other segment names than were written; nothing was kept.")
         layers = written["voxels"] if written["voxels"].ndim == 4 else written["voxels"][np.newaxis]
         for label, mask, segment in zip(labels, labelMasks(labelmap, labels, regions), written["segments"]):
             readBack = layers[int(segment.get("layer", 0))] == int(segment["labelValue"])
             if int(readBack.sum()) != int(mask.sum()):
-                raise MedSegUNetError(f"The output '{os.path.basename(path)}' reads back different from what was written (segment '{label['name']}'); nothing was kept.")
+                raise OutputError(f"The output '{os.path.basename(path)}' reads back different from what was written (segment '{label['name']}'); nothing was kept.")
 
     return verify
 

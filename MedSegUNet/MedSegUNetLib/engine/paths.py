@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .errors import MedSegUNetError, osErrorMessage
+from .errors import FileError, osErrorMessage
 
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -87,13 +87,13 @@ def checkRegularFile(path: str | os.PathLike, what: str = "Volume") -> os.stat_r
     try:
         status = os.stat(path)
     except FileNotFoundError:
-        raise MedSegUNetError(f"{what} '{os.fspath(path)}' does not exist: check the path.") from None
+        raise FileError(f"{what} '{os.fspath(path)}' does not exist: check the path.") from None
     except OSError as error:
-        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+        raise FileError(osErrorMessage(error, "read", path)) from None
     if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):
-        raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not a regular file or folder (a pipe or device): give a file or a DICOM folder.")
+        raise FileError(f"{what} '{os.fspath(path)}' is not a regular file or folder (a pipe or device): give a file or a DICOM folder.")
     if not os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(status.st_mode) else 0)):
-        raise MedSegUNetError(osErrorMessage(PermissionError(errno.EACCES, "Permission denied"), "read", path))
+        raise FileError(osErrorMessage(PermissionError(errno.EACCES, "Permission denied"), "read", path))
     return status
 
 
@@ -107,7 +107,7 @@ def readRegularText(path: str | os.PathLike, what: str, limit: int = 64 * 2**20)
     try:
         return readRegularBytes(path, what, limit).decode("utf-8")
     except UnicodeDecodeError:
-        raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not UTF-8 text.") from None
+        raise FileError(f"{what} '{os.fspath(path)}' is not UTF-8 text.") from None
 
 
 def readRegularBytes(path: str | os.PathLike, what: str, limit: int = 64 * 2**20) -> bytes:
@@ -122,19 +122,19 @@ def readRegularBytes(path: str | os.PathLike, what: str, limit: int = 64 * 2**20
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise MedSegUNetError(f"{what} '{os.fspath(path)}' does not exist.") from None
+        raise FileError(f"{what} '{os.fspath(path)}' does not exist.") from None
     except OSError as error:
-        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+        raise FileError(osErrorMessage(error, "read", path)) from None
     with os.fdopen(descriptor, "rb") as stream:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
-            raise MedSegUNetError(f"{what} '{os.fspath(path)}' is not a regular file (a folder, pipe or device).")
+            raise FileError(f"{what} '{os.fspath(path)}' is not a regular file (a folder, pipe or device).")
         if status.st_size > limit:
-            raise MedSegUNetError(f"{what} '{os.fspath(path)}' is larger than {limit / 2**20:g} MiB.")
+            raise FileError(f"{what} '{os.fspath(path)}' is larger than {limit / 2**20:g} MiB.")
         try:
             return stream.read(limit + 1)
         except OSError as error:
-            raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+            raise FileError(osErrorMessage(error, "read", path)) from None
 
 
 def sha256(path: str | os.PathLike) -> str:

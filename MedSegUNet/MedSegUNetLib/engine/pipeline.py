@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from . import geometry, modelcard, preprocessing
 from .postprocessing import postprocessLabels
-from .errors import MedSegUNetError, ProcessingCancelled
+from .errors import ProcessingCancelled, VolumeError
 from .inference import predictProbabilities
 from .modelcard import LoadedModel
 
@@ -295,7 +295,7 @@ def prepareImages(
     names = list(names or [f"input{index + 1}" for index in range(len(images))])
     if len(images) != len(card["inputs"]):
         expected = ", ".join(i["name"] for i in card["inputs"])
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in that order."
         )
     progress.stage(Stage.ROI)

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry
-from .errors import MedSegUNetError
+from .errors import CardError, GeometryError
 from .modelcard import MAX_GRID_VOXELS, normalizationSteps
 
 
@@ -75,7 +75,7 @@ def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orien
         newSize = np.maximum(np.round(extent / wanted), 1).astype(int)
     voxels = int(np.prod(newSize.astype(np.int64)))
     if voxels > MAX_GRID_VOXELS:
-        raise MedSegUNetError(
+        raise GeometryError(
             f"The model grid would have {voxels:,} voxels ({' × '.join(str(int(n)) for n in newSize)} at "
             f"{' × '.join(f'{v:g}' for v in wanted)} mm), above the budget of {MAX_GRID_VOXELS:,}: "
             "use a model with a coarser spacing, or a smaller ROI."
@@ -261,7 +261,7 @@ def normalize(
         array = np.array(array, dtype=np.float32)
     needVolume = [any(later.get("statistics") == "volume" for later in steps[index:]) for index in range(len(steps))]
     if needVolume[0] and (volumes is None or len(volumes) != len(array)):
-        raise MedSegUNetError("The card's normalisation takes statistics over the whole input volume but no volume was given.")
+        raise CardError("The card's normalisation takes statistics over the whole input volume but no volume was given.")
     # The volumes' own voxels (any dtype) until a step transforms them for a later step's statistics.
     volumes = [np.asarray(v).ravel() for v in volumes] if needVolume[0] else [None] * len(array)
     memo = volumeStatistics if volumeStatistics is not None else {}
@@ -282,7 +282,7 @@ def checkFinite(array: np.ndarray, step: dict, index: int) -> None:
         MedSegUNetError: naming the step (1-based) and its type.
     """
     if not math.isfinite(float(np.sum(array, dtype=np.float64))):
-        raise MedSegUNetError(
+        raise CardError(
             f"The card's normalisation step {index + 1} ({step.get('type', 'none')}) gives values beyond float32's range (or not numbers): "
             "check its scale, shift or b_min/b_max; the network is not run."
         )
@@ -388,7 +388,7 @@ def applyStep(values: np.ndarray, step: dict, parameters: tuple[float, float], i
     elif kind == "none":
         return out
     else:
-        raise MedSegUNetError(f"Unknown normalisation '{kind}': use zscore, zscore_slice, percentile, minmax, affine or none.")
+        raise CardError(f"Unknown normalisation '{kind}': use zscore, zscore_slice, percentile, minmax, affine or none.")
     out *= np.float32(scale)
     out += np.float32(offset)
     return out

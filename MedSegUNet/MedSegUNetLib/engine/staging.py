@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError, osErrorMessage
+from .errors import MedSegUNetError, osErrorMessage, OutputError
 from .filecheck import checkCompleteFile
 from .paths import _nativeReason, _realPath, companionPaths, nativeMessages, pathSuffix
 
@@ -31,13 +31,13 @@ def checkOutputPath(path: str | os.PathLike, allowed: Sequence[str] | None = Non
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise MedSegUNetError(f"Output folder '{folder}' does not exist: create it first or choose another path.")
+        raise OutputError(f"Output folder '{folder}' does not exist: create it first or choose another path.")
     if os.path.isdir(path):
-        raise MedSegUNetError(f"Output '{path}' is a folder: give a file name inside it.")
+        raise OutputError(f"Output '{path}' is a folder: give a file name inside it.")
     if allowed is not None and pathSuffix(path) not in allowed:
-        raise MedSegUNetError(f"Output '{path}' must end with one of {', '.join(allowed)}.")
+        raise OutputError(f"Output '{path}' must end with one of {', '.join(allowed)}.")
     if not os.access(folder, os.W_OK):
-        raise MedSegUNetError(f"Cannot write to output folder '{folder}': it is read-only for you; choose another folder.")
+        raise OutputError(f"Cannot write to output folder '{folder}': it is read-only for you; choose another folder.")
 
 
 def checkDistinctPaths(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | Sequence | None]) -> None:
@@ -65,11 +65,11 @@ def checkDistinctPaths(outputs: dict[str, str | os.PathLike | None], inputs: dic
             for inputOption, inputPath in inputPaths:
                 if real == inputPath or (os.path.isdir(inputPath) and real.startswith(inputPath.rstrip(os.sep) + os.sep)):
                     where = "is" if real == inputPath else "lies inside"
-                    raise MedSegUNetError(
+                    raise OutputError(
                         f"{option} '{os.fspath(value)}' {where} the input given as {inputOption}: writing it would change that input; choose another output path."
                     )
             if real in seen and seen[real] != option:
-                raise MedSegUNetError(f"{option} and {seen[real]} name the same file '{os.fspath(value)}': give each output its own path.")
+                raise OutputError(f"{option} and {seen[real]} name the same file '{os.fspath(value)}': give each output its own path.")
             seen[real] = option
 
 
@@ -117,7 +117,7 @@ class StagedOutputs:
         try:
             staging = tempfile.mkdtemp(prefix=".medsegunet-", dir=folder)
         except OSError as error:
-            raise MedSegUNetError(osErrorMessage(error, "write", path)) from None
+            raise OutputError(osErrorMessage(error, "write", path)) from None
         temporary = os.path.join(staging, os.path.basename(path))
         self._staged.append((path, staging, temporary, verify))
         return temporary
@@ -126,7 +126,7 @@ class StagedOutputs:
         """Verify every staged output, then rename all into place."""
         for path, _, temporary, verify in self._staged:
             if not os.path.isfile(temporary):
-                raise MedSegUNetError(f"Output '{path}' was not written: nothing was kept.")
+                raise OutputError(f"Output '{path}' was not written: nothing was kept.")
             if verify is not None:
                 verify(temporary)
         with signalsDeferred():
@@ -138,7 +138,7 @@ class StagedOutputs:
                             os.replace(os.path.join(staging, name), os.path.join(folder, name))
                     os.replace(temporary, path)
                 except OSError as error:
-                    raise MedSegUNetError(osErrorMessage(error, "write", path)) from None
+                    raise OutputError(osErrorMessage(error, "write", path)) from None
 
     def discard(self) -> None:
         for _, staging, _, _ in self._staged:
@@ -153,7 +153,7 @@ class StagedOutputs:
             if kind is None:
                 self.commit()
             elif issubclass(kind, OSError) and self._staged:
-                raise MedSegUNetError(osErrorMessage(error, "write", self._staged[-1][0])) from None
+                raise OutputError(osErrorMessage(error, "write", self._staged[-1][0])) from None
         finally:
             self.discard()
         return False
@@ -180,14 +180,14 @@ def imageVerifier(expected: sitk.Image) -> Callable[[str], None]:
                 try:
                     written = sitk.ReadImage(path)
                 except RuntimeError as error:
-                    raise MedSegUNetError(f"'{os.path.basename(path)}' cannot be read back ({_nativeReason(error, captured)})") from None
+                    raise OutputError(f"'{os.path.basename(path)}' cannot be read back ({_nativeReason(error, captured)})") from None
         except MedSegUNetError as error:
-            raise MedSegUNetError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check the free disk space.") from None
+            raise OutputError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check the free disk space.") from None
         if written.GetPixelID() != expected.GetPixelID():
             written = sitk.Cast(written, expected.GetPixelID())
         # Voxel for voxel (an array comparison, many times faster than hashing both images).
         if written.GetSize() != expected.GetSize() or not np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(expected), equal_nan=True):
-            raise MedSegUNetError(f"The output '{os.path.basename(path)}' reads back different from what was written; nothing was kept: check the disk.")
+            raise OutputError(f"The output '{os.path.basename(path)}' reads back different from what was written; nothing was kept: check the disk.")
 
     return verify
 
@@ -202,10 +202,10 @@ def writeImageFile(image: sitk.Image, path: str, compress: bool = True) -> None:
             sitk.WriteImage(image, path, compress)
         except RuntimeError:
             # ITK does not say why (its message names only the staging path).
-            raise MedSegUNetError(noSpaceMessage(path) or f"Cannot write '{os.path.basename(path)}': {_WRITE_FAILED}") from None
+            raise OutputError(noSpaceMessage(path) or f"Cannot write '{os.path.basename(path)}': {_WRITE_FAILED}") from None
     short = [line for line in captured if "wrote only" in line.lower()]
     if short:
-        raise MedSegUNetError(noSpaceMessage(path) or f"Cannot write '{os.path.basename(path)}': only part of it was written; {_WRITE_FAILED}")
+        raise OutputError(noSpaceMessage(path) or f"Cannot write '{os.path.basename(path)}': only part of it was written; {_WRITE_FAILED}")
 
 
 # Below this, a write that failed or came out short is taken to have met a full disk.
@@ -231,7 +231,7 @@ def textVerifier(text: str) -> Callable[[str], None]:
 
     def verify(path: str) -> None:
         if os.path.getsize(path) != size:
-            raise MedSegUNetError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space.")
+            raise OutputError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space.")
 
     return verify
 
@@ -241,7 +241,7 @@ def writeTextFile(text: str, path: str) -> None:
         with open(path, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)
     except OSError as error:
-        raise MedSegUNetError(osErrorMessage(error, "write", path)) from None
+        raise OutputError(osErrorMessage(error, "write", path)) from None
 
 
 def writeVolume(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:

@@ -19,9 +19,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import preprocessing
-from .errors import MedSegUNetError, firstLine
+from .errors import firstLine, MedSegUNetError, VolumeError
 from .geometry import LPS_TO_RAS, boundingBox, setImageGeometryFromIJKToLPS
-from .volumes import checkRegularFile, pathSuffix, readVolume
+from .paths import checkRegularFile, pathSuffix
+from .volumes import readVolume
 
 INTENSITY_KEYS = (("mean", "Mean"), ("std", "Standard deviation"), ("min", "Minimum"), ("max", "Maximum"), ("median", "Median"))
 OVERLAP_KEYS = (
@@ -246,7 +247,7 @@ def referenceMasksFromParts(
         try:
             computeROI(VolumeGeometry.fromImage(referenceGrid, "reference volume"), [VolumeGeometry.fromImage(image, "reference segmentation")])
         except MedSegUNetError:
-            raise MedSegUNetError(
+            raise VolumeError(
                 f"Reference segmentation '{name}' does not overlap the reference volume: give the reference of this patient and series."
             ) from None
         if value is not None:
@@ -262,7 +263,7 @@ def referenceMasksFromParts(
             mapped |= set(wanted)
             masks[index] |= np.isin(array, wanted)
         if present and not present & mapped:
-            raise MedSegUNetError(
+            raise VolumeError(
                 f"Reference '{name}' holds values {sorted(present)[:8]} but the card's labels stand for {sorted(mapped)}: "
                 "give the labels 'reference_values' in the card (e.g. whole tumour [1, 2, 4]) or a reference in the card's values."
             )
@@ -277,12 +278,12 @@ def _integerLabelImage(image: sitk.Image, name: str) -> sitk.Image:
     """The image as an unsigned label map, or a one-line refusal when it is not a label map."""
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise MedSegUNetError(f"Reference '{name}' has non-integer voxel values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd.")
+        raise VolumeError(f"Reference '{name}' has non-integer voxel values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd.")
     if array.size and (array.min() < 0):
-        raise MedSegUNetError(f"Reference '{name}' has negative voxel values, so it is not a label map: give a label map or .seg.nrrd.")
+        raise VolumeError(f"Reference '{name}' has negative voxel values, so it is not a label map: give a label map or .seg.nrrd.")
     distinct = np.unique(array)
     if len(distinct) > MAX_REFERENCE_LABELS + 1:
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Reference '{name}' has {len(distinct)} distinct values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd."
         )
     return sitk.Cast(image, sitk.sitkUInt32)
@@ -306,7 +307,7 @@ def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk
     except MedSegUNetError:
         raise
     except Exception as error:  # slicerio raises plain exceptions for malformed headers
-        raise MedSegUNetError(f"Cannot read segmentation '{path}' ({firstLine(error)}): check that it is a Slicer .seg.nrrd file.") from None
+        raise VolumeError(f"Cannot read segmentation '{path}' ({firstLine(error)}): check that it is a Slicer .seg.nrrd file.") from None
     voxels = segmentation["voxels"]
     layers = voxels if voxels.ndim == 4 else voxels[np.newaxis]
     parts = []
@@ -319,7 +320,7 @@ def _segmentationFileParts(path: str, labels: Sequence[dict]) -> list[tuple[sitk
         parts.append((setImageGeometryFromIJKToLPS(image, segmentation["ijkToLPS"]), value))
     if not parts:
         names = ", ".join(label["name"] for label in labels)
-        raise MedSegUNetError(f"No segment of reference '{path}' matches the model's labels ({names}): rename the segments to these names.")
+        raise VolumeError(f"No segment of reference '{path}' matches the model's labels ({names}): rename the segments to these names.")
     return parts
 
 

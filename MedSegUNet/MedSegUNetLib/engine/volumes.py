@@ -25,14 +25,10 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError
-from .filecheck import checkCompleteFile  # noqa: F401
-from .paths import LABELMAP_SUFFIXES, VOLUME_SUFFIXES, checkRegularFile, companionPaths, nativeMessages, pathSuffix, sha256, splitSeriesSelector  # noqa: F401
+from .errors import VolumeError
+from .filecheck import checkCompleteFile
+from .paths import VOLUME_SUFFIXES, checkRegularFile, nativeMessages, pathSuffix, splitSeriesSelector
 from .paths import _nativeReason
-from .staging import (  # noqa: F401 (written volumes and text: see staging)
-    StagedOutputs, atomicOutput, checkDistinctPaths, checkOutputPath, imageVerifier, signalsDeferred, textVerifier, writeImageFile, writeText,
-    writeTextFile, writeVolume,
-)
 
 
 _COMPLEX_PIXELS = {getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, name)}
@@ -119,13 +115,13 @@ def selectDicomSeries(folder: str | os.PathLike, series: str | None = None) -> D
     """
     allSeries = findDicomSeries(folder)
     if not allSeries:
-        raise MedSegUNetError(f"No DICOM series found in folder '{folder}': point to a volume file or a DICOM series folder.")
+        raise VolumeError(f"No DICOM series found in folder '{folder}': point to a volume file or a DICOM series folder.")
     if series is None:
         if len(allSeries) == 1:
             return allSeries[0]
         choices = "; ".join(f"{s.description or '(no description)'} [{s.uid}]" for s in allSeries)
         example = allSeries[0].description or allSeries[0].uid
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Folder '{folder}' holds {len(allSeries)} DICOM series; pick one as FOLDER::SERIES (its UID, description or "
             f"sub-folder), such as '{os.fspath(folder)}::{example}': {choices}"
         )
@@ -133,7 +129,7 @@ def selectDicomSeries(folder: str | os.PathLike, series: str | None = None) -> D
     if len(matches) != 1:
         choices = "; ".join(f"{s.description or '(no description)'} [{s.uid}]" for s in allSeries)
         what = "matches no" if not matches else "matches several"
-        raise MedSegUNetError(f"Series '{series}' {what} DICOM series in '{folder}'; available: {choices}")
+        raise VolumeError(f"Series '{series}' {what} DICOM series in '{folder}'; available: {choices}")
     return matches[0]
 
 
@@ -148,19 +144,19 @@ def dicomSeriesFromFiles(files: Sequence[str], name: str) -> DicomSeries:
     """
     missing = [path for path in files if not os.path.isfile(path)]
     if not files or missing:
-        raise MedSegUNetError(f"The DICOM files of '{name}' are not on disk{f' (first missing: {missing[0]})' if missing else ''}: reload the series from the DICOM database.")
+        raise VolumeError(f"The DICOM files of '{name}' are not on disk{f' (first missing: {missing[0]})' if missing else ''}: reload the series from the DICOM database.")
     uids, positions, description = set(), [], ""
     for path in files:
         try:
             reader = readHeader(path)
         except RuntimeError:
-            raise MedSegUNetError(f"'{path}' of '{name}' is not a readable DICOM file: reload the series from the DICOM database.") from None
+            raise VolumeError(f"'{path}' of '{name}' is not a readable DICOM file: reload the series from the DICOM database.") from None
         uids.add(headerTag(reader, "0020|000e"))
         description = description or headerTag(reader, "0008|103e")
         direction = np.array(reader.GetDirection(), dtype=float).reshape(3, 3)
         positions.append(float(np.dot(np.array(reader.GetOrigin(), dtype=float), direction[:, 2])))
     if len(uids) != 1:
-        raise MedSegUNetError(f"The files of '{name}' belong to {len(uids)} DICOM series: a DICOM SEG references one.")
+        raise VolumeError(f"The files of '{name}' belong to {len(uids)} DICOM series: a DICOM SEG references one.")
     ordered = tuple(path for _, path in sorted(zip(positions, files)))
     return DicomSeries(uid=uids.pop(), description=description, files=ordered)
 
@@ -207,7 +203,7 @@ def _sliceLayout(reader: sitk.ImageSeriesReader, count: int, name: str) -> Slice
     orientations = np.asarray(orientations)
     if np.abs(orientations - orientations[0]).max() > SLICE_DIRECTION_TOLERANCE:
         bad = int(np.argmax(np.abs(orientations - orientations[0]).max(axis=1)))
-        raise MedSegUNetError(
+        raise VolumeError(
             f"DICOM series '{name}' mixes slice orientations (slice {bad + 1} of {count} differs from the first): "
             "it is not one volume; split it by orientation."
         )
@@ -300,14 +296,14 @@ def readDicomSeries(series: DicomSeries, name: str, resampleIrregular: bool = Fa
         try:
             image = reader.Execute()
         except RuntimeError as error:
-            raise MedSegUNetError(f"Cannot read DICOM series '{name}' ({_nativeReason(error, captured)}): check that its files are complete.") from None
+            raise VolumeError(f"Cannot read DICOM series '{name}' ({_nativeReason(error, captured)}): check that its files are complete.") from None
     layout = _sliceLayout(reader, len(series.files), name)
     if layout is not None and image.GetSize()[2] == len(series.files):
         problem = checkSliceSpacing(layout, name)
         if problem is not None:
             if not resampleIrregular or "sheared" in problem:
                 hint = "re-export the complete series" + ("" if "sheared" in problem else ", or pass --resample-irregular to resample it from the true slice positions")
-                raise MedSegUNetError(f"DICOM series '{name}': {problem}; {hint}.")
+                raise VolumeError(f"DICOM series '{name}': {problem}; {hint}.")
             resampled = resampleSlices(image, layout)
             if not image.HasMetaDataKey("0008|103e") and series.description:
                 resampled.SetMetaData("0008|103e", series.description)
@@ -342,7 +338,7 @@ def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrreg
         image = readDicomSeries(chosen, volumeName(path if series is None else f"{path}::{series}"), resampleIrregular)
     else:
         if pathSuffix(path) not in VOLUME_SUFFIXES:
-            raise MedSegUNetError(f"'{path}' is not a volume file this tool reads ({', '.join(VOLUME_SUFFIXES)}) nor a DICOM folder.")
+            raise VolumeError(f"'{path}' is not a volume file this tool reads ({', '.join(VOLUME_SUFFIXES)}) nor a DICOM folder.")
         image = _readImageFile(path)
     checkScalarVolume(image, path)
     return image
@@ -355,7 +351,7 @@ def _readImageFile(path: str) -> sitk.Image:
         try:
             return sitk.ReadImage(path)
         except RuntimeError as error:
-            raise MedSegUNetError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
+            raise VolumeError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
 
 
 def resolveTablePath(base: str, value: str) -> str:
@@ -381,15 +377,15 @@ def readVolumeChannel(path: str, channel: int | None, resampleIrregular: bool = 
     image = _readImageFile(path)
     if image.GetNumberOfComponentsPerPixel() > 1:
         if channel >= image.GetNumberOfComponentsPerPixel():
-            raise MedSegUNetError(f"'{path}' has {image.GetNumberOfComponentsPerPixel()} channels; channel {channel} was asked for.")
+            raise VolumeError(f"'{path}' has {image.GetNumberOfComponentsPerPixel()} channels; channel {channel} was asked for.")
         image = sitk.VectorIndexSelectionCast(image, channel)
     elif image.GetDimension() == 4:
         size = list(image.GetSize())
         if channel >= size[3]:
-            raise MedSegUNetError(f"'{path}' has {size[3]} channels along its 4th axis; channel {channel} was asked for.")
+            raise VolumeError(f"'{path}' has {size[3]} channels along its 4th axis; channel {channel} was asked for.")
         image = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, channel])
     elif channel:
-        raise MedSegUNetError(f"'{path}' is a 3D volume but input channel {channel} was asked for: store multi-channel images as 4D.")
+        raise VolumeError(f"'{path}' is a 3D volume but input channel {channel} was asked for: store multi-channel images as 4D.")
     checkScalarVolume(image, path)
     return image
 
@@ -401,18 +397,18 @@ def checkScalarVolume(image: sitk.Image, name: str) -> None:
         MedSegUNetError: a vector/4D volume, a 2D image, complex voxels, or NaN/Inf voxels.
     """
     if image.GetDimension() != 3:
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Volume '{name}' has {image.GetDimension()} dimensions; a 3D scalar volume is needed (split 4D series into 3D volumes first)."
         )
     if image.GetPixelID() in _COMPLEX_PIXELS:
-        raise MedSegUNetError(f"Volume '{name}' has complex voxels: save its magnitude (or real part) as a scalar volume first.")
+        raise VolumeError(f"Volume '{name}' has complex voxels: save its magnitude (or real part) as a scalar volume first.")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise MedSegUNetError(
+        raise VolumeError(
             f"Volume '{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed (extract one component first)."
         )
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-            raise MedSegUNetError(f"Volume '{name}' contains NaN or infinite voxels: fix or mask them before segmenting.")
+            raise VolumeError(f"Volume '{name}' contains NaN or infinite voxels: fix or mask them before segmenting.")
 
 
 def volumeName(path: str | os.PathLike) -> str:

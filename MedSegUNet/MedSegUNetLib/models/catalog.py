@@ -23,22 +23,17 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..engine.errors import MedSegUNetError, firstLine
-from .downloads import DOWNLOAD_DEADLINE_VARIABLE, download, downloadDeadline  # noqa: F401 (used by the demo and the tests)
+from ..engine import settings
+from ..engine.errors import CatalogError, firstLine
+from .downloads import download
 
 
 SCHEMA = "medsegunet.catalog/1"
-CATALOG_PATH = Path(__file__).with_name("catalog.json")
 
 
 # A name becomes a folder and a file name in the cache: one line of safe characters, matched whole
 # (``re.match`` with ``$`` would take a trailing newline), and short enough for any file system.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-# The zoo ships as the module's resources, beside the package: ``MedSegUNet/Resources/Models`` in a
-# source checkout (editable install), ``qt-scripted-modules/Resources/Models`` in an installed Slicer
-# extension (the same place relative to ``MedSegUNetLib``). A catalog model with the same SHA256 is
-# used from there, with no download.
-ZOO_FOLDER = Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -46,12 +41,11 @@ ProgressCallback = Callable[[float, str], None]
 
 def cacheFolder(base: str | os.PathLike | None = None) -> Path:
     """``$MEDSEGUNET_CACHE``, else ``base``/medsegunet, else the user cache folder/medsegunet."""
-    if os.environ.get("MEDSEGUNET_CACHE"):
-        return Path(os.environ["MEDSEGUNET_CACHE"])
+    if settings.CACHE.text():
+        return Path(settings.CACHE.text())
     if base is not None:
         return Path(base) / "medsegunet"
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "medsegunet"
+    return settings.userCacheFolder()
 
 
 def _readSource(source: str, timeout: float = 30.0) -> str:
@@ -63,12 +57,12 @@ def _readSource(source: str, timeout: float = 30.0) -> str:
             with urllib.request.urlopen(source, timeout=timeout) as response:
                 return response.read().decode("utf-8")
         except (urllib.error.URLError, OSError, TimeoutError, UnicodeDecodeError) as error:
-            raise MedSegUNetError(f"Cannot read the model catalog '{source}' ({getattr(error, 'reason', error)}): check MEDSEGUNET_CATALOG or the network.") from None
+            raise CatalogError(f"Cannot read the model catalog '{source}' ({getattr(error, 'reason', error)}): check MEDSEGUNET_CATALOG or the network.") from None
     try:
         with open(source, encoding="utf-8") as stream:
             return stream.read()
     except (OSError, UnicodeDecodeError) as error:
-        raise MedSegUNetError(f"Cannot read the model catalog '{source}' ({firstLine(error)}): check MEDSEGUNET_CATALOG.") from None
+        raise CatalogError(f"Cannot read the model catalog '{source}' ({firstLine(error)}): check MEDSEGUNET_CATALOG.") from None
 
 
 def loadCatalog(source: str | os.PathLike | None = None) -> dict:
@@ -77,28 +71,28 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
     Raises:
         MedSegUNetError: unreadable, not JSON, or entries without a valid name, URL or SHA256.
     """
-    source = os.fspath(source) if source is not None else os.environ.get("MEDSEGUNET_CATALOG") or str(CATALOG_PATH)
+    source = os.fspath(source) if source is not None else settings.CATALOG.text() or str(settings.CATALOG_PATH)
     try:
         catalog = json.loads(_readSource(source))
     except json.JSONDecodeError as error:
-        raise MedSegUNetError(f"The model catalog '{source}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+        raise CatalogError(f"The model catalog '{source}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
     if not isinstance(catalog, dict) or catalog.get("schema") != SCHEMA or not isinstance(catalog.get("models"), list):
-        raise MedSegUNetError(f"'{source}' is not a MedSegUNet model catalog (schema '{SCHEMA}' with a 'models' list).")
+        raise CatalogError(f"'{source}' is not a MedSegUNet model catalog (schema '{SCHEMA}' with a 'models' list).")
     names = set()
     for index, entry in enumerate(catalog["models"]):
         if not isinstance(entry, dict):
-            raise MedSegUNetError(f"Model catalog '{source}': entry {index} is not an object.")
+            raise CatalogError(f"Model catalog '{source}': entry {index} is not an object.")
         name, url, checksum = entry.get("name"), entry.get("url"), entry.get("sha256")
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-            raise MedSegUNetError(f"Model catalog '{source}': entry {index} needs a 'name' of up to 100 letters, digits, '.', '_' or '-'.")
+            raise CatalogError(f"Model catalog '{source}': entry {index} needs a 'name' of up to 100 letters, digits, '.', '_' or '-'.")
         if name in names:
-            raise MedSegUNetError(f"Model catalog '{source}': the name '{name}' is listed twice.")
+            raise CatalogError(f"Model catalog '{source}': the name '{name}' is listed twice.")
         names.add(name)
         for field in ("description", "version", "license", "citation", "sheet"):
             if field in entry and not isinstance(entry[field], str):
-                raise MedSegUNetError(f"Model catalog '{source}': '{name}' has a '{field}' that is not text.")
+                raise CatalogError(f"Model catalog '{source}': '{name}' has a '{field}' that is not text.")
         if "bytes" in entry and not (type(entry["bytes"]) is int and entry["bytes"] > 0):
-            raise MedSegUNetError(f"Model catalog '{source}': '{name}' has 'bytes' {str(entry['bytes'])[:40]!r}, which is not a whole number of bytes above 0.")
+            raise CatalogError(f"Model catalog '{source}': '{name}' has 'bytes' {str(entry['bytes'])[:40]!r}, which is not a whole number of bytes above 0.")
         if "pt2" in entry:
             _checkPt2Entry(entry, f"Model catalog '{source}': '{name}'")
         if "source" in entry:  # a published file, imported on pull (see models.sources)
@@ -107,9 +101,9 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
             checkSourceEntry(entry, f"Model catalog '{source}': '{name}'")
             continue
         if not isinstance(url, str) or not url:
-            raise MedSegUNetError(f"Model catalog '{source}': '{name}' has no 'url'.")
+            raise CatalogError(f"Model catalog '{source}': '{name}' has no 'url'.")
         if not isinstance(checksum, str) or not re.fullmatch(r"[0-9a-f]{64}", checksum):
-            raise MedSegUNetError(f"Model catalog '{source}': '{name}' needs a 64-digit lower-case hexadecimal 'sha256'.")
+            raise CatalogError(f"Model catalog '{source}': '{name}' needs a 64-digit lower-case hexadecimal 'sha256'.")
     catalog["source"] = source
     return catalog
 
@@ -118,11 +112,11 @@ def _checkPt2Entry(entry: dict, where: str) -> None:
     """An entry's ``"pt2": {"url", "sha256", "bytes"}``: the same model as a ``torch.export`` archive."""
     pt2 = entry["pt2"]
     if "source" in entry or not isinstance(pt2, dict) or set(pt2) - {"url", "sha256", "bytes"}:
-        raise MedSegUNetError(f"{where} has a 'pt2' that is not {{\"url\", \"sha256\", \"bytes\"}} of a model file (and a published source has none).")
+        raise CatalogError(f"{where} has a 'pt2' that is not {{\"url\", \"sha256\", \"bytes\"}} of a model file (and a published source has none).")
     if not isinstance(pt2.get("url"), str) or not pt2["url"] or not isinstance(pt2.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", pt2["sha256"]):
-        raise MedSegUNetError(f"{where} needs a 'pt2' with a 'url' and a 64-digit lower-case hexadecimal 'sha256'.")
+        raise CatalogError(f"{where} needs a 'pt2' with a 'url' and a 64-digit lower-case hexadecimal 'sha256'.")
     if "bytes" in pt2 and not (type(pt2["bytes"]) is int and pt2["bytes"] > 0):
-        raise MedSegUNetError(f"{where} has a 'pt2' whose 'bytes' is not a whole number of bytes above 0.")
+        raise CatalogError(f"{where} has a 'pt2' whose 'bytes' is not a whole number of bytes above 0.")
 
 
 def inFormat(entry: dict, format: str) -> dict:
@@ -138,7 +132,7 @@ def inFormat(entry: dict, format: str) -> dict:
     if "source" in entry:  # converted from its import on pull (sources.pullExportedSource)
         return {**entry, "suffix": ".pt2"}
     if "pt2" not in entry:
-        raise MedSegUNetError(f"The catalog has no .pt2 file of '{entry['name']}': pull it, then make one with 'medsegunet convert'.")
+        raise CatalogError(f"The catalog has no .pt2 file of '{entry['name']}': pull it, then make one with 'medsegunet convert'.")
     derived = {key: value for key, value in entry.items() if key not in ("pt2", "bytes")}
     return {**derived, **entry["pt2"], "suffix": ".pt2"}
 
@@ -180,13 +174,13 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
     Raises:
         MedSegUNetError: unknown name, offline, or a checksum mismatch.
     """
-    from ..engine.volumes import sha256
+    from ..engine.paths import sha256
 
     catalog = catalog or loadCatalog()
     entry = findModel(name, catalog)
     if entry is None:
         known = ", ".join(e["name"] for e in catalog["models"]) or "none"
-        raise MedSegUNetError(f"'{name}' is neither a model file nor a model of the catalog '{catalog['source']}' (it has: {known}).")
+        raise CatalogError(f"'{name}' is neither a model file nor a model of the catalog '{catalog['source']}' (it has: {known}).")
     entry = inFormat(entry, format)
     path = cachedPath(entry, cache)
     if "source" in entry:
@@ -212,9 +206,10 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
 
 def bundledModel(entry: dict) -> Path | None:
     """The zoo's file of a catalog entry when this package ships it (same name and SHA256), else None."""
-    from ..engine.volumes import sha256
+    from ..engine.paths import sha256
 
-    candidate = ZOO_FOLDER / entry["name"] / f"{entry['name']}{entry.get('suffix', '.pt')}"
+    # The zoo ships as the module's resources (settings.ZOO_FOLDER): a model with the catalog's SHA256 is used from there.
+    candidate = settings.ZOO_FOLDER / entry["name"] / f"{entry['name']}{entry.get('suffix', '.pt')}"
     if candidate.is_file() and sha256(candidate) == entry["sha256"]:
         return candidate
     return None

@@ -12,7 +12,7 @@ inputs of three sizes before anything is written.
 
 from __future__ import annotations
 
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import ModelImportError
 
 # Exported and TorchScript networks run the same kernels: the bar for a conversion.
 TOLERANCE = 1e-6
@@ -35,8 +35,8 @@ def eagerNetwork(card: dict, source: str):
     if isinstance(recorded, dict) and "_target_" in recorded and "args" in recorded:
         return buildNetwork({"_target_": recorded["_target_"], "args": recorded["args"]}, f"the network recorded in '{source}'")
     if isinstance(recorded, dict) and "_target_" in recorded:
-        raise MedSegUNetError(f"'{source}' records its network's class but not its arguments (imported before they were recorded): import it again, then convert it.")
-    raise MedSegUNetError(f"'{source}' holds a network that exists only as TorchScript ({recorded.get('torchscript', 'no recorded class')}): it cannot be converted to .pt2; keep the TorchScript file.")
+        raise ModelImportError(f"'{source}' records its network's class but not its arguments (imported before they were recorded): import it again, then convert it.")
+    raise ModelImportError(f"'{source}' holds a network that exists only as TorchScript ({recorded.get('torchscript', 'no recorded class')}): it cannot be converted to .pt2; keep the TorchScript file.")
 
 
 def checkSizes(card: dict) -> list[list[int]]:
@@ -69,15 +69,15 @@ def convertModel(source: str, output: str) -> list[float]:
 
     card = readCard(source)
     if isExportedArchive(source):
-        raise MedSegUNetError(f"'{source}' is already a torch.export (.pt2) model: nothing to convert.")
+        raise ModelImportError(f"'{source}' is already a torch.export (.pt2) model: nothing to convert.")
     if card.get("localizer"):
-        raise MedSegUNetError(f"'{source}' has a localiser network stored as TorchScript only: it cannot be converted to .pt2; keep the TorchScript file.")
+        raise ModelImportError(f"'{source}' has a localiser network stored as TorchScript only: it cannot be converted to .pt2; keep the TorchScript file.")
     scripted = loadCheckedTorchScript(source, "cpu", f"Model '{source}'")
     network = eagerNetwork(card, source)
     try:
         network.load_state_dict(scripted.state_dict())
     except RuntimeError as error:
-        raise MedSegUNetError(f"The weights of '{source}' do not fit the network its card records ({str(error).splitlines()[0][:140]}).") from None
+        raise ModelImportError(f"The weights of '{source}' do not fit the network its card records ({str(error).splitlines()[0][:140]}).") from None
     generator = torch.Generator().manual_seed(1)
     samples = [torch.randn(*shape, generator=generator) for shape in checkSizes(card)]
     with torch.no_grad():

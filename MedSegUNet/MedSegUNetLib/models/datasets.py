@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import TrainingError
 
 DATASET_FORMAT = "medsegunet.dataset/1"
 # Matched on TCGA-FG-6692: its kaggle_3m slices are its native FLAIR's (0.898 mm) scaled by 1.084
@@ -121,7 +121,7 @@ def readLGG(source: Path, progress: Callable[[str], None]) -> SourceSet:
         source = source / "kaggle_3m"
     folders = sorted(p for p in source.iterdir() if p.is_dir() and re.fullmatch(r"TCGA_[A-Z0-9]{2}_[A-Z0-9]{4}_\d{8}", p.name))
     if not folders:
-        raise MedSegUNetError(f"'{source}' holds no kaggle_3m patient folders (TCGA_XX_NNNN_YYYYMMDD): give the kaggle_3m folder.")
+        raise TrainingError(f"'{source}' holds no kaggle_3m patient folders (TCGA_XX_NNNN_YYYYMMDD): give the kaggle_3m folder.")
     found = SourceSet()
     for index, folder in enumerate(folders):
         read = readLGGFolder(folder)
@@ -176,7 +176,7 @@ def readACDC(source: Path, progress: Callable[[str], None]) -> SourceSet:
     try:
         import h5py
     except ImportError:
-        raise MedSegUNetError("Preparing ACDC needs h5py: pip install h5py (or medsegunet[data]).") from None
+        raise TrainingError("Preparing ACDC needs h5py: pip install h5py (or medsegunet[data]).") from None
     for candidate in (source, source / "ACDC", source / "data" / "ACDC"):
         if (candidate / "train.list").is_file():
             source = candidate
@@ -184,7 +184,7 @@ def readACDC(source: Path, progress: Callable[[str], None]) -> SourceSet:
     lists = {split: source / f"{name}.list" for split, name in (("train", "train"), ("validation", "val"), ("test", "test"))}
     missing = [p.name for p in lists.values() if not p.is_file()]
     if missing or not (source / "data").is_dir():
-        raise MedSegUNetError(f"'{source}' is not the ACDC folder of SSL4MIS's layout (it lacks {', '.join(missing) or 'data/'}): give the folder holding train.list, val.list, test.list and data/.")
+        raise TrainingError(f"'{source}' is not the ACDC folder of SSL4MIS's layout (it lacks {', '.join(missing) or 'data/'}): give the folder holding train.list, val.list, test.list and data/.")
     frames = {split: [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] for split, path in lists.items()}
     checkSplit({split: [frame[:10] for frame in names] for split, names in frames.items()}, "ACDC's list files")
     found = SourceSet()
@@ -214,7 +214,7 @@ def checkSplit(split: dict[str, Sequence[str]], where: str) -> None:
     for part, patients in split.items():
         for patient in dict.fromkeys(patients):
             if patient in seen and seen[patient] != part:
-                raise MedSegUNetError(f"{where} put patient {patient} in both {seen[patient]} and {part}: a patient's images must stay in one part of the split.")
+                raise TrainingError(f"{where} put patient {patient} in both {seen[patient]} and {part}: a patient's images must stay in one part of the split.")
             seen[patient] = part
 
 
@@ -222,7 +222,7 @@ def splitLGG(cases: list[SourceCase], seed: int, validation: int, test: int) -> 
     """Seeded patient-level split; TCGA-FG-6692 (the shared data's patient) always in test."""
     patients = sorted({c.patient for c in cases})
     if validation + test >= len(patients):
-        raise MedSegUNetError(f"{len(patients)} patients cannot give {validation} validation and {test} test patients and leave any to train: ask for fewer.")
+        raise TrainingError(f"{len(patients)} patients cannot give {validation} validation and {test} test patients and leave any to train: ask for fewer.")
     heldOut = [p for p in patients if p == LGG_HELD_OUT]
     others = [p for p in patients if p != LGG_HELD_OUT]
     order = [others[i] for i in np.random.default_rng(seed).permutation(len(others))]
@@ -246,7 +246,7 @@ def checkNewOutput(output: str | os.PathLike) -> Path:
     """The absolute output folder, refused when it exists with anything in it (nothing is replaced)."""
     output = Path(os.path.abspath(output))
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise MedSegUNetError(f"'{output}' already exists and is not an empty folder: give a new --output folder.")
+        raise TrainingError(f"'{output}' already exists and is not an empty folder: give a new --output folder.")
     return output
 
 
@@ -271,7 +271,7 @@ def writeDataset(found: SourceSet, description: dict, geometry: dict, output: Pa
         os.replace(staging, output)
     except OSError as error:
         shutil.rmtree(staging, ignore_errors=True)
-        raise MedSegUNetError(f"Cannot write the prepared set under '{output.parent}': {error.strerror or error}.") from None
+        raise TrainingError(f"Cannot write the prepared set under '{output.parent}': {error.strerror or error}.") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -322,7 +322,7 @@ def prepare(kind: str, source: str | os.PathLike, output: str | os.PathLike, see
     checkNewOutput(output)
     folder = Path(source)
     if not folder.is_dir():
-        raise MedSegUNetError(f"'{folder}' is not a folder: give the fetched {kind.upper()} folder.")
+        raise TrainingError(f"'{folder}' is not a folder: give the fetched {kind.upper()} folder.")
     if kind == "lgg":
         found, published, geometry = readLGG(folder, say), LGG_PUBLISHED, LGG_GEOMETRY
         splitLGG(found.cases, seed, validation, test)
@@ -335,9 +335,9 @@ def prepare(kind: str, source: str | os.PathLike, output: str | os.PathLike, see
                        "licence": "CC BY-NC-SA 4.0 (cite Bernard et al.)", "reference": "Bernard O, et al. IEEE TMI 2018;37(11):2514-2525",
                        "split_rule": "the repository's train.list, val.list and test.list (patient-level)"}
     else:
-        raise MedSegUNetError(f"Unknown data set '{kind}': choose lgg or acdc.")
+        raise TrainingError(f"Unknown data set '{kind}': choose lgg or acdc.")
     if not found.cases:
-        raise MedSegUNetError(f"No usable case in '{folder}' ({len(found.dropped)} dropped, first: {found.dropped[0]['why'] if found.dropped else 'none'}).")
+        raise TrainingError(f"No usable case in '{folder}' ({len(found.dropped)} dropped, first: {found.dropped[0]['why'] if found.dropped else 'none'}).")
     matches = {key: found.counts.get(key) == value for key, value in published.items() if key != "digest"}
     matches["digest"] = found.digest == published["digest"]
     description["published"] = {"expected": published, "matches": matches}
@@ -384,7 +384,7 @@ def addParser(subparsers) -> None:
 def run(args, console=None) -> int:
     """``medsegunet data prepare``: returns the exit status."""
     if args.validation < 0 or args.test < 1:
-        raise MedSegUNetError("--validation must be 0 or more and --test 1 or more.")
+        raise TrainingError("--validation must be 0 or more and --test 1 or more.")
     say = console.line if console is not None else print
     document = prepare(args.kind, args.source, args.output, args.seed, args.validation, args.test, progress=say)
     for line in summary(document, args.output):

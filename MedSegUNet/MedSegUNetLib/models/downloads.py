@@ -13,20 +13,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..engine.errors import MedSegUNetError, ProcessingCancelled, firstLine
+from ..engine import settings
+from ..engine.errors import DownloadError, firstLine, ProcessingCancelled
 
 ProgressCallback = Callable[[float, str], None]
 
 
-DOWNLOAD_DEADLINE_VARIABLE = "MEDSEGUNET_DOWNLOAD_TIMEOUT"
-DEFAULT_DOWNLOAD_SECONDS = 3600.0
-MIN_RATE_VARIABLE = "MEDSEGUNET_DOWNLOAD_MIN_RATE"
-# A link slower than 1 kB/s over a whole minute is a stall, not a download: end it rather than wait an hour.
-DEFAULT_MIN_RATE = (1024.0, 60.0)
-# The most a download with no declared size may bring (the largest published model: 84 MB);
-# ``MEDSEGUNET_DOWNLOAD_MAX_BYTES`` sets another (an institution's larger models).
-DEFAULT_DOWNLOAD_CAP = 4 * 2**30
-MAX_BYTES_VARIABLE = "MEDSEGUNET_DOWNLOAD_MAX_BYTES"
+# The download's bounds come from settings: MEDSEGUNET_DOWNLOAD_TIMEOUT (one hour), MEDSEGUNET_DOWNLOAD_MIN_RATE
+# (a link slower than 1 kB/s over a whole minute is a stall, not a download: it is ended rather than
+# waited on for an hour) and MEDSEGUNET_DOWNLOAD_MAX_BYTES (4 GiB when an entry gives no size: the
+# largest published model is 84 MB; an institution's larger models set another).
 
 
 def transferText(done: int, total: int, seconds: float) -> str:
@@ -73,14 +69,15 @@ def download(
     import urllib.error
     import urllib.request
 
-    from ..engine.volumes import atomicOutput, sha256
+    from ..engine.staging import atomicOutput
+    from ..engine.paths import sha256
 
     path = Path(path)
 
     def verify(temporary: str) -> None:
         actual = sha256(temporary)
         if actual != checksum:
-            raise MedSegUNetError(
+            raise DownloadError(
                 f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later, or {offlineHint}."
             )
 
@@ -92,7 +89,7 @@ def download(
     except OSError as error:
         from ..engine.errors import osErrorMessage
 
-        raise MedSegUNetError(osErrorMessage(error, "create", path.parent)) from None
+        raise DownloadError(osErrorMessage(error, "create", path.parent)) from None
     try:
         with atomicOutput(path, verify=verify) as temporary:
             with open(temporary, "wb") as output:
@@ -114,7 +111,7 @@ def download(
                                 progress(done / total if total else 0.0, f"Downloading {path.name}: {transferText(done, total, time.monotonic() - started)}")
                 except (urllib.error.URLError, OSError, TimeoutError, ValueError) as error:
                     reason = getattr(error, "reason", None) or error
-                    raise MedSegUNetError(f"Cannot download {what} ({firstLine(reason)}); {offlineHint}.") from None
+                    raise DownloadError(f"Cannot download {what} ({firstLine(reason)}); {offlineHint}.") from None
     except BaseException:
         _removeEmpty(created)
         raise
@@ -138,47 +135,44 @@ class TransferGuard:
     def checkSize(self, total: int) -> None:
         """Refuse ``total`` bytes (received or declared) above the cap."""
         if total > self.maxBytes:
-            raise MedSegUNetError(f"{self.what}: it is larger than the {self.maxBytes} bytes it may have; nothing was kept; the server sends another file than the catalog names.")
+            raise DownloadError(f"{self.what}: it is larger than the {self.maxBytes} bytes it may have; nothing was kept; the server sends another file than the catalog names.")
 
     def check(self, total: int) -> None:
         self.checkSize(total)
         now = time.monotonic()
         if now - self.started > self.limit:
-            raise MedSegUNetError(
-                f"{self.what}: it did not finish within {self.limit:g} s ({total} bytes came; {DOWNLOAD_DEADLINE_VARIABLE} sets the limit); nothing was kept; {self.hint}."
+            raise DownloadError(
+                f"{self.what}: it did not finish within {self.limit:g} s ({total} bytes came; {settings.DOWNLOAD_TIMEOUT.name} sets the limit); nothing was kept; {self.hint}."
             )
         self.samples.append((now, total))
         while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
             self.samples.pop(0)
         oldest, before = self.samples[0]
         if now - oldest >= self.window and total - before < self.rate * self.window:
-            raise MedSegUNetError(
-                f"{self.what}: it stalled ({total - before} bytes in the last {self.window:g} s, below {self.rate:g} bytes/s; {MIN_RATE_VARIABLE} sets the minimum); nothing was kept; {self.hint}."
+            raise DownloadError(
+                f"{self.what}: it stalled ({total - before} bytes in the last {self.window:g} s, below {self.rate:g} bytes/s; {settings.DOWNLOAD_MIN_RATE.name} sets the minimum); nothing was kept; {self.hint}."
             )
 
 
 def downloadCap() -> int:
     """The most bytes a download without a declared size may bring: ``MEDSEGUNET_DOWNLOAD_MAX_BYTES``, default 4 GiB."""
-    value = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
-    if not value:
-        return DEFAULT_DOWNLOAD_CAP
+    value = settings.DOWNLOAD_MAX_BYTES.text()
     if not value.isdigit() or int(value) <= 0:
-        raise MedSegUNetError(f"{MAX_BYTES_VARIABLE}={value!r} is not a whole number of bytes above 0.")
+        raise DownloadError(f"{settings.DOWNLOAD_MAX_BYTES.name}={value!r} is not a whole number of bytes above 0.")
     return int(value)
 
 
 def minimumRate() -> tuple[float, float]:
     """``MEDSEGUNET_DOWNLOAD_MIN_RATE`` as (bytes per second, window in seconds): ``1024`` or ``1024/60``; 0 turns it off."""
-    value = os.environ.get(MIN_RATE_VARIABLE, "").strip()
-    if not value:
-        return DEFAULT_MIN_RATE
+    value = settings.DOWNLOAD_MIN_RATE.text()
+    defaultWindow = float(settings.DOWNLOAD_MIN_RATE.default.partition("/")[2])
     rate, _, window = value.partition("/")
     try:
-        parsed = (float(rate), float(window) if window else DEFAULT_MIN_RATE[1])
+        parsed = (float(rate), float(window) if window else defaultWindow)
     except ValueError:
         parsed = (-1.0, -1.0)
     if not (0 <= parsed[0] < float("inf") and 0 < parsed[1] < float("inf")):
-        raise MedSegUNetError(f"{MIN_RATE_VARIABLE}={value!r} is not BYTES_PER_SECOND or BYTES_PER_SECOND/SECONDS (e.g. 1024/60).")
+        raise DownloadError(f"{settings.DOWNLOAD_MIN_RATE.name}={value!r} is not BYTES_PER_SECOND or BYTES_PER_SECOND/SECONDS (e.g. 1024/60).")
     return parsed
 
 
@@ -196,7 +190,7 @@ def checkFileURL(url: str) -> None:
     except OSError:
         return  # urllib says what is missing, in the download's own line
     if not stat.S_ISREG(status.st_mode):
-        raise MedSegUNetError(f"'{url}' is not a regular file (a folder, pipe or device): a file:// source must name a file.")
+        raise DownloadError(f"'{url}' is not a regular file (a folder, pipe or device): a file:// source must name a file.")
 
 
 def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard, progress: Callable[[int, float], None] | None = None) -> tuple[int, str]:
@@ -284,13 +278,13 @@ def _bytesUnder(folder: str) -> int:
 
 def downloadDeadline() -> float:
     """The most seconds one download may take: ``MEDSEGUNET_DOWNLOAD_TIMEOUT``, default one hour."""
-    value = os.environ.get(DOWNLOAD_DEADLINE_VARIABLE, "")
+    value = settings.DOWNLOAD_TIMEOUT.text()
     try:
-        seconds = float(value) if value else DEFAULT_DOWNLOAD_SECONDS
+        seconds = float(value)
     except ValueError:
         seconds = -1.0
     if not (0 < seconds < float("inf")):
-        raise MedSegUNetError(f"{DOWNLOAD_DEADLINE_VARIABLE}={value!r} is not a number of seconds above 0.")
+        raise DownloadError(f"{settings.DOWNLOAD_TIMEOUT.name}={value!r} is not a number of seconds above 0.")
     return seconds
 
 

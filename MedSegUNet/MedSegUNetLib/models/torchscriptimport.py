@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.errors import firstLine, ModelImportError
 from .verification import ImportStage, compareOutputs, provenance, readImportCard, reportStep
 
 # A window no larger than this is used for the check when the card runs whole grids (cheap on a CPU).
@@ -36,11 +36,11 @@ def isTorchScript(path: str) -> bool:
 def loadScripted(path: str, what: str):
     """A TorchScript network on the CPU, or one line saying why it cannot be read."""
     from ..engine.graphsafety import loadCheckedTorchScript
-    from ..engine.volumes import checkRegularFile
+    from ..engine.paths import checkRegularFile
 
     checkRegularFile(path, what)
     if not isTorchScript(path):
-        raise MedSegUNetError(f"{what} '{path}' is not a TorchScript archive: give a file saved with torch.jit.save.")
+        raise ModelImportError(f"{what} '{path}' is not a TorchScript archive: give a file saved with torch.jit.save.")
     return loadCheckedTorchScript(path, "cpu", f"{what} '{path}'")
 
 
@@ -62,15 +62,15 @@ def answer(network, sample, channels: int, probabilities: bool, what: str) -> np
         try:
             output = network(sample)
         except Exception as error:  # torch.jit.Error and shape errors
-            raise MedSegUNetError(f"The {what} fails on a random input of shape {tuple(sample.shape)} ({firstLine(error)[:140]}): check the card's inputs and grid.") from None
+            raise ModelImportError(f"The {what} fails on a random input of shape {tuple(sample.shape)} ({firstLine(error)[:140]}): check the card's inputs and grid.") from None
     output = output[0] if isinstance(output, (tuple, list)) else output
     if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.ndim != sample.ndim:
-        raise MedSegUNetError(f"The {what} does not return a floating-point tensor of {sample.ndim} dimensions: it is not imported.")
+        raise ModelImportError(f"The {what} does not return a floating-point tensor of {sample.ndim} dimensions: it is not imported.")
     if int(output.shape[1]) != channels:
-        raise MedSegUNetError(f"The {what} gives {int(output.shape[1])} channels but the card needs {channels}: fix the card's labels, output or channels.")
+        raise ModelImportError(f"The {what} gives {int(output.shape[1])} channels but the card needs {channels}: fix the card's labels, output or channels.")
     values = output.float().numpy()
     if probabilities and (values.min() < -1e-4 or values.max() > 1 + 1e-4):
-        raise MedSegUNetError(f"The {what} returns values from {values.min():.3g} to {values.max():.3g}, not probabilities: set the card's output to softmax or sigmoid.")
+        raise ModelImportError(f"The {what} returns values from {values.min():.3g} to {values.max():.3g}, not probabilities: set the card's output to softmax or sigmoid.")
     return values
 
 
@@ -88,11 +88,11 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
     import torch
 
     from ..engine.modelcard import loadModel, outputChannels, saveModel, validateCard
-    from ..engine.volumes import sha256
+    from ..engine.paths import sha256
 
     card = validateCard(readImportCard(cardPath), f"model card '{cardPath}'")
     if (localizerPath is None) != (card.get("localizer") is None):
-        raise MedSegUNetError("The card's 'localizer' and --localizer go together: give the localiser's TorchScript file with a card that describes it, or neither.")
+        raise ModelImportError("The card's 'localizer' and --localizer go together: give the localiser's TorchScript file with a card that describes it, or neither.")
     reportStep(progress, ImportStage.READING, f"the TorchScript {os.path.basename(source)} and checking its operators")
     network = loadScripted(source, "Model")
     localizer = loadScripted(localizerPath, "Localiser") if localizerPath else None

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..engine.errors import MedSegUNetError, firstLine
+from ..engine.errors import firstLine, TrainingError
 
 
 SCHEMA_PATH = Path(__file__).with_name("trainconfig.schema.json")
@@ -56,25 +56,25 @@ def loadConfigFile(path: str | os.PathLike) -> dict:
     """
     import yaml
 
-    from ..engine.volumes import checkRegularFile
+    from ..engine.paths import checkRegularFile
 
     path = os.fspath(path)
     checkRegularFile(path, "Training config")
     if os.path.isdir(path):
-        raise MedSegUNetError(f"Training config '{path}' is a folder: give the YAML or JSON file.")
+        raise TrainingError(f"Training config '{path}' is a folder: give the YAML or JSON file.")
     try:
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
     except UnicodeDecodeError:
-        raise MedSegUNetError(f"Training config '{path}' is not UTF-8 text: save it as UTF-8.") from None
+        raise TrainingError(f"Training config '{path}' is not UTF-8 text: save it as UTF-8.") from None
     try:
         config = json.loads(text) if path.lower().endswith(".json") else yaml.safe_load(text)
     except json.JSONDecodeError as error:
-        raise MedSegUNetError(f"Training config '{path}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+        raise TrainingError(f"Training config '{path}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
-        raise MedSegUNetError(f"Training config '{path}' is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'}{where}).") from None
+        raise TrainingError(f"Training config '{path}' is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'}{where}).") from None
     return config
 
 
@@ -105,7 +105,7 @@ def validateConfig(config: Any, source: str = "training config", baseDir: str | 
         message = firstLine(error.message)
         if error.validator == "oneOf" and list(error.absolute_path) == ["data"]:
             message = "give exactly one of 'msd' (a Decathlon folder) or 'csv' (a case table)"
-        raise MedSegUNetError(f"Invalid {source}: field '{where}': {message} (see trainconfig.schema.json).")
+        raise TrainingError(f"Invalid {source}: field '{where}': {message} (see trainconfig.schema.json).")
     full = copy.deepcopy(DEFAULTS)
     for key, value in copy.deepcopy(config).items():
         if isinstance(value, dict) and isinstance(full.get(key), dict) and key not in ("label_remap", "normalization"):
@@ -114,30 +114,30 @@ def validateConfig(config: Any, source: str = "training config", baseDir: str | 
             full[key] = value
     dims = full["spatial_dims"]
     if len(full["patch_size"]) != dims:
-        raise MedSegUNetError(f"Invalid {source}: patch_size needs {dims} values for a {dims}D model, got {full['patch_size']}.")
+        raise TrainingError(f"Invalid {source}: patch_size needs {dims} values for a {dims}D model, got {full['patch_size']}.")
     values = [label["value"] for label in full["labels"]]
     if len(set(values)) != len(values):
-        raise MedSegUNetError(f"Invalid {source}: label values must be unique, got {values}.")
+        raise TrainingError(f"Invalid {source}: label values must be unique, got {values}.")
     strip = full["augmentation"].get("skull_strip_mm")
     if strip is not None and strip[0] > strip[1]:
-        raise MedSegUNetError(f"Invalid {source}: augmentation.skull_strip_mm is [least, most] in mm, got {strip}.")
+        raise TrainingError(f"Invalid {source}: augmentation.skull_strip_mm is [least, most] in mm, got {strip}.")
     hasRegions = any("region" in label for label in full["labels"])
     if full["output"] == "softmax" and hasRegions:
-        raise MedSegUNetError(f"Invalid {source}: 'region' labels need output: sigmoid (each region is its own channel).")
+        raise TrainingError(f"Invalid {source}: 'region' labels need output: sigmoid (each region is its own channel).")
     if full["loss"]["type"] == "dice_bce" and full["output"] != "sigmoid":
-        raise MedSegUNetError(f"Invalid {source}: loss dice_bce needs output: sigmoid; use dice_ce with softmax.")
+        raise TrainingError(f"Invalid {source}: loss dice_bce needs output: sigmoid; use dice_ce with softmax.")
     network = full["network"]
     if network["type"] in ("UNet", "AttentionUNet") and len(network["strides"]) != len(network["channels"]) - 1:
-        raise MedSegUNetError(
+        raise TrainingError(
             f"Invalid {source}: network strides need one value fewer than channels ({len(network['channels'])} channels, {len(network['strides'])} strides)."
         )
     for stride in network["strides"]:
         if isinstance(stride, list) and len(stride) != dims:
-            raise MedSegUNetError(f"Invalid {source}: each per-axis stride needs {dims} values, got {stride}.")
+            raise TrainingError(f"Invalid {source}: each per-axis stride needs {dims} values, got {stride}.")
     divisor = _downsampling(full)
     for axis, (size, factor) in enumerate(zip(full["patch_size"], divisor)):
         if size % factor:
-            raise MedSegUNetError(
+            raise TrainingError(
                 f"Invalid {source}: patch_size[{axis}] = {size} is not a multiple of {factor}, the network's downsampling along that axis."
             )
     if baseDir is not None:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import TrainingError
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Case:
 
 
 def _stripSuffix(name: str) -> str:
-    from ..engine.volumes import pathSuffix
+    from ..engine.paths import pathSuffix
 
     suffix = pathSuffix(name)
     return name[: -len(suffix)] if suffix else name
@@ -54,14 +54,14 @@ def readDecathlonDocument(folder: str | os.PathLike) -> dict:
     """
     description = os.path.join(os.fspath(folder), "dataset.json")
     if not os.path.isfile(description):
-        raise MedSegUNetError(f"'{os.fspath(folder)}' is not a Decathlon folder: it has no dataset.json.")
+        raise TrainingError(f"'{os.fspath(folder)}' is not a Decathlon folder: it has no dataset.json.")
     with open(description, encoding="utf-8") as stream:
         try:
             dataset = json.load(stream)
         except json.JSONDecodeError as error:
-            raise MedSegUNetError(f"'{description}' is not valid JSON ({error.msg}).") from None
+            raise TrainingError(f"'{description}' is not valid JSON ({error.msg}).") from None
     if not isinstance(dataset, dict):
-        raise MedSegUNetError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object.")
+        raise TrainingError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object.")
     return dataset
 
 
@@ -79,7 +79,7 @@ def readCases(config: dict) -> list[Case]:
         dataset = readDecathlonDocument(folder)
         modalities = dataset.get("modality") or {"0": inputNames[0]}
         if len(modalities) != len(inputNames):
-            raise MedSegUNetError(
+            raise TrainingError(
                 f"Decathlon folder '{folder}' has {len(modalities)} modalities ({', '.join(modalities.values())}) but the config lists {len(inputNames)} inputs: make them match."
             )
         for entry in dataset.get("training") or []:
@@ -90,16 +90,16 @@ def readCases(config: dict) -> list[Case]:
     else:
         table = data["csv"]
         if not os.path.isfile(table):
-            raise MedSegUNetError(f"Case table '{table}' does not exist: check data/csv in the config.")
+            raise TrainingError(f"Case table '{table}' does not exist: check data/csv in the config.")
         base = os.path.dirname(table)
         with open(table, encoding="utf-8", newline="") as stream:
             rows = list(csv.DictReader(stream))
         if not rows:
-            raise MedSegUNetError(f"Case table '{table}' has no rows.")
+            raise TrainingError(f"Case table '{table}' has no rows.")
         columns = {c.strip().lower(): c for c in rows[0].keys() if c}
         missing = [name for name in [*inputNames, "label"] if name.lower() not in columns]
         if missing:
-            raise MedSegUNetError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs one column per input, and 'label'.")
+            raise TrainingError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs one column per input, and 'label'.")
         roiColumns = [columns[c] for c in columns if c.startswith("roi")]
 
         def resolve(value: str) -> str:
@@ -113,10 +113,10 @@ def readCases(config: dict) -> list[Case]:
             roi = [resolve(row[c]) for c in roiColumns if (row.get(c) or "").strip()]
             cases.append(Case(id=caseId, inputs=inputs, label=resolve(row[columns["label"]]), roi=roi))
     if not cases:
-        raise MedSegUNetError("The training data holds no cases.")
+        raise TrainingError("The training data holds no cases.")
     ids = [c.id for c in cases]
     if len(set(ids)) != len(ids):
-        raise MedSegUNetError(f"Case ids must be unique, got {ids}.")
+        raise TrainingError(f"Case ids must be unique, got {ids}.")
     return cases
 
 
@@ -130,7 +130,7 @@ def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Ca
         known = {c.id for c in cases}
         unknown = [w for w in wanted if w not in known]
         if unknown:
-            raise MedSegUNetError(f"Validation case(s) {', '.join(unknown)} are not in the data (cases: {', '.join(sorted(known))}).")
+            raise TrainingError(f"Validation case(s) {', '.join(unknown)} are not in the data (cases: {', '.join(sorted(known))}).")
         validation = [c for c in cases if c.id in wanted]
     else:
         fraction = float(data.get("validation_split", 0.2))
@@ -140,7 +140,7 @@ def splitCases(cases: Sequence[Case], config: dict) -> tuple[list[Case], list[Ca
         validation = [cases[i] for i in sorted(order[:count])]
     training = [c for c in cases if c not in validation]
     if not training:
-        raise MedSegUNetError("No training cases are left after the validation split: use fewer validation cases.")
+        raise TrainingError("No training cases are left after the validation split: use fewer validation cases.")
     return training, validation
 
 
@@ -150,7 +150,7 @@ def preparedValidation(folder: str) -> list[str] | None:
     if ids is None:
         return None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise MedSegUNetError(f"'{folder}/dataset.json' has a 'validation' that is not a list of case ids: prepare the folder again.")
+        raise TrainingError(f"'{folder}/dataset.json' has a 'validation' that is not a list of case ids: prepare the folder again.")
     return ids
 
 

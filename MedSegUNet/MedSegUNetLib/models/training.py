@@ -29,10 +29,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine.errors import Interrupted, MedSegUNetError, firstLine
-from .trainconfig import CARD_KEYS, DEFAULTS, SCHEMA_PATH, cardFromConfig, loadConfigFile, readConfig, referenceValuesFromConfig, validateConfig  # noqa: F401
-from .traindata import Case, buildTransforms, prepareCase, readCases, regionTargets, remapLabels, seedEverything, splitCases, toSlices  # noqa: F401
-from .trainreports import caseMetrics, caseTableCSV, historyCSV, metricColumns, plotCurves, plotValidationSlices, validate, writeHistory  # noqa: F401
+from ..engine.errors import firstLine, Interrupted, MedSegUNetError, TrainingError
+from .trainconfig import cardFromConfig, readConfig, validateConfig
+from .traindata import buildTransforms, prepareCase, readCases, seedEverything, splitCases, toSlices
+from .trainreports import caseTableCSV, historyCSV, plotCurves, plotValidationSlices, validate
 
 
 CHECKPOINT_FORMAT = "medsegunet.checkpoint/1"
@@ -145,18 +145,18 @@ def loadCheckpoint(path: str | os.PathLike) -> dict:
     """
     import torch
 
-    from ..engine.volumes import checkRegularFile
+    from ..engine.paths import checkRegularFile
 
     path = os.fspath(path)
     checkRegularFile(path, "Checkpoint")
     if not os.path.isfile(path):
-        raise MedSegUNetError(f"Checkpoint '{path}' is a folder: give the checkpoint file.")
+        raise TrainingError(f"Checkpoint '{path}' is a folder: give the checkpoint file.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for non-checkpoint files
-        raise MedSegUNetError(f"Cannot read checkpoint '{path}' ({firstLine(str(error))[:120]}).") from None
+        raise TrainingError(f"Cannot read checkpoint '{path}' ({firstLine(str(error))[:120]}).") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise MedSegUNetError(f"'{path}' is not a 'medsegunet train' checkpoint.")
+        raise TrainingError(f"'{path}' is not a 'medsegunet train' checkpoint.")
     return checkpoint
 
 
@@ -169,7 +169,7 @@ def loadNetworkWeights(network, checkpoint: dict, source: str | os.PathLike) -> 
     try:
         network.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise MedSegUNetError(
+        raise TrainingError(
             f"Checkpoint '{os.fspath(source)}' holds another network than the config builds ({firstLine(error)[:100]}): use the training config."
         ) from None
 
@@ -177,7 +177,7 @@ def loadNetworkWeights(network, checkpoint: dict, source: str | os.PathLike) -> 
 def _saveCheckpoint(state: dict, path: str) -> None:
     import torch
 
-    from ..engine.volumes import atomicOutput
+    from ..engine.staging import atomicOutput
 
     with atomicOutput(path) as temporary:
         torch.save(state, temporary)
@@ -187,7 +187,7 @@ def _saveEpoch(state: dict, lastPath: str, bestPath: str | None, metricsText: st
     """One epoch's checkpoint(s) and metrics, staged and renamed together (all or none)."""
     import torch
 
-    from ..engine.volumes import StagedOutputs, textVerifier, writeTextFile
+    from ..engine.staging import StagedOutputs, textVerifier, writeTextFile
 
     with StagedOutputs() as staged:
         torch.save(state, staged.stage(lastPath))
@@ -288,10 +288,10 @@ def train(
     Raises:
         MedSegUNetError: bad data, or a checkpoint from another network.
     """
-    from ..engine.volumes import writeText
+    from ..engine.staging import writeText
 
     if resume is not None and init is not None:
-        raise MedSegUNetError("--resume continues a run and --init starts a new one from its weights: give one of them.")
+        raise TrainingError("--resume continues a run and --init starts a new one from its weights: give one of them.")
     # The checkpoint a run starts from is read first: a damaged one stops the run before the output
     # folder is made or the data are prepared.
     start = loadCheckpoint(resume if resume is not None else init) if resume is not None or init is not None else None
@@ -384,7 +384,7 @@ class Trainer:
         self.history = list(checkpoint.get("history") or [])
         self.best = dict(checkpoint.get("best") or self.best)
         if self.startEpoch > int(config["epochs"]):
-            raise MedSegUNetError(
+            raise TrainingError(
                 f"'{resume}' already ran {self.startEpoch} epochs but the config asks for {config['epochs']}: give 'epochs' above {self.startEpoch} to continue."
             )
         if self.scheduler is not None and hasattr(self.scheduler, "T_max") and self.scheduler.T_max != int(config["epochs"]):
@@ -499,7 +499,7 @@ class Trainer:
         plotCurves(self.history, self.config, os.path.join(self.outputDir, "curves.png"))
         if self.validationItems and os.path.exists(self.bestPath):
             self.network.load_state_dict(loadCheckpoint(self.bestPath)["model"])
-            from ..engine.volumes import writeText
+            from ..engine.staging import writeText
 
             summary, predictions = validate(self.network, self.config, self.validationItems, self.device)
             writeText(caseTableCSV(summary["cases"], self.config), os.path.join(self.outputDir, "validation_cases.csv"))
@@ -526,7 +526,7 @@ def addParser(subparsers) -> None:
     parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
     parser.add_argument("--init", help="a checkpoint of the same network to start from (fine-tuning: new optimiser and schedule); not with --resume")
     parser.add_argument("--data", help="a Decathlon folder (such as 'data prepare' writes) or a case CSV, instead of the config's data source")
-    from ..engine.modelcard import DEVICES
+    from ..engine.settings import DEVICES
 
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default auto: CUDA when present)")
     parser.set_defaults(func=run)
@@ -536,7 +536,7 @@ def withDataSource(config: dict, source: str) -> dict:
     """The config with ``--data`` as its source: a folder is a Decathlon folder, a file a case CSV."""
     kind = "msd" if os.path.isdir(source) else "csv"
     if kind == "csv" and not os.path.isfile(source):
-        raise MedSegUNetError(f"--data '{source}' is neither a folder nor a file: give a prepared folder or a case CSV.")
+        raise TrainingError(f"--data '{source}' is neither a folder nor a file: give a prepared folder or a case CSV.")
     data = {key: value for key, value in config["data"].items() if key not in ("msd", "csv")}
     return validateConfig({**config, "data": {**data, kind: os.path.abspath(source)}}, f"config with --data '{source}'")
 
@@ -548,10 +548,10 @@ def run(args, console=None) -> int:
     elif args.resume:
         config = validateConfig(loadCheckpoint(args.resume)["config"], f"config stored in '{args.resume}'")
     else:
-        raise MedSegUNetError("Give --config CONFIG (YAML or JSON), or --resume CHECKPOINT to continue a run.")
+        raise TrainingError("Give --config CONFIG (YAML or JSON), or --resume CHECKPOINT to continue a run.")
     if args.data:
         config = withDataSource(config, args.data)
-    from ..engine.volumes import checkDistinctPaths
+    from ..engine.staging import checkDistinctPaths
 
     checkDistinctPaths(
         {"--output": args.output, "--output (config.json)": os.path.join(args.output, "config.json")},

@@ -120,7 +120,7 @@ def historyCSV(history: Sequence[dict], config: dict) -> str:
 
 
 def writeHistory(history: Sequence[dict], config: dict, path: str) -> None:
-    from ..engine.volumes import writeText
+    from ..engine.staging import writeText
 
     writeText(historyCSV(history, config), path)
 
@@ -132,7 +132,7 @@ def plotCurves(history: Sequence[dict], config: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..engine.volumes import atomicOutput
+    from ..engine.staging import atomicOutput
 
     epochs = [row["epoch"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -179,7 +179,7 @@ def plotValidationSlices(items: Sequence[dict], predictions: Sequence[np.ndarray
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..engine.volumes import atomicOutput
+    from ..engine.staging import atomicOutput
 
     count = min(len(items), int(config.get("figure_cases", 3)))
     if count == 0:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import ModelImportError
 
 
 class ImportStage(enum.Enum):
@@ -40,7 +40,7 @@ def buildNetwork(spec: dict):
     from .networks import buildNetwork as buildAllowed
 
     if not isinstance(spec, dict) or "_target_" not in spec:
-        raise MedSegUNetError("The card needs \"network\": {\"_target_\": \"monai.networks.nets.NAME\", \"args\": {...}} naming the network the ONNX weights belong to.")
+        raise ModelImportError("The card needs \"network\": {\"_target_\": \"monai.networks.nets.NAME\", \"args\": {...}} naming the network the ONNX weights belong to.")
     return buildAllowed(spec, "the card's network")
 
 
@@ -63,7 +63,7 @@ def verifyAgainstEager(network, scripted, card: dict, patch, channelsFrom: str) 
     expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
     got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
     if got.shape[1] != outputChannels(card):
-        raise MedSegUNetError(f"The network gives {got.shape[1]} channels but {channelsFrom} need {outputChannels(card)}: it is not imported.")
+        raise ModelImportError(f"The network gives {got.shape[1]} channels but {channelsFrom} need {outputChannels(card)}: it is not imported.")
     return compareOutputs(expected, got, list(sample.shape), f"eager torch {torch.__version__}")
 
 
@@ -80,7 +80,7 @@ def compareOutputs(expected: np.ndarray, got: np.ndarray, patch: list, runtime: 
     difference = float(np.abs(got - expected).max())
     allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
     if not difference <= allowed:
-        raise MedSegUNetError(
+        raise ModelImportError(
             f"The imported network's outputs differ from {runtime}'s by {difference:.3g} (allowed {allowed:.3g} for an output range of {span:.3g}): nothing was written."
         )
     return {"patch": patch, "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": runtime}
@@ -109,14 +109,14 @@ def provenance(kind: str, source: str, checksum: str, network, verified: dict, n
 
 def readImportCard(path: str) -> dict:
     if not path:
-        raise MedSegUNetError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
-    from ..engine.volumes import checkRegularFile
+        raise ModelImportError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
+    from ..engine.paths import checkRegularFile
 
     checkRegularFile(path, "Model card")
     try:
         with open(path, encoding="utf-8") as stream:
             return json.load(stream)
     except json.JSONDecodeError as error:
-        raise MedSegUNetError(f"Model card '{path}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
+        raise ModelImportError(f"Model card '{path}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
     except UnicodeDecodeError:
-        raise MedSegUNetError(f"Model card '{path}' is not UTF-8 text: save it as UTF-8 JSON.") from None
+        raise ModelImportError(f"Model card '{path}' is not UTF-8 text: save it as UTF-8 JSON.") from None

@@ -155,7 +155,7 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
     import slicer
     from slicer.i18n import tr as _
 
-    from ..engine.errors import MedSegUNetError
+    from ..engine.errors import DependencyError
 
     missing = missingForSlicer()
     if not missing:
@@ -177,7 +177,7 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
         installRequirements(["-r", requirementsPath])
     still = missingForSlicer()
     if still:
-        raise MedSegUNetError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
+        raise DependencyError(f"{', '.join(still)} still cannot be imported: restart Slicer and retry.")
     return True
 
 
@@ -192,7 +192,7 @@ def installPyTorch(status: str) -> None:
 
     import slicer
 
-    from ..engine.errors import MedSegUNetError
+    from ..engine.errors import DependencyError, MedSegUNetError
 
     try:
         if status == "broken":  # pip keeps a "installed" distribution as it is: remove the broken one first
@@ -205,10 +205,10 @@ def installPyTorch(status: str) -> None:
         raise
     except Exception as error:  # pip, network and process errors come in many types
         logging.exception("PyTorch installation failed")
-        raise MedSegUNetError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
+        raise DependencyError(f"PyTorch could not be installed ({error}): install it from the PyTorch Utils module, then retry.") from None
     importlib.invalidate_caches()
     if torchStatus() != "ok":
-        raise MedSegUNetError("PyTorch could not be installed: install it from the PyTorch Utils module, then retry.")
+        raise DependencyError("PyTorch could not be installed: install it from the PyTorch Utils module, then retry.")
 
 
 def pythonSlicerExecutable() -> str:
@@ -278,7 +278,7 @@ def _pipInstall(requirements: list[str], constraints: str) -> None:
 
     import slicer
 
-    from ..engine.errors import MedSegUNetError
+    from ..engine.errors import DependencyError
 
     try:
         packaging = packagingModule()
@@ -291,7 +291,7 @@ def _pipInstall(requirements: list[str], constraints: str) -> None:
             slicer.util.pip_install([*requirements, "-c", constraints])
     except Exception as error:  # pip reports failures as CalledProcessError or RuntimeError
         logging.exception("Installing MedSegUNet requirements failed")
-        raise MedSegUNetError(
+        raise DependencyError(
             f"Installing the Python packages failed ({error}): check the network connection, or run "
             f"slicer.util.pip_install({list(requirements)!r}) in the Python console, then retry."
         ) from None

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import geometry, modelcard
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import SceneError
 from .nodes import MODEL_NAME_ATTRIBUTE, MODEL_VERSION_ATTRIBUTE, REFERENCE_ATTRIBUTE, checkNode, localIJKToRAS, parentToWorld, segmentMasks
 
 
@@ -46,7 +46,7 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
     Raises:
         MedSegUNetError: the volume was not loaded from DICOM, or its files are not known.
     """
-    from ..engine import volumes
+    from ..engine import paths, volumes
 
     name = volumeNode.GetName()
     uids = (volumeNode.GetAttribute(DICOM_INSTANCE_UIDS_ATTRIBUTE) or "").split()
@@ -54,13 +54,13 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
         files = [fileForInstance(uid) for uid in uids]
         missing = sum(1 for path in files if not path)
         if missing:
-            raise MedSegUNetError(f"{missing} of the {len(uids)} DICOM files of '{name}' are not in the DICOM database: import the series again.")
+            raise SceneError(f"{missing} of the {len(uids)} DICOM files of '{name}' are not in the DICOM database: import the series again.")
         return files
     storage = volumeNode.GetStorageNode()
     files = [storage.GetNthFileName(index) for index in range(storage.GetNumberOfFileNames())] if storage is not None else []
     if storage is not None and storage.GetFileName() and storage.GetFileName() not in files:
         files.insert(0, storage.GetFileName())
-    dicomNamed = all(volumes.pathSuffix(path) in DICOM_FILE_SUFFIXES for path in files)
+    dicomNamed = all(paths.pathSuffix(path) in DICOM_FILE_SUFFIXES for path in files)
     if len(files) == 1 and dicomNamed and os.path.isfile(files[0]):
         archetype = os.path.realpath(files[0])
         for candidate in volumes.findDicomSeries(os.path.dirname(archetype)):
@@ -68,7 +68,7 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
                 return list(candidate.files)
     if len(files) > 1 and dicomNamed:
         return files
-    raise MedSegUNetError(
+    raise SceneError(
         f"'{name}' was not loaded from DICOM: a DICOM SEG references the images it was made on; load the series with the DICOM module, or save a .seg.nrrd."
     )
 
@@ -106,20 +106,20 @@ def exportDicomSegmentation(scene, segmentationNode, referenceVolumeNode, path: 
         MedSegUNetError: the volume did not come from DICOM, its files are gone, it was
             moved, cropped or resampled since loading, or the file cannot be written.
     """
-    from ..engine import dicomseg, volumes
+    from ..engine import dicomseg, staging, volumes
 
     checkNode(scene, segmentationNode, "vtkMRMLSegmentationNode", "Segmentation")
     if referenceVolumeNode is None:
         recorded = segmentationNode.GetAttribute(REFERENCE_ATTRIBUTE)
         referenceVolumeNode = scene.GetNodeByID(recorded) if recorded else None
         if referenceVolumeNode is None:
-            raise MedSegUNetError(f"Segmentation '{segmentationNode.GetName()}' does not record the volume it was made on: give the reference volume.")
+            raise SceneError(f"Segmentation '{segmentationNode.GetName()}' does not record the volume it was made on: give the reference volume.")
     checkNode(scene, referenceVolumeNode, "vtkMRMLScalarVolumeNode", "Reference volume")
     name = referenceVolumeNode.GetName()
     series = volumes.dicomSeriesFromFiles(dicomFilesOfVolume(referenceVolumeNode, fileForInstance), name)
     grid = volumes.readDicomSeries(series, name)
     if not sameVoxelLattice(grid, localIJKToRAS(referenceVolumeNode), referenceVolumeNode.GetImageData().GetDimensions()):
-        raise MedSegUNetError(
+        raise SceneError(
             f"'{name}' no longer has the geometry of its DICOM files (moved, cropped or resampled since loading): a DICOM SEG would be misplaced; segment the series as loaded."
         )
     frameFromWorld = np.linalg.inv(parentToWorld(referenceVolumeNode))
@@ -133,11 +133,11 @@ def exportDicomSegmentation(scene, segmentationNode, referenceVolumeNode, path: 
         onGrid = sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8) if mask is not None else None
         masks.append(sitk.GetArrayFromImage(onGrid) if onGrid is not None else np.zeros(grid.GetSize()[::-1], np.uint8))
     if not labels:
-        raise MedSegUNetError(f"Segmentation '{segmentationNode.GetName()}' has no segments: there is nothing to export.")
+        raise SceneError(f"Segmentation '{segmentationNode.GetName()}' has no segments: there is nothing to export.")
     card = {
         "name": segmentationNode.GetAttribute(MODEL_NAME_ATTRIBUTE) or segmentationNode.GetName() or "Segmentation",
         "version": segmentationNode.GetAttribute(MODEL_VERSION_ATTRIBUTE) or "", "labels": labels,
     }
-    with volumes.StagedOutputs() as outputs:
+    with staging.StagedOutputs() as outputs:
         dicomseg.stageDicomSegmentation(outputs, series, grid, card, path, regions=np.stack(masks))
     return path

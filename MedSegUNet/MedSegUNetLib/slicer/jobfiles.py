@@ -18,7 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import geometry, modelcard, pipeline, statistics
-from ..engine.errors import MedSegUNetError
+from ..engine.writer import runReport
+from ..engine.errors import GeometryError, MedSegUNetError
 
 
 def computeJob(
@@ -56,7 +57,7 @@ def computeJob(
         try:
             roi = pipeline.resolveROI(images, names, roiImages, roiNames, useROI, marginMM, boxes=[box])
         except MedSegUNetError:
-            raise MedSegUNetError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
+            raise GeometryError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
     result = pipeline.segmentImages(
         images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, useROI=useROI, marginMM=marginMM, progress=progress,
         contextMM=contextMM,
@@ -65,7 +66,8 @@ def computeJob(
     referenceMasks, warnings = None, []
     if referenceParts is not None:
         referenceMasks, warnings = statistics.referenceMasksFromParts(referenceParts, images[0], card["labels"], "reference segmentation")
-    report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
+    report, notes = runReport(result, card, images, referenceMasks)  # the engine's one report, as the command line's
+    warnings += notes
     progress.checkCancel()
     return result, report, referenceMasks, warnings
 

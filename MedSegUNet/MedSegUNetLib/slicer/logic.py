@@ -24,16 +24,10 @@ import threading
 from typing import Callable, Sequence
 
 from ..engine import modelcard, pipeline
-from ..engine.errors import MedSegUNetError, ProcessingCancelled
+from ..engine.errors import SceneError, VolumeError
 from ..engine.volumes import checkScalarVolume
-from .dicomexport import DICOM_INSTANCE_UIDS_ATTRIBUTE, dicomFilesOfVolume, sameVoxelLattice  # noqa: F401
-from .job import ProgressCallback, SegmentationJob, SegmentationLogicResult, availableDevices, timingsText  # noqa: F401
-from .nodes import (  # noqa: F401 (the Slicer side's public names, as before the split)
-    BINARY_LABELMAP, MODEL_NAME_ATTRIBUTE, MODEL_VERSION_ATTRIBUTE, REFERENCE_ATTRIBUTE, addVolumeFromImage, imageFromVolumeNode, localIJKToRAS,
-    parentToWorld, referencePartsFromNode, roiBoxFromMarkupsNode, segmentMasks, seriesCandidates, suggestInputVolumes, suggestROIVolumes,
-    worldIJKToRAS,
-)
-from .nodes import checkNode
+from .job import ProgressCallback, SegmentationJob, SegmentationLogicResult
+from .nodes import REFERENCE_ATTRIBUTE, checkNode, imageFromVolumeNode, localIJKToRAS, referencePartsFromNode, roiBoxFromMarkupsNode
 from .results import ResultWriter
 
 
@@ -183,7 +177,7 @@ class SegmentationLogic:
         if marginMM is None:
             marginMM = float(card.get("roi", {}).get("margin_mm", 0.0))
         if marginMM < 0:
-            raise MedSegUNetError("The ROI margin must be zero or positive (mm).")
+            raise SceneError("The ROI margin must be zero or positive (mm).")
         return SegmentationJob(
             modelPath=os.fspath(modelPath), device=device, card=card, images=images, names=[node.GetName() for node in inputVolumes],
             inputNames=[i["name"] for i in card["inputs"]], roiImages=[imageFromVolumeNode(node) for node in roiVolumes],
@@ -201,11 +195,11 @@ class SegmentationLogic:
     def _readCard(modelPath, inputVolumes: Sequence) -> dict:
         """The model's card, with as many input volumes as it takes."""
         if not inputVolumes:
-            raise MedSegUNetError("No input volume: select the model's input volumes.")
+            raise VolumeError("No input volume: select the model's input volumes.")
         card = modelcard.readCard(modelPath)
         if len(inputVolumes) != len(card["inputs"]):
             expected = ", ".join(i["name"] for i in card["inputs"])
-            raise MedSegUNetError(
+            raise VolumeError(
                 f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(inputVolumes)} were given: select them in that order."
             )
         return card
@@ -215,7 +209,7 @@ class SegmentationLogic:
         for node in [*inputVolumes, *roiVolumes]:
             checkNode(self.scene, node, "vtkMRMLScalarVolumeNode", "volume")
         if any(node.IsA("vtkMRMLLabelMapVolumeNode") for node in inputVolumes):
-            raise MedSegUNetError("An input is a labelmap volume: select the scanner images as inputs.")
+            raise SceneError("An input is a labelmap volume: select the scanner images as inputs.")
         for node, kind in others.items():
             if node is not None:
                 checkNode(self.scene, node, kind, "reference" if kind == "vtkMRMLNode" else kind.replace("vtkMRML", "").replace("Node", " node"))
@@ -228,7 +222,7 @@ class SegmentationLogic:
         series = (card.get("roi") or {}).get("from_series") or []
         if series and useROI and not roiVolumes:
             names = " and ".join(f"the {name} series" for name in series)
-            raise MedSegUNetError(
+            raise VolumeError(
                 f"This model was trained on the region covered by {names}: check them in the list of volumes that limit the ROI, "
                 "or turn the overlap ROI off to segment the whole volume."
             )
@@ -281,17 +275,4 @@ class SegmentationLogic:
         return exportDicomSegmentation(self.scene, segmentationNode, referenceVolumeNode, path, fileForInstance)
 
 
-__all__ = [
-    "SegmentationLogic",
-    "SegmentationJob",
-    "SegmentationLogicResult",
-    "ProcessingCancelled",
-    "MedSegUNetError",
-    "addVolumeFromImage",
-    "imageFromVolumeNode",
-    "worldIJKToRAS",
-    "timingsText",
-    "suggestInputVolumes",
-    "suggestROIVolumes",
-    "availableDevices",
-]
+__all__ = ["SegmentationLogic"]

@@ -11,7 +11,7 @@ import os
 import threading
 from typing import Callable
 
-from ..engine.errors import MedSegUNetError, ProcessingCancelled
+from ..engine.errors import DependencyError, ProcessingCancelled
 from .dependencies import pythonSlicerExecutable
 
 
@@ -112,7 +112,7 @@ class ModuleLogic:
             ProcessingCancelled: cancelled; nothing was kept in the cache.
         """
         if not self.ensureDependencies(askConfirmation=self.interactive):
-            raise MedSegUNetError("Catalog models need PyTorch, MONAI and the module's other dependencies: install them first (Apply in the module offers to).")
+            raise DependencyError("Catalog models need PyTorch, MONAI and the module's other dependencies: install them first (Apply in the module offers to).")
         pull = self.startPull(name, progressCallback, cancelEvent)
         while not pull.poll(wait=0.1):
             pass
@@ -146,7 +146,7 @@ class ModuleLogic:
             MedSegUNetError: dependencies missing (and not installed), bad inputs, or the worker failed.
         """
         if not self.ensureDependencies(askConfirmation=self.interactive):
-            raise MedSegUNetError("MedSegUNet needs PyTorch, MONAI and its other dependencies: install them first (Apply in the module offers to).")
+            raise DependencyError("MedSegUNet needs PyTorch, MONAI and its other dependencies: install them first (Apply in the module offers to).")
         return self.segmentationLogic.process(inputVolumes, modelPath, roiVolumes=roiVolumes, **kwargs)
 
     def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:
@@ -154,7 +154,7 @@ class ModuleLogic:
         from . import dependencies
 
         if not self.testing and not dependencies.ensureHighdicom(askConfirmation=self.interactive):
-            raise MedSegUNetError("DICOM SEG export needs the highdicom package: accept its installation, then export again.")
+            raise DependencyError("DICOM SEG export needs the highdicom package: accept its installation, then export again.")
         return self.segmentationLogic.exportDicomSegmentation(segmentationNode, referenceVolumeNode, path, fileForInstance=fileForInstance)
 
     def missingModules(self) -> list:

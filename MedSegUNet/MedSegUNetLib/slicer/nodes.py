@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import geometry, statistics
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import MedSegUNetError, SceneError
 
 
 BINARY_LABELMAP = "Binary labelmap"
@@ -55,7 +55,7 @@ def parentToWorld(node) -> np.ndarray:
     if transformNode is None:
         return np.eye(4)
     if not transformNode.IsTransformToWorldLinear():
-        raise MedSegUNetError(
+        raise SceneError(
             f"'{node.GetName()}' is under the non-linear transform '{transformNode.GetName()}': harden that transform "
             "on a copy of the volume (Data module) or use a linear transform."
         )
@@ -83,10 +83,10 @@ def worldIJKToRAS(volumeNode) -> np.ndarray:
     axes = ijkToRAS[:3, :3]
     spacing = np.linalg.norm(axes, axis=0)
     if np.any(spacing <= 0):
-        raise MedSegUNetError(f"Volume '{volumeNode.GetName()}' has a zero spacing or a degenerate transform: fix its geometry.")
+        raise SceneError(f"Volume '{volumeNode.GetName()}' has a zero spacing or a degenerate transform: fix its geometry.")
     unit = axes / spacing
     if not np.allclose(unit.T @ unit, np.eye(3), atol=SHEAR_TOLERANCE):
-        raise MedSegUNetError(
+        raise SceneError(
             f"The transform of '{volumeNode.GetName()}' shears its voxel axes: use a rigid or scaling transform, "
             "or resample the volume first (Resample Scalar/Vector/DWI Volume)."
         )
@@ -111,9 +111,9 @@ def imageFromVolumeNode(volumeNode, pixelType: int | None = None) -> sitk.Image:
     name = volumeNode.GetName()
     imageData = volumeNode.GetImageData()
     if imageData is None or imageData.GetNumberOfPoints() == 0:
-        raise MedSegUNetError(f"Volume '{name}' has no voxels: load the image data first.")
+        raise SceneError(f"Volume '{name}' has no voxels: load the image data first.")
     if imageData.GetNumberOfScalarComponents() != 1:
-        raise MedSegUNetError(
+        raise SceneError(
             f"Volume '{name}' has {imageData.GetNumberOfScalarComponents()} components per voxel; a scalar volume is needed (extract one component first)."
         )
     array = slicer.util.arrayFromVolume(volumeNode)  # K, J, I view of the node's voxels
@@ -206,7 +206,7 @@ def segmentMasks(node, frameFromWorld: np.ndarray | None = None):
         copy = slicer.vtkSegmentation()
         copy.DeepCopy(segmentation)
         if not copy.CreateRepresentation(BINARY_LABELMAP):
-            raise MedSegUNetError(f"Segmentation '{node.GetName()}' cannot be converted to a binary labelmap.")
+            raise SceneError(f"Segmentation '{node.GetName()}' cannot be converted to a binary labelmap.")
         segmentation = copy
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
@@ -235,7 +235,7 @@ def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Imag
     if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLScalarVolumeNode"):
         return [(imageFromVolumeNode(node, sitk.sitkUInt16), None)]
     if not node.IsA("vtkMRMLSegmentationNode"):
-        raise MedSegUNetError(f"Reference '{node.GetName()}' is a {node.GetClassName()}: choose a segmentation or a labelmap volume.")
+        raise SceneError(f"Reference '{node.GetName()}' is a {node.GetClassName()}: choose a segmentation or a labelmap volume.")
     parts = []
     for segment, mask in segmentMasks(node):
         value = statistics.cardValueOfSegment(segment.GetName(), segment.GetLabelValue(), labels)
@@ -243,7 +243,7 @@ def referencePartsFromNode(node, labels: Sequence[dict]) -> list[tuple[sitk.Imag
             parts.append((mask, value))
     if not parts and node.GetSegmentation().GetNumberOfSegments():
         names = ", ".join(label["name"] for label in labels)
-        raise MedSegUNetError(
+        raise SceneError(
             f"No segment of reference '{node.GetName()}' matches the model's labels ({names}): rename the segments to these names."
         )
     return parts
@@ -265,7 +265,7 @@ def roiBoxFromMarkupsNode(roiNode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     columns = objectToWorld[:3, :3]
     scale = np.linalg.norm(columns, axis=0)
     if np.any(radius <= 0) or np.any(scale <= 0):
-        raise MedSegUNetError(f"ROI '{roiNode.GetName()}' is empty: give it a size in every direction.")
+        raise SceneError(f"ROI '{roiNode.GetName()}' is empty: give it a size in every direction.")
     return objectToWorld[:3, 3].copy(), columns / scale, radius * scale
 
 
@@ -357,6 +357,6 @@ def suggestROIVolumes(reference, candidates: Sequence, card: dict | None = None)
 def checkNode(scene, node, className: str, what: str) -> None:
     """Refuse a node of another class, or of another scene, in one line."""
     if not node.IsA(className):
-        raise MedSegUNetError(f"'{node.GetName()}' is a {node.GetClassName()}, not a {what}: choose another node.")
+        raise SceneError(f"'{node.GetName()}' is a {node.GetClassName()}, not a {what}: choose another node.")
     if node.GetScene() is not scene and node.GetScene() != scene:
-        raise MedSegUNetError(f"'{node.GetName()}' is not in this scene: choose a node of the current scene.")
+        raise SceneError(f"'{node.GetName()}' is not in this scene: choose a node of the current scene.")

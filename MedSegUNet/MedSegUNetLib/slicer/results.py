@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import modelcard, statistics
-from ..engine.errors import MedSegUNetError
+from ..engine.errors import SceneError
 from .dicomexport import _segmentTag, _terminologyTagName
 from .job import SegmentationJob
 from .nodes import (
@@ -42,7 +42,7 @@ class ResultWriter:
         targets = job.targets
         reference = targets["reference"]
         if not self.scene.IsNodePresent(reference):
-            raise MedSegUNetError(f"The volume '{reference.GetName()}' was removed while it was being segmented: nothing was written.")
+            raise SceneError(f"The volume '{reference.GetName()}' was removed while it was being segmented: nothing was written.")
         for key in ("segmentation", "table", "roi", "overlapTable"):
             if targets[key] is not None and not self.scene.IsNodePresent(targets[key]):
                 targets[key] = None  # removed during the run: a new node is made, never an orphan written

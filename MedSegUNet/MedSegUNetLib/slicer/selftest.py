@@ -116,7 +116,7 @@ def segmentationLabelArray(scene, segmentationNode, referenceVolumeNode) -> np.n
 
 def roiNodeCornersRAS(roiNode) -> np.ndarray:
     """The 8 corners of a markups ROI box in world RAS, 8×3 (same order as ``cornersRAS``)."""
-    from .logic import roiBoxFromMarkupsNode
+    from .nodes import roiBoxFromMarkupsNode
 
     center, axes, radius = roiBoxFromMarkupsNode(roiNode)
     signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=float)
@@ -143,7 +143,8 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
     """
     import time
 
-    from .logic import SegmentationLogic, addVolumeFromImage
+    from .logic import SegmentationLogic
+    from .nodes import addVolumeFromImage
 
     started = time.perf_counter()
     ownLogic = logic is None

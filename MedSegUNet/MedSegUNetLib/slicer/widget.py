@@ -1,10 +1,7 @@
-"""The MedSegUNet module's GUI (Qt): imported by ``MedSegUNet.py`` when the module is shown.
-
-As in SlicerNNUnet, the module file keeps the five template classes and this file holds the
-widget's code: model and catalog, one input selector per card input, the ROI series, device,
-outputs, Apply/Cancel and progress. The MRML work is in :mod:`logic` (tested on slicer-core); the
-network, catalog downloads and imports run in the logic's worker process, polled by a timer, so
-Slicer's process never imports torch, MONAI or onnx and the panel never blocks on them.
+"""The MedSegUNet module's GUI (Qt), imported by ``MedSegUNet.py`` (as in SlicerNNUnet): model and
+catalog, one input selector per card input, ROI series, device, outputs, Apply/Cancel, progress.
+The MRML work is in :mod:`logic`; the network, catalog downloads and imports run in the logic's
+worker process, polled by a timer: Slicer's process never imports torch, MONAI or onnx.
 """
 
 from __future__ import annotations
@@ -21,7 +18,8 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
+from MedSegUNetLib.engine import settings
+
 INPUT_REFERENCE_ROLE = "InputVolume"
 ROI_VOLUME_REFERENCE_ROLE = "ROIVolume"
 # The model whose card set the ROI margin and context: another model resets them, the same one keeps the user's values.
@@ -241,7 +239,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._inputSelectors = []
         if self._card is None:
             return
-        from MedSegUNetLib.slicer.logic import suggestInputVolumes
+        from MedSegUNetLib.slicer.nodes import suggestInputVolumes
 
         volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if not node.IsA("vtkMRMLLabelMapVolumeNode")]
         saved = self._savedInputs()
@@ -319,7 +317,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             # The user's choice wins over the suggestion once they have edited the list.
             checked = {raw.GetNthNodeReferenceID(ROI_VOLUME_REFERENCE_ROLE, i) for i in range(raw.GetNumberOfNodeReferences(ROI_VOLUME_REFERENCE_ROLE))}
         elif inputs and self._card is not None:
-            from MedSegUNetLib.slicer.logic import suggestROIVolumes
+            from MedSegUNetLib.slicer.nodes import suggestROIVolumes
 
             checked = {node.GetID() for node in suggestROIVolumes(inputs[0], candidates, self._card)}
         else:
@@ -364,7 +362,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         wasBlocked = combo.blockSignals(True)
         current = combo.currentData
         combo.clear()
-        for name in DEVICES:
+        for name in settings.DEVICES:
             combo.addItem(name, name)
             usable = True if available is None else available.get(name, False)
             item = combo.model().item(combo.count - 1)
@@ -546,7 +544,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
                 self._showResult(result)
 
     def _showResult(self, result) -> None:
-        from MedSegUNetLib.slicer.logic import timingsText
+        from MedSegUNetLib.slicer.job import timingsText
 
         parameters = self._parameterNode
         parameters.outputSegmentation = result.segmentationNode

@@ -48,7 +48,8 @@ import tempfile
 import threading
 from typing import Callable
 
-from ..engine.errors import MedSegUNetError, ProcessingCancelled, firstLine
+from ..engine import errors
+from ..engine.errors import DependencyError, MedSegUNetError, ProcessingCancelled, firstLine, outOfMemory
 
 # How long a blocking request waits for each message before it looks at the cancel event again.
 POLL_SECONDS = 0.1
@@ -133,8 +134,9 @@ class WorkerProcess:
         environment = dict(os.environ)
         environment.update(self.environment)
         # The worker finds this package even when it is not installed (a Slicer extension folder).
-        package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # MedSegUNet/, holding MedSegUNetLib
-        environment["PYTHONPATH"] = os.pathsep.join([package, *[p for p in [environment.get("PYTHONPATH")] if p]])
+        from ..engine.settings import MODULE_FOLDER  # MedSegUNet/ (or qt-scripted-modules), holding MedSegUNetLib
+
+        environment["PYTHONPATH"] = os.pathsep.join([str(MODULE_FOLDER), *[p for p in [environment.get("PYTHONPATH")] if p]])
         environment["PYTHONUNBUFFERED"] = "1"
         self._log = tempfile.TemporaryFile()
         # An empty working folder of its own: `python -m` puts the working folder first on sys.path,
@@ -285,8 +287,10 @@ class WorkerProcess:
             return message["result"]
         if message.get("kind") == "cancelled":
             raise ProcessingCancelled()
-        if message.get("kind") == "user":
-            raise MedSegUNetError(message["error"])
+        if message.get("kind") == "user":  # the engine's class, so that callers can tell errors apart
+            kind = getattr(errors, str(message.get("type")), None)
+            kind = kind if isinstance(kind, type) and issubclass(kind, MedSegUNetError) and kind is not ProcessingCancelled else MedSegUNetError
+            raise kind(message["error"])
         raise MedSegUNetError(f"internal error in the worker: {message['error']}")
 
     def request(self, request: dict, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> dict:
@@ -398,11 +402,11 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
             mps = getattr(torch.backends, "mps", None)
             answer = {"torch": torch.__version__, "cuda": cuda, "mps": bool(mps is not None and mps.is_available())}
         except Exception as error:  # a half-installed PyTorch fails in many ways
-            raise MedSegUNetError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
+            raise DependencyError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
         from .dependencies import TORCH_MINIMUM, versionTuple
 
         if versionTuple(answer["torch"]) < versionTuple(TORCH_MINIMUM):
-            raise MedSegUNetError(f"PyTorch {answer['torch']} is too old: MedSegUNet needs {TORCH_MINIMUM} or newer; Apply installs it.")
+            raise DependencyError(f"PyTorch {answer['torch']} is too old: MedSegUNet needs {TORCH_MINIMUM} or newer; Apply installs it.")
         return answer
     if command == "pull":  # a catalog model: downloads, pip and imports (torch, onnx) happen here, never in Slicer
         from pathlib import Path
@@ -417,7 +421,7 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
 
         return {"path": phantoms.writeThresholdModel(request["path"], request["thresholds"], request["card"])}
     if command != "segment":
-        raise MedSegUNetError(f"Unknown worker command '{command}'.")
+        raise DependencyError(f"Unknown worker command '{command}'.")
     checkSegmentRequest(request)
     return jobfiles.runRequest(request, progressCallback)
 
@@ -440,18 +444,6 @@ def checkSegmentRequest(request: dict) -> None:
             raise MedSegUNetError("The worker's segment request has a volume without 'file' and 'name': the module and the worker are out of step; reinstall the extension.")
 
 
-# The engine's messages speak of command-line options; the worker answers the Slicer module, whose
-# users choose a device in a list.
-GUI_WORDING = (("--device cpu or auto", "the cpu or auto device"), ("--device cpu", "the cpu device"))
-
-
-def guiWording(message: str) -> str:
-    """A one-line message with the command line's option names replaced by the module's controls."""
-    for option, control in GUI_WORDING:
-        message = message.replace(option, control)
-    return message
-
-
 def _answer(request: dict) -> dict:
     requestId = request.get("id")
 
@@ -464,10 +456,10 @@ def _answer(request: dict) -> dict:
         return {"id": requestId, "result": handle(request, progress)}
     except ProcessingCancelled as error:
         return {"id": requestId, "error": firstLine(error), "kind": "cancelled"}
-    except MedSegUNetError as error:
-        return {"id": requestId, "error": guiWording(firstLine(error)), "kind": "user"}
+    except MedSegUNetError as error:  # worded for the panel (its controls, not the command line's flags)
+        return {"id": requestId, "error": firstLine(error.forSurface("slicer")), "kind": "user", "type": type(error).__name__}
     except MemoryError:
-        return {"id": requestId, "error": "out of memory: use a smaller sw_batch_size or patch_size, a smaller ROI, or the CPU", "kind": "user"}
+        return {"id": requestId, "error": outOfMemory("in the worker").forSurface("slicer"), "kind": "user", "type": "OutOfMemoryError"}
     except Exception as error:  # reported to the parent, which shows one line
         return {"id": requestId, "error": f"{type(error).__name__}: {firstLine(error)}", "kind": "internal"}
 
