@@ -37,7 +37,7 @@ README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
 LIB_MODULES = (
     "engine.settings", "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
     "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.compiled", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline", "engine.preview",
-    "engine.outputs", "engine.statistics", "engine.writer", "engine.console", "models.downloads", "models.networks", "models.verification", "models.onnximport",
+    "engine.outputs", "engine.statistics", "engine.writer", "models.downloads", "models.networks", "models.verification", "models.onnximport",
     "models.torchscriptimport", "models.importing", "models.trainconfig", "models.traindata", "models.trainreports", "models.training",
     "models.converting", "models.sources",
     "models.catalog", "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.nodes", "slicer.dicomexport",

@@ -4,8 +4,9 @@ Read from the source with ``ast`` (function-level imports included, since those 
 hide):
 
 - ``engine`` imports nothing outside ``engine``; ``models`` imports ``engine``; ``cohorts`` imports
-  ``engine`` and ``models``; ``slicer`` imports those three; ``cli`` and ``demo`` sit on top and no
-  package module imports them;
+  ``engine`` and ``models``; ``slicer`` imports those three; ``commands`` (each command's parser and
+  console wording), ``cli`` and ``demo`` sit on top and no library module imports them; the
+  library packages neither parse arguments nor print;
 - MRML, Qt and Slicer (``slicer``, ``qt``, ``ctk``, ``vtk``'s MRML) are imported only in ``slicer/``;
 - no import circle between modules;
 - no module over 600 lines, no function over 80;
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "MedSegUNet" / "MedSegUNetLib"
-LAYERS = {"engine": 0, "models": 1, "cohorts": 2, "slicer": 3, "": 4}
+LAYERS = {"engine": 0, "models": 1, "cohorts": 2, "slicer": 3, "commands": 4, "": 4}
 SLICER_ONLY = {"slicer", "qt", "ctk", "qSlicerSegmentationsModuleWidgetsPythonQt", "SampleData", "PyTorchUtils", "DICOMLib"}
 DEPRECATED_ALIASES: set[str] = set()
 REPO = LIB.parents[1]
@@ -99,7 +100,7 @@ def ruleViolations(graph: dict[str, set[str]]) -> list[str]:
             continue
         for target in imported:
             source, destination = packageOf(name), packageOf(target)
-            if target in ("cli", "demo") and name not in ("cli", "demo"):
+            if (target in ("cli", "demo") or packageOf(target) == "commands") and name not in ("cli", "demo") and packageOf(name) != "commands":
                 problems.append(f"{name} imports the command line's {target}")
             elif LAYERS[destination] > LAYERS[source]:
                 problems.append(f"{name} ({source or 'top'}) imports {target} ({destination or 'top'}), which sits above it")
@@ -317,3 +318,19 @@ def test_a_second_writer_is_caught():
     library = librarySources()
     library["cohorts.casejob"] += "\ndef again(staged, result, card, path):\n    stageSegmentation(staged, result.labelmap, card['labels'], path)\n"
     assert [line.split(" ")[1] for line in outputSteps(library)] == ["stageSegmentation"]
+# -- no command-line code in the library --------------------------------------------------------------
+
+
+def test_library_packages_neither_parse_arguments_nor_print():
+    problems = []
+    for name, text in librarySources().items():
+        if packageOf(name) == "" or name.startswith("commands."):
+            continue
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("print", "sys.stdout.write", "argparse.ArgumentParser"):
+                problems.append(f"{name}:{node.lineno} {ast.unparse(node.func)}")
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "argparse" in [a.name for a in node.names] + [getattr(node, "module", "")]:
+                problems.append(f"{name}:{node.lineno} imports argparse")
+    assert problems == []
+

@@ -18,7 +18,7 @@ MODULES = sorted(
     info.name.removeprefix("MedSegUNetLib.") for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")
     if not info.ispkg and info.name.removeprefix("MedSegUNetLib.") not in QT_MODULES
 )
-PACKAGES = {"engine", "models", "cohorts", "slicer"}
+PACKAGES = {"engine", "models", "cohorts", "slicer", "commands"}
 FORBIDDEN = ("torch", "monai", "qt", "slicer", "ctk", "PythonQt", "vtk")
 
 CHECK = """
@@ -30,7 +30,7 @@ print(json.dumps(roots))
 
 
 def test_every_package_and_engine_module_is_there():
-    # Four packages by concern, the command line on top.
+    # Four packages by concern, the commands and the command line on top.
     assert {info.name for info in pkgutil.iter_modules(MedSegUNetLib.__path__) if info.ispkg} == PACKAGES
     assert {"engine.errors", "engine.geometry", "engine.volumes", "engine.modelcard", "engine.preprocessing", "engine.inference", "engine.pipeline",
             "engine.statistics", "engine.outputs", "models.phantoms", "cli"} <= set(MODULES)

@@ -11,9 +11,9 @@ slices with the zones, and the ROI box drawn on the sagittal and coronal series)
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +21,9 @@ from pathlib import Path
 from .engine import settings
 from .engine.errors import OutputError, UsageError, VolumeError
 from .engine.paths import sha256
+
+# Notes and warnings, for whoever attaches a handler (the command line prints them; Slicer logs them).
+logger = logging.getLogger(__name__)
 
 CASE = "ProstateX-0000"
 SERIES_WORDS = {"axial": ("tra", "ax"), "sagittal": ("sag",), "coronal": ("cor",)}
@@ -130,7 +133,7 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
     from .engine.writer import runReport, statisticsDocument
     from .engine.volumes import readVolume
 
-    log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+    log = log or logger.info
     started = time.perf_counter()
     modelPath = Path(model) if model else defaultModelPath()
     if not modelPath.is_file():
@@ -190,30 +193,3 @@ def writeDemoOutputs(output: str, outputs: dict, document: dict, result, report:
     writeResults(plan, result, card, report, document, [images["axial"]], {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]}, case)
 
 
-def addParser(subparsers) -> None:
-    """Register ``medsegunet demo``."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="segment the prostate zones of ProstateX-0000 with the zoo model",
-        description="Segment the prostate zones of ProstateX-0000 (axial T2, ROI from the axial/sagittal/coronal T2) and write "
-        "the segmentation, statistics and a PNG overview. Without --data the three T2 series are downloaded once into a cache folder.",
-    )
-    parser.add_argument("--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files")
-    parser.add_argument("--output", default="demo-output", metavar="DIR", help="output folder (default: demo-output)")
-    parser.add_argument("--model", metavar="PATH", help="model file or catalog name (default: the zoo's prostate-zones model)")
-    from .engine.settings import DEVICES
-
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
-    parser.set_defaults(func=run)
-
-
-def run(args, console=None) -> int:
-    """``medsegunet demo``: returns the exit status."""
-    log = console.line if console is not None else None
-    model = args.model
-    if model:
-        from .models.catalog import resolveModelOption
-
-        model = resolveModelOption(model, console)
-    runDemo(args.data, args.output, model, args.device, log=log, progress=console)
-    return 0

@@ -333,7 +333,7 @@ def test_an_interrupt_while_the_summary_is_written_says_the_cases_are_kept(capsy
     disk, and the one line says so (not "nothing was written")."""
     import signal
 
-    from MedSegUNetLib.cohorts import batch
+    from MedSegUNetLib.commands import batch
     from MedSegUNetLib.engine.errors import Interrupted
 
     cases = tmp_path / "cases"
@@ -633,7 +633,7 @@ def test_cases_are_spread_over_the_workers(workers, cases, held, waiting):
 def test_threads_each(monkeypatch, threads, workers, cores, devices, expected):
     import argparse
 
-    from MedSegUNetLib.cohorts import batch
+    from MedSegUNetLib.commands import batch
 
     monkeypatch.setattr(batch.os, "cpu_count", lambda: cores)
     assert batch.threadsEach(argparse.Namespace(threads=threads, workers=workers), devices) == expected

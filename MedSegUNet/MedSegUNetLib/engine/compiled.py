@@ -14,6 +14,7 @@ warning line says so and the uncompiled network runs: ``--compile`` never stops 
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,9 @@ from typing import Callable
 from .errors import firstLine, MedSegUNetError, ModelFileError
 from .exportedmodel import isExportedArchive
 from .modelcard import LoadedModel
+
+# Notes and warnings, for whoever attaches a handler (the command line prints them; Slicer logs them).
+logger = logging.getLogger(__name__)
 
 # Part of every package's key: a change to how packages are built or checked builds them again.
 COMPILED_REVISION = "1"
@@ -46,7 +50,7 @@ def packageKey(modelPath: str, device) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:24]
 
 
-def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.PathLike, warn: Callable[[str], None],
+def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.PathLike, warn: Callable[[str], None] | None = None,
                       progress: Callable[[float, str], None] | None = None) -> LoadedModel:
     """A model to run, as its AOTInductor package when that works and is faster, else as
     :func:`modelcard.loadModel` gives it.
@@ -59,13 +63,14 @@ def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.Path
         path: the model file (a ``.pt2``; TorchScript runs uncompiled, said in one line).
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         cache: the folder that keeps packages (``<MEDSEGUNET_CACHE>/compiled``).
-        warn: told, in one line, why the uncompiled network runs.
+        warn: told, in one line, why the uncompiled network runs (default: this module's logger).
         progress: ``(fraction, message)`` while a package is built (once per model, a minute or less).
 
     Returns:
         a :class:`LoadedModel` whose ``network`` is the package's runner and ``compiled`` its
         record, or the uncompiled model.
     """
+    warn = warn or logger.warning
     from .modelcard import loadModel, readCard, resolveDevice
 
     path = os.path.abspath(os.fspath(path))

@@ -18,6 +18,7 @@ epoch, so a run resumed from a checkpoint continues exactly as an uninterrupted 
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 import os
@@ -30,14 +31,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..engine.errors import firstLine, Interrupted, MedSegUNetError, TrainingError
-from .trainconfig import cardFromConfig, readConfig, validateConfig
+from .trainconfig import cardFromConfig, validateConfig
 from .traindata import buildTransforms, prepareCase, readCases, seedEverything, splitCases, toSlices
 from .trainreports import caseTableCSV, historyCSV, plotCurves, plotValidationSlices, validate
 
+# Notes and warnings, for whoever attaches a handler (the command line prints them; Slicer logs them).
+logger = logging.getLogger(__name__)
+
 
 CHECKPOINT_FORMAT = "medsegunet.checkpoint/1"
-
-
 
 
 def buildNetwork(config: dict):
@@ -102,7 +104,7 @@ class ProgressBar:
 
     def __init__(self, total: int, prefix: str, log=None) -> None:
         self.total, self.prefix = max(total, 1), prefix
-        self.log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+        self.log = log or logger.info
         self._bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -278,7 +280,7 @@ def train(
             ``checkpoint_best.pt``, ``metrics.csv``, ``curves.png``, ``validation.png``.
         resume: a ``checkpoint_last.pt`` to continue from (its epoch count, weights, optimiser).
         device: ``auto``, ``cpu`` or ``cuda``.
-        log: callable taking one line (default: stdout).
+        log: callable taking one line (default: this module's logger, at INFO).
         init: a checkpoint of the same network whose weights this run starts from (fine-tuning),
             with a fresh optimiser, schedule and history; not with ``resume``.
 
@@ -320,7 +322,7 @@ class Trainer:
         from ..engine.modelcard import resolveDevice
 
         self.config = config
-        self.log = log or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+        self.log = log or logger.info
         self.outputDir = os.fspath(outputDir)
         os.makedirs(self.outputDir, exist_ok=True)
         self.seed = int(config["seed"])
@@ -513,25 +515,6 @@ class Trainer:
         )
 
 
-def addParser(subparsers) -> None:
-    """Register ``medsegunet train``."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train a MONAI U-Net from a Decathlon folder or a case CSV",
-        description="Train a MONAI U-Net with the same ROI, resampling and normalisation as inference. "
-        "Writes checkpoints, metrics.csv, curves.png and validation.png to --output; then run 'medsegunet export'.",
-    )
-    parser.add_argument("--config", help="training config, YAML or JSON (see trainconfig.schema.json); with --resume, defaults to the checkpoint's")
-    parser.add_argument("--output", required=True, help="output folder (created if missing)")
-    parser.add_argument("--resume", help="checkpoint_last.pt of an interrupted run, to continue it")
-    parser.add_argument("--init", help="a checkpoint of the same network to start from (fine-tuning: new optimiser and schedule); not with --resume")
-    parser.add_argument("--data", help="a Decathlon folder (such as 'data prepare' writes) or a case CSV, instead of the config's data source")
-    from ..engine.settings import DEVICES
-
-    parser.add_argument("--device", default="auto", choices=DEVICES, help="where to train (default auto: CUDA when present)")
-    parser.set_defaults(func=run)
-
-
 def withDataSource(config: dict, source: str) -> dict:
     """The config with ``--data`` as its source: a folder is a Decathlon folder, a file a case CSV."""
     kind = "msd" if os.path.isdir(source) else "csv"
@@ -541,25 +524,3 @@ def withDataSource(config: dict, source: str) -> dict:
     return validateConfig({**config, "data": {**data, kind: os.path.abspath(source)}}, f"config with --data '{source}'")
 
 
-def run(args, console=None) -> int:
-    """``medsegunet train``: returns the exit status."""
-    if args.config:
-        config = readConfig(args.config)
-    elif args.resume:
-        config = validateConfig(loadCheckpoint(args.resume)["config"], f"config stored in '{args.resume}'")
-    else:
-        raise TrainingError("Give --config CONFIG (YAML or JSON), or --resume CHECKPOINT to continue a run.")
-    if args.data:
-        config = withDataSource(config, args.data)
-    from ..engine.staging import checkDistinctPaths
-
-    checkDistinctPaths(
-        {"--output": args.output, "--output (config.json)": os.path.join(args.output, "config.json")},
-        {"--config": args.config, "--resume": args.resume, "--init": args.init},
-    )
-    # --resume continues in place over its own checkpoint; a run from --init is a new one, whose
-    # checkpoints must never replace the one it starts from.
-    checkDistinctPaths({f"--output ({name})": os.path.join(args.output, name) for name in ("checkpoint_last.pt", "checkpoint_best.pt")}, {"--init": args.init})
-    log = console.line if console is not None else None
-    train(config, args.output, resume=args.resume, device=args.device, log=log, init=args.init)
-    return 0

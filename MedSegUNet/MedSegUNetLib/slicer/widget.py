@@ -88,6 +88,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         # asked of the worker once it runs (the first Apply or catalog model).
         self._populateDevices()
 
+        logging.getLogger("MedSegUNetLib").setLevel(logging.INFO)  # its notes reach Slicer's log through Slicer's handler
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()

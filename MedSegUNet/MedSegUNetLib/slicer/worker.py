@@ -468,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     _openChannel()
+    import logging
+
+    # The library's notes and warnings go to the worker's log (its stderr), never to the answers.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for category in (DeprecationWarning, FutureWarning, UserWarning):
         warnings.simplefilter("ignore", category)
     requests: queue.Queue = queue.Queue()

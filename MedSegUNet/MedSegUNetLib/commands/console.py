@@ -13,21 +13,10 @@ So ``2>errors.txt`` collects exactly the error line of a failed run.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from typing import TextIO
-
-
-def spareTheExitCollection() -> None:
-    """Leave the objects alive now out of the garbage collections of the interpreter's shutdown.
-
-    For a process that ends here (the console script after its outputs are written, a batch
-    worker): with torch imported, those collections walk its hundreds of thousands of objects,
-    0.6–0.8 s on every exit. Frozen objects are still released by reference counting, and
-    ``atexit`` handlers still run (a Ray driver's shutdown, temporary folders).
-    """
-    import gc
-
-    gc.freeze()
 
 
 class BarDisplay:
@@ -147,3 +136,35 @@ def warnAbove(bar, text: str) -> None:
     sys.stderr.flush()
     if bar is not None:
         bar.refresh()
+
+
+class LibraryLogHandler(logging.Handler):
+    """The library's logged notes and warnings on the command line: a warning as the console's one
+    warning line on stderr, a note as a log line (silenced by ``--quiet``)."""
+
+    def __init__(self, console: ConsoleProgress) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            self.console.warn(text)
+        else:
+            self.console.line(text)
+
+
+@contextlib.contextmanager
+def libraryLogsOn(console: ConsoleProgress):
+    """While a command runs, what ``MedSegUNetLib``'s loggers say goes to its console (and only there)."""
+    logger = logging.getLogger("MedSegUNetLib")
+    handler, level, propagate = LibraryLogHandler(console), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
