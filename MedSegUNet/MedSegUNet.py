@@ -35,7 +35,7 @@ from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "engine.settings", "engine.errors", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
+    "engine.settings", "engine.errors", "engine.request", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
     "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.compiled", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline", "engine.preview",
     "engine.outputs", "engine.statistics", "engine.writer", "models.downloads", "models.networks", "models.verification", "models.onnximport",
     "models.torchscriptimport", "models.importing", "models.trainconfig", "models.traindata", "models.trainreports", "models.training",

@@ -127,11 +127,12 @@ def test_a_worker_that_cannot_load_the_package_says_so_in_each_case(a_tiny_pt2, 
     runs the model uncompiled and says so in the case's notes and statistics, not silently."""
     from MedSegUNetLib.cohorts.cases import CaseSpec
     from MedSegUNetLib.cohorts.casejob import BatchOptions, loadCaseModel, processCase
+    from MedSegUNetLib.engine.request import SegmentationRequest
 
     (tmp_path / "cache").write_text("not a folder")
     (tmp_path / "out").mkdir()  # as batch makes it
-    options = BatchOptions(modelPath=a_tiny_pt2["pt2"], modelSHA256="", outputDir=str(tmp_path / "out"), format="nrrd", device="cpu",
-                           compiledCache=str(tmp_path / "cache"))
+    options = BatchOptions(modelPath=a_tiny_pt2["pt2"], modelSHA256="", outputDir=str(tmp_path / "out"), format="nrrd",
+                           request=SegmentationRequest(device="cpu"), compiledCache=str(tmp_path / "cache"))
     loaded = loadCaseModel(options, "cpu")
     assert loaded.compiled is None and "Running it uncompiled." in loaded.compileFallback
     row = processCase(CaseSpec(id="a", inputs=[(a_tiny_pt2["volume"], None)]), loaded, options)

@@ -240,8 +240,8 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
     model = withCard(a_workspace, "forward")
     _writeVolume(folder / "t1.nrrd")
     requests = [
-        {"id": 1, "command": "segment", "folder": str(folder), "model": model, "device": "cpu", "inputs": [{"file": "t1.nrrd", "name": "t1", "inputName": "T1"}],
-         "roi": [], "useROI": False, "marginMM": 0.0},
+        {"id": 1, "command": "segment", "folder": str(folder), "request": {"modelPath": model, "device": "cpu", "useROI": False, "marginMM": 0.0},
+         "inputs": [{"file": "t1.nrrd", "name": "t1", "inputName": "T1"}], "roi": []},
         ["not", "an", "object"],
         {"id": 3, "command": "segment", "folder": str(folder)},
         {"id": 4, "command": "ping"},
@@ -269,7 +269,7 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
     final = {answer.get("id"): answer for answer in answers if "result" in answer or "error" in answer}
     assert final[1]["kind"] == "user" and "calls 'aten::save' in forward" in final[1]["error"], final
     assert final[None]["kind"] == "user" and "not a JSON object" in final[None]["error"], final
-    assert final[3]["kind"] == "user" and "'model'" in final[3]["error"], final
+    assert final[3]["kind"] == "user" and "'inputs'" in final[3]["error"], final
     assert final[4]["result"]["pid"] > 0, final
     assert not a_workspace["marker"].exists() and not (folder / "labelmap.nrrd").exists()
 

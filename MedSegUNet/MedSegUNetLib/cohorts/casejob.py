@@ -14,12 +14,13 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..engine.request import SegmentationRequest
 from ..engine.errors import CohortError, firstLine, MedSegUNetError, outOfMemory
 from ..engine.volumes import DicomSeries
 from .cases import CaseSpec, checkCaseId
@@ -43,14 +44,19 @@ class BatchOptions:
     modelSHA256: str
     outputDir: str
     format: str = "seg.nrrd"
-    device: str = "auto"
-    resampleIrregular: bool = False
+    # How every case is segmented: the run's one request (device, irregular series, ...); each case
+    # brings its own inputs and ROI series.
+    request: SegmentationRequest = field(default_factory=SegmentationRequest)
     threads: int | None = None
     # SHA256 of the effective card (embedded, or the sidecar that overrides it): a rerun redoes
     # cases made under another card even when the model file is the same.
     cardSHA256: str = ""
     # --compile: the folder of AOTInductor packages, where the driver built (and kept) this model's.
     compiledCache: str | None = None
+
+    @property
+    def device(self) -> str:
+        return self.request.device
 
 
 def loadCaseModel(options: BatchOptions, device: str):
@@ -179,8 +185,9 @@ def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
 def readCaseImages(case: CaseSpec, options: BatchOptions) -> tuple[list[sitk.Image], list[sitk.Image]]:
     from ..engine.volumes import readVolume, readVolumeChannel
 
-    images = [readVolumeChannel(path, channel, options.resampleIrregular, case.found.get(path)) for path, channel in case.inputs]
-    roiImages = [readVolume(path, resampleIrregular=options.resampleIrregular, found=case.found.get(path)) for path in case.roi]
+    irregular = options.request.resampleIrregular
+    images = [readVolumeChannel(path, channel, irregular, case.found.get(path)) for path, channel in case.inputs]
+    roiImages = [readVolume(path, resampleIrregular=irregular, found=case.found.get(path)) for path in case.roi]
     return images, roiImages
 
 
@@ -196,9 +203,10 @@ def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
     if case.error:
         raise CohortError(case.error)
     images, roiImages = readCaseImages(case, options)
-    margin = float((card.get("roi") or {}).get("margin_mm", 0.0))
+    run = options.request.pipelineOptions(card)
     prepared = pipeline.prepareImages(
-        images, card, names=[volumeName(p) for p, _ in case.inputs], roiImages=roiImages, roiNames=[volumeName(p) for p in case.roi], marginMM=margin
+        images, card, names=[volumeName(p) for p, _ in case.inputs], roiImages=roiImages, roiNames=[volumeName(p) for p in case.roi],
+        useROI=run["useROI"], marginMM=run["marginMM"], contextMM=run["contextMM"],
     )
     return images, roiImages, prepared
 

@@ -12,6 +12,7 @@ from ..cohorts.casejob import BatchOptions, cardDigest, FORMATS, sweepStaging
 from ..cohorts.cases import casesFromSource, CaseSpec, dryRunTable, shownCaseId
 from ..cohorts.pool import runLocal, workerDevices
 from ..engine.errors import CohortError, Interrupted
+from ..engine.request import SegmentationRequest
 
 
 def addParser(subparsers) -> None:
@@ -121,7 +122,8 @@ def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOpt
     devices = workerDevices(args.device, args.workers, len(cases)) if args.engine == "local" else []
     options = BatchOptions(
         modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output),
-        format=args.format, device=args.device, resampleIrregular=args.resample_irregular, threads=threadsEach(args, devices),
+        format=args.format, request=SegmentationRequest(modelPath=os.path.abspath(args.model), device=args.device, resampleIrregular=args.resample_irregular),
+        threads=threadsEach(args, devices),
     )
     return options, devices
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..engine.errors import UsageError
+from ..engine.request import SegmentationRequest
 from ..engine.settings import DEVICES
 from ..models.catalog import resolveModelOption
 from .options import MAX_MARGIN_MM, finiteNumber
@@ -157,21 +158,23 @@ def runSegment(args, console) -> int:
         )
     checkCardROI(card, bool(args.roi_from), args.no_roi)
     warnAboutContext(card, args.margin, args.context, console)
-    images = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.inputs]
-    roiImages = [readVolume(path, resampleIrregular=args.resample_irregular) for path in args.roi_from]
-    if args.compile:
+    request = SegmentationRequest(modelPath=args.model, inputs=args.inputs, roiSeries=args.roi_from, device=args.device, useROI=not args.no_roi,
+                                  marginMM=args.margin, contextMM=args.context, keepProbabilities=bool(args.probabilities), compile=args.compile,
+                                  resampleIrregular=args.resample_irregular)
+    images = [readVolume(path, resampleIrregular=request.resampleIrregular) for path in request.inputs]
+    roiImages = [readVolume(path, resampleIrregular=request.resampleIrregular) for path in request.roiSeries]
+    if request.compile:
         from ..engine.compiled import loadCompiledModel
         from ..models.catalog import cacheFolder
 
-        model = loadCompiledModel(args.model, args.device, cacheFolder() / "compiled", console.warn, progress.within)
+        model = loadCompiledModel(request.modelPath, request.device, cacheFolder() / "compiled", console.warn, progress.within)
         if model.compiled is not None:
             console.line(f"Running the AOTInductor package built for this machine ({model.compiled['speedup']:.2f}× the uncompiled speed on one patch)")
     else:
-        model = modelcard.loadModel(args.model, args.device)
+        model = modelcard.loadModel(request.modelPath, request.device)
     result = pipeline.segmentImages(
-        images, model, names=[volumeName(path) for path in args.inputs], roiImages=roiImages, roiNames=[volumeName(path) for path in args.roi_from],
-        useROI=not args.no_roi, marginMM=args.margin if args.margin is not None else float(card.get("roi", {}).get("margin_mm", 0.0)),
-        progress=progress, contextMM=args.context, keepProbabilities=bool(args.probabilities),
+        images, model, names=[volumeName(path) for path in request.inputs], roiImages=roiImages, roiNames=[volumeName(path) for path in request.roiSeries],
+        progress=progress, **request.pipelineOptions(card),
     )
     progress.stage(pipeline.Stage.STATISTICS)
     report, referenceMasks, warnings = segmentStatistics(args, card, result, images, console)

@@ -302,7 +302,9 @@ def prepareImages(
     if roi is None:
         roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
     # The network may see more than the ROI (context it was trained with); labels stay inside it.
-    context = float((card.get("roi") or {}).get("context_mm", 0.0) if contextMM is None else contextMM)
+    from .request import SegmentationRequest
+
+    context = SegmentationRequest(contextMM=contextMM).context(card)
     if card.get("localizer"):
         # The localiser's network runs with the model (segmentPrepared); only the series' ROI is known yet.
         roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)

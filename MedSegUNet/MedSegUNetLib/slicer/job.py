@@ -13,6 +13,7 @@ from typing import Callable
 
 from ..engine import geometry, pipeline
 from ..engine.errors import MedSegUNetError
+from ..engine.request import SegmentationRequest
 
 
 ProgressCallback = Callable[[float, str], None]
@@ -26,19 +27,14 @@ class SegmentationJob:
     never reads it.
     """
 
-    modelPath: str
-    device: str
+    request: SegmentationRequest
     card: dict
     images: list
     names: list
     inputNames: list
     roiImages: list = field(default_factory=list)
     roiNames: list = field(default_factory=list)
-    roiBox: tuple | None = None
-    useROI: bool = True
-    marginMM: float = 0.0
     referenceParts: list | None = None
-    contextMM: float | None = None
     progress: pipeline.ProgressReporter = field(default_factory=pipeline.ProgressReporter)
     targets: dict = field(default_factory=dict)
     # Filled by run():
@@ -75,8 +71,7 @@ class SegmentationJob:
 
         if self.worker is None:
             self.result, self.report, self.referenceMasks, self.warnings = jobfiles.computeJob(
-                self.modelPath, self.device, self.card, self.images, self.names, self.inputNames, self.roiImages, self.roiNames,
-                self.roiBox, self.useROI, self.marginMM, self.referenceParts, self.progress, self.contextMM,
+                self.request, self.card, self.images, self.names, self.inputNames, self.roiImages, self.roiNames, self.referenceParts, self.progress,
             )
             return
         self.start()

@@ -20,25 +20,25 @@ import SimpleITK as sitk
 from ..engine import geometry, modelcard, pipeline, statistics
 from ..engine.writer import runReport
 from ..engine.errors import GeometryError, MedSegUNetError
+from ..engine.request import SegmentationRequest
 
 
 def computeJob(
-    modelPath: str,
-    device: str,
+    request: SegmentationRequest,
     card: dict,
     images: Sequence[sitk.Image],
     names: Sequence[str],
     inputNames: Sequence[str],
     roiImages: Sequence[sitk.Image] = (),
     roiNames: Sequence[str] = (),
-    roiBox: tuple | None = None,
-    useROI: bool = True,
-    marginMM: float = 0.0,
     referenceParts: list | None = None,
     progress: pipeline.ProgressReporter | None = None,
-    contextMM: float | None = None,
 ):
-    """Load the model (cached), segment, and compute the statistics.
+    """Load the model (cached), segment as ``request`` says, and compute the statistics.
+
+    Args:
+        images, roiImages: the inputs (card order) and the series limiting the ROI (LPS).
+        referenceParts: a reference segmentation's parts to compare with (see ``nodes.referencePartsFromNode``).
 
     Returns:
         (:class:`pipeline.SegmentationResult`, statistics report, reference masks or None,
@@ -46,22 +46,20 @@ def computeJob(
     """
     progress = progress or pipeline.ProgressReporter()
     progress.stage(pipeline.Stage.LOADING)
-    model = modelcard.loadModel(modelPath, device)
+    model = modelcard.loadModel(request.modelPath, request.device)
     progress.checkCancel()
+    options = request.pipelineOptions(card)
     roi = None
-    if roiBox is not None:
+    if request.roiBox is not None:
         # The Markups box joins the intersection as one more extent: exact even when the box and
         # the series are tilted (an intersection of two index ranges could be a few voxels larger).
         progress.stage(pipeline.Stage.ROI)
-        box = geometry.boxGeometry(*roiBox)
+        box = geometry.boxGeometry(*(np.asarray(part, dtype=float) for part in request.roiBox))
         try:
-            roi = pipeline.resolveROI(images, names, roiImages, roiNames, useROI, marginMM, boxes=[box])
+            roi = pipeline.resolveROI(images, names, roiImages, roiNames, options["useROI"], options["marginMM"], boxes=[box])
         except MedSegUNetError:
             raise GeometryError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
-    result = pipeline.segmentImages(
-        images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, useROI=useROI, marginMM=marginMM, progress=progress,
-        contextMM=contextMM,
-    )
+    result = pipeline.segmentImages(images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, progress=progress, **options)
     progress.stage(pipeline.Stage.STATISTICS)
     referenceMasks, warnings = None, []
     if referenceParts is not None:
@@ -80,25 +78,16 @@ def _write(image: sitk.Image, folder: str, name: str) -> str:
 
 def writeRequest(job, folder: str) -> dict:
     """A worker request for ``job`` (a ``SegmentationJob``), its volumes written into ``folder``."""
-    box = None
-    if job.roiBox is not None:
-        center, axes, radius = job.roiBox
-        box = [np.asarray(center, dtype=float).tolist(), np.asarray(axes, dtype=float).tolist(), np.asarray(radius, dtype=float).tolist()]
     reference = None
     if job.referenceParts is not None:
         reference = [{"file": _write(image, folder, f"reference{index}.nrrd"), "value": value} for index, (image, value) in enumerate(job.referenceParts)]
     return {
         "command": "segment",
         "folder": folder,
-        "model": os.path.abspath(job.modelPath),
-        "device": job.device,
+        "request": job.request.toDict(),
         "inputs": [{"file": _write(image, folder, f"input{index}.nrrd"), "name": name, "inputName": inputName}
                    for index, (image, name, inputName) in enumerate(zip(job.images, job.names, job.inputNames))],
         "roi": [{"file": _write(image, folder, f"roi{index}.nrrd"), "name": name} for index, (image, name) in enumerate(zip(job.roiImages, job.roiNames))],
-        "roiBox": box,
-        "useROI": bool(job.useROI),
-        "marginMM": float(job.marginMM),
-        "contextMM": job.contextMM,
         "reference": reference,
     }
 
@@ -112,17 +101,15 @@ def runRequest(request: dict, progressCallback: Callable[[float, str], None] | N
     def read(item: dict) -> sitk.Image:
         return readVolume(os.path.join(folder, item["file"]))
 
-    card = modelcard.readCard(request["model"])
-    box = request.get("roiBox")
+    segmentation = SegmentationRequest.fromDict(request["request"])
+    card = modelcard.readCard(segmentation.modelPath)
     reference = request.get("reference")
     referenceParts = [(sitk.ReadImage(os.path.join(folder, item["file"])), item["value"]) for item in reference] if reference is not None else None
     progress = pipeline.ProgressReporter(progressCallback)
     result, report, _, warnings = computeJob(
-        request["model"], request["device"], card,
+        segmentation, card,
         [read(item) for item in request["inputs"]], [item["name"] for item in request["inputs"]], [item["inputName"] for item in request["inputs"]],
-        [read(item) for item in request["roi"]], [item["name"] for item in request["roi"]],
-        (box[0], np.asarray(box[1]), box[2]) if box else None, request["useROI"], request["marginMM"], referenceParts, progress,
-        request.get("contextMM"),
+        [read(item) for item in request["roi"]], [item["name"] for item in request["roi"]], referenceParts, progress,
     )
     progress.endStage()  # the statistics stage's time, which the result's timings do not hold yet
     regions = None

@@ -24,6 +24,7 @@ import threading
 from typing import Callable, Sequence
 
 from ..engine import modelcard, pipeline
+from ..engine.request import SegmentationRequest
 from ..engine.errors import SceneError, VolumeError
 from ..engine.volumes import checkScalarVolume
 from .job import ProgressCallback, SegmentationJob, SegmentationLogicResult
@@ -67,43 +68,9 @@ class SegmentationLogic:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def process(
-        self,
-        inputVolumes: Sequence,
-        modelPath: str | os.PathLike,
-        roiVolumes: Sequence = (),
-        roiNode=None,
-        outputSegmentation=None,
-        outputTable=None,
-        referenceSegmentation=None,
-        device: str = "auto",
-        progressCallback: ProgressCallback | None = None,
-        cancelEvent: threading.Event | None = None,
-        outputROI=None,
-        outputOverlapTable=None,
-        useROI: bool = True,
-        marginMM: float | None = None,
-        contextMM: float | None = None,
-    ) -> SegmentationLogicResult:
-        """Segment, in one call on the calling thread (console and batch use).
-
-        Args:
-            inputVolumes: scalar volume nodes in the card's input order; the first is the reference.
-            modelPath: TorchScript model file with its card.
-            roiVolumes: extra volume nodes whose extents limit the ROI.
-            roiNode: optional ``vtkMRMLMarkupsROINode`` that limits the ROI further.
-            outputSegmentation: segmentation node to replace the segments of (None: a new node).
-            outputTable: table node for the statistics (None: a new node).
-            referenceSegmentation: segmentation or labelmap volume node to compare with.
-            device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-            progressCallback: ``(fraction, message)``.
-            cancelEvent: set it to cancel; the scene is then left as it was.
-            outputROI: markups ROI node to show the ROI in (None: a new node).
-            outputOverlapTable: table node for the overlap metrics (None: a new node).
-            useROI: False segments the whole reference volume.
-            marginMM: margin around the ROI (None: the card's ``roi.margin_mm``, else 0).
-            contextMM: the network sees the ROI grown by this much; labels stay inside the ROI
-                (None: the card's ``roi.context_mm``, else 0).
+    def process(self, inputVolumes: Sequence, modelPath: str | os.PathLike, roiVolumes: Sequence = (), **keywords) -> SegmentationLogicResult:
+        """Segment, in one call on the calling thread (console and batch use): :meth:`prepare` with
+        the same arguments, the job run, then :meth:`finish`.
 
         Returns:
             the nodes written and the run's timings, ROI and statistics.
@@ -111,23 +78,7 @@ class SegmentationLogic:
         Raises:
             MedSegUNetError: bad inputs; ProcessingCancelled: cancelled. The scene is unchanged.
         """
-        job = self.prepare(
-            inputVolumes,
-            modelPath,
-            roiVolumes=roiVolumes,
-            roiNode=roiNode,
-            outputSegmentation=outputSegmentation,
-            outputTable=outputTable,
-            referenceSegmentation=referenceSegmentation,
-            device=device,
-            progressCallback=progressCallback,
-            cancelEvent=cancelEvent,
-            outputROI=outputROI,
-            outputOverlapTable=outputOverlapTable,
-            useROI=useROI,
-            marginMM=marginMM,
-            contextMM=contextMM,
-        )
+        job = self.prepare(inputVolumes, modelPath, roiVolumes, **keywords)
         job.run()
         return self.finish(job)
 
@@ -140,16 +91,25 @@ class SegmentationLogic:
         outputSegmentation=None,
         outputTable=None,
         referenceSegmentation=None,
-        device: str = "auto",
-        progressCallback: ProgressCallback | None = None,
-        cancelEvent: threading.Event | None = None,
         outputROI=None,
         outputOverlapTable=None,
-        useROI: bool = True,
-        marginMM: float | None = None,
-        contextMM: float | None = None,
+        progressCallback: ProgressCallback | None = None,
+        cancelEvent: threading.Event | None = None,
+        **options,
     ) -> SegmentationJob:
         """Read the nodes and validate (main thread); the scene is not modified.
+
+        Args:
+            inputVolumes: scalar volume nodes in the card's input order; the first is the reference.
+            modelPath: the model file with its card.
+            roiVolumes: extra volume nodes whose extents limit the ROI.
+            roiNode: optional ``vtkMRMLMarkupsROINode`` that limits the ROI further.
+            outputSegmentation: segmentation node to write into (its own segments are kept; None: a new node).
+            outputTable, outputROI, outputOverlapTable: nodes to reuse (None: new nodes).
+            referenceSegmentation: segmentation or labelmap volume node to compare with.
+            progressCallback: ``(fraction, message)``; cancelEvent: set it to cancel.
+            options: how to run, as :class:`SegmentationRequest` takes them: ``device``, ``useROI``,
+                ``marginMM`` and ``contextMM`` (None: the card's ``roi.margin_mm`` / ``context_mm``).
 
         Returns:
             a job whose :meth:`SegmentationJob.run` may run on a worker thread.
@@ -164,25 +124,21 @@ class SegmentationLogic:
         card = self._readCard(modelPath, inputVolumes)
         self._checkNodes(inputVolumes, roiVolumes, {roiNode: "vtkMRMLMarkupsROINode", outputSegmentation: "vtkMRMLSegmentationNode", outputTable: "vtkMRMLTableNode",
                                                     outputROI: "vtkMRMLMarkupsROINode", outputOverlapTable: "vtkMRMLTableNode", referenceSegmentation: "vtkMRMLNode"})
+        request = SegmentationRequest(modelPath=os.fspath(modelPath), roiBox=roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None, **options)
         images = [imageFromVolumeNode(node) for node in inputVolumes]
         for image, node in zip(images, inputVolumes):
             checkScalarVolume(image, node.GetName())
-        roiVolumes = self._roiSeries(card, inputVolumes, roiVolumes, useROI)
+        roiVolumes = self._roiSeries(card, inputVolumes, roiVolumes, request.useROI)
         reference = inputVolumes[0]
 
         def ownOutput(node):
             made = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None
             return None if node is None or (made is not None and made != reference.GetID()) else node
 
-        if marginMM is None:
-            marginMM = float(card.get("roi", {}).get("margin_mm", 0.0))
-        if marginMM < 0:
-            raise SceneError("The ROI margin must be zero or positive (mm).")
         return SegmentationJob(
-            modelPath=os.fspath(modelPath), device=device, card=card, images=images, names=[node.GetName() for node in inputVolumes],
+            request=request, card=card, images=images, names=[node.GetName() for node in inputVolumes],
             inputNames=[i["name"] for i in card["inputs"]], roiImages=[imageFromVolumeNode(node) for node in roiVolumes],
-            roiNames=[node.GetName() for node in roiVolumes], roiBox=roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None,
-            useROI=useROI, marginMM=float(marginMM), contextMM=contextMM, progress=progress, worker=self.worker,
+            roiNames=[node.GetName() for node in roiVolumes], progress=progress, worker=self.worker,
             referenceParts=referencePartsFromNode(referenceSegmentation, card["labels"]) if referenceSegmentation is not None else None,
             targets={
                 "reference": reference, "referenceIJKToRAS": localIJKToRAS(reference),

@@ -58,7 +58,7 @@ class ResultWriter:
             restore,
         )
         # No ROI box to show when the whole volume was segmented.
-        nodes["roi"] = self._writeROI(job, f"{baseName} ROI", created, restore) if job.useROI or job.roiBox is not None else None
+        nodes["roi"] = self._writeROI(job, f"{baseName} ROI", created, restore) if job.request.useROI or job.request.roiBox is not None else None
         if targets["withReference"]:
             nodes["overlapTable"] = self._writeOverlapTable(job, f"{baseName} overlap", created, restore)
         outputs = [node for node in nodes.values() if node is not None]

@@ -225,9 +225,10 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         raw = self._parameterNode.parameterNode
         if raw.GetAttribute(CONTEXT_MODEL_ATTRIBUTE) == path:
             return
-        roi = self._card.get("roi") or {}
-        self._parameterNode.marginMM = float(roi.get("margin_mm", 0.0))
-        self._parameterNode.contextMM = float(roi.get("context_mm", 0.0))
+        from MedSegUNetLib.engine.request import SegmentationRequest
+
+        defaults = SegmentationRequest()  # what a run without the panel's values would take
+        self._parameterNode.marginMM, self._parameterNode.contextMM = defaults.margin(self._card), defaults.context(self._card)
         raw.SetAttribute(CONTEXT_MODEL_ATTRIBUTE, path)
 
     def _rebuildInputSelectors(self) -> None:

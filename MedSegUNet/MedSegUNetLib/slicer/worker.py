@@ -426,22 +426,25 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
     return jobfiles.runRequest(request, progressCallback)
 
 
-# What a segment request must hold, and of which type: a malformed one gets an error answer.
-SEGMENT_FIELDS = {"folder": str, "model": str, "device": str, "inputs": list, "roi": list, "useROI": bool, "marginMM": (int, float)}
-
-
 def checkSegmentRequest(request: dict) -> None:
-    """Refuse a segment request that lacks a field or gives one of another type, naming the first.
+    """Refuse a segment message that lacks its folder, volumes or request, naming what is wrong (the
+    request's own fields are checked by :meth:`SegmentationRequest.fromDict`).
 
     Raises:
-        MedSegUNetError: the malformed field.
+        MedSegUNetError: the malformed part.
     """
-    for field, kind in SEGMENT_FIELDS.items():
-        if not isinstance(request.get(field), kind) or (kind is not bool and isinstance(request.get(field), bool)):
-            raise MedSegUNetError(f"The worker's segment request has no valid '{field}': the module and the worker are out of step; reinstall the extension.")
+    from ..engine.request import SegmentationRequest
+
+    for part, kind in (("folder", str), ("inputs", list), ("roi", list), ("request", dict)):
+        if not isinstance(request.get(part), kind):
+            raise MedSegUNetError(f"The worker's segment request has no valid '{part}': the module and the worker are out of step; reinstall the extension.")
     for item in request["inputs"] + request["roi"]:
         if not isinstance(item, dict) or not isinstance(item.get("file"), str) or not isinstance(item.get("name"), str):
             raise MedSegUNetError("The worker's segment request has a volume without 'file' and 'name': the module and the worker are out of step; reinstall the extension.")
+    try:
+        SegmentationRequest.fromDict(request["request"])
+    except MedSegUNetError as error:
+        raise MedSegUNetError(f"{firstLine(error).rstrip('.')}: the module and the worker are out of step; reinstall the extension.") from None
 
 
 def _answer(request: dict) -> dict:
