@@ -10,14 +10,8 @@ import sys
 import unittest
 from typing import Annotated, Optional, Union
 
-
 import slicer
-from slicer import (
-    vtkMRMLLabelMapVolumeNode,
-    vtkMRMLMarkupsROINode,
-    vtkMRMLSegmentationNode,
-    vtkMRMLTableNode,
-)
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsROINode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -35,13 +29,56 @@ from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 README_URL = "https://github.com/medsegunet/SlicerMedSegUNet#readme"
 # Reloaded by the developer's "Reload" button, in dependency order.
 LIB_MODULES = (
-    "engine.settings", "engine.errors", "engine.request", "engine.paths", "engine.archives", "engine.graphsafety", "engine.filecheck", "engine.staging", "engine.volumes", "engine.dicomseg", "engine.geometry",
-    "engine.exportedmodel", "engine.schemacheck", "engine.modelcard", "engine.compiled", "engine.inference", "engine.preprocessing", "engine.postprocessing", "engine.localizer", "engine.pipeline", "engine.preview",
-    "engine.outputs", "engine.statistics", "engine.writer", "models.downloads", "models.networks", "models.verification", "models.onnximport",
-    "models.torchscriptimport", "models.importing", "models.trainconfig", "models.traindata", "models.trainreports", "models.training",
-    "models.converting", "models.sources",
-    "models.catalog", "models.phantoms", "cohorts.seriesmatch", "slicer.dependencies", "slicer.nodes", "slicer.dicomexport",
-    "slicer.jobfiles", "slicer.job", "slicer.results", "slicer.worker", "slicer.logic", "slicer.selftest", "slicer.modulelogic",
+    "engine.settings",
+    "engine.errors",
+    "engine.terminology",
+    "engine.request",
+    "engine.paths",
+    "engine.archives",
+    "engine.graphsafety",
+    "engine.filecheck",
+    "engine.staging",
+    "engine.volumes",
+    "engine.dicomseg",
+    "engine.geometry",
+    "engine.exportedmodel",
+    "engine.schemacheck",
+    "engine.modelcard",
+    "engine.compiled",
+    "engine.inference",
+    "engine.preprocessing",
+    "engine.postprocessing",
+    "engine.localizer",
+    "engine.pipeline",
+    "engine.preview",
+    "engine.outputs",
+    "engine.statistics",
+    "engine.writer",
+    "models.downloads",
+    "models.networks",
+    "models.verification",
+    "models.onnximport",
+    "models.torchscriptimport",
+    "models.importing",
+    "models.trainconfig",
+    "models.traindata",
+    "models.trainreports",
+    "models.training",
+    "models.converting",
+    "models.sources",
+    "models.catalog",
+    "models.phantoms",
+    "cohorts.seriesmatch",
+    "slicer.dependencies",
+    "slicer.nodes",
+    "slicer.dicomexport",
+    "slicer.jobfiles",
+    "slicer.job",
+    "slicer.results",
+    "slicer.worker",
+    "slicer.logic",
+    "slicer.selftest",
+    "slicer.modulelogic",
     "slicer.widget",
 )
 
@@ -236,7 +273,11 @@ class MedSegUNetTest(ScriptedLoadableModuleTest):
         logic = MedSegUNetLogic()
         missing = logic.missingModules()
         if missing and slicer.app.testingEnabled():  # testing mode never installs anything
-            self.skipTest(_("MedSegUNet self-test skipped: {names} not installed (install them with the module's Apply first).").format(names=", ".join(missing)))
+            self.skipTest(
+                _("MedSegUNet self-test skipped: {names} not installed (install them with the module's Apply first).").format(
+                    names=", ".join(missing)
+                )
+            )
         self.assertTrue(logic.ensureDependencies(askConfirmation=True), "dependencies are missing")
         try:
             with tempfile.TemporaryDirectory() as directory:

@@ -259,11 +259,17 @@ def buildPythonSlicer() -> str:
     folder = cacheBase / "medsegunet-tests" / f"pythonslicer-{key}"
     launcher = folder / "bin" / "PythonSlicer"
     if launcher.is_file():
-        check = subprocess.run([str(launcher), "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        check = subprocess.run(
+            [str(launcher), "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
         if check.returncode == 0 and check.stdout.strip() == sys.executable:
             return str(launcher)
     built = subprocess.run(
-        ["bash", str(script), str(sources[-1]), sys.executable, str(folder)], capture_output=True, text=True, timeout=1200, stdin=subprocess.DEVNULL
+        ["bash", str(script), str(sources[-1]), sys.executable, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        stdin=subprocess.DEVNULL,
     )
     if built.returncode != 0 or not launcher.is_file():
         pytest.fail(f"building the PythonSlicer launcher failed: {built.stderr[-2000:]}")
@@ -307,8 +313,15 @@ def a_checkout(tmp_path) -> Path:
 def runBlock(block: str, folder: Path, environment: dict | None = None) -> subprocess.CompletedProcess:
     """Run a documentation example as written, by ``bash -e`` in ``folder``, with stderr a log."""
     prelude = "" if shutil.which("medsegunet") else f'medsegunet() {{ "{sys.executable}" -m MedSegUNetLib.cli "$@"; }}\n'
-    return subprocess.run(["bash", "-e", "-c", prelude + block], cwd=folder, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(environment or {})}, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["bash", "-e", "-c", prelude + block],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(environment or {})},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 class TerminalCapture:
@@ -411,7 +424,9 @@ def a_base_install(tmp_path_factory) -> dict:
     environment = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(environment)], check=True, capture_output=True, timeout=300)
     python = environment / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     Path(purelib, "base-packages.pth").write_text(f"{linked}\n", encoding="utf-8")
     clean = {key: value for key, value in os.environ.items() if not key.startswith(("PIP_", "PYTHON"))}
     for command in (["install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(REPO_ROOT)], ["check"]):
@@ -443,7 +458,16 @@ def configureExtension(build: Path) -> dict[str, list[str]]:
         pytest.skip("cmake is not installed")
     record = build / "record.txt"
     completed = subprocess.run(
-        [cmake, "-S", str(REPO_ROOT), "-B", str(build), f"-DSlicer_DIR={FAKE_SLICER}", "-DBUILD_TESTING=ON", f"-DFAKE_SLICER_RECORD={record}"],
+        [
+            cmake,
+            "-S",
+            str(REPO_ROOT),
+            "-B",
+            str(build),
+            f"-DSlicer_DIR={FAKE_SLICER}",
+            "-DBUILD_TESTING=ON",
+            f"-DFAKE_SLICER_RECORD={record}",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -33,8 +33,25 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = REPO_ROOT / "Testing" / "data" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
 # Modules every Slicer build has (Modules/Loadable and Modules/Scripted of Slicer/Slicer).
-SLICER_CORE_MODULES = {"Markups", "Segmentations", "SubjectHierarchy", "Tables", "Volumes", "Data", "Models", "Transforms", "Colors",
-                       "Terminologies", "SampleData", "DICOM", "SegmentEditor", "SegmentStatistics", "Sequences", "Plots", "Texts"}
+SLICER_CORE_MODULES = {
+    "Markups",
+    "Segmentations",
+    "SubjectHierarchy",
+    "Tables",
+    "Volumes",
+    "Data",
+    "Models",
+    "Transforms",
+    "Colors",
+    "Terminologies",
+    "SampleData",
+    "DICOM",
+    "SegmentEditor",
+    "SegmentStatistics",
+    "Sequences",
+    "Plots",
+    "Texts",
+}
 SLICER_PACKAGES = {"torch", "numpy", "simpleitk", "vtk", "pydicom", "pillow"}
 
 
@@ -79,16 +96,23 @@ def checkDescription(root: Path, report: Report) -> dict:
         report.check(False, f"MedSegUNet.json does not follow the index's schema: {str(error).splitlines()[0]}")
     cmake = cmakeVariables((root / "CMakeLists.txt").read_text(encoding="utf-8"))
     repository = description["scm_url"].removesuffix(".git").rstrip("/")
-    report.check(cmake.get("EXTENSION_HOMEPAGE", "").startswith(repository), f"the CMake homepage {cmake.get('EXTENSION_HOMEPAGE')!r} is not on {repository}")
+    report.check(
+        cmake.get("EXTENSION_HOMEPAGE", "").startswith(repository),
+        f"the CMake homepage {cmake.get('EXTENSION_HOMEPAGE')!r} is not on {repository}",
+    )
     depends = [] if cmake.get("EXTENSION_DEPENDS", "NA") == "NA" else cmake["EXTENSION_DEPENDS"].split()
-    report.check(sorted(depends) == sorted(description.get("build_dependencies", [])),
-                 f"CMakeLists.txt depends on {depends}, MedSegUNet.json on {description.get('build_dependencies', [])}")
+    report.check(
+        sorted(depends) == sorted(description.get("build_dependencies", [])),
+        f"CMakeLists.txt depends on {depends}, MedSegUNet.json on {description.get('build_dependencies', [])}",
+    )
     raw = repository.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
-    urls = [("icon", cmake.get("EXTENSION_ICONURL", ""))] + [("screenshot", url) for url in cmake.get("EXTENSION_SCREENSHOTURLS", "").split()]
+    urls = [("icon", cmake.get("EXTENSION_ICONURL", ""))] + [
+        ("screenshot", url) for url in cmake.get("EXTENSION_SCREENSHOTURLS", "").split()
+    ]
     for kind, url in urls:
         if not report.check(url.startswith(raw), f"the {kind} URL {url!r} is not a file of {repository} on main"):
             continue
-        local = root / url[len(raw):]
+        local = root / url[len(raw) :]
         if report.check(local.is_file(), f"the {kind} URL names {local.relative_to(root)}, which is not in this checkout"):
             size = pngSize(local)
             report.check(size is not None, f"the {kind} {local.name} is not a PNG")
@@ -120,8 +144,14 @@ def releaseAssets(root: Path, description: dict, report: Report) -> dict[str, li
             if not report.check(twin is not None, f"{entry['name']}: no file {name} in the zoo to upload as {url}"):
                 continue
             actual = sha256(twin)
-            report.check(actual == checksum, f"{entry['name']}: {twin.relative_to(root)} has SHA256 {actual[:12]}…, the catalog says {checksum[:12]}…")
-            report.check(size is None or twin.stat().st_size == size, f"{entry['name']}: {twin.name} has {twin.stat().st_size} bytes, the catalog says {size}")
+            report.check(
+                actual == checksum,
+                f"{entry['name']}: {twin.relative_to(root)} has SHA256 {actual[:12]}…, the catalog says {checksum[:12]}…",
+            )
+            report.check(
+                size is None or twin.stat().st_size == size,
+                f"{entry['name']}: {twin.name} has {twin.stat().st_size} bytes, the catalog says {size}",
+            )
             uploads.setdefault(tag, []).append((name, twin.stat().st_size, actual))
     return uploads
 
@@ -135,7 +165,9 @@ def checkModule(root: Path, report: Report) -> list[str]:
     for name in dependencies:
         report.check(name in SLICER_CORE_MODULES, f"the module depends on '{name}', which is not a module of every Slicer")
     requirements = (root / "MedSegUNet" / "Resources" / "requirements.txt").read_text(encoding="utf-8")
-    names = {re.split(r"[<>=!~\[; ]", line.split("#")[0].strip())[0].lower() for line in requirements.splitlines() if line.split("#")[0].strip()}
+    names = {
+        re.split(r"[<>=!~\[; ]", line.split("#")[0].strip())[0].lower() for line in requirements.splitlines() if line.split("#")[0].strip()
+    }
     report.check(not names & SLICER_PACKAGES, f"requirements.txt would replace Slicer's own {sorted(names & SLICER_PACKAGES)}")
     return dependencies
 
@@ -150,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     dependencies = checkModule(args.root, report)
     print("Description file to add to Slicer/ExtensionsIndex (MedSegUNet.json):")
     print(json.dumps(description, indent=2))
-    print(f"Module dependencies: {', '.join(dependencies) or 'none'}; extension dependencies: {', '.join(description.get('build_dependencies', [])) or 'none'}")
+    print(
+        f"Module dependencies: {', '.join(dependencies) or 'none'}; extension dependencies: "
+        f"{', '.join(description.get('build_dependencies', [])) or 'none'}"
+    )
     print("Release assets to upload before the pull request (tag: file, bytes, SHA256):")
     for tag, files in sorted(uploads.items()):
         for name, size, checksum in files:

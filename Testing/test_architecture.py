@@ -100,7 +100,11 @@ def ruleViolations(graph: dict[str, set[str]]) -> list[str]:
             continue
         for target in imported:
             source, destination = packageOf(name), packageOf(target)
-            if (target in ("cli", "demo") or packageOf(target) == "commands") and name not in ("cli", "demo") and packageOf(name) != "commands":
+            if (
+                (target in ("cli", "demo") or packageOf(target) == "commands")
+                and name not in ("cli", "demo")
+                and packageOf(name) != "commands"
+            ):
                 problems.append(f"{name} imports the command line's {target}")
             elif LAYERS[destination] > LAYERS[source]:
                 problems.append(f"{name} ({source or 'top'}) imports {target} ({destination or 'top'}), which sits above it")
@@ -115,7 +119,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = "open"
         for target in sorted(graph.get(node, ())):
             if state.get(target) == "open":
-                found.append(path[path.index(target):] + [target] if target in path else [node, target])
+                found.append(path[path.index(target) :] + [target] if target in path else [node, target])
             elif target not in state:
                 visit(target, [*path, target])
         state[node] = "done"
@@ -202,8 +206,15 @@ def secondAddresses(sources: dict[str, str], library: dict[str, str]) -> list[st
     Lib module that does not define it (``library``: Lib module name → source)."""
     defined = {name: boundNames(ast.parse(text)) for name, text in library.items()}
     # Names a Lib module imports from another Lib module (what a second address would lead to).
-    borrowed = {name: {alias.asname or alias.name for node in ast.walk(ast.parse(text)) if isinstance(node, ast.ImportFrom) and resolve(name, node)
-                       for alias in node.names} for name, text in library.items()}
+    borrowed = {
+        name: {
+            alias.asname or alias.name
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, ast.ImportFrom) and resolve(name, node)
+            for alias in node.names
+        }
+        for name, text in library.items()
+    }
     problems = []
     for fileName, text in sources.items():
         here = fileName[: -len(".py")].replace("/", ".").split("MedSegUNetLib.", 1)[1] if "MedSegUNetLib/" in fileName else None
@@ -217,7 +228,11 @@ def secondAddresses(sources: dict[str, str], library: dict[str, str]) -> list[st
                 for alias in node.names:
                     if target.endswith("." + alias.name) or target == alias.name:
                         aliases[alias.asname or alias.name] = target
-            module = targets[0] if len(targets) == 1 and not any(targets[0].endswith("." + a.name) or targets[0] == a.name for a in node.names) else None
+            module = (
+                targets[0]
+                if len(targets) == 1 and not any(targets[0].endswith("." + a.name) or targets[0] == a.name for a in node.names)
+                else None
+            )
             if module is None or module.endswith("__init__"):
                 continue
             for alias in node.names:
@@ -226,7 +241,11 @@ def secondAddresses(sources: dict[str, str], library: dict[str, str]) -> list[st
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
                 module = aliases[node.value.id]
-                if not module.endswith("__init__") and node.attr in borrowed[module] - defined[module] and f"{module}.{node.attr}" not in defined:
+                if (
+                    not module.endswith("__init__")
+                    and node.attr in borrowed[module] - defined[module]
+                    and f"{module}.{node.attr}" not in defined
+                ):
                     problems.append(f"{fileName}:{node.lineno} {node.value.id}.{node.attr} from {module}")
     return problems
 
@@ -237,7 +256,11 @@ def repositorySources() -> dict[str, str]:
     import re
     import textwrap
 
-    paths = [*REPO.joinpath("MedSegUNet").rglob("*.py"), *REPO.joinpath("Testing").rglob("*.py"), REPO / "docs" / "batch_example.py"]
+    paths = [
+        *REPO.joinpath("MedSegUNet").rglob("*.py"),
+        *REPO.joinpath("Testing").rglob("*.py"),
+        *REPO.joinpath("docs").glob("*_example.py"),
+    ]
     sources = {path.relative_to(REPO).as_posix(): path.read_text(encoding="utf-8") for path in paths if "__pycache__" not in path.parts}
     for fileName, text in list(sources.items()):
         if fileName.endswith("test_architecture.py"):  # its planted violations
@@ -261,14 +284,19 @@ def test_every_name_has_one_address():
     assert secondAddresses(repositorySources(), librarySources()) == []
 
 
-@pytest.mark.parametrize("planted", ["from MedSegUNetLib.engine.volumes import sha256\n",
-                                     "from MedSegUNetLib.engine import volumes\nvolumes.checkCompleteFile('x')\n"])
+@pytest.mark.parametrize(
+    "planted",
+    ["from MedSegUNetLib.engine.volumes import sha256\n", "from MedSegUNetLib.engine import volumes\nvolumes.checkCompleteFile('x')\n"],
+)
 def test_a_second_address_is_caught(planted):
     assert secondAddresses({"Testing/planted.py": planted}, librarySources()) != []
     # and inside the library, relative
     library = librarySources()
     library["slicer.nodes"] += "\nfrom ..engine.volumes import writeVolume\n"
-    assert any("writeVolume from engine.volumes" in p for p in secondAddresses({"MedSegUNet/MedSegUNetLib/slicer/nodes.py": library["slicer.nodes"]}, library))
+    assert any(
+        "writeVolume from engine.volumes" in p
+        for p in secondAddresses({"MedSegUNet/MedSegUNetLib/slicer/nodes.py": library["slicer.nodes"]}, library)
+    )
 
 
 def test_settings_are_read_in_one_place():
@@ -316,8 +344,12 @@ def test_one_writer_writes_every_runs_files():
 
 def test_a_second_writer_is_caught():
     library = librarySources()
-    library["cohorts.casejob"] += "\ndef again(staged, result, card, path):\n    stageSegmentation(staged, result.labelmap, card['labels'], path)\n"
+    library["cohorts.casejob"] += (
+        "\ndef again(staged, result, card, path):\n    stageSegmentation(staged, result.labelmap, card['labels'], path)\n"
+    )
     assert [line.split(" ")[1] for line in outputSteps(library)] == ["stageSegmentation"]
+
+
 # -- no command-line code in the library --------------------------------------------------------------
 
 
@@ -330,7 +362,92 @@ def test_library_packages_neither_parse_arguments_nor_print():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and ast.unparse(node.func) in ("print", "sys.stdout.write", "argparse.ArgumentParser"):
                 problems.append(f"{name}:{node.lineno} {ast.unparse(node.func)}")
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and "argparse" in [a.name for a in node.names] + [getattr(node, "module", "")]:
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and "argparse" in [a.name for a in node.names] + [
+                getattr(node, "module", "")
+            ]:
                 problems.append(f"{name}:{node.lineno} imports argparse")
     assert problems == []
 
+
+# -- a declared public API ----------------------------------------------------------------------------
+
+
+def declaredNames(text: str) -> list[str] | None:
+    """A module's ``__all__`` (a literal list; the last one bound), or None when it declares none."""
+    declared = None
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets):
+            declared = list(ast.literal_eval(node.value))
+    return declared
+
+
+def importedFrom(sources: dict[str, str]) -> list[tuple[str, int, str, str]]:
+    """``(file, line, Lib module, name)`` for each name imported from, or reached as an attribute of,
+    a Lib module (not a package) in ``sources``."""
+    known = {moduleName(path) for path in LIB.rglob("*.py")}
+    found = []
+    for fileName, text in sources.items():
+        here = fileName[: -len(".py")].replace("/", ".").split("MedSegUNetLib.", 1)[1] if "MedSegUNetLib/" in fileName else "x"
+        tree, aliases = ast.parse(text), {}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or (here == "x" and node.level):
+                continue
+            targets = resolve(here, node)
+            for alias in node.names:
+                modules = [target for target in targets if target.endswith("." + alias.name) or target == alias.name]
+                if modules:
+                    aliases[alias.asname or alias.name] = modules[0]  # a module imported by name
+                elif len(targets) == 1 and not targets[0].endswith("__init__") and f"{targets[0]}.{alias.name}" not in known:
+                    found.append((fileName, node.lineno, targets[0], alias.name))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                if not aliases[node.value.id].endswith("__init__"):
+                    found.append((fileName, node.lineno, aliases[node.value.id], node.attr))
+    return found
+
+
+def apiProblems(sources: dict[str, str], library: dict[str, str]) -> list[str]:
+    problems, declared = [], {}
+    for name, text in library.items():
+        if name.endswith("__init__"):
+            continue
+        names = declaredNames(text)
+        if names is None:
+            problems.append(f"{name} declares no __all__")
+            continue
+        defined = boundNames(ast.parse(text))
+        problems += [f"{name}.__all__ names {n}, which it does not define" for n in names if n not in defined]
+        declared[name] = set(names)
+    for fileName, line, module, name in importedFrom(sources):
+        if not name.startswith("_") and module in declared and name not in declared[module] and not fileName.startswith("Testing/"):
+            problems.append(f"{fileName}:{line} uses {module}.{name}, which {module}.__all__ does not declare")
+    return problems
+
+
+def test_every_library_module_declares_its_public_api():
+    assert apiProblems(repositorySources(), librarySources()) == []
+
+
+def test_an_undeclared_name_is_caught():
+    import re
+
+    library = librarySources()
+    library["engine.request"] = re.sub(r"__all__ = \[.*\]", "__all__ = []", library["engine.request"], flags=re.S)
+    sources = {"MedSegUNet/MedSegUNetLib/commands/planted.py": "from ..engine.request import SegmentationRequest\n"}
+    assert apiProblems(sources, library) == [
+        "MedSegUNet/MedSegUNetLib/commands/planted.py:1 uses engine.request.SegmentationRequest, "
+        "which engine.request.__all__ does not declare"
+    ]
+    library["engine.request"] += "\n__all__ = ['nowhere']\n"
+    assert "engine.request.__all__ names nowhere, which it does not define" in apiProblems({}, library)
+
+
+def test_the_library_imports_the_curated_names_from_their_modules():
+    from MedSegUNetLib import engine
+
+    problems = []
+    for name, text in librarySources().items():
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and resolve(name, node) == ["engine.__init__"]:
+                problems += [f"{name}:{node.lineno} {alias.name}" for alias in node.names if alias.name in engine.API]
+    assert problems == []

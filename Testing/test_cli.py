@@ -21,8 +21,8 @@ import SimpleITK as sitk
 from conftest import PROSTATEX_0000_ROI, requireSharedData, smallObliquePhantom
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine import geometry
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.volumes import readVolume
+from MedSegUNetLib.models import phantoms
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
@@ -110,8 +110,21 @@ def test_segment_end_to_end_on_real_data(tmp_path, prostate_series, prostate_ima
     out = tmp_path / "out"
     out.mkdir()
     done = runProcess(
-        "segment", tra, "--model", model, "--roi-from", sag, cor,
-        "--output", out / "seg.seg.nrrd", "--stats", out / "stats.csv", "--stats-json", out / "stats.json", "--reference-seg", labels,
+        "segment",
+        tra,
+        "--model",
+        model,
+        "--roi-from",
+        sag,
+        cor,
+        "--output",
+        out / "seg.seg.nrrd",
+        "--stats",
+        out / "stats.csv",
+        "--stats-json",
+        out / "stats.json",
+        "--reference-seg",
+        labels,
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # progress goes to a terminal only
@@ -136,8 +149,22 @@ def test_segment_end_to_end_on_real_data(tmp_path, prostate_series, prostate_ima
     report = json.loads((out / "stats.json").read_text())
     assert set(report) >= {"segments", "roi", "model", "device", "timing_s", "mean_iou"}
     segment = report["segments"][0]
-    assert set(segment) >= {"value", "name", "voxel_count", "volume_mm3", "volume_cm3", "centroid_ras", "intensity",
-                            "dice", "jaccard", "precision", "recall", "specificity", "hausdorff95_mm", "mean_surface_distance_mm"}
+    assert set(segment) >= {
+        "value",
+        "name",
+        "voxel_count",
+        "volume_mm3",
+        "volume_cm3",
+        "centroid_ras",
+        "intensity",
+        "dice",
+        "jaccard",
+        "precision",
+        "recall",
+        "specificity",
+        "hausdorff95_mm",
+        "mean_surface_distance_mm",
+    }
     assert segment["voxel_count"] == int(expected.sum())
     assert segment["volume_mm3"] == pytest.approx(expected.sum() * np.prod(reference.GetSpacing()), rel=1e-6)
     assert set(segment["intensity"]["T2"]) == {"mean", "std", "min", "max", "median"}
@@ -159,7 +186,9 @@ def test_segment_end_to_end_on_real_data(tmp_path, prostate_series, prostate_ima
 def test_segment_no_roi_and_plain_labelmap(capsys, tmp_path, prostate_series, a_threshold_model):
     model = a_threshold_model((T2_LEVEL,), LABELS, inputs=("T2",), patchSize=(96, 96, 16))
     tra = prostate_series["4-t2tsetra"]
-    code, _, err = runInProcess(capsys, "segment", tra, "--model", model, "--no-roi", "--output", tmp_path / "labels.nii.gz", "--device", "cpu")
+    code, _, err = runInProcess(
+        capsys, "segment", tra, "--model", model, "--no-roi", "--output", tmp_path / "labels.nii.gz", "--device", "cpu"
+    )
     assert code == 0, err
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
     np.testing.assert_array_equal(labels, (sitk.GetArrayFromImage(readVolume(tra)) > T2_LEVEL).astype(np.uint8))
@@ -170,8 +199,19 @@ def test_segment_log_has_one_line_per_stage(capsys, tmp_path, prostate_series, a
     labels = [(1, "bright", (1.0, 1.0, 0.0)), (2, "brighter", (0.2, 0.4, 1.0))]
     model = a_threshold_model((T2_LEVEL, 2 * T2_LEVEL), labels, inputs=("T2",), spacing=(1.0, 1.0, 3.0), patchSize=(32, 32, 8))
     names = list(prostate_series)
-    code, out, err = runInProcess(capsys, "segment", prostate_series[names[0]], "--roi-from", *[prostate_series[n] for n in names[1:]],
-                                  "--model", model, "--output", tmp_path / "labels.nii.gz", "--device", "cpu")
+    code, out, err = runInProcess(
+        capsys,
+        "segment",
+        prostate_series[names[0]],
+        "--roi-from",
+        *[prostate_series[n] for n in names[1:]],
+        "--model",
+        model,
+        "--output",
+        tmp_path / "labels.nii.gz",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     progress = [line for line in out.splitlines() if line.startswith("[")]
     stages = [line.split("] ", 1)[1].split(":")[0] for line in progress]
@@ -198,8 +238,15 @@ def small_inputs(tmp_path, a_threshold_model):
     folder = tmp_path / "inputs"
     folder.mkdir()
     image = smallObliquePhantom()
-    paths = {"good": folder / "t2.nrrd", "far": folder / "far.nrrd", "nan": folder / "nan.nrrd", "four": folder / "four.nii.gz",
-             "vector": folder / "rgb.nrrd", "corrupt": folder / "corrupt.nrrd", "slab": folder / "slab.nrrd"}
+    paths = {
+        "good": folder / "t2.nrrd",
+        "far": folder / "far.nrrd",
+        "nan": folder / "nan.nrrd",
+        "four": folder / "four.nii.gz",
+        "vector": folder / "rgb.nrrd",
+        "corrupt": folder / "corrupt.nrrd",
+        "slab": folder / "slab.nrrd",
+    }
     sitk.WriteImage(image, str(paths["good"]))
     far = sitk.Image(image)
     far.SetOrigin((500.0, 0.0, 0.0))
@@ -210,7 +257,10 @@ def small_inputs(tmp_path, a_threshold_model):
     sitk.WriteImage(sitk.Image([5, 5, 5, 2], sitk.sitkFloat32), str(paths["four"]))
     sitk.WriteImage(sitk.Image([5, 5, 5], sitk.sitkVectorFloat32, 3), str(paths["vector"]))
     paths["corrupt"].write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n\n\x00")
-    sitk.WriteImage(phantoms.paintSpheres(phantoms.makeGrid((1, 18, 8), (1.0, 1.0, 2.0), np.eye(3), (0, 0, 0)), [((0, 0, 0), 6.0, 1.0)]), str(paths["slab"]))
+    sitk.WriteImage(
+        phantoms.paintSpheres(phantoms.makeGrid((1, 18, 8), (1.0, 1.0, 2.0), np.eye(3), (0, 0, 0)), [((0, 0, 0), 6.0, 1.0)]),
+        str(paths["slab"]),
+    )
     paths["model"] = a_threshold_model((0.5,), LABELS)
     paths["model2d"] = a_threshold_model((0.5,), LABELS, spatialDims=2)
     paths["model2inputs"] = a_threshold_model((0.5,), LABELS, inputs=("T2", "ADC"))
@@ -232,7 +282,11 @@ BAD_INPUT_CASES = [
     pytest.param(lambda p: ["segment", p["out"].parent / "absent.nrrd", "--model", p["model"]], "does not exist", id="missing-volume"),
     pytest.param(lambda p: ["segment", p["corrupt"], "--model", p["model"]], "is cut short", id="unreadable-volume"),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["out"].parent / "absent.pt"], "does not exist", id="missing-model"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["notmodel"]], "is not a model file (TorchScript .pt or torch.export .pt2)", id="unreadable-model"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["notmodel"]],
+        "is not a model file (TorchScript .pt or torch.export .pt2)",
+        id="unreadable-model",
+    ),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["badcard"]], "field 'output'", id="card-fails-schema"),
     pytest.param(lambda p: ["segment", p["good"], p["good"], "--model", p["model"]], "takes 1 input", id="too-many-inputs"),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["model2inputs"]], "takes 2 input", id="too-few-inputs"),
@@ -241,7 +295,11 @@ BAD_INPUT_CASES = [
     pytest.param(lambda p: ["segment", p["nan"], "--model", p["model"]], "NaN", id="nan-voxels"),
     pytest.param(lambda p: ["segment", p["four"], "--model", p["model"]], "4 dimensions", id="4d-volume"),
     pytest.param(lambda p: ["segment", p["vector"], "--model", p["model"]], "components per voxel", id="vector-volume"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--reference-seg", p["out"].parent / "absent.nrrd"], "does not exist", id="missing-reference-seg"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--reference-seg", p["out"].parent / "absent.nrrd"],
+        "does not exist",
+        id="missing-reference-seg",
+    ),
     pytest.param(lambda p: ["roi", p["good"], p["far"]], "do not overlap", id="roi-no-overlap"),
     pytest.param(lambda p: ["roi", p["good"], p["nan"]], "NaN", id="roi-nan"),
 ]
@@ -267,7 +325,9 @@ def test_output_in_missing_folder(capsys, small_inputs):
         target = missing / ("seg.seg.nrrd" if option == "--output" else "stats.csv")
         code, _, err = runInProcess(capsys, "segment", small_inputs["good"], "--model", small_inputs["model"], option, target)
         assertCleanFailure(code, err, small_inputs["out"], "does not exist")
-    code, _, err = runInProcess(capsys, "segment", small_inputs["good"], "--model", small_inputs["model"], "--output", small_inputs["out"] / "seg.png")
+    code, _, err = runInProcess(
+        capsys, "segment", small_inputs["good"], "--model", small_inputs["model"], "--output", small_inputs["out"] / "seg.png"
+    )
     assertCleanFailure(code, err, small_inputs["out"], "must end with one of")
 
 
@@ -280,7 +340,9 @@ def test_bad_input_as_a_process(small_inputs):
 
 
 def test_segment_success_writes_all_outputs(capsys, small_inputs):
-    code, _, err = runInProcess(capsys, "segment", small_inputs["good"], "--model", small_inputs["model"], *outputArguments(small_inputs, "segment"))
+    code, _, err = runInProcess(
+        capsys, "segment", small_inputs["good"], "--model", small_inputs["model"], *outputArguments(small_inputs, "segment")
+    )
     assert code == 0, err
     assert sorted(os.listdir(small_inputs["out"])) == ["seg.seg.nrrd", "stats.csv", "stats.json"]
 
@@ -290,12 +352,20 @@ def test_segment_success_writes_all_outputs(capsys, small_inputs):
 
 # [parameters (how the command line is written), input (tra, sag, cor), expected (the ROI of all three)]
 ROI_FORMS = [
-    pytest.param(lambda m, t, s, c, o: ["segment", "--model", m, t, "--roi-from", s, "--roi-from", c, "--stats-json", o], id="repeated-option"),
+    pytest.param(
+        lambda m, t, s, c, o: ["segment", "--model", m, t, "--roi-from", s, "--roi-from", c, "--stats-json", o], id="repeated-option"
+    ),
     pytest.param(lambda m, t, s, c, o: ["segment", "--model", m, t, "--roi-from", s, c, "--stats-json", o], id="list-after-inputs"),
-    pytest.param(lambda m, t, s, c, o: ["segment", "--model", m, "--roi-from", s, c, "--", t, "--stats-json", o], id="list-ended-by-double-dash"),
+    pytest.param(
+        lambda m, t, s, c, o: ["segment", "--model", m, "--roi-from", s, c, "--", t, "--stats-json", o], id="list-ended-by-double-dash"
+    ),
     pytest.param(lambda m, t, s, c, o: ["segment", "--stats-json", o, "--roi-from", s, c, "--model", m, t], id="options-before-inputs"),
-    pytest.param(lambda m, t, s, c, o: ["segment", "--roi-from", s, "--model", m, t, "--roi-from", c, "--stats-json", o], id="inputs-between-options"),
-    pytest.param(lambda m, t, s, c, o: ["-q", "segment", "--model", m, "--roi-from", s, c, "--stats-json", o, "--", t], id="double-dash-at-the-end"),
+    pytest.param(
+        lambda m, t, s, c, o: ["segment", "--roi-from", s, "--model", m, t, "--roi-from", c, "--stats-json", o], id="inputs-between-options"
+    ),
+    pytest.param(
+        lambda m, t, s, c, o: ["-q", "segment", "--model", m, "--roi-from", s, c, "--stats-json", o, "--", t], id="double-dash-at-the-end"
+    ),
 ]
 
 

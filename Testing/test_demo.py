@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import PROSTATEX_0000_ROI, requireSharedData
 from MedSegUNetLib import demo
-from MedSegUNetLib.engine import preview, settings
 from MedSegUNetLib.cli import main
+from MedSegUNetLib.engine import preview, settings
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.engine.geometry import VolumeGeometry, fullROI
 from MedSegUNetLib.models.phantoms import makeGrid, rotationMatrix
-
-from conftest import PROSTATEX_0000_ROI, requireSharedData
 
 
 def test_download_checks_sum_and_is_atomic(tmp_path, a_file_server, monkeypatch):
@@ -53,11 +52,18 @@ def test_full_checksums_match_the_issue_prefixes():
 
 def test_find_local_nrrd_files(tmp_path):
     image = makeGrid((4, 4, 3), (1, 1, 1), np.eye(3))
-    for name in ("ProstateX-0000-t2-tse-cor.nrrd", "ProstateX-0000-t2-tse-tra.nrrd", "ProstateX-0000-t2-tse-sag.nrrd", "ProstateX-0000-adc.nrrd"):
+    for name in (
+        "ProstateX-0000-t2-tse-cor.nrrd",
+        "ProstateX-0000-t2-tse-tra.nrrd",
+        "ProstateX-0000-t2-tse-sag.nrrd",
+        "ProstateX-0000-adc.nrrd",
+    ):
         sitk.WriteImage(image, str(tmp_path / name))
     found = demo.findLocalSeries(tmp_path)
     assert {role: path.split("/")[-1] for role, path in found.items()} == {
-        "axial": "ProstateX-0000-t2-tse-tra.nrrd", "sagittal": "ProstateX-0000-t2-tse-sag.nrrd", "coronal": "ProstateX-0000-t2-tse-cor.nrrd"
+        "axial": "ProstateX-0000-t2-tse-tra.nrrd",
+        "sagittal": "ProstateX-0000-t2-tse-sag.nrrd",
+        "coronal": "ProstateX-0000-t2-tse-cor.nrrd",
     }
     (tmp_path / "ProstateX-0000-t2-tse-sag.nrrd").unlink()
     with pytest.raises(MedSegUNetError, match="No sagittal T2 series found"):
@@ -84,7 +90,12 @@ def test_demo_on_local_prostatex(tmp_path, repo_root):
         pytest.skip("the prostate-zones zoo model has not been exported yet")
     output = tmp_path / "demo-output"
     assert main(["demo", "--data", str(data), "--output", str(output), "--device", "cpu"]) == 0
-    names = ["ProstateX-0000-zones.seg.nrrd", "ProstateX-0000-statistics.csv", "ProstateX-0000-statistics.json", "ProstateX-0000-overview.png"]
+    names = [
+        "ProstateX-0000-zones.seg.nrrd",
+        "ProstateX-0000-statistics.csv",
+        "ProstateX-0000-statistics.json",
+        "ProstateX-0000-overview.png",
+    ]
     assert sorted(p.name for p in output.iterdir()) == sorted(names)
     report = json.loads((output / "ProstateX-0000-statistics.json").read_text())
     assert report["roi"]["ijk_min"] == list(PROSTATEX_0000_ROI[0]) and report["roi"]["ijk_max"] == list(PROSTATEX_0000_ROI[1])
@@ -101,7 +112,9 @@ def test_demo_on_local_prostatex(tmp_path, repo_root):
     reference = readVolume(str(data / "4-t2tsetra"))
     labelmap = sitk.GetImageFromArray(np.ascontiguousarray(segmentation["voxels"].transpose(2, 1, 0)))
     labelmap.CopyInformation(reference)
-    zones = sitk.Cast(sitk.ReadImage(str(requireSharedData("prostatex", "labels", "ProstateX-0000_zones_AI-HeviAI23.nii.gz"))), sitk.sitkUInt16)
+    zones = sitk.Cast(
+        sitk.ReadImage(str(requireSharedData("prostatex", "labels", "ProstateX-0000_zones_AI-HeviAI23.nii.gz"))), sitk.sitkUInt16
+    )
     labels = [{"value": 1, "name": "pz", "color": [0, 1, 0]}, {"value": 2, "name": "tz", "color": [1, 0, 0]}]
     from MedSegUNetLib.engine.pipeline import labelMasks
 
@@ -149,10 +162,14 @@ def test_the_preview_slices_go_through_the_structure_not_a_stray_voxel():
 
 
 # [parameters (the ROI's I and J ranges), input (a 64 × 64 reference), expected (the tile's window)]
-@pytest.mark.parametrize("low, high, expected", [
-    ((20, 20, 0), (39, 29, 11), (slice(12, 38), slice(12, 48))),  # grown by 8 voxels (a fifth would be less)
-    ((0, 10, 0), (63, 59, 11), (slice(0, 64), slice(0, 64))),  # grown by a fifth, clipped to the image
-], ids=["small-roi", "large-roi"])
+@pytest.mark.parametrize(
+    "low, high, expected",
+    [
+        ((20, 20, 0), (39, 29, 11), (slice(12, 38), slice(12, 48))),  # grown by 8 voxels (a fifth would be less)
+        ((0, 10, 0), (63, 59, 11), (slice(0, 64), slice(0, 64))),  # grown by a fifth, clipped to the image
+    ],
+    ids=["small-roi", "large-roi"],
+)
 def test_the_preview_crop_is_wider_than_the_roi(low, high, expected):
     from MedSegUNetLib.engine.geometry import RegionOfInterest
 

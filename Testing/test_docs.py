@@ -28,9 +28,14 @@ def pageBlocks(page: str) -> list[str]:
 
 
 def buildSite(config: Path, site: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +47,25 @@ def a_built_site(tmp_path_factory) -> Path:
     return elsewhere / "site"
 
 
-@pytest.mark.parametrize("page", ["index.html", "getting-started/index.html", "slicer-module/index.html",
-                                  *(f"commands/{name}/index.html" for name in ("roi", "segment", "batch", "models", "import", "convert", "train", "demo")),
-                                  "commands/index.html", "models/index.html", "models/lgg-flair/index.html", "models/acdc-heart/index.html",
-                                  "card-reference/index.html", "cohorts/index.html", "architecture/index.html", "benchmarks/index.html",
-                                  "images/demo-overview.png"])
+@pytest.mark.parametrize(
+    "page",
+    [
+        "index.html",
+        "getting-started/index.html",
+        "slicer-module/index.html",
+        *(f"commands/{name}/index.html" for name in ("roi", "segment", "batch", "models", "import", "convert", "train", "demo")),
+        "commands/index.html",
+        "models/index.html",
+        "models/lgg-flair/index.html",
+        "models/acdc-heart/index.html",
+        "card-reference/index.html",
+        "cohorts/index.html",
+        "architecture/index.html",
+        "api/index.html",
+        "benchmarks/index.html",
+        "images/demo-overview.png",
+    ],
+)
 def test_the_site_has_every_page(a_built_site, page):
     assert (a_built_site / page).stat().st_size > 1000
 
@@ -86,15 +105,44 @@ def test_a_link_to_a_missing_repository_file_fails_the_build(tmp_path, target, b
 
 # [page, block, files under the checkout it must make, words its output must hold]
 EXAMPLES = [
-    ("getting-started.md", 0, ["out/getting-started/ProstateX-0000-zones.seg.nrrd", "out/getting-started/ProstateX-0000-overview.png"], ["ROI 68.5 × 45.0 × 57.0 mm"]),
-    ("getting-started.md", 1, ["out/first.seg.nrrd", "out/first.csv", "out/first.png"], ["Example: medsegunet segment --model prostate-zones"]),
+    (
+        "getting-started.md",
+        0,
+        ["out/getting-started/ProstateX-0000-zones.seg.nrrd", "out/getting-started/ProstateX-0000-overview.png"],
+        ["ROI 68.5 × 45.0 × 57.0 mm"],
+    ),
+    (
+        "getting-started.md",
+        1,
+        ["out/first.seg.nrrd", "out/first.csv", "out/first.png"],
+        ["Example: medsegunet segment --model prostate-zones"],
+    ),
     ("commands/roi.md", 0, ["out/roi.json"], []),
     ("commands/models.md", 0, [], ["prostate-gland-taps", "shipped", "Licence:"]),
     ("commands/convert.md", 0, ["out/prostate-zones.pt2"], ["Format: torch.export (.pt2), written with torch"]),
-    ("commands/import.md", 0, ["out/zones-card.json", "out/zones-imported.pt"], ["Wrote out/zones-imported.pt", "Prostate zones (demonstration, 3D)"]),
-    ("commands/train.md", 0, ["out/quick-run/checkpoint_best.pt", "out/quick-run/curves.png", "out/quick.pt", "out/quick.seg.nrrd"], ["epoch 2/2", "Wrote out/quick.pt"]),
-    ("commands/demo.md", 0, ["out/demo/ProstateX-0000-zones.seg.nrrd", "out/demo/ProstateX-0000-statistics.csv",
-                             "out/demo/ProstateX-0000-statistics.json", "out/demo/ProstateX-0000-overview.png"], []),
+    (
+        "commands/import.md",
+        0,
+        ["out/zones-card.json", "out/zones-imported.pt"],
+        ["Wrote out/zones-imported.pt", "Prostate zones (demonstration, 3D)"],
+    ),
+    (
+        "commands/train.md",
+        0,
+        ["out/quick-run/checkpoint_best.pt", "out/quick-run/curves.png", "out/quick.pt", "out/quick.seg.nrrd"],
+        ["epoch 2/2", "Wrote out/quick.pt"],
+    ),
+    (
+        "commands/demo.md",
+        0,
+        [
+            "out/demo/ProstateX-0000-zones.seg.nrrd",
+            "out/demo/ProstateX-0000-statistics.csv",
+            "out/demo/ProstateX-0000-statistics.json",
+            "out/demo/ProstateX-0000-overview.png",
+        ],
+        [],
+    ),
 ]
 # Checked in detail by their own tests below.
 DETAILED = [("commands/segment.md", 0), ("commands/batch.md", 0)]
@@ -120,19 +168,27 @@ def test_the_example_runs(a_checkout, tmp_path, page, index, files, words):
 
 
 def test_the_prostate_example(a_checkout, tmp_path):
-    done = runBlock(pageBlocks("commands/segment.md")[0], a_checkout, {"MEDSEGUNET_CACHE": str(tmp_path / "cache"), "MEDSEGUNET_CATALOG": ""})
+    done = runBlock(
+        pageBlocks("commands/segment.md")[0], a_checkout, {"MEDSEGUNET_CACHE": str(tmp_path / "cache"), "MEDSEGUNET_CATALOG": ""}
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr  # no warning on the documentation's own example
     # roi: its JSON, compact (lists of numbers on one line), with the exact three-series ROI.
     start = done.stdout.index("{")
     document, end = json.JSONDecoder().raw_decode(done.stdout[start:])
     assert [document["ijk_min"], document["ijk_max"]] == [list(PROSTATEX_0000_ROI[0]), list(PROSTATEX_0000_ROI[1])]
-    assert done.stdout[start:start + end].count("\n") < 30
+    assert done.stdout[start : start + end].count("\n") < 30
     # segment: progress lines in the log, then the outputs under out/ (which git ignores).
-    log = done.stdout[start + end:]
+    log = done.stdout[start + end :]
     assert "[  0%] Loading model and volumes" in log and "[100%] Done" in log
     out = a_checkout / "out"
-    assert sorted(path.name for path in out.iterdir()) == ["zones-by-name.seg.nrrd", "zones.csv", "zones.json", "zones.png", "zones.seg.nrrd"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "zones-by-name.seg.nrrd",
+        "zones.csv",
+        "zones.json",
+        "zones.png",
+        "zones.seg.nrrd",
+    ]
     report = json.loads((out / "zones.json").read_text())
     assert [segment["name"] for segment in report["segments"]] == ["peripheral zone", "transition zone"]
     assert all(segment["qc"] == "ok" and segment["dice"] > 0.5 for segment in report["segments"]), report["segments"]
@@ -142,7 +198,10 @@ def test_the_prostate_example(a_checkout, tmp_path):
     # By name: the catalog's prostate-zones is the zoo file, offline, with the same labels.
     import slicerio
 
-    assert [s["name"] for s in slicerio.read_segmentation(str(out / "zones-by-name.seg.nrrd"))["segments"]] == ["peripheral zone", "transition zone"]
+    assert [s["name"] for s in slicerio.read_segmentation(str(out / "zones-by-name.seg.nrrd"))["segments"]] == [
+        "peripheral zone",
+        "transition zone",
+    ]
     assert not (tmp_path / "cache").exists()
 
 
@@ -164,4 +223,3 @@ def test_every_environment_variable_is_documented_with_its_default():
     for variable in settings.VARIABLES:
         default = f"`{variable.default}`" if variable.default else "(none)"
         assert f"| `{variable.name}` | {default} | {variable.meaning} |" in page, variable.name
-

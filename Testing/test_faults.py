@@ -24,8 +24,8 @@ import SimpleITK as sitk
 
 from conftest import requireSharedData, smallObliquePhantom
 from MedSegUNetLib import cli
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
@@ -166,39 +166,99 @@ def segmentOutputs(p) -> list:
 # [parameters (the failing command), input (fixture paths), expected (words of the one line)]
 FAULT_CASES = [
     # 1. Options that cannot lose a value.
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--model", p["model"], *segmentOutputs(p)], "--model was given twice", id="option-twice"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--model", p["model"], *segmentOutputs(p)],
+        "--model was given twice",
+        id="option-twice",
+    ),
     pytest.param(lambda p: ["roi", p["good"], "--margin", "nan"], "must be a finite number", id="margin-nan"),
     pytest.param(lambda p: ["roi", p["good"], "--margin", "inf"], "must be a finite number", id="margin-inf"),
     pytest.param(lambda p: ["roi", p["good"], "--margin", "-1"], "must be a finite number", id="margin-negative"),
     pytest.param(lambda p: ["segment", "--model", p["model"], *segmentOutputs(p)], "Give the INPUT volumes", id="no-inputs"),
     # 2. Outputs never touch inputs or each other.
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["good"]], "is the input given as INPUT", id="output-is-input"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"] / "a.nrrd", "--stats", p["out"] / "a.nrrd"], "name the same file", id="output-is-stats"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s", "--stats-json", p["out"] / "s"], "name the same file", id="stats-is-stats-json"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["model"]], "is the input given as --model", id="stats-is-model"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"] / "x.mhd", "--stats", p["out"] / "x.zraw"], "name the same file", id="mhd-data-file-is-stats"),
-    pytest.param(lambda p: ["roi", p["good"], p["goodNii"], "--json", p["goodNii"]], "is the input given as VOLUME", id="roi-json-is-volume"),
-    pytest.param(lambda p: ["export", "--checkpoint", p["checkpoint"], "--output", p["checkpoint"]], "is the input given as --checkpoint", id="export-onto-checkpoint"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["good"]], "is the input given as INPUT", id="output-is-input"
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"] / "a.nrrd", "--stats", p["out"] / "a.nrrd"],
+        "name the same file",
+        id="output-is-stats",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s", "--stats-json", p["out"] / "s"],
+        "name the same file",
+        id="stats-is-stats-json",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["model"]], "is the input given as --model", id="stats-is-model"
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"] / "x.mhd", "--stats", p["out"] / "x.zraw"],
+        "name the same file",
+        id="mhd-data-file-is-stats",
+    ),
+    pytest.param(
+        lambda p: ["roi", p["good"], p["goodNii"], "--json", p["goodNii"]], "is the input given as VOLUME", id="roi-json-is-volume"
+    ),
+    pytest.param(
+        lambda p: ["export", "--checkpoint", p["checkpoint"], "--output", p["checkpoint"]],
+        "is the input given as --checkpoint",
+        id="export-onto-checkpoint",
+    ),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"]], "is a folder", id="output-is-a-folder"),
     # 4. Inputs are checked, not assumed.
-    pytest.param(lambda p: ["segment", p["headerOnly"], "--model", p["model"], *segmentOutputs(p)], "is cut short", id="nii-gz-header-only"),
+    pytest.param(
+        lambda p: ["segment", p["headerOnly"], "--model", p["model"], *segmentOutputs(p)], "is cut short", id="nii-gz-header-only"
+    ),
     pytest.param(lambda p: ["segment", p["halfGz"], "--model", p["model"], *segmentOutputs(p)], "is cut short", id="nii-gz-half"),
     pytest.param(lambda p: ["segment", p["cutNii"], "--model", p["model"], *segmentOutputs(p)], "is cut short", id="nii-cut"),
     pytest.param(lambda p: ["roi", p["good"], p["halfGz"]], "is cut short", id="roi-cut-short"),
     pytest.param(lambda p: ["segment", p["complex"], "--model", p["model"], *segmentOutputs(p)], "complex voxels", id="complex-pixels"),
     # 5. The model's answer is checked.
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["nan"], *segmentOutputs(p)], "returned NaN or infinite values", id="model-nan"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["integer"], *segmentOutputs(p)], "returned int64 values instead of floating-point", id="model-integer"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["boolean"], *segmentOutputs(p)], "returned bool values instead of floating-point", id="model-boolean"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["nan"], *segmentOutputs(p)], "returned NaN or infinite values", id="model-nan"
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["integer"], *segmentOutputs(p)],
+        "returned int64 values instead of floating-point",
+        id="model-integer",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["boolean"], *segmentOutputs(p)],
+        "returned bool values instead of floating-point",
+        id="model-boolean",
+    ),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["half"], *segmentOutputs(p)], "returned shape", id="model-wrong-shape"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["failing"], *segmentOutputs(p)], "failed on an input of shape", id="model-fails-in-interpreter"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["huge"], *segmentOutputs(p)], "GiB are free", id="card-cannot-fit-in-memory"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["failing"], *segmentOutputs(p)],
+        "failed on an input of shape",
+        id="model-fails-in-interpreter",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["huge"], *segmentOutputs(p)], "GiB are free", id="card-cannot-fit-in-memory"
+    ),
     pytest.param(lambda p: ["segment", p["good"], "--model", p["latin1"], *segmentOutputs(p)], "is not UTF-8 text", id="card-not-utf8"),
     # 6. Reference labels are label maps of this patient, in values the card maps.
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s.csv", "--reference-seg", p["intensity"]], "not a label map", id="reference-is-an-intensity-image"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s.csv", "--reference-seg", p["far"]], "does not overlap", id="reference-elsewhere"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s.csv", "--reference-seg", p["labels"]], "reference_values", id="reference-in-other-values"),
-    pytest.param(lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"] / "s.nrrd", "--reference-seg", p["labels"]], "give --stats", id="reference-without-statistics"),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s.csv", "--reference-seg", p["intensity"]],
+        "not a label map",
+        id="reference-is-an-intensity-image",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s.csv", "--reference-seg", p["far"]],
+        "does not overlap",
+        id="reference-elsewhere",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--stats", p["out"] / "s.csv", "--reference-seg", p["labels"]],
+        "reference_values",
+        id="reference-in-other-values",
+    ),
+    pytest.param(
+        lambda p: ["segment", p["good"], "--model", p["model"], "--output", p["out"] / "s.nrrd", "--reference-seg", p["labels"]],
+        "give --stats",
+        id="reference-without-statistics",
+    ),
 ]
 
 
@@ -221,7 +281,21 @@ def test_usage_errors_are_one_line_with_status_2(capsys):
 def test_micrometre_grid_difference_gives_statistics(capsys, fault_inputs):
     """Two inputs whose grids differ by 2 µm (float32 NIfTI header): statistics, not a crash."""
     out = fault_inputs["out"]
-    code = cli.main([str(a) for a in ["segment", fault_inputs["good"], fault_inputs["shifted"], "--model", fault_inputs["twoInputs"], "--stats", out / "s.csv", "-q"]])
+    code = cli.main(
+        [
+            str(a)
+            for a in [
+                "segment",
+                fault_inputs["good"],
+                fault_inputs["shifted"],
+                "--model",
+                fault_inputs["twoInputs"],
+                "--stats",
+                out / "s.csv",
+                "-q",
+            ]
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.err == "" and captured.out == ""
@@ -258,7 +332,10 @@ def test_short_write_under_file_size_limit_leaves_nothing(tmp_path, a_threshold_
 
     done = subprocess.run(
         [*command(), "segment", str(volume), "--model", model, "--output", str(out / name), "--stats", str(out / "stats.csv")],
-        capture_output=True, text=True, timeout=300, preexec_fn=limitFileSize,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limitFileSize,
     )
     line = assertCleanFault(done.returncode, done.stderr, out, "")
     assert line.startswith("medsegunet: error:") and ("file-size limit" in line or "incompletely" in line), line
@@ -287,8 +364,20 @@ def test_sigterm_during_the_final_writes_leaves_nothing(tmp_path, a_threshold_mo
     out.mkdir()
     volume = _noiseCase(inputs, (256, 256, 96))
     process = subprocess.Popen(
-        [*command(), "segment", str(volume), "--model", a_threshold_model((0.5,), LABELS), "--output", str(out / "seg.nii.gz"), "--stats", str(out / "s.csv")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            *command(),
+            "segment",
+            str(volume),
+            "--model",
+            a_threshold_model((0.5,), LABELS),
+            "--output",
+            str(out / "seg.nii.gz"),
+            "--stats",
+            str(out / "s.csv"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not any(n.startswith(".medsegunet-") for n in os.listdir(out)):
@@ -308,7 +397,9 @@ def test_sigint_at_any_moment_gives_one_line(tmp_path, a_threshold_model, delay)
     out.mkdir()
     process = subprocess.Popen(
         [*command(), "segment", str(volume), "--model", a_threshold_model((0.5,), LABELS), "--output", str(out / "seg.nii.gz")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
@@ -329,7 +420,9 @@ def test_fifo_as_a_volume_is_refused_at_once(tmp_path, a_threshold_model):
     started = time.monotonic()
     done = subprocess.run(
         [*command(), "segment", str(fifo), "--model", a_threshold_model((0.5,), LABELS), "--output", str(out / "s.nrrd")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assertCleanFault(done.returncode, done.stderr, out, "not a regular file or folder")
     assert time.monotonic() - started < 30

@@ -47,11 +47,15 @@ def oneLine(done: subprocess.CompletedProcess, expected: str, code: int = 2) -> 
 
 # Each step's parameters are within the card schema's bounds (±1e6); together they pass float32's
 # 3.4e38 at the 7th step (inputs in 0–1: 1e6 to the 7th is 1e42).
-@pytest.mark.parametrize("steps, expected", [
-    ([{"type": "affine", "scale": 1e6}] * 7, "normalisation step 7 (affine)"),
-    ([{"type": "minmax", "b_min": 0.0, "b_max": 1e6}] + [{"type": "affine", "scale": 1e6}] * 6, "normalisation step 7 (affine)"),
-    ([{"type": "affine", "scale": -1e6}] * 6 + [{"type": "affine", "shift": 1e6, "scale": 1e6}], "normalisation step 7 (affine)"),
-], ids=["scale", "minmax-then-scale", "negative"])
+@pytest.mark.parametrize(
+    "steps, expected",
+    [
+        ([{"type": "affine", "scale": 1e6}] * 7, "normalisation step 7 (affine)"),
+        ([{"type": "minmax", "b_min": 0.0, "b_max": 1e6}] + [{"type": "affine", "scale": 1e6}] * 6, "normalisation step 7 (affine)"),
+        ([{"type": "affine", "scale": -1e6}] * 6 + [{"type": "affine", "shift": 1e6, "scale": 1e6}], "normalisation step 7 (affine)"),
+    ],
+    ids=["scale", "minmax-then-scale", "negative"],
+)
 def test_a_normalisation_that_overflows_float32_is_refused_naming_its_step(tmp_path, a_threshold_model, steps, expected):
     model = tmp_path / "model.pt"
     shutil.copy(a_threshold_model((0.5,), LABELS), model)
@@ -59,8 +63,12 @@ def test_a_normalisation_that_overflows_float32_is_refused_naming_its_step(tmp_p
     card.update(schema="medsegunet.model/3", normalization=steps)
     (tmp_path / "model.pt.json").write_text(json.dumps(card))
     noiseVolume(tmp_path / "t1.nrrd")
-    done = subprocess.run([*command(), "segment", "--model", str(model), str(tmp_path / "t1.nrrd"), "--output", str(tmp_path / "out.nrrd")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*command(), "segment", "--model", str(model), str(tmp_path / "t1.nrrd"), "--output", str(tmp_path / "out.nrrd")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     oneLine(done, expected)
     assert not (tmp_path / "out.nrrd").exists()
 
@@ -69,7 +77,10 @@ def test_a_normalisation_that_overflows_float32_is_refused_naming_its_step(tmp_p
 def smallDisk(size: str):
     """A tmpfs of ``size`` mounted for the test (root only; skipped where mounting is not allowed)."""
     folder = Path(tempfile.mkdtemp(prefix="medsegunet-small-disk-"))
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    )
     if not mounted:
         folder.rmdir()
         pytest.skip("a small file system cannot be mounted here (needs root and mount rights)")
@@ -86,8 +97,22 @@ def test_a_disk_that_fills_says_no_space_left(tmp_path, a_threshold_model):
     with smallDisk("300k") as disk:
         out = disk / "out"
         out.mkdir()
-        done = subprocess.run([*command(), "segment", "--model", a_threshold_model((0.5,), LABELS), str(tmp_path / "t1.nrrd"),
-                               "--output", str(out / "seg.nii"), "--stats-json", str(out / "s.json")], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                *command(),
+                "segment",
+                "--model",
+                a_threshold_model((0.5,), LABELS),
+                str(tmp_path / "t1.nrrd"),
+                "--output",
+                str(out / "seg.nii"),
+                "--stats-json",
+                str(out / "s.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         line = oneLine(done, "Cannot write")
         assert "no space left" in line or "the disk is full" in line, line
         assert os.listdir(out) == []
@@ -98,8 +123,24 @@ def test_a_batch_whose_disk_fills_mid_case_says_no_space_left(tmp_path, a_thresh
     noiseVolume(tmp_path / "cases" / "t1" / "image.nrrd", (96, 96, 48))
     with smallDisk("400k") as disk:
         out = disk / "out"
-        done = subprocess.run([*command(), "batch", "-q", "--model", a_threshold_model((0.5,), LABELS), "--cases", str(tmp_path / "cases"),
-                               "--output", str(out), "--format", "nii"], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                *command(),
+                "batch",
+                "-q",
+                "--model",
+                a_threshold_model((0.5,), LABELS),
+                "--cases",
+                str(tmp_path / "cases"),
+                "--output",
+                str(out),
+                "--format",
+                "nii",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 1, done.stderr
         failed = [line for line in done.stderr.splitlines() if "failed" in line and "t1" in line]
         assert failed and ("no space left" in failed[0] or "the disk is full" in failed[0]), done.stderr
@@ -120,8 +161,12 @@ def asNobody() -> list[str]:
         pytest.skip("setpriv is not installed: as root, no file is unreadable")
     prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
     for candidate in (command(), [sys.executable, "-m", "MedSegUNetLib.cli"]):
-        probe = subprocess.run([*prefix, *candidate, "--version"], capture_output=True, cwd=tempfile.gettempdir(),
-                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+        probe = subprocess.run(
+            [*prefix, *candidate, "--version"],
+            capture_output=True,
+            cwd=tempfile.gettempdir(),
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
+        )
         if probe.returncode == 0:
             return [*prefix, *candidate]
     pytest.skip("the unprivileged user cannot run this checkout's Python")
@@ -137,21 +182,27 @@ def test_an_input_the_user_may_not_read_is_one_line(a_threshold_model, what):
         shutil.copy(a_threshold_model((0.5,), LABELS), model)
         (volume if what == "volume" else model).chmod(0o600 if asUser != command() else 0o000)
         (volume if what == "model" else model).chmod(0o644)
-        done = subprocess.run([*asUser, "segment", "--model", str(model), str(volume), "--output", str(folder / "out.nrrd")],
-                              capture_output=True, text=True, timeout=300, cwd=str(folder),
-                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), "HOME": str(folder)})
+        done = subprocess.run(
+            [*asUser, "segment", "--model", str(model), str(volume), "--output", str(folder / "out.nrrd")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=str(folder),
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), "HOME": str(folder)},
+        )
         oneLine(done, "permission denied")
         assert not (folder / "out.nrrd").exists()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.parametrize("how, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "how, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_signal_during_one_long_network_call_ends_the_run_at_once(tmp_path, how, code, word):
     """The signal is sent once the network's call has begun (the engine's test hook leaves a file
     then), never at a moment chosen by a clock; that one call would take far longer than the bound."""
     from MedSegUNetLib.engine.settings import TEST_NETWORK_BEGUN
-
     from MedSegUNetLib.models import phantoms
 
     model = slowThresholdModel(tmp_path / "slow.pt", phantoms.thresholdCard(LABELS), (0.5,), repeats=40000)
@@ -159,8 +210,13 @@ def test_a_signal_during_one_long_network_call_ends_the_run_at_once(tmp_path, ho
     out, begun = tmp_path / "out", tmp_path / "begun"
     out.mkdir()
     begun.mkdir()
-    process = subprocess.Popen([*command(), "segment", "-q", "--model", model, str(tmp_path / "t1.nrrd"), "--output", str(out / "seg.nrrd")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, TEST_NETWORK_BEGUN.name: str(begun)})
+    process = subprocess.Popen(
+        [*command(), "segment", "-q", "--model", model, str(tmp_path / "t1.nrrd"), "--output", str(out / "seg.nrrd")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, TEST_NETWORK_BEGUN.name: str(begun)},
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(begun.iterdir()) and process.poll() is None and time.monotonic() < deadline:
@@ -173,6 +229,8 @@ def test_a_signal_during_one_long_network_call_ends_the_run_at_once(tmp_path, ho
     finally:
         process.kill()
     assert process.returncode == code, rest
-    assert [line for line in rest.strip().splitlines() if line.startswith("medsegunet:")] == [f"medsegunet: {word}; nothing was written."], rest
+    assert [line for line in rest.strip().splitlines() if line.startswith("medsegunet:")] == [
+        f"medsegunet: {word}; nothing was written."
+    ], rest
     assert elapsed < 3.0, f"the run took {elapsed:.1f} s to end after the signal"
     assert os.listdir(out) == []

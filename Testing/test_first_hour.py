@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData
+from conftest import PROSTATEX_0000_ROI, REPO_ROOT
 from MedSegUNetLib import cli
 from MedSegUNetLib.models import phantoms
 
@@ -21,8 +21,10 @@ def test_a_model_trained_on_a_multi_series_roi_refuses_to_run_without_it(capsys,
     tra, sag, cor = prostate_series.values()
     assert cli.main(["segment", "--model", ZOO_PROSTATE, tra, "--stats", str(tmp_path / "z.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["medsegunet: error: This model was trained on the region covered by the t2 sag series and the t2 cor series: "
-                   "add --roi-from with them (e.g. --roi-from SAG COR), or --no-roi to run on the whole volume."]
+    assert err == [
+        "medsegunet: error: This model was trained on the region covered by the t2 sag series and the t2 cor series: "
+        "add --roi-from with them (e.g. --roi-from SAG COR), or --no-roi to run on the whole volume."
+    ]
     assert list(tmp_path.iterdir()) == []
     # With the series it runs as before; --no-roi is the user's explicit choice.
     assert cli.main(["segment", "-q", "--model", ZOO_PROSTATE, tra, "--roi-from", sag, cor, "--stats-json", str(tmp_path / "z.json")]) == 0
@@ -36,15 +38,23 @@ def test_the_whole_pelvis_result_is_flagged(capsys, tmp_path, prostate_series):
     tra = next(iter(prostate_series.values()))
     assert cli.main(["segment", "-q", "--model", ZOO_PROSTATE, tra, "--no-roi", "--output", str(tmp_path / "z.seg.nrrd")]) == 0
     warnings = capsys.readouterr().err.strip().splitlines()
-    assert warnings and all(line.startswith("medsegunet: warning:") and "flagged: volume" in line and "above the expected" in line for line in warnings), warnings
+    assert warnings and all(
+        line.startswith("medsegunet: warning:") and "flagged: volume" in line and "above the expected" in line for line in warnings
+    ), warnings
 
 
 @pytest.mark.parametrize("option, value, trained", [("--context", "10", "0"), ("--margin", "5", "0")])
 def test_context_and_margin_the_model_was_not_trained_with_warn(capsys, tmp_path, prostate_series, option, value, trained):
     tra, sag, cor = prostate_series.values()
-    assert cli.main(["segment", "-q", "--model", ZOO_PROSTATE, tra, "--roi-from", sag, cor, option, value, "--stats", str(tmp_path / "z.csv")]) == 0
+    assert (
+        cli.main(["segment", "-q", "--model", ZOO_PROSTATE, tra, "--roi-from", sag, cor, option, value, "--stats", str(tmp_path / "z.csv")])
+        == 0
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert f"medsegunet: warning: {option} {value} mm differs from the {trained} mm this model was trained with: results may be worse (the model sheet says why)" in err
+    assert (
+        f"medsegunet: warning: {option} {value} mm differs from the {trained} mm this model was trained with: results may be worse (the "
+        "model sheet says why)" in err
+    )
 
 
 def _probabilitiesInside(path: str, roi: dict) -> np.ndarray:
@@ -60,8 +70,22 @@ def test_probabilities_sum_to_one_on_every_roi_voxel_of_prostatex(tmp_path, pros
     tra, sag, cor = prostate_series.values()
     level = 400.0
     model = a_threshold_model((level,), [(1, "bright", (1.0, 1.0, 0.0))], inputs=("T2",), spacing=[1.0, 1.0, 3.0])
-    argv = ["segment", "-q", "--model", model, tra, "--roi-from", sag, cor, "--probabilities", str(tmp_path / "p.nrrd"),
-            "--stats-json", str(tmp_path / "s.json"), "--output", str(tmp_path / "z.nrrd")]
+    argv = [
+        "segment",
+        "-q",
+        "--model",
+        model,
+        tra,
+        "--roi-from",
+        sag,
+        cor,
+        "--probabilities",
+        str(tmp_path / "p.nrrd"),
+        "--stats-json",
+        str(tmp_path / "s.json"),
+        "--output",
+        str(tmp_path / "z.nrrd"),
+    ]
     assert cli.main(argv) == 0
     roi = json.loads((tmp_path / "s.json").read_text())["roi"]
     assert roi["ijk_max"][0] == 261
@@ -88,11 +112,28 @@ GRIDS = [
 @pytest.mark.parametrize("spacing, orientation, grid", GRIDS, ids=["anisotropic", "RAS", "flipped-and-coarse"])
 def test_probabilities_sum_to_one_on_grids_the_spacing_does_not_divide(tmp_path, a_threshold_model, spacing, orientation, grid):
     size, voxel, tilt = grid
-    image = phantoms.paintSpheres(phantoms.makeGrid(size, voxel, phantoms.rotationMatrix((1, 0.4, 0.2), tilt), (0, 0, 0)), [((0, 0, 0), 8.0, 1.0)])
+    image = phantoms.paintSpheres(
+        phantoms.makeGrid(size, voxel, phantoms.rotationMatrix((1, 0.4, 0.2), tilt), (0, 0, 0)), [((0, 0, 0), 8.0, 1.0)]
+    )
     sitk.WriteImage(image, str(tmp_path / "t2.nrrd"))
     model = a_threshold_model((0.5,), spacing=spacing, orientation=orientation)
-    assert cli.main(["segment", "-q", "--model", model, str(tmp_path / "t2.nrrd"), "--no-roi", "--probabilities", str(tmp_path / "p.nrrd"),
-                     "--stats-json", str(tmp_path / "s.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                "-q",
+                "--model",
+                model,
+                str(tmp_path / "t2.nrrd"),
+                "--no-roi",
+                "--probabilities",
+                str(tmp_path / "p.nrrd"),
+                "--stats-json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     roi = json.loads((tmp_path / "s.json").read_text())["roi"]
     assert roi["ijk_max"] == [s - 1 for s in size]
     inside = _probabilitiesInside(str(tmp_path / "p.nrrd"), roi)

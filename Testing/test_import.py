@@ -15,7 +15,8 @@ import MedSegUNetLib
 # The widget is the module's Qt code (it runs in Slicer only); the static tests read it.
 QT_MODULES = {"slicer.widget"}
 MODULES = sorted(
-    info.name.removeprefix("MedSegUNetLib.") for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")
+    info.name.removeprefix("MedSegUNetLib.")
+    for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")
     if not info.ispkg and info.name.removeprefix("MedSegUNetLib.") not in QT_MODULES
 )
 PACKAGES = {"engine", "models", "cohorts", "slicer", "commands"}
@@ -32,10 +33,23 @@ print(json.dumps(roots))
 def test_every_package_and_engine_module_is_there():
     # Four packages by concern, the commands and the command line on top.
     assert {info.name for info in pkgutil.iter_modules(MedSegUNetLib.__path__) if info.ispkg} == PACKAGES
-    assert {"engine.errors", "engine.geometry", "engine.volumes", "engine.modelcard", "engine.preprocessing", "engine.inference", "engine.pipeline",
-            "engine.statistics", "engine.outputs", "models.phantoms", "cli"} <= set(MODULES)
+    assert {
+        "engine.errors",
+        "engine.geometry",
+        "engine.volumes",
+        "engine.modelcard",
+        "engine.preprocessing",
+        "engine.inference",
+        "engine.pipeline",
+        "engine.statistics",
+        "engine.outputs",
+        "models.phantoms",
+        "cli",
+    } <= set(MODULES)
     # Qt is imported only by the widget: every other module keeps off it (checked below).
-    assert QT_MODULES <= {info.name.removeprefix("MedSegUNetLib.") for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")}
+    assert QT_MODULES <= {
+        info.name.removeprefix("MedSegUNetLib.") for info in pkgutil.walk_packages(MedSegUNetLib.__path__, "MedSegUNetLib.")
+    }
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -54,8 +68,10 @@ def helpCommand() -> list[str]:
 def test_help_loads_nothing_heavy():
     """``medsegunet --help`` answers at once because it imports no torch, MONAI, SciPy or
     matplotlib, the seconds-long imports (checked by what it loads, not by a clock: machines differ)."""
-    code = ("import json, sys\nfrom MedSegUNetLib import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))")
+    code = (
+        "import json, sys\nfrom MedSegUNetLib import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "segment" in done.stdout and "roi" in done.stdout

@@ -6,7 +6,7 @@ import io
 import logging
 
 from MedSegUNetLib.commands.console import ConsoleProgress, libraryLogsOn
-from MedSegUNetLib.models import training
+from MedSegUNetLib.models import trainreports
 
 
 def test_the_command_line_prints_what_the_library_logs(capsys):
@@ -31,7 +31,7 @@ def test_quiet_silences_notes_not_warnings(capsys):
 
 def test_library_defaults_log_instead_of_printing(caplog, capsys):
     caplog.set_level(logging.INFO, logger="MedSegUNetLib")
-    bar = training.ProgressBar(3, "epoch 1/1")
+    bar = trainreports.ProgressBar(3, "epoch 1/1")
     bar.log("validation Dice 0.9")
-    assert [(r.name, r.getMessage()) for r in caplog.records] == [("MedSegUNetLib.models.training", "validation Dice 0.9")]
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [("MedSegUNetLib.models.trainreports", "validation Dice 0.9")]
     assert capsys.readouterr().out == ""

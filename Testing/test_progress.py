@@ -14,7 +14,6 @@ import SimpleITK as sitk
 from conftest import aTerminalOnStderr, smallObliquePhantom
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.pipeline import Stage
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.models.verification import ImportStage
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
@@ -29,7 +28,12 @@ def a_small_case(tmp_path, a_threshold_model) -> dict:
         (tmp_path / "cases" / case).mkdir(parents=True)
         sitk.WriteImage(image, str(tmp_path / "cases" / case / "image.nrrd"))
     model = a_threshold_model((0.5,), LABELS, patchSize=(8, 8, 4))
-    return {"volume": str(tmp_path / "cases" / "a" / "image.nrrd"), "cases": str(tmp_path / "cases"), "model": model, "out": tmp_path / "out"}
+    return {
+        "volume": str(tmp_path / "cases" / "a" / "image.nrrd"),
+        "cases": str(tmp_path / "cases"),
+        "model": model,
+        "out": tmp_path / "out",
+    }
 
 
 def runOnATerminal(monkeypatch, argv: list) -> tuple[int, str, str]:
@@ -52,7 +56,10 @@ def logSteps(out: str) -> list[tuple[int, str]]:
 
 
 def test_segment_draws_a_moving_bar_on_a_terminal(monkeypatch, a_small_case):
-    code, out, terminal = runOnATerminal(monkeypatch, ["segment", a_small_case["volume"], "--model", a_small_case["model"], "--output", a_small_case["out"].with_suffix(".seg.nrrd")])
+    code, out, terminal = runOnATerminal(
+        monkeypatch,
+        ["segment", a_small_case["volume"], "--model", a_small_case["model"], "--output", a_small_case["out"].with_suffix(".seg.nrrd")],
+    )
     assert code == 0
     assertABarThatMoved(terminal)
     assert "Running the network" in terminal.text and terminal.percentages[-1] >= 97
@@ -61,18 +68,35 @@ def test_segment_draws_a_moving_bar_on_a_terminal(monkeypatch, a_small_case):
 
 
 def test_segment_logs_every_stage_once_in_the_order_they_run(capsys, a_small_case):
-    assert cli.main(["segment", a_small_case["volume"], "--model", a_small_case["model"], "--output", str(a_small_case["out"].with_suffix(".seg.nrrd"))]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                a_small_case["volume"],
+                "--model",
+                a_small_case["model"],
+                "--output",
+                str(a_small_case["out"].with_suffix(".seg.nrrd")),
+            ]
+        )
+        == 0
+    )
     steps = logSteps(capsys.readouterr().out)
     assert [percent for percent, _ in steps] == sorted(percent for percent, _ in steps)
     assert [message for _, message in steps if message in {stage.label for stage in Stage}] == [stage.label for stage in Stage]
     # Batches and classes are counted right: one label, batches "k of N" for one N.
     batches = [re.match(r"Inference: batch (\d+) of (\d+)", message) for _, message in steps if message.startswith("Inference")]
     assert len(batches) == 1 and int(batches[0].group(1)) <= int(batches[0].group(2))
-    assert [message.split(": ")[1] for _, message in steps if message.startswith("Resampling to the reference grid")] == ["label 1 of 1 (bright)"]
+    assert [message.split(": ")[1] for _, message in steps if message.startswith("Resampling to the reference grid")] == [
+        "label 1 of 1 (bright)"
+    ]
 
 
 def test_batch_draws_a_cases_bar_on_a_terminal(monkeypatch, a_small_case):
-    code, out, terminal = runOnATerminal(monkeypatch, ["batch", "--model", a_small_case["model"], "--cases", a_small_case["cases"], "--output", a_small_case["out"], "--device", "cpu"])
+    code, out, terminal = runOnATerminal(
+        monkeypatch,
+        ["batch", "--model", a_small_case["model"], "--cases", a_small_case["cases"], "--output", a_small_case["out"], "--device", "cpu"],
+    )
     assert code == 0, out
     assert "\r" in terminal.text and re.search(r"cases: +100%\|.*\| 2/2", terminal.text) and "1/2" in terminal.text
     # The per-case log lines are the bar's on a terminal; stdout keeps the summary.
@@ -80,14 +104,33 @@ def test_batch_draws_a_cases_bar_on_a_terminal(monkeypatch, a_small_case):
 
 
 def test_batch_logs_a_line_per_case_with_worker_numbers(capsys, a_small_case):
-    argv = ["batch", "--model", a_small_case["model"], "--cases", a_small_case["cases"], "--output", str(a_small_case["out"]), "--device", "cpu", "--workers", "1"]
+    argv = [
+        "batch",
+        "--model",
+        a_small_case["model"],
+        "--cases",
+        a_small_case["cases"],
+        "--output",
+        str(a_small_case["out"]),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert re.findall(r"^case (\w): begun by worker (\d+)$", out, re.MULTILINE) == [("a", "1"), ("b", "1")]
     assert re.findall(r"^\[(\d)/2\] (\w): ok, \d+\.\d s$", out, re.MULTILINE) == [("1", "a"), ("2", "b")]
     # A rerun skips both and says when they were done and how long they took then.
     assert cli.main(argv) == 0
-    assert len(re.findall(r"^\[\d/2\] \w: skipped \(done on \d{4}-\d\d-\d\d \d\d:\d\d UTC in \d+\.\d s\)$", capsys.readouterr().out, re.MULTILINE)) == 2
+    assert (
+        len(
+            re.findall(
+                r"^\[\d/2\] \w: skipped \(done on \d{4}-\d\d-\d\d \d\d:\d\d UTC in \d+\.\d s\)$", capsys.readouterr().out, re.MULTILINE
+            )
+        )
+        == 2
+    )
 
 
 @pytest.fixture
@@ -100,7 +143,9 @@ def an_onnx_source(tmp_path) -> dict:
 
 
 def test_import_draws_a_moving_bar_on_a_terminal(monkeypatch, an_onnx_source):
-    code, out, terminal = runOnATerminal(monkeypatch, ["import", an_onnx_source["onnx"], "--card", an_onnx_source["card"], "--output", an_onnx_source["output"]])
+    code, out, terminal = runOnATerminal(
+        monkeypatch, ["import", an_onnx_source["onnx"], "--card", an_onnx_source["card"], "--output", an_onnx_source["output"]]
+    )
     assert code == 0
     assertABarThatMoved(terminal, least=len(ImportStage))
     assert "Verifying the converted network against onnxruntime" in terminal.text and out.startswith("Wrote ")

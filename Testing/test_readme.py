@@ -23,8 +23,7 @@ def blockWith(words: str) -> str:
 
 def test_the_readme_has_exactly_its_two_commands():
     """The quick start and the test command, which ``.ci/run`` runs: nothing else to keep true."""
-    assert [block.split()[:4] for block in bashBlocks(README)] == [
-        ["python", "-m", "pip", "install"], ["python", "-m", "pip", "install"]]
+    assert [block.split()[:4] for block in bashBlocks(README)] == [["python", "-m", "pip", "install"], ["python", "-m", "pip", "install"]]
     assert 'python -m pip install -e ".[test]" && python -m pytest' in (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert blockWith("pytest").strip() == 'python -m pip install -e ".[test]" && python -m pytest'
 
@@ -38,7 +37,7 @@ def test_the_readme_links_resolve():
 
 def test_the_quick_start_demo_prints_progress_in_a_log(a_checkout):
     command = next(line for line in blockWith("medsegunet demo").splitlines() if line.strip())
-    demo = command[command.index("medsegunet demo"):]
+    demo = command[command.index("medsegunet demo") :]
     done = runBlock(demo, a_checkout)
     assert done.returncode == 0, done.stderr
     assert "[  0%] Loading model and volumes" in done.stdout and "[100%] Done" in done.stdout

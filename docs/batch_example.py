@@ -31,9 +31,9 @@ def loadCase(scene, folder, card):
     Raises:
         MedSegUNetError: an input with no matching series, or several equally good ones.
     """
-    from MedSegUNetLib.slicer.nodes import addVolumeFromImage
     from MedSegUNetLib.cohorts.seriesmatch import findCaseSeries, matchSeries
     from MedSegUNetLib.engine.volumes import readVolume
+    from MedSegUNetLib.slicer.nodes import addVolumeFromImage
 
     match = matchSeries(card, findCaseSeries(folder), os.path.basename(os.path.normpath(folder)))
     inputs = [addVolumeFromImage(scene, readVolume(series.path), series.name) for series in match.inputs]
@@ -56,18 +56,31 @@ def segmentCase(scene, logic, modelPath, card, folder):
 def summaryRow(case, result=None, error=None, seconds=0.0):
     """A row of ``medsegunet batch``'s summary for one case."""
     if result is None:
-        return {"case": case, "status": "failed", "message": str(error).splitlines()[0] if str(error) else type(error).__name__,
-                "seconds": seconds, "roi_size_mm": None, "volumes_cm3": {}, "notes": []}
-    return {"case": case, "status": "ok", "message": "", "seconds": round(seconds, 3), "roi_size_mm": [round(float(v), 3) for v in result.roi.sizeMM],
-            "volumes_cm3": {s["name"]: s["volume_cm3"] for s in result.report["segments"]}, "notes": getattr(result, "notes", [])}
+        return {
+            "case": case,
+            "status": "failed",
+            "message": str(error).splitlines()[0] if str(error) else type(error).__name__,
+            "seconds": seconds,
+            "roi_size_mm": None,
+            "volumes_cm3": {},
+            "notes": [],
+        }
+    return {
+        "case": case,
+        "status": "ok",
+        "message": "",
+        "seconds": round(seconds, 3),
+        "roi_size_mm": [round(float(v), 3) for v in result.roi.sizeMM],
+        "volumes_cm3": {s["name"]: s["volume_cm3"] for s in result.report["segments"]},
+        "notes": getattr(result, "notes", []),
+    }
 
 
 def main(modelPath, casesFolder, outputFolder):
-    from MedSegUNetLib.engine import modelcard
-    from MedSegUNetLib.cohorts.batch import summaryCSV
-    from MedSegUNetLib.engine.staging import writeText
-
     from MedSegUNet import MedSegUNetLogic
+    from MedSegUNetLib.cohorts.batch import summaryCSV
+    from MedSegUNetLib.engine import modelcard
+    from MedSegUNetLib.engine.staging import writeText
 
     # The logic class directly: slicer.util.getModuleLogic would build the module's widget first.
     logic = MedSegUNetLogic()

@@ -69,12 +69,18 @@ def schemaTables(schema: dict) -> list[str]:
         properties = node.get("properties", {})
         if not properties:
             continue
-        lines += ["", f"### `{path}`" if path != "card" else "### The card's fields", "",
-                  "| field | required | accepts | meaning |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"### `{path}`" if path != "card" else "### The card's fields",
+            "",
+            "| field | required | accepts | meaning |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, child in properties.items():
             child = resolve(schema, child)
-            lines.append(f"| `{name}` | {'yes' if name in required else ''} | {accepts(schema, child)} | "
-                         f"{cell(child.get('description', ''))} |")
+            lines.append(
+                f"| `{name}` | {'yes' if name in required else ''} | {accepts(schema, child)} | {cell(child.get('description', ''))} |"
+            )
             for objectNode in objectsOf(schema, child):
                 pending.append((f"{path}.{name}" if path != "card" else name, objectNode, set(objectNode.get("required", []))))
     return lines
@@ -121,8 +127,12 @@ def accepts(schema: dict, node: dict) -> str:
         elif node.get("minItems"):
             size = f" of at least {node['minItems']}"
         return f"list{size}: {accepts(schema, node['items'])}"
-    bounds = [f"≥ {node['minimum']}" if "minimum" in node else "", f"> {node['exclusiveMinimum']}" if "exclusiveMinimum" in node else "",
-              f"≤ {node['maximum']}" if "maximum" in node else "", f"< {node['exclusiveMaximum']}" if "exclusiveMaximum" in node else ""]
+    bounds = [
+        f"≥ {node['minimum']}" if "minimum" in node else "",
+        f"> {node['exclusiveMinimum']}" if "exclusiveMinimum" in node else "",
+        f"≤ {node['maximum']}" if "maximum" in node else "",
+        f"< {node['exclusiveMaximum']}" if "exclusiveMaximum" in node else "",
+    ]
     bounds = ", ".join(bound for bound in bounds if bound)
     return f"{kind} ({bounds})" if bounds else kind
 

@@ -18,8 +18,8 @@ import signal
 import sys
 from typing import Sequence
 
-from .engine.errors import firstLine, Interrupted, MedSegUNetError, outOfMemory, ProcessingCancelled
 from .commands.options import EXIT_USER_ERROR, OneLineParser, addCommonOptionsEverywhere, moveInputsAfterDoubleDash
+from .engine.errors import Interrupted, MedSegUNetError, ProcessingCancelled, firstLine, outOfMemory
 
 EXIT_CANCELLED = 130
 EXIT_TERMINATED = 143
@@ -212,3 +212,6 @@ def _run(args, console) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = ["buildParser", "parseArguments", "main"]

@@ -17,7 +17,6 @@ import re
 import time
 from pathlib import Path
 
-
 from .engine import settings
 from .engine.errors import OutputError, UsageError, VolumeError
 from .engine.paths import sha256
@@ -130,8 +129,8 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
     """
     from .engine import modelcard, pipeline
     from .engine.staging import checkDistinctPaths
-    from .engine.writer import runReport, statisticsDocument
     from .engine.volumes import readVolume
+    from .engine.writer import runReport, statisticsDocument
 
     log = log or logger.info
     started = time.perf_counter()
@@ -148,7 +147,9 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
         "overview": os.path.join(output, f"{case}-overview.png"),
     }
     paths = findLocalSeries(data) if data else fetchDemoData(log=log)
-    checkDistinctPaths({f"--output ({key})": path for key, path in outputs.items()}, {"--data": list(paths.values()), "--model": str(modelPath)})
+    checkDistinctPaths(
+        {f"--output ({key})": path for key, path in outputs.items()}, {"--data": list(paths.values()), "--model": str(modelPath)}
+    )
     reporter = pipeline.ProgressReporter(progress) if progress is not None else None
     if reporter is not None:
         reporter.stage(pipeline.Stage.LOADING)
@@ -156,26 +157,46 @@ def runDemo(data: str | None, output: str, model: str | None = None, device: str
     loaded = modelcard.loadModel(modelPath, device)
     card = loaded.card
     result = pipeline.segmentImages(
-        [images["axial"]], loaded, names=["T2 axial"], roiImages=[images["sagittal"], images["coronal"]], roiNames=["T2 sagittal", "T2 coronal"],
+        [images["axial"]],
+        loaded,
+        names=["T2 axial"],
+        roiImages=[images["sagittal"], images["coronal"]],
+        roiNames=["T2 sagittal", "T2 coronal"],
         progress=reporter,
     )
     if reporter is not None:
         reporter.stage(pipeline.Stage.STATISTICS)
     report, _ = runReport(result, card, [images["axial"]])
-    document = statisticsDocument(report, result, card, str(modelPath), [(card["inputs"][0]["name"], paths["axial"], None)],
-                                  roiSeries=[paths["sagittal"], paths["coronal"]], case=case, modelSHA256=sha256(modelPath))
+    document = statisticsDocument(
+        report,
+        result,
+        card,
+        str(modelPath),
+        [(card["inputs"][0]["name"], paths["axial"], None)],
+        roiSeries=[paths["sagittal"], paths["coronal"]],
+        case=case,
+        modelSHA256=sha256(modelPath),
+    )
     writeDemoOutputs(output, outputs, document, result, report, card, images, case, reporter)
     if reporter is not None:
         reporter.finish()
     for segment in report["segments"]:
         log(f"{segment['name']}: {segment['volume_cm3']:.1f} cm3")
-    log(f"ROI {' × '.join(f'{v:.1f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in {time.perf_counter() - started:.1f} s")
+    log(
+        f"ROI {' × '.join(f'{v:.1f}' for v in result.roi.sizeMM)} mm; wrote {', '.join(outputs.values())} in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     if case == CASE:
-        log("Note: a demonstration model trained on this very case (ProstateX-0000); see MedSegUNet/Resources/Models/prostate-zones/README.md.")
+        log(
+            "Note: a demonstration model trained on this very case (ProstateX-0000); see "
+            "MedSegUNet/Resources/Models/prostate-zones/README.md."
+        )
     return {"outputs": outputs, "report": report, "roi": result.roi}
 
 
-def writeDemoOutputs(output: str, outputs: dict, document: dict, result, report: dict, card: dict, images: dict, case: str, reporter) -> None:
+def writeDemoOutputs(
+    output: str, outputs: dict, document: dict, result, report: dict, card: dict, images: dict, case: str, reporter
+) -> None:
     """The demo's four files, staged and verified, then renamed together (the folder made if missing)."""
     from .engine import pipeline
     from .engine.writer import OutputPlan, writeResults
@@ -188,8 +209,25 @@ def writeDemoOutputs(output: str, outputs: dict, document: dict, result, report:
         raise OutputError(osErrorMessage(error, "create", output)) from None
     if reporter is not None:
         reporter.stage(pipeline.Stage.WRITING)
-    plan = OutputPlan(segmentation=outputs["segmentation"], statisticsCSV=outputs["statistics_csv"], statisticsJSON=outputs["statistics_json"],
-                      preview=outputs["overview"])
-    writeResults(plan, result, card, report, document, [images["axial"]], {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]}, case)
+    plan = OutputPlan(
+        segmentation=outputs["segmentation"],
+        statisticsCSV=outputs["statistics_csv"],
+        statisticsJSON=outputs["statistics_json"],
+        preview=outputs["overview"],
+    )
+    writeResults(
+        plan, result, card, report, document, [images["axial"]], {"sagittal T2": images["sagittal"], "coronal T2": images["coronal"]}, case
+    )
 
 
+__all__ = [
+    "CASE",
+    "defaultModelPath",
+    "cacheFolder",
+    "download",
+    "fetchDemoData",
+    "findLocalSeries",
+    "caseName",
+    "runDemo",
+    "writeDemoOutputs",
+]

@@ -36,7 +36,13 @@ def main() -> None:
     geometries = [geometry.VolumeGeometry.fromImage(image, name) for image, (name, _) in zip(images, SERIES)]
     roi = geometry.computeROI(geometries[0], geometries[1:])
     roiMask = preprocessing.emptyLike(images[0])
-    roiMask = sitk.Paste(roiMask, sitk.Image([int(s) for s in roi.size], sitk.sitkUInt8) + 1, [int(s) for s in roi.size], [0, 0, 0], [int(v) for v in roi.ijkMin])
+    roiMask = sitk.Paste(
+        roiMask,
+        sitk.Image([int(s) for s in roi.size], sitk.sitkUInt8) + 1,
+        [int(s) for s in roi.size],
+        [0, 0, 0],
+        [int(v) for v in roi.ijkMin],
+    )
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.6), facecolor="#202020")
     for axis, image, (_, title) in zip(axes, images, SERIES):
@@ -54,7 +60,8 @@ def main() -> None:
     figure.suptitle(
         f"MedSegUNet on ProstateX-0000: ROI = overlap of 3 oblique series ({' × '.join(str(s) for s in roi.size)} voxels), prostate gland\n"
         "rendered with matplotlib for the extension catalogue — not a Slicer screenshot",
-        color="white", fontsize=10,
+        color="white",
+        fontsize=10,
     )
     figure.tight_layout(rect=(0, 0, 1, 0.9))
     out = Path(__file__).with_name("MedSegUNet-overview-rendering.png")

@@ -70,10 +70,9 @@ def bareSeconds(model: str, cohort: Path, threads: int) -> list[float]:
     from monai.inferers import sliding_window_inference
 
     torch.set_num_threads(threads)
-    from MedSegUNetLib.engine import modelcard
-    from MedSegUNetLib.cohorts.casejob import BatchOptions
+    from MedSegUNetLib.cohorts.casejob import BatchOptions, prepareCase
     from MedSegUNetLib.cohorts.cases import casesFromSource
-    from MedSegUNetLib.cohorts.casejob import prepareCase
+    from MedSegUNetLib.engine import modelcard
 
     card = modelcard.readCard(model)
     network = torch.jit.load(model, map_location="cpu").eval()
@@ -84,8 +83,14 @@ def bareSeconds(model: str, cohort: Path, threads: int) -> list[float]:
         _, _, prepared = prepareCase(case, card, options)
         started = time.perf_counter()
         with torch.inference_mode():
-            probabilities = sliding_window_inference(torch.from_numpy(prepared.array)[None], roi_size=tuple(card["patch_size"]), sw_batch_size=card["sw_batch_size"],
-                                                     predictor=lambda x: torch.softmax(network(x), 1), overlap=card["overlap"], mode="gaussian")
+            probabilities = sliding_window_inference(
+                torch.from_numpy(prepared.array)[None],
+                roi_size=tuple(card["patch_size"]),
+                sw_batch_size=card["sw_batch_size"],
+                predictor=lambda x: torch.softmax(network(x), 1),
+                overlap=card["overlap"],
+                mode="gaussian",
+            )
         probabilities[0].argmax(0).to(torch.uint8).numpy()
         if index >= 2:
             seconds.append(time.perf_counter() - started)
@@ -107,15 +112,37 @@ def memoryScaling(folder: Path, environment: dict) -> list[dict]:
 
     from MedSegUNetLib.models import phantoms
 
-    model = phantoms.writeThresholdModel(folder / "threshold.pt", (0.5,), phantoms.thresholdCard([(1, "bright", (1, 1, 0))], patchSize=(128, 128, 32)))
+    model = phantoms.writeThresholdModel(
+        folder / "threshold.pt", (0.5,), phantoms.thresholdCard([(1, "bright", (1, 1, 0))], patchSize=(128, 128, 32))
+    )
     rows = []
     for slices in (100, 200, 400):
         array = (np.random.default_rng(0).random((slices, 512, 512)) * 1000).astype(np.int16)
         path = folder / f"volume-{slices}.nrrd"
         sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
-        result = measure([*medsegunet(), "segment", "-q", "--no-roi", "--device", "cpu", "--model", model, str(path), "--output", str(folder / f"seg-{slices}.nii.gz")], environment)
-        rows.append({"voxels": int(array.size), "input_mb": array.nbytes / 2**20, "peak_rss_mb": result["peak_rss_mb"], "wall_s": result["wall_s"]})
-        print(f"512x512x{slices}: input {array.nbytes / 2**20:.0f} MB, peak RSS {result['peak_rss_mb']:.0f} MB, {result['wall_s']:.1f} s", flush=True)
+        result = measure(
+            [
+                *medsegunet(),
+                "segment",
+                "-q",
+                "--no-roi",
+                "--device",
+                "cpu",
+                "--model",
+                model,
+                str(path),
+                "--output",
+                str(folder / f"seg-{slices}.nii.gz"),
+            ],
+            environment,
+        )
+        rows.append(
+            {"voxels": int(array.size), "input_mb": array.nbytes / 2**20, "peak_rss_mb": result["peak_rss_mb"], "wall_s": result["wall_s"]}
+        )
+        print(
+            f"512x512x{slices}: input {array.nbytes / 2**20:.0f} MB, peak RSS {result['peak_rss_mb']:.0f} MB, {result['wall_s']:.1f} s",
+            flush=True,
+        )
     return rows
 
 
@@ -149,8 +176,24 @@ def main() -> int:
         for case in sorted(os.listdir(cohort)):
             tra, sag, cor = STUDIES[case.rsplit("-", 1)[0]]
             base = cohort / case
-            run = measure([*medsegunet(), "segment", "-q", "--device", "cpu", "--model", model, str(base / tra), "--roi-from", str(base / sag), str(base / cor),
-                           "--output", str(folder / f"{case}.seg.nrrd")], environment)
+            run = measure(
+                [
+                    *medsegunet(),
+                    "segment",
+                    "-q",
+                    "--device",
+                    "cpu",
+                    "--model",
+                    model,
+                    str(base / tra),
+                    "--roi-from",
+                    str(base / sag),
+                    str(base / cor),
+                    "--output",
+                    str(folder / f"{case}.seg.nrrd"),
+                ],
+                environment,
+            )
             loop["peak_rss_mb"] = max(loop["peak_rss_mb"], run["peak_rss_mb"])
         loop["wall_s"] = time.perf_counter() - started
         results["shell_loop"] = loop
@@ -174,22 +217,57 @@ def main() -> int:
             runs = []
             for repeat in range(3 if threads else 1):
                 out = folder / f"{name}-{repeat}"
-                run = measure([*medsegunet(), "batch", "-q", "--device", "cpu", "--model", model, "--cases", str(cohort), "--output", str(out), *extra], environment)
-                runs.append({**run, "steady_s": steadySeconds(out / "summary.csv"), "own_s": perCaseSeconds(out / "summary.csv"), "network_s": networkThreadSeconds(out)})
+                run = measure(
+                    [
+                        *medsegunet(),
+                        "batch",
+                        "-q",
+                        "--device",
+                        "cpu",
+                        "--model",
+                        model,
+                        "--cases",
+                        str(cohort),
+                        "--output",
+                        str(out),
+                        *extra,
+                    ],
+                    environment,
+                )
+                runs.append(
+                    {
+                        **run,
+                        "steady_s": steadySeconds(out / "summary.csv"),
+                        "own_s": perCaseSeconds(out / "summary.csv"),
+                        "network_s": networkThreadSeconds(out),
+                    }
+                )
                 if threads:
                     seconds = bareSeconds(model, cohort, threads)
                     bare.setdefault(threads, []).append(sum(seconds) / len(seconds))
             run = sorted(runs, key=lambda r: r["steady_s"])[len(runs) // 2]
-            results[name] = {"wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"], "per_case_s": run["own_s"], "per_case_mean_s": sum(run["own_s"]) / len(run["own_s"]),
-                             "steady_per_case_s": [r["steady_s"] for r in runs], "network_thread_per_case_s": run["network_s"]}
-            line = (f"{name}: {run['wall_s']:.1f} s ({run['wall_s'] / loop['wall_s']:.2f}x the loop), {run['steady_s']:.3f} s per case in the run, "
-                    f"a case's own time {results[name]['per_case_mean_s']:.3f} s, peak RSS of the largest process {run['peak_rss_mb']:.0f} MB")
+            results[name] = {
+                "wall_s": run["wall_s"],
+                "peak_rss_mb": run["peak_rss_mb"],
+                "per_case_s": run["own_s"],
+                "per_case_mean_s": sum(run["own_s"]) / len(run["own_s"]),
+                "steady_per_case_s": [r["steady_s"] for r in runs],
+                "network_thread_per_case_s": run["network_s"],
+            }
+            line = (
+                f"{name}: {run['wall_s']:.1f} s ({run['wall_s'] / loop['wall_s']:.2f}x the loop), {run['steady_s']:.3f} s per case in the "
+                "run, "
+                f"a case's own time {results[name]['per_case_mean_s']:.3f} s, peak RSS of the largest process {run['peak_rss_mb']:.0f} MB"
+            )
             if threads:
                 floor = sorted(bare[threads])[len(bare[threads]) // 2]
                 results[name].update(threads=threads, bare_network_means_s=bare[threads])
                 network = sum(run["network_s"]) / len(run["network_s"])
-                line += (f"; bare network on {threads} thread(s) {floor:.3f} s per case: per case in the run {run['steady_s'] / floor:.2f}x, "
-                         f"network thread {network / floor:.2f}x (runs {[round(r['steady_s'], 3) for r in runs]}, bare {[round(v, 3) for v in bare[threads]]})")
+                line += (
+                    f"; bare network on {threads} thread(s) {floor:.3f} s per case: per case in the run {run['steady_s'] / floor:.2f}x, "
+                    f"network thread {network / floor:.2f}x (runs {[round(r['steady_s'], 3) for r in runs]}, bare "
+                    f"{[round(v, 3) for v in bare[threads]]})"
+                )
             print(line, flush=True)
         if not args.skip_memory:
             results["memory_no_roi"] = memoryScaling(folder, environment)

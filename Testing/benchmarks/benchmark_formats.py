@@ -65,10 +65,12 @@ with torch.no_grad():
     first = time.perf_counter()
     if dims == 3:
         volume = torch.randn(1, channels, 192, 192, 40)
-        sliding_window_inference(volume, patch, int(card.get("sw_batch_size") or 4), model.network, overlap=float(card.get("overlap") or 0.25), mode="gaussian")
+        sliding_window_inference(volume, patch, int(card.get("sw_batch_size") or 4), model.network,
+                                 overlap=float(card.get("overlap") or 0.25), mode="gaussian")
     else:
         slices = torch.randn(24, channels, 256, 256)
-        sliding_window_inference(slices, patch, int(card.get("sw_batch_size") or 16), model.network, overlap=float(card.get("overlap") or 0.25), mode="gaussian")
+        sliding_window_inference(slices, patch, int(card.get("sw_batch_size") or 16), model.network,
+                                 overlap=float(card.get("overlap") or 0.25), mode="gaussian")
 done = time.perf_counter()
 print(json.dumps({"load": loaded - started, "first call": first - loaded, "sliding window": done - first,
                   "peak MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -77,8 +79,12 @@ print(json.dumps({"load": loaded - started, "first call": first - loaded, "slidi
 
 def measure(path: str, threads: int, compiled: str = "-") -> dict:
     """One fresh process's figures for ``path`` (``compiled``: the package cache, ``-`` for none)."""
-    done = subprocess.run([sys.executable, "-c", CHILD, path, str(REPO_ROOT / "MedSegUNet"), str(threads), compiled],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, path, str(REPO_ROOT / "MedSegUNet"), str(threads), compiled],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -96,8 +102,14 @@ def buildPackage(path: str, cache: str, threads: int) -> dict:
 
 
 def medsegunet(*arguments: str, environment: dict | None = None) -> str:
-    done = subprocess.run([sys.executable, "-m", "MedSegUNetLib.cli", *arguments], capture_output=True, text=True, check=True,
-                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), **(environment or {})})
+    done = subprocess.run(
+        [sys.executable, "-m", "MedSegUNetLib.cli", *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), **(environment or {})},
+    )
     return done.stdout.strip()
 
 
@@ -130,11 +142,22 @@ def main() -> None:
             for label, path, compiled in formats:
                 runs[label].append(measure(path, args.threads, compiled))
         medians = {label: {key: statistics.median(run[key] for run in rows) for key in rows[0]} for label, rows in runs.items()}
-        ratios = {label: {key: medians[label][key] / medians["TorchScript"][key] for key in medians[label]} for label in medians if label != "TorchScript"}
-        results[name] = {"medians": medians, "/ TorchScript": ratios, "package": package,
-                         "MB": {"TorchScript": os.path.getsize(source) / 1e6, ".pt2": os.path.getsize(converted) / 1e6}}
+        ratios = {
+            label: {key: medians[label][key] / medians["TorchScript"][key] for key in medians[label]}
+            for label in medians
+            if label != "TorchScript"
+        }
+        results[name] = {
+            "medians": medians,
+            "/ TorchScript": ratios,
+            "package": package,
+            "MB": {"TorchScript": os.path.getsize(source) / 1e6, ".pt2": os.path.getsize(converted) / 1e6},
+        }
         for label, ratio in ratios.items():
-            print(f"\n{name} {label}: " + "; ".join(f"{key} {medians['TorchScript'][key]:.3g} vs {medians[label][key]:.3g} ({ratio[key]:.2f}×)" for key in ratio))
+            print(
+                f"\n{name} {label}: "
+                + "; ".join(f"{key} {medians['TorchScript'][key]:.3g} vs {medians[label][key]:.3g} ({ratio[key]:.2f}×)" for key in ratio)
+            )
         print(f"{name} package: {package['compile s']:.1f} s to build; {package['record'] or package['uncompiled']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -41,7 +41,8 @@ array = normalize(np.asarray(imageToIJK(image), dtype=np.float32)[None], {"type"
 session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 predict = lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 with torch.inference_mode():
-    logits = sliding_window_inference(torch.from_numpy(array)[None], roi_size=(64, 64, 16), sw_batch_size=2, predictor=predict, overlap=0.25, mode="gaussian")
+    logits = sliding_window_inference(torch.from_numpy(array)[None], roi_size=(64, 64, 16), sw_batch_size=2, predictor=predict,
+                                      overlap=0.25, mode="gaussian")
 labels = logits[0].argmax(0).numpy().astype(np.uint8).transpose(2, 1, 0)
 out = sitk.GetImageFromArray(labels)
 out.CopyInformation(image)
@@ -68,14 +69,45 @@ def main() -> int:
         folder = Path(temporary)
         torch.manual_seed(0)
         network = SegResNetDS(spatial_dims=3, in_channels=1, out_channels=2, init_filters=16, blocks_down=(1, 2, 2, 4)).eval()
-        torch.onnx.export(network, (torch.randn(2, 1, 64, 64, 16),), str(folder / "model.onnx"), input_names=["input"], output_names=["output"],
-                          dynamic_shapes={"x": {0: "n", 2: "i", 3: "j", 4: "k"}})
-        card = {"schema": "medsegunet.model/2", "name": "Imported SegResNetDS (benchmark)", "spatial_dims": 3, "inputs": [{"name": "T2"}],
-                "labels": [{"value": 1, "name": "foreground", "color": [0.9, 0.5, 0.2]}], "output": "softmax",
-                "normalization": {"type": "zscore", "nonzero": True}, "patch_size": [64, 64, 16], "overlap": 0.25, "sw_batch_size": 2, "blend": "logits",
-                "network": {"_target_": "monai.networks.nets.SegResNetDS", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 16, "blocks_down": [1, 2, 2, 4]}}}
+        torch.onnx.export(
+            network,
+            (torch.randn(2, 1, 64, 64, 16),),
+            str(folder / "model.onnx"),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes={"x": {0: "n", 2: "i", 3: "j", 4: "k"}},
+        )
+        card = {
+            "schema": "medsegunet.model/2",
+            "name": "Imported SegResNetDS (benchmark)",
+            "spatial_dims": 3,
+            "inputs": [{"name": "T2"}],
+            "labels": [{"value": 1, "name": "foreground", "color": [0.9, 0.5, 0.2]}],
+            "output": "softmax",
+            "normalization": {"type": "zscore", "nonzero": True},
+            "patch_size": [64, 64, 16],
+            "overlap": 0.25,
+            "sw_batch_size": 2,
+            "blend": "logits",
+            "network": {
+                "_target_": "monai.networks.nets.SegResNetDS",
+                "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 16, "blocks_down": [1, 2, 2, 4]},
+            },
+        }
         (folder / "card.json").write_text(json.dumps(card))
-        measure([*medsegunet, "import", str(folder / "model.onnx"), "--card", str(folder / "card.json"), "--output", str(folder / "imported.pt"), "-q"], environment)
+        measure(
+            [
+                *medsegunet,
+                "import",
+                str(folder / "model.onnx"),
+                "--card",
+                str(folder / "card.json"),
+                "--output",
+                str(folder / "imported.pt"),
+                "-q",
+            ],
+            environment,
+        )
         runs = {
             "whole volume": ["--no-roi"],
             "ROI": ["--roi-from", sag, cor],
@@ -83,11 +115,34 @@ def main() -> int:
         }
         for name, extra in runs.items():
             output = folder / f"{name.replace(' ', '_').replace('+', '')}.nii.gz"
-            run = measure([*medsegunet, "segment", "-q", "--device", "cpu", "--model", str(folder / "imported.pt"), tra, *extra, "--output", str(output)], environment)
+            run = measure(
+                [
+                    *medsegunet,
+                    "segment",
+                    "-q",
+                    "--device",
+                    "cpu",
+                    "--model",
+                    str(folder / "imported.pt"),
+                    tra,
+                    *extra,
+                    "--output",
+                    str(output),
+                ],
+                environment,
+            )
             results[name] = {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "peak_rss_mb": run["peak_rss_mb"], "output": str(output)}
-            print(f"segment, {name}: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU, peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
-        source = measure([sys.executable, "-c", SOURCE_RUNTIME, str(folder / "model.onnx"), tra, str(folder / "source.nii.gz")], environment)
-        print(f"onnxruntime, whole volume: {source['wall_s']:.1f} s wall, {source['cpu_s']:.1f} s CPU, peak RSS {source['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"segment, {name}: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} s CPU, peak RSS {run['peak_rss_mb']:.0f} MB", flush=True
+            )
+        source = measure(
+            [sys.executable, "-c", SOURCE_RUNTIME, str(folder / "model.onnx"), tra, str(folder / "source.nii.gz")], environment
+        )
+        print(
+            f"onnxruntime, whole volume: {source['wall_s']:.1f} s wall, {source['cpu_s']:.1f} s CPU, peak RSS {source['peak_rss_mb']:.0f} "
+            "MB",
+            flush=True,
+        )
         ours = sitk.GetArrayFromImage(sitk.ReadImage(results["whole volume"]["output"])) == 1
         theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "source.nii.gz"))) == 1
         dice = 2 * np.logical_and(ours, theirs).sum() / max(ours.sum() + theirs.sum(), 1)

@@ -53,7 +53,9 @@ print(json.dumps({"rc": code, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru
 """
 
 TAPS_COMMAND = "import sys; from taps.cli import main; sys.exit(main(sys.argv[1:]))"
-DEEPBET_COMMAND = "import sys; from deepbet import run_bet; n = len(sys.argv) // 2; run_bet(sys.argv[1:n + 1], mask_paths=sys.argv[n + 1:], no_gpu=True)"
+DEEPBET_COMMAND = (
+    "import sys; from deepbet import run_bet; n = len(sys.argv) // 2; run_bet(sys.argv[1:n + 1], mask_paths=sys.argv[n + 1:], no_gpu=True)"
+)
 
 
 def measure(command: list[str], environment: dict | None = None, cwd: str | None = None) -> dict:
@@ -71,7 +73,10 @@ def inRounds(commands: dict[str, dict], repeat: int) -> dict[str, dict]:
     for _ in range(repeat):
         for name, spec in commands.items():
             runs[name].append(measure(spec["command"], spec.get("environment"), spec.get("cwd")))
-    return {name: {key: statistics.median(run[key] for run in done) for key in ("wall_s", "cpu_s", "peak_rss_mb")} for name, done in runs.items()}
+    return {
+        name: {key: statistics.median(run[key] for run in done) for key in ("wall_s", "cpu_s", "peak_rss_mb")}
+        for name, done in runs.items()
+    }
 
 
 def mask(path) -> np.ndarray:
@@ -84,7 +89,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def tapsPackage(folder: Path) -> Path:
     """TAPS's wheel unpacked (pip download --no-deps), for its own command."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), "lavlab-taps==1.1.2"], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(folder), "lavlab-taps==1.1.2"],
+        check=True,
+    )
     with zipfile.ZipFile(next(folder.glob("*.whl"))) as archive:
         archive.extractall(folder / "pkg")
     return folder / "pkg"
@@ -103,40 +111,93 @@ def benchmarkTAPS(work: Path, repeat: int) -> list[dict]:
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(tra))
         sitk.WriteImage(reader.Execute(), str(work / f"{case}.nii.gz"))
         home = work / f"{case}-taps.nii.gz"
-        commands = {"home": {"command": [sys.executable, "-c", TAPS_COMMAND, "segment", f"{case}.nii.gz", home.name, "--device", "cpu", "--exact"],
-                             "environment": dict(os.environ, PYTHONPATH=str(package)), "cwd": str(work)}}
+        commands = {
+            "home": {
+                "command": [sys.executable, "-c", TAPS_COMMAND, "segment", f"{case}.nii.gz", home.name, "--device", "cpu", "--exact"],
+                "environment": dict(os.environ, PYTHONPATH=str(package)),
+                "cwd": str(work),
+            }
+        }
         outputs = {}
         for kind, extra in (("whole volume", ["--no-roi"]), ("three-series ROI", ["--roi-from", sag, cor])):
             outputs[kind] = work / f"{case}-{kind.split()[0]}.nii.gz"
-            commands[kind] = {"command": [sys.executable, "-m", "MedSegUNetLib.cli", "segment", "-q", "--device", "cpu", "--model", "prostate-gland-taps", tra, *extra,
-                                          "--output", str(outputs[kind])]}
+            commands[kind] = {
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "MedSegUNetLib.cli",
+                    "segment",
+                    "-q",
+                    "--device",
+                    "cpu",
+                    "--model",
+                    "prostate-gland-taps",
+                    tra,
+                    *extra,
+                    "--output",
+                    str(outputs[kind]),
+                ]
+            }
         runs = inRounds(commands, repeat)
         readers = {name: mask(DATA / "prostatex" / "labels" / f"{case}_gland_AI-{name}.nii.gz") for name in ("Bosma22b", "Guerbet23")}
         homeMask = mask(home)
         for kind, run in runs.items():
             ours = homeMask if kind == "home" else mask(outputs[kind])
-            row = {"model": "TAPS", "case": case, "run": kind, **{k: round(v, 2) for k, v in run.items()},
-                   "dice_vs_home": 1.0 if kind == "home" else dice(ours, homeMask), **{f"dice_{n}": dice(ours, r) for n, r in readers.items()}}
+            row = {
+                "model": "TAPS",
+                "case": case,
+                "run": kind,
+                **{k: round(v, 2) for k, v in run.items()},
+                "dice_vs_home": 1.0 if kind == "home" else dice(ours, homeMask),
+                **{f"dice_{n}": dice(ours, r) for n, r in readers.items()},
+            }
             row["wall_ratio_to_home"] = round(run["wall_s"] / runs["home"]["wall_s"], 3)
             rows.append(row)
     return rows
 
 
 def benchmarkDeepbet(work: Path, repeat: int) -> list[dict]:
-    cases = {"TCGA-FG-6692 T1": DATA / "brain-tumor" / "TCGA-FG-6692" / "native" / "t1.nii.gz",
-             "BraTS-GLI-00001 t1n": DATA / "brain-tumor" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1n.nii.gz"}
+    cases = {
+        "TCGA-FG-6692 T1": DATA / "brain-tumor" / "TCGA-FG-6692" / "native" / "t1.nii.gz",
+        "BraTS-GLI-00001 t1n": DATA / "brain-tumor" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1n.nii.gz",
+    }
     brain = mask(cases["BraTS-GLI-00001 t1n"])
     rows = []
     for index, (case, path) in enumerate(cases.items()):
         home, ours = work / f"deepbet{index}.nii.gz", work / f"ours{index}.nii.gz"
-        runs = inRounds({"home": {"command": [sys.executable, "-c", DEEPBET_COMMAND, str(path), str(home)]},
-                         "segment": {"command": [sys.executable, "-m", "MedSegUNetLib.cli", "segment", "-q", "--device", "cpu", "--model", "brain-mask-deepbet",
-                                                 str(path), "--output", str(ours)]}}, repeat)
+        runs = inRounds(
+            {
+                "home": {"command": [sys.executable, "-c", DEEPBET_COMMAND, str(path), str(home)]},
+                "segment": {
+                    "command": [
+                        sys.executable,
+                        "-m",
+                        "MedSegUNetLib.cli",
+                        "segment",
+                        "-q",
+                        "--device",
+                        "cpu",
+                        "--model",
+                        "brain-mask-deepbet",
+                        str(path),
+                        "--output",
+                        str(ours),
+                    ]
+                },
+            },
+            repeat,
+        )
         for kind, run in runs.items():
             result = mask(home if kind == "home" else ours)
-            row = {"model": "deepbet", "case": case, "run": kind, **{k: round(v, 2) for k, v in run.items()},
-                   "dice_vs_home": 1.0 if kind == "home" else dice(result, mask(home)), "volume_ml": round(float(result.sum()) * float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000, 1),
-                   "wall_ratio_to_home": round(run["wall_s"] / runs["home"]["wall_s"], 3)}
+            row = {
+                "model": "deepbet",
+                "case": case,
+                "run": kind,
+                **{k: round(v, 2) for k, v in run.items()},
+                "dice_vs_home": 1.0 if kind == "home" else dice(result, mask(home)),
+                "volume_ml": round(float(result.sum()) * float(np.prod(sitk.ReadImage(str(path)).GetSpacing())) / 1000, 1),
+                "wall_ratio_to_home": round(run["wall_s"] / runs["home"]["wall_s"], 3),
+            }
             if "BraTS" in case:
                 row["dice_brats_brain"] = dice(result, brain)
             rows.append(row)
@@ -151,14 +212,39 @@ def deepbetFolder(work: Path, paths: list[Path], repeat: int) -> list[dict]:
         (work / "cases" / f"case{index}").mkdir(parents=True)
         os.symlink(path, work / "cases" / f"case{index}" / "t1.nii.gz")
     homeOutputs = [str(work / f"home{index}.nii.gz") for index in range(len(paths))]
-    runs = inRounds({"home folder mode": {"command": [sys.executable, "-c", DEEPBET_COMMAND, *map(str, paths), *homeOutputs]},
-                     # A fresh output folder each round: a rerun would skip the finished cases.
-                     "batch": {"command": ["sh", "-c", 'rm -rf "$1" && exec "$0" -m MedSegUNetLib.cli batch -q --cases "$2" --model brain-mask-deepbet --device cpu --output "$1"',
-                                           sys.executable, str(work / "batch"), str(work / "cases")]}}, repeat)
-    agreement = [dice(mask(home), mask(work / "batch" / f"case{index}" / f"case{index}.seg.nrrd")) for index, home in enumerate(homeOutputs)]
-    return [{"model": "deepbet", "case": f"{len(paths)} cases", "run": kind, **{k: round(v, 2) for k, v in run.items()}, "per_case_s": round(run["wall_s"] / len(paths), 2),
-             "wall_ratio_to_home": round(run["wall_s"] / runs["home folder mode"]["wall_s"], 3), "dice_vs_home": 1.0 if kind != "batch" else round(min(agreement), 4)}
-            for kind, run in runs.items()]
+    runs = inRounds(
+        {
+            "home folder mode": {"command": [sys.executable, "-c", DEEPBET_COMMAND, *map(str, paths), *homeOutputs]},
+            # A fresh output folder each round: a rerun would skip the finished cases.
+            "batch": {
+                "command": [
+                    "sh",
+                    "-c",
+                    'rm -rf "$1" && exec "$0" -m MedSegUNetLib.cli batch -q --cases "$2" --model brain-mask-deepbet --device cpu --output '
+                    '"$1"',
+                    sys.executable,
+                    str(work / "batch"),
+                    str(work / "cases"),
+                ]
+            },
+        },
+        repeat,
+    )
+    agreement = [
+        dice(mask(home), mask(work / "batch" / f"case{index}" / f"case{index}.seg.nrrd")) for index, home in enumerate(homeOutputs)
+    ]
+    return [
+        {
+            "model": "deepbet",
+            "case": f"{len(paths)} cases",
+            "run": kind,
+            **{k: round(v, 2) for k, v in run.items()},
+            "per_case_s": round(run["wall_s"] / len(paths), 2),
+            "wall_ratio_to_home": round(run["wall_s"] / runs["home folder mode"]["wall_s"], 3),
+            "dice_vs_home": 1.0 if kind != "batch" else round(min(agreement), 4),
+        }
+        for kind, run in runs.items()
+    ]
 
 
 def main() -> None:

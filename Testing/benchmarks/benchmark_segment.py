@@ -115,7 +115,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from MedSegUNetLib.engine import modelcard, pipeline, preprocessing, geometry
+    from MedSegUNetLib.engine import geometry, modelcard, pipeline, preprocessing
     from MedSegUNetLib.engine.volumes import readVolume
 
     data = Path(args.data)
@@ -154,9 +154,19 @@ def main() -> int:
             executable = shutil.which("medsegunet") or ""
             launcher = [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
             # INPUT before --roi-from: that option takes one or more values and would swallow it.
-            segment = [*launcher, "segment", paths[0], "--model", str(modelPath), "--device", "cpu",
-                       "--output", str(folder / f"{name}.seg.nrrd"), *extra]
-            results[f"command_segment_{name}"] = " ".join(["medsegunet", *segment[len(launcher):]])
+            segment = [
+                *launcher,
+                "segment",
+                paths[0],
+                "--model",
+                str(modelPath),
+                "--device",
+                "cpu",
+                "--output",
+                str(folder / f"{name}.seg.nrrd"),
+                *extra,
+            ]
+            results[f"command_segment_{name}"] = " ".join(["medsegunet", *segment[len(launcher) :]])
             bare = [sys.executable, "-c", BARE_SCRIPT, str(modelPath), str(folder / f"{name}.npy"), str(folder / f"{name}_labels.npy")]
             engineRuns, bareRuns = [], []
             for _ in range(args.repeats):
@@ -170,16 +180,23 @@ def main() -> int:
                 "ratio_wall": engine["wall_s_median"] / plain["wall_s_median"],
                 "ratio_cpu": engine["cpu_s_median"] / plain["cpu_s_median"],
             }
-            print(f"[process, {name}] medsegunet {engine['wall_s_median']:.2f} s ({engine['peak_rss_mb']:.0f} MB) vs bare MONAI "
-                  f"{plain['wall_s_median']:.2f} s ({plain['peak_rss_mb']:.0f} MB): ratio {engine['wall_s_median'] / plain['wall_s_median']:.3f} "
-                  f"(CPU time {engine['cpu_s_median']:.1f} s vs {plain['cpu_s_median']:.1f} s, ratio {engine['cpu_s_median'] / plain['cpu_s_median']:.3f})", flush=True)
+            print(
+                f"[process, {name}] medsegunet {engine['wall_s_median']:.2f} s ({engine['peak_rss_mb']:.0f} MB) vs bare MONAI "
+                f"{plain['wall_s_median']:.2f} s ({plain['peak_rss_mb']:.0f} MB): ratio "
+                f"{engine['wall_s_median'] / plain['wall_s_median']:.3f} "
+                f"(CPU time {engine['cpu_s_median']:.1f} s vs {plain['cpu_s_median']:.1f} s, ratio "
+                f"{engine['cpu_s_median'] / plain['cpu_s_median']:.3f})",
+                flush=True,
+            )
 
         # 2. In-process: network vs everything else, model loaded once (as in Slicer).
         for name, useROI in (("roi", True), ("whole", False)):
             runs = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                result = pipeline.segmentImages(images[:1], loaded, names=SERIES[:1], roiImages=images[1:], roiNames=SERIES[1:], useROI=useROI)
+                result = pipeline.segmentImages(
+                    images[:1], loaded, names=SERIES[:1], roiImages=images[1:], roiNames=SERIES[1:], useROI=useROI
+                )
                 total = time.perf_counter() - start
                 runs.append({"total_s": total, **result.timings})
             best = min(runs, key=lambda r: r["total_s"])
@@ -188,8 +205,14 @@ def main() -> int:
 
             start = time.perf_counter()
             with torch.inference_mode():
-                probabilities = sliding_window_inference(torch.from_numpy(arrays[name])[None], roi_size=(96, 96, 16), sw_batch_size=4,
-                                                         predictor=lambda x: torch.softmax(loaded.network(x), 1), overlap=0.25, mode="gaussian")
+                probabilities = sliding_window_inference(
+                    torch.from_numpy(arrays[name])[None],
+                    roi_size=(96, 96, 16),
+                    sw_batch_size=4,
+                    predictor=lambda x: torch.softmax(loaded.network(x), 1),
+                    overlap=0.25,
+                    mode="gaussian",
+                )
                 probabilities[0].argmax(0)
             bareSeconds = time.perf_counter() - start
             results[f"inprocess_{name}"] = {
@@ -199,8 +222,11 @@ def main() -> int:
                 "bare_sliding_window_s": round(bareSeconds, 4),
                 "roi_size": list(result.roi.size),
             }
-            print(f"[in-process, {name}] total {best['total_s']:.2f} s = network {best['inference']:.2f} s + rest "
-                  f"{best['total_s'] - best['inference']:.2f} s; bare sliding window {bareSeconds:.2f} s", flush=True)
+            print(
+                f"[in-process, {name}] total {best['total_s']:.2f} s = network {best['inference']:.2f} s + rest "
+                f"{best['total_s'] - best['inference']:.2f} s; bare sliding window {bareSeconds:.2f} s",
+                flush=True,
+            )
 
     text = json.dumps(results, indent=2)
     print(text)

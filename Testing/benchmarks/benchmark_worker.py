@@ -32,9 +32,9 @@ def main() -> int:
     import slicer
 
     from MedSegUNetLib.engine.modelcard import saveModel
+    from MedSegUNetLib.engine.volumes import readVolume
     from MedSegUNetLib.slicer.logic import SegmentationLogic
     from MedSegUNetLib.slicer.nodes import addVolumeFromImage
-    from MedSegUNetLib.engine.volumes import readVolume
 
     with tempfile.TemporaryDirectory() as folder:
         network, _ = buildNetwork()
@@ -58,9 +58,14 @@ def main() -> int:
             local.append(time.perf_counter() - started)
         worker.close()
     print(f"first Apply (worker start, imports, model load): {first:.2f} s")
-    print(f"second and later Applies (warm worker): median {statistics.median(warm):.2f} s ({statistics.median(warm) / first:.2f}x the first)")
-    print(f"in-process, model loaded: median {statistics.median(local):.2f} s; worker overhead {statistics.median(warm) - statistics.median(local):+.2f} s "
-          f"({statistics.median(warm) / statistics.median(local):.2f}x)")
+    print(
+        f"second and later Applies (warm worker): median {statistics.median(warm):.2f} s ({statistics.median(warm) / first:.2f}x the first)"
+    )
+    print(
+        f"in-process, model loaded: median {statistics.median(local):.2f} s; worker overhead "
+        f"{statistics.median(warm) - statistics.median(local):+.2f} s "
+        f"({statistics.median(warm) / statistics.median(local):.2f}x)"
+    )
     return 0
 
 

@@ -58,7 +58,8 @@ try:
     archive, script = loadModel(zoo + ".pt2", "cpu"), loadModel(zoo + ".pt", "cpu")
     sample = exampleInput(archive.card)
     with torch.no_grad():
-        results["zoo prostate-zones"] = {"max_abs_difference_to_torchscript": float((archive.network(sample) - script.network(sample)).abs().max())}
+        difference = (archive.network(sample) - script.network(sample)).abs().max()
+        results["zoo prostate-zones"] = {"max_abs_difference_to_torchscript": float(difference)}
 except MedSegUNetError as error:
     results["zoo prostate-zones"] = {"refused": str(error)}
 print(json.dumps({"torch": tag, "read": results}))

@@ -14,8 +14,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "MedSegUNet"))
 
-from MedSegUNetLib.models import datasets, evaluation, exporting, training  # noqa: E402
-from MedSegUNetLib.models import trainconfig
+from MedSegUNetLib.models import datasets, evaluation, exporting, trainconfig, training  # noqa: E402
 
 
 def arguments(description: str, sourceHelp: str):
@@ -32,6 +31,7 @@ def arguments(description: str, sourceHelp: str):
 
 def step(name: str, timings: dict):
     """Context manager: time a step into ``timings[name]`` and say when it starts and ends."""
+
     class Timer:
         def __enter__(self):
             print(f"== {name}", flush=True)

@@ -15,9 +15,7 @@ holding ``train.list``, ``val.list``, ``test.list`` and ``data/``)::
 
 from __future__ import annotations
 
-
 import numpy as np
-
 from seedtraining import arguments, evaluateTest, modelSize, prepareTrainExport, report, torchThreads
 
 from MedSegUNetLib.models import evaluation
@@ -30,14 +28,24 @@ def main() -> None:
     model = prepareTrainExport("acdc", args.source, work, ["acdc-heart.yaml", "acdc-heart-finetune.yaml"], timings)
     columns = [f"{metric}_{label}" for label in LABELS for metric in ("dice", "jaccard", "precision", "recall")]
     rows, summary = evaluateTest(model, work / "prepared", columns, timings)
-    phases = {phase: evaluation.summarize([row for row in rows if row["case"].endswith(frame)], columns)
-              for phase, frame in (("end-diastole", "frame01"), ("end-systole", "frame02"))}
-    report("Heart on short-axis cine (ACDC)", {
-        "test frames": len(rows), "test summary": summary, "by phase": phases,
-        "per frame": [{k: row[k] for k in ("case", *(f"dice_{label}" for label in LABELS))} for row in rows],
-        "model": modelSize(model), "seconds": timings, "torch threads": torchThreads(),
-        "mean inference seconds per test volume": round(float(np.mean([row["seconds"] for row in rows])), 2),
-    }, args.json)
+    phases = {
+        phase: evaluation.summarize([row for row in rows if row["case"].endswith(frame)], columns)
+        for phase, frame in (("end-diastole", "frame01"), ("end-systole", "frame02"))
+    }
+    report(
+        "Heart on short-axis cine (ACDC)",
+        {
+            "test frames": len(rows),
+            "test summary": summary,
+            "by phase": phases,
+            "per frame": [{k: row[k] for k in ("case", *(f"dice_{label}" for label in LABELS))} for row in rows],
+            "model": modelSize(model),
+            "seconds": timings,
+            "torch threads": torchThreads(),
+            "mean inference seconds per test volume": round(float(np.mean([row["seconds"] for row in rows])), 2),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

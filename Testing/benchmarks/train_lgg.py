@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
 from seedtraining import REPO_ROOT, arguments, evaluateTest, modelSize, prepareTrainExport, report, step, torchThreads
 
 FG6692 = REPO_ROOT.parent / "shared" / "data" / "brain-tumor" / "TCGA-FG-6692"
@@ -57,9 +56,11 @@ def fg6692Figures(model: Path) -> dict:
     return {
         "dice_brats_space_vs_fusion_whole_tumour": round(dice, 4),
         "fusion_whole_tumour_ml": round(millilitres(wholeTumour, bratsImage), 2),
-        "brats_space_ml": round(bratsML, 2), "native_ml": round(nativeML, 2),
+        "brats_space_ml": round(bratsML, 2),
+        "native_ml": round(nativeML, 2),
         "native_vs_brats_space_ratio": round(nativeML / bratsML, 3) if bratsML else None,
-        "seconds_brats_space": round(bratsSeconds, 2), "seconds_native": round(nativeSeconds, 2),
+        "seconds_brats_space": round(bratsSeconds, 2),
+        "seconds_native": round(nativeSeconds, 2),
     }
 
 
@@ -70,11 +71,20 @@ def main() -> None:
     rows, summary = evaluateTest(model, work / "prepared", columns, timings)
     with step("TCGA-FG-6692", timings):
         fg = fg6692Figures(model)
-    report("LGG FLAIR abnormality", {
-        "test patients": len(rows), "test summary": summary, "TCGA-FG-6692": fg, "per patient": [{k: row[k] for k in ("case", *columns)} for row in rows],
-        "model": modelSize(model), "seconds": timings, "torch threads": torchThreads(),
-        "mean inference seconds per test volume": round(float(np.mean([row["seconds"] for row in rows])), 2),
-    }, args.json)
+    report(
+        "LGG FLAIR abnormality",
+        {
+            "test patients": len(rows),
+            "test summary": summary,
+            "TCGA-FG-6692": fg,
+            "per patient": [{k: row[k] for k in ("case", *columns)} for row in rows],
+            "model": modelSize(model),
+            "seconds": timings,
+            "torch threads": torchThreads(),
+            "mean inference seconds per test volume": round(float(np.mean([row["seconds"] for row in rows])), 2),
+        },
+        args.json,
+    )
 
 
 if __name__ == "__main__":

@@ -23,14 +23,14 @@ import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI, requireSharedData, slowThresholdModel
 from MedSegUNetLib import cli
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.cohorts.cases import casesFromSource, dryRunTable
-from MedSegUNetLib.cohorts.casejob import qcTile
-from MedSegUNetLib.engine import geometry
-from MedSegUNetLib.engine.modelcard import readCard, saveModel
-from MedSegUNetLib.engine.volumes import readVolume
 from MedSegUNetLib.cohorts.seriesmatch import SeriesCandidate, matchSeries, words
+from MedSegUNetLib.engine import geometry
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.engine.modelcard import readCard, saveModel
+from MedSegUNetLib.engine.preview import qcTile
+from MedSegUNetLib.engine.volumes import readVolume
+from MedSegUNetLib.models import phantoms
 
 LEVEL = 400.0
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
@@ -50,26 +50,62 @@ def candidate(name: str, plane: str | None = None) -> SeriesCandidate:
 
 
 PROSTATE_CARD = {"inputs": [{"name": "T2", "match": ["t2", "tra"]}], "roi": {"from_series": ["t2 sag", "t2 cor"]}}
-BRAIN_CARD = {"inputs": [{"name": "T1", "match": ["t1"]}, {"name": "T1c", "match": ["t1c", "t1ce", "contrast"]},
-                         {"name": "T2", "match": ["t2"]}, {"name": "FLAIR", "match": ["flair", "fla", "t2f"]}]}
+BRAIN_CARD = {
+    "inputs": [
+        {"name": "T1", "match": ["t1"]},
+        {"name": "T1c", "match": ["t1c", "t1ce", "contrast"]},
+        {"name": "T2", "match": ["t2"]},
+        {"name": "FLAIR", "match": ["flair", "fla", "t2f"]},
+    ]
+}
 
 
 # [parameters (card), input (series: name and measured plane), expected (inputs, ROI series, or the error's words)]
 MATCH_CASES = [
-    pytest.param(PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_sag", "sag"), ("t2_tse_cor", "cor"), ("ep2d_diff_tra_ADC", "tra")],
-                 (["t2_tse_tra"], ["t2_tse_sag", "t2_tse_cor"]), id="prostatex-descriptions"),
-    pytest.param(PROSTATE_CARD, [("4-t2tsetra", "tra"), ("3-t2tsesag", "sag"), ("5-t2tsecor", "cor")],
-                 (["4-t2tsetra"], ["3-t2tsesag", "5-t2tsecor"]), id="prostatex-folder-names"),
-    pytest.param(PROSTATE_CARD, [("T2 axial", "tra"), ("T2 sagittal", "sag"), ("T2 coronal", "cor")],
-                 (["T2 axial"], ["T2 sagittal", "T2 coronal"]), id="plain-words"),
+    pytest.param(
+        PROSTATE_CARD,
+        [("t2_tse_tra", "tra"), ("t2_tse_sag", "sag"), ("t2_tse_cor", "cor"), ("ep2d_diff_tra_ADC", "tra")],
+        (["t2_tse_tra"], ["t2_tse_sag", "t2_tse_cor"]),
+        id="prostatex-descriptions",
+    ),
+    pytest.param(
+        PROSTATE_CARD,
+        [("4-t2tsetra", "tra"), ("3-t2tsesag", "sag"), ("5-t2tsecor", "cor")],
+        (["4-t2tsetra"], ["3-t2tsesag", "5-t2tsecor"]),
+        id="prostatex-folder-names",
+    ),
+    pytest.param(
+        PROSTATE_CARD,
+        [("T2 axial", "tra"), ("T2 sagittal", "sag"), ("T2 coronal", "cor")],
+        (["T2 axial"], ["T2 sagittal", "T2 coronal"]),
+        id="plain-words",
+    ),
     # A series named "tra" but acquired sagittally is not the axial T2, whatever its name says.
-    pytest.param(PROSTATE_CARD, [("t2_tra", "sag"), ("t2_tra_2", "tra"), ("t2_cor", "cor")], (["t2_tra_2"], ["t2_tra", "t2_cor"]), id="plane-beats-name"),
-    pytest.param(PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_tra_repeat", "tra")], "several series match equally", id="ambiguous-repeat"),
+    pytest.param(
+        PROSTATE_CARD,
+        [("t2_tra", "sag"), ("t2_tra_2", "tra"), ("t2_cor", "cor")],
+        (["t2_tra_2"], ["t2_tra", "t2_cor"]),
+        id="plane-beats-name",
+    ),
+    pytest.param(
+        PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_tra_repeat", "tra")], "several series match equally", id="ambiguous-repeat"
+    ),
     pytest.param(PROSTATE_CARD, [("t1_vibe", "tra"), ("dwi", "tra")], "no series matches", id="missing-input"),
-    pytest.param(PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_sag", "sag")], (["t2_tse_tra"], ["t2_tse_sag"]), id="missing-roi-series-runs"),
-    pytest.param(BRAIN_CARD, [("BraTS-t1n", "tra"), ("BraTS-t1c", "tra"), ("BraTS-t2w", "tra"), ("BraTS-t2f", "tra")],
-                 (["BraTS-t1n", "BraTS-t1c", "BraTS-t2w", "BraTS-t2f"], []), id="brats-2023-names"),
-    pytest.param(BRAIN_CARD, [("t1", None), ("t1c", None), ("t2", None), ("flair", None)], (["t1", "t1c", "t2", "flair"], []), id="tcga-names-no-plane"),
+    pytest.param(
+        PROSTATE_CARD, [("t2_tse_tra", "tra"), ("t2_tse_sag", "sag")], (["t2_tse_tra"], ["t2_tse_sag"]), id="missing-roi-series-runs"
+    ),
+    pytest.param(
+        BRAIN_CARD,
+        [("BraTS-t1n", "tra"), ("BraTS-t1c", "tra"), ("BraTS-t2w", "tra"), ("BraTS-t2f", "tra")],
+        (["BraTS-t1n", "BraTS-t1c", "BraTS-t2w", "BraTS-t2f"], []),
+        id="brats-2023-names",
+    ),
+    pytest.param(
+        BRAIN_CARD,
+        [("t1", None), ("t1c", None), ("t2", None), ("flair", None)],
+        (["t1", "t1c", "t2", "flair"], []),
+        id="tcga-names-no-plane",
+    ),
 ]
 
 
@@ -96,7 +132,9 @@ def test_series_matching(card, series, expected):
 
 def _orientedPhantom(folder, name: str, direction: np.ndarray) -> None:
     grid = phantoms.makeGrid((40, 36, 12), (1.0, 1.0, 3.0), direction, (0.0, 0.0, 0.0))
-    sitk.WriteImage(phantoms.paintSpheres(grid, [((2.0, 1.0, 0.0), 9.0, 1000.0), ((-8.0, 0.0, 3.0), 4.0, 600.0)]), str(folder / f"{name}.nrrd"))
+    sitk.WriteImage(
+        phantoms.paintSpheres(grid, [((2.0, 1.0, 0.0), 9.0, 1000.0), ((-8.0, 0.0, 3.0), 4.0, 600.0)]), str(folder / f"{name}.nrrd")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +214,37 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     }.items():
         folder = cohort["cases"] / case
         single = tmp_path / f"{case}.seg.nrrd"
-        assert cli.main(["segment", "-q", "--model", cohort["model"], str(folder / tra), "--roi-from", str(folder / sag), str(folder / cor), "--output", str(single)]) == 0
+        assert (
+            cli.main(
+                [
+                    "segment",
+                    "-q",
+                    "--model",
+                    cohort["model"],
+                    str(folder / tra),
+                    "--roi-from",
+                    str(folder / sag),
+                    str(folder / cor),
+                    "--output",
+                    str(single),
+                ]
+            )
+            == 0
+        )
         np.testing.assert_array_equal(readLabels(out / case / f"{case}.seg.nrrd"), readLabels(single))
         report = json.loads((out / case / f"{case}-statistics.json").read_text())
         assert report["roi"]["volumes"][1:] == [os.path.splitext(sag)[0], os.path.splitext(cor)[0]]
-        assert sorted(os.listdir(out / case)) == sorted([f"{case}.seg.nrrd", f"{case}-statistics.csv", f"{case}-statistics.json", f"{case}-qc.png", "manifest.json"])
+        assert sorted(os.listdir(out / case)) == sorted(
+            [f"{case}.seg.nrrd", f"{case}-statistics.csv", f"{case}-statistics.json", f"{case}-qc.png", "manifest.json"]
+        )
         # The QC tile is the ROI slice where the labels are largest, drawn by qcTile, as an RGB PNG (written without matplotlib).
         labelmap = sitk.ReadImage(str(single))
         reference = readVolume(str(folder / tra))
-        roi = geometry.RegionOfInterest(reference=geometry.VolumeGeometry.fromImage(reference), ijkMin=np.array(report["roi"]["ijk_min"]),
-                                        ijkMax=np.array(report["roi"]["ijk_max"]))
+        roi = geometry.RegionOfInterest(
+            reference=geometry.VolumeGeometry.fromImage(reference),
+            ijkMin=np.array(report["roi"]["ijk_min"]),
+            ijkMax=np.array(report["roi"]["ijk_max"]),
+        )
         tile = sitk.ReadImage(str(out / case / f"{case}-qc.png"))
         assert tile.GetSize() == (256, 256) and tile.GetNumberOfComponentsPerPixel() == 3
         np.testing.assert_array_equal(sitk.GetArrayFromImage(tile), qcTile(reference, labelmap, roi, readCard(cohort["model"])))
@@ -201,7 +260,9 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
     assert lines[-1] == "4 cases: 0 ok, 3 skipped, 1 failed"
     # A skipped case's line gives the earlier run's date and time, not as if it had just run.
     finished, seconds = first["phantom"]["finished"], float(first["phantom"]["seconds"])
-    assert f"phantom: skipped (done on {finished[:10]} {finished[11:16]} UTC in {seconds:.1f} s)" in [line.split("] ", 1)[-1] for line in lines]
+    assert f"phantom: skipped (done on {finished[:10]} {finished[11:16]} UTC in {seconds:.1f} s)" in [
+        line.split("] ", 1)[-1] for line in lines
+    ]
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns == before
     with open(out / "summary.csv", newline="") as stream:
         rows = {row["case"]: row for row in csv.DictReader(stream)}
@@ -211,17 +272,28 @@ def test_cohort_on_local_workers(capsys, cohort, tmp_path):
         (statistics,) = [row for row in csv.DictReader(stream) if row["Segment"] == "bright"]
     assert rows["phantom"]["volume_cm3 (bright)"] == first["phantom"]["volume_cm3 (bright)"] == statistics["Volume [cm3]"]
     # A resumed row keeps what the run that made the case said: seconds, attempts, when it finished.
-    assert [rows["phantom"][key] for key in ("seconds", "attempts", "finished")] == [first["phantom"][key] for key in ("seconds", "attempts", "finished")]
+    assert [rows["phantom"][key] for key in ("seconds", "attempts", "finished")] == [
+        first["phantom"][key] for key in ("seconds", "attempts", "finished")
+    ]
     assert cli.main([*argv, "--force", "-q", "--threads", "1"]) == 1
     assert (out / "phantom" / "manifest.json").stat().st_mtime_ns != before
-    np.testing.assert_array_equal(readLabels(out / "ProstateX-0000" / "ProstateX-0000.seg.nrrd"), readLabels(tmp_path / "ProstateX-0000.seg.nrrd"))
+    np.testing.assert_array_equal(
+        readLabels(out / "ProstateX-0000" / "ProstateX-0000.seg.nrrd"), readLabels(tmp_path / "ProstateX-0000.seg.nrrd")
+    )
     assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
 
 
 # [parameters (an option's value), input (the cohort), expected (words of the one line)]
-@pytest.mark.parametrize("option, expected", [(["--workers", "0"], "--workers must be 1 to 256"), (["--threads", "0"], "--threads must be 1 to 1024"),
-                                              (["--workers", str(10**12)], "--workers must be 1 to 256"), (["--threads", str(10**12)], "--threads must be 1 to 1024"),
-                                              (["--ray-address", "127.0.0.1:1"], "--ray-address needs --engine ray")])
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (["--workers", "0"], "--workers must be 1 to 256"),
+        (["--threads", "0"], "--threads must be 1 to 1024"),
+        (["--workers", str(10**12)], "--workers must be 1 to 256"),
+        (["--threads", str(10**12)], "--threads must be 1 to 1024"),
+        (["--ray-address", "127.0.0.1:1"], "--ray-address needs --engine ray"),
+    ],
+)
 def test_batch_option_refusals(capsys, cohort, tmp_path, option, expected):
     out = tmp_path / "out"
     assert cli.main(["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), *option]) == 2
@@ -237,7 +309,27 @@ def test_cohort_on_ray_gives_identical_labels(capsys, cohort, tmp_path):
     assert cli.main(["batch", "-q", "--model", cohort["model"], "--cases", cases, "--output", str(local), "--device", "cpu"]) == 1
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        assert cli.main(["batch", "-q", "--model", cohort["model"], "--cases", cases, "--output", str(remote), "--engine", "ray", "--workers", "2", "--device", "cpu"]) == 1
+        assert (
+            cli.main(
+                [
+                    "batch",
+                    "-q",
+                    "--model",
+                    cohort["model"],
+                    "--cases",
+                    cases,
+                    "--output",
+                    str(remote),
+                    "--engine",
+                    "ray",
+                    "--workers",
+                    "2",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 1
+        )
     finally:
         ray.shutdown()
     capsys.readouterr()
@@ -249,7 +341,9 @@ def test_cohort_on_ray_gives_identical_labels(capsys, cohort, tmp_path):
 
 def test_ray_missing_is_one_line(capsys, cohort, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the extra sees
-    code = cli.main(["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(tmp_path / "o"), "--engine", "ray"])
+    code = cli.main(
+        ["batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(tmp_path / "o"), "--engine", "ray"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and 'pip install -e ".[ray]"' in err[0]
 
@@ -276,10 +370,16 @@ def test_sigterm_leaves_no_partial_case(cohort, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(
         [*command(), "batch", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(out), "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None and not (out.exists() and any(n.startswith(".medsegunet-case-") for n in os.listdir(out))):
+    while (
+        time.monotonic() < deadline
+        and process.poll() is None
+        and not (out.exists() and any(n.startswith(".medsegunet-case-") for n in os.listdir(out)))
+    ):
         time.sleep(0.002)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -320,8 +420,24 @@ def test_a_series_with_a_missing_slice_fails_its_case_in_one_line(cohort, tmp_pa
     for name in files[:9] + files[10:]:
         os.symlink(source / name, gap / name)
     os.symlink(cohort["cases"] / "phantom", cases / "phantom")
-    done = subprocess.run([*command(), "batch", "-q", "--model", cohort["model"], "--cases", str(cases), "--output", str(tmp_path / "out"), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *command(),
+            "batch",
+            "-q",
+            "--model",
+            cohort["model"],
+            "--cases",
+            str(cases),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("medsegunet: ") for line in lines), lines
@@ -362,7 +478,9 @@ def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(
         [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(out), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     killed, begun = None, []
     for line in process.stdout:  # a log (stdout is not a terminal): one line per case begun
@@ -382,7 +500,12 @@ def test_a_killed_worker_is_replaced_and_its_case_retried(cohort, tmp_path):
     assert row["status"] == "ok" and row["attempts"] == "2"
     assert not [name for name in os.listdir(out) if name.startswith(".medsegunet")]
     warnings = [line for line in stderr.splitlines() if line.startswith("medsegunet: warning:")]
-    assert len(warnings) == 1 and f"worker 1, PID {killed}" in warnings[0] and "SIGKILL" in warnings[0] and "phantom are tried once more" in warnings[0], stderr
+    assert (
+        len(warnings) == 1
+        and f"worker 1, PID {killed}" in warnings[0]
+        and "SIGKILL" in warnings[0]
+        and "phantom are tried once more" in warnings[0]
+    ), stderr
 
 
 @pytest.mark.slow
@@ -419,7 +542,24 @@ def test_a_killed_ray_actor_is_replaced_and_its_case_retried(cohort, tmp_path, m
         killer = threading.Thread(target=killWhenTheNetworkBegins, daemon=True)
         killer.start()
         out = tmp_path / "out"
-        code = cli.main(["batch", "-q", "--model", model, "--cases", str(cases), "--output", str(out), "--engine", "ray", "--workers", "1", "--device", "cpu"])
+        code = cli.main(
+            [
+                "batch",
+                "-q",
+                "--model",
+                model,
+                "--cases",
+                str(cases),
+                "--output",
+                str(out),
+                "--engine",
+                "ray",
+                "--workers",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
         killer.join(timeout=5)
     finally:
         ray.shutdown()
@@ -497,7 +637,9 @@ def test_workers_end_when_the_driver_is_killed(cohort, tmp_path):
     model = _slowThresholdModel(tmp_path / "slow.pt", cohort["card"])
     driver = subprocess.Popen(
         [*command(), "batch", "--model", model, "--cases", str(cases), "--output", str(tmp_path / "out"), "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     worker = None
     for line in driver.stdout:
@@ -549,8 +691,22 @@ def test_a_ray_address_that_does_not_answer_is_one_line(capsys, cohort, tmp_path
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    code = cli.main(["batch", "-q", "--model", cohort["model"], "--cases", str(cohort["cases"]), "--output", str(tmp_path / "out"),
-                     "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    code = cli.main(
+        [
+            "batch",
+            "-q",
+            "--model",
+            cohort["model"],
+            "--cases",
+            str(cohort["cases"]),
+            "--output",
+            str(tmp_path / "out"),
+            "--engine",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+        ]
+    )
     assert code == 2 and time.monotonic() - started < 60
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"Cannot join Ray at 127.0.0.1:{port}" in err[0], err
@@ -585,14 +741,17 @@ def test_a_rerun_is_keyed_on_what_the_inputs_are_and_on_the_effective_card(capsy
 
 
 # [parameters (cores, available memory in GiB), input (cases to run), expected (CPU workers)]
-@pytest.mark.parametrize("cores, memoryGiB, cases, expected", [
-    (2, 22, 6, 2),   # this machine: two single-threaded networks
-    (16, 64, 100, 2),
-    (2, 22, 1, 1),   # one case: one worker with both cores
-    (1, 22, 6, 1),   # one core
-    (8, 6, 6, 1),    # memory for one worker's budget only
-    (8, None, 6, 2),  # memory unknown (not Linux)
-])
+@pytest.mark.parametrize(
+    "cores, memoryGiB, cases, expected",
+    [
+        (2, 22, 6, 2),  # this machine: two single-threaded networks
+        (16, 64, 100, 2),
+        (2, 22, 1, 1),  # one case: one worker with both cores
+        (1, 22, 6, 1),  # one core
+        (8, 6, 6, 1),  # memory for one worker's budget only
+        (8, None, 6, 2),  # memory unknown (not Linux)
+    ],
+)
 def test_cpu_worker_count(monkeypatch, cores, memoryGiB, cases, expected):
     from MedSegUNetLib.cohorts import pool
     from MedSegUNetLib.engine import inference
@@ -622,14 +781,17 @@ def test_cases_are_spread_over_the_workers(workers, cases, held, waiting):
 
 
 # [parameters (--threads, --workers, cores), input (local workers' devices), expected (threads each)]
-@pytest.mark.parametrize("threads, workers, cores, devices, expected", [
-    (None, None, 2, ["cpu", "cpu"], 1),   # the default CPU run: the two cores shared
-    (None, None, 2, ["cpu"], 2),          # a resumed run left one case: its worker takes both
-    (None, 4, 16, [], 4),                 # Ray: the cores shared among the workers asked for
-    (None, None, 16, [], 16),
-    (3, None, 16, ["cpu", "cpu"], 3),     # --threads wins
-    (None, None, 1, ["cpu", "cpu"], 1),   # never 0
-])
+@pytest.mark.parametrize(
+    "threads, workers, cores, devices, expected",
+    [
+        (None, None, 2, ["cpu", "cpu"], 1),  # the default CPU run: the two cores shared
+        (None, None, 2, ["cpu"], 2),  # a resumed run left one case: its worker takes both
+        (None, 4, 16, [], 4),  # Ray: the cores shared among the workers asked for
+        (None, None, 16, [], 16),
+        (3, None, 16, ["cpu", "cpu"], 3),  # --threads wins
+        (None, None, 1, ["cpu", "cpu"], 1),  # never 0
+    ],
+)
 def test_threads_each(monkeypatch, threads, workers, cores, devices, expected):
     import argparse
 

@@ -13,11 +13,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_batch import cohort, readLabels  # noqa: F401 (the module's cohort fixture)
 
 from conftest import REPO_ROOT
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.paths import sha256
-from test_batch import cohort, readLabels  # noqa: F401 (the module's cohort fixture)
 
 
 @pytest.fixture()
@@ -55,7 +55,9 @@ DAMAGES = {
 }
 
 
-@pytest.mark.parametrize("damage, name", [("cut-in-half", "phantom.seg.nrrd"), ("one-byte-changed", "phantom-statistics.json"), ("removed", "phantom-qc.png")])
+@pytest.mark.parametrize(
+    "damage, name", [("cut-in-half", "phantom.seg.nrrd"), ("one-byte-changed", "phantom-statistics.json"), ("removed", "phantom-qc.png")]
+)
 def test_a_case_whose_output_changed_is_redone(a_finished_run, damage, name):
     case = a_finished_run["case"]
     labels = readLabels(case / "phantom.seg.nrrd")
@@ -68,8 +70,9 @@ def test_a_case_whose_output_changed_is_redone(a_finished_run, damage, name):
     assert all(record["sha256"] == sha256(case / output) for output, record in manifest["output_files"].items())
 
 
-@pytest.mark.parametrize("manifest", ['{"format": "medsegunet.batch-case/1", "model": ', "", "[1, 2]", '"a string"'],
-                         ids=["cut", "empty", "a-list", "a-string"])
+@pytest.mark.parametrize(
+    "manifest", ['{"format": "medsegunet.batch-case/1", "model": ', "", "[1, 2]", '"a string"'], ids=["cut", "empty", "a-list", "a-string"]
+)
 def test_a_case_whose_manifest_is_damaged_is_recognised_and_redone(a_finished_run, manifest):
     (a_finished_run["case"] / "manifest.json").write_text(manifest)
     assert cli.main(a_finished_run["argv"]) == 0
@@ -83,8 +86,13 @@ def test_a_fifo_in_place_of_the_manifest_or_summary_never_blocks(a_finished_run,
     target = a_finished_run["case"] / "manifest.json" if which == "manifest" else a_finished_run["out"] / "summary.csv"
     target.unlink()
     os.mkfifo(target)
-    done = subprocess.run([sys.executable, "-m", "MedSegUNetLib.cli", *a_finished_run["argv"]], capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+    done = subprocess.run(
+        [sys.executable, "-m", "MedSegUNetLib.cli", *a_finished_run["argv"]],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
+    )
     assert done.returncode == 0, done.stderr
     # A FIFO manifest: the case folder is still recognised by its outputs, and redone.
     assert statusOf(a_finished_run["out"]) == ("ok" if which == "manifest" else "skipped")

@@ -13,16 +13,14 @@ import json
 import os
 import subprocess
 
-import pytest
-
-from MedSegUNetLib import cli
-
-from MedSegUNetLib.models import phantoms
-from MedSegUNetLib.engine.modelcard import saveModel
-from test_batch import LABELS, LEVEL, _orientedPhantom, command
-from conftest import treeDigest
-
 import numpy as np
+import pytest
+from test_batch import LABELS, LEVEL, _orientedPhantom, command
+
+from conftest import treeDigest
+from MedSegUNetLib import cli
+from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 
 @pytest.fixture
@@ -79,7 +77,10 @@ def test_a_folder_the_run_did_not_write_is_never_replaced(capsys, a_table_world)
     (world["out"] / "good" / "notes.txt").write_text("the user's, not a run's")
     table = writeTable(world["root"] / "cases.csv", [["good", str(world["image"])]])
     before = treeDigest(world["root"])
-    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", table, "--output", str(world["out"]), "--force", "--device", "cpu"]) == 1
+    assert (
+        cli.main(["batch", "-q", "--model", world["model"], "--cases", table, "--output", str(world["out"]), "--force", "--device", "cpu"])
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert "is not a case folder written by medsegunet batch" in err[0], err
     after = treeDigest(world["root"])
@@ -128,8 +129,12 @@ def test_a_fifo_named_like_an_input_fails_its_case_without_hanging(a_table_world
     (cases / "pipe").mkdir(parents=True)
     os.mkfifo(cases / "pipe" / "t2_tra.nrrd")
     os.symlink(world["image"].parent, cases / "phantom")
-    done = subprocess.run([*command(), "batch", "-q", "--model", world["model"], "--cases", str(cases), "--output", str(world["out"]), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*command(), "batch", "-q", "--model", world["model"], "--cases", str(cases), "--output", str(world["out"]), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and "case pipe failed" in lines[0], lines
@@ -139,14 +144,20 @@ def test_a_csv_saved_by_excel_with_a_byte_order_mark_is_read(capsys, a_table_wor
     world = a_table_world
     table = world["root"] / "cases.csv"
     table.write_bytes(b"\xef\xbb\xbfcase,T2\r\ngood," + str(world["image"]).encode("utf-8") + b"\r\n")
-    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(["batch", "-q", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--device", "cpu"]) == 0
+    ), capsys.readouterr().err
     assert (world["out"] / "good" / "manifest.json").is_file()
 
 
 # [parameters: the file's bytes, expected: words of the one line]
 TABLES = [
     ("cases.csv", "case,T2\nDüsseldorf,x.nrrd\n".encode("latin-1"), "is not UTF-8 text"),
-    ("dataset.json", json.dumps({"test": ["a.nii.gz"], "name": "Prostata Düsseldorf"}, ensure_ascii=False).encode("latin-1"), "is not UTF-8 text"),
+    (
+        "dataset.json",
+        json.dumps({"test": ["a.nii.gz"], "name": "Prostata Düsseldorf"}, ensure_ascii=False).encode("latin-1"),
+        "is not UTF-8 text",
+    ),
     ("dataset.json", b"[1, 2, 3]", "its top level is a list"),
     ("dataset.json", b'{"test": [1, 2]}', "'test' is not a list of image paths"),
     ("dataset.json", b'{"training": "imagesTr"}', "'training' is not a list of image paths"),
@@ -161,7 +172,9 @@ def test_tables_people_have_are_one_line(capsys, a_table_world, name, content, e
     (world["root"] / "source").mkdir()
     table = world["root"] / "source" / name
     table.write_bytes(content)
-    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--device", "cpu"]) == 2
+    assert (
+        cli.main(["batch", "-q", "--model", world["model"], "--cases", str(table), "--output", str(world["out"]), "--device", "cpu"]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "internal error" not in err[0] and expected in err[0], err
     assert not world["out"].exists()
@@ -174,7 +187,9 @@ def test_a_volume_file_in_a_cohort_folder_is_a_case(capsys, a_table_world):
     os.symlink(world["image"], cohort / "folder-case" / "t2_tra.nrrd")
     os.symlink(world["image"], cohort / "file-case.nrrd")
     (cohort / "notes.txt").write_text("not a volume: not a case")
-    assert cli.main(["batch", "-q", "--model", world["model"], "--cases", str(cohort), "--output", str(world["out"]), "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(["batch", "-q", "--model", world["model"], "--cases", str(cohort), "--output", str(world["out"]), "--device", "cpu"]) == 0
+    ), capsys.readouterr().err
     with open(world["out"] / "summary.csv", newline="", encoding="utf-8") as stream:
         assert {row["case"]: row["status"] for row in csv.DictReader(stream)} == {"file-case": "ok", "folder-case": "ok"}
 

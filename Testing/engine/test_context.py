@@ -16,11 +16,9 @@ import pytest
 import SimpleITK as sitk
 
 from MedSegUNetLib import cli
-
 from MedSegUNetLib.engine import modelcard, pipeline
-
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 RADIUS = 3  # voxels of the mean filter
 SPACING = (1.0, 1.0, 2.0)
@@ -97,8 +95,25 @@ def test_context_from_the_card_and_the_command_line(capsys, tmp_path, context_ca
     (tmp_path / "mean.pt.json").write_text(json.dumps(card))
     for extra, model in (([], str(tmp_path / "mean.pt")), (["--context", "6"], context_case["model"])):
         out = tmp_path / f"out{len(extra)}.nii.gz"
-        assert cli.main(["segment", "-q", "--model", model, str(tmp_path / "t2.nrrd"), "--roi-from", str(tmp_path / "half.nrrd"),
-                         "--output", str(out), "--stats-json", str(tmp_path / f"s{len(extra)}.json"), *extra]) == 0, capsys.readouterr().err
+        assert (
+            cli.main(
+                [
+                    "segment",
+                    "-q",
+                    "--model",
+                    model,
+                    str(tmp_path / "t2.nrrd"),
+                    "--roi-from",
+                    str(tmp_path / "half.nrrd"),
+                    "--output",
+                    str(out),
+                    "--stats-json",
+                    str(tmp_path / f"s{len(extra)}.json"),
+                    *extra,
+                ]
+            )
+            == 0
+        ), capsys.readouterr().err
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
         report = json.loads((tmp_path / f"s{len(extra)}.json").read_text())
         low, high = report["roi"]["ijk_min"], report["roi"]["ijk_max"]

@@ -18,8 +18,8 @@ import SimpleITK as sitk
 
 from conftest import requireSharedData
 from MedSegUNetLib import cli
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 LEVEL = 400.0
 PROSTATE = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
@@ -29,7 +29,9 @@ PROSTATE = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["
 def seg_run(tmp_path_factory):
     folder = requireSharedData("prostatex", "ProstateX-0000")
     out = tmp_path_factory.mktemp("dicomseg")
-    card = phantoms.thresholdCard([(1, "bright", (1.0, 0.8, 0.2)), (2, "brighter", (0.2, 0.4, 1.0))], inputs=("T2",), patchSize=(96, 96, 16))
+    card = phantoms.thresholdCard(
+        [(1, "bright", (1.0, 0.8, 0.2)), (2, "brighter", (0.2, 0.4, 1.0))], inputs=("T2",), patchSize=(96, 96, 16)
+    )
     card["labels"][0]["terminology"] = PROSTATE
     card["version"] = "1.2.3"
     model = out / "threshold.pt"
@@ -66,8 +68,22 @@ def test_dcmqi_reads_the_same_voxels(seg_run, tmp_path):
     tool = shutil.which("segimage2itkimage")
     if tool is None:
         pytest.skip("dcmqi is not installed (the test extra installs it)")
-    done = subprocess.run([tool, "--inputDICOM", str(seg_run["out"] / "seg.dcm"), "--outputDirectory", str(tmp_path), "--outputType", "nrrd", "--prefix", "seg"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            tool,
+            "--inputDICOM",
+            str(seg_run["out"] / "seg.dcm"),
+            "--outputDirectory",
+            str(tmp_path),
+            "--outputType",
+            "nrrd",
+            "--prefix",
+            "seg",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     meta = json.loads((tmp_path / "seg-meta.json").read_text())
     assert [segment[0]["SegmentLabel"] for segment in meta["segmentAttributes"]] == ["bright", "brighter"]
@@ -82,7 +98,9 @@ def test_non_dicom_reference_is_refused(capsys, tmp_path, seg_run):
     sitk.WriteImage(sitk.ReadImage(str(seg_run["out"] / "labels.nii.gz")), str(tmp_path / "t2.nrrd"))
     out = tmp_path / "out"
     out.mkdir()
-    code = cli.main(["segment", "--model", str(seg_run["out"] / "threshold.pt"), str(tmp_path / "t2.nrrd"), "--output", str(out / "seg.dcm")])
+    code = cli.main(
+        ["segment", "--model", str(seg_run["out"] / "threshold.pt"), str(tmp_path / "t2.nrrd"), "--output", str(out / "seg.dcm")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "needs a DICOM series as the reference input" in err[0] and os.listdir(out) == []
 
@@ -98,6 +116,8 @@ def test_batch_writes_dicom_seg(tmp_path, seg_run):
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     os.symlink(requireSharedData("prostatex", "ProstateX-0000"), cohort / "P0")
-    assert cli.main(["batch", "-q", "--model", str(model), "--cases", str(cohort), "--output", str(tmp_path / "out"), "--format", "dcm"]) == 0
+    assert (
+        cli.main(["batch", "-q", "--model", str(model), "--cases", str(cohort), "--output", str(tmp_path / "out"), "--format", "dcm"]) == 0
+    )
     segmentation = hd.seg.segread(str(tmp_path / "out" / "P0" / "P0.dcm"))
     assert [item.SegmentLabel for item in segmentation.SegmentSequence] == ["bright", "brighter"]

@@ -22,10 +22,17 @@ def test_every_raise_names_what_kind_of_thing_is_wrong():
     for path in LIB.rglob("*.py"):
         relative = path.relative_to(LIB).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and ast.unparse(node.exc.func) == "MedSegUNetError" and relative not in BARE_ALLOWED:
+            if (
+                isinstance(node, ast.Raise)
+                and isinstance(node.exc, ast.Call)
+                and ast.unparse(node.exc.func) == "MedSegUNetError"
+                and relative not in BARE_ALLOWED
+            ):
                 bare.append(f"{relative}:{node.lineno}")
     assert bare == []
-    kinds = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, MedSegUNetError) and cls is not MedSegUNetError]
+    kinds = [
+        cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, MedSegUNetError) and cls is not MedSegUNetError
+    ]
     assert len(kinds) >= 15 and all(cls.__doc__ for cls in kinds)
 
 
@@ -44,7 +51,9 @@ def test_the_remedy_is_worded_by_the_surface(surface, words):
     error = outOfMemory("on cuda while running the network")
     assert isinstance(error, OutOfMemoryError) and isinstance(error, MedSegUNetError)
     text = error.forSurface(surface)
-    assert text.startswith("Out of memory on cuda while running the network: ") and words in text and text.endswith(".") and "\n" not in text
+    assert (
+        text.startswith("Out of memory on cuda while running the network: ") and words in text and text.endswith(".") and "\n" not in text
+    )
     assert str(error) == error.forSurface("cli")
 
 
@@ -56,8 +65,15 @@ def test_device_errors_speak_of_the_panel_in_slicer():
     assert error.forSurface("batch") == str(error)
 
 
-@pytest.mark.parametrize("error", [outOfMemory("in the worker"), CardError("Invalid card: field 'labels' is empty."),
-                                   MedSegUNetError("plain"), errors.ProcessingCancelled()])
+@pytest.mark.parametrize(
+    "error",
+    [
+        outOfMemory("in the worker"),
+        CardError("Invalid card: field 'labels' is empty."),
+        MedSegUNetError("plain"),
+        errors.ProcessingCancelled(),
+    ],
+)
 def test_errors_cross_processes_whole(error):
     # Batch workers and Ray actors send errors back pickled: class, text and remedy survive.
     copy = pickle.loads(pickle.dumps(error))

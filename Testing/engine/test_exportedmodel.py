@@ -158,7 +158,9 @@ def programWith(path: str, tmp_path, change) -> str:
 
 def test_guards_code_that_runs_python_is_refused(a_torch_saved_pt2, tmp_path):
     marker = tmp_path / "ran"
-    hostile = programWith(a_torch_saved_pt2, tmp_path, lambda document: document["guards_code"].append(f"__import__('os').mkdir({str(marker)!r}) or True"))
+    hostile = programWith(
+        a_torch_saved_pt2, tmp_path, lambda document: document["guards_code"].append(f"__import__('os').mkdir({str(marker)!r}) or True")
+    )
     with pytest.raises(MedSegUNetError, match="shape expression with .* which torch would run as Python"):
         exportedmodel.loadCheckedExported(hostile, "cpu", "Model 'hostile.pt2'")
     assert not marker.exists()
@@ -187,9 +189,14 @@ def test_a_shape_expression_that_runs_python_is_refused(a_torch_saved_pt2, tmp_p
     assert marker.is_dir()
 
 
-@pytest.mark.parametrize("target, named", [("torch.ops.aten.save.default", "torch.ops.aten.save.default"),
-                                           ("torch.serialization.save", "torch.serialization.save"),
-                                           ("builtins.exec", "builtins.exec")])
+@pytest.mark.parametrize(
+    "target, named",
+    [
+        ("torch.ops.aten.save.default", "torch.ops.aten.save.default"),
+        ("torch.serialization.save", "torch.serialization.save"),
+        ("builtins.exec", "builtins.exec"),
+    ],
+)
 def test_a_graph_calling_a_side_effecting_operator_is_refused(a_torch_saved_pt2, tmp_path, target, named):
     def swap(document):
         document["graph_module"]["graph"]["nodes"][0]["target"] = target
@@ -227,20 +234,23 @@ def test_a_member_torch_does_not_write_is_refused(a_torch_saved_pt2, tmp_path):
         exportedmodel.loadCheckedExported(writeArchive(tmp_path / "hostile.pt2", contents), "cpu", "Model 'hostile.pt2'")
 
 
-@pytest.mark.parametrize("expression, allowed", [
-    ("Add(FloorDiv(Add(Symbol('s0', positive=True, integer=True), Integer(-1)), Integer(4)), Integer(1))", True),
-    ("(1 + (((-1) + L['x'].size()[3]) // 2)) != 1", True),
-    ("Max(s0, 2*s1) <= 512", True),
-    ("(max(1, 1 + (((-1) + L['x'].size()[3]) // 2))*max(1, s0)) <= 4096", True),  # torch 2.9's guards
-    ("max(1, key=print)", False),
-    ("max.__self__", False),
-    ("__import__('os').system('true')", False),
-    ("L['x'].__class__", False),
-    ("(lambda: 1)()", False),
-    ("Symbol('s0', evaluate=__import__('os'))", False),
-    ("s0.__class__.__base__", False),
-    ("[s0 for s0 in range(3)]", False),
-])
+@pytest.mark.parametrize(
+    "expression, allowed",
+    [
+        ("Add(FloorDiv(Add(Symbol('s0', positive=True, integer=True), Integer(-1)), Integer(4)), Integer(1))", True),
+        ("(1 + (((-1) + L['x'].size()[3]) // 2)) != 1", True),
+        ("Max(s0, 2*s1) <= 512", True),
+        ("(max(1, 1 + (((-1) + L['x'].size()[3]) // 2))*max(1, s0)) <= 4096", True),  # torch 2.9's guards
+        ("max(1, key=print)", False),
+        ("max.__self__", False),
+        ("__import__('os').system('true')", False),
+        ("L['x'].__class__", False),
+        ("(lambda: 1)()", False),
+        ("Symbol('s0', evaluate=__import__('os'))", False),
+        ("s0.__class__.__base__", False),
+        ("[s0 for s0 in range(3)]", False),
+    ],
+)
 def test_shape_expressions_are_arithmetic_only(expression, allowed):
     if allowed:
         exportedmodel.checkExpression(expression, "Model 'm.pt2'")

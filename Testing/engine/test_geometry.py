@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from conftest import PROSTATEX_0000_ROI
 from MedSegUNetLib.engine import geometry
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
 
 IDENTITY = np.eye(3)
 SWAP_IJ = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # left-handed (det −1)
@@ -73,9 +73,18 @@ CUBE_10MM = dict(size=(5, 5, 5), spacing=(2.0, 2.0, 2.0))
 ROI_CASES = [
     pytest.param(REFERENCE_10_12_8, [REFERENCE_10_12_8], 0.0, (10, 12, 8), ((0, 0, 0), (9, 11, 7)), id="identical"),
     # Shifted 3.2 mm along x: the other extent starts at ref index 3.2 − 0.5 = 2.7 → first centre 3.
-    pytest.param(REFERENCE_10_12_8, [dict(size=(10, 12, 8), center=(3.2, 0, 0))], 0.0, (10, 12, 8), ((3, 0, 0), (9, 11, 7)), id="shifted-x"),
+    pytest.param(
+        REFERENCE_10_12_8, [dict(size=(10, 12, 8), center=(3.2, 0, 0))], 0.0, (10, 12, 8), ((3, 0, 0), (9, 11, 7)), id="shifted-x"
+    ),
     # Shifted 2.5 mm: the other's face passes exactly through the centres of i = 2, which count as inside.
-    pytest.param(REFERENCE_10_12_8, [dict(size=(10, 12, 8), center=(2.5, 0, 0))], 0.0, (10, 12, 8), ((2, 0, 0), (9, 11, 7)), id="face-through-centres"),
+    pytest.param(
+        REFERENCE_10_12_8,
+        [dict(size=(10, 12, 8), center=(2.5, 0, 0))],
+        0.0,
+        (10, 12, 8),
+        ((2, 0, 0), (9, 11, 7)),
+        id="face-through-centres",
+    ),
     pytest.param(
         REFERENCE_10_12_8, [dict(size=(10, 12, 8), center=(-1.7, 2.2, -3.0))], 0.0, (10, 12, 8), ((0, 2, 0), (7, 11, 4)), id="shifted-xyz"
     ),
@@ -89,18 +98,42 @@ ROI_CASES = [
         id="rotated-45",
     ),
     # Flipped directions change the index order, not the box: same answer as a plain shift.
-    pytest.param(REFERENCE_10_12_8, [dict(size=(10, 12, 8), direction=FLIP_I, center=(3.2, 0, 0))], 0.0, (10, 12, 8), ((3, 0, 0), (9, 11, 7)), id="flipped-other"),
+    pytest.param(
+        REFERENCE_10_12_8,
+        [dict(size=(10, 12, 8), direction=FLIP_I, center=(3.2, 0, 0))],
+        0.0,
+        (10, 12, 8),
+        ((3, 0, 0), (9, 11, 7)),
+        id="flipped-other",
+    ),
     # Reference flipped along i: x = 4.5 − i, the other covers x ≥ −1.8 → i ≤ 6.3.
     pytest.param(
-        dict(size=(10, 12, 8), direction=FLIP_I), [dict(size=(10, 12, 8), center=(3.2, 0, 0))], 0.0, (10, 12, 8), ((0, 0, 0), (6, 11, 7)), id="flipped-reference"
+        dict(size=(10, 12, 8), direction=FLIP_I),
+        [dict(size=(10, 12, 8), center=(3.2, 0, 0))],
+        0.0,
+        (10, 12, 8),
+        ((0, 0, 0), (6, 11, 7)),
+        id="flipped-reference",
     ),
     # Left-handed other (i along y): 6 voxels along y cover |y| ≤ 3, y = j − 5.5 → j = 3 … 8.
-    pytest.param(REFERENCE_10_12_8, [dict(size=(6, 10, 8), direction=SWAP_IJ)], 0.0, (10, 12, 8), ((0, 3, 0), (9, 8, 7)), id="left-handed-other"),
     pytest.param(
-        dict(size=(12, 10, 8), direction=SWAP_IJ), [dict(size=(6, 10, 8))], 0.0, (12, 10, 8), ((1, 2, 0), (10, 7, 7)), id="left-handed-reference"
+        REFERENCE_10_12_8, [dict(size=(6, 10, 8), direction=SWAP_IJ)], 0.0, (10, 12, 8), ((0, 3, 0), (9, 8, 7)), id="left-handed-other"
     ),
     pytest.param(
-        dict(size=(12, 10, 8), direction=SWAP_IJ), [dict(size=(10, 6, 8))], 0.0, (12, 10, 8), ((3, 0, 0), (8, 9, 7)), id="left-handed-reference-cropped"
+        dict(size=(12, 10, 8), direction=SWAP_IJ),
+        [dict(size=(6, 10, 8))],
+        0.0,
+        (12, 10, 8),
+        ((1, 2, 0), (10, 7, 7)),
+        id="left-handed-reference",
+    ),
+    pytest.param(
+        dict(size=(12, 10, 8), direction=SWAP_IJ),
+        [dict(size=(10, 6, 8))],
+        0.0,
+        (12, 10, 8),
+        ((3, 0, 0), (8, 9, 7)),
+        id="left-handed-reference-cropped",
     ),
     # Anisotropic reference (0.5 × 0.5 × 3 mm) and a 10 mm cube: |x| ≤ 5 → i = 10 … 29; z ∈ ±1.5, ±4.5 → k = 1 … 4.
     pytest.param(ANISOTROPIC_REFERENCE, [CUBE_10MM], 0.0, (40, 40, 6), ((10, 10, 1), (29, 29, 4)), id="anisotropic"),
@@ -220,7 +253,9 @@ def test_volume_geometry_matches_simpleitk():
     image = grid((5, 6, 7), (0.7, 0.8, 2.5), phantoms.rotationMatrix((0.3, 1, 0.2), 33) @ FLIP_I, center=(4, 5, 6))
     geom = geometryOf(image, "oblique")
     for index in [(0, 0, 0), (4, 5, 6), (1.5, -0.5, 3.25)]:
-        np.testing.assert_allclose((geom.ijkToLPS @ np.append(index, 1.0))[:3], image.TransformContinuousIndexToPhysicalPoint(index), atol=1e-9)
+        np.testing.assert_allclose(
+            (geom.ijkToLPS @ np.append(index, 1.0))[:3], image.TransformContinuousIndexToPhysicalPoint(index), atol=1e-9
+        )
     np.testing.assert_allclose(geom.spacing, [0.7, 0.8, 2.5])
     np.testing.assert_allclose(geom.ijkToRAS, geometry.LPS_TO_RAS @ geom.ijkToLPS)
     again = geometry.VolumeGeometry.fromIJKToRAS(geom.ijkToRAS, geom.size)
@@ -237,7 +272,11 @@ def test_roi_from_ras_box_equals_brute_force():
     roi = geometry.roiFromRASBox(geometryOf(reference, "ref"), centerRAS=(2.0, -3.0, 1.0), axesRAS=axesRAS, radiusMM=(6.0, 4.0, 5.0))
     # The same box as an image: RAS axes → LPS directions, edges at ±radius.
     box = sitk.Image([1, 1, 1], sitk.sitkUInt8)
-    geometry.setImageGeometryFromIJKToLPS(box, geometry.LPS_TO_RAS @ np.block([[axesRAS @ np.diag([12.0, 8.0, 10.0]), np.array([[2.0], [-3.0], [1.0]])], [np.zeros((1, 3)), np.ones((1, 1))]]))
+    geometry.setImageGeometryFromIJKToLPS(
+        box,
+        geometry.LPS_TO_RAS
+        @ np.block([[axesRAS @ np.diag([12.0, 8.0, 10.0]), np.array([[2.0], [-3.0], [1.0]])], [np.zeros((1, 3)), np.ones((1, 1))]]),
+    )
     low, high = bruteForceRange(reference, [box])
     assert roi.ijkMin.tolist() == low.tolist() and roi.ijkMax.tolist() == high.tolist()
 

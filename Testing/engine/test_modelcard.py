@@ -12,8 +12,8 @@ import pytest
 
 from conftest import TINY_UNET_CARD
 from MedSegUNetLib.engine import modelcard
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
 
 
 def card(**changes) -> dict:
@@ -39,7 +39,9 @@ INVALID_CARDS = [
     pytest.param(dict(spacing=[1.0, 1.0]), "spacing", "", id="spacing-length"),
     pytest.param(dict(normalization={"type": "histogram"}), "normalization/type", "histogram", id="normalization"),
     # A misspelt key would leave the default (5th percentile) in force without a word.
-    pytest.param(dict(normalization={"type": "percentile", "lowr": 1}), "normalization", "('lowr' was unexpected)", id="normalization-misspelt-key"),
+    pytest.param(
+        dict(normalization={"type": "percentile", "lowr": 1}), "normalization", "('lowr' was unexpected)", id="normalization-misspelt-key"
+    ),
     pytest.param(dict(threshold=1.5), "threshold", "1.5", id="threshold"),
     pytest.param(dict(patch_size=[0, 32, 8]), "patch_size", "", id="patch-size-zero"),
 ]
@@ -65,7 +67,9 @@ def test_both_validators_agree_on_every_zoo_card_and_field(repo_root):
     for parameters in INVALID_CARDS:
         broken = card(**parameters.values[0])
         fields = lambda errors: sorted({where for where, _ in errors})  # noqa: E731
-        assert fields(modelcard.schemaErrors(broken, useJsonschema=False)) == fields(modelcard.schemaErrors(broken, useJsonschema=True)), parameters.id
+        assert fields(modelcard.schemaErrors(broken, useJsonschema=False)) == fields(modelcard.schemaErrors(broken, useJsonschema=True)), (
+            parameters.id
+        )
 
 
 def test_rules_beyond_the_schema():
@@ -99,7 +103,9 @@ def test_card_summary_lines():
     assert summary.splitlines()[0] == "Tiny test UNet (3D, softmax)"
     assert "Inputs: T2" in summary and "Labels: 1 gland" in summary
     assert "Spacing: 1 × ref × 3 mm; orientation: RAS; normalisation: zscore" in summary
-    fixed = modelcard.validateCard(card(schema="medsegunet.model/3", drop_spacing=None, grid={"shape": [256, 256, 128], "interpolation": "nearest"}, orientation="RAS"))
+    fixed = modelcard.validateCard(
+        card(schema="medsegunet.model/3", drop_spacing=None, grid={"shape": [256, 256, 128], "interpolation": "nearest"}, orientation="RAS")
+    )
     assert "Grid: 256 × 256 × 128 voxels over the ROI (nearest); orientation: RAS" in modelcard.cardSummary(fixed)
 
 
@@ -136,7 +142,7 @@ def test_model_without_card_or_not_torchscript(tmp_path):
         modelcard.readCard(bare)
     text = tmp_path / "weights.pt"
     text.write_text("not a model")
-    with pytest.raises(MedSegUNetError, match="is not a model file \(TorchScript .pt or torch.export .pt2\)"):
+    with pytest.raises(MedSegUNetError, match=r"is not a model file \(TorchScript .pt or torch.export .pt2\)"):
         modelcard.readCard(text)
     with pytest.raises(MedSegUNetError, match="does not exist"):
         modelcard.readCard(tmp_path / "absent.pt")
@@ -189,7 +195,10 @@ def test_resolve_device():
 
 def test_schema_file_is_published():
     schema = modelcard.loadSchema()
-    assert schema["properties"]["schema"]["enum"] == ["medsegunet.model/1", "medsegunet.model/2", modelcard.SCHEMA_ID] and modelcard.SCHEMA_ID == "medsegunet.model/3"
+    assert (
+        schema["properties"]["schema"]["enum"] == ["medsegunet.model/1", "medsegunet.model/2", modelcard.SCHEMA_ID]
+        and modelcard.SCHEMA_ID == "medsegunet.model/3"
+    )
     assert set(schema["required"]) >= {"name", "spatial_dims", "inputs", "labels", "output"}
 
 
@@ -198,11 +207,19 @@ def test_version_1_cards_are_read_and_version_2_fields_need_version_2():
     assert modelcard.validateCard(version1)["schema"] == "medsegunet.model/1"
     with pytest.raises(MedSegUNetError, match="field 'blend' needs .*medsegunet.model/2"):
         modelcard.validateCard(card(blend="logits"))
-    version2 = card(schema="medsegunet.model/2", blend="logits", tta="flips",
-                    postprocessing={"logit_smoothing_sigma": 2.5, "largest_component": [1], "fill_holes": True, "min_component_mm3": 50})
+    version2 = card(
+        schema="medsegunet.model/2",
+        blend="logits",
+        tta="flips",
+        postprocessing={"logit_smoothing_sigma": 2.5, "largest_component": [1], "fill_holes": True, "min_component_mm3": 50},
+    )
     full = modelcard.validateCard(version2)
     assert full["blend"] == "logits" and full["postprocessing"]["largest_component"] == [1]
-    for bad, field in ((dict(blend="mean"), "blend"), (dict(tta="rotations"), "tta"), (dict(postprocessing={"fill_holes": "yes"}), "postprocessing/fill_holes")):
+    for bad, field in (
+        (dict(blend="mean"), "blend"),
+        (dict(tta="rotations"), "tta"),
+        (dict(postprocessing={"fill_holes": "yes"}), "postprocessing/fill_holes"),
+    ):
         with pytest.raises(MedSegUNetError, match=f"field '{field}'"):
             modelcard.validateCard(card(schema="medsegunet.model/2", **bad))
 
@@ -212,12 +229,17 @@ def test_version_1_cards_are_read_and_version_2_fields_need_version_2():
     "terminology",
     [
         {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]},
-        {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "279706003", "Peripheral zone of prostate"],
-         "type_modifier": ["SCT", "7771000", "Left"], "anatomic_region": ["SCT", "41216001", "Prostate"], "anatomic_region_modifier": ["SCT", "24028007", "Right"]},
+        {
+            "category": ["SCT", "123037004", "Anatomical Structure"],
+            "type": ["SCT", "279706003", "Peripheral zone of prostate"],
+            "type_modifier": ["SCT", "7771000", "Left"],
+            "anatomic_region": ["SCT", "41216001", "Prostate"],
+            "anatomic_region_modifier": ["SCT", "24028007", "Right"],
+        },
     ],
 )
 def test_terminology_entry_reads_back(terminology):
-    from MedSegUNetLib.engine.modelcard import terminologyEntry, terminologyFromEntry
+    from MedSegUNetLib.engine.terminology import terminologyEntry, terminologyFromEntry
 
     assert terminologyFromEntry(terminologyEntry({"terminology": terminology})) == terminology
     assert terminologyFromEntry(None) is None and terminologyFromEntry("context~^^~^^~^^~anatomic~^^~^^") is None

@@ -10,9 +10,8 @@ import SimpleITK as sitk
 import slicerio
 
 from MedSegUNetLib.engine import geometry, outputs
-
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
 
 LABELS = [
     {"value": 1, "name": "peripheral zone", "color": [0.9, 0.6, 0.3]},
@@ -85,6 +84,7 @@ def test_terminology_reaches_seg_nrrd_as_slicer_writes_it(tmp_path, repo_root):
     import slicerio
 
     from MedSegUNetLib.engine import modelcard
+    from MedSegUNetLib.engine.terminology import terminologyEntry
 
     card = modelcard.readCard(repo_root / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt")
     labelmap = sitk.Image([6, 5, 4], sitk.sitkUInt8)
@@ -96,5 +96,5 @@ def test_terminology_reaches_seg_nrrd_as_slicer_writes_it(tmp_path, repo_root):
         terminology = segment["terminology"]
         assert terminology["category"] == ["SCT", "123037004", "Anatomical Structure"]
         assert terminology["type"] == label["terminology"]["type"]
-        assert slicerio.segmentation.terminology_entry_to_string(terminology) == modelcard.terminologyEntry(label)
+        assert slicerio.segmentation.terminology_entry_to_string(terminology) == terminologyEntry(label)
     assert segments[0]["terminology"]["type"] == ["SCT", "279706003", "Peripheral zone of prostate"]

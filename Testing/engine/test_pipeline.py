@@ -19,9 +19,9 @@ import SimpleITK as sitk
 
 from conftest import PROSTATEX_0000_ROI
 from MedSegUNetLib.engine import geometry, modelcard, pipeline
+from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled
 from MedSegUNetLib.engine.volumes import readVolume
 from MedSegUNetLib.models import phantoms
-from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled
 
 LABELS = [(1, "outer", (0.9, 0.5, 0.3)), (2, "inner", (0.2, 0.6, 0.9))]
 LEVELS = (0.5, 1.5)
@@ -70,23 +70,40 @@ def labelsOf(result: pipeline.SegmentationResult) -> np.ndarray:
 
 
 # [parameters (reference direction, card), input shape (reference size), expected (exact labels or min Dice)]
-CHAIN_CASES = [
-    pytest.param(name, dict(spatialDims=3), (40, 36, 14), "exact", id=f"3d-keep-grid-{name}") for name in REFERENCE_DIRECTIONS
-] + [
-    pytest.param(name, dict(spatialDims=3, orientation="RAS"), (40, 36, 14), "exact", id=f"3d-orientation-only-{name}")
-    for name in ("oblique-18", "left-handed")
-] + [
-    pytest.param(name, dict(spatialDims=3, spacing=(1.5, 1.5, 2.0), orientation="RAS"), (40, 36, 14), 0.9, id=f"3d-respaced-RAS-{name}")
-    for name in REFERENCE_DIRECTIONS
-] + [
-    pytest.param("oblique-18", dict(spatialDims=3, spacing=(0.8, None, 3.0), orientation="PIL"), (40, 36, 14), 0.9, id="3d-respaced-PIL-partial-null"),
-    pytest.param("oblique-18", dict(spatialDims=3, patchSize=(16, 16, 4)), (40, 36, 14), "exact", id="3d-sliding-window-keep-grid"),
-    pytest.param("left-handed", dict(spatialDims=3, softmax=False), (40, 36, 14), "exact", id="3d-sigmoid-keep-grid"),
-    pytest.param("oblique-18", dict(spatialDims=3, softmax=False, spacing=(1.2, 1.2, 2.0), orientation="LPS"), (40, 36, 14), 0.9, id="3d-sigmoid-respaced"),
-    pytest.param("oblique-18", dict(spatialDims=2), (40, 36, 14), "exact", id="2d-keep-grid"),
-    pytest.param("flipped", dict(spatialDims=2, patchSize=(16, 16)), (40, 36, 14), "exact", id="2d-patches-keep-grid"),
-    pytest.param("left-handed", dict(spatialDims=2, spacing=(1.3, 1.3, None), orientation="RAS"), (40, 36, 14), 0.9, id="2d-respaced-RAS"),
-]
+CHAIN_CASES = (
+    [pytest.param(name, dict(spatialDims=3), (40, 36, 14), "exact", id=f"3d-keep-grid-{name}") for name in REFERENCE_DIRECTIONS]
+    + [
+        pytest.param(name, dict(spatialDims=3, orientation="RAS"), (40, 36, 14), "exact", id=f"3d-orientation-only-{name}")
+        for name in ("oblique-18", "left-handed")
+    ]
+    + [
+        pytest.param(name, dict(spatialDims=3, spacing=(1.5, 1.5, 2.0), orientation="RAS"), (40, 36, 14), 0.9, id=f"3d-respaced-RAS-{name}")
+        for name in REFERENCE_DIRECTIONS
+    ]
+    + [
+        pytest.param(
+            "oblique-18",
+            dict(spatialDims=3, spacing=(0.8, None, 3.0), orientation="PIL"),
+            (40, 36, 14),
+            0.9,
+            id="3d-respaced-PIL-partial-null",
+        ),
+        pytest.param("oblique-18", dict(spatialDims=3, patchSize=(16, 16, 4)), (40, 36, 14), "exact", id="3d-sliding-window-keep-grid"),
+        pytest.param("left-handed", dict(spatialDims=3, softmax=False), (40, 36, 14), "exact", id="3d-sigmoid-keep-grid"),
+        pytest.param(
+            "oblique-18",
+            dict(spatialDims=3, softmax=False, spacing=(1.2, 1.2, 2.0), orientation="LPS"),
+            (40, 36, 14),
+            0.9,
+            id="3d-sigmoid-respaced",
+        ),
+        pytest.param("oblique-18", dict(spatialDims=2), (40, 36, 14), "exact", id="2d-keep-grid"),
+        pytest.param("flipped", dict(spatialDims=2, patchSize=(16, 16)), (40, 36, 14), "exact", id="2d-patches-keep-grid"),
+        pytest.param(
+            "left-handed", dict(spatialDims=2, spacing=(1.3, 1.3, None), orientation="RAS"), (40, 36, 14), 0.9, id="2d-respaced-RAS"
+        ),
+    ]
+)
 
 
 @pytest.mark.parametrize("direction, cardArguments, shape, expected", CHAIN_CASES)
@@ -114,7 +131,9 @@ def test_sliding_window_stitching_equals_whole_roi(a_threshold_model):
     image = phantomOn(grid)
     # A smooth ramp so that blended probabilities are not all saturated near the boundaries.
     whole = segment(a_threshold_model(LEVELS, LABELS, spacing=(1.5, 1.5, 2.0)), [sitk.SmoothingRecursiveGaussian(image, 2.0)])
-    tiled = segment(a_threshold_model(LEVELS, LABELS, spacing=(1.5, 1.5, 2.0), patchSize=(12, 10, 6)), [sitk.SmoothingRecursiveGaussian(image, 2.0)])
+    tiled = segment(
+        a_threshold_model(LEVELS, LABELS, spacing=(1.5, 1.5, 2.0), patchSize=(12, 10, 6)), [sitk.SmoothingRecursiveGaussian(image, 2.0)]
+    )
     np.testing.assert_array_equal(labelsOf(tiled), labelsOf(whole))
     assert (labelsOf(whole) == 2).sum() > 100
 
@@ -161,7 +180,9 @@ def test_second_input_on_rotated_grid_is_resampled_in_physical_space(two_input_m
     viaFirst = segment(two_input_models[0], [first, second], names=["T2", "ADC"])
     viaSecond = segment(two_input_models[1], [first, second], names=["T2", "ADC"])
     # The ROI is limited by the second grid's extent; nothing is labelled outside it.
-    expectedROI = geometry.computeROI(geometry.VolumeGeometry.fromImage(reference, "T2"), [geometry.VolumeGeometry.fromImage(secondGrid, "ADC")])
+    expectedROI = geometry.computeROI(
+        geometry.VolumeGeometry.fromImage(reference, "T2"), [geometry.VolumeGeometry.fromImage(secondGrid, "ADC")]
+    )
     assert viaSecond.roi.ijkMin.tolist() == expectedROI.ijkMin.tolist() and viaSecond.roi.ijkMax.tolist() == expectedROI.ijkMax.tolist()
     assert viaSecond.roi.volumeNames == ["T2", "ADC"]
     for result in (viaFirst, viaSecond):
@@ -352,12 +373,15 @@ I_ALONG_S = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 # [parameters (card kind, ROI axes), input (random probabilities on an RAS model grid over the ROI),
 # expected: labels, regions and kept probabilities equal those of the straightforward route, each
 # class resampled onto the ROI grid as SimpleITK stores it (K, J, I), kept in arrays of their own]
-@pytest.mark.parametrize("softmax, channels, direction", [
-    pytest.param(True, 3, phantoms.rotationMatrix((1, 1, 0), 12), id="softmax-3"),
-    pytest.param(True, 2, phantoms.rotationMatrix((1, 1, 0), 12), id="softmax-binary"),
-    pytest.param(False, 2, phantoms.rotationMatrix((1, 1, 0), 12), id="sigmoid-2"),
-    pytest.param(True, 3, I_ALONG_S, id="softmax-3-model-axes-reversed"),
-])
+@pytest.mark.parametrize(
+    "softmax, channels, direction",
+    [
+        pytest.param(True, 3, phantoms.rotationMatrix((1, 1, 0), 12), id="softmax-3"),
+        pytest.param(True, 2, phantoms.rotationMatrix((1, 1, 0), 12), id="softmax-binary"),
+        pytest.param(False, 2, phantoms.rotationMatrix((1, 1, 0), 12), id="sigmoid-2"),
+        pytest.param(True, 3, I_ALONG_S, id="softmax-3-model-axes-reversed"),
+    ],
+)
 def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, channels, direction):
     from MedSegUNetLib.engine import preprocessing
 
@@ -393,18 +417,37 @@ def test_labels_from_a_reoriented_model_grid_equal_the_direct_route(softmax, cha
 
 
 # [parameters (labels of a softmax model), input (a T2 series), expected (the class messages)]
-@pytest.mark.parametrize("labels, expected", [
-    ([(1, "bright", (1.0, 1.0, 0.0))], ["label 1 of 1 (bright)"]),
-    ([(1, "bright", (1.0, 1.0, 0.0)), (2, "brighter", (0.2, 0.4, 1.0))], ["background", "label 1 of 2 (bright)", "label 2 of 2 (brighter)"]),
-], ids=["one-label", "two-labels"])
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ([(1, "bright", (1.0, 1.0, 0.0))], ["label 1 of 1 (bright)"]),
+        (
+            [(1, "bright", (1.0, 1.0, 0.0)), (2, "brighter", (0.2, 0.4, 1.0))],
+            ["background", "label 1 of 2 (bright)", "label 2 of 2 (brighter)"],
+        ),
+    ],
+    ids=["one-label", "two-labels"],
+)
 def test_resampling_back_counts_the_models_labels(a_threshold_model, prostate_series, labels, expected):
     """'label k of n' counts the card's labels (not the network's channels); background is named."""
     from MedSegUNetLib.engine.modelcard import loadModel
 
-    model = loadModel(a_threshold_model(tuple(100.0 * (index + 1) for index in range(len(labels))), labels, inputs=("T2",),
-                                        spacing=(1.0, 1.0, 3.0), patchSize=(32, 32, 8)), "cpu")
+    model = loadModel(
+        a_threshold_model(
+            tuple(100.0 * (index + 1) for index in range(len(labels))),
+            labels,
+            inputs=("T2",),
+            spacing=(1.0, 1.0, 3.0),
+            patchSize=(32, 32, 8),
+        ),
+        "cpu",
+    )
     messages: list[str] = []
-    pipeline.segmentImages([readVolume(prostate_series["4-t2tsetra"])], model, useROI=False,
-                           progress=pipeline.ProgressReporter(lambda fraction, message: messages.append(message)))
+    pipeline.segmentImages(
+        [readVolume(prostate_series["4-t2tsetra"])],
+        model,
+        useROI=False,
+        progress=pipeline.ProgressReporter(lambda fraction, message: messages.append(message)),
+    )
     prefix = "Resampling to the reference grid: "
-    assert [message[len(prefix):] for message in messages if message.startswith(prefix)] == expected
+    assert [message[len(prefix) :] for message in messages if message.startswith(prefix)] == expected

@@ -10,9 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from MedSegUNetLib.engine import modelcard, pipeline, postprocessing
-
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 GRID = phantoms.makeGrid((40, 36, 16), (1.0, 1.0, 2.0), phantoms.rotationMatrix((1, 1, 0), 20), (0.0, 0.0, 0.0))
 BIG, SMALL = ((-4.0, 0.0, 0.0), 8.0), ((12.0, 8.0, 0.0), 3.0)
@@ -130,11 +129,15 @@ def test_clean_mask_equals_monai_on_random_masks(seed, fraction):
     rng = np.random.default_rng(seed)
     for _ in range(25):
         mask = rng.random(tuple(int(n) for n in rng.integers(2, 12, 3))) < fraction
-        sizes = np.sort(np.bincount(sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)).ravel())[1:])
+        sizes = np.sort(
+            np.bincount(sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.view(np.uint8)), True)).ravel())[1:]
+        )
         if len(sizes) > 1 and sizes[-1] == sizes[-2]:
             continue  # two largest components: which one stays is each library's own choice
         # MONAI's FillHoles writes into a NumPy input: each call gets its own copy.
-        np.testing.assert_array_equal(postprocessing.cleanMask(mask, fill=True), np.asarray(FillHoles()(mask[None].astype(np.uint8)))[0] > 0)
+        np.testing.assert_array_equal(
+            postprocessing.cleanMask(mask, fill=True), np.asarray(FillHoles()(mask[None].astype(np.uint8)))[0] > 0
+        )
         largest = np.asarray(KeepLargestConnectedComponent(applied_labels=[1], connectivity=3)(mask[None].astype(np.uint8)))
         np.testing.assert_array_equal(postprocessing.cleanMask(mask, largest=True), largest[0] > 0)
         np.testing.assert_array_equal(postprocessing.cleanMask(mask, largest=True, fill=True), np.asarray(FillHoles()(largest))[0] > 0)

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib.models import phantoms
-
 from MedSegUNetLib.engine import preprocessing
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
 
 
 def cijk(values, shape) -> np.ndarray:
@@ -26,13 +25,17 @@ def cijk(values, shape) -> np.ndarray:
 NORMALIZATION_CASES = [
     # Non-zero voxels 1, 2, 3: mean 2, population std √(2/3); zeros stay 0 (seed 000).
     pytest.param({"type": "zscore", "nonzero": True}, [0, 1, 2, 3], (1, 4, 1, 1), [0.0, -1.2247449, 0.0, 1.2247449], id="zscore-nonzero"),
-    pytest.param({"type": "zscore", "nonzero": False}, [0, 1, 2, 3], (1, 4, 1, 1), [-1.3416408, -0.4472136, 0.4472136, 1.3416408], id="zscore-all"),
+    pytest.param(
+        {"type": "zscore", "nonzero": False}, [0, 1, 2, 3], (1, 4, 1, 1), [-1.3416408, -0.4472136, 0.4472136, 1.3416408], id="zscore-all"
+    ),
     # Per channel: the second channel's scale does not leak into the first.
     pytest.param({"type": "zscore", "nonzero": False}, [1, 3, 100, 300], (2, 2, 1, 1), [-1, 1, -1, 1], id="zscore-per-channel"),
     # Per slice along K: slice k=0 holds 1, 3 and slice k=1 holds 10, 30 → each becomes −1, 1.
     pytest.param({"type": "zscore_slice"}, [1, 10, 3, 30], (1, 2, 1, 2), [-1, -1, 1, 1], id="zscore-slice"),
     # 0 … 100: 5th percentile 5, 95th 95 → (x − 5) / 90, clipped.
-    pytest.param({"type": "percentile"}, list(range(0, 101, 5)), (1, 21, 1, 1), np.clip((np.arange(0, 101, 5) - 5) / 90, 0, 1), id="percentile-5-95"),
+    pytest.param(
+        {"type": "percentile"}, list(range(0, 101, 5)), (1, 21, 1, 1), np.clip((np.arange(0, 101, 5) - 5) / 90, 0, 1), id="percentile-5-95"
+    ),
     pytest.param(
         {"type": "percentile", "lower": 10, "upper": 90, "b_min": -1, "b_max": 1, "clip": False},
         list(range(0, 101, 10)),
@@ -49,9 +52,21 @@ NORMALIZATION_CASES = [
         [0] * 10 + list((np.arange(10, 101, 10) - 10) / 90),
         id="percentile-nonzero",
     ),
-    pytest.param({"type": "percentile", "lower": 0, "upper": 100, "nonzero": True}, [0, 0, 0], (1, 3, 1, 1), [0, 0, 0], id="percentile-nonzero-all-zero"),
+    pytest.param(
+        {"type": "percentile", "lower": 0, "upper": 100, "nonzero": True},
+        [0, 0, 0],
+        (1, 3, 1, 1),
+        [0, 0, 0],
+        id="percentile-nonzero-all-zero",
+    ),
     pytest.param({"type": "minmax"}, [2, 4, 6], (1, 3, 1, 1), [0, 0.5, 1], id="minmax"),
-    pytest.param({"type": "minmax", "b_min": -1, "b_max": 1}, [2, 4, 6, 10, 20, 30], (2, 3, 1, 1), [-1, 0, 1, -1, 0, 1], id="minmax-range-per-channel"),
+    pytest.param(
+        {"type": "minmax", "b_min": -1, "b_max": 1},
+        [2, 4, 6, 10, 20, 30],
+        (2, 3, 1, 1),
+        [-1, 0, 1, -1, 0, 1],
+        id="minmax-range-per-channel",
+    ),
     pytest.param({"type": "none"}, [2, 4, 6], (1, 3, 1, 1), [2, 4, 6], id="none"),
 ]
 
@@ -195,7 +210,9 @@ def test_resample_to_ijk_equals_resampling_then_transposing(direction, interpola
     # 80 mm along I from a point inside the source: longer than the source in any direction.
     target = phantoms.makeGrid((40, 23, 11), (2.0, 0.9, 1.7), direction, (10.0, 10.0, 5.0))
     ijk = preprocessing.resampleToIJK(values, target, interpolator)
-    expected = sitk.GetArrayFromImage(sitk.Resample(values, target, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)).transpose(2, 1, 0)
+    expected = sitk.GetArrayFromImage(sitk.Resample(values, target, sitk.Transform(), interpolator, 0.0, sitk.sitkFloat32)).transpose(
+        2, 1, 0
+    )
     assert ijk.shape == (40, 23, 11) and ijk.flags.c_contiguous and ijk.flags.writeable
     np.testing.assert_allclose(ijk, expected, atol=1e-6)
     assert 0 < np.count_nonzero(ijk) < ijk.size  # the target reaches outside the source: zeros there
@@ -225,11 +242,14 @@ def test_parallel_axes_and_kji_view_undo_a_reorientation():
     assert preprocessing.parallelAxes(roi, tilted) is None
 
 
-@pytest.mark.parametrize("nonzero, values, expected", [
-    (False, [0.0, 1.0, 2.0, 3.0], (1.5, np.std([0.0, 1.0, 2.0, 3.0]))),
-    (True, [0.0, 1.0, 2.0, 3.0], (2.0, np.std([1.0, 2.0, 3.0]))),
-    (True, [0.0, 0.0], None),
-])
+@pytest.mark.parametrize(
+    "nonzero, values, expected",
+    [
+        (False, [0.0, 1.0, 2.0, 3.0], (1.5, np.std([0.0, 1.0, 2.0, 3.0]))),
+        (True, [0.0, 1.0, 2.0, 3.0], (2.0, np.std([1.0, 2.0, 3.0]))),
+        (True, [0.0, 0.0], None),
+    ],
+)
 def test_mean_and_std_known_values(nonzero, values, expected):
     result = preprocessing.meanAndStd(np.asarray(values, dtype=np.float32), nonzero)
     assert result == (pytest.approx(expected) if expected is not None else None)

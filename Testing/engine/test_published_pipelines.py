@@ -45,9 +45,17 @@ class FixedProbabilities(torch.nn.Module):
 def card3(**changes) -> dict:
     """A schema 3 card of one input and one label (sigmoid-activated probabilities)."""
     card = {
-        "schema": "medsegunet.model/3", "name": "known answer", "spatial_dims": 3, "inputs": [{"name": "T1"}],
-        "labels": [{"value": 1, "name": "object", "color": [1, 0, 0]}], "output": "probabilities", "activation": "sigmoid",
-        "normalization": {"type": "none"}, "patch_size": None, "size_divisible": 1, "sw_batch_size": 1,
+        "schema": "medsegunet.model/3",
+        "name": "known answer",
+        "spatial_dims": 3,
+        "inputs": [{"name": "T1"}],
+        "labels": [{"value": 1, "name": "object", "color": [1, 0, 0]}],
+        "output": "probabilities",
+        "activation": "sigmoid",
+        "normalization": {"type": "none"},
+        "patch_size": None,
+        "size_divisible": 1,
+        "sw_batch_size": 1,
     }
     card.update(changes)
     return card
@@ -107,7 +115,7 @@ def test_a_localiser_box_joins_the_series_intersection(tmp_path, an_oblique_cube
     roiImages = []
     if seriesBox is not None:
         low, high = seriesBox
-        roiImages = [sitk.RegionOfInterest(an_oblique_cube, [h - l + 1 for l, h in zip(low, high)], low)]
+        roiImages = [sitk.RegionOfInterest(an_oblique_cube, [h - lo + 1 for lo, h in zip(low, high)], low)]
     result = pipeline.segmentImages([an_oblique_cube], loaded, roiImages=roiImages, roiNames=["half"])
     assert result.roi.ijkMin.tolist() == expected[0] and result.roi.ijkMax.tolist() == expected[1]
     assert result.roi.volumeNames[-1] == "known answer localiser box"
@@ -190,22 +198,51 @@ def test_logits_where_the_card_says_probabilities_stop_in_one_line(tmp_path, an_
             return 5.0 * x - 2.0
 
     loaded = saveAndLoad(tmp_path, Logits(), card3())
-    with pytest.raises(MedSegUNetError, match=r"returned values from -2 to 3 where the card says probabilities.*set the card's output to softmax or sigmoid"):
+    with pytest.raises(
+        MedSegUNetError,
+        match=r"returned values from -2 to 3 where the card says probabilities.*set the card's output to softmax or sigmoid",
+    ):
         pipeline.segmentImages([an_oblique_cube], loaded, useROI=False)
 
 
 # [parameters (card change), input (—), expected (the one line)]
 INVALID_VERSION_3_CARDS = [
-    pytest.param(dict(schema="medsegunet.model/2", output="sigmoid", activation=None, grid={"shape": [8, 8, 8]}), "field 'grid' needs .*model/3", id="grid-in-a-v2-card"),
-    pytest.param(dict(schema="medsegunet.model/2", output="probabilities", activation=None), "field 'output' needs .*model/3", id="probabilities-in-a-v2-card"),
-    pytest.param(dict(schema="medsegunet.model/2", output="sigmoid", activation=None, normalization=[{"type": "zscore"}]), "field 'normalization' needs .*model/3", id="steps-in-a-v2-card"),
+    pytest.param(
+        dict(schema="medsegunet.model/2", output="sigmoid", activation=None, grid={"shape": [8, 8, 8]}),
+        "field 'grid' needs .*model/3",
+        id="grid-in-a-v2-card",
+    ),
+    pytest.param(
+        dict(schema="medsegunet.model/2", output="probabilities", activation=None),
+        "field 'output' needs .*model/3",
+        id="probabilities-in-a-v2-card",
+    ),
+    pytest.param(
+        dict(schema="medsegunet.model/2", output="sigmoid", activation=None, normalization=[{"type": "zscore"}]),
+        "field 'normalization' needs .*model/3",
+        id="steps-in-a-v2-card",
+    ),
     pytest.param(dict(grid={"shape": [8, 8, 8]}, spacing=[1, 1, 1]), "either 'spacing' or 'grid'", id="grid-and-spacing"),
-    pytest.param(dict(output="sigmoid"), "'activation' .* needs \"output\": \"probabilities\"", id="activation-without-probabilities"),
+    pytest.param(dict(output="sigmoid"), '\'activation\' .* needs "output": "probabilities"', id="activation-without-probabilities"),
     pytest.param(dict(blend="logits"), "no logits to blend", id="blend-logits"),
-    pytest.param(dict(localizer={"grid": {"shape": [8, 8, 8]}, "channel": 2}), "localizer channel 2 is not one of its 2 channels", id="localizer-channel"),
-    pytest.param(dict(normalization=[{"type": "zscore"}, {"type": "affine", "scale": "big"}]), "field 'normalization/1/scale'", id="step-field"),
-    pytest.param(dict(normalization=[{"type": "zscore"}, {"type": "affine", "scal": 2.0}]), "field 'normalization/1': Additional properties are not allowed \\('scal' was unexpected\\)", id="step-misspelt-key"),
-    pytest.param(dict(normalization=[{"type": "zscore_slice", "statistics": "volume"}]), "zscore_slice takes its statistics per slice", id="slice-volume"),
+    pytest.param(
+        dict(localizer={"grid": {"shape": [8, 8, 8]}, "channel": 2}),
+        "localizer channel 2 is not one of its 2 channels",
+        id="localizer-channel",
+    ),
+    pytest.param(
+        dict(normalization=[{"type": "zscore"}, {"type": "affine", "scale": "big"}]), "field 'normalization/1/scale'", id="step-field"
+    ),
+    pytest.param(
+        dict(normalization=[{"type": "zscore"}, {"type": "affine", "scal": 2.0}]),
+        "field 'normalization/1': Additional properties are not allowed \\('scal' was unexpected\\)",
+        id="step-misspelt-key",
+    ),
+    pytest.param(
+        dict(normalization=[{"type": "zscore_slice", "statistics": "volume"}]),
+        "zscore_slice takes its statistics per slice",
+        id="slice-volume",
+    ),
     pytest.param(dict(normalization=[{"type": "affine"}]), "affine normalisation step needs 'scale', 'shift'", id="empty-affine"),
     pytest.param(dict(grid={"shape": [2048, 2048, 2048]}), "grid .* above the", id="grid-budget"),
     pytest.param(dict(localizer={"grid": {"shape": [8, 8]}}), "field 'localizer/grid/shape'", id="localizer-shape"),
@@ -244,7 +281,9 @@ def test_a_localisers_progress_comes_before_resampling_and_is_named(tmp_path, an
     localizer = {"grid": {"shape": [40, 36, 24], "interpolation": "nearest"}, "margin_fraction": 0.0}
     loaded = saveAndLoad(tmp_path, FixedProbabilities(), card3(activation="softmax", localizer=localizer), localizer=ThresholdSoftmax())
     messages: list[str] = []
-    pipeline.segmentImages([an_oblique_cube], loaded, progress=pipeline.ProgressReporter(lambda fraction, message: messages.append(message)))
+    pipeline.segmentImages(
+        [an_oblique_cube], loaded, progress=pipeline.ProgressReporter(lambda fraction, message: messages.append(message))
+    )
     localiser = [index for index, message in enumerate(messages) if message.startswith("Locating the region (localiser): batch")]
     resampling = messages.index(pipeline.Stage.RESAMPLING.label)
     network = [index for index, message in enumerate(messages) if message.startswith("Inference: batch")]

@@ -15,11 +15,9 @@ import pytest
 import SimpleITK as sitk
 
 from MedSegUNetLib import cli
-
 from MedSegUNetLib.engine import modelcard, pipeline
-
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 CENTER = (4.0, -3.0, 2.0)
 RADII = (9.0, 6.0, 3.0)
@@ -48,7 +46,14 @@ def region_case(tmp_path_factory):
         label["reference_values"] = values
     model = folder / "regions.pt"
     saveModel(phantoms.thresholdModule((0.5, 1.5, 2.5), softmax=False), card, model)
-    return {"folder": folder, "image": folder / "t1c.nrrd", "reference": folder / "brats-reference.nii.gz", "model": str(model), "masks": masks, "grid": grid}
+    return {
+        "folder": folder,
+        "image": folder / "t1c.nrrd",
+        "reference": folder / "brats-reference.nii.gz",
+        "model": str(model),
+        "masks": masks,
+        "grid": grid,
+    }
 
 
 def test_pipeline_keeps_overlapping_regions(region_case):
@@ -66,11 +71,24 @@ def test_pipeline_keeps_overlapping_regions(region_case):
 def test_region_statistics_files_and_brats_reference(capsys, tmp_path, region_case):
     out = tmp_path / "out"
     out.mkdir()
-    code = cli.main([
-        "segment", str(region_case["image"]), "--model", region_case["model"], "--no-roi", "-q",
-        "--output", str(out / "regions.seg.nrrd"), "--stats-json", str(out / "stats.json"), "--stats", str(out / "stats.csv"),
-        "--reference-seg", str(region_case["reference"]),
-    ])
+    code = cli.main(
+        [
+            "segment",
+            str(region_case["image"]),
+            "--model",
+            region_case["model"],
+            "--no-roi",
+            "-q",
+            "--output",
+            str(out / "regions.seg.nrrd"),
+            "--stats-json",
+            str(out / "stats.json"),
+            "--stats",
+            str(out / "stats.csv"),
+            "--reference-seg",
+            str(region_case["reference"]),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     spacing = np.prod(region_case["grid"].GetSpacing())
     report = json.loads((out / "stats.json").read_text())
@@ -101,8 +119,20 @@ def test_reference_in_own_values_without_reference_values_is_refused(capsys, tmp
     saveModel(phantoms.thresholdModule((0.5, 1.5, 2.5), softmax=False), card, plain)
     out = tmp_path / "out"
     out.mkdir()
-    code = cli.main(["segment", str(region_case["image"]), "--model", str(plain), "--no-roi", "-q",
-                     "--stats-json", str(out / "s.json"), "--reference-seg", str(region_case["reference"])])
+    code = cli.main(
+        [
+            "segment",
+            str(region_case["image"]),
+            "--model",
+            str(plain),
+            "--no-roi",
+            "-q",
+            "--stats-json",
+            str(out / "s.json"),
+            "--reference-seg",
+            str(region_case["reference"]),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     # Values 1 and 2 map, 4 does not: the run says so, on stderr and in the JSON.
@@ -112,9 +142,12 @@ def test_reference_in_own_values_without_reference_values_is_refused(capsys, tmp
 
 
 def test_training_config_gives_reference_values(repo_root):
-    from MedSegUNetLib.models import trainconfig, training
+    from MedSegUNetLib.models import trainconfig
 
-    config = {"labels": [{"value": 1, "region": [1, 2, 3]}, {"value": 2, "region": [1, 3]}, {"value": 3, "region": [3]}], "label_remap": {"4": 3}}
+    config = {
+        "labels": [{"value": 1, "region": [1, 2, 3]}, {"value": 2, "region": [1, 3]}, {"value": 3, "region": [3]}],
+        "label_remap": {"4": 3},
+    }
     assert trainconfig.referenceValuesFromConfig(config) == REFERENCE_VALUES
     zoo = modelcard.readCard(repo_root / "MedSegUNet" / "Resources" / "Models" / "brain-tumor-3d" / "brain-tumor-3d.pt")
     assert [label["reference_values"] for label in zoo["labels"]] == REFERENCE_VALUES

@@ -14,9 +14,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from MedSegUNetLib.engine import outputs, pipeline, statistics
-
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
 
 SHAPE_KJI = (10, 20, 20)
 SPACING = (1.0, 1.0, 2.0)
@@ -116,7 +115,9 @@ def test_overlap_metrics_offset_cubes():
     spacingKJI = SPACING[::-1]
     both = np.concatenate([surfaceDistances(a, b, spacingKJI), surfaceDistances(b, a, spacingKJI)])
     assert cube["mean_surface_distance_mm"] == pytest.approx(both.mean(), abs=1e-6)
-    assert cube["hausdorff95_mm"] == pytest.approx(max(np.percentile(surfaceDistances(a, b, spacingKJI), 95), np.percentile(surfaceDistances(b, a, spacingKJI), 95)), abs=1e-6)
+    assert cube["hausdorff95_mm"] == pytest.approx(
+        max(np.percentile(surfaceDistances(a, b, spacingKJI), 95), np.percentile(surfaceDistances(b, a, spacingKJI), 95)), abs=1e-6
+    )
     hausdorff = sitk.HausdorffDistanceImageFilter()
     hausdorff.Execute(predicted == 1, truth == 1)
     assert 0 < cube["hausdorff95_mm"] <= hausdorff.GetHausdorffDistance() == pytest.approx(1.0)
@@ -156,7 +157,16 @@ def test_csv_columns_and_rows():
     text = statistics.statisticsCSV(report["segments"], ["T2", "ADC"], True)
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == statistics.statisticsColumns(["T2", "ADC"], True)
-    for title in ("Number of voxels [voxels]", "Volume [mm3]", "Volume [cm3]", "Mean (T2)", "Standard deviation (ADC)", "Median (T2)", "Dice", "Hausdorff 95% [mm]"):
+    for title in (
+        "Number of voxels [voxels]",
+        "Volume [mm3]",
+        "Volume [cm3]",
+        "Mean (T2)",
+        "Standard deviation (ADC)",
+        "Median (T2)",
+        "Dice",
+        "Hausdorff 95% [mm]",
+    ):
         assert title in rows[0]
     assert len(rows) == 1 + len(CARD["labels"])
     cube = dict(zip(rows[0], rows[1]))
@@ -183,8 +193,15 @@ def test_reference_seg_nrrd_and_labelmap_on_another_grid(tmp_path):
     for got, want in zip(fromSeg, expected):
         np.testing.assert_array_equal(got, want)
     # A labelmap on a 3× finer grid over the same box: nearest neighbour gives the coarse cube back.
-    fine = sitk.Resample(grid, [s * 3 for s in grid.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
-                         [o - s / 3 for o, s in zip(grid.GetOrigin(), grid.GetSpacing())], [s / 3 for s in grid.GetSpacing()], grid.GetDirection())
+    fine = sitk.Resample(
+        grid,
+        [s * 3 for s in grid.GetSize()],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        [o - s / 3 for o, s in zip(grid.GetOrigin(), grid.GetSpacing())],
+        [s / 3 for s in grid.GetSpacing()],
+        grid.GetDirection(),
+    )
     sitk.WriteImage(fine, str(tmp_path / "fine.nii.gz"))
     fromFine, _ = statistics.readReferenceMasks(str(tmp_path / "fine.nii.gz"), grid, CARD["labels"])
     for got, want in zip(fromFine, expected):

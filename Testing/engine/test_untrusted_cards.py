@@ -16,8 +16,8 @@ import SimpleITK as sitk
 from conftest import smallObliquePhantom
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine import outputs
-from MedSegUNetLib.models import phantoms
 from MedSegUNetLib.engine.modelcard import saveModel
+from MedSegUNetLib.models import phantoms
 
 
 @pytest.fixture
@@ -43,6 +43,7 @@ def _set(path, value):
         for key in path[:-1]:
             node = node.setdefault(key, {}) if isinstance(key, str) else node[key]
         node[path[-1]] = value
+
     return change
 
 
@@ -72,7 +73,21 @@ FAULTS = [
 def test_a_card_out_of_bounds_is_one_line_and_writes_nothing(capsys, a_card_world, path, value, expected):
     model = _withSidecar(a_card_world, _set(path, value))
     out = a_card_world["folder"] / "seg.seg.nrrd"
-    assert cli.main(["segment", "--model", model, str(a_card_world["folder"] / "t2.nrrd"), "--output", str(out), "--stats", str(a_card_world["folder"] / "s.csv")]) == 2
+    assert (
+        cli.main(
+            [
+                "segment",
+                "--model",
+                model,
+                str(a_card_world["folder"] / "t2.nrrd"),
+                "--output",
+                str(out),
+                "--stats",
+                str(a_card_world["folder"] / "s.csv"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "internal error" not in err[0] and expected in err[0], err
     assert not out.exists() and not (a_card_world["folder"] / "s.csv").exists()
@@ -98,8 +113,19 @@ def test_unicode_names_are_kept_in_every_output(capsys, a_card_world):
 
     model = _withSidecar(a_card_world, change)
     folder = a_card_world["folder"]
-    argv = ["segment", "-q", "--model", model, str(folder / "t2.nrrd"), "--output", str(folder / "s.seg.nrrd"),
-            "--stats", str(folder / "s.csv"), "--stats-json", str(folder / "s.json")]
+    argv = [
+        "segment",
+        "-q",
+        "--model",
+        model,
+        str(folder / "t2.nrrd"),
+        "--output",
+        str(folder / "s.seg.nrrd"),
+        "--stats",
+        str(folder / "s.csv"),
+        "--stats-json",
+        str(folder / "s.json"),
+    ]
     assert cli.main(argv) == 0, capsys.readouterr().err
     # NRRD: UTF-8 in the header, as Slicer writes it; ITK reads it back the same.
     assert outputs.segmentNamesInHeader(str(folder / "s.seg.nrrd")) == [name]

@@ -38,12 +38,16 @@ def _nrrdWithEncoding(path, compressed: bool, claimed: str | None = None, cut: i
     path.write_bytes(data[: len(data) - cut] if cut else data)
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda p: _niftiBomb(p / "v.nii.gz"), "announces 64,000,000,000 voxels"),
-    (lambda p: _nrrdWithEncoding(p / "v.nrrd", compressed=False, claimed="gzip"), "says its data is gzip-compressed, but it is not"),
-    (lambda p: _nrrdWithEncoding(p / "v.nrrd", compressed=True, cut=40), "does not decode to the size its header announces"),
-    (lambda p: _nrrdWithEncoding(p / "v.nrrd", compressed=False, cut=100), "is cut short"),
-], ids=["nifti-gzip-bomb", "nrrd-raw-labelled-gzip", "nrrd-gzip-cut", "nrrd-raw-cut"])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: _niftiBomb(p / "v.nii.gz"), "announces 64,000,000,000 voxels"),
+        (lambda p: _nrrdWithEncoding(p / "v.nrrd", compressed=False, claimed="gzip"), "says its data is gzip-compressed, but it is not"),
+        (lambda p: _nrrdWithEncoding(p / "v.nrrd", compressed=True, cut=40), "does not decode to the size its header announces"),
+        (lambda p: _nrrdWithEncoding(p / "v.nrrd", compressed=False, cut=100), "is cut short"),
+    ],
+    ids=["nifti-gzip-bomb", "nrrd-raw-labelled-gzip", "nrrd-gzip-cut", "nrrd-raw-cut"],
+)
 def test_a_lying_volume_is_one_line_and_fast(capsys, tmp_path, make, expected):
     make(tmp_path)
     volume = next(path for path in tmp_path.iterdir() if path.name.startswith("v."))

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MedSegUNetLib.models import phantoms
-
 from MedSegUNetLib.engine import paths, staging, volumes
 from MedSegUNetLib.engine.errors import MedSegUNetError
+from MedSegUNetLib.models import phantoms
 
 OBLIQUE = phantoms.rotationMatrix((1, 0.3, 0), 18) @ np.diag([1.0, 1.0, 1.0])
 LEFT_HANDED = phantoms.rotationMatrix((0, 0, 1), 20) @ np.diag([1.0, -1.0, 1.0])
@@ -138,8 +137,7 @@ def test_missing_unsupported_and_corrupt_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "path, expected",
-    [("a/b/T2.nii.gz", ".nii.gz"), ("x.SEG.NRRD", ".seg.nrrd"), ("y.nrrd", ".nrrd"), ("z.mha", ".mha"), ("folder", "")],
+    "path, expected", [("a/b/T2.nii.gz", ".nii.gz"), ("x.SEG.NRRD", ".seg.nrrd"), ("y.nrrd", ".nrrd"), ("z.mha", ".mha"), ("folder", "")]
 )
 def test_path_suffix(path, expected):
     assert paths.pathSuffix(path) == expected

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from conftest import errorLines
-from MedSegUNetLib.engine import settings
-from MedSegUNetLib.models import catalog
-
 from MedSegUNetLib import cli
+from MedSegUNetLib.engine import settings
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.engine.paths import sha256
+from MedSegUNetLib.models import catalog
 
 LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
@@ -28,8 +27,12 @@ def test_shipped_catalog_lists_the_zoo_files_with_their_checksums(repo_root):
     assert names == set(zoo) == {"prostate-zones", "brain-tumor-3d", "brain-tumor-2d", "lgg-flair", "acdc-heart"}
     # Published models come from their authors' releases, pinned, with their licence and sheet.
     published = {entry["name"]: entry for entry in shipped["models"] if "source" in entry}
-    assert published["prostate-gland-taps"]["source"]["pip"] == "lavlab-taps==1.1.2" and published["prostate-gland-taps"]["license"].startswith("MIT")
-    assert published["brain-mask-deepbet"]["source"]["pip"] == "deepbet==1.0.2" and published["brain-mask-deepbet"]["license"].startswith("MIT")
+    assert published["prostate-gland-taps"]["source"]["pip"] == "lavlab-taps==1.1.2" and published["prostate-gland-taps"][
+        "license"
+    ].startswith("MIT")
+    assert published["brain-mask-deepbet"]["source"]["pip"] == "deepbet==1.0.2" and published["brain-mask-deepbet"]["license"].startswith(
+        "MIT"
+    )
     assert all((repo_root / entry["sheet"]).is_file() for entry in published.values())
     # The inlined card is the one the repository keeps beside the model's sheet.
     for name, entry in published.items():
@@ -74,7 +77,9 @@ def test_list_pull_and_run_by_name(capsys, tmp_path, a_mirror):
 
     from MedSegUNetLib.models import phantoms
 
-    image = phantoms.paintSpheres(phantoms.makeGrid((16, 16, 8), (1, 1, 2), phantoms.rotationMatrix((1, 0, 0), 10)), [((0, 0, 0), 5.0, 1.0)])
+    image = phantoms.paintSpheres(
+        phantoms.makeGrid((16, 16, 8), (1, 1, 2), phantoms.rotationMatrix((1, 0, 0), 10)), [((0, 0, 0), 5.0, 1.0)]
+    )
     sitk.WriteImage(image, str(tmp_path / "t2.nrrd"))
     assert cli.main(["segment", "-q", "--model", "threshold", str(tmp_path / "t2.nrrd"), "--stats", str(tmp_path / "s.csv")]) == 0
     assert int((tmp_path / "s.csv").read_text().splitlines()[1].split(",")[2]) == int((sitk.GetArrayFromImage(image) > 0.5).sum())
@@ -84,7 +89,11 @@ def test_list_pull_and_run_by_name(capsys, tmp_path, a_mirror):
 # [parameters (the model asked for), input (the mirror), expected (words of the one line)]
 @pytest.mark.parametrize(
     "name, expected",
-    [("corrupted", "has SHA256"), ("offline", "Cannot download model 'offline'"), ("unknown", "neither a model file nor a model of the catalog")],
+    [
+        ("corrupted", "has SHA256"),
+        ("offline", "Cannot download model 'offline'"),
+        ("unknown", "neither a model file nor a model of the catalog"),
+    ],
 )
 def test_refusals_leave_nothing_in_the_cache(capsys, a_mirror, name, expected):
     assert cli.main(["models", "pull", name]) == 2
@@ -107,8 +116,11 @@ def test_download_can_be_cancelled(tmp_path, a_mirror):
 
 
 def test_bad_catalogs_are_one_line(tmp_path, monkeypatch):
-    for content, expected in (("{", "not valid JSON"), ('{"schema": "x", "models": []}', "not a MedSegUNet model catalog"),
-                              ('{"schema": "medsegunet.catalog/1", "models": [{"name": "a", "url": "u", "sha256": "x"}]}', "64-digit")):
+    for content, expected in (
+        ("{", "not valid JSON"),
+        ('{"schema": "x", "models": []}', "not a MedSegUNet model catalog"),
+        ('{"schema": "medsegunet.catalog/1", "models": [{"name": "a", "url": "u", "sha256": "x"}]}', "64-digit"),
+    ):
         path = tmp_path / "catalog.json"
         path.write_text(content)
         with pytest.raises(Exception) as error:
@@ -121,7 +133,6 @@ def a_trickling_server():
     """A real HTTP server on 127.0.0.1 that sends a model's headers, then one byte every 0.5 s."""
     import http.server
     import threading
-    import time
 
     stop = threading.Event()
 
@@ -153,8 +164,14 @@ def a_trickling_server():
 def test_a_trickling_server_is_given_up_on(capsys, tmp_path, a_trickling_server, monkeypatch):
     import time
 
-    (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [
-        {"name": "slow", "url": a_trickling_server, "sha256": "1" * 64, "description": "a byte now and then"}]}))
+    (tmp_path / "catalog.json").write_text(
+        json.dumps(
+            {
+                "schema": catalog.SCHEMA,
+                "models": [{"name": "slow", "url": a_trickling_server, "sha256": "1" * 64, "description": "a byte now and then"}],
+            }
+        )
+    )
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDSEGUNET_DOWNLOAD_TIMEOUT", "2")
@@ -204,9 +221,19 @@ def a_published_onnx(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("published")
     exportGroupNormNetwork(folder / "model.onnx", dynamo=False)
-    card = {"schema": "medsegunet.model/2", "name": "Published gland model", "version": "1.0", "spatial_dims": 3, "inputs": [{"name": "T2"}],
-            "labels": [{"value": 1, "name": "gland", "color": [0.8, 0.5, 0.3]}], "output": "softmax", "normalization": {"type": "zscore"},
-            "patch_size": [32, 32, 32], "blend": "logits", "network": {"_target_": "monai.networks.nets.SegResNetDS", "args": GROUP_NORM_NETWORK}}
+    card = {
+        "schema": "medsegunet.model/2",
+        "name": "Published gland model",
+        "version": "1.0",
+        "spatial_dims": 3,
+        "inputs": [{"name": "T2"}],
+        "labels": [{"value": 1, "name": "gland", "color": [0.8, 0.5, 0.3]}],
+        "output": "softmax",
+        "normalization": {"type": "zscore"},
+        "patch_size": [32, 32, 32],
+        "blend": "logits",
+        "network": {"_target_": "monai.networks.nets.SegResNetDS", "args": GROUP_NORM_NETWORK},
+    }
     return {"onnx": folder / "model.onnx", "card": card}
 
 
@@ -214,7 +241,12 @@ def a_published_onnx(tmp_path_factory):
 def a_package_index(tmp_path, a_file_server, a_published_onnx, monkeypatch):
     """A wheel served on 127.0.0.1, pip pointed at it alone, a catalog naming the file inside it."""
     served, url = a_file_server
-    _wheel(served / "published_gland-1.0-py3-none-any.whl", "published_gland", "1.0", {"__init__.py": b"", "resources/model.onnx": a_published_onnx["onnx"].read_bytes()})
+    _wheel(
+        served / "published_gland-1.0-py3-none-any.whl",
+        "published_gland",
+        "1.0",
+        {"__init__.py": b"", "resources/model.onnx": a_published_onnx["onnx"].read_bytes()},
+    )
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", url)
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
@@ -235,7 +267,11 @@ def test_a_model_is_pulled_from_its_own_package_imported_and_cached(capsys, a_pa
     from MedSegUNetLib.engine.modelcard import readCard
 
     card = readCard(path)
-    assert path.startswith(str(index["cache"])) and card["provenance"]["format"] == "onnx" and card["provenance"]["source_sha256"] == sha256(index["onnx"])
+    assert (
+        path.startswith(str(index["cache"]))
+        and card["provenance"]["format"] == "onnx"
+        and card["provenance"]["source_sha256"] == sha256(index["onnx"])
+    )
     assert card["provenance"]["verified"]["max_abs_difference"] < 1e-3
     assert card["provenance"]["source"] == "published-gland==1.0 published_gland/resources/model.onnx"
     # Cached: a second pull needs no index (the server's folder is emptied).
@@ -244,11 +280,18 @@ def test_a_model_is_pulled_from_its_own_package_imported_and_cached(capsys, a_pa
     assert cli.main(["models", "pull", "gland"]) == 0 and capsys.readouterr().out.strip().splitlines()[-1] == path
 
 
-@pytest.mark.parametrize("source, expected", [
-    ({"pip": "published-gland==1.0", "file": "published_gland/resources/model.onnx", "sha256": "0" * 64}, "nothing was cached"),
-    ({"pip": "published-gland==2.0", "file": "published_gland/resources/model.onnx", "sha256": "0" * 64}, "pip could not download published-gland==2.0"),
-    ({"pip": "published-gland==1.0", "file": "published_gland/other.onnx", "sha256": "0" * 64}, "has no 'published_gland/other.onnx'"),
-], ids=["wrong-sha256", "missing-version", "missing-file"])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ({"pip": "published-gland==1.0", "file": "published_gland/resources/model.onnx", "sha256": "0" * 64}, "nothing was cached"),
+        (
+            {"pip": "published-gland==2.0", "file": "published_gland/resources/model.onnx", "sha256": "0" * 64},
+            "pip could not download published-gland==2.0",
+        ),
+        ({"pip": "published-gland==1.0", "file": "published_gland/other.onnx", "sha256": "0" * 64}, "has no 'published_gland/other.onnx'"),
+    ],
+    ids=["wrong-sha256", "missing-version", "missing-file"],
+)
 def test_a_failed_source_pull_caches_nothing(capsys, a_package_index, source, expected):
     a_package_index["catalogWith"](source)
     assert cli.main(["models", "pull", "gland"]) == 2
@@ -290,10 +333,23 @@ def test_auto3dseg_and_bundle_zip_sources_are_imported_on_pull(capsys, tmp_path,
         for path in (tmp_path / "spleen").rglob("*"):
             if path.is_file():
                 archive.write(path, "spleen_bundle/" + path.relative_to(tmp_path / "spleen").as_posix())
-    card = {"schema": "medsegunet.model/2", "name": "auto", "spatial_dims": 3, "inputs": [{"name": "image"}], "output": "softmax",
-            "labels": [{"value": 1, "name": "peripheral zone", "color": [0.3, 0.7, 0.3]}, {"value": 2, "name": "transition zone", "color": [0.9, 0.6, 0.2]}]}
+    card = {
+        "schema": "medsegunet.model/2",
+        "name": "auto",
+        "spatial_dims": 3,
+        "inputs": [{"name": "image"}],
+        "output": "softmax",
+        "labels": [
+            {"value": 1, "name": "peripheral zone", "color": [0.3, 0.7, 0.3]},
+            {"value": 2, "name": "transition zone", "color": [0.9, 0.6, 0.2]},
+        ],
+    }
     entries = [
-        {"name": "auto", "card": card, "source": {"url": index["url"] + "auto3dseg.pt", "sha256": sha256(index["served"] / "auto3dseg.pt")}},
+        {
+            "name": "auto",
+            "card": card,
+            "source": {"url": index["url"] + "auto3dseg.pt", "sha256": sha256(index["served"] / "auto3dseg.pt")},
+        },
         {"name": "bundle", "source": {"url": index["url"] + "bundle.zip", "sha256": sha256(index["served"] / "bundle.zip")}},
     ]
     (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
@@ -342,7 +398,6 @@ def test_a_torchscript_url_source_with_its_localiser_is_wrapped_on_pull(capsys, 
     """A published TorchScript model and its localiser, each a URL with its SHA256 (the files as their
     authors ship them): wrapped with the entry's schema 3 card; a wrong localiser SHA256 caches nothing."""
     import torch
-
     from test_torchscript_import import CARD, Softmax2
 
     from MedSegUNetLib.engine.modelcard import loadModel
@@ -350,9 +405,15 @@ def test_a_torchscript_url_source_with_its_localiser_is_wrapped_on_pull(capsys, 
     served, url = a_file_server
     for name in ("model.pt", "bbox_model.pt"):
         torch.jit.save(torch.jit.script(Softmax2()), str(served / name))
-    source = {"url": url + "model.pt", "sha256": sha256(served / "model.pt"), "localizer": {"url": url + "bbox_model.pt", "sha256": sha256(served / "bbox_model.pt")}}
-    entries = [{"name": "published-mask", "card": CARD, "source": source},
-               {"name": "tampered", "card": CARD, "source": {**source, "localizer": {**source["localizer"], "sha256": "0" * 64}}}]
+    source = {
+        "url": url + "model.pt",
+        "sha256": sha256(served / "model.pt"),
+        "localizer": {"url": url + "bbox_model.pt", "sha256": sha256(served / "bbox_model.pt")},
+    }
+    entries = [
+        {"name": "published-mask", "card": CARD, "source": source},
+        {"name": "tampered", "card": CARD, "source": {**source, "localizer": {**source["localizer"], "sha256": "0" * 64}}},
+    ]
     (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
@@ -388,16 +449,19 @@ def test_every_shipped_catalog_source_pulls_with_the_base_install():
     Slicer module's requirements: an ONNX source (TAPS) needs onnx and onnxruntime, nothing an extra
     brings."""
     tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
-    from conftest import REPO_ROOT
     from packaging.requirements import Requirement
 
+    from conftest import REPO_ROOT
     from MedSegUNetLib.models.catalog import loadCatalog
     from MedSegUNetLib.slicer import dependencies
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     base = {Requirement(line).name.lower() for line in project["dependencies"]}
-    module = {Requirement(line.split("#")[0].strip()).name.lower()
-              for line in (REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt").read_text().splitlines() if line.split("#")[0].strip()}
+    module = {
+        Requirement(line.split("#")[0].strip()).name.lower()
+        for line in (REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    }
     onnxSources = [entry["name"] for entry in loadCatalog()["models"] if str((entry.get("source") or {}).get("file", "")).endswith(".onnx")]
     assert onnxSources == ["prostate-gland-taps"]
     assert {"onnx", "onnxruntime"} <= base and {"onnx", "onnxruntime"} <= module
@@ -412,7 +476,11 @@ SHIPPED_PT2 = [entry["name"] for entry in catalog.loadCatalog(settings.CATALOG_P
 
 
 def test_the_catalog_lists_each_zoo_pt2_with_its_checksum(repo_root):
-    assert set(SHIPPED_PT2) == {path.stem for path in (repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt2")} >= {"prostate-zones", "lgg-flair"}
+    assert (
+        set(SHIPPED_PT2)
+        == {path.stem for path in (repo_root / "MedSegUNet" / "Resources" / "Models").glob("*/*.pt2")}
+        >= {"prostate-zones", "lgg-flair"}
+    )
     for entry in catalog.loadCatalog(settings.CATALOG_PATH)["models"]:
         if "pt2" in entry:
             shipped = repo_root / "MedSegUNet" / "Resources" / "Models" / entry["name"] / f"{entry['name']}.pt2"
@@ -442,18 +510,24 @@ def test_each_zoo_pt2_answers_as_its_torchscript_on_three_sizes(capsys, tmp_path
 
 
 def test_a_pt2_is_pulled_from_a_mirror_and_checked(capsys, tmp_path, a_file_server, a_tiny_unet, monkeypatch):
-    from MedSegUNetLib.engine.modelcard import readCard, saveModel
-
     import torch
     from monai.networks.nets import UNet
 
+    from MedSegUNetLib.engine.modelcard import readCard, saveModel
+
     served, url = a_file_server
     torch.manual_seed(0)
-    saveModel(UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
-              readCard(a_tiny_unet), served / "tiny.pt2", format="pt2")
+    saveModel(
+        UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1),
+        readCard(a_tiny_unet),
+        served / "tiny.pt2",
+        format="pt2",
+    )
     good = {"url": url + "tiny.pt2", "sha256": sha256(served / "tiny.pt2"), "bytes": (served / "tiny.pt2").stat().st_size}
-    entries = [{"name": "tiny", "url": url + "absent.pt", "sha256": "1" * 64, "pt2": good},
-               {"name": "tampered", "url": url + "absent.pt", "sha256": "1" * 64, "pt2": {**good, "sha256": "2" * 64}}]
+    entries = [
+        {"name": "tiny", "url": url + "absent.pt", "sha256": "1" * 64, "pt2": good},
+        {"name": "tampered", "url": url + "absent.pt", "sha256": "1" * 64, "pt2": {**good, "sha256": "2" * 64}},
+    ]
     (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": entries}))
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
@@ -465,12 +539,15 @@ def test_a_pt2_is_pulled_from_a_mirror_and_checked(capsys, tmp_path, a_file_serv
     assert not (tmp_path / "cache" / "models" / "tampered").exists() or not any((tmp_path / "cache" / "models" / "tampered").rglob("*.pt2"))
 
 
-@pytest.mark.parametrize("pt2, expected", [
-    ("not an object", "has a 'pt2' that is not"),
-    ({"url": "https://x/m.pt2", "sha256": "x"}, "needs a 'pt2' with a 'url' and a 64-digit"),
-    ({"url": "https://x/m.pt2", "sha256": "0" * 64, "bytes": -1}, "'bytes' is not a whole number"),
-    ({"url": "https://x/m.pt2", "sha256": "0" * 64, "code": "import os"}, "has a 'pt2' that is not"),
-])
+@pytest.mark.parametrize(
+    "pt2, expected",
+    [
+        ("not an object", "has a 'pt2' that is not"),
+        ({"url": "https://x/m.pt2", "sha256": "x"}, "needs a 'pt2' with a 'url' and a 64-digit"),
+        ({"url": "https://x/m.pt2", "sha256": "0" * 64, "bytes": -1}, "'bytes' is not a whole number"),
+        ({"url": "https://x/m.pt2", "sha256": "0" * 64, "code": "import os"}, "has a 'pt2' that is not"),
+    ],
+)
 def test_bad_pt2_entries_are_one_line(tmp_path, pt2, expected):
     entry = {"name": "m", "url": "https://x/m.pt", "sha256": "0" * 64, "pt2": pt2}
     (tmp_path / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
@@ -493,7 +570,9 @@ def test_a_pip_source_pulls_as_pt2_converted_from_its_import(capsys, a_package_i
     imported = exported.with_suffix(".pt")
     assert exported.name == "gland.pt2" and exported.is_relative_to(index["cache"]) and isExportedArchive(str(exported))
     assert Path(str(exported) + ".sha256").read_text().strip() == sha256(exported)
-    assert readCard(exported)["provenance"] == readCard(imported)["provenance"] and readCard(exported)["provenance"]["source_sha256"] == sha256(index["onnx"])
+    assert readCard(exported)["provenance"] == readCard(imported)["provenance"] and readCard(exported)["provenance"][
+        "source_sha256"
+    ] == sha256(index["onnx"])
     clearModelCache()
     scripted, converted = loadModel(str(imported), "cpu"), loadModel(str(exported), "cpu")
     sample = torch.randn(1, 1, 32, 32, 16, generator=torch.Generator().manual_seed(3))
@@ -515,10 +594,15 @@ def test_a_pip_source_pulls_as_pt2_converted_from_its_import(capsys, a_package_i
 
 def test_a_source_with_a_localiser_has_no_pt2_and_nothing_is_fetched(capsys, a_package_index):
     index = a_package_index
-    index["catalogWith"]({"url": index["url"] + "model.pt", "sha256": "0" * 64, "localizer": {"url": index["url"] + "bbox_model.pt", "sha256": "1" * 64}})
+    index["catalogWith"](
+        {"url": index["url"] + "model.pt", "sha256": "0" * 64, "localizer": {"url": index["url"] + "bbox_model.pt", "sha256": "1" * 64}}
+    )
     assert cli.main(["models", "pull", "gland", "--format", "pt2"]) == 2
     err = errorLines(capsys.readouterr().err)
-    assert err == ["medsegunet: error: 'gland' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'."]
+    assert err == [
+        "medsegunet: error: 'gland' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without "
+        "'--format pt2'."
+    ]
     assert not index["cache"].exists()
 
 
@@ -526,12 +610,19 @@ def test_a_source_with_a_localiser_has_no_pt2_and_nothing_is_fetched(capsys, a_p
 # progress where a user waits: a bar that moves on a terminal, plain lines in a log
 # ---------------------------------------------------------------------------------------------
 
+
 def aServedZooCopy(a_file_server, repo_root, monkeypatch, tmp_path) -> dict:
     """A zoo model (0.9 MB: fifteen 64 KiB blocks) served under another name on 127.0.0.1, and an empty cache."""
     served, url = a_file_server
     model = repo_root / "MedSegUNet" / "Resources" / "Models" / "brain-tumor-2d" / "brain-tumor-2d.pt"
     shutil.copy(model, served / "mirrored.pt")
-    entry = {"name": "mirrored", "url": url + "mirrored.pt", "sha256": sha256(model), "bytes": model.stat().st_size, "description": "a mirror's copy"}
+    entry = {
+        "name": "mirrored",
+        "url": url + "mirrored.pt",
+        "sha256": sha256(model),
+        "bytes": model.stat().st_size,
+        "description": "a mirror's copy",
+    }
     (served / "catalog.json").write_text(json.dumps({"schema": catalog.SCHEMA, "models": [entry]}))
     monkeypatch.setenv("MEDSEGUNET_CATALOG", url + "catalog.json")
     monkeypatch.setenv("MEDSEGUNET_CACHE", str(tmp_path / "cache"))
@@ -575,8 +666,15 @@ def test_a_source_pull_logs_its_import_steps_in_order(capsys, a_package_index):
     lines = capsys.readouterr().err.splitlines()
     steps = [re.match(r"^\[\s*(\d+)%\] (.*)$", line).groups() for line in lines]
     assert [int(percent) for percent, _ in steps] == sorted(int(percent) for percent, _ in steps)
-    expected = ["Fetching published-gland==1.0 with pip", "Checking SHA256 of model.onnx", "Importing and verifying model.onnx as 'gland'",
-                "Reading the ONNX graph model.onnx", "Building SegResNetDS and loading its weights",
-                "Verifying the converted network against onnxruntime on a (1, 1, 32, 32, 32) patch", "Writing and checking gland.pt",
-                "Writing 'gland' to the cache", "'gland' is cached"]
+    expected = [
+        "Fetching published-gland==1.0 with pip",
+        "Checking SHA256 of model.onnx",
+        "Importing and verifying model.onnx as 'gland'",
+        "Reading the ONNX graph model.onnx",
+        "Building SegResNetDS and loading its weights",
+        "Verifying the converted network against onnxruntime on a (1, 1, 32, 32, 32) patch",
+        "Writing and checking gland.pt",
+        "Writing 'gland' to the cache",
+        "'gland' is cached",
+    ]
     assert [message.split(":")[0] for _, message in steps] == expected, lines

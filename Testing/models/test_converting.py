@@ -22,7 +22,9 @@ def labels(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def a_converted_zoo_model(tmp_path_factory, repo_root) -> str:
     output = tmp_path_factory.mktemp("convert") / "prostate-zones.pt2"
-    assert cli.main(["convert", str(repo_root / "MedSegUNet/Resources/Models/prostate-zones/prostate-zones.pt"), "--output", str(output)]) == 0
+    assert (
+        cli.main(["convert", str(repo_root / "MedSegUNet/Resources/Models/prostate-zones/prostate-zones.pt"), "--output", str(output)]) == 0
+    )
     return str(output)
 
 
@@ -34,10 +36,17 @@ def test_convert_prints_the_three_sizes_it_compared(a_converted_zoo_model, repo_
     assert modelcard.readCard(output) == modelcard.readCard(repo_root / "MedSegUNet/Resources/Models/lgg-flair/lgg-flair.pt")
 
 
-def test_the_converted_zoo_model_segments_the_real_series_voxel_for_voxel(a_converted_zoo_model, repo_root, prostate_series, tmp_path, capsys):
+def test_the_converted_zoo_model_segments_the_real_series_voxel_for_voxel(
+    a_converted_zoo_model, repo_root, prostate_series, tmp_path, capsys
+):
     tra, sag, cor = (prostate_series[name] for name in sorted(prostate_series, key=lambda n: ("tra" not in n, "sag" not in n)))
-    for model, output in ((repo_root / "MedSegUNet/Resources/Models/prostate-zones/prostate-zones.pt", "ts.nii.gz"), (a_converted_zoo_model, "pt2.nii.gz")):
-        assert cli.main(["segment", "-q", "--model", str(model), tra, "--roi-from", sag, cor, "--output", str(tmp_path / output)]) == 0, capsys.readouterr().err
+    for model, output in (
+        (repo_root / "MedSegUNet/Resources/Models/prostate-zones/prostate-zones.pt", "ts.nii.gz"),
+        (a_converted_zoo_model, "pt2.nii.gz"),
+    ):
+        assert cli.main(["segment", "-q", "--model", str(model), tra, "--roi-from", sag, cor, "--output", str(tmp_path / output)]) == 0, (
+            capsys.readouterr().err
+        )
     scripted, exported = labels(tmp_path / "ts.nii.gz"), labels(tmp_path / "pt2.nii.gz")
     assert np.bincount(scripted.ravel()).tolist()[1:] == [30148, 24713]
     assert np.array_equal(scripted, exported)
@@ -49,7 +58,25 @@ def test_batch_runs_a_pt2_model_as_segment_does(a_converted_zoo_model, repo_root
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     os.symlink(shared_data / "prostatex" / "ProstateX-0000", cohort / "ProstateX-0000")
-    assert cli.main(["batch", "-q", "--model", a_converted_zoo_model, "--cases", str(cohort), "--output", str(tmp_path / "out"), "--format", "nii.gz", "--workers", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "batch",
+                "-q",
+                "--model",
+                a_converted_zoo_model,
+                "--cases",
+                str(cohort),
+                "--output",
+                str(tmp_path / "out"),
+                "--format",
+                "nii.gz",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     batch = labels(tmp_path / "out" / "ProstateX-0000" / "ProstateX-0000.nii.gz")
     assert np.bincount(batch.ravel()).tolist()[1:] == [30148, 24713]
 
@@ -71,12 +98,15 @@ def scriptedWithLocalizer(path):
     return str(path)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("pt2", "is already a torch.export (.pt2) model: nothing to convert"),
-    ("localizer", "has a localiser network stored as TorchScript only: it cannot be converted"),
-    ("no record", "holds a network that exists only as TorchScript (no recorded class): it cannot be converted"),
-    ("class only", "records its network's class but not its arguments (imported before they were recorded): import it again"),
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("pt2", "is already a torch.export (.pt2) model: nothing to convert"),
+        ("localizer", "has a localiser network stored as TorchScript only: it cannot be converted"),
+        ("no record", "holds a network that exists only as TorchScript (no recorded class): it cannot be converted"),
+        ("class only", "records its network's class but not its arguments (imported before they were recorded): import it again"),
+    ],
+)
 def test_convert_refusals_leave_nothing(a_converted_zoo_model, a_tiny_unet, tmp_path, capsys, source, expected):
     if source == "pt2":
         model = a_converted_zoo_model
@@ -85,7 +115,10 @@ def test_convert_refusals_leave_nothing(a_converted_zoo_model, a_tiny_unet, tmp_
     elif source == "no record":
         model = a_tiny_unet
     else:
-        card = {**modelcard.readCard(a_tiny_unet), "provenance": {"format": "onnx", "network": {"_target_": "monai.networks.nets.unet.UNet"}}}
+        card = {
+            **modelcard.readCard(a_tiny_unet),
+            "provenance": {"format": "onnx", "network": {"_target_": "monai.networks.nets.unet.UNet"}},
+        }
         model = str(tmp_path / "imported.pt")
         modelcard.saveModel(torch.jit.load(a_tiny_unet), card, model)
     output = tmp_path / "out" / "converted.pt2"
@@ -100,7 +133,12 @@ def test_an_onnx_import_records_its_arguments_so_it_converts(tmp_path, capsys):
     from test_importing import exportONNX, writeCard
 
     network = exportONNX(tmp_path / "model.onnx")
-    assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", writeCard(tmp_path / "card.json"), "--output", str(tmp_path / "imported.pt")]) == 0
+    assert (
+        cli.main(
+            ["import", str(tmp_path / "model.onnx"), "--card", writeCard(tmp_path / "card.json"), "--output", str(tmp_path / "imported.pt")]
+        )
+        == 0
+    )
     recorded = modelcard.readCard(tmp_path / "imported.pt")["provenance"]["network"]
     assert recorded["args"] == {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_filters": 8, "blocks_down": [1, 2, 2]}
     assert cli.main(["convert", str(tmp_path / "imported.pt"), "--output", str(tmp_path / "imported.pt2")]) == 0, capsys.readouterr().err
@@ -109,7 +147,9 @@ def test_an_onnx_import_records_its_arguments_so_it_converts(tmp_path, capsys):
     sample = torch.randn(1, 1, 48, 32, 32)
     with torch.no_grad():
         expected = network(sample)
-        np.testing.assert_allclose(loaded.network(sample).numpy(), (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            loaded.network(sample).numpy(), (expected[0] if isinstance(expected, (list, tuple)) else expected).numpy(), atol=1e-5
+        )
 
 
 def test_export_writes_a_pt2_from_a_checkpoint(tmp_path, capsys):
@@ -160,6 +200,9 @@ def test_import_writes_a_pt2_that_answers_as_the_eager_network(tmp_path, capsys,
 
 def test_import_of_a_published_torchscript_as_pt2_is_one_line(tmp_path, capsys, a_tiny_unet):
     (tmp_path / "card.json").write_text(json.dumps(modelcard.readCard(a_tiny_unet)))
-    assert cli.main(["import", a_tiny_unet, "--card", str(tmp_path / "card.json"), "--output", str(tmp_path / "m.pt2"), "--format", "pt2"]) == 2
+    assert (
+        cli.main(["import", a_tiny_unet, "--card", str(tmp_path / "card.json"), "--output", str(tmp_path / "m.pt2"), "--format", "pt2"])
+        == 2
+    )
     assert "exists only as TorchScript (no eager network to export): import it without --format pt2" in capsys.readouterr().err
     assert not (tmp_path / "m.pt2").exists()

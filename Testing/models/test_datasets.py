@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from MedSegUNetLib import cli
-from MedSegUNetLib.models import datasets, evaluation, traindata, trainconfig
+from MedSegUNetLib.models import datasets, evaluation, trainconfig, traindata
 
 
 def writeLGGFolder(root: Path, name: str, lesionSlices: tuple[int, ...], slices: int = 3, skipMask: int | None = None) -> None:
@@ -61,9 +61,13 @@ def test_lgg_prepare_gives_flair_volumes_counts_and_a_patient_split(tmp_path, a_
     assert "differs from the published set in patients, slices, slices_with_abnormality, digest" in printed
     split = dataset["split"]
     assert "TCGA_FG_6692" in split["test"] and (len(split["train"]), len(split["validation"]), len(split["test"])) == (2, 2, 3)
-    assert sorted(split["train"] + split["validation"] + split["test"]) == sorted({"TCGA_FG_6692", "TCGA_CS_4941", *(f"TCGA_DU_{5851 + i}" for i in range(5))})
+    assert sorted(split["train"] + split["validation"] + split["test"]) == sorted(
+        {"TCGA_FG_6692", "TCGA_CS_4941", *(f"TCGA_DU_{5851 + i}" for i in range(5))}
+    )
     # Both dates of TCGA_CS_4941 sit in one part.
-    parts = {e["image"].split("/")[-1][:21]: "test" for e in dataset["test"]} | {e["image"].split("/")[-1][:21]: "tr" for e in dataset["training"]}
+    parts = {e["image"].split("/")[-1][:21]: "test" for e in dataset["test"]} | {
+        e["image"].split("/")[-1][:21]: "tr" for e in dataset["training"]
+    }
     assert parts["TCGA_CS_4941_19960909"] == parts["TCGA_CS_4941_19970101"]
     assert dataset["numTraining"] + dataset["numTest"] == 8
     image = sitk.ReadImage(str(out / "imagesTs" / "TCGA_FG_6692_20020606.nii.gz"))
@@ -120,8 +124,11 @@ def writeACDC(root: Path, lists: dict[str, list[str]], sliced: set[str]) -> Path
     return root
 
 
-ACDC_LISTS = {"train": ["patient003_frame01", "patient003_frame02", "patient004_frame01", "patient004_frame02"],
-              "val": ["patient002_frame01", "patient002_frame02"], "test": ["patient001_frame01", "patient001_frame02"]}
+ACDC_LISTS = {
+    "train": ["patient003_frame01", "patient003_frame02", "patient004_frame01", "patient004_frame02"],
+    "val": ["patient002_frame01", "patient002_frame02"],
+    "test": ["patient001_frame01", "patient001_frame02"],
+}
 
 
 def test_acdc_prepare_keeps_the_lists_split_and_assembles_slices(tmp_path, capsys):
@@ -140,10 +147,14 @@ def test_acdc_prepare_keeps_the_lists_split_and_assembles_slices(tmp_path, capsy
     assert image.GetSpacing() == pytest.approx((1.5, 1.5, 10.0)) and image.GetPixelID() == sitk.sitkFloat32
 
 
-@pytest.mark.parametrize("lists, expected", [
-    ({**ACDC_LISTS, "test": ["patient001_frame01", "patient003_frame02"]}, "patient003 in both train and test"),
-    ({**ACDC_LISTS, "val": ["patient002_frame01", "patient004_frame02"]}, "patient004 in both train and validation"),
-], ids=["train-test", "train-val"])
+@pytest.mark.parametrize(
+    "lists, expected",
+    [
+        ({**ACDC_LISTS, "test": ["patient001_frame01", "patient003_frame02"]}, "patient003 in both train and test"),
+        ({**ACDC_LISTS, "val": ["patient002_frame01", "patient004_frame02"]}, "patient004 in both train and validation"),
+    ],
+    ids=["train-test", "train-val"],
+)
 def test_a_split_that_leaks_a_patient_is_refused(tmp_path, capsys, lists, expected):
     pytest.importorskip("h5py")
     source = writeACDC(tmp_path / "ACDC", lists, sliced=set())
@@ -153,11 +164,15 @@ def test_a_split_that_leaks_a_patient_is_refused(tmp_path, capsys, lists, expect
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kind, make, expected", [
-    ("lgg", lambda p: p.mkdir(), "holds no kaggle_3m patient folders"),
-    ("acdc", lambda p: p.mkdir(), "is not the ACDC folder"),
-    ("lgg", lambda p: p.write_text("x"), "is not a folder"),
-], ids=["empty-lgg", "empty-acdc", "a-file"])
+@pytest.mark.parametrize(
+    "kind, make, expected",
+    [
+        ("lgg", lambda p: p.mkdir(), "holds no kaggle_3m patient folders"),
+        ("acdc", lambda p: p.mkdir(), "is not the ACDC folder"),
+        ("lgg", lambda p: p.write_text("x"), "is not a folder"),
+    ],
+    ids=["empty-lgg", "empty-acdc", "a-file"],
+)
 def test_a_source_of_the_wrong_layout_is_one_line(tmp_path, capsys, kind, make, expected):
     make(tmp_path / "source")
     assert cli.main(["data", "prepare", kind, str(tmp_path / "source"), "--output", str(tmp_path / "out")]) == 2
@@ -182,7 +197,9 @@ def test_held_out_figures_come_from_the_engine(tmp_path, a_kaggle_folder, a_thre
     datasets.prepare("lgg", a_kaggle_folder, out, validation=2, test=3)
     model = a_threshold_model((100.0,), [(1, "FLAIR abnormality", (1.0, 0.8, 0.2))])
     rows = evaluation.evaluateCases(model, evaluation.testEntries(out))
-    assert len(rows) == readJSON(out / "dataset.json")["numTest"] >= 3 and all(row["dice_FLAIR abnormality"] == pytest.approx(1.0) for row in rows), rows
+    assert len(rows) == readJSON(out / "dataset.json")["numTest"] >= 3 and all(
+        row["dice_FLAIR abnormality"] == pytest.approx(1.0) for row in rows
+    ), rows
     fg = next(row for row in rows if row["case"] == "TCGA_FG_6692_20020606")
     assert fg["volume_ml_FLAIR abnormality"] == pytest.approx(600 * 0.83 * 0.83 * 5.0 / 1000, abs=1e-3)
     summary = evaluation.summarize(rows, ["dice_FLAIR abnormality"])
@@ -224,11 +241,15 @@ def test_a_second_stage_recipe_builds_its_first_stages_network(tmp_path, first, 
 
 
 # [parameters (what dataset.json holds), input (a folder), expected (the one line)]
-@pytest.mark.parametrize("text, expected", [
-    (None, "is not a Decathlon folder: it has no dataset.json"),
-    ("{not json", "is not valid JSON"),
-    ("[1, 2]", "its top level is a list, not an object"),
-], ids=["missing", "not-json", "a-list"])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (None, "is not a Decathlon folder: it has no dataset.json"),
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "its top level is a list, not an object"),
+    ],
+    ids=["missing", "not-json", "a-list"],
+)
 def test_a_prepared_folders_description_is_read_one_way_everywhere(tmp_path, text, expected):
     """Training, its prepared validation list and the test evaluation read dataset.json through one
     reader: each fault is one line, never an internal error."""

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from MedSegUNetLib.models import trainconfig, training
 from MedSegUNetLib.cli import main
 from MedSegUNetLib.engine.errors import MedSegUNetError
-from MedSegUNetLib.models.exporting import exportCheckpoint, exportNetwork
 from MedSegUNetLib.engine.modelcard import loadModel, readCard
+from MedSegUNetLib.models import trainconfig, training
+from MedSegUNetLib.models.exporting import exportCheckpoint, exportNetwork
 from MedSegUNetLib.models.phantoms import thresholdCard, writeThresholdModel
 
 
@@ -32,14 +32,35 @@ def tinyConfig(network: dict, dims: int = 3, patch: int = 16, **overrides) -> di
 
 def writeCheckpoint(path, config: dict, network) -> str:
     """A checkpoint in 'medsegunet train''s format, with one validated epoch."""
-    row = {"epoch": 3, "train_loss": 0.5, "val_mean_dice": 0.625, "dice_gland": 0.75, "dice_lesion": 0.5,
-           "iou_gland": 0.6, "iou_lesion": 0.33, "sensitivity_gland": 0.8, "sensitivity_lesion": 0.4,
-           "specificity_gland": 0.99, "specificity_lesion": 0.999}
-    torch.save({
-        "format": training.CHECKPOINT_FORMAT, "epoch": 3, "history": [{"epoch": 1, "train_loss": 0.9}, row], "best": {"dice": 0.625, "epoch": 3, "stale": 2},
-        "config": config, "train_cases": ["a", "b"], "validation_cases": ["c"], "model": network.state_dict(),
-        "optimizer": {}, "scheduler": None, "scaler": {},
-    }, path)
+    row = {
+        "epoch": 3,
+        "train_loss": 0.5,
+        "val_mean_dice": 0.625,
+        "dice_gland": 0.75,
+        "dice_lesion": 0.5,
+        "iou_gland": 0.6,
+        "iou_lesion": 0.33,
+        "sensitivity_gland": 0.8,
+        "sensitivity_lesion": 0.4,
+        "specificity_gland": 0.99,
+        "specificity_lesion": 0.999,
+    }
+    torch.save(
+        {
+            "format": training.CHECKPOINT_FORMAT,
+            "epoch": 3,
+            "history": [{"epoch": 1, "train_loss": 0.9}, row],
+            "best": {"dice": 0.625, "epoch": 3, "stale": 2},
+            "config": config,
+            "train_cases": ["a", "b"],
+            "validation_cases": ["c"],
+            "model": network.state_dict(),
+            "optimizer": {},
+            "scheduler": None,
+            "scaler": {},
+        },
+        path,
+    )
     return str(path)
 
 
@@ -168,8 +189,15 @@ def test_zoo_models_have_valid_cards(repo_root):
 # [parameters (a shipped zoo model), input (the file each name of its example stands for), expected (the
 # example runs as printed, from the folder holding those files)]
 ZOO_EXAMPLE_INPUTS = {
-    "prostate-zones": {"T2": "prostatex/ProstateX-0000/4-t2tsetra", "t2_sag": "prostatex/ProstateX-0000/3-t2tsesag", "t2_cor": "prostatex/ProstateX-0000/5-t2tsecor"},
-    "brain-tumor-3d": {name: f"brain-tumor/TCGA-FG-6692/brats-space/{stem}_bet.nii.gz" for name, stem in (("T1", "t1"), ("T1c", "t1c"), ("T2", "t2"), ("FLAIR", "fla"))},
+    "prostate-zones": {
+        "T2": "prostatex/ProstateX-0000/4-t2tsetra",
+        "t2_sag": "prostatex/ProstateX-0000/3-t2tsesag",
+        "t2_cor": "prostatex/ProstateX-0000/5-t2tsecor",
+    },
+    "brain-tumor-3d": {
+        name: f"brain-tumor/TCGA-FG-6692/brats-space/{stem}_bet.nii.gz"
+        for name, stem in (("T1", "t1"), ("T1c", "t1c"), ("T2", "t2"), ("FLAIR", "fla"))
+    },
     "brain-tumor-2d": {"FLAIR": "brain-tumor/TCGA-FG-6692/brats-space/fla_bet.nii.gz"},
     "lgg-flair": {"FLAIR": "brain-tumor/TCGA-FG-6692/native/flair.nii.gz"},
     "acdc-heart": {"cine": "acdc:patient011_frame01_slices3-5_image.nii.gz"},
@@ -188,8 +216,8 @@ def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shar
     import subprocess
 
     import SimpleITK as sitk
-    from conftest import REPO_ROOT
 
+    from conftest import REPO_ROOT
     from MedSegUNetLib.engine.volumes import readVolume
 
     assert main(["info", name, "--json"]) == 0
@@ -200,21 +228,34 @@ def test_info_says_how_to_run_each_shipped_model_and_its_example_runs(name, shar
         assert f"{title}: {card[key]}" in lines
     assert any(line.startswith("Expected volumes (QC flags outside): ") for line in lines) == any("qc" in label for label in card["labels"])
     assert any(line.startswith("ROI: ") for line in lines) == bool((card.get("roi") or {}).get("from_series"))
-    (example,) = [line[len("Example: "):] for line in lines if line.startswith("Example: ")]
+    (example,) = [line[len("Example: ") :] for line in lines if line.startswith("Example: ")]
     words = shlex.split(example)
     assert words[:4] == ["medsegunet", "segment", "--model", name]
     for stem, source in ZOO_EXAMPLE_INPUTS[name].items():
         path = REPO_ROOT / "Testing" / "data" / "acdc" / source[5:] if source.startswith("acdc:") else shared_data / source
         sitk.WriteImage(readVolume(str(path)), str(tmp_path / f"{stem}.nii.gz"))
-    environment = {**{key: value for key, value in os.environ.items() if not key.startswith("MEDSEGUNET_")},
-                   "PATH": a_base_install["bin"] + os.pathsep + os.environ["PATH"], "MEDSEGUNET_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(["bash", "-e", "-c", f"medsegunet models pull {name}\n{example}"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env=environment)
+    environment = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("MEDSEGUNET_")},
+        "PATH": a_base_install["bin"] + os.pathsep + os.environ["PATH"],
+        "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
+    }
+    done = subprocess.run(
+        ["bash", "-e", "-c", f"medsegunet models pull {name}\n{example}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environment,
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].endswith(f"MedSegUNet/Resources/Models/{name}/{name}.pt") and not (tmp_path / "cache").exists()  # shipped: nothing downloaded
+    assert (
+        done.stdout.splitlines()[0].endswith(f"MedSegUNet/Resources/Models/{name}/{name}.pt") and not (tmp_path / "cache").exists()
+    )  # shipped: nothing downloaded
     import slicerio
 
     segmentation = slicerio.read_segmentation(str(tmp_path / "segmentation.seg.nrrd"))
     assert [segment["name"] for segment in segmentation["segments"]] == [label["name"] for label in card["labels"]]
     reference = sitk.ReadImage(str(tmp_path / words[4]))
-    assert list(segmentation["voxels"].shape[-3:]) == list(reference.GetSize())  # slicerio: IJK, after the layer axis of overlapping segments
+    assert list(segmentation["voxels"].shape[-3:]) == list(
+        reference.GetSize()
+    )  # slicerio: IJK, after the layer axis of overlapping segments

@@ -77,7 +77,9 @@ def test_a_malformed_onnx_graph_is_one_line(capsys, tmp_path, how, expected):
 def test_a_zero_byte_onnx_is_one_line(capsys, tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
     card = writeCard(tmp_path / "card.json")
-    oneLine(capsys, ["import", str(tmp_path / "model.onnx"), "--card", card, "--output", str(tmp_path / "m.pt")], tmp_path, "is empty (0 bytes)")
+    oneLine(
+        capsys, ["import", str(tmp_path / "model.onnx"), "--card", card, "--output", str(tmp_path / "m.pt")], tmp_path, "is empty (0 bytes)"
+    )
 
 
 def brokenZips(folder: Path) -> dict[str, Path]:
@@ -158,7 +160,7 @@ def test_a_member_whose_declared_size_lies_is_stopped_at_the_budget(tmp_path):
     data = bytearray((tmp_path / "liar.zip").read_bytes())
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size fields
         at = data.index(signature)
-        data[at + offset: at + offset + 4] = (100).to_bytes(4, "little")
+        data[at + offset : at + offset + 4] = (100).to_bytes(4, "little")
     (tmp_path / "liar.zip").write_bytes(bytes(data))
     with pytest.raises(MedSegUNetError) as error:
         with openArchive(tmp_path / "liar.zip", "The archive") as archive:
@@ -196,7 +198,10 @@ def test_an_auto3dseg_import_with_a_latin1_labels_table_writes_its_names(capsys,
 
     auto3dsegCheckpoint(tmp_path / "model.pt")
     (tmp_path / "labels.csv").write_bytes("value,name\n1,Läsion\n2,Ödem\n".encode("latin-1"))
-    assert cli.main(["import", str(tmp_path / "model.pt"), "--labels", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out.pt")]) == 0
+    assert (
+        cli.main(["import", str(tmp_path / "model.pt"), "--labels", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out.pt")])
+        == 0
+    )
     assert [label["name"] for label in readCard(tmp_path / "out.pt")["labels"]] == ["Läsion", "Ödem"]
 
 
@@ -204,11 +209,16 @@ def test_a_grid_larger_than_the_memory_is_refused_with_the_figure(capsys, tmp_pa
     """A card whose fixed grid is 1024³ voxels of 8 inputs (128 GiB with its copies): refused before the
     random input is allocated."""
     import torch
-
     from test_torchscript_safety import CARD, Clean
 
     torch.jit.save(torch.jit.script(Clean()), str(tmp_path / "model.pt"))
-    (tmp_path / "card.json").write_text(json.dumps({**CARD, "inputs": [{"name": f"T{index}"} for index in range(8)], "grid": {"shape": [1024, 1024, 1024]}}))
-    line = oneLine(capsys, ["import", str(tmp_path / "model.pt"), "--card", str(tmp_path / "card.json"), "--output", str(tmp_path / "out.pt")],
-                   tmp_path, "GiB")
+    (tmp_path / "card.json").write_text(
+        json.dumps({**CARD, "inputs": [{"name": f"T{index}"} for index in range(8)], "grid": {"shape": [1024, 1024, 1024]}})
+    )
+    line = oneLine(
+        capsys,
+        ["import", str(tmp_path / "model.pt"), "--card", str(tmp_path / "card.json"), "--output", str(tmp_path / "out.pt")],
+        tmp_path,
+        "GiB",
+    )
     assert "memory" in line

@@ -46,8 +46,12 @@ def publishedWheel(requirement: str) -> Path:
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), requirement],
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), requirement],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         wheels = sorted(folder.glob("*.whl"))
         if done.returncode != 0 or not wheels:
             pytest.skip(f"{requirement} could not be downloaded (offline?) and is not cached in {folder}")
@@ -110,7 +114,9 @@ def published_models(tmp_path_factory, a_package_index, a_base_install):
         paths[name] = Path(done.stdout.strip())
         # Its log: each step once, in order, on stderr (stdout is the path alone).
         steps = re.findall(r"^\[\s*(\d+)%\] ([^:\n]*)", done.stderr, re.MULTILINE)
-        assert [int(percent) for percent, _ in steps] == sorted(int(percent) for percent, _ in steps) and steps[-1][1] == f"'{name}' is cached", done.stderr
+        assert [int(percent) for percent, _ in steps] == sorted(int(percent) for percent, _ in steps) and steps[-1][
+            1
+        ] == f"'{name}' is cached", done.stderr
     return {"cache": cache, "environment": environment, **paths}
 
 
@@ -119,13 +125,22 @@ def test_both_entries_pull_from_a_local_package_index_and_are_cached(published_m
 
     taps, deepbet = readCard(published_models["prostate-gland-taps"]), readCard(published_models["brain-mask-deepbet"])
     assert all(published_models[name].is_relative_to(published_models["cache"]) for name in ("prostate-gland-taps", "brain-mask-deepbet"))
-    assert taps["provenance"]["format"] == "onnx" and taps["provenance"]["source_sha256"] == "1e39be9d19f6f71810cb0931a7fe895441cfd318d6002730c918ee99b9d79b91"
+    assert (
+        taps["provenance"]["format"] == "onnx"
+        and taps["provenance"]["source_sha256"] == "1e39be9d19f6f71810cb0931a7fe895441cfd318d6002730c918ee99b9d79b91"
+    )
     assert taps["provenance"]["verified"]["max_abs_difference"] < 1e-3 * taps["provenance"]["verified"]["output_range"]
-    assert deepbet["provenance"]["format"] == "torchscript" and deepbet["provenance"]["source_sha256"] == "de8ee7c69654d0dd3935dc4a5d84571d8ecf4637a6bfc01df399c4c2bc86e0fd"
+    assert (
+        deepbet["provenance"]["format"] == "torchscript"
+        and deepbet["provenance"]["source_sha256"] == "de8ee7c69654d0dd3935dc4a5d84571d8ecf4637a6bfc01df399c4c2bc86e0fd"
+    )
     assert deepbet["provenance"]["localizer_sha256"] == "39a7b2b5f799faa1391ea97bfcdc0b9299f20d84f2316a4ff8918dc4685e40aa"
     # The releases they came from, not the pull's temporary folder.
     assert taps["provenance"]["source"] == "lavlab-taps==1.1.2 taps/resources/model_v1.onnx"
-    assert (deepbet["provenance"]["source"], deepbet["provenance"]["localizer"]) == ("deepbet==1.0.2 data/models/model.pt", "deepbet==1.0.2 data/models/bbox_model.pt")
+    assert (deepbet["provenance"]["source"], deepbet["provenance"]["localizer"]) == (
+        "deepbet==1.0.2 data/models/model.pt",
+        "deepbet==1.0.2 data/models/bbox_model.pt",
+    )
     assert deepbet["provenance"]["verified"]["max_abs_difference"] == 0.0 and deepbet["localizer"]["grid"]["shape"] == [128, 128, 128]
     assert taps["labels"][0]["terminology"]["type"][1] == "41216001" and deepbet["labels"][0]["terminology"]["type"][1] == "12738006"
 
@@ -157,18 +172,36 @@ def test_taps_pulls_as_pt2_and_deepbet_says_it_has_none(published_models):
     from MedSegUNetLib.engine.paths import sha256
 
     environment, taps = published_models["environment"], published_models["prostate-gland-taps"]
-    done = subprocess.run(["medsegunet", "models", "pull", "prostate-gland-taps", "--format", "pt2"], capture_output=True, text=True, timeout=900, env=environment)
+    done = subprocess.run(
+        ["medsegunet", "models", "pull", "prostate-gland-taps", "--format", "pt2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environment,
+    )
     assert done.returncode == 0, done.stderr
     exported = Path(done.stdout.strip())
     assert exported == taps.with_suffix(".pt2") and isExportedArchive(str(exported))
     assert Path(str(exported) + ".sha256").read_text().strip() == sha256(exported)
     assert readCard(exported)["provenance"] == readCard(taps)["provenance"] and readCard(exported)["labels"] == readCard(taps)["labels"]
     steps = [step for _, step in re.findall(r"^\[\s*(\d+)%\] ([^\n]*)", done.stderr, re.MULTILINE)]
-    assert steps == ["Converting 'prostate-gland-taps' to .pt2 and checking it on three input sizes", "'prostate-gland-taps' is cached as .pt2"], done.stderr
+    assert steps == [
+        "Converting 'prostate-gland-taps' to .pt2 and checking it on three input sizes",
+        "'prostate-gland-taps' is cached as .pt2",
+    ], done.stderr
     before = sorted(published_models["cache"].rglob("*"))
-    refused = subprocess.run(["medsegunet", "models", "pull", "brain-mask-deepbet", "--format", "pt2"], capture_output=True, text=True, timeout=300, env=environment)
+    refused = subprocess.run(
+        ["medsegunet", "models", "pull", "brain-mask-deepbet", "--format", "pt2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert refused.returncode == 2 and refused.stdout == ""
-    assert errorLines(refused.stderr) == ["medsegunet: error: 'brain-mask-deepbet' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'."]
+    assert errorLines(refused.stderr) == [
+        "medsegunet: error: 'brain-mask-deepbet' is published as TorchScript with a localiser network, which has no .pt2 form: pull it "
+        "without '--format pt2'."
+    ]
     assert sorted(published_models["cache"].rglob("*")) == before
 
 
@@ -218,8 +251,14 @@ def taps_home_mask(tmp_path_factory, prostate_images):
     sitk.WriteImage(list(prostate_images.values())[0], str(folder / "t2.nii.gz"))
     environment = dict(os.environ, PYTHONPATH=str(unpacked(publishedWheel(TAPS))))
     command = "import sys; from taps.cli import main; sys.exit(main(sys.argv[1:]))"
-    done = subprocess.run([sys.executable, "-c", command, "segment", "t2.nii.gz", "taps.nii.gz", "--device", "cpu", "--exact"],
-                          cwd=folder, env=environment, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, "-c", command, "segment", "t2.nii.gz", "taps.nii.gz", "--device", "cpu", "--exact"],
+        cwd=folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return mask(folder / "taps.nii.gz")
 
@@ -232,7 +271,21 @@ def test_taps_on_the_whole_volume_agrees_with_taps_itself(tmp_path, published_mo
         reference = mask(SHARED_DATA / "prostatex" / "labels" / f"ProstateX-0000_gland_AI-{reader}.nii.gz")
         assert abs(dice(taps_home_mask, reference) - expected) <= 0.002, reader
     tra = list(prostate_series.values())[0]
-    assert cli.main(["segment", "-q", "--model", str(published_models["prostate-gland-taps"]), "--no-roi", tra, "--output", str(tmp_path / "ours.nii.gz")]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                "-q",
+                "--model",
+                str(published_models["prostate-gland-taps"]),
+                "--no-roi",
+                tra,
+                "--output",
+                str(tmp_path / "ours.nii.gz"),
+            ]
+        )
+        == 0
+    )
     ours = mask(tmp_path / "ours.nii.gz")
     assert ours.shape == taps_home_mask.shape and dice(ours, taps_home_mask) >= 0.97
 
@@ -242,8 +295,28 @@ def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, publ
     least TAPS's own (whole volume, :data:`TAPS_OWN_DICE`) − 0.01; run by name by the quick-start
     install's ``medsegunet``."""
     tra, sag, cor = prostate_series.values()
-    done = subprocess.run(["medsegunet", "segment", "-q", "--model", "prostate-gland-taps", tra, "--roi-from", sag, cor, "--stats-json", "s.json",
-                           "--output", "ours.nii.gz"], capture_output=True, text=True, timeout=900, env=published_models["environment"], cwd=tmp_path)
+    done = subprocess.run(
+        [
+            "medsegunet",
+            "segment",
+            "-q",
+            "--model",
+            "prostate-gland-taps",
+            tra,
+            "--roi-from",
+            sag,
+            cor,
+            "--stats-json",
+            "s.json",
+            "--output",
+            "ours.nii.gz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=published_models["environment"],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     (segment,) = json.loads((tmp_path / "s.json").read_text())["segments"]
     assert segment["name"] == "prostate" and segment["qc"] == "ok"
@@ -256,12 +329,18 @@ def test_taps_with_the_three_series_roi_is_as_good_as_taps_itself(tmp_path, publ
 def test_deepbet_agrees_with_deepbet_itself_on_brats(tmp_path, published_models):
     """``segment --model brain-mask-deepbet`` on BraTS-GLI-00001 t1n: Dice ≥ 0.97 against deepbet's own
     mask, and against the BraTS pipeline's brain (the t1n's non-zero region) at least deepbet's − 0.01."""
-    deepbet = pytest.importorskip("deepbet", reason="deepbet (the home tool) is not installed: pip install -e \".[test]\"")
+    deepbet = pytest.importorskip("deepbet", reason='deepbet (the home tool) is not installed: pip install -e ".[test]"')
     t1n = requireSharedData("brain-tumor", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t1n.nii.gz")
     deepbet.run_bet([str(t1n)], mask_paths=[str(tmp_path / "home.nii.gz")], no_gpu=True)
     # By name, by the quick-start install's medsegunet (deepbet itself is not in that environment).
-    done = subprocess.run(["medsegunet", "segment", "-q", "--model", "brain-mask-deepbet", str(t1n), "--output", "ours.nii.gz", "--stats-json", "s.json"],
-                          capture_output=True, text=True, timeout=900, env=published_models["environment"], cwd=tmp_path)
+    done = subprocess.run(
+        ["medsegunet", "segment", "-q", "--model", "brain-mask-deepbet", str(t1n), "--output", "ours.nii.gz", "--stats-json", "s.json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=published_models["environment"],
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     home, ours, brain = mask(tmp_path / "home.nii.gz"), mask(tmp_path / "ours.nii.gz"), mask(t1n) > 0
     assert dice(ours, home) >= 0.97
@@ -287,8 +366,10 @@ def test_in_slicer_both_are_listed_and_segment_scene_volumes_with_their_codes(pu
     tra, sag, cor = (addVolumeFromImage(scene, image, name) for name, image in prostate_images.items())
     t1n = readVolume(str(requireSharedData("brain-tumor", "BraTS-GLI-00001-000", "BraTS-GLI-00001-000-t1n.nii.gz")))
     brain = addVolumeFromImage(scene, t1n, "t1n")
-    cases = [("prostate-gland-taps", [tra], [sag, cor], "prostate", "~SCT^41216001^Prostate~", (20, 60)),
-             ("brain-mask-deepbet", [brain], [], "brain", "~SCT^12738006^Brain~", (1400, 1900))]
+    cases = [
+        ("prostate-gland-taps", [tra], [sag, cor], "prostate", "~SCT^41216001^Prostate~", (20, 60)),
+        ("brain-mask-deepbet", [brain], [], "brain", "~SCT^12738006^Brain~", (1400, 1900)),
+    ]
     for name, inputs, roiVolumes, segmentName, code, volumeRange in cases:
         result = SegmentationLogic(scene).process(inputs, published_models[name], roiVolumes=roiVolumes, device="cpu")
         segment = result.segmentationNode.GetSegmentation().GetNthSegment(0)
@@ -308,7 +389,9 @@ def test_info_says_how_to_run_each_published_model(published_models, name, input
 
     environment = published_models["environment"]
     text = subprocess.run(["medsegunet", "info", name], capture_output=True, text=True, timeout=300, env=environment)
-    card = json.loads(subprocess.run(["medsegunet", "info", name, "--json"], capture_output=True, text=True, timeout=300, env=environment).stdout)
+    card = json.loads(
+        subprocess.run(["medsegunet", "info", name, "--json"], capture_output=True, text=True, timeout=300, env=environment).stdout
+    )
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
     assert [entry["name"] for entry in card["inputs"]] == inputs and card["provenance"]["source_sha256"]
@@ -316,7 +399,7 @@ def test_info_says_how_to_run_each_published_model(published_models, name, input
         assert f"{title}: {card[key]}" in lines, key
     assert any(line.startswith("Expected volumes (QC flags outside): ") for line in lines)
     assert any(line.startswith("ROI: ") and "--roi-from" in line for line in lines) == roi
-    (example,) = [shlex.split(line[len("Example: "):]) for line in lines if line.startswith("Example: ")]
+    (example,) = [shlex.split(line[len("Example: ") :]) for line in lines if line.startswith("Example: ")]
     from MedSegUNetLib.models.exporting import fileStem
 
     assert example[:4] == ["medsegunet", "segment", "--model", name] and example[4] == f"{fileStem(inputs[0])}.nii.gz"

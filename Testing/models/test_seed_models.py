@@ -30,10 +30,26 @@ ACDC_MIN_LV_DICE = {"frame01": 0.93, "frame02": 0.93}
 
 
 def segment(model: str, volume: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "MedSegUNetLib.cli", "segment", "-q", "--model", model, str(volume),
-                           "--output", str(out), "--stats-json", str(out.with_suffix(".json"))],
-                          capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), "PATH": "/usr/bin:/bin",
-                                                                          "MEDSEGUNET_CATALOG": "", "HOME": str(out.parent)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "MedSegUNetLib.cli",
+            "segment",
+            "-q",
+            "--model",
+            model,
+            str(volume),
+            "--output",
+            str(out),
+            "--stats-json",
+            str(out.with_suffix(".json")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet"), "PATH": "/usr/bin:/bin", "MEDSEGUNET_CATALOG": "", "HOME": str(out.parent)},
+    )
     assert done.returncode == 0, done.stderr
     # Only a QC line may be printed (an empty result is outside the label's expected volume).
     assert all("expected" in line or "QC" in line or "qc" in line for line in done.stderr.splitlines()), done.stderr
@@ -44,8 +60,10 @@ def segment(model: str, volume: Path, out: Path) -> dict:
 def lgg_results(tmp_path_factory) -> dict:
     folder = requireSharedData("brain-tumor", "TCGA-FG-6692")
     out = tmp_path_factory.mktemp("lgg")
-    return {space: (segment("lgg-flair", folder / path, out / f"{space}.nii.gz"), out / f"{space}.nii.gz")
-            for space, path in (("brats", "brats-space/fla_bet.nii.gz"), ("native", "native/flair.nii.gz"))}
+    return {
+        space: (segment("lgg-flair", folder / path, out / f"{space}.nii.gz"), out / f"{space}.nii.gz")
+        for space, path in (("brats", "brats-space/fla_bet.nii.gz"), ("native", "native/flair.nii.gz"))
+    }
 
 
 def test_lgg_flair_finds_the_abnormality_on_the_native_tilted_flair(lgg_results):
@@ -92,7 +110,10 @@ def test_acdc_heart_segments_a_test_patient(tmp_path, frame):
     report = segment("acdc-heart", ACDC / f"patient011_{frame}_slices3-5_image.nii.gz", tmp_path / "heart.nii.gz")
     predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "heart.nii.gz")))
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(ACDC / f"patient011_{frame}_slices3-5_label.nii.gz")))
-    dice = {value: 2.0 * ((predicted == value) & (reference == value)).sum() / ((predicted == value).sum() + (reference == value).sum()) for value in (1, 2, 3)}
+    dice = {
+        value: 2.0 * ((predicted == value) & (reference == value)).sum() / ((predicted == value).sum() + (reference == value).sum())
+        for value in (1, 2, 3)
+    }
     assert dice[3] >= ACDC_MIN_LV_DICE[frame], dice
     assert dice[2] >= 0.78 and dice[1] >= 0.88, dice
     assert [row["name"] for row in report["segments"]] == ["right ventricle", "myocardium", "left ventricle cavity"]

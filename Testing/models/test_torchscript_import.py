@@ -32,9 +32,17 @@ class Three(torch.nn.Module):
 
 
 CARD = {
-    "schema": "medsegunet.model/3", "name": "published mask", "spatial_dims": 3, "inputs": [{"name": "T1"}],
-    "labels": [{"value": 1, "name": "object", "color": [1, 0, 0]}], "output": "probabilities", "activation": "softmax",
-    "orientation": "RAS", "grid": {"shape": [32, 32, 32]}, "normalization": [{"type": "minmax"}], "patch_size": None,
+    "schema": "medsegunet.model/3",
+    "name": "published mask",
+    "spatial_dims": 3,
+    "inputs": [{"name": "T1"}],
+    "labels": [{"value": 1, "name": "object", "color": [1, 0, 0]}],
+    "output": "probabilities",
+    "activation": "softmax",
+    "orientation": "RAS",
+    "grid": {"shape": [32, 32, 32]},
+    "normalization": [{"type": "minmax"}],
+    "patch_size": None,
     "localizer": {"grid": {"shape": [16, 16, 16]}, "normalization": [{"type": "minmax"}], "margin_fraction": 0.1},
 }
 
@@ -58,7 +66,9 @@ def published(tmp_path):
 def test_a_published_torchscript_with_its_localiser_imports_and_segments(capsys, tmp_path, published):
     """The written model holds both networks and its card; it segments a bright box in an oblique volume."""
     out = tmp_path / "wrapped.pt"
-    assert cli.main(["import", published["model"], "--card", published["card"], "--localizer", published["bbox"], "--output", str(out)]) == 0
+    assert (
+        cli.main(["import", published["model"], "--card", published["card"], "--localizer", published["bbox"], "--output", str(out)]) == 0
+    )
     assert "answers a random [1, 1, 32, 32, 32] input as the published one does (localiser included)" in capsys.readouterr().out
     loaded = modelcard.loadModel(out, "cpu")
     assert loaded.localizer is not None and loaded.card["provenance"]["format"] == "torchscript"
@@ -71,7 +81,22 @@ def test_a_published_torchscript_with_its_localiser_imports_and_segments(capsys,
     volume = sitk.GetImageFromArray(array)
     volume.CopyInformation(image)
     sitk.WriteImage(volume, str(tmp_path / "t1.nrrd"))
-    assert cli.main(["segment", "-q", "--model", str(out), str(tmp_path / "t1.nrrd"), "--output", str(tmp_path / "mask.nrrd"), "--stats-json", str(tmp_path / "s.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                "-q",
+                "--model",
+                str(out),
+                str(tmp_path / "t1.nrrd"),
+                "--output",
+                str(tmp_path / "mask.nrrd"),
+                "--stats-json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nrrd")))
     box = array > 0
     assert 2 * (labels.astype(bool) & box).sum() / (labels.astype(bool).sum() + box.sum()) > 0.9
@@ -81,15 +106,37 @@ def test_a_published_torchscript_with_its_localiser_imports_and_segments(capsys,
 
 # [parameters (command-line arguments), input (the published files), expected (the one line)]
 REFUSALS = [
-    pytest.param(["{model}", "--card", "{card}", "--output", "{out}"], "'localizer' and --localizer go together", id="card-localiser-without-file"),
-    pytest.param(["{model}", "--card", "{plain}", "--localizer", "{bbox}", "--output", "{out}"], "'localizer' and --localizer go together", id="file-without-card-localiser"),
+    pytest.param(
+        ["{model}", "--card", "{card}", "--output", "{out}"], "'localizer' and --localizer go together", id="card-localiser-without-file"
+    ),
+    pytest.param(
+        ["{model}", "--card", "{plain}", "--localizer", "{bbox}", "--output", "{out}"],
+        "'localizer' and --localizer go together",
+        id="file-without-card-localiser",
+    ),
     pytest.param(["{model}", "--output", "{out}"], "needs --card", id="no-card"),
-    pytest.param(["{logits}", "--card", "{plain}", "--output", "{out}"], "returns values from -1 to 5, not probabilities", id="logits-as-probabilities"),
+    pytest.param(
+        ["{logits}", "--card", "{plain}", "--output", "{out}"],
+        "returns values from -1 to 5, not probabilities",
+        id="logits-as-probabilities",
+    ),
     pytest.param(["{three}", "--card", "{plain}", "--output", "{out}"], "gives 3 channels but the card needs 2", id="channels"),
-    pytest.param(["{model}", "--card", "{card}", "--localizer", "{three}", "--output", "{out}"], "localiser gives 3 channels but the card needs 2", id="localiser-channels"),
+    pytest.param(
+        ["{model}", "--card", "{card}", "--localizer", "{three}", "--output", "{out}"],
+        "localiser gives 3 channels but the card needs 2",
+        id="localiser-channels",
+    ),
     pytest.param(["{card}", "--card", "{plain}", "--output", "{out}"], "is not a model this command imports", id="not-torchscript"),
-    pytest.param(["{cut}", "--card", "{card}", "--localizer", "{bbox}", "--output", "{out}"], "Model '{cut}' is not a TorchScript archive", id="cut-short-model"),
-    pytest.param(["{model}", "--card", "{card}", "--localizer", "{cut}", "--output", "{out}"], "Localiser '{cut}' is not a TorchScript archive", id="cut-short-localiser"),
+    pytest.param(
+        ["{cut}", "--card", "{card}", "--localizer", "{bbox}", "--output", "{out}"],
+        "Model '{cut}' is not a TorchScript archive",
+        id="cut-short-model",
+    ),
+    pytest.param(
+        ["{model}", "--card", "{card}", "--localizer", "{cut}", "--output", "{out}"],
+        "Localiser '{cut}' is not a TorchScript archive",
+        id="cut-short-localiser",
+    ),
 ]
 
 
@@ -99,12 +146,28 @@ def test_refusals_are_one_line_and_write_nothing(capsys, tmp_path, published, ar
     assert cli.main(["import", *[a.format(out=out, **published) for a in arguments]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message.format(**published) in err[0], err
-    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "bbox.pt", "logits.pt", "three.pt", "cut.pt", "card.json", "plain.json"])
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model.pt", "bbox.pt", "logits.pt", "three.pt", "cut.pt", "card.json", "plain.json"]
+    )
 
 
 def test_a_localiser_goes_with_torchscript_only(capsys, tmp_path, published):
     (tmp_path / "model.onnx").write_bytes(b"not read")
-    assert cli.main(["import", str(tmp_path / "model.onnx"), "--card", published["plain"], "--localizer", published["bbox"], "--output", str(tmp_path / "o.pt")]) == 2
+    assert (
+        cli.main(
+            [
+                "import",
+                str(tmp_path / "model.onnx"),
+                "--card",
+                published["plain"],
+                "--localizer",
+                published["bbox"],
+                "--output",
+                str(tmp_path / "o.pt"),
+            ]
+        )
+        == 2
+    )
     assert "--localizer goes with a published TorchScript model, not with ONNX" in capsys.readouterr().err
 
 

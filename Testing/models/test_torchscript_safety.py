@@ -9,23 +9,30 @@ and that no output was written. The networks the project ships or imports pass t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_untrusted_models import runRefused
 
 from conftest import REPO_ROOT
 from MedSegUNetLib.engine import graphsafety, modelcard
 from MedSegUNetLib.engine.errors import MedSegUNetError
-from test_untrusted_models import runRefused
 
 CARD = {
-    "schema": "medsegunet.model/3", "name": "published mask", "spatial_dims": 3, "inputs": [{"name": "T1"}],
-    "labels": [{"value": 1, "name": "object", "color": [1, 0, 0]}], "output": "probabilities", "activation": "softmax",
-    "orientation": "RAS", "grid": {"shape": [16, 16, 16]}, "normalization": [{"type": "minmax"}], "patch_size": None,
+    "schema": "medsegunet.model/3",
+    "name": "published mask",
+    "spatial_dims": 3,
+    "inputs": [{"name": "T1"}],
+    "labels": [{"value": 1, "name": "object", "color": [1, 0, 0]}],
+    "output": "probabilities",
+    "activation": "softmax",
+    "orientation": "RAS",
+    "grid": {"shape": [16, 16, 16]},
+    "normalization": [{"type": "minmax"}],
+    "patch_size": None,
 }
 LOCALIZER = {"grid": {"shape": [8, 8, 8]}, "normalization": [{"type": "minmax"}], "margin_fraction": 0.1}
 
@@ -180,13 +187,27 @@ def withCard(workspace, kind: str) -> str:
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_import_refuses_a_hostile_network(capsys, a_workspace, kind):
     folder = a_workspace["folder"]
-    runRefused(capsys, ["import", hostile(a_workspace, kind), "--card", str(folder / "card.json"), "--output", str(folder / "out.pt")], a_workspace, HOSTILE[kind][1])
+    runRefused(
+        capsys,
+        ["import", hostile(a_workspace, kind), "--card", str(folder / "card.json"), "--output", str(folder / "out.pt")],
+        a_workspace,
+        HOSTILE[kind][1],
+    )
 
 
 @pytest.mark.parametrize("kind", ["forward", "setstate"])
 def test_import_refuses_a_hostile_localiser(capsys, a_workspace, kind):
     folder = a_workspace["folder"]
-    argv = ["import", str(folder / "clean.pt"), "--card", str(folder / "card-localizer.json"), "--localizer", hostile(a_workspace, kind), "--output", str(folder / "out.pt")]
+    argv = [
+        "import",
+        str(folder / "clean.pt"),
+        "--card",
+        str(folder / "card-localizer.json"),
+        "--localizer",
+        hostile(a_workspace, kind),
+        "--output",
+        str(folder / "out.pt"),
+    ]
     runRefused(capsys, argv, a_workspace, HOSTILE[kind][1])
 
 
@@ -195,7 +216,9 @@ def test_segment_refuses_a_hostile_model_file(capsys, a_workspace, kind):
     folder = a_workspace["folder"]
     model = withCard(a_workspace, kind)
     _writeVolume(folder / "t1.nrrd")
-    runRefused(capsys, ["segment", "--model", model, str(folder / "t1.nrrd"), "--output", str(folder / "mask.nrrd")], a_workspace, HOSTILE[kind][1])
+    runRefused(
+        capsys, ["segment", "--model", model, str(folder / "t1.nrrd"), "--output", str(folder / "mask.nrrd")], a_workspace, HOSTILE[kind][1]
+    )
 
 
 def _writeVolume(path: Path) -> None:
@@ -240,8 +263,14 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
     model = withCard(a_workspace, "forward")
     _writeVolume(folder / "t1.nrrd")
     requests = [
-        {"id": 1, "command": "segment", "folder": str(folder), "request": {"modelPath": model, "device": "cpu", "useROI": False, "marginMM": 0.0},
-         "inputs": [{"file": "t1.nrrd", "name": "t1", "inputName": "T1"}], "roi": []},
+        {
+            "id": 1,
+            "command": "segment",
+            "folder": str(folder),
+            "request": {"modelPath": model, "device": "cpu", "useROI": False, "marginMM": 0.0},
+            "inputs": [{"file": "t1.nrrd", "name": "t1", "inputName": "T1"}],
+            "roi": [],
+        },
         ["not", "an", "object"],
         {"id": 3, "command": "segment", "folder": str(folder)},
         {"id": 4, "command": "ping"},
@@ -249,8 +278,9 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
     from MedSegUNetLib.slicer.worker import PROTOCOL_PREFIX
 
     # The worker ends at the end of its input, so the requests go one by one, each answer awaited.
-    worker = subprocess.Popen([sys.executable, "-m", "MedSegUNetLib.slicer.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, cwd=str(REPO_ROOT))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "MedSegUNetLib.slicer.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO_ROOT)
+    )
     answers = []
     try:
         for request in requests:
@@ -259,7 +289,7 @@ def test_the_worker_refuses_a_hostile_model_and_lives_on(a_workspace):
             while True:
                 line = worker.stdout.readline()
                 assert line.startswith(PROTOCOL_PREFIX.decode("ascii")), line
-                answers.append(json.loads(line[len(PROTOCOL_PREFIX):]))
+                answers.append(json.loads(line[len(PROTOCOL_PREFIX) :]))
                 if "result" in answers[-1] or "error" in answers[-1]:
                     break
     finally:
@@ -283,9 +313,15 @@ def test_the_zoo_and_monai_networks_pass_the_allow_list(repo_root):
         modelcard.clearModelCache()
         assert modelcard.loadModel(path, "cpu").network is not None
     networks = [
-        nets.UNet(3, 1, 2, (8, 16, 32), (2, 2), num_res_units=2), nets.UNet(2, 1, 2, (8, 16), (2,), norm="batch", dropout=0.1),
-        nets.BasicUNet(3, 1, 2), nets.SegResNet(3, 8, 1, 2), nets.SegResNetDS(3, 8, 1, 2), nets.DynUNet(3, 1, 2, [3, 3, 3], [1, 2, 2], [2, 2]),
-        nets.AttentionUnet(3, 1, 2, (8, 16, 32), (2, 2)), nets.VNet(3, 1, 2), nets.HighResNet(3, 1, 2),
+        nets.UNet(3, 1, 2, (8, 16, 32), (2, 2), num_res_units=2),
+        nets.UNet(2, 1, 2, (8, 16), (2,), norm="batch", dropout=0.1),
+        nets.BasicUNet(3, 1, 2),
+        nets.SegResNet(3, 8, 1, 2),
+        nets.SegResNetDS(3, 8, 1, 2),
+        nets.DynUNet(3, 1, 2, [3, 3, 3], [1, 2, 2], [2, 2]),
+        nets.AttentionUnet(3, 1, 2, (8, 16, 32), (2, 2)),
+        nets.VNet(3, 1, 2),
+        nets.HighResNet(3, 1, 2),
     ]
     for network in networks:
         assert graphsafety.forbiddenOperators(torch.jit.script(network.eval())) == [], type(network).__name__
@@ -296,7 +332,13 @@ def test_the_allow_list_is_the_registry_less_what_reaches_outside_the_tensors():
     assert len(allowed) > 1500
     for name in ("aten::conv3d", "aten::roll", "aten::grid_sampler", "aten::scaled_dot_product_attention", "aten::_set_item", "prim::If"):
         assert name in allowed, name
-    refused = {f"aten::{name}" for name in graphsafety.DENIED_ATEN} | {"prim::Print", "prim::PythonOp", "prim::CallFunction", "prim::CallMethod", "prim::rpc_async"}
+    refused = {f"aten::{name}" for name in graphsafety.DENIED_ATEN} | {
+        "prim::Print",
+        "prim::PythonOp",
+        "prim::CallFunction",
+        "prim::CallMethod",
+        "prim::rpc_async",
+    }
     assert not refused & allowed
 
 

@@ -17,17 +17,13 @@ import pytest
 import SimpleITK as sitk
 
 from MedSegUNetLib.engine import pipeline, statistics
-
-from MedSegUNetLib.models import trainconfig, traindata, training
 from MedSegUNetLib.engine.errors import MedSegUNetError
-from MedSegUNetLib.models.exporting import exportCheckpoint
 from MedSegUNetLib.engine.modelcard import loadModel, readCard
+from MedSegUNetLib.models import trainconfig, traindata, training
+from MedSegUNetLib.models.exporting import exportCheckpoint
 from MedSegUNetLib.models.phantoms import makeGrid, paintSpheres, rotationMatrix
 
-LABELS = [
-    {"value": 1, "name": "outer", "color": [0.9, 0.3, 0.2]},
-    {"value": 2, "name": "inner", "color": [0.2, 0.5, 0.9]},
-]
+LABELS = [{"value": 1, "name": "outer", "color": [0.9, 0.3, 0.2]}, {"value": 2, "name": "inner", "color": [0.2, 0.5, 0.9]}]
 
 
 def sphereCase(seed: int, size=(24, 24, 12), spacing=(1.0, 1.0, 2.0), direction=np.eye(3)):
@@ -129,7 +125,9 @@ def quiet(line: str) -> None:
 def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
     """Train on a 4D two-channel Decathlon folder, export, segment: the exported model segments the
     validation case exactly as training's validation did (same preprocessing, same Dice)."""
-    config = trainconfig.readConfig(writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=20)))
+    config = trainconfig.readConfig(
+        writeConfig(tmp_path, baseConfig({"msd": str(msd_folder), "validation_cases": ["case_002"]}, epochs=20))
+    )
     lines: list[str] = []
     result = training.train(config, tmp_path / "run", log=lines.append)
     epochLines = [line for line in lines if line.startswith("epoch ")]
@@ -161,7 +159,12 @@ def test_msd_3d_train_export_segment_matches_validation(tmp_path, msd_folder):
     assert card["validation"]["mean_dice"] > 0.5
     # The per-case validation table holds the best checkpoint's figures, as the card records them.
     table = list(csv.DictReader(io.StringIO((tmp_path / "run" / "validation_cases.csv").read_text())))
-    assert [row["case"] for row in table] == ["case_002"] and set(table[0]) >= {"dice_outer", "iou_inner", "precision_outer", "recall_inner"}
+    assert [row["case"] for row in table] == ["case_002"] and set(table[0]) >= {
+        "dice_outer",
+        "iou_inner",
+        "precision_outer",
+        "recall_inner",
+    }
     for name, figures in card["validation"]["per_label"].items():
         assert float(table[0][f"dice_{name}"]) == pytest.approx(figures["dice"], abs=1e-4)
 
@@ -175,7 +178,15 @@ def test_csv_2d_tilted_inputs_train_export_cli_segment(tmp_path, csv_cases):
         dims=2,
         spacing=[1.5, 1.5, None],
         epochs=3,
-        augmentation={"flip_axes": [0], "rotate_deg": 10, "scale": 0.1, "affine_prob": 0.5, "intensity_shift": 0.1, "intensity_prob": 0.5, "elastic_prob": 0.3},
+        augmentation={
+            "flip_axes": [0],
+            "rotate_deg": 10,
+            "scale": 0.1,
+            "affine_prob": 0.5,
+            "intensity_shift": 0.1,
+            "intensity_prob": 0.5,
+            "elastic_prob": 0.3,
+        },
         sampling={"mode": "max_background", "max_background": 0.8, "samples_per_case": 1},
         loss={"type": "focal"},
     )
@@ -190,10 +201,21 @@ def test_csv_2d_tilted_inputs_train_export_cli_segment(tmp_path, csv_cases):
     case = checkpoint["validation_cases"][0][1]
     folder = csv_cases.parent
     output = tmp_path / "seg.nrrd"
-    status = main([
-        "segment", str(folder / f"c{case}_a.nrrd"), str(folder / f"c{case}_b.nrrd"), "--model", str(tmp_path / "m.pt"),
-        "--roi-from", str(folder / f"c{case}_roi.nrrd"), "--device", "cpu", "--output", str(output),
-    ])
+    status = main(
+        [
+            "segment",
+            str(folder / f"c{case}_a.nrrd"),
+            str(folder / f"c{case}_b.nrrd"),
+            "--model",
+            str(tmp_path / "m.pt"),
+            "--roi-from",
+            str(folder / f"c{case}_roi.nrrd"),
+            "--device",
+            "cpu",
+            "--output",
+            str(output),
+        ]
+    )
     assert status == 0
     labelmap = sitk.ReadImage(str(output))
     reference = sitk.ReadImage(str(folder / f"c{case}_a.nrrd"))
@@ -261,11 +283,21 @@ def test_resume_equals_uninterrupted(tmp_path, msd_folder):
     import torch
 
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
-    augmentation = {"flip_axes": [0, 1, 2], "rotate_deg": 10, "scale": 0.1, "affine_prob": 0.5, "intensity_shift": 0.1, "intensity_prob": 0.5}
+    augmentation = {
+        "flip_axes": [0, 1, 2],
+        "rotate_deg": 10,
+        "scale": 0.1,
+        "affine_prob": 0.5,
+        "intensity_shift": 0.1,
+        "intensity_prob": 0.5,
+    }
     full = training.train(trainconfig.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "full", log=quiet)
     half = training.train(trainconfig.validateConfig(baseConfig(data, epochs=2, augmentation=augmentation)), tmp_path / "half", log=quiet)
     resumed = training.train(
-        trainconfig.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)), tmp_path / "resumed", resume=half.lastCheckpoint, log=quiet
+        trainconfig.validateConfig(baseConfig(data, epochs=4, augmentation=augmentation)),
+        tmp_path / "resumed",
+        resume=half.lastCheckpoint,
+        log=quiet,
     )
     a = training.loadCheckpoint(full.lastCheckpoint)
     b = training.loadCheckpoint(resumed.lastCheckpoint)
@@ -319,8 +351,14 @@ def test_dice_bce_is_per_channel_for_overlapping_regions():
     import torch
     from monai.losses import DiceLoss
 
-    config = trainconfig.validateConfig(baseConfig({"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"},
-                                                labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}]))
+    config = trainconfig.validateConfig(
+        baseConfig(
+            {"csv": "x.csv"},
+            output="sigmoid",
+            loss={"type": "dice_bce"},
+            labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}],
+        )
+    )
     logits = torch.randn(2, 2, 8, 8, 4, generator=torch.Generator().manual_seed(0))
     target = torch.zeros(2, 2, 8, 8, 4)
     target[:, 0, 2:6, 2:6] = 1
@@ -333,10 +371,15 @@ def test_transforms_pickle_for_spawned_workers():
     """DataLoader workers started with 'spawn' (macOS, Windows) unpickle the training transforms."""
     import pickle
 
-    config = trainconfig.validateConfig(baseConfig(
-        {"csv": "x.csv"}, output="sigmoid", loss={"type": "dice_bce"}, sampling={"mode": "max_background", "max_background": 0.5, "samples_per_case": 3},
-        labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}],
-    ))
+    config = trainconfig.validateConfig(
+        baseConfig(
+            {"csv": "x.csv"},
+            output="sigmoid",
+            loss={"type": "dice_bce"},
+            sampling={"mode": "max_background", "max_background": 0.5, "samples_per_case": 3},
+            labels=[{**LABELS[0], "region": [1, 2]}, {**LABELS[1], "region": [2]}],
+        )
+    )
     transforms = pickle.loads(pickle.dumps(traindata.buildTransforms(config)))
     label = np.zeros((1, 32, 32, 16), dtype=np.uint8)
     label[0, 4:20, 4:20, 2:12] = 1
@@ -362,8 +405,19 @@ def test_interrupted_training_says_what_was_kept(tmp_path, msd_folder):
     out = tmp_path / "run"
     executable = shutil.which("medsegunet")
     process = subprocess.Popen(
-        [*([executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]), "train", "--config", config, "--output", str(out), "--device", "cpu"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            *([executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]),
+            "train",
+            "--config",
+            config,
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (out / "checkpoint_last.pt").exists():
@@ -375,7 +429,10 @@ def test_interrupted_training_says_what_was_kept(tmp_path, msd_folder):
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     epoch = training.loadCheckpoint(out / "checkpoint_last.pt")["epoch"]
-    assert lines[0] == f"medsegunet: interrupted; checkpoint_last.pt (epoch {epoch}) kept in {out}; resume with --resume {out / 'checkpoint_last.pt'}."
+    assert (
+        lines[0]
+        == f"medsegunet: interrupted; checkpoint_last.pt (epoch {epoch}) kept in {out}; resume with --resume {out / 'checkpoint_last.pt'}."
+    )
     assert not [name for name in os.listdir(out) if name.startswith(".medsegunet-")]
     # The checkpoint and metrics of one epoch appear together: metrics.csv has exactly that many rows.
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + epoch
@@ -387,20 +444,32 @@ def test_resume_with_more_epochs_stretches_the_schedule(tmp_path, msd_folder):
     lines: list[str] = []
     short = training.train(trainconfig.validateConfig(baseConfig(data, epochs=2, optimizer=optimizer)), tmp_path / "short", log=quiet)
     longer = training.train(
-        trainconfig.validateConfig(baseConfig(data, epochs=6, optimizer=optimizer)), tmp_path / "longer", resume=short.lastCheckpoint, log=lines.append
+        trainconfig.validateConfig(baseConfig(data, epochs=6, optimizer=optimizer)),
+        tmp_path / "longer",
+        resume=short.lastCheckpoint,
+        log=lines.append,
     )
     assert any("stretched from 2 to 6 epochs" in line for line in lines)
     rates = [row["lr"] for row in longer.history]
     assert len(rates) == 6 and all(b < a for a, b in zip(rates, rates[1:])), rates
     with pytest.raises(MedSegUNetError, match="already ran 6 epochs but the config asks for 3"):
-        training.train(trainconfig.validateConfig(baseConfig(data, epochs=3, optimizer=optimizer)), tmp_path / "fewer", resume=longer.lastCheckpoint, log=quiet)
+        training.train(
+            trainconfig.validateConfig(baseConfig(data, epochs=3, optimizer=optimizer)),
+            tmp_path / "fewer",
+            resume=longer.lastCheckpoint,
+            log=quiet,
+        )
 
 
-@pytest.mark.parametrize("postprocessing, schema", [
-    (None, "medsegunet.model/1"),
-    ({"largest_component": [2, 3]}, "medsegunet.model/2"),
-    ({"min_component_mm3": 500.0, "fill_holes": True}, "medsegunet.model/2"),
-], ids=["none", "largest-of-two-labels", "small-pieces"])
+@pytest.mark.parametrize(
+    "postprocessing, schema",
+    [
+        (None, "medsegunet.model/1"),
+        ({"largest_component": [2, 3]}, "medsegunet.model/2"),
+        ({"min_component_mm3": 500.0, "fill_holes": True}, "medsegunet.model/2"),
+    ],
+    ids=["none", "largest-of-two-labels", "small-pieces"],
+)
 def test_a_recipe_postprocessing_goes_into_the_card(postprocessing, schema):
     """The ACDC recipe's largest-component step reaches the exported card (a model/2 field); a
     misspelt key is refused when the config is read."""
@@ -428,7 +497,10 @@ def test_init_starts_a_new_run_from_another_runs_weights(tmp_path, msd_folder, c
     network = {"type": "UNet", "channels": [8, 16], "strides": [2], "num_res_units": 0, "norm": "instance"}
     first = training.train(trainconfig.validateConfig(baseConfig(data, epochs=2, network=network)), tmp_path / "first", log=quiet)
     frozen = writeConfig(tmp_path, baseConfig(data, epochs=1, network=network, optimizer={"type": "adam", "lr": 1e-30}))
-    assert main(["train", "--config", frozen, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "second"), "--device", "cpu"]) == 0
+    assert (
+        main(["train", "--config", frozen, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "second"), "--device", "cpu"])
+        == 0
+    )
     assert f"Starting from the weights of '{first.bestCheckpoint}' (epoch " in capsys.readouterr().out
     before, after = training.loadCheckpoint(first.bestCheckpoint), training.loadCheckpoint(tmp_path / "second" / "checkpoint_last.pt")
     for key, tensor in before["model"].items():
@@ -446,8 +518,16 @@ def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder, ca
     data = {"msd": str(msd_folder), "validation_cases": ["case_002"]}
     first = training.train(trainconfig.validateConfig(baseConfig(data, epochs=1)), tmp_path / "first", log=quiet)
     with pytest.raises(MedSegUNetError, match="give one of them"):
-        training.train(trainconfig.validateConfig(baseConfig(data, epochs=2)), tmp_path / "both", resume=first.lastCheckpoint, init=first.bestCheckpoint, log=quiet)
-    wider = writeConfig(tmp_path, baseConfig(data, epochs=1, network={"type": "UNet", "channels": [16, 32], "strides": [2], "num_res_units": 0}))
+        training.train(
+            trainconfig.validateConfig(baseConfig(data, epochs=2)),
+            tmp_path / "both",
+            resume=first.lastCheckpoint,
+            init=first.bestCheckpoint,
+            log=quiet,
+        )
+    wider = writeConfig(
+        tmp_path, baseConfig(data, epochs=1, network={"type": "UNet", "channels": [16, 32], "strides": [2], "num_res_units": 0})
+    )
     assert main(["train", "-q", "--config", wider, "--init", str(first.bestCheckpoint), "--output", str(tmp_path / "wider")]) == 2
     assert not (tmp_path / "wider" / "checkpoint_last.pt").exists()
     # A damaged --init stops the run before anything is made.
@@ -462,7 +542,10 @@ def test_init_is_refused_with_resume_or_another_network(tmp_path, msd_folder, ca
         before = (tmp_path / "first" / name).read_bytes()
         assert main(["train", "-q", "--config", same, "--init", str(tmp_path / "first" / name), "--output", str(tmp_path / "first")]) == 2
         assert (tmp_path / "first" / name).read_bytes() == before
-    assert f"--output (checkpoint_best.pt) '{tmp_path / 'first' / 'checkpoint_best.pt'}' is the input given as --init" in capsys.readouterr().err
+    assert (
+        f"--output (checkpoint_best.pt) '{tmp_path / 'first' / 'checkpoint_best.pt'}' is the input given as --init"
+        in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("width, kept", [(1, 24 * 24), (4, 18 * 18)], ids=["1-voxel", "4-voxels"])
@@ -484,10 +567,16 @@ def test_skull_strip_erodes_the_head_and_keeps_the_labels(width, kept):
 def test_skull_strip_augmentation_runs_in_the_transforms(tmp_path):
     """skull_strip_prob 1: every slice's outer head is zeroed, the centre and the labels untouched;
     a reversed mm range is refused."""
-    config = trainconfig.validateConfig(baseConfig(
-        {"csv": "x.csv"}, dims=2, patch_size=[32, 32], sampling={"mode": "center", "samples_per_case": 1}, spacing=[2.0, 2.0, None],
-        augmentation={"skull_strip_prob": 1.0, "skull_strip_mm": [8, 8]},
-    ))
+    config = trainconfig.validateConfig(
+        baseConfig(
+            {"csv": "x.csv"},
+            dims=2,
+            patch_size=[32, 32],
+            sampling={"mode": "center", "samples_per_case": 1},
+            spacing=[2.0, 2.0, None],
+            augmentation={"skull_strip_prob": 1.0, "skull_strip_mm": [8, 8]},
+        )
+    )
     image = np.zeros((2, 32, 32), dtype=np.float32)
     image[:, 2:30, 2:30] = 1.0
     label = np.zeros((1, 32, 32), dtype=np.uint8)

@@ -8,7 +8,6 @@ no output was written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -38,8 +37,14 @@ def payloads(workspace) -> dict[str, object]:
         "os-system": {"_target_": "os.system", "args": {"command": f"touch {marker}"}},
         "rmtree": {"_target_": "shutil.rmtree", "args": {"path": decoy}},
         "builtins-eval": {"_target_": "builtins.eval", "args": {"source": f"open({marker!r}, 'w')"}},
-        "dollar-arg": {"_target_": "monai.networks.nets.SegResNetDS", "args": {**NETWORK["args"], "init_filters": f"$open({marker!r}, 'w') and 8"}},
-        "nested-target": {"_target_": "monai.networks.nets.SegResNetDS", "args": {**NETWORK["args"], "act": {"_target_": "os.system", "command": f"touch {marker}"}}},
+        "dollar-arg": {
+            "_target_": "monai.networks.nets.SegResNetDS",
+            "args": {**NETWORK["args"], "init_filters": f"$open({marker!r}, 'w') and 8"},
+        },
+        "nested-target": {
+            "_target_": "monai.networks.nets.SegResNetDS",
+            "args": {**NETWORK["args"], "act": {"_target_": "os.system", "command": f"touch {marker}"}},
+        },
         "lookalike": {"_target_": "monai.networks.nets.os.system", "args": {"command": f"touch {marker}"}},
         "not-a-network": {"_target_": "monai.networks.nets.deprecated_arg", "args": {}},
     }
@@ -56,16 +61,19 @@ def runRefused(capsys, argv, workspace, expected: str) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("payload, expected", [
-    ("popen", "not a network of monai.networks.nets"),
-    ("os-system", "not a network of monai.networks.nets"),
-    ("rmtree", "not a network of monai.networks.nets"),
-    ("builtins-eval", "not a network of monai.networks.nets"),
-    ("dollar-arg", "'$' expression"),
-    ("nested-target", "its own '_target_'"),
-    ("lookalike", "not a network class"),
-    ("not-a-network", "not a network class"),
-])
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        ("popen", "not a network of monai.networks.nets"),
+        ("os-system", "not a network of monai.networks.nets"),
+        ("rmtree", "not a network of monai.networks.nets"),
+        ("builtins-eval", "not a network of monai.networks.nets"),
+        ("dollar-arg", "'$' expression"),
+        ("nested-target", "its own '_target_'"),
+        ("lookalike", "not a network class"),
+        ("not-a-network", "not a network class"),
+    ],
+)
 def test_an_onnx_cards_network_is_never_run(capsys, a_workspace, payload, expected):
     folder = a_workspace["folder"]
     exportONNX(folder / "model.onnx")
@@ -93,8 +101,12 @@ def test_a_malicious_checkpoint_is_not_unpickled(capsys, a_workspace):
     torch.save({**checkpoint, "epoch": Payload(str(a_workspace["marker"]))}, str(folder / "model.pt"))
     (folder / "labels.csv").write_text("value,name\n1,a\n2,b\n")
     del network
-    message = runRefused(capsys, ["import", str(folder / "model.pt"), "--labels", str(folder / "labels.csv"), "--output", str(folder / "out.pt")],
-                         a_workspace, "Python objects beyond weights")
+    message = runRefused(
+        capsys,
+        ["import", str(folder / "model.pt"), "--labels", str(folder / "labels.csv"), "--output", str(folder / "out.pt")],
+        a_workspace,
+        "Python objects beyond weights",
+    )
     assert "not loaded" in message and not (folder / "out.pt").exists()
 
 
@@ -107,17 +119,46 @@ def test_a_checkpoint_with_numpy_metrics_still_imports(capsys, tmp_path):
     checkpoint = torch.load(str(tmp_path / "clean.pt"), weights_only=True)
     torch.save({**checkpoint, "best_metric": np.float64(0.87), "epoch": 300}, str(tmp_path / "model.pt"))
     (tmp_path / "labels.csv").write_text("value,name\n1,a\n2,b\n")
-    assert cli.main(["import", str(tmp_path / "model.pt"), "--labels", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out.pt")]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(["import", str(tmp_path / "model.pt"), "--labels", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out.pt")])
+        == 0
+    ), capsys.readouterr().err
     assert (tmp_path / "out.pt").is_file()
 
 
-@pytest.mark.parametrize("network, expected", [
-    ({"_target_": "subprocess.Popen", "args": ["touch", "MARKER"]}, "not a network of monai.networks.nets"),
-    ({"_target_": "SegResNetDS", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_filters": "$__import__('os').system('touch MARKER') or 8"}, "'$' expression"),
-    ({"_target_": "SegResNetDS", "spatial_dims": 3, "in_channels": "@input_channels", "out_channels": 3, "init_filters": 8, "blocks_down": [1, 2, 2]}, None),
-    ({"_target_": "SegResNetDS", "spatial_dims": 3, "in_channels": "@nowhere", "out_channels": 3}, "references outside it are not followed"),
-    ({"_target_": "SegResNetDS", "_requires_": "$print(1)", "spatial_dims": 3}, "'_requires_'"),
-], ids=["popen", "dollar", "inner-reference", "outer-reference", "requires"])
+@pytest.mark.parametrize(
+    "network, expected",
+    [
+        ({"_target_": "subprocess.Popen", "args": ["touch", "MARKER"]}, "not a network of monai.networks.nets"),
+        (
+            {
+                "_target_": "SegResNetDS",
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 3,
+                "init_filters": "$__import__('os').system('touch MARKER') or 8",
+            },
+            "'$' expression",
+        ),
+        (
+            {
+                "_target_": "SegResNetDS",
+                "spatial_dims": 3,
+                "in_channels": "@input_channels",
+                "out_channels": 3,
+                "init_filters": 8,
+                "blocks_down": [1, 2, 2],
+            },
+            None,
+        ),
+        (
+            {"_target_": "SegResNetDS", "spatial_dims": 3, "in_channels": "@nowhere", "out_channels": 3},
+            "references outside it are not followed",
+        ),
+        ({"_target_": "SegResNetDS", "_requires_": "$print(1)", "spatial_dims": 3}, "'_requires_'"),
+    ],
+    ids=["popen", "dollar", "inner-reference", "outer-reference", "requires"],
+)
 def test_an_auto3dseg_config_is_read_as_data(capsys, a_workspace, network, expected):
     folder = a_workspace["folder"]
     os.chdir(folder)  # a relative MARKER would land here
@@ -143,14 +184,24 @@ def _bundleWith(folder: Path, change) -> Path:
     return folder / "bundle"
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda c: c.update(network_def="$__import__('os').system('touch MARKER')"), "network_def"),
-    (lambda c: c["network_def"].update(_target_="subprocess.Popen", args=["touch", "MARKER"]), "not a network of monai.networks.nets"),
-    (lambda c: c["network_def"].update(out_channels="$__import__('os').system('touch MARKER') or 3"), "network_def.out_channels is a '$' expression"),
-    (lambda c: c["network_def"].update(out_channels="%configs/other.json#classes"), "'%' reference"),
-    (lambda c: c["inferer"].update(roi_size="$[32, 32, 16] if __import__('os').system('touch MARKER') else [32, 32, 16]"), "inferer.roi_size is a '$' expression"),
-    (lambda c: c.update(preprocessing="$__import__('os').system('touch MARKER')"), "preprocessing is a '$' expression"),
-], ids=["network-expression", "network-popen", "arg-expression", "file-reference", "inferer-expression", "preprocessing-expression"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: c.update(network_def="$__import__('os').system('touch MARKER')"), "network_def"),
+        (lambda c: c["network_def"].update(_target_="subprocess.Popen", args=["touch", "MARKER"]), "not a network of monai.networks.nets"),
+        (
+            lambda c: c["network_def"].update(out_channels="$__import__('os').system('touch MARKER') or 3"),
+            "network_def.out_channels is a '$' expression",
+        ),
+        (lambda c: c["network_def"].update(out_channels="%configs/other.json#classes"), "'%' reference"),
+        (
+            lambda c: c["inferer"].update(roi_size="$[32, 32, 16] if __import__('os').system('touch MARKER') else [32, 32, 16]"),
+            "inferer.roi_size is a '$' expression",
+        ),
+        (lambda c: c.update(preprocessing="$__import__('os').system('touch MARKER')"), "preprocessing is a '$' expression"),
+    ],
+    ids=["network-expression", "network-popen", "arg-expression", "file-reference", "inferer-expression", "preprocessing-expression"],
+)
 def test_a_bundle_is_read_as_data(capsys, a_workspace, change, expected):
     folder = a_workspace["folder"]
     bundle = _bundleWith(folder, change)
@@ -164,6 +215,7 @@ def test_a_bundle_is_read_as_data(capsys, a_workspace, change, expected):
 
 def test_a_bundle_with_inner_references_imports(capsys, tmp_path):
     """``@`` references to values of the same config (as MONAI's own bundles write them) are followed."""
+
     def change(config):
         config["num_classes"] = 3
         config["network_def"]["out_channels"] = "@num_classes"
@@ -185,4 +237,6 @@ def test_an_onnx_operator_onnxruntime_does_not_know_is_one_line(capsys, a_worksp
     model.opset_import.append(onnx.helper.make_opsetid("com.example.unknown", 1))
     onnx.save(model, str(folder / "model.onnx"))
     card = writeCard(folder / "card.json")
-    runRefused(capsys, ["import", str(folder / "model.onnx"), "--card", card, "--output", str(folder / "m.pt")], a_workspace, "cannot be verified")
+    runRefused(
+        capsys, ["import", str(folder / "model.onnx"), "--card", card, "--output", str(folder / "m.pt")], a_workspace, "cannot be verified"
+    )

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_torchscript_safety import CARD, Clean
 
 from conftest import REPO_ROOT, errorLines, servedFolder, treeDigest
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.errors import MedSegUNetError
 from MedSegUNetLib.engine.paths import sha256
 from MedSegUNetLib.models import catalog, sources
-from test_torchscript_safety import CARD, Clean
 
 TAG_VARIABLE = "MEDSEGUNET_TEST_TAG"
 
@@ -97,7 +97,15 @@ def test_a_requirement_that_is_not_name_and_version_is_refused(requirement, expe
         sources.parseRequirement(requirement, "the catalog")
 
 
-@pytest.mark.parametrize("requirement, canonical", [("deepbet==1.0.2", "deepbet==1.0.2"), ("LavLab_TAPS==1.1.2", "lavlab-taps==1.1.2"), ("pkg==v1.0", "pkg==1.0"), ("pkg==1.0.post1", "pkg==1.0.post1")])
+@pytest.mark.parametrize(
+    "requirement, canonical",
+    [
+        ("deepbet==1.0.2", "deepbet==1.0.2"),
+        ("LavLab_TAPS==1.1.2", "lavlab-taps==1.1.2"),
+        ("pkg==v1.0", "pkg==1.0"),
+        ("pkg==1.0.post1", "pkg==1.0.post1"),
+    ],
+)
 def test_a_requirement_reaches_pip_in_its_canonical_form(requirement, canonical):
     assert sources.parseRequirement(requirement, "the catalog") == canonical
 
@@ -107,7 +115,9 @@ def payloadSdist(folder: Path, marker: Path) -> Path:
     catalog's "version" for a local archive."""
     source = folder / "pkg-1.0"
     source.mkdir()
-    (source / "setup.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom setuptools import setup\nsetup(name='pkg', version='1.0')\n")
+    (source / "setup.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nfrom setuptools import setup\nsetup(name='pkg', version='1.0')\n"
+    )
     archive = folder / "pkg-1.0.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source, arcname="pkg-1.0")
@@ -124,8 +134,12 @@ def test_a_pip_payload_in_the_current_folder_never_runs(tmp_path, requirement):
     payloadSdist(work, marker)
     (work / "pkg==1.0.tar.gz").write_bytes((work / "pkg-1.0.tar.gz").read_bytes())
     entry = {"name": "pkg", "card": CARD, "source": {"pip": requirement, "file": "pkg/model.pt", "sha256": "0" * 64}}
-    environment = {**os.environ, "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry)), "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
-                   "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")}
+    environment = {
+        **os.environ,
+        "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry)),
+        "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"),
+    }
     before = treeDigest(work)
     done = subprocess.run(pullCommand("pkg"), cwd=work, env=environment, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
@@ -195,25 +209,39 @@ def a_stalled_index(tmp_path):
     temporary.mkdir()
     entry = {"name": "slow", "card": CARD, "source": {"pip": "slowpkg==1.0", "file": "slowpkg/model.pt", "sha256": "0" * 64}}
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
-    environment.update({
-        "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": index.url, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-        "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry)), "MEDSEGUNET_CACHE": str(tmp_path / "cache"), "TMPDIR": str(temporary),
-        TAG_VARIABLE: tag, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"),
-    })
+    environment.update(
+        {
+            "PIP_CONFIG_FILE": os.devnull,
+            "PIP_INDEX_URL": index.url,
+            "PIP_NO_CACHE_DIR": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry)),
+            "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
+            "TMPDIR": str(temporary),
+            TAG_VARIABLE: tag,
+            "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"),
+        }
+    )
     yield {"index": index, "tag": tag, "env": environment, "tmp": temporary, "cwd": tmp_path}
     for pid in taggedProcesses(tag):
         os.kill(pid, signal.SIGKILL)
     index.close()
 
 
-@pytest.mark.parametrize("variables, expected", [
-    ({"MEDSEGUNET_DOWNLOAD_TIMEOUT": "4"}, "did not finish within 4 s"),
-    ({"MEDSEGUNET_DOWNLOAD_MIN_RATE": "100000/3"}, "stalled"),
-])
+@pytest.mark.parametrize(
+    "variables, expected",
+    [({"MEDSEGUNET_DOWNLOAD_TIMEOUT": "4"}, "did not finish within 4 s"), ({"MEDSEGUNET_DOWNLOAD_MIN_RATE": "100000/3"}, "stalled")],
+)
 def test_pip_keeps_the_deadline_and_the_minimum_rate(a_stalled_index, variables, expected):
     started = time.monotonic()
-    done = subprocess.run(pullCommand("slow"), cwd=a_stalled_index["cwd"], env={**a_stalled_index["env"], **variables},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        pullCommand("slow"),
+        cwd=a_stalled_index["cwd"],
+        env={**a_stalled_index["env"], **variables},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     lines = errorLines(done.stderr)
     assert len(lines) == 1 and expected in lines[0] and "pip could not download slowpkg==1.0" in lines[0], lines
@@ -226,8 +254,14 @@ def test_pip_keeps_the_deadline_and_the_minimum_rate(a_stalled_index, variables,
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_pip_ends_with_the_pull_however_it_ends(a_stalled_index, how):
     """The signal is sent once pip has asked for the wheel (observed at the server)."""
-    process = subprocess.Popen(pullCommand("slow"), cwd=a_stalled_index["cwd"], env=a_stalled_index["env"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        pullCommand("slow"),
+        cwd=a_stalled_index["cwd"],
+        env=a_stalled_index["env"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert a_stalled_index["index"].requested.wait(90), "pip never asked for the wheel"
         process.send_signal(how)
@@ -271,8 +305,12 @@ def test_a_download_stops_at_the_catalogs_bytes(tmp_path, declared):
         if declared:
             entry["bytes"] = declared
         zero = {"name": "zero", "card": CARD, "source": {"url": "file:///dev/zero", "sha256": "0" * 64}}
-        environment = {**os.environ, "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry, zero)), "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
-                       "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")}
+        environment = {
+            **os.environ,
+            "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry, zero)),
+            "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
+            "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"),
+        }
         if not declared:
             environment["MEDSEGUNET_DOWNLOAD_MAX_BYTES"] = "4096"
         for name, expected in (("big", "larger than the 4096 bytes it may have"), ("zero", "not a regular file")):
@@ -351,8 +389,9 @@ def test_a_damaged_cached_model_is_imported_again(capsys, a_url_source):
 
 def test_another_network_with_the_same_card_in_the_cache_is_replaced(capsys, a_url_source):
     """A cached file swapped for another network saved with the same card (provenance included)."""
-    from MedSegUNetLib.engine.modelcard import readCard, saveModel
     from test_torchscript_import import Logits2
+
+    from MedSegUNetLib.engine.modelcard import readCard, saveModel
 
     path = pulled(capsys)
     good = sha256(path)
@@ -387,14 +426,18 @@ def test_a_cached_path_that_is_a_folder_is_refused(capsys, a_url_source):
 
 
 # [the name or field, the words of the refusal]
-@pytest.mark.parametrize("change, expected", [
-    ({"name": "prob\n"}, "needs a 'name' of up to 100"),
-    ({"name": "x" * 300}, "needs a 'name' of up to 100"),
-    ({"name": "a/b"}, "needs a 'name' of up to 100"),
-    ({"bytes": "1000"}, "is not a whole number of bytes"),
-    ({"bytes": -5}, "is not a whole number of bytes"),
-    ({"bytes": True}, "is not a whole number of bytes"),
-], ids=["trailing-newline", "300-characters", "slash", "bytes-string", "bytes-negative", "bytes-bool"])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"name": "prob\n"}, "needs a 'name' of up to 100"),
+        ({"name": "x" * 300}, "needs a 'name' of up to 100"),
+        ({"name": "a/b"}, "needs a 'name' of up to 100"),
+        ({"bytes": "1000"}, "is not a whole number of bytes"),
+        ({"bytes": -5}, "is not a whole number of bytes"),
+        ({"bytes": True}, "is not a whole number of bytes"),
+    ],
+    ids=["trailing-newline", "300-characters", "slash", "bytes-string", "bytes-negative", "bytes-bool"],
+)
 def test_a_catalog_field_of_the_wrong_form_is_one_line(capsys, tmp_path, monkeypatch, change, expected):
     entry = {"name": "ok", "url": "http://127.0.0.1:9/x.pt", "sha256": "0" * 64, **change}
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(catalogOf(tmp_path, entry)))
@@ -426,7 +469,9 @@ def test_a_wheel_member_that_inflates_past_the_catalogs_bytes_is_not_extracted(t
     assert wheel.stat().st_size < 100_000
     with pytest.raises(MedSegUNetError, match="inflates to more than"):
         with openArchive(wheel, "The wheel") as archive:
-            extractMember(archive, archive.getinfo("bombpkg/model.pt"), str(tmp_path / "model.pt"), ExtractionBudget(tmp_path, 2**20), "The wheel")
+            extractMember(
+                archive, archive.getinfo("bombpkg/model.pt"), str(tmp_path / "model.pt"), ExtractionBudget(tmp_path, 2**20), "The wheel"
+            )
     assert not (tmp_path / "model.pt").exists()
 
 
@@ -435,12 +480,24 @@ def test_a_pip_source_whose_member_inflates_past_its_bytes_caches_nothing(tmp_pa
     root = tmp_path / "index"
     (root / "simple" / "bombpkg").mkdir(parents=True)
     bombWheel(root / "simple" / "bombpkg")
-    entry = {"name": "bomb", "card": CARD, "bytes": 2**20, "source": {"pip": "bombpkg==1.0", "file": "bombpkg/model.pt", "sha256": "0" * 64}}
+    entry = {
+        "name": "bomb",
+        "card": CARD,
+        "bytes": 2**20,
+        "source": {"pip": "bombpkg==1.0", "file": "bombpkg/model.pt", "sha256": "0" * 64},
+    }
     environment = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
     with servedFolder(root) as url:
-        environment.update({"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": url + "simple/", "PIP_NO_CACHE_DIR": "1",
-                            "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry)), "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
-                            "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+        environment.update(
+            {
+                "PIP_CONFIG_FILE": os.devnull,
+                "PIP_INDEX_URL": url + "simple/",
+                "PIP_NO_CACHE_DIR": "1",
+                "MEDSEGUNET_CATALOG": str(catalogOf(tmp_path, entry)),
+                "MEDSEGUNET_CACHE": str(tmp_path / "cache"),
+                "PYTHONPATH": str(REPO_ROOT / "MedSegUNet"),
+            }
+        )
         done = subprocess.run(pullCommand("bomb"), cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=180)
     assert done.returncode == 2, done.stderr
     lines = errorLines(done.stderr)
@@ -457,19 +514,33 @@ def test_a_source_pull_reports_each_step_in_order(a_url_source):
     words = [message.split()[0] for _, message in steps]
     # The download's own lines (bytes, rate, time left) come within the fetch step.
     downloads = [message for _, message in steps if message.startswith("Downloading model.pt: ")]
-    assert downloads and downloads[-1].split(": ", 1)[1].startswith(f"{a_url_source['served'].joinpath('model.pt').stat().st_size / 2**20:.1f} of ")
+    assert downloads and downloads[-1].split(": ", 1)[1].startswith(
+        f"{a_url_source['served'].joinpath('model.pt').stat().st_size / 2**20:.1f} of "
+    )
     # The import's own steps (read, verify, write and check) come within the import step.
-    assert [word for word in words if word != "Downloading"] == ["Fetching", "Checking", "Importing", "Reading", "Verifying", "Writing", "Writing", "'published'"], steps
+    assert [word for word in words if word != "Downloading"] == [
+        "Fetching",
+        "Checking",
+        "Importing",
+        "Reading",
+        "Verifying",
+        "Writing",
+        "Writing",
+        "'published'",
+    ], steps
     assert [fraction for fraction, _ in steps] == sorted(fraction for fraction, _ in steps) and steps[-1][0] == 1.0
     assert steps[0][1] == f"Fetching {a_url_source['entry']['source']['url']}"
 
 
 # [parameters (bytes done, size, seconds), expected (what the bar or log line says)]
-@pytest.mark.parametrize("done, total, seconds, expected", [
-    (10 * 2**20, 80 * 2**20, 2.0, "10.0 of 80.0 MB, 5.0 MB/s, about 14 s left"),
-    (3 * 2**20, 0, 1.5, "3.0 MB, 2.0 MB/s"),  # pip, or a server that does not say the size
-    (0, 5 * 2**20, 0.0, "0.0 of 5.0 MB"),
-])
+@pytest.mark.parametrize(
+    "done, total, seconds, expected",
+    [
+        (10 * 2**20, 80 * 2**20, 2.0, "10.0 of 80.0 MB, 5.0 MB/s, about 14 s left"),
+        (3 * 2**20, 0, 1.5, "3.0 MB, 2.0 MB/s"),  # pip, or a server that does not say the size
+        (0, 5 * 2**20, 0.0, "0.0 of 5.0 MB"),
+    ],
+)
 def test_a_transfer_says_its_bytes_rate_and_time_left(done, total, seconds, expected):
     from MedSegUNetLib.models.downloads import transferText
 
@@ -494,6 +565,11 @@ def test_a_pip_fetch_reports_the_bytes_it_has_brought(tmp_path, monkeypatch):
         monkeypatch.setenv("PIP_INDEX_URL", url + "simple/")
         monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
         with pytest.raises(MedSegUNetError, match="inflates"):
-            sources.fetchWheelFiles("bombpkg==1.0", ["bombpkg/model.pt"], str(folder), maxBytes=2**20,
-                                    progress=lambda fraction, message: messages.append(message))
+            sources.fetchWheelFiles(
+                "bombpkg==1.0",
+                ["bombpkg/model.pt"],
+                str(folder),
+                maxBytes=2**20,
+                progress=lambda fraction, message: messages.append(message),
+            )
     assert messages and all(message.startswith("Fetching bombpkg==1.0 with pip: ") and " MB" in message for message in messages), messages

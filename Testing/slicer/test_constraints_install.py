@@ -32,7 +32,9 @@ def _wheelFolder() -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder), *WHEELS],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if done.returncode != 0:
             pytest.skip(f"the wheels {WHEELS} could not be downloaded (offline?) and are not cached in {folder}")
@@ -61,7 +63,19 @@ def a_slicer_like_environment(tmp_path_factory) -> Path:
     purelib = _run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
     ours = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     Path(purelib, "medsegunet-test-environment.pth").write_text("\n".join(ours) + "\n")
-    done = _run(Path(sys.executable), "-m", "pip", "--python", str(python), "install", "-q", "--no-index", "--find-links", str(wheels), "pydicom==2.4.4")
+    done = _run(
+        Path(sys.executable),
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "-q",
+        "--no-index",
+        "--find-links",
+        str(wheels),
+        "pydicom==2.4.4",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return python
 
@@ -70,7 +84,10 @@ def _constraints(python: Path, tmp_path: Path) -> Path:
     """The constraints file the module writes, written by the module's code inside that environment."""
     code = "import sys; from MedSegUNetLib.slicer import dependencies; print(dependencies.writeConstraints(sys.argv[1]))"
     done = subprocess.run(
-        [str(python), "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+        [str(python), "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
     )
     assert done.returncode == 0, done.stderr
@@ -79,7 +96,13 @@ def _constraints(python: Path, tmp_path: Path) -> Path:
 
 def _requirement(python: Path) -> str:
     code = "from MedSegUNetLib.slicer import dependencies; print(dependencies.highdicomRequirement())"
-    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+    done = subprocess.run(
+        [str(python), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -94,7 +117,19 @@ def test_the_constraints_pin_pydicom_and_pillow_as_present(a_slicer_like_environ
 def test_installing_the_requirements_and_highdicom_keeps_slicers_pydicom(a_slicer_like_environment, tmp_path):
     python = a_slicer_like_environment
     constraints = _constraints(python, tmp_path)
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index", "--find-links", str(_wheelFolder()), "-c", str(constraints)]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--no-index",
+        "--find-links",
+        str(_wheelFolder()),
+        "-c",
+        str(constraints),
+    ]
     # The first Apply's requirements (satisfied here by what this environment already has).
     requirements = REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"
     done = subprocess.run([*pip, "-r", str(requirements)], capture_output=True, text=True, timeout=600)
@@ -113,5 +148,9 @@ def test_installing_the_requirements_and_highdicom_keeps_slicers_pydicom(a_slice
 
 
 def test_the_requirements_file_holds_no_package_that_slicer_ships():
-    names = [line.split(">")[0].split("=")[0].split("<")[0].strip().lower() for line in (REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    names = [
+        line.split(">")[0].split("=")[0].split("<")[0].strip().lower()
+        for line in (REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert not set(names) & {"torch", "numpy", "simpleitk", "vtk", "pydicom", "pillow", "highdicom"}

@@ -35,8 +35,14 @@ print(json.dumps({"status": dependencies.torchStatus(), "missing": dependencies.
 
 def test_broken_and_missing_torch_are_told_apart(tmp_path):
     (tmp_path / "torch").mkdir()  # what a failed install can leave: find_spec succeeds on it
-    done = subprocess.run([sys.executable, "-S", "-c", PROBE % {"fake": str(tmp_path)}], capture_output=True, text=True, timeout=120,
-                          cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", PROBE % {"fake": str(tmp_path)}],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO_ROOT),
+        env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     # -S: no site-packages, so no metadata: the empty folder is a broken PyTorch, and nothing was imported.
@@ -67,13 +73,23 @@ def test_an_old_torch_is_installed_again_and_never_imported(tmp_path):
     info = tmp_path / "torch-1.13.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 1.13.1\n")
-    probe = PROBE.replace('"torch": "torch" in sys.modules}', '"torch": "torch" in sys.modules, "install": dependencies.missingForSlicer()}')
-    done = subprocess.run([sys.executable, "-S", "-c", probe % {"fake": str(tmp_path)}], capture_output=True, text=True, timeout=120,
-                          cwd=str(REPO_ROOT), env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet")})
+    probe = PROBE.replace(
+        '"torch": "torch" in sys.modules}', '"torch": "torch" in sys.modules, "install": dependencies.missingForSlicer()}'
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe % {"fake": str(tmp_path)}],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(REPO_ROOT),
+        env={"PYTHONPATH": str(REPO_ROOT / "MedSegUNet")},
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["status"] == "old" and report["install"][0] == "torch" and report["torch"] is False
-    assert dependencies.versionTuple("2.13.0+cpu") == (2, 13, 0) and dependencies.versionTuple("2.1") >= dependencies.versionTuple(dependencies.TORCH_MINIMUM)
+    assert dependencies.versionTuple("2.13.0+cpu") == (2, 13, 0) and dependencies.versionTuple("2.1") >= dependencies.versionTuple(
+        dependencies.TORCH_MINIMUM
+    )
 
 
 def test_the_constraints_file_is_removed_whatever_pip_does(tmp_path, monkeypatch):

@@ -26,14 +26,67 @@ SCHEMA = REPO_ROOT / "Testing" / "data" / "slicer-extension-catalog-entry-schema
 # The index's ACCEPTED_EXTENSION_CATEGORIES (those that could fit this extension are enough to
 # check against, but the whole list is kept so a typo in another category is caught too).
 ACCEPTED_CATEGORIES = {
-    "Active Learning", "Analysis", "Auto3dgm", "BigImage", "Cardiac", "Chest Imaging Platform", "Conda", "Converters", "DICOM",
-    "DSCI", "Developer Tools", "Diffusion", "Examples", "Exporter", "FTV Segmentation", "Filtering", "Filtering.Morphology",
-    "Filtering.Vesselness", "Holographic Display", "Image Synthesis", "IGT", "Informatics", "Netstim", "Neuroimaging",
-    "Nuclear Medicine", "Orthodontics", "Osteotomy Planning", "Otolaryngology", "Photogrammetry", "Pipelines", "Planning",
-    "Printing", "Quantification", "Radiotherapy", "Registration", "Remote", "Rendering", "SPHARM", "Segmentation", "Sequences",
-    "Shape Analysis", "Shape Regression", "Shape Visualization", "Simulation", "SlicerCMF", "SlicerMorph", "Spectral Imaging",
-    "Supervisely", "Surface Models", "SurfaceLearner", "Tomographic Reconstruction", "Tracking", "Tractography", "Training",
-    "Ultrasound", "Utilities", "Vascular Modeling Toolkit", "Virtual Reality", "VisSimTools", "Web System Tools", "Wizards",
+    "Active Learning",
+    "Analysis",
+    "Auto3dgm",
+    "BigImage",
+    "Cardiac",
+    "Chest Imaging Platform",
+    "Conda",
+    "Converters",
+    "DICOM",
+    "DSCI",
+    "Developer Tools",
+    "Diffusion",
+    "Examples",
+    "Exporter",
+    "FTV Segmentation",
+    "Filtering",
+    "Filtering.Morphology",
+    "Filtering.Vesselness",
+    "Holographic Display",
+    "Image Synthesis",
+    "IGT",
+    "Informatics",
+    "Netstim",
+    "Neuroimaging",
+    "Nuclear Medicine",
+    "Orthodontics",
+    "Osteotomy Planning",
+    "Otolaryngology",
+    "Photogrammetry",
+    "Pipelines",
+    "Planning",
+    "Printing",
+    "Quantification",
+    "Radiotherapy",
+    "Registration",
+    "Remote",
+    "Rendering",
+    "SPHARM",
+    "Segmentation",
+    "Sequences",
+    "Shape Analysis",
+    "Shape Regression",
+    "Shape Visualization",
+    "Simulation",
+    "SlicerCMF",
+    "SlicerMorph",
+    "Spectral Imaging",
+    "Supervisely",
+    "Surface Models",
+    "SurfaceLearner",
+    "Tomographic Reconstruction",
+    "Tracking",
+    "Tractography",
+    "Training",
+    "Ultrasound",
+    "Utilities",
+    "Vascular Modeling Toolkit",
+    "Virtual Reality",
+    "VisSimTools",
+    "Web System Tools",
+    "Wizards",
 }
 REPOSITORY_PREFIXES = ("Slicer", "Slicer-", "Slicer_", "SlicerExtension-", "SlicerExtension_")
 LICENSE_NAMES = ("LICENSE", "LICENCE", "License.txt", "license.txt", "LICENSE.txt", "COPYING", "COPYING.txt")
@@ -99,7 +152,7 @@ def test_scm_url_syntax(description):
 
 
 def test_cmakelists_project_name_and_urls(description, cmake):
-    project = re.findall(r'project\s*\(\s*([^\s\)\n\r]+)', cmake, re.IGNORECASE | re.MULTILINE)
+    project = re.findall(r"project\s*\(\s*([^\s\)\n\r]+)", cmake, re.IGNORECASE | re.MULTILINE)
     assert project and project[0].strip().strip('"').strip("'") == extensionName()
     icons = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', cmake, re.IGNORECASE | re.MULTILINE)
     screenshots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', cmake, re.IGNORECASE | re.MULTILINE)
@@ -108,7 +161,7 @@ def test_cmakelists_project_name_and_urls(description, cmake):
     for url in [icons[0].strip(), *screenshots[0].split()]:
         # The index fetches each URL and wants an image: here, the file in this repository it names.
         assert url.startswith(prefix + "main/"), f"{url} is not a file of {prefix}"
-        path = REPO_ROOT / url[len(prefix + "main/"):]
+        path = REPO_ROOT / url[len(prefix + "main/") :]
         assert path.is_file() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif"), url
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or path.suffix.lower() != ".png"
     homepage = re.findall(r'set\s*\(EXTENSION_HOMEPAGE\s*"([^"]+)"', cmake)
@@ -131,17 +184,28 @@ def test_build_dependencies_are_extensions_of_the_index(description):
 
 def test_every_url_of_the_project_names_the_slicer_repository():
     """Homepage, icon, screenshot, catalog and schema ids all point at SlicerMedSegUNet."""
-    texts = [CMAKE, DESCRIPTION, REPO_ROOT / "pyproject.toml", REPO_ROOT / "MedSegUNet" / "MedSegUNet.py", REPO_ROOT / "MedSegUNet" / "MedSegUNetLib" / "models" / "catalog.json"]
+    texts = [
+        CMAKE,
+        DESCRIPTION,
+        REPO_ROOT / "pyproject.toml",
+        REPO_ROOT / "MedSegUNet" / "MedSegUNet.py",
+        REPO_ROOT / "MedSegUNet" / "MedSegUNetLib" / "models" / "catalog.json",
+    ]
     for path in texts:
-        urls = re.findall(r"https://(?:raw\.githubusercontent\.com|github\.com)/medsegunet/([A-Za-z0-9_.-]+)", path.read_text(encoding="utf-8"))
+        urls = re.findall(
+            r"https://(?:raw\.githubusercontent\.com|github\.com)/medsegunet/([A-Za-z0-9_.-]+)", path.read_text(encoding="utf-8")
+        )
         assert urls and all(Path(name).stem == "SlicerMedSegUNet" for name in urls), (path.name, urls)
 
 
-@pytest.mark.parametrize("rule, bad, message", [
-    ("repository", {"scm_url": "https://github.com/medsegunet/MedSegUNet.git"}, "Slicer"),
-    ("category", {"category": "Segmentations"}, "category"),
-    ("scheme", {"scm_url": "ftp://github.com/medsegunet/SlicerMedSegUNet.git"}, "scheme"),
-])
+@pytest.mark.parametrize(
+    "rule, bad, message",
+    [
+        ("repository", {"scm_url": "https://github.com/medsegunet/MedSegUNet.git"}, "Slicer"),
+        ("category", {"category": "Segmentations"}, "category"),
+        ("scheme", {"scm_url": "ftp://github.com/medsegunet/SlicerMedSegUNet.git"}, "scheme"),
+    ],
+)
 def test_the_checks_can_fail(description, rule, bad, message):
     broken = {**description, **bad}
     failures = []

@@ -34,7 +34,8 @@ for path in %(models)r:
     card = modelcard.readCard(path)
     inputs = suggestInputVolumes(card, nodes)
     roi = suggestROIVolumes(inputs[0], nodes, card) if inputs[0] is not None else []
-    found[card["name"]] = {"inputs": [n.GetName() if n else None for n in inputs], "roi": [n.GetName() for n in roi], "summary": modelcard.cardSummary(card)}
+    found[card["name"]] = {"inputs": [n.GetName() if n else None for n in inputs], "roi": [n.GetName() for n in roi],
+                           "summary": modelcard.cardSummary(card)}
 loaded = sorted(name for name in %(blocked)r if sys.modules.get(name) is not None)
 print(json.dumps({"found": found, "loaded": loaded}))
 """

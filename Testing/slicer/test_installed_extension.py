@@ -52,13 +52,23 @@ def test_the_layout_holds_what_cmake_lists_and_the_zoo(an_installed_extension, c
         for suffix in (".pt", ".pt2"):
             assert (an_installed_extension / "Resources" / "Models" / name / f"{name}{suffix}").is_file()
     # The zoo's curves and sheets stay in the repository: the only picture is the module's icon.
-    assert [p.relative_to(an_installed_extension).as_posix() for p in an_installed_extension.rglob("*.png")] == ["Resources/Icons/MedSegUNet.png"]
+    assert [p.relative_to(an_installed_extension).as_posix() for p in an_installed_extension.rglob("*.png")] == [
+        "Resources/Icons/MedSegUNet.png"
+    ]
 
 
 def test_models_list_from_the_installed_extension_says_the_zoo_is_shipped(an_installed_extension, tmp_path):
-    code = "import sys, MedSegUNetLib; print(MedSegUNetLib.__file__); from MedSegUNetLib.cli import main; sys.exit(main(['models', 'list']))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
-                          env=installedEnvironment(an_installed_extension, tmp_path / "cache"))
+    code = (
+        "import sys, MedSegUNetLib; print(MedSegUNetLib.__file__); from MedSegUNetLib.cli import main; sys.exit(main(['models', 'list']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+        env=installedEnvironment(an_installed_extension, tmp_path / "cache"),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0].startswith(str(an_installed_extension))
@@ -69,9 +79,19 @@ def test_models_list_from_the_installed_extension_says_the_zoo_is_shipped(an_ins
 
 def test_the_installed_extension_segments_offline_with_a_shipped_model(an_installed_extension, tmp_path, prostate_series):
     series = list(prostate_series.items())
-    script = INSTALLED_RUN % {"series": series, "requirements": str(an_installed_extension / "Resources" / "requirements.txt"), "cache": str(tmp_path / "slicer-cache")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-                          env=installedEnvironment(an_installed_extension, tmp_path / "cache"))
+    script = INSTALLED_RUN % {
+        "series": series,
+        "requirements": str(an_installed_extension / "Resources" / "requirements.txt"),
+        "cache": str(tmp_path / "slicer-cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(tmp_path),
+        env=installedEnvironment(an_installed_extension, tmp_path / "cache"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["package"].startswith(str(an_installed_extension))
@@ -84,6 +104,11 @@ def test_the_installed_extension_segments_offline_with_a_shipped_model(an_instal
 
     stats = tmp_path / "stats.json"
     model = REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt"
-    assert cli.main(["segment", "-q", "--model", str(model), series[0][1], "--roi-from", series[1][1], series[2][1], "--stats-json", str(stats)]) == 0
+    assert (
+        cli.main(
+            ["segment", "-q", "--model", str(model), series[0][1], "--roi-from", series[1][1], series[2][1], "--stats-json", str(stats)]
+        )
+        == 0
+    )
     expected = [segment["voxel_count"] for segment in json.loads(stats.read_text())["segments"]]
     assert report["counts"] == expected and min(expected) > 1000

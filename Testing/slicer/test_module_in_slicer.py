@@ -158,14 +158,20 @@ def test_the_ui_file_loads_with_names_the_real_classes_have(a_slicer, tmp_path):
     widget = slicer.util.loadUI(str(UI_FILE))
     assert widget.name == "MedSegUNet" and type(widget).__name__ == "qMRMLWidget"
     ui = slicer.util.childWidgetVariables(widget)
-    for name, cls in (("modelPathLineEdit", "ctkPathLineEdit"), ("outputSegmentationSelector", "qMRMLNodeComboBox"), ("modelCollapsibleButton", "ctkCollapsibleButton")):
+    for name, cls in (
+        ("modelPathLineEdit", "ctkPathLineEdit"),
+        ("outputSegmentationSelector", "qMRMLNodeComboBox"),
+        ("modelCollapsibleButton", "ctkCollapsibleButton"),
+    ):
         assert type(getattr(ui, name)).__name__ == cls
     assert list(ui.outputSegmentationSelector.nodeTypes) == ["vtkMRMLSegmentationNode"]
     assert ui.marginSpinBox.maximum == 1000.0 and ui.contextSpinBox.maximum == 1000.0
     # The check can fail: a property the class lacks, and a widget class no Slicer has.
     text = UI_FILE.read_text(encoding="utf-8")
-    for wrong in (text.replace('<property name="noneEnabled">', '<property name="noneAllowed">', 1),
-                  text.replace('class="ctkPathLineEdit"', 'class="ctkPathEdit"', 1)):
+    for wrong in (
+        text.replace('<property name="noneEnabled">', '<property name="noneAllowed">', 1),
+        text.replace('class="ctkPathLineEdit"', 'class="ctkPathEdit"', 1),
+    ):
         bad = tmp_path / "bad.ui"
         bad.write_text(wrong, encoding="utf-8")
         with pytest.raises(UiError):
@@ -196,7 +202,11 @@ def test_the_parameter_node_round_trip(a_slicer, tmp_path, phantom_data):
     restored.Import()
     node = restored.GetSingletonNode("MedSegUNet", "vtkMRMLScriptedModuleNode")
     assert (node.GetParameter("modelPath"), node.GetParameter("marginMM"), node.GetParameter("useROI"), node.GetParameter("device")) == (
-        phantom_data["modelPath"], "4.5", "False", "cpu")
+        phantom_data["modelPath"],
+        "4.5",
+        "False",
+        "cpu",
+    )
 
 
 def test_a_card_beyond_the_old_panel_maxima_sets_margin_and_context(a_slicer, tmp_path):
@@ -277,7 +287,11 @@ def test_output_nodes_removed_during_a_run_are_made_anew_and_the_users_segments_
     first.GetSegmentation().AddEmptySegment("my lesion", "my lesion")
     runApply(a_slicer)
     segmentation = parameters.outputSegmentation.GetSegmentation()
-    assert sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())) == ["inner", "my lesion", "outer"]
+    assert sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())) == [
+        "inner",
+        "my lesion",
+        "outer",
+    ]
     # Now remove the output nodes while the network runs.
     slow = slowThresholdModel(tmp_path / "slow.pt", phantom_data["card"], selftest.THRESHOLDS, repeats=8000)
     chooseModel(a_slicer, slow)
@@ -350,9 +364,18 @@ def test_a_catalog_model_is_pulled_in_the_worker_with_progress_and_cancel(a_slic
     url, handler = a_stalling_server
     model = REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt"
     handler.body = model.read_bytes()
-    catalog = {"schema": "medsegunet.catalog/1", "models": [
-        {"name": "zones-mirror", "url": url + "zones.pt", "sha256": hashlib.sha256(handler.body).hexdigest(), "bytes": len(handler.body),
-         "description": "the zoo's zones model on a mirror"}]}
+    catalog = {
+        "schema": "medsegunet.catalog/1",
+        "models": [
+            {
+                "name": "zones-mirror",
+                "url": url + "zones.pt",
+                "sha256": hashlib.sha256(handler.body).hexdigest(),
+                "bytes": len(handler.body),
+                "description": "the zoo's zones model on a mirror",
+            }
+        ],
+    }
     (tmp_path / "catalog.json").write_text(json.dumps(catalog))
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(tmp_path / "catalog.json"))
     a_slicer.enter()
@@ -423,7 +446,8 @@ with SlicerSession(%(release)r, pathlib.Path(%(python)r), pathlib.Path(%(work)r)
     controller.ui.applyButton.click()
     session.processEvents(until=lambda: controller._job is None)
     heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "monai", "onnx", "onnxruntime"})
-    print(json.dumps({"heavy": heavy, "zones": zones, "status": controller.ui.statusLabel.text, "errors": [e for _, e in pythonqt.slotErrors]}))
+    errors = [e for _, e in pythonqt.slotErrors]
+    print(json.dumps({"heavy": heavy, "zones": zones, "status": controller.ui.statusLabel.text, "errors": errors}))
 """
 
 
@@ -436,8 +460,15 @@ def test_slicers_process_never_imports_torch_monai_or_onnx(release, tmp_path, py
 
         images[name] = str(tmp_path / f"{name}.nrrd")
         sitk.WriteImage(image, images[name])
-    script = LIGHT_SLICER % {"layer": str(Path(__file__).parent), "release": release, "python": str(folder), "work": str(tmp_path / "slicer"),
-                             "launcher": python_slicer, "images": images, "model": phantom_data["modelPath"]}
+    script = LIGHT_SLICER % {
+        "layer": str(Path(__file__).parent),
+        "release": release,
+        "python": str(folder),
+        "work": str(tmp_path / "slicer"),
+        "launcher": python_slicer,
+        "images": images,
+        "model": phantom_data["modelPath"],
+    }
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

@@ -37,23 +37,45 @@ def test_the_release_check_passes_and_lists_every_upload(tmp_path):
 def mirrorOfTheRepository(tmp_path):
     """A copy of what the check reads, the zoo linked, so one file can be spoiled."""
     root = tmp_path / "repo"
-    for relative in ("MedSegUNet.json", "CMakeLists.txt", "MedSegUNet/MedSegUNet.py", "MedSegUNet/MedSegUNetLib/models/catalog.json",
-                     "MedSegUNet/Resources/requirements.txt", "MedSegUNet/Resources/Icons/MedSegUNet.png",
-                     "Resources/Screenshots/MedSegUNet-overview-rendering.png"):
+    for relative in (
+        "MedSegUNet.json",
+        "CMakeLists.txt",
+        "MedSegUNet/MedSegUNet.py",
+        "MedSegUNet/MedSegUNetLib/models/catalog.json",
+        "MedSegUNet/Resources/requirements.txt",
+        "MedSegUNet/Resources/Icons/MedSegUNet.png",
+        "Resources/Screenshots/MedSegUNet-overview-rendering.png",
+    ):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         (root / relative).write_bytes((REPO_ROOT / relative).read_bytes())
     os.symlink(REPO_ROOT / "MedSegUNet" / "Resources" / "Models", root / "MedSegUNet" / "Resources" / "Models")
     return root
 
 
-@pytest.mark.parametrize("spoil, problem", [
-    (lambda root: _edit(root / "MedSegUNet/MedSegUNetLib/models/catalog.json", '"sha256": "', '"sha256": "0'), "the catalog says"),
-    (lambda root: _edit(root / "MedSegUNet/MedSegUNetLib/models/catalog.json", "/releases/download/models-0.1.0/prostate-zones.pt\"",
-                        "/releases/download/models-0.1.0/prostate-zones-v2.pt\""), "no file prostate-zones-v2.pt in the zoo"),
-    (lambda root: _edit(root / "MedSegUNet/MedSegUNet.py", '"Tables"]', '"Tables", "MONAIAuto3DSeg"]'), "'MONAIAuto3DSeg', which is not a module"),
-    (lambda root: _edit(root / "CMakeLists.txt", "MedSegUNet-overview-rendering.png", "missing.png"), "not in this checkout"),
-    (lambda root: _edit(root / "MedSegUNet/Resources/requirements.txt", "monai>=1.3", "monai>=1.3\nnumpy>=2"), "would replace Slicer's own ['numpy']"),
-], ids=["sha256", "asset", "dependency", "screenshot", "requirements"])
+@pytest.mark.parametrize(
+    "spoil, problem",
+    [
+        (lambda root: _edit(root / "MedSegUNet/MedSegUNetLib/models/catalog.json", '"sha256": "', '"sha256": "0'), "the catalog says"),
+        (
+            lambda root: _edit(
+                root / "MedSegUNet/MedSegUNetLib/models/catalog.json",
+                '/releases/download/models-0.1.0/prostate-zones.pt"',
+                '/releases/download/models-0.1.0/prostate-zones-v2.pt"',
+            ),
+            "no file prostate-zones-v2.pt in the zoo",
+        ),
+        (
+            lambda root: _edit(root / "MedSegUNet/MedSegUNet.py", '"Tables"]', '"Tables", "MONAIAuto3DSeg"]'),
+            "'MONAIAuto3DSeg', which is not a module",
+        ),
+        (lambda root: _edit(root / "CMakeLists.txt", "MedSegUNet-overview-rendering.png", "missing.png"), "not in this checkout"),
+        (
+            lambda root: _edit(root / "MedSegUNet/Resources/requirements.txt", "monai>=1.3", "monai>=1.3\nnumpy>=2"),
+            "would replace Slicer's own ['numpy']",
+        ),
+    ],
+    ids=["sha256", "asset", "dependency", "screenshot", "requirements"],
+)
 def test_the_release_check_can_fail(tmp_path, spoil, problem):
     root = mirrorOfTheRepository(tmp_path)
     assert runCheck("--root", str(root)).returncode == 0

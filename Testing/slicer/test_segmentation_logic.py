@@ -22,10 +22,10 @@ sitk = pytest.importorskip("SimpleITK")
 
 from conftest import PROSTATE_SERIES, PROSTATEX_0000_ROI, requireSharedData  # noqa: E402
 from MedSegUNetLib.engine import geometry  # noqa: E402
-from MedSegUNetLib.models import phantoms  # noqa: E402
-from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
 from MedSegUNetLib.engine.pipeline import Stage  # noqa: E402
+from MedSegUNetLib.models import phantoms  # noqa: E402
+from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.slicer.logic import SegmentationLogic  # noqa: E402  # noqa: E402
 from MedSegUNetLib.slicer.nodes import addVolumeFromImage, imageFromVolumeNode, localIJKToRAS, worldIJKToRAS  # noqa: E402
 
@@ -61,10 +61,20 @@ def sceneState(scene) -> list:
     state = []
     for index in range(scene.GetNumberOfNodes()):
         node = scene.GetNthNode(index)
-        entry = [node.GetID(), node.GetClassName(), node.GetName(), node.GetTransformNodeID() if hasattr(node, "GetTransformNodeID") else None]
+        entry = [
+            node.GetID(),
+            node.GetClassName(),
+            node.GetName(),
+            node.GetTransformNodeID() if hasattr(node, "GetTransformNodeID") else None,
+        ]
         if node.IsA("vtkMRMLSegmentationNode"):
             segmentation = node.GetSegmentation()
-            entry.append([(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName()) for i in range(segmentation.GetNumberOfSegments())])
+            entry.append(
+                [
+                    (segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName())
+                    for i in range(segmentation.GetNumberOfSegments())
+                ]
+            )
         if node.IsA("vtkMRMLTableNode"):
             entry.append([[node.GetCellText(r, c) for c in range(node.GetNumberOfColumns())] for r in range(node.GetNumberOfRows())])
         if node.IsA("vtkMRMLMarkupsROINode"):
@@ -109,7 +119,13 @@ def nonLinearTransform(scene):
     """A thin-plate-spline warp in a transform node of ``scene`` (a non-linear parent)."""
     warp = vtk.vtkThinPlateSplineTransform()
     source, target = vtk.vtkPoints(), vtk.vtkPoints()
-    for point, shift in (((0, 0, 0), (0, 0, 0)), ((30, 0, 0), (0, 2, 0)), ((0, 30, 0), (1, 0, 0)), ((0, 0, 30), (0, 0, 0)), ((20, 20, 20), (2, 1, 0))):
+    for point, shift in (
+        ((0, 0, 0), (0, 0, 0)),
+        ((30, 0, 0), (0, 2, 0)),
+        ((0, 30, 0), (1, 0, 0)),
+        ((0, 0, 30), (0, 0, 0)),
+        ((20, 20, 20), (2, 1, 0)),
+    ):
         source.InsertNextPoint(point)
         target.InsertNextPoint(np.add(point, shift).tolist())
     warp.SetSourceLandmarks(source)
@@ -153,7 +169,10 @@ def test_self_test_runs_the_users_path_through_the_launcher(repo_root, python_sl
     done = subprocess.run(
         [sys.executable, "-c", SELF_TEST % {"requirements": requirements, "launcher": python_slicer}],
         # Not from Testing/: its slicer/ folder would join slicer-core's "slicer" namespace package.
-        capture_output=True, text=True, timeout=300, cwd=str(repo_root),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(repo_root),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -233,7 +252,9 @@ def test_prostatex_roi_labels_table_and_roi_node(a_scene, tmp_path, threshold, e
 
 def test_volume_under_rotated_transform_matches_hardened_equivalent(phantom_data):
     image = phantom_data["images"][selftest.INPUT_NAME]
-    centerRAS = geometry.LPS_TO_RAS[:3, :3] @ np.asarray(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
+    centerRAS = geometry.LPS_TO_RAS[:3, :3] @ np.asarray(
+        image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    )
     matrix = rigidTransform((0.3, 1.0, 0.2), 12.0, centerRAS, (1.5, -1.0, 2.0))
 
     transformed = slicer.vtkMRMLScene()
@@ -293,8 +314,13 @@ def test_rerun_into_same_nodes_replaces_segments_and_rows(a_scene, phantom_data,
     first = logic.process([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu")
     count = a_scene.GetNumberOfNodes()
     second = logic.process(
-        [reference], phantom_data["modelPath"], roiVolumes=others, device="cpu",
-        outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode, outputROI=first.roiNode,
+        [reference],
+        phantom_data["modelPath"],
+        roiVolumes=others,
+        device="cpu",
+        outputSegmentation=first.segmentationNode,
+        outputTable=first.statisticsTableNode,
+        outputROI=first.roiNode,
     )
     assert a_scene.GetNumberOfNodes() == count
     assert second.segmentationNode is first.segmentationNode and second.statisticsTableNode is first.statisticsTableNode
@@ -302,8 +328,15 @@ def test_rerun_into_same_nodes_replaces_segments_and_rows(a_scene, phantom_data,
     assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["Segment_1", "Segment_2"]
     assert second.statisticsTableNode.GetNumberOfRows() == 2
     # Another model writes its segments beside this model's (never wiping them); its table is its own.
-    third = logic.process([reference], a_single_label_model, roiVolumes=others, device="cpu",
-                          outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode, outputROI=first.roiNode)
+    third = logic.process(
+        [reference],
+        a_single_label_model,
+        roiVolumes=others,
+        device="cpu",
+        outputSegmentation=first.segmentationNode,
+        outputTable=first.statisticsTableNode,
+        outputROI=first.roiNode,
+    )
     segmentation = third.segmentationNode.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["outer", "inner", "whole"]
     assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == ["Segment_1", "Segment_2", "Segment_1_1"]
@@ -329,15 +362,24 @@ def test_a_users_segmentation_keeps_its_segments_and_segment_editor_keeps_the_wh
         result = logic.process([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu", outputSegmentation=mine)
         assert result.segmentationNode is mine
         segmentation = mine.GetSegmentation()
-        assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["my lesion", "outer", "inner"]
+        assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [
+            "my lesion",
+            "outer",
+            "inner",
+        ]
         labels = selftest.segmentationLabelArray(a_scene, mine, reference)
         # Exported in segment order (the user's first, painted over by the model's where they overlap).
         assert int((labels == 1).sum()) + int(((labels > 1) & (painted == 1)).sum()) == 64
-        assert [int((labels == 2).sum() + ((labels == 1) & (phantom_data["expectedLabels"] == 1)).sum()), int((labels == 3).sum())] == [1633, 178]
+        assert [int((labels == 2).sum() + ((labels == 1) & (phantom_data["expectedLabels"] == 1)).sum()), int((labels == 3).sum())] == [
+            1633,
+            178,
+        ]
     # Segment Editor works on the reference's whole grid (the ROI's extent would clip the user's edits).
     converter = slicer.vtkSegmentationConverter
     geometry = slicer.vtkOrientedImageData()
-    assert converter.DeserializeImageGeometry(mine.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName()), geometry)
+    assert converter.DeserializeImageGeometry(
+        mine.GetSegmentation().GetConversionParameter(converter.GetReferenceImageGeometryParameterName()), geometry
+    )
     assert list(geometry.GetExtent()) == list(reference.GetImageData().GetExtent())
 
 
@@ -347,13 +389,24 @@ def test_output_nodes_removed_during_a_run_are_made_anew_never_written_as_orphan
     logic = SegmentationLogic(a_scene)
     others = [node for name, node in nodes.items() if name != selftest.INPUT_NAME]
     first = logic.process([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu")
-    job = logic.prepare([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu", outputSegmentation=first.segmentationNode,
-                        outputTable=first.statisticsTableNode, outputROI=first.roiNode)
+    job = logic.prepare(
+        [reference],
+        phantom_data["modelPath"],
+        roiVolumes=others,
+        device="cpu",
+        outputSegmentation=first.segmentationNode,
+        outputTable=first.statisticsTableNode,
+        outputROI=first.roiNode,
+    )
     job.run()
     for node in (first.segmentationNode, first.statisticsTableNode, first.roiNode):
         a_scene.RemoveNode(node)  # while the network ran
     result = logic.finish(job)
-    for made, removed in ((result.segmentationNode, first.segmentationNode), (result.statisticsTableNode, first.statisticsTableNode), (result.roiNode, first.roiNode)):
+    for made, removed in (
+        (result.segmentationNode, first.segmentationNode),
+        (result.statisticsTableNode, first.statisticsTableNode),
+        (result.roiNode, first.roiNode),
+    ):
         assert made is not removed and a_scene.IsNodePresent(made) and not a_scene.IsNodePresent(removed)
     shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(a_scene)
     items = vtk.vtkIdList()
@@ -393,7 +446,9 @@ def test_markups_roi_limits_the_roi(a_scene, phantom_data):
     ras = (geometry.ijkToRASFromImage(image) @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3]
     local = (ras - objectToNode[:3, 3]) @ objectToNode[:3, :3]
     referenceGeometry = geometry.VolumeGeometry.fromImage(image)
-    series = [geometry.VolumeGeometry.fromImage(phantom_data["images"][name]) for name in phantom_data["images"] if name != selftest.INPUT_NAME]
+    series = [
+        geometry.VolumeGeometry.fromImage(phantom_data["images"][name]) for name in phantom_data["images"] if name != selftest.INPUT_NAME
+    ]
     inside = np.all(np.abs(local) <= [10.0, 7.0, 12.0], axis=1) & geometry.pointsInsideExtents(ijk, referenceGeometry, series)
     low, high = ijk[inside].min(axis=0).astype(int), ijk[inside].max(axis=0).astype(int)
     assert result.roi.ijkMin.tolist() == low.tolist() and result.roi.ijkMax.tolist() == high.tolist()
@@ -413,7 +468,9 @@ def test_reference_segmentation_gives_overlap_table(a_scene, phantom_data):
     assert first.overlapTableNode is None
 
     # The run's own segmentation as reference: perfect overlap for every label.
-    same = logic.process([reference], phantom_data["modelPath"], roiVolumes=others, device="cpu", referenceSegmentation=first.segmentationNode)
+    same = logic.process(
+        [reference], phantom_data["modelPath"], roiVolumes=others, device="cpu", referenceSegmentation=first.segmentationNode
+    )
     assert tableColumn(same.overlapTableNode, "Dice")[:2] == [1.0, 1.0]
     assert same.overlapTableNode.GetCellText(2, 0) == "Mean"
     assert tableColumn(same.statisticsTableNode, "Dice") == [1.0, 1.0]
@@ -472,8 +529,13 @@ def test_failure_while_writing_removes_created_nodes_and_restores_reused_ones(a_
 
     monkeypatch.setattr(ResultWriter, "_writeROI", failingROI)
     with pytest.raises(RuntimeError, match="disk full"):
-        logic.process([reference], a_single_label_model, device="cpu",
-                      outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode)
+        logic.process(
+            [reference],
+            a_single_label_model,
+            device="cpu",
+            outputSegmentation=first.segmentationNode,
+            outputTable=first.statisticsTableNode,
+        )
     assert sceneState(a_scene) == before
     np.testing.assert_array_equal(selftest.segmentationLabelArray(a_scene, first.segmentationNode, reference), firstLabels)
 
@@ -489,8 +551,14 @@ def test_cancel_at_each_stage_leaves_scene_unchanged(a_scene, phantom_data, stag
 
     before = sceneState(a_scene)
     with pytest.raises(ProcessingCancelled):
-        SegmentationLogic(a_scene).process([nodes[selftest.INPUT_NAME]], phantom_data["modelPath"], useROI=False, device="cpu",
-                                           progressCallback=progress, cancelEvent=cancel)
+        SegmentationLogic(a_scene).process(
+            [nodes[selftest.INPUT_NAME]],
+            phantom_data["modelPath"],
+            useROI=False,
+            device="cpu",
+            progressCallback=progress,
+            cancelEvent=cancel,
+        )
     assert cancel.is_set()
     assert sceneState(a_scene) == before
 
@@ -531,8 +599,10 @@ def test_input_and_roi_volume_suggestions(a_scene, phantom_data):
     far = sitk.Image(images["T2 sagittal"])
     far.SetOrigin([v + 500.0 for v in far.GetOrigin()])
     nodes["far"] = addVolumeFromImage(a_scene, far, "9-t2tsesag far")
-    card = {"inputs": [{"name": "T2 axial", "match": ["t2tsetra", "axial"]}, {"name": "ADC"}],
-            "roi": {"from_series": ["t2tsesag", "t2tsecor"]}}
+    card = {
+        "inputs": [{"name": "T2 axial", "match": ["t2tsetra", "axial"]}, {"name": "ADC"}],
+        "roi": {"from_series": ["t2tsesag", "t2tsecor"]},
+    }
     assert suggestInputVolumes(card, list(nodes.values())) == [nodes["tra"], nodes["adc"]]
     assert suggestInputVolumes({"inputs": [{"name": "FLAIR"}]}, list(nodes.values())) == [None]
     # Named like the card's series and overlapping the reference; the far one does not overlap.
@@ -565,11 +635,14 @@ def test_batch_example_segments_a_folder_of_cases(tmp_path, phantom_data):
     assert result.roi.ijkMin.tolist() == [0, 5, 1] and result.roi.ijkMax.tolist() == [36, 37, 13]
     assert tableColumn(result.statisticsTableNode, "Number of voxels [voxels]") == [1633.0, 178.0]
     # The same matcher and summary as 'medsegunet batch': the same series, the same columns.
-    from MedSegUNetLib.cohorts.cases import casesFromSource
     from MedSegUNetLib.cohorts.batch import summaryCSV
+    from MedSegUNetLib.cohorts.cases import casesFromSource
 
     (spec,) = casesFromSource(str(tmp_path / "cases"), card)
-    assert spec.inputs == [(str(case / "t2-axial.nrrd"), None)] and spec.roi == [str(case / "t2-sagittal.nrrd"), str(case / "t2-coronal.nrrd")]
+    assert spec.inputs == [(str(case / "t2-axial.nrrd"), None)] and spec.roi == [
+        str(case / "t2-sagittal.nrrd"),
+        str(case / "t2-coronal.nrrd"),
+    ]
     row = batch.summaryRow("case-001", result, seconds=1.0)
     lines = summaryCSV([row], card).splitlines()
     assert lines[0].startswith("case,status,message,roi_size_i_mm") and lines[1].startswith("case-001,ok,,")
@@ -640,7 +713,9 @@ def test_tilted_markups_roi_is_the_exact_joint_intersection(a_scene, phantom_dat
     )
     low, high = ijk[inside].min(axis=0).astype(int), ijk[inside].max(axis=0).astype(int)
     for margin in (0.0, 3.0):
-        result = SegmentationLogic(a_scene).process([reference], phantom_data["modelPath"], roiVolumes=[sagittal], roiNode=box, marginMM=margin, device="cpu")
+        result = SegmentationLogic(a_scene).process(
+            [reference], phantom_data["modelPath"], roiVolumes=[sagittal], roiNode=box, marginMM=margin, device="cpu"
+        )
         grow = np.ceil(margin / np.asarray(image.GetSpacing()) - 1e-9).astype(int)
         assert result.roi.ijkMin.tolist() == np.maximum(low - grow, 0).tolist()
         assert result.roi.ijkMax.tolist() == np.minimum(high + grow, np.asarray(image.GetSize()) - 1).tolist()
@@ -648,7 +723,7 @@ def test_tilted_markups_roi_is_the_exact_joint_intersection(a_scene, phantom_dat
 
 def test_terminology_reaches_mrml_segments(a_scene, tmp_path, phantom_data):
     """A card label's codes become the vtkSegment's TerminologyEntry tag in the scene."""
-    from MedSegUNetLib.engine import modelcard
+    from MedSegUNetLib.engine.terminology import terminologyEntry
 
     card = json.loads(json.dumps(phantom_data["card"]))
     card["labels"][0]["terminology"] = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "41216001", "Prostate"]}
@@ -659,7 +734,7 @@ def test_terminology_reaches_mrml_segments(a_scene, tmp_path, phantom_data):
     first = segmentation.GetNthSegment(0)
     value = vtk.reference("")
     assert first.GetTag("TerminologyEntry", value)
-    assert str(value) == modelcard.terminologyEntry(card["labels"][0])
+    assert str(value) == terminologyEntry(card["labels"][0])
     assert "~SCT^41216001^Prostate~" in str(value)
     other = vtk.reference("")
     segmentation.GetNthSegment(1).GetTag("TerminologyEntry", other)
@@ -680,8 +755,15 @@ def test_outputs_go_into_the_reference_study_and_a_second_patient_gets_new_nodes
         assert node.GetName().startswith(selftest.INPUT_NAME)
     # A second patient: the outputs made for the first are not overwritten (the widget passes them on).
     second = addVolumeFromImage(a_scene, phantom_data["images"][selftest.INPUT_NAME], "Patient 2 T2")
-    again = logic.process([second], phantom_data["modelPath"], outputSegmentation=first.segmentationNode, outputTable=first.statisticsTableNode,
-                          outputROI=first.roiNode, useROI=False, device="cpu")
+    again = logic.process(
+        [second],
+        phantom_data["modelPath"],
+        outputSegmentation=first.segmentationNode,
+        outputTable=first.statisticsTableNode,
+        outputROI=first.roiNode,
+        useROI=False,
+        device="cpu",
+    )
     assert again.segmentationNode is not first.segmentationNode and again.statisticsTableNode is not first.statisticsTableNode
     assert again.segmentationNode.GetName().startswith("Patient 2 T2")
     # The whole volume was segmented: no ROI box node.
@@ -711,8 +793,8 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
     pytest.importorskip("highdicom")
     import pydicom
 
-    from MedSegUNetLib.slicer.dicomexport import DICOM_INSTANCE_UIDS_ATTRIBUTE
     from MedSegUNetLib.engine.volumes import findDicomSeries, readVolume
+    from MedSegUNetLib.slicer.dicomexport import DICOM_INSTANCE_UIDS_ATTRIBUTE
 
     folder = requireSharedData("prostatex", "ProstateX-0000")
     files = list(findDicomSeries(folder / PROSTATE_SERIES[0])[0].files)
@@ -742,7 +824,9 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
 
     # None: the volume the segmentation records it was made on (what the module's button exports against).
     given = None if loadedBy == "archetype" else reference
-    path = logic.exportDicomSegmentation(result.segmentationNode, given, str(tmp_path / "prostate-seg.dcm"), fileForInstance=fileForInstance)
+    path = logic.exportDicomSegmentation(
+        result.segmentationNode, given, str(tmp_path / "prostate-seg.dcm"), fileForInstance=fileForInstance
+    )
 
     segmentation, pixels = segPixels(path, files)
     assert [item.SegmentLabel for item in segmentation.SegmentSequence] == ["bright", "brighter"]
@@ -756,8 +840,15 @@ def test_dicom_seg_export_of_the_scene_segmentation(a_scene, tmp_path, loadedBy,
 
 
 # [parameters (what is wrong), input (a segmented scene), expected (words of the one line)]
-@pytest.mark.parametrize("fault, expected", [("not-dicom", "was not loaded from DICOM"), ("moved", "no longer has the geometry"), ("missing-file", "not in the DICOM database"),
-                                             ("no-reference", "does not record the volume it was made on")])
+@pytest.mark.parametrize(
+    "fault, expected",
+    [
+        ("not-dicom", "was not loaded from DICOM"),
+        ("moved", "no longer has the geometry"),
+        ("missing-file", "not in the DICOM database"),
+        ("no-reference", "does not record the volume it was made on"),
+    ],
+)
 def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data, fault, expected):
     pytest.importorskip("highdicom")
     from MedSegUNetLib.slicer.dicomexport import DICOM_INSTANCE_UIDS_ATTRIBUTE
@@ -771,7 +862,9 @@ def test_dicom_seg_export_refusals_write_nothing(a_scene, tmp_path, phantom_data
     else:
         folder = requireSharedData("prostatex", "ProstateX-0000")
         reference = loadDicomSeries(a_scene, folder / PROSTATE_SERIES[0], PROSTATE_SERIES[0])
-        model = phantoms.writeThresholdModel(tmp_path / "bright.pt", [300.5], phantoms.thresholdCard([(1, "bright", (1.0, 1.0, 0.0))], inputs=("T2",)))
+        model = phantoms.writeThresholdModel(
+            tmp_path / "bright.pt", [300.5], phantoms.thresholdCard([(1, "bright", (1.0, 1.0, 0.0))], inputs=("T2",))
+        )
         segmentationNode = logic.process([reference], model, device="cpu", useROI=False).segmentationNode
         if fault == "moved":
             origin = list(reference.GetOrigin())

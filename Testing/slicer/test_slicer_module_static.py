@@ -61,7 +61,9 @@ def test_cmake_lists_every_lib_file_and_resource(cmake_record):
     listedResources = cmake_record.get("RESOURCE", [])
     assert len(listedScripts) == len(set(listedScripts)) and len(listedResources) == len(set(listedResources)), "duplicates"
     assert set(listedScripts) == scripts, f"missing: {sorted(scripts - set(listedScripts))}, extra: {sorted(set(listedScripts) - scripts)}"
-    assert set(listedResources) == resources, f"missing: {sorted(resources - set(listedResources))}, extra: {sorted(set(listedResources) - resources)}"
+    assert set(listedResources) == resources, (
+        f"missing: {sorted(resources - set(listedResources))}, extra: {sorted(set(listedResources) - resources)}"
+    )
     assert cmake_record["GENERIC_TESTS"] == ["MedSegUNet"]
 
 
@@ -210,7 +212,18 @@ def test_icon_and_screenshot_sizes():
 
 # -- checks against the Slicer/CTK APIs the module uses (verified against their sources) ------------
 
-STANDARD_QT_WIDGETS = {"QWidget", "QLabel", "QCheckBox", "QDoubleSpinBox", "QSpinBox", "QComboBox", "QPushButton", "QProgressBar", "QListWidget", "QLineEdit"}
+STANDARD_QT_WIDGETS = {
+    "QWidget",
+    "QLabel",
+    "QCheckBox",
+    "QDoubleSpinBox",
+    "QSpinBox",
+    "QComboBox",
+    "QPushButton",
+    "QProgressBar",
+    "QListWidget",
+    "QLineEdit",
+}
 # Custom widgets as Qt Designer with Slicer's plugins declares them (header, container).
 SLICER_CUSTOM_WIDGETS = {
     "qMRMLWidget": ("qMRMLWidget.h", True),
@@ -238,9 +251,9 @@ def annotationNames(annotation: ast.expr) -> set[str]:
 
 def test_module_keeps_runtime_annotations():
     # parameterNodeWrapper resolves the annotations with typing.get_type_hints; keep them real objects.
-    assert not any(
-        isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in moduleTree().body
-    ), "MedSegUNet.py must not use 'from __future__ import annotations'"
+    assert not any(isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in moduleTree().body), (
+        "MedSegUNet.py must not use 'from __future__ import annotations'"
+    )
 
 
 def test_union_parameters_include_none():
@@ -269,7 +282,9 @@ def test_ui_widget_classes_and_scene_connections():
     connected = {
         c.findtext("receiver")
         for c in root.iter("connection")
-        if c.findtext("sender") == "MedSegUNet" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)" and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+        if c.findtext("sender") == "MedSegUNet"
+        and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
     assert mrmlWidgets and mrmlWidgets == connected
 
@@ -307,7 +322,12 @@ def slicerUtilCalls(path: Path) -> list[tuple[str, ast.Call]]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             value = node.func.value
-            if isinstance(value, ast.Attribute) and value.attr == "util" and isinstance(value.value, ast.Name) and value.value.id == "slicer":
+            if (
+                isinstance(value, ast.Attribute)
+                and value.attr == "util"
+                and isinstance(value.value, ast.Name)
+                and value.value.id == "slicer"
+            ):
                 calls.append((node.func.attr, node))
     return calls
 
@@ -341,7 +361,19 @@ def keywordsOfCalls(attribute: str) -> list[set[str]]:
 # Keyword names read from the sources: Slicer Modules/Scripted/SampleData/SampleData.py,
 # Base/Python/slicer/packaging.py (formerly pydeps.py), fepegar/SlicerPyTorch PyTorchUtils/PyTorchUtils.py.
 VERIFIED_KEYWORDS = {
-    "registerCustomSampleDataSource": {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader", "thumbnailFileName", "loadFileType", "loadFiles", "loadFileProperties", "checksums"},
+    "registerCustomSampleDataSource": {
+        "category",
+        "sampleName",
+        "uris",
+        "fileNames",
+        "nodeNames",
+        "customDownloader",
+        "thumbnailFileName",
+        "loadFileType",
+        "loadFiles",
+        "loadFileProperties",
+        "checksums",
+    },
     "pip_ensure": {"constraints", "skip_packages", "prompt_install", "prompt_restart", "requester", "skip_in_testing", "show_progress"},
 }
 
@@ -396,11 +428,21 @@ def test_scene_events_are_coalesced_and_observed_only_while_entered():
 
     def observed(method: str) -> set[str]:
         """Scene events a method adds or removes observers of (named in the calls, or in the tuple they loop over)."""
-        calls = [call for call in ast.walk(methods[method]) if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                 and call.func.attr in ("addObserver", "removeObserver") and len(call.args) > 1]
+        calls = [
+            call
+            for call in ast.walk(methods[method])
+            if isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Attribute)
+            and call.func.attr in ("addObserver", "removeObserver")
+            and len(call.args) > 1
+        ]
         if not calls:
             return set()
-        return {ast.unparse(node) for node in ast.walk(methods[method]) if isinstance(node, ast.Attribute) and ast.unparse(node).startswith("slicer.mrmlScene.Node")}
+        return {
+            ast.unparse(node)
+            for node in ast.walk(methods[method])
+            if isinstance(node, ast.Attribute) and ast.unparse(node).startswith("slicer.mrmlScene.Node")
+        }
 
     assert "slicer.mrmlScene.NodeAddedEvent" not in observed("setup")
     assert {"slicer.mrmlScene.NodeAddedEvent", "slicer.mrmlScene.NodeRemovedEvent"} <= observed("enter") & observed("exit")
@@ -414,7 +456,9 @@ def test_slicer_process_never_imports_torch_or_monai():
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         topLevel = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
-        names = {alias.name.split(".")[0] for node in topLevel for alias in node.names} | {node.module.split(".")[0] for node in topLevel if isinstance(node, ast.ImportFrom) and node.module}
+        names = {alias.name.split(".")[0] for node in topLevel for alias in node.names} | {
+            node.module.split(".")[0] for node in topLevel if isinstance(node, ast.ImportFrom) and node.module
+        }
         assert not names & {"torch", "monai"}, f"{path.name} imports torch or MONAI at module level"
     source = MODULE_FILE.read_text(encoding="utf-8")
     assert "import torch" not in source and "ModuleLogic.__init__(\n            self,\n            slicer.mrmlScene" in source
@@ -444,7 +488,9 @@ def test_module_file_is_the_five_template_classes_and_the_widget_lives_in_the_li
             if imported not in needed:
                 needed.add(imported)
                 stack.append(imported)
-    assert set(listed) == {name for name in needed if not name.endswith("__init__")} | {f"engine.{p.stem}" for p in (LIB_DIR / "engine").glob("*.py") if p.stem not in ("__init__", "console")}
+    assert set(listed) == {name for name in needed if not name.endswith("__init__")} | {
+        f"engine.{p.stem}" for p in (LIB_DIR / "engine").glob("*.py") if p.stem not in ("__init__", "console")
+    }
     # Dependency order: a module is reloaded after every Lib module it imports.
     for position, name in enumerate(listed):
         assert graph[name] & set(listed) <= set(listed[:position]), (name, sorted(graph[name] - set(listed[:position])))
@@ -519,11 +565,18 @@ def test_pytorch_is_installed_without_importing_it_into_slicer():
     # light-the-torch itself in a PythonSlicer process and never imports PyTorchUtils or torch.
     assert not callsOf("installTorch", SLICER_FILES) and not callsOf("uninstallTorch", SLICER_FILES)
     for path in SLICER_FILES:
-        imported = {alias.name for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.Import) for alias in node.names}
+        imported = {
+            alias.name
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
         assert not imported & {"torch", "PyTorchUtils"}, path.name
     from MedSegUNetLib.slicer import dependencies
 
-    assert [c for c in slicerUtilCalls(INSTALL_FILE) if c[0] == "launchConsoleProcess"] and dependencies.TORCH_REQUIREMENT.startswith("torch>=")
+    assert [c for c in slicerUtilCalls(INSTALL_FILE) if c[0] == "launchConsoleProcess"] and dependencies.TORCH_REQUIREMENT.startswith(
+        "torch>="
+    )
     # The oldest torch the engine accepts is the project's own minimum.
     pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert f'"torch>={dependencies.TORCH_MINIMUM}' in pyproject
@@ -535,7 +588,9 @@ def test_the_panel_takes_any_margin_and_context_a_card_may_have():
     roi = schema["properties"]["roi"]["properties"]
     annotations = parameterAnnotations()
     for parameter, field, box in (("marginMM", "margin_mm", "marginSpinBox"), ("contextMM", "context_mm", "contextSpinBox")):
-        within = next(node for node in ast.walk(annotations[parameter]) if isinstance(node, ast.Call) and ast.unparse(node.func) == "WithinRange")
+        within = next(
+            node for node in ast.walk(annotations[parameter]) if isinstance(node, ast.Call) and ast.unparse(node.func) == "WithinRange"
+        )
         assert [ast.literal_eval(argument) for argument in within.args] == [roi[field]["minimum"], roi[field]["maximum"]]
         maximum = uiWidgetNames()[box].find("property[@name='maximum']/double").text
         assert float(maximum) == roi[field]["maximum"]

@@ -24,8 +24,8 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for MRML tests")
 
 from conftest import PROSTATEX_0000_ROI, REPO_ROOT, requireSharedData, slowThresholdModel  # noqa: E402
-from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.engine.errors import MedSegUNetError, ProcessingCancelled  # noqa: E402
+from MedSegUNetLib.slicer import selftest  # noqa: E402
 from MedSegUNetLib.slicer.logic import SegmentationLogic  # noqa: E402  # noqa: E402
 from MedSegUNetLib.slicer.nodes import addVolumeFromImage  # noqa: E402
 from MedSegUNetLib.slicer.worker import BEGUN_MESSAGE, PendingRequest, WorkerProcess  # noqa: E402
@@ -110,7 +110,23 @@ def test_worker_gives_the_command_line_labels_without_torch_in_the_caller(tmp_pa
     # The command line on the same series and model.
     from MedSegUNetLib import cli
 
-    assert cli.main(["segment", "-q", "--model", model, series[0][1], "--roi-from", series[1][1], series[2][1], "--stats-json", str(tmp_path / "s.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "segment",
+                "-q",
+                "--model",
+                model,
+                series[0][1],
+                "--roi-from",
+                series[1][1],
+                series[2][1],
+                "--stats-json",
+                str(tmp_path / "s.json"),
+            ]
+        )
+        == 0
+    )
     assert report["voxels"] == json.loads((tmp_path / "s.json").read_text())["segments"][0]["voxel_count"]
     # Warm after 5 s idle: one interpreter for both runs, and the second skips the imports and the load.
     assert report["starts"] == 1 and report["pids"][0] == report["pids"][1]
@@ -163,7 +179,9 @@ def test_cancel_ends_the_whole_process_tree_within_a_second(tmp_path, phantom_da
             cancelledAt.append(time.perf_counter())
             cancel.set()
 
-    job = logic.prepare([nodes[selftest.INPUT_NAME]], model, roiVolumes=_roiSeries(nodes), device="cpu", progressCallback=onProgress, cancelEvent=cancel)
+    job = logic.prepare(
+        [nodes[selftest.INPUT_NAME]], model, roiVolumes=_roiSeries(nodes), device="cpu", progressCallback=onProgress, cancelEvent=cancel
+    )
     assert job.run() is False and isinstance(job.error, ProcessingCancelled)
     assert len(tree) == 2 and tree[0] != tree[1]
     # Launcher and interpreter (python-real) both gone within a second of the cancel.
@@ -212,7 +230,11 @@ sys.stdin.readline()  # the test kills this process (Slicer's stand-in) with SIG
 
 def test_the_interpreter_exits_when_the_owner_is_killed(python_slicer):
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER % {"launcher": python_slicer}], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO_ROOT)
+        [sys.executable, "-c", OWNER % {"launcher": python_slicer}],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO_ROOT),
     )
     try:
         interpreter, launcher = (int(value) for value in owner.stdout.readline().split())
@@ -254,7 +276,13 @@ def test_polling_never_blocks_while_the_worker_is_silent(tmp_path, phantom_data,
     model = _slowModel(tmp_path / "slow.pt", phantom_data["card"], repeats=6000)
     logic = SegmentationLogic(scene, useWorker=True, workerExecutable=python_slicer)
     messages: list[tuple[float, str]] = []
-    job = logic.prepare([nodes[selftest.INPUT_NAME]], model, roiVolumes=_roiSeries(nodes), device="cpu", progressCallback=lambda f, m: messages.append((time.perf_counter(), m)))
+    job = logic.prepare(
+        [nodes[selftest.INPUT_NAME]],
+        model,
+        roiVolumes=_roiSeries(nodes),
+        device="cpu",
+        progressCallback=lambda f, m: messages.append((time.perf_counter(), m)),
+    )
     job.start()
     polls, started = [], time.perf_counter()
     while True:
@@ -392,8 +420,18 @@ def _wholeLog(worker) -> str:
 def _zonesCatalog(tmp_path, url: str, body: bytes) -> Path:
     import hashlib
 
-    catalog = {"schema": "medsegunet.catalog/1", "models": [
-        {"name": "zones-mirror", "url": url + "zones.pt", "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body), "description": "mirror"}]}
+    catalog = {
+        "schema": "medsegunet.catalog/1",
+        "models": [
+            {
+                "name": "zones-mirror",
+                "url": url + "zones.pt",
+                "sha256": hashlib.sha256(body).hexdigest(),
+                "bytes": len(body),
+                "description": "mirror",
+            }
+        ],
+    }
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(catalog))
     return path
@@ -405,8 +443,14 @@ def test_a_catalog_pull_runs_in_the_worker_with_progress_and_cancel(tmp_path, a_
     url, handler = a_stalling_server
     handler.body = (REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt").read_bytes()
     monkeypatch.setenv("MEDSEGUNET_CATALOG", str(_zonesCatalog(tmp_path, url, handler.body)))
-    logic = ModuleLogic(slicer.vtkMRMLScene(), str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"), workerExecutable=python_slicer,
-                        cachePath=str(tmp_path / "slicer-cache"), interactive=False, testing=True)
+    logic = ModuleLogic(
+        slicer.vtkMRMLScene(),
+        str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"),
+        workerExecutable=python_slicer,
+        cachePath=str(tmp_path / "slicer-cache"),
+        interactive=False,
+        testing=True,
+    )
     cache = tmp_path / "slicer-cache" / "medsegunet" / "models" / "zones-mirror"
     cancel = threading.Event()
     progress: list[tuple[float, str]] = []
@@ -439,13 +483,21 @@ def test_the_module_logic_pulls_without_importing_torch_or_onnx(tmp_path, a_file
     code = (
         "import json, sys, slicer\n"
         "from MedSegUNetLib.slicer.modulelogic import ModuleLogic\n"
-        f"logic = ModuleLogic(slicer.vtkMRMLScene(), 'requirements.txt', workerExecutable={python_slicer!r}, cachePath={str(tmp_path / 'c')!r}, testing=True)\n"
+        f"logic = ModuleLogic(slicer.vtkMRMLScene(), 'requirements.txt', workerExecutable={python_slicer!r}, "
+        f"cachePath={str(tmp_path / 'c')!r}, testing=True)\n"
         "path = logic.pullCatalogModel('zones-mirror')\n"
         "logic.close()\n"
-        "print(json.dumps({'path': path, 'heavy': sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnx', 'onnxruntime'})}))\n"
+        "print(json.dumps({'path': path, 'heavy': sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnx', "
+        "'onnxruntime'})}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
-                          env={**os.environ, "MEDSEGUNET_CATALOG": str(catalog)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(tmp_path),
+        env={**os.environ, "MEDSEGUNET_CATALOG": str(catalog)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["heavy"] == [] and Path(report["path"]).read_bytes() == body

@@ -28,9 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.preview import QC_TILE
+from .casejob import BatchOptions, caseOutputNames, isCaseComplete, previousSummary, skippedRow
 from .cases import CaseSpec, shownCaseId
-from .casejob import QC_TILE, BatchOptions, caseOutputNames, isCaseComplete, previousSummary, skippedRow
-
 
 # More worker processes or network threads than any machine runs are typing mistakes.
 MAX_WORKERS = 256
@@ -49,12 +49,37 @@ def summaryCSV(rows: Sequence[dict], card: dict) -> str:
     labels = [label["name"] for label in card["labels"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["case", "status", "message", "roi_size_i_mm", "roi_size_j_mm", "roi_size_k_mm", *[f"volume_cm3 ({name})" for name in labels], "qc", "seconds", "attempts", "finished", "notes"])
+    writer.writerow(
+        [
+            "case",
+            "status",
+            "message",
+            "roi_size_i_mm",
+            "roi_size_j_mm",
+            "roi_size_k_mm",
+            *[f"volume_cm3 ({name})" for name in labels],
+            "qc",
+            "seconds",
+            "attempts",
+            "finished",
+            "notes",
+        ]
+    )
     for row in rows:
         size = row.get("roi_size_mm") or [None, None, None]
         volumes = row.get("volumes_cm3") or {}
-        cells = [row["case"], row["status"], row.get("message", ""), *size, *[volumes.get(name) for name in labels], row.get("qc", ""),
-                 row.get("seconds"), row.get("attempts", ""), row.get("finished", ""), "; ".join(row.get("notes") or [])]
+        cells = [
+            row["case"],
+            row["status"],
+            row.get("message", ""),
+            *size,
+            *[volumes.get(name) for name in labels],
+            row.get("qc", ""),
+            row.get("seconds"),
+            row.get("attempts", ""),
+            row.get("finished", ""),
+            "; ".join(row.get("notes") or []),
+        ]
         writer.writerow([formatCell(cell) for cell in cells])
     return buffer.getvalue()
 
@@ -76,7 +101,14 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: d
     for index, row in enumerate(rows):
         line, column = divmod(index, columns)
         # Each tile at its full QC_TILE pixels, its caption in the space above it.
-        axis = figure.add_axes([(column * (tile + gap) + gap / 2) / width, (legend + (lines - 1 - line) * (tile + caption)) / height, tile / width, tile / height])
+        axis = figure.add_axes(
+            [
+                (column * (tile + gap) + gap / 2) / width,
+                (legend + (lines - 1 - line) * (tile + caption)) / height,
+                tile / width,
+                tile / height,
+            ]
+        )
         axis.axis("off")
         tilePath = os.path.join(options.outputDir, row["case"], caseOutputNames(row["case"], options.format)["qc"])
         if row["status"] in ("ok", "skipped") and os.path.isfile(tilePath):
@@ -86,7 +118,9 @@ def writeMontage(rows: Sequence[dict], options: BatchOptions, path: str, card: d
             axis.text(QC_TILE / 2, QC_TILE / 2, "failed", color="white", ha="center", va="center", fontsize=12)
         flagged = str(row.get("qc", "")).startswith("flagged")
         state = "failed" if row["status"] == "failed" else ("QC flagged" if flagged else f"{row['status']}, QC ok")
-        axis.set_title(f"{shownCaseId(row['case'])[:28]}\n{state}", fontsize=9, color="red" if flagged or row["status"] == "failed" else "black")
+        axis.set_title(
+            f"{shownCaseId(row['case'])[:28]}\n{state}", fontsize=9, color="red" if flagged or row["status"] == "failed" else "black"
+        )
     if card is not None:
         handles = [Patch(color=label["color"], label=label["name"]) for label in card["labels"]]
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
@@ -138,7 +172,15 @@ def rowsBeforeTheRun(cases: Sequence[CaseSpec], options: BatchOptions, force: bo
     todo = []
     for index, case in enumerate(cases):
         if case.error:
-            rows[index] = {"case": case.id, "status": "failed", "message": case.error, "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": case.notes}
+            rows[index] = {
+                "case": case.id,
+                "status": "failed",
+                "message": case.error,
+                "seconds": 0.0,
+                "roi_size_mm": None,
+                "volumes_cm3": {},
+                "notes": case.notes,
+            }
         elif not force and isCaseComplete(case, options):
             rows[index] = skippedRow(case, options, previous.get(case.id))
         else:
@@ -148,3 +190,4 @@ def rowsBeforeTheRun(cases: Sequence[CaseSpec], options: BatchOptions, force: bo
     return rows, todo
 
 
+__all__ = ["MAX_WORKERS", "MAX_THREADS", "summaryCSV", "writeMontage", "preloadMontageLibrary", "writeCohortFiles", "rowsBeforeTheRun"]

@@ -17,14 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import SimpleITK as sitk
 
+from ..engine.errors import CohortError, MedSegUNetError, firstLine, outOfMemory
+from ..engine.preview import qcTile, tileImage
 from ..engine.request import SegmentationRequest
-from ..engine.errors import CohortError, firstLine, MedSegUNetError, outOfMemory
 from ..engine.volumes import DicomSeries
 from .cases import CaseSpec, checkCaseId
-
 
 FORMATS = {"seg.nrrd": ".seg.nrrd", "nii.gz": ".nii.gz", "nrrd": ".nrrd", "nii": ".nii", "mha": ".mha", "dcm": ".dcm"}
 STAGING_PREFIX = ".medsegunet-case-"
@@ -32,8 +31,6 @@ STAGING_PREFIX = ".medsegunet-case-"
 STAGING_MARKER = ".medsegunet-staging"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "medsegunet.batch-case/1"
-# Tiles of 256 px (readable at 100 %), 10 × 10 per montage page.
-QC_TILE = 256
 
 
 @dataclass
@@ -121,7 +118,14 @@ def inputSignature(case: CaseSpec) -> list[dict]:
     for path in [p for p, _ in case.inputs] + list(case.roi):
         files = _seriesFiles(path, case.found.get(path))
         stats = [os.stat(f) for f in files if os.path.exists(f)]
-        signature.append({"path": canonicalPath(path), "files": len(stats), "bytes": sum(s.st_size for s in stats), "mtime": max((s.st_mtime for s in stats), default=0.0)})
+        signature.append(
+            {
+                "path": canonicalPath(path),
+                "files": len(stats),
+                "bytes": sum(s.st_size for s in stats),
+                "mtime": max((s.st_mtime for s in stats), default=0.0),
+            }
+        )
     return signature
 
 
@@ -140,8 +144,11 @@ def outputRecords(folder: str, names: dict[str, str]) -> dict[str, dict]:
     """Size and SHA256 of each output a case folder holds (the manifest aside): what a rerun checks."""
     from ..engine.paths import sha256
 
-    return {name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": sha256(os.path.join(folder, name))}
-            for key, name in sorted(names.items()) if key != "manifest"}
+    return {
+        name: {"bytes": os.path.getsize(os.path.join(folder, name)), "sha256": sha256(os.path.join(folder, name))}
+        for key, name in sorted(names.items())
+        if key != "manifest"
+    }
 
 
 def outputsIntact(folder: str, records: object) -> bool:
@@ -158,7 +165,12 @@ def outputsIntact(folder: str, records: object) -> bool:
             mode = os.lstat(path)
         except OSError:
             return False
-        if not (stat.S_ISREG(mode.st_mode) and isinstance(record, dict) and record.get("bytes") == mode.st_size and record.get("sha256") == sha256(path)):
+        if not (
+            stat.S_ISREG(mode.st_mode)
+            and isinstance(record, dict)
+            and record.get("bytes") == mode.st_size
+            and record.get("sha256") == sha256(path)
+        ):
             return False
     return True
 
@@ -177,7 +189,8 @@ def isCaseComplete(case: CaseSpec, options: BatchOptions) -> bool:
         and (manifest.get("model") or {}).get("sha256") == options.modelSHA256
         and manifest.get("card_sha256") == options.cardSHA256
         and manifest.get("inputs") == inputSignature(case)
-        and isinstance(records, dict) and set(records) == {name for key, name in names.items() if key != "manifest"}
+        and isinstance(records, dict)
+        and set(records) == {name for key, name in names.items() if key != "manifest"}
         and outputsIntact(folder, records)
     )
 
@@ -205,59 +218,16 @@ def prepareCase(case: CaseSpec, card: dict, options: BatchOptions):
     images, roiImages = readCaseImages(case, options)
     run = options.request.pipelineOptions(card)
     prepared = pipeline.prepareImages(
-        images, card, names=[volumeName(p) for p, _ in case.inputs], roiImages=roiImages, roiNames=[volumeName(p) for p in case.roi],
-        useROI=run["useROI"], marginMM=run["marginMM"], contextMM=run["contextMM"],
+        images,
+        card,
+        names=[volumeName(p) for p, _ in case.inputs],
+        roiImages=roiImages,
+        roiNames=[volumeName(p) for p in case.roi],
+        useROI=run["useROI"],
+        marginMM=run["marginMM"],
+        contextMM=run["contextMM"],
     )
     return images, roiImages, prepared
-
-
-def qcTile(reference: sitk.Image, labelmap: sitk.Image, roi, card: dict, regions=None) -> np.ndarray:
-    """The ROI's slice (along K) where the labels are largest (the mid-ROI slice when there are
-    none), with the labels, as a QC_TILE² RGB uint8 tile, physical aspect kept.
-
-    Args:
-        reference: the reference volume (KJI arrays, LPS).
-        labelmap: the result on the reference grid.
-        regions: sigmoid regions (bool KJI per label), which may overlap: drawn as outlines, so an
-            inner region is never hidden under an outer one.
-    """
-    from scipy import ndimage
-
-    from ..engine.pipeline import labelMasks
-
-    rows = slice(int(roi.ijkMin[1]), int(roi.ijkMax[1]) + 1)
-    columns = slice(int(roi.ijkMin[0]), int(roi.ijkMax[0]) + 1)
-    depth = slice(int(roi.ijkMin[2]), int(roi.ijkMax[2]) + 1)
-    masks = [np.asarray(mask)[depth, rows, columns] for mask in labelMasks(labelmap, card["labels"], regions)]
-    areas = sum(mask.sum(axis=(1, 2)) for mask in masks) if masks else np.zeros(0)
-    k = int(np.argmax(areas)) if len(areas) and areas.max() > 0 else (depth.stop - depth.start - 1) // 2
-    image = sitk.GetArrayViewFromImage(reference)[depth.start + k, rows, columns].astype(np.float32)
-    low, high = np.percentile(image, [1, 99.5]) if image.size else (0.0, 1.0)
-    gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    for mask, label in zip(masks, card["labels"]):
-        mask = mask[k]
-        if regions is not None:
-            mask = mask & ~ndimage.binary_erosion(mask)
-            rgb[mask] = np.asarray(label["color"], dtype=np.float32)
-        else:
-            rgb[mask] = 0.45 * rgb[mask] + 0.55 * np.asarray(label["color"], dtype=np.float32)
-    spacing = reference.GetSpacing()
-    heightMM, widthMM = rgb.shape[0] * spacing[1], rgb.shape[1] * spacing[0]
-    scale = QC_TILE / max(heightMM, widthMM, 1e-6)
-    height, width = max(1, int(round(heightMM * scale))), max(1, int(round(widthMM * scale)))
-    rowIndex = np.minimum((np.arange(height) / height * rgb.shape[0]).astype(int), rgb.shape[0] - 1)
-    columnIndex = np.minimum((np.arange(width) / width * rgb.shape[1]).astype(int), rgb.shape[1] - 1)
-    tile = np.zeros((QC_TILE, QC_TILE, 3), dtype=np.float32)
-    top, left = (QC_TILE - height) // 2, (QC_TILE - width) // 2
-    tile[top : top + height, left : left + width] = rgb[rowIndex][:, columnIndex]
-    return (tile * 255).astype(np.uint8)
-
-
-def tileImage(tile: np.ndarray) -> sitk.Image:
-    """A QC tile (rows, columns, RGB uint8) as a 2D RGB image, for SimpleITK's PNG writer: a worker
-    needs no plotting library (matplotlib takes 0.6 s to import, before its first case)."""
-    return sitk.GetImageFromArray(np.ascontiguousarray(tile, dtype=np.uint8), isVector=True)
 
 
 def _madeByARun(folder: str) -> bool:
@@ -315,7 +285,10 @@ def writeCaseFolder(outputDir: str, caseId: str, write: Callable[[str], None]) -
         raise CohortError(why)
     final = os.path.join(outputDir, caseId)
     if os.path.lexists(final) and not (_madeByARun(final) and _insideOutput(outputDir, final)):
-        raise CohortError(f"'{final}' exists and is not a case folder written by medsegunet batch: it is left as it is; move it away or choose another --output.")
+        raise CohortError(
+            f"'{final}' exists and is not a case folder written by medsegunet batch: it is left as it is; move it away or choose another "
+            "--output."
+        )
     staging = makeStagingFolder(outputDir)
     try:
         write(staging)
@@ -400,8 +373,16 @@ def failedRow(case: CaseSpec, error: BaseException, started: float) -> dict:
         message = firstLine(outOfMemory("in this case").forSurface("batch"))
     else:
         message = f"internal error: {type(error).__name__}: {firstLine(error)}"
-    return {"case": case.id, "status": "failed", "message": message, "seconds": round(time.perf_counter() - started, 3),
-            "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes), "finished": finishedNow()}
+    return {
+        "case": case.id,
+        "status": "failed",
+        "message": message,
+        "seconds": round(time.perf_counter() - started, 3),
+        "roi_size_mm": None,
+        "volumes_cm3": {},
+        "notes": list(case.notes),
+        "finished": finishedNow(),
+    }
 
 
 def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float) -> dict:
@@ -412,13 +393,28 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
     from ..engine.staging import textVerifier, writeTextFile
     from ..engine.writer import OutputPlan, runReport, statisticsDocument, writeResults
 
-    row = {"case": case.id, "status": "failed", "message": "", "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(case.notes)}
+    row = {
+        "case": case.id,
+        "status": "failed",
+        "message": "",
+        "seconds": 0.0,
+        "roi_size_mm": None,
+        "volumes_cm3": {},
+        "notes": list(case.notes),
+    }
     try:
         report, _ = runReport(result, card, images)
         names = caseOutputNames(case.id, options.format)
         document = statisticsDocument(
-            report, result, card, options.modelPath, [(spec["name"], path, channel) for spec, (path, channel) in zip(card["inputs"], case.inputs)],
-            roiSeries=case.roi, case=case.id, notes=case.notes, modelSHA256=options.modelSHA256,
+            report,
+            result,
+            card,
+            options.modelPath,
+            [(spec["name"], path, channel) for spec, (path, channel) in zip(card["inputs"], case.inputs)],
+            roiSeries=case.roi,
+            case=case.id,
+            notes=case.notes,
+            modelSHA256=options.modelSHA256,
         )
         finished, seconds = finishedNow(), round(time.perf_counter() - started, 3)
         manifest = {
@@ -436,8 +432,13 @@ def finishCase(case: CaseSpec, images, result, card: dict, options: BatchOptions
 
         def write(folder: str) -> None:
             inFolder = {key: os.path.join(folder, name) for key, name in names.items()}
-            plan = OutputPlan(segmentation=inFolder["segmentation"], dicomSeries=case.inputs[0][0] if options.format == "dcm" else None,
-                              statisticsCSV=inFolder["statistics_csv"], statisticsJSON=inFolder["statistics_json"], pictures={inFolder["qc"]: tile})
+            plan = OutputPlan(
+                segmentation=inFolder["segmentation"],
+                dicomSeries=case.inputs[0][0] if options.format == "dcm" else None,
+                statisticsCSV=inFolder["statistics_csv"],
+                statisticsJSON=inFolder["statistics_json"],
+                pictures={inFolder["qc"]: tile},
+            )
             writeResults(plan, result, card, report, document, images)
             # Last, so that it can record what the others are.
             text = json.dumps({**manifest, "output_files": outputRecords(folder, names)}, indent=2)
@@ -470,7 +471,11 @@ def finishedNow() -> str:
 
 def qualityNotes(report: dict) -> str:
     """A case's QC state for the summary: ``ok``, or ``flagged:`` and each segment outside the card's ranges."""
-    flagged = [f"{segment['name']} {segment['qc'].removeprefix('flagged: ')}" for segment in report.get("segments", []) if segment.get("qc", "ok") != "ok"]
+    flagged = [
+        f"{segment['name']} {segment['qc'].removeprefix('flagged: ')}"
+        for segment in report.get("segments", [])
+        if segment.get("qc", "ok") != "ok"
+    ]
     return "flagged: " + "; ".join(flagged) if flagged else "ok"
 
 
@@ -548,5 +553,41 @@ def sweepStaging(outputDir: str) -> None:
     if not os.path.isdir(outputDir):
         return
     for entry in os.scandir(outputDir):
-        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir(follow_symlinks=False) and os.path.isfile(os.path.join(entry.path, STAGING_MARKER)):
+        if (
+            entry.name.startswith(STAGING_PREFIX)
+            and entry.is_dir(follow_symlinks=False)
+            and os.path.isfile(os.path.join(entry.path, STAGING_MARKER))
+        ):
             shutil.rmtree(entry.path, ignore_errors=True)
+
+
+__all__ = [
+    "FORMATS",
+    "BatchOptions",
+    "loadCaseModel",
+    "caseOutputNames",
+    "canonicalPath",
+    "cardDigest",
+    "inputSignature",
+    "readManifest",
+    "outputRecords",
+    "outputsIntact",
+    "isCaseComplete",
+    "readCaseImages",
+    "prepareCase",
+    "makeStagingFolder",
+    "writeCaseFolder",
+    "markNetworkBegun",
+    "processCase",
+    "withWorkerNotes",
+    "inferCase",
+    "failedRow",
+    "finishCase",
+    "finishedNow",
+    "qualityNotes",
+    "skippedRow",
+    "previousSummary",
+    "warmUp",
+    "CASES_IN_HAND",
+    "sweepStaging",
+]

@@ -14,9 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..engine.errors import CohortError, firstLine, MedSegUNetError
+from ..engine.errors import CohortError, MedSegUNetError, firstLine
 from ..engine.volumes import DicomSeries
-
 
 # A case name that is one plain path component (it becomes DIR/<case>).
 MAX_CASE_ID = 128
@@ -94,7 +93,10 @@ def _caseFromFile(path: str, card: dict) -> CaseSpec:
     name = os.path.basename(path)
     case = CaseSpec(id=name[: -len(pathSuffix(name))])
     if len(card["inputs"]) != 1:
-        case.error = f"'{name}' is a single volume file, but the model takes {len(card['inputs'])} inputs: put each case's volumes in a folder of its own."
+        case.error = (
+            f"'{name}' is a single volume file, but the model takes {len(card['inputs'])} inputs: put each case's volumes in a "
+            "folder of its own."
+        )
         return case
     case.inputs = [(path, None)]
     case.series = {card["inputs"][0]["name"]: path}
@@ -113,7 +115,10 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
     inputNames = [spec["name"] for spec in card["inputs"]]
     missing = [name for name in ["case", *inputNames] if name.lower() not in columns]
     if missing:
-        raise CohortError(f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs 'case' and one column per card input ({', '.join(inputNames)}).")
+        raise CohortError(
+            f"Case table '{table}' lacks column(s) {', '.join(missing)}: it needs 'case' and one column per card input "
+            f"({', '.join(inputNames)})."
+        )
     roiColumns = [columns[c] for c in columns if c.startswith("roi")]
     from .seriesmatch import rolesOfCard
 
@@ -135,7 +140,9 @@ def _casesFromCSV(table: str, card: dict) -> list[CaseSpec]:
             case.roi = [resolve(row[c]) for c in roiColumns if (row.get(c) or "").strip()]
             case.series = {name: path for name, (path, _) in zip(inputNames, case.inputs)}
             # The table's roi columns in order stand for the card's ROI series (then any extra ones).
-            case.series.update({f"ROI {roiRoles[index] if index < len(roiRoles) else index + 1}": path for index, path in enumerate(case.roi)})
+            case.series.update(
+                {f"ROI {roiRoles[index] if index < len(roiRoles) else index + 1}": path for index, path in enumerate(case.roi)}
+            )
         cases.append(case)
     return cases
 
@@ -147,20 +154,29 @@ def _casesFromDecathlon(description: str, card: dict) -> list[CaseSpec]:
     except json.JSONDecodeError as error:
         raise CohortError(f"'{description}' is not valid JSON ({error.msg}).") from None
     if not isinstance(dataset, dict):
-        raise CohortError(f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object with 'test' or 'training'.")
+        raise CohortError(
+            f"'{description}' is not a Decathlon dataset.json: its top level is a {type(dataset).__name__}, not an object with 'test' or "
+            "'training'."
+        )
     modalities = dataset.get("modality") or {"0": card["inputs"][0]["name"]}
     if not isinstance(modalities, dict):
         raise CohortError(f"'{description}': 'modality' is not an object of index → name.")
     for key in ("test", "training"):
         entries = dataset.get(key) or []
-        if not isinstance(entries, list) or not all(isinstance(entry, str) or (isinstance(entry, dict) and isinstance(entry.get("image"), str)) for entry in entries):
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, str) or (isinstance(entry, dict) and isinstance(entry.get("image"), str)) for entry in entries
+        ):
             raise CohortError(f"'{description}': '{key}' is not a list of image paths or of {{\"image\": path}} entries.")
     count = len(card["inputs"])
     if len(modalities) != count:
-        raise CohortError(f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images.")
+        raise CohortError(
+            f"'{description}' has {len(modalities)} modalities but the model takes {count} inputs: use a model for these images."
+        )
     from ..engine.paths import pathSuffix
 
-    images = [entry if isinstance(entry, str) else entry.get("image") for entry in (dataset.get("test") or []) + (dataset.get("training") or [])]
+    images = [
+        entry if isinstance(entry, str) else entry.get("image") for entry in (dataset.get("test") or []) + (dataset.get("training") or [])
+    ]
     cases = []
     for image in images:
         if not image:
@@ -191,8 +207,11 @@ def casesFromSource(source: str, card: dict) -> list[CaseSpec]:
             cases = _casesFromDecathlon(description, card)
         else:
             entries = sorted((entry for entry in os.scandir(source) if not entry.name.startswith(".")), key=lambda entry: entry.name)
-            cases = [_caseFromFolder(entry.path, card) if entry.is_dir() else _caseFromFile(entry.path, card)
-                     for entry in entries if entry.is_dir() or pathSuffix(entry.name) in VOLUME_SUFFIXES]
+            cases = [
+                _caseFromFolder(entry.path, card) if entry.is_dir() else _caseFromFile(entry.path, card)
+                for entry in entries
+                if entry.is_dir() or pathSuffix(entry.name) in VOLUME_SUFFIXES
+            ]
     elif source.lower().endswith(".csv"):
         cases = _casesFromCSV(source, card)
     elif source.lower().endswith(".json"):
@@ -224,8 +243,10 @@ def checkCaseId(caseId: str) -> str | None:
     """
     if not SAFE_CASE_ID.fullmatch(caseId) or caseId in (".", ".."):
         shown = caseId if len(caseId) <= 60 else caseId[:57] + "..."
-        return (f"the case name {shown!r} cannot be a folder name: use letters, digits, '-', '_' and '.' "
-                f"(not first), at most {MAX_CASE_ID} characters; rename the case")
+        return (
+            f"the case name {shown!r} cannot be a folder name: use letters, digits, '-', '_' and '.' "
+            f"(not first), at most {MAX_CASE_ID} characters; rename the case"
+        )
     return None
 
 
@@ -247,3 +268,6 @@ def dryRunTable(cases: Sequence[CaseSpec], card: dict) -> str:
         status = f"error: {case.error}" if case.error else ("; ".join(case.notes) or "ok")
         lines.append("\t".join([case.id, *cells, status]))
     return "\n".join(lines) + "\n"
+
+
+__all__ = ["CaseSpec", "readTableText", "casesFromSource", "checkCaseId", "shownCaseId", "dryRunTable"]

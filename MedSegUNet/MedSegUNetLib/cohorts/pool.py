@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from ..engine.errors import CohortError, firstLine, MedSegUNetError
-from .cases import CaseSpec
+from ..engine.errors import CohortError, MedSegUNetError, firstLine
 from .casejob import CASES_IN_HAND, BatchOptions, failedRow, finishCase, inferCase, prepareCase, sweepStaging, warmUp
+from .cases import CaseSpec
 
 
 class ResultSender:
@@ -80,7 +80,10 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
     finishing = None
     # Reads run ahead on one thread, statistics and writes behind on another: the network (this
     # thread) goes from case to case without waiting for the disk.
-    with ThreadPoolExecutor(max_workers=1, initializer=_yieldToTheNetwork) as pool, ThreadPoolExecutor(max_workers=1, initializer=_yieldToTheNetwork) as writer:
+    with (
+        ThreadPoolExecutor(max_workers=1, initializer=_yieldToTheNetwork) as pool,
+        ThreadPoolExecutor(max_workers=1, initializer=_yieldToTheNetwork) as writer,
+    ):
         while True:
             if not pending:
                 if stopping:
@@ -115,7 +118,9 @@ def _workerMain(workerId: int, cases: list[CaseSpec], options: BatchOptions, dev
             result.timings["network_thread"] = time.perf_counter() - started
             if finishing is not None:
                 finishing.result()  # one case's files in flight at a time
-            finishing = writer.submit(_finishAndReport, workerId, index, withWorkerNotes(cases[index], loaded), images, result, card, options, started, results)
+            finishing = writer.submit(
+                _finishAndReport, workerId, index, withWorkerNotes(cases[index], loaded), images, result, card, options, started, results
+            )
         if finishing is not None:
             finishing.result()
 
@@ -173,7 +178,9 @@ def _yieldToTheNetwork() -> None:
             pass
 
 
-def _finishAndReport(workerId: int, index: int, case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float, results) -> None:
+def _finishAndReport(
+    workerId: int, index: int, case: CaseSpec, images, result, card: dict, options: BatchOptions, started: float, results
+) -> None:
     results.put(("done", workerId, index, finishCase(case, images, result, card, options, started)))
 
 
@@ -264,8 +271,13 @@ def lostCases(lost: set[int], begun: set[int], freeLosses: dict[int, int]) -> tu
 
 
 def runLocal(
-    cases: list[CaseSpec], todo: Sequence[int], options: BatchOptions, devices: Sequence[str], onRow: Callable[[int, dict], None],
-    onBegun: Callable[[int, int], None] | None = None, onWarning: Callable[[str], None] | None = None,
+    cases: list[CaseSpec],
+    todo: Sequence[int],
+    options: BatchOptions,
+    devices: Sequence[str],
+    onRow: Callable[[int, dict], None],
+    onBegun: Callable[[int, int], None] | None = None,
+    onWarning: Callable[[str], None] | None = None,
 ) -> None:
     """Run cases ``todo`` on worker processes; ``onRow(index, row)`` as each case ends,
     ``onBegun(index, workerNumber)`` (1…N) when a worker says it has begun a case (read or segmented), and
@@ -380,8 +392,10 @@ class LocalPool:
             why = _deathMessage(process.exitcode)
             if self.onWarning is not None:
                 retried = [self.cases[index].id for index in suspects if self.attempts[index] < 1]
-                self.onWarning(f"{why} (worker {self.numbers[workerId]}, PID {process.pid}); a new one takes its place"
-                               + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else ""))
+                self.onWarning(
+                    f"{why} (worker {self.numbers[workerId]}, PID {process.pid}); a new one takes its place"
+                    + (f", and its case(s) {', '.join(retried)} are tried once more" if retried else "")
+                )
             for index in reversed(again):
                 self.pending.insert(0, index)
             for index in suspects:
@@ -397,8 +411,19 @@ class LocalPool:
             self.pending.insert(0, index)
             return
         self.remaining.discard(index)
-        self.onRow(index, {"case": self.cases[index].id, "status": "failed", "message": f"{why}, twice", "seconds": 0.0,
-                           "roi_size_mm": None, "volumes_cm3": {}, "notes": list(self.cases[index].notes), "attempts": self.attempts[index]})
+        self.onRow(
+            index,
+            {
+                "case": self.cases[index].id,
+                "status": "failed",
+                "message": f"{why}, twice",
+                "seconds": 0.0,
+                "roi_size_mm": None,
+                "volumes_cm3": {},
+                "notes": list(self.cases[index].notes),
+                "attempts": self.attempts[index],
+            },
+        )
 
     def close(self) -> None:
         """Stop the workers (a None task each, then terminate what lingers) and sweep staging folders."""
@@ -415,3 +440,16 @@ class LocalPool:
         for receiver in self.receivers.values():
             receiver.close()
         sweepStaging(self.options.outputDir)
+
+
+__all__ = [
+    "ResultSender",
+    "spareTheExitCollection",
+    "exitWithParent",
+    "gpuCount",
+    "cpuWorkerCount",
+    "workerDevices",
+    "lostCases",
+    "runLocal",
+    "LocalPool",
+]

@@ -4,8 +4,8 @@ Each actor loads the model once (one actor per GPU with ``num_gpus=1``; CPU acto
 and runs :func:`batch.processCase`, the function the local workers run, so the files and the
 summary rows are the same. As a local worker does, an actor holds three cases at a time, on
 threads (``max_concurrency``): one is read while another uses the network (a lock lets one case at
-a time use it) and a third is written, so a GPU does not wait for DICOM reads. Without ``--ray-address`` a local Ray is started for the run; with it,
-the run joins that cluster. Every node must see the input paths and write to the output folder
+a time use it) and a third is written, so a GPU does not wait for DICOM reads. Without ``--ray-address`` a local
+Ray is started for the run; with it, the run joins that cluster. Every node must see the input paths and write to the output folder
 (a shared file system), and must have MedSegUNet installed. An actor that dies (a node lost, out
 of memory) is replaced and its case is tried once more.
 
@@ -19,7 +19,7 @@ import io
 import threading
 from typing import Callable, Sequence
 
-from ..engine.errors import CohortError, firstLine, MedSegUNetError
+from ..engine.errors import CohortError, MedSegUNetError, firstLine
 from ..engine.paths import nativeMessages
 
 
@@ -52,7 +52,9 @@ def importRay():
     try:
         import ray
     except ImportError:
-        raise CohortError("The Ray engine needs Ray: install it with pip install -e \".[ray]\" (or pip install ray), or use --engine local.") from None
+        raise CohortError(
+            'The Ray engine needs Ray: install it with pip install -e ".[ray]" (or pip install ray), or use --engine local.'
+        ) from None
     return ray
 
 
@@ -82,7 +84,10 @@ def checkReachable(address: str, timeout: float = CONNECT_SECONDS) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as error:
-        raise CohortError(f"Cannot join Ray at {address}: nothing answers there within {timeout:g} s ({firstLine(error)}); check the address and that the cluster runs.") from None
+        raise CohortError(
+            f"Cannot join Ray at {address}: nothing answers there within {timeout:g} s ({firstLine(error)}); check the address and that "
+            "the cluster runs."
+        ) from None
 
 
 def runRay(cases, todo: Sequence[int], options, address: str | None, workers: int | None, onRow: Callable[[int, dict], None]) -> None:
@@ -157,8 +162,19 @@ def _dispatch(ray, actorClass, cases, todo: list[int], options, device: str, cou
                 actors.append(replacement)
                 load[id(replacement)] = 0
             if attempts[index] > 1:
-                onRow(index, {"case": cases[index].id, "status": "failed", "message": f"the Ray actor died twice ({firstLine(error)[:120]})",
-                              "seconds": 0.0, "roi_size_mm": None, "volumes_cm3": {}, "notes": list(cases[index].notes), "attempts": attempts[index]})
+                onRow(
+                    index,
+                    {
+                        "case": cases[index].id,
+                        "status": "failed",
+                        "message": f"the Ray actor died twice ({firstLine(error)[:120]})",
+                        "seconds": 0.0,
+                        "roi_size_mm": None,
+                        "volumes_cm3": {},
+                        "notes": list(cases[index].notes),
+                        "attempts": attempts[index],
+                    },
+                )
             else:
                 waiting.insert(0, index)
             submit(replacements[id(actor)])
@@ -172,3 +188,6 @@ def _dispatch(ray, actorClass, cases, todo: list[int], options, device: str, cou
         onRow(index, row)
         submit(actor)
     del actors
+
+
+__all__ = ["CaseActor", "importRay", "checkReachable", "runRay"]

@@ -31,11 +31,7 @@ import numpy as np
 from ..engine.errors import CohortError
 from ..engine.volumes import DicomSeries, readHeader
 
-PLANE_WORDS = {
-    "tra": ("tra", "ax", "axi", "axial", "transverse", "transversal"),
-    "sag": ("sag", "sagittal"),
-    "cor": ("cor", "coronal"),
-}
+PLANE_WORDS = {"tra": ("tra", "ax", "axi", "axial", "transverse", "transversal"), "sag": ("sag", "sagittal"), "cor": ("cor", "coronal")}
 
 
 def words(text: str) -> tuple[str, ...]:
@@ -99,7 +95,10 @@ class SeriesMatch:
 
 def rolesOfCard(card: dict) -> list[Role]:
     """The card's inputs (``match`` words, else the name) then its ``roi.from_series`` entries."""
-    roles = [Role("input", spec["name"], tuple(w for term in (spec.get("match") or [spec["name"]]) for w in words(term))) for spec in card["inputs"]]
+    roles = [
+        Role("input", spec["name"], tuple(w for term in (spec.get("match") or [spec["name"]]) for w in words(term)))
+        for spec in card["inputs"]
+    ]
     for entry in (card.get("roi") or {}).get("from_series") or []:
         roles.append(Role("roi", entry, words(entry)))
     return roles
@@ -213,7 +212,9 @@ def findCaseSeries(folder: str | os.PathLike) -> list[SeriesCandidate]:
         direction = _fileDirection(item.files[0])
         # A single slice reads with the slice normal as its third axis.
         plane = planeOfDirection(direction) if direction is not None else None
-        candidates.append(SeriesCandidate(path, item.description or os.path.basename(item.folder), words(f"{item.description} {relative}"), plane, item))
+        candidates.append(
+            SeriesCandidate(path, item.description or os.path.basename(item.folder), words(f"{item.description} {relative}"), plane, item)
+        )
     for directory, _, files in sorted(os.walk(folder)):
         for name in sorted(files):
             suffix = pathSuffix(name)
@@ -222,5 +223,24 @@ def findCaseSeries(folder: str | os.PathLike) -> list[SeriesCandidate]:
             path = os.path.join(directory, name)
             direction = _fileDirection(path)
             stem = name[: -len(suffix)]
-            candidates.append(SeriesCandidate(path, stem, words(f"{os.path.relpath(directory, folder)} {stem}"), planeOfDirection(direction) if direction else None))
+            candidates.append(
+                SeriesCandidate(
+                    path, stem, words(f"{os.path.relpath(directory, folder)} {stem}"), planeOfDirection(direction) if direction else None
+                )
+            )
     return sorted(candidates, key=lambda c: c.path)
+
+
+__all__ = [
+    "words",
+    "planeOfDirection",
+    "SeriesCandidate",
+    "Role",
+    "SeriesMatch",
+    "rolesOfCard",
+    "score",
+    "assignRoles",
+    "suggestSeries",
+    "matchSeries",
+    "findCaseSeries",
+]

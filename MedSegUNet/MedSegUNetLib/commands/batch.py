@@ -8,8 +8,8 @@ import time
 from typing import Sequence
 
 from ..cohorts.batch import MAX_THREADS, MAX_WORKERS, preloadMontageLibrary, rowsBeforeTheRun, writeCohortFiles
-from ..cohorts.casejob import BatchOptions, cardDigest, FORMATS, sweepStaging
-from ..cohorts.cases import casesFromSource, CaseSpec, dryRunTable, shownCaseId
+from ..cohorts.casejob import FORMATS, BatchOptions, cardDigest, sweepStaging
+from ..cohorts.cases import CaseSpec, casesFromSource, dryRunTable, shownCaseId
 from ..cohorts.pool import runLocal, workerDevices
 from ..engine.errors import CohortError, Interrupted
 from ..engine.request import SegmentationRequest
@@ -24,31 +24,58 @@ def addParser(subparsers) -> None:
         help="segment a cohort: a folder of cases, a CSV or a Decathlon dataset.json",
         description="Segment every case of a cohort with one model loaded once per worker. Writes DIR/<case>/ (segmentation, "
         "statistics, QC tile, manifest), DIR/summary.csv and DIR/qc.png. A failing case is recorded and the rest go on; "
-        "exit status 1 when any case failed. A rerun skips cases whose outputs are complete and made by the same model from the same inputs.",
+        "exit status 1 when any case failed. A rerun skips cases whose outputs are complete and made by the same model from the same "
+        "inputs.",
     )
     parser.add_argument("--model", required=True, metavar="MODEL", help="TorchScript model with a MedSegUNet card, or a catalog name")
-    parser.add_argument("--cases", required=True, metavar="SOURCE", help="folder of case folders, a CSV (case, one column per input, roi… columns) or dataset.json")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created if missing; on a cluster, a path every node can write)")
+    parser.add_argument(
+        "--cases",
+        required=True,
+        metavar="SOURCE",
+        help="folder of case folders, a CSV (case, one column per input, roi… columns) or dataset.json",
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="output folder (created if missing; on a cluster, a path every node can write)"
+    )
     parser.add_argument("--format", default="seg.nrrd", choices=list(FORMATS), help="segmentation file format (default seg.nrrd)")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: one per GPU; on the CPU two, when the cases, cores and memory (4 GB each) allow, else one)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads of each worker's network (default: the CPU cores divided among the workers)")
-    parser.add_argument("--engine", default="local", choices=["local", "ray"], help="local worker processes, or Ray actors (pip install -e '.[ray]')")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: one per GPU; on the CPU two, when the cases, cores and memory (4 GB each) allow, else one)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of each worker's network (default: the CPU cores divided among the workers)",
+    )
+    parser.add_argument(
+        "--engine", default="local", choices=["local", "ray"], help="local worker processes, or Ray actors (pip install -e '.[ray]')"
+    )
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
-    parser.add_argument("--compile", action="store_true",
-                        help="a .pt2 model: every worker runs it as an AOTInductor package built once for this machine (cached), when it answers the same and is faster")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="a .pt2 model: every worker runs it as an AOTInductor package built once for this machine (cached), when it answers the same "
+        "and is faster",
+    )
     parser.add_argument("--force", action="store_true", help="redo cases whose outputs are already complete")
     parser.add_argument("--dry-run", action="store_true", help="print the case × role → series table and change nothing")
-    parser.add_argument("--resample-irregular", action="store_true", help="resample DICOM series with irregular slices instead of failing those cases")
+    parser.add_argument(
+        "--resample-irregular", action="store_true", help="resample DICOM series with irregular slices instead of failing those cases"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args, console) -> int:
     """``medsegunet batch``: returns 0 when every case succeeded, 1 when some failed."""
-    from .console import CaseProgress
     from ..engine.modelcard import readCard
     from ..models.catalog import resolveModelOption
+    from .console import CaseProgress
 
     checkOptions(args)
     args.model = resolveModelOption(args.model, console)
@@ -80,7 +107,15 @@ def run(args, console) -> int:
 
             runRay(cases, todo, options, args.ray_address, args.workers, onRow)
         elif todo:
-            runLocal(cases, todo, options, devices, onRow, onBegun=lambda index, number: progress.begun(cases[index].id, number), onWarning=progress.warn)
+            runLocal(
+                cases,
+                todo,
+                options,
+                devices,
+                onRow,
+                onBegun=lambda index, number: progress.begun(cases[index].id, number),
+                onWarning=progress.warn,
+            )
         progress.close()
         ordered = [rows[index] for index in range(len(cases))]
         written = writeCohortFiles(ordered, card, options)
@@ -105,11 +140,13 @@ def checkOptions(args) -> None:
 
 def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOptions, list[str]]:
     """The output folder (never an input, nor inside one), swept of stale staging folders; the run's options and worker devices."""
-    from ..engine.staging import checkDistinctPaths
     from ..engine.paths import sha256
+    from ..engine.staging import checkDistinctPaths
 
     caseInputs = [path for case in cases for path in [*(p for p, _ in case.inputs), *case.roi]]
-    checkDistinctPaths({"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"], "a case's input": caseInputs})
+    checkDistinctPaths(
+        {"--output": args.output}, {"--cases": args.cases, "--model": [args.model, args.model + ".json"], "a case's input": caseInputs}
+    )
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise CohortError(f"--output '{args.output}' is a file: give a folder.")
     try:
@@ -121,8 +158,12 @@ def prepareOutput(args, card: dict, cases: Sequence[CaseSpec]) -> tuple[BatchOpt
     sweepStaging(args.output)
     devices = workerDevices(args.device, args.workers, len(cases)) if args.engine == "local" else []
     options = BatchOptions(
-        modelPath=os.path.abspath(args.model), modelSHA256=sha256(args.model), cardSHA256=cardDigest(card), outputDir=os.path.abspath(args.output),
-        format=args.format, request=SegmentationRequest(modelPath=os.path.abspath(args.model), device=args.device, resampleIrregular=args.resample_irregular),
+        modelPath=os.path.abspath(args.model),
+        modelSHA256=sha256(args.model),
+        cardSHA256=cardDigest(card),
+        outputDir=os.path.abspath(args.output),
+        format=args.format,
+        request=SegmentationRequest(modelPath=os.path.abspath(args.model), device=args.device, resampleIrregular=args.resample_irregular),
         threads=threadsEach(args, devices),
     )
     return options, devices
@@ -138,7 +179,9 @@ def compiledCacheFor(args, devices: Sequence[str], console) -> str | None:
     loaded = loadCompiledModel(args.model, devices[0] if devices else args.device, cache, console.warn, console)
     if loaded.compiled is None:
         return None
-    console.line(f"Workers run the AOTInductor package built for this machine ({loaded.compiled['speedup']:.2f}× the uncompiled speed on one patch)")
+    console.line(
+        f"Workers run the AOTInductor package built for this machine ({loaded.compiled['speedup']:.2f}× the uncompiled speed on one patch)"
+    )
     return str(cache)
 
 
@@ -163,3 +206,6 @@ def report(ordered: Sequence[dict], written: Sequence[str], output: str, console
             sys.stderr.write(f"medsegunet: case {shownCaseId(row['case'])} failed: {row['message']}\n")
     sys.stderr.write(f"medsegunet: {counts['failed']} of {len(ordered)} cases failed (see {os.path.join(output, 'summary.csv')}).\n")
     return 1
+
+
+__all__ = ["addParser", "run", "checkOptions", "prepareOutput", "compiledCacheFor", "threadsEach", "report"]

@@ -69,7 +69,13 @@ class ConsoleProgress(BarDisplay):
         from tqdm import tqdm
 
         if self._bar is None:
-            self._bar = tqdm(total=100, file=self.barStream, desc=self.description or None, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", leave=False)
+            self._bar = tqdm(
+                total=100,
+                file=self.barStream,
+                desc=self.description or None,
+                bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+                leave=False,
+            )
         self._bar.n = round(min(max(fraction, 0.0), 1.0) * 100, 1)
         self._bar.set_postfix_str(message[:60], refresh=False)
         self._bar.refresh()
@@ -84,7 +90,6 @@ class ConsoleProgress(BarDisplay):
         self.stream.flush()
         if self._bar is not None:
             self._bar.refresh()
-
 
 
 def caseOutcome(row: dict) -> str:
@@ -127,7 +132,6 @@ class CaseProgress(BarDisplay):
             sys.stdout.flush()
 
 
-
 def warnAbove(bar, text: str) -> None:
     """``medsegunet: warning: TEXT`` on stderr, above a terminal bar if one is drawn (redrawn after)."""
     if bar is not None:
@@ -168,3 +172,6 @@ def libraryLogsOn(console: ConsoleProgress):
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+__all__ = ["BarDisplay", "ConsoleProgress", "caseOutcome", "CaseProgress", "warnAbove", "LibraryLogHandler", "libraryLogsOn"]

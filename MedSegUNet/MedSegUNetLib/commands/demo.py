@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..demo import runDemo
 
 
@@ -14,7 +13,9 @@ def addParser(subparsers) -> None:
         description="Segment the prostate zones of ProstateX-0000 (axial T2, ROI from the axial/sagittal/coronal T2) and write "
         "the segmentation, statistics and a PNG overview. Without --data the three T2 series are downloaded once into a cache folder.",
     )
-    parser.add_argument("--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files")
+    parser.add_argument(
+        "--data", metavar="DIR", help="local copy: DICOM series folders (e.g. ../shared/data/prostatex/ProstateX-0000) or the NRRD files"
+    )
     parser.add_argument("--output", default="demo-output", metavar="DIR", help="output folder (default: demo-output)")
     parser.add_argument("--model", metavar="PATH", help="model file or catalog name (default: the zoo's prostate-zones model)")
     from ..engine.settings import DEVICES
@@ -33,3 +34,6 @@ def run(args, console=None) -> int:
         model = resolveModelOption(model, console)
     runDemo(args.data, args.output, model, args.device, log=log, progress=console)
     return 0
+
+
+__all__ = ["addParser", "run"]

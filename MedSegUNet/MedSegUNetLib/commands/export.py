@@ -18,8 +18,12 @@ def addParser(subparsers) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint_best.pt written by 'medsegunet train'")
     parser.add_argument("--config", help="training config (default: the one stored in the checkpoint)")
     parser.add_argument("--output", required=True, help="model file to write, e.g. model.pt")
-    parser.add_argument("--format", choices=("torchscript", "pt2"), default="torchscript",
-                        help="TorchScript (default; every Slicer's torch loads it) or a torch.export archive (.pt2)")
+    parser.add_argument(
+        "--format",
+        choices=("torchscript", "pt2"),
+        default="torchscript",
+        help="TorchScript (default; every Slicer's torch loads it) or a torch.export archive (.pt2)",
+    )
     parser.set_defaults(func=run)
 
     info = subparsers.add_parser("info", help="show a model's card", description="Show the card of a MedSegUNet TorchScript model.")
@@ -28,9 +32,11 @@ def addParser(subparsers) -> None:
     info.set_defaults(func=runInfo)
 
     convert = subparsers.add_parser(
-        "convert", help="convert a TorchScript model to a torch.export (.pt2) model",
+        "convert",
+        help="convert a TorchScript model to a torch.export (.pt2) model",
         description="Rebuild the eager network the card records, export it with torch.export, and check it against the "
-        "TorchScript network on random inputs of three sizes before writing MODEL.pt2 with the same card.")
+        "TorchScript network on random inputs of three sizes before writing MODEL.pt2 with the same card.",
+    )
     convert.add_argument("model", metavar="MODEL.pt", help="TorchScript model file, or a catalog name")
     convert.add_argument("--output", required=True, help="the .pt2 file to write")
     convert.set_defaults(func=runConvert)
@@ -46,7 +52,10 @@ def run(args, console=None) -> int:
     sys.stdout.write(f"Wrote {args.output}\n{cardSummary(card)}\n")
     validation = card.get("validation")
     if validation:
-        sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} on {', '.join(validation['cases'])} (epoch {validation['epoch']})\n")
+        sys.stdout.write(
+            f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} on {', '.join(validation['cases'])} (epoch "
+            f"{validation['epoch']})\n"
+        )
     return 0
 
 
@@ -70,7 +79,6 @@ def runInfo(args, console=None) -> int:
     import json
 
     from ..engine.modelcard import cardSummary, readCard
-
     from ..models.catalog import resolveModelOption
 
     path = resolveModelOption(args.model, console)
@@ -84,8 +92,11 @@ def runInfo(args, console=None) -> int:
         provenance = card.get("provenance")
         if isinstance(provenance, dict):
             verified = provenance.get("verified") or {}
-            sys.stdout.write(f"Imported from {provenance.get('format')} {provenance.get('source')} (SHA256 {str(provenance.get('source_sha256'))[:12]}…), "
-                             f"verified against {verified.get('runtime')}: max difference {verified.get('max_abs_difference')}\n")
+            sys.stdout.write(
+                f"Imported from {provenance.get('format')} {provenance.get('source')} (SHA256 "
+                f"{str(provenance.get('source_sha256'))[:12]}…), "
+                f"verified against {verified.get('runtime')}: max difference {verified.get('max_abs_difference')}\n"
+            )
         validation = card.get("validation")
         if isinstance(validation, dict) and validation.get("mean_dice") is not None:
             cases = validation.get("cases", [])
@@ -93,3 +104,6 @@ def runInfo(args, console=None) -> int:
             sys.stdout.write(f"{validationWording(card)}: mean Dice {validation['mean_dice']:.4f} ({shown})\n")
         sys.stdout.write("\n".join(usageLines(card, args.model)) + "\n")
     return 0
+
+
+__all__ = ["addParser", "run", "runConvert", "runInfo"]

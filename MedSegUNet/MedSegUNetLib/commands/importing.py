@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..engine.errors import ModelImportError
 from ..models.importing import detectFormat, importAuto3DSeg, importBundle
 from ..models.onnximport import importONNX
@@ -13,15 +12,32 @@ def addParser(subparsers) -> None:
     parser = subparsers.add_parser(
         "import",
         help="import an ONNX, TorchScript or Auto3DSeg model or a MONAI bundle as a verified MedSegUNet model",
-        description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source runtime.",
+        description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source "
+        "runtime.",
     )
-    parser.add_argument("source", metavar="SOURCE", help="an .onnx file, a published TorchScript .pt, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder")
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="an .onnx file, a published TorchScript .pt, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder",
+    )
     parser.add_argument("--output", required=True, metavar="MODEL.pt", help="the model file to write")
-    parser.add_argument("--card", metavar="CARD.json", help="the model card; for ONNX with \"network\": {\"_target_\", \"args\"} naming the network of the weights")
-    parser.add_argument("--localizer", metavar="TORCHSCRIPT.pt", help="TorchScript: the localiser network the card's \"localizer\" describes, stored in the same model file")
+    parser.add_argument(
+        "--card",
+        metavar="CARD.json",
+        help='the model card; for ONNX with "network": {"_target_", "args"} naming the network of the weights',
+    )
+    parser.add_argument(
+        "--localizer",
+        metavar="TORCHSCRIPT.pt",
+        help='TorchScript: the localiser network the card\'s "localizer" describes, stored in the same model file',
+    )
     parser.add_argument("--labels", metavar="LABELS.csv", help="labels (value,name) for Auto3DSeg checkpoints")
-    parser.add_argument("--format", choices=("torchscript", "pt2"), default="torchscript",
-                        help="write TorchScript (default, MODEL.pt) or a torch.export archive (MODEL.pt2; not for a published TorchScript network)")
+    parser.add_argument(
+        "--format",
+        choices=("torchscript", "pt2"),
+        default="torchscript",
+        help="write TorchScript (default, MODEL.pt) or a torch.export archive (MODEL.pt2; not for a published TorchScript network)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -29,24 +45,35 @@ def run(args, console) -> int:
     from ..engine.staging import checkDistinctPaths, checkOutputPath
 
     checkOutputPath(args.output, (".pt2",) if args.format == "pt2" else (".pt",))
-    checkDistinctPaths({"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer})
+    checkDistinctPaths(
+        {"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer}
+    )
     kind = detectFormat(args.source)
     if args.localizer and kind == "auto3dseg":
         from ..models.torchscriptimport import loadScripted
 
         loadScripted(args.source, "Model")  # a .pt that is not TorchScript (cut short, or a checkpoint): said as such
     if args.localizer and kind != "torchscript":
-        raise ModelImportError(f"--localizer goes with a published TorchScript model, not with {'a MONAI bundle' if kind == 'bundle' else kind.upper() if kind == 'onnx' else 'an Auto3DSeg checkpoint'}.")
+        raise ModelImportError(
+            "--localizer goes with a published TorchScript model, not with "
+            f"{'a MONAI bundle' if kind == 'bundle' else kind.upper() if kind == 'onnx' else 'an Auto3DSeg checkpoint'}."
+        )
     if kind == "torchscript":
         from ..models.torchscriptimport import importTorchScript
 
         if args.format == "pt2":
-            raise ModelImportError("A published TorchScript network exists only as TorchScript (no eager network to export): import it without --format pt2.")
+            raise ModelImportError(
+                "A published TorchScript network exists only as TorchScript (no eager network to export): import it without --format pt2."
+            )
         if not args.card:
-            raise ModelImportError("Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output).")
+            raise ModelImportError(
+                "Importing a TorchScript model needs --card CARD.json (how its pipeline prepares the input and reads the output)."
+            )
         card = importTorchScript(args.source, args.card, args.output, args.localizer, progress=console)
-        console.line(f"Wrote {args.output}: the written model answers a random {card['provenance']['verified']['patch']} input as the published one does"
-                     + (" (localiser included)" if args.localizer else ""))
+        console.line(
+            f"Wrote {args.output}: the written model answers a random {card['provenance']['verified']['patch']} input as the published one "
+            "does" + (" (localiser included)" if args.localizer else "")
+        )
         return 0
     if kind == "bundle":
         card = importBundle(args.source, args.output, format=args.format, progress=console)
@@ -58,5 +85,11 @@ def run(args, console) -> int:
     for note in card["provenance"].get("notes", []):
         console.line(f"Note: {note}")
     verified = card["provenance"]["verified"]
-    console.line(f"Wrote {args.output}: matches {verified['runtime']} within {verified['max_abs_difference']:.2g} (output range {verified['output_range']:.3g})")
+    console.line(
+        f"Wrote {args.output}: matches {verified['runtime']} within {verified['max_abs_difference']:.2g} (output range "
+        f"{verified['output_range']:.3g})"
+    )
     return 0
+
+
+__all__ = ["addParser", "run"]

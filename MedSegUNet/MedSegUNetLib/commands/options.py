@@ -6,8 +6,6 @@ import argparse
 import math
 from typing import Sequence
 
-
-
 EXIT_USER_ERROR = 2
 
 
@@ -84,3 +82,15 @@ def moveInputsAfterDoubleDash(arguments: Sequence[str]) -> list[str]:
         inputs += arguments[cut + 1 : end]
         arguments = arguments[:cut] + arguments[end:]
     return inputs + arguments
+
+
+__all__ = [
+    "EXIT_USER_ERROR",
+    "MAX_MARGIN_MM",
+    "StoreOnce",
+    "OneLineParser",
+    "finiteNumber",
+    "addCommonOptions",
+    "addCommonOptionsEverywhere",
+    "moveInputsAfterDoubleDash",
+]

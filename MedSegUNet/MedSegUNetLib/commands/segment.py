@@ -24,7 +24,11 @@ def addRoiParser(subparsers) -> None:
     parser.add_argument("volumes", nargs="*", metavar="VOLUME", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
     parser.add_argument("--reference", metavar="PATH", help="which VOLUME the ROI is expressed on (default: the first)")
     parser.add_argument(
-        "--margin", type=finiteNumber(0.0, MAX_MARGIN_MM), default=0.0, metavar="MM", help=f"grow the ROI by this many mm per side (0–{MAX_MARGIN_MM:g}; clipped)"
+        "--margin",
+        type=finiteNumber(0.0, MAX_MARGIN_MM),
+        default=0.0,
+        metavar="MM",
+        help=f"grow the ROI by this many mm per side (0–{MAX_MARGIN_MM:g}; clipped)",
     )
     parser.add_argument("--json", metavar="OUT", default="-", help="write the JSON here ('-' = standard output, the default)")
     _addResampleIrregular(parser)
@@ -35,7 +39,8 @@ def _addResampleIrregular(parser) -> None:
     parser.add_argument(
         "--resample-irregular",
         action="store_true",
-        help="resample a DICOM series with missing, duplicated or unevenly spaced slices onto a regular grid built from the true slice positions (default: refuse it)",
+        help="resample a DICOM series with missing, duplicated or unevenly spaced slices onto a regular grid built from the true slice "
+        "positions (default: refuse it)",
     )
 
 
@@ -44,7 +49,9 @@ def compactJSON(document) -> str:
     import re
 
     text = json.dumps(document, indent=2)
-    return re.sub(r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda match: "[" + ", ".join(part.strip() for part in match.group(1).split(",")) + "]", text)
+    return re.sub(
+        r"\[\s*([-+0-9.eE,\s]+?)\s*\]", lambda match: "[" + ", ".join(part.strip() for part in match.group(1).split(",")) + "]", text
+    )
 
 
 def runRoi(args, console) -> int:
@@ -86,7 +93,12 @@ def addSegmentParser(subparsers) -> None:
         usage="medsegunet segment --model M.pt [options] INPUT [INPUT ...] [--roi-from VOLUME [VOLUME ...]]",
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="volume files or DICOM folders (FOLDER::SERIES picks a series)")
-    parser.add_argument("--model", required=True, metavar="M.pt", help="TorchScript model with a MedSegUNet card, or a catalog name (medsegunet models list)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="M.pt",
+        help="TorchScript model with a MedSegUNet card, or a catalog name (medsegunet models list)",
+    )
     parser.add_argument(
         "--roi-from",
         nargs="+",
@@ -97,22 +109,48 @@ def addSegmentParser(subparsers) -> None:
     )
     parser.add_argument("--no-roi", action="store_true", help="run on the whole reference volume")
     parser.add_argument(
-        "--margin", type=finiteNumber(0.0, MAX_MARGIN_MM), default=None, metavar="MM", help=f"grow the ROI by this many mm (0–{MAX_MARGIN_MM:g}; default: the card's)"
+        "--margin",
+        type=finiteNumber(0.0, MAX_MARGIN_MM),
+        default=None,
+        metavar="MM",
+        help=f"grow the ROI by this many mm (0–{MAX_MARGIN_MM:g}; default: the card's)",
     )
     parser.add_argument(
-        "--context", type=finiteNumber(0.0, MAX_MARGIN_MM), default=None, metavar="MM",
+        "--context",
+        type=finiteNumber(0.0, MAX_MARGIN_MM),
+        default=None,
+        metavar="MM",
         help="the network sees the ROI grown by this many mm; labels stay inside the ROI (default: the card's roi.context_mm)",
     )
     parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs")
-    parser.add_argument("--compile", action="store_true",
-                        help="a .pt2 model: run it as an AOTInductor package built for this machine (once, about a minute; cached), when it answers the same and is faster")
-    parser.add_argument("--output", metavar="SEG", help=".seg.nrrd (Slicer segmentation), .dcm (DICOM SEG; the reference must be a DICOM series) or .nrrd/.nii.gz/.nii/.mha/.mhd label map")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="a .pt2 model: run it as an AOTInductor package built for this machine (once, about a minute; cached), when it answers the "
+        "same and is faster",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="SEG",
+        help=".seg.nrrd (Slicer segmentation), .dcm (DICOM SEG; the reference must be a DICOM series) or .nrrd/.nii.gz/.nii/.mha/.mhd "
+        "label map",
+    )
     parser.add_argument("--stats", metavar="STATS.csv", help="statistics table (CSV)")
     parser.add_argument("--stats-json", metavar="STATS.json", help="statistics, ROI, model and timings (JSON)")
     parser.add_argument("--reference-seg", metavar="REF", help="reference label map or .seg.nrrd for overlap metrics")
-    parser.add_argument("--probabilities", metavar="FILE", help="per-class probabilities on the reference grid (.nrrd/.mha/.nii.gz, one vector component per class)")
-    parser.add_argument("--probabilities-uint8", action="store_true", help="store the probabilities as 0–255 (scale 1/255 in the header; .nrrd or .mha)")
-    parser.add_argument("--preview", metavar="FILE.png", help="a picture of the result: axial slices through the ROI with the labels, and the ROI box on the --roi-from series")
+    parser.add_argument(
+        "--probabilities",
+        metavar="FILE",
+        help="per-class probabilities on the reference grid (.nrrd/.mha/.nii.gz, one vector component per class)",
+    )
+    parser.add_argument(
+        "--probabilities-uint8", action="store_true", help="store the probabilities as 0–255 (scale 1/255 in the header; .nrrd or .mha)"
+    )
+    parser.add_argument(
+        "--preview",
+        metavar="FILE.png",
+        help="a picture of the result: axial slices through the ROI with the labels, and the ROI box on the --roi-from series",
+    )
     _addResampleIrregular(parser)
     parser.set_defaults(func=runSegment)
 
@@ -137,7 +175,10 @@ def warnAboutContext(card: dict, margin: float | None, context: float | None, co
     roi = card.get("roi") or {}
     for option, given, trained in (("--margin", margin, roi.get("margin_mm", 0.0)), ("--context", context, roi.get("context_mm", 0.0))):
         if given is not None and abs(float(given) - float(trained or 0.0)) > 1e-9:
-            console.warn(f"{option} {given:g} mm differs from the {float(trained or 0.0):g} mm this model was trained with: results may be worse (the model sheet says why)")
+            console.warn(
+                f"{option} {given:g} mm differs from the {float(trained or 0.0):g} mm this model was trained with: results may be worse "
+                "(the model sheet says why)"
+            )
 
 
 def runSegment(args, console) -> int:
@@ -154,13 +195,23 @@ def runSegment(args, console) -> int:
     if len(args.inputs) != len(card["inputs"]):
         expected = ", ".join(i["name"] for i in card["inputs"])
         raise UsageError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them in that order."
+            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them "
+            "in that order."
         )
     checkCardROI(card, bool(args.roi_from), args.no_roi)
     warnAboutContext(card, args.margin, args.context, console)
-    request = SegmentationRequest(modelPath=args.model, inputs=args.inputs, roiSeries=args.roi_from, device=args.device, useROI=not args.no_roi,
-                                  marginMM=args.margin, contextMM=args.context, keepProbabilities=bool(args.probabilities), compile=args.compile,
-                                  resampleIrregular=args.resample_irregular)
+    request = SegmentationRequest(
+        modelPath=args.model,
+        inputs=args.inputs,
+        roiSeries=args.roi_from,
+        device=args.device,
+        useROI=not args.no_roi,
+        marginMM=args.margin,
+        contextMM=args.context,
+        keepProbabilities=bool(args.probabilities),
+        compile=args.compile,
+        resampleIrregular=args.resample_irregular,
+    )
     images = [readVolume(path, resampleIrregular=request.resampleIrregular) for path in request.inputs]
     roiImages = [readVolume(path, resampleIrregular=request.resampleIrregular) for path in request.roiSeries]
     if request.compile:
@@ -169,12 +220,20 @@ def runSegment(args, console) -> int:
 
         model = loadCompiledModel(request.modelPath, request.device, cacheFolder() / "compiled", console.warn, progress.within)
         if model.compiled is not None:
-            console.line(f"Running the AOTInductor package built for this machine ({model.compiled['speedup']:.2f}× the uncompiled speed on one patch)")
+            console.line(
+                f"Running the AOTInductor package built for this machine ({model.compiled['speedup']:.2f}× the uncompiled speed on one "
+                "patch)"
+            )
     else:
         model = modelcard.loadModel(request.modelPath, request.device)
     result = pipeline.segmentImages(
-        images, model, names=[volumeName(path) for path in request.inputs], roiImages=roiImages, roiNames=[volumeName(path) for path in request.roiSeries],
-        progress=progress, **request.pipelineOptions(card),
+        images,
+        model,
+        names=[volumeName(path) for path in request.inputs],
+        roiImages=roiImages,
+        roiNames=[volumeName(path) for path in request.roiSeries],
+        progress=progress,
+        **request.pipelineOptions(card),
     )
     progress.stage(pipeline.Stage.STATISTICS)
     report, referenceMasks, warnings = segmentStatistics(args, card, result, images, console)
@@ -191,12 +250,20 @@ def runSegment(args, console) -> int:
 def checkSegmentOptions(args) -> dict:
     """Every output path (of a kind it can hold, none an input or another output) before any work."""
     from ..engine.outputs import SEGMENTATION_SUFFIXES
-    from ..engine.staging import checkDistinctPaths, checkOutputPath
     from ..engine.paths import checkRegularFile, pathSuffix
+    from ..engine.staging import checkDistinctPaths, checkOutputPath
 
     if not args.inputs:
-        raise UsageError("Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'.")
-    outputs = {"--output": args.output, "--stats": args.stats, "--stats-json": args.stats_json, "--probabilities": args.probabilities, "--preview": args.preview}
+        raise UsageError(
+            "Give the INPUT volumes (the model's inputs in card order), e.g. 'medsegunet segment --model M.pt T2 --output seg.seg.nrrd'."
+        )
+    outputs = {
+        "--output": args.output,
+        "--stats": args.stats,
+        "--stats-json": args.stats_json,
+        "--probabilities": args.probabilities,
+        "--preview": args.preview,
+    }
     if not any(outputs.values()):
         raise UsageError("Nothing to write: give --output, --stats, --stats-json, --probabilities or --preview.")
     if args.probabilities:
@@ -220,7 +287,12 @@ def checkSegmentOptions(args) -> dict:
             checkOutputPath(path)
     checkDistinctPaths(
         outputs,
-        {"INPUT": args.inputs, "--roi-from": args.roi_from, "--model": [args.model, args.model + ".json"], "--reference-seg": args.reference_seg},
+        {
+            "INPUT": args.inputs,
+            "--roi-from": args.roi_from,
+            "--model": [args.model, args.model + ".json"],
+            "--reference-seg": args.reference_seg,
+        },
     )
     if args.reference_seg:
         checkRegularFile(args.reference_seg, "Reference segmentation")
@@ -252,11 +324,43 @@ def writeSegmentOutputs(args, card, result, images, roiImages, report, reference
     from ..engine.writer import OutputPlan, statisticsDocument, writeResults
 
     dicom = bool(args.output) and pathSuffix(args.output) == ".dcm"
-    plan = OutputPlan(segmentation=args.output, dicomSeries=args.inputs[0] if dicom else None, probabilities=args.probabilities,
-                      probabilitiesUInt8=args.probabilities_uint8, statisticsCSV=args.stats, statisticsJSON=args.stats_json, preview=args.preview)
-    document = statisticsDocument(
-        report, result, card, args.model, [(spec["name"], path, None) for spec, path in zip(card["inputs"], args.inputs)], roiSeries=args.roi_from,
-        modelSHA256=sha256(args.model), warnings=warnings, timings={**timings, "total": time.perf_counter() - started},
-    ) if args.stats_json else {}
+    plan = OutputPlan(
+        segmentation=args.output,
+        dicomSeries=args.inputs[0] if dicom else None,
+        probabilities=args.probabilities,
+        probabilitiesUInt8=args.probabilities_uint8,
+        statisticsCSV=args.stats,
+        statisticsJSON=args.stats_json,
+        preview=args.preview,
+    )
+    document = (
+        statisticsDocument(
+            report,
+            result,
+            card,
+            args.model,
+            [(spec["name"], path, None) for spec, path in zip(card["inputs"], args.inputs)],
+            roiSeries=args.roi_from,
+            modelSHA256=sha256(args.model),
+            warnings=warnings,
+            timings={**timings, "total": time.perf_counter() - started},
+        )
+        if args.stats_json
+        else {}
+    )
     others = {volumeName(path): image for path, image in list(zip(args.roi_from, roiImages))[:2]}
     writeResults(plan, result, card, report, document, images, others, volumeName(args.inputs[0]))
+
+
+__all__ = [
+    "addRoiParser",
+    "compactJSON",
+    "runRoi",
+    "addSegmentParser",
+    "checkCardROI",
+    "warnAboutContext",
+    "runSegment",
+    "checkSegmentOptions",
+    "segmentStatistics",
+    "writeSegmentOutputs",
+]

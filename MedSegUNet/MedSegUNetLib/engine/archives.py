@@ -15,7 +15,7 @@ import shutil
 import zipfile
 from typing import Iterator
 
-from .errors import firstLine, MedSegUNetError, ModelFileError, osErrorMessage, OutputError
+from .errors import MedSegUNetError, ModelFileError, OutputError, firstLine, osErrorMessage
 
 _BLOCK = 1 << 20
 # Errors zipfile raises for broken archives and members (RuntimeError: an encrypted member;
@@ -99,7 +99,10 @@ class ExtractionBudget:
     def spend(self, count: int, member: zipfile.ZipInfo, what: str) -> None:
         self.left -= count
         if self.left < 0:
-            raise ModelFileError(f"{what}: member '{member.filename[:80]}' inflates past {self.reason}: nothing was kept; the archive is not what it claims to be.")
+            raise ModelFileError(
+                f"{what}: member '{member.filename[:80]}' inflates past {self.reason}: nothing was kept; the archive is not what it claims "
+                "to be."
+            )
 
 
 def _checkDeclared(member: zipfile.ZipInfo, limit: int, what: str) -> None:
@@ -111,10 +114,14 @@ def _checkDeclared(member: zipfile.ZipInfo, limit: int, what: str) -> None:
 
 def _tooLarge(member: zipfile.ZipInfo, limit: int, what: str) -> MedSegUNetError:
     return ModelFileError(
-        f"{what}: member '{member.filename[:80]}' inflates to more than {limit / 2**20:.1f} MiB, more than it may hold: it is not read; the archive is not what it claims to be."
+        f"{what}: member '{member.filename[:80]}' inflates to more than {limit / 2**20:.1f} MiB, more than it may hold: it is not read; "
+        "the archive is not what it claims to be."
     )
 
 
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.remove(path)
+
+
+__all__ = ["openArchive", "readMember", "extractMember", "ExtractionBudget"]

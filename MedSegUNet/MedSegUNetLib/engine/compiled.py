@@ -14,10 +14,10 @@ warning line says so and the uncompiled network runs: ``--compile`` never stops 
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import firstLine, MedSegUNetError, ModelFileError
+from .errors import MedSegUNetError, ModelFileError, firstLine
 from .exportedmodel import isExportedArchive
 from .modelcard import LoadedModel
 
@@ -50,8 +50,13 @@ def packageKey(modelPath: str, device) -> str:
     return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()[:24]
 
 
-def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.PathLike, warn: Callable[[str], None] | None = None,
-                      progress: Callable[[float, str], None] | None = None) -> LoadedModel:
+def loadCompiledModel(
+    path: str | os.PathLike,
+    device: str,
+    cache: str | os.PathLike,
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> LoadedModel:
     """A model to run, as its AOTInductor package when that works and is faster, else as
     :func:`modelcard.loadModel` gives it.
 
@@ -76,7 +81,10 @@ def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.Path
     path = os.path.abspath(os.fspath(path))
     if not isExportedArchive(path):
         loaded = loadModel(path, device)  # a file that is no model at all is an error, not a fallback
-        warn(f"--compile needs a .pt2 model ('{os.path.basename(path)}' is TorchScript; 'medsegunet convert' makes one): running it uncompiled")
+        warn(
+            f"--compile needs a .pt2 model ('{os.path.basename(path)}' is TorchScript; 'medsegunet convert' makes one): running it "
+            "uncompiled"
+        )
         return loaded
     torchDevice = resolveDevice(device)
     folder = Path(cache) / packageKey(path, torchDevice)
@@ -87,8 +95,14 @@ def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.Path
         card = readCard(path)
         localizer = _localizer(path, card, torchDevice)
         try:
-            return LoadedModel(path=path, card=card, network=loadPackage(folder / "model.pt2", torchDevice), device=torchDevice,
-                               localizer=localizer, compiled=record)
+            return LoadedModel(
+                path=path,
+                card=card,
+                network=loadPackage(folder / "model.pt2", torchDevice),
+                device=torchDevice,
+                localizer=localizer,
+                compiled=record,
+            )
         except MedSegUNetError as error:
             warn(f"{error} Running it uncompiled.")
             return loadModel(path, device)
@@ -98,7 +112,10 @@ def loadCompiledModel(path: str | os.PathLike, device: str, cache: str | os.Path
         if record is None:
             record = buildPackage(loaded, folder, progress)
         if not record["faster"]:
-            warn(f"AOTInductor's build of '{loaded.card['name']}' is not faster on this machine ({record['speedup']:.2f}× the uncompiled speed): running it uncompiled")
+            warn(
+                f"AOTInductor's build of '{loaded.card['name']}' is not faster on this machine ({record['speedup']:.2f}× the uncompiled "
+                "speed): running it uncompiled"
+            )
             return loaded
         return dataclasses.replace(loaded, network=loadPackage(folder / "model.pt2", torchDevice), compiled=record)
     except MedSegUNetError as error:
@@ -196,11 +213,15 @@ def checkAndTime(loaded: LoadedModel, runner, sample) -> dict:
     with torch.inference_mode():
         expected, got = _first(loaded.network(sample)), _first(runner(sample))
         if tuple(got.shape) != tuple(expected.shape):
-            raise ModelFileError(f"AOTInductor's build of '{loaded.card['name']}' gives shape {tuple(got.shape)} instead of {tuple(expected.shape)}.")
+            raise ModelFileError(
+                f"AOTInductor's build of '{loaded.card['name']}' gives shape {tuple(got.shape)} instead of {tuple(expected.shape)}."
+            )
         difference = float((got.float() - expected.float()).abs().max())
         scale = float(expected.max() - expected.min()) or 1.0
         if not difference <= RELATIVE_TOLERANCE * scale:
-            raise ModelFileError(f"AOTInductor's build of '{loaded.card['name']}' differs from the model by {difference:.3g} (output range {scale:.3g}).")
+            raise ModelFileError(
+                f"AOTInductor's build of '{loaded.card['name']}' differs from the model by {difference:.3g} (output range {scale:.3g})."
+            )
         times: dict[str, list[float]] = {"program": [], "package": []}
         for _ in range(TIMED_CALLS):
             for name, network in (("program", loaded.network), ("package", runner)):
@@ -208,8 +229,13 @@ def checkAndTime(loaded: LoadedModel, runner, sample) -> dict:
                 network(sample)
                 times[name].append(time.perf_counter() - started)
     program, package = (sorted(values)[len(values) // 2] for values in (times["program"], times["package"]))
-    return {"faster": package < program, "speedup": program / package if package > 0 else 0.0, "max_abs_difference": difference,
-            "patch": [int(value) for value in sample.shape], "torch": torch.__version__}
+    return {
+        "faster": package < program,
+        "speedup": program / package if package > 0 else 0.0,
+        "max_abs_difference": difference,
+        "patch": [int(value) for value in sample.shape],
+        "torch": torch.__version__,
+    }
 
 
 def _first(output):
@@ -224,3 +250,6 @@ def loadPackage(path: Path, device):
         return torch._inductor.aoti_load_package(str(path), device_index=device.index if device.index is not None else -1)
     except Exception as error:  # a package built by another torch, or damaged
         raise ModelFileError(f"Cannot load the AOTInductor package '{path}' ({firstLine(str(error))[:140]}).") from None
+
+
+__all__ = ["RELATIVE_TOLERANCE", "packageKey", "loadCompiledModel", "readRecord", "buildPackage", "checkAndTime", "loadPackage"]

@@ -18,8 +18,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import DependencyError, OutputError, VolumeError
-from .volumes import DicomSeries, selectDicomSeries
 from .paths import splitSeriesSelector
+from .volumes import DicomSeries, selectDicomSeries
 
 GENERIC_CODE = ("SCT", "85756007", "Tissue")
 
@@ -28,7 +28,9 @@ def referenceSeries(path: str) -> DicomSeries:
     """The DICOM series a ``FOLDER`` or ``FOLDER::SERIES`` input reads, or a one-line refusal."""
     folder, series = splitSeriesSelector(str(path))
     if not os.path.isdir(folder):
-        raise VolumeError(f"A DICOM SEG output needs a DICOM series as the reference input, and '{path}' is a file: write a .seg.nrrd or .nii.gz instead.")
+        raise VolumeError(
+            f"A DICOM SEG output needs a DICOM series as the reference input, and '{path}' is a file: write a .seg.nrrd or .nii.gz instead."
+        )
     return selectDicomSeries(folder, series)
 
 
@@ -85,7 +87,8 @@ def buildSegmentation(series: DicomSeries, labelmap: sitk.Image, card: dict, reg
     array = sitk.GetArrayViewFromImage(labelmap)
     if array.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise OutputError(
-            f"The result's grid {array.shape[::-1]} is not the DICOM series' ({int(sources[0].Columns)}, {int(sources[0].Rows)}, {len(sources)}): it cannot be stored as DICOM SEG."
+            f"The result's grid {array.shape[::-1]} is not the DICOM series' ({int(sources[0].Columns)}, {int(sources[0].Rows)}, "
+            f"{len(sources)}): it cannot be stored as DICOM SEG."
         )
     if regions is not None:
         pixels = np.ascontiguousarray(np.moveaxis(np.asarray(regions, dtype=np.uint8), 0, -1))  # K, J, I, segment
@@ -122,14 +125,18 @@ def segmentationVerifier(expected: int):
         try:
             segmentation = hd.seg.segread(path)
         except Exception as error:  # pydicom raises several types on a cut-short file
-            raise OutputError(f"The DICOM SEG '{os.path.basename(path)}' was written incompletely ({type(error).__name__}); nothing was kept.") from None
+            raise OutputError(
+                f"The DICOM SEG '{os.path.basename(path)}' was written incompletely ({type(error).__name__}); nothing was kept."
+            ) from None
         if len(segmentation.SegmentSequence) != expected:
             raise OutputError(f"The DICOM SEG '{os.path.basename(path)}' reads back with the wrong segments; nothing was kept.")
 
     return verify
 
 
-def stageDicomSegmentation(outputs, reference: str | DicomSeries, labelmap: sitk.Image, card: dict, path: str, regions: np.ndarray | None = None) -> None:
+def stageDicomSegmentation(
+    outputs, reference: str | DicomSeries, labelmap: sitk.Image, card: dict, path: str, regions: np.ndarray | None = None
+) -> None:
     """Write the result as a DICOM SEG into a run's staged outputs.
 
     Args:
@@ -146,3 +153,6 @@ def stageDicomSegmentation(outputs, reference: str | DicomSeries, labelmap: sitk
     dataset = buildSegmentation(series, labelmap, card, regions)
     temporary = outputs.stage(path, (".dcm",), verify=segmentationVerifier(len(card["labels"])))
     dataset.save_as(temporary)
+
+
+__all__ = ["referenceSeries", "segmentDescriptions", "buildSegmentation", "segmentationVerifier", "stageDicomSegmentation"]

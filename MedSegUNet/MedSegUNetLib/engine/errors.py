@@ -183,3 +183,32 @@ def osErrorMessage(error: OSError, action: str, path: str | os.PathLike) -> str:
     if advice is None:
         advice = (error.strerror or type(error).__name__).rstrip(".").lower()
     return f"Cannot {action} '{os.fspath(path)}': {advice}."
+
+
+__all__ = [
+    "firstLine",
+    "Remedy",
+    "MedSegUNetError",
+    "CardError",
+    "ModelFileError",
+    "VolumeError",
+    "FileError",
+    "GeometryError",
+    "OutputError",
+    "DeviceError",
+    "OutOfMemoryError",
+    "CatalogError",
+    "DownloadError",
+    "ModelImportError",
+    "TrainingError",
+    "CohortError",
+    "SceneError",
+    "DependencyError",
+    "UsageError",
+    "MEMORY_REMEDY",
+    "outOfMemory",
+    "unavailableDevice",
+    "ProcessingCancelled",
+    "Interrupted",
+    "osErrorMessage",
+]

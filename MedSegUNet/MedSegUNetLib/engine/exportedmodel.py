@@ -47,29 +47,114 @@ _MEMBER = re.compile(
 
 # Python's arithmetic on sizes, which dynamic shapes put in a graph beside the aten operators.
 _PYTHON_TARGETS = frozenset(
-    [f"_operator.{name}" for name in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow",
-                                       "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_")]
+    [
+        f"_operator.{name}"
+        for name in (
+            "getitem",
+            "add",
+            "sub",
+            "mul",
+            "floordiv",
+            "truediv",
+            "mod",
+            "neg",
+            "pow",
+            "eq",
+            "ne",
+            "lt",
+            "le",
+            "gt",
+            "ge",
+            "and_",
+            "or_",
+            "not_",
+        )
+    ]
     + [f"torch.sym_{name}" for name in ("max", "min", "not", "float", "int", "ite", "sqrt", "sum")]
     + ["math.ceil", "math.floor", "math.trunc"]
 )
 
 # The functions sympy's printer writes into shape expressions.
-_SYMPY_FUNCTIONS = frozenset({
-    "Max", "Min", "Mod", "FloorDiv", "CeilDiv", "CleanDiv", "PythonMod", "IntTrueDiv", "FloatTrueDiv", "TruncToInt",
-    "TruncToFloat", "ToFloat", "CeilToInt", "FloorToInt", "RoundToInt", "RoundDecimal", "Abs", "Eq", "Ne", "Lt", "Le",
-    "Gt", "Ge", "And", "Or", "Not", "Piecewise", "OpaqueUnaryFn_sqrt", "PowByNatural", "FloatPow", "Identity",
-    # sympy's srepr, as the archive stores expressions: Add(Symbol('s0', positive=True, integer=True), Integer(-1))
-    "Add", "Mul", "Pow", "Integer", "Rational", "Float", "Symbol", "Infinity", "NegativeInfinity", "IntInfinity",
-    "NegativeIntInfinity", "BooleanTrue", "BooleanFalse", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan",
-    "Equality", "Unequality",
-})
+_SYMPY_FUNCTIONS = frozenset(
+    {
+        "Max",
+        "Min",
+        "Mod",
+        "FloorDiv",
+        "CeilDiv",
+        "CleanDiv",
+        "PythonMod",
+        "IntTrueDiv",
+        "FloatTrueDiv",
+        "TruncToInt",
+        "TruncToFloat",
+        "ToFloat",
+        "CeilToInt",
+        "FloorToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "Abs",
+        "Eq",
+        "Ne",
+        "Lt",
+        "Le",
+        "Gt",
+        "Ge",
+        "And",
+        "Or",
+        "Not",
+        "Piecewise",
+        "OpaqueUnaryFn_sqrt",
+        "PowByNatural",
+        "FloatPow",
+        "Identity",
+        # sympy's srepr, as the archive stores expressions: Add(Symbol('s0', positive=True, integer=True), Integer(-1))
+        "Add",
+        "Mul",
+        "Pow",
+        "Integer",
+        "Rational",
+        "Float",
+        "Symbol",
+        "Infinity",
+        "NegativeInfinity",
+        "IntInfinity",
+        "NegativeIntInfinity",
+        "BooleanTrue",
+        "BooleanFalse",
+        "StrictLessThan",
+        "LessThan",
+        "StrictGreaterThan",
+        "GreaterThan",
+        "Equality",
+        "Unequality",
+    }
+)
 # Python's own functions that torch 2.9 writes into the expressions of size guards (max(1, s0 // 2)).
 _PYTHON_FUNCTIONS = frozenset({"max", "min"})
 # The assumptions a Symbol(...) may state, each True or False.
-_ASSUMPTIONS = frozenset({"positive", "negative", "integer", "real", "nonnegative", "nonpositive", "nonzero", "finite", "even", "odd", "commutative"})
+_ASSUMPTIONS = frozenset(
+    {"positive", "negative", "integer", "real", "nonnegative", "nonpositive", "nonzero", "finite", "even", "odd", "commutative"}
+)
 _SYMBOL = re.compile(r"[sdu]\d+|q\d+|z\d+|ps\d+|idx\d+|oo|zoo|nan|True|False")
-_EXPRESSION_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Constant, ast.Name, ast.Load,
-                     ast.operator, ast.unaryop, ast.boolop, ast.cmpop, ast.Call, ast.keyword, ast.Subscript, ast.Attribute)
+_EXPRESSION_NODES = (
+    ast.Expression,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.operator,
+    ast.unaryop,
+    ast.boolop,
+    ast.cmpop,
+    ast.Call,
+    ast.keyword,
+    ast.Subscript,
+    ast.Attribute,
+)
 
 
 def isExportedArchive(source) -> bool:
@@ -98,20 +183,29 @@ def checkExpression(text: str, what: str) -> None:
         raise ModelFileError(f"{what} holds a shape expression that is not one ({text[:60]!r}): it is not loaded.") from None
     for node in ast.walk(tree):
         if not isinstance(node, _EXPRESSION_NODES) or not _allowedNode(node):
-            raise ModelFileError(f"{what} holds a shape expression with {type(node).__name__} in it ({text[:60]!r}), which torch would run as Python: it is not loaded.")
+            raise ModelFileError(
+                f"{what} holds a shape expression with {type(node).__name__} in it ({text[:60]!r}), which torch would run as Python: it is "
+                "not loaded."
+            )
 
 
 def _allowedNode(node: ast.AST) -> bool:
     if isinstance(node, ast.Name):
         return node.id in _SYMPY_FUNCTIONS or node.id in _PYTHON_FUNCTIONS or node.id == "L" or bool(_SYMBOL.fullmatch(node.id))
     if isinstance(node, ast.Constant):
-        return isinstance(node.value, (int, float, str)) and not (isinstance(node.value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", node.value))
+        return isinstance(node.value, (int, float, str)) and not (
+            isinstance(node.value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", node.value)
+        )
     if isinstance(node, ast.Call):
         function = node.func
         isSize = isinstance(function, ast.Attribute) and function.attr == "size" and not node.args
-        keywordsPlain = all(keyword.arg in _ASSUMPTIONS and isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, bool)
-                            for keyword in node.keywords)
-        known = isinstance(function, ast.Name) and (function.id in _SYMPY_FUNCTIONS or function.id in _PYTHON_FUNCTIONS and not node.keywords)
+        keywordsPlain = all(
+            keyword.arg in _ASSUMPTIONS and isinstance(keyword.value, ast.Constant) and isinstance(keyword.value.value, bool)
+            for keyword in node.keywords
+        )
+        known = isinstance(function, ast.Name) and (
+            function.id in _SYMPY_FUNCTIONS or function.id in _PYTHON_FUNCTIONS and not node.keywords
+        )
         return (known or isSize) and keywordsPlain
     if isinstance(node, ast.keyword):
         return node.arg in _ASSUMPTIONS
@@ -122,7 +216,8 @@ def _allowedNode(node: ast.AST) -> bool:
         base, index = node.value, node.slice
         return isinstance(index, ast.Constant) and (
             (isinstance(base, ast.Name) and base.id == "L" and isinstance(index.value, str))
-            or (isinstance(base, ast.Call) and isinstance(index.value, int)))
+            or (isinstance(base, ast.Call) and isinstance(index.value, int))
+        )
     return True
 
 
@@ -182,8 +277,11 @@ def readCheckedMembers(source, what: str) -> dict[str, bytes]:
         for member in archive.infolist():
             top, _, rest = member.filename.partition("/")
             if not top or not _MEMBER.fullmatch(rest):
-                raise ModelFileError(f"{what} holds '{member.filename}', which torch.export does not write for plain tensors "
-                                      f"({_versions(_writerVersion(archive, what))}): it is not loaded; use its TorchScript .pt, or write it again with this torch.")
+                raise ModelFileError(
+                    f"{what} holds '{member.filename}', which torch.export does not write for plain tensors "
+                    f"({_versions(_writerVersion(archive, what))}): it is not loaded; use its TorchScript .pt, or write it again with this "
+                    "torch."
+                )
             limit = CARD_BYTES_LIMIT if rest == CARD_MEMBER else budget
             members[member.filename] = readMember(archive, member, limit, what)
             budget -= len(members[member.filename])
@@ -233,7 +331,9 @@ def _checkMembers(members: dict[str, bytes], what: str) -> None:
         if name.endswith("_config.json"):
             for entry in _json(data, what, name).get("config", {}).values():
                 if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
-                    raise ModelFileError(f"{what} stores '{entry.get('path_name')}' as a pickle, which loading would run: it is not loaded.")
+                    raise ModelFileError(
+                        f"{what} stores '{entry.get('path_name')}' as a pickle, which loading would run: it is not loaded."
+                    )
         elif name.startswith("models/"):
             checkProgramDocument(_json(data, what, name), what)
         elif name.startswith("data/sample_inputs/") and data:
@@ -254,7 +354,9 @@ def _checkPlainPickle(data: bytes, what: str) -> None:
     try:
         torch.load(io.BytesIO(data), weights_only=True)
     except Exception:  # the safe unpickler refuses with several error types
-        raise ModelFileError(f"{what} holds example inputs that are not plain tensors (a pickle that would run code): it is not loaded.") from None
+        raise ModelFileError(
+            f"{what} holds example inputs that are not plain tensors (a pickle that would run code): it is not loaded."
+        ) from None
 
 
 def loadCheckedExported(source, device, what: str, program: str = "model"):
@@ -298,8 +400,10 @@ def loadCheckedPrograms(source, device, what: str, programs=("model",), members:
         wanted = {program: exported[program] for program in programs}
     except Exception as error:  # torch raises many types for archives it cannot read
         writer = _writtenWith(next((data for name, data in members.items() if name.endswith("/models/model.json")), b"{}"))
-        raise ModelFileError(f"Cannot load the torch.export {what[0].lower() + what[1:]} ({_versions(writer)}: {firstLine(str(error))[:140]}); "
-                              "use its TorchScript .pt, or a torch at least as new as the one that wrote it.") from None
+        raise ModelFileError(
+            f"Cannot load the torch.export {what[0].lower() + what[1:]} ({_versions(writer)}: {firstLine(str(error))[:140]}); "
+            "use its TorchScript .pt, or a torch at least as new as the one that wrote it."
+        ) from None
     for program in wanted.values():
         for node in program.graph.nodes:
             if node.op == "call_function":
@@ -361,8 +465,10 @@ def _archiveFunctions():
     except ImportError:
         import torch
 
-        raise ModelFileError(f"This torch ({torch.__version__}) cannot read or write .pt2 model files: use the TorchScript (.pt) file of the model, "
-                              "or update torch (the .pt2 format is tested with torch 2.13).") from None
+        raise ModelFileError(
+            f"This torch ({torch.__version__}) cannot read or write .pt2 model files: use the TorchScript (.pt) file of the model, "
+            "or update torch (the .pt2 format is tested with torch 2.13)."
+        ) from None
     return load_pt2, package_pt2
 
 
@@ -404,7 +510,9 @@ def saveExportedModel(network, card: dict, path, localizer=None, references=(), 
     from .staging import atomicOutput
 
     if isinstance(network, torch.jit.ScriptModule) or isinstance(localizer, torch.jit.ScriptModule):
-        raise ModelFileError("A .pt2 model is exported from the eager network, not a TorchScript one: use 'medsegunet convert' for a TorchScript file.")
+        raise ModelFileError(
+            "A .pt2 model is exported from the eager network, not a TorchScript one: use 'medsegunet convert' for a TorchScript file."
+        )
     cardText = json.dumps(card, indent=2)
     examples = {"model": exampleInput(card)}
     modules = {"model": network.cpu().eval()}
@@ -415,7 +523,9 @@ def saveExportedModel(network, card: dict, path, localizer=None, references=(), 
     except MedSegUNetError:
         raise
     except Exception as error:  # torch.export raises many types for code it cannot capture
-        raise ModelFileError(f"torch.export cannot capture the network ({firstLine(str(error))[:160]}): keep the TorchScript format (--format torchscript).") from None
+        raise ModelFileError(
+            f"torch.export cannot capture the network ({firstLine(str(error))[:160]}): keep the TorchScript format (--format torchscript)."
+        ) from None
 
     def verify(written: str) -> None:
         what = f"The written model '{written}'"
@@ -428,13 +538,17 @@ def saveExportedModel(network, card: dict, path, localizer=None, references=(), 
             with torch.no_grad():
                 expected, answered = module(examples[name]), loaded(examples[name])
             if not torch.equal(expected, answered):
-                raise ModelFileError(f"The exported {name} answers differently from the network (max |difference| "
-                                      f"{float((expected - answered).abs().max()):.3g}): nothing was written.")
+                raise ModelFileError(
+                    f"The exported {name} answers differently from the network (max |difference| "
+                    f"{float((expected - answered).abs().max()):.3g}): nothing was written."
+                )
             if name == "model":
                 differences[:] = [_referenceDifference(loaded, sample, reference) for sample, reference in references]
         if differences and max(differences) > tolerance:
-            raise ModelFileError(f"The exported network answers differently from the source (max |difference| {max(differences):.3g}, "
-                                  f"allowed {tolerance:g}): nothing was written.")
+            raise ModelFileError(
+                f"The exported network answers differently from the source (max |difference| {max(differences):.3g}, "
+                f"allowed {tolerance:g}): nothing was written."
+            )
 
     differences: list[float] = []
     with atomicOutput(path, verify=verify) as temporary:
@@ -463,3 +577,20 @@ def formatLine(path) -> str:
     # Stricter than _writtenWith: a damaged program document is an error here, not an unknown version.
     version = "?" if document is None else str(_json(document, path, "models/model.json").get("torch_version", "?"))
     return f"Format: torch.export (.pt2), written with torch {version}"
+
+
+__all__ = [
+    "CARD_BYTES_LIMIT",
+    "isExportedArchive",
+    "checkExpression",
+    "checkTarget",
+    "checkProgramDocument",
+    "readCheckedMembers",
+    "loadCheckedExported",
+    "loadCheckedPrograms",
+    "exportNetwork",
+    "writeExportedArchive",
+    "exampleInput",
+    "saveExportedModel",
+    "formatLine",
+]

@@ -13,9 +13,8 @@ import os
 import struct
 import zlib
 
-from .errors import osErrorMessage, VolumeError
+from .errors import VolumeError, osErrorMessage
 from .paths import pathSuffix
-
 
 # Slice positions of a DICOM series count as regular when they differ from the median step by at
 # most this share of it (scanners round positions to 0.01 mm or better).
@@ -77,7 +76,8 @@ def checkDataBudget(name: str, voxels: int, dataBytes: int) -> None:
     if dataBytes > budget or voxels > MAX_VOLUME_VOXELS:
         raise VolumeError(
             f"Volume '{name}' announces {voxels:,} voxels ({dataBytes / 2**30:.1f} GiB of data), more than this computer can take "
-            f"(half its free memory: {budget / 2**30:.1f} GiB; at most {MAX_VOLUME_VOXELS:,} voxels): check the file, or crop or downsample it first."
+            f"(half its free memory: {budget / 2**30:.1f} GiB; at most {MAX_VOLUME_VOXELS:,} voxels): check the file, or crop or "
+            "downsample it first."
         )
 
 
@@ -94,17 +94,49 @@ def checkTensorBudget(what: str, shape, copies: int = 4) -> None:
     needed, budget = voxels * 4 * copies, memoryBudgetBytes()
     if needed > budget:
         raise VolumeError(
-            f"{what} of shape {' × '.join(str(int(n)) for n in shape)} needs about {needed / 2**30:.1f} GiB, more than this computer's memory budget "
+            f"{what} of shape {' × '.join(str(int(n)) for n in shape)} needs about {needed / 2**30:.1f} GiB, more than this computer's "
+            "memory budget "
             f"(half its free memory: {budget / 2**30:.1f} GiB): check the card's grid or patch size."
         )
 
 
 _NRRD_TYPE_BYTES = {
-    "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
-    "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2, "ushort": 2,
-    "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2, "int": 4, "signed int": 4, "int32": 4,
-    "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4, "uint32_t": 4, "longlong": 8, "long long": 8, "int64": 8,
-    "int64_t": 8, "ulonglong": 8, "unsigned long long": 8, "uint64": 8, "uint64_t": 8, "float": 4, "double": 8,
+    "signed char": 1,
+    "int8": 1,
+    "int8_t": 1,
+    "uchar": 1,
+    "unsigned char": 1,
+    "uint8": 1,
+    "uint8_t": 1,
+    "short": 2,
+    "short int": 2,
+    "signed short": 2,
+    "signed short int": 2,
+    "int16": 2,
+    "int16_t": 2,
+    "ushort": 2,
+    "unsigned short": 2,
+    "unsigned short int": 2,
+    "uint16": 2,
+    "uint16_t": 2,
+    "int": 4,
+    "signed int": 4,
+    "int32": 4,
+    "int32_t": 4,
+    "uint": 4,
+    "unsigned int": 4,
+    "uint32": 4,
+    "uint32_t": 4,
+    "longlong": 8,
+    "long long": 8,
+    "int64": 8,
+    "int64_t": 8,
+    "ulonglong": 8,
+    "unsigned long long": 8,
+    "uint64": 8,
+    "uint64_t": 8,
+    "float": 4,
+    "double": 8,
 }
 
 
@@ -166,7 +198,9 @@ def _openAt(name: str, offset: int):
 def _checkStream(name: str, opener, needed: int) -> int:
     """Decode a compressed stream up to ``needed`` bytes (never further: a bomb stays small);
     returns the bytes decoded. Raises the cut-short error when it ends early or does not decode."""
-    cut = VolumeError(f"Volume '{name}' is cut short or damaged (its data does not decode to the size its header announces): copy or export it again.")
+    cut = VolumeError(
+        f"Volume '{name}' is cut short or damaged (its data does not decode to the size its header announces): copy or export it again."
+    )
     total = 0
     try:
         with opener() as stream:
@@ -244,3 +278,6 @@ def _niftiVoxels(header: bytes) -> int | None:
             count *= max(int(size), 1)
         return count
     return None
+
+
+__all__ = ["memoryBudgetBytes", "checkDataBudget", "checkTensorBudget", "checkCompleteFile"]

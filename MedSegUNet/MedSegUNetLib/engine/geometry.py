@@ -159,7 +159,8 @@ class RegionOfInterest:
 
     Args:
         reference: the reference volume's geometry.
-        ijkMin, ijkMax: inclusive reference index range (i, j, k).
+        ijkMin: the first voxel of the inclusive reference index range (i, j, k).
+        ijkMax: the last voxel of that range (i, j, k).
         volumeNames: the volumes whose extents were intersected.
         marginMM: margin added around the exact intersection.
     """
@@ -196,7 +197,9 @@ class RegionOfInterest:
     def grown(self, marginMM: float) -> "RegionOfInterest":
         """This ROI grown by ``marginMM`` per side (clipped to the reference): the network's context."""
         low, high = growIndexRange(self.ijkMin, self.ijkMax, self.reference, marginMM)
-        return RegionOfInterest(reference=self.reference, ijkMin=low, ijkMax=high, volumeNames=list(self.volumeNames), marginMM=self.marginMM + float(marginMM))
+        return RegionOfInterest(
+            reference=self.reference, ijkMin=low, ijkMax=high, volumeNames=list(self.volumeNames), marginMM=self.marginMM + float(marginMM)
+        )
 
     def toDict(self) -> dict:
         return {
@@ -276,10 +279,7 @@ def growIndexRange(low: np.ndarray, high: np.ndarray, reference: VolumeGeometry,
 def fullROI(reference: VolumeGeometry) -> RegionOfInterest:
     """The whole reference grid as an ROI (for ``--no-roi``)."""
     return RegionOfInterest(
-        reference=reference,
-        ijkMin=np.zeros(3, dtype=int),
-        ijkMax=np.asarray(reference.size, dtype=int) - 1,
-        volumeNames=[reference.name],
+        reference=reference, ijkMin=np.zeros(3, dtype=int), ijkMax=np.asarray(reference.size, dtype=int) - 1, volumeNames=[reference.name]
     )
 
 
@@ -302,7 +302,9 @@ def boxGeometry(centerRAS: Sequence[float], axesRAS: np.ndarray, radiusMM: Seque
     return VolumeGeometry.fromIJKToRAS(boxToRAS, (1, 1, 1), name=name)
 
 
-def roiFromRASBox(reference: VolumeGeometry, centerRAS: Sequence[float], axesRAS: np.ndarray, radiusMM: Sequence[float]) -> RegionOfInterest:
+def roiFromRASBox(
+    reference: VolumeGeometry, centerRAS: Sequence[float], axesRAS: np.ndarray, radiusMM: Sequence[float]
+) -> RegionOfInterest:
     """The reference voxels whose centres lie inside an oriented box given in RAS (a Markups ROI)."""
     return computeROI(reference, [boxGeometry(centerRAS, axesRAS, radiusMM, "ROI box")])
 
@@ -331,3 +333,24 @@ def boundingBox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 def cropToROI(image: sitk.Image, roi: RegionOfInterest) -> sitk.Image:
     """The ROI sub-grid of a reference-grid image (exact, no interpolation)."""
     return sitk.RegionOfInterest(image, [int(v) for v in roi.size], [int(v) for v in roi.ijkMin])
+
+
+__all__ = [
+    "LPS_TO_RAS",
+    "EXTENT_TOLERANCE",
+    "VolumeGeometry",
+    "ijkToLPSFromImage",
+    "ijkToRASFromImage",
+    "setImageGeometryFromIJKToLPS",
+    "extentHalfSpaces",
+    "pointsInsideExtents",
+    "RegionOfInterest",
+    "sameCorners",
+    "computeROI",
+    "growIndexRange",
+    "fullROI",
+    "boxGeometry",
+    "roiFromRASBox",
+    "boundingBox",
+    "cropToROI",
+]

@@ -40,21 +40,46 @@ OPERATORS_FILE = Path(__file__).with_name("torchscript-operators.json")
 # What a graph may not do although torch registers it: files (save, from_file), printing, the
 # global random seed, storage swaps and resizes (a tensor aliased onto other memory), streams and
 # futures, and torch's own test operators.
-DENIED_ATEN = frozenset({
-    "save", "from_file", "_print", "manual_seed", "seed", "initial_seed", "set", "set_", "set_data", "record_stream", "pin_memory",
-    "_pin_memory", "resize_", "resize_as_", "_resize_output_", "wait", "_cufft_set_plan_cache_max_size", "_cufft_clear_plan_cache",
-    "set_grad_enabled", "_amp_update_scale_", "_copy_from_and_resize", "_copy_from", "_debug_has_internal_overlap",
-})
+DENIED_ATEN = frozenset(
+    {
+        "save",
+        "from_file",
+        "_print",
+        "manual_seed",
+        "seed",
+        "initial_seed",
+        "set",
+        "set_",
+        "set_data",
+        "record_stream",
+        "pin_memory",
+        "_pin_memory",
+        "resize_",
+        "resize_as_",
+        "_resize_output_",
+        "wait",
+        "_cufft_set_plan_cache_max_size",
+        "_cufft_clear_plan_cache",
+        "set_grad_enabled",
+        "_amp_update_scale_",
+        "_copy_from_and_resize",
+        "_copy_from",
+        "_debug_has_internal_overlap",
+    }
+)
 
 # Control flow, constants, containers and tensor properties. Calls (CallFunction, CallMethod),
 # Python escapes (PythonOp), printing, RPC, futures, profiling and context managers are not here.
-ALLOWED_PRIM = frozenset(f"prim::{name}" for name in """
+ALLOWED_PRIM = frozenset(
+    f"prim::{name}"
+    for name in """
 Constant GetAttr SetAttr If Loop ListConstruct ListUnpack TupleConstruct TupleUnpack TupleIndex TupleSlice DictConstruct
 RaiseException Uninitialized unchecked_cast unchecked_unwrap_optional device dtype layout min max abs NumToTensor shape
 isinstance is_cpu is_cuda is_ipu is_maia is_meta is_mkldnn is_mps is_mtia is_nested is_quantized is_sparse is_sparse_csr
 is_vulkan is_xla is_xpu data requires_grad grad name type id itemsize nbytes tolist rangelist StringIndex EnumName EnumValue
 ConstantChunk BroadcastSizes AutogradZero AutogradAdd ListIndex index CreateObject
-""".split())
+""".split()
+)
 
 
 def allowedOperators() -> frozenset:
@@ -75,9 +100,10 @@ def operatorAllowList() -> dict:
     maintainer, after a torch upgrade: review what it adds before committing it)."""
     import torch
 
-    names = sorted({schema.name[len("aten::"):] for schema in torch._C._jit_get_all_schemas() if schema.name.startswith("aten::")})
+    names = sorted({schema.name[len("aten::") :] for schema in torch._C._jit_get_all_schemas() if schema.name.startswith("aten::")})
     return {
-        "about": "Pure TorchScript operators a model file may call (engine/graphsafety.py); made by operatorAllowList() from this torch's registry.",
+        "about": "Pure TorchScript operators a model file may call (engine/graphsafety.py); made by operatorAllowList() from this torch's "
+        "registry.",
         "torch": torch.__version__.split("+")[0],
         "aten": [name for name in names if name not in DENIED_ATEN and not name.startswith("_test_")],
     }
@@ -112,7 +138,10 @@ def checkArchiveText(archive: zipfile.ZipFile, what: str) -> None:
         text = readMember(archive, member, left, what)
         left -= len(text)
         if _SETSTATE.search(text):
-            raise ModelFileError(f"{what} defines __setstate__ in {member.filename.split('/code/', 1)[1]}, code that torch.jit.load would run: it is not loaded; export the network without it.")
+            raise ModelFileError(
+                f"{what} defines __setstate__ in {member.filename.split('/code/', 1)[1]}, code that torch.jit.load would run: it is not "
+                "loaded; export the network without it."
+            )
 
 
 def forbiddenOperators(module) -> list[tuple[str, str]]:
@@ -188,7 +217,8 @@ def checkScriptedModule(module, what: str, digest: str | None = None) -> None:
         others = len({kind for kind, _ in found}) - 1
         more = f" (and {others} more operator(s))" if others else ""
         raise ModelFileError(
-            f"{what} calls '{operator}' in {method}{more}, which is not a pure tensor operator: it is not run; export the network without it."
+            f"{what} calls '{operator}' in {method}{more}, which is not a pure tensor operator: it is not run; export the network without "
+            "it."
         )
     if digest is not None:
         with _CHECKED_LOCK:
@@ -229,3 +259,14 @@ def loadCheckedTorchScript(source, device, what: str):
         raise ModelFileError(f"Cannot load TorchScript {what[0].lower() + what[1:]} ({firstLine(str(error))[:140]}).") from None
     checkScriptedModule(module, what, digest)
     return module.eval()
+
+
+__all__ = [
+    "DENIED_ATEN",
+    "allowedOperators",
+    "operatorAllowList",
+    "checkArchiveText",
+    "forbiddenOperators",
+    "checkScriptedModule",
+    "loadCheckedTorchScript",
+]

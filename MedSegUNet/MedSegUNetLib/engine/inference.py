@@ -18,10 +18,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import MEMORY_REMEDY, MedSegUNetError, ModelFileError, OutOfMemoryError, ProcessingCancelled, VolumeError, firstLine, outOfMemory
+from .errors import (
+    MEMORY_REMEDY,
+    MedSegUNetError,
+    ModelFileError,
+    OutOfMemoryError,
+    ProcessingCancelled,
+    VolumeError,
+    firstLine,
+    outOfMemory,
+)
 from .modelcard import LoadedModel, outputChannels
-
-ProgressCallback = Callable[[float, str], None]
+from .request import ProgressCallback
 
 
 def _roundUp(values: Sequence[int], multiple: int) -> list[int]:
@@ -174,15 +182,20 @@ class _Predictor:
         if isinstance(logits, (tuple, list)) and logits:
             logits = logits[0]
         if not isinstance(logits, torch.Tensor):
-            raise self._fail(f"returned {type(logits).__name__} instead of a tensor", "export it so that forward() returns the logits tensor")
+            raise self._fail(
+                f"returned {type(logits).__name__} instead of a tensor", "export it so that forward() returns the logits tensor"
+            )
         if not logits.is_floating_point():
-            raise self._fail(f"returned {str(logits.dtype).replace('torch.', '')} values instead of floating-point logits", "return logits, not labels")
+            raise self._fail(
+                f"returned {str(logits.dtype).replace('torch.', '')} values instead of floating-point logits", "return logits, not labels"
+            )
         card = self.loaded.card
         expected = (int(batch.shape[0]), self.expectedChannels, *[int(v) for v in batch.shape[2:]])
         if tuple(int(v) for v in logits.shape) != expected:
             detail = f"{card['output']}, {len(card['labels'])} labels"
             raise self._fail(
-                f"returned shape {tuple(int(v) for v in logits.shape)} for input {tuple(int(v) for v in batch.shape)} where the card needs {expected} ({detail})",
+                f"returned shape {tuple(int(v) for v in logits.shape)} for input {tuple(int(v) for v in batch.shape)} where the card needs "
+                f"{expected} ({detail})",
                 "fix the card's labels, output or patch_size to match the network",
             )
         # One pass for both checks: NaN propagates into the extremes, infinities are extremes.
@@ -191,8 +204,10 @@ class _Predictor:
             raise self._fail("returned NaN or infinite values", "check the model's weights and the card's normalization")
         if card["output"] == "probabilities":
             if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
-                raise self._fail(f"returned values from {low:.3g} to {high:.3g} where the card says probabilities (0 to 1)",
-                                 "set the card's output to softmax or sigmoid (the network returns logits)")
+                raise self._fail(
+                    f"returned values from {low:.3g} to {high:.3g} where the card says probabilities (0 to 1)",
+                    "set the card's output to softmax or sigmoid (the network returns logits)",
+                )
         return logits
 
     def __call__(self, batch):
@@ -320,7 +335,12 @@ def usesMONAI(card: dict) -> bool:
     from .modelcard import normalizationSteps
 
     smoothing = (card.get("postprocessing") or {}).get("logit_smoothing_sigma")
-    return bool(card["spatial_dims"] == 2 or card.get("patch_size") or smoothing or any(step.get("type") == "zscore_slice" for step in normalizationSteps(card)))
+    return bool(
+        card["spatial_dims"] == 2
+        or card.get("patch_size")
+        or smoothing
+        or any(step.get("type") == "zscore_slice" for step in normalizationSteps(card))
+    )
 
 
 def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], batchSize: int):
@@ -338,7 +358,9 @@ def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], bat
                 f"2D model '{card['name']}' runs on slices along K, but this volume has one voxel along "
                 f"{'IJ'[list(spatial).index(1)]} (shape {tuple(spatial)}): re-orient it (card 'orientation') or use a 3D model."
             )
-        return spatial[2], SliceInferer(roi_size=window, sw_batch_size=batchSize, spatial_dim=2, overlap=overlap, mode="gaussian", progress=False)
+        return spatial[2], SliceInferer(
+            roi_size=window, sw_batch_size=batchSize, spatial_dim=2, overlap=overlap, mode="gaussian", progress=False
+        )
     if not card.get("patch_size"):
         # One window covers the whole array (a whole-ROI or fixed-grid card): MONAI's inferer would
         # weight it by a Gaussian and divide that out again; the network is called once instead.
@@ -350,10 +372,7 @@ def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], bat
 
 
 def predictProbabilities(
-    loaded: LoadedModel,
-    array: np.ndarray,
-    progressCallback: ProgressCallback | None = None,
-    cancelEvent: threading.Event | None = None,
+    loaded: LoadedModel, array: np.ndarray, progressCallback: ProgressCallback | None = None, cancelEvent: threading.Event | None = None
 ) -> np.ndarray:
     """Class probabilities for a normalised array.
 
@@ -378,7 +397,8 @@ def predictProbabilities(
     channels, *spatial = array.shape
     if channels != len(card["inputs"]):
         raise VolumeError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input(s) ({', '.join(i['name'] for i in card['inputs'])}) but got {channels}."
+            f"Model '{card['name']}' takes {len(card['inputs'])} input(s) ({', '.join(i['name'] for i in card['inputs'])}) but got "
+            f"{channels}."
         )
     window = windowSize(card, spatial)
     batchSize = int(card.get("sw_batch_size", 4))
@@ -409,3 +429,21 @@ def predictProbabilities(
         if isOutOfMemory(error):
             raise outOfMemory(f"on {loaded.device} while running the network") from None
         raise
+
+
+__all__ = [
+    "windowSize",
+    "isOutOfMemory",
+    "estimateMemory",
+    "availableMemory",
+    "checkMemory",
+    "activate",
+    "flipCombinations",
+    "ABANDONED_CALLS",
+    "callInterruptibly",
+    "wholeArrayInferer",
+    "smoothLogits",
+    "usesMONAI",
+    "chooseInferer",
+    "predictProbabilities",
+]

@@ -26,8 +26,16 @@ def localizerModel(loaded: LoadedModel) -> LoadedModel:
     window, the localiser's output kind and channel count)."""
     card, spec = loaded.card, loaded.card["localizer"]
     localizerCard = {
-        "name": f"{card['name']} (localiser)", "spatial_dims": 3, "inputs": card["inputs"], "labels": [], "output": spec["output"],
-        "activation": "softmax", "out_channels": int(spec["channels"]), "patch_size": None, "overlap": 0.0, "sw_batch_size": 1,
+        "name": f"{card['name']} (localiser)",
+        "spatial_dims": 3,
+        "inputs": card["inputs"],
+        "labels": [],
+        "output": spec["output"],
+        "activation": "softmax",
+        "out_channels": int(spec["channels"]),
+        "patch_size": None,
+        "overlap": 0.0,
+        "sw_batch_size": 1,
         "size_divisible": int(card.get("size_divisible", 16)),
     }
     return LoadedModel(path=loaded.path, card=localizerCard, network=loaded.localizer, device=loaded.device)
@@ -41,8 +49,14 @@ def localizerGrid(reference: sitk.Image, roi: geometry.RegionOfInterest, card: d
     return preprocessing.modelGrid(roiGrid, None, spec.get("orientation") or card.get("orientation"), spec["grid"]["shape"])
 
 
-def findRegion(loaded: LoadedModel, images: Sequence[sitk.Image], roi: geometry.RegionOfInterest, progressCallback=None, cancelEvent=None,
-               volumeStatistics: dict | None = None) -> geometry.VolumeGeometry:
+def findRegion(
+    loaded: LoadedModel,
+    images: Sequence[sitk.Image],
+    roi: geometry.RegionOfInterest,
+    progressCallback=None,
+    cancelEvent=None,
+    volumeStatistics: dict | None = None,
+) -> geometry.VolumeGeometry:
     """Run the localiser over the ROI and return its box as a one-voxel "volume" whose extent is the box.
 
     Args:
@@ -62,7 +76,9 @@ def findRegion(loaded: LoadedModel, images: Sequence[sitk.Image], roi: geometry.
 
     spec = loaded.card["localizer"]
     grid = localizerGrid(images[0], roi, loaded.card)
-    array = preprocessing.prepareInputs(images, grid, spec["normalization"], "zero", spec["grid"].get("interpolation", "linear"), volumeStatistics)
+    array = preprocessing.prepareInputs(
+        images, grid, spec["normalization"], "zero", spec["grid"].get("interpolation", "linear"), volumeStatistics
+    )
     probabilities = predictProbabilities(localizerModel(loaded), array, progressCallback, cancelEvent)
     # I, J, K on the localiser grid.
     mask = probabilities[int(spec["channel"])] >= float(spec["threshold"])
@@ -90,3 +106,6 @@ def boxGeometry(grid: sitk.Image, low: np.ndarray, high: np.ndarray, marginFract
     boxToGrid[:3, :3] = np.diag(size)
     boxToGrid[:3, 3] = (np.asarray(low, dtype=float) + np.asarray(high, dtype=float)) / 2.0
     return geometry.VolumeGeometry(ijkToLPS=geometry.ijkToLPSFromImage(grid) @ boxToGrid, size=(1, 1, 1), name=name)
+
+
+__all__ = ["localizerModel", "localizerGrid", "findRegion", "largestComponent", "boxGeometry"]

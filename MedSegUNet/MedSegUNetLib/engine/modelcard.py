@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CardError, DeviceError, FileError, firstLine, ModelFileError, OutputError, unavailableDevice
+from .errors import CardError, DeviceError, FileError, ModelFileError, OutputError, firstLine, unavailableDevice
 from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedPrograms
 from .graphsafety import loadCheckedTorchScript
 from .schemacheck import resolveReference, structuralErrors
@@ -45,8 +45,14 @@ VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
 # What version 3 added (published pipelines): grid shapes, a localiser, activated outputs, steps.
 VERSION_3_FIELDS = ("grid", "localizer", "activation")
 LOCALIZER_DEFAULTS: dict[str, Any] = {
-    "orientation": None, "normalization": {"type": "none"}, "output": "probabilities", "channels": 2, "channel": 1,
-    "threshold": 0.5, "largest_component": True, "margin_fraction": 0.0,
+    "orientation": None,
+    "normalization": {"type": "none"},
+    "output": "probabilities",
+    "channels": 2,
+    "channel": 1,
+    "threshold": 0.5,
+    "largest_component": True,
+    "margin_fraction": 0.0,
 }
 SCHEMA_PATH = Path(__file__).with_name("modelcard.schema.json")
 
@@ -85,56 +91,6 @@ def schemaErrors(card: Any, useJsonschema: bool | None = None, schema: dict | No
     return [("/".join(str(p) for p in error.absolute_path), error.message) for error in errors]
 
 
-# The context names Slicer's terminology files use for these codes.
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-_TERMINOLOGY_KEYS = (("category", "category"), ("type", "type"), ("type_modifier", "typeModifier"),
-                     ("anatomic_region", "anatomicRegion"), ("anatomic_region_modifier", "anatomicRegionModifier"))
-
-
-def slicerioTerminology(label: dict) -> dict | None:
-    """A card label's ``terminology`` in slicerio's segment form (``category``, ``type``, ... lists)."""
-    terminology = label.get("terminology")
-    if not terminology:
-        return None
-    entry = {"contextName": TERMINOLOGY_CONTEXT, "anatomicContextName": ANATOMIC_CONTEXT}
-    for cardKey, slicerioKey in _TERMINOLOGY_KEYS:
-        if terminology.get(cardKey):
-            entry[slicerioKey] = [str(v) for v in terminology[cardKey]]
-    return entry
-
-
-def terminologyEntry(label: dict) -> str | None:
-    """Slicer's ``TerminologyEntry`` segment tag for a card label, or None without terminology.
-
-    ``context~category~type~typeModifier~anatomicContext~anatomicRegion~anatomicRegionModifier``,
-    each code ``scheme^value^meaning`` (empty ``^^`` when absent), as slicerio writes it into
-    ``.seg.nrrd`` files; built here too because Slicer's process may not have slicerio yet.
-    """
-    entry = slicerioTerminology(label)
-    if entry is None:
-        return None
-    codes = ["^".join(entry.get(key, ["", "", ""])) for key in ("category", "type", "typeModifier")]
-    region = ["^".join(entry.get(key, ["", "", ""])) for key in ("anatomicRegion", "anatomicRegionModifier")]
-    return "~".join([entry["contextName"], *codes, entry["anatomicContextName"], *region])
-
-
-def terminologyFromEntry(entry: str | None) -> dict | None:
-    """A card label's ``terminology`` from Slicer's ``TerminologyEntry`` segment tag (see
-    :func:`terminologyEntry`), or None when the tag has no category and type codes."""
-    fields = (entry or "").split("~")
-    if len(fields) < 3:
-        return None
-    # The tag's order: context, three type codes, anatomic context, two region codes.
-    cardKeys = [cardKey for cardKey, _ in _TERMINOLOGY_KEYS]
-    terminology = {}
-    for key, field in zip([*cardKeys[:3], None, *cardKeys[3:]], fields[1:]):
-        code = field.split("^")
-        if key is not None and len(code) == 3 and code[0] and code[1]:
-            terminology[key] = code
-    return terminology if "category" in terminology and "type" in terminology else None
-
-
 def validateCard(card: Any, source: str = "model card") -> dict:
     """Check a card against the schema and the rules a schema cannot say; fill in defaults.
 
@@ -168,11 +124,9 @@ def validateCard(card: Any, source: str = "model card") -> dict:
     patch = full["patch_size"]
     expected = 3 if full["spatial_dims"] == 3 else 2
     if patch is not None and len(patch) != expected:
-        raise CardError(
-            f"Invalid {source}: patch_size needs {expected} values for a {full['spatial_dims']}D model, got {patch}."
-        )
+        raise CardError(f"Invalid {source}: patch_size needs {expected} values for a {full['spatial_dims']}D model, got {patch}.")
     if (full.get("postprocessing") or {}).get("logit_smoothing_sigma") and full.get("blend") != "logits":
-        raise CardError(f"Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs \"blend\": \"logits\".")
+        raise CardError(f'Invalid {source}: postprocessing.logit_smoothing_sigma smooths blended logits: it needs "blend": "logits".')
     if full["spacing"] is not None and all(s is None for s in full["spacing"]):
         full["spacing"] = None
     _checkPipeline(full, source)
@@ -186,11 +140,13 @@ def _checkVersion(card: dict, source: str) -> None:
     newer = [(name, 2) for name in VERSION_2_FIELDS if name in card] + [(name, 3) for name in VERSION_3_FIELDS if name in card]
     if card.get("output") == "probabilities":
         newer.append(("output", 3))
-    if isinstance(card.get("normalization"), list) or any(step.get("type") == "affine" or "statistics" in step for step in normalizationSteps(card)):
+    if isinstance(card.get("normalization"), list) or any(
+        step.get("type") == "affine" or "statistics" in step for step in normalizationSteps(card)
+    ):
         newer.append(("normalization", 3))
     for name, needed in newer:
         if needed > version:
-            raise CardError(f"Invalid {source}: field '{name}' needs \"schema\": \"medsegunet.model/{needed}\" (see modelcard.schema.json).")
+            raise CardError(f'Invalid {source}: field \'{name}\' needs "schema": "medsegunet.model/{needed}" (see modelcard.schema.json).')
 
 
 def normalizationSteps(card: dict) -> list[dict]:
@@ -204,16 +160,23 @@ def _checkPipeline(card: dict, source: str) -> None:
     if card.get("grid") is not None and card["spacing"] is not None:
         raise CardError(f"Invalid {source}: give either 'spacing' or 'grid' (a fixed shape), not both.")
     if "activation" in card and card["output"] != "probabilities":
-        raise CardError(f"Invalid {source}: 'activation' says what an already activated network ended with: it needs \"output\": \"probabilities\".")
+        raise CardError(
+            f'Invalid {source}: \'activation\' says what an already activated network ended with: it needs "output": "probabilities".'
+        )
     if card["output"] == "probabilities" and card.get("blend") == "logits":
-        raise CardError(f"Invalid {source}: a network that outputs probabilities has no logits to blend: remove \"blend\": \"logits\".")
+        raise CardError(f'Invalid {source}: a network that outputs probabilities has no logits to blend: remove "blend": "logits".')
     localizer = card.get("localizer")
     if localizer is not None and localizer["channel"] >= localizer["channels"]:
-        raise CardError(f"Invalid {source}: localizer channel {localizer['channel']} is not one of its {localizer['channels']} channels (0 to {localizer['channels'] - 1}).")
-    for owner in ([card, localizer] if localizer is not None else [card]):
+        raise CardError(
+            f"Invalid {source}: localizer channel {localizer['channel']} is not one of its {localizer['channels']} channels (0 to "
+            f"{localizer['channels'] - 1})."
+        )
+    for owner in [card, localizer] if localizer is not None else [card]:
         for step in normalizationSteps(owner):
             if step.get("type") == "zscore_slice" and step.get("statistics") == "volume":
-                raise CardError(f"Invalid {source}: zscore_slice takes its statistics per slice of the network's grid: remove \"statistics\": \"volume\".")
+                raise CardError(
+                    f'Invalid {source}: zscore_slice takes its statistics per slice of the network\'s grid: remove "statistics": "volume".'
+                )
             if step.get("type") == "affine" and "scale" not in step and "shift" not in step:
                 raise CardError(f"Invalid {source}: an affine normalisation step needs 'scale', 'shift' or both.")
 
@@ -229,7 +192,13 @@ def _normalizationErrors(card: Any) -> list[tuple[str, str]]:
     if isinstance(card.get("localizer"), dict):
         owners.append(("localizer/normalization", card["localizer"].get("normalization")))
     for path, normalization in owners:
-        steps = [(path, normalization)] if isinstance(normalization, dict) else [(f"{path}/{index}", item) for index, item in enumerate(normalization)] if isinstance(normalization, list) else []
+        steps = (
+            [(path, normalization)]
+            if isinstance(normalization, dict)
+            else [(f"{path}/{index}", item) for index, item in enumerate(normalization)]
+            if isinstance(normalization, list)
+            else []
+        )
         for where, item in steps:
             errors += [(f"{where}/{field}" if field else where, message) for field, message in schemaErrors(item, schema=step)]
     return sorted(errors, key=lambda e: e[0])
@@ -252,21 +221,32 @@ def _checkRanges(card: dict, source: str) -> None:
     steps = normalizationSteps(card) + (normalizationSteps(card["localizer"]) if card.get("localizer") else [])
     for normalization in steps:
         if normalization.get("type") == "percentile" and normalization.get("lower", 5.0) >= normalization.get("upper", 95.0):
-            raise CardError(f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper {normalization.get('upper', 95.0):g}.")
+            raise CardError(
+                f"Invalid {source}: normalization lower percentile {normalization.get('lower', 5.0):g} is not below upper "
+                f"{normalization.get('upper', 95.0):g}."
+            )
         if "b_min" in normalization and "b_max" in normalization and normalization["b_min"] == normalization["b_max"]:
-            raise CardError(f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values.")
+            raise CardError(
+                f"Invalid {source}: normalization b_min and b_max are both {normalization['b_min']:g}: give two different values."
+            )
     for owner, what in ((card, "grid"), (card.get("localizer") or {}, "localizer grid")):
         shape = (owner.get("grid") or {}).get("shape")
         if shape is not None and math.prod(shape) > MAX_GRID_VOXELS:
-            raise CardError(f"Invalid {source}: the {what} {shape} has {math.prod(shape):,} voxels, above the {MAX_GRID_VOXELS:,} a model grid may have.")
+            raise CardError(
+                f"Invalid {source}: the {what} {shape} has {math.prod(shape):,} voxels, above the {MAX_GRID_VOXELS:,} a model grid may "
+                "have."
+            )
     for label in card["labels"]:
         volume = (label.get("qc") or {}).get("volume_ml")
         if volume is not None and volume[0] > volume[1]:
-            raise CardError(f"Invalid {source}: label '{label['name']}' qc.volume_ml [{volume[0]:g}, {volume[1]:g}] is not a range (min above max).")
+            raise CardError(
+                f"Invalid {source}: label '{label['name']}' qc.volume_ml [{volume[0]:g}, {volume[1]:g}] is not a range (min above max)."
+            )
     patch = card.get("patch_size")
     if patch is not None and math.prod(patch) * card.get("sw_batch_size", 1) > MAX_WINDOW_VOXELS:
         raise CardError(
-            f"Invalid {source}: patch_size {patch} × sw_batch_size {card.get('sw_batch_size', 1)} is {math.prod(patch) * card.get('sw_batch_size', 1):,} voxels per batch, "
+            f"Invalid {source}: patch_size {patch} × sw_batch_size {card.get('sw_batch_size', 1)} is "
+            f"{math.prod(patch) * card.get('sw_batch_size', 1):,} voxels per batch, "
             f"above the {MAX_WINDOW_VOXELS:,} a window batch may have: use a smaller window."
         )
 
@@ -289,7 +269,11 @@ def cardSummary(card: dict) -> str:
     spacing = card.get("spacing")
     gridText = "Spacing: " + ("reference's" if spacing is None else " × ".join("ref" if s is None else f"{s:g}" for s in spacing) + " mm")
     if card.get("grid"):
-        gridText = "Grid: " + " × ".join(str(n) for n in card["grid"]["shape"]) + f" voxels over the ROI ({card['grid'].get('interpolation', 'linear')})"
+        gridText = (
+            "Grid: "
+            + " × ".join(str(n) for n in card["grid"]["shape"])
+            + f" voxels over the ROI ({card['grid'].get('interpolation', 'linear')})"
+        )
     normalizationText = " then ".join(step["type"] for step in normalizationSteps(card))
     lines = [
         f"{card['name']} ({card['spatial_dims']}D, {card['output']})",
@@ -299,7 +283,11 @@ def cardSummary(card: dict) -> str:
         f"Patch: {card.get('patch_size') or 'whole ROI'}; overlap {card.get('overlap')}",
     ]
     if card.get("localizer"):
-        lines.append("Localiser: " + " × ".join(str(n) for n in card["localizer"]["grid"]["shape"]) + f" voxels, its box grown by {card['localizer']['margin_fraction']:g} of its size per side")
+        lines.append(
+            "Localiser: "
+            + " × ".join(str(n) for n in card["localizer"]["grid"]["shape"])
+            + f" voxels, its box grown by {card['localizer']['margin_fraction']:g} of its size per side"
+        )
     if card.get("description"):
         lines.append(card["description"])
     return "\n".join(lines)
@@ -352,7 +340,8 @@ def _readCardFile(path: str) -> dict:
     text = _embeddedCardText(path)
     if not text:
         raise CardError(
-            f"Model '{path}' has no '{CARD_EXTRA_FILE}' card: export it with 'medsegunet export' or add a sidecar '{os.path.basename(sidecar)}'."
+            f"Model '{path}' has no '{CARD_EXTRA_FILE}' card: export it with 'medsegunet export' or add a sidecar "
+            f"'{os.path.basename(sidecar)}'."
         )
     try:
         card = json.loads(text)
@@ -456,7 +445,9 @@ def loadModel(path: str | os.PathLike, device: str = "auto") -> LoadedModel:
             return cached
         if isExportedArchive(path):
             # One read, check and deserialisation of the archive for both programs.
-            programs = loadCheckedPrograms(path, torchDevice, f"Model '{path}'", ("model", "localizer") if card.get("localizer") else ("model",))
+            programs = loadCheckedPrograms(
+                path, torchDevice, f"Model '{path}'", ("model", "localizer") if card.get("localizer") else ("model",)
+            )
             network, localizer = programs["model"], programs.get("localizer")
         else:
             network = loadCheckedTorchScript(path, torchDevice, f"Model '{path}'")
@@ -473,7 +464,10 @@ def _loadLocalizer(path: str, device):
     """The localiser network stored in the model file (extra file :data:`LOCALIZER_EXTRA_FILE`), checked as the network is."""
     data = _extraFile(path, LOCALIZER_EXTRA_FILE)
     if not data:
-        raise ModelFileError(f"Model '{path}' has a card with a 'localizer' but no '{LOCALIZER_EXTRA_FILE}' network: import it with 'medsegunet import ... --localizer'.")
+        raise ModelFileError(
+            f"Model '{path}' has a card with a 'localizer' but no '{LOCALIZER_EXTRA_FILE}' network: import it with 'medsegunet import ... "
+            "--localizer'."
+        )
     return loadCheckedTorchScript(data, device, f"The localiser network of '{path}'")
 
 
@@ -522,7 +516,32 @@ def saveModel(network, card: dict, path: str | os.PathLike, localizer=None, form
         if complete and localizer is not None:
             complete = _extraFile(written, LOCALIZER_EXTRA_FILE) == extraFiles[LOCALIZER_EXTRA_FILE]
         if not complete:
-            raise OutputError(f"The model file '{os.path.basename(written)}' was written incompletely; nothing was kept: check the free disk space.")
+            raise OutputError(
+                f"The model file '{os.path.basename(written)}' was written incompletely; nothing was kept: check the free disk space."
+            )
 
     with atomicOutput(path, verify=verify) as temporary:
         torch.jit.save(scripted, temporary, _extra_files=extraFiles)
+
+
+__all__ = [
+    "CARD_EXTRA_FILE",
+    "LOCALIZER_EXTRA_FILE",
+    "MAX_GRID_VOXELS",
+    "SCHEMA_ID",
+    "SCHEMA_PATH",
+    "DEFAULTS",
+    "loadSchema",
+    "schemaErrors",
+    "validateCard",
+    "normalizationSteps",
+    "exclusiveLabels",
+    "outputChannels",
+    "cardSummary",
+    "readCard",
+    "LoadedModel",
+    "resolveDevice",
+    "loadModel",
+    "clearModelCache",
+    "saveModel",
+]

@@ -12,11 +12,12 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import OutputError, firstLine
 from .geometry import boundingBox, ijkToLPSFromImage
-from .errors import firstLine, OutputError
-from .modelcard import exclusiveLabels, slicerioTerminology
-from .staging import StagedOutputs, checkOutputPath, imageVerifier, writeImageFile
+from .modelcard import exclusiveLabels
 from .paths import pathSuffix
+from .staging import StagedOutputs, checkOutputPath, imageVerifier, writeImageFile
+from .terminology import slicerioTerminology
 
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".dcm")
 
@@ -33,7 +34,9 @@ def segmentationDict(labelmap: sitk.Image, labels: Sequence[dict], regions: np.n
         layerOf = {int(label["value"]): 0 for label in labels}
         masks = {int(label["value"]): voxels == int(label["value"]) for label in labels}
     else:
-        voxels = np.stack([np.asarray(region, dtype=np.uint8).transpose(2, 1, 0) * int(label["value"]) for label, region in zip(labels, regions)])
+        voxels = np.stack(
+            [np.asarray(region, dtype=np.uint8).transpose(2, 1, 0) * int(label["value"]) for label, region in zip(labels, regions)]
+        )
         voxels = np.ascontiguousarray(voxels)
         layerOf = {int(label["value"]): index for index, label in enumerate(labels)}
         masks = {int(label["value"]): voxels[index] != 0 for index, label in enumerate(labels)}
@@ -119,19 +122,29 @@ def segmentationVerifier(labelmap: sitk.Image, labels: Sequence[dict], regions: 
         try:
             written = slicerio.read_segmentation(path)
         except Exception as error:  # pynrrd raises plain exceptions on a cut-short file
-            raise OutputError(f"The output '{os.path.basename(path)}' was written incompletely ({firstLine(error)[:100]}); nothing was kept: check the free disk space.") from None
+            raise OutputError(
+                f"The output '{os.path.basename(path)}' was written incompletely ({firstLine(error)[:100]}); nothing was kept: check the "
+                "free disk space."
+            ) from None
         if segmentNamesInHeader(path) != [label["name"] for label in labels]:
-            raise OutputError(f"The output '{os.path.basename(path)}' reads back with other segment names than were written; nothing was kept.")
+            raise OutputError(
+                f"The output '{os.path.basename(path)}' reads back with other segment names than were written; nothing was kept."
+            )
         layers = written["voxels"] if written["voxels"].ndim == 4 else written["voxels"][np.newaxis]
         for label, mask, segment in zip(labels, labelMasks(labelmap, labels, regions), written["segments"]):
             readBack = layers[int(segment.get("layer", 0))] == int(segment["labelValue"])
             if int(readBack.sum()) != int(mask.sum()):
-                raise OutputError(f"The output '{os.path.basename(path)}' reads back different from what was written (segment '{label['name']}'); nothing was kept.")
+                raise OutputError(
+                    f"The output '{os.path.basename(path)}' reads back different from what was written (segment '{label['name']}'); "
+                    "nothing was kept."
+                )
 
     return verify
 
 
-def stageSegmentation(outputs: StagedOutputs, labelmap: sitk.Image, labels: Sequence[dict], path: str | os.PathLike, regions: np.ndarray | None = None) -> None:
+def stageSegmentation(
+    outputs: StagedOutputs, labelmap: sitk.Image, labels: Sequence[dict], path: str | os.PathLike, regions: np.ndarray | None = None
+) -> None:
     """Write a segmentation into a run's staged outputs (renamed with the others, once verified).
 
     Args:
@@ -193,3 +206,16 @@ def stageProbabilities(outputs: StagedOutputs, result, path: str | os.PathLike, 
     image = probabilityImage(result, asUInt8)
     temporary = outputs.stage(path, (".nrrd", ".nii.gz", ".nii", ".mha"), verify=imageVerifier(image))
     writeImageFile(image, temporary, True)
+
+
+__all__ = [
+    "SEGMENTATION_SUFFIXES",
+    "segmentationDict",
+    "writeSegmentationFile",
+    "segmentNamesInHeader",
+    "segmentationVerifier",
+    "stageSegmentation",
+    "writeSegmentation",
+    "probabilityImage",
+    "stageProbabilities",
+]

@@ -1,5 +1,4 @@
-"""Paths of volumes and outputs: suffixes, regular files only (a FIFO would block a read), checksums.
-"""
+"""Paths of volumes and outputs: suffixes, regular files only (a FIFO would block a read), checksums."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .errors import FileError, osErrorMessage
-
 
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".seg.nrrd")
@@ -68,10 +66,14 @@ def _nativeReason(error: Exception | None, captured: Sequence[str]) -> str:
     """The most telling line of a native library's complaint, for a one-line message."""
     text = str(error).strip().splitlines() if error is not None else []
     lines = [line.replace("sitk::ERROR:", "").strip() for line in [*captured, *text]]
-    candidates = [line for line in lines if line and "Reason: No such file" not in line and not line.startswith("Exception thrown in SimpleITK")]
+    candidates = [
+        line for line in lines if line and "Reason: No such file" not in line and not line.startswith("Exception thrown in SimpleITK")
+    ]
     for line in candidates:
         lowered = line.lower()
-        if any(word in lowered for word in ("not read completely", "expected", "fread", "wrote only", "error", "cannot", "failed", "unable")):
+        if any(
+            word in lowered for word in ("not read completely", "expected", "fread", "wrote only", "error", "cannot", "failed", "unable")
+        ):
             return line.strip()[:160]
     return (candidates[-1] if candidates else "unknown reason").strip()[:160]
 
@@ -166,3 +168,16 @@ def splitSeriesSelector(spec: str) -> tuple[str, str | None]:
         path, series = spec.split("::", 1)
         return path, series
     return spec, None
+
+
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "pathSuffix",
+    "nativeMessages",
+    "checkRegularFile",
+    "readRegularText",
+    "readRegularBytes",
+    "sha256",
+    "companionPaths",
+    "splitSeriesSelector",
+]

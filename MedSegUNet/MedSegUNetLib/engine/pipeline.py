@@ -17,18 +17,17 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, modelcard, preprocessing
-from .postprocessing import postprocessLabels
 from .errors import ProcessingCancelled, VolumeError
 from .inference import predictProbabilities
 from .modelcard import LoadedModel
-
-ProgressCallback = Callable[[float, str], None]
+from .postprocessing import postprocessLabels
+from .request import ProgressCallback
 
 
 class Stage(enum.Enum):
@@ -168,6 +167,14 @@ def resolveROI(
     return geometry.computeROI(reference, [*others, *boxes], marginMM=marginMM)
 
 
+def _resampledClass(probabilities: np.ndarray, source: sitk.Image, target: sitk.Image) -> sitk.Image:
+    """One class's ``I, J, K`` probabilities, read as the K, J, I array of an image on the IJK-ordered
+    ``source`` grid (unchanged), resampled linearly onto ``target``."""
+    classImage = sitk.GetImageFromArray(np.ascontiguousarray(probabilities))
+    classImage.CopyInformation(source)
+    return preprocessing.resampleOnto(classImage, target)
+
+
 def probabilitiesToLabels(
     probabilities: np.ndarray,
     modelGrid: sitk.Image,
@@ -221,16 +228,11 @@ def probabilitiesToLabels(
         if progress is not None:
             progress.checkCancel()
             # Counted in the model's labels (the background channel, when it is needed, is named).
-            what = "background" if softmax and index == 0 and value == 0 else f"label {values.index(value) + 1} of {len(values)} ({names.get(int(value), value)})"
+            what = "background" if softmax and index == 0 and value == 0 else f"label {values.index(value) + 1} of {len(values)}"
+            what += "" if what == "background" else f" ({names.get(int(value), value)})"
             progress.within(resampled.index(value) / len(resampled), f"Resampling to the reference grid: {what}")
-        if sameGrid:
-            channelArray = probabilities[index].transpose(2, 1, 0)
-        else:
-            # The IJK array is, unchanged, the K, J, I array of an image on the IJK-ordered grid.
-            classImage = sitk.GetImageFromArray(np.ascontiguousarray(probabilities[index]))
-            classImage.CopyInformation(source)
-            channel = preprocessing.resampleOnto(classImage, target)
-            channelArray = sitk.GetArrayViewFromImage(channel)
+        channel = None if sameGrid else _resampledClass(probabilities[index], source, target)
+        channelArray = probabilities[index].transpose(2, 1, 0) if sameGrid else sitk.GetArrayViewFromImage(channel)
         if softmax:
             better = channelArray > best
             best[better] = channelArray[better]
@@ -241,7 +243,9 @@ def probabilitiesToLabels(
         if keep is not None:
             # Always a copy: the view of a class image dies with the image (next class), and an
             # identity permutation would hand it back uncopied.
-            keep.append(np.array(channelArray if sameGrid else preprocessing.permutedToKJI(channelArray, order), dtype=np.float32, order="C"))
+            keep.append(
+                np.array(channelArray if sameGrid else preprocessing.permutedToKJI(channelArray, order), dtype=np.float32, order="C")
+            )
     if not sameGrid:
         labels = np.ascontiguousarray(preprocessing.permutedToKJI(labels, order))
         regions = None if regions is None else np.ascontiguousarray(preprocessing.permutedToKJI(regions, order))
@@ -296,11 +300,14 @@ def prepareImages(
     if len(images) != len(card["inputs"]):
         expected = ", ".join(i["name"] for i in card["inputs"])
         raise VolumeError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in that order."
+            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in "
+            "that order."
         )
     progress.stage(Stage.ROI)
     if roi is None:
-        roi = resolveROI(images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM)
+        roi = resolveROI(
+            images, names, roiImages, list(roiNames or [f"roi{index + 1}" for index in range(len(roiImages))]), useROI, marginMM
+        )
     # The network may see more than the ROI (context it was trained with); labels stay inside it.
     from .request import SegmentationRequest
 
@@ -309,12 +316,20 @@ def prepareImages(
         # The localiser's network runs with the model (segmentPrepared); only the series' ROI is known yet.
         roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)
         progress.endStage()
-        return PreparedInputs(reference=images[0], roi=roi, roiGrid=roiGrid, grid=None, array=None, pendingImages=list(images), contextMM=context)
+        return PreparedInputs(
+            reference=images[0], roi=roi, roiGrid=roiGrid, grid=None, array=None, pendingImages=list(images), contextMM=context
+        )
     return prepareGrid(images, card, roi, context, progress)
 
 
-def prepareGrid(images: Sequence[sitk.Image], card: dict, roi: geometry.RegionOfInterest, context: float, progress: ProgressReporter,
-                volumeStatistics: dict | None = None) -> PreparedInputs:
+def prepareGrid(
+    images: Sequence[sitk.Image],
+    card: dict,
+    roi: geometry.RegionOfInterest,
+    context: float,
+    progress: ProgressReporter,
+    volumeStatistics: dict | None = None,
+) -> PreparedInputs:
     """The model grid over the ROI (grown by ``context`` mm) and the normalised inputs on it
     (``volumeStatistics``: those the localiser took on the same images, :func:`preprocessing.normalize`)."""
     reference = images[0]
@@ -326,7 +341,9 @@ def prepareGrid(images: Sequence[sitk.Image], card: dict, roi: geometry.RegionOf
     gridSpec = card.get("grid") or {}
     grid = preprocessing.modelGrid(networkGrid, card.get("spacing"), card.get("orientation"), gridSpec.get("shape"))
     padding = (card.get("roi") or {}).get("padding", "zero")
-    array = preprocessing.prepareInputs(images, grid, card["normalization"], padding, gridSpec.get("interpolation", "linear"), volumeStatistics)
+    array = preprocessing.prepareInputs(
+        images, grid, card["normalization"], padding, gridSpec.get("interpolation", "linear"), volumeStatistics
+    )
     progress.endStage()
     return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI, contextMM=context)
 
@@ -339,6 +356,7 @@ def localizePrepared(prepared: PreparedInputs, model: LoadedModel, progress: Pro
     progress.stage(Stage.ROI)
     images, roi = prepared.pendingImages, prepared.roi
     volumeStatistics: dict = {}
+
     # The localiser's batches belong to this stage, before the inputs are resampled: named as its own,
     # not as the network's ("Inference: batch 1 of 1" before "Resampling inputs onto the model grid").
     def localiserProgress(fraction: float, message: str) -> None:
@@ -348,12 +366,19 @@ def localizePrepared(prepared: PreparedInputs, model: LoadedModel, progress: Pro
     # The series' ROI as an extent (its voxel-edge box), so that only its voxels can stay in.
     seriesBox = geometry.VolumeGeometry.fromImage(prepared.roiGrid, "series ROI")
     located = geometry.computeROI(roi.reference, [seriesBox, box])
-    located = geometry.RegionOfInterest(reference=roi.reference, ijkMin=located.ijkMin, ijkMax=located.ijkMax,
-                                        volumeNames=[*roi.volumeNames, box.name], marginMM=roi.marginMM)
+    located = geometry.RegionOfInterest(
+        reference=roi.reference,
+        ijkMin=located.ijkMin,
+        ijkMax=located.ijkMax,
+        volumeNames=[*roi.volumeNames, box.name],
+        marginMM=roi.marginMM,
+    )
     return prepareGrid(images, model.card, located, prepared.contextMM, progress, volumeStatistics)
 
 
-def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None, keepProbabilities: bool = False) -> SegmentationResult:
+def segmentPrepared(
+    prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None, keepProbabilities: bool = False
+) -> SegmentationResult:
     """Run the network on prepared inputs and bring the labels back onto the reference grid.
 
     The prepared array is released once the network has run. With ``keepProbabilities`` the
@@ -385,9 +410,17 @@ def segmentPrepared(prepared: PreparedInputs, model: LoadedModel, progress: Prog
     labelmap = sitk.GetImageFromArray(labels)
     labelmap.CopyInformation(reference)
     progress.endStage()
-    return SegmentationResult(labelmap=labelmap, roi=roi, card=card, device=str(model.device), timings=progress.timings,
-                              compiled=compiledSummary(model.compiled), regions=regions,
-                              networkROI=prepared.networkROI, probabilities=np.stack(kept) if kept else None)
+    return SegmentationResult(
+        labelmap=labelmap,
+        roi=roi,
+        card=card,
+        device=str(model.device),
+        timings=progress.timings,
+        compiled=compiledSummary(model.compiled),
+        regions=regions,
+        networkROI=prepared.networkROI,
+        probabilities=np.stack(kept) if kept else None,
+    )
 
 
 def compiledSummary(record: dict | None) -> dict | None:
@@ -434,3 +467,20 @@ def segmentImages(
     progress = progress or ProgressReporter()
     prepared = prepareImages(images, model.card, names, roiImages, roiNames, roi, useROI, marginMM, progress, contextMM)
     return segmentPrepared(prepared, model, progress, keepProbabilities)
+
+
+__all__ = [
+    "Stage",
+    "ProgressReporter",
+    "SegmentationResult",
+    "labelMasks",
+    "resolveROI",
+    "probabilitiesToLabels",
+    "PreparedInputs",
+    "prepareImages",
+    "prepareGrid",
+    "localizePrepared",
+    "segmentPrepared",
+    "compiledSummary",
+    "segmentImages",
+]

@@ -13,7 +13,9 @@ import numpy as np
 import SimpleITK as sitk
 
 
-def postprocessLabels(labels: np.ndarray, regions: np.ndarray | None, card: dict, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+def postprocessLabels(
+    labels: np.ndarray, regions: np.ndarray | None, card: dict, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The card's ``postprocessing`` on the ROI's labels (:func:`cleanMask`: MONAI's rules, SimpleITK's filters).
 
     - ``largest_component``: keep each label's largest connected component (True: every label; a
@@ -99,3 +101,6 @@ def fillHoles(mask: np.ndarray) -> np.ndarray:
     hole[np.unique(np.concatenate([face.ravel() for face in faces]))] = False
     hole[0] = False
     return mask | hole[components]
+
+
+__all__ = ["postprocessLabels", "cleanMask", "fillHoles"]

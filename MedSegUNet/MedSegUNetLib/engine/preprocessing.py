@@ -39,7 +39,9 @@ def sameGrid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-5) -> bool:
     )
 
 
-def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orientation: str | None, shape: Sequence[int] | None = None) -> sitk.Image:
+def modelGrid(
+    roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orientation: str | None, shape: Sequence[int] | None = None
+) -> sitk.Image:
     """The grid the network sees: its voxel-edge box is exactly the ROI grid's.
 
     With a spacing, each axis gets ``n = max(round(extent / spacing), 1)`` voxels and the spacing is
@@ -93,11 +95,7 @@ def modelGrid(roiGrid: sitk.Image, spacing: Sequence[float | None] | None, orien
 
 
 def resampleOnto(
-    image: sitk.Image,
-    grid: sitk.Image,
-    interpolator: int = sitk.sitkLinear,
-    pixelType: int = sitk.sitkFloat32,
-    defaultValue: float = 0.0,
+    image: sitk.Image, grid: sitk.Image, interpolator: int = sitk.sitkLinear, pixelType: int = sitk.sitkFloat32, defaultValue: float = 0.0
 ) -> sitk.Image:
     """Resample ``image`` in physical space onto ``grid`` (never by voxel count).
 
@@ -108,7 +106,9 @@ def resampleOnto(
         # that ITK filters combining it with the grid's images (which check the physical space to
         # 1e-6) accept it, e.g. a float32 NIfTI header micrometres off the reference.
         same = sitk.Cast(image, pixelType) if image.GetPixelID() != pixelType else image
-        exact = same.GetOrigin() == grid.GetOrigin() and same.GetSpacing() == grid.GetSpacing() and same.GetDirection() == grid.GetDirection()
+        exact = (
+            same.GetOrigin() == grid.GetOrigin() and same.GetSpacing() == grid.GetSpacing() and same.GetDirection() == grid.GetDirection()
+        )
         if not exact:
             # A copy (changing the geometry of a shared SimpleITK image copies its voxels anyway).
             same = sitk.Image(same)
@@ -339,7 +339,7 @@ def meanAndStd(values: np.ndarray, nonzero: bool = False) -> tuple[float, float]
     of a 256³ float32 grid builds a 64 MB temporary and takes three times as long.
     """
     flat = np.asarray(values).ravel()
-    chunks = [flat[start:start + _CHUNK] for start in range(0, flat.size, _CHUNK)]
+    chunks = [flat[start : start + _CHUNK] for start in range(0, flat.size, _CHUNK)]
 
     def selected(chunk: np.ndarray) -> np.ndarray:
         chunk = chunk.astype(np.float64)
@@ -475,3 +475,26 @@ def prepareInputs(
         if mask is not None and mask.any():
             normalized[channel][mask] = 0.0
     return normalized
+
+
+__all__ = [
+    "emptyLike",
+    "sameGrid",
+    "modelGrid",
+    "resampleOnto",
+    "permutedGrid",
+    "ijkOrderedGrid",
+    "parallelAxes",
+    "permutedToKJI",
+    "resampleToIJK",
+    "imageToIJK",
+    "ijkToImage",
+    "normalize",
+    "checkFinite",
+    "stepParameters",
+    "meanAndStd",
+    "applyStep",
+    "zscoreSlices",
+    "gridInside",
+    "prepareInputs",
+]

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .errors import UsageError
 from .settings import DEVICES
+
+ProgressCallback = Callable[[float, str], None]
+"""How every run reports progress: ``(fraction, message)``, the fraction done in [0, 1] and what it
+is doing; it is called from the thread that runs the work."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,11 @@ class SegmentationRequest:
         object.__setattr__(self, "roiSeries", tuple(self.roiSeries))
         if self.roiBox is not None:  # plain floats: a request is a value, hashable and JSON-safe
             centre, axes, radius = self.roiBox
-            object.__setattr__(self, "roiBox", (tuple(float(v) for v in centre), tuple(tuple(float(v) for v in row) for row in axes), tuple(float(v) for v in radius)))
+            object.__setattr__(
+                self,
+                "roiBox",
+                (tuple(float(v) for v in centre), tuple(tuple(float(v) for v in row) for row in axes), tuple(float(v) for v in radius)),
+            )
         if self.device not in DEVICES:
             raise UsageError(f"Unknown device '{self.device}': use {', '.join(DEVICES)}.")
         for name in ("marginMM", "contextMM"):
@@ -74,7 +82,12 @@ class SegmentationRequest:
 
     def pipelineOptions(self, card: dict) -> dict:
         """The keyword arguments of :func:`pipeline.segmentImages` this request gives."""
-        return {"useROI": self.useROI, "marginMM": self.margin(card), "contextMM": self.context(card), "keepProbabilities": self.keepProbabilities}
+        return {
+            "useROI": self.useROI,
+            "marginMM": self.margin(card),
+            "contextMM": self.context(card),
+            "keepProbabilities": self.keepProbabilities,
+        }
 
     def toDict(self) -> dict:
         """The request as JSON-safe values (the worker's protocol)."""
@@ -104,8 +117,19 @@ class SegmentationRequest:
 
 
 # The JSON type each field takes (None allowed where the field's default is None).
-_TYPES = {"modelPath": str, "inputs": list, "roiSeries": list, "device": str, "useROI": bool, "marginMM": (int, float), "contextMM": (int, float),
-          "roiBox": list, "keepProbabilities": bool, "compile": bool, "resampleIrregular": bool}
+_TYPES = {
+    "modelPath": str,
+    "inputs": list,
+    "roiSeries": list,
+    "device": str,
+    "useROI": bool,
+    "marginMM": (int, float),
+    "contextMM": (int, float),
+    "roiBox": list,
+    "keepProbabilities": bool,
+    "compile": bool,
+    "resampleIrregular": bool,
+}
 
 
 def _fits(name: str, value) -> bool:
@@ -125,9 +149,20 @@ def _fits(name: str, value) -> bool:
 
 def _isBox(value: Sequence) -> bool:
     def numbers(items, count):
-        return isinstance(items, list) and len(items) == count and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items)
+        return (
+            isinstance(items, list)
+            and len(items) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items)
+        )
 
-    return len(value) == 3 and numbers(value[0], 3) and isinstance(value[1], list) and len(value[1]) == 3 and all(numbers(row, 3) for row in value[1]) and numbers(value[2], 3)
+    return (
+        len(value) == 3
+        and numbers(value[0], 3)
+        and isinstance(value[1], list)
+        and len(value[1]) == 3
+        and all(numbers(row, 3) for row in value[1])
+        and numbers(value[2], 3)
+    )
 
 
-__all__ = ["SegmentationRequest"]
+__all__ = ["ProgressCallback", "SegmentationRequest"]

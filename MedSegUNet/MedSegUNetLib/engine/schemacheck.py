@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 _JSON_TYPES = {
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
@@ -90,3 +89,6 @@ def resolveReference(root: dict, reference: str) -> dict:
     for part in reference.lstrip("#/").split("/"):
         node = node[part]
     return node
+
+
+__all__ = ["structuralErrors", "resolveReference"]

@@ -31,12 +31,30 @@ class Variable:
         return os.environ.get(self.name, "").strip() or self.default
 
 
-CACHE = Variable("MEDSEGUNET_CACHE", "", "the cache folder of catalog models (default: medsegunet in $XDG_CACHE_HOME, else in ~/.cache; the Slicer module: in its cache folder)")
-CATALOG = Variable("MEDSEGUNET_CATALOG", "", "a model catalog (path or URL, schema medsegunet.catalog/1) replacing the shipped one: an institution's mirror")
+CACHE = Variable(
+    "MEDSEGUNET_CACHE",
+    "",
+    "the cache folder of catalog models (default: medsegunet in $XDG_CACHE_HOME, else in ~/.cache; the Slicer module: in its cache folder)",
+)
+CATALOG = Variable(
+    "MEDSEGUNET_CATALOG",
+    "",
+    "a model catalog (path or URL, schema medsegunet.catalog/1) replacing the shipped one: an institution's mirror",
+)
 DOWNLOAD_TIMEOUT = Variable("MEDSEGUNET_DOWNLOAD_TIMEOUT", "3600", "the most seconds one download may take")
-DOWNLOAD_MIN_RATE = Variable("MEDSEGUNET_DOWNLOAD_MIN_RATE", "1024/60", "BYTES or BYTES/SECONDS: a download slower than this over the window is a stall; 0 turns it off")
-DOWNLOAD_MAX_BYTES = Variable("MEDSEGUNET_DOWNLOAD_MAX_BYTES", str(4 * 2**30), "the most a download may bring when its catalog entry gives no size")
-TEST_NETWORK_BEGUN = Variable("MEDSEGUNET_TEST_NETWORK_BEGUN_DIR", "", "tests only: a folder where a network call about to begin leaves a file PID-network (a batch case: PID-CASE)")
+DOWNLOAD_MIN_RATE = Variable(
+    "MEDSEGUNET_DOWNLOAD_MIN_RATE",
+    "1024/60",
+    "BYTES or BYTES/SECONDS: a download slower than this over the window is a stall; 0 turns it off",
+)
+DOWNLOAD_MAX_BYTES = Variable(
+    "MEDSEGUNET_DOWNLOAD_MAX_BYTES", str(4 * 2**30), "the most a download may bring when its catalog entry gives no size"
+)
+TEST_NETWORK_BEGUN = Variable(
+    "MEDSEGUNET_TEST_NETWORK_BEGUN_DIR",
+    "",
+    "tests only: a folder where a network call about to begin leaves a file PID-network (a batch case: PID-CASE)",
+)
 VARIABLES = (CACHE, CATALOG, DOWNLOAD_TIMEOUT, DOWNLOAD_MIN_RATE, DOWNLOAD_MAX_BYTES, TEST_NETWORK_BEGUN)
 
 # Where the network runs, in the order the Slicer panel lists them (auto: CUDA, else MPS, else the CPU).
@@ -65,4 +83,20 @@ def userCacheFolder() -> Path:
     return Path(root) / "medsegunet"
 
 
-__all__ = ["Variable", "VARIABLES", "DEVICES", "MODULE_FOLDER", "ZOO_FOLDER", "CATALOG_PATH", "SAMPLE_DATA_URL", "SAMPLE_DATA_FILES", "userCacheFolder"]
+__all__ = [
+    "Variable",
+    "CACHE",
+    "CATALOG",
+    "DOWNLOAD_TIMEOUT",
+    "DOWNLOAD_MIN_RATE",
+    "DOWNLOAD_MAX_BYTES",
+    "TEST_NETWORK_BEGUN",
+    "VARIABLES",
+    "DEVICES",
+    "MODULE_FOLDER",
+    "ZOO_FOLDER",
+    "CATALOG_PATH",
+    "SAMPLE_DATA_URL",
+    "SAMPLE_DATA_FILES",
+    "userCacheFolder",
+]

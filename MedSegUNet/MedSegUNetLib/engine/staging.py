@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import MedSegUNetError, osErrorMessage, OutputError
+from .errors import MedSegUNetError, OutputError, osErrorMessage
 from .filecheck import checkCompleteFile
 from .paths import _nativeReason, _realPath, companionPaths, nativeMessages, pathSuffix
 
@@ -66,7 +66,8 @@ def checkDistinctPaths(outputs: dict[str, str | os.PathLike | None], inputs: dic
                 if real == inputPath or (os.path.isdir(inputPath) and real.startswith(inputPath.rstrip(os.sep) + os.sep)):
                     where = "is" if real == inputPath else "lies inside"
                     raise OutputError(
-                        f"{option} '{os.fspath(value)}' {where} the input given as {inputOption}: writing it would change that input; choose another output path."
+                        f"{option} '{os.fspath(value)}' {where} the input given as {inputOption}: writing it would change that input; "
+                        "choose another output path."
                     )
             if real in seen and seen[real] != option:
                 raise OutputError(f"{option} and {seen[real]} name the same file '{os.fspath(value)}': give each output its own path.")
@@ -182,17 +183,28 @@ def imageVerifier(expected: sitk.Image) -> Callable[[str], None]:
                 except RuntimeError as error:
                     raise OutputError(f"'{os.path.basename(path)}' cannot be read back ({_nativeReason(error, captured)})") from None
         except MedSegUNetError as error:
-            raise OutputError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check the free disk space.") from None
+            raise OutputError(
+                noSpaceMessage(path)
+                or f"The output '{os.path.basename(path)}' was written incompletely ({str(error).rstrip('.')}); nothing was kept: check "
+                "the free disk space."
+            ) from None
         if written.GetPixelID() != expected.GetPixelID():
             written = sitk.Cast(written, expected.GetPixelID())
         # Voxel for voxel (an array comparison, many times faster than hashing both images).
-        if written.GetSize() != expected.GetSize() or not np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(expected), equal_nan=True):
-            raise OutputError(f"The output '{os.path.basename(path)}' reads back different from what was written; nothing was kept: check the disk.")
+        if written.GetSize() != expected.GetSize() or not np.array_equal(
+            sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(expected), equal_nan=True
+        ):
+            raise OutputError(
+                f"The output '{os.path.basename(path)}' reads back different from what was written; nothing was kept: check the disk."
+            )
 
     return verify
 
 
-_WRITE_FAILED = "the disk is full, a file-size limit was reached, or the folder is not writable; nothing was kept: free space, check 'ulimit -f' and the folder's permissions."
+_WRITE_FAILED = (
+    "the disk is full, a file-size limit was reached, or the folder is not writable; nothing was kept: free space, check "
+    "'ulimit -f' and the folder's permissions."
+)
 
 
 def writeImageFile(image: sitk.Image, path: str, compress: bool = True) -> None:
@@ -213,7 +225,7 @@ _NEARLY_FULL_BYTES = 1 << 20
 
 
 def noSpaceMessage(path: str) -> str | None:
-    """"No space left" for a write that failed where the disk is (nearly) full, else None: ITK's
+    """ "No space left" for a write that failed where the disk is (nearly) full, else None: ITK's
     writers do not pass ENOSPC on, so the free space is what tells a full disk from other faults."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -222,7 +234,10 @@ def noSpaceMessage(path: str) -> str | None:
         return None
     if free >= _NEARLY_FULL_BYTES:
         return None
-    return f"Cannot write '{os.path.basename(path)}': no space left on the disk of '{folder}' ({free // 1024} KiB free); nothing was kept: free space or write to another folder."
+    return (
+        f"Cannot write '{os.path.basename(path)}': no space left on the disk of '{folder}' ({free // 1024} KiB free); nothing was kept: "
+        "free space or write to another folder."
+    )
 
 
 def textVerifier(text: str) -> Callable[[str], None]:
@@ -231,7 +246,10 @@ def textVerifier(text: str) -> Callable[[str], None]:
 
     def verify(path: str) -> None:
         if os.path.getsize(path) != size:
-            raise OutputError(noSpaceMessage(path) or f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space.")
+            raise OutputError(
+                noSpaceMessage(path)
+                or f"The output '{os.path.basename(path)}' was written incompletely; nothing was kept: check the free disk space."
+            )
 
     return verify
 
@@ -254,3 +272,19 @@ def writeText(text: str, path: str | os.PathLike) -> None:
     """Write a text file atomically."""
     with atomicOutput(path, verify=textVerifier(text)) as temporary:
         writeTextFile(text, temporary)
+
+
+__all__ = [
+    "checkOutputPath",
+    "checkDistinctPaths",
+    "signalsDeferred",
+    "StagedOutputs",
+    "atomicOutput",
+    "imageVerifier",
+    "writeImageFile",
+    "noSpaceMessage",
+    "textVerifier",
+    "writeTextFile",
+    "writeVolume",
+    "writeText",
+]

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import preprocessing
-from .errors import firstLine, MedSegUNetError, VolumeError
+from .errors import MedSegUNetError, VolumeError, firstLine
 from .geometry import LPS_TO_RAS, boundingBox, setImageGeometryFromIJKToLPS
 from .paths import checkRegularFile, pathSuffix
 from .volumes import readVolume
@@ -42,10 +42,7 @@ def _finite(value) -> float | None:
 
 
 def segmentStatistics(
-    labelmap: sitk.Image,
-    labels: Sequence[dict],
-    intensityImages: dict[str, sitk.Image] | None = None,
-    regions: np.ndarray | None = None,
+    labelmap: sitk.Image, labels: Sequence[dict], intensityImages: dict[str, sitk.Image] | None = None, regions: np.ndarray | None = None
 ) -> list[dict]:
     """Voxel counts, volumes, centroids and intensity statistics per label.
 
@@ -81,7 +78,9 @@ def segmentStatistics(
         # float32 voxels (ITK sums them in double): half the memory of float64 on a whole volume.
         resampled[name] = preprocessing.resampleOnto(image, croppedLabels, pixelType=sitk.sitkFloat32)
     if regions is None:
-        return _statisticsRows(sitk.Cast(croppedLabels, sitk.sitkUInt16), [(label, int(label["value"])) for label in labels], resampled, voxelVolume)
+        return _statisticsRows(
+            sitk.Cast(croppedLabels, sitk.sitkUInt16), [(label, int(label["value"])) for label in labels], resampled, voxelVolume
+        )
     rows = []
     for label, region in zip(labels, regions):
         mask = sitk.GetImageFromArray(np.ascontiguousarray(region[window], dtype=np.uint8))
@@ -90,7 +89,9 @@ def segmentStatistics(
     return rows
 
 
-def _statisticsRows(labelImage: sitk.Image, labelsAndValues: Sequence[tuple[dict, int]], resampled: dict[str, sitk.Image], voxelVolume: float) -> list[dict]:
+def _statisticsRows(
+    labelImage: sitk.Image, labelsAndValues: Sequence[tuple[dict, int]], resampled: dict[str, sitk.Image], voxelVolume: float
+) -> list[dict]:
     """Rows for the labels found as ``value`` in ``labelImage`` (uint), intensities on its grid."""
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.ComputePerimeterOff()  # counts and centroids only: the perimeter is most of the filter's time
@@ -189,7 +190,9 @@ def overlapMetrics(
             with warnings.catch_warnings():
                 # MONAI's own surface-distance helpers call a deprecated argument internally.
                 warnings.simplefilter("ignore", FutureWarning)
-                metric["hausdorff95_mm"] = _finite(compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing))
+                metric["hausdorff95_mm"] = _finite(
+                    compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
+                )
                 metric["mean_surface_distance_mm"] = _finite(
                     compute_average_surface_distance(p, t, include_background=True, symmetric=True, spacing=spacing)
                 )
@@ -245,7 +248,9 @@ def referenceMasksFromParts(
     warningsFound: list[str] = []
     for image, value in parts:
         try:
-            computeROI(VolumeGeometry.fromImage(referenceGrid, "reference volume"), [VolumeGeometry.fromImage(image, "reference segmentation")])
+            computeROI(
+                VolumeGeometry.fromImage(referenceGrid, "reference volume"), [VolumeGeometry.fromImage(image, "reference segmentation")]
+            )
         except MedSegUNetError:
             raise VolumeError(
                 f"Reference segmentation '{name}' does not overlap the reference volume: give the reference of this patient and series."
@@ -278,13 +283,17 @@ def _integerLabelImage(image: sitk.Image, name: str) -> sitk.Image:
     """The image as an unsigned label map, or a one-line refusal when it is not a label map."""
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise VolumeError(f"Reference '{name}' has non-integer voxel values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd.")
+        raise VolumeError(
+            f"Reference '{name}' has non-integer voxel values, so it is not a label map (an intensity image?): give a label map or "
+            ".seg.nrrd."
+        )
     if array.size and (array.min() < 0):
         raise VolumeError(f"Reference '{name}' has negative voxel values, so it is not a label map: give a label map or .seg.nrrd.")
     distinct = np.unique(array)
     if len(distinct) > MAX_REFERENCE_LABELS + 1:
         raise VolumeError(
-            f"Reference '{name}' has {len(distinct)} distinct values, so it is not a label map (an intensity image?): give a label map or .seg.nrrd."
+            f"Reference '{name}' has {len(distinct)} distinct values, so it is not a label map (an intensity image?): give a label map or "
+            ".seg.nrrd."
         )
     return sitk.Cast(image, sitk.sitkUInt32)
 
@@ -424,3 +433,21 @@ def computeStatistics(
 
 def statisticsJSON(report: dict) -> str:
     return json.dumps(report, indent=2, allow_nan=False)
+
+
+__all__ = [
+    "OVERLAP_KEYS",
+    "segmentStatistics",
+    "overlapMetrics",
+    "referenceValues",
+    "readReferenceMasks",
+    "referenceMasksFromParts",
+    "cardValueOfSegment",
+    "qualityFlag",
+    "statisticsColumns",
+    "statisticsRows",
+    "formatCell",
+    "statisticsCSV",
+    "computeStatistics",
+    "statisticsJSON",
+]

@@ -14,6 +14,7 @@ Outputs are staged in a hidden folder beside their destination, verified (an ima
 then renamed into place together (:class:`StagedOutputs`), so that an error, a full disk or an
 interruption never leaves a partial or cut-short file behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,7 @@ import SimpleITK as sitk
 
 from .errors import VolumeError
 from .filecheck import checkCompleteFile
-from .paths import VOLUME_SUFFIXES, checkRegularFile, nativeMessages, pathSuffix, splitSeriesSelector
-from .paths import _nativeReason
-
+from .paths import VOLUME_SUFFIXES, _nativeReason, checkRegularFile, nativeMessages, pathSuffix, splitSeriesSelector
 
 _COMPLEX_PIXELS = {getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64") if hasattr(sitk, name)}
 SLICE_SPACING_TOLERANCE = 0.01
@@ -144,7 +143,10 @@ def dicomSeriesFromFiles(files: Sequence[str], name: str) -> DicomSeries:
     """
     missing = [path for path in files if not os.path.isfile(path)]
     if not files or missing:
-        raise VolumeError(f"The DICOM files of '{name}' are not on disk{f' (first missing: {missing[0]})' if missing else ''}: reload the series from the DICOM database.")
+        raise VolumeError(
+            f"The DICOM files of '{name}' are not on disk{f' (first missing: {missing[0]})' if missing else ''}: reload the series from "
+            "the DICOM database."
+        )
     uids, positions, description = set(), [], ""
     for path in files:
         try:
@@ -229,7 +231,10 @@ def checkSliceSpacing(layout: SliceLayout, name: str) -> str | None:
     duplicate = np.flatnonzero(np.abs(steps) < 1e-3)
     if duplicate.size:
         at = int(duplicate[0])
-        return f"slices {at + 1} and {at + 2} lie at the same position ({offsets[at]:.2f} mm along the normal): the series holds duplicated slices"
+        return (
+            f"slices {at + 1} and {at + 2} lie at the same position ({offsets[at]:.2f} mm along the normal): the series holds "
+            "duplicated slices"
+        )
     step = float(np.median(steps))
     uneven = np.flatnonzero(np.abs(steps - step) > max(SLICE_SPACING_TOLERANCE * abs(step), 1e-3))
     if uneven.size:
@@ -242,7 +247,9 @@ def checkSliceSpacing(layout: SliceLayout, name: str) -> str | None:
     lateral = (layout.positions - layout.positions[0]) - np.outer(offsets, layout.normal)
     drift = np.linalg.norm(lateral, axis=1)
     if drift.max() > max(SLICE_SPACING_TOLERANCE * abs(step), 1e-2):
-        return f"the slices are sheared ({drift.max():.2f} mm off the slice normal, e.g. a tilted gantry): the stack is not a regular volume"
+        return (
+            f"the slices are sheared ({drift.max():.2f} mm off the slice normal, e.g. a tilted gantry): the stack is not a regular volume"
+        )
     return None
 
 
@@ -296,13 +303,17 @@ def readDicomSeries(series: DicomSeries, name: str, resampleIrregular: bool = Fa
         try:
             image = reader.Execute()
         except RuntimeError as error:
-            raise VolumeError(f"Cannot read DICOM series '{name}' ({_nativeReason(error, captured)}): check that its files are complete.") from None
+            raise VolumeError(
+                f"Cannot read DICOM series '{name}' ({_nativeReason(error, captured)}): check that its files are complete."
+            ) from None
     layout = _sliceLayout(reader, len(series.files), name)
     if layout is not None and image.GetSize()[2] == len(series.files):
         problem = checkSliceSpacing(layout, name)
         if problem is not None:
             if not resampleIrregular or "sheared" in problem:
-                hint = "re-export the complete series" + ("" if "sheared" in problem else ", or pass --resample-irregular to resample it from the true slice positions")
+                hint = "re-export the complete series" + (
+                    "" if "sheared" in problem else ", or pass --resample-irregular to resample it from the true slice positions"
+                )
                 raise VolumeError(f"DICOM series '{name}': {problem}; {hint}.")
             resampled = resampleSlices(image, layout)
             if not image.HasMetaDataKey("0008|103e") and series.description:
@@ -313,7 +324,9 @@ def readDicomSeries(series: DicomSeries, name: str, resampleIrregular: bool = Fa
     return image
 
 
-def readVolume(path: str | os.PathLike, series: str | None = None, resampleIrregular: bool = False, found: DicomSeries | None = None) -> sitk.Image:
+def readVolume(
+    path: str | os.PathLike, series: str | None = None, resampleIrregular: bool = False, found: DicomSeries | None = None
+) -> sitk.Image:
     """Read a scalar volume from a file or a DICOM series folder, after checking it is whole.
 
     Args:
@@ -351,7 +364,9 @@ def _readImageFile(path: str) -> sitk.Image:
         try:
             return sitk.ReadImage(path)
         except RuntimeError as error:
-            raise VolumeError(f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file.") from None
+            raise VolumeError(
+                f"Cannot read volume '{path}' ({_nativeReason(error, captured)}): check that it is a complete, valid image file."
+            ) from None
 
 
 def resolveTablePath(base: str, value: str) -> str:
@@ -404,7 +419,8 @@ def checkScalarVolume(image: sitk.Image, name: str) -> None:
         raise VolumeError(f"Volume '{name}' has complex voxels: save its magnitude (or real part) as a scalar volume first.")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VolumeError(
-            f"Volume '{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed (extract one component first)."
+            f"Volume '{name}' has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar volume is needed (extract one "
+            "component first)."
         )
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
@@ -419,3 +435,22 @@ def volumeName(path: str | os.PathLike) -> str:
     if suffix in VOLUME_SUFFIXES or suffix == ".seg.nrrd":
         base = base[: -len(suffix)]
     return f"{base}:{series}" if series else base
+
+
+__all__ = [
+    "DicomSeries",
+    "findDicomSeries",
+    "readHeader",
+    "headerTag",
+    "selectDicomSeries",
+    "dicomSeriesFromFiles",
+    "SliceLayout",
+    "checkSliceSpacing",
+    "resampleSlices",
+    "readDicomSeries",
+    "readVolume",
+    "resolveTablePath",
+    "readVolumeChannel",
+    "checkScalarVolume",
+    "volumeName",
+]

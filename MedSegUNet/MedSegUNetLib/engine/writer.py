@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import SimpleITK as sitk
+
+if TYPE_CHECKING:  # the pipeline (and torch's, MONAI's helpers) is imported where a run needs it
+    import numpy as np
+
+    from .pipeline import SegmentationResult
 
 STATISTICS_SCHEMA = "medsegunet.statistics/1"
 
@@ -29,7 +34,8 @@ class OutputPlan:
         segmentation: ``.seg.nrrd``, a plain label map (``.nrrd``, ``.nii.gz``, ...) or ``.dcm``
             (DICOM SEG of ``dicomSeries``, the reference's series folder).
         probabilities: the per-class probabilities (``probabilitiesUInt8``: round(255 p)).
-        statisticsCSV, statisticsJSON: the statistics table and document.
+        statisticsCSV: the statistics table.
+        statisticsJSON: the statistics document (:func:`statisticsDocument`).
         preview: the overview PNG (axial slices, the other series with the ROI box).
         pictures: more PNGs (path → 2D RGB image), e.g. a cohort's QC tile.
     """
@@ -44,7 +50,9 @@ class OutputPlan:
     pictures: dict = field(default_factory=dict)
 
 
-def runReport(result, card: dict, images: Sequence[sitk.Image], referenceMasks=None) -> tuple[dict, list[str]]:
+def runReport(
+    result: SegmentationResult, card: dict, images: Sequence[sitk.Image], referenceMasks: Sequence[np.ndarray] | None = None
+) -> tuple[dict, list[str]]:
     """The statistics of a result and its quality notes.
 
     Args:
@@ -60,13 +68,17 @@ def runReport(result, card: dict, images: Sequence[sitk.Image], referenceMasks=N
 
     inputNames = [spec["name"] for spec in card["inputs"]]
     report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
-    notes = [f"{segment['name']}: {segment['qc']} (the card's quality range): check the result" for segment in report["segments"] if segment["qc"] != "ok"]
+    notes = [
+        f"{segment['name']}: {segment['qc']} (the card's quality range): check the result"
+        for segment in report["segments"]
+        if segment["qc"] != "ok"
+    ]
     return report, notes
 
 
 def statisticsDocument(
     report: dict,
-    result,
+    result: SegmentationResult,
     card: dict,
     modelPath: str,
     inputs: Sequence[tuple[str, str, int | None]],
@@ -95,7 +107,13 @@ def statisticsDocument(
         "notes": list(notes),
         "roi": result.roi.toDict(),
         "network_region": result.networkROI.toDict() if getattr(result, "networkROI", None) is not None else None,
-        "model": {"path": os.path.abspath(modelPath), "name": card["name"], "version": card.get("version"), "sha256": modelSHA256, "card": card},
+        "model": {
+            "path": os.path.abspath(modelPath),
+            "name": card["name"],
+            "version": card.get("version"),
+            "sha256": modelSHA256,
+            "card": card,
+        },
         "device": result.device,
         "compiled": getattr(result, "compiled", None),
         "warnings": list(warnings),
@@ -103,8 +121,16 @@ def statisticsDocument(
     }
 
 
-def writeResults(plan: OutputPlan, result, card: dict, report: dict, document: dict, images: Sequence[sitk.Image],
-                 others: dict | None = None, title: str = "") -> None:
+def writeResults(
+    plan: OutputPlan,
+    result: SegmentationResult,
+    card: dict,
+    report: dict,
+    document: dict,
+    images: Sequence[sitk.Image],
+    others: dict | None = None,
+    title: str = "",
+) -> None:
     """Write every file of ``plan``: staged, verified, then renamed together.
 
     Args:
@@ -132,9 +158,20 @@ def writeResults(plan: OutputPlan, result, card: dict, report: dict, document: d
         if plan.preview:
             from .preview import writeOverview
 
-            writeOverview(images[0], result.labelmap, result.roi, others or {}, card, staged.stage(plan.preview, (".png",)), title, masks=result.masks())
-        texts = ((plan.statisticsCSV, lambda: statistics.statisticsCSV(report["segments"], inputNames, "mean_iou" in report)),
-                 (plan.statisticsJSON, lambda: statistics.statisticsJSON(document)))
+            writeOverview(
+                images[0],
+                result.labelmap,
+                result.roi,
+                others or {},
+                card,
+                staged.stage(plan.preview, (".png",)),
+                title,
+                masks=result.masks(),
+            )
+        texts = (
+            (plan.statisticsCSV, lambda: statistics.statisticsCSV(report["segments"], inputNames, "mean_iou" in report)),
+            (plan.statisticsJSON, lambda: statistics.statisticsJSON(document)),
+        )
         for path, make in texts:
             if path:
                 text = make()

@@ -14,6 +14,7 @@ checked, and only then renamed into the cache, so the cache never holds a partia
 
 Anywhere a model path is taken (``--model``), a catalog name works too: :func:`resolveModel`.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ from typing import Callable
 
 from ..engine import settings
 from ..engine.errors import CatalogError, firstLine
+from ..engine.request import ProgressCallback
 from .downloads import download
-
 
 SCHEMA = "medsegunet.catalog/1"
 
@@ -34,9 +35,6 @@ SCHEMA = "medsegunet.catalog/1"
 # A name becomes a folder and a file name in the cache: one line of safe characters, matched whole
 # (``re.match`` with ``$`` would take a trailing newline), and short enough for any file system.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-ProgressCallback = Callable[[float, str], None]
 
 
 def cacheFolder(base: str | os.PathLike | None = None) -> Path:
@@ -57,7 +55,9 @@ def _readSource(source: str, timeout: float = 30.0) -> str:
             with urllib.request.urlopen(source, timeout=timeout) as response:
                 return response.read().decode("utf-8")
         except (urllib.error.URLError, OSError, TimeoutError, UnicodeDecodeError) as error:
-            raise CatalogError(f"Cannot read the model catalog '{source}' ({getattr(error, 'reason', error)}): check MEDSEGUNET_CATALOG or the network.") from None
+            raise CatalogError(
+                f"Cannot read the model catalog '{source}' ({getattr(error, 'reason', error)}): check MEDSEGUNET_CATALOG or the network."
+            ) from None
     try:
         with open(source, encoding="utf-8") as stream:
             return stream.read()
@@ -92,7 +92,10 @@ def loadCatalog(source: str | os.PathLike | None = None) -> dict:
             if field in entry and not isinstance(entry[field], str):
                 raise CatalogError(f"Model catalog '{source}': '{name}' has a '{field}' that is not text.")
         if "bytes" in entry and not (type(entry["bytes"]) is int and entry["bytes"] > 0):
-            raise CatalogError(f"Model catalog '{source}': '{name}' has 'bytes' {str(entry['bytes'])[:40]!r}, which is not a whole number of bytes above 0.")
+            raise CatalogError(
+                f"Model catalog '{source}': '{name}' has 'bytes' {str(entry['bytes'])[:40]!r}, which is not a whole number of bytes above "
+                "0."
+            )
         if "pt2" in entry:
             _checkPt2Entry(entry, f"Model catalog '{source}': '{name}'")
         if "source" in entry:  # a published file, imported on pull (see models.sources)
@@ -112,8 +115,15 @@ def _checkPt2Entry(entry: dict, where: str) -> None:
     """An entry's ``"pt2": {"url", "sha256", "bytes"}``: the same model as a ``torch.export`` archive."""
     pt2 = entry["pt2"]
     if "source" in entry or not isinstance(pt2, dict) or set(pt2) - {"url", "sha256", "bytes"}:
-        raise CatalogError(f"{where} has a 'pt2' that is not {{\"url\", \"sha256\", \"bytes\"}} of a model file (and a published source has none).")
-    if not isinstance(pt2.get("url"), str) or not pt2["url"] or not isinstance(pt2.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", pt2["sha256"]):
+        raise CatalogError(
+            f'{where} has a \'pt2\' that is not {{"url", "sha256", "bytes"}} of a model file (and a published source has none).'
+        )
+    if (
+        not isinstance(pt2.get("url"), str)
+        or not pt2["url"]
+        or not isinstance(pt2.get("sha256"), str)
+        or not re.fullmatch(r"[0-9a-f]{64}", pt2["sha256"])
+    ):
         raise CatalogError(f"{where} needs a 'pt2' with a 'url' and a 64-digit lower-case hexadecimal 'sha256'.")
     if "bytes" in pt2 and not (type(pt2["bytes"]) is int and pt2["bytes"] > 0):
         raise CatalogError(f"{where} has a 'pt2' whose 'bytes' is not a whole number of bytes above 0.")
@@ -163,9 +173,16 @@ def cachedPath(entry: dict, cache: Path | None = None) -> Path:
     return (cache or cacheFolder()) / "models" / entry["name"] / folder / f"{entry['name']}{entry.get('suffix', '.pt')}"
 
 
-def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None, progress: ProgressCallback | None = None,
-              cancelEvent: threading.Event | None = None, log: Callable[[str], None] | None = None, python: str | None = None,
-              format: str = "torchscript") -> Path:
+def pullModel(
+    name: str,
+    catalog: dict | None = None,
+    cache: Path | None = None,
+    progress: ProgressCallback | None = None,
+    cancelEvent: threading.Event | None = None,
+    log: Callable[[str], None] | None = None,
+    python: str | None = None,
+    format: str = "torchscript",
+) -> Path:
     """The cached file of catalog model ``name`` (``format="pt2"``: its ``.pt2`` file), downloaded
     and checked when missing.
 
@@ -199,8 +216,17 @@ def pullModel(name: str, catalog: dict | None = None, cache: Path | None = None,
     if bundled is not None:
         return bundled
     hint = "set MEDSEGUNET_CATALOG to a reachable mirror, or give --model a local file"
-    download(entry["url"], path, entry["sha256"], what=f"model '{name}' from {entry['url']}", offlineHint=hint, progress=progress, cancelEvent=cancelEvent, log=log,
-             maxBytes=entry.get("bytes"))
+    download(
+        entry["url"],
+        path,
+        entry["sha256"],
+        what=f"model '{name}' from {entry['url']}",
+        offlineHint=hint,
+        progress=progress,
+        cancelEvent=cancelEvent,
+        log=log,
+        maxBytes=entry.get("bytes"),
+    )
     return path
 
 
@@ -288,3 +314,21 @@ def resolveModelOption(model: str, console) -> str:
     """``--model``: a file, or a catalog name downloaded once into the cache, its progress shown
     by the command's console (a bar on a terminal, plain lines in its log)."""
     return resolveModel(model, progress=console)
+
+
+__all__ = [
+    "SCHEMA",
+    "cacheFolder",
+    "loadCatalog",
+    "inFormat",
+    "findModel",
+    "cachedPath",
+    "pullModel",
+    "bundledModel",
+    "resolveModel",
+    "localCopy",
+    "discardPartialPull",
+    "catalogChoices",
+    "modelsTable",
+    "resolveModelOption",
+]

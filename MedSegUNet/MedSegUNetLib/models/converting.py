@@ -35,8 +35,14 @@ def eagerNetwork(card: dict, source: str):
     if isinstance(recorded, dict) and "_target_" in recorded and "args" in recorded:
         return buildNetwork({"_target_": recorded["_target_"], "args": recorded["args"]}, f"the network recorded in '{source}'")
     if isinstance(recorded, dict) and "_target_" in recorded:
-        raise ModelImportError(f"'{source}' records its network's class but not its arguments (imported before they were recorded): import it again, then convert it.")
-    raise ModelImportError(f"'{source}' holds a network that exists only as TorchScript ({recorded.get('torchscript', 'no recorded class')}): it cannot be converted to .pt2; keep the TorchScript file.")
+        raise ModelImportError(
+            f"'{source}' records its network's class but not its arguments (imported before they were recorded): import it again, then "
+            "convert it."
+        )
+    raise ModelImportError(
+        f"'{source}' holds a network that exists only as TorchScript ({recorded.get('torchscript', 'no recorded class')}): it cannot be "
+        "converted to .pt2; keep the TorchScript file."
+    )
 
 
 def checkSizes(card: dict) -> list[list[int]]:
@@ -71,15 +77,22 @@ def convertModel(source: str, output: str) -> list[float]:
     if isExportedArchive(source):
         raise ModelImportError(f"'{source}' is already a torch.export (.pt2) model: nothing to convert.")
     if card.get("localizer"):
-        raise ModelImportError(f"'{source}' has a localiser network stored as TorchScript only: it cannot be converted to .pt2; keep the TorchScript file.")
+        raise ModelImportError(
+            f"'{source}' has a localiser network stored as TorchScript only: it cannot be converted to .pt2; keep the TorchScript file."
+        )
     scripted = loadCheckedTorchScript(source, "cpu", f"Model '{source}'")
     network = eagerNetwork(card, source)
     try:
         network.load_state_dict(scripted.state_dict())
     except RuntimeError as error:
-        raise ModelImportError(f"The weights of '{source}' do not fit the network its card records ({str(error).splitlines()[0][:140]}).") from None
+        raise ModelImportError(
+            f"The weights of '{source}' do not fit the network its card records ({str(error).splitlines()[0][:140]})."
+        ) from None
     generator = torch.Generator().manual_seed(1)
     samples = [torch.randn(*shape, generator=generator) for shape in checkSizes(card)]
     with torch.no_grad():
         references = [(sample, scripted(sample)) for sample in samples]
     return saveExportedModel(network, card, output, references=references, tolerance=TOLERANCE)
+
+
+__all__ = ["eagerNetwork", "checkSizes", "convertModel"]

@@ -20,6 +20,7 @@ patient has images in two parts, and ``train`` never reads ``test``.
 The folder is built under a temporary name beside ``--output`` and renamed once every file is
 written and its SHA256 recorded, so a failed run leaves nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,12 @@ ACDC_GEOMETRY = {"spacing": [1.5, 1.5, 10.0], "axes": "LPS", "nominal": True}
 # The patient of the shared data (``../shared/data/brain-tumor/TCGA-FG-6692``): never trained on.
 LGG_HELD_OUT = "TCGA_FG_6692"
 # What the public copies hold: a prepared set that differs says so.
-LGG_PUBLISHED = {"patients": 110, "slices": 3929, "slices_with_abnormality": 1373,
-                 "digest": "9b1fe7a19b418a45422d443f7836aead9be0c47c95c8694e93f60709537b8bf6"}
+LGG_PUBLISHED = {
+    "patients": 110,
+    "slices": 3929,
+    "slices_with_abnormality": 1373,
+    "digest": "9b1fe7a19b418a45422d443f7836aead9be0c47c95c8694e93f60709537b8bf6",
+}
 ACDC_PUBLISHED = {"patients": 100, "frames": 200, "digest": "f501d99e944ff4741dca0c50853db472747cd079ae97a7b4bde4466461eee854"}
 LGG_LABELS = {"0": "background", "1": "FLAIR abnormality"}
 ACDC_LABELS = {"0": "background", "1": "right ventricle", "2": "myocardium", "3": "left ventricle cavity"}
@@ -133,8 +138,11 @@ def readLGG(source: Path, progress: Callable[[str], None]) -> SourceSet:
         if (index + 1) % 20 == 0:
             progress(f"read {index + 1} of {len(folders)} folders")
     slices = sum(c.image.shape[0] for c in found.cases)
-    found.counts = {"patients": len({c.patient for c in found.cases}), "slices": slices,
-                    "slices_with_abnormality": int(sum(c.label.any(axis=(1, 2)).sum() for c in found.cases))}
+    found.counts = {
+        "patients": len({c.patient for c in found.cases}),
+        "slices": slices,
+        "slices_with_abnormality": int(sum(c.label.any(axis=(1, 2)).sum() for c in found.cases)),
+    }
     found.digest = sourceDigest(source, [p for p in source.rglob("*.tif") if p.is_file()])
     return found
 
@@ -145,7 +153,11 @@ def _frameVolume(data: Path, frame: str, h5py) -> tuple[np.ndarray, np.ndarray] 
     if volume.is_file():
         parts = [volume]
     else:
-        numbered = [(int(m.group(1)), p) for p in data.glob(f"{frame}_slice_*.h5") if (m := re.fullmatch(re.escape(frame) + r"_slice_(\d+)", p.stem))]
+        numbered = [
+            (int(m.group(1)), p)
+            for p in data.glob(f"{frame}_slice_*.h5")
+            if (m := re.fullmatch(re.escape(frame) + r"_slice_(\d+)", p.stem))
+        ]
         if not numbered:
             return "no volume or slices"
         numbers = sorted(n for n, _ in numbered)
@@ -184,8 +196,13 @@ def readACDC(source: Path, progress: Callable[[str], None]) -> SourceSet:
     lists = {split: source / f"{name}.list" for split, name in (("train", "train"), ("validation", "val"), ("test", "test"))}
     missing = [p.name for p in lists.values() if not p.is_file()]
     if missing or not (source / "data").is_dir():
-        raise TrainingError(f"'{source}' is not the ACDC folder of SSL4MIS's layout (it lacks {', '.join(missing) or 'data/'}): give the folder holding train.list, val.list, test.list and data/.")
-    frames = {split: [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] for split, path in lists.items()}
+        raise TrainingError(
+            f"'{source}' is not the ACDC folder of SSL4MIS's layout (it lacks {', '.join(missing) or 'data/'}): give the folder holding "
+            "train.list, val.list, test.list and data/."
+        )
+    frames = {
+        split: [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] for split, path in lists.items()
+    }
     checkSplit({split: [frame[:10] for frame in names] for split, names in frames.items()}, "ACDC's list files")
     found = SourceSet()
     for split, names in frames.items():
@@ -214,7 +231,10 @@ def checkSplit(split: dict[str, Sequence[str]], where: str) -> None:
     for part, patients in split.items():
         for patient in dict.fromkeys(patients):
             if patient in seen and seen[patient] != part:
-                raise TrainingError(f"{where} put patient {patient} in both {seen[patient]} and {part}: a patient's images must stay in one part of the split.")
+                raise TrainingError(
+                    f"{where} put patient {patient} in both {seen[patient]} and {part}: a patient's images must stay in one part of the "
+                    "split."
+                )
             seen[patient] = part
 
 
@@ -222,7 +242,9 @@ def splitLGG(cases: list[SourceCase], seed: int, validation: int, test: int) -> 
     """Seeded patient-level split; TCGA-FG-6692 (the shared data's patient) always in test."""
     patients = sorted({c.patient for c in cases})
     if validation + test >= len(patients):
-        raise TrainingError(f"{len(patients)} patients cannot give {validation} validation and {test} test patients and leave any to train: ask for fewer.")
+        raise TrainingError(
+            f"{len(patients)} patients cannot give {validation} validation and {test} test patients and leave any to train: ask for fewer."
+        )
     heldOut = [p for p in patients if p == LGG_HELD_OUT]
     others = [p for p in patients if p != LGG_HELD_OUT]
     order = [others[i] for i in np.random.default_rng(seed).permutation(len(others))]
@@ -298,15 +320,30 @@ def _writeCases(found: SourceSet, description: dict, geometry: dict, folder: Pat
             progress(f"wrote {index + 1} of {len(found.cases)} volumes")
     parts = {part: sorted({c.patient for c in found.cases if c.split == part}) for part in ("train", "validation", "test")}
     return description | {
-        "format": DATASET_FORMAT, "geometry": geometry, "numTraining": len(training), "numTest": len(test),
-        "training": training, "test": test,
+        "format": DATASET_FORMAT,
+        "geometry": geometry,
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": training,
+        "test": test,
         "validation": [c.id for c in found.cases if c.split == "validation"],
-        "split": parts, "dropped": found.dropped, "counts": found.counts, "source_digest": found.digest, "files": files,
+        "split": parts,
+        "dropped": found.dropped,
+        "counts": found.counts,
+        "source_digest": found.digest,
+        "files": files,
     }
 
 
-def prepare(kind: str, source: str | os.PathLike, output: str | os.PathLike, seed: int = 0, validation: int = 10, test: int = 22,
-            progress: Callable[[str], None] | None = None) -> dict:
+def prepare(
+    kind: str,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    seed: int = 0,
+    validation: int = 10,
+    test: int = 22,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Read a fetched set, verify it, split it by patient and write it for ``medsegunet train``.
 
     Args:
@@ -326,18 +363,30 @@ def prepare(kind: str, source: str | os.PathLike, output: str | os.PathLike, see
     if kind == "lgg":
         found, published, geometry = readLGG(folder, say), LGG_PUBLISHED, LGG_GEOMETRY
         splitLGG(found.cases, seed, validation, test)
-        description = {"name": "LGG FLAIR abnormality (kaggle_3m, Buda et al. 2019)", "modality": {"0": "FLAIR"}, "labels": LGG_LABELS,
-                       "licence": "CC BY-NC-SA 4.0", "reference": "Buda M, Saha A, Mazurowski MA. Comput Biol Med 2019;109:218-225",
-                       "split_rule": f"patient-level, seed {seed}, {validation} validation and {test} test patients; {LGG_HELD_OUT} always in test"}
+        description = {
+            "name": "LGG FLAIR abnormality (kaggle_3m, Buda et al. 2019)",
+            "modality": {"0": "FLAIR"},
+            "labels": LGG_LABELS,
+            "licence": "CC BY-NC-SA 4.0",
+            "reference": "Buda M, Saha A, Mazurowski MA. Comput Biol Med 2019;109:218-225",
+            "split_rule": f"patient-level, seed {seed}, {validation} validation and {test} test patients; {LGG_HELD_OUT} always in test",
+        }
     elif kind == "acdc":
         found, published, geometry = readACDC(folder, say), ACDC_PUBLISHED, ACDC_GEOMETRY
-        description = {"name": "ACDC cine MRI (Bernard et al. 2018, SSL4MIS HDF5 copy)", "modality": {"0": "cine MRI"}, "labels": ACDC_LABELS,
-                       "licence": "CC BY-NC-SA 4.0 (cite Bernard et al.)", "reference": "Bernard O, et al. IEEE TMI 2018;37(11):2514-2525",
-                       "split_rule": "the repository's train.list, val.list and test.list (patient-level)"}
+        description = {
+            "name": "ACDC cine MRI (Bernard et al. 2018, SSL4MIS HDF5 copy)",
+            "modality": {"0": "cine MRI"},
+            "labels": ACDC_LABELS,
+            "licence": "CC BY-NC-SA 4.0 (cite Bernard et al.)",
+            "reference": "Bernard O, et al. IEEE TMI 2018;37(11):2514-2525",
+            "split_rule": "the repository's train.list, val.list and test.list (patient-level)",
+        }
     else:
         raise TrainingError(f"Unknown data set '{kind}': choose lgg or acdc.")
     if not found.cases:
-        raise TrainingError(f"No usable case in '{folder}' ({len(found.dropped)} dropped, first: {found.dropped[0]['why'] if found.dropped else 'none'}).")
+        raise TrainingError(
+            f"No usable case in '{folder}' ({len(found.dropped)} dropped, first: {found.dropped[0]['why'] if found.dropped else 'none'})."
+        )
     matches = {key: found.counts.get(key) == value for key, value in published.items() if key != "digest"}
     matches["digest"] = found.digest == published["digest"]
     description["published"] = {"expected": published, "matches": matches}
@@ -347,14 +396,19 @@ def prepare(kind: str, source: str | os.PathLike, output: str | os.PathLike, see
 def summary(document: dict, output: str | os.PathLike) -> list[str]:
     """What ``data prepare`` says: the split, the counts against the published set, what was dropped."""
     split = document["split"]
-    lines = [f"Prepared {document['numTraining'] + document['numTest']} volumes in '{output}': "
-             f"{len(split['train'])} training, {len(split['validation'])} validation and {len(split['test'])} test patients."]
+    lines = [
+        f"Prepared {document['numTraining'] + document['numTest']} volumes in '{output}': "
+        f"{len(split['train'])} training, {len(split['validation'])} validation and {len(split['test'])} test patients."
+    ]
     published = document["published"]
     differ = [key for key, same in published["matches"].items() if not same]
     counts = ", ".join(f"{key} {value}" for key, value in document["counts"].items())
     if differ:
-        lines.append(f"Counts: {counts}. This copy differs from the published set in {', '.join(differ)} "
-                     f"(expected {', '.join(f'{k} {v}' for k, v in published['expected'].items() if k in differ and k != 'digest') or 'its file digest'}): figures will not match the model sheets.")
+        expected = ", ".join(f"{k} {v}" for k, v in published["expected"].items() if k in differ and k != "digest")
+        lines.append(
+            f"Counts: {counts}. This copy differs from the published set in {', '.join(differ)} "
+            f"(expected {expected or 'its file digest'}): figures will not match the model sheets."
+        )
     else:
         lines.append(f"Counts: {counts}, as published; the files' digest matches.")
     for item in document["dropped"]:
@@ -362,3 +416,17 @@ def summary(document: dict, output: str | os.PathLike) -> list[str]:
     return lines
 
 
+__all__ = [
+    "SourceCase",
+    "SourceSet",
+    "sourceDigest",
+    "readLGGFolder",
+    "readLGG",
+    "readACDC",
+    "checkSplit",
+    "splitLGG",
+    "checkNewOutput",
+    "writeDataset",
+    "prepare",
+    "summary",
+]

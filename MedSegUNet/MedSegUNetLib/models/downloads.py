@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..engine import settings
-from ..engine.errors import DownloadError, firstLine, ProcessingCancelled
-
-ProgressCallback = Callable[[float, str], None]
-
+from ..engine.errors import DownloadError, ProcessingCancelled, firstLine
+from ..engine.request import ProgressCallback
 
 # The download's bounds come from settings: MEDSEGUNET_DOWNLOAD_TIMEOUT (one hour), MEDSEGUNET_DOWNLOAD_MIN_RATE
 # (a link slower than 1 kB/s over a whole minute is a stall, not a download: it is ended rather than
@@ -69,8 +67,8 @@ def download(
     import urllib.error
     import urllib.request
 
-    from ..engine.staging import atomicOutput
     from ..engine.paths import sha256
+    from ..engine.staging import atomicOutput
 
     path = Path(path)
 
@@ -78,7 +76,8 @@ def download(
         actual = sha256(temporary)
         if actual != checksum:
             raise DownloadError(
-                f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later, or {offlineHint}."
+                f"Downloaded '{path.name}' has SHA256 {actual[:12]}… instead of {checksum[:12]}…: the file was not kept; retry later, or "
+                f"{offlineHint}."
             )
 
     checkFileURL(url)
@@ -97,24 +96,29 @@ def download(
                     with urllib.request.urlopen(url, timeout=timeout) as response:
                         if log:
                             log(f"Downloading {path.name} into {path.parent} (once)")
-                        total = int(response.headers.get("Content-Length") or 0)
-                        guard.checkSize(total)  # refused on its declared size, before a byte is stored
-                        done, started = 0, time.monotonic()
-                        # read1: one network read at a time, so the deadline is checked however slowly bytes come.
-                        for block in iter(lambda: response.read1(1 << 16), b""):
-                            if cancelEvent is not None and cancelEvent.is_set():
-                                raise ProcessingCancelled(f"The download of {path.name} was cancelled; nothing was kept.")
-                            done += len(block)
-                            guard.check(done)
-                            output.write(block)
-                            if progress is not None:
-                                progress(done / total if total else 0.0, f"Downloading {path.name}: {transferText(done, total, time.monotonic() - started)}")
+                        _copyResponse(response, output, path.name, guard, progress, cancelEvent)
                 except (urllib.error.URLError, OSError, TimeoutError, ValueError) as error:
                     reason = getattr(error, "reason", None) or error
                     raise DownloadError(f"Cannot download {what} ({firstLine(reason)}); {offlineHint}.") from None
     except BaseException:
         _removeEmpty(created)
         raise
+
+
+def _copyResponse(response, output, name: str, guard: "TransferGuard", progress, cancelEvent) -> None:
+    """Copy an open HTTP response into ``output`` within ``guard``'s bounds, reporting progress."""
+    total = int(response.headers.get("Content-Length") or 0)
+    guard.checkSize(total)  # refused on its declared size, before a byte is stored
+    done, started = 0, time.monotonic()
+    # read1: one network read at a time, so the deadline is checked however slowly bytes come.
+    for block in iter(lambda: response.read1(1 << 16), b""):
+        if cancelEvent is not None and cancelEvent.is_set():
+            raise ProcessingCancelled(f"The download of {name} was cancelled; nothing was kept.")
+        done += len(block)
+        guard.check(done)
+        output.write(block)
+        if progress is not None:
+            progress(done / total if total else 0.0, f"Downloading {name}: {transferText(done, total, time.monotonic() - started)}")
 
 
 class TransferGuard:
@@ -135,14 +139,18 @@ class TransferGuard:
     def checkSize(self, total: int) -> None:
         """Refuse ``total`` bytes (received or declared) above the cap."""
         if total > self.maxBytes:
-            raise DownloadError(f"{self.what}: it is larger than the {self.maxBytes} bytes it may have; nothing was kept; the server sends another file than the catalog names.")
+            raise DownloadError(
+                f"{self.what}: it is larger than the {self.maxBytes} bytes it may have; nothing was kept; the server sends another file "
+                "than the catalog names."
+            )
 
     def check(self, total: int) -> None:
         self.checkSize(total)
         now = time.monotonic()
         if now - self.started > self.limit:
             raise DownloadError(
-                f"{self.what}: it did not finish within {self.limit:g} s ({total} bytes came; {settings.DOWNLOAD_TIMEOUT.name} sets the limit); nothing was kept; {self.hint}."
+                f"{self.what}: it did not finish within {self.limit:g} s ({total} bytes came; {settings.DOWNLOAD_TIMEOUT.name} sets the "
+                f"limit); nothing was kept; {self.hint}."
             )
         self.samples.append((now, total))
         while len(self.samples) > 2 and self.samples[1][0] <= now - self.window:
@@ -150,7 +158,8 @@ class TransferGuard:
         oldest, before = self.samples[0]
         if now - oldest >= self.window and total - before < self.rate * self.window:
             raise DownloadError(
-                f"{self.what}: it stalled ({total - before} bytes in the last {self.window:g} s, below {self.rate:g} bytes/s; {settings.DOWNLOAD_MIN_RATE.name} sets the minimum); nothing was kept; {self.hint}."
+                f"{self.what}: it stalled ({total - before} bytes in the last {self.window:g} s, below {self.rate:g} bytes/s; "
+                f"{settings.DOWNLOAD_MIN_RATE.name} sets the minimum); nothing was kept; {self.hint}."
             )
 
 
@@ -172,7 +181,9 @@ def minimumRate() -> tuple[float, float]:
     except ValueError:
         parsed = (-1.0, -1.0)
     if not (0 <= parsed[0] < float("inf") and 0 < parsed[1] < float("inf")):
-        raise DownloadError(f"{settings.DOWNLOAD_MIN_RATE.name}={value!r} is not BYTES_PER_SECOND or BYTES_PER_SECOND/SECONDS (e.g. 1024/60).")
+        raise DownloadError(
+            f"{settings.DOWNLOAD_MIN_RATE.name}={value!r} is not BYTES_PER_SECOND or BYTES_PER_SECOND/SECONDS (e.g. 1024/60)."
+        )
     return parsed
 
 
@@ -193,7 +204,9 @@ def checkFileURL(url: str) -> None:
         raise DownloadError(f"'{url}' is not a regular file (a folder, pipe or device): a file:// source must name a file.")
 
 
-def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard, progress: Callable[[int, float], None] | None = None) -> tuple[int, str]:
+def runBoundedDownload(
+    command: list[str], folder: str, guard: TransferGuard, progress: Callable[[int, float], None] | None = None
+) -> tuple[int, str]:
     """Run a fetching process (``pip download``) inside ``folder`` under the bounds of every download.
 
     The process runs with ``folder`` as its working folder and ``TMPDIR`` (nothing it leaves lands
@@ -214,8 +227,16 @@ def runBoundedDownload(command: list[str], folder: str, guard: TransferGuard, pr
     os.makedirs(temporary, exist_ok=True)
     environment = {**os.environ, "TMPDIR": temporary, "TEMP": temporary, "TMP": temporary}
     with tempfile.TemporaryFile(dir=folder) as errors:
-        process = subprocess.Popen(command, cwd=folder, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=errors, start_new_session=True, preexec_fn=_dieWithParent())
+        process = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+            preexec_fn=_dieWithParent(),
+        )
         try:
             started = time.monotonic()
             while process.poll() is None:
@@ -303,3 +324,15 @@ def _removeEmpty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # not empty (another download), or gone
             break
+
+
+__all__ = [
+    "transferText",
+    "download",
+    "TransferGuard",
+    "downloadCap",
+    "minimumRate",
+    "checkFileURL",
+    "runBoundedDownload",
+    "downloadDeadline",
+]

@@ -5,6 +5,7 @@ Each test volume of a ``data prepare`` folder is segmented exactly as ``medsegun
 (KJI arrays, LPS) with :func:`engine.statistics.overlapMetrics`: per patient Dice, IoU, precision
 and recall for every label, and over the patients the mean, standard deviation and median.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,6 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-
 METRICS = ("dice", "jaccard", "precision", "recall")
 
 
@@ -23,11 +23,20 @@ def testEntries(folder: str | os.PathLike) -> list[dict]:
     from .traindata import _stripSuffix, readDecathlonDocument
 
     dataset = readDecathlonDocument(folder)
-    return [{**e, "id": _stripSuffix(os.path.basename(e["image"])),
-             "image": os.path.join(os.fspath(folder), e["image"]), "label": os.path.join(os.fspath(folder), e["label"])} for e in dataset.get("test") or []]
+    return [
+        {
+            **e,
+            "id": _stripSuffix(os.path.basename(e["image"])),
+            "image": os.path.join(os.fspath(folder), e["image"]),
+            "label": os.path.join(os.fspath(folder), e["label"]),
+        }
+        for e in dataset.get("test") or []
+    ]
 
 
-def evaluateCases(modelPath: str | os.PathLike, entries: Sequence[dict], device: str = "cpu", progress: Callable[[str], None] | None = None) -> list[dict]:
+def evaluateCases(
+    modelPath: str | os.PathLike, entries: Sequence[dict], device: str = "cpu", progress: Callable[[str], None] | None = None
+) -> list[dict]:
     """Segment each entry's image and compare it with its label.
 
     Returns:
@@ -58,7 +67,10 @@ def evaluateCases(modelPath: str | os.PathLike, entries: Sequence[dict], device:
             row[f"reference_ml_{label['name']}"] = round(float(expected.sum()) * voxel, 3)
         rows.append(row)
         if progress is not None:
-            progress(f"{index + 1}/{len(entries)} {entry['id']}: " + ", ".join(f"Dice {label['name']} {row['dice_' + label['name']]:.3f}" for label in labels))
+            progress(
+                f"{index + 1}/{len(entries)} {entry['id']}: "
+                + ", ".join(f"Dice {label['name']} {row['dice_' + label['name']]:.3f}" for label in labels)
+            )
     return rows
 
 
@@ -67,7 +79,13 @@ def summarize(rows: Sequence[dict], columns: Sequence[str]) -> dict[str, dict]:
     result = {}
     for column in columns:
         values = np.array([row[column] for row in rows if row.get(column) is not None], dtype=float)
-        result[column] = {"mean": float(values.mean()) if values.size else None,
-                          "sd": float(values.std(ddof=1)) if values.size > 1 else None,
-                          "median": float(np.median(values)) if values.size else None, "n": int(values.size)}
+        result[column] = {
+            "mean": float(values.mean()) if values.size else None,
+            "sd": float(values.std(ddof=1)) if values.size > 1 else None,
+            "median": float(np.median(values)) if values.size else None,
+            "n": int(values.size),
+        }
     return result
+
+
+__all__ = ["testEntries", "evaluateCases", "summarize"]

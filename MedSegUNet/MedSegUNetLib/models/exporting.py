@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from ..engine.errors import firstLine, TrainingError
+from ..engine.errors import TrainingError, firstLine
 
 # Scripted and eager outputs are the same arithmetic; these only absorb kernel-order rounding.
 RTOL = 1e-4
@@ -45,7 +45,8 @@ def checkScriptedMatches(network, scripted, sampleShape: Sequence[int], seed: in
         eager, script = eager[0], script[0]
     if tuple(eager.shape) != tuple(script.shape):
         raise TrainingError(
-            f"The scripted network's output shape {tuple(script.shape)} differs from the eager network's {tuple(eager.shape)}: the model cannot be exported."
+            f"The scripted network's output shape {tuple(script.shape)} differs from the eager network's {tuple(eager.shape)}: the model "
+            "cannot be exported."
         )
     difference = float((eager.float() - script.float()).abs().max())
     if not torch.allclose(eager.float(), script.float(), rtol=RTOL, atol=ATOL):
@@ -86,7 +87,8 @@ def exportNetwork(network, card: dict, path: str | os.PathLike, sampleShape: Seq
         channels = network(torch.zeros(*[int(s) for s in sampleShape])).shape[1]
     if channels != outputChannels(card):
         raise TrainingError(
-            f"The network outputs {channels} channels but the card needs {outputChannels(card)} ({card['output']}, {len(card['labels'])} labels): fix the config's labels or output."
+            f"The network outputs {channels} channels but the card needs {outputChannels(card)} ({card['output']}, {len(card['labels'])} "
+            "labels): fix the config's labels or output."
         )
     if format == "pt2":
         saveModel(network, card, path, format="pt2")
@@ -170,8 +172,12 @@ def cardFromCheckpoint(config: dict, checkpoint: dict, epochsRun: int | None = N
     return card
 
 
-def exportCheckpoint(checkpointPath: str | os.PathLike, outputPath: str | os.PathLike, configPath: str | os.PathLike | None = None,
-                     format: str = "torchscript") -> dict:
+def exportCheckpoint(
+    checkpointPath: str | os.PathLike,
+    outputPath: str | os.PathLike,
+    configPath: str | os.PathLike | None = None,
+    format: str = "torchscript",
+) -> dict:
     """Export a ``medsegunet train`` checkpoint to a TorchScript model with its card.
 
     Args:
@@ -225,11 +231,18 @@ def usageLines(card: dict, modelRef: str) -> list[str]:
     # The series the ROI needs, when the card uses one.
     series = [str(words) for words in roi.get("from_series") or []] if roi.get("use", True) else []
     if series:
-        lines.append("ROI: the inputs' common extent cut by series matching " + ", ".join(f"'{words}'" for words in series)
-                     + " (give them with --roi-from; --no-roi runs on the whole input)")
+        lines.append(
+            "ROI: the inputs' common extent cut by series matching "
+            + ", ".join(f"'{words}'" for words in series)
+            + " (give them with --roi-from; --no-roi runs on the whole input)"
+        )
     if roi.get("context_mm"):
         lines.append(f"Context: the network sees the ROI grown by {float(roi['context_mm']):g} mm; labels stay inside the ROI")
-    ranges = [f"{label['name']} {label['qc']['volume_ml'][0]:g}–{label['qc']['volume_ml'][1]:g} mL" for label in card["labels"] if (label.get("qc") or {}).get("volume_ml")]
+    ranges = [
+        f"{label['name']} {label['qc']['volume_ml'][0]:g}–{label['qc']['volume_ml'][1]:g} mL"
+        for label in card["labels"]
+        if (label.get("qc") or {}).get("volume_ml")
+    ]
     if ranges:
         lines.append("Expected volumes (QC flags outside): " + "; ".join(ranges))
     for key, title in (("version", "Version"), ("license", "Licence"), ("citation", "Cite")):
@@ -243,3 +256,13 @@ def usageLines(card: dict, modelRef: str) -> list[str]:
     return lines
 
 
+__all__ = [
+    "checkScriptedMatches",
+    "exportNetwork",
+    "epochsInRun",
+    "validationWording",
+    "cardFromCheckpoint",
+    "exportCheckpoint",
+    "fileStem",
+    "usageLines",
+]

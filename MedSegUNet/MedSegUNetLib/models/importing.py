@@ -22,6 +22,7 @@ verified against the eager one. MONAI bundle folders (``configs/inference.json|y
 ``configs/metadata.json``, ``models/model.pt``) become a card from their preprocessing,
 inferer, post-processing and channel names (:func:`cardFromBundle`), verified the same way.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,7 +31,7 @@ import os
 
 import numpy as np
 
-from ..engine.errors import firstLine, ModelImportError
+from ..engine.errors import ModelImportError, firstLine
 from .verification import ImportStage, provenance, reportStep, verifyAgainstEager
 
 
@@ -47,11 +48,17 @@ def detectFormat(source: str) -> str:
         return "onnx"
     if source.lower().endswith((".pt", ".pth", ".ckpt")):
         return "torchscript" if os.path.isfile(source) and isTorchScript(source) else "auto3dseg"
-    raise ModelImportError(f"'{source}' is not a model this command imports: give an .onnx file, a TorchScript or Auto3DSeg .pt file or a MONAI bundle folder.")
+    raise ModelImportError(
+        f"'{source}' is not a model this command imports: give an .onnx file, a TorchScript or Auto3DSeg .pt file or a MONAI bundle folder."
+    )
 
 
 # Auto3DSeg's normalize_mode → a card normalisation; the others are refused, naming the mode.
-AUTO3DSEG_NORMALIZATION = {"none": {"type": "none"}, "meanstd": {"type": "zscore", "nonzero": True}, "mri": {"type": "zscore", "nonzero": True}}
+AUTO3DSEG_NORMALIZATION = {
+    "none": {"type": "none"},
+    "meanstd": {"type": "zscore", "nonzero": True},
+    "mri": {"type": "zscore", "nonzero": True},
+}
 
 
 def readLabels(path: str | None) -> list[dict]:
@@ -83,8 +90,13 @@ def decodeLabelsText(data: bytes) -> str:
     on Windows). Label names are only shown, so a guess between the last two cannot misplace a file."""
     import codecs
 
-    for mark, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-                           (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+    for mark, encoding in (
+        (codecs.BOM_UTF32_LE, "utf-32"),
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
         if data.startswith(mark):
             return data.decode(encoding, errors="replace")
     for encoding in ("utf-8", "cp1252"):
@@ -108,7 +120,9 @@ def cardFromAuto3DSeg(config: dict, labels: list[dict], source: str) -> tuple[di
 
     mode = value("normalize_mode", "meanstd")
     if mode not in AUTO3DSEG_NORMALIZATION:
-        raise ModelImportError(f"'{source}' uses normalize_mode '{mode}', which a MedSegUNet card cannot express (only none, meanstd/mri): it is not imported.")
+        raise ModelImportError(
+            f"'{source}' uses normalize_mode '{mode}', which a MedSegUNet card cannot express (only none, meanstd/mri): it is not imported."
+        )
     extra = list((value("extra_modalities") or {}).items())
     if any(value not in AUTO3DSEG_NORMALIZATION for _, value in extra):
         raise ModelImportError(f"'{source}' normalises an extra modality in a way a MedSegUNet card cannot express: it is not imported.")
@@ -144,7 +158,11 @@ def checkpointSafeTypes() -> list:
     allowed += [core.multiarray.scalar, core.multiarray._reconstruct]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
-        allowed += [getattr(dtypes, name) for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType") if hasattr(dtypes, name)]
+        allowed += [
+            getattr(dtypes, name)
+            for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "BoolDType")
+            if hasattr(dtypes, name)
+        ]
     return allowed
 
 
@@ -159,19 +177,25 @@ def loadCheckpointAsData(source: str):
     except Exception as error:  # torch raises several types for foreign or unsafe files
         text = firstLine(error)
         if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
-            raise ModelImportError(f"'{source}' holds Python objects beyond weights and plain values, which could run code when read: it is not loaded (save the checkpoint's state_dict and config as plain data).") from None
+            raise ModelImportError(
+                f"'{source}' holds Python objects beyond weights and plain values, which could run code when read: it is not loaded (save "
+                "the checkpoint's state_dict and config as plain data)."
+            ) from None
         raise ModelImportError(f"Cannot read checkpoint '{source}' ({text[:120]}).") from None
 
 
-def importAuto3DSeg(source: str, labelsPath: str | None, output: str, origin: str | None = None, format: str = "torchscript", progress=None) -> dict:
+def importAuto3DSeg(
+    source: str, labelsPath: str | None, output: str, origin: str | None = None, format: str = "torchscript", progress=None
+) -> dict:
     """Convert and verify an Auto3DSeg checkpoint (``config`` and ``state_dict``); returns the card
     written (``origin``: the source it records, :func:`verification.provenance`; ``progress``: told
     each :class:`verification.ImportStage`)."""
     import torch
 
     from ..engine.modelcard import saveModel, validateCard
-    from .networks import buildNetwork as buildAllowed, networkArguments
     from ..engine.paths import checkRegularFile, sha256
+    from .networks import buildNetwork as buildAllowed
+    from .networks import networkArguments
 
     checkRegularFile(source, "Checkpoint")
     reportStep(progress, ImportStage.READING, f"the checkpoint {os.path.basename(source)} as data")
@@ -207,7 +231,18 @@ def _transformName(item: dict) -> str:
 
 
 # Loading, channel and saving transforms a card implies.
-IMPLIED_TRANSFORMS = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureTyped", "EnsureType", "CastToTyped", "Invertd", "SaveImaged", "ToDeviced", "CopyItemsd"}
+IMPLIED_TRANSFORMS = {
+    "LoadImaged",
+    "LoadImage",
+    "EnsureChannelFirstd",
+    "EnsureTyped",
+    "EnsureType",
+    "CastToTyped",
+    "Invertd",
+    "SaveImaged",
+    "ToDeviced",
+    "CopyItemsd",
+}
 
 
 def cardFromBundle(config: dict, source: str) -> dict:
@@ -223,7 +258,13 @@ def cardFromBundle(config: dict, source: str) -> dict:
             only the values used here are read, each as plain data (:func:`networks.plainValue`).
     """
     bundle = BundleConfig(config, source)
-    card: dict = {"schema": "medsegunet.model/2", "spatial_dims": 3, "spacing": None, "orientation": None, "normalization": {"type": "none"}}
+    card: dict = {
+        "schema": "medsegunet.model/2",
+        "spatial_dims": 3,
+        "spacing": None,
+        "orientation": None,
+        "normalization": {"type": "none"},
+    }
     bundle.readPreprocessing(card)
     bundle.readPostprocessing(card)
     bundle.readInferer(card)
@@ -265,12 +306,24 @@ class BundleConfig:
             elif name == "NormalizeIntensityd":
                 card["normalization"] = {"type": "zscore", "nonzero": bool(value(item, "nonzero", False))}
             elif name == "ScaleIntensityd":
-                card["normalization"] = {"type": "minmax", "b_min": float(value(item, "minv", 0.0)), "b_max": float(value(item, "maxv", 1.0))}
+                card["normalization"] = {
+                    "type": "minmax",
+                    "b_min": float(value(item, "minv", 0.0)),
+                    "b_max": float(value(item, "maxv", 1.0)),
+                }
             elif name == "ScaleIntensityRangePercentilesd":
-                card["normalization"] = {"type": "percentile", "lower": float(value(item, "lower")), "upper": float(value(item, "upper")),
-                                         "b_min": float(value(item, "b_min", 0.0)), "b_max": float(value(item, "b_max", 1.0)), "clip": bool(value(item, "clip", False))}
+                card["normalization"] = {
+                    "type": "percentile",
+                    "lower": float(value(item, "lower")),
+                    "upper": float(value(item, "upper")),
+                    "b_min": float(value(item, "b_min", 0.0)),
+                    "b_max": float(value(item, "b_max", 1.0)),
+                    "clip": bool(value(item, "clip", False)),
+                }
             else:
-                raise ModelImportError(f"The bundle '{self.source}' preprocesses with {name}, which a MedSegUNet card cannot express: it is not imported.")
+                raise ModelImportError(
+                    f"The bundle '{self.source}' preprocesses with {name}, which a MedSegUNet card cannot express: it is not imported."
+                )
 
     def readPostprocessing(self, card: dict) -> None:
         card["output"], post = "softmax", {}
@@ -285,7 +338,9 @@ class BundleConfig:
             elif name == "FillHolesd":
                 post["fill_holes"] = True
             else:
-                raise ModelImportError(f"The bundle '{self.source}' post-processes with {name}, which a MedSegUNet card cannot express: it is not imported.")
+                raise ModelImportError(
+                    f"The bundle '{self.source}' post-processes with {name}, which a MedSegUNet card cannot express: it is not imported."
+                )
         if post:
             card["postprocessing"] = post
 
@@ -305,9 +360,18 @@ class BundleConfig:
         softmax = card["output"] == "softmax"
         names = [(int(k), v) for k, v in sorted(channels.items(), key=lambda kv: int(kv[0])) if not (softmax and int(k) == 0)]
         if not names:
-            raise ModelImportError(f"The bundle '{self.source}' names no output channels (metadata network_data_format outputs channel_def): it is not imported.")
-        card["labels"] = [{"value": channel if softmax else channel + 1, "name": str(name),
-                           "color": [round(c, 3) for c in colorsys.hsv_to_rgb((index * 0.618) % 1.0, 0.65, 0.9)]} for index, (channel, name) in enumerate(names)]
+            raise ModelImportError(
+                f"The bundle '{self.source}' names no output channels (metadata network_data_format outputs channel_def): it is not "
+                "imported."
+            )
+        card["labels"] = [
+            {
+                "value": channel if softmax else channel + 1,
+                "name": str(name),
+                "color": [round(c, 3) for c in colorsys.hsv_to_rgb((index * 0.618) % 1.0, 0.65, 0.9)],
+            }
+            for index, (channel, name) in enumerate(names)
+        ]
         channelsIn = int(next(iter((formats.get("inputs") or {}).values()), {}).get("num_channels", 1))
         card["inputs"] = [{"name": "image" if channelsIn == 1 else f"image{index + 1}"} for index in range(channelsIn)]
         card["name"] = str(metadata.get("name") or os.path.basename(os.path.normpath(self.source)))
@@ -340,12 +404,20 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
     import torch
 
     from ..engine.modelcard import saveModel, validateCard
-    from .networks import buildNetwork as buildAllowed, networkArguments
     from ..engine.paths import sha256
+    from .networks import buildNetwork as buildAllowed
+    from .networks import networkArguments
 
     reportStep(progress, ImportStage.READING, f"the bundle {os.path.basename(os.path.normpath(source))} as data")
     configs = os.path.join(source, "configs")
-    inference = next((os.path.join(configs, name) for name in ("inference.json", "inference.yaml", "inference.yml") if os.path.isfile(os.path.join(configs, name))), None)
+    inference = next(
+        (
+            os.path.join(configs, name)
+            for name in ("inference.json", "inference.yaml", "inference.yml")
+            if os.path.isfile(os.path.join(configs, name))
+        ),
+        None,
+    )
     if inference is None:
         raise ModelImportError(f"The bundle '{source}' has no configs/inference.json or .yaml.")
     config = readConfigFile(inference)
@@ -372,3 +444,16 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
     return card
 
 
+__all__ = [
+    "detectFormat",
+    "readLabels",
+    "decodeLabelsText",
+    "cardFromAuto3DSeg",
+    "checkpointSafeTypes",
+    "loadCheckpointAsData",
+    "importAuto3DSeg",
+    "cardFromBundle",
+    "BundleConfig",
+    "readConfigFile",
+    "importBundle",
+]

@@ -38,16 +38,24 @@ def networkClass(target: Any, where: str):
         MedSegUNetError: not a name of a network class of ``monai.networks.nets``.
     """
     if not isinstance(target, str) or not _IDENTIFIER.fullmatch(target):
-        raise ModelImportError(f"{where} names no network class ('_target_': {str(target)[:80]!r}): name a class of {ALLOWED_PACKAGE}, e.g. \"SegResNetDS\".")
+        raise ModelImportError(
+            f"{where} names no network class ('_target_': {str(target)[:80]!r}): name a class of {ALLOWED_PACKAGE}, e.g. \"SegResNetDS\"."
+        )
     name = target.rsplit(".", 1)[-1]
     if "." in target and not target.startswith(ALLOWED_PACKAGE + "."):
-        raise ModelImportError(f"{where} names '{target}', which is not a network of {ALLOWED_PACKAGE}: only MONAI's networks are built from model files, nothing else is imported or run.")
+        raise ModelImportError(
+            f"{where} names '{target}', which is not a network of {ALLOWED_PACKAGE}: only MONAI's networks are built from model files, "
+            "nothing else is imported or run."
+        )
     import monai.networks.nets as nets
     import torch
 
     candidate = getattr(nets, name, None)
     if not isinstance(candidate, type) or not issubclass(candidate, torch.nn.Module):
-        raise ModelImportError(f"{where} names '{target}', which is not a network class of {ALLOWED_PACKAGE}: name one of MONAI's networks (e.g. SegResNetDS, UNet).")
+        raise ModelImportError(
+            f"{where} names '{target}', which is not a network class of {ALLOWED_PACKAGE}: name one of MONAI's networks (e.g. SegResNetDS, "
+            "UNet)."
+        )
     if "." in target and target not in (f"{ALLOWED_PACKAGE}.{name}", f"{candidate.__module__}.{name}"):
         raise ModelImportError(f"{where} names '{target}', which is not where {ALLOWED_PACKAGE}.{name} is defined.")
     return candidate
@@ -62,7 +70,9 @@ def _lookup(config: dict, reference: str, where: str) -> Any:
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         else:
-            raise ModelImportError(f"{where}: the reference '@{reference}' names nothing in the config: references outside it are not followed.")
+            raise ModelImportError(
+                f"{where}: the reference '@{reference}' names nothing in the config: references outside it are not followed."
+            )
     return node
 
 
@@ -75,7 +85,9 @@ def plainValue(value: Any, where: str, config: dict | None = None, seen: tuple =
     """
     if isinstance(value, str):
         if value.startswith("$"):
-            raise ModelImportError(f"{where} is a '$' expression ({value[:60]!r}): expressions in model configs are never evaluated; write the value itself.")
+            raise ModelImportError(
+                f"{where} is a '$' expression ({value[:60]!r}): expressions in model configs are never evaluated; write the value itself."
+            )
         if value.startswith("%"):
             raise ModelImportError(f"{where} is a '%' reference to another file ({value[:60]!r}): only values inside the config are read.")
         if value.startswith("@"):
@@ -100,10 +112,12 @@ def networkArguments(spec: dict, where: str, config: dict | None = None) -> dict
     ``{"_target_", key: value, ...}`` (a MONAI config), as plain data."""
     refused = [key for key in spec if key in REFUSED_KEYS]
     if refused:
-        raise ModelImportError(f"{where} has '{refused[0]}', which MONAI would act on: a network's config holds only its class and arguments.")
+        raise ModelImportError(
+            f"{where} has '{refused[0]}', which MONAI would act on: a network's config holds only its class and arguments."
+        )
     if "args" in spec:
         if not isinstance(spec["args"], dict) or set(spec) - {"_target_", "args", *IGNORED_KEYS}:
-            raise ModelImportError(f"{where}: give the network as {{\"_target_\": ..., \"args\": {{...}}}}.")
+            raise ModelImportError(f'{where}: give the network as {{"_target_": ..., "args": {{...}}}}.')
         arguments = spec["args"]
     else:
         arguments = {key: value for key, value in spec.items() if key != "_target_"}
@@ -124,7 +138,7 @@ def buildNetwork(spec: Any, where: str = "the card's network", config: dict | No
             or that the class does not take.
     """
     if not isinstance(spec, dict) or "_target_" not in spec:
-        raise ModelImportError(f"{where} needs {{\"_target_\": \"monai.networks.nets.NAME\", \"args\": {{...}}}} naming the network.")
+        raise ModelImportError(f'{where} needs {{"_target_": "monai.networks.nets.NAME", "args": {{...}}}} naming the network.')
     networkType = networkClass(spec["_target_"], where)
     arguments = networkArguments(spec, where, config)
     try:
@@ -133,3 +147,6 @@ def buildNetwork(spec: Any, where: str = "the card's network", config: dict | No
         from ..engine.errors import firstLine
 
         raise ModelImportError(f"{where} '{spec['_target_']}' does not take these arguments ({firstLine(error)[:160]}).") from None
+
+
+__all__ = ["networkClass", "plainValue", "networkArguments", "buildNetwork"]

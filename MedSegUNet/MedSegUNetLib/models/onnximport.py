@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from ..engine.errors import firstLine, ModelImportError
-from .verification import ImportStage, buildNetwork, compareOutputs, provenance, readImportCard, reportStep
+from ..engine.errors import ModelImportError, firstLine
 from .networks import networkArguments
+from .verification import ImportStage, buildNetwork, compareOutputs, provenance, readImportCard, reportStep
 
 
 def onnxTensors(model, source: str = "the ONNX model") -> dict[str, np.ndarray]:
@@ -42,19 +42,31 @@ def numericTensor(tensor, source: str) -> np.ndarray:
     try:
         array = numpy_helper.to_array(tensor)
     except Exception as error:  # onnx raises ValueError, TypeError or its own errors for damaged tensors
-        raise ModelImportError(f"'{source}': the tensor '{name[:80]}' cannot be read ({firstLine(error)[:100]}): the file is damaged; export it again.") from None
+        raise ModelImportError(
+            f"'{source}': the tensor '{name[:80]}' cannot be read ({firstLine(error)[:100]}): the file is damaged; export it again."
+        ) from None
     if array.dtype.kind not in "fiub":
-        raise ModelImportError(f"'{source}': the tensor '{name[:80]}' holds {array.dtype} values, not numbers: it is not a network's weights.")
+        raise ModelImportError(
+            f"'{source}': the tensor '{name[:80]}' holds {array.dtype} values, not numbers: it is not a network's weights."
+        )
     expected = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
     if array.size != expected:
-        raise ModelImportError(f"'{source}': the tensor '{name[:80]}' declares {expected} values but holds {array.size}: the file is damaged; export it again.")
+        raise ModelImportError(
+            f"'{source}': the tensor '{name[:80]}' declares {expected} values but holds {array.size}: the file is damaged; export it again."
+        )
     return array
 
 
 # The layers whose weights an ONNX graph carries, by the ONNX operator and the torch module kind.
 WEIGHTED_OPS = {
-    "Conv": "conv", "ConvTranspose": "convtranspose", "BatchNormalization": "batchnorm", "InstanceNormalization": "instancenorm", "PRelu": "prelu",
-    "Gemm": "linear", "GroupNormalization": "groupnorm", "LayerNormalization": "layernorm",
+    "Conv": "conv",
+    "ConvTranspose": "convtranspose",
+    "BatchNormalization": "batchnorm",
+    "InstanceNormalization": "instancenorm",
+    "PRelu": "prelu",
+    "Gemm": "linear",
+    "GroupNormalization": "groupnorm",
+    "LayerNormalization": "layernorm",
 }
 
 
@@ -64,8 +76,13 @@ def moduleKind(module) -> str | None:
     import torch.nn as nn
 
     kinds = (
-        (nn.modules.conv._ConvTransposeNd, "convtranspose"), (nn.modules.conv._ConvNd, "conv"), (nn.modules.batchnorm._BatchNorm, "batchnorm"),
-        (nn.modules.instancenorm._InstanceNorm, "instancenorm"), (nn.PReLU, "prelu"), (nn.Linear, "linear"), (nn.GroupNorm, "groupnorm"),
+        (nn.modules.conv._ConvTransposeNd, "convtranspose"),
+        (nn.modules.conv._ConvNd, "conv"),
+        (nn.modules.batchnorm._BatchNorm, "batchnorm"),
+        (nn.modules.instancenorm._InstanceNorm, "instancenorm"),
+        (nn.PReLU, "prelu"),
+        (nn.Linear, "linear"),
+        (nn.GroupNorm, "groupnorm"),
         (nn.LayerNorm, "layernorm"),
     )
     for moduleClass, kind in kinds:
@@ -101,7 +118,10 @@ def layersInCallOrder(network, sample) -> list[tuple[str, object]]:
             continue
         if moduleKind(module) is None:
             if any(True for _ in module.parameters(recurse=False)):
-                raise ModelImportError(f"The card's network has a {type(module).__name__} ('{name}') whose weights this import cannot map from an ONNX graph: use a network with batch, instance, group or layer norms.")
+                raise ModelImportError(
+                    f"The card's network has a {type(module).__name__} ('{name}') whose weights this import cannot map from an ONNX graph: "
+                    "use a network with batch, instance, group or layer norms."
+                )
             continue
         handles.append(module.register_forward_pre_hook(lambda module, args, name=name: called.append((name, module))))
         handles.append(module.register_forward_hook(lambda module, args, output, name=name: keep(module, args, output, name)))
@@ -154,7 +174,9 @@ def groupNormWeights(node, graph: GraphIndex, tensors: dict, channels: int, sour
     zero when the norm has none); its group count is the InstanceNormalization's scale length."""
     groups = tensors.get(node.input[1])
     if groups is None or not (np.all(groups == 1) and not np.any(tensors.get(node.input[2], 0))):
-        raise ModelImportError(f"'{source}': the group norm at ONNX node '{node.name or node.op_type}' is not the exporter's pattern (unit scale, zero bias).")
+        raise ModelImportError(
+            f"'{source}': the group norm at ONNX node '{node.name or node.op_type}' is not the exporter's pattern (unit scale, zero bias)."
+        )
     reshaped = graph.consumers[node.output[0]][0].output[0]
     scale, bias, tensor = np.ones(channels, np.float32), np.zeros(channels, np.float32), reshaped
     for operator, into in (("Mul", "scale"), ("Add", "bias")):
@@ -208,21 +230,31 @@ def copyWeights(network, model, sample, source: str) -> list[str]:
                 pendingBias, pendingConv, folded = None, None, folded + 1
                 continue
             if position >= len(nodes):
-                raise ModelImportError(f"'{source}' has fewer weighted layers ({len(nodes)}) than the card's network (at '{name}'): {mismatch}.")
+                raise ModelImportError(
+                    f"'{source}' has fewer weighted layers ({len(nodes)}) than the card's network (at '{name}'): {mismatch}."
+                )
             node = nodes[position]
             position += 1
             if nodeKind(node, graph) != kind:
-                raise ModelImportError(f"'{source}': weighted layer {position} is an ONNX {node.op_type} where the card's network has {type(module).__name__} '{name}': {mismatch}.")
+                raise ModelImportError(
+                    f"'{source}': weighted layer {position} is an ONNX {node.op_type} where the card's network has {type(module).__name__} "
+                    f"'{name}': {mismatch}."
+                )
             weights = [tensors.get(input) if input else None for input in node.input[1:]] or [None]
             if kind == "groupnorm" and node.op_type == "InstanceNormalization":
                 weights = groupNormWeights(node, graph, tensors, module.num_channels, source)
             if node.op_type == "Gemm" and weights[0] is not None and not any(a.name == "transB" and a.i == 1 for a in node.attribute):
                 weights[0] = weights[0].T
             if weights[0] is None or (kind == "batchnorm" and any(weight is None for weight in weights[:4])):
-                raise ModelImportError(f"'{source}': the weights of ONNX node '{node.name or node.op_type}' are computed in the graph, not stored: export the network in eval mode.")
+                raise ModelImportError(
+                    f"'{source}': the weights of ONNX node '{node.name or node.op_type}' are computed in the graph, not stored: export the "
+                    "network in eval mode."
+                )
             # Folded when the network calls a batch norm next but the graph's next weighted node is none.
             fusedNorm = (
-                kind in ("conv", "convtranspose") and index + 1 < len(layers) and moduleKind(layers[index + 1][1]) == "batchnorm"
+                kind in ("conv", "convtranspose")
+                and index + 1 < len(layers)
+                and moduleKind(layers[index + 1][1]) == "batchnorm"
                 and "BatchNormalization" not in consumers.get(node.output[0], [])
                 and (position >= len(nodes) or nodes[position].op_type != "BatchNormalization")
             )
@@ -238,7 +270,10 @@ def _loadLayer(module, kind: str, name: str, weights: list, fusedNorm: bool, sou
 
     def put(parameter, array, what):
         if tuple(array.shape) != tuple(parameter.shape):
-            raise ModelImportError(f"'{source}': the {what} of '{name}' has shape {tuple(array.shape)} where the card's network has {tuple(parameter.shape)}: check the network args.")
+            raise ModelImportError(
+                f"'{source}': the {what} of '{name}' has shape {tuple(array.shape)} where the card's network has {tuple(parameter.shape)}: "
+                "check the network args."
+            )
         parameter.copy_(torch.from_numpy(np.asarray(array, dtype=np.float32)))
 
     bias = weights[1] if len(weights) > 1 and weights[1] is not None else None
@@ -253,17 +288,25 @@ def _loadLayer(module, kind: str, name: str, weights: list, fusedNorm: bool, sou
         elif np.any(bias):
             raise ModelImportError(f"'{source}': ONNX gives '{name}' a bias that the card's network does not have: check the network args.")
     elif kind == "batchnorm":
-        for parameter, array, what in zip((module.weight, module.bias, module.running_mean, module.running_var), weights[:4], ("scale", "bias", "mean", "variance")):
+        for parameter, array, what in zip(
+            (module.weight, module.bias, module.running_mean, module.running_var), weights[:4], ("scale", "bias", "mean", "variance")
+        ):
             put(parameter, array, what)
     elif kind == "instancenorm":
         if module.affine:
             put(module.weight, weights[0], "scale")
             put(module.bias, weights[1], "bias")
         elif not (np.all(weights[0] == 1) and not np.any(weights[1])):
-            raise ModelImportError(f"'{source}': ONNX gives the instance norm '{name}' a scale and bias that the card's network does not have (affine=False): check the network args.")
+            raise ModelImportError(
+                f"'{source}': ONNX gives the instance norm '{name}' a scale and bias that the card's network does not have (affine=False): "
+                "check the network args."
+            )
     elif kind == "groupnorm":
         if len(weights) > 2 and weights[2] != module.num_groups:
-            raise ModelImportError(f"'{source}': the group norm '{name}' has {weights[2]} groups in the graph and {module.num_groups} in the card's network: check the network args.")
+            raise ModelImportError(
+                f"'{source}': the group norm '{name}' has {weights[2]} groups in the graph and {module.num_groups} in the card's network: "
+                "check the network args."
+            )
         if module.affine:
             put(module.weight, np.asarray(weights[0]).reshape(-1), "scale")
             put(module.bias, np.asarray(weights[1]).reshape(-1), "bias")
@@ -283,10 +326,15 @@ def checkGraphShape(model, source: str) -> None:
     damaged, empty (0-byte) or hand-made file gives, before any of it is used."""
     if not model.graph.node or not model.graph.input or not model.graph.output:
         missing = "nodes" if not model.graph.node else "inputs" if not model.graph.input else "outputs"
-        raise ModelImportError(f"'{source}' is an ONNX graph with no {missing}: it is not a network (an empty or cut-short download?); download or export it again.")
+        raise ModelImportError(
+            f"'{source}' is an ONNX graph with no {missing}: it is not a network (an empty or cut-short download?); download or export it "
+            "again."
+        )
     for node in model.graph.node:
         if not node.output:
-            raise ModelImportError(f"'{source}': the ONNX node '{(node.name or node.op_type)[:80]}' has no output: the graph is damaged; export it again.")
+            raise ModelImportError(
+                f"'{source}': the ONNX node '{(node.name or node.op_type)[:80]}' has no output: the graph is damaged; export it again."
+            )
 
 
 def checkGraphEnd(model, source: str) -> None:
@@ -294,7 +342,10 @@ def checkGraphEnd(model, source: str) -> None:
     producers = {output: node for node in model.graph.node for output in node.output}
     last = producers.get(model.graph.output[0].name)
     if last is not None and last.op_type in ("Softmax", "Sigmoid", "ArgMax"):
-        raise ModelImportError(f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, before the {last.op_type}.")
+        raise ModelImportError(
+            f"'{source}' ends with {last.op_type}: the card cannot express it (MedSegUNet activates logits itself); export the logits, "
+            f"before the {last.op_type}."
+        )
 
 
 def importONNX(source: str, cardPath: str, output: str, origin: str | None = None, format: str = "torchscript", progress=None) -> dict:
@@ -312,7 +363,9 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
         import onnx
         import onnxruntime
     except ImportError:
-        raise ModelImportError("Importing ONNX needs onnx and onnxruntime, part of the base install: pip install onnx onnxruntime.") from None
+        raise ModelImportError(
+            "Importing ONNX needs onnx and onnxruntime, part of the base install: pip install onnx onnxruntime."
+        ) from None
     from ..engine.modelcard import outputChannels, saveModel, validateCard
     from ..engine.paths import checkRegularFile, sha256
 
@@ -345,18 +398,45 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
     try:
         session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     except Exception as error:  # an operator or opset this onnxruntime does not know, a damaged graph
-        raise ModelImportError(f"onnxruntime cannot load '{source}' ({firstLine(error)[:160]}): the import cannot be verified, so nothing is written; update onnxruntime or re-export the model.") from None
+        raise ModelImportError(
+            f"onnxruntime cannot load '{source}' ({firstLine(error)[:160]}): the import cannot be verified, so nothing is written; update "
+            "onnxruntime or re-export the model."
+        ) from None
     try:
         expected = session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]
     except Exception as error:  # onnxruntime raises its own error types
-        raise ModelImportError(f"onnxruntime cannot run '{source}' on a {tuple(sample.shape)} patch ({firstLine(error)[:120]}): check the card's patch_size and inputs.") from None
+        raise ModelImportError(
+            f"onnxruntime cannot run '{source}' on a {tuple(sample.shape)} patch ({firstLine(error)[:120]}): check the card's patch_size "
+            "and inputs."
+        ) from None
     with torch.no_grad():
         got = scripted(sample)
     got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
     if got.shape != expected.shape or got.shape[1] != outputChannels(card):
-        raise ModelImportError(f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: fix the card.")
+        raise ModelImportError(
+            f"The imported network gives shape {got.shape}, onnxruntime {expected.shape}, the card needs {outputChannels(card)} channels: "
+            "fix the card."
+        )
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
-    card["provenance"] = provenance("onnx", source, sha256(source), network, verified, notes, origin, networkArguments(spec, "the card's network"))
+    card["provenance"] = provenance(
+        "onnx", source, sha256(source), network, verified, notes, origin, networkArguments(spec, "the card's network")
+    )
     reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
+
+
+__all__ = [
+    "onnxTensors",
+    "numericTensor",
+    "moduleKind",
+    "layersInCallOrder",
+    "onnxLayers",
+    "nodeKind",
+    "GraphIndex",
+    "groupNormWeights",
+    "copyWeights",
+    "checkGraphShape",
+    "checkGraphEnd",
+    "importONNX",
+]

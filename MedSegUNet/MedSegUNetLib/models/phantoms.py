@@ -127,3 +127,15 @@ def writeThresholdModel(path: str | os.PathLike, thresholds: Sequence[float], ca
 
     saveModel(thresholdModule(thresholds, softmax=card["output"] == "softmax"), card, path)
     return os.fspath(path)
+
+
+__all__ = [
+    "rotationMatrix",
+    "makeGrid",
+    "physicalPoints",
+    "sphereMask",
+    "paintSpheres",
+    "thresholdModule",
+    "thresholdCard",
+    "writeThresholdModel",
+]

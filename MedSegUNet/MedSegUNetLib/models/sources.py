@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..engine.errors import DownloadError, firstLine, MedSegUNetError
+from ..engine.errors import DownloadError, MedSegUNetError, firstLine
 
 # What records a cached model's own SHA256 beside it (``<name>.pt.sha256``): checked on every use.
 DIGEST_SUFFIX = ".sha256"
@@ -35,7 +35,9 @@ def checkSourceEntry(entry: dict, where: str) -> None:
     source = entry.get("source")
     if not isinstance(source, dict) or not (isinstance(source.get("pip"), str) or isinstance(source.get("url"), str)):
         raise DownloadError(f"{where}: 'source' needs 'pip' (a requirement such as name==version) with 'file', or a 'url'.")
-    if "pip" in source and not (isinstance(source.get("file"), str) and re.fullmatch(r"[A-Za-z0-9_.\-/]+", source["file"]) and ".." not in source["file"]):
+    if "pip" in source and not (
+        isinstance(source.get("file"), str) and re.fullmatch(r"[A-Za-z0-9_.\-/]+", source["file"]) and ".." not in source["file"]
+    ):
         raise DownloadError(f"{where}: a pip source needs 'file', the path of the model inside the package.")
     if "pip" in source:
         parseRequirement(source["pip"], where)
@@ -46,7 +48,11 @@ def checkSourceEntry(entry: dict, where: str) -> None:
     localizer = source.get("localizer")
     if localizer is not None:
         key = "file" if "pip" in source else "url"
-        if not isinstance(localizer, dict) or not isinstance(localizer.get(key), str) or not re.fullmatch(r"[0-9a-f]{64}", str(localizer.get("sha256"))):
+        if (
+            not isinstance(localizer, dict)
+            or not isinstance(localizer.get(key), str)
+            or not re.fullmatch(r"[0-9a-f]{64}", str(localizer.get("sha256")))
+        ):
             raise DownloadError(f"{where}: 'source.localizer' needs '{key}' (the localiser's TorchScript file) and its 64-digit 'sha256'.")
         if key == "file" and (not re.fullmatch(r"[A-Za-z0-9_.\-/]+", localizer["file"]) or ".." in localizer["file"]):
             raise DownloadError(f"{where}: 'source.localizer.file' must be a path inside the package.")
@@ -67,11 +73,16 @@ def parseRequirement(requirement: str, where: str) -> str:
 
     name, separator, version = requirement.partition("==")
     if not separator or not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?", name):
-        raise DownloadError(f"{where}: 'pip' must pin one version as NAME==VERSION, a package name of letters, digits, '.', '_' or '-' (got {requirement[:60]!r}), so that its SHA256 can hold.")
+        raise DownloadError(
+            f"{where}: 'pip' must pin one version as NAME==VERSION, a package name of letters, digits, '.', '_' or '-' (got "
+            f"{requirement[:60]!r}), so that its SHA256 can hold."
+        )
     try:
         parsed = Version(version)
     except InvalidVersion:
-        raise DownloadError(f"{where}: 'pip' must pin one version as NAME==VERSION; {version[:40]!r} is not a version (PEP 440), e.g. deepbet==1.0.2.") from None
+        raise DownloadError(
+            f"{where}: 'pip' must pin one version as NAME==VERSION; {version[:40]!r} is not a version (PEP 440), e.g. deepbet==1.0.2."
+        ) from None
     # The canonical forms (lower-case name, normalised version) cannot read as a path, URL or option.
     return f"{canonicalize_name(name)}=={parsed}"
 
@@ -104,12 +115,13 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
         MedSegUNetError: pip or the server fails or passes a bound, the file's SHA256 differs, the
             import refuses it, or the cache path is taken by something that is not a regular file.
     """
-    from ..engine.staging import atomicOutput
     from ..engine.paths import sha256
+    from ..engine.staging import atomicOutput
 
     checkCachePath(path)
     source = entry["source"]
     localizer = source.get("localizer")
+
     def step(fraction: float, message: str) -> None:
         if progress is not None:
             progress(fraction, message)
@@ -127,7 +139,8 @@ def pullFromSource(entry: dict, path: Path, log=None, python: str | None = None,
             actual = sha256(member)
             if actual != expected:
                 raise DownloadError(
-                    f"The source of '{entry['name']}' ({os.path.basename(member)}) has SHA256 {actual[:12]}… instead of {expected[:12]}…: nothing was cached; the release changed or the download is damaged."
+                    f"The source of '{entry['name']}' ({os.path.basename(member)}) has SHA256 {actual[:12]}… instead of {expected[:12]}…: "
+                    "nothing was cached; the release changed or the download is damaged."
                 )
         if log:
             log(f"Importing {os.path.basename(fetched)} (SHA256 checked) as '{entry['name']}'")
@@ -158,14 +171,17 @@ def pullExportedSource(entry: dict, path: Path, log=None, python: str | None = N
             ``.pt2`` form), every fault of :func:`pullFromSource`, and a network the conversion
             cannot rebuild or whose outputs differ.
     """
-    from ..engine.staging import atomicOutput
     from ..engine.paths import sha256
+    from ..engine.staging import atomicOutput
     from .converting import convertModel
 
     checkCachePath(path)
     source = entry["source"]
     if source.get("localizer"):
-        raise DownloadError(f"'{entry['name']}' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format pt2'.")
+        raise DownloadError(
+            f"'{entry['name']}' is published as TorchScript with a localiser network, which has no .pt2 form: pull it without '--format "
+            "pt2'."
+        )
     imported = path.with_suffix(".pt")
     if not isCachedIntact(imported, source):
         scaled = (lambda fraction, message: progress(0.8 * fraction, message)) if progress is not None else None
@@ -197,7 +213,9 @@ def checkCachePath(path: Path) -> None:
 
         raise DownloadError(osErrorMessage(error, "read", path)) from None
     if not stat.S_ISREG(mode):
-        raise DownloadError(f"The cached model '{path}' is not a regular file (a folder, link, pipe or device): remove it, then pull again.")
+        raise DownloadError(
+            f"The cached model '{path}' is not a regular file (a folder, link, pipe or device): remove it, then pull again."
+        )
 
 
 def isCachedIntact(path: Path, source: dict) -> bool:
@@ -216,7 +234,9 @@ def isCachedIntact(path: Path, source: dict) -> bool:
     return recorded == sha256(path) and isImportedFrom(path, source)
 
 
-def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None, progress=None) -> list[str]:
+def fetchWheelFiles(
+    requirement: str, members: list[str], folder: str, python: str | None = None, maxBytes: int | None = None, progress=None
+) -> list[str]:
     """Files of a package's wheel: ``pip download --no-deps --only-binary=:all:`` of the parsed
     requirement, under the bounds of every download (:func:`downloads.runBoundedDownload`), then
     the members streamed out within the catalog's ``bytes`` (or :func:`inflationCap`) and the free disk.
@@ -233,14 +253,27 @@ def fetchWheelFiles(requirement: str, members: list[str], folder: str, python: s
 
     requirement = parseRequirement(requirement, "The catalog's pip source")
     wheels = os.path.join(folder, "wheels")
-    command = [python or sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
-               "--disable-pip-version-check", "-d", wheels, requirement]
+    command = [
+        python or sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-input",
+        "--disable-pip-version-check",
+        "-d",
+        wheels,
+        requirement,
+    ]
     hint = "check the network or pip's index settings; nothing was cached"
+
     def reportBytes(received: int, seconds: float) -> None:
         progress(0.0, f"Fetching {requirement} with pip: {transferText(received, 0, seconds)}")
 
-    returncode, errors = runBoundedDownload(command, folder, TransferGuard(f"pip could not download {requirement}", hint),
-                                            reportBytes if progress is not None else None)
+    returncode, errors = runBoundedDownload(
+        command, folder, TransferGuard(f"pip could not download {requirement}", hint), reportBytes if progress is not None else None
+    )
     found = sorted(Path(wheels).glob("*.whl")) if os.path.isdir(wheels) else []
     if returncode != 0 or not found:
         reason = firstLine(errors.strip().splitlines()[-1] if errors.strip() else "no wheel")
@@ -269,8 +302,15 @@ def fetchURL(entry: dict, url: str, checksum: str, folder: str, progress=None) -
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, os.path.basename(url.split("?")[0]) or "source")
     scaled = (lambda fraction, message: progress(0.5 * fraction, message)) if progress is not None else None
-    download(url, target, checksum, what=f"the source of '{entry['name']}' from {url}", offlineHint="nothing was cached", maxBytes=entry.get("bytes"),
-             progress=scaled)
+    download(
+        url,
+        target,
+        checksum,
+        what=f"the source of '{entry['name']}' from {url}",
+        offlineHint="nothing was cached",
+        maxBytes=entry.get("bytes"),
+        progress=scaled,
+    )
     return target
 
 
@@ -302,7 +342,12 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
             stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
         importAuto3DSeg(fetched, labels, output, origin, progress=progress)
     elif suffix.endswith(".zip"):
-        importBundle(extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])), output, origin, progress=progress)
+        importBundle(
+            extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])),
+            output,
+            origin,
+            progress=progress,
+        )
     else:
         raise DownloadError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
     return output
@@ -364,3 +409,20 @@ def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str
     if not roots:
         raise DownloadError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")
     return str(roots[0].parent)
+
+
+__all__ = [
+    "checkSourceEntry",
+    "parseRequirement",
+    "isImportedFrom",
+    "pullFromSource",
+    "pullExportedSource",
+    "checkCachePath",
+    "isCachedIntact",
+    "fetchWheelFiles",
+    "fetchURL",
+    "importSource",
+    "releaseName",
+    "inflationCap",
+    "extractBundle",
+]

@@ -16,7 +16,7 @@ import zipfile
 
 import numpy as np
 
-from ..engine.errors import firstLine, ModelImportError
+from ..engine.errors import ModelImportError, firstLine
 from .verification import ImportStage, compareOutputs, provenance, readImportCard, reportStep
 
 # A window no larger than this is used for the check when the card runs whole grids (cheap on a CPU).
@@ -62,20 +62,29 @@ def answer(network, sample, channels: int, probabilities: bool, what: str) -> np
         try:
             output = network(sample)
         except Exception as error:  # torch.jit.Error and shape errors
-            raise ModelImportError(f"The {what} fails on a random input of shape {tuple(sample.shape)} ({firstLine(error)[:140]}): check the card's inputs and grid.") from None
+            raise ModelImportError(
+                f"The {what} fails on a random input of shape {tuple(sample.shape)} ({firstLine(error)[:140]}): check the card's inputs "
+                "and grid."
+            ) from None
     output = output[0] if isinstance(output, (tuple, list)) else output
     if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.ndim != sample.ndim:
         raise ModelImportError(f"The {what} does not return a floating-point tensor of {sample.ndim} dimensions: it is not imported.")
     if int(output.shape[1]) != channels:
-        raise ModelImportError(f"The {what} gives {int(output.shape[1])} channels but the card needs {channels}: fix the card's labels, output or channels.")
+        raise ModelImportError(
+            f"The {what} gives {int(output.shape[1])} channels but the card needs {channels}: fix the card's labels, output or channels."
+        )
     values = output.float().numpy()
     if probabilities and (values.min() < -1e-4 or values.max() > 1 + 1e-4):
-        raise ModelImportError(f"The {what} returns values from {values.min():.3g} to {values.max():.3g}, not probabilities: set the card's output to softmax or sigmoid.")
+        raise ModelImportError(
+            f"The {what} returns values from {values.min():.3g} to {values.max():.3g}, not probabilities: set the card's output to softmax "
+            "or sigmoid."
+        )
     return values
 
 
-def importTorchScript(source: str, cardPath: str, output: str, localizerPath: str | None = None, origin: tuple[str, str | None] | None = None,
-                      progress=None) -> dict:
+def importTorchScript(
+    source: str, cardPath: str, output: str, localizerPath: str | None = None, origin: tuple[str, str | None] | None = None, progress=None
+) -> dict:
     """Wrap a published TorchScript network (and its localiser) with a card; returns the card written
     (``origin``: the network's and the localiser's sources to record, :func:`verification.provenance`;
     ``progress``: told each :class:`verification.ImportStage`).
@@ -92,7 +101,10 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
 
     card = validateCard(readImportCard(cardPath), f"model card '{cardPath}'")
     if (localizerPath is None) != (card.get("localizer") is None):
-        raise ModelImportError("The card's 'localizer' and --localizer go together: give the localiser's TorchScript file with a card that describes it, or neither.")
+        raise ModelImportError(
+            "The card's 'localizer' and --localizer go together: give the localiser's TorchScript file with a card that describes it, or "
+            "neither."
+        )
     reportStep(progress, ImportStage.READING, f"the TorchScript {os.path.basename(source)} and checking its operators")
     network = loadScripted(source, "Model")
     localizer = loadScripted(localizerPath, "Localiser") if localizerPath else None
@@ -110,7 +122,9 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
     if localizer is not None:
         spec = card["localizer"]
         localizerSample = torch.rand(1, len(card["inputs"]), *spec["grid"]["shape"], generator=generator)
-        checks.append((localizerSample, answer(localizer, localizerSample, int(spec["channels"]), spec["output"] == "probabilities", "localiser")))
+        checks.append(
+            (localizerSample, answer(localizer, localizerSample, int(spec["channels"]), spec["output"] == "probabilities", "localiser"))
+        )
     sourceOrigin, localizerOrigin = origin or (None, None)
     card["provenance"] = provenance("torchscript", source, sha256(source), {"torchscript": network.original_name}, {}, [], sourceOrigin)
     if localizerPath:
@@ -122,10 +136,15 @@ def importTorchScript(source: str, cardPath: str, output: str, localizerPath: st
         saveModel(network, card, trial, localizer=localizer)
         reloaded = loadModel(trial, "cpu")
         got = answer(reloaded.network, sample, outputChannels(card), False, "written network")
-        card["provenance"]["verified"] = compareOutputs(expected, got, list(sample.shape), f"the published TorchScript (torch {torch.__version__})")
+        card["provenance"]["verified"] = compareOutputs(
+            expected, got, list(sample.shape), f"the published TorchScript (torch {torch.__version__})"
+        )
         if localizer is not None:
             localizerSample, localizerExpected = checks[1]
             gotLocalizer = answer(reloaded.localizer, localizerSample, int(card["localizer"]["channels"]), False, "written localiser")
             compareOutputs(localizerExpected, gotLocalizer, list(localizerSample.shape), "the published localiser")
         saveModel(reloaded.network, card, output, localizer=reloaded.localizer)
     return card
+
+
+__all__ = ["isTorchScript", "loadScripted", "checkShape", "answer", "importTorchScript"]

@@ -10,13 +10,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..engine.errors import firstLine, TrainingError
-
+from ..engine.errors import TrainingError, firstLine
 
 SCHEMA_PATH = Path(__file__).with_name("trainconfig.schema.json")
 CARD_KEYS = (
-    "name", "description", "version", "license", "citation", "spatial_dims", "inputs", "roi", "labels", "output",
-    "threshold", "spacing", "orientation", "normalization", "patch_size", "overlap", "sw_batch_size", "size_divisible",
+    "name",
+    "description",
+    "version",
+    "license",
+    "citation",
+    "spatial_dims",
+    "inputs",
+    "roi",
+    "labels",
+    "output",
+    "threshold",
+    "spacing",
+    "orientation",
+    "normalization",
+    "patch_size",
+    "overlap",
+    "sw_batch_size",
+    "size_divisible",
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -28,12 +43,26 @@ DEFAULTS: dict[str, Any] = {
     "roi": {},
     "overlap": 0.25,
     "sw_batch_size": 4,
-    "network": {"type": "UNet", "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "dropout": 0.0, "norm": "instance"},
+    "network": {
+        "type": "UNet",
+        "channels": [16, 32, 64, 128],
+        "strides": [2, 2, 2],
+        "num_res_units": 1,
+        "dropout": 0.0,
+        "norm": "instance",
+    },
     "sampling": {"mode": "posneg", "pos": 1.0, "neg": 1.0, "max_background": 0.95, "max_tries": 20, "samples_per_case": 4, "repeats": 1},
     "augmentation": {
-        "flip_axes": [], "flip_prob": 0.5, "rotate_deg": 0.0, "scale": 0.0, "affine_prob": 0.0,
-        "intensity_shift": 0.0, "intensity_scale": 0.0, "intensity_prob": 0.0,
-        "elastic_prob": 0.0, "skull_strip_prob": 0.0,
+        "flip_axes": [],
+        "flip_prob": 0.5,
+        "rotate_deg": 0.0,
+        "scale": 0.0,
+        "affine_prob": 0.0,
+        "intensity_shift": 0.0,
+        "intensity_scale": 0.0,
+        "intensity_prob": 0.0,
+        "elastic_prob": 0.0,
+        "skull_strip_prob": 0.0,
     },
     "loss": {"type": "dice_ce", "gamma": 2.0, "include_background": False},
     "optimizer": {"type": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "scheduler": "none"},
@@ -74,7 +103,9 @@ def loadConfigFile(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
-        raise TrainingError(f"Training config '{path}' is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'}{where}).") from None
+        raise TrainingError(
+            f"Training config '{path}' is not valid YAML ({getattr(error, 'problem', None) or 'syntax error'}{where})."
+        ) from None
     return config
 
 
@@ -129,7 +160,8 @@ def validateConfig(config: Any, source: str = "training config", baseDir: str | 
     network = full["network"]
     if network["type"] in ("UNet", "AttentionUNet") and len(network["strides"]) != len(network["channels"]) - 1:
         raise TrainingError(
-            f"Invalid {source}: network strides need one value fewer than channels ({len(network['channels'])} channels, {len(network['strides'])} strides)."
+            f"Invalid {source}: network strides need one value fewer than channels ({len(network['channels'])} channels, "
+            f"{len(network['strides'])} strides)."
         )
     for stride in network["strides"]:
         if isinstance(stride, list) and len(stride) != dims:
@@ -202,6 +234,12 @@ def referenceValuesFromConfig(config: dict) -> list[list[int]]:
     result = []
     for label in config["labels"]:
         region = {int(v) for v in label.get("region", [label["value"]])}
-        values = sorted({source for source, target in remap.items() if target in region} | {v for v in region if v not in remap and v not in targetsOnly})
+        values = sorted(
+            {source for source, target in remap.items() if target in region}
+            | {v for v in region if v not in remap and v not in targetsOnly}
+        )
         result.append(values)
     return result
+
+
+__all__ = ["SCHEMA_PATH", "DEFAULTS", "loadConfigFile", "validateConfig", "readConfig", "cardFromConfig", "referenceValuesFromConfig"]

@@ -80,7 +80,8 @@ def readCases(config: dict) -> list[Case]:
         modalities = dataset.get("modality") or {"0": inputNames[0]}
         if len(modalities) != len(inputNames):
             raise TrainingError(
-                f"Decathlon folder '{folder}' has {len(modalities)} modalities ({', '.join(modalities.values())}) but the config lists {len(inputNames)} inputs: make them match."
+                f"Decathlon folder '{folder}' has {len(modalities)} modalities ({', '.join(modalities.values())}) but the config lists "
+                f"{len(inputNames)} inputs: make them match."
             )
         for entry in dataset.get("training") or []:
             image = os.path.normpath(os.path.join(folder, entry["image"]))
@@ -166,9 +167,7 @@ def prepareCase(case: Case, config: dict) -> dict:
         MedSegUNetError: unreadable volumes, no overlap.
     """
     from ..engine import geometry, pipeline, preprocessing
-    from ..engine.volumes import readVolume, volumeName
-
-    from ..engine.volumes import readVolumeChannel
+    from ..engine.volumes import readVolume, readVolumeChannel, volumeName
 
     images = [readVolumeChannel(path, channel) for path, channel in case.inputs]
     names = [f"{case.id}:{i['name']}" for i in config["inputs"]]
@@ -366,75 +365,98 @@ def buildTransforms(config: dict):
     ``CacheDataset`` caches them; then patch sampling, augmentation and, for sigmoid models, the
     region channels. Items are ``C, I, J[, K]`` arrays; each yields ``samples_per_case`` patches.
     """
-    from monai.transforms import (
-        CenterSpatialCropd, Compose, DeleteItemsd, EnsureTyped, FgBgToIndicesd, Lambdad, Rand2DElasticd, Rand3DElasticd, RandAffined, RandCropByPosNegLabeld, RandFlipd,
-        RandScaleIntensityd, RandShiftIntensityd, RandSpatialCropSamplesd, SpatialPadd,
-    )
+    from monai.transforms import Compose, EnsureTyped, Lambdad, SpatialPadd
 
     keys = ["image", "label"]
-    dims = config["spatial_dims"]
     patch = list(config["patch_size"])
-    sampling, augmentation = config["sampling"], config["augmentation"]
-    transforms = [
-        EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
-        SpatialPadd(keys=keys, spatial_size=patch, mode="constant"),
-    ]
-    samples = int(sampling["samples_per_case"])
+    augmentation = config["augmentation"]
+    transforms = [EnsureTyped(keys=keys, data_type="tensor", track_meta=False), SpatialPadd(keys=keys, spatial_size=patch, mode="constant")]
     if augmentation.get("skull_strip_prob", 0) > 0:
         # Before cropping: the head's outline is whole only in the whole slice or volume.
         transforms.append(_defineSkullStrip()(["image"], "label", augmentation["skull_strip_prob"], skullStripWidth(config)))
+    transforms += _samplingTransforms(config["sampling"], keys, patch)
+    transforms += _augmentationTransforms(augmentation, keys, patch, config["spatial_dims"])
+    if config["output"] == "sigmoid":
+        transforms.append(Lambdad(keys="label", func=functools.partial(_regionTensor, config=config)))
+    transforms.append(EnsureTyped(keys=keys, data_type="tensor", dtype=(np.float32, np.float32), track_meta=False))
+    return Compose(transforms)
+
+
+def _samplingTransforms(sampling: dict, keys: list, patch: list) -> list:
+    """How patches are drawn from each (padded) item: ``samples_per_case`` of them, except ``center``."""
+    from monai.transforms import CenterSpatialCropd, DeleteItemsd, FgBgToIndicesd, RandCropByPosNegLabeld, RandSpatialCropSamplesd
+
+    samples = int(sampling["samples_per_case"])
     if sampling["mode"] == "posneg":
         # Foreground/background indices are deterministic, so CacheDataset computes them once.
-        transforms += [
+        return [
             FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg"),
             RandCropByPosNegLabeld(
-                keys=keys, label_key="label", spatial_size=patch, pos=sampling["pos"], neg=sampling["neg"], num_samples=samples,
-                fg_indices_key="label_fg", bg_indices_key="label_bg", allow_smaller=False,
+                keys=keys,
+                label_key="label",
+                spatial_size=patch,
+                pos=sampling["pos"],
+                neg=sampling["neg"],
+                num_samples=samples,
+                fg_indices_key="label_fg",
+                bg_indices_key="label_bg",
+                allow_smaller=False,
             ),
             DeleteItemsd(keys=["label_fg", "label_bg"]),
         ]
-    elif sampling["mode"] == "max_background":
-        transforms.append(_defineMaxBackgroundCrop()(keys, "label", patch, sampling["max_background"], samples, sampling["max_tries"]))
-    elif sampling["mode"] == "center":
-        transforms.append(CenterSpatialCropd(keys=keys, roi_size=patch))
-    else:
-        transforms.append(RandSpatialCropSamplesd(keys=keys, roi_size=patch, num_samples=samples, random_size=False))
+    if sampling["mode"] == "max_background":
+        return [_defineMaxBackgroundCrop()(keys, "label", patch, sampling["max_background"], samples, sampling["max_tries"])]
+    if sampling["mode"] == "center":
+        return [CenterSpatialCropd(keys=keys, roi_size=patch)]
+    return [RandSpatialCropSamplesd(keys=keys, roi_size=patch, num_samples=samples, random_size=False)]
+
+
+def _augmentationTransforms(augmentation: dict, keys: list, patch: list, dims: int) -> list:
+    """Flips, affine, elastic and intensity augmentation, each only when its probability is above 0."""
+    from monai.transforms import Rand2DElasticd, Rand3DElasticd, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+
+    transforms = []
     for axis in augmentation["flip_axes"]:
         if axis < dims:
             transforms.append(RandFlipd(keys=keys, prob=augmentation["flip_prob"], spatial_axis=axis))
     rotate = augmentation["rotate_deg"]
     rotate = [rotate] * (1 if dims == 2 else 3) if not isinstance(rotate, list) else rotate
+    interpolation = {"mode": ("bilinear", "nearest"), "padding_mode": "zeros"}
     if augmentation["affine_prob"] > 0 and (any(rotate) or augmentation["scale"] > 0):
         transforms.append(
             RandAffined(
-                keys=keys, prob=augmentation["affine_prob"], rotate_range=[math.radians(r) for r in rotate],
-                scale_range=[augmentation["scale"]] * dims, mode=("bilinear", "nearest"), padding_mode="zeros",
+                keys=keys,
+                prob=augmentation["affine_prob"],
+                rotate_range=[math.radians(r) for r in rotate],
+                scale_range=[augmentation["scale"]] * dims,
+                **interpolation,
             )
         )
-    if augmentation["elastic_prob"] > 0:
-        if dims == 2:
-            transforms.append(
-                Rand2DElasticd(
-                    keys=keys, spacing=[max(4, p // 4) for p in patch], magnitude_range=augmentation.get("elastic_magnitude", [1.0, 2.0]),
-                    prob=augmentation["elastic_prob"], mode=("bilinear", "nearest"), padding_mode="zeros",
-                )
+    if augmentation["elastic_prob"] > 0 and dims == 2:
+        transforms.append(
+            Rand2DElasticd(
+                keys=keys,
+                spacing=[max(4, p // 4) for p in patch],
+                magnitude_range=augmentation.get("elastic_magnitude", [1.0, 2.0]),
+                prob=augmentation["elastic_prob"],
+                **interpolation,
             )
-        else:
-            transforms.append(
-                Rand3DElasticd(
-                    keys=keys, sigma_range=augmentation.get("elastic_sigma", [5.0, 7.0]), magnitude_range=augmentation.get("elastic_magnitude", [50.0, 150.0]),
-                    prob=augmentation["elastic_prob"], mode=("bilinear", "nearest"), padding_mode="zeros",
-                )
+        )
+    elif augmentation["elastic_prob"] > 0:
+        transforms.append(
+            Rand3DElasticd(
+                keys=keys,
+                sigma_range=augmentation.get("elastic_sigma", [5.0, 7.0]),
+                magnitude_range=augmentation.get("elastic_magnitude", [50.0, 150.0]),
+                prob=augmentation["elastic_prob"],
+                **interpolation,
             )
-    if augmentation["intensity_prob"] > 0:
-        if augmentation["intensity_shift"] > 0:
-            transforms.append(RandShiftIntensityd(keys="image", offsets=augmentation["intensity_shift"], prob=augmentation["intensity_prob"]))
-        if augmentation["intensity_scale"] > 0:
-            transforms.append(RandScaleIntensityd(keys="image", factors=augmentation["intensity_scale"], prob=augmentation["intensity_prob"]))
-    if config["output"] == "sigmoid":
-        transforms.append(Lambdad(keys="label", func=functools.partial(_regionTensor, config=config)))
-    transforms.append(EnsureTyped(keys=keys, data_type="tensor", dtype=(np.float32, np.float32), track_meta=False))
-    return Compose(transforms)
+        )
+    if augmentation["intensity_prob"] > 0 and augmentation["intensity_shift"] > 0:
+        transforms.append(RandShiftIntensityd(keys="image", offsets=augmentation["intensity_shift"], prob=augmentation["intensity_prob"]))
+    if augmentation["intensity_prob"] > 0 and augmentation["intensity_scale"] > 0:
+        transforms.append(RandScaleIntensityd(keys="image", factors=augmentation["intensity_scale"], prob=augmentation["intensity_prob"]))
+    return transforms
 
 
 def _regionTensor(label, config):
@@ -453,3 +475,20 @@ def seedEverything(seed: int, deterministic: bool = True) -> None:
 
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+__all__ = [
+    "Case",
+    "readDecathlonDocument",
+    "readCases",
+    "splitCases",
+    "preparedValidation",
+    "prepareCase",
+    "remapLabels",
+    "regionTargets",
+    "toSlices",
+    "headStrippedMask",
+    "skullStripWidth",
+    "buildTransforms",
+    "seedEverything",
+]

@@ -16,13 +16,13 @@ Patches, augmentation, losses, metrics and the sliding-window validation are MON
 Reproducibility: all random generators are re-seeded from ``(seed, epoch)`` at the start of every
 epoch, so a run resumed from a checkpoint continues exactly as an uninterrupted run would.
 """
+
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,10 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine.errors import firstLine, Interrupted, MedSegUNetError, TrainingError
+from ..engine.errors import Interrupted, MedSegUNetError, TrainingError, firstLine
 from .trainconfig import cardFromConfig, validateConfig
 from .traindata import buildTransforms, prepareCase, readCases, seedEverything, splitCases, toSlices
-from .trainreports import caseTableCSV, historyCSV, plotCurves, plotValidationSlices, validate
+from .trainreports import ProgressBar, caseTableCSV, historyCSV, plotCurves, plotValidationSlices, remainingTime, validate
 
 # Notes and warnings, for whoever attaches a handler (the command line prints them; Slicer logs them).
 logger = logging.getLogger(__name__)
@@ -55,23 +55,42 @@ def buildNetwork(config: dict):
     kind = spec["type"]
     if kind == "UNet":
         return nets.UNet(
-            spatial_dims=dims, in_channels=inChannels, out_channels=outChannels, channels=spec["channels"],
-            strides=spec["strides"], num_res_units=int(spec.get("num_res_units", 1)), norm=norm, dropout=dropout,
+            spatial_dims=dims,
+            in_channels=inChannels,
+            out_channels=outChannels,
+            channels=spec["channels"],
+            strides=spec["strides"],
+            num_res_units=int(spec.get("num_res_units", 1)),
+            norm=norm,
+            dropout=dropout,
         )
     if kind == "AttentionUNet":
         return nets.AttentionUnet(
-            spatial_dims=dims, in_channels=inChannels, out_channels=outChannels, channels=spec["channels"],
-            strides=spec["strides"], dropout=dropout,
+            spatial_dims=dims,
+            in_channels=inChannels,
+            out_channels=outChannels,
+            channels=spec["channels"],
+            strides=spec["strides"],
+            dropout=dropout,
         )
     if kind == "BasicUNet":
         return nets.BasicUNet(
-            spatial_dims=dims, in_channels=inChannels, out_channels=outChannels,
-            features=tuple(spec.get("features") or (16, 16, 32, 64, 128, 16)), norm=norm.lower(), dropout=dropout,
+            spatial_dims=dims,
+            in_channels=inChannels,
+            out_channels=outChannels,
+            features=tuple(spec.get("features") or (16, 16, 32, 64, 128, 16)),
+            norm=norm.lower(),
+            dropout=dropout,
         )
     return nets.SegResNet(
-        spatial_dims=dims, in_channels=inChannels, out_channels=outChannels, init_filters=int(spec.get("init_filters", 8)),
-        blocks_down=tuple(spec.get("blocks_down") or (1, 2, 2, 4)), blocks_up=tuple(spec.get("blocks_up") or (1, 1, 1)),
-        dropout_prob=dropout or None, norm=norm.lower(),
+        spatial_dims=dims,
+        in_channels=inChannels,
+        out_channels=outChannels,
+        init_filters=int(spec.get("init_filters", 8)),
+        blocks_down=tuple(spec.get("blocks_down") or (1, 2, 2, 4)),
+        blocks_up=tuple(spec.get("blocks_up") or (1, 1, 1)),
+        dropout_prob=dropout or None,
+        norm=norm.lower(),
     )
 
 
@@ -99,36 +118,14 @@ def buildLoss(config: dict):
     return FocalLoss(include_background=True, to_onehot_y=not sigmoid, gamma=float(spec.get("gamma", 2.0)), use_softmax=not sigmoid)
 
 
-class ProgressBar:
-    """An epoch's progress: a tqdm bar on stderr when it is a terminal, then one summary line."""
-
-    def __init__(self, total: int, prefix: str, log=None) -> None:
-        self.total, self.prefix = max(total, 1), prefix
-        self.log = log or logger.info
-        self._bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.total, desc=prefix, file=sys.stderr, leave=False, unit="batch")
-
-    def update(self, done: int, suffix: str = "") -> None:
-        if self._bar is not None:
-            self._bar.n = done
-            self._bar.set_postfix_str(suffix, refresh=False)
-            self._bar.refresh()
-
-    def close(self, summary: str) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self.log(f"{self.prefix} {summary}")
-
-
 def _buildOptimizer(network, config: dict):
     import torch
 
     spec = config["optimizer"]
     if spec["type"] == "sgd":
-        optimizer = torch.optim.SGD(network.parameters(), lr=spec["lr"], momentum=spec.get("momentum", 0.9), weight_decay=spec.get("weight_decay", 0.0))
+        optimizer = torch.optim.SGD(
+            network.parameters(), lr=spec["lr"], momentum=spec.get("momentum", 0.9), weight_decay=spec.get("weight_decay", 0.0)
+        )
     elif spec["type"] == "adamw":
         optimizer = torch.optim.AdamW(network.parameters(), lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.0))
     else:
@@ -172,7 +169,8 @@ def loadNetworkWeights(network, checkpoint: dict, source: str | os.PathLike) -> 
         network.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise TrainingError(
-            f"Checkpoint '{os.fspath(source)}' holds another network than the config builds ({firstLine(error)[:100]}): use the training config."
+            f"Checkpoint '{os.fspath(source)}' holds another network than the config builds ({firstLine(error)[:100]}): use the training "
+            "config."
         ) from None
 
 
@@ -227,7 +225,10 @@ def _keptMessage(lastPath: str) -> str | None:
         epoch = int(loadCheckpoint(lastPath)["epoch"])
     except MedSegUNetError:
         return None
-    return f"{os.path.basename(lastPath)} (epoch {epoch}) kept in {os.path.dirname(os.path.abspath(lastPath))}; resume with --resume {lastPath}"
+    return (
+        f"{os.path.basename(lastPath)} (epoch {epoch}) kept in {os.path.dirname(os.path.abspath(lastPath))}; resume with --resume "
+        f"{lastPath}"
+    )
 
 
 def _plain(value):
@@ -245,16 +246,6 @@ def _plain(value):
     return value
 
 
-def remainingTime(history: Sequence[dict], epochs: int) -> str:
-    """``", about 12 min left"`` from the mean of this run's epoch times (empty after the last epoch)."""
-    left = epochs - len(history)
-    times = [row["seconds"] for row in history if row.get("seconds")]
-    if left <= 0 or not times:
-        return ""
-    seconds = left * float(np.mean(times))
-    return f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
-
-
 @dataclass
 class TrainingResult:
     """What :func:`train` leaves in the output folder."""
@@ -270,7 +261,12 @@ class TrainingResult:
 
 
 def train(
-    config: dict, outputDir: str | os.PathLike, resume: str | os.PathLike | None = None, device: str = "auto", log=None, init: str | os.PathLike | None = None,
+    config: dict,
+    outputDir: str | os.PathLike,
+    resume: str | os.PathLike | None = None,
+    device: str = "auto",
+    log=None,
+    init: str | os.PathLike | None = None,
 ) -> TrainingResult:
     """Train a network as the (validated) config says, writing checkpoints, metrics and figures.
 
@@ -338,14 +334,18 @@ class Trainer:
         """The cases on the model grid and the training samples (slices for 2D)."""
         config, log = self.config, self.log
         self.trainCases, self.validationCases = splitCases(readCases(config), config)
-        log(f"{len(self.trainCases)} training case(s): {', '.join(c.id for c in self.trainCases)}; "
-            f"{len(self.validationCases)} validation case(s): {', '.join(c.id for c in self.validationCases) or 'none'}")
+        log(
+            f"{len(self.trainCases)} training case(s): {', '.join(c.id for c in self.trainCases)}; "
+            f"{len(self.validationCases)} validation case(s): {', '.join(c.id for c in self.validationCases) or 'none'}"
+        )
         trainItems = [prepareCase(case, config) for case in self.trainCases]
         self.validationItems = [prepareCase(case, config) for case in self.validationCases]
         for item in trainItems + self.validationItems:
             item["grid_size"] = list(item["image"].shape[1:])
-        log(f"Prepared cases on the model grid in {time.perf_counter() - self.started:.1f} s: "
-            + "; ".join(f"{item['id']} {'×'.join(map(str, item['image'].shape[1:]))}" for item in trainItems + self.validationItems))
+        log(
+            f"Prepared cases on the model grid in {time.perf_counter() - self.started:.1f} s: "
+            + "; ".join(f"{item['id']} {'×'.join(map(str, item['image'].shape[1:]))}" for item in trainItems + self.validationItems)
+        )
         if config["spatial_dims"] == 2:
             samples = toSlices(trainItems)
         else:
@@ -362,12 +362,20 @@ class Trainer:
         self.network = buildNetwork(config).to(self.device)
         self.optimizer, self.scheduler = _buildOptimizer(self.network, config)
         # torch.amp.GradScaler is torch >= 2.3; Slicer's PyTorch may be older.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp) if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler(enabled=self.amp)
+        self.scaler = (
+            torch.amp.GradScaler("cuda", enabled=self.amp)
+            if hasattr(torch.amp, "GradScaler")
+            else torch.cuda.amp.GradScaler(enabled=self.amp)
+        )
         self.lossFunction = buildLoss(config)
         self.transforms = buildTransforms(config)
         self.dataset = CacheDataset(
-            data=[{"image": s["image"], "label": s["label"]} for s in self.samples], transform=self.transforms,
-            cache_rate=float(config["data"].get("cache_rate", 1.0)), num_workers=0, progress=False, copy_cache=True,
+            data=[{"image": s["image"], "label": s["label"]} for s in self.samples],
+            transform=self.transforms,
+            cache_rate=float(config["data"].get("cache_rate", 1.0)),
+            num_workers=0,
+            progress=False,
+            copy_cache=True,
         )
         self.generator = torch.Generator()
 
@@ -387,7 +395,8 @@ class Trainer:
         self.best = dict(checkpoint.get("best") or self.best)
         if self.startEpoch > int(config["epochs"]):
             raise TrainingError(
-                f"'{resume}' already ran {self.startEpoch} epochs but the config asks for {config['epochs']}: give 'epochs' above {self.startEpoch} to continue."
+                f"'{resume}' already ran {self.startEpoch} epochs but the config asks for {config['epochs']}: give 'epochs' above "
+                f"{self.startEpoch} to continue."
             )
         if self.scheduler is not None and hasattr(self.scheduler, "T_max") and self.scheduler.T_max != int(config["epochs"]):
             self.scheduler = _stretchedSchedule(self.optimizer, self.scheduler, self.history, self.startEpoch, int(config["epochs"]))
@@ -402,19 +411,32 @@ class Trainer:
 
         loadNetworkWeights(self.network, checkpoint, init)
         self.initialisedFrom = {
-            "file": os.path.basename(os.fspath(init)), "sha256": sha256(init), "epoch": int(checkpoint.get("epoch", 0)),
+            "file": os.path.basename(os.fspath(init)),
+            "sha256": sha256(init),
+            "epoch": int(checkpoint.get("epoch", 0)),
             "earlier": checkpoint.get("initialised_from"),
         }
-        self.log(f"Starting from the weights of '{os.fspath(init)}' (epoch {self.initialisedFrom['epoch']}), with a new optimiser and schedule.")
+        self.log(
+            f"Starting from the weights of '{os.fspath(init)}' (epoch {self.initialisedFrom['epoch']}), with a new optimiser and schedule."
+        )
 
     def state(self, epoch: int) -> dict:
-        return _plain({
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "history": self.history, "best": self.best, "config": self.config,
-            "initialised_from": self.initialisedFrom,
-            "train_cases": [c.id for c in self.trainCases], "validation_cases": [c.id for c in self.validationCases],
-        }) | {
-            "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None, "scaler": self.scaler.state_dict(),
+        return _plain(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch,
+                "history": self.history,
+                "best": self.best,
+                "config": self.config,
+                "initialised_from": self.initialisedFrom,
+                "train_cases": [c.id for c in self.trainCases],
+                "validation_cases": [c.id for c in self.validationCases],
+            }
+        ) | {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
         }
 
     def trainOneEpoch(self, epoch: int) -> tuple[list[float], "ProgressBar"]:
@@ -427,7 +449,9 @@ class Trainer:
         self.transforms.set_random_state(seed=epochSeed)
         self.generator.manual_seed(epochSeed)
         workers = int(self.config["data"].get("num_workers", 0))
-        loader = DataLoader(self.dataset, batch_size=int(self.config["batch_size"]), shuffle=True, num_workers=workers, generator=self.generator)
+        loader = DataLoader(
+            self.dataset, batch_size=int(self.config["batch_size"]), shuffle=True, num_workers=workers, generator=self.generator
+        )
         self.network.train()
         bar = ProgressBar(len(loader), f"epoch {epoch + 1}/{self.config['epochs']}", self.log)
         losses = []
@@ -471,18 +495,36 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         if self.scheduler is not None:
             self.scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "lr": lr,
-                               "val_soft_dice_loss": None, "val_mean_dice": None}
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "lr": lr,
+            "val_soft_dice_loss": None,
+            "val_mean_dice": None,
+        }
         validated, improved = self.validateEpoch(epoch, row)
         row["seconds"] = time.perf_counter() - epochStart
         self.history.append(row)
         text = f"loss {row['train_loss']:.4f}" + (f", validation mean Dice {row['val_mean_dice']:.4f}" if validated else "")
-        bar.close(text + (" (best)" if improved and validated else "") + f", {row['seconds']:.1f} s" + remainingTime(self.history, int(config["epochs"])))
-        _saveEpoch(self.state(epoch + 1), self.lastPath, self.bestPath if improved else None, historyCSV(self.history, config),
-                   os.path.join(self.outputDir, "metrics.csv"))
+        bar.close(
+            text
+            + (" (best)" if improved and validated else "")
+            + f", {row['seconds']:.1f} s"
+            + remainingTime(self.history, int(config["epochs"]))
+        )
+        _saveEpoch(
+            self.state(epoch + 1),
+            self.lastPath,
+            self.bestPath if improved else None,
+            historyCSV(self.history, config),
+            os.path.join(self.outputDir, "metrics.csv"),
+        )
         patience = (config.get("early_stopping") or {}).get("patience")
         if patience and validated and int(self.best["stale"]) >= int(patience):
-            self.log(f"Early stopping: no better validation Dice for {patience} validation(s); best {self.best['dice']:.4f} at epoch {self.best['epoch']}.")
+            self.log(
+                f"Early stopping: no better validation Dice for {patience} validation(s); best {self.best['dice']:.4f} at epoch "
+                f"{self.best['epoch']}."
+            )
             return True
         return False
 
@@ -507,11 +549,19 @@ class Trainer:
             writeText(caseTableCSV(summary["cases"], self.config), os.path.join(self.outputDir, "validation_cases.csv"))
             plotValidationSlices(self.validationItems, predictions, self.config, os.path.join(self.outputDir, "validation.png"))
         best = self.best
-        self.log(f"Done in {time.perf_counter() - self.started:.0f} s. Best checkpoint: {self.bestPath}"
-                 + (f" (epoch {best['epoch']}, validation mean Dice {best['dice']:.4f})" if best.get("dice") is not None else ""))
+        self.log(
+            f"Done in {time.perf_counter() - self.started:.0f} s. Best checkpoint: {self.bestPath}"
+            + (f" (epoch {best['epoch']}, validation mean Dice {best['dice']:.4f})" if best.get("dice") is not None else "")
+        )
         return TrainingResult(
-            outputDir=self.outputDir, bestCheckpoint=self.bestPath, lastCheckpoint=self.lastPath, history=self.history, bestEpoch=best.get("epoch"),
-            bestMeanDice=best.get("dice"), trainCases=[c.id for c in self.trainCases], validationCases=[c.id for c in self.validationCases],
+            outputDir=self.outputDir,
+            bestCheckpoint=self.bestPath,
+            lastCheckpoint=self.lastPath,
+            history=self.history,
+            bestEpoch=best.get("epoch"),
+            bestMeanDice=best.get("dice"),
+            trainCases=[c.id for c in self.trainCases],
+            validationCases=[c.id for c in self.validationCases],
         )
 
 
@@ -524,3 +574,14 @@ def withDataSource(config: dict, source: str) -> dict:
     return validateConfig({**config, "data": {**data, kind: os.path.abspath(source)}}, f"config with --data '{source}'")
 
 
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "buildNetwork",
+    "buildLoss",
+    "loadCheckpoint",
+    "loadNetworkWeights",
+    "TrainingResult",
+    "train",
+    "Trainer",
+    "withDataSource",
+]

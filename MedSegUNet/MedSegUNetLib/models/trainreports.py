@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
+import sys
 from typing import Sequence
 
 import numpy as np
 
 from .trainconfig import cardFromConfig
 from .traindata import regionTargets
+
+logger = logging.getLogger(__name__)
 
 
 def predictCase(network, card: dict, image: np.ndarray, device) -> np.ndarray:
@@ -141,7 +145,9 @@ def plotCurves(history: Sequence[dict], config: dict, path: str) -> None:
     if validated:
         left.plot([r["epoch"] for r in validated], [r["val_soft_dice_loss"] for r in validated], label="validation soft Dice loss")
         for label in config["labels"]:
-            right.plot([r["epoch"] for r in validated], [r[f"dice_{label['name']}"] for r in validated], label=label["name"], color=label["color"])
+            right.plot(
+                [r["epoch"] for r in validated], [r[f"dice_{label['name']}"] for r in validated], label=label["name"], color=label["color"]
+            )
         right.plot([r["epoch"] for r in validated], [r["val_mean_dice"] for r in validated], "k--", label="mean")
     from matplotlib.ticker import MaxNLocator
 
@@ -201,3 +207,54 @@ def plotValidationSlices(items: Sequence[dict], predictions: Sequence[np.ndarray
     with atomicOutput(path) as temporary:
         figure.savefig(temporary, dpi=80, format="png")
     plt.close(figure)
+
+
+class ProgressBar:
+    """An epoch's progress: a tqdm bar on stderr when it is a terminal, then one summary line."""
+
+    def __init__(self, total: int, prefix: str, log=None) -> None:
+        self.total, self.prefix = max(total, 1), prefix
+        self.log = log or logger.info
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, desc=prefix, file=sys.stderr, leave=False, unit="batch")
+
+    def update(self, done: int, suffix: str = "") -> None:
+        if self._bar is not None:
+            self._bar.n = done
+            self._bar.set_postfix_str(suffix, refresh=False)
+            self._bar.refresh()
+
+    def close(self, summary: str) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self.log(f"{self.prefix} {summary}")
+
+
+def remainingTime(history: Sequence[dict], epochs: int) -> str:
+    """``", about 12 min left"`` from the mean of this run's epoch times (empty after the last epoch)."""
+    left = epochs - len(history)
+    times = [row["seconds"] for row in history if row.get("seconds")]
+    if left <= 0 or not times:
+        return ""
+    seconds = left * float(np.mean(times))
+    return f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {seconds:.0f} s left"
+
+
+__all__ = [
+    "predictCase",
+    "predictionToLabels",
+    "caseMetrics",
+    "validate",
+    "caseTableCSV",
+    "metricColumns",
+    "historyCSV",
+    "writeHistory",
+    "plotCurves",
+    "labelOverlay",
+    "plotValidationSlices",
+    "ProgressBar",
+    "remainingTime",
+]

@@ -40,7 +40,10 @@ def buildNetwork(spec: dict):
     from .networks import buildNetwork as buildAllowed
 
     if not isinstance(spec, dict) or "_target_" not in spec:
-        raise ModelImportError("The card needs \"network\": {\"_target_\": \"monai.networks.nets.NAME\", \"args\": {...}} naming the network the ONNX weights belong to.")
+        raise ModelImportError(
+            'The card needs "network": {"_target_": "monai.networks.nets.NAME", "args": {...}} naming the network the ONNX weights belong '
+            "to."
+        )
     return buildAllowed(spec, "the card's network")
 
 
@@ -63,7 +66,9 @@ def verifyAgainstEager(network, scripted, card: dict, patch, channelsFrom: str) 
     expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
     got = (got[0] if isinstance(got, (tuple, list)) else got).numpy()
     if got.shape[1] != outputChannels(card):
-        raise ModelImportError(f"The network gives {got.shape[1]} channels but {channelsFrom} need {outputChannels(card)}: it is not imported.")
+        raise ModelImportError(
+            f"The network gives {got.shape[1]} channels but {channelsFrom} need {outputChannels(card)}: it is not imported."
+        )
     return compareOutputs(expected, got, list(sample.shape), f"eager torch {torch.__version__}")
 
 
@@ -81,13 +86,22 @@ def compareOutputs(expected: np.ndarray, got: np.ndarray, patch: list, runtime: 
     allowed = RELATIVE_TOLERANCE * span + ABSOLUTE_TOLERANCE
     if not difference <= allowed:
         raise ModelImportError(
-            f"The imported network's outputs differ from {runtime}'s by {difference:.3g} (allowed {allowed:.3g} for an output range of {span:.3g}): nothing was written."
+            f"The imported network's outputs differ from {runtime}'s by {difference:.3g} (allowed {allowed:.3g} for an output range of "
+            f"{span:.3g}): nothing was written."
         )
     return {"patch": patch, "max_abs_difference": difference, "output_range": span, "tolerance": allowed, "runtime": runtime}
 
 
-def provenance(kind: str, source: str, checksum: str, network, verified: dict, notes: list[str], origin: str | None = None,
-               arguments: dict | None = None) -> dict:
+def provenance(
+    kind: str,
+    source: str,
+    checksum: str,
+    network,
+    verified: dict,
+    notes: list[str],
+    origin: str | None = None,
+    arguments: dict | None = None,
+) -> dict:
     """The card's record of where an imported model came from and how it was checked.
 
     Args:
@@ -102,14 +116,19 @@ def provenance(kind: str, source: str, checksum: str, network, verified: dict, n
     if arguments is not None:
         record = {**record, "args": arguments}
     return {
-        "format": kind, "source": origin or os.path.abspath(source), "source_sha256": checksum, "tool": "medsegunet import", "notes": list(notes),
-        "network": record, "verified": verified,
+        "format": kind,
+        "source": origin or os.path.abspath(source),
+        "source_sha256": checksum,
+        "tool": "medsegunet import",
+        "notes": list(notes),
+        "network": record,
+        "verified": verified,
     }
 
 
 def readImportCard(path: str) -> dict:
     if not path:
-        raise ModelImportError("Importing an ONNX model needs --card CARD.json (the model card, with the \"network\" it belongs to).")
+        raise ModelImportError('Importing an ONNX model needs --card CARD.json (the model card, with the "network" it belongs to).')
     from ..engine.paths import checkRegularFile
 
     checkRegularFile(path, "Model card")
@@ -120,3 +139,15 @@ def readImportCard(path: str) -> dict:
         raise ModelImportError(f"Model card '{path}' is not valid JSON ({error.msg}, line {error.lineno}).") from None
     except UnicodeDecodeError:
         raise ModelImportError(f"Model card '{path}' is not UTF-8 text: save it as UTF-8 JSON.") from None
+
+
+__all__ = [
+    "ImportStage",
+    "reportStep",
+    "RELATIVE_TOLERANCE",
+    "buildNetwork",
+    "verifyAgainstEager",
+    "compareOutputs",
+    "provenance",
+    "readImportCard",
+]

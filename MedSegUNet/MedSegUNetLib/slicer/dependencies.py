@@ -25,9 +25,15 @@ import tempfile
 
 # Module → distribution, for what the first Apply installs besides PyTorch.
 REQUIRED = {
-    "monai": "monai", "scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "skimage": "scikit-image", "packaging": "packaging",
+    "monai": "monai",
+    "scipy": "scipy",
+    "slicerio": "slicerio",
+    "tqdm": "tqdm",
+    "skimage": "scikit-image",
+    "packaging": "packaging",
     # The published ONNX catalog models (TAPS) are converted on pull, in the worker.
-    "onnx": "onnx", "onnxruntime": "onnxruntime",
+    "onnx": "onnx",
+    "onnxruntime": "onnxruntime",
 }
 # Present in Slicer (or the PyTorch extension); pip must keep these exact versions. Slicer's DICOM
 # module needs its own pydicom (2.4.4 in Slicer 5.10) and Pillow: a newer one breaks DICOM loading.
@@ -82,7 +88,11 @@ def torchStatus() -> str:
 
 def missingModules() -> list[str]:
     """The modules of :data:`REQUIRED` whose distribution or package is absent."""
-    return [module for module, distribution in REQUIRED.items() if distributionVersion(distribution) is None or importlib.util.find_spec(module) is None]
+    return [
+        module
+        for module, distribution in REQUIRED.items()
+        if distributionVersion(distribution) is None or importlib.util.find_spec(module) is None
+    ]
 
 
 def constraintsText() -> str:
@@ -161,11 +171,16 @@ def ensureInstalled(requirementsPath: str, askConfirmation: bool = True, onTorch
     if not missing:
         return True
     status = torchStatus()
-    words = {"broken": "PyTorch (reinstall: the installed one is broken)", "old": f"PyTorch {TORCH_MINIMUM} or newer (the installed {distributionVersion('torch')} is too old)"}
+    words = {
+        "broken": "PyTorch (reinstall: the installed one is broken)",
+        "old": f"PyTorch {TORCH_MINIMUM} or newer (the installed {distributionVersion('torch')} is too old)",
+    }
     names = ", ".join(words.get(status, "PyTorch") if name == "torch" else name for name in missing)
     if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-        _("MedSegUNet needs these Python packages: {names}. Install them now? "
-          "PyTorch is installed with light-the-torch, built for this computer's GPU; it may download a few GB.").format(names=names),
+        _(
+            "MedSegUNet needs these Python packages: {names}. Install them now? "
+            "PyTorch is installed with light-the-torch, built for this computer's GPU; it may download a few GB."
+        ).format(names=names),
         windowTitle=_("Install Python packages"),
     ):
         return False
@@ -295,3 +310,27 @@ def _pipInstall(requirements: list[str], constraints: str) -> None:
             f"Installing the Python packages failed ({error}): check the network connection, or run "
             f"slicer.util.pip_install({list(requirements)!r}) in the Python console, then retry."
         ) from None
+
+
+__all__ = [
+    "REQUIRED",
+    "PINNED",
+    "TORCH_MINIMUM",
+    "TORCH_REQUIREMENT",
+    "versionTuple",
+    "distributionVersion",
+    "torchStatus",
+    "missingModules",
+    "constraintsText",
+    "writeConstraints",
+    "devicesFromAnswer",
+    "torchDevices",
+    "highdicomRequirement",
+    "missingForSlicer",
+    "ensureInstalled",
+    "installPyTorch",
+    "pythonSlicerExecutable",
+    "packagingModule",
+    "ensureHighdicom",
+    "installRequirements",
+]

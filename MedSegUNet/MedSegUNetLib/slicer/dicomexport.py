@@ -13,10 +13,10 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..engine import geometry, modelcard
+from ..engine import geometry
 from ..engine.errors import SceneError
+from ..engine.terminology import terminologyFromEntry
 from .nodes import MODEL_NAME_ATTRIBUTE, MODEL_VERSION_ATTRIBUTE, REFERENCE_ATTRIBUTE, checkNode, localIJKToRAS, parentToWorld, segmentMasks
-
 
 # Slicer's DICOM loader: the SOP Instance UIDs of a loaded volume's slices, in K order.
 DICOM_INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
@@ -54,7 +54,9 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
         files = [fileForInstance(uid) for uid in uids]
         missing = sum(1 for path in files if not path)
         if missing:
-            raise SceneError(f"{missing} of the {len(uids)} DICOM files of '{name}' are not in the DICOM database: import the series again.")
+            raise SceneError(
+                f"{missing} of the {len(uids)} DICOM files of '{name}' are not in the DICOM database: import the series again."
+            )
         return files
     storage = volumeNode.GetStorageNode()
     files = [storage.GetNthFileName(index) for index in range(storage.GetNumberOfFileNames())] if storage is not None else []
@@ -69,7 +71,8 @@ def dicomFilesOfVolume(volumeNode, fileForInstance: Callable[[str], str] | None 
     if len(files) > 1 and dicomNamed:
         return files
     raise SceneError(
-        f"'{name}' was not loaded from DICOM: a DICOM SEG references the images it was made on; load the series with the DICOM module, or save a .seg.nrrd."
+        f"'{name}' was not loaded from DICOM: a DICOM SEG references the images it was made on; load the series with the DICOM module, or "
+        "save a .seg.nrrd."
     )
 
 
@@ -82,7 +85,11 @@ def sameVoxelLattice(image: sitk.Image, ijkToRAS: np.ndarray, dimensions: Sequen
     ours = geometry.fullROI(geometry.VolumeGeometry.fromImage(image)).cornersRAS()
     theirs = geometry.fullROI(geometry.VolumeGeometry.fromIJKToRAS(ijkToRAS, dimensions)).cornersRAS()
     return geometry.sameCorners(ours, theirs, tolerance)
-def exportDicomSegmentation(scene, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:
+
+
+def exportDicomSegmentation(
+    scene, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None
+) -> str:
     """Write a segmentation node as a DICOM SEG of the DICOM series its reference volume was loaded from.
 
     The node's segments as they are now (edits included) become the SEG's segments, in order,
@@ -113,20 +120,23 @@ def exportDicomSegmentation(scene, segmentationNode, referenceVolumeNode, path: 
         recorded = segmentationNode.GetAttribute(REFERENCE_ATTRIBUTE)
         referenceVolumeNode = scene.GetNodeByID(recorded) if recorded else None
         if referenceVolumeNode is None:
-            raise SceneError(f"Segmentation '{segmentationNode.GetName()}' does not record the volume it was made on: give the reference volume.")
+            raise SceneError(
+                f"Segmentation '{segmentationNode.GetName()}' does not record the volume it was made on: give the reference volume."
+            )
     checkNode(scene, referenceVolumeNode, "vtkMRMLScalarVolumeNode", "Reference volume")
     name = referenceVolumeNode.GetName()
     series = volumes.dicomSeriesFromFiles(dicomFilesOfVolume(referenceVolumeNode, fileForInstance), name)
     grid = volumes.readDicomSeries(series, name)
     if not sameVoxelLattice(grid, localIJKToRAS(referenceVolumeNode), referenceVolumeNode.GetImageData().GetDimensions()):
         raise SceneError(
-            f"'{name}' no longer has the geometry of its DICOM files (moved, cropped or resampled since loading): a DICOM SEG would be misplaced; segment the series as loaded."
+            f"'{name}' no longer has the geometry of its DICOM files (moved, cropped or resampled since loading): a DICOM SEG would be "
+            "misplaced; segment the series as loaded."
         )
     frameFromWorld = np.linalg.inv(parentToWorld(referenceVolumeNode))
     labels, masks = [], []
     for number, (segment, mask) in enumerate(segmentMasks(segmentationNode, frameFromWorld), start=1):
         label = {"value": number, "name": segment.GetName() or f"Segment {number}", "color": [float(c) for c in segment.GetColor()]}
-        terminology = modelcard.terminologyFromEntry(_segmentTag(segment, _terminologyTagName(segment)))
+        terminology = terminologyFromEntry(_segmentTag(segment, _terminologyTagName(segment)))
         if terminology is not None:
             label["terminology"] = terminology
         labels.append(label)
@@ -136,8 +146,12 @@ def exportDicomSegmentation(scene, segmentationNode, referenceVolumeNode, path: 
         raise SceneError(f"Segmentation '{segmentationNode.GetName()}' has no segments: there is nothing to export.")
     card = {
         "name": segmentationNode.GetAttribute(MODEL_NAME_ATTRIBUTE) or segmentationNode.GetName() or "Segmentation",
-        "version": segmentationNode.GetAttribute(MODEL_VERSION_ATTRIBUTE) or "", "labels": labels,
+        "version": segmentationNode.GetAttribute(MODEL_VERSION_ATTRIBUTE) or "",
+        "labels": labels,
     }
     with staging.StagedOutputs() as outputs:
         dicomseg.stageDicomSegmentation(outputs, series, grid, card, path, regions=np.stack(masks))
     return path
+
+
+__all__ = ["DICOM_INSTANCE_UIDS_ATTRIBUTE", "dicomFilesOfVolume", "sameVoxelLattice", "exportDicomSegmentation"]

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..engine import geometry, pipeline
 from ..engine.errors import MedSegUNetError
 from ..engine.request import SegmentationRequest
-
-
-ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass
@@ -71,7 +67,15 @@ class SegmentationJob:
 
         if self.worker is None:
             self.result, self.report, self.referenceMasks, self.warnings = jobfiles.computeJob(
-                self.request, self.card, self.images, self.names, self.inputNames, self.roiImages, self.roiNames, self.referenceParts, self.progress,
+                self.request,
+                self.card,
+                self.images,
+                self.names,
+                self.inputNames,
+                self.roiImages,
+                self.roiNames,
+                self.referenceParts,
+                self.progress,
             )
             return
         self.start()
@@ -173,3 +177,6 @@ def timingsText(timings: dict[str, float]) -> str:
     """``"loading 0.1 s, roi 0.0 s, … (total 3.2 s)"`` for status lines."""
     parts = [f"{name} {seconds:.1f} s" for name, seconds in timings.items()]
     return ", ".join(parts) + f" (total {sum(timings.values()):.1f} s)"
+
+
+__all__ = ["SegmentationJob", "SegmentationLogicResult", "availableDevices", "timingsText"]

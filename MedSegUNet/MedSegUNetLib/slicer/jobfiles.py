@@ -18,9 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import geometry, modelcard, pipeline, statistics
-from ..engine.writer import runReport
 from ..engine.errors import GeometryError, MedSegUNetError
 from ..engine.request import SegmentationRequest
+from ..engine.writer import runReport
 
 
 def computeJob(
@@ -59,7 +59,9 @@ def computeJob(
             roi = pipeline.resolveROI(images, names, roiImages, roiNames, options["useROI"], options["marginMM"], boxes=[box])
         except MedSegUNetError:
             raise GeometryError("The Markups ROI does not overlap the input volumes: move it onto the region to segment.") from None
-    result = pipeline.segmentImages(images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, progress=progress, **options)
+    result = pipeline.segmentImages(
+        images, model, names=names, roiImages=roiImages, roiNames=roiNames, roi=roi, progress=progress, **options
+    )
     progress.stage(pipeline.Stage.STATISTICS)
     referenceMasks, warnings = None, []
     if referenceParts is not None:
@@ -80,14 +82,22 @@ def writeRequest(job, folder: str) -> dict:
     """A worker request for ``job`` (a ``SegmentationJob``), its volumes written into ``folder``."""
     reference = None
     if job.referenceParts is not None:
-        reference = [{"file": _write(image, folder, f"reference{index}.nrrd"), "value": value} for index, (image, value) in enumerate(job.referenceParts)]
+        reference = [
+            {"file": _write(image, folder, f"reference{index}.nrrd"), "value": value}
+            for index, (image, value) in enumerate(job.referenceParts)
+        ]
     return {
         "command": "segment",
         "folder": folder,
         "request": job.request.toDict(),
-        "inputs": [{"file": _write(image, folder, f"input{index}.nrrd"), "name": name, "inputName": inputName}
-                   for index, (image, name, inputName) in enumerate(zip(job.images, job.names, job.inputNames))],
-        "roi": [{"file": _write(image, folder, f"roi{index}.nrrd"), "name": name} for index, (image, name) in enumerate(zip(job.roiImages, job.roiNames))],
+        "inputs": [
+            {"file": _write(image, folder, f"input{index}.nrrd"), "name": name, "inputName": inputName}
+            for index, (image, name, inputName) in enumerate(zip(job.images, job.names, job.inputNames))
+        ],
+        "roi": [
+            {"file": _write(image, folder, f"roi{index}.nrrd"), "name": name}
+            for index, (image, name) in enumerate(zip(job.roiImages, job.roiNames))
+        ],
         "reference": reference,
     }
 
@@ -104,12 +114,20 @@ def runRequest(request: dict, progressCallback: Callable[[float, str], None] | N
     segmentation = SegmentationRequest.fromDict(request["request"])
     card = modelcard.readCard(segmentation.modelPath)
     reference = request.get("reference")
-    referenceParts = [(sitk.ReadImage(os.path.join(folder, item["file"])), item["value"]) for item in reference] if reference is not None else None
+    referenceParts = (
+        [(sitk.ReadImage(os.path.join(folder, item["file"])), item["value"]) for item in reference] if reference is not None else None
+    )
     progress = pipeline.ProgressReporter(progressCallback)
     result, report, _, warnings = computeJob(
-        segmentation, card,
-        [read(item) for item in request["inputs"]], [item["name"] for item in request["inputs"]], [item["inputName"] for item in request["inputs"]],
-        [read(item) for item in request["roi"]], [item["name"] for item in request["roi"]], referenceParts, progress,
+        segmentation,
+        card,
+        [read(item) for item in request["inputs"]],
+        [item["name"] for item in request["inputs"]],
+        [item["inputName"] for item in request["inputs"]],
+        [read(item) for item in request["roi"]],
+        [item["name"] for item in request["roi"]],
+        referenceParts,
+        progress,
     )
     progress.endStage()  # the statistics stage's time, which the result's timings do not hold yet
     regions = None
@@ -122,7 +140,12 @@ def runRequest(request: dict, progressCallback: Callable[[float, str], None] | N
     return {
         "labelmap": _write(result.labelmap, folder, "labelmap.nrrd"),
         "regions": regions,
-        "roi": {"ijkMin": result.roi.ijkMin.tolist(), "ijkMax": result.roi.ijkMax.tolist(), "volumeNames": list(result.roi.volumeNames), "marginMM": result.roi.marginMM},
+        "roi": {
+            "ijkMin": result.roi.ijkMin.tolist(),
+            "ijkMax": result.roi.ijkMax.tolist(),
+            "volumeNames": list(result.roi.volumeNames),
+            "marginMM": result.roi.marginMM,
+        },
         "device": result.device,
         "timings": {**result.timings, **progress.timings},
         "report": report,
@@ -144,4 +167,9 @@ def readAnswer(answer: dict, folder: str, job) -> pipeline.SegmentationResult:
         volumeNames=list(answer["roi"]["volumeNames"]),
         marginMM=float(answer["roi"]["marginMM"]),
     )
-    return pipeline.SegmentationResult(labelmap=labelmap, roi=roi, card=job.card, device=answer["device"], timings=dict(answer["timings"]), regions=regions)
+    return pipeline.SegmentationResult(
+        labelmap=labelmap, roi=roi, card=job.card, device=answer["device"], timings=dict(answer["timings"]), regions=regions
+    )
+
+
+__all__ = ["computeJob", "writeRequest", "runRequest", "readAnswer"]

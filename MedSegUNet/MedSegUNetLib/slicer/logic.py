@@ -17,6 +17,7 @@ A run is split in three so that the heavy part can go to a worker thread:
 Frames: Slicer nodes are RAS (mm), the engine's images are LPS (mm). ``arrayFromVolume`` arrays and
 SimpleITK arrays are K, J, I; ``vtkOrientedImageData`` scalars are stored in the same K, J, I order.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,18 @@ import threading
 from typing import Callable, Sequence
 
 from ..engine import modelcard, pipeline
-from ..engine.request import SegmentationRequest
 from ..engine.errors import SceneError, VolumeError
+from ..engine.request import ProgressCallback, SegmentationRequest
 from ..engine.volumes import checkScalarVolume
-from .job import ProgressCallback, SegmentationJob, SegmentationLogicResult
+from .job import SegmentationJob, SegmentationLogicResult
 from .nodes import REFERENCE_ATTRIBUTE, checkNode, imageFromVolumeNode, localIJKToRAS, referencePartsFromNode, roiBoxFromMarkupsNode
 from .results import ResultWriter
+
+
+def _ownOutput(node, reference):
+    """The output node to reuse, or None for a new one: a node made for another reference volume is left as it is."""
+    made = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None
+    return None if node is None or (made is not None and made != reference.GetID()) else node
 
 
 class SegmentationLogic:
@@ -68,7 +75,9 @@ class SegmentationLogic:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def process(self, inputVolumes: Sequence, modelPath: str | os.PathLike, roiVolumes: Sequence = (), **keywords) -> SegmentationLogicResult:
+    def process(
+        self, inputVolumes: Sequence, modelPath: str | os.PathLike, roiVolumes: Sequence = (), **keywords
+    ) -> SegmentationLogicResult:
         """Segment, in one call on the calling thread (console and batch use): :meth:`prepare` with
         the same arguments, the job run, then :meth:`finish`.
 
@@ -122,28 +131,43 @@ class SegmentationLogic:
         progress.checkCancel()
         inputVolumes = [node for node in (inputVolumes or []) if node is not None]
         card = self._readCard(modelPath, inputVolumes)
-        self._checkNodes(inputVolumes, roiVolumes, {roiNode: "vtkMRMLMarkupsROINode", outputSegmentation: "vtkMRMLSegmentationNode", outputTable: "vtkMRMLTableNode",
-                                                    outputROI: "vtkMRMLMarkupsROINode", outputOverlapTable: "vtkMRMLTableNode", referenceSegmentation: "vtkMRMLNode"})
-        request = SegmentationRequest(modelPath=os.fspath(modelPath), roiBox=roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None, **options)
+        self._checkNodes(
+            inputVolumes,
+            roiVolumes,
+            {
+                roiNode: "vtkMRMLMarkupsROINode",
+                outputSegmentation: "vtkMRMLSegmentationNode",
+                outputTable: "vtkMRMLTableNode",
+                outputROI: "vtkMRMLMarkupsROINode",
+                outputOverlapTable: "vtkMRMLTableNode",
+                referenceSegmentation: "vtkMRMLNode",
+            },
+        )
+        request = SegmentationRequest(
+            modelPath=os.fspath(modelPath), roiBox=roiBoxFromMarkupsNode(roiNode) if roiNode is not None else None, **options
+        )
         images = [imageFromVolumeNode(node) for node in inputVolumes]
         for image, node in zip(images, inputVolumes):
             checkScalarVolume(image, node.GetName())
         roiVolumes = self._roiSeries(card, inputVolumes, roiVolumes, request.useROI)
         reference = inputVolumes[0]
-
-        def ownOutput(node):
-            made = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None
-            return None if node is None or (made is not None and made != reference.GetID()) else node
-
+        outputs = {"segmentation": outputSegmentation, "table": outputTable, "roi": outputROI, "overlapTable": outputOverlapTable}
         return SegmentationJob(
-            request=request, card=card, images=images, names=[node.GetName() for node in inputVolumes],
-            inputNames=[i["name"] for i in card["inputs"]], roiImages=[imageFromVolumeNode(node) for node in roiVolumes],
-            roiNames=[node.GetName() for node in roiVolumes], progress=progress, worker=self.worker,
+            request=request,
+            card=card,
+            images=images,
+            names=[node.GetName() for node in inputVolumes],
+            inputNames=[i["name"] for i in card["inputs"]],
+            roiImages=[imageFromVolumeNode(node) for node in roiVolumes],
+            roiNames=[node.GetName() for node in roiVolumes],
+            progress=progress,
+            worker=self.worker,
             referenceParts=referencePartsFromNode(referenceSegmentation, card["labels"]) if referenceSegmentation is not None else None,
             targets={
-                "reference": reference, "referenceIJKToRAS": localIJKToRAS(reference),
-                "segmentation": ownOutput(outputSegmentation), "table": ownOutput(outputTable), "roi": ownOutput(outputROI),
-                "overlapTable": ownOutput(outputOverlapTable), "withReference": referenceSegmentation is not None,
+                "reference": reference,
+                "referenceIJKToRAS": localIJKToRAS(reference),
+                **{key: _ownOutput(node, reference) for key, node in outputs.items()},
+                "withReference": referenceSegmentation is not None,
             },
         )
 
@@ -156,7 +180,8 @@ class SegmentationLogic:
         if len(inputVolumes) != len(card["inputs"]):
             expected = ", ".join(i["name"] for i in card["inputs"])
             raise VolumeError(
-                f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(inputVolumes)} were given: select them in that order."
+                f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(inputVolumes)} were given: "
+                "select them in that order."
             )
         return card
 
@@ -168,7 +193,9 @@ class SegmentationLogic:
             raise SceneError("An input is a labelmap volume: select the scanner images as inputs.")
         for node, kind in others.items():
             if node is not None:
-                checkNode(self.scene, node, kind, "reference" if kind == "vtkMRMLNode" else kind.replace("vtkMRML", "").replace("Node", " node"))
+                checkNode(
+                    self.scene, node, kind, "reference" if kind == "vtkMRMLNode" else kind.replace("vtkMRML", "").replace("Node", " node")
+                )
 
     @staticmethod
     def _roiSeries(card: dict, inputVolumes: Sequence, roiVolumes: Sequence, useROI: bool) -> list:
@@ -224,7 +251,9 @@ class SegmentationLogic:
             warnings=list(job.warnings),
         )
 
-    def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:
+    def exportDicomSegmentation(
+        self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None
+    ) -> str:
         """See :func:`dicomexport.exportDicomSegmentation` (on this logic's scene)."""
         from .dicomexport import exportDicomSegmentation
 

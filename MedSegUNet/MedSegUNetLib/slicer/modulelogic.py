@@ -95,7 +95,9 @@ class ModuleLogic:
         if self._segmentationLogic is not None:
             self._segmentationLogic.close()
 
-    def startPull(self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> CatalogPull:
+    def startPull(
+        self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None
+    ) -> CatalogPull:
         """Send a catalog pull to the worker process and return at once (the panel polls it).
 
         Downloads, pip and imports (torch, onnx) all happen in the worker: Slicer's process only
@@ -103,7 +105,9 @@ class ModuleLogic:
         """
         return CatalogPull(self, name, progressCallback, cancelEvent)
 
-    def pullCatalogModel(self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> str:
+    def pullCatalogModel(
+        self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None
+    ) -> str:
         """A catalog model's file, downloaded (and imported) once into the cache folder by the
         worker process, SHA256 checked; blocks (console and scripts).
 
@@ -112,7 +116,10 @@ class ModuleLogic:
             ProcessingCancelled: cancelled; nothing was kept in the cache.
         """
         if not self.ensureDependencies(askConfirmation=self.interactive):
-            raise DependencyError("Catalog models need PyTorch, MONAI and the module's other dependencies: install them first (Apply in the module offers to).")
+            raise DependencyError(
+                "Catalog models need PyTorch, MONAI and the module's other dependencies: install them first (Apply in the module offers "
+                "to)."
+            )
         pull = self.startPull(name, progressCallback, cancelEvent)
         while not pull.poll(wait=0.1):
             pass
@@ -146,10 +153,14 @@ class ModuleLogic:
             MedSegUNetError: dependencies missing (and not installed), bad inputs, or the worker failed.
         """
         if not self.ensureDependencies(askConfirmation=self.interactive):
-            raise DependencyError("MedSegUNet needs PyTorch, MONAI and its other dependencies: install them first (Apply in the module offers to).")
+            raise DependencyError(
+                "MedSegUNet needs PyTorch, MONAI and its other dependencies: install them first (Apply in the module offers to)."
+            )
         return self.segmentationLogic.process(inputVolumes, modelPath, roiVolumes=roiVolumes, **kwargs)
 
-    def exportDicomSegmentation(self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None) -> str:
+    def exportDicomSegmentation(
+        self, segmentationNode, referenceVolumeNode, path: str, fileForInstance: Callable[[str], str] | None = None
+    ) -> str:
         """See ``SegmentationLogic.exportDicomSegmentation``; installs highdicom on first use (asking)."""
         from . import dependencies
 
@@ -183,3 +194,6 @@ class ModuleLogic:
         from . import selftest
 
         return selftest.runSelfTestScenario(self.scene, directory, log=log, device=device, logic=self)
+
+
+__all__ = ["CatalogPull", "ModuleLogic"]

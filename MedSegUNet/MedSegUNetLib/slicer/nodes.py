@@ -16,7 +16,6 @@ import SimpleITK as sitk
 from ..engine import geometry, statistics
 from ..engine.errors import MedSegUNetError, SceneError
 
-
 BINARY_LABELMAP = "Binary labelmap"
 # Set on every output node: the reference volume it was made from. Outputs of another reference
 # (another patient) are not reused; a run on them makes new nodes named after the new reference.
@@ -114,7 +113,8 @@ def imageFromVolumeNode(volumeNode, pixelType: int | None = None) -> sitk.Image:
         raise SceneError(f"Volume '{name}' has no voxels: load the image data first.")
     if imageData.GetNumberOfScalarComponents() != 1:
         raise SceneError(
-            f"Volume '{name}' has {imageData.GetNumberOfScalarComponents()} components per voxel; a scalar volume is needed (extract one component first)."
+            f"Volume '{name}' has {imageData.GetNumberOfScalarComponents()} components per voxel; a scalar volume is needed (extract one "
+            "component first)."
         )
     array = slicer.util.arrayFromVolume(volumeNode)  # K, J, I view of the node's voxels
     image = sitk.GetImageFromArray(np.array(array, copy=True))
@@ -328,12 +328,19 @@ def suggestROIVolumes(reference, candidates: Sequence, card: dict | None = None)
         parent = shNode.GetItemParent(item) if item else 0
         study = parent if parent and parent != shNode.GetSceneItemID() else None
     try:
-        referenceGeometry = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(reference), reference.GetImageData().GetDimensions(), reference.GetName())
+        referenceGeometry = geometry.VolumeGeometry.fromIJKToRAS(
+            worldIJKToRAS(reference), reference.GetImageData().GetDimensions(), reference.GetName()
+        )
     except MedSegUNetError:  # e.g. a reference under a non-linear transform
         return []
     overlapping = []
     for node in candidates:
-        if node is reference or not node.IsA("vtkMRMLScalarVolumeNode") or node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetImageData() is None:
+        if (
+            node is reference
+            or not node.IsA("vtkMRMLScalarVolumeNode")
+            or node.IsA("vtkMRMLLabelMapVolumeNode")
+            or node.GetImageData() is None
+        ):
             continue
         try:
             candidate = geometry.VolumeGeometry.fromIJKToRAS(worldIJKToRAS(node), node.GetImageData().GetDimensions(), node.GetName())
@@ -360,3 +367,24 @@ def checkNode(scene, node, className: str, what: str) -> None:
         raise SceneError(f"'{node.GetName()}' is a {node.GetClassName()}, not a {what}: choose another node.")
     if node.GetScene() is not scene and node.GetScene() != scene:
         raise SceneError(f"'{node.GetName()}' is not in this scene: choose a node of the current scene.")
+
+
+__all__ = [
+    "BINARY_LABELMAP",
+    "REFERENCE_ATTRIBUTE",
+    "MODEL_NAME_ATTRIBUTE",
+    "MODEL_VERSION_ATTRIBUTE",
+    "parentToWorld",
+    "localIJKToRAS",
+    "worldIJKToRAS",
+    "imageFromVolumeNode",
+    "addVolumeFromImage",
+    "ensureSegmentationConverterRules",
+    "segmentMasks",
+    "referencePartsFromNode",
+    "roiBoxFromMarkupsNode",
+    "seriesCandidates",
+    "suggestInputVolumes",
+    "suggestROIVolumes",
+    "checkNode",
+]

@@ -17,12 +17,17 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from ..engine import modelcard, statistics
+from ..engine import statistics, terminology
 from ..engine.errors import SceneError
 from .dicomexport import _segmentTag, _terminologyTagName
 from .job import SegmentationJob
 from .nodes import (
-    BINARY_LABELMAP, MODEL_NAME_ATTRIBUTE, MODEL_VERSION_ATTRIBUTE, REFERENCE_ATTRIBUTE, _arrayToVTKMatrix, _vtkMatrixToArray,
+    BINARY_LABELMAP,
+    MODEL_NAME_ATTRIBUTE,
+    MODEL_VERSION_ATTRIBUTE,
+    REFERENCE_ATTRIBUTE,
+    _arrayToVTKMatrix,
+    _vtkMatrixToArray,
     ensureSegmentationConverterRules,
 )
 
@@ -58,7 +63,9 @@ class ResultWriter:
             restore,
         )
         # No ROI box to show when the whole volume was segmented.
-        nodes["roi"] = self._writeROI(job, f"{baseName} ROI", created, restore) if job.request.useROI or job.request.roiBox is not None else None
+        nodes["roi"] = (
+            self._writeROI(job, f"{baseName} ROI", created, restore) if job.request.useROI or job.request.roiBox is not None else None
+        )
         if targets["withReference"]:
             nodes["overlapTable"] = self._writeOverlapTable(job, f"{baseName} overlap", created, restore)
         outputs = [node for node in nodes.values() if node is not None]
@@ -160,7 +167,7 @@ class ResultWriter:
             segment.SetColor(*[float(c) for c in label["color"]])
             segment.SetLabelValue(value)
             segment.SetTag(SEGMENT_MODEL_TAG, job.card["name"])
-            entry = modelcard.terminologyEntry(label)
+            entry = terminology.terminologyEntry(label)
             if entry is not None:
                 segment.SetTag(_terminologyTagName(segment), entry)
             segment.AddRepresentation(BINARY_LABELMAP, image)
@@ -180,7 +187,11 @@ class ResultWriter:
         else:
             old = slicer.vtkSegmentation()
             old.DeepCopy(node.GetSegmentation())
-            oldGeometry = node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole()) if hasattr(node, "GetReferenceImageGeometryReferenceRole") else None
+            oldGeometry = (
+                node.GetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole())
+                if hasattr(node, "GetReferenceImageGeometryReferenceRole")
+                else None
+            )
 
             def undo(node=node, old=old, oldGeometry=oldGeometry):
                 node.GetSegmentation().DeepCopy(old)
@@ -295,3 +306,6 @@ class ResultWriter:
             meanRow.append(float(np.mean(values)) if values else None)
         rows.append(meanRow)
         return self._writeTable(job.targets["overlapTable"], name, ["Segment", "Label value", *titles], rows, created, restore)
+
+
+__all__ = ["ResultWriter"]

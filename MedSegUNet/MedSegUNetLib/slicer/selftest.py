@@ -19,7 +19,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..engine import geometry
-
 from ..models import phantoms
 
 THRESHOLDS = (0.5, 1.5)
@@ -48,7 +47,9 @@ def makeSelfTestData(directory: str | os.PathLike, writeModel: Callable | None =
     center = np.array([4.0, -6.0, 12.0])
     reference = phantoms.makeGrid((48, 40, 14), (1.0, 1.0, 3.0), tilt, center)
     sagittal = phantoms.makeGrid((34, 30, 12), (1.1, 1.1, 3.0), sagittalAxes, center + [-6.0, 2.0, -1.0])
-    coronal = phantoms.makeGrid((36, 32, 11), (1.2, 1.2, 3.0), phantoms.rotationMatrix((1, 0, 0), 18.0) @ coronalAxes, center + [-2.0, 1.0, 2.0])
+    coronal = phantoms.makeGrid(
+        (36, 32, 11), (1.2, 1.2, 3.0), phantoms.rotationMatrix((1, 0, 0), 18.0) @ coronalAxes, center + [-2.0, 1.0, 2.0]
+    )
     # The outer sphere reaches beyond the ROI on the sagittal series' side, so cropping matters.
     spheres = [(center + [9.0, 0.0, 0.0], 12.0, 1.0), (center + [6.0, 1.0, 1.0], 5.0, 2.0)]
     painted = phantoms.paintSpheres(reference, spheres)
@@ -103,7 +104,9 @@ def segmentationLabelArray(scene, segmentationNode, referenceVolumeNode) -> np.n
     try:
         ids = vtk.vtkStringArray()
         segmentationNode.GetSegmentation().GetSegmentIDs(ids)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmapNode, referenceVolumeNode):
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentationNode, ids, labelmapNode, referenceVolumeNode
+        ):
             raise AssertionError("Slicer could not export the segmentation to a labelmap")
         return np.array(slicer.util.arrayFromVolume(labelmapNode), copy=True)
     finally:
@@ -173,7 +176,10 @@ def runSelfTestScenario(scene, directory: str | os.PathLike, log: Callable[[str]
         if ownLogic:
             logic.close()
     figures["seconds"] = time.perf_counter() - started
-    log(f"Self-test passed in {figures['seconds']:.1f} s: {figures['voxelCounts']}, ROI {figures['roi'][0].tolist()}..{figures['roi'][1].tolist()}")
+    log(
+        f"Self-test passed in {figures['seconds']:.1f} s: {figures['voxelCounts']}, ROI "
+        f"{figures['roi'][0].tolist()}..{figures['roi'][1].tolist()}"
+    )
     return figures
 
 
@@ -186,7 +192,9 @@ def _checkResult(scene, data: dict, result, referenceNode, progress: list) -> di
         np.array_equal(result.roi.ijkMin, low) and np.array_equal(result.roi.ijkMax, high),
         f"ROI {result.roi.ijkMin}..{result.roi.ijkMax} differs from brute force {low}..{high}",
     )
-    _check(geometry.sameCorners(roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS()), "ROI node corners differ from the ROI's corners")
+    _check(
+        geometry.sameCorners(roiNodeCornersRAS(result.roiNode), result.roi.cornersRAS()), "ROI node corners differ from the ROI's corners"
+    )
 
     segmentation = result.segmentationNode.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
@@ -212,3 +220,6 @@ def _checkResult(scene, data: dict, result, referenceNode, progress: list) -> di
         volume = float(table.GetCellText(row, volumeColumn))
         _check(abs(volume - counts[name] * float(np.prod(spacing))) < 1e-3 * max(volume, 1.0), f"table volume of '{name}' is {volume}")
     return {"voxelCounts": counts, "roi": (result.roi.ijkMin, result.roi.ijkMax), "timings": result.timings, "result": result}
+
+
+__all__ = ["THRESHOLDS", "LABELS", "INPUT_NAME", "makeSelfTestData", "segmentationLabelArray", "roiNodeCornersRAS", "runSelfTestScenario"]

@@ -12,9 +12,8 @@ import time
 from typing import Optional
 
 import qt
-import vtk
-
 import slicer
+import vtk
 from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
@@ -161,8 +160,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
 
     def _populateCatalog(self) -> None:
         """The catalog's models, each saying whether it is on this computer (MEDSEGUNET_CATALOG may name a mirror)."""
-        from MedSegUNetLib.models import catalog
         from MedSegUNetLib.engine.errors import MedSegUNetError
+        from MedSegUNetLib.models import catalog
 
         combo = self.ui.catalogComboBox
         combo.clear()
@@ -311,13 +310,17 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         inputs = [node for node in self.inputVolumes() if node is not None]
         inputIDs = {node.GetID() for node in inputs}
         candidates = [
-            node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            node
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
             if not node.IsA("vtkMRMLLabelMapVolumeNode") and node.GetID() not in inputIDs
         ]
         raw = self._parameterNode.parameterNode if self._parameterNode else None
         if raw is not None and raw.GetAttribute("ROIVolumesEdited"):
             # The user's choice wins over the suggestion once they have edited the list.
-            checked = {raw.GetNthNodeReferenceID(ROI_VOLUME_REFERENCE_ROLE, i) for i in range(raw.GetNumberOfNodeReferences(ROI_VOLUME_REFERENCE_ROLE))}
+            checked = {
+                raw.GetNthNodeReferenceID(ROI_VOLUME_REFERENCE_ROLE, i)
+                for i in range(raw.GetNumberOfNodeReferences(ROI_VOLUME_REFERENCE_ROLE))
+            }
         elif inputs and self._card is not None:
             from MedSegUNetLib.slicer.nodes import suggestROIVolumes
 
@@ -347,13 +350,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         raw.SetAttribute("ROIVolumesEdited", "1")
 
     def roiVolumes(self) -> list:
-        nodes = []
-        for item in self._roiItems():
-            if item.checkState() == qt.Qt.Checked:
-                node = slicer.mrmlScene.GetNodeByID(item.data(qt.Qt.UserRole))
-                if node is not None:
-                    nodes.append(node)
-        return nodes
+        checkedIDs = [item.data(qt.Qt.UserRole) for item in self._roiItems() if item.checkState() == qt.Qt.Checked]
+        return [node for node in map(slicer.mrmlScene.GetNodeByID, checkedIDs) if node is not None]
 
     # -- device -------------------------------------------------------------------------------
 
@@ -387,8 +385,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self._devicesAskedOf = (worker, worker.starts)  # once per worker process
         try:
             self._deviceQuery = PendingRequest(worker, {"command": "devices"})
-        except MedSegUNetError:  # the list stays as it is
-            self._deviceQuery = None
+        except MedSegUNetError:  # the list stays as it is (no query is pending)
             return
         self._pollTimer.start()
 
@@ -554,9 +551,8 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         parameters.outputROI = result.roiNode
         if result.overlapTableNode is not None:
             parameters.outputOverlapTable = result.overlapTableNode
-        displayNode = result.segmentationNode.GetDisplayNode()
-        if displayNode is not None:
-            displayNode.SetVisibility(True)
+        if result.segmentationNode.GetDisplayNode() is not None:
+            result.segmentationNode.GetDisplayNode().SetVisibility(True)
         reference = self.inputVolumes()[0]
         # The views are fitted only when they change volume: a re-run keeps the user's zoom and pan.
         shown = {node.GetBackgroundVolumeID() for node in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode")}
@@ -595,6 +591,9 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
-            # highdicom is installed on the first export (asking first). The volume the segmentation records, not the selector's current one.
+            # highdicom is installed on the first export (asking first); the volume the segmentation records is its reference.
             self.logic.exportDicomSegmentation(segmentationNode, None, path)
             self.ui.statusLabel.text = _("DICOM SEG written: {path}").format(path=path)
+
+
+__all__ = ["MedSegUNetWidgetController"]

@@ -147,7 +147,12 @@ class WorkerProcess:
             options = {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
         self.process = subprocess.Popen(
             [self.executable, "-m", "MedSegUNetLib.slicer.worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=environment, cwd=self._folder, **options,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=environment,
+            cwd=self._folder,
+            **options,
         )
         self._lines = queue.Queue()
         self._answers = {}
@@ -217,7 +222,10 @@ class WorkerProcess:
         if LAUNCHER_ABNORMAL_EXIT in last:  # PythonSlicer's words for a child killed by a signal
             why, last = "it was killed or crashed (out of memory?)", ""
         self.kill()
-        return WorkerDied(f"The segmentation worker process stopped ({why}{'; ' + last if last else ''}): nothing was changed; run again, or choose the CPU device or a smaller ROI.")
+        return WorkerDied(
+            f"The segmentation worker process stopped ({why}{'; ' + last if last else ''}): nothing was changed; run again, or choose the "
+            "CPU device or a smaller ROI."
+        )
 
     def readMessages(self, timeout: float = 0.0) -> list[dict]:
         """The JSON lines the worker wrote so far, without blocking (or waiting up to ``timeout`` for the first).
@@ -245,7 +253,7 @@ class WorkerProcess:
                     self._log.write(line)
                 continue
             try:
-                messages.append(json.loads(line[len(PROTOCOL_PREFIX):].decode("utf-8")))
+                messages.append(json.loads(line[len(PROTOCOL_PREFIX) :].decode("utf-8")))
             except ValueError:  # only the worker's own writer uses the prefix
                 raise MedSegUNetError(f"internal error: the worker answered a line that is not JSON ({line[:80]!r})") from None
 
@@ -274,7 +282,9 @@ class WorkerProcess:
                 if "pid" in message:
                     self.interpreterPid = int(message["pid"])
                 if "progress" in message:  # kept for its own request's poll when another request reads it
-                    self._progressLines.setdefault(message.get("id"), []).append((float(message["progress"]), str(message.get("message", ""))))
+                    self._progressLines.setdefault(message.get("id"), []).append(
+                        (float(message["progress"]), str(message.get("message", "")))
+                    )
                 else:
                     self._answers[message.get("id")] = message
         for fraction, text in self._progressLines.pop(requestId, []):
@@ -289,11 +299,17 @@ class WorkerProcess:
             raise ProcessingCancelled()
         if message.get("kind") == "user":  # the engine's class, so that callers can tell errors apart
             kind = getattr(errors, str(message.get("type")), None)
-            kind = kind if isinstance(kind, type) and issubclass(kind, MedSegUNetError) and kind is not ProcessingCancelled else MedSegUNetError
+            kind = (
+                kind
+                if isinstance(kind, type) and issubclass(kind, MedSegUNetError) and kind is not ProcessingCancelled
+                else MedSegUNetError
+            )
             raise kind(message["error"])
         raise MedSegUNetError(f"internal error in the worker: {message['error']}")
 
-    def request(self, request: dict, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None) -> dict:
+    def request(
+        self, request: dict, onProgress: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None
+    ) -> dict:
         """Send a request and wait for its answer, passing progress on and honouring cancel (see :meth:`poll`).
 
         Blocks: for scripts and tests. The Slicer module uses :meth:`send` and :meth:`poll` from a timer.
@@ -315,8 +331,13 @@ class PendingRequest:
         cancelEvent: when set, the next poll ends the worker and fails with ``ProcessingCancelled``.
     """
 
-    def __init__(self, worker: WorkerProcess, request: dict, onProgress: Callable[[float, str], None] | None = None,
-                 cancelEvent: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        request: dict,
+        onProgress: Callable[[float, str], None] | None = None,
+        cancelEvent: threading.Event | None = None,
+    ) -> None:
         self.worker = worker
         self.onProgress = onProgress
         self.cancelEvent = cancelEvent
@@ -402,7 +423,9 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
             mps = getattr(torch.backends, "mps", None)
             answer = {"torch": torch.__version__, "cuda": cuda, "mps": bool(mps is not None and mps.is_available())}
         except Exception as error:  # a half-installed PyTorch fails in many ways
-            raise DependencyError(f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module.") from None
+            raise DependencyError(
+                f"PyTorch does not work ({type(error).__name__}: {firstLine(error)}): reinstall it with the PyTorch Utils module."
+            ) from None
         from .dependencies import TORCH_MINIMUM, versionTuple
 
         if versionTuple(answer["torch"]) < versionTuple(TORCH_MINIMUM):
@@ -414,7 +437,13 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
         from ..models import catalog
 
         cache = Path(request["cache"]) if request.get("cache") else None
-        path = catalog.pullModel(str(request["name"]), cache=cache, progress=progressCallback, python=request.get("python"), format=request.get("format", "torchscript"))
+        path = catalog.pullModel(
+            str(request["name"]),
+            cache=cache,
+            progress=progressCallback,
+            python=request.get("python"),
+            format=request.get("format", "torchscript"),
+        )
         return {"path": str(path)}
     if command == "thresholdModel":  # the self-test's known-answer model, made here: Slicer never imports torch
         from ..models import phantoms
@@ -437,14 +466,21 @@ def checkSegmentRequest(request: dict) -> None:
 
     for part, kind in (("folder", str), ("inputs", list), ("roi", list), ("request", dict)):
         if not isinstance(request.get(part), kind):
-            raise MedSegUNetError(f"The worker's segment request has no valid '{part}': the module and the worker are out of step; reinstall the extension.")
+            raise MedSegUNetError(
+                f"The worker's segment request has no valid '{part}': the module and the worker are out of step; reinstall the extension."
+            )
     for item in request["inputs"] + request["roi"]:
         if not isinstance(item, dict) or not isinstance(item.get("file"), str) or not isinstance(item.get("name"), str):
-            raise MedSegUNetError("The worker's segment request has a volume without 'file' and 'name': the module and the worker are out of step; reinstall the extension.")
+            raise MedSegUNetError(
+                "The worker's segment request has a volume without 'file' and 'name': the module and the worker are out of step; reinstall "
+                "the extension."
+            )
     try:
         SegmentationRequest.fromDict(request["request"])
     except MedSegUNetError as error:
-        raise MedSegUNetError(f"{firstLine(error).rstrip('.')}: the module and the worker are out of step; reinstall the extension.") from None
+        raise MedSegUNetError(
+            f"{firstLine(error).rstrip('.')}: the module and the worker are out of step; reinstall the extension."
+        ) from None
 
 
 def _answer(request: dict) -> dict:
@@ -496,3 +532,16 @@ def _releaseMemory() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = [
+    "BEGUN_MESSAGE",
+    "PROTOCOL_PREFIX",
+    "WorkerDied",
+    "endProcessTree",
+    "WorkerProcess",
+    "PendingRequest",
+    "handle",
+    "checkSegmentRequest",
+    "main",
+]

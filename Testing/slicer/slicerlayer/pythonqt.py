@@ -97,7 +97,9 @@ def _setattr(self, name: str, value) -> None:
         if isinstance(value, tuple):  # PythonQt converts any sequence (a QStringList from a tuple of str)
             value = list(value)
         if not prop.write(self, value):
-            raise AttributeError(f"Property '{name}' of type '{prop.typeName()}' does not accept an object of type {type(value).__name__} ({value!r})")
+            raise AttributeError(
+                f"Property '{name}' of type '{prop.typeName()}' does not accept an object of type {type(value).__name__} ({value!r})"
+            )
         return
     # A stand-in's own state (``_name``) is its implementation, not an attribute of the C++ API.
     if _pythonLevel(self, name) or not _isCppClass(type(self)) or (name.startswith("_") and type(self) in _CPP_CLASSES):
@@ -106,7 +108,9 @@ def _setattr(self, name: str, value) -> None:
     try:
         _originalGetattribute(self, name)
     except AttributeError:
-        raise AttributeError(f"'{name}' does not exist on {type(self).__name__} and creating new attributes on C++ objects is not allowed") from None
+        raise AttributeError(
+            f"'{name}' does not exist on {type(self).__name__} and creating new attributes on C++ objects is not allowed"
+        ) from None
     raise AttributeError(f"'{name}' of {type(self).__name__} is a method or signal and can not be overwritten")
 
 
@@ -115,7 +119,7 @@ def _arguments(signature: str) -> tuple[str, list[str]]:
     if match is None:
         raise ValueError(f"'{signature}' is not a Qt signature like 'clicked(bool)'")
     normalized = bytes(QtCore.QMetaObject.normalizedSignature(signature)).decode()
-    arguments = normalized[normalized.index("(") + 1:-1]
+    arguments = normalized[normalized.index("(") + 1 : -1]
     return match.group(1), [a for a in arguments.split(",") if a]
 
 
@@ -154,8 +158,11 @@ def boundSignal(obj, signature: str):
         signal = _originalGetattribute(obj, known[normalized][0])
         return signal[known[normalized][1]] if known[normalized][1] is not None else signal
     metaObject = _originalGetattribute(obj, "metaObject")()
-    signatures = {bytes(metaObject.method(i).methodSignature()).decode() for i in range(metaObject.methodCount())
-                  if metaObject.method(i).methodType() == QtCore.QMetaMethod.Signal}
+    signatures = {
+        bytes(metaObject.method(i).methodSignature()).decode()
+        for i in range(metaObject.methodCount())
+        if metaObject.method(i).methodType() == QtCore.QMetaMethod.Signal
+    }
     if normalized not in signatures:
         raise AttributeError(f"{type(obj).__name__} has no signal '{normalized}' (it has: {', '.join(sorted(signatures))})")
     signal = _originalGetattribute(obj, name)

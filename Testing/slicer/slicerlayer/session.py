@@ -75,9 +75,16 @@ class SlicerSession:
         uiloader.CUSTOM_CLASSES.clear()
         uiloader.CUSTOM_CLASSES.update({name: cls for name, cls in self.classes.items() if issubclass(cls, pythonqt.QtWidgets.QWidget)})
 
-        self._savedModules = {name: sys.modules.get(name, _MISSING) for name in
-                              ["qt", "ctk", *[f"slicer.{n}" for n in SLICER_NAMES], *FRESH_MODULES,
-                               *[n for n in sys.modules if n.startswith("slicer.parameterNodeWrapper")]]}
+        self._savedModules = {
+            name: sys.modules.get(name, _MISSING)
+            for name in [
+                "qt",
+                "ctk",
+                *[f"slicer.{n}" for n in SLICER_NAMES],
+                *FRESH_MODULES,
+                *[n for n in sys.modules if n.startswith("slicer.parameterNodeWrapper")],
+            ]
+        }
         self._savedAttributes = {name: slicer.__dict__.get(name, _MISSING) for name in [*SLICER_NAMES, *self.classes]}
         self._savedPath = os.environ.get("PATH", "")
         for name in FRESH_MODULES:
@@ -97,7 +104,9 @@ class SlicerSession:
         self._makeApplication(slicer)
         slicer.i18n = _loadFile("slicer.i18n", self.slicerPython / "i18n.py")
         slicer.util = _loadFile("slicer.util", self.slicerPython / "util.py")
-        slicer.parameterNodeWrapper = _loadFile("slicer.parameterNodeWrapper", self.slicerPython / "parameterNodeWrapper" / "__init__.py", package=True)
+        slicer.parameterNodeWrapper = _loadFile(
+            "slicer.parameterNodeWrapper", self.slicerPython / "parameterNodeWrapper" / "__init__.py", package=True
+        )
         slicer.ScriptedLoadableModule = _loadFile("slicer.ScriptedLoadableModule", self.slicerPython / "ScriptedLoadableModule.py")
         return self
 

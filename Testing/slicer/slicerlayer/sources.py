@@ -31,18 +31,29 @@ def _complete(folder: Path) -> bool:
 
 def _fromGit(gitDir: str, release: str) -> Path | None:
     revision = RELEASES[release]
-    git = ["git", "--git-dir", gitDir] if (Path(gitDir) / "HEAD").is_file() and not (Path(gitDir) / ".git").exists() else ["git", "-C", gitDir]
+    git = (
+        ["git", "--git-dir", gitDir]
+        if (Path(gitDir) / "HEAD").is_file() and not (Path(gitDir) / ".git").exists()
+        else ["git", "-C", gitDir]
+    )
     resolved = subprocess.run([*git, "rev-parse", f"{revision}^{{commit}}"], capture_output=True, text=True)
     if resolved.returncode != 0 and revision == "main":
         resolved = subprocess.run([*git, "rev-parse", "HEAD^{commit}"], capture_output=True, text=True)
     if resolved.returncode != 0:
         return None
     commit = resolved.stdout.strip()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medsegunet-tests" / "slicer-python" / hashlib.sha256(commit.encode()).hexdigest()[:16]
+    cache = (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "medsegunet-tests"
+        / "slicer-python"
+        / hashlib.sha256(commit.encode()).hexdigest()[:16]
+    )
     folder = cache / "slicer"
     if _complete(folder):
         return folder
-    listing = subprocess.run([*git, "ls-tree", "-r", "--name-only", commit, "Base/Python/slicer/"], capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(
+        [*git, "ls-tree", "-r", "--name-only", commit, "Base/Python/slicer/"], capture_output=True, text=True, check=True
+    ).stdout.split()
     for path in listing:
         relative = Path(path).relative_to("Base/Python/slicer")
         if relative.parts[0] not in (*FILES, PACKAGE) or relative.suffix != ".py":
@@ -67,5 +78,7 @@ def slicerPython(release: str) -> Path | None:
     return None
 
 
-MISSING = ("Slicer's Python layer ({release}) is not available: set MEDSEGUNET_SLICER_GIT to a clone of Slicer/Slicer, or put its "
-           "Base/Python/slicer files in ../shared/tools/slicer-python/{release}/slicer/ (see Testing/slicer/upstream/README.md)")
+MISSING = (
+    "Slicer's Python layer ({release}) is not available: set MEDSEGUNET_SLICER_GIT to a clone of Slicer/Slicer, or put its "
+    "Base/Python/slicer files in ../shared/tools/slicer-python/{release}/slicer/ (see Testing/slicer/upstream/README.md)"
+)

@@ -21,8 +21,17 @@ from PyQt5 import QtCore, QtGui, QtWidgets
 from .pythonqt import markCpp
 
 API_PATH = Path(__file__).resolve().parents[2] / "data" / "slicer-gui-api.json"
-QT_TYPES = {"bool": bool, "int": int, "double": float, "QString": str, "QStringList": "QStringList", "QIcon": QtGui.QIcon, "QVariant": "QVariant",
-            "uint": int, "unsigned int": int}
+QT_TYPES = {
+    "bool": bool,
+    "int": int,
+    "double": float,
+    "QString": str,
+    "QStringList": "QStringList",
+    "QIcon": QtGui.QIcon,
+    "QVariant": "QVariant",
+    "uint": int,
+    "unsigned int": int,
+}
 DEFAULTS = {bool: False, int: 0, float: 0.0, str: "", "QStringList": []}
 
 
@@ -60,8 +69,16 @@ class MRMLWidgetBehaviour(SlicerWidgetBehaviour):
 class NodeComboBoxBehaviour:
     """qMRMLNodeComboBox: the current node among the scene's nodes of ``nodeTypes``; follows removals."""
 
-    DEFAULTS = {"noneEnabled": False, "addEnabled": True, "removeEnabled": True, "renameEnabled": False, "editEnabled": False,
-                "showChildNodeTypes": True, "selectNodeUponCreation": True, "noneDisplay": "None"}
+    DEFAULTS = {
+        "noneEnabled": False,
+        "addEnabled": True,
+        "removeEnabled": True,
+        "renameEnabled": False,
+        "editEnabled": False,
+        "showChildNodeTypes": True,
+        "selectNodeUponCreation": True,
+        "noneDisplay": "None",
+    }
 
     def setMRMLScene(self, scene) -> None:
         old = getattr(self, "_scene", None)
@@ -166,7 +183,10 @@ class PathLineEditBehaviour:
         key = self._standinValues.get("settingKey")
         if key and self._get_currentPath():
             history = QtCore.QSettings().value(key, []) or []
-            history = [self._get_currentPath(), *[p for p in ([history] if isinstance(history, str) else history) if p != self._get_currentPath()]]
+            history = [
+                self._get_currentPath(),
+                *[p for p in ([history] if isinstance(history, str) else history) if p != self._get_currentPath()],
+            ]
             QtCore.QSettings().setValue(key, history[:5])
 
 
@@ -295,15 +315,34 @@ class ApplicationBehaviour:
         raise AttributeError(f"qSlicerApplication has no attribute named '{name}'")
 
 
-QT_APPLICATION_MEMBERS = {"applicationName", "organizationName", "setOverrideCursor", "restoreOverrideCursor", "translate", "topLevelWidgets",
-                          "keyboardModifiers", "clipboard", "activeWindow", "style", "font", "palette", "instance"}
+QT_APPLICATION_MEMBERS = {
+    "applicationName",
+    "organizationName",
+    "setOverrideCursor",
+    "restoreOverrideCursor",
+    "translate",
+    "topLevelWidgets",
+    "keyboardModifiers",
+    "clipboard",
+    "activeWindow",
+    "style",
+    "font",
+    "palette",
+    "instance",
+}
 
 BEHAVIOUR = {
-    "qMRMLWidget": MRMLWidgetBehaviour, "qSlicerWidget": SlicerWidgetBehaviour, "qMRMLNodeComboBox": NodeComboBoxBehaviour,
-    "ctkPathLineEdit": PathLineEditBehaviour, "ctkCollapsibleButton": CollapsibleButtonBehaviour,
-    "qSlicerScriptedLoadableModuleWidget": ModuleWidgetBehaviour, "qSlicerScriptedLoadableModule": ModuleBehaviour,
-    "qSlicerModuleManager": ModuleManagerBehaviour, "qSlicerCoreCommandOptions": CommandOptionsBehaviour,
-    "qSlicerLayoutManager": LayoutManagerBehaviour, "qSlicerApplication": ApplicationBehaviour,
+    "qMRMLWidget": MRMLWidgetBehaviour,
+    "qSlicerWidget": SlicerWidgetBehaviour,
+    "qMRMLNodeComboBox": NodeComboBoxBehaviour,
+    "ctkPathLineEdit": PathLineEditBehaviour,
+    "ctkCollapsibleButton": CollapsibleButtonBehaviour,
+    "qSlicerScriptedLoadableModuleWidget": ModuleWidgetBehaviour,
+    "qSlicerScriptedLoadableModule": ModuleBehaviour,
+    "qSlicerModuleManager": ModuleManagerBehaviour,
+    "qSlicerCoreCommandOptions": CommandOptionsBehaviour,
+    "qSlicerLayoutManager": LayoutManagerBehaviour,
+    "qSlicerApplication": ApplicationBehaviour,
 }
 # Methods the behaviour classes may define beyond the header: Qt virtual overrides and helpers.
 PRIVATE_OK = {"paintEvent", "DEFAULTS"}
@@ -409,7 +448,11 @@ def standInClasses(version: str) -> dict[str, type]:
         bases = (behaviour, base) if behaviour is not None else (base,)
         cls = markCpp(type(className, bases, namespace))
         for name in _names(info["slots"]) | _names(info["invokables"]) | _names(info.get("decorators", [])):
-            if not any(name in vars(c) for c in cls.__mro__ if c not in (QtCore.QObject, QtWidgets.QWidget) and not c.__module__.startswith("PyQt5")):
+            if not any(
+                name in vars(c)
+                for c in cls.__mro__
+                if c not in (QtCore.QObject, QtWidgets.QWidget) and not c.__module__.startswith("PyQt5")
+            ):
                 setattr(cls, name, _stub(className, name, info["header"]))
         original = cls.__init__
 

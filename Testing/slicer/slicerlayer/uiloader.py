@@ -77,7 +77,7 @@ def _setProperty(obj, element) -> None:
         return
     if isinstance(obj, QtWidgets.QLayout) and name in LAYOUT_MARGINS:  # Designer's pseudo-properties (QFormBuilder)
         margins = obj.contentsMargins()
-        getattr(margins, "set" + name[0].upper() + name[1:-len("Margin")])(value)
+        getattr(margins, "set" + name[0].upper() + name[1 : -len("Margin")])(value)
         obj.setContentsMargins(margins)
         return
     metaObject = obj.metaObject()
@@ -141,13 +141,21 @@ class QUiLoader:
         else:
             orientation = content.find("property[@name='orientation']/enum").text
             vertical = orientation.endswith("Vertical")
-            item = QtWidgets.QSpacerItem(0, 0, QtWidgets.QSizePolicy.Minimum if vertical else QtWidgets.QSizePolicy.Expanding,
-                                         QtWidgets.QSizePolicy.Expanding if vertical else QtWidgets.QSizePolicy.Minimum)
+            item = QtWidgets.QSpacerItem(
+                0,
+                0,
+                QtWidgets.QSizePolicy.Minimum if vertical else QtWidgets.QSizePolicy.Expanding,
+                QtWidgets.QSizePolicy.Expanding if vertical else QtWidgets.QSizePolicy.Minimum,
+            )
         add = {"widget": "addWidget", "layout": "addLayout", "spacer": "addItem"}[content.tag]
         if isinstance(layout, QtWidgets.QFormLayout):
             row, column = int(element.get("row")), int(element.get("column"))
             span = element.get("colspan") == "2"
-            role = QtWidgets.QFormLayout.SpanningRole if span else (QtWidgets.QFormLayout.LabelRole if column == 0 else QtWidgets.QFormLayout.FieldRole)
+            role = (
+                QtWidgets.QFormLayout.SpanningRole
+                if span
+                else (QtWidgets.QFormLayout.LabelRole if column == 0 else QtWidgets.QFormLayout.FieldRole)
+            )
             if content.tag == "layout":
                 layout.setLayout(row, role, item)
             elif content.tag == "spacer":
@@ -155,7 +163,9 @@ class QUiLoader:
             else:
                 layout.setWidget(row, role, item)
         elif isinstance(layout, QtWidgets.QGridLayout):
-            getattr(layout, add)(item, int(element.get("row")), int(element.get("column")), int(element.get("rowspan", 1)), int(element.get("colspan", 1)))
+            getattr(layout, add)(
+                item, int(element.get("row")), int(element.get("column")), int(element.get("rowspan", 1)), int(element.get("colspan", 1))
+            )
         else:
             getattr(layout, add)(item)
 

@@ -54,10 +54,24 @@ SLICER_HEADERS = {
 # PythonQt decorators: methods that Slicer adds to its classes for Python (``static_<Class>_<name>``
 # is a static method of Class; ``<name>(Class* self, ...)`` a method of Class).
 SLICER_DECORATORS = ("Base/QTCore/qSlicerBaseQTCorePythonQtDecorators.h", "Base/QTGUI/qSlicerBaseQTGUIPythonQtDecorators.h")
-CTK_HEADERS = {name: f"Libs/Widgets/{name}.h" for name in (
-    "ctkCollapsibleButton", "ctkPathLineEdit", "ctkDirectoryButton", "ctkRangeWidget", "ctkSliderWidget", "ctkCheckBox", "ctkComboBox",
-    "ctkDoubleRangeSlider", "ctkDoubleSlider", "ctkDoubleSpinBox", "ctkCheckablePushButton", "ctkColorPickerButton", "ctkPushButton",
-)}
+CTK_HEADERS = {
+    name: f"Libs/Widgets/{name}.h"
+    for name in (
+        "ctkCollapsibleButton",
+        "ctkPathLineEdit",
+        "ctkDirectoryButton",
+        "ctkRangeWidget",
+        "ctkSliderWidget",
+        "ctkCheckBox",
+        "ctkComboBox",
+        "ctkDoubleRangeSlider",
+        "ctkDoubleSlider",
+        "ctkDoubleSpinBox",
+        "ctkCheckablePushButton",
+        "ctkColorPickerButton",
+        "ctkPushButton",
+    )
+}
 
 
 def gitShow(gitDir: str, revision: str, path: str) -> str | None:
@@ -97,11 +111,16 @@ def pythonAPI(slicerGit: str) -> dict:
     wanted = calledNames()
     result = {}
     for version, revision in TAGS.items():
-        commit = subprocess.run(["git", "--git-dir", slicerGit, "rev-parse", revision], capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "--git-dir", slicerGit, "rev-parse", revision], capture_output=True, text=True, check=True
+        ).stdout.strip()
         util = signatures(gitShow(slicerGit, revision, "Base/Python/slicer/util.py"))
         packaging = gitShow(slicerGit, revision, "Base/Python/slicer/packaging.py")
-        result[version] = {"commit": commit, "slicer.util": {name: value for name, value in util.items() if name in wanted},
-                           "slicer.packaging": {name: value for name, value in signatures(packaging).items() if name in wanted} if packaging else None}
+        result[version] = {
+            "commit": commit,
+            "slicer.util": {name: value for name, value in util.items() if name in wanted},
+            "slicer.packaging": {name: value for name, value in signatures(packaging).items() if name in wanted} if packaging else None,
+        }
     return result
 
 
@@ -118,7 +137,11 @@ def normalizeType(text: str) -> str:
     text = text.split("=")[0].strip()
     text = re.sub(r"\bconst\b", "", text).replace("&", " ").strip()
     tokens = re.findall(r"[A-Za-z_][A-Za-z0-9_:<>,]*|\*+", text)
-    if len(tokens) > 1 and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tokens[-1]) and tokens[-2] not in ("unsigned", "signed", "long", "short"):
+    if (
+        len(tokens) > 1
+        and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tokens[-1])
+        and tokens[-2] not in ("unsigned", "signed", "long", "short")
+    ):
         tokens = tokens[:-1]  # the parameter's name
     typeText = ""
     for token in tokens:
@@ -151,7 +174,9 @@ def _signatures(name: str, parameterText: str) -> list[str]:
     return [f"{name}({','.join(t for t, _ in parameters[:count])})" for count in range(len(parameters), required - 1, -1)]
 
 
-DECLARATION = re.compile(r"(?:Q_INVOKABLE\s+)?(?:virtual\s+|static\s+|inline\s+|explicit\s+)*[\w:<>,\s\*&]*?\b(\w+)\s*\(([^()]*(?:\([^()]*\)[^()]*)*)\)\s*(?:const)?\s*(?:override)?\s*(?:=\s*0)?\s*[;{]")
+DECLARATION = re.compile(
+    r"(?:Q_INVOKABLE\s+)?(?:virtual\s+|static\s+|inline\s+|explicit\s+)*[\w:<>,\s\*&]*?\b(\w+)\s*\(([^()]*(?:\([^()]*\)[^()]*)*)\)\s*(?:const)?\s*(?:override)?\s*(?:=\s*0)?\s*[;{]"
+)
 
 
 def parseHeader(text: str, className: str) -> dict:
@@ -166,7 +191,7 @@ def parseHeader(text: str, className: str) -> dict:
         depth += {"{": 1, "}": -1}.get(text[end], 0)
         if depth == 0:
             break
-    body = text[start + 1:end]
+    body = text[start + 1 : end]
     properties = {}
     for prop in re.finditer(r"Q_PROPERTY\(\s*([\w:<>\*\s]+?)\s+(\w+)\s+READ\s+\w+([^)]*)\)", body):
         properties[prop.group(2)] = [normalizeType(prop.group(1) + " x"), "WRITE" in prop.group(3)]
@@ -205,8 +230,14 @@ def parseHeader(text: str, className: str) -> dict:
                 slots += found
             elif section == "public" and "Q_INVOKABLE" in declaration.group(0):
                 invokables += found
-    return {"base": match.group(1), "properties": properties, "enums": enums, "signals": sorted(set(signals)), "slots": sorted(set(slots)),
-            "invokables": sorted(set(invokables))}
+    return {
+        "base": match.group(1),
+        "properties": properties,
+        "enums": enums,
+        "signals": sorted(set(signals)),
+        "slots": sorted(set(slots)),
+        "invokables": sorted(set(invokables)),
+    }
 
 
 def decoratorMethods(text: str) -> dict[str, list[str]]:
@@ -249,8 +280,11 @@ def guiAPI(slicerGit: str, ctkGit: str) -> dict:
             text = gitShow(ctkGit, ctk, path)
             if text is not None:
                 classes[className] = {"header": path, **parseHeader(text, className)}
-        result[version] = {"slicer": subprocess.run(["git", "--git-dir", slicerGit, "rev-parse", revision], capture_output=True, text=True).stdout.strip(),
-                           "ctk": ctk, "classes": classes}
+        result[version] = {
+            "slicer": subprocess.run(["git", "--git-dir", slicerGit, "rev-parse", revision], capture_output=True, text=True).stdout.strip(),
+            "ctk": ctk,
+            "classes": classes,
+        }
     return result
 
 
@@ -262,13 +296,19 @@ def main() -> None:
     data = REPO_ROOT / "Testing" / "data"
     signaturesPath = data / "slicer-api-signatures.json"
     old = json.loads(signaturesPath.read_text())
-    old["description"] = ("Signatures (parameter names only) of the functions of Slicer's Base/Python/slicer/util.py and packaging.py at the "
-                          "releases named and main, read by Testing/slicer/upstream/extract_api.py; PyTorchUtilsLogic from fepegar/SlicerPyTorch.")
+    old["description"] = (
+        "Signatures (parameter names only) of the functions of Slicer's Base/Python/slicer/util.py and packaging.py at the "
+        "releases named and main, read by Testing/slicer/upstream/extract_api.py; PyTorchUtilsLogic from fepegar/SlicerPyTorch."
+    )
     old["slicer"] = pythonAPI(args.slicer_git)
     signaturesPath.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
-    gui = {"description": "What PythonQt exposes of the CTK, qMRML and Slicer application classes the module reaches, read from their headers by "
-                          "Testing/slicer/upstream/extract_api.py: base class, Q_PROPERTYs (type, writable), signals, public slots and Q_INVOKABLE "
-                          "methods (moc-normalised signatures).", "releases": guiAPI(args.slicer_git, args.ctk_git)}
+    gui = {
+        "description": "What PythonQt exposes of the CTK, qMRML and Slicer application classes the module reaches, read from their headers "
+        "by "
+        "Testing/slicer/upstream/extract_api.py: base class, Q_PROPERTYs (type, writable), signals, public slots and Q_INVOKABLE "
+        "methods (moc-normalised signatures).",
+        "releases": guiAPI(args.slicer_git, args.ctk_git),
+    }
     (data / "slicer-gui-api.json").write_text(json.dumps(gui, indent=1, sort_keys=True) + "\n")
 
 
