@@ -32,6 +32,7 @@ LIB_MODULES = (
     "engine.settings",
     "engine.errors",
     "engine.terminology",
+    "engine.cardview",
     "engine.request",
     "engine.paths",
     "engine.archives",

@@ -13,6 +13,7 @@ import hashlib
 import http.server
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,14 @@ PROSTATEX = SHARED_DATA / "prostatex"
 PROSTATE_SERIES = ("4-t2tsetra", "3-t2tsesag", "5-t2tsecor")
 # Exact ROI of ProstateX-0000 on the axial T2 (inclusive IJK), checked by brute force over every voxel.
 PROSTATEX_0000_ROI = ((125, 154, 0), (261, 243, 18))
+
+
+def medsegunetCommand() -> list[str]:
+    """The ``medsegunet`` command of the Python running the tests: its console script (as a user runs
+    it) when installed beside this interpreter, else ``python -m MedSegUNetLib.cli``; never another
+    environment's ``medsegunet`` found first on PATH."""
+    script = Path(sys.executable).with_name("medsegunet")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "MedSegUNetLib.cli"]
 
 
 def requireSharedData(*parts: str) -> Path:
@@ -312,7 +321,7 @@ def a_checkout(tmp_path) -> Path:
 
 def runBlock(block: str, folder: Path, environment: dict | None = None) -> subprocess.CompletedProcess:
     """Run a documentation example as written, by ``bash -e`` in ``folder``, with stderr a log."""
-    prelude = "" if shutil.which("medsegunet") else f'medsegunet() {{ "{sys.executable}" -m MedSegUNetLib.cli "$@"; }}\n'
+    prelude = f'medsegunet() {{ {" ".join(shlex.quote(part) for part in medsegunetCommand())} "$@"; }}\n'
     return subprocess.run(
         ["bash", "-e", "-c", prelude + block],
         cwd=folder,

@@ -12,13 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROSTATEX_0000_ROI, requireSharedData, smallObliquePhantom
+from conftest import PROSTATEX_0000_ROI, medsegunetCommand, requireSharedData, smallObliquePhantom
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine import geometry
 from MedSegUNetLib.engine.volumes import readVolume
@@ -28,8 +27,7 @@ LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
 
 def command() -> list[str]:
-    executable = shutil.which("medsegunet")
-    return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+    return medsegunetCommand()
 
 
 def runProcess(*arguments: str) -> subprocess.CompletedProcess:

@@ -15,14 +15,13 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import requireSharedData, smallObliquePhantom
+from conftest import medsegunetCommand, requireSharedData, smallObliquePhantom
 from MedSegUNetLib import cli
 from MedSegUNetLib.engine.modelcard import saveModel
 from MedSegUNetLib.models import phantoms
@@ -31,8 +30,7 @@ LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
 
 def command() -> list[str]:
-    executable = shutil.which("medsegunet")
-    return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+    return medsegunetCommand()
 
 
 def checksums(folder) -> dict[str, str]:

@@ -19,15 +19,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import REPO_ROOT, slowThresholdModel
+from conftest import REPO_ROOT, medsegunetCommand, slowThresholdModel
 from MedSegUNetLib.engine.modelcard import readCard
 
 LABELS = [(1, "bright", (1.0, 0.0, 0.0))]
 
 
 def command() -> list[str]:
-    executable = shutil.which("medsegunet")
-    return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+    return medsegunetCommand()
 
 
 def noiseVolume(path: Path, size=(48, 40, 24)) -> Path:
@@ -59,7 +58,7 @@ def oneLine(done: subprocess.CompletedProcess, expected: str, code: int = 2) -> 
 def test_a_normalisation_that_overflows_float32_is_refused_naming_its_step(tmp_path, a_threshold_model, steps, expected):
     model = tmp_path / "model.pt"
     shutil.copy(a_threshold_model((0.5,), LABELS), model)
-    card = readCard(model)
+    card = readCard(model).toJSON()
     card.update(schema="medsegunet.model/3", normalization=steps)
     (tmp_path / "model.pt.json").write_text(json.dumps(card))
     noiseVolume(tmp_path / "t1.nrrd")

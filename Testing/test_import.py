@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import pkgutil
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 import MedSegUNetLib
+from conftest import medsegunetCommand
 
 # The widget is the module's Qt code (it runs in Slicer only); the static tests read it.
 QT_MODULES = {"slicer.widget"}
@@ -61,8 +61,7 @@ def test_module_imports_without_heavy_packages(module):
 
 
 def helpCommand() -> list[str]:
-    executable = shutil.which("medsegunet")
-    return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+    return medsegunetCommand()
 
 
 def test_help_loads_nothing_heavy():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics as pystats
 import subprocess
 import sys
@@ -151,8 +150,8 @@ def main() -> int:
         # 1. Whole processes.
         for name, extra in (("roi", ["--roi-from", paths[1], paths[2]]), ("whole", ["--no-roi"])):
             # The installed console script, as a user runs it.
-            executable = shutil.which("medsegunet") or ""
-            launcher = [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+            script = Path(sys.executable).with_name("medsegunet")
+            launcher = [str(script)] if script.exists() else [sys.executable, "-m", "MedSegUNetLib.cli"]
             # INPUT before --roi-from: that option takes one or more values and would swallow it.
             segment = [
                 *launcher,

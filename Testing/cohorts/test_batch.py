@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import PROSTATEX_0000_ROI, requireSharedData, slowThresholdModel
+from conftest import PROSTATEX_0000_ROI, medsegunetCommand, requireSharedData, slowThresholdModel
 from MedSegUNetLib import cli
 from MedSegUNetLib.cohorts.cases import casesFromSource, dryRunTable
 from MedSegUNetLib.cohorts.seriesmatch import SeriesCandidate, matchSeries, words
@@ -37,8 +37,7 @@ LABELS = [(1, "bright", (1.0, 1.0, 0.0))]
 
 
 def command() -> list[str]:
-    executable = shutil.which("medsegunet")
-    return [executable] if executable else [sys.executable, "-m", "MedSegUNetLib.cli"]
+    return medsegunetCommand()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,7 +53,12 @@ def test_a_curated_name_imports_only_what_it_needs(tmp_path):
             tmp_path,
         )
     )
-    assert loaded == ["MedSegUNetLib.engine.errors", "MedSegUNetLib.engine.request", "MedSegUNetLib.engine.settings"]
+    assert loaded == [
+        "MedSegUNetLib.engine.cardview",
+        "MedSegUNetLib.engine.errors",
+        "MedSegUNetLib.engine.request",
+        "MedSegUNetLib.engine.settings",
+    ]
 
 
 def test_an_unknown_name_is_an_attribute_error():

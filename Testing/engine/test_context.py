@@ -89,7 +89,7 @@ def test_context_from_the_card_and_the_command_line(capsys, tmp_path, context_ca
     sitk.WriteImage(context_case["half"], str(tmp_path / "half.nrrd"))
     loaded = modelcard.loadModel(context_case["model"], "cpu")
     whole = sitk.GetArrayFromImage(pipeline.segmentImages([context_case["image"]], loaded, useROI=False).labelmap)
-    card = modelcard.readCard(context_case["model"])
+    card = modelcard.readCard(context_case["model"]).toJSON()
     card["roi"] = {"context_mm": 6.0}
     (tmp_path / "mean.pt").write_bytes(open(context_case["model"], "rb").read())
     (tmp_path / "mean.pt.json").write_text(json.dumps(card))

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.cardview import cardView
 from ..engine.errors import CohortError
 from ..engine.volumes import DicomSeries, readHeader
 
@@ -95,11 +96,9 @@ class SeriesMatch:
 
 def rolesOfCard(card: dict) -> list[Role]:
     """The card's inputs (``match`` words, else the name) then its ``roi.from_series`` entries."""
-    roles = [
-        Role("input", spec["name"], tuple(w for term in (spec.get("match") or [spec["name"]]) for w in words(term)))
-        for spec in card["inputs"]
-    ]
-    for entry in (card.get("roi") or {}).get("from_series") or []:
+    card = cardView(card)
+    roles = [Role("input", spec.name, tuple(w for term in (spec.match or [spec.name]) for w in words(term))) for spec in card.inputs]
+    for entry in card.roi.fromSeries:
         roles.append(Role("roi", entry, words(entry)))
     return roles
 

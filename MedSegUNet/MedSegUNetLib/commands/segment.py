@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from ..engine.cardview import cardView
 from ..engine.errors import UsageError
 from ..engine.request import SegmentationRequest
 from ..engine.settings import DEVICES
@@ -161,7 +162,7 @@ def checkCardROI(card: dict, hasROISeries: bool, noROI: bool) -> None:
     Raises:
         MedSegUNetError: the card names ``roi.from_series`` and neither was given.
     """
-    series = (card.get("roi") or {}).get("from_series") or []
+    series = cardView(card).roi.fromSeries
     if series and not hasROISeries and not noROI:
         names = " and ".join(f"the {name} series" for name in series)
         raise UsageError(
@@ -172,11 +173,11 @@ def checkCardROI(card: dict, hasROISeries: bool, noROI: bool) -> None:
 
 def warnAboutContext(card: dict, margin: float | None, context: float | None, console) -> None:
     """One warning line when --margin or --context differ from what the model was trained with."""
-    roi = card.get("roi") or {}
-    for option, given, trained in (("--margin", margin, roi.get("margin_mm", 0.0)), ("--context", context, roi.get("context_mm", 0.0))):
-        if given is not None and abs(float(given) - float(trained or 0.0)) > 1e-9:
+    roi = cardView(card).roi
+    for option, given, trained in (("--margin", margin, roi.marginMM), ("--context", context, roi.contextMM)):
+        if given is not None and abs(float(given) - trained) > 1e-9:
             console.warn(
-                f"{option} {given:g} mm differs from the {float(trained or 0.0):g} mm this model was trained with: results may be worse "
+                f"{option} {given:g} mm differs from the {trained:g} mm this model was trained with: results may be worse "
                 "(the model sheet says why)"
             )
 
@@ -192,10 +193,10 @@ def runSegment(args, console) -> int:
     progress = pipeline.ProgressReporter(console)
     progress.stage(pipeline.Stage.LOADING)
     card = modelcard.readCard(args.model)
-    if len(args.inputs) != len(card["inputs"]):
-        expected = ", ".join(i["name"] for i in card["inputs"])
+    if len(args.inputs) != len(card.inputs):
+        expected = ", ".join(card.inputNames)
         raise UsageError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them "
+            f"Model '{card.name}' takes {len(card.inputs)} input volume(s) ({expected}) but {len(args.inputs)} were given: pass them "
             "in that order."
         )
     checkCardROI(card, bool(args.roi_from), args.no_roi)

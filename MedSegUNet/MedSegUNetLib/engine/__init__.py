@@ -4,7 +4,8 @@
 - ``geometry``: the exact multi-series ROI (IJK ↔ LPS/RAS, half-spaces).
 - ``preprocessing``, ``inference``, ``pipeline``: the model grid, the network, back onto the reference.
 - ``statistics``, ``outputs``, ``dicomseg``: tables, segmentation files, DICOM SEG.
-- ``modelcard``: the card (schema, validation), loading TorchScript models, devices; ``terminology``:
+- ``modelcard``: the card (schema, validation), loading TorchScript models, devices; ``cardview``: the
+  card as a read-only, typed view with every default; ``terminology``:
   a label's DICOM codes in slicerio's and Slicer's forms.
 - ``request``: one segmentation request; ``writer``: the one output step; ``preview``: the pictures;
   ``settings``: environment, devices, resources.
@@ -34,6 +35,7 @@ API = {
     "ProgressCallback": "request",
     "readVolume": "volumes",
     "readCard": "modelcard",
+    "ModelCard": "cardview",
     "loadModel": "modelcard",
     "LoadedModel": "modelcard",
     "segmentImages": "pipeline",
@@ -52,6 +54,7 @@ API = {
 }
 
 MODULES = [
+    "cardview",
     "dicomseg",
     "errors",
     "geometry",

@@ -113,7 +113,7 @@ def loadCompiledModel(
             record = buildPackage(loaded, folder, progress)
         if not record["faster"]:
             warn(
-                f"AOTInductor's build of '{loaded.card['name']}' is not faster on this machine ({record['speedup']:.2f}× the uncompiled "
+                f"AOTInductor's build of '{loaded.card.name}' is not faster on this machine ({record['speedup']:.2f}× the uncompiled "
                 "speed): running it uncompiled"
             )
             return loaded
@@ -169,7 +169,7 @@ def buildPackage(loaded: LoadedModel, folder: Path, progress=None) -> dict:
     from .exportedmodel import exampleInput, exportNetwork
 
     if progress is not None:
-        progress(0.0, f"Compiling '{loaded.card['name']}' with AOTInductor (once for this machine and torch)")
+        progress(0.0, f"Compiling '{loaded.card.name}' with AOTInductor (once for this machine and torch)")
     sample = exampleInput(loaded.card).to(loaded.device)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
@@ -177,14 +177,14 @@ def buildPackage(loaded: LoadedModel, folder: Path, progress=None) -> dict:
         try:
             # The windows of a patch or grid card all have its size (MONAI pads smaller volumes up):
             # compiled for that size, Inductor lowers what symbolic sizes can make it refuse.
-            fixed = bool(loaded.card.get("patch_size") or (loaded.card.get("grid") or {}).get("shape"))
+            fixed = bool(loaded.card.window.patchSize or loaded.card.grid.shape)
             program = exportNetwork(loaded.network, sample, dynamicSpatial=not fixed)
             package = torch._inductor.aoti_compile_and_package(program, package_path=str(staging / "model.pt2"))
             runner = loadPackage(Path(package), loaded.device)
         except MedSegUNetError:
             raise
         except Exception as error:  # compilers, lowering and loading fail in many ways
-            raise ModelFileError(f"AOTInductor could not compile '{loaded.card['name']}' ({firstLine(str(error))[:140]}).") from None
+            raise ModelFileError(f"AOTInductor could not compile '{loaded.card.name}' ({firstLine(str(error))[:140]}).") from None
         record = checkAndTime(loaded, runner, sample)
         from .paths import sha256
 
@@ -201,7 +201,7 @@ def buildPackage(loaded: LoadedModel, folder: Path, progress=None) -> dict:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if progress is not None:
-        progress(1.0, f"Compiled '{loaded.card['name']}' ({record['speedup']:.2f}× the uncompiled speed)")
+        progress(1.0, f"Compiled '{loaded.card.name}' ({record['speedup']:.2f}× the uncompiled speed)")
     return record
 
 
@@ -214,13 +214,13 @@ def checkAndTime(loaded: LoadedModel, runner, sample) -> dict:
         expected, got = _first(loaded.network(sample)), _first(runner(sample))
         if tuple(got.shape) != tuple(expected.shape):
             raise ModelFileError(
-                f"AOTInductor's build of '{loaded.card['name']}' gives shape {tuple(got.shape)} instead of {tuple(expected.shape)}."
+                f"AOTInductor's build of '{loaded.card.name}' gives shape {tuple(got.shape)} instead of {tuple(expected.shape)}."
             )
         difference = float((got.float() - expected.float()).abs().max())
         scale = float(expected.max() - expected.min()) or 1.0
         if not difference <= RELATIVE_TOLERANCE * scale:
             raise ModelFileError(
-                f"AOTInductor's build of '{loaded.card['name']}' differs from the model by {difference:.3g} (output range {scale:.3g})."
+                f"AOTInductor's build of '{loaded.card.name}' differs from the model by {difference:.3g} (output range {scale:.3g})."
             )
         times: dict[str, list[float]] = {"program": [], "package": []}
         for _ in range(TIMED_CALLS):

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .cardview import cardView
 from .errors import DependencyError, OutputError, VolumeError
 from .paths import splitSeriesSelector
 from .volumes import DicomSeries, selectDicomSeries
@@ -47,7 +48,7 @@ def segmentDescriptions(card: dict) -> list:
     from pydicom.sr.codedict import codes
 
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=card["name"][:64], family=codes.cid7162.ArtificialIntelligence, version=str(card.get("version") or "unknown")[:64]
+        name=cardView(card).name[:64], family=codes.cid7162.ArtificialIntelligence, version=str(cardView(card).version or "unknown")[:64]
     )
     descriptions = []
     for number, label in enumerate(card["labels"], start=1):
@@ -108,10 +109,10 @@ def buildSegmentation(series: DicomSeries, labelmap: sitk.Image, card: dict, reg
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="MedSegUNet",
-        manufacturer_model_name=card["name"][:64],
+        manufacturer_model_name=cardView(card).name[:64],
         software_versions=f"medsegunet {__version__}",
         device_serial_number="0",
-        series_description=f"{card['name']} (MedSegUNet)"[:64],
+        series_description=f"{cardView(card).name} (MedSegUNet)"[:64],
         omit_empty_frames=False,
     )
 

@@ -29,6 +29,7 @@ import json
 import re
 import zipfile
 
+from .cardview import cardView
 from .errors import MedSegUNetError, ModelFileError
 
 PT2_FORMAT = b"pt2"
@@ -477,12 +478,13 @@ def exampleInput(card: dict, localizer: bool = False):
     card's input channels; 64 per axis for a whole-ROI card."""
     import torch
 
-    dims = int(card["spatial_dims"])
+    card = cardView(card)
+    dims = card.spatialDims
     if localizer:
-        spatial, channels = card["localizer"]["grid"]["shape"], 1
+        spatial, channels = card.localizer["grid"]["shape"], 1
     else:
-        spatial = (card.get("grid") or {}).get("shape") or card.get("patch_size") or [64] * dims
-        channels = len(card["inputs"])
+        spatial = card.grid.shape or card.window.patchSize or [64] * dims
+        channels = len(card.inputs)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(1, channels, *[int(size) for size in spatial][-dims:], generator=generator)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .cardview import cardView
 from .errors import (
     MEMORY_REMEDY,
     MedSegUNetError,
@@ -42,11 +43,10 @@ def windowSize(card: dict, spatialShape: Sequence[int]) -> list[int]:
     A card without ``patch_size`` runs the whole ROI in one window, padded to a multiple of
     ``size_divisible`` (16 by default) so that a U-Net's poolings line up.
     """
-    dims = card["spatial_dims"]
-    patch = card.get("patch_size")
-    if patch:
-        return [int(p) for p in patch]
-    return _roundUp(list(spatialShape)[:dims], int(card.get("size_divisible", 16)))
+    window = cardView(card).window
+    if window.patchSize:
+        return list(window.patchSize)
+    return _roundUp(list(spatialShape)[: cardView(card).spatialDims], window.sizeDivisible)
 
 
 def _windowCount(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
@@ -84,10 +84,11 @@ def estimateMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int
         activations for one batch of windows (:data:`MIN_FEATURES_PER_VOXEL`).
     """
     voxels = int(np.prod([int(v) for v in spatialShape], dtype=np.int64))
-    channelsIn = len(card["inputs"])
+    card = cardView(card)
+    channelsIn = len(card.inputs)
     channelsOut = outputChannels(card)
     windowVoxels = int(np.prod([int(v) for v in window], dtype=np.int64))
-    batch = int(card.get("sw_batch_size", 4))
+    batch = card.window.batchSize
     figures = {
         "input": 4 * channelsIn * voxels,
         "output": 4 * (channelsOut + 1) * voxels,
@@ -123,13 +124,14 @@ def checkMemory(card: dict, spatialShape: Sequence[int], window: Sequence[int], 
     available = availableMemory(device)
     if available is None:
         return
+    card = cardView(card)
     figures = estimateMemory(card, spatialShape, window)
     if figures["total"] > available:
         gib = 1024**3
         raise OutOfMemoryError(
-            f"Model '{card['name']}' needs at least {figures['total'] / gib:.1f} GiB on {device} for this ROI "
+            f"Model '{card.name}' needs at least {figures['total'] / gib:.1f} GiB on {device} for this ROI "
             f"(input {figures['input'] / gib:.1f}, output {figures['output'] / gib:.1f}, network ≥ {figures['network'] / gib:.1f} GiB for "
-            f"{card.get('sw_batch_size', 4)} window(s) of {list(window)}) but {available / gib:.1f} GiB are free",
+            f"{card.window.batchSize} window(s) of {list(window)}) but {available / gib:.1f} GiB are free",
             MEMORY_REMEDY,
         )
 
@@ -139,9 +141,10 @@ def activate(logits, card: dict):
     network already activated (``probabilities``) is returned as it is."""
     import torch
 
-    if card["output"] == "probabilities":
+    output = cardView(card).output
+    if output == "probabilities":
         return logits
-    return torch.softmax(logits, dim=1) if card["output"] == "softmax" else torch.sigmoid(logits)
+    return torch.softmax(logits, dim=1) if output == "softmax" else torch.sigmoid(logits)
 
 
 # How far outside 0–1 an activated output may stray (float16 rounding on CUDA) before it is refused.
@@ -172,8 +175,7 @@ class _Predictor:
         self.expectedChannels = outputChannels(loaded.card)
 
     def _fail(self, what: str, advice: str) -> MedSegUNetError:
-        card = self.loaded.card
-        return ModelFileError(f"Model '{card['name']}' ({os.path.basename(self.loaded.path)}) {what}: {advice}.")
+        return ModelFileError(f"Model '{self.loaded.card.name}' ({os.path.basename(self.loaded.path)}) {what}: {advice}.")
 
     def check(self, batch, logits):
         """The network's output as a tensor, or a one-line error saying how it differs from the card."""
@@ -192,7 +194,7 @@ class _Predictor:
         card = self.loaded.card
         expected = (int(batch.shape[0]), self.expectedChannels, *[int(v) for v in batch.shape[2:]])
         if tuple(int(v) for v in logits.shape) != expected:
-            detail = f"{card['output']}, {len(card['labels'])} labels"
+            detail = f"{card.output}, {len(card.labels)} labels"
             raise self._fail(
                 f"returned shape {tuple(int(v) for v in logits.shape)} for input {tuple(int(v) for v in batch.shape)} where the card needs "
                 f"{expected} ({detail})",
@@ -202,7 +204,7 @@ class _Predictor:
         low, high = (float(value) for value in torch.aminmax(logits.float()))
         if not (math.isfinite(low) and math.isfinite(high)):
             raise self._fail("returned NaN or infinite values", "check the model's weights and the card's normalization")
-        if card["output"] == "probabilities":
+        if card.output == "probabilities":
             if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
                 raise self._fail(
                     f"returned values from {low:.3g} to {high:.3g} where the card says probabilities (0 to 1)",
@@ -236,7 +238,7 @@ class _Predictor:
         if self.progressCallback is not None:
             self.progressCallback(min(self.done / self.batches, 1.0), f"Inference: batch {self.done} of {self.batches}")
         # Blended as the card says: probabilities (activated per window) or logits (activated after).
-        return logits if self.loaded.card.get("blend") == "logits" else activate(logits, self.loaded.card)
+        return logits if self.loaded.card.window.blend == "logits" else activate(logits, self.loaded.card)
 
 
 # Set when a network call was left running on its thread: the process must then end without the
@@ -334,10 +336,11 @@ def usesMONAI(card: dict) -> bool:
     smoothing, or a per-slice z-score (whole-array windows and the other steps need none of it)."""
     from .modelcard import normalizationSteps
 
-    smoothing = (card.get("postprocessing") or {}).get("logit_smoothing_sigma")
+    card = cardView(card)
+    smoothing = card.postprocessing.get("logit_smoothing_sigma")
     return bool(
-        card["spatial_dims"] == 2
-        or card.get("patch_size")
+        card.spatialDims == 2
+        or card.window.patchSize
         or smoothing
         or any(step.get("type") == "zscore_slice" for step in normalizationSteps(card))
     )
@@ -349,19 +352,20 @@ def chooseInferer(card: dict, spatial: Sequence[int], window: Sequence[int], bat
     Returns:
         (number of windows, the inferer: ``inferer(tensor, predictor)``).
     """
-    overlap = float(card.get("overlap", 0.25))
-    if card["spatial_dims"] == 2:
+    card = cardView(card)
+    overlap = card.window.overlap
+    if card.spatialDims == 2:
         from monai.inferers import SliceInferer
 
         if min(spatial[:2]) == 1 and spatial[2] > 1:
             raise VolumeError(
-                f"2D model '{card['name']}' runs on slices along K, but this volume has one voxel along "
+                f"2D model '{card.name}' runs on slices along K, but this volume has one voxel along "
                 f"{'IJ'[list(spatial).index(1)]} (shape {tuple(spatial)}): re-orient it (card 'orientation') or use a 3D model."
             )
         return spatial[2], SliceInferer(
             roi_size=window, sw_batch_size=batchSize, spatial_dim=2, overlap=overlap, mode="gaussian", progress=False
         )
-    if not card.get("patch_size"):
+    if not card.window.patchSize:
         # One window covers the whole array (a whole-ROI or fixed-grid card): MONAI's inferer would
         # weight it by a Gaussian and divide that out again; the network is called once instead.
         return 1, wholeArrayInferer(window)
@@ -395,18 +399,15 @@ def predictProbabilities(
 
     card = loaded.card
     channels, *spatial = array.shape
-    if channels != len(card["inputs"]):
-        raise VolumeError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input(s) ({', '.join(i['name'] for i in card['inputs'])}) but got "
-            f"{channels}."
-        )
+    if channels != len(card.inputs):
+        raise VolumeError(f"Model '{card.name}' takes {len(card.inputs)} input(s) ({', '.join(card.inputNames)}) but got {channels}.")
     window = windowSize(card, spatial)
-    batchSize = int(card.get("sw_batch_size", 4))
+    batchSize = card.window.batchSize
     windows, inferer = chooseInferer(card, spatial, window, batchSize)
     checkMemory(card, spatial, window, loaded.device)
     # Test-time augmentation: the same inference on every flip of the model's axes, flipped back
     # and averaged (in the space the card blends in). 2D models flip in-plane only.
-    flips = flipCombinations(int(card["spatial_dims"])) if card.get("tta") == "flips" else [()]
+    flips = flipCombinations(card.spatialDims) if card.window.tta == "flips" else [()]
     predictor = _Predictor(loaded, int(math.ceil(windows / batchSize)) * len(flips), progressCallback, cancelEvent)
     try:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None].to(loaded.device)
@@ -419,8 +420,8 @@ def predictProbabilities(
                 output = torch.flip(output, axes) if axes else output
                 total = output if total is None else total.add_(output)
             blended = total / len(flips) if len(flips) > 1 else total
-            if card.get("blend") == "logits":
-                sigma = float((card.get("postprocessing") or {}).get("logit_smoothing_sigma") or 0.0)
+            if card.window.blend == "logits":
+                sigma = float(card.postprocessing.get("logit_smoothing_sigma") or 0.0)
                 if sigma > 0:
                     blended = smoothLogits(blended, sigma)
                 blended = activate(blended, card)

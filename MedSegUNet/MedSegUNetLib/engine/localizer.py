@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, preprocessing
+from .cardview import cardView
 from .errors import VolumeError
 from .modelcard import LoadedModel
 from .postprocessing import cleanMask
@@ -24,9 +25,9 @@ from .postprocessing import cleanMask
 def localizerModel(loaded: LoadedModel) -> LoadedModel:
     """The localiser as a model of its own: its network with a card for the inferer (one whole-grid
     window, the localiser's output kind and channel count)."""
-    card, spec = loaded.card, loaded.card["localizer"]
+    card, spec = loaded.card, loaded.card.localizer
     localizerCard = {
-        "name": f"{card['name']} (localiser)",
+        "name": f"{card.name} (localiser)",
         "spatial_dims": 3,
         "inputs": card["inputs"],
         "labels": [],
@@ -36,7 +37,7 @@ def localizerModel(loaded: LoadedModel) -> LoadedModel:
         "patch_size": None,
         "overlap": 0.0,
         "sw_batch_size": 1,
-        "size_divisible": int(card.get("size_divisible", 16)),
+        "size_divisible": card.window.sizeDivisible,
     }
     return LoadedModel(path=loaded.path, card=localizerCard, network=loaded.localizer, device=loaded.device)
 
@@ -44,9 +45,10 @@ def localizerModel(loaded: LoadedModel) -> LoadedModel:
 def localizerGrid(reference: sitk.Image, roi: geometry.RegionOfInterest, card: dict) -> sitk.Image:
     """The localiser's grid: its ``grid.shape`` over the ROI's voxel-edge box, in its orientation
     (the card's when the localiser names none)."""
-    spec = card["localizer"]
+    card = cardView(card)
+    spec = card.localizer
     roiGrid = geometry.cropToROI(preprocessing.emptyLike(reference), roi)
-    return preprocessing.modelGrid(roiGrid, None, spec.get("orientation") or card.get("orientation"), spec["grid"]["shape"])
+    return preprocessing.modelGrid(roiGrid, None, spec.get("orientation") or card.grid.orientation, spec["grid"]["shape"])
 
 
 def findRegion(
@@ -74,7 +76,7 @@ def findRegion(
     """
     from .inference import predictProbabilities
 
-    spec = loaded.card["localizer"]
+    spec = loaded.card.localizer
     grid = localizerGrid(images[0], roi, loaded.card)
     array = preprocessing.prepareInputs(
         images, grid, spec["normalization"], "zero", spec["grid"].get("interpolation", "linear"), volumeStatistics
@@ -87,10 +89,10 @@ def findRegion(
     bounds = geometry.boundingBox(mask)
     if bounds is None:
         raise VolumeError(
-            f"The localiser of '{loaded.card['name']}' found no region in the input: check that the volume is what the model expects "
-            f"({', '.join(i['name'] for i in loaded.card['inputs'])}), or run without the model's localiser by choosing another model."
+            f"The localiser of '{loaded.card.name}' found no region in the input: check that the volume is what the model expects "
+            f"({', '.join(loaded.card.inputNames)}), or run without the model's localiser by choosing another model."
         )
-    return boxGeometry(grid, *bounds, float(spec["margin_fraction"]), f"{loaded.card['name']} localiser box")
+    return boxGeometry(grid, *bounds, float(spec["margin_fraction"]), f"{loaded.card.name} localiser box")
 
 
 def largestComponent(mask: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cardview import DEFAULTS, LOCALIZER_DEFAULTS, ModelCard, cardView
 from .errors import CardError, DeviceError, FileError, ModelFileError, OutputError, firstLine, unavailableDevice
 from .exportedmodel import CARD_BYTES_LIMIT, isExportedArchive, loadCheckedPrograms
 from .graphsafety import loadCheckedTorchScript
@@ -44,27 +45,7 @@ SCHEMA_ID = "medsegunet.model/3"
 VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
 # What version 3 added (published pipelines): grid shapes, a localiser, activated outputs, steps.
 VERSION_3_FIELDS = ("grid", "localizer", "activation")
-LOCALIZER_DEFAULTS: dict[str, Any] = {
-    "orientation": None,
-    "normalization": {"type": "none"},
-    "output": "probabilities",
-    "channels": 2,
-    "channel": 1,
-    "threshold": 0.5,
-    "largest_component": True,
-    "margin_fraction": 0.0,
-}
 SCHEMA_PATH = Path(__file__).with_name("modelcard.schema.json")
-
-DEFAULTS: dict[str, Any] = {
-    "threshold": 0.5,
-    "spacing": None,
-    "orientation": None,
-    "normalization": {"type": "zscore", "nonzero": True},
-    "patch_size": None,
-    "overlap": 0.25,
-    "sw_batch_size": 4,
-}
 
 
 def loadSchema() -> dict:
@@ -91,7 +72,7 @@ def schemaErrors(card: Any, useJsonschema: bool | None = None, schema: dict | No
     return [("/".join(str(p) for p in error.absolute_path), error.message) for error in errors]
 
 
-def validateCard(card: Any, source: str = "model card") -> dict:
+def validateCard(card: Any, source: str = "model card") -> ModelCard:
     """Check a card against the schema and the rules a schema cannot say; fill in defaults.
 
     Args:
@@ -99,7 +80,7 @@ def validateCard(card: Any, source: str = "model card") -> dict:
         source: where it came from, for messages.
 
     Returns:
-        a new dict with every optional field present.
+        a :class:`cardview.ModelCard`: the JSON with every optional field present, read-only, with typed views.
 
     Raises:
         MedSegUNetError: one line naming the first problem and the field.
@@ -131,7 +112,7 @@ def validateCard(card: Any, source: str = "model card") -> dict:
         full["spacing"] = None
     _checkPipeline(full, source)
     _checkRanges(full, source)
-    return full
+    return ModelCard(full)
 
 
 def _checkVersion(card: dict, source: str) -> None:
@@ -242,11 +223,10 @@ def _checkRanges(card: dict, source: str) -> None:
             raise CardError(
                 f"Invalid {source}: label '{label['name']}' qc.volume_ml [{volume[0]:g}, {volume[1]:g}] is not a range (min above max)."
             )
-    patch = card.get("patch_size")
-    if patch is not None and math.prod(patch) * card.get("sw_batch_size", 1) > MAX_WINDOW_VOXELS:
+    patch, batch = card["patch_size"], card["sw_batch_size"]  # filled in by validateCard
+    if patch is not None and math.prod(patch) * batch > MAX_WINDOW_VOXELS:
         raise CardError(
-            f"Invalid {source}: patch_size {patch} × sw_batch_size {card.get('sw_batch_size', 1)} is "
-            f"{math.prod(patch) * card.get('sw_batch_size', 1):,} voxels per batch, "
+            f"Invalid {source}: patch_size {patch} × sw_batch_size {batch} is {math.prod(patch) * batch:,} voxels per batch, "
             f"above the {MAX_WINDOW_VOXELS:,} a window batch may have: use a smaller window."
         )
 
@@ -293,8 +273,9 @@ def cardSummary(card: dict) -> str:
     return "\n".join(lines)
 
 
-def readCard(path: str | os.PathLike) -> dict:
-    """The validated card of a model file, without loading the network weights.
+def readCard(path: str | os.PathLike) -> ModelCard:
+    """The validated card of a model file (read-only, typed: :class:`cardview.ModelCard`), without
+    loading the network weights.
 
     The sidecar ``PATH.json`` wins over the embedded card.
 
@@ -310,11 +291,11 @@ def readCard(path: str | os.PathLike) -> dict:
     key = _fileKey(path)
     with _CACHE_LOCK:
         if key in _CARDS:
-            return copy.deepcopy(_CARDS[key])
+            return _CARDS[key]  # read-only: every caller may share it
     card = _readCardFile(path)
     with _CACHE_LOCK:
         _CARDS.clear()  # one model's card at a time: the cache only spares re-validating it within a run
-        _CARDS[key] = copy.deepcopy(card)
+        _CARDS[key] = card
     return card
 
 
@@ -326,7 +307,7 @@ def _fileKey(path: str) -> tuple:
     return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns, sidecarStat and (sidecarStat.st_size, sidecarStat.st_mtime_ns))
 
 
-def _readCardFile(path: str) -> dict:
+def _readCardFile(path: str) -> ModelCard:
     """The validated card of a model file (sidecar first), read and checked now."""
     sidecar = path + ".json"
     if os.path.isfile(sidecar):
@@ -381,7 +362,7 @@ class LoadedModel:
     """A TorchScript network on its device, with its card (and its localiser network, if the card has one)."""
 
     path: str
-    card: dict
+    card: ModelCard
     network: Any
     device: Any
     localizer: Any = None
@@ -390,9 +371,12 @@ class LoadedModel:
     # Why --compile runs this model uncompiled, where a batch worker could not load the driver's package.
     compileFallback: str | None = None
 
+    def __post_init__(self) -> None:
+        self.card = cardView(self.card)
+
     @property
     def spatialDims(self) -> int:
-        return int(self.card["spatial_dims"])
+        return self.card.spatialDims
 
 
 _CACHE: dict[tuple, LoadedModel] = {}
@@ -530,7 +514,6 @@ __all__ = [
     "MAX_GRID_VOXELS",
     "SCHEMA_ID",
     "SCHEMA_PATH",
-    "DEFAULTS",
     "loadSchema",
     "schemaErrors",
     "validateCard",

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, modelcard, preprocessing
+from .cardview import cardView
 from .errors import ProcessingCancelled, VolumeError
 from .inference import predictProbabilities
 from .modelcard import LoadedModel
@@ -201,7 +202,8 @@ def probabilitiesToLabels(
         (uint8 KJI label map on the ROI grid, bool ``L, K, J, I`` region masks in card order or
         None for softmax cards).
     """
-    values = [int(label["value"]) for label in card["labels"]]
+    card = cardView(card)
+    values = [label.value for label in card.labels]
     # The usual card keeps the reference's grid: the probabilities are then read in place (a KJI
     # view of the IJK array), without an image copy per class. Otherwise each class is resampled
     # onto the ROI grid's voxels stored in the model grid's axis order (SimpleITK then walks both
@@ -220,7 +222,7 @@ def probabilitiesToLabels(
         # Background and one class sum to 1 (and resampling is linear): the class wins where it is
         # above 0.5, so the background channel need not be brought back (half the work).
         channelValues, best = [None, values[0]], np.full(shape, 0.5, dtype=np.float32)
-    names = {int(label["value"]): label["name"] for label in card["labels"]}
+    names = {label.value: label.name for label in card.labels}
     resampled = [value for value in channelValues if value is not None]
     for index, value in enumerate(channelValues):
         if value is None:
@@ -238,7 +240,7 @@ def probabilitiesToLabels(
             best[better] = channelArray[better]
             labels[better] = value
         else:
-            regions[index] = channelArray >= float(card.get("threshold", 0.5))
+            regions[index] = channelArray >= card.threshold
             labels[regions[index]] = value
         if keep is not None:
             # Always a copy: the view of a class image dies with the image (next class), and an
@@ -297,10 +299,11 @@ def prepareImages(
     """
     progress = progress or ProgressReporter()
     names = list(names or [f"input{index + 1}" for index in range(len(images))])
-    if len(images) != len(card["inputs"]):
-        expected = ", ".join(i["name"] for i in card["inputs"])
+    card = cardView(card)
+    if len(images) != len(card.inputs):
+        expected = ", ".join(card.inputNames)
         raise VolumeError(
-            f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(images)} were given: pass them in "
+            f"Model '{card.name}' takes {len(card.inputs)} input volume(s) ({expected}) but {len(images)} were given: pass them in "
             "that order."
         )
     progress.stage(Stage.ROI)
@@ -312,7 +315,7 @@ def prepareImages(
     from .request import SegmentationRequest
 
     context = SegmentationRequest(contextMM=contextMM).context(card)
-    if card.get("localizer"):
+    if card.localizer:
         # The localiser's network runs with the model (segmentPrepared); only the series' ROI is known yet.
         roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)
         progress.endStage()
@@ -338,12 +341,10 @@ def prepareGrid(
     networkGrid = geometry.cropToROI(preprocessing.emptyLike(reference), networkROI) if context > 0 else roiGrid
 
     progress.stage(Stage.RESAMPLING)
-    gridSpec = card.get("grid") or {}
-    grid = preprocessing.modelGrid(networkGrid, card.get("spacing"), card.get("orientation"), gridSpec.get("shape"))
-    padding = (card.get("roi") or {}).get("padding", "zero")
-    array = preprocessing.prepareInputs(
-        images, grid, card["normalization"], padding, gridSpec.get("interpolation", "linear"), volumeStatistics
-    )
+    card = cardView(card)
+    spec = card.grid
+    grid = preprocessing.modelGrid(networkGrid, spec.spacing, spec.orientation, spec.shape)
+    array = preprocessing.prepareInputs(images, grid, card["normalization"], card.roi.padding, spec.interpolation, volumeStatistics)
     progress.endStage()
     return PreparedInputs(reference=reference, roi=roi, roiGrid=roiGrid, grid=grid, array=array, networkROI=networkROI, contextMM=context)
 

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .cardview import cardView
+
 
 def postprocessLabels(
     labels: np.ndarray, regions: np.ndarray | None, card: dict, spacing: Sequence[float]
@@ -31,11 +33,12 @@ def postprocessLabels(
         regions: bool ``L, K, J, I`` regions (sigmoid) or None.
         spacing: the ROI grid's spacing (i, j, k), mm.
     """
-    steps = card.get("postprocessing") or {}
+    card = cardView(card)
+    steps = card.postprocessing
     largest, fill, smallest = steps.get("largest_component"), bool(steps.get("fill_holes")), float(steps.get("min_component_mm3") or 0.0)
     if not (largest or fill or smallest):
         return labels, regions
-    values = [int(label["value"]) for label in card["labels"]]
+    values = [label.value for label in card.labels]
     chosen = values if largest is True else [int(v) for v in (largest or [])]
     # RemoveSmallObjects' rule: components of fewer voxels than the volume over a voxel's are removed.
     smallestVoxels = int(math.ceil(smallest / float(np.prod(spacing)) - 1e-9)) if smallest else 0

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .cardview import cardView
+
 
 def boxOnSlice(cornersRAS: np.ndarray, image: sitk.Image, k: float) -> np.ndarray:
     """Where an oriented box cuts the plane ``index k`` of a series, as a polygon in (i, j) index units.
@@ -55,7 +57,7 @@ def _drawLabels(axis, masks: Sequence[np.ndarray], card: dict, aspect: float) ->
     as outlines, so an inner region never hides an outer one."""
     if not masks:
         return
-    if card.get("output") == "sigmoid":
+    if cardView(card).output == "sigmoid":
         for mask, label in zip(masks, card["labels"]):
             if mask.any():
                 axis.contour(mask.astype(np.float32), levels=[0.5], colors=[tuple(label["color"])], linewidths=1.5)
@@ -199,7 +201,7 @@ def writeOverview(
         _drawSeriesPanel(axis, name, volume, reference, masks, card, corners)
     handles = [plt.Rectangle((0, 0), 1, 1, color=label["color"]) for label in card["labels"]]
     figure.legend(handles, [label["name"] for label in card["labels"]], loc="lower center", ncol=len(handles), fontsize=9)
-    figure.suptitle(f"{case}: {card['name']} (dashed: the ROI's edge)", fontsize=10)
+    figure.suptitle(f"{case}: {cardView(card).name} (dashed: the ROI's edge)", fontsize=10)
     try:
         figure.savefig(path, dpi=OVERVIEW_DPI, format="png")
     finally:

@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
 
+from .cardview import cardView
 from .errors import UsageError
 from .settings import DEVICES
 
@@ -74,11 +75,11 @@ class SegmentationRequest:
 
     def margin(self, card: dict) -> float:
         """The ROI margin in mm: the request's, else the card's ``roi.margin_mm``, else 0."""
-        return float(self.marginMM if self.marginMM is not None else (card.get("roi") or {}).get("margin_mm", 0.0))
+        return float(self.marginMM if self.marginMM is not None else cardView(card).roi.marginMM)
 
     def context(self, card: dict) -> float:
         """The context in mm: the request's, else the card's ``roi.context_mm``, else 0."""
-        return float(self.contextMM if self.contextMM is not None else (card.get("roi") or {}).get("context_mm", 0.0))
+        return float(self.contextMM if self.contextMM is not None else cardView(card).roi.contextMM)
 
     def pipelineOptions(self, card: dict) -> dict:
         """The keyword arguments of :func:`pipeline.segmentImages` this request gives."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the pipeline (and torch's, MONAI's helpers) is imported whe
     import numpy as np
 
     from .pipeline import SegmentationResult
+from .cardview import cardView
 
 STATISTICS_SCHEMA = "medsegunet.statistics/1"
 
@@ -66,7 +67,7 @@ def runReport(
     """
     from . import statistics
 
-    inputNames = [spec["name"] for spec in card["inputs"]]
+    inputNames = cardView(card).inputNames
     report = statistics.computeStatistics(result.labelmap, card, dict(zip(inputNames, images)), referenceMasks, result.regions)
     notes = [
         f"{segment['name']}: {segment['qc']} (the card's quality range): check the result"
@@ -109,8 +110,8 @@ def statisticsDocument(
         "network_region": result.networkROI.toDict() if getattr(result, "networkROI", None) is not None else None,
         "model": {
             "path": os.path.abspath(modelPath),
-            "name": card["name"],
-            "version": card.get("version"),
+            "name": cardView(card).name,
+            "version": cardView(card).version,
             "sha256": modelSHA256,
             "card": card,
         },
@@ -145,7 +146,7 @@ def writeResults(
     from .outputs import stageProbabilities, stageSegmentation
     from .staging import StagedOutputs, imageVerifier, textVerifier, writeImageFile, writeTextFile
 
-    inputNames = [spec["name"] for spec in card["inputs"]]
+    inputNames = cardView(card).inputNames
     with StagedOutputs() as staged:
         if plan.segmentation and plan.dicomSeries:
             from .dicomseg import stageDicomSegmentation

@@ -48,10 +48,11 @@ def eagerNetwork(card: dict, source: str):
 def checkSizes(card: dict) -> list[list[int]]:
     """Three input sizes ``N, C, *spatial`` for the comparison: the patch, larger by the network's
     divisor on every axis, and smaller by it (at least one divisor)."""
+    from ..engine.cardview import cardView
     from ..engine.exportedmodel import exampleInput
 
     patch = list(exampleInput(card).shape)
-    divisor = int(card.get("size_divisible") or 16)
+    divisor = cardView(card).window.sizeDivisible
     larger = patch[:2] + [size + divisor for size in patch[2:]]
     smaller = patch[:2] + [max(divisor, size - divisor) for size in patch[2:]]
     return [patch, larger, smaller]

@@ -220,7 +220,7 @@ def importAuto3DSeg(
     reportStep(progress, ImportStage.VERIFYING, f"the eager network on a {tuple(patch)} patch")
     verified = verifyAgainstEager(network, scripted, card, patch, "the labels (check --labels)")
     arguments = networkArguments(config.get("network"), f"'{source}': config key 'network'", config)
-    card["provenance"] = provenance("auto3dseg", source, sha256(source), network, verified, notes, origin, arguments)
+    card = card.replaced(provenance=provenance("auto3dseg", source, sha256(source), network, verified, notes, origin, arguments))
     reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card
@@ -438,7 +438,7 @@ def importBundle(source: str, output: str, origin: str | None = None, format: st
     reportStep(progress, ImportStage.VERIFYING, f"the eager network on a {tuple(card['patch_size'])} patch")
     verified = verifyAgainstEager(network, scripted, card, card["patch_size"], "its metadata's channel names")
     arguments = networkArguments(config.get("network_def"), f"the bundle '{source}': network_def", config)
-    card["provenance"] = provenance("monai-bundle", source, sha256(weights), network, verified, [], origin, arguments)
+    card = card.replaced(provenance=provenance("monai-bundle", source, sha256(weights), network, verified, [], origin, arguments))
     reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card

@@ -418,9 +418,8 @@ def importONNX(source: str, cardPath: str, output: str, origin: str | None = Non
             "fix the card."
         )
     verified = compareOutputs(expected, got, list(sample.shape), f"onnxruntime {onnxruntime.__version__}")
-    card["provenance"] = provenance(
-        "onnx", source, sha256(source), network, verified, notes, origin, networkArguments(spec, "the card's network")
-    )
+    arguments = networkArguments(spec, "the card's network")
+    card = card.replaced(provenance=provenance("onnx", source, sha256(source), network, verified, notes, origin, arguments))
     reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(network if format == "pt2" else scripted, card, output, format=format)
     return card

@@ -126,9 +126,10 @@ def importTorchScript(
             (localizerSample, answer(localizer, localizerSample, int(spec["channels"]), spec["output"] == "probabilities", "localiser"))
         )
     sourceOrigin, localizerOrigin = origin or (None, None)
-    card["provenance"] = provenance("torchscript", source, sha256(source), {"torchscript": network.original_name}, {}, [], sourceOrigin)
+    record = provenance("torchscript", source, sha256(source), {"torchscript": network.original_name}, {}, [], sourceOrigin)
     if localizerPath:
-        card["provenance"].update(localizer=localizerOrigin or os.path.abspath(localizerPath), localizer_sha256=sha256(localizerPath))
+        record.update(localizer=localizerOrigin or os.path.abspath(localizerPath), localizer_sha256=sha256(localizerPath))
+    card = card.replaced(provenance=record)
     with tempfile.TemporaryDirectory(prefix="medsegunet-import-") as folder:
         # The file as it will be written, loaded back and asked the same questions.
         reportStep(progress, ImportStage.WRITING, os.path.basename(output))
@@ -136,9 +137,8 @@ def importTorchScript(
         saveModel(network, card, trial, localizer=localizer)
         reloaded = loadModel(trial, "cpu")
         got = answer(reloaded.network, sample, outputChannels(card), False, "written network")
-        card["provenance"]["verified"] = compareOutputs(
-            expected, got, list(sample.shape), f"the published TorchScript (torch {torch.__version__})"
-        )
+        record["verified"] = compareOutputs(expected, got, list(sample.shape), f"the published TorchScript (torch {torch.__version__})")
+        card = card.replaced(provenance=record)
         if localizer is not None:
             localizerSample, localizerExpected = checks[1]
             gotLocalizer = answer(reloaded.localizer, localizerSample, int(card["localizer"]["channels"]), False, "written localiser")

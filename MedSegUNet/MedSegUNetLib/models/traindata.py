@@ -167,15 +167,15 @@ def prepareCase(case: Case, config: dict) -> dict:
         MedSegUNetError: unreadable volumes, no overlap.
     """
     from ..engine import geometry, pipeline, preprocessing
+    from ..engine.cardview import ROISettings
     from ..engine.volumes import readVolume, readVolumeChannel, volumeName
 
     images = [readVolumeChannel(path, channel) for path, channel in case.inputs]
     names = [f"{case.id}:{i['name']}" for i in config["inputs"]]
     roiImages = [readVolume(path) for path in case.roi]
     roiSettings = config.get("roi") or {}
-    roi = pipeline.resolveROI(
-        images, names, roiImages, [volumeName(p) for p in case.roi], roiSettings.get("use", True), float(roiSettings.get("margin_mm", 0.0))
-    )
+    margin = float(roiSettings.get("margin_mm", ROISettings.marginMM))
+    roi = pipeline.resolveROI(images, names, roiImages, [volumeName(p) for p in case.roi], roiSettings.get("use", True), margin)
     roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)
     grid = preprocessing.modelGrid(roiGrid, config.get("spacing"), config.get("orientation"))
     array = preprocessing.prepareInputs(images, grid, config["normalization"])

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..engine import geometry, pipeline
+from ..engine.cardview import ModelCard
 from ..engine.errors import MedSegUNetError
 from ..engine.request import SegmentationRequest
 
@@ -24,7 +25,7 @@ class SegmentationJob:
     """
 
     request: SegmentationRequest
-    card: dict
+    card: ModelCard
     images: list
     names: list
     inputNames: list

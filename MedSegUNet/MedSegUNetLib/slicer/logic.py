@@ -25,6 +25,7 @@ import threading
 from typing import Callable, Sequence
 
 from ..engine import modelcard, pipeline
+from ..engine.cardview import ModelCard
 from ..engine.errors import SceneError, VolumeError
 from ..engine.request import ProgressCallback, SegmentationRequest
 from ..engine.volumes import checkScalarVolume
@@ -157,7 +158,7 @@ class SegmentationLogic:
             card=card,
             images=images,
             names=[node.GetName() for node in inputVolumes],
-            inputNames=[i["name"] for i in card["inputs"]],
+            inputNames=card.inputNames,
             roiImages=[imageFromVolumeNode(node) for node in roiVolumes],
             roiNames=[node.GetName() for node in roiVolumes],
             progress=progress,
@@ -172,15 +173,15 @@ class SegmentationLogic:
         )
 
     @staticmethod
-    def _readCard(modelPath, inputVolumes: Sequence) -> dict:
+    def _readCard(modelPath, inputVolumes: Sequence) -> ModelCard:
         """The model's card, with as many input volumes as it takes."""
         if not inputVolumes:
             raise VolumeError("No input volume: select the model's input volumes.")
         card = modelcard.readCard(modelPath)
-        if len(inputVolumes) != len(card["inputs"]):
-            expected = ", ".join(i["name"] for i in card["inputs"])
+        if len(inputVolumes) != len(card.inputs):
+            expected = ", ".join(card.inputNames)
             raise VolumeError(
-                f"Model '{card['name']}' takes {len(card['inputs'])} input volume(s) ({expected}) but {len(inputVolumes)} were given: "
+                f"Model '{card.name}' takes {len(card.inputs)} input volume(s) ({expected}) but {len(inputVolumes)} were given: "
                 "select them in that order."
             )
         return card
@@ -198,11 +199,11 @@ class SegmentationLogic:
                 )
 
     @staticmethod
-    def _roiSeries(card: dict, inputVolumes: Sequence, roiVolumes: Sequence, useROI: bool) -> list:
+    def _roiSeries(card: ModelCard, inputVolumes: Sequence, roiVolumes: Sequence, useROI: bool) -> list:
         """The volumes that limit the ROI (inputs aside); refused when the card's ROI needs series and none is given."""
         inputIDs = {node.GetID() for node in inputVolumes}
         roiVolumes = [node for node in roiVolumes if node is not None and node.GetID() not in inputIDs]
-        series = (card.get("roi") or {}).get("from_series") or []
+        series = card.roi.fromSeries
         if series and useROI and not roiVolumes:
             names = " and ".join(f"the {name} series" for name in series)
             raise VolumeError(

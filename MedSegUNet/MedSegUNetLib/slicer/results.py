@@ -71,8 +71,8 @@ class ResultWriter:
         outputs = [node for node in nodes.values() if node is not None]
         for node in outputs:
             self._setAttribute(node, REFERENCE_ATTRIBUTE, reference.GetID(), restore)
-        self._setAttribute(nodes["segmentation"], MODEL_NAME_ATTRIBUTE, job.card["name"], restore)
-        self._setAttribute(nodes["segmentation"], MODEL_VERSION_ATTRIBUTE, str(job.card.get("version") or ""), restore)
+        self._setAttribute(nodes["segmentation"], MODEL_NAME_ATTRIBUTE, job.card.name, restore)
+        self._setAttribute(nodes["segmentation"], MODEL_VERSION_ATTRIBUTE, str(job.card.version or ""), restore)
         self._placeInStudy(reference, outputs, restore)
         return nodes
 
@@ -166,7 +166,7 @@ class ResultWriter:
             segment.SetName(label["name"])
             segment.SetColor(*[float(c) for c in label["color"]])
             segment.SetLabelValue(value)
-            segment.SetTag(SEGMENT_MODEL_TAG, job.card["name"])
+            segment.SetTag(SEGMENT_MODEL_TAG, job.card.name)
             entry = terminology.terminologyEntry(label)
             if entry is not None:
                 segment.SetTag(_terminologyTagName(segment), entry)
@@ -183,7 +183,7 @@ class ResultWriter:
         segments = self.buildSegments(job)
         node = targets["segmentation"]
         if node is None:
-            node = self._newNode("vtkMRMLSegmentationNode", f"{reference.GetName()} {job.card['name']}", created)
+            node = self._newNode("vtkMRMLSegmentationNode", f"{reference.GetName()} {job.card.name}", created)
         else:
             old = slicer.vtkSegmentation()
             old.DeepCopy(node.GetSegmentation())
@@ -212,7 +212,7 @@ class ResultWriter:
             else:  # Slicer < 5.4
                 segmentation.SetMasterRepresentationName(BINARY_LABELMAP)
         for index in reversed(range(segmentation.GetNumberOfSegments())):
-            if _segmentTag(segmentation.GetNthSegment(index), SEGMENT_MODEL_TAG) == job.card["name"]:
+            if _segmentTag(segmentation.GetNthSegment(index), SEGMENT_MODEL_TAG) == job.card.name:
                 segmentation.RemoveSegment(segmentation.GetNthSegmentID(index))
         for wanted, segment in segments:
             segmentID = wanted if segmentation.GetSegment(wanted) is None else segmentation.GenerateUniqueSegmentID(wanted)
