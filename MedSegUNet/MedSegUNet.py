@@ -32,6 +32,7 @@ LIB_MODULES = (
     "engine.settings",
     "engine.errors",
     "engine.terminology",
+    "engine.nnunet",
     "engine.cardview",
     "engine.request",
     "engine.paths",

@@ -29,7 +29,7 @@ def card(**changes) -> dict:
 # [parameters (card change), input shape (—), expected (field named in the one-line error)]
 INVALID_CARDS = [
     pytest.param(dict(drop_labels=None), "(top level)", "'labels' is a required property", id="missing-labels"),
-    pytest.param(dict(schema="medsegunet.model/4"), "schema", "'medsegunet.model/4' is not one of", id="wrong-schema"),
+    pytest.param(dict(schema="medsegunet.model/5"), "schema", "'medsegunet.model/5' is not one of", id="wrong-schema"),
     pytest.param(dict(spatial_dims=4), "spatial_dims", "4 is not one of", id="spatial-dims"),
     pytest.param(dict(inputs=[]), "inputs", "should be non-empty", id="no-inputs"),
     pytest.param(dict(labels=[{"value": 1, "name": "gland", "color": [1.0, 1.5, 0.0]}]), "labels/0/color/1", "1.5", id="colour-range"),
@@ -195,10 +195,9 @@ def test_resolve_device():
 
 def test_schema_file_is_published():
     schema = modelcard.loadSchema()
-    assert (
-        schema["properties"]["schema"]["enum"] == ["medsegunet.model/1", "medsegunet.model/2", modelcard.SCHEMA_ID]
-        and modelcard.SCHEMA_ID == "medsegunet.model/3"
-    )
+    # Cards the exporters write are version 3; version 4 adds the nnU-Net configuration (imports only).
+    assert schema["properties"]["schema"]["enum"] == ["medsegunet.model/1", "medsegunet.model/2", modelcard.SCHEMA_ID, "medsegunet.model/4"]
+    assert modelcard.SCHEMA_ID == "medsegunet.model/3"
     assert set(schema["required"]) >= {"name", "spatial_dims", "inputs", "labels", "output"}
 
 

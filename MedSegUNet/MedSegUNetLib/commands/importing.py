@@ -1,4 +1,5 @@
-"""``medsegunet import``: a network from ONNX, TorchScript, Auto3DSeg or a MONAI bundle, checked, with its card."""
+"""``medsegunet import``: a network from ONNX, TorchScript, Auto3DSeg, a MONAI bundle or an nnU-Net v2 results
+folder, checked, with its card."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ def addParser(subparsers) -> None:
     """Register ``medsegunet import``."""
     parser = subparsers.add_parser(
         "import",
-        help="import an ONNX, TorchScript or Auto3DSeg model or a MONAI bundle as a verified MedSegUNet model",
+        help="import an ONNX, TorchScript or Auto3DSeg model, a MONAI bundle or an nnU-Net v2 results folder as a verified MedSegUNet "
+        "model",
         description="Convert a model from another ecosystem to a TorchScript MedSegUNet model with its card, verified against the source "
         "runtime.",
     )
     parser.add_argument(
         "source",
         metavar="SOURCE",
-        help="an .onnx file, a published TorchScript .pt, an Auto3DSeg checkpoint (.pt) or a MONAI bundle folder",
+        help="an .onnx file, a published TorchScript .pt, an Auto3DSeg checkpoint (.pt), a MONAI bundle folder or an nnU-Net v2 results "
+        "folder (dataset.json, plans.json, fold_N/)",
     )
     parser.add_argument("--output", required=True, metavar="MODEL.pt", help="the model file to write")
     parser.add_argument(
@@ -38,7 +41,38 @@ def addParser(subparsers) -> None:
         default="torchscript",
         help="write TorchScript (default, MODEL.pt) or a torch.export archive (MODEL.pt2; not for a published TorchScript network)",
     )
+    nnunet = parser.add_argument_group("nnU-Net results folders")
+    nnunet.add_argument(
+        "--configuration", metavar="NAME", help="3d_fullres, 3d_lowres, 2d, ... (default: the one the folder is named after)"
+    )
+    nnunet.add_argument(
+        "--folds", nargs="+", metavar="FOLD", help="the folds to average (default: every fold_N present; 'all' for fold_all)"
+    )
+    nnunet.add_argument("--checkpoint", choices=("final", "best"), help="checkpoint_final.pth (default) or checkpoint_best.pth")
+    nnunet.add_argument("--no-tta", action="store_true", help="no test-time mirroring (nnUNetv2_predict --disable_tta)")
     parser.set_defaults(func=run)
+
+
+NNUNET_OPTIONS = ("configuration", "folds", "checkpoint", "no_tta")
+
+
+def runNNUNet(args, console) -> int:
+    from ..models.nnunetimport import importNNUNet
+
+    if args.format == "pt2":
+        raise ModelImportError("An nnU-Net folder is imported as TorchScript: import it without --format pt2.")
+    if args.card or args.labels or args.localizer:
+        raise ModelImportError("An nnU-Net folder carries its own labels and pipeline: import it without --card, --labels or --localizer.")
+    card = importNNUNet(
+        args.source, args.output, args.configuration, args.folds, args.checkpoint or "final", not args.no_tta, progress=console
+    )
+    console.close()
+    record = card["provenance"]["nnunet"]
+    console.line(
+        f"Wrote {args.output}: nnU-Net {record['configuration']}, folds {', '.join(record['folds'])} of {record['trainer']}; the traced "
+        f"folds answer as the eager networks within {card['provenance']['verified']['max_abs_difference']:.2g}"
+    )
+    return 0
 
 
 def run(args, console) -> int:
@@ -49,6 +83,11 @@ def run(args, console) -> int:
         {"--output": args.output}, {"SOURCE": args.source, "--card": args.card, "--labels": args.labels, "--localizer": args.localizer}
     )
     kind = detectFormat(args.source)
+    if kind == "nnunet":
+        return runNNUNet(args, console)
+    given = [f"--{name.replace('_', '-')}" for name in NNUNET_OPTIONS if getattr(args, name)]
+    if given:
+        raise ModelImportError(f"{', '.join(given)} go with an nnU-Net results folder, not with this source.")
     if args.localizer and kind == "auto3dseg":
         from ..models.torchscriptimport import loadScripted
 

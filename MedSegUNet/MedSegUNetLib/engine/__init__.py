@@ -7,6 +7,7 @@
 - ``modelcard``: the card (schema, validation), loading TorchScript models, devices; ``cardview``: the
   card as a read-only, typed view with every default; ``terminology``:
   a label's DICOM codes in slicerio's and Slicer's forms.
+- ``nnunet``: an nnU-Net v2 configuration's prediction, step for step as nnU-Net runs it.
 - ``request``: one segmentation request; ``writer``: the one output step; ``preview``: the pictures;
   ``settings``: environment, devices, resources.
 - ``errors``: typed one-line errors.
@@ -60,6 +61,7 @@ MODULES = [
     "geometry",
     "inference",
     "modelcard",
+    "nnunet",
     "outputs",
     "pipeline",
     "preprocessing",

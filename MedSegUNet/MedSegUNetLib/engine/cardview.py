@@ -305,6 +305,16 @@ class ModelCard(FrozenDict):
     def provenance(self) -> Mapping:
         return self.get("provenance") or FrozenDict()
 
+    @property
+    def nnunet(self):
+        """Schema 4: the nnU-Net configuration as an :class:`nnunet.NNUNetPlan`, or None."""
+        spec = self.get("nnunet")
+        if spec is None:
+            return None
+        from .nnunet import NNUNetPlan
+
+        return NNUNetPlan.fromJSON(spec)
+
 
 def cardView(card: Mapping) -> ModelCard:
     """``card`` as a :class:`ModelCard`: itself when it is one, else a read-only copy (not validated:

@@ -45,6 +45,9 @@ SCHEMA_ID = "medsegunet.model/3"
 VERSION_2_FIELDS = ("blend", "tta", "postprocessing")
 # What version 3 added (published pipelines): grid shapes, a localiser, activated outputs, steps.
 VERSION_3_FIELDS = ("grid", "localizer", "activation")
+# What version 4 added: an nnU-Net v2 configuration run as nnU-Net runs it (engine/nnunet.py). A
+# reader that knew only version 3 would run such a network through the wrong steps: refused there.
+VERSION_4_FIELDS = ("nnunet",)
 SCHEMA_PATH = Path(__file__).with_name("modelcard.schema.json")
 
 
@@ -117,8 +120,9 @@ def validateCard(card: Any, source: str = "model card") -> ModelCard:
 
 def _checkVersion(card: dict, source: str) -> None:
     """A field newer than the card's declared schema means another tool's card: refused, naming it."""
-    version = {"medsegunet.model/1": 1, "medsegunet.model/2": 2}.get(card.get("schema"), 3)
+    version = {"medsegunet.model/1": 1, "medsegunet.model/2": 2, "medsegunet.model/3": 3}.get(card.get("schema"), 4)
     newer = [(name, 2) for name in VERSION_2_FIELDS if name in card] + [(name, 3) for name in VERSION_3_FIELDS if name in card]
+    newer += [(name, 4) for name in VERSION_4_FIELDS if name in card]
     if card.get("output") == "probabilities":
         newer.append(("output", 3))
     if isinstance(card.get("normalization"), list) or any(
@@ -255,6 +259,8 @@ def cardSummary(card: dict) -> str:
             + f" voxels over the ROI ({card['grid'].get('interpolation', 'linear')})"
         )
     normalizationText = " then ".join(step["type"] for step in normalizationSteps(card))
+    if card.get("nnunet"):
+        return _nnunetSummary(card)
     lines = [
         f"{card['name']} ({card['spatial_dims']}D, {card['output']})",
         "Inputs: " + ", ".join(i["name"] for i in card["inputs"]),
@@ -270,6 +276,26 @@ def cardSummary(card: dict) -> str:
         )
     if card.get("description"):
         lines.append(card["description"])
+    return "\n".join(lines)
+
+
+def _nnunetSummary(card: dict) -> str:
+    """:func:`cardSummary` of a schema-4 card: nnU-Net's own steps instead of the model grid's."""
+    spec, record = card["nnunet"], (card.get("provenance") or {}).get("nnunet") or {}
+    mirror = ", ".join(str(axis) for axis in spec.get("mirror_axes") or []) or "none"
+    lines = [
+        f"{card['name']} ({card['spatial_dims']}D, {card['output']})",
+        "Inputs: " + ", ".join(i["name"] for i in card["inputs"]),
+        "Labels: " + ", ".join(f"{label['value']} {label['name']}" for label in card["labels"]),
+        f"nnU-Net pipeline: target spacing {' × '.join(f'{s:.4g}' for s in spec['spacing'])} mm and patch {spec['patch_size']} in "
+        f"array order (axes permuted {spec['transpose_forward']}), {spec['folds']} fold(s) averaged, mirroring axes {mirror}; "
+        "normalisation: " + ", ".join(step["scheme"] for step in spec["normalization"]),
+    ]
+    if record:
+        lines.append(
+            f"nnU-Net: {record.get('dataset')}, {record.get('plans')}, {record.get('configuration')}, {record.get('trainer')}, folds "
+            f"{', '.join(record.get('folds') or [])} ({record.get('checkpoint')} checkpoints)"
+        )
     return "\n".join(lines)
 
 

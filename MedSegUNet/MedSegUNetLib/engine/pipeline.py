@@ -315,6 +315,11 @@ def prepareImages(
     from .request import SegmentationRequest
 
     context = SegmentationRequest(contextMM=contextMM).context(card)
+    if card.get("nnunet") is not None:
+        # nnU-Net prepares the whole reference in its own array space (engine/nnunet.py) when the network runs.
+        roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)
+        progress.endStage()
+        return PreparedInputs(reference=images[0], roi=roi, roiGrid=roiGrid, grid=None, array=None, pendingImages=list(images))
     if card.localizer:
         # The localiser's network runs with the model (segmentPrepared); only the series' ROI is known yet.
         roiGrid = geometry.cropToROI(preprocessing.emptyLike(images[0]), roi)
@@ -377,6 +382,44 @@ def localizePrepared(prepared: PreparedInputs, model: LoadedModel, progress: Pro
     return prepareGrid(images, model.card, located, prepared.contextMM, progress, volumeStatistics)
 
 
+def segmentNNUNet(prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter) -> SegmentationResult:
+    """An nnU-Net model (card schema 4) on the whole reference, as ``nnUNetv2_predict`` runs it
+    (:func:`nnunet.predictCase`); labels outside the ROI are cleared when the ROI is smaller."""
+    from .nnunet import predictCase
+
+    images, reference, roi = prepared.pendingImages, prepared.reference, prepared.roi
+    for image, spec in zip(images[1:], cardView(model.card).inputs[1:]):
+        same = image.GetSize() == reference.GetSize() and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+        same = same and np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+        if not (same and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)):
+            raise VolumeError(
+                f"Input '{spec.name}' is not on the first input's grid, which an nnU-Net model needs (as nnU-Net does): resample it "
+                "onto the first input."
+            )
+    channels = np.stack([sitk.GetArrayFromImage(image).astype(np.float32) for image in images])  # C, K, J, I
+    progress.stage(Stage.INFERENCE)
+
+    def tick(done: int, total: int) -> None:
+        if progress.cancelEvent is not None and progress.cancelEvent.is_set():
+            raise ProcessingCancelled()
+        progress.within(done / total, f"Inference: window {done} of {total}")
+
+    plan = cardView(model.card).nnunet
+    labels, regions = predictCase(channels, list(reversed(reference.GetSpacing())), model.network, plan, tick, model.device)
+    progress.stage(Stage.POSTPROCESSING)
+    inside = np.zeros(labels.shape, dtype=bool)
+    inside[roi.slices()] = True
+    labels[~inside] = 0
+    if regions is not None:
+        regions[:, ~inside] = False
+    labelmap = sitk.GetImageFromArray(labels.astype(np.uint8))
+    labelmap.CopyInformation(reference)
+    progress.endStage()
+    return SegmentationResult(
+        labelmap=labelmap, roi=roi, card=model.card, device=str(model.device), timings=progress.timings, regions=regions
+    )
+
+
 def segmentPrepared(
     prepared: PreparedInputs, model: LoadedModel, progress: ProgressReporter | None = None, keepProbabilities: bool = False
 ) -> SegmentationResult:
@@ -388,6 +431,8 @@ def segmentPrepared(
     """
     progress = progress or ProgressReporter()
     card = model.card
+    if card.get("nnunet") is not None:
+        return segmentNNUNet(prepared, model, progress)
     if prepared.pendingImages is not None:
         prepared = localizePrepared(prepared, model, progress)
     reference, roi = prepared.reference, prepared.roi
@@ -482,6 +527,7 @@ __all__ = [
     "prepareGrid",
     "localizePrepared",
     "segmentPrepared",
+    "segmentNNUNet",
     "compiledSummary",
     "segmentImages",
 ]

@@ -37,13 +37,17 @@ from .verification import ImportStage, provenance, reportStep, verifyAgainstEage
 
 def detectFormat(source: str) -> str:
     """``onnx``, ``torchscript`` (a published TorchScript archive), ``auto3dseg`` (a checkpoint dict
-    with ``config`` and ``state_dict``), or ``bundle``."""
+    with ``config`` and ``state_dict``), ``bundle``, or ``nnunet`` (a results folder)."""
     from .torchscriptimport import isTorchScript
 
     if os.path.isdir(source):
         if os.path.isdir(os.path.join(source, "configs")):
             return "bundle"
-        raise ModelImportError(f"'{source}' is a folder but not a MONAI bundle (no configs/ folder).")
+        if os.path.isfile(os.path.join(source, "plans.json")) or os.path.isfile(os.path.join(source, "dataset.json")):
+            return "nnunet"
+        raise ModelImportError(
+            f"'{source}' is a folder but neither a MONAI bundle (configs/) nor an nnU-Net results folder (dataset.json, plans.json)."
+        )
     if source.lower().endswith(".onnx"):
         return "onnx"
     if source.lower().endswith((".pt", ".pth", ".ckpt")):

