@@ -202,3 +202,18 @@ def test_a_catalog_entry_pulls_an_nnunet_zip_and_imports_it(tmp_path, a_file_ser
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "aniso3d" / "predictions" / "f0" / "aniso3d_006.nii.gz")))
     same, dice = agreement(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz"))), expected)
     assert same >= 0.9995 and min(dice) >= 0.999
+
+
+def test_a_card_that_promises_other_folds_stops_the_run(an_imported_model, tmp_path):
+    model = tmp_path / "model.pt"
+    shutil.copy(an_imported_model, model)
+    card = readCard(an_imported_model).toJSON()
+    card["nnunet"]["folds"] = 3
+    (tmp_path / "model.pt.json").write_text(json.dumps(card))
+    image = FIXTURES / "aniso3d" / "imagesTs" / "aniso3d_006_0000.nii.gz"
+    result = run("segment", "--model", model, image, "--output", tmp_path / "labels.nii.gz")
+    assert result.returncode != 0 and not (tmp_path / "labels.nii.gz").exists()
+    assert errorLines(result.stderr) == [
+        "medsegunet: error: The nnU-Net network answers a [2, 3, 16, 56, 56] window where its card promises 3 fold(s) × 3 channels of "
+        "[16, 56, 56]: the model file and its card do not belong together; import the results folder again."
+    ]

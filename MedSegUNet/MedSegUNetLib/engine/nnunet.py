@@ -283,7 +283,9 @@ def _windows(size: Sequence[int], patch: Sequence[int], step: float) -> list[tup
     ]
 
 
-def slidingWindowLogits(data, network: Callable, plan: NNUNetPlan, progress: Callable | None = None, device=None):
+def slidingWindowLogits(
+    data, network: Callable, plan: NNUNetPlan, progress: Callable | None = None, device=None, expected: tuple[int, int] | None = None
+):
     """Logits over ``data`` (a ``C, *spatial`` float32 tensor), averaged over flips and folds in half precision.
 
     Args:
@@ -292,9 +294,13 @@ def slidingWindowLogits(data, network: Callable, plan: NNUNetPlan, progress: Cal
         plan: patch, mirror axes and step.
         progress: told ``(done, total)`` windows; it may raise to cancel.
         device: where the network runs (the sums stay on the CPU); None: the CPU.
+        expected: the folds and heads the card promises; another answer stops the run.
 
     Returns:
         ``heads, *spatial`` logits (float16, CPU).
+
+    Raises:
+        ModelFileError: the network answers another shape, or values that are not finite.
     """
     import torch
 
@@ -315,6 +321,7 @@ def slidingWindowLogits(data, network: Callable, plan: NNUNetPlan, progress: Cal
             # Each fold's flips summed, then averaged, as nnU-Net does per network.
             prediction += torch.flip(network(torch.flip(x, axes)), [axis + 1 for axis in axes])
         prediction = (prediction / (len(flips) + 1) if flips else prediction)[:, 0].float().cpu()
+        _checkAnswer(prediction, patch, expected)
         if logits is None:
             logits = torch.zeros((prediction.shape[0], prediction.shape[1], *padded.shape[1:]), dtype=torch.half)
         prediction *= gaussian
@@ -331,6 +338,23 @@ def slidingWindowLogits(data, network: Callable, plan: NNUNetPlan, progress: Cal
     if logits.shape[0] > 1:
         folds /= logits.shape[0]
     return folds
+
+
+def _checkAnswer(prediction, patch: Sequence[int], expected: tuple[int, int] | None) -> None:
+    """A window's logits (``F, heads, *patch``) are what the card promises, and finite."""
+    import torch
+
+    from .errors import ModelFileError
+
+    shape = tuple(prediction.shape)
+    if shape[2:] != tuple(patch) or (expected is not None and shape[:2] != tuple(expected)):
+        promised = f"{expected[0]} fold(s) × {expected[1]} channels" if expected is not None else "logits"
+        raise ModelFileError(
+            f"The nnU-Net network answers a {list(shape)} window where its card promises {promised} of {list(patch)}: the model file "
+            "and its card do not belong together; import the results folder again."
+        )
+    if not bool(torch.isfinite(prediction).all()):
+        raise ModelFileError("The nnU-Net network answers values that are not finite (NaN or infinite): the model file is damaged.")
 
 
 def stackedFolds(networks: Sequence[Callable]) -> Callable:
@@ -355,7 +379,13 @@ def labelsFromLogits(logits: np.ndarray, regionsClassOrder: Sequence[int] | None
 
 
 def predictCase(
-    data: np.ndarray, spacing: Sequence[float], network: Callable, plan: NNUNetPlan, progress: Callable | None = None, device=None
+    data: np.ndarray,
+    spacing: Sequence[float],
+    network: Callable,
+    plan: NNUNetPlan,
+    progress: Callable | None = None,
+    device=None,
+    expected: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Labels for one case, as ``nnUNetv2_predict`` writes them.
 
@@ -367,6 +397,7 @@ def predictCase(
         plan: the configuration's prediction settings.
         progress: told ``(done, total)`` windows; it may raise to cancel.
         device: where the network runs.
+        expected: the folds and heads the card promises (:func:`slidingWindowLogits`).
 
     Returns:
         ``K, J, I`` labels (uint8, or uint16 for 255 labels or more) on the input's grid, and for
@@ -386,7 +417,8 @@ def predictCase(
     axis = separateZAxis(spacing, target, plan.forceSeparateZ)
     prepared = resample(normalized, shape, axis, plan.dataOrder, plan.dataOrderZ)
     with torch.inference_mode():
-        logits = slidingWindowLogits(torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32)), network, plan, progress, device)
+        array = torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32))
+        logits = slidingWindowLogits(array, network, plan, progress, device, expected)
     axisBack = separateZAxis(target, spacing, plan.forceSeparateZ)
     logits = resample(logits.numpy(), croppedShape, axisBack, plan.probabilitiesOrder, plan.probabilitiesOrderZ)
     labels, regions = labelsFromLogits(logits, plan.regionsClassOrder)

@@ -388,7 +388,13 @@ def segmentNNUNet(prepared: PreparedInputs, model: LoadedModel, progress: Progre
     from .nnunet import predictCase
 
     images, reference, roi = prepared.pendingImages, prepared.reference, prepared.roi
-    for image, spec in zip(images[1:], cardView(model.card).inputs[1:]):
+    card = cardView(model.card)
+    for image, spec in zip(images, card.inputs):
+        if image.GetNumberOfComponentsPerPixel() != 1:
+            raise VolumeError(
+                f"Input '{spec.name}' has {image.GetNumberOfComponentsPerPixel()} components: give one scalar volume per input."
+            )
+    for image, spec in zip(images[1:], card.inputs[1:]):
         same = image.GetSize() == reference.GetSize() and np.allclose(image.GetSpacing(), reference.GetSpacing(), atol=1e-4)
         same = same and np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-3)
         if not (same and np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)):
@@ -404,8 +410,11 @@ def segmentNNUNet(prepared: PreparedInputs, model: LoadedModel, progress: Progre
             raise ProcessingCancelled()
         progress.within(done / total, f"Inference: window {done} of {total}")
 
-    plan = cardView(model.card).nnunet
-    labels, regions = predictCase(channels, list(reversed(reference.GetSpacing())), model.network, plan, tick, model.device)
+    heads = len(card.labels) + (0 if card["nnunet"].get("regions_class_order") is not None else 1)
+    expected = (int(card["nnunet"]["folds"]), heads)
+    labels, regions = predictCase(
+        channels, list(reversed(reference.GetSpacing())), model.network, card.nnunet, tick, model.device, expected
+    )
     progress.stage(Stage.POSTPROCESSING)
     inside = np.zeros(labels.shape, dtype=bool)
     inside[roi.slices()] = True
