@@ -39,7 +39,7 @@ DATA = REPO_ROOT.parent / "shared" / "data"
 FIXTURE = REPO_ROOT / "Testing" / "data" / "nnunet" / "aniso3d"
 CASES = {
     "prostatex0000": DATA / "prostatex" / "ProstateX-0000" / "4-t2tsetra",
-    "prostatex0001": DATA / "prostatex" / "ProstateX-0001" / "4-t2tsetra",
+    "prostatex0001": DATA / "prostatex" / "ProstateX-0001" / "10-t2tsetra",
     "brain1": DATA / "brain-tumor" / "pyradiomics" / "brain1_image.nrrd",
     "brain2": DATA / "brain-tumor" / "pyradiomics" / "brain2_image.nrrd",
 }

@@ -217,3 +217,21 @@ def test_a_card_that_promises_other_folds_stops_the_run(an_imported_model, tmp_p
         "medsegunet: error: The nnU-Net network answers a [2, 3, 16, 56, 56] window where its card promises 3 fold(s) × 3 channels of "
         "[16, 56, 56]: the model file and its card do not belong together; import the results folder again."
     ]
+
+
+def test_a_cascade_stage_is_refused_and_post_processing_is_noted(tmp_path):
+    folder = tmp_path / resultsFolder("aniso3d").name
+    shutil.copytree(resultsFolder("aniso3d"), folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    refused = run("import", folder, "--configuration", "3d_cascade_fullres", "--output", tmp_path / "cascade.pt")
+    assert errorLines(refused.stderr) == [
+        "medsegunet: error: 3d_cascade_fullres is a cascade stage: it needs 3d_lowres's segmentation as an input, which this import "
+        "does not run; import another configuration (--configuration)."
+    ]
+    (folder.parent / "postprocessing.json").write_text("{}")
+    done = run("import", folder, "--output", tmp_path / "model.pt")
+    assert done.returncode == 0, done.stderr
+    note = "postprocessing.json was not applied (nnUNetv2_predict does not apply it either; nnUNetv2_apply_postprocessing does)"
+    assert f"Note: {note}" in done.stdout.splitlines() and readCard(tmp_path / "model.pt").provenance["notes"] == [note]

@@ -67,6 +67,8 @@ def runNNUNet(args, console) -> int:
         args.source, args.output, args.configuration, args.folds, args.checkpoint or "final", not args.no_tta, progress=console
     )
     console.close()
+    for note in card["provenance"].get("notes", []):
+        console.line(f"Note: {note}")
     record = card["provenance"]["nnunet"]
     console.line(
         f"Wrote {args.output}: nnU-Net {record['configuration']}, folds {', '.join(record['folds'])} of {record['trainer']}; the traced "

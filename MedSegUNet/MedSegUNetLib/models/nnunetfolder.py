@@ -194,7 +194,13 @@ def readFolder(path: str, configuration: str | None = None, folds: list[str] | N
     if configuration not in configurations:
         which = "Say which configuration" if configuration is None else f"The plans have no configuration {configuration!r}"
         raise ModelImportError(f"{which}: choose one of {', '.join(configurations)} (--configuration).")
-    _checkArchitecture(resolvedConfiguration(plans, configuration).get("architecture"), f"plans.json's {configuration}")
+    resolved = resolvedConfiguration(plans, configuration)
+    if resolved.get("previous_stage"):
+        raise ModelImportError(
+            f"{configuration} is a cascade stage: it needs {resolved['previous_stage']}'s segmentation as an input, which this import does "
+            "not run; import another configuration (--configuration)."
+        )
+    _checkArchitecture(resolved.get("architecture"), f"plans.json's {configuration}")
     if checkpoint not in CHECKPOINTS:
         raise ModelImportError(f"Checkpoint {checkpoint!r} is not final or best.")
     present = sorted(name[5:] for name in os.listdir(path) if name.startswith("fold_") and os.path.isdir(os.path.join(path, name)))

@@ -131,6 +131,13 @@ def importNNUNet(
     with torch.inference_mode():
         verified = compareOutputs(expected.numpy(), traced(sample).numpy(), list(plan.patchSize), "the eager networks")
     labels, output_kind = labelsOfFolder(folder)
+    # nnUNetv2_predict does not apply the cross-validation's post-processing either (a separate command
+    # does, from a pickle this import never opens): said, so that nobody expects it.
+    notes = [
+        f"{name} was not applied (nnUNetv2_predict does not apply it either; nnUNetv2_apply_postprocessing does)"
+        for name in ("postprocessing.json", "postprocessing.pkl")
+        if os.path.isfile(os.path.join(source, name)) or os.path.isfile(os.path.join(os.path.dirname(os.path.normpath(source)), name))
+    ]
     plans = folder.plans
     card = {
         "schema": "medsegunet.model/4",
@@ -149,6 +156,7 @@ def importNNUNet(
             "source": origin or os.path.abspath(source),
             "source_sha256": _sha256(folder.checkpoints),
             "tool": "medsegunet import",
+            "notes": notes,
             "nnunet": {
                 "dataset": plans.get("dataset_name"),
                 "plans": plans.get("plans_name"),
