@@ -62,6 +62,8 @@ LIB_MODULES = (
     "models.onnximport",
     "models.torchscriptimport",
     "models.importing",
+    "models.nnunetfolder",
+    "models.nnunetimport",
     "models.trainconfig",
     "models.traindata",
     "models.trainreports",

@@ -287,3 +287,15 @@ def test_the_dna_0_4_that_nnunetv2_brings_reads_the_same(tmp_path):
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["version"] == "0.4.4" and answer["where"].startswith(str(tmp_path / "site"))
     assert answer["identical"] >= 0.9995
+
+
+def test_without_the_networks_package_the_remedy_is_said(monkeypatch):
+    import sys
+
+    folder, states = readCheckpoints(readFolder(resultsFolder("aniso3d"), folds=["0"]))
+    # As in a Slicer or an environment without the [nnunet] extra: the package cannot be imported.
+    for name in [name for name in sys.modules if name.startswith("dynamic_network_architectures")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "dynamic_network_architectures", None)
+    with pytest.raises(ModelImportError, match=r"install 'dynamic_network_architectures>=0.3.1,<0.4' \(pip install -e '.\[nnunet\]'"):
+        buildNetwork(folder, states[0])

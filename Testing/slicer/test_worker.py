@@ -501,3 +501,33 @@ def test_the_module_logic_pulls_without_importing_torch_or_onnx(tmp_path, a_file
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["heavy"] == [] and Path(report["path"]).read_bytes() == body
+
+
+def test_an_nnunet_folder_is_imported_in_the_worker_with_progress(tmp_path, python_slicer):
+    pytest.importorskip("dynamic_network_architectures", reason="the [nnunet] extra is needed")
+    from MedSegUNetLib.engine.modelcard import readCard
+    from MedSegUNetLib.slicer.modulelogic import ModuleLogic
+
+    folder = next((REPO_ROOT / "Testing" / "data" / "nnunet" / "aniso3d" / "results").glob("*/*__*__*"))
+    logic = ModuleLogic(
+        slicer.vtkMRMLScene(),
+        str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"),
+        workerExecutable=python_slicer,
+        cachePath=str(tmp_path / "slicer-cache"),
+        interactive=False,
+        testing=True,
+    )
+    imported = tmp_path / "slicer-cache" / "medsegunet" / "imported"
+    try:
+        # Cancel ends the worker as a catalog pull's does (the same PendingRequest, tested above).
+        progress: list[tuple[float, str]] = []
+        path = logic.importNNUNetModel(str(folder), lambda fraction, message: progress.append((fraction, message)))
+        assert Path(path) == imported / "Dataset901_aniso3d-3d_fullres.pt"
+        assert readCard(path).provenance["nnunet"]["folds"] == ["0", "1"]
+        messages = [message for _, message in progress]
+        steps = ["Reading the nnU-Net results folder", "Building 2 fold(s) of PlainConvUNet and loading its weights"]
+        assert [message for message in messages if message in steps] == steps
+        with pytest.raises(MedSegUNetError, match="has no dataset.json"):
+            logic.importNNUNetModel(str(tmp_path))
+    finally:
+        logic.close()

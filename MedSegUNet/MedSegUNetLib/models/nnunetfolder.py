@@ -342,7 +342,8 @@ def buildNetwork(folder: NNUNetFolder, weights: dict | None = None):
                 kwargs[key] = getattr(importlib.import_module(owner), attribute)
     except ImportError:
         raise ModelImportError(
-            "nnU-Net models need dynamic_network_architectures: pip install -e '.[nnunet]' (or 'dynamic_network_architectures>=0.3.1')."
+            "nnU-Net models need the dynamic_network_architectures package: install 'dynamic_network_architectures>=0.3.1,<0.4' "
+            "(pip install -e '.[nnunet]'; in Slicer, slicer.util.pip_install), or use the 0.4 that nnunetv2 brings."
         ) from None
     try:
         model = network(input_channels=len(folder.channelNames), num_classes=folder.outputChannels, deep_supervision=False, **kwargs)

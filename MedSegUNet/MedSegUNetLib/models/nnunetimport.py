@@ -87,6 +87,52 @@ def _sha256(paths) -> str:
     return digest.hexdigest()
 
 
+def _cardOf(folder: NNUNetFolder, plan, folds: int, tta: bool, checkpoint: str, recordedSource: str, verified: dict) -> dict:
+    """The schema-4 card of an imported folder (its pipeline, labels and provenance)."""
+    source = folder.path
+    labels, output_kind = labelsOfFolder(folder)
+    # nnUNetv2_predict does not apply the cross-validation's post-processing either (a separate command
+    # does, from a pickle this import never opens): said, so that nobody expects it.
+    notes = [
+        f"{name} was not applied (nnUNetv2_predict does not apply it either; nnUNetv2_apply_postprocessing does)"
+        for name in ("postprocessing.json", "postprocessing.pkl")
+        if os.path.isfile(os.path.join(source, name)) or os.path.isfile(os.path.join(os.path.dirname(os.path.normpath(source)), name))
+    ]
+    plans = folder.plans
+    card = {
+        "schema": "medsegunet.model/4",
+        "name": f"{plans.get('dataset_name', 'nnU-Net')} {folder.configuration}",
+        "description": f"nnU-Net v2 {folder.trainer} ({plans.get('plans_name', 'plans')}, {folder.configuration}), folds "
+        f"{', '.join(folder.folds)}{'' if tta else ', no mirroring'}; imported from the results folder.",
+        "spatial_dims": len(plan.patchSize),
+        "inputs": [{"name": name} for name in folder.channelNames],
+        "labels": labels,
+        "output": output_kind,
+        "normalization": {"type": "none"},
+        "patch_size": list(plan.patchSize),
+        "nnunet": plan.toJSON(folds),
+        "provenance": {
+            "format": "nnunet",
+            "source": recordedSource,
+            "source_sha256": _sha256(folder.checkpoints),
+            "tool": "medsegunet import",
+            "notes": notes,
+            "nnunet": {
+                "dataset": plans.get("dataset_name"),
+                "plans": plans.get("plans_name"),
+                "configuration": folder.configuration,
+                "trainer": folder.trainer,
+                "folds": list(folder.folds),
+                "checkpoint": checkpoint,
+                "network": folder.architecture["network_class_name"],
+                "dynamic_network_architectures": _version("dynamic_network_architectures"),
+            },
+            "verified": verified,
+        },
+    }
+    return card
+
+
 def importNNUNet(
     source: str,
     output: str,
@@ -130,46 +176,7 @@ def importNNUNet(
         raise ModelImportError(f"The folds' networks cannot be traced ({str(error).splitlines()[0][:140]}).") from None
     with torch.inference_mode():
         verified = compareOutputs(expected.numpy(), traced(sample).numpy(), list(plan.patchSize), "the eager networks")
-    labels, output_kind = labelsOfFolder(folder)
-    # nnUNetv2_predict does not apply the cross-validation's post-processing either (a separate command
-    # does, from a pickle this import never opens): said, so that nobody expects it.
-    notes = [
-        f"{name} was not applied (nnUNetv2_predict does not apply it either; nnUNetv2_apply_postprocessing does)"
-        for name in ("postprocessing.json", "postprocessing.pkl")
-        if os.path.isfile(os.path.join(source, name)) or os.path.isfile(os.path.join(os.path.dirname(os.path.normpath(source)), name))
-    ]
-    plans = folder.plans
-    card = {
-        "schema": "medsegunet.model/4",
-        "name": f"{plans.get('dataset_name', 'nnU-Net')} {folder.configuration}",
-        "description": f"nnU-Net v2 {folder.trainer} ({plans.get('plans_name', 'plans')}, {folder.configuration}), folds "
-        f"{', '.join(folder.folds)}{'' if tta else ', no mirroring'}; imported from the results folder.",
-        "spatial_dims": len(plan.patchSize),
-        "inputs": [{"name": name} for name in folder.channelNames],
-        "labels": labels,
-        "output": output_kind,
-        "normalization": {"type": "none"},
-        "patch_size": list(plan.patchSize),
-        "nnunet": plan.toJSON(len(states)),
-        "provenance": {
-            "format": "nnunet",
-            "source": origin or os.path.abspath(source),
-            "source_sha256": _sha256(folder.checkpoints),
-            "tool": "medsegunet import",
-            "notes": notes,
-            "nnunet": {
-                "dataset": plans.get("dataset_name"),
-                "plans": plans.get("plans_name"),
-                "configuration": folder.configuration,
-                "trainer": folder.trainer,
-                "folds": list(folder.folds),
-                "checkpoint": checkpoint,
-                "network": folder.architecture["network_class_name"],
-                "dynamic_network_architectures": _version("dynamic_network_architectures"),
-            },
-            "verified": verified,
-        },
-    }
+    card = _cardOf(folder, plan, len(states), tta, checkpoint, origin or os.path.abspath(source), verified)
     card = validateCard(card, "the imported nnU-Net card")
     reportStep(progress, ImportStage.WRITING, os.path.basename(output))
     saveModel(traced, card, output)

@@ -8,6 +8,7 @@ network always runs in the worker process: Slicer's process never imports torch 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from typing import Callable
 
@@ -50,6 +51,56 @@ class CatalogPull:
         elif self.path is None:
             self.path = str(self._request.answer["path"])
         return True
+
+
+class ModelImport:
+    """An nnU-Net v2 results folder imported by the worker process into the cache folder, polled
+    without blocking (as :class:`CatalogPull`; the panel's "Import nnU-Net model..." action).
+
+    Args:
+        logic: the :class:`ModuleLogic` whose worker and cache folder are used.
+        folder: the results folder (``dataset.json``, ``plans.json``, ``fold_N/``).
+        progressCallback: ``(fraction, message)`` while it reads, builds, verifies and writes.
+        cancelEvent: set it to end the worker at once; nothing is left in the cache.
+    """
+
+    def __init__(self, logic: "ModuleLogic", folder: str, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
+        from ..models import catalog
+        from .worker import PendingRequest
+
+        folder = os.path.abspath(os.fspath(folder))
+        parent = os.path.basename(os.path.dirname(folder))
+        self.name = f"{parent}-{os.path.basename(folder).split('__')[-1]}" if "__" in os.path.basename(folder) else os.path.basename(folder)
+        self.path: str | None = None
+        self.error: Exception | None = None
+        self._output = os.path.join(str(catalog.cacheFolder(logic.cachePath)), "imported", f"{self.name}.pt")
+        self._fresh = not os.path.exists(self._output)
+        request = {"command": "importNNUNet", "source": folder, "output": self._output}
+        self._request = PendingRequest(logic.segmentationLogic.worker, request, progressCallback, cancelEvent)
+
+    def poll(self, wait: float = 0.0) -> bool:
+        """True when done (``path``) or failed (``error``); never blocks longer than ``wait``."""
+        if not self._request.poll(wait):
+            return False
+        if self._request.error is not None:
+            self.error = self._request.error
+            if isinstance(self.error, ProcessingCancelled):
+                self._discard()
+        elif self.path is None:
+            self.path = str(self._request.answer["path"])
+        return True
+
+    def _discard(self) -> None:
+        """A cancelled import leaves nothing: the staged file of an ended worker, or a file it finished
+        just before the end (no model was there before: the import writes only new names)."""
+        folder = os.path.dirname(self._output)
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                path = os.path.join(folder, name)
+                if name.startswith(".medsegunet-") and os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif self._fresh and path == self._output:
+                    os.remove(path)
 
 
 class ModuleLogic:
@@ -104,6 +155,29 @@ class ModuleLogic:
         reads the catalog.
         """
         return CatalogPull(self, name, progressCallback, cancelEvent)
+
+    def startImport(
+        self, folder: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None
+    ) -> ModelImport:
+        """Send an nnU-Net results folder's import to the worker process and return at once (the
+        panel polls it); the model is written into the cache folder's ``imported/``."""
+        return ModelImport(self, folder, progressCallback, cancelEvent)
+
+    def importNNUNetModel(
+        self, folder: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None
+    ) -> str:
+        """An nnU-Net v2 results folder as a model file, imported and verified by the worker process;
+        blocks (console and scripts). Returns the model file's path.
+
+        Raises:
+            MedSegUNetError: what the import refuses (one line), ProcessingCancelled.
+        """
+        job = self.startImport(folder, progressCallback, cancelEvent)
+        while not job.poll(wait=0.1):
+            pass
+        if job.error is not None:
+            raise job.error
+        return job.path
 
     def pullCatalogModel(
         self, name: str, progressCallback: Callable[[float, str], None] | None = None, cancelEvent: threading.Event | None = None
@@ -196,4 +270,4 @@ class ModuleLogic:
         return selftest.runSelfTestScenario(self.scene, directory, log=log, device=device, logic=self)
 
 
-__all__ = ["CatalogPull", "ModuleLogic"]
+__all__ = ["ModelImport", "CatalogPull", "ModuleLogic"]

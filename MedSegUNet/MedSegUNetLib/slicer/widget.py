@@ -23,6 +23,8 @@ INPUT_REFERENCE_ROLE = "InputVolume"
 ROI_VOLUME_REFERENCE_ROLE = "ROIVolume"
 # The model whose card set the ROI margin and context: another model resets them, the same one keeps the user's values.
 CONTEXT_MODEL_ATTRIBUTE = "ContextFromModel"
+# The catalog list's entry that imports an nnU-Net v2 results folder (in the worker) instead of pulling a model.
+IMPORT_NNUNET = ":import-nnunet:"
 
 
 class MedSegUNetWidgetController(VTKObservationMixin):
@@ -39,22 +41,13 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.shell = shell
         self.logic = logic
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._card = None
-        self._cardPath = None
-        self._inputSelectors = []
-        # The run in flight: a segmentation job or a catalog pull (both polled by the timer).
-        self._job = None
-        self._installing = False
-        self._tableShown = False
-        self._cancelEvent = None
-        self._progress = (0.0, "")
-        self._startTime = 0.0
-        self._pollTimer = None
-        self._deviceQuery = None
-        self._devicesAskedOf = None
-        self._observedVolumes = []
+        self._parameterNode = self._parameterNodeGuiTag = None
+        self._card = self._cardPath = None
+        self._inputSelectors, self._observedVolumes = [], []
+        # The run in flight: a segmentation job, a catalog pull or an import (all polled by the timer).
+        self._job = self._cancelEvent = self._pollTimer = self._deviceQuery = self._devicesAskedOf = None
+        self._installing = self._tableShown = False
+        self._progress, self._startTime = (0.0, ""), 0.0
 
     def setup(self) -> None:
         uiWidget = slicer.util.loadUI(self.shell.resourcePath("UI/MedSegUNet.ui"))
@@ -166,6 +159,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         combo = self.ui.catalogComboBox
         combo.clear()
         combo.addItem(_("Choose a model..."), "")
+        combo.addItem(_("Import nnU-Net model..."), IMPORT_NNUNET)
         try:
             choices = catalog.catalogChoices(cache=catalog.cacheFolder(self.logic.cachePath))
         except MedSegUNetError as error:
@@ -180,12 +174,16 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         self.ui.catalogComboBox.setCurrentIndex(0)
         if not name or self._job is not None or self._installing:
             return
-        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded."), waitCursor=True):
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("nnU-Net results folder")) if name == IMPORT_NNUNET else ""
+        if name == IMPORT_NNUNET and not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded or imported."), waitCursor=True):
             if not self._ensureDependencies():
                 return
             self._cancelEvent = threading.Event()
-            self._progress = (0.0, _("Getting {name}").format(name=name))
-            self._startRun(self.logic.startPull(name, self._onWorkerProgress, self._cancelEvent))
+            self._progress = (0.0, _("Getting {name}").format(name=folder or name))
+            start = (lambda *a: self.logic.startImport(folder, *a)) if folder else (lambda *a: self.logic.startPull(name, *a))
+            self._startRun(start(self._onWorkerProgress, self._cancelEvent))
 
     def onModelPathChanged(self, path: str) -> None:
         if self._parameterNode:
@@ -508,7 +506,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
         if self._deviceQuery is None:
             self._pollTimer.stop()
         from MedSegUNetLib.engine.errors import ProcessingCancelled
-        from MedSegUNetLib.slicer.modulelogic import CatalogPull
+        from MedSegUNetLib.slicer.modulelogic import CatalogPull, ModelImport
 
         if isinstance(job.error, ProcessingCancelled):
             self.ui.statusLabel.text = _("Cancelled; nothing was changed.")
@@ -516,7 +514,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             return
         self.ui.statusLabel.text = _("Failed.")
         try:
-            if isinstance(job, CatalogPull):
+            if isinstance(job, (CatalogPull, ModelImport)):
                 self._finishPull(job)
             else:
                 self._finishSegmentation(job)
@@ -524,7 +522,7 @@ class MedSegUNetWidgetController(VTKObservationMixin):
             self._checkCanApply()
 
     def _finishPull(self, pull) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded or imported."), waitCursor=True):
             if pull.error is not None:
                 raise pull.error
             self.ui.modelPathLineEdit.currentPath = pull.path

@@ -445,6 +445,15 @@ def handle(request: dict, progressCallback: Callable[[float, str], None] | None 
             format=request.get("format", "torchscript"),
         )
         return {"path": str(path)}
+    if command == "importNNUNet":  # an nnU-Net results folder: torch and the networks' package are imported here only
+        from ..engine.staging import checkOutputPath
+        from ..models.nnunetimport import importNNUNet
+
+        output = str(request["output"])
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        checkOutputPath(output, (".pt",))
+        importNNUNet(str(request["source"]), output, progress=progressCallback)
+        return {"path": output}
     if command == "thresholdModel":  # the self-test's known-answer model, made here: Slicer never imports torch
         from ..models import phantoms
 
