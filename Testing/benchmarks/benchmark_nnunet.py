@@ -4,14 +4,15 @@ Not a test: run it by hand (figures in ``README.md`` beside it). Whole processes
 each measured alone (wall, CPU = user + system, peak RSS of that child), in rounds (nnU-Net, then
 ours, ``--repeat`` times), each figure the median of its rounds (:mod:`benchmark_published`).
 
-The folder is ``Testing/data/nnunet/aniso3d`` (made by nnU-Net 2.8.1, ``nnunet_reference.py``), both
-folds with mirroring, as ``nnUNetv2_predict_from_modelfolder -f 0 1`` runs it by default; nnU-Net
-runs from its own virtual environment (``--venv``, made by ``nnunet_reference.py``):
+The folder is ``Testing/data/nnunet/aniso3d`` (made by nnU-Net 2.8.1, ``nnunet_reference.py``), fold
+0 with mirroring (``nnUNetv2_predict_from_modelfolder -f 0``, mirroring on by default; one fold keeps
+a round within minutes on two cores); nnU-Net runs from its own virtual environment (``--venv``, made
+by ``nnunet_reference.py``):
 
 - one case (ProstateX-0000's axial T2, as NIfTI): ``nnUNetv2_predict_from_modelfolder`` on a folder
   holding it vs ``medsegunet segment``;
-- a folder of six (ProstateX-0000 and -0001's axial T2, pyradiomics' brain1 and brain2, the fixture's
-  two held-out cases): ``nnUNetv2_predict_from_modelfolder`` on the folder vs ``medsegunet batch``.
+- a folder of six (ProstateX-0000 and -0001's axial and coronal T2, the fixture's two held-out
+  cases): ``nnUNetv2_predict_from_modelfolder`` on the folder vs ``medsegunet batch``.
 
 Both write label maps; the voxels on which they differ are counted.
 
@@ -40,8 +41,8 @@ FIXTURE = REPO_ROOT / "Testing" / "data" / "nnunet" / "aniso3d"
 CASES = {
     "prostatex0000": DATA / "prostatex" / "ProstateX-0000" / "4-t2tsetra",
     "prostatex0001": DATA / "prostatex" / "ProstateX-0001" / "10-t2tsetra",
-    "brain1": DATA / "brain-tumor" / "pyradiomics" / "brain1_image.nrrd",
-    "brain2": DATA / "brain-tumor" / "pyradiomics" / "brain2_image.nrrd",
+    "prostatex0000cor": DATA / "prostatex" / "ProstateX-0000" / "5-t2tsecor",
+    "prostatex0001cor": DATA / "prostatex" / "ProstateX-0001" / "5-t2tsecor",
 }
 
 
@@ -75,11 +76,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         imported = work / "aniso3d.pt"
-        subprocess.run([*medsegunet, "import", str(model), "--output", str(imported)], check=True, capture_output=True)
+        subprocess.run([*medsegunet, "import", str(model), "--folds", "0", "--output", str(imported)], check=True, capture_output=True)
         names = writeCases(work / "six")
         (work / "one").mkdir()
         shutil.copy(work / "six" / "prostatex0000_0000.nii.gz", work / "one")
-        nnunet = [predict, "-m", str(model), "-f", "0", "1", "-device", "cpu", "--disable_progress_bar"]
+        nnunet = [predict, "-m", str(model), "-f", "0", "-device", "cpu", "--disable_progress_bar"]
         results = {
             "one case": inRounds(
                 {

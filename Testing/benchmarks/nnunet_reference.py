@@ -81,6 +81,17 @@ DATASETS = {
         "plans": "nnUNetResEncUNetMPlans",
         "regions": True,
     },
+    # Two channels: a CT-like one (nnU-Net's CT normalisation, by the dataset's percentiles) and a
+    # z-scored one whose wide zero border makes nnU-Net normalise inside the non-zero mask only.
+    "channels3d": {
+        "id": 904,
+        "size": (48, 48, 12),
+        "spacing": (0.8, 0.8, 2.0),
+        "configuration": "3d_fullres",
+        "features": 4,
+        "channels": ["T2", "CT"],
+        "border": 10,
+    },
 }
 LABELS = {"background": 0, "gland": 1, "lesion": 2}
 REGIONS = {"background": 0, "gland": [1, 2], "lesion": 2}
@@ -112,9 +123,10 @@ def makeVenv(venv: Path) -> None:
     subprocess.run([*pip, "--no-deps", NNUNET, DNA], check=True)
 
 
-def syntheticCase(rng: np.random.Generator, size, spacing) -> tuple[sitk.Image, sitk.Image]:
-    """One image and its labels: a bright ellipsoid (gland) holding a darker sphere (lesion), in
-    noise, with a zero border (as a skull-stripped or masked series has) that nnU-Net crops away."""
+def syntheticCase(rng: np.random.Generator, size, spacing, border: int = 3, ct: bool = False) -> tuple[list[sitk.Image], sitk.Image]:
+    """One case's channels and its labels: a bright ellipsoid (gland) holding a brighter sphere
+    (lesion), in noise, with a zero border (as a skull-stripped or masked series has) that nnU-Net
+    crops away; with ``ct``, a second channel in Hounsfield-like units (nnU-Net's CT normalisation)."""
     k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in reversed(size)), indexing="ij")
     centre = [rng.uniform(0.4, 0.6) * n for n in size]
     radii = [rng.uniform(0.18, 0.26) * size[0] * spacing[0]] * 2 + [rng.uniform(0.25, 0.35) * size[2] * spacing[2]]
@@ -124,17 +136,19 @@ def syntheticCase(rng: np.random.Generator, size, spacing) -> tuple[sitk.Image, 
     lesion = sum(((axis - shift) / (0.6 * radii[0])) ** 2 for axis, shift in zip(mm, offset)) <= 1
     labels = np.where(gland, np.where(lesion & gland, 2, 1), 0).astype(np.uint8)
     image = rng.normal(100, 15, labels.shape) + 120 * (labels == 1) + 260 * (labels == 2)
-    image[:, :3, :] = 0
-    image[:, :, -3:] = 0
-    labels[:, :3, :] = 0
-    labels[:, :, -3:] = 0
+    channels = [image]
+    if ct:
+        channels.append(rng.normal(-100, 10, labels.shape) + 80 * (labels == 1) + 150 * (labels == 2))
+    for array in (*channels, labels):
+        array[:, :border, :] = 0
+        array[:, :, -border:] = 0
     result = []
-    for array in (image.astype(np.float32), labels):
+    for array in (*(channel.astype(np.float32) for channel in channels), labels):
         volume = sitk.GetImageFromArray(array)
         volume.SetSpacing(spacing)
         volume.SetOrigin((-12.5, 30.0, -7.0))
         result.append(volume)
-    return result[0], result[1]
+    return result[:-1], result[-1]
 
 
 def writeRaw(raw: Path, name: str, spec: dict, cases: int = 6, held: int = 2) -> Path:
@@ -147,14 +161,15 @@ def writeRaw(raw: Path, name: str, spec: dict, cases: int = 6, held: int = 2) ->
     rng = np.random.default_rng(spec["id"])
     for index in range(cases + held):
         scale = rng.uniform(0.92, 1.08) if index < cases else 0.85
-        image, labels = syntheticCase(rng, spec["size"], tuple(scale * value for value in spec["spacing"]))
+        spacing = tuple(scale * value for value in spec["spacing"])
+        images, labels = syntheticCase(rng, spec["size"], spacing, spec.get("border", 3), len(spec.get("channels", "T")) > 1)
         case = f"{name}_{index:03d}"
+        for channel, image in enumerate(images):
+            sitk.WriteImage(image, str(folder / ("imagesTr" if index < cases else "imagesTs") / f"{case}_{channel:04d}.nii.gz"))
         if index < cases:
-            sitk.WriteImage(image, str(folder / "imagesTr" / f"{case}_0000.nii.gz"))
             sitk.WriteImage(labels, str(folder / "labelsTr" / f"{case}.nii.gz"))
-        else:
-            sitk.WriteImage(image, str(folder / "imagesTs" / f"{case}_0000.nii.gz"))
-    dataset = {"channel_names": {"0": "T2"}, "labels": LABELS, "numTraining": cases, "file_ending": ".nii.gz", "name": name}
+    names = {str(index): channel for index, channel in enumerate(spec.get("channels", ["T2"]))}
+    dataset = {"channel_names": names, "labels": LABELS, "numTraining": cases, "file_ending": ".nii.gz", "name": name}
     if spec.get("regions"):
         dataset.update(labels=REGIONS, regions_class_order=[1, 2])
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))

@@ -56,7 +56,10 @@ def test_labels_are_nnunets_voxel_for_voxel(dataset, run):
     network = stackedFolds([buildNetwork(folder, state) for state in states])
     for path in cases(dataset):
         image = sitk.ReadImage(str(path))
-        channels = sitk.GetArrayFromImage(image)[None]  # C, K, J, I
+        # C, K, J, I: the case's channel files CASE_0000, CASE_0001, ... in order.
+        files = sorted(path.parent.glob(path.name.replace("_0000.nii.gz", "_????.nii.gz")))
+        channels = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(str(file))) for file in files])
+        assert len(files) == len(folder.channelNames)
         labels, _ = predictCase(channels, list(reversed(image.GetSpacing())), network, plan)
         expected = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / dataset / "predictions" / run / path.name.replace("_0000", ""))))
         assert labels.shape == expected.shape
@@ -108,6 +111,16 @@ def test_regions_and_the_residual_encoder_read_as_such():
     folder, _ = readCheckpoints(readFolder(resultsFolder("regions3d")))
     assert folder.outputChannels == 2 and predictionPlan(folder).regionsClassOrder == (1, 2)
     assert folder.architecture["network_class_name"].endswith("ResidualEncoderUNet")
+
+
+def test_two_channels_normalise_as_their_plans_say():
+    if "channels3d" not in DATASETS:
+        pytest.skip("no two-channel fixture")
+    folder, _ = readCheckpoints(readFolder(resultsFolder("channels3d")))
+    t2, ct = predictionPlan(folder).normalization
+    # The wide zero border made nnU-Net z-score T2 inside the non-zero mask; CT by the dataset's percentiles.
+    assert (t2.scheme, t2.useMask) == ("ZScoreNormalization", True) and ct.scheme == "CTNormalization"
+    assert ct.lower < ct.mean < ct.upper and folder.channelNames == ["T2", "CT"]
 
 
 def test_windows_are_spread_as_nnunet_spreads_them():

@@ -382,10 +382,11 @@ def test_a_catalog_model_is_pulled_in_the_worker_with_progress_and_cancel(a_slic
     controller = controllerOf(a_slicer)
     controller._populateCatalog()
     combo = controller.ui.catalogComboBox
-    assert combo.count == 2 and "download on first use" in combo.itemText(1)
+    # The list: the prompt, the nnU-Net import, then the catalog's models.
+    assert combo.count == 3 and combo.itemText(1) == "Import nnU-Net model..." and "download on first use" in combo.itemText(2)
     cache = a_slicer.cachePath / "medsegunet" / "models" / "zones-mirror"
     # Cancelled while half of the file has come: nothing stays in the cache.
-    combo.activated[int].emit(1)
+    combo.activated[int].emit(2)
     assert controller._job is not None and controller.ui.applyButton.text == "Cancel"
     a_slicer.processEvents(until=lambda: controller._progress[0] > 0)
     controller.ui.applyButton.click()
@@ -393,11 +394,29 @@ def test_a_catalog_model_is_pulled_in_the_worker_with_progress_and_cancel(a_slic
     assert controller.ui.statusLabel.text == "Cancelled; nothing was changed." and not cache.exists()
     # Pulled whole: the panel selects the cached file, checked, and the list says it is downloaded.
     handler.release.set()
-    combo.activated[int].emit(1)
+    combo.activated[int].emit(2)
     a_slicer.processEvents(until=lambda: controller._job is None)
     cached = Path(controller.ui.modelPathLineEdit.currentPath)
     assert cached.is_file() and cache in cached.parents and cached.read_bytes() == handler.body
-    assert "downloaded" in combo.itemText(1) and controller._card["name"].startswith("Prostate")
+    assert "downloaded" in combo.itemText(2) and controller._card["name"].startswith("Prostate")
+
+
+def test_an_nnunet_folder_is_imported_from_the_catalog_list(a_slicer, tmp_path, monkeypatch):
+    pytest.importorskip("dynamic_network_architectures", reason="the [nnunet] extra is needed")
+    import qt
+
+    folder = next((REPO_ROOT / "Testing" / "data" / "nnunet" / "aniso3d" / "results").glob("*/*__*__*"))
+    asked = []
+    monkeypatch.setattr(qt.QFileDialog, "getExistingDirectory", lambda *args: asked.append(args) or str(folder), raising=False)
+    a_slicer.enter()
+    controller = controllerOf(a_slicer)
+    controller._populateCatalog()
+    controller.ui.catalogComboBox.activated[int].emit(1)
+    assert asked and controller._job is not None and controller.ui.applyButton.text == "Cancel"
+    a_slicer.processEvents(until=lambda: controller._job is None)
+    imported = Path(controller.ui.modelPathLineEdit.currentPath)
+    assert imported == a_slicer.cachePath / "medsegunet" / "imported" / "Dataset901_aniso3d-3d_fullres.pt"
+    assert controller._card["nnunet"]["folds"] == 2 and "nnU-Net pipeline" in controller.ui.modelSummaryLabel.text
 
 
 def test_reload_makes_a_new_widget_and_ends_the_worker(a_slicer, phantom_data):

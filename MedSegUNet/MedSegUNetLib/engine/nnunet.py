@@ -316,10 +316,12 @@ def slidingWindowLogits(
     logits, n = None, torch.zeros(padded.shape[1:], dtype=torch.half)
     for done, window in enumerate(windows, start=1):
         x = padded[window][None].to(device or "cpu")
-        prediction = network(x)
-        for axes in flips:
-            # Each fold's flips summed, then averaged, as nnU-Net does per network.
-            prediction += torch.flip(network(torch.flip(x, axes)), [axis + 1 for axis in axes])
+        # The window and its flips in one batch (about twice as fast on a CPU as one call each), then
+        # summed in nnU-Net's order and averaged: each fold's logits as nnU-Net's per network.
+        answers = network(torch.cat([x, *(torch.flip(x, axes) for axes in flips)])) if flips else network(x)
+        prediction = answers[:, 0:1].clone()
+        for index, axes in enumerate(flips, start=1):
+            prediction += torch.flip(answers[:, index : index + 1], [axis + 1 for axis in axes])
         prediction = (prediction / (len(flips) + 1) if flips else prediction)[:, 0].float().cpu()
         _checkAnswer(prediction, patch, expected)
         if logits is None:
