@@ -235,3 +235,20 @@ def test_a_cascade_stage_is_refused_and_post_processing_is_noted(tmp_path):
     assert done.returncode == 0, done.stderr
     note = "postprocessing.json was not applied (nnUNetv2_predict does not apply it either; nnUNetv2_apply_postprocessing does)"
     assert f"Note: {note}" in done.stdout.splitlines() and readCard(tmp_path / "model.pt").provenance["notes"] == [note]
+
+
+def test_two_inputs_go_in_as_their_channels(tmp_path):
+    # T2 then CT, as dataset.json's channel_names order them; the CT channel has nnU-Net's CT normalisation.
+    assert run("import", resultsFolder("channels3d"), "--output", tmp_path / "two.pt").returncode == 0
+    assert readCard(tmp_path / "two.pt").inputNames == ["T2", "CT"]
+    images = [FIXTURES / "channels3d" / "imagesTs" / f"channels3d_006_{channel:04d}.nii.gz" for channel in (0, 1)]
+    result = run("segment", "--model", tmp_path / "two.pt", *images, "--output", tmp_path / "labels.nii.gz")
+    assert result.returncode == 0, result.stderr
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "channels3d" / "predictions" / "f01" / "channels3d_006.nii.gz")))
+    same, dice = agreement(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz"))), expected)
+    assert same >= 0.9995 and min(dice) >= 0.999
+    # The channels swapped are other inputs: the labels change (the order is not a detail).
+    swapped = run("segment", "--model", tmp_path / "two.pt", *reversed(images), "--output", tmp_path / "swapped.nii.gz")
+    assert (
+        swapped.returncode == 0 and agreement(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "swapped.nii.gz"))), expected)[0] < 0.999
+    )
