@@ -437,20 +437,26 @@ def _zonesCatalog(tmp_path, url: str, body: bytes) -> Path:
     return path
 
 
-def test_a_catalog_pull_runs_in_the_worker_with_progress_and_cancel(tmp_path, a_stalling_server, python_slicer, monkeypatch):
+def aModuleLogic(tmp_path, python_slicer):
+    """The module's logic on a scene of its own, its worker through the real launcher, its cache in ``tmp_path``."""
     from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 
-    url, handler = a_stalling_server
-    handler.body = (REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt").read_bytes()
-    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(_zonesCatalog(tmp_path, url, handler.body)))
-    logic = ModuleLogic(
+    requirements = str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt")
+    return ModuleLogic(
         slicer.vtkMRMLScene(),
-        str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"),
+        requirements,
         workerExecutable=python_slicer,
         cachePath=str(tmp_path / "slicer-cache"),
         interactive=False,
         testing=True,
     )
+
+
+def test_a_catalog_pull_runs_in_the_worker_with_progress_and_cancel(tmp_path, a_stalling_server, python_slicer, monkeypatch):
+    url, handler = a_stalling_server
+    handler.body = (REPO_ROOT / "MedSegUNet" / "Resources" / "Models" / "prostate-zones" / "prostate-zones.pt").read_bytes()
+    monkeypatch.setenv("MEDSEGUNET_CATALOG", str(_zonesCatalog(tmp_path, url, handler.body)))
+    logic = aModuleLogic(tmp_path, python_slicer)
     cache = tmp_path / "slicer-cache" / "medsegunet" / "models" / "zones-mirror"
     cancel = threading.Event()
     progress: list[tuple[float, str]] = []
@@ -506,17 +512,9 @@ def test_the_module_logic_pulls_without_importing_torch_or_onnx(tmp_path, a_file
 def test_an_nnunet_folder_is_imported_in_the_worker_with_progress(tmp_path, python_slicer):
     pytest.importorskip("dynamic_network_architectures", reason="the [nnunet] extra is needed")
     from MedSegUNetLib.engine.modelcard import readCard
-    from MedSegUNetLib.slicer.modulelogic import ModuleLogic
 
     folder = next((REPO_ROOT / "Testing" / "data" / "nnunet" / "aniso3d" / "results").glob("*/*__*__*"))
-    logic = ModuleLogic(
-        slicer.vtkMRMLScene(),
-        str(REPO_ROOT / "MedSegUNet" / "Resources" / "requirements.txt"),
-        workerExecutable=python_slicer,
-        cachePath=str(tmp_path / "slicer-cache"),
-        interactive=False,
-        testing=True,
-    )
+    logic = aModuleLogic(tmp_path, python_slicer)
     imported = tmp_path / "slicer-cache" / "medsegunet" / "imported"
     try:
         # Cancel ends the worker as a catalog pull's does (the same PendingRequest, tested above).

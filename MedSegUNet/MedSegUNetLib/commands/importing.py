@@ -66,14 +66,21 @@ def runNNUNet(args, console) -> int:
     card = importNNUNet(
         args.source, args.output, args.configuration, args.folds, args.checkpoint or "final", not args.no_tta, progress=console
     )
+    record = card["provenance"]["nnunet"]
+    return finish(
+        card,
+        console,
+        f"Wrote {args.output}: nnU-Net {record['configuration']}, folds {', '.join(record['folds'])} of {record['trainer']}; the traced "
+        f"folds answer as the eager networks within {card['provenance']['verified']['max_abs_difference']:.2g}",
+    )
+
+
+def finish(card, console, written: str) -> int:
+    """The import's notes, then the line saying what was written."""
     console.close()
     for note in card["provenance"].get("notes", []):
         console.line(f"Note: {note}")
-    record = card["provenance"]["nnunet"]
-    console.line(
-        f"Wrote {args.output}: nnU-Net {record['configuration']}, folds {', '.join(record['folds'])} of {record['trainer']}; the traced "
-        f"folds answer as the eager networks within {card['provenance']['verified']['max_abs_difference']:.2g}"
-    )
+    console.line(written)
     return 0
 
 
@@ -122,15 +129,13 @@ def run(args, console) -> int:
         card = importONNX(args.source, args.card, args.output, format=args.format, progress=console)
     else:
         card = importAuto3DSeg(args.source, args.labels, args.output, format=args.format, progress=console)
-    console.close()
-    for note in card["provenance"].get("notes", []):
-        console.line(f"Note: {note}")
     verified = card["provenance"]["verified"]
-    console.line(
+    return finish(
+        card,
+        console,
         f"Wrote {args.output}: matches {verified['runtime']} within {verified['max_abs_difference']:.2g} (output range "
-        f"{verified['output_range']:.3g})"
+        f"{verified['output_range']:.3g})",
     )
-    return 0
 
 
 __all__ = ["addParser", "run"]

@@ -16,66 +16,22 @@ from ..engine.errors import DependencyError, ProcessingCancelled
 from .dependencies import pythonSlicerExecutable
 
 
-class CatalogPull:
-    """A catalog model pulled by the worker process, polled without blocking (as a segmentation job).
+class WorkerFile:
+    """A model file the worker process makes (a catalog pull, an import), polled without blocking (as
+    a segmentation job): ``path`` once done, ``error`` once failed; a cancelled one is discarded.
 
     Args:
-        logic: the :class:`ModuleLogic` whose worker and cache folder are used.
-        name: the catalog name.
-        progressCallback: ``(fraction, message)`` while it downloads, imports and verifies.
-        cancelEvent: set it to end the worker at once; the partial download is removed.
+        logic: the :class:`ModuleLogic` whose worker is used.
+        request: the worker's request.
+        progressCallback: ``(fraction, message)`` while the worker works.
+        cancelEvent: set it to end the worker at once.
     """
 
-    def __init__(self, logic: "ModuleLogic", name: str, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
-        from ..models import catalog
+    def __init__(self, logic: "ModuleLogic", request: dict, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
         from .worker import PendingRequest
 
-        self.name = name
-        self.cache = catalog.cacheFolder(logic.cachePath)
         self.path: str | None = None
         self.error: Exception | None = None
-        # The launcher's path: a published model's package is fetched by Slicer's Python (PythonSlicer).
-        request = {"command": "pull", "name": name, "cache": str(self.cache), "python": logic.workerExecutable}
-        self._request = PendingRequest(logic.segmentationLogic.worker, request, progressCallback, cancelEvent)
-
-    def poll(self, wait: float = 0.0) -> bool:
-        """True when done (``path``) or failed (``error``); never blocks longer than ``wait``."""
-        if not self._request.poll(wait):
-            return False
-        if self._request.error is not None:
-            self.error = self._request.error
-            if isinstance(self.error, ProcessingCancelled):
-                from ..models import catalog
-
-                catalog.discardPartialPull(self.name, self.cache)
-        elif self.path is None:
-            self.path = str(self._request.answer["path"])
-        return True
-
-
-class ModelImport:
-    """An nnU-Net v2 results folder imported by the worker process into the cache folder, polled
-    without blocking (as :class:`CatalogPull`; the panel's "Import nnU-Net model..." action).
-
-    Args:
-        logic: the :class:`ModuleLogic` whose worker and cache folder are used.
-        folder: the results folder (``dataset.json``, ``plans.json``, ``fold_N/``).
-        progressCallback: ``(fraction, message)`` while it reads, builds, verifies and writes.
-        cancelEvent: set it to end the worker at once; nothing is left in the cache.
-    """
-
-    def __init__(self, logic: "ModuleLogic", folder: str, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
-        from ..models import catalog
-        from .worker import PendingRequest
-
-        folder = os.path.abspath(os.fspath(folder))
-        parent = os.path.basename(os.path.dirname(folder))
-        self.name = f"{parent}-{os.path.basename(folder).split('__')[-1]}" if "__" in os.path.basename(folder) else os.path.basename(folder)
-        self.path: str | None = None
-        self.error: Exception | None = None
-        self._output = os.path.join(str(catalog.cacheFolder(logic.cachePath)), "imported", f"{self.name}.pt")
-        self._fresh = not os.path.exists(self._output)
-        request = {"command": "importNNUNet", "source": folder, "output": self._output}
         self._request = PendingRequest(logic.segmentationLogic.worker, request, progressCallback, cancelEvent)
 
     def poll(self, wait: float = 0.0) -> bool:
@@ -91,8 +47,58 @@ class ModelImport:
         return True
 
     def _discard(self) -> None:
-        """A cancelled import leaves nothing: the staged file of an ended worker, or a file it finished
-        just before the end (no model was there before: the import writes only new names)."""
+        """What a cancelled request left behind."""
+
+
+class CatalogPull(WorkerFile):
+    """A catalog model pulled by the worker process.
+
+    Args:
+        logic: the :class:`ModuleLogic` whose worker and cache folder are used.
+        name: the catalog name.
+        progressCallback: ``(fraction, message)`` while it downloads, imports and verifies.
+        cancelEvent: set it to end the worker at once; the partial download is removed.
+    """
+
+    def __init__(self, logic: "ModuleLogic", name: str, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
+        from ..models import catalog
+
+        self.name = name
+        self.cache = catalog.cacheFolder(logic.cachePath)
+        # The launcher's path: a published model's package is fetched by Slicer's Python (PythonSlicer).
+        request = {"command": "pull", "name": name, "cache": str(self.cache), "python": logic.workerExecutable}
+        super().__init__(logic, request, progressCallback, cancelEvent)
+
+    def _discard(self) -> None:
+        from ..models import catalog
+
+        catalog.discardPartialPull(self.name, self.cache)
+
+
+class ModelImport(WorkerFile):
+    """An nnU-Net v2 results folder imported by the worker process into the cache folder's
+    ``imported/`` (the panel's "Import nnU-Net model..." action).
+
+    Args:
+        logic: the :class:`ModuleLogic` whose worker and cache folder are used.
+        folder: the results folder (``dataset.json``, ``plans.json``, ``fold_N/``).
+        progressCallback: ``(fraction, message)`` while it reads, builds, verifies and writes.
+        cancelEvent: set it to end the worker at once; nothing is left in the cache.
+    """
+
+    def __init__(self, logic: "ModuleLogic", folder: str, progressCallback=None, cancelEvent: threading.Event | None = None) -> None:
+        from ..models import catalog
+
+        folder = os.path.abspath(os.fspath(folder))
+        parent = os.path.basename(os.path.dirname(folder))
+        self.name = f"{parent}-{os.path.basename(folder).split('__')[-1]}" if "__" in os.path.basename(folder) else os.path.basename(folder)
+        self._output = os.path.join(str(catalog.cacheFolder(logic.cachePath)), "imported", f"{self.name}.pt")
+        self._fresh = not os.path.exists(self._output)
+        super().__init__(logic, {"command": "importNNUNet", "source": folder, "output": self._output}, progressCallback, cancelEvent)
+
+    def _discard(self) -> None:
+        """The staged file of an ended worker, or a file it finished just before the end (when no
+        model had that name before)."""
         folder = os.path.dirname(self._output)
         if os.path.isdir(folder):
             for name in os.listdir(folder):
