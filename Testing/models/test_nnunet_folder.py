@@ -312,3 +312,25 @@ def test_without_the_networks_package_the_remedy_is_said(monkeypatch):
     monkeypatch.setitem(sys.modules, "dynamic_network_architectures", None)
     with pytest.raises(ModelImportError, match=r"install 'dynamic_network_architectures>=0.3.1,<0.4' \(pip install -e '.\[nnunet\]'"):
         buildNetwork(folder, states[0])
+
+
+def test_nnunet_itself_still_answers_as_the_stored_predictions(tmp_path):
+    # The peer: nnU-Net 2.8.1 rerun on the fixture when its own environment is given (nnunet_reference.py
+    # makes one); the stored predictions the other tests compare with must still be what it writes.
+    import subprocess
+
+    venv = os.environ.get("MEDSEGUNET_NNUNET_VENV")
+    if not venv:
+        pytest.skip("set MEDSEGUNET_NNUNET_VENV to nnU-Net's own virtual environment (Testing/benchmarks/nnunet_reference.py makes one)")
+    predict = Path(venv) / "bin" / "nnUNetv2_predict_from_modelfolder"
+    arguments = ["-i", str(FIXTURES / "aniso3d" / "imagesTs"), "-o", str(tmp_path), "-m", str(resultsFolder("aniso3d"))]
+    done = subprocess.run([str(predict), *arguments, "-f", "0", "1", "-device", "cpu"], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder, states = readCheckpoints(readFolder(resultsFolder("aniso3d")))
+    network, plan = stackedFolds([buildNetwork(folder, state) for state in states]), predictionPlan(folder)
+    for path in cases("aniso3d"):
+        image = sitk.ReadImage(str(path))
+        labels, _ = predictCase(sitk.GetArrayFromImage(image)[None], list(reversed(image.GetSpacing())), network, plan)
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / path.name.replace("_0000", ""))))
+        stored = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "aniso3d" / "predictions" / "f01" / path.name.replace("_0000", ""))))
+        assert np.array_equal(theirs, stored) and (labels == theirs).mean() >= 0.9995
