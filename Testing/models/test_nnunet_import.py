@@ -115,12 +115,11 @@ def test_a_refused_folder_leaves_no_file_and_one_line(tmp_path):
     [
         (["--folds", "7"], "Fold 7 has no checkpoint_final.pth in"),
         (["--configuration", "3d_lowres"], "The plans have no configuration '3d_lowres': choose one of 2d, 3d_fullres (--configuration)."),
-        (["--format", "pt2"], "An nnU-Net folder is imported as TorchScript: import it without --format pt2."),
         (["--labels", "labels.csv"], "carries its own labels and pipeline"),
     ],
 )
 def test_options_that_do_not_fit_are_refused(tmp_path, arguments, message):
-    output = tmp_path / ("model.pt2" if "pt2" in arguments else "model.pt")
+    output = tmp_path / "model.pt"
     result = run("import", resultsFolder("aniso3d"), "--output", output, *arguments)
     assert result.returncode != 0 and message in result.stderr and not output.exists()
 
@@ -252,3 +251,16 @@ def test_two_inputs_go_in_as_their_channels(tmp_path):
     assert (
         swapped.returncode == 0 and agreement(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "swapped.nii.gz"))), expected)[0] < 0.999
     )
+
+
+def test_a_pt2_archive_answers_as_nnunet_predict(tmp_path):
+    output = tmp_path / "aniso3d.pt2"
+    result = run("import", resultsFolder("aniso3d"), "--format", "pt2", "--output", output)
+    assert result.returncode == 0, result.stderr
+    model = loadModel(output, device="cpu")
+    assert model.card["nnunet"]["folds"] == 2 and model.card.provenance["verified"]["max_abs_difference"] <= 1e-4
+    image = sitk.ReadImage(str(FIXTURES / "aniso3d" / "imagesTs" / "aniso3d_007_0000.nii.gz"))
+    labels = sitk.GetArrayFromImage(segmentImages([image], model, useROI=False).labelmap)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "aniso3d" / "predictions" / "f01" / "aniso3d_007.nii.gz")))
+    same, dice = agreement(labels, expected)
+    assert same >= 0.9995 and min(dice) >= 0.999

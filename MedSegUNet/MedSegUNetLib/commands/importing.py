@@ -59,18 +59,23 @@ NNUNET_OPTIONS = ("configuration", "folds", "checkpoint", "no_tta")
 def runNNUNet(args, console) -> int:
     from ..models.nnunetimport import importNNUNet
 
-    if args.format == "pt2":
-        raise ModelImportError("An nnU-Net folder is imported as TorchScript: import it without --format pt2.")
     if args.card or args.labels or args.localizer:
         raise ModelImportError("An nnU-Net folder carries its own labels and pipeline: import it without --card, --labels or --localizer.")
     card = importNNUNet(
-        args.source, args.output, args.configuration, args.folds, args.checkpoint or "final", not args.no_tta, progress=console
+        args.source,
+        args.output,
+        args.configuration,
+        args.folds,
+        args.checkpoint or "final",
+        not args.no_tta,
+        progress=console,
+        format=args.format,
     )
     record = card["provenance"]["nnunet"]
     return finish(
         card,
         console,
-        f"Wrote {args.output}: nnU-Net {record['configuration']}, folds {', '.join(record['folds'])} of {record['trainer']}; the traced "
+        f"Wrote {args.output}: nnU-Net {record['configuration']}, folds {', '.join(record['folds'])} of {record['trainer']}; the written "
         f"folds answer as the eager networks within {card['provenance']['verified']['max_abs_difference']:.2g}",
     )
 

@@ -142,12 +142,14 @@ def importNNUNet(
     tta: bool = True,
     origin: str | None = None,
     progress=None,
+    format: str = "torchscript",
 ) -> ModelCard:
     """Convert and verify an nnU-Net v2 results folder; returns the card written.
 
     Args:
         source: the folder holding ``dataset.json``, ``plans.json`` and ``fold_N/``.
-        output: the TorchScript model file to write (``.pt``).
+        output: the model file to write: TorchScript (``.pt``) or, with ``format="pt2"``, a
+            ``torch.export`` archive (``.pt2``) of the same stacked folds.
         configuration, folds, checkpoint: as :func:`nnunetfolder.readFolder`.
         tta: average the flips of the mirror axes the checkpoints allow (``nnUNetv2_predict``'s default).
         origin: what the card records as the source instead of the folder's path.
@@ -170,17 +172,29 @@ def importNNUNet(
     reportStep(progress, ImportStage.VERIFYING, f"the eager networks on a {tuple(plan.patchSize)} patch")
     with torch.inference_mode():
         expected = stacked(sample)
-    try:
-        traced = torch.jit.trace(stacked, sample, check_trace=False)
-    except Exception as error:  # tracing fails in many ways
-        raise ModelImportError(f"The folds' networks cannot be traced ({str(error).splitlines()[0][:140]}).") from None
+    written = _convert(stacked, sample, format)
     with torch.inference_mode():
-        verified = compareOutputs(expected.numpy(), traced(sample).numpy(), list(plan.patchSize), "the eager networks")
+        verified = compareOutputs(expected.numpy(), written(sample).numpy(), list(plan.patchSize), "the eager networks")
     card = _cardOf(folder, plan, len(states), tta, checkpoint, origin or os.path.abspath(source), verified)
     card = validateCard(card, "the imported nnU-Net card")
     reportStep(progress, ImportStage.WRITING, os.path.basename(output))
-    saveModel(traced, card, output)
+    # A .pt2 archive is exported again from the eager folds by saveModel, which checks what it wrote.
+    saveModel(stacked if format == "pt2" else written, card, output, format=format)
     return card
+
+
+def _convert(stacked, sample, format: str):
+    """The stacked folds traced to TorchScript, or exported with ``torch.export`` (``pt2``): what is checked."""
+    import torch
+
+    try:
+        if format == "pt2":
+            from ..engine.exportedmodel import exportNetwork
+
+            return exportNetwork(stacked, sample).module()
+        return torch.jit.trace(stacked, sample, check_trace=False)
+    except Exception as error:  # tracing and exporting fail in many ways
+        raise ModelImportError(f"The folds' networks cannot be converted ({str(error).splitlines()[0][:140]}).") from None
 
 
 __all__ = ["PALETTE", "importNNUNet", "labelsOfFolder"]
