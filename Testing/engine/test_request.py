@@ -64,4 +64,4 @@ def test_only_the_request_resolves_the_cards_margin_and_context():
         for path in LIB.rglob("*.py")
         if re.search(r"""\.get\(["'](margin|context)_mm["']""", path.read_text(encoding="utf-8"))
     )
-    assert readers == ["commands/segment.py", "engine/cardview.py", "models/exporting.py", "models/traindata.py"], readers
+    assert readers == ["engine/cardview.py", "models/exporting.py", "models/traindata.py"], readers
