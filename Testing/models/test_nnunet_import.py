@@ -154,12 +154,17 @@ def test_info_says_what_nnunet_trained(an_imported_model):
     )
 
 
-def test_batch_answers_as_nnunet_predict_for_every_case(an_imported_model, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_batch_answers_as_nnunet_predict_for_every_case(an_imported_model, tmp_path, engine):
+    if engine == "ray":
+        pytest.importorskip("ray", reason="Ray is needed for --engine ray")
     cases = tmp_path / "cases"
     cases.mkdir()
     for image in (FIXTURES / "aniso3d" / "imagesTs").glob("*.nii.gz"):
         shutil.copy(image, cases / image.name)
-    result = run("batch", "-q", "--model", an_imported_model, "--cases", cases, "--output", tmp_path / "out", "--workers", "1")
+    result = run(
+        "batch", "-q", "--model", an_imported_model, "--cases", cases, "--output", tmp_path / "out", "--workers", "1", "--engine", engine
+    )
     assert result.returncode == 0, result.stderr
     for case in ("aniso3d_006", "aniso3d_007"):
         written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case}_0000" / f"{case}_0000.seg.nrrd")))
