@@ -114,6 +114,7 @@ def test_a_refused_folder_leaves_no_file_and_one_line(tmp_path):
     "arguments, message",
     [
         (["--folds", "7"], "Fold 7 has no checkpoint_final.pth in"),
+        (["--checkpoint", "best"], "Fold 0 has no checkpoint_best.pth in"),
         (["--configuration", "3d_lowres"], "The plans have no configuration '3d_lowres': choose one of 2d, 3d_fullres (--configuration)."),
         (["--labels", "labels.csv"], "carries its own labels and pipeline"),
     ],
