@@ -13,7 +13,6 @@ Written under ``OUTPUT/<dataset>/`` (default ``Testing/data/nnunet``)::
                         the results folder as nnU-Net writes it: dataset.json, plans.json, fold_N/checkpoint_final.pth
     imagesTs/           the held-out cases (CASE_0000.nii.gz: channel 0)
     predictions/<run>/  nnUNetv2_predict's label maps for each run (f0, f0-notta, f01)
-    predictions-real/   (aniso3d, with --real) fold 0 without mirroring on real volumes of ../shared/data
     reference.json      the commands, versions and the datasets' geometry
 
 Arrays: the synthetic images are written with SimpleITK (LPS; arrays K, J, I), as nnU-Net reads them.
@@ -21,7 +20,6 @@ Arrays: the synthetic images are written with SimpleITK (LPS; arrays K, J, I), a
 Usage::
 
     python Testing/benchmarks/nnunet_reference.py --venv /tmp/nnunet-venv [--output Testing/data/nnunet] [--datasets aniso3d]
-        [--real ../shared/data]
 """
 
 from __future__ import annotations
@@ -244,45 +242,11 @@ def build(name: str, spec: dict, venv: Path, output: Path, work: Path) -> dict:
     }
 
 
-# Real volumes from ../shared/data run through aniso3d's fold 0 without mirroring (a whole prostate
-# T2 and an axial brain series): the data stays there; only nnU-Net's labels are kept.
-REAL = {"prostatex0000-t2": "prostatex/ProstateX-0000/4-t2tsetra", "brain1": "brain-tumor/pyradiomics/brain1_image.nrrd"}
-
-
-def realVolume(path: Path) -> sitk.Image:
-    """A real volume as the tests read it: a DICOM series folder or an image file, as float32."""
-    if path.is_dir():
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(path)))
-        image = reader.Execute()
-    else:
-        image = sitk.ReadImage(str(path))
-    return sitk.Cast(image, sitk.sitkFloat32)
-
-
-def predictReal(venv: Path, output: Path, shared: Path) -> list[str]:
-    """nnUNetv2_predict_from_modelfolder on the real volumes, written as NIfTI first (nnU-Net's file ending)."""
-    model = next((output / "aniso3d" / "results").glob("*/*__*__*"))
-    target = output / "aniso3d" / "predictions-real"
-    shutil.rmtree(target, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as work:
-        for name, relative in REAL.items():
-            sitk.WriteImage(realVolume(shared / relative), str(Path(work) / f"{name}_0000.nii.gz"))
-        arguments = ["-i", work, "-o", str(target), "-m", str(model), "-f", "0", "--disable_tta", "-device", "cpu"]
-        command = nnunet(
-            venv, {**os.environ, "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": "2"}, "nnUNetv2_predict_from_modelfolder", *arguments
-        )
-    for junk in ("dataset.json", "plans.json", "predict_from_raw_data_args.json"):
-        (target / junk).unlink(missing_ok=True)
-    return [" ".join(command).replace(work, "NIFTI_COPIES").replace(str(output), "Testing/data/nnunet")]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, required=True, help="nnU-Net's own virtual environment (made when absent)")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "nnunet")
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--real", type=Path, metavar="SHARED_DATA", help="also predict the real volumes of this ../shared/data folder")
     args = parser.parse_args(argv)
     if not (args.venv / "bin" / "nnUNetv2_predict").exists():
         makeVenv(args.venv)
@@ -303,8 +267,6 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as work:
         for name in args.datasets:
             record["datasets"][name] = build(name, DATASETS[name], args.venv, args.output, Path(work) / name)
-    if args.real is not None:
-        record["real"] = {"volumes": REAL, "commands": predictReal(args.venv, args.output, args.real)}
     recordPath.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
