@@ -76,26 +76,29 @@ def test_labels_are_nnunets_voxel_for_voxel(dataset, run):
 REAL = {"prostatex0000-t2": ("prostatex", "ProstateX-0000", "4-t2tsetra"), "brain1": ("brain-tumor", "pyradiomics", "brain1_image.nrrd")}
 
 
-@pytest.mark.parametrize("name", list(REAL))
-def test_real_volumes_are_nnunets_voxel_for_voxel(name, tmp_path):
+def runNNUNet(inputs: Path, outputs: Path, *options: str) -> None:
+    """nnU-Net 2.8.1 itself on aniso3d's folder, from the environment ``MEDSEGUNET_NNUNET_VENV`` names
+    (the test skips, saying so, without one)."""
     import subprocess
 
-    source = requireSharedData(*REAL[name])
     venv = os.environ.get("MEDSEGUNET_NNUNET_VENV")
     if not venv:
         pytest.skip("set MEDSEGUNET_NNUNET_VENV to nnU-Net's own virtual environment (Testing/benchmarks/nnunet_reference.py makes one)")
+    predict = [str(Path(venv) / "bin" / "nnUNetv2_predict_from_modelfolder"), "-i", str(inputs), "-o", str(outputs)]
+    done = subprocess.run(
+        [*predict, "-m", str(resultsFolder("aniso3d")), *options, "-device", "cpu"], capture_output=True, text=True, timeout=1800
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_volumes_are_nnunets_voxel_for_voxel(name, tmp_path):
+    source = requireSharedData(*REAL[name])
     # nnU-Net reads the volume as NIfTI (its file ending): the same float32 copy feeds both.
     (tmp_path / "in").mkdir()
     copy = tmp_path / "in" / f"{name}_0000.nii.gz"
     sitk.WriteImage(sitk.Cast(readVolume(str(source)), sitk.sitkFloat32), str(copy))
-    predict = [str(Path(venv) / "bin" / "nnUNetv2_predict_from_modelfolder"), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out")]
-    done = subprocess.run(
-        [*predict, "-m", str(resultsFolder("aniso3d")), "-f", "0", "--disable_tta", "-device", "cpu"],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    runNNUNet(tmp_path / "in", tmp_path / "out", "-f", "0", "--disable_tta")
     image = sitk.ReadImage(str(copy))
     folder, states = readCheckpoints(readFolder(resultsFolder("aniso3d"), folds=["0"]))
     labels, _ = predictCase(
@@ -332,15 +335,7 @@ def test_without_the_networks_package_the_remedy_is_said(monkeypatch):
 def test_nnunet_itself_still_answers_as_the_stored_predictions(tmp_path):
     # The peer: nnU-Net 2.8.1 rerun on the fixture when its own environment is given (nnunet_reference.py
     # makes one); the stored predictions the other tests compare with must still be what it writes.
-    import subprocess
-
-    venv = os.environ.get("MEDSEGUNET_NNUNET_VENV")
-    if not venv:
-        pytest.skip("set MEDSEGUNET_NNUNET_VENV to nnU-Net's own virtual environment (Testing/benchmarks/nnunet_reference.py makes one)")
-    predict = Path(venv) / "bin" / "nnUNetv2_predict_from_modelfolder"
-    arguments = ["-i", str(FIXTURES / "aniso3d" / "imagesTs"), "-o", str(tmp_path), "-m", str(resultsFolder("aniso3d"))]
-    done = subprocess.run([str(predict), *arguments, "-f", "0", "1", "-device", "cpu"], capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-2000:]
+    runNNUNet(FIXTURES / "aniso3d" / "imagesTs", tmp_path, "-f", "0", "1")
     folder, states = readCheckpoints(readFolder(resultsFolder("aniso3d")))
     network, plan = stackedFolds([buildNetwork(folder, state) for state in states]), predictionPlan(folder)
     for path in cases("aniso3d"):
